@@ -1,0 +1,45 @@
+//! The library's config file: format version and the parameters fixed at creation.
+
+use serde::{Deserialize, Serialize};
+
+/// The format name written into every library's config.
+pub const FORMAT: &str = "spawngrid-library";
+/// The on-disk format version this code reads and writes.
+pub const VERSION: u32 = 1;
+
+/// Parameters fixed when a library is created (changing them would defeat deduplication).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Config {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version; a library with a newer version is refused.
+    pub version: u32,
+    /// Files larger than this are split by content-defined chunking.
+    pub chunk_threshold: u32,
+    /// FastCDC minimum chunk size.
+    pub chunk_min: u32,
+    /// FastCDC average chunk size.
+    pub chunk_avg: u32,
+    /// FastCDC maximum chunk size.
+    pub chunk_max: u32,
+    /// A pack is written out once it holds this many bytes.
+    pub pack_target: u32,
+    /// zstd level for objects.
+    pub zstd_level: i32,
+}
+
+impl Default for Config {
+    /// The defaults, chosen by measurement (see `docs/architecture.md`, "Chunking").
+    fn default() -> Self {
+        Config {
+            format: FORMAT.into(),
+            version: VERSION,
+            chunk_threshold: 1 << 20,
+            chunk_min: 256 << 10,
+            chunk_avg: 1 << 20,
+            chunk_max: 4 << 20,
+            pack_target: 32 << 20,
+            zstd_level: 3,
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The library's error type: every variant reads as one line naming what failed.
+
+use crate::Score;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a named file or object failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "writing pack", ...).
+        what: &'static str,
+        /// The file or key involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An object is referenced but not stored anywhere in the library.
+    #[error("object {0} is missing from the library (run `spawngrid lib verify`)")]
+    Missing(Score),
+    /// Stored bytes do not match their score, or do not decode.
+    #[error("corrupt {what}: {detail} (run `spawngrid lib verify`)")]
+    Corrupt {
+        /// What is corrupt ("object 1234…", "pack abcd…").
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Input given by a user is not acceptable (hostile tar, bad path, ...).
+    #[error("{0}")]
+    BadInput(String),
+    /// Another process holds a lock this operation needs.
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl Error {
+    /// Shorthand for an [`Error::Io`].
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for an [`Error::Corrupt`].
+    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,36 @@
+//! The Spawngrid library: a deduplicating, content-addressed store of filesystem snapshots.
+//!
+//! This crate is what venti was to the 2018 grid. Everything stored is an immutable object
+//! named by its [`Score`] (BLAKE3-256 of its plain bytes): file data (whole small files, or
+//! FastCDC chunks of large ones), chunk lists, directory [`Tree`]s and [`Snapshot`]s. Objects are
+//! zstd-compressed where that pays and packed into pack files on a [`Backend`]; an in-memory
+//! index, rebuilt from the packs alone, maps scores to pack records.
+//!
+//! The main entry points:
+//! - [`Library`]: open or create a library, put and get objects;
+//! - [`import`]: turn a directory or a tar stream into a snapshot;
+//! - [`export`]: write a snapshot out as a directory or a tar stream;
+//! - [`overlay`]: apply an overlayfs upper directory to a parent snapshot (what `save` uses);
+//! - [`diff`], [`verify`], [`gc`], [`stats`]: inspection and maintenance.
+//!
+//! The on-disk format is specified in `docs/architecture.md` and versioned by [`config::VERSION`].
+
+pub mod backend;
+pub mod build;
+mod codec;
+pub mod config;
+mod error;
+pub mod file;
+pub mod pack;
+mod score;
+pub mod snapshot;
+mod store;
+pub mod tree;
+
+pub use backend::{Backend, LocalBackend};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use score::{ParseScoreError, Score};
+pub use snapshot::Snapshot;
+pub use store::Library;
+pub use tree::{Content, Entry, FileData, Meta, Tree};

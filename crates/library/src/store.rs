@@ -1,0 +1,305 @@
+//! The [`Library`]: objects in, objects out, deduplicated by score and packed into pack files.
+
+use crate::backend::Backend;
+use crate::config::{Config, FORMAT, VERSION};
+use crate::pack::{self, ObjectKind, PackBuilder, PackEntry};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+use crate::{Error, Result, Score};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Key of the config file.
+const CONFIG_KEY: &str = "config";
+/// Prefix of pack keys.
+pub(crate) const PACKS: &str = "packs/";
+
+/// The backend key of the pack named `name`.
+pub(crate) fn pack_key(name: &Score) -> String {
+    let hex = name.to_hex();
+    format!("{PACKS}{}/{hex}", &hex[..2])
+}
+
+/// Where an object is: which pack, and the record inside it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Location {
+    pub(crate) pack: Score,
+    pub(crate) entry: PackEntry,
+}
+
+/// The in-memory index: every stored object's location, loaded from the packs' trailers.
+#[derive(Default)]
+pub(crate) struct Index {
+    pub(crate) objects: HashMap<Score, Location>,
+    pub(crate) packs: HashMap<Score, u64>,
+}
+
+/// A content-addressed, deduplicating object store over a [`Backend`].
+///
+/// Objects are immutable byte strings named by their [`Score`]. `put` is safe to call from many
+/// threads at once; objects become readable once the pack holding them is written (every
+/// `pack_target` bytes, and on [`Library::flush`]).
+pub struct Library {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    index: RwLock<Index>,
+    open_pack: Mutex<PackBuilder>,
+    pending: Mutex<HashSet<Score>>,
+}
+
+impl Library {
+    /// Creates a new library on `backend` with `config`; fails if one already exists there.
+    pub fn init(backend: Arc<dyn Backend>, config: Config) -> Result<Library> {
+        if backend.exists(CONFIG_KEY)? {
+            return Err(Error::BadInput(format!(
+                "a library already exists at {}",
+                backend.describe()
+            )));
+        }
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        backend.put(CONFIG_KEY, &json)?;
+        Library::open(backend)
+    }
+
+    /// Opens an existing library and loads its index.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Library> {
+        let raw = backend
+            .get(CONFIG_KEY)
+            .map_err(|e| Error::BadInput(format!("no library at {} ({e})", backend.describe())))?;
+        let config: Config = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt("library config", e.to_string()))?;
+        if config.format != FORMAT || config.version > VERSION {
+            return Err(Error::BadInput(format!(
+                "library at {} has format {} v{}; this spawngrid reads {FORMAT} up to v{VERSION}",
+                backend.describe(),
+                config.format,
+                config.version
+            )));
+        }
+        let lib = Library {
+            backend,
+            config,
+            index: RwLock::default(),
+            open_pack: Mutex::default(),
+            pending: Mutex::default(),
+        };
+        lib.reload_index()?;
+        Ok(lib)
+    }
+
+    /// Opens the library at `backend`, creating it with default parameters if there is none.
+    pub fn open_or_init(backend: Arc<dyn Backend>) -> Result<Library> {
+        if backend.exists(CONFIG_KEY)? {
+            Library::open(backend)
+        } else {
+            Library::init(backend, Config::default())
+        }
+    }
+
+    /// The parameters this library was created with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The backend the library is stored on.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Re-reads the list of packs and their indexes (after another process changed them).
+    ///
+    /// A pack whose trailer is damaged is indexed by scanning its records.
+    pub fn reload_index(&self) -> Result<()> {
+        let packs = self.backend.list(PACKS)?;
+        let loaded: Vec<(Score, u64, Vec<PackEntry>)> = packs
+            .par_iter()
+            .filter_map(|(key, size)| {
+                let name = key.rsplit('/').next()?.parse::<Score>().ok()?;
+                Some((name, *size))
+            })
+            .map(|(name, size)| Ok((name, size, self.read_pack_index(&name, size)?)))
+            .collect::<Result<_>>()?;
+        let mut idx = Index::default();
+        for (name, size, entries) in loaded {
+            idx.packs.insert(name, size);
+            for entry in entries {
+                idx.objects
+                    .entry(entry.score)
+                    .or_insert(Location { pack: name, entry });
+            }
+        }
+        *self.index.write().expect("index lock") = idx;
+        Ok(())
+    }
+
+    fn read_pack_index(&self, name: &Score, size: u64) -> Result<Vec<PackEntry>> {
+        let key = pack_key(name);
+        if size >= pack::TAIL_LEN as u64 {
+            let tail =
+                self.backend
+                    .get_range(&key, size - pack::TAIL_LEN as u64, pack::TAIL_LEN)?;
+            if let Some((start, len)) = pack::trailer_span(size, &tail) {
+                let data = self.backend.get_range(&key, start, len)?;
+                if let Some(entries) = pack::parse_trailer(&data, size) {
+                    return Ok(entries);
+                }
+            }
+        }
+        tracing::warn!(pack = %name, "pack trailer unreadable; rebuilding its index by scanning");
+        let (entries, err) = pack::scan(&self.backend.get(&key)?);
+        if let Some(err) = err {
+            tracing::warn!(pack = %name, "pack damaged: {err}");
+        }
+        Ok(entries)
+    }
+
+    /// Whether an object is stored (or being stored by this process).
+    pub fn contains(&self, score: &Score) -> bool {
+        self.index
+            .read()
+            .expect("index lock")
+            .objects
+            .contains_key(score)
+            || self.pending.lock().expect("pending lock").contains(score)
+    }
+
+    /// Stores `plain` as an object of `kind`; returns its score. Deduplicates.
+    pub fn put(&self, kind: ObjectKind, plain: &[u8]) -> Result<Score> {
+        let score = Score::of(plain);
+        self.put_scored(kind, score, plain)?;
+        Ok(score)
+    }
+
+    /// Stores `plain` whose score the caller already computed.
+    pub fn put_scored(&self, kind: ObjectKind, score: Score, plain: &[u8]) -> Result<()> {
+        if self
+            .index
+            .read()
+            .expect("index lock")
+            .objects
+            .contains_key(&score)
+        {
+            return Ok(());
+        }
+        if !self.pending.lock().expect("pending lock").insert(score) {
+            return Ok(());
+        }
+        let (encoding, stored) = pack::encode_object(plain, self.config.zstd_level);
+        let full = {
+            let mut open = self.open_pack.lock().expect("pack lock");
+            open.add(score, kind, encoding, plain.len() as u32, &stored);
+            if open.len() >= self.config.pack_target as usize {
+                Some(std::mem::take(&mut *open))
+            } else {
+                None
+            }
+        };
+        if let Some(p) = full {
+            self.write_pack(p)?;
+        }
+        Ok(())
+    }
+
+    fn write_pack(&self, builder: PackBuilder) -> Result<()> {
+        let (name, data, entries) = builder.finish();
+        let result = self.backend.put(&pack_key(&name), &data);
+        let mut pending = self.pending.lock().expect("pending lock");
+        if result.is_ok() {
+            let mut idx = self.index.write().expect("index lock");
+            idx.packs.insert(name, data.len() as u64);
+            for entry in &entries {
+                idx.objects.entry(entry.score).or_insert(Location {
+                    pack: name,
+                    entry: *entry,
+                });
+            }
+        }
+        for entry in &entries {
+            pending.remove(&entry.score);
+        }
+        result
+    }
+
+    /// Writes out the partly filled pack, making every object put so far readable.
+    pub fn flush(&self) -> Result<()> {
+        let open = std::mem::take(&mut *self.open_pack.lock().expect("pack lock"));
+        if open.is_empty() {
+            return Ok(());
+        }
+        self.write_pack(open)
+    }
+
+    pub(crate) fn locate(&self, score: &Score) -> Option<Location> {
+        self.index
+            .read()
+            .expect("index lock")
+            .objects
+            .get(score)
+            .copied()
+    }
+
+    /// Reads an object, checking its bytes against its score.
+    pub fn get(&self, score: &Score) -> Result<(ObjectKind, Vec<u8>)> {
+        let loc = match self.locate(score) {
+            Some(l) => l,
+            None => {
+                // Another process (gc) may have moved it: look again once.
+                self.reload_index()?;
+                self.locate(score).ok_or(Error::Missing(*score))?
+            }
+        };
+        let e = loc.entry;
+        let stored =
+            self.backend
+                .get_range(&pack_key(&loc.pack), e.offset.into(), e.stored_len as usize)?;
+        Ok((e.kind, pack::decode_object(&e, &stored)?))
+    }
+
+    /// Reads an object that must be of `kind`.
+    pub fn get_kind(&self, score: &Score, kind: ObjectKind) -> Result<Vec<u8>> {
+        let (k, data) = self.get(score)?;
+        if k != kind {
+            return Err(Error::corrupt(
+                format!("object {score}"),
+                format!("is a {k:?}, expected a {kind:?}"),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Reads and decodes a tree object.
+    pub fn tree(&self, score: &Score) -> Result<Tree> {
+        Tree::decode(&self.get_kind(score, ObjectKind::Tree)?)
+    }
+
+    /// Reads and decodes a snapshot object.
+    pub fn snapshot(&self, score: &Score) -> Result<Snapshot> {
+        Snapshot::decode(&self.get_kind(score, ObjectKind::Snapshot)?)
+    }
+
+    /// Encodes and stores a tree.
+    pub fn put_tree(&self, tree: &Tree) -> Result<Score> {
+        self.put(ObjectKind::Tree, &tree.encode())
+    }
+
+    /// Stores a snapshot and flushes, so that the snapshot is durable when this returns.
+    pub fn commit(&self, snapshot: &Snapshot) -> Result<Score> {
+        let score = self.put(ObjectKind::Snapshot, &snapshot.encode())?;
+        self.flush()?;
+        Ok(score)
+    }
+
+    /// A copy of the current index's pack list (name and size).
+    pub(crate) fn packs(&self) -> Vec<(Score, u64)> {
+        let idx = self.index.read().expect("index lock");
+        let mut v: Vec<_> = idx.packs.iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort();
+        v
+    }
+
+    /// Number of distinct objects in the index.
+    pub fn object_count(&self) -> usize {
+        self.index.read().expect("index lock").objects.len()
+    }
+}

@@ -1,0 +1,1 @@
+//! Diff: added, removed and changed paths between two snapshots.

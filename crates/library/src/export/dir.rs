@@ -1,0 +1,1 @@
+//! Exporting a snapshot to a new directory.

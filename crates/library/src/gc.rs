@@ -1,0 +1,1 @@
+//! Garbage collection: delete what no name and no in-progress write can reach.

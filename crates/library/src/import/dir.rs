@@ -1,0 +1,1 @@
+//! Importing a directory tree (see the module docs of `import`).

@@ -1,0 +1,39 @@
+//! Importers: turn a directory or a tar stream into a snapshot in the library.
+//!
+//! The caller holds a shared [`crate::lease::Lease`] for the whole import and binds a name to
+//! the returned score before releasing it, so a concurrent gc cannot reclaim what it reuses.
+
+pub mod dir;
+pub mod tar;
+
+use crate::progress::Progress;
+use crate::{Score, Snapshot};
+
+/// How an import labels the snapshot it makes.
+pub struct ImportOptions<'a> {
+    /// Recorded as the snapshot's author.
+    pub author: String,
+    /// Recorded as the snapshot's note.
+    pub note: String,
+    /// Recorded as the snapshot's parent.
+    pub parent: Option<Score>,
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+}
+
+/// What an import produced.
+#[derive(Debug)]
+pub struct Imported {
+    /// The new snapshot's score.
+    pub score: Score,
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// Things skipped or repaired, one line each (sockets, duplicate tar entries, ...).
+    pub warnings: Vec<String>,
+}
+
+/// The current time in nanoseconds since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    d.as_nanos() as i64
+}

@@ -1,0 +1,1 @@
+//! Leases: shared for writers, exclusive for gc, stored as backend files.

@@ -1,0 +1,1 @@
+//! Statistics: logical bytes, stored bytes, dedup ratio, objects, packs.

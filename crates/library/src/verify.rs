@@ -1,0 +1,1 @@
+//! Verify: re-hash every stored object and name the snapshots that are damaged.

@@ -1,1 +1,59 @@
 //! Importing a directory tree (see the module docs of `import`).
+
+use super::ingest::{self, Ingest};
+use super::{now_ns, ImportOptions, Imported};
+use crate::build::{Dir, Node};
+use crate::walk::{self, meta_of, MAX_DEPTH};
+use crate::{Error, Library, Result, Snapshot};
+use rustix::fd::OwnedFd;
+use rustix::fs::FileType;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Imports the directory at `path` as a new snapshot, storing only objects not yet stored.
+///
+/// Symlinks inside the tree are stored, never followed; sockets are skipped with a warning.
+pub fn import_dir(lib: &Library, path: &Path, opts: &ImportOptions) -> Result<Imported> {
+    let root_fd = Arc::new(walk::open_root(path)?);
+    let shown = path.display().to_string();
+    let st = rustix::fs::fstat(&*root_fd).map_err(|e| Error::io("reading metadata of", path, e.into()))?;
+    let xattrs = walk::fd_xattrs(&*root_fd, &shown)?;
+    opts.progress.phase("storing files");
+    let (mut root, warnings) = ingest::run(lib, opts.progress, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
+    root.meta = meta_of(&st, xattrs);
+    opts.progress.phase("storing trees");
+    let root = root.store(lib)?;
+    let snapshot = Snapshot {
+        root,
+        parent: opts.parent,
+        author: opts.author.clone(),
+        time_ns: now_ns(),
+        note: opts.note.clone(),
+    };
+    let score = lib.commit(&snapshot)?;
+    Ok(Imported { score, snapshot, warnings })
+}
+
+fn walk_dir(ing: &mut Ingest, dir: &Arc<OwnedFd>, path: &str, depth: usize) -> Result<Dir> {
+    if depth >= MAX_DEPTH {
+        return Err(Error::BadInput(format!("{path}: directories nested deeper than {MAX_DEPTH} levels")));
+    }
+    let mut out = Dir::default();
+    for e in walk::list(dir, path)? {
+        let child = walk::child(path, &e.name);
+        let name = e.name.clone();
+        let node = if e.file_type() == FileType::Directory {
+            let fd = Arc::new(walk::open_dir(dir, &e.name, &child)?);
+            let xattrs = walk::fd_xattrs(&*fd, &child)?;
+            let mut sub = walk_dir(ing, &fd, &child, depth + 1)?;
+            sub.meta = meta_of(&e.stat, xattrs);
+            Some(Node::Dir(sub))
+        } else {
+            ing.leaf(dir, e, &child)?
+        };
+        if let Some(node) = node {
+            out.children.insert(name, node);
+        }
+    }
+    Ok(out)
+}

@@ -4,6 +4,7 @@
 //! the returned score before releasing it, so a concurrent gc cannot reclaim what it reuses.
 
 pub mod dir;
+pub(crate) mod ingest;
 pub mod tar;
 
 use crate::progress::Progress;

@@ -39,7 +39,7 @@ fn walk_dir(ing: &mut Ingest, dir: &Arc<OwnedFd>, path: &str, depth: usize) -> R
         return Err(Error::BadInput(format!("{path}: directories nested deeper than {MAX_DEPTH} levels")));
     }
     let mut out = Dir::default();
-    for e in walk::list(dir, path)? {
+    for mut e in walk::list(dir, path)? {
         let child = walk::child(path, &e.name);
         let name = e.name.clone();
         let node = if e.file_type() == FileType::Directory {
@@ -49,7 +49,8 @@ fn walk_dir(ing: &mut Ingest, dir: &Arc<OwnedFd>, path: &str, depth: usize) -> R
             sub.meta = meta_of(&e.stat, xattrs);
             Some(Node::Dir(sub))
         } else {
-            ing.leaf(dir, e, &child)?
+            let meta = meta_of(&e.stat, std::mem::take(&mut e.xattrs));
+            ing.leaf(dir, e, meta, &child)?
         };
         if let Some(node) = node {
             out.children.insert(name, node);

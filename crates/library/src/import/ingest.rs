@@ -4,8 +4,8 @@
 
 use crate::build::{FileSlot, Node};
 use crate::progress::Progress;
-use crate::tree::{Content, Entry, FileData};
-use crate::walk::{self, meta_of, RawEntry};
+use crate::tree::{Content, Entry, FileData, Meta};
+use crate::walk::{self, RawEntry};
 use crate::{file, Error, Library, Result};
 use crossbeam_channel::{bounded, Sender};
 use rustix::fd::OwnedFd;
@@ -80,9 +80,9 @@ impl Ingest {
     /// Turns a non-directory entry of `dir` into a node (queueing a file job for regular files).
     ///
     /// Returns `None` for entries that are skipped with a warning (sockets).
-    pub(crate) fn leaf(&mut self, dir: &Arc<OwnedFd>, e: RawEntry, path: &str) -> Result<Option<Node>> {
+    /// `meta` is the entry's metadata as it is to be stored (the caller may have filtered it).
+    pub(crate) fn leaf(&mut self, dir: &Arc<OwnedFd>, e: RawEntry, meta: Meta, path: &str) -> Result<Option<Node>> {
         let group = self.group(&e.stat);
-        let meta = meta_of(&e.stat, e.xattrs);
         let content = match FileType::from_raw_mode(e.stat.st_mode) {
             FileType::RegularFile if e.stat.st_size == 0 => Content::File { size: 0, data: FileData::Empty },
             FileType::RegularFile => {

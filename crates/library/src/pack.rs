@@ -158,7 +158,7 @@ pub fn trailer_span(pack_len: u64, tail: &[u8]) -> Option<(u64, usize)> {
 
 /// Parses trailer entries (without the fixed tail).
 pub fn parse_trailer(data: &[u8], pack_len: u64) -> Option<Vec<PackEntry>> {
-    if data.len() % TRAILER_ENTRY != 0 {
+    if !data.len().is_multiple_of(TRAILER_ENTRY) {
         return None;
     }
     data.chunks_exact(TRAILER_ENTRY)

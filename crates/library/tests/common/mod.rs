@@ -20,7 +20,11 @@ pub fn listing(root: &Path, root_mtime: bool) -> Vec<String> {
     let mut groups: HashMap<(u64, u64), String> = HashMap::new();
     let mut out = Vec::new();
     for rel in paths {
-        let full = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let full = if rel.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let md = std::fs::symlink_metadata(&full).unwrap();
         let ft = md.file_type();
         let kind = if ft.is_dir() {
@@ -31,7 +35,15 @@ pub fn listing(root: &Path, root_mtime: bool) -> Vec<String> {
             "file"
         } else {
             use std::os::unix::fs::FileTypeExt;
-            if ft.is_char_device() { "chr" } else if ft.is_block_device() { "blk" } else if ft.is_fifo() { "fifo" } else { "socket" }
+            if ft.is_char_device() {
+                "chr"
+            } else if ft.is_block_device() {
+                "blk"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else {
+                "socket"
+            }
         };
         let shown = format!("{:?}", rel.as_os_str());
         let mtime = if rel.as_os_str().is_empty() && !root_mtime {
@@ -53,13 +65,20 @@ pub fn listing(root: &Path, root_mtime: bool) -> Vec<String> {
             line += &format!(" rdev={}", md.rdev());
         }
         if ft.is_file() {
-            line += &format!(" blake3={}", blake3::hash(&std::fs::read(&full).unwrap()).to_hex());
+            line += &format!(
+                " blake3={}",
+                blake3::hash(&std::fs::read(&full).unwrap()).to_hex()
+            );
             if md.nlink() > 1 {
-                let g = groups.entry((md.dev(), md.ino())).or_insert_with(|| shown.clone());
+                let g = groups
+                    .entry((md.dev(), md.ino()))
+                    .or_insert_with(|| shown.clone());
                 line += &format!(" link={g}");
             }
         } else if !ft.is_dir() && md.nlink() > 1 {
-            let g = groups.entry((md.dev(), md.ino())).or_insert_with(|| shown.clone());
+            let g = groups
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| shown.clone());
             line += &format!(" link={g}");
         }
         for (k, v) in xattrs(&full) {
@@ -89,11 +108,16 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) {
 pub fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut buf = vec![0u8; 65536];
     let mut out = BTreeMap::new();
-    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else { return out };
+    let Ok(n) = rustix::fs::llistxattr(p, &mut buf[..]) else {
+        return out;
+    };
     for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let mut val = vec![0u8; 65536];
         let m = rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut val[..]).unwrap();
-        out.insert(String::from_utf8_lossy(name).into_owned(), val[..m].to_vec());
+        out.insert(
+            String::from_utf8_lossy(name).into_owned(),
+            val[..m].to_vec(),
+        );
     }
     out
 }
@@ -129,8 +153,12 @@ pub fn sample_tree(root: &Path) {
         touch -d '2020-01-02 03:04:05.123456789' etc/passwd deep/a/b/c
         "#
     ));
-    rustix::fs::lsetxattr(&root.join("etc/passwd"), "user.spawngrid", b"test", rustix::fs::XattrFlags::empty()).unwrap();
+    setx(&root.join("etc/passwd"), "user.spawngrid", b"test");
     let cap = [0u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    rustix::fs::lsetxattr(&root.join("usr/bin/ping"), "security.capability", &cap, rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::lsetxattr(&root.join("odd dir"), "user.dir", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+    setx(&root.join("usr/bin/ping"), "security.capability", &cap);
+    setx(&root.join("odd dir"), "user.dir", b"1");
+}
+
+fn setx(p: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty()).unwrap();
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Spawngrid needs: `deps.sh run` for a node, `deps.sh test` adds
+# what the tests and benchmarks use. Idempotent; installs only what is missing.
+set -euo pipefail
+want=(ca-certificates zstd attr acl)
+case "${1:-run}" in
+  run) ;;
+  test) want+=(debootstrap busybox-static) ;;
+  bench) want+=(debootstrap restic borgbackup) ;;
+  *) echo "usage: scripts/deps.sh run|test|bench" >&2; exit 2 ;;
+esac
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/deps.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || { echo "scripts/deps.sh: apt-get update failed; check the network or mirror" >&2; exit 1; }
+  apt-get install -y -qq "${missing[@]}" >/dev/null || { echo "scripts/deps.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
+fi
+command -v cargo >/dev/null || { echo "scripts/deps.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README.md, .ci/run): installs what the tests need, builds the test root
+# filesystems once (cached), then runs format and lint checks and every test. Run as root:
+# tests mount overlays, create device nodes and set security.* xattrs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (tests mount overlays and make device nodes)" >&2; exit 1; }
+
+scripts/deps.sh test
+
+echo "== test root filesystems" >&2
+SPAWNGRID_ROOTFS_BASE=$(scripts/rootfs.sh base)
+SPAWNGRID_ROOTFS_MODIFIED=$(scripts/rootfs.sh modified)
+export SPAWNGRID_ROOTFS_BASE SPAWNGRID_ROOTFS_MODIFIED
+
+echo "== cargo fmt / clippy" >&2
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test" >&2
+cargo build --release -p spawngrid
+cargo test --workspace --release

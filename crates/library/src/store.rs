@@ -134,18 +134,10 @@ impl Library {
     }
 
     fn read_pack_index(&self, name: &Score, size: u64) -> Result<Vec<PackEntry>> {
-        let key = pack_key(name);
-        if size >= pack::TAIL_LEN as u64 {
-            let tail =
-                self.backend
-                    .get_range(&key, size - pack::TAIL_LEN as u64, pack::TAIL_LEN)?;
-            if let Some((start, len)) = pack::trailer_span(size, &tail) {
-                let data = self.backend.get_range(&key, start, len)?;
-                if let Some(entries) = pack::parse_trailer(&data, size) {
-                    return Ok(entries);
-                }
-            }
+        if let Some(entries) = self.read_trailer(name, size)? {
+            return Ok(entries);
         }
+        let key = pack_key(name);
         tracing::warn!(pack = %name, "pack trailer unreadable; rebuilding its index by scanning");
         let (entries, err) = pack::scan(&self.backend.get(&key)?);
         if let Some(err) = err {
@@ -301,5 +293,34 @@ impl Library {
     /// Number of distinct objects in the index.
     pub fn object_count(&self) -> usize {
         self.index.read().expect("index lock").objects.len()
+    }
+
+    /// A pack's entries as listed by its trailer, or `None` if the trailer is unreadable.
+    /// (Used by the index loader, and by gc, which never deletes a pack it cannot list.)
+    pub(crate) fn read_trailer(&self, name: &Score, size: u64) -> Result<Option<Vec<PackEntry>>> {
+        if size < pack::TAIL_LEN as u64 {
+            return Ok(None);
+        }
+        let key = pack_key(name);
+        let tail = self
+            .backend
+            .get_range(&key, size - pack::TAIL_LEN as u64, pack::TAIL_LEN)?;
+        let Some((start, len)) = pack::trailer_span(size, &tail) else {
+            return Ok(None);
+        };
+        let data = self.backend.get_range(&key, start, len)?;
+        Ok(pack::parse_trailer(&data, size))
+    }
+
+    /// Makes a pack that gc wrote part of the index, pointing every one of `entries` at it
+    /// even when the index already locates that object elsewhere (in a pack gc is about to
+    /// delete), so readers in this process move to the new copy before the old one goes.
+    pub(crate) fn adopt_pack(&self, name: Score, size: u64, entries: &[PackEntry]) {
+        let mut idx = self.index.write().expect("index lock");
+        idx.packs.insert(name, size);
+        for entry in entries {
+            let entry = *entry;
+            idx.objects.insert(entry.score, Location { pack: name, entry });
+        }
     }
 }

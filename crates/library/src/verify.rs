@@ -1,1 +1,402 @@
 //! Verify: re-hash every stored object and name the snapshots that are damaged.
+//!
+//! Every pack is read whole (in parallel): its BLAKE3 must equal its name, its records are
+//! scanned, every object is decoded and re-hashed against its score, and the trailer must agree
+//! with the records. Then every root snapshot is walked (parent chain, trees, chunk lists,
+//! blobs; shared subtrees once) against the good copies found, and a root is damaged when
+//! something it reaches has no good copy. A damaged copy of an object that also has a good copy
+//! elsewhere is reported (its pack needs attention) but damages no snapshot.
+//!
+//! Verify only reads. A caller that must not see gc delete packs under it (and report them as
+//! unreadable) holds a shared [`crate::lease::Lease`] while it runs.
+
+use crate::gc::{Source, Walk};
+use crate::pack::{self, ObjectKind, PackEntry};
+use crate::progress::Progress;
+use crate::stats::{human, ser_scored, ser_scores};
+use crate::store::{pack_key, Location, PACKS};
+use crate::{Error, Library, Result, Score};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// What verify found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Packs read.
+    pub packs: usize,
+    /// Distinct objects found in them.
+    pub objects: usize,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Packs with any fault (contents not matching the name, bad records, bad trailer).
+    #[serde(serialize_with = "ser_scored")]
+    pub damaged_packs: Vec<(Score, String)>,
+    /// Damaged copies of objects, with the pack they are in.
+    #[serde(serialize_with = "ser_scored")]
+    pub damaged_objects: Vec<(Score, String)>,
+    /// Names of root snapshots that reach an object with no good copy.
+    pub damaged_snapshots: Vec<String>,
+    /// Objects the roots reach that are stored nowhere.
+    #[serde(serialize_with = "ser_scores")]
+    pub missing: Vec<Score>,
+}
+
+impl VerifyReport {
+    /// Whether nothing at all is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.damaged_packs.is_empty()
+            && self.damaged_objects.is_empty()
+            && self.damaged_snapshots.is_empty()
+            && self.missing.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.is_clean() { "clean" } else { "DAMAGED" };
+        writeln!(
+            f,
+            "verified {} packs, {} objects, {}: {verdict}",
+            self.packs,
+            self.objects,
+            human(self.bytes)
+        )?;
+        for (s, why) in &self.damaged_packs {
+            writeln!(f, "damaged pack {s}: {why}")?;
+        }
+        for (s, why) in &self.damaged_objects {
+            writeln!(f, "damaged object {s}: {why}")?;
+        }
+        for s in &self.missing {
+            writeln!(f, "missing object {s}")?;
+        }
+        for name in &self.damaged_snapshots {
+            writeln!(f, "damaged snapshot {name}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks every pack and every object, then every root snapshot; `roots` are (name, score).
+pub fn verify(
+    lib: &Library,
+    roots: &[(String, Score)],
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    progress.phase("checking packs");
+    let packs: Vec<(Score, u64)> = lib
+        .backend()
+        .list(PACKS)?
+        .into_iter()
+        .filter_map(|(key, size)| Some((key.rsplit('/').next()?.parse().ok()?, size)))
+        .collect();
+    progress.total(packs.iter().map(|p| p.1).sum());
+    let checks: Vec<PackCheck> = packs
+        .par_iter()
+        .map(|(name, size)| {
+            let c = PackCheck::run(lib, *name);
+            progress.bytes(*size);
+            c
+        })
+        .collect();
+    let copies = Copies::new(lib, &checks);
+    progress.phase("checking snapshots");
+    let walk = Walk::new(&copies);
+    let scores: Vec<Score> = roots.iter().map(|r| r.1).collect();
+    let good = walk.roots(&scores);
+    let mut damaged_snapshots: Vec<String> = roots
+        .iter()
+        .zip(good)
+        .filter(|(_, good)| !good)
+        .map(|((name, _), _)| name.clone())
+        .collect();
+    damaged_snapshots.sort();
+    let (_, broken) = walk.finish();
+    let mut missing: Vec<Score> = broken
+        .into_iter()
+        .filter(|(_, e)| matches!(e, Error::Missing(_)))
+        .map(|(s, _)| s)
+        .collect();
+    missing.sort();
+    Ok(copies.report(&packs, damaged_snapshots, missing))
+}
+
+/// The outcome of checking one pack.
+struct PackCheck {
+    name: Score,
+    problems: Vec<String>,
+    good: Vec<PackEntry>,
+    bad: Vec<(Score, String)>,
+}
+
+impl PackCheck {
+    fn run(lib: &Library, name: Score) -> PackCheck {
+        let mut c = PackCheck {
+            name,
+            problems: Vec::new(),
+            good: Vec::new(),
+            bad: Vec::new(),
+        };
+        match lib.backend().get(&pack_key(&name)) {
+            Ok(data) => c.check(&data),
+            Err(e) => c.problems.push(format!("unreadable: {e}")),
+        }
+        c
+    }
+
+    fn check(&mut self, data: &[u8]) {
+        if Score::of(data) != self.name {
+            self.problems
+                .push("contents do not match the pack's name".into());
+        }
+        let (scanned, err) = pack::scan(data);
+        if let Some(err) = err {
+            self.problems.push(format!("records: {err}"));
+        }
+        let trailer = trailer_of(data);
+        match &trailer {
+            None => self.problems.push("trailer unreadable".into()),
+            Some(t) if *t != scanned => self
+                .problems
+                .push("trailer disagrees with the records".into()),
+            Some(_) => {}
+        }
+        for e in union(scanned, trailer.unwrap_or_default()) {
+            self.check_object(data, e);
+        }
+    }
+
+    fn check_object(&mut self, data: &[u8], e: PackEntry) {
+        let start = e.offset as usize;
+        let stored = data.get(start..start + e.stored_len as usize);
+        let result = match stored {
+            Some(stored) => pack::decode_object(&e, stored).map(drop),
+            None => Err(Error::corrupt("", "record out of bounds")),
+        };
+        match result {
+            Ok(()) => self.good.push(e),
+            Err(err) => self
+                .bad
+                .push((e.score, format!("in pack {}: {}", self.name, reason(&err)))),
+        }
+    }
+}
+
+/// The trailer's entries, parsed from a whole pack in memory.
+fn trailer_of(data: &[u8]) -> Option<Vec<PackEntry>> {
+    let len = data.len() as u64;
+    let tail = data.get(data.len().checked_sub(pack::TAIL_LEN)?..)?;
+    let (start, n) = pack::trailer_span(len, tail)?;
+    pack::parse_trailer(data.get(start as usize..start as usize + n)?, len)
+}
+
+/// Scanned records plus any the trailer lists that the scan did not reach.
+fn union(scanned: Vec<PackEntry>, trailer: Vec<PackEntry>) -> Vec<PackEntry> {
+    let offsets: HashSet<u32> = scanned.iter().map(|e| e.offset).collect();
+    let extra: Vec<PackEntry> = trailer
+        .into_iter()
+        .filter(|e| !offsets.contains(&e.offset))
+        .collect();
+    scanned.into_iter().chain(extra).collect()
+}
+
+/// An error's detail without the "run verify" advice meant for other commands.
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Corrupt { detail, .. } => detail.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The good copy of every object that has one, and every damaged copy.
+struct Copies<'a> {
+    lib: &'a Library,
+    good: HashMap<Score, Location>,
+    damaged: HashMap<Score, String>,
+    damaged_objects: Vec<(Score, String)>,
+    damaged_packs: Vec<(Score, String)>,
+}
+
+impl<'a> Copies<'a> {
+    fn new(lib: &'a Library, checks: &[PackCheck]) -> Copies<'a> {
+        let mut c = Copies {
+            lib,
+            good: HashMap::new(),
+            damaged: HashMap::new(),
+            damaged_objects: Vec::new(),
+            damaged_packs: Vec::new(),
+        };
+        for check in checks {
+            c.add(check);
+        }
+        c.damaged_objects.sort();
+        c.damaged_packs.sort();
+        c
+    }
+
+    fn add(&mut self, check: &PackCheck) {
+        let pack = check.name;
+        for entry in &check.good {
+            self.good.insert(
+                entry.score,
+                Location {
+                    pack,
+                    entry: *entry,
+                },
+            );
+        }
+        for (score, why) in &check.bad {
+            self.damaged.insert(*score, why.clone());
+        }
+        self.damaged_objects.extend(check.bad.iter().cloned());
+        let mut problems = check.problems.clone();
+        if !check.bad.is_empty() {
+            problems.push(format!("{} damaged objects", check.bad.len()));
+        }
+        if !problems.is_empty() {
+            self.damaged_packs.push((pack, problems.join("; ")));
+        }
+    }
+
+    fn location(&self, score: &Score) -> Result<&Location> {
+        self.good
+            .get(score)
+            .ok_or_else(|| match self.damaged.get(score) {
+                Some(why) => Error::corrupt(format!("object {score}"), why.clone()),
+                None => Error::Missing(*score),
+            })
+    }
+
+    fn report(
+        self,
+        packs: &[(Score, u64)],
+        snaps: Vec<String>,
+        missing: Vec<Score>,
+    ) -> VerifyReport {
+        let distinct: HashSet<&Score> = self.good.keys().chain(self.damaged.keys()).collect();
+        VerifyReport {
+            packs: packs.len(),
+            objects: distinct.len(),
+            bytes: packs.iter().map(|p| p.1).sum(),
+            damaged_packs: self.damaged_packs,
+            damaged_objects: self.damaged_objects,
+            damaged_snapshots: snaps,
+            missing,
+        }
+    }
+}
+
+impl Source for Copies<'_> {
+    fn read(&self, score: &Score, kind: ObjectKind) -> Result<Vec<u8>> {
+        let loc = self.location(score)?;
+        let e = loc.entry;
+        if e.kind != kind {
+            let detail = format!("is a {:?}, expected a {kind:?}", e.kind);
+            return Err(Error::corrupt(format!("object {score}"), detail));
+        }
+        let key = pack_key(&loc.pack);
+        let stored = self
+            .lib
+            .backend()
+            .get_range(&key, e.offset.into(), e.stored_len as usize)?;
+        pack::decode_object(&e, &stored)
+    }
+
+    fn check_blob(&self, score: &Score) -> Result<()> {
+        self.location(score).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::fixture::{self, check};
+    use crate::pack::{encode_object, PackBuilder};
+    use crate::progress::Silent;
+
+    fn named(roots: &[(&str, Score)]) -> Vec<(String, Score)> {
+        roots.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn fresh_library_is_clean() {
+        let (_d, lib) = fixture::library();
+        assert!(verify(&lib, &[], &Silent).unwrap().is_clean());
+        let a = fixture::snapshot(&lib, 1, 5);
+        let b = fixture::snapshot_with(&lib, 2, 5, Some(a));
+        let report = verify(&lib, &named(&[("a", a), ("b", b)]), &Silent).unwrap();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.objects, lib.object_count());
+        assert_eq!(report.packs, lib.packs().len());
+        assert!(report.to_string().contains("clean"));
+    }
+
+    #[test]
+    fn flipped_byte_names_object_pack_and_snapshot() {
+        let (dir, lib) = fixture::library();
+        let a = fixture::snapshot(&lib, 1, 5);
+        let b = fixture::snapshot(&lib, 2, 5);
+        let c = fixture::snapshot_with(&lib, 3, 5, Some(b));
+        let blob = fixture::blob_of(2, 5, 3);
+        let pack = lib.locate(&blob).unwrap().pack;
+        fixture::damage(dir.path(), &lib, &blob);
+        let roots = named(&[("a", a), ("b", b), ("c", c)]);
+        let report = verify(&lib, &roots, &Silent).unwrap();
+        assert!(!report.is_clean());
+        let objects: Vec<Score> = report.damaged_objects.iter().map(|d| d.0).collect();
+        assert_eq!(objects, [blob], "{report}");
+        assert_eq!(report.damaged_packs.len(), 1);
+        assert_eq!(report.damaged_packs[0].0, pack);
+        assert_eq!(report.damaged_snapshots, ["b", "c"]);
+        assert!(report.missing.is_empty());
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["damaged_objects"][0]["score"], blob.to_hex());
+    }
+
+    #[test]
+    fn missing_objects_are_reported() {
+        let (dir, lib) = fixture::library();
+        let a = fixture::snapshot(&lib, 1, 2);
+        let b = fixture::snapshot_with(&lib, 2, 2, Some(a));
+        std::fs::remove_file(fixture::pack_file(dir.path(), &lib, &a)).unwrap();
+        let report = verify(&lib, &named(&[("b", b)]), &Silent).unwrap();
+        // `a` itself, and the chunk list of the file `b` shares with it.
+        assert!(report.missing.contains(&a), "{report}");
+        assert_eq!(report.missing.len(), 2, "{report}");
+        assert_eq!(report.damaged_snapshots, ["b"]);
+    }
+
+    #[test]
+    fn a_good_second_copy_keeps_the_snapshot_whole() {
+        let (dir, lib) = fixture::library();
+        let a = fixture::snapshot(&lib, 1, 4);
+        let blob = fixture::blob_of(1, 4, 2);
+        let plain = lib.get(&blob).unwrap().1;
+        let mut b = PackBuilder::default();
+        let (enc, stored) = encode_object(&plain, 3);
+        b.add(blob, ObjectKind::Blob, enc, plain.len() as u32, &stored);
+        let (name, data, _) = b.finish();
+        lib.backend().put(&pack_key(&name), &data).unwrap();
+        let damaged_pack = lib.locate(&blob).unwrap().pack;
+        fixture::damage(dir.path(), &lib, &blob);
+        let report = verify(&lib, &named(&[("a", a)]), &Silent).unwrap();
+        assert_eq!(report.damaged_packs[0].0, damaged_pack, "{report}");
+        assert_eq!(report.damaged_objects.len(), 1);
+        assert!(report.damaged_snapshots.is_empty(), "{report}");
+    }
+
+    #[test]
+    fn truncated_trailer_is_rebuilt_by_scanning() {
+        let (dir, lib) = fixture::library();
+        let a = fixture::snapshot(&lib, 1, 5);
+        let path = fixture::pack_file(dir.path(), &lib, &fixture::blob_of(1, 5, 4));
+        let data = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &data[..data.len() - 20]).unwrap();
+        let lib = fixture::reopen(dir.path());
+        check(&lib, &a, 1, 5);
+        let report = verify(&lib, &named(&[("a", a)]), &Silent).unwrap();
+        assert_eq!(report.damaged_packs.len(), 1, "{report}");
+        assert!(report.damaged_objects.is_empty() && report.damaged_snapshots.is_empty());
+    }
+}

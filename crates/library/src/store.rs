@@ -290,6 +290,11 @@ impl Library {
         v
     }
 
+    /// Total bytes of all packs in the index.
+    pub fn stored_bytes(&self) -> u64 {
+        self.index.read().expect("index lock").packs.values().sum()
+    }
+
     /// Number of distinct objects in the index.
     pub fn object_count(&self) -> usize {
         self.index.read().expect("index lock").objects.len()
@@ -320,7 +325,8 @@ impl Library {
         idx.packs.insert(name, size);
         for entry in entries {
             let entry = *entry;
-            idx.objects.insert(entry.score, Location { pack: name, entry });
+            idx.objects
+                .insert(entry.score, Location { pack: name, entry });
         }
     }
 }

@@ -1,1 +1,48 @@
-fn main() {}
+//! `spawngrid`: the one binary of Spawngrid. This file parses the command line and reports
+//! errors; each command family lives in its own module.
+
+mod lib_cmd;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Spawngrid: environments spawned in milliseconds from a library of immutable snapshots.
+#[derive(Parser)]
+#[command(name = "spawngrid", version, about, long_about = None)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work on a node's library offline: import, export, log, diff, verify, gc, stats.
+    Lib(lib_cmd::LibArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPAWNGRID_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lib(args) => lib_cmd::run(args, cli.json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("spawngrid: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

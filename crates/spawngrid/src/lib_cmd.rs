@@ -1,0 +1,460 @@
+//! `spawngrid lib ...`: offline work on a node's data directory (library + catalog).
+
+use crate::progress::Bar;
+use anyhow::{bail, Context, Result};
+use catalog::Catalog;
+use clap::{Args, Subcommand};
+use library::import::{ImportOptions, Imported};
+use library::lease::{Lease, LeaseKind};
+use library::{Library, LocalBackend, Score, Snapshot};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `spawngrid lib`.
+#[derive(Args)]
+pub struct LibArgs {
+    /// The node's data directory (holds `library/` and `catalog.db`).
+    #[arg(
+        long,
+        env = "SPAWNGRID_DATA",
+        default_value = "/var/lib/spawngrid",
+        global = true
+    )]
+    data: PathBuf,
+    /// The user whose names are read and bound.
+    #[arg(long, default_value = "admin", global = true)]
+    owner: String,
+    #[command(subcommand)]
+    command: LibCommand,
+}
+
+#[derive(Subcommand)]
+enum LibCommand {
+    /// Store a directory or a tar (.tar, .tar.gz, .tar.zst, or - for stdin) as snapshot NAME.
+    Import {
+        /// The new name (bound once, forever).
+        name: String,
+        /// A directory, a tar file, or - to read a tar from stdin.
+        path: String,
+        /// A note recorded in the snapshot.
+        #[arg(long)]
+        note: Option<String>,
+        /// Record this name (or score) as the new snapshot's parent.
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Write snapshot NAME to DEST: a new directory, a .tar/.tar.gz/.tar.zst file, or - (tar).
+    Export {
+        /// A name or a score.
+        name: String,
+        /// Destination directory, tar file, or - for stdout.
+        dest: String,
+    },
+    /// Show the history of NAME: the snapshot and its ancestors.
+    Log {
+        /// A name or a score.
+        name: String,
+    },
+    /// List paths added (+), removed (-) and changed (M) from A to B.
+    Diff {
+        /// The older snapshot: a name or a score.
+        a: String,
+        /// The newer snapshot: a name or a score.
+        b: String,
+    },
+    /// Re-hash every stored object; exit non-zero and list damaged snapshots on corruption.
+    Verify,
+    /// Delete what no name can reach (waits for in-progress imports and saves).
+    Gc,
+    /// Logical and stored bytes, dedup ratio, objects, packs.
+    Stats,
+}
+
+/// Runs a `lib` subcommand.
+pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
+    let ctx = Ctx {
+        data: args.data,
+        owner: args.owner,
+        json,
+    };
+    match args.command {
+        LibCommand::Import {
+            name,
+            path,
+            note,
+            parent,
+        } => ctx.import(&name, &path, note, parent),
+        LibCommand::Export { name, dest } => ctx.export(&name, &dest),
+        LibCommand::Log { name } => ctx.log(&name),
+        LibCommand::Diff { a, b } => ctx.diff(&a, &b),
+        LibCommand::Verify => ctx.verify(),
+        LibCommand::Gc => ctx.gc(),
+        LibCommand::Stats => ctx.stats(),
+    }
+}
+
+struct Ctx {
+    data: PathBuf,
+    owner: String,
+    json: bool,
+}
+
+/// Megabytes (10^6 bytes) with one decimal, for humans.
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn print_json(v: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+}
+
+impl Ctx {
+    fn library(&self, create: bool) -> Result<Library> {
+        let root = self.data.join("library");
+        if !create && !root.join("config").exists() {
+            bail!(
+                "no library in {} (import something first, or pass --data DIR)",
+                self.data.display()
+            );
+        }
+        let backend = LocalBackend::open(&root)
+            .with_context(|| format!("opening library in {}", root.display()))?;
+        Ok(Library::open_or_init(Arc::new(backend))?)
+    }
+
+    fn catalog(&self) -> Result<Catalog> {
+        std::fs::create_dir_all(&self.data)
+            .with_context(|| format!("creating {}", self.data.display()))?;
+        Ok(Catalog::open(&self.data.join("catalog.db"))?)
+    }
+
+    fn lease(&self, lib: &Library, kind: LeaseKind) -> Result<Lease> {
+        let json = self.json;
+        Ok(lib.lease(kind, Duration::from_secs(600), &|msg: &str| {
+            if !json {
+                eprintln!("spawngrid: {msg}");
+            }
+        })?)
+    }
+
+    /// A name of this owner, or a literal score.
+    fn resolve(&self, cat: &Catalog, lib: &Library, name: &str) -> Result<(Score, Snapshot)> {
+        let score = match name.parse::<Score>() {
+            Ok(s) => s,
+            Err(_) => cat.resolve(&self.owner, name)?,
+        };
+        let snap = lib
+            .snapshot(&score)
+            .with_context(|| format!("reading snapshot {name}"))?;
+        Ok((score, snap))
+    }
+
+    fn import(
+        &self,
+        name: &str,
+        path: &str,
+        note: Option<String>,
+        parent: Option<String>,
+    ) -> Result<ExitCode> {
+        catalog::check_name(name)?;
+        let cat = self.catalog()?;
+        if let Ok(s) = cat.resolve(&self.owner, name) {
+            bail!("name {name} is already bound to {s} (names are immutable; choose another)");
+        }
+        let lib = self.library(true)?;
+        let parent = parent
+            .map(|p| self.resolve(&cat, &lib, &p).map(|(s, _)| s))
+            .transpose()?;
+        let _lease = self.lease(&lib, LeaseKind::Shared)?;
+        let before = lib.stored_bytes();
+        let bar = Bar::new("importing", self.json);
+        let opts = ImportOptions {
+            author: self.owner.clone(),
+            note: note.unwrap_or_else(|| format!("import of {path}")),
+            parent,
+            progress: &bar,
+        };
+        let start = Instant::now();
+        let imported = import_source(&lib, path, &opts)?;
+        cat.bind(&self.owner, name, imported.score)?;
+        drop(bar);
+        let secs = start.elapsed().as_secs_f64();
+        self.report_import(name, &imported, lib.stored_bytes() - before, secs);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn report_import(&self, name: &str, imp: &Imported, added: u64, secs: f64) {
+        let bytes = imp.snapshot.bytes();
+        for w in &imp.warnings {
+            eprintln!("spawngrid: warning: {w}");
+        }
+        if self.json {
+            print_json(json!({
+                "name": name, "owner": self.owner, "score": imp.score.to_hex(),
+                "bytes": bytes, "entries": imp.snapshot.entries(), "stored_bytes_added": added,
+                "seconds": secs, "warnings": imp.warnings,
+            }));
+        } else {
+            println!(
+                "imported {name} = {}: {} entries, {}, {} new in the library ({secs:.2} s, {:.0} MB/s)",
+                imp.score,
+                imp.snapshot.entries(),
+                mb(bytes),
+                mb(added),
+                bytes as f64 / 1e6 / secs.max(1e-9)
+            );
+        }
+    }
+
+    fn export(&self, name: &str, dest: &str) -> Result<ExitCode> {
+        let (cat, lib) = (self.catalog()?, self.library(false)?);
+        let (_, snap) = self.resolve(&cat, &lib, name)?;
+        let bar = Bar::new("exporting", self.json);
+        let start = Instant::now();
+        let is_tar = dest == "-"
+            || [".tar", ".tar.gz", ".tgz", ".tar.zst"]
+                .iter()
+                .any(|s| dest.ends_with(s));
+        let entries = if is_tar {
+            export_tar_to(&lib, &snap, dest, &bar)?;
+            snap.entries()
+        } else {
+            library::export::dir::export_dir(&lib, &snap, Path::new(dest), &bar)?.entries
+        };
+        drop(bar);
+        let secs = start.elapsed().as_secs_f64();
+        if self.json {
+            print_json(
+                json!({"name": name, "dest": dest, "entries": entries, "bytes": snap.bytes(), "seconds": secs}),
+            );
+        } else if dest != "-" {
+            println!(
+                "exported {name} to {dest}: {entries} entries, {} ({secs:.2} s)",
+                mb(snap.bytes())
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn log(&self, name: &str) -> Result<ExitCode> {
+        let (cat, lib) = (self.catalog()?, self.library(false)?);
+        let (mut score, mut snap) = self.resolve(&cat, &lib, name)?;
+        let mut rows = Vec::new();
+        loop {
+            let names: Vec<String> = cat
+                .names_of(&score)?
+                .into_iter()
+                .map(|(o, n)| format!("{o}/{n}"))
+                .collect();
+            rows.push(json!({
+                "score": score.to_hex(), "names": names, "author": snap.author, "time_ns": snap.time_ns,
+                "note": snap.note, "bytes": snap.bytes(), "entries": snap.entries(),
+            }));
+            match snap.parent {
+                Some(p) => {
+                    score = p;
+                    snap = lib.snapshot(&p)?;
+                }
+                None => break,
+            }
+        }
+        if self.json {
+            print_json(json!(rows));
+            return Ok(ExitCode::SUCCESS);
+        }
+        for r in rows {
+            let secs = r["time_ns"].as_i64().unwrap_or(0) / 1_000_000_000;
+            println!(
+                "{}  {}  {}  {}",
+                r["score"].as_str().unwrap_or(""),
+                fmt_time(secs),
+                r["author"].as_str().unwrap_or(""),
+                mb(r["bytes"].as_u64().unwrap_or(0))
+            );
+            println!(
+                "    names: {}",
+                r["names"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default()
+            );
+            println!("    {}", r["note"].as_str().unwrap_or(""));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn diff(&self, a: &str, b: &str) -> Result<ExitCode> {
+        let (cat, lib) = (self.catalog()?, self.library(false)?);
+        let ((_, sa), (_, sb)) = (self.resolve(&cat, &lib, a)?, self.resolve(&cat, &lib, b)?);
+        let changes = library::diff::diff(&lib, &sa, &sb)?;
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let rows: Vec<_> = changes
+                .iter()
+                .map(|(c, p)| json!({"change": c, "path": String::from_utf8_lossy(p)}))
+                .collect();
+            print_json(json!(rows));
+        } else {
+            for (c, p) in &changes {
+                writeln!(out, "{} {}", c.mark(), shown_path(p))?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn roots(&self) -> Result<Vec<(String, Score)>> {
+        Ok(self
+            .catalog()?
+            .all_scores()?
+            .into_iter()
+            .map(|(o, n, s)| (format!("{o}/{n}"), s))
+            .collect())
+    }
+
+    fn verify(&self) -> Result<ExitCode> {
+        let lib = self.library(false)?;
+        let roots = self.roots()?;
+        let bar = Bar::new("verifying", self.json);
+        let report = library::verify::verify(&lib, &roots, &bar)?;
+        drop(bar);
+        if self.json {
+            print_json(serde_json::to_value(&report)?);
+        } else {
+            print!("{report}");
+        }
+        Ok(if report.is_clean() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+
+    fn gc(&self) -> Result<ExitCode> {
+        let lib = self.library(false)?;
+        let _lease = self.lease(&lib, LeaseKind::Exclusive)?;
+        let roots: Vec<Score> = self.roots()?.into_iter().map(|(_, s)| s).collect();
+        let bar = Bar::new("collecting", self.json);
+        let report = library::gc::gc(&lib, &roots, &bar)?;
+        drop(bar);
+        if self.json {
+            print_json(serde_json::to_value(&report)?);
+        } else {
+            print!("{report}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn stats(&self) -> Result<ExitCode> {
+        let lib = self.library(false)?;
+        let roots: Vec<Score> = self.roots()?.into_iter().map(|(_, s)| s).collect();
+        let stats = library::stats::stats(&lib, &roots)?;
+        if self.json {
+            print_json(serde_json::to_value(&stats)?);
+        } else {
+            print!("{stats}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Imports `path`: a directory, a tar file (any supported compression), or `-` for stdin.
+fn import_source(lib: &Library, path: &str, opts: &ImportOptions) -> Result<Imported> {
+    if path == "-" {
+        if std::io::stdin().is_terminal() {
+            bail!("refusing to read a tar from a terminal; pipe one in or give a path");
+        }
+        return Ok(library::import::tar::import_tar(
+            lib,
+            std::io::stdin().lock(),
+            opts,
+        )?);
+    }
+    let p = Path::new(path);
+    let md = std::fs::metadata(p).with_context(|| format!("reading {path}"))?;
+    if md.is_dir() {
+        return Ok(library::import::dir::import_dir(lib, p, opts)?);
+    }
+    opts.progress.total(md.len());
+    let f = std::fs::File::open(p).with_context(|| format!("opening {path}"))?;
+    Ok(library::import::tar::import_tar(
+        lib,
+        std::io::BufReader::with_capacity(1 << 20, f),
+        opts,
+    )?)
+}
+
+/// Writes a tar of `snap` to `dest` (`-` for stdout), compressed by the file's extension.
+/// A file is written under a temporary name and renamed when complete.
+fn export_tar_to(lib: &Library, snap: &Snapshot, dest: &str, bar: &Bar) -> Result<()> {
+    if dest == "-" {
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        return Ok(library::export::tar::export_tar(lib, snap, out, bar)?);
+    }
+    let tmp = format!("{dest}.partial");
+    let write = || -> Result<()> {
+        let f = std::fs::File::create(&tmp).with_context(|| format!("creating {tmp}"))?;
+        let w = std::io::BufWriter::with_capacity(1 << 20, f);
+        if dest.ends_with(".tar.zst") {
+            let mut z = zstd::Encoder::new(w, 3)?;
+            library::export::tar::export_tar(lib, snap, &mut z, bar)?;
+            z.finish()?
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()?;
+        } else if dest.ends_with(".gz") || dest.ends_with(".tgz") {
+            let mut z = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+            library::export::tar::export_tar(lib, snap, &mut z, bar)?;
+            z.finish()?
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()?;
+        } else {
+            let mut w = w;
+            library::export::tar::export_tar(lib, snap, &mut w, bar)?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        std::fs::rename(&tmp, dest).with_context(|| format!("renaming {tmp} to {dest}"))?;
+        Ok(())
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// A snapshot path for a terminal: printable as is, otherwise escaped.
+fn shown_path(p: &[u8]) -> String {
+    match std::str::from_utf8(p) {
+        Ok(s) if !s.chars().any(char::is_control) => s.to_string(),
+        _ => format!("{:?}", String::from_utf8_lossy(p)),
+    }
+}
+
+/// UTC time as `YYYY-MM-DD HH:MM:SS`.
+fn fmt_time(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}

@@ -44,7 +44,13 @@ pub fn diff(lib: &Library, a: &Snapshot, b: &Snapshot) -> Result<Vec<(Change, Ve
     Ok(out)
 }
 
-fn diff_trees(lib: &Library, a: &Score, b: &Score, path: &mut Vec<u8>, out: &mut Vec<(Change, Vec<u8>)>) -> Result<()> {
+fn diff_trees(
+    lib: &Library,
+    a: &Score,
+    b: &Score,
+    path: &mut Vec<u8>,
+    out: &mut Vec<(Change, Vec<u8>)>,
+) -> Result<()> {
     if a == b {
         return Ok(());
     }
@@ -100,7 +106,13 @@ fn push(path: &mut Vec<u8>, name: &[u8]) {
 }
 
 /// Lists `e` and, for a directory, everything below it, all as `change`.
-fn whole(lib: &Library, e: &Entry, change: Change, path: &mut Vec<u8>, out: &mut Vec<(Change, Vec<u8>)>) -> Result<()> {
+fn whole(
+    lib: &Library,
+    e: &Entry,
+    change: Change,
+    path: &mut Vec<u8>,
+    out: &mut Vec<(Change, Vec<u8>)>,
+) -> Result<()> {
     let len = path.len();
     push(path, &e.name);
     out.push((change, path.clone()));

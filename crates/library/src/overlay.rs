@@ -50,7 +50,8 @@ pub fn apply_upper(
     let base = lib.snapshot(&parent)?;
     let root_fd = Arc::new(walk::open_root(upper)?);
     let shown = upper.display().to_string();
-    let st = rustix::fs::fstat(&*root_fd).map_err(|e| Error::io("reading metadata of", upper, e.into()))?;
+    let st = rustix::fs::fstat(&*root_fd)
+        .map_err(|e| Error::io("reading metadata of", upper, e.into()))?;
     let xattrs = walk::fd_xattrs(&*root_fd, &shown)?;
     let apply = Apply { lib, shift };
     let root_meta = apply.meta(&st, xattrs.clone(), &shown)?;
@@ -68,7 +69,11 @@ pub fn apply_upper(
         note: opts.note.clone(),
     };
     let score = lib.commit(&snapshot)?;
-    Ok(Imported { score, snapshot, warnings })
+    Ok(Imported {
+        score,
+        snapshot,
+        warnings,
+    })
 }
 
 struct Apply<'a> {
@@ -83,7 +88,11 @@ fn is_overlay_xattr(name: &[u8]) -> bool {
 fn overlay_xattr<'x>(xattrs: &'x [(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<&'x [u8]> {
     xattrs
         .iter()
-        .find(|(k, _)| is_overlay_xattr(k) && k.ends_with(key) && k[..k.len() - key.len()].ends_with(b"overlay."))
+        .find(|(k, _)| {
+            is_overlay_xattr(k)
+                && k.ends_with(key)
+                && k[..k.len() - key.len()].ends_with(b"overlay.")
+        })
         .map(|(_, v)| v.as_slice())
 }
 
@@ -98,13 +107,16 @@ impl Apply<'_> {
         depth: usize,
     ) -> Result<Dir> {
         if depth >= MAX_DEPTH {
-            return Err(Error::BadInput(format!("{path}: directories nested deeper than {MAX_DEPTH} levels")));
+            return Err(Error::BadInput(format!(
+                "{path}: directories nested deeper than {MAX_DEPTH} levels"
+            )));
         }
         let opaque = overlay_xattr(xattrs, b"opaque") == Some(b"y");
         let mut out = match lower {
-            Some(Entry { content: Content::Dir { tree, .. }, .. }) if !opaque => {
-                Dir::from_tree(Meta::default(), self.lib.tree(tree)?)
-            }
+            Some(Entry {
+                content: Content::Dir { tree, .. },
+                ..
+            }) if !opaque => Dir::from_tree(Meta::default(), self.lib.tree(tree)?),
             _ => Dir::default(),
         };
         for mut e in walk::list(fd, path)? {
@@ -137,7 +149,12 @@ impl Apply<'_> {
     }
 
     /// Metadata to store for an upper entry: overlay xattrs dropped, ids shifted back.
-    fn meta(&self, st: &rustix::fs::Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>, path: &str) -> Result<Meta> {
+    fn meta(
+        &self,
+        st: &rustix::fs::Stat,
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+        path: &str,
+    ) -> Result<Meta> {
         for key in [&b"redirect"[..], b"metacopy"] {
             if overlay_xattr(&xattrs, key).is_some() {
                 return Err(Error::BadInput(format!(
@@ -146,7 +163,10 @@ impl Apply<'_> {
                 )));
             }
         }
-        let kept = xattrs.into_iter().filter(|(k, _)| !is_overlay_xattr(k)).collect();
+        let kept = xattrs
+            .into_iter()
+            .filter(|(k, _)| !is_overlay_xattr(k))
+            .collect();
         let mut meta = meta_of(st, kept);
         if let Some(s) = self.shift {
             let map = |id: u32, base: u32, what: &str| {

@@ -91,14 +91,22 @@ pub(crate) fn list(dir: &OwnedFd, path: &str) -> Result<Vec<RawEntry>> {
             let full = [proc_path.as_slice(), name].concat();
             path_xattrs(std::ffi::OsStr::from_bytes(&full), &child(path, name))?
         };
-        out.push(RawEntry { name: name.to_vec(), stat, xattrs });
+        out.push(RawEntry {
+            name: name.to_vec(),
+            stat,
+            xattrs,
+        });
     }
     Ok(out)
 }
 
 /// `path/name` for messages.
 pub(crate) fn child(path: &str, name: &[u8]) -> String {
-    format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(name))
+    format!(
+        "{}/{}",
+        path.trim_end_matches('/'),
+        String::from_utf8_lossy(name)
+    )
 }
 
 /// The xattrs of an open file or directory, sorted by name.
@@ -110,7 +118,11 @@ pub(crate) fn fd_xattrs(fd: impl AsFd, path: &str) -> Result<Vec<(Vec<u8>, Vec<u
         Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
         Err(e) => return Err(io_err("listing xattrs of", path, e)),
     };
-    collect_xattrs(&buf[..n], |name, val| rustix::fs::fgetxattr(fd, name, val), path)
+    collect_xattrs(
+        &buf[..n],
+        |name, val| rustix::fs::fgetxattr(fd, name, val),
+        path,
+    )
 }
 
 fn path_xattrs(p: &std::ffi::OsStr, path: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -120,7 +132,11 @@ fn path_xattrs(p: &std::ffi::OsStr, path: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)
         Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
         Err(e) => return Err(io_err("listing xattrs of", path, e)),
     };
-    collect_xattrs(&buf[..n], |name, val| rustix::fs::lgetxattr(p, name, val), path)
+    collect_xattrs(
+        &buf[..n],
+        |name, val| rustix::fs::lgetxattr(p, name, val),
+        path,
+    )
 }
 
 fn collect_xattrs(
@@ -151,11 +167,17 @@ pub(crate) fn open_file(dir: &OwnedFd, name: &[u8], expect: &Stat, path: &str) -
     let st = rustix::fs::fstat(&pinned).map_err(|e| io_err("reading metadata of", path, e))?;
     let same = st.st_dev == expect.st_dev && st.st_ino == expect.st_ino;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || !same {
-        return Err(Error::BadInput(format!("{path} changed while being read; try again")));
+        return Err(Error::BadInput(format!(
+            "{path} changed while being read; try again"
+        )));
     }
     let proc = format!("/proc/self/fd/{}", pinned.as_raw_fd());
-    let fd = rustix::fs::open(proc.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io_err("opening", path, e))?;
+    let fd = rustix::fs::open(
+        proc.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("opening", path, e))?;
     Ok(File::from(fd))
 }
 

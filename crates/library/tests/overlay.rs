@@ -14,7 +14,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 fn opts() -> ImportOptions<'static> {
-    ImportOptions { author: "test".into(), note: "save".into(), parent: None, progress: &Silent }
+    ImportOptions {
+        author: "test".into(),
+        note: "save".into(),
+        parent: None,
+        progress: &Silent,
+    }
 }
 
 fn sh(script: &str) {
@@ -55,11 +60,17 @@ fn child_snapshot_equals_the_merged_view() {
     let child = apply_upper(&lib, parent.score, &p.join("upper"), &opts(), None).unwrap();
     assert_eq!(child.snapshot.parent, Some(parent.score));
     export_dir(&lib, &child.snapshot, &p.join("out"), &Silent).unwrap();
-    assert_eq!(common::listing(&p.join("expected"), false), common::listing(&p.join("out"), false));
+    assert_eq!(
+        common::listing(&p.join("expected"), false),
+        common::listing(&p.join("out"), false)
+    );
 
     // The parent is untouched.
     export_dir(&lib, &parent.snapshot, &p.join("parent-again"), &Silent).unwrap();
-    assert_eq!(common::listing(&p.join("src"), true), common::listing(&p.join("parent-again"), true));
+    assert_eq!(
+        common::listing(&p.join("src"), true),
+        common::listing(&p.join("parent-again"), true)
+    );
 }
 
 /// A hand-made upper: whiteouts, an opaque dir, symlinks out of the tree, a FIFO and a device
@@ -85,16 +96,31 @@ fn hand_made_upper_is_applied_without_following_anything() {
     export_dir(&lib, &child.snapshot, &p.join("out"), &Silent).unwrap();
     let out = p.join("out");
     assert!(!out.join("keep").exists(), "whiteout removes the name");
-    assert!(!out.join("a/b").exists(), "opaque dir hides the lower contents");
+    assert!(
+        !out.join("a/b").exists(),
+        "opaque dir hides the lower contents"
+    );
     assert_eq!(std::fs::read(out.join("a/only")).unwrap(), b"new\n");
-    assert_eq!(std::fs::read_link(out.join("a/escape")).unwrap(), p.join("outside"));
-    assert_eq!(std::fs::read_link(out.join("a/up")).unwrap(), Path::new("../../.."));
+    assert_eq!(
+        std::fs::read_link(out.join("a/escape")).unwrap(),
+        p.join("outside")
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("a/up")).unwrap(),
+        Path::new("../../..")
+    );
     assert_eq!(std::fs::read_dir(out.join("gone")).unwrap().count(), 0);
     use std::os::unix::fs::MetadataExt;
-    let (m1, m2) = (std::fs::metadata(out.join("a/only")).unwrap(), std::fs::metadata(out.join("a/only2")).unwrap());
+    let (m1, m2) = (
+        std::fs::metadata(out.join("a/only")).unwrap(),
+        std::fs::metadata(out.join("a/only2")).unwrap(),
+    );
     assert_eq!(m1.ino(), m2.ino(), "hardlink pair restored as one inode");
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::symlink_metadata(out.join("a/fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(out.join("a/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     // The overlay bookkeeping xattr is not stored.
     assert!(common::xattrs(&out.join("a")).is_empty());
 }
@@ -110,7 +136,11 @@ fn overlay_redirects_are_refused_and_ids_are_shifted_back() {
     ));
     let lib = library(p);
     let parent = import_dir(&lib, &p.join("src"), &opts()).unwrap();
-    let shift = IdShift { host_uid: 100000, host_gid: 100000, count: 65536 };
+    let shift = IdShift {
+        host_uid: 100000,
+        host_gid: 100000,
+        count: 65536,
+    };
     let child = apply_upper(&lib, parent.score, &p.join("upper"), &opts(), Some(shift)).unwrap();
     export_dir(&lib, &child.snapshot, &p.join("out"), &Silent).unwrap();
     use std::os::unix::fs::MetadataExt;
@@ -119,9 +149,16 @@ fn overlay_redirects_are_refused_and_ids_are_shifted_back() {
 
     sh(&format!("cd '{}' && chown 5:5 upper/d/g", p.display()));
     let err = apply_upper(&lib, parent.score, &p.join("upper"), &opts(), Some(shift)).unwrap_err();
-    assert!(err.to_string().contains("outside the environment's id range"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("outside the environment's id range"),
+        "{err}"
+    );
 
-    sh(&format!("cd '{}' && setfattr -n trusted.overlay.redirect -v /x upper/d", p.display()));
+    sh(&format!(
+        "cd '{}' && setfattr -n trusted.overlay.redirect -v /x upper/d",
+        p.display()
+    ));
     let err = apply_upper(&lib, parent.score, &p.join("upper"), &opts(), None).unwrap_err();
     assert!(err.to_string().contains("redirect"), "{err}");
 }

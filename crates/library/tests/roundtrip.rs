@@ -10,7 +10,12 @@ use library::{Library, LocalBackend};
 use std::sync::Arc;
 
 fn opts() -> ImportOptions<'static> {
-    ImportOptions { author: "test".into(), note: "test".into(), parent: None, progress: &Silent }
+    ImportOptions {
+        author: "test".into(),
+        note: "test".into(),
+        parent: None,
+        progress: &Silent,
+    }
 }
 
 #[test]
@@ -18,7 +23,8 @@ fn directory_round_trip_keeps_all_metadata() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     common::sample_tree(&src);
-    let lib = Library::open_or_init(Arc::new(LocalBackend::open(t.path().join("lib")).unwrap())).unwrap();
+    let lib =
+        Library::open_or_init(Arc::new(LocalBackend::open(t.path().join("lib")).unwrap())).unwrap();
     let imported = import_dir(&lib, &src, &opts()).unwrap();
     let out = t.path().join("out");
     export_dir(&lib, &imported.snapshot, &out, &Silent).unwrap();
@@ -28,7 +34,11 @@ fn directory_round_trip_keeps_all_metadata() {
     let stored = lib.object_count();
     let again = import_dir(&lib, &out, &opts()).unwrap();
     assert_eq!(again.snapshot.root, imported.snapshot.root);
-    assert_eq!(lib.object_count(), stored + 1, "only the new snapshot object is stored");
+    assert_eq!(
+        lib.object_count(),
+        stored + 1,
+        "only the new snapshot object is stored"
+    );
 }
 
 #[test]
@@ -37,7 +47,8 @@ fn export_refuses_non_empty_destination() {
     let src = t.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), b"x").unwrap();
-    let lib = Library::open_or_init(Arc::new(LocalBackend::open(t.path().join("lib")).unwrap())).unwrap();
+    let lib =
+        Library::open_or_init(Arc::new(LocalBackend::open(t.path().join("lib")).unwrap())).unwrap();
     let imported = import_dir(&lib, &src, &opts()).unwrap();
     let err = export_dir(&lib, &imported.snapshot, &src, &Silent).unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");

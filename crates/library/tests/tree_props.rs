@@ -9,22 +9,55 @@ fn score() -> impl Strategy<Value = Score> {
 }
 
 fn name() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..12)
-        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+        1..12,
+    )
+    .prop_filter("not . or ..", |n| n != b"." && n != b"..")
 }
 
 fn meta() -> impl Strategy<Value = Meta> {
-    let xattr = (proptest::collection::vec(1u8..=255, 1..8), proptest::collection::vec(any::<u8>(), 0..8));
-    (0u32..0o10000, any::<u32>(), any::<u32>(), any::<i64>(), 0u32..1_000_000_000, proptest::collection::btree_map(xattr.0, xattr.1, 0..3))
-        .prop_map(|(mode, uid, gid, mtime_sec, mtime_nsec, x)| Meta { mode, uid, gid, mtime_sec, mtime_nsec, xattrs: x.into_iter().collect() })
+    let xattr = (
+        proptest::collection::vec(1u8..=255, 1..8),
+        proptest::collection::vec(any::<u8>(), 0..8),
+    );
+    (
+        0u32..0o10000,
+        any::<u32>(),
+        any::<u32>(),
+        any::<i64>(),
+        0u32..1_000_000_000,
+        proptest::collection::btree_map(xattr.0, xattr.1, 0..3),
+    )
+        .prop_map(|(mode, uid, gid, mtime_sec, mtime_nsec, x)| Meta {
+            mode,
+            uid,
+            gid,
+            mtime_sec,
+            mtime_nsec,
+            xattrs: x.into_iter().collect(),
+        })
 }
 
 fn content() -> impl Strategy<Value = Content> {
     prop_oneof![
-        Just(Content::File { size: 0, data: FileData::Empty }),
-        (1u64.., score()).prop_map(|(size, s)| Content::File { size, data: FileData::Blob(s) }),
-        (1u64.., score()).prop_map(|(size, s)| Content::File { size, data: FileData::Chunks(s) }),
-        (score(), any::<u64>(), any::<u64>()).prop_map(|(tree, bytes, entries)| Content::Dir { tree, bytes, entries }),
+        Just(Content::File {
+            size: 0,
+            data: FileData::Empty
+        }),
+        (1u64.., score()).prop_map(|(size, s)| Content::File {
+            size,
+            data: FileData::Blob(s)
+        }),
+        (1u64.., score()).prop_map(|(size, s)| Content::File {
+            size,
+            data: FileData::Chunks(s)
+        }),
+        (score(), any::<u64>(), any::<u64>()).prop_map(|(tree, bytes, entries)| Content::Dir {
+            tree,
+            bytes,
+            entries
+        }),
         proptest::collection::vec(any::<u8>(), 0..20).prop_map(Content::Symlink),
         any::<u64>().prop_map(Content::CharDev),
         any::<u64>().prop_map(Content::BlockDev),
@@ -33,8 +66,18 @@ fn content() -> impl Strategy<Value = Content> {
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
-    (name(), meta(), content(), proptest::option::of(any::<[u8; 16]>()))
-        .prop_map(|(name, meta, content, link)| Entry { name, meta, content, link })
+    (
+        name(),
+        meta(),
+        content(),
+        proptest::option::of(any::<[u8; 16]>()),
+    )
+        .prop_map(|(name, meta, content, link)| Entry {
+            name,
+            meta,
+            content,
+            link,
+        })
 }
 
 proptest! {
@@ -75,7 +118,14 @@ proptest! {
 
 #[test]
 fn out_of_order_entries_are_rejected() {
-    let e = |n: &[u8]| Entry { name: n.to_vec(), meta: Meta::default(), content: Content::Fifo, link: None };
-    let tree = Tree { entries: vec![e(b"b"), e(b"a")] };
+    let e = |n: &[u8]| Entry {
+        name: n.to_vec(),
+        meta: Meta::default(),
+        content: Content::Fifo,
+        link: None,
+    };
+    let tree = Tree {
+        entries: vec![e(b"b"), e(b"a")],
+    };
     assert!(Tree::decode(&tree.encode()).is_err());
 }

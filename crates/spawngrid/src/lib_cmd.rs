@@ -129,7 +129,7 @@ impl Ctx {
     fn catalog(&self) -> Result<Catalog> {
         std::fs::create_dir_all(&self.data)
             .with_context(|| format!("creating {}", self.data.display()))?;
-        Ok(Catalog::open(&self.data.join("catalog.db"))?)
+        Ok(Catalog::open(self.data.join("catalog.db"))?)
     }
 
     fn lease(&self, lib: &Library, kind: LeaseKind) -> Result<Lease> {

@@ -41,7 +41,12 @@ struct Plan {
 }
 
 /// Writes `snap` into `dest`, which must not exist or be an empty directory.
-pub fn export_dir(lib: &Library, snap: &Snapshot, dest: &Path, progress: &dyn Progress) -> Result<Exported> {
+pub fn export_dir(
+    lib: &Library,
+    snap: &Snapshot,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<Exported> {
     let created = prepare_dest(dest)?;
     progress.total(snap.bytes());
     let result = write_all(lib, snap, dest, progress);
@@ -54,7 +59,10 @@ pub fn export_dir(lib: &Library, snap: &Snapshot, dest: &Path, progress: &dyn Pr
 fn prepare_dest(dest: &Path) -> Result<bool> {
     match fs::read_dir(dest).map(|d| d.count()) {
         Ok(0) => Ok(false),
-        Ok(_) => Err(Error::BadInput(format!("{} is not empty; export into a new directory", dest.display()))),
+        Ok(_) => Err(Error::BadInput(format!(
+            "{} is not empty; export into a new directory",
+            dest.display()
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir(dest).map_err(|e| Error::io("creating", dest, e))?;
             Ok(true)
@@ -69,12 +77,21 @@ fn cleanup(dest: &Path, created: bool) {
     } else if let Ok(d) = fs::read_dir(dest) {
         for e in d.flatten() {
             let p = e.path();
-            let _ = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            let _ = if p.is_dir() && !p.is_symlink() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
         }
     }
 }
 
-fn write_all(lib: &Library, snap: &Snapshot, dest: &Path, progress: &dyn Progress) -> Result<Exported> {
+fn write_all(
+    lib: &Library,
+    snap: &Snapshot,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<Exported> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (tx, rx) = bounded::<FileJob>(256);
     let mut plan = Plan::default();
@@ -95,7 +112,8 @@ fn write_all(lib: &Library, snap: &Snapshot, dest: &Path, progress: &dyn Progres
             .collect();
         drop(rx);
         let walked = walk(lib, &snap.tree(), dest, &mut plan, &mut |job| {
-            tx.send(job).map_err(|_| Error::BadInput("export stopped".into()))
+            tx.send(job)
+                .map_err(|_| Error::BadInput("export stopped".into()))
         });
         drop(tx);
         let mut total = 0;
@@ -111,7 +129,10 @@ fn write_all(lib: &Library, snap: &Snapshot, dest: &Path, progress: &dyn Progres
         set_meta(path, meta, false)?;
     }
     set_meta(dest, &snap.root.meta, false)?;
-    Ok(Exported { entries: plan.entries, bytes })
+    Ok(Exported {
+        entries: plan.entries,
+        bytes,
+    })
 }
 
 fn walk(
@@ -148,15 +169,23 @@ fn create(
             .map_err(|err| Error::io("creating", &path, err.into()))
     };
     match e.content {
-        Content::File { data, .. } => return send(FileJob { path, meta: e.meta, data }),
+        Content::File { data, .. } => {
+            return send(FileJob {
+                path,
+                meta: e.meta,
+                data,
+            })
+        }
         Content::Dir { tree, .. } => {
             fs::create_dir(&path).map_err(|err| Error::io("creating", &path, err))?;
             walk(lib, &tree, &path, plan, send)?;
             plan.dirs.push((path, e.meta));
             return Ok(());
         }
-        Content::Symlink(target) => std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
-            .map_err(|err| Error::io("creating", &path, err))?,
+        Content::Symlink(target) => {
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
+                .map_err(|err| Error::io("creating", &path, err))?
+        }
         Content::CharDev(rdev) => node(rustix::fs::FileType::CharacterDevice, rdev)?,
         Content::BlockDev(rdev) => node(rustix::fs::FileType::BlockDevice, rdev)?,
         Content::Fifo => node(rustix::fs::FileType::Fifo, 0)?,
@@ -167,13 +196,19 @@ fn create(
 
 fn write_file(lib: &Library, job: &FileJob) -> Result<u64> {
     let shown = job.path.display().to_string();
-    let f = File::options().write(true).create_new(true).open(&job.path).map_err(|e| Error::io("creating", &job.path, e))?;
+    let f = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&job.path)
+        .map_err(|e| Error::io("creating", &job.path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, &f);
     let n = file::write_file(lib, &job.data, &mut w, &shown)?;
-    w.into_inner().map_err(|e| Error::io("writing", &job.path, e.into_error()))?;
+    w.into_inner()
+        .map_err(|e| Error::io("writing", &job.path, e.into_error()))?;
     let m = &job.meta;
     let io = |what, e: rustix::io::Errno| Error::io(what, &job.path, e.into());
-    rustix::fs::fchown(&f, Some(uid(m.uid)), Some(gid(m.gid))).map_err(|e| io("changing owner of", e))?;
+    rustix::fs::fchown(&f, Some(uid(m.uid)), Some(gid(m.gid)))
+        .map_err(|e| io("changing owner of", e))?;
     rustix::fs::fchmod(&f, Mode::from_raw_mode(m.mode)).map_err(|e| io("changing mode of", e))?;
     for (k, v) in &m.xattrs {
         rustix::fs::fsetxattr(&f, k.as_slice(), v, rustix::fs::XattrFlags::empty())
@@ -186,8 +221,14 @@ fn write_file(lib: &Library, job: &FileJob) -> Result<u64> {
 /// Applies owner, mode, xattrs and mtime to a path without following it if it is a symlink.
 fn set_meta(path: &Path, m: &Meta, symlink: bool) -> Result<()> {
     let io = |what, e: rustix::io::Errno| Error::io(what, path, e.into());
-    rustix::fs::chownat(CWD, path, Some(uid(m.uid)), Some(gid(m.gid)), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| io("changing owner of", e))?;
+    rustix::fs::chownat(
+        CWD,
+        path,
+        Some(uid(m.uid)),
+        Some(gid(m.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io("changing owner of", e))?;
     if !symlink {
         rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(m.mode), AtFlags::empty())
             .map_err(|e| io("changing mode of", e))?;
@@ -196,12 +237,19 @@ fn set_meta(path: &Path, m: &Meta, symlink: bool) -> Result<()> {
         rustix::fs::lsetxattr(path, k.as_slice(), v, rustix::fs::XattrFlags::empty())
             .map_err(|e| io("setting xattr on", e))?;
     }
-    rustix::fs::utimensat(CWD, path, &times(m), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io("setting times of", e))
+    rustix::fs::utimensat(CWD, path, &times(m), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io("setting times of", e))
 }
 
 fn times(m: &Meta) -> Timestamps {
-    let t = rustix::fs::Timespec { tv_sec: m.mtime_sec, tv_nsec: m.mtime_nsec.into() };
-    Timestamps { last_access: t, last_modification: t }
+    let t = rustix::fs::Timespec {
+        tv_sec: m.mtime_sec,
+        tv_nsec: m.mtime_nsec.into(),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 fn uid(u: u32) -> rustix::fs::Uid {

@@ -16,10 +16,12 @@ use std::sync::Arc;
 pub fn import_dir(lib: &Library, path: &Path, opts: &ImportOptions) -> Result<Imported> {
     let root_fd = Arc::new(walk::open_root(path)?);
     let shown = path.display().to_string();
-    let st = rustix::fs::fstat(&*root_fd).map_err(|e| Error::io("reading metadata of", path, e.into()))?;
+    let st = rustix::fs::fstat(&*root_fd)
+        .map_err(|e| Error::io("reading metadata of", path, e.into()))?;
     let xattrs = walk::fd_xattrs(&*root_fd, &shown)?;
     opts.progress.phase("storing files");
-    let (mut root, warnings) = ingest::run(lib, opts.progress, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
+    let (mut root, warnings) =
+        ingest::run(lib, opts.progress, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
     root.meta = meta_of(&st, xattrs);
     opts.progress.phase("storing trees");
     let root = root.store(lib)?;
@@ -31,12 +33,18 @@ pub fn import_dir(lib: &Library, path: &Path, opts: &ImportOptions) -> Result<Im
         note: opts.note.clone(),
     };
     let score = lib.commit(&snapshot)?;
-    Ok(Imported { score, snapshot, warnings })
+    Ok(Imported {
+        score,
+        snapshot,
+        warnings,
+    })
 }
 
 fn walk_dir(ing: &mut Ingest, dir: &Arc<OwnedFd>, path: &str, depth: usize) -> Result<Dir> {
     if depth >= MAX_DEPTH {
-        return Err(Error::BadInput(format!("{path}: directories nested deeper than {MAX_DEPTH} levels")));
+        return Err(Error::BadInput(format!(
+            "{path}: directories nested deeper than {MAX_DEPTH} levels"
+        )));
     }
     let mut out = Dir::default();
     for mut e in walk::list(dir, path)? {

@@ -58,7 +58,11 @@ pub(crate) fn run<R>(
                 }
             });
         }
-        let mut ingest = Ingest { jobs: tx, links: HashMap::new(), warnings: Vec::new() };
+        let mut ingest = Ingest {
+            jobs: tx,
+            links: HashMap::new(),
+            warnings: Vec::new(),
+        };
         let result = walk(&mut ingest);
         if result.is_err() {
             cancelled.store(true, Ordering::Relaxed);
@@ -81,13 +85,28 @@ impl Ingest {
     ///
     /// Returns `None` for entries that are skipped with a warning (sockets).
     /// `meta` is the entry's metadata as it is to be stored (the caller may have filtered it).
-    pub(crate) fn leaf(&mut self, dir: &Arc<OwnedFd>, e: RawEntry, meta: Meta, path: &str) -> Result<Option<Node>> {
+    pub(crate) fn leaf(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        e: RawEntry,
+        meta: Meta,
+        path: &str,
+    ) -> Result<Option<Node>> {
         let group = self.group(&e.stat);
         let content = match FileType::from_raw_mode(e.stat.st_mode) {
-            FileType::RegularFile if e.stat.st_size == 0 => Content::File { size: 0, data: FileData::Empty },
+            FileType::RegularFile if e.stat.st_size == 0 => Content::File {
+                size: 0,
+                data: FileData::Empty,
+            },
             FileType::RegularFile => {
                 let slot: FileSlot = Arc::new(OnceLock::new());
-                let job = Job { dir: dir.clone(), name: e.name, stat: e.stat, path: path.to_string(), slot: slot.clone() };
+                let job = Job {
+                    dir: dir.clone(),
+                    name: e.name,
+                    stat: e.stat,
+                    path: path.to_string(),
+                    slot: slot.clone(),
+                };
                 self.jobs.send(job).expect("workers outlive the walk");
                 return Ok(Some(Node::File { meta, slot, group }));
             }
@@ -100,7 +119,12 @@ impl Ingest {
                 return Ok(None);
             }
         };
-        let entry = Entry { name: Vec::new(), meta, content, link: None };
+        let entry = Entry {
+            name: Vec::new(),
+            meta,
+            content,
+            link: None,
+        };
         Ok(Some(Node::Leaf { entry, group }))
     }
 

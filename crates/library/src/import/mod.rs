@@ -35,6 +35,8 @@ pub struct Imported {
 
 /// The current time in nanoseconds since the epoch.
 pub(crate) fn now_ns() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     d.as_nanos() as i64
 }

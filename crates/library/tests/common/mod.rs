@@ -154,7 +154,9 @@ pub fn sample_tree(root: &Path) {
         "#
     ));
     setx(&root.join("etc/passwd"), "user.spawngrid", b"test");
-    let cap = [0u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let cap = [
+        0u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     setx(&root.join("usr/bin/ping"), "security.capability", &cap);
     setx(&root.join("odd dir"), "user.dir", b"1");
 }

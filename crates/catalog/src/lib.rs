@@ -1,8 +1,10 @@
 //! The Spawngrid catalog: user-visible names bound once, forever, to snapshot scores.
 //!
 //! A name belongs to an owner (a user name) and is bound to one snapshot [`Score`] the moment
-//! it is created; it is never rebound, renamed or removed (the schema refuses updates and
-//! deletes with triggers, on top of the API offering neither). The embedded catalog is one
+//! it is created; it is never rebound or renamed. An admin may *retire* a name (so gc can
+//! reclaim what only it reached): a retired name no longer resolves, and can never be bound
+//! again, so a name never means two snapshots. The schema enforces this with triggers, on top
+//! of the API: rows are never deleted, the score never changes, a retirement is final. The embedded catalog is one
 //! SQLite database in WAL mode, so readers never wait for a writer; its schema version is kept
 //! in `PRAGMA user_version`.
 //!
@@ -31,10 +33,13 @@ CREATE TABLE names (
     name    TEXT NOT NULL,
     score   TEXT NOT NULL CHECK (length(score) = 64),
     created INTEGER NOT NULL,
+    retired INTEGER,
     PRIMARY KEY (owner, name)
 ) WITHOUT ROWID;
 CREATE INDEX names_by_score ON names(score);
 CREATE TRIGGER names_are_immutable BEFORE UPDATE ON names
+    WHEN OLD.owner IS NOT NEW.owner OR OLD.name IS NOT NEW.name OR OLD.score IS NOT NEW.score
+      OR OLD.created IS NOT NEW.created OR OLD.retired IS NOT NULL OR NEW.retired IS NULL
     BEGIN SELECT RAISE(ABORT, 'names are immutable'); END;
 CREATE TRIGGER names_are_permanent BEFORE DELETE ON names
     BEGIN SELECT RAISE(ABORT, 'names are never unbound'); END;
@@ -286,12 +291,32 @@ impl Catalog {
         }
     }
 
+    /// Retires `name` of `owner`: it stops resolving and is never bound again. Returns the
+    /// score it was bound to. Only what no other name reaches becomes garbage for gc.
+    pub fn retire(&self, owner: &str, name: &str) -> Result<Score> {
+        let score = self.resolve(owner, name)?;
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE names SET retired = ?3 WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
+                params![owner, name, unix_now()],
+            )
+            .map_err(self.sql("retiring a name"))?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                owner: owner.into(),
+                name: name.into(),
+            });
+        }
+        Ok(score)
+    }
+
     /// The score `name` of `owner` is bound to.
     pub fn resolve(&self, owner: &str, name: &str) -> Result<Score> {
         let hex: Option<String> = self
             .conn()
             .query_row(
-                "SELECT score FROM names WHERE owner = ?1 AND name = ?2",
+                "SELECT score FROM names WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
                 params![owner, name],
                 |r| r.get(0),
             )
@@ -312,7 +337,7 @@ impl Catalog {
     pub fn list(&self, owner: Option<&str>, pattern: Option<&str>) -> Result<Vec<Record>> {
         let rows = self.query(
             "SELECT owner, name, score, created FROM names \
-             WHERE ?1 IS NULL OR owner = ?1 ORDER BY owner, name",
+             WHERE (?1 IS NULL OR owner = ?1) AND retired IS NULL ORDER BY owner, name",
             params![owner],
         )?;
         Ok(rows
@@ -334,7 +359,7 @@ impl Catalog {
     pub fn names_of(&self, score: &Score) -> Result<Vec<(String, String)>> {
         let rows = self.query(
             "SELECT owner, name, score, created FROM names \
-             WHERE score = ?1 ORDER BY owner, name",
+             WHERE score = ?1 AND retired IS NULL ORDER BY owner, name",
             params![score.to_hex()],
         )?;
         Ok(rows.into_iter().map(|r| (r.owner, r.name)).collect())
@@ -429,6 +454,34 @@ mod tests {
         let conn = cat.conn();
         assert!(conn.execute("UPDATE names SET score = 'x'", []).is_err());
         assert!(conn.execute("DELETE FROM names", []).is_err());
+        assert!(conn.execute("UPDATE names SET retired = NULL", []).is_err());
+    }
+
+    #[test]
+    fn retired_names_stop_resolving_and_are_never_rebound() {
+        let (_d, cat) = open();
+        cat.bind("alice", "web", score(1)).unwrap();
+        cat.bind("alice", "db", score(2)).unwrap();
+        assert_eq!(cat.retire("alice", "web").unwrap(), score(1));
+        assert!(matches!(
+            cat.resolve("alice", "web"),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            cat.retire("alice", "web"),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            cat.bind("alice", "web", score(3)),
+            Err(Error::AlreadyBound { .. })
+        ));
+        let roots: Vec<_> = cat.all_scores().unwrap().into_iter().map(|r| r.1).collect();
+        assert_eq!(roots, vec!["db".to_string()]);
+        assert!(cat.names_of(&score(1)).unwrap().is_empty());
+        let conn = cat.conn();
+        assert!(conn
+            .execute("UPDATE names SET retired = 5 WHERE name = 'web'", [])
+            .is_err());
     }
 
     #[test]

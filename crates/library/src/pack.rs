@@ -231,10 +231,40 @@ pub fn scan(data: &[u8]) -> (Vec<PackEntry>, Option<String>) {
     (out, None)
 }
 
+thread_local! {
+    /// One zstd compression context per thread and level: creating one costs more than
+    /// compressing a small file.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    /// One zstd decompression context per thread.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(plain: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        slot.as_mut()?.1.compress(plain).ok()
+    })
+}
+
+fn decompress(stored: &[u8], plain_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut()
+            .expect("just set")
+            .decompress(stored, plain_len)
+    })
+}
+
 /// Compresses `plain` for storage, keeping it raw when compression saves under 1/32.
 pub fn encode_object(plain: &[u8], level: i32) -> (Encoding, Vec<u8>) {
     if plain.len() >= 64 {
-        if let Ok(z) = zstd::bulk::compress(plain, level) {
+        if let Some(z) = compress(plain, level) {
             if z.len() < plain.len() - plain.len() / 32 {
                 return (Encoding::Zstd, z);
             }
@@ -248,8 +278,9 @@ pub fn decode_object(e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
     let bad = |d: String| Error::corrupt(format!("object {}", e.score), d);
     let plain = match e.encoding {
         Encoding::Raw => stored.to_vec(),
-        Encoding::Zstd => zstd::bulk::decompress(stored, e.plain_len as usize)
-            .map_err(|err| bad(format!("zstd: {err}")))?,
+        Encoding::Zstd => {
+            decompress(stored, e.plain_len as usize).map_err(|err| bad(format!("zstd: {err}")))?
+        }
     };
     if plain.len() != e.plain_len as usize || Score::of(&plain) != e.score {
         return Err(bad("contents do not match the score".into()));

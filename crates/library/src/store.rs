@@ -233,18 +233,22 @@ impl Library {
 
     /// Reads an object, checking its bytes against its score.
     pub fn get(&self, score: &Score) -> Result<(ObjectKind, Vec<u8>)> {
-        let loc = match self.locate(score) {
-            Some(l) => l,
-            None => {
-                // Another process (gc) may have moved it: look again once.
-                self.reload_index()?;
-                self.locate(score).ok_or(Error::Missing(*score))?
+        match self.read_located(score) {
+            // Another process (gc) may have moved it to a new pack: look again once.
+            Err(Error::Missing(_)) | Err(Error::Io { .. }) if self.reload_index().is_ok() => {
+                self.read_located(score)
             }
-        };
+            other => other,
+        }
+    }
+
+    fn read_located(&self, score: &Score) -> Result<(ObjectKind, Vec<u8>)> {
+        let loc = self.locate(score).ok_or(Error::Missing(*score))?;
         let e = loc.entry;
-        let stored =
-            self.backend
-                .get_range(&pack_key(&loc.pack), e.offset.into(), e.stored_len as usize)?;
+        let key = pack_key(&loc.pack);
+        let stored = self
+            .backend
+            .get_range(&key, e.offset.into(), e.stored_len as usize)?;
         Ok((e.kind, pack::decode_object(&e, &stored)?))
     }
 

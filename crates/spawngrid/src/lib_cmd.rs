@@ -66,6 +66,11 @@ enum LibCommand {
         /// The newer snapshot: a name or a score.
         b: String,
     },
+    /// Retire NAME: it stops resolving and is never bound again; gc may then reclaim its data.
+    Retire {
+        /// The name to retire.
+        name: String,
+    },
     /// Re-hash every stored object; exit non-zero and list damaged snapshots on corruption.
     Verify,
     /// Delete what no name can reach (waits for in-progress imports and saves).
@@ -91,6 +96,7 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
         LibCommand::Export { name, dest } => ctx.export(&name, &dest),
         LibCommand::Log { name } => ctx.log(&name),
         LibCommand::Diff { a, b } => ctx.diff(&a, &b),
+        LibCommand::Retire { name } => ctx.retire(&name),
         LibCommand::Verify => ctx.verify(),
         LibCommand::Gc => ctx.gc(),
         LibCommand::Stats => ctx.stats(),
@@ -251,7 +257,7 @@ impl Ctx {
                 .map(|(o, n)| format!("{o}/{n}"))
                 .collect();
             rows.push(json!({
-                "score": score.to_hex(), "names": names, "author": snap.author, "time_ns": snap.time_ns,
+                "score": score.to_hex(), "tree": snap.tree().to_hex(), "names": names, "author": snap.author, "time_ns": snap.time_ns,
                 "note": snap.note, "bytes": snap.bytes(), "entries": snap.entries(),
             }));
             match snap.parent {
@@ -310,6 +316,18 @@ impl Ctx {
         Ok(ExitCode::SUCCESS)
     }
 
+    fn retire(&self, name: &str) -> Result<ExitCode> {
+        let score = self.catalog()?.retire(&self.owner, name)?;
+        if self.json {
+            print_json(
+                json!({"name": name, "owner": self.owner, "score": score.to_hex(), "retired": true}),
+            );
+        } else {
+            println!("retired {name} (was {score}); run `spawngrid lib gc` to reclaim space");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
     fn roots(&self) -> Result<Vec<(String, Score)>> {
         Ok(self
             .catalog()?
@@ -321,6 +339,7 @@ impl Ctx {
 
     fn verify(&self) -> Result<ExitCode> {
         let lib = self.library(false)?;
+        let _lease = self.lease(&lib, LeaseKind::Shared)?;
         let roots = self.roots()?;
         let bar = Bar::new("verifying", self.json);
         let report = library::verify::verify(&lib, &roots, &bar)?;

@@ -12,7 +12,6 @@ use crossbeam_channel::bounded;
 use rustix::fs::{AtFlags, Mode, Timestamps, CWD};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::BufWriter;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -201,10 +200,8 @@ fn write_file(lib: &Library, job: &FileJob) -> Result<u64> {
         .create_new(true)
         .open(&job.path)
         .map_err(|e| Error::io("creating", &job.path, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, &f);
-    let n = file::write_file(lib, &job.data, &mut w, &shown)?;
-    w.into_inner()
-        .map_err(|e| Error::io("writing", &job.path, e.into_error()))?;
+    // Each object is written with one write call: no buffering needed.
+    let n = file::write_file(lib, &job.data, &f, &shown)?;
     let m = &job.meta;
     let io = |what, e: rustix::io::Errno| Error::io(what, &job.path, e.into());
     rustix::fs::fchown(&f, Some(uid(m.uid)), Some(gid(m.gid)))

@@ -16,10 +16,10 @@
 
 use crate::build::{Dir, Node};
 use crate::import::ingest::{self, Ingest};
-use crate::import::{now_ns, ImportOptions, Imported};
+use crate::import::{ImportOptions, Imported};
 use crate::tree::{Content, Entry, Meta};
 use crate::walk::{self, meta_of, MAX_DEPTH};
-use crate::{Error, Library, Result, Score, Snapshot};
+use crate::{Error, Library, Result, Score};
 use rustix::fd::OwnedFd;
 use rustix::fs::FileType;
 use std::path::Path;
@@ -60,20 +60,7 @@ pub fn apply_upper(
         apply.dir(ing, Some(&base.root), &root_fd, &xattrs, &shown, 0)
     })?;
     root.meta = root_meta;
-    let root = root.store(lib)?;
-    let snapshot = Snapshot {
-        root,
-        parent: Some(parent),
-        author: opts.author.clone(),
-        time_ns: now_ns(),
-        note: opts.note.clone(),
-    };
-    let score = lib.commit(&snapshot)?;
-    Ok(Imported {
-        score,
-        snapshot,
-        warnings,
-    })
+    crate::import::commit(lib, &root, opts, Some(parent), warnings)
 }
 
 struct Apply<'a> {

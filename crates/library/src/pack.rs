@@ -292,19 +292,23 @@ pub fn decode_object(e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn add_blob(b: &mut PackBuilder, plain: &[u8]) {
+        let (enc, stored) = encode_object(plain, 3);
+        b.add(
+            Score::of(plain),
+            ObjectKind::Blob,
+            enc,
+            plain.len() as u32,
+            &stored,
+        );
+    }
+
     #[test]
     fn trailer_and_scan_agree() {
         let mut b = PackBuilder::default();
         for i in 0..10u32 {
             let plain = vec![i as u8; 1000 * i as usize + 1];
-            let (enc, stored) = encode_object(&plain, 3);
-            b.add(
-                Score::of(&plain),
-                ObjectKind::Blob,
-                enc,
-                plain.len() as u32,
-                &stored,
-            );
+            add_blob(&mut b, &plain);
         }
         let (name, data, entries) = b.finish();
         assert_eq!(name, Score::of(&data));
@@ -325,14 +329,7 @@ mod tests {
     fn flipped_byte_is_detected() {
         let mut b = PackBuilder::default();
         let plain = b"hello hello hello hello hello hello hello hello hello hello hello".to_vec();
-        let (enc, stored) = encode_object(&plain, 3);
-        b.add(
-            Score::of(&plain),
-            ObjectKind::Blob,
-            enc,
-            plain.len() as u32,
-            &stored,
-        );
+        add_blob(&mut b, &plain);
         let (_, mut data, entries) = b.finish();
         let e = entries[0];
         data[e.offset as usize + 3] ^= 0x40;

@@ -3,33 +3,13 @@
 
 mod common;
 
+use common::{library, opts, sh};
+
 use library::export::dir::export_dir;
 use library::import::dir::import_dir;
-use library::import::ImportOptions;
 use library::overlay::{apply_upper, IdShift};
 use library::progress::Silent;
-use library::{Library, LocalBackend};
 use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
-
-fn opts() -> ImportOptions<'static> {
-    ImportOptions {
-        author: "test".into(),
-        note: "save".into(),
-        parent: None,
-        progress: &Silent,
-    }
-}
-
-fn sh(script: &str) {
-    let st = Command::new("sh").arg("-ec").arg(script).status().unwrap();
-    assert!(st.success(), "shell step failed: {script}");
-}
-
-fn library(dir: &Path) -> Library {
-    Library::open_or_init(Arc::new(LocalBackend::open(dir.join("lib")).unwrap())).unwrap()
-}
 
 /// Changes made through a real overlay mount show up exactly in the child snapshot.
 #[test]

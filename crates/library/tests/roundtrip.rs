@@ -2,21 +2,13 @@
 
 mod common;
 
+use common::opts;
+
 use library::export::dir::export_dir;
 use library::import::dir::import_dir;
-use library::import::ImportOptions;
 use library::progress::Silent;
 use library::{Library, LocalBackend};
 use std::sync::Arc;
-
-fn opts() -> ImportOptions<'static> {
-    ImportOptions {
-        author: "test".into(),
-        note: "test".into(),
-        parent: None,
-        progress: &Silent,
-    }
-}
 
 #[test]
 fn directory_round_trip_keeps_all_metadata() {

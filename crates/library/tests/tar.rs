@@ -2,26 +2,19 @@
 
 mod common;
 
+use common::opts;
+
 use library::export::tar::export_tar;
 use library::file;
 use library::import::dir::import_dir;
 use library::import::tar::import_tar;
-use library::import::{ImportOptions, Imported};
+use library::import::Imported;
 use library::progress::Silent;
 use library::{Content, Entry, FileData, Library, LocalBackend, Result, Snapshot};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use tar::{EntryType, Header};
-
-fn opts() -> ImportOptions<'static> {
-    ImportOptions {
-        author: "test".into(),
-        note: "test".into(),
-        parent: None,
-        progress: &Silent,
-    }
-}
 
 fn open_lib(dir: &std::path::Path) -> Library {
     Library::open_or_init(Arc::new(LocalBackend::open(dir.join("lib")).unwrap())).unwrap()

@@ -1,10 +1,10 @@
 //! Importing a directory tree (see the module docs of `import`).
 
 use super::ingest::{self, Ingest};
-use super::{now_ns, ImportOptions, Imported};
+use super::{ImportOptions, Imported};
 use crate::build::{Dir, Node};
 use crate::walk::{self, meta_of, MAX_DEPTH};
-use crate::{Error, Library, Result, Snapshot};
+use crate::{Error, Library, Result};
 use rustix::fd::OwnedFd;
 use rustix::fs::FileType;
 use std::path::Path;
@@ -23,21 +23,7 @@ pub fn import_dir(lib: &Library, path: &Path, opts: &ImportOptions) -> Result<Im
     let (mut root, warnings) =
         ingest::run(lib, opts.progress, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
     root.meta = meta_of(&st, xattrs);
-    opts.progress.phase("storing trees");
-    let root = root.store(lib)?;
-    let snapshot = Snapshot {
-        root,
-        parent: opts.parent,
-        author: opts.author.clone(),
-        time_ns: now_ns(),
-        note: opts.note.clone(),
-    };
-    let score = lib.commit(&snapshot)?;
-    Ok(Imported {
-        score,
-        snapshot,
-        warnings,
-    })
+    super::commit(lib, &root, opts, opts.parent, warnings)
 }
 
 fn walk_dir(ing: &mut Ingest, dir: &Arc<OwnedFd>, path: &str, depth: usize) -> Result<Dir> {

@@ -33,8 +33,32 @@ pub struct Imported {
     pub warnings: Vec<String>,
 }
 
+/// Stores the trees of `root` and commits the snapshot: the last step of every import.
+pub(crate) fn commit(
+    lib: &crate::Library,
+    root: &crate::build::Dir,
+    opts: &ImportOptions,
+    parent: Option<Score>,
+    warnings: Vec<String>,
+) -> crate::Result<Imported> {
+    opts.progress.phase("storing trees");
+    let snapshot = Snapshot {
+        root: root.store(lib)?,
+        parent,
+        author: opts.author.clone(),
+        time_ns: now_ns(),
+        note: opts.note.clone(),
+    };
+    let score = lib.commit(&snapshot)?;
+    Ok(Imported {
+        score,
+        snapshot,
+        warnings,
+    })
+}
+
 /// The current time in nanoseconds since the epoch.
-pub(crate) fn now_ns() -> i64 {
+fn now_ns() -> i64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -10,13 +10,13 @@
 //! or a tar); rayon hashes, compresses and stores the pieces, with at most [`IN_FLIGHT`] bytes
 //! read but not yet stored.
 
-use super::{now_ns, ImportOptions, Imported};
+use super::{ImportOptions, Imported};
 use crate::build::{Dir, FileSlot, Node};
 use crate::pack::ObjectKind;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, FileData, Meta};
 use crate::walk::MAX_DEPTH;
-use crate::{file, Error, Library, Result, Score, Snapshot};
+use crate::{file, Error, Library, Result, Score};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,21 +49,7 @@ pub fn import_tar(lib: &Library, reader: impl Read, opts: &ImportOptions) -> Res
     let mut tree = TarTree::new();
     opts.progress.phase("reading tar");
     rayon::in_place_scope(|scope| tree.read_all(&mut stream, &store, scope))?;
-    opts.progress.phase("storing trees");
-    let root = tree.root.store(lib)?;
-    let snapshot = Snapshot {
-        root,
-        parent: opts.parent,
-        author: opts.author.clone(),
-        time_ns: now_ns(),
-        note: opts.note.clone(),
-    };
-    let score = lib.commit(&snapshot)?;
-    Ok(Imported {
-        score,
-        snapshot,
-        warnings: tree.warnings,
-    })
+    super::commit(lib, &tree.root, opts, opts.parent, tree.warnings)
 }
 
 /// Wraps `reader` in a gzip or zstd decoder if it starts with that format's magic bytes.

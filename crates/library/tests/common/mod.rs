@@ -9,6 +9,26 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+
+use library::import::ImportOptions;
+use library::progress::Silent;
+use library::{Library, LocalBackend};
+
+/// Import options for tests: author and note "test", no parent, no progress.
+pub fn opts() -> ImportOptions<'static> {
+    ImportOptions {
+        author: "test".into(),
+        note: "test".into(),
+        parent: None,
+        progress: &Silent,
+    }
+}
+
+/// A library in `dir/lib`.
+pub fn library(dir: &Path) -> Library {
+    Library::open_or_init(Arc::new(LocalBackend::open(dir.join("lib")).unwrap())).unwrap()
+}
 
 /// One line per entry: path, type, mode, uid, gid, size, mtime ns, link target, rdev, xattrs,
 /// content hash and hardlink group (first path of the group). Root mtime is left out when
@@ -122,7 +142,8 @@ pub fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn sh(script: &str) {
+/// Runs a shell script, failing the test if it fails.
+pub fn sh(script: &str) {
     let st = Command::new("sh").arg("-ec").arg(script).status().unwrap();
     assert!(st.success(), "shell step failed: {script}");
 }

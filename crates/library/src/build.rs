@@ -36,6 +36,21 @@ pub enum Node {
     Stored(Entry),
 }
 
+impl Node {
+    /// A final non-directory entry outside any hardlink group.
+    pub fn leaf(meta: Meta, content: Content) -> Node {
+        Node::Leaf {
+            entry: Entry {
+                name: Vec::new(),
+                meta,
+                content,
+                link: None,
+            },
+            group: None,
+        }
+    }
+}
+
 /// A directory being built: its metadata and children by name.
 #[derive(Debug, Default)]
 pub struct Dir {

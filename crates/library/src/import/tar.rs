@@ -14,7 +14,7 @@ use super::{ImportOptions, Imported};
 use crate::build::{Dir, FileSlot, Node};
 use crate::pack::ObjectKind;
 use crate::progress::Progress;
-use crate::tree::{Content, Entry, FileData, Meta};
+use crate::tree::{Content, FileData, Meta};
 use crate::walk::MAX_DEPTH;
 use crate::{file, Error, Library, Result, Score};
 use std::collections::{BTreeMap, HashSet};
@@ -722,16 +722,7 @@ impl TarTree {
         store: &'s Store<'s>,
         scope: &rayon::Scope<'s>,
     ) -> Result<Option<Node>> {
-        let leaf = |content| {
-            let (meta, link) = (m.meta.clone(), None);
-            let entry = Entry {
-                name: Vec::new(),
-                meta,
-                content,
-                link,
-            };
-            Some(Node::Leaf { entry, group: None })
-        };
+        let leaf = |content| Some(Node::leaf(m.meta.clone(), content));
         Ok(match m.kind {
             EntryType::Directory => Some(Node::Dir(Dir::new(m.meta.clone()))),
             EntryType::Regular if m.path.ends_with(b"/") => {
@@ -773,13 +764,7 @@ impl TarTree {
                 size: 0,
                 data: FileData::Empty,
             };
-            let entry = Entry {
-                name: Vec::new(),
-                meta,
-                content,
-                link: None,
-            };
-            return Ok(Some(Node::Leaf { entry, group: None }));
+            return Ok(Some(Node::leaf(meta, content)));
         }
         let slot = store.file(scope, s, m.size).map_err(|e| bad(&m.path, e))?;
         Ok(Some(Node::File {

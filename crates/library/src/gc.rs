@@ -3,7 +3,7 @@
 //! The caller holds an exclusive [`crate::lease::Lease`] (so no write is in progress) and passes
 //! the scores of every bound name. gc then:
 //! 1. marks every object reachable from those roots: each snapshot and its parent chain, trees,
-//!    chunk lists and blobs (with the `Walk` that verify shares);
+//!    chunk lists and blobs (with the walk in `reach` that verify shares);
 //! 2. plans each pack's fate from its trailer alone: all live → keep, none live → delete,
 //!    partly live with more than a quarter dead → rewrite; small packs (see [`SMALL_PACK`])
 //!    are merged when there are several. An object stored twice is live only in the pack the
@@ -16,22 +16,17 @@
 //! and a new pack is complete or absent. A pack gc cannot list (damaged trailer), or that holds
 //! a live object whose copy fails its check, is never deleted; verify reports those.
 
-use crate::file::decode_chunks;
-use crate::pack::{ObjectKind, PackBuilder, PackEntry};
+use crate::pack::{PackBuilder, PackEntry};
 use crate::progress::Progress;
-use crate::snapshot::Snapshot;
+use crate::reach::mark;
 use crate::store::pack_key;
-use crate::tree::{Content, FileData, Tree};
 use crate::{Error, Library, Result, Score};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashSet;
 
 /// Packs smaller than this are merged with other small packs.
 pub const SMALL_PACK: u64 = 1 << 20;
-/// Stack size of the threads that walk trees (one recursion per directory level).
-const WALK_STACK: usize = 64 << 20;
 /// Bytes a record costs beyond its stored bytes (header and trailer entry), for planning.
 const RECORD_OVERHEAD: u64 = 42 + 46;
 
@@ -109,182 +104,6 @@ pub fn gc(lib: &Library, roots: &[Score], progress: &dyn Progress) -> Result<GcR
         objects_kept: live.iter().filter(|s| lib.locate(s).is_some()).count(),
         objects_removed: objects_before.saturating_sub(lib.object_count()),
     })
-}
-
-/// Every object reachable from `roots`; fails if a snapshot, tree or chunk list among them
-/// cannot be read, because what is below it would then look dead.
-pub(crate) fn mark(lib: &Library, roots: &[Score]) -> Result<HashSet<Score>> {
-    let source = IndexSource(lib);
-    let walk = Walk::new(&source);
-    walk.roots(roots);
-    let (seen, broken) = walk.finish();
-    match broken.into_iter().next() {
-        Some((_, e)) => Err(e),
-        None => Ok(seen.into_keys().collect()),
-    }
-}
-
-/// Where a walk reads objects from.
-pub(crate) trait Source: Sync {
-    /// Reads a snapshot, tree or chunk list, checked against its score and kind.
-    fn read(&self, score: &Score, kind: ObjectKind) -> Result<Vec<u8>>;
-    /// Checks that a blob is available, without necessarily reading it.
-    fn check_blob(&self, score: &Score) -> Result<()>;
-}
-
-/// Reads through the library's index; blobs are not read (gc only needs their scores).
-struct IndexSource<'a>(&'a Library);
-
-impl Source for IndexSource<'_> {
-    fn read(&self, score: &Score, kind: ObjectKind) -> Result<Vec<u8>> {
-        self.0.get_kind(score, kind)
-    }
-
-    fn check_blob(&self, _: &Score) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A walk over the object graph below some snapshots, visiting each object once.
-///
-/// For every object it records whether everything reachable from it could be read, so a
-/// subtree shared by many snapshots is walked once and judged once.
-pub(crate) struct Walk<'a> {
-    source: &'a dyn Source,
-    seen: Mutex<HashMap<Score, bool>>,
-    broken: Mutex<Vec<(Score, Error)>>,
-}
-
-impl<'a> Walk<'a> {
-    /// A walk reading from `source`.
-    pub(crate) fn new(source: &'a dyn Source) -> Walk<'a> {
-        Walk {
-            source,
-            seen: Mutex::default(),
-            broken: Mutex::default(),
-        }
-    }
-
-    /// Every object visited (with whether all below it was readable), and the objects that
-    /// could not be read, each once.
-    pub(crate) fn finish(self) -> (HashMap<Score, bool>, Vec<(Score, Error)>) {
-        let mut broken = self.broken.into_inner().expect("walk lock");
-        let mut once = HashSet::new();
-        broken.retain(|(s, _)| once.insert(*s));
-        (self.seen.into_inner().expect("walk lock"), broken)
-    }
-
-    fn memo(&self, score: &Score) -> Option<bool> {
-        self.seen.lock().expect("walk lock").get(score).copied()
-    }
-
-    fn remember(&self, score: Score, good: bool) -> bool {
-        self.seen.lock().expect("walk lock").insert(score, good);
-        good
-    }
-
-    fn fail(&self, score: Score, e: Error) -> bool {
-        self.broken.lock().expect("walk lock").push((score, e));
-        false
-    }
-
-    /// Walks every root in parallel; returns, for each, whether all it reaches was readable.
-    ///
-    /// The walk recurses once per directory level, so it runs on threads with stacks deep
-    /// enough for the deepest tree an import accepts.
-    pub(crate) fn roots(&self, roots: &[Score]) -> Vec<bool> {
-        let run = || roots.par_iter().map(|r| self.snapshot(*r)).collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("walk-{i}"))
-            .stack_size(WALK_STACK)
-            .build();
-        match pool {
-            Ok(pool) => pool.install(run),
-            Err(e) => {
-                tracing::warn!("no thread pool for the walk ({e}); walking on the global one");
-                run()
-            }
-        }
-    }
-
-    /// Walks a snapshot, its parent chain and everything below them; returns whether all of
-    /// it could be read.
-    fn snapshot(&self, score: Score) -> bool {
-        let mut chain = Vec::new();
-        let mut next = Some(score);
-        let mut rest = true;
-        while let Some(s) = next {
-            if let Some(good) = self.memo(&s) {
-                rest = good;
-                break;
-            }
-            let read = self.source.read(&s, ObjectKind::Snapshot);
-            let (good, parent) = match read.and_then(|b| Snapshot::decode(&b)) {
-                Ok(snap) => (self.tree(snap.tree()), snap.parent),
-                Err(e) => (self.fail(s, e), None),
-            };
-            chain.push((s, good));
-            next = parent;
-        }
-        for (s, good) in chain.into_iter().rev() {
-            rest = self.remember(s, good && rest);
-        }
-        rest
-    }
-
-    fn tree(&self, score: Score) -> bool {
-        if let Some(good) = self.memo(&score) {
-            return good;
-        }
-        let read = self.source.read(&score, ObjectKind::Tree);
-        let good = match read.and_then(|b| Tree::decode(&b)) {
-            Ok(tree) => tree
-                .entries
-                .par_iter()
-                .map(|e| self.content(&e.content))
-                .reduce(|| true, |a, b| a && b),
-            Err(e) => self.fail(score, e),
-        };
-        self.remember(score, good)
-    }
-
-    fn content(&self, content: &Content) -> bool {
-        match content {
-            Content::Dir { tree, .. } => self.tree(*tree),
-            Content::File {
-                data: FileData::Blob(s),
-                ..
-            } => self.blob(*s),
-            Content::File {
-                data: FileData::Chunks(s),
-                ..
-            } => self.chunks(*s),
-            _ => true,
-        }
-    }
-
-    fn chunks(&self, score: Score) -> bool {
-        if let Some(good) = self.memo(&score) {
-            return good;
-        }
-        let read = self.source.read(&score, ObjectKind::ChunkList);
-        let good = match read.and_then(|b| decode_chunks(&b)) {
-            Ok(list) => list.iter().fold(true, |ok, (s, _)| self.blob(*s) && ok),
-            Err(e) => self.fail(score, e),
-        };
-        self.remember(score, good)
-    }
-
-    fn blob(&self, score: Score) -> bool {
-        if let Some(good) = self.memo(&score) {
-            return good;
-        }
-        let good = match self.source.check_blob(&score) {
-            Ok(()) => true,
-            Err(e) => self.fail(score, e),
-        };
-        self.remember(score, good)
-    }
 }
 
 /// What happens to one pack.
@@ -475,195 +294,13 @@ fn write(lib: &Library, builder: PackBuilder) -> Result<Score> {
     Ok(name)
 }
 
-/// Shared test helpers: small libraries with snapshots built from generated data.
-#[cfg(test)]
-pub(crate) mod fixture {
-    use crate::build::{Dir, Node};
-    use crate::file::{store_bytes, write_file};
-    use crate::tree::{Content, Entry, Meta};
-    use crate::{Config, Library, LocalBackend, Score, Snapshot};
-    use std::collections::BTreeMap;
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-
-    /// A library with small chunks (so tests see many) and one pack per commit.
-    pub(crate) fn library() -> (tempfile::TempDir, Library) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            chunk_threshold: 16 << 10,
-            chunk_min: 2 << 10,
-            chunk_avg: 4 << 10,
-            chunk_max: 8 << 10,
-            pack_target: 4 << 20,
-            ..Config::default()
-        };
-        let backend = Arc::new(LocalBackend::open(dir.path()).unwrap());
-        let lib = Library::init(backend, config).unwrap();
-        (dir, lib)
-    }
-
-    /// The same library opened afresh, as another process would.
-    pub(crate) fn reopen(dir: &Path) -> Library {
-        Library::open(Arc::new(LocalBackend::open(dir).unwrap())).unwrap()
-    }
-
-    /// Incompressible bytes determined by `seed`.
-    pub(crate) fn bytes(seed: &str, len: usize) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        blake3::Hasher::new()
-            .update(seed.as_bytes())
-            .finalize_xof()
-            .fill(&mut out);
-        out
-    }
-
-    /// The files of sample `seed`: `n` files of its own (the first one chunked) and one
-    /// file every sample shares.
-    pub(crate) fn files(seed: u32, n: usize) -> BTreeMap<String, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        out.insert("common/shared".into(), bytes("shared", 20 << 10));
-        for i in 0..n {
-            let len = if i == 0 { 40 << 10 } else { 3000 * (i + 1) };
-            out.insert(format!("own/f{i}"), bytes(&format!("{seed}/{i}"), len));
-        }
-        out
-    }
-
-    fn meta(mode: u32) -> Meta {
-        Meta {
-            mode,
-            ..Meta::default()
-        }
-    }
-
-    /// Stores the files and trees of sample `seed`; returns its root entry (not yet durable).
-    pub(crate) fn tree(lib: &Library, seed: u32, n: usize) -> Entry {
-        let mut root = Dir::new(meta(0o755));
-        for (path, data) in files(seed, n) {
-            let (dir, name) = path.split_once('/').unwrap();
-            let sub = root
-                .children
-                .entry(dir.as_bytes().to_vec())
-                .or_insert_with(|| Node::Dir(Dir::new(meta(0o755))));
-            let Node::Dir(sub) = sub else { unreachable!() };
-            let (size, data) = store_bytes(lib, &data).unwrap();
-            let entry = Entry {
-                name: name.as_bytes().to_vec(),
-                meta: meta(0o644),
-                content: Content::File { size, data },
-                link: None,
-            };
-            sub.children
-                .insert(entry.name.clone(), Node::Leaf { entry, group: None });
-        }
-        root.store(lib).unwrap()
-    }
-
-    /// Commits a snapshot of `root` (from [`tree`] of sample `seed`) with `parent`.
-    pub(crate) fn commit(lib: &Library, root: Entry, seed: u32, parent: Option<Score>) -> Score {
-        let snap = Snapshot {
-            root,
-            parent,
-            author: "test".into(),
-            time_ns: i64::from(seed),
-            note: format!("sample {seed}"),
-        };
-        lib.commit(&snap).unwrap()
-    }
-
-    /// Stores sample `seed` as a snapshot with `parent` (in packs of its own); returns its score.
-    pub(crate) fn snapshot_with(
-        lib: &Library,
-        seed: u32,
-        n: usize,
-        parent: Option<Score>,
-    ) -> Score {
-        commit(lib, tree(lib, seed, n), seed, parent)
-    }
-
-    /// Stores sample `seed` as a snapshot without a parent.
-    pub(crate) fn snapshot(lib: &Library, seed: u32, n: usize) -> Score {
-        snapshot_with(lib, seed, n, None)
-    }
-
-    /// Stores several samples so that their objects share one pack (all but the last
-    /// snapshot object, which its commit writes alone).
-    pub(crate) fn snapshots_in_one_pack(lib: &Library, seeds: &[u32], n: usize) -> Vec<Score> {
-        let roots: Vec<Entry> = seeds.iter().map(|s| tree(lib, *s, n)).collect();
-        roots
-            .into_iter()
-            .zip(seeds)
-            .map(|(r, s)| commit(lib, r, *s, None))
-            .collect()
-    }
-
-    /// Every file of a snapshot, read back through the library.
-    pub(crate) fn read_files(
-        lib: &Library,
-        score: &Score,
-    ) -> crate::Result<BTreeMap<String, Vec<u8>>> {
-        let snap = lib.snapshot(score)?;
-        let mut out = BTreeMap::new();
-        read_dir(lib, &snap.tree(), "", &mut out)?;
-        Ok(out)
-    }
-
-    fn read_dir(
-        lib: &Library,
-        tree: &Score,
-        at: &str,
-        out: &mut BTreeMap<String, Vec<u8>>,
-    ) -> crate::Result<()> {
-        for e in lib.tree(tree)?.entries {
-            let path = format!("{at}{}", String::from_utf8_lossy(&e.name));
-            match e.content {
-                Content::Dir { tree, .. } => read_dir(lib, &tree, &format!("{path}/"), out)?,
-                Content::File { data, .. } => {
-                    let mut buf = Vec::new();
-                    write_file(lib, &data, &mut buf, &path)?;
-                    out.insert(path, buf);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Asserts that snapshot `score` holds exactly the files of sample `seed`.
-    pub(crate) fn check(lib: &Library, score: &Score, seed: u32, n: usize) {
-        assert_eq!(
-            read_files(lib, score).unwrap(),
-            files(seed, n),
-            "sample {seed}"
-        );
-    }
-
-    /// The file holding the pack that the index reads `score` from.
-    pub(crate) fn pack_file(dir: &Path, lib: &Library, score: &Score) -> PathBuf {
-        let loc = lib.locate(score).expect("object is stored");
-        dir.join(crate::store::pack_key(&loc.pack))
-    }
-
-    /// Flips one bit in the middle of the stored bytes of `score`.
-    pub(crate) fn damage(dir: &Path, lib: &Library, score: &Score) {
-        let e = lib.locate(score).unwrap().entry;
-        let path = pack_file(dir, lib, score);
-        let mut data = std::fs::read(&path).unwrap();
-        data[(e.offset + e.stored_len / 2) as usize] ^= 0x10;
-        std::fs::write(&path, data).unwrap();
-    }
-
-    /// The score of a blob holding file `i` of sample `seed` (unchunked files only).
-    pub(crate) fn blob_of(seed: u32, n: usize, i: usize) -> Score {
-        Score::of(&files(seed, n)[&format!("own/f{i}")])
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixture::{self, check};
     use super::*;
+    use crate::fixture::{self, check};
     use crate::progress::Silent;
+    use crate::tree::{Content, Tree};
+    use crate::Snapshot;
 
     #[test]
     fn gc_reclaims_dropped_roots_and_keeps_the_rest() {

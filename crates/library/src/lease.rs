@@ -305,7 +305,7 @@ fn body() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gc::fixture;
+    use crate::fixture;
     use std::cell::Cell;
 
     const SHORT: Duration = Duration::from_millis(300);

@@ -23,12 +23,15 @@ pub mod diff;
 mod error;
 pub mod export;
 pub mod file;
+#[cfg(test)]
+mod fixture;
 pub mod gc;
 pub mod import;
 pub mod lease;
 pub mod overlay;
 pub mod pack;
 pub mod progress;
+mod reach;
 mod score;
 pub mod snapshot;
 pub mod stats;

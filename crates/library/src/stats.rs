@@ -95,7 +95,7 @@ pub(crate) fn ser_scored<S: Serializer>(v: &[(Score, String)], s: S) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gc::fixture;
+    use crate::fixture;
 
     #[test]
     fn stats_count_dedup() {

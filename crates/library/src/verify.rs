@@ -10,9 +10,9 @@
 //! Verify only reads. A caller that must not see gc delete packs under it (and report them as
 //! unreadable) holds a shared [`crate::lease::Lease`] while it runs.
 
-use crate::gc::{Source, Walk};
 use crate::pack::{self, ObjectKind, PackEntry};
 use crate::progress::Progress;
+use crate::reach::{Source, Walk};
 use crate::stats::{human, ser_scored, ser_scores};
 use crate::store::{pack_key, Location, PACKS};
 use crate::{Error, Library, Result, Score};
@@ -311,7 +311,7 @@ impl Source for Copies<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gc::fixture::{self, check};
+    use crate::fixture::{self, check};
     use crate::pack::{encode_object, PackBuilder};
     use crate::progress::Silent;
 

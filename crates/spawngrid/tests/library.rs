@@ -1,0 +1,624 @@
+//! End-to-end tests of the library (issue 2) through the real `spawngrid lib` binary, on the
+//! cached debootstrap rootfs and its modified copy (scripts/rootfs.sh; paths from
+//! SPAWNGRID_ROOTFS_BASE / SPAWNGRID_ROOTFS_MODIFIED, as exported by scripts/test.sh).
+//! Each test works in a data directory on its own tmpfs. Run as root.
+//!
+//! Trees are compared with scripts/fslist.py: every path with type, mode, owner, size, mtime in
+//! ns, link target, rdev, xattrs (ACLs and capabilities included), content hash and hardlink group.
+
+mod common;
+
+use common::{
+    assert_same_listing, base, base_listing, changed_bytes, fslist, listing_entries, modified,
+    modified_listing, sh, Bg, Lib, Rng, Scratch,
+};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Instant;
+
+/// Quotes a path for bash.
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("scratch paths are UTF-8")
+}
+
+/// Makes a GNU tar (pax, xattrs, ACLs, numeric owners) of `root` at `tar`.
+fn gnu_tar(root: &Path, tar: &Path) {
+    sh(&format!(
+        "tar --format=posix --xattrs --xattrs-include='*' --acls --numeric-owner -C {} -cf {} .",
+        q(root),
+        q(tar)
+    ));
+}
+
+/// A small directory whose contents appear nowhere in the rootfs (no empty files or dirs).
+fn small_tree(dir: &Path, tag: &str) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            dir.join(format!("f{i}")),
+            format!("spawngrid e2e {tag} file {i}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("sub/g"), format!("spawngrid e2e {tag} nested\n")).unwrap();
+}
+
+// --- 1 ----------------------------------------------------------------------------------------
+
+#[test]
+fn directory_round_trip_of_the_rootfs() {
+    let t = Scratch::new("dir");
+    let lib = Lib::new(t.join("data"));
+    let imp = lib.import("base", base());
+    assert_eq!(
+        imp["warnings"].as_array().map(Vec::len),
+        Some(0),
+        "warnings: {imp}"
+    );
+    // Full listing, root mtime included: export restores the root directory's metadata too.
+    lib.assert_exports_as("base", &t.join("out"), base_listing());
+}
+
+// --- 2 ----------------------------------------------------------------------------------------
+
+#[test]
+fn tar_in_and_tar_out() {
+    let t = Scratch::new("tar");
+    let lib = Lib::new(t.join("data"));
+    let tar = t.join("base.tar");
+    gnu_tar(base(), &tar);
+
+    lib.import("dir", base());
+    lib.import("tar", &tar);
+    let tree = lib.tree("dir");
+    assert_eq!(
+        lib.tree("tar"),
+        tree,
+        "GNU tar of the rootfs and the directory give different trees"
+    );
+
+    // Out as .tar, .tar.zst and stdout.
+    let out_tar = t.join("out.tar");
+    let out_zst = t.join("out.tar.zst");
+    let out_stdout = t.join("stdout.tar");
+    lib.ok(false, &["export", "tar", s(&out_tar)]);
+    lib.ok(false, &["export", "tar", s(&out_zst)]);
+    let st = lib
+        .cmd(false, &["export", "tar", "-"])
+        .stdout(std::fs::File::create(&out_stdout).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success(), "export to stdout failed");
+    for p in [&out_tar, &out_zst] {
+        let partial = format!("{}.partial", p.display());
+        assert!(!Path::new(&partial).exists(), "{partial} left behind");
+    }
+
+    // GNU tar extracts the exported tar into the original tree, all metadata included.
+    let x = t.join("x");
+    std::fs::create_dir(&x).unwrap();
+    sh(&format!(
+        "tar --xattrs --xattrs-include='*' --numeric-owner -xpf {} -C {}",
+        q(&out_tar),
+        q(&x)
+    ));
+    assert_same_listing(
+        base_listing(),
+        &fslist(&x),
+        "GNU tar extraction of the export",
+    );
+    sh(&format!("rm -rf {}", q(&x)));
+
+    // Every exported form imports back to the same tree.
+    for (name, p) in [
+        ("re-tar", &out_tar),
+        ("re-zst", &out_zst),
+        ("re-stdout", &out_stdout),
+    ] {
+        lib.import(name, p);
+        assert_eq!(
+            lib.tree(name),
+            tree,
+            "{} imports to another tree",
+            p.display()
+        );
+    }
+
+    // A tar on stdin.
+    let st = lib
+        .cmd(false, &["import", "stdin", "-"])
+        .stdin(std::fs::File::open(&tar).unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "import from stdin failed");
+    assert_eq!(
+        lib.tree("stdin"),
+        tree,
+        "tar on stdin imports to another tree"
+    );
+}
+
+// --- 3 ----------------------------------------------------------------------------------------
+
+#[test]
+fn modified_copy_stores_only_the_difference() {
+    let t = Scratch::new("mod");
+    let lib = Lib::new(t.join("data"));
+    lib.import("base", base());
+    let imp = lib.import("mod", modified());
+    let added = imp["stored_bytes_added"]
+        .as_u64()
+        .expect("stored_bytes_added");
+    let changed = changed_bytes();
+    // Changed data compresses; trees and chunk lists for the touched directories are extra.
+    let allowance = 1 << 20;
+    println!("stored growth {added} B for {changed} changed bytes (allowance {allowance} B)");
+    assert!(added > 0, "nothing stored for the modified copy");
+    assert!(
+        added <= changed + allowance,
+        "stored growth {added} B exceeds the {changed} changed bytes + {allowance} B"
+    );
+
+    lib.assert_exports_as("mod", &t.join("out"), modified_listing());
+
+    let diff = lib.ok(false, &["diff", "base", "mod"]).stdout;
+    let lines: BTreeSet<&str> = diff.lines().collect();
+    for want in [
+        "- /usr/share/doc/bash",
+        "- /usr/share/doc/dpkg/copyright",
+        "+ /usr/bin/make",
+        "+ /usr/bin/python3.11",
+        "+ /etc/spawngrid-modified",
+        "M /var/lib/spawngrid-test/big.bin",
+    ] {
+        assert!(lines.contains(want), "diff lacks {want:?}:\n{diff}");
+    }
+    for unchanged in [
+        "/etc/os-release",
+        "/var/lib/spawngrid-test/xattr.txt",
+        "/usr/bin/bash",
+    ] {
+        assert!(
+            !lines.iter().any(|l| l.get(2..) == Some(unchanged)),
+            "diff lists the unchanged {unchanged}"
+        );
+    }
+
+    // The whole diff, from the JSON form, against what the two listings say changed: paths only
+    // in base are removed, only in modified added, in both with any difference changed.
+    let (a, b) = (
+        listing_entries(base_listing()),
+        listing_entries(modified_listing()),
+    );
+    let mut want = BTreeSet::new();
+    for (p, la) in &a {
+        match b.get(p) {
+            None => want.insert(("removed", p.clone())),
+            Some(lb) if lb != la && p != "/" => want.insert(("changed", p.clone())),
+            Some(_) => false,
+        };
+    }
+    for p in b.keys().filter(|p| !a.contains_key(*p)) {
+        want.insert(("added", p.clone()));
+    }
+    let rows = lib.ok(true, &["diff", "base", "mod"]).json();
+    let got: BTreeSet<(&str, String)> = rows
+        .as_array()
+        .expect("diff --json is a list")
+        .iter()
+        .map(|r| {
+            let c = match r["change"].as_str().unwrap() {
+                "added" => "added",
+                "removed" => "removed",
+                "changed" => "changed",
+                other => panic!("unknown change {other}"),
+            };
+            (c, r["path"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let missing: Vec<_> = want.difference(&got).take(20).collect();
+    let extra: Vec<_> = got.difference(&want).take(20).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "lib diff disagrees with the listings ({} vs {} changes)\nnot reported: {missing:?}\nreported wrongly: {extra:?}",
+        want.len(),
+        got.len()
+    );
+}
+
+// --- 4 ----------------------------------------------------------------------------------------
+
+/// Pack files must be whole and well named: packs/<xx>/<64 hex digits starting with xx>.
+fn assert_packs_well_named(data: &Path) {
+    let packs = data.join("library/packs");
+    for d in std::fs::read_dir(&packs).unwrap() {
+        let d = d.unwrap();
+        let dn = d.file_name().into_string().unwrap();
+        assert!(d.file_type().unwrap().is_dir(), "stray {dn} in packs/");
+        for f in std::fs::read_dir(d.path()).unwrap() {
+            let f = f.unwrap();
+            let n = f.file_name().into_string().unwrap();
+            assert!(
+                n.len() == 64 && n.starts_with(&dn) && n.bytes().all(|b| b.is_ascii_hexdigit()),
+                "unexpected file packs/{dn}/{n}"
+            );
+        }
+    }
+}
+
+fn dir_entries(p: &Path) -> Vec<String> {
+    match std::fs::read_dir(p) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn kill_9_during_import_leaves_a_clean_library() {
+    let t = Scratch::new("crash");
+    // How long one import of the rootfs takes here, into an empty library.
+    let probe = Lib::new(t.join("probe"));
+    let start = Instant::now();
+    probe.import("probe", base());
+    let full = start.elapsed();
+    sh(&format!("rm -rf {}", q(&probe.data)));
+
+    let seed = std::env::var("SPAWNGRID_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!(
+        "crash test: one import takes {full:?}; seed {seed} (set SPAWNGRID_TEST_SEED to repeat)"
+    );
+    let mut rng = Rng::new(seed);
+
+    let lib = Lib::new(t.join("data"));
+    let (mut killed, mut finished) = (0, 0);
+    for i in 0..10 {
+        let name = format!("crash{i}");
+        // Spread over the whole import, a little past its end.
+        let delay = full.mul_f64(1.2 * rng.unit());
+        let child = lib
+            .cmd(false, &["import", &name, s(base())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut bg = Bg(Some(child));
+        std::thread::sleep(delay);
+        let c = bg.0.as_mut().unwrap();
+        let done_before = c.try_wait().unwrap().is_some();
+        let _ = c.kill(); // SIGKILL
+        let status = bg.wait().status;
+        let tmp_after_kill = dir_entries(&lib.data.join("library/tmp"));
+        println!(
+            "  {name}: kill -9 after {delay:?} ({}), tmp/ held {} file(s)",
+            if done_before {
+                "already exited"
+            } else {
+                "killed"
+            },
+            tmp_after_kill.len()
+        );
+        if done_before {
+            assert!(
+                status.success(),
+                "{name}: import failed on its own: {status}"
+            );
+        }
+
+        lib.verify_clean();
+        assert_packs_well_named(&lib.data);
+        let tmp = dir_entries(&lib.data.join("library/tmp"));
+        assert!(
+            tmp.is_empty(),
+            "{name}: tmp/ not cleaned by the next run: {tmp:?}"
+        );
+        if lib.bound(&name) {
+            finished += 1;
+            let out = t.join(format!("out{i}"));
+            lib.assert_exports_as(&name, &out, base_listing());
+            sh(&format!("rm -rf {}", q(&out)));
+            // Start the next round from an empty library again, so kills land during writes.
+            lib.ok(false, &["retire", &name]);
+            lib.ok(false, &["gc"]);
+        } else {
+            assert!(
+                !done_before,
+                "{name}: import exited {status} but is not bound"
+            );
+            killed += 1;
+        }
+    }
+    println!("crash test: {killed} killed mid-import, {finished} finished");
+
+    // What the killed imports left is unreachable and gc reclaims all of it.
+    lib.ok(false, &["gc"]);
+    lib.verify_clean();
+    assert_eq!(lib.stored_bytes(), 0, "gc left unreachable data behind");
+}
+
+// --- 5 ----------------------------------------------------------------------------------------
+
+#[test]
+fn a_flipped_byte_is_found_and_named() {
+    let t = Scratch::new("corrupt");
+    let lib = Lib::new(t.join("data"));
+    let packs = lib.data.join("library/packs");
+    let list_packs = || -> BTreeSet<std::path::PathBuf> {
+        let mut v = BTreeSet::new();
+        for d in std::fs::read_dir(&packs).unwrap() {
+            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                v.insert(f.unwrap().path());
+            }
+        }
+        v
+    };
+    lib.import("base", base());
+    let base_packs = list_packs();
+    let small = t.join("small");
+    small_tree(&small, "corruption");
+    lib.import("unrelated", &small);
+    let small_packs: Vec<_> = list_packs().difference(&base_packs).cloned().collect();
+    assert!(
+        !small_packs.is_empty(),
+        "the second import wrote no pack of its own"
+    );
+    lib.verify_clean();
+
+    // Flip one byte in the middle of the biggest of base's packs.
+    let victim = base_packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(victim, &bytes).unwrap();
+    println!("flipped byte {mid} of {}", victim.display());
+
+    let r = lib.run(false, &["verify"]);
+    assert!(!r.ok, "verify exits 0 on a corrupt pack:\n{}", r.stdout);
+    let text = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("damaged") && l.contains("base")),
+        "verify does not name base:\n{text}"
+    );
+    assert!(
+        !text.contains("unrelated"),
+        "verify names the unaffected snapshot:\n{text}"
+    );
+    let r = lib.run(true, &["verify"]);
+    assert!(!r.ok);
+    let damaged: Vec<String> = r.json()["damaged_snapshots"]
+        .as_array()
+        .expect("damaged_snapshots")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(damaged.iter().any(|n| n.ends_with("base")), "{damaged:?}");
+    assert!(
+        !damaged.iter().any(|n| n.contains("unrelated")),
+        "{damaged:?}"
+    );
+
+    // Export of the damaged name: one clear line, nothing left behind.
+    for dest in ["out", "out.tar"] {
+        let d = t.join(dest);
+        let r = lib.run(false, &["export", "base", s(&d)]);
+        assert!(!r.ok, "export of a damaged snapshot to {dest} succeeded");
+        assert_eq!(
+            r.error_lines().len(),
+            1,
+            "export to {dest}: not one line:\n{}",
+            r.stderr
+        );
+        assert!(!d.exists(), "export to {dest} left {} behind", d.display());
+        assert!(!t.join(format!("{dest}.partial")).exists());
+    }
+    // The unaffected name still exports exactly.
+    lib.assert_exports_as("unrelated", &t.join("ok"), &fslist(&small));
+}
+
+// --- 6 ----------------------------------------------------------------------------------------
+
+#[test]
+fn gc_reclaims_space_and_loses_nothing() {
+    let t = Scratch::new("gc");
+    let lib = Lib::new(t.join("data"));
+    lib.import("base", base());
+    let start = Instant::now();
+    lib.import("mod", modified());
+    let mod_secs = start.elapsed();
+    let before = lib.stored_bytes();
+    lib.ok(false, &["retire", "mod"]);
+    assert!(!lib.bound("mod"), "a retired name still resolves");
+    lib.ok(false, &["gc"]);
+    let after = lib.stored_bytes();
+    println!("gc: {before} -> {after} stored bytes");
+    assert!(after < before, "gc reclaimed nothing ({before} -> {after})");
+    lib.assert_exports_as("base", &t.join("base-out"), base_listing());
+    lib.verify_clean();
+
+    // gc during an import. Each round first leaves the modified copy's data unreachable (import,
+    // retire), so the import dedups against exactly what a careless gc would delete; gc starts
+    // at various points of the import.
+    for (round, frac) in [0.0, 0.3, 0.6].into_iter().enumerate() {
+        let bait = format!("bait{round}");
+        let name = format!("mod2-{round}");
+        lib.import(&bait, modified());
+        lib.ok(false, &["retire", &bait]);
+        let import = Bg(Some(
+            lib.cmd(true, &["import", &name, s(modified())])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
+        std::thread::sleep(mod_secs.mul_f64(frac));
+        let gc = lib.run(false, &["gc"]);
+        let imp = import.wait();
+        assert!(
+            gc.ok,
+            "round {round}: gc failed:\n{}{}",
+            gc.stdout, gc.stderr
+        );
+        assert!(
+            imp.status.success(),
+            "round {round}: import beside gc failed:\n{}",
+            String::from_utf8_lossy(&imp.stderr)
+        );
+        lib.verify_clean();
+        let out = t.join(format!("out{round}"));
+        lib.assert_exports_as(&name, &out, modified_listing());
+        sh(&format!("rm -rf {}", q(&out)));
+    }
+    // And after one more gc with nothing in flight, both still export exactly.
+    lib.ok(false, &["gc"]);
+    lib.verify_clean();
+    lib.assert_exports_as("mod2-2", &t.join("final-mod"), modified_listing());
+    lib.assert_exports_as("base", &t.join("final-base"), base_listing());
+}
+
+// --- 7 ----------------------------------------------------------------------------------------
+
+/// Writes a pax tar with python's tarfile: (path, Some(data)) for a file, (path, None) for a
+/// hard link to `link_to`.
+fn python_tar(path: &Path, entries: &[(&str, &[u8])], hardlink: Option<(&str, &str)>) {
+    let mut script = String::from(
+        "import io, sys, tarfile\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n",
+    );
+    for (name, data) in entries {
+        script += &format!(
+            "i = tarfile.TarInfo({name:?}); d = bytes({data:?}); i.size = len(d); i.mode = 0o644; t.addfile(i, io.BytesIO(d))\n"
+        );
+    }
+    if let Some((name, target)) = hardlink {
+        script += &format!(
+            "i = tarfile.TarInfo({name:?}); i.type = tarfile.LNKTYPE; i.linkname = {target:?}; t.addfile(i)\n"
+        );
+    }
+    script += "t.close()\n";
+    let mut c = std::process::Command::new("python3")
+        .arg("-")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success(), "python tarfile failed");
+}
+
+#[test]
+fn bad_input_is_refused_cleanly() {
+    let t = Scratch::new("bad");
+    let lib = Lib::new(t.join("data"));
+    let orig = t.join("orig");
+    small_tree(&orig, "original");
+    let orig_listing = fslist(&orig);
+    lib.import("orig", &orig);
+    let score = lib.score("orig");
+    let snapshots = || lib.stats()["snapshots"].as_u64().unwrap();
+    assert_eq!(snapshots(), 1);
+
+    // Refused: one line, non-zero exit, nothing bound.
+    let refused = |args: &[&str], what: &str| {
+        let r = lib.run(false, args);
+        assert!(!r.ok, "{what}: accepted");
+        assert_eq!(
+            r.error_lines().len(),
+            1,
+            "{what}: not one line:\n{}",
+            r.stderr
+        );
+        assert!(r.stderr.starts_with("spawngrid: "), "{what}: {}", r.stderr);
+        println!("{what}: {}", r.stderr.trim());
+    };
+
+    let other = t.join("other");
+    small_tree(&other, "other");
+    let long = "n".repeat(300);
+    for name in ["a/b", "../x", "x..y", "", "a\nb", "-", long.as_str()] {
+        refused(&["import", name, s(&other)], &format!("import as {name:?}"));
+    }
+    assert_eq!(snapshots(), 1, "a refused name bound something");
+
+    // An existing name: refused, and it still means the original.
+    refused(&["import", "orig", s(&other)], "import as an existing name");
+    assert_eq!(lib.score("orig"), score, "orig was rebound");
+    assert_eq!(snapshots(), 1);
+    lib.assert_exports_as("orig", &t.join("orig-out"), &orig_listing);
+
+    // A truncated tar (cut in the middle of a file's data).
+    let big = t.join("big");
+    std::fs::create_dir(&big).unwrap();
+    let data: Vec<u8> = {
+        let mut r = Rng::new(7);
+        (0..(1 << 20)).map(|_| r.next_u64() as u8).collect()
+    };
+    std::fs::write(big.join("data.bin"), &data).unwrap();
+    std::fs::write(big.join("z-last"), b"last\n").unwrap();
+    let whole = t.join("whole.tar");
+    gnu_tar(&big, &whole);
+    let bytes = std::fs::read(&whole).unwrap();
+    let truncated = t.join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    refused(&["import", "trunc", s(&truncated)], "a truncated tar");
+    assert!(!lib.bound("trunc"));
+
+    // Garbage.
+    let garbage = t.join("garbage.tar");
+    std::fs::write(&garbage, &data[..10_000]).unwrap();
+    refused(&["import", "garbage", s(&garbage)], "a garbage archive");
+    assert!(!lib.bound("garbage"));
+
+    // Entries escaping the root: a `../evil` path, and a hard link to `../../etc/passwd`.
+    let evil = t.join("evil.tar");
+    python_tar(&evil, &[("./ok", b"ok\n"), ("../evil", b"evil\n")], None);
+    refused(&["import", "evil", s(&evil)], "a tar with ../evil");
+    assert!(!lib.bound("evil"));
+    let evil_link = t.join("evil-link.tar");
+    python_tar(
+        &evil_link,
+        &[("./ok", b"ok\n")],
+        Some(("./passwd", "../../etc/passwd")),
+    );
+    refused(
+        &["import", "evil-link", s(&evil_link)],
+        "a tar with a hard link out of the root",
+    );
+    assert!(!lib.bound("evil-link"));
+    assert_eq!(snapshots(), 1, "a refused tar bound something");
+
+    // Export into a non-empty directory.
+    let full = t.join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep"), b"keep me\n").unwrap();
+    let full_listing = fslist(&full);
+    refused(
+        &["export", "orig", s(&full)],
+        "export into a non-empty directory",
+    );
+    assert_eq!(fslist(&full), full_listing, "the directory was touched");
+
+    lib.verify_clean();
+}

@@ -11,11 +11,20 @@
 #                                    4 KiB overwritten in the middle of big.bin
 #   scripts/rootfs.sh changed-bytes  prints the estimated bytes added/modified between the two
 #                                    (the `.changed-bytes` manifest next to the modified root)
+#   scripts/rootfs.sh debian         prints the path of a cached plain debootstrap
+#                                    --variant=minbase bookworm rootfs (no test extras; the
+#                                    `base` snapshot of scripts/up.sh, and what `base` is built from)
+#   scripts/rootfs.sh busybox        prints the path of a cached tiny root made from the host's
+#                                    static busybox (installs busybox-static if needed):
+#                                    /bin/busybox, applet symlinks, /etc/passwd, /etc/group, /tmp,
+#                                    /root (the fallback of scripts/up.sh when debootstrap fails)
 #
 # Run as root. Environment: SPAWNGRID_CACHE (default /var/cache/spawngrid),
 # SPAWNGRID_MIRROR (default http://deb.debian.org/debian).
 #
-# Layout: $SPAWNGRID_CACHE/rootfs/bookworm-minbase/root     (printed for `base`)
+# Layout: $SPAWNGRID_CACHE/rootfs/bookworm-debian/root      (printed for `debian`)
+#         $SPAWNGRID_CACHE/rootfs/busybox/root              (printed for `busybox`)
+#         $SPAWNGRID_CACHE/rootfs/bookworm-minbase/root     (printed for `base`)
 #         $SPAWNGRID_CACHE/rootfs/bookworm-modified/root    (printed for `modified`)
 #         $SPAWNGRID_CACHE/rootfs/bookworm-modified/.changed-bytes   (one integer)
 #         $SPAWNGRID_CACHE/rootfs/bookworm-modified/.changes.json    (details)
@@ -31,6 +40,8 @@ cache="${SPAWNGRID_CACHE:-/var/cache/spawngrid}/rootfs"
 mirror="${SPAWNGRID_MIRROR:-http://deb.debian.org/debian}"
 suite=bookworm
 base_dir="$cache/$suite-minbase"
+debian_dir="$cache/$suite-debian"
+busybox_dir="$cache/busybox"
 mod_dir="$cache/$suite-modified"
 log="$cache/build.log"
 extra_packages=(make python3-minimal)
@@ -160,24 +171,89 @@ EOF
   touch -m -d '2021-03-04 05:06:07.987654321 UTC' "$t"
 }
 
-build_base() {
-  [ -d "$base_dir/root" ] && return 0
+# --- debian: a plain debootstrap, the starting point of base ------------------------------
+
+build_debian() {
+  [ -d "$debian_dir/root" ] && return 0
   need debootstrap debootstrap
-  need setfattr attr
   step="creating $cache"
   mkdir -p "$cache"
-  new_tmp "$suite-minbase"
+  new_tmp "$suite-debian"
   step="running debootstrap --variant=minbase $suite from $mirror"
   say "debootstrap --variant=minbase $suite from $mirror (a few minutes; log in $log)"
   debootstrap --variant=minbase "$suite" "$tmp/root" "$mirror" >>"$log" 2>&1
-  step="cleaning the apt cache in base"
+  step="cleaning the apt cache in debian"
   rm -rf --one-file-system "$tmp/root/var/cache/apt/archives/"*.deb
+  step="committing debian"
+  commit_tmp "$debian_dir"
+  say "debian ready: $debian_dir/root"
+}
+
+build_base() {
+  [ -d "$base_dir/root" ] && return 0
+  build_debian
+  need setfattr attr
+  new_tmp "$suite-minbase"
+  step="copying debian (cp -a)"
+  say "copying the plain debootstrap"
+  cp -a "$debian_dir/root" "$tmp/root"
   step="adding metadata variety to base"
   say "adding metadata variety under /var/lib/spawngrid-test"
   add_variety "$tmp/root"
   step="committing base"
   commit_tmp "$base_dir"
   say "base ready: $base_dir/root"
+}
+
+# --- busybox: a tiny root from the host's static busybox ------------------------------------
+
+is_static() { # is_static FILE: true if FILE is an executable with no dynamic loader
+  local out
+  [ -x "$1" ] || return 1
+  out="$(LC_ALL=C ldd "$1" 2>&1 || true)" # ldd exits 1 for a static binary
+  grep -q -e 'not a dynamic executable' -e 'statically linked' <<<"$out"
+}
+
+build_busybox() {
+  [ -d "$busybox_dir/root" ] && return 0
+  local bb="" c
+  for c in /bin/busybox /usr/bin/busybox; do
+    if is_static "$c"; then bb="$c"; break; fi
+  done
+  if [ -z "$bb" ]; then
+    step="installing busybox-static"
+    say "installing busybox-static"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >>"$log" 2>&1 ||
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$log" 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >>"$log" 2>&1; }
+    bb=/bin/busybox
+    is_static "$bb" || { step="checking $bb"; say "$bb is not statically linked"; return 1; }
+  fi
+  step="creating $cache"
+  mkdir -p "$cache"
+  new_tmp busybox
+  local r="$tmp/root" a
+  step="building the busybox root from $bb"
+  say "building a busybox root from $bb"
+  mkdir -p "$r/bin" "$r/sbin" "$r/usr/bin" "$r/usr/sbin" "$r/etc" "$r/tmp" "$r/root"
+  chmod 755 "$r" "$r/bin" "$r/sbin" "$r/usr" "$r/usr/bin" "$r/usr/sbin" "$r/etc"
+  chmod 1777 "$r/tmp"
+  chmod 700 "$r/root"
+  install -m 0755 "$bb" "$r/bin/busybox"
+  # every applet at its usual place, as a symlink to /bin/busybox
+  while read -r a; do
+    [ -n "$a" ] || continue
+    a="${a#/}"
+    [ "$a" = bin/busybox ] && continue
+    mkdir -p "$r/$(dirname "$a")"
+    [ -e "$r/$a" ] || [ -L "$r/$a" ] || ln -s /bin/busybox "$r/$a"
+  done < <("$r/bin/busybox" --list-full 2>/dev/null || "$r/bin/busybox" --list | sed 's|^|bin/|')
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$r/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$r/etc/group"
+  chmod 644 "$r/etc/passwd" "$r/etc/group"
+  step="committing busybox"
+  commit_tmp "$busybox_dir"
+  say "busybox ready: $busybox_dir/root"
 }
 
 # --- modified -------------------------------------------------------------------------------
@@ -315,8 +391,8 @@ EOF
 
 what="${1:-}"
 case "$what" in
-  base | modified | changed-bytes) ;;
-  *) echo "usage: $prog base|modified|changed-bytes" >&2; trap - EXIT; exit 2 ;;
+  base | modified | changed-bytes | debian | busybox) ;;
+  *) echo "usage: $prog base|modified|changed-bytes|debian|busybox" >&2; trap - EXIT; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { step="checking for root"; echo "$prog: run as root (debootstrap, chroot, mknod, security.* xattrs)" >&2; trap - EXIT; exit 1; }
 
@@ -335,5 +411,7 @@ case "$what" in
   base) build_base; echo "$base_dir/root" ;;
   modified) build_modified; echo "$mod_dir/root" ;;
   changed-bytes) build_modified; cat "$mod_dir/.changed-bytes" ;;
+  debian) build_debian; echo "$debian_dir/root" ;;
+  busybox) build_busybox; echo "$busybox_dir/root" ;;
 esac
 step="done"

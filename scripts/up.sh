@@ -18,10 +18,10 @@ if spawngrid lib --data "$data" log base >/dev/null 2>&1; then
   echo "base snapshot already in $data" >&2
 else
   echo "== making the base snapshot" >&2
-  if root=$(scripts/rootfs.sh base 2>/dev/null); then
+  if root=$(scripts/rootfs.sh debian); then
     note="debootstrap minbase bookworm"
   else
-    echo "debootstrap unavailable; building a busybox root instead" >&2
+    echo "debootstrap failed or unavailable; building a busybox root instead" >&2
     root=$(scripts/rootfs.sh busybox)
     note="busybox root"
   fi

@@ -34,10 +34,10 @@ impl Default for Config {
         Config {
             format: FORMAT.into(),
             version: VERSION,
-            chunk_threshold: 1 << 20,
-            chunk_min: 256 << 10,
-            chunk_avg: 1 << 20,
-            chunk_max: 4 << 20,
+            chunk_threshold: 512 << 10,
+            chunk_min: 128 << 10,
+            chunk_avg: 512 << 10,
+            chunk_max: 2 << 20,
             pack_target: 32 << 20,
             zstd_level: 3,
         }

@@ -28,11 +28,68 @@ pub(crate) struct Location {
     pub(crate) entry: PackEntry,
 }
 
+/// An index slot: a pack number and the record's fields, without repeating the score
+/// (~20 bytes beside the 32-byte key, instead of ~80).
+#[derive(Clone, Copy)]
+struct Slot {
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    plain_len: u32,
+    kind: ObjectKind,
+    encoding: pack::Encoding,
+}
+
 /// The in-memory index: every stored object's location, loaded from the packs' trailers.
 #[derive(Default)]
 pub(crate) struct Index {
-    pub(crate) objects: HashMap<Score, Location>,
-    pub(crate) packs: HashMap<Score, u64>,
+    objects: HashMap<Score, Slot>,
+    /// Pack names by number (numbers are never reused while the index lives).
+    names: Vec<Score>,
+    /// Pack sizes and numbers by name.
+    packs: HashMap<Score, (u64, u32)>,
+}
+
+impl Index {
+    /// Adds a pack's entries; with `replace`, entries move to this pack even if known elsewhere.
+    fn add(&mut self, name: Score, size: u64, entries: &[PackEntry], replace: bool) {
+        let next = self.names.len() as u32;
+        let number = self.packs.entry(name).or_insert((size, next)).1;
+        if number == next {
+            self.names.push(name);
+        }
+        for e in entries {
+            let slot = Slot {
+                pack: number,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                plain_len: e.plain_len,
+                kind: e.kind,
+                encoding: e.encoding,
+            };
+            if replace {
+                self.objects.insert(e.score, slot);
+            } else {
+                self.objects.entry(e.score).or_insert(slot);
+            }
+        }
+    }
+
+    fn locate(&self, score: &Score) -> Option<Location> {
+        let s = self.objects.get(score)?;
+        let entry = PackEntry {
+            score: *score,
+            kind: s.kind,
+            encoding: s.encoding,
+            offset: s.offset,
+            stored_len: s.stored_len,
+            plain_len: s.plain_len,
+        };
+        Some(Location {
+            pack: self.names[s.pack as usize],
+            entry,
+        })
+    }
 }
 
 /// A content-addressed, deduplicating object store over a [`Backend`].
@@ -122,12 +179,7 @@ impl Library {
             .collect::<Result<_>>()?;
         let mut idx = Index::default();
         for (name, size, entries) in loaded {
-            idx.packs.insert(name, size);
-            for entry in entries {
-                idx.objects
-                    .entry(entry.score)
-                    .or_insert(Location { pack: name, entry });
-            }
+            idx.add(name, size, &entries, false);
         }
         *self.index.write().expect("index lock") = idx;
         Ok(())
@@ -199,13 +251,7 @@ impl Library {
         let mut pending = self.pending.lock().expect("pending lock");
         if result.is_ok() {
             let mut idx = self.index.write().expect("index lock");
-            idx.packs.insert(name, data.len() as u64);
-            for entry in &entries {
-                idx.objects.entry(entry.score).or_insert(Location {
-                    pack: name,
-                    entry: *entry,
-                });
-            }
+            idx.add(name, data.len() as u64, &entries, false);
         }
         for entry in &entries {
             pending.remove(&entry.score);
@@ -223,12 +269,7 @@ impl Library {
     }
 
     pub(crate) fn locate(&self, score: &Score) -> Option<Location> {
-        self.index
-            .read()
-            .expect("index lock")
-            .objects
-            .get(score)
-            .copied()
+        self.index.read().expect("index lock").locate(score)
     }
 
     /// Reads an object, checking its bytes against its score.
@@ -289,14 +330,20 @@ impl Library {
     /// A copy of the current index's pack list (name and size).
     pub(crate) fn packs(&self) -> Vec<(Score, u64)> {
         let idx = self.index.read().expect("index lock");
-        let mut v: Vec<_> = idx.packs.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut v: Vec<_> = idx.packs.iter().map(|(k, v)| (*k, v.0)).collect();
         v.sort();
         v
     }
 
     /// Total bytes of all packs in the index.
     pub fn stored_bytes(&self) -> u64 {
-        self.index.read().expect("index lock").packs.values().sum()
+        self.index
+            .read()
+            .expect("index lock")
+            .packs
+            .values()
+            .map(|v| v.0)
+            .sum()
     }
 
     /// Number of distinct objects in the index.
@@ -326,11 +373,6 @@ impl Library {
     /// delete), so readers in this process move to the new copy before the old one goes.
     pub(crate) fn adopt_pack(&self, name: Score, size: u64, entries: &[PackEntry]) {
         let mut idx = self.index.write().expect("index lock");
-        idx.packs.insert(name, size);
-        for entry in entries {
-            let entry = *entry;
-            idx.objects
-                .insert(entry.score, Location { pack: name, entry });
-        }
+        idx.add(name, size, entries, true);
     }
 }

@@ -77,6 +77,10 @@ enum LibCommand {
     Gc,
     /// Logical and stored bytes, dedup ratio, objects, packs.
     Stats,
+    /// Mount snapshot NAME read-only at DIR (lazy: file data is fetched when first opened).
+    Mount(crate::mount_cmd::MountArgs),
+    /// Unmount a snapshot mounted with `lib mount`, and wait for its server to exit.
+    Umount(crate::mount_cmd::UmountArgs),
 }
 
 /// Runs a `lib` subcommand.
@@ -100,6 +104,8 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
         LibCommand::Verify => ctx.verify(),
         LibCommand::Gc => ctx.gc(),
         LibCommand::Stats => ctx.stats(),
+        LibCommand::Mount(m) => crate::mount_cmd::mount(&ctx.data, &ctx.owner, m),
+        LibCommand::Umount(u) => crate::mount_cmd::umount(&ctx.data, u),
     }
 }
 

@@ -2,6 +2,7 @@
 //! errors; each command family lives in its own module.
 
 mod lib_cmd;
+mod mount_cmd;
 mod progress;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,358 @@
+//! The node-local file cache: whole files materialized from the library, verified, and kept
+//! under a size limit with least-recently-used eviction of files nobody has open.
+//!
+//! Layout (format version in `VERSION`; a cache with another version is emptied on open):
+//! ```text
+//! CACHE/VERSION                 "spawngrid-snapfs-cache 1"
+//! CACHE/files/<xx>/<score hex>  one file's bytes; score = the FileData score (blob or chunk list)
+//! CACHE/tmp/<pid>.<n>           files being written (renamed into files/ when complete)
+//! ```
+//! A file is written from objects the library verifies as it reads them, under a temporary
+//! name, then renamed: a cache file is either complete and correct or absent. Files found at
+//! start (left by an earlier process) are re-verified against their score the first time this
+//! process opens them; a mismatch logs a warning naming the score and the file is fetched again.
+//! Indexing those files (for the size limit and LRU order, oldest modification time first)
+//! runs on a background thread so that opening the cache costs the same whatever it holds.
+
+use library::file::blobs;
+use library::{FileData, Library, Score};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The cache format this code writes and reads.
+pub const VERSION: &str = "spawngrid-snapfs-cache 1";
+
+struct Slot {
+    size: u64,
+    tick: u64,
+    pins: u32,
+    verified: bool,
+}
+
+#[derive(Default)]
+struct State {
+    files: HashMap<Score, Slot>,
+    lru: BTreeMap<u64, Score>,
+    tick: u64,
+    total: u64,
+}
+
+impl State {
+    fn touch(&mut self, s: &Score) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(slot) = self.files.get_mut(s) {
+            self.lru.remove(&slot.tick);
+            slot.tick = tick;
+            self.lru.insert(tick, *s);
+        }
+    }
+
+    fn insert(&mut self, s: Score, size: u64, verified: bool) {
+        self.remove(&s);
+        self.tick += 1;
+        self.files.insert(
+            s,
+            Slot {
+                size,
+                tick: self.tick,
+                pins: 0,
+                verified,
+            },
+        );
+        self.lru.insert(self.tick, s);
+        self.total += size;
+    }
+
+    fn remove(&mut self, s: &Score) -> Option<Slot> {
+        let slot = self.files.remove(s)?;
+        self.lru.remove(&slot.tick);
+        self.total -= slot.size;
+        Some(slot)
+    }
+}
+
+/// The file cache of one server process (several processes may share a directory).
+pub struct Cache {
+    dir: PathBuf,
+    limit: u64,
+    state: Mutex<State>,
+    fetching: Mutex<HashMap<Score, Arc<Mutex<()>>>>,
+    tmp_seq: AtomicU64,
+}
+
+fn io(what: &'static str, path: &Path, e: std::io::Error) -> library::Error {
+    library::Error::io(what, path, e)
+}
+
+impl Cache {
+    /// Opens (creating or upgrading) the cache in `dir`, limited to `limit` bytes.
+    pub fn open(dir: &Path, limit: u64) -> library::Result<Cache> {
+        let version = dir.join("VERSION");
+        let current = std::fs::read_to_string(&version).unwrap_or_default();
+        if current.trim() != VERSION {
+            if !current.is_empty() {
+                tracing::warn!(cache = %dir.display(), "cache format {current:?} is not {VERSION:?}; emptying it");
+            }
+            let _ = std::fs::remove_dir_all(dir.join("files"));
+            let _ = std::fs::remove_dir_all(dir.join("tmp"));
+        }
+        for d in ["files", "tmp"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(|e| io("creating", dir, e))?;
+        }
+        std::fs::write(&version, format!("{VERSION}\n")).map_err(|e| io("writing", &version, e))?;
+        let cache = Cache {
+            dir: dir.to_path_buf(),
+            limit,
+            state: Mutex::default(),
+            fetching: Mutex::default(),
+            tmp_seq: AtomicU64::new(0),
+        };
+        Ok(cache)
+    }
+
+    /// Cleans temporary files and indexes files left by earlier processes on a background
+    /// thread (until then they are found by path when opened).
+    pub fn start_scan(self: &Arc<Self>) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cache-scan".into())
+            .spawn(move || {
+                me.clean_tmp();
+                me.scan();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the cache scan: {e}");
+        }
+    }
+
+    /// Removes temporary files whose writer process is gone.
+    fn clean_tmp(&self) {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("tmp")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.split('.').next().unwrap_or("");
+            if !Path::new("/proc").join(pid).exists() || pid.is_empty() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Indexes files left by earlier processes, oldest first (by modification time).
+    fn scan(&self) {
+        let mut found = Vec::new();
+        for sub in std::fs::read_dir(self.dir.join("files"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(sub.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let (Ok(score), Ok(md)) = (
+                    f.file_name().to_string_lossy().parse::<Score>(),
+                    f.metadata(),
+                ) else {
+                    continue;
+                };
+                found.push((md.modified().ok(), score, md.len()));
+            }
+        }
+        found.sort();
+        let mut st = self.state.lock().expect("cache state");
+        for (_, score, size) in found {
+            if !st.files.contains_key(&score) {
+                st.insert(score, size, false);
+            }
+        }
+        drop(st);
+        self.evict();
+    }
+
+    /// Where the cache file for `score` lives.
+    pub fn path(&self, score: &Score) -> PathBuf {
+        let hex = score.to_hex();
+        self.dir.join("files").join(&hex[..2]).join(hex)
+    }
+
+    /// Bytes currently held.
+    pub fn total(&self) -> u64 {
+        self.state.lock().expect("cache state").total
+    }
+
+    /// Opens file data `data` (score `score`) for reading, fetching it from `lib` if needed,
+    /// and pins it against eviction until [`Cache::release`].
+    pub fn acquire(&self, lib: &Library, score: Score, data: &FileData) -> library::Result<File> {
+        let lock = self
+            .fetching
+            .lock()
+            .expect("fetching")
+            .entry(score)
+            .or_default()
+            .clone();
+        let result = {
+            let _one_fetch = lock.lock().expect("fetch lock");
+            self.acquire_locked(lib, score, data)
+        };
+        let mut f = self.fetching.lock().expect("fetching");
+        if Arc::strong_count(&lock) == 2 {
+            f.remove(&score);
+        }
+        result
+    }
+
+    fn acquire_locked(
+        &self,
+        lib: &Library,
+        score: Score,
+        data: &FileData,
+    ) -> library::Result<File> {
+        let path = self.path(&score);
+        let known = self
+            .state
+            .lock()
+            .expect("cache state")
+            .files
+            .get(&score)
+            .map(|s| s.verified)
+            .or_else(|| path.exists().then_some(false));
+        if let Some(verified) = known {
+            match File::open(&path) {
+                Ok(f) if verified || self.check(lib, &score, data, &path)? => {
+                    let mut st = self.state.lock().expect("cache state");
+                    if !st.files.contains_key(&score) {
+                        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        st.insert(score, size, true);
+                    }
+                    if let Some(slot) = st.files.get_mut(&score) {
+                        slot.pins += 1;
+                        slot.verified = true;
+                    }
+                    st.touch(&score);
+                    return Ok(f);
+                }
+                Ok(_) => {
+                    tracing::warn!(%score, "cached file does not match its score; fetching it again")
+                }
+                Err(e) => tracing::debug!(%score, "cached file gone ({e}); fetching it again"),
+            }
+            self.state.lock().expect("cache state").remove(&score);
+            let _ = std::fs::remove_file(&path);
+        }
+        let size = self.fetch(lib, &score, data, &path)?;
+        let f = File::open(&path).map_err(|e| io("opening", &path, e))?;
+        {
+            let mut st = self.state.lock().expect("cache state");
+            st.insert(score, size, true);
+            st.files.get_mut(&score).expect("just inserted").pins = 1;
+        }
+        self.evict();
+        Ok(f)
+    }
+
+    /// Writes the file's bytes (verified by the library) to a temporary file, then renames it.
+    fn fetch(
+        &self,
+        lib: &Library,
+        score: &Score,
+        data: &FileData,
+        path: &Path,
+    ) -> library::Result<u64> {
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> library::Result<u64> {
+            let f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let n = library::file::write_file(lib, data, &mut w, &score.to_hex())?;
+            w.flush().map_err(|e| io("writing", &tmp, e))?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
+            }
+            std::fs::rename(&tmp, path).map_err(|e| io("renaming", &tmp, e))?;
+            Ok(n)
+        };
+        write().inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    /// Whether the cache file at `path` holds exactly the bytes `score` names.
+    fn check(
+        &self,
+        lib: &Library,
+        score: &Score,
+        data: &FileData,
+        path: &Path,
+    ) -> library::Result<bool> {
+        let mut f = File::open(path).map_err(|e| io("opening", path, e))?;
+        let pieces = match data {
+            FileData::Blob(_) => vec![(*score, u32::MAX)],
+            _ => blobs(lib, data)?,
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        for (want, len) in pieces {
+            let mut h = blake3::Hasher::new();
+            let mut left = u64::from(len);
+            while left > 0 {
+                let n = f
+                    .read(&mut buf[..left.min(1 << 20) as usize])
+                    .map_err(|e| io("reading", path, e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                left -= n as u64;
+            }
+            if (len != u32::MAX && left != 0) || Score(*h.finalize().as_bytes()) != want {
+                return Ok(false);
+            }
+        }
+        Ok(f.read(&mut buf[..1]).map_err(|e| io("reading", path, e))? == 0)
+    }
+
+    /// Unpins file data acquired with [`Cache::acquire`].
+    pub fn release(&self, score: &Score) {
+        let mut st = self.state.lock().expect("cache state");
+        if let Some(slot) = st.files.get_mut(score) {
+            slot.pins = slot.pins.saturating_sub(1);
+        }
+        drop(st);
+        self.evict();
+    }
+
+    /// Deletes least recently used unpinned files until the cache is within its limit.
+    fn evict(&self) {
+        let mut st = self.state.lock().expect("cache state");
+        let mut victims = Vec::new();
+        let mut total = st.total;
+        for s in st.lru.values() {
+            if total <= self.limit {
+                break;
+            }
+            let slot = &st.files[s];
+            if slot.pins == 0 {
+                total -= slot.size;
+                victims.push(*s);
+            }
+        }
+        for s in &victims {
+            st.remove(s);
+        }
+        drop(st);
+        for s in victims {
+            tracing::debug!(score = %s, "evicting cached file");
+            let _ = std::fs::remove_file(self.path(&s));
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The FUSE filesystem: answers the kernel from the snapshot's trees and the file cache.
+//!
+//! Everything is immutable, so entries and attributes are given a TTL of years and the kernel
+//! caches them. Regular files are opened by materializing them in the [`Cache`] and handing the
+//! kernel the cache file for passthrough: reads and mmap then never reach this process. Without
+//! passthrough (old kernel, or the kernel refuses), reads are served from the cache file here.
+
+use crate::attr::{attr, kind};
+use crate::cache::Cache;
+use crate::nodes::{Node, NodeError, Nodes};
+use fuser::{
+    BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use library::{Content, FileData, Library, Score};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// How long the kernel may trust entries and attributes: the snapshot never changes.
+const TTL: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// Options of one mount.
+#[derive(Clone, Debug, Default)]
+pub struct FsOptions {
+    /// Added to every uid and gid shown (for envs whose user namespace maps root elsewhere).
+    pub id_offset: u32,
+}
+
+struct Handle {
+    file: Option<Arc<File>>,
+    score: Option<Score>,
+    _backing: Option<Arc<BackingId>>,
+}
+
+#[derive(Default)]
+struct Handles {
+    next: u64,
+    open: HashMap<u64, Handle>,
+    backing: HashMap<u64, Weak<BackingId>>,
+}
+
+/// The snapshot filesystem served to the kernel.
+pub struct SnapFs {
+    lib: Arc<Library>,
+    nodes: Nodes,
+    cache: Arc<Cache>,
+    opts: FsOptions,
+    passthrough: AtomicBool,
+    handles: Mutex<Handles>,
+}
+
+fn errno(e: NodeError) -> Errno {
+    match e {
+        NodeError::NotFound => Errno::ENOENT,
+        NodeError::NotDir => Errno::ENOTDIR,
+        NodeError::Stale => Errno::ESTALE,
+        NodeError::Library(e) => {
+            tracing::error!("reading a directory: {e}");
+            Errno::EIO
+        }
+    }
+}
+
+impl SnapFs {
+    /// A filesystem showing the tree under `root` (a snapshot's root entry).
+    pub fn new(
+        lib: Arc<Library>,
+        root: library::Entry,
+        cache: Arc<Cache>,
+        opts: FsOptions,
+    ) -> SnapFs {
+        SnapFs {
+            nodes: Nodes::new(lib.clone(), root),
+            lib,
+            cache,
+            opts,
+            passthrough: AtomicBool::new(false),
+            handles: Mutex::default(),
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
+        self.nodes.get(ino.0).map_err(errno)
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let mut hs = self.handles.lock().expect("handles");
+        hs.next += 1;
+        let fh = hs.next;
+        hs.open.insert(fh, h);
+        fh
+    }
+
+    /// The backing id for `node`'s cache file: shared by every open handle of that inode.
+    fn backing(
+        &self,
+        reply: &ReplyOpen,
+        node: u64,
+        file: &File,
+    ) -> std::io::Result<Arc<BackingId>> {
+        let mut hs = self.handles.lock().expect("handles");
+        if let Some(id) = hs.backing.get(&node).and_then(Weak::upgrade) {
+            return Ok(id);
+        }
+        let id = Arc::new(reply.open_backing(file)?);
+        hs.backing.retain(|_, w| w.strong_count() > 0);
+        hs.backing.insert(node, Arc::downgrade(&id));
+        Ok(id)
+    }
+
+    fn open_file(&self, node: &Node, data: &FileData, reply: ReplyOpen) {
+        let score = match data {
+            FileData::Empty => {
+                let fh = self.add_handle(Handle {
+                    file: None,
+                    score: None,
+                    _backing: None,
+                });
+                return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            FileData::Blob(s) | FileData::Chunks(s) => *s,
+        };
+        let file = match self.cache.acquire(&self.lib, score, data) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                tracing::error!(%score, node = node.id, "cannot open file: {e}");
+                return reply.error(Errno::EIO);
+            }
+        };
+        let backing = if self.passthrough.load(Ordering::Relaxed) {
+            match self.backing(&reply, node.id, &file) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    if self.passthrough.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("FUSE passthrough refused ({e}); serving reads in user space from now on");
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let fh = self.add_handle(Handle {
+            file: Some(file),
+            score: Some(score),
+            _backing: backing.clone(),
+        });
+        match backing {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        }
+    }
+}
+
+impl Filesystem for SnapFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        // Depth 1: backing files live on a plain filesystem, and this mount can itself be the
+        // lower layer of an overlay (which adds the second and last level).
+        let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        if !ok {
+            tracing::warn!("kernel lacks FUSE passthrough; serving reads in user space");
+        }
+        self.passthrough.store(ok, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = self
+            .node(parent)
+            .and_then(|p| self.nodes.lookup(&p, name.as_bytes()).map_err(errno));
+        match found {
+            Ok(n) => reply.entry(&TTL, &attr(&n, self.opts.id_offset), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(n) => reply.attr(&TTL, &attr(&n, self.opts.id_offset)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino).map(|n| n.entry.content.clone()) {
+            Ok(Content::Symlink(t)) => reply.data(&t),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.node(ino) {
+            Ok(n) => match &n.entry.content {
+                Content::File { data, .. } => self.open_file(&n, data, reply),
+                Content::Dir { .. } => reply.error(Errno::EISDIR),
+                _ => reply.error(Errno::ENXIO),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = self
+            .handles
+            .lock()
+            .expect("handles")
+            .open
+            .get(&fh.0)
+            .map(|h| h.file.clone());
+        let Some(file) = file else {
+            return reply.error(Errno::EBADF);
+        };
+        let Some(file) = file else {
+            return reply.data(&[]);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read_at(&mut buf[n..], offset + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!("reading cache file: {e}");
+                    return reply.error(Errno::EIO);
+                }
+            }
+        }
+        reply.data(&buf[..n]);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self.handles.lock().expect("handles").open.remove(&fh.0);
+        if let Some(score) = h.and_then(|h| h.score) {
+            self.cache.release(&score);
+        }
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (node, dir) = match self
+            .node(ino)
+            .and_then(|n| Ok((n.clone(), self.nodes.dir(&n).map_err(errno)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let dots = [(node.id, "."), (node.id, "..")];
+        let total = 2 + dir.tree.entries.len() as u64;
+        for off in offset..total {
+            let full = if off < 2 {
+                let (id, name) = dots[off as usize];
+                reply.add(INodeNo(id), off + 1, fuser::FileType::Directory, name)
+            } else {
+                let child = self.nodes.child(&node, &dir, (off - 2) as usize);
+                let e = &child.entry;
+                reply.add(
+                    INodeNo(child.id),
+                    off + 1,
+                    kind(&e.content),
+                    OsStr::from_bytes(&e.name),
+                )
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (node, dir) = match self
+            .node(ino)
+            .and_then(|n| Ok((n.clone(), self.nodes.dir(&n).map_err(errno)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let total = 2 + dir.tree.entries.len() as u64;
+        for off in offset..total {
+            let (child, name) = if off < 2 {
+                (node.clone(), if off == 0 { &b"."[..] } else { &b".."[..] })
+            } else {
+                let c = self.nodes.child(&node, &dir, (off - 2) as usize);
+                let name = dir.tree.entries[(off - 2) as usize].name.as_slice();
+                (c, name)
+            };
+            let a = attr(&child, self.opts.id_offset);
+            if reply.add(
+                INodeNo(child.id),
+                off + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &a,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.nodes.root().entry.content.bytes().div_ceil(4096);
+        reply.statfs(blocks, 0, 0, self.nodes.count(), 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let found = node
+            .entry
+            .meta
+            .xattrs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes());
+        match found {
+            None => reply.error(Errno::ENODATA),
+            Some((_, v)) => xattr_reply(v, size, reply),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mut names = Vec::new();
+        for (k, _) in &node.entry.meta.xattrs {
+            names.extend_from_slice(k);
+            names.push(0);
+        }
+        xattr_reply(&names, size, reply);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+}
+
+/// Replies with an xattr value or list: its size when `size` is 0, else the bytes or ERANGE.
+fn xattr_reply(v: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}

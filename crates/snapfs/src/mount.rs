@@ -1,0 +1,237 @@
+//! Mounting: serving a snapshot at a directory, the mount registry, and unmounting.
+//!
+//! Each mount has a record `DATA/mounts/<key>.json` (`key` = first 16 hex digits of the
+//! BLAKE3 of the mount point's canonical path) naming the mount point, the snapshot score,
+//! the uid/gid offset and the serving process, and a log `DATA/mounts/<key>.log`. The record is
+//! written once the mount is live and removed when its server exits cleanly or by `unmount`.
+
+use crate::cache::Cache;
+use crate::fs::{FsOptions, SnapFs};
+use fuser::{Config, MountOption, Session, SessionACL};
+use library::{Library, Score, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `statfs` magic of FUSE filesystems.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// What the registry knows about one mount.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// The mount point (canonical path).
+    pub dir: PathBuf,
+    /// The snapshot shown.
+    pub score: String,
+    /// The uid/gid offset presented.
+    pub id_offset: u32,
+    /// The serving process.
+    pub pid: u32,
+    /// Microseconds from the start of the mount call to the live mount (root tree decoded,
+    /// kernel handshake done), as measured by the server.
+    pub mount_us: u64,
+}
+
+/// The state of a mount point.
+#[derive(Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not a FUSE mount.
+    NotMounted,
+    /// A FUSE mount that answers.
+    Live,
+    /// A FUSE mount whose server is gone (`ENOTCONN`).
+    Dead,
+}
+
+/// The registry of mounts of one data directory (`DATA/mounts/`).
+pub struct Registry {
+    dir: PathBuf,
+}
+
+impl Registry {
+    /// The registry in `data/mounts`.
+    pub fn new(data: &Path) -> Registry {
+        Registry {
+            dir: data.join("mounts"),
+        }
+    }
+
+    fn key(mountpoint: &Path) -> String {
+        let h = blake3::hash(mountpoint.as_os_str().as_encoded_bytes());
+        h.to_hex()[..16].to_string()
+    }
+
+    /// The record file of a mount point.
+    pub fn record_path(&self, mountpoint: &Path) -> PathBuf {
+        self.dir.join(format!("{}.json", Registry::key(mountpoint)))
+    }
+
+    /// The server log of a mount point.
+    pub fn log_path(&self, mountpoint: &Path) -> PathBuf {
+        self.dir.join(format!("{}.log", Registry::key(mountpoint)))
+    }
+
+    /// The record of a mount point, if any.
+    pub fn get(&self, mountpoint: &Path) -> Option<Record> {
+        let raw = std::fs::read(self.record_path(mountpoint)).ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    /// Writes a record (temp file + rename).
+    pub fn put(&self, rec: &Record) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.record_path(&rec.dir);
+        let tmp = path.with_extension(format!("json.{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("record json"))?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Removes a mount point's record if it still names `pid` (or unconditionally if `None`).
+    pub fn remove(&self, mountpoint: &Path, pid: Option<u32>) {
+        if pid.is_none() || self.get(mountpoint).map(|r| r.pid) == pid {
+            let _ = std::fs::remove_file(self.record_path(mountpoint));
+        }
+    }
+}
+
+/// Whether `dir` is a live FUSE mount, a dead one, or not one at all.
+pub fn state(dir: &Path) -> State {
+    match rustix::fs::statfs(dir) {
+        Ok(s) if s.f_type == FUSE_SUPER_MAGIC => State::Live,
+        Ok(_) => State::NotMounted,
+        Err(rustix::io::Errno::NOTCONN) => State::Dead,
+        Err(_) => State::NotMounted,
+    }
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// What a server needs to mount a snapshot.
+pub struct ServeOptions {
+    /// Presented uid/gid offset.
+    pub id_offset: u32,
+    /// The file cache directory.
+    pub cache_dir: PathBuf,
+    /// The file cache limit in bytes.
+    pub cache_size: u64,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+/// Mounts snapshot `score` at `dir` and serves it until it is unmounted; registers the mount
+/// in `registry` once it is live. `ready` is called with the record once the mount is live.
+pub fn serve(
+    lib: Arc<Library>,
+    score: Score,
+    snap: &Snapshot,
+    dir: &Path,
+    registry: &Registry,
+    opts: &ServeOptions,
+    ready: impl FnOnce(&Record),
+) -> std::io::Result<()> {
+    let start = Instant::now();
+    let cache =
+        Arc::new(Cache::open(&opts.cache_dir, opts.cache_size).map_err(std::io::Error::other)?);
+    let fs = SnapFs::new(
+        lib,
+        snap.root.clone(),
+        cache.clone(),
+        FsOptions {
+            id_offset: opts.id_offset,
+        },
+    );
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(format!("spawngrid:{}", score.short())),
+        MountOption::Subtype("snapfs".into()),
+        MountOption::RO,
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    cfg.acl = SessionACL::All;
+    cfg.n_threads = Some(opts.threads.max(1));
+    let session = Session::new(fs, dir, &cfg)?;
+    cache.start_scan();
+    let rec = Record {
+        dir: dir.to_path_buf(),
+        score: score.to_hex(),
+        id_offset: opts.id_offset,
+        pid: std::process::id(),
+        mount_us: start.elapsed().as_micros() as u64,
+    };
+    // Dropping the session (on error) unmounts: no orphan mount.
+    registry.put(&rec)?;
+    ready(&rec);
+    let result = session.run();
+    registry.remove(dir, Some(rec.pid));
+    result
+}
+
+/// Why an unmount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnmountError {
+    /// Nothing is mounted there.
+    #[error("{0} is not mounted")]
+    NotMounted(PathBuf),
+    /// The mount is in use.
+    #[error("{0} is busy (files open or a mount on top); close them or pass --lazy")]
+    Busy(PathBuf),
+    /// Another failure of umount(2).
+    #[error("unmounting {0}: {1}")]
+    Other(PathBuf, std::io::Error),
+    /// The server did not exit in time.
+    #[error("unmounted {0}, but its server (pid {1}) did not exit within 10 s")]
+    Linger(PathBuf, u32),
+}
+
+/// Unmounts `dir` (lazily with `lazy`), waits for its server to exit, removes its record.
+pub fn unmount(registry: &Registry, dir: &Path, lazy: bool) -> Result<(), UnmountError> {
+    let rec = registry.get(dir);
+    let flags = if lazy {
+        rustix::mount::UnmountFlags::DETACH
+    } else {
+        rustix::mount::UnmountFlags::empty()
+    };
+    if state(dir) == State::NotMounted {
+        registry.remove(dir, None);
+        return Err(UnmountError::NotMounted(dir.to_path_buf()));
+    }
+    match rustix::mount::unmount(dir, flags) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::BUSY) => return Err(UnmountError::Busy(dir.to_path_buf())),
+        Err(rustix::io::Errno::INVAL) => {
+            registry.remove(dir, None);
+            return Err(UnmountError::NotMounted(dir.to_path_buf()));
+        }
+        Err(e) => return Err(UnmountError::Other(dir.to_path_buf(), e.into())),
+    }
+    if let Some(rec) = rec {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(rec.pid) && !is_zombie(rec.pid) {
+            if Instant::now() > deadline {
+                return Err(UnmountError::Linger(dir.to_path_buf(), rec.pid));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    registry.remove(dir, None);
+    Ok(())
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}

@@ -651,6 +651,36 @@ fn bad_input_is_refused_cleanly() {
     assert!(!lib.bound("evil-link"));
     assert_eq!(snapshots(), 1, "a refused tar bound something");
 
+    // An absolute path and a duplicate entry: either refused (one line, nothing bound) or
+    // imported with a warning naming the entry, the result staying inside the root (the
+    // duplicate: the last one wins, as with GNU tar).
+    let abs = t.join("abs.tar");
+    python_tar(&abs, &[("./ok", b"ok\n"), ("/abs", b"abs\n")], None);
+    let dup = t.join("dup.tar");
+    python_tar(&dup, &[("./ok", b"first\n"), ("./ok", b"second\n")], None);
+    for (name, tar, entry) in [("abs", &abs, "/abs"), ("dup", &dup, "./ok")] {
+        let r = lib.run(false, &["import", name, s(tar)]);
+        if !r.ok {
+            assert_eq!(r.error_lines().len(), 1, "{name}: {}", r.stderr);
+            assert!(!lib.bound(name), "{name}: refused but bound");
+            println!("{name}: refused: {}", r.stderr.trim());
+            continue;
+        }
+        assert!(
+            r.stderr.contains("warning") && r.stderr.contains(entry),
+            "{name}: imported without a warning about {entry}: {:?}",
+            r.stderr
+        );
+        let out = t.join(format!("{name}-out"));
+        lib.ok(false, &["export", name, s(&out)]);
+        if name == "dup" {
+            assert_eq!(std::fs::read(out.join("ok")).unwrap(), b"second\n");
+        } else {
+            assert!(out.join("abs").exists() && out.join("ok").exists());
+        }
+        println!("{name}: imported with a warning");
+    }
+
     // Export into a non-empty directory.
     let full = t.join("full");
     std::fs::create_dir(&full).unwrap();

@@ -105,9 +105,14 @@ pub fn state(dir: &Path) -> State {
     }
 }
 
-/// Whether process `pid` exists.
-pub fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+/// Whether process `pid` is running (exists and is not a zombie waiting to be reaped).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
 }
 
 /// What a server needs to mount a snapshot.
@@ -213,7 +218,7 @@ pub fn unmount(registry: &Registry, dir: &Path, lazy: bool) -> Result<(), Unmoun
     }
     if let Some(rec) = rec {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(rec.pid) && !is_zombie(rec.pid) {
+        while running(rec.pid) {
             if Instant::now() > deadline {
                 return Err(UnmountError::Linger(dir.to_path_buf(), rec.pid));
             }
@@ -222,16 +227,4 @@ pub fn unmount(registry: &Registry, dir: &Path, lazy: bool) -> Result<(), Unmoun
     }
     registry.remove(dir, None);
     Ok(())
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
 }

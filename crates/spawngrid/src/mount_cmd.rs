@@ -97,7 +97,7 @@ pub fn mount(data: &Path, owner: &str, a: MountArgs) -> Result<ExitCode> {
     match mount::state(&dir) {
         State::Live => {
             let same = registry.get(&dir).filter(|r| {
-                r.score == score.to_hex() && r.id_offset == a.uid_offset && mount::alive(r.pid)
+                r.score == score.to_hex() && r.id_offset == a.uid_offset && mount::running(r.pid)
             });
             if let Some(r) = same {
                 println!(

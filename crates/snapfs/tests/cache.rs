@@ -1,0 +1,138 @@
+//! The file cache: eviction under a tiny limit, corruption of library objects and cache files.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let out = sh(&format!("find '{}' -type f -printf '%s\\n'", p.display()));
+    out.lines().map(|l| l.parse::<u64>().unwrap()).sum()
+}
+
+#[test]
+fn tiny_cache_evicts_and_every_read_stays_correct() {
+    if !can_mount() {
+        return;
+    }
+    let root = base_rootfs();
+    let tmp = scratch();
+    let data = data_with(tmp.path(), "base", &root);
+    let cache = tmp.path().join("cache");
+    let c = cache.to_str().unwrap();
+    let m = Mounted::new(
+        &data,
+        "base",
+        &tmp.path().join("mnt"),
+        &["--cache-size", "5M", "--cache", c],
+    );
+    // Hashes every file (208 MB through a 5 MB cache), twice.
+    let want = fslist(&root);
+    assert_eq!(want, fslist(&m.dir));
+    assert_eq!(want, fslist(&m.dir));
+    let held = dir_bytes(&cache.join("files"));
+    assert!(
+        held <= 5 << 20,
+        "cache holds {held} bytes with a 5 MiB limit"
+    );
+    assert!(m.log().lines().all(|l| !l.contains("ERROR")), "{}", m.log());
+}
+
+/// A data dir holding one incompressible file `good` and one `bad` (bytes returned).
+fn small_snapshot(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, Vec<u8>) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let rand = |n: usize, seed: u8| -> Vec<u8> {
+        let mut out = Vec::with_capacity(n);
+        let mut h = blake3::Hasher::new();
+        h.update(&[seed]);
+        h.finalize_xof().fill({
+            out.resize(n, 0);
+            &mut out
+        });
+        out
+    };
+    let (good, bad) = (rand(300_000, 1), rand(300_000, 2));
+    std::fs::write(src.join("good"), &good).unwrap();
+    std::fs::write(src.join("bad"), &bad).unwrap();
+    (data_with(dir, "small", &src), good, bad)
+}
+
+/// Flips one byte in the middle of the first occurrence of `needle` in any file below `dir`.
+fn flip_in(dir: &std::path::Path, needle: &[u8]) {
+    for e in walk(dir) {
+        let mut bytes = std::fs::read(&e).unwrap();
+        if let Some(pos) = bytes.windows(64).position(|w| w == &needle[..64]) {
+            bytes[pos + 1000] ^= 0x55;
+            std::fs::write(&e, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("bytes not found under {}", dir.display());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn corrupt_object_is_eio_and_the_log_names_its_score() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = scratch();
+    let (data, good, bad) = small_snapshot(tmp.path());
+    flip_in(&data.join("library/packs"), &bad);
+    let m = Mounted::new(&data, "small", &tmp.path().join("mnt"), &[]);
+    assert_eq!(std::fs::read(m.dir.join("good")).unwrap(), good);
+    let err = std::fs::read(m.dir.join("bad")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let score = library::Score::of(&bad).to_hex();
+    assert!(
+        m.log().contains(&score),
+        "log does not name {score}:\n{}",
+        m.log()
+    );
+    // Never wrong bytes: nothing of the bad file reached the cache.
+    assert!(!walk(&data.join("cache/files"))
+        .iter()
+        .any(|p| p.ends_with(&score)));
+}
+
+#[test]
+fn corrupt_cache_file_is_detected_after_restart_and_fetched_again() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = scratch();
+    let (data, good, _) = small_snapshot(tmp.path());
+    let at = tmp.path().join("mnt");
+    let m = Mounted::new(&data, "small", &at, &[]);
+    assert_eq!(std::fs::read(m.dir.join("good")).unwrap(), good);
+    lib_ok(&data, &["umount", at.to_str().unwrap()]);
+    drop(m);
+    flip_in(&data.join("cache/files"), &good);
+    let m = Mounted::new(&data, "small", &at, &[]);
+    let mut got = Vec::new();
+    std::fs::File::open(m.dir.join("good"))
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert!(got == good, "served bytes differ from the snapshot");
+    let score = library::Score::of(&good).to_hex();
+    assert!(
+        m.log()
+            .lines()
+            .any(|l| l.contains(&score) && l.contains("does not match")),
+        "log does not name {score}:\n{}",
+        m.log()
+    );
+}

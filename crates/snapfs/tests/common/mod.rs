@@ -1,0 +1,167 @@
+//! Test helpers: the `spawngrid` binary, data directories with imported snapshots, mounts
+//! that are always cleaned up (lazily unmounted on drop, even when a test fails).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Whether the tests can mount (they need root).
+pub fn can_mount() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: snapfs tests need root (FUSE mounts, overlay, chroot)");
+    false
+}
+
+/// The `spawngrid` binary: `$SPAWNGRID_BIN`, else target/release, else target/debug.
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SPAWNGRID_BIN") {
+        return p.into();
+    }
+    let t = workspace().join("target");
+    for p in [t.join("release/spawngrid"), t.join("debug/spawngrid")] {
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("build the CLI first: cargo build --release -p spawngrid");
+}
+
+/// Runs `spawngrid lib --data DATA ARGS...`.
+pub fn lib(data: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("lib")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Like [`lib`], failing the test (with its stderr) unless it succeeds; returns stdout.
+pub fn lib_ok(data: &Path, args: &[&str]) -> String {
+    let out = lib(data, args);
+    assert!(
+        out.status.success(),
+        "spawngrid lib {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The debootstrap test rootfs (built and cached by scripts/rootfs.sh).
+pub fn base_rootfs() -> PathBuf {
+    let out = Command::new(workspace().join("scripts/rootfs.sh"))
+        .arg("base")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/rootfs.sh base failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A scratch directory on the node's disk (not tmpfs: the cache lives there).
+pub fn scratch() -> tempfile::TempDir {
+    std::fs::create_dir_all("/var/tmp/snapfs-tests").unwrap();
+    tempfile::tempdir_in("/var/tmp/snapfs-tests").unwrap()
+}
+
+/// A data directory with `src` imported as `name`.
+pub fn data_with(dir: &Path, name: &str, src: &Path) -> PathBuf {
+    let data = dir.join("data");
+    lib_ok(&data, &["import", name, src.to_str().unwrap()]);
+    data
+}
+
+/// `python3 scripts/fslist.py ROOT` (full listing: metadata, xattrs, hardlinks, hashes).
+pub fn fslist(root: &Path) -> String {
+    let out = Command::new("python3")
+        .arg(workspace().join("scripts/fslist.py"))
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fslist failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a shell script, failing the test if it fails; returns stdout.
+pub fn sh(script: &str) -> String {
+    let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "shell step failed: {script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A mount point that is lazily unmounted (and its server killed) when dropped.
+pub struct Mounted {
+    /// The data directory it was mounted from.
+    pub data: PathBuf,
+    /// The mount point.
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `name` of `data` at a new directory `at` with extra `lib mount` arguments.
+    pub fn new(data: &Path, name: &str, at: &Path, extra: &[&str]) -> Mounted {
+        std::fs::create_dir_all(at).unwrap();
+        let m = Mounted {
+            data: data.to_path_buf(),
+            dir: at.canonicalize().unwrap(),
+        };
+        let mut args = vec!["mount", name, at.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        lib_ok(data, &args);
+        m
+    }
+
+    /// The registry record of this mount.
+    pub fn record(&self) -> snapfs::mount::Record {
+        snapfs::mount::Registry::new(&self.data)
+            .get(&self.dir)
+            .expect("mount record")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        let p = snapfs::mount::Registry::new(&self.data).log_path(&self.dir);
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let pid = snapfs::mount::Registry::new(&self.data)
+            .get(&self.dir)
+            .map(|r| r.pid);
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// A mount of any filesystem made by a test, lazily unmounted on drop.
+pub struct Guard(pub PathBuf);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}

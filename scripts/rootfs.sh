@@ -193,6 +193,7 @@ build_base() {
   [ -d "$base_dir/root" ] && return 0
   build_debian
   need setfattr attr
+  need python3 python3
   new_tmp "$suite-minbase"
   step="copying debian (cp -a)"
   say "copying the plain debootstrap"
@@ -271,6 +272,7 @@ chroot_mounts() { # chroot_mounts ROOT
 build_modified() {
   [ -d "$mod_dir/root" ] && return 0
   build_base
+  need python3 python3
   new_tmp "$suite-modified"
   step="copying base (cp -a)"
   say "copying base"

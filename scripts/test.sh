@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (tests mount overlays and make device nodes)" >&2; exit 1; }
 
 scripts/deps.sh test
+# scripts/fslist.py and the end-to-end tests (crates/spawngrid/tests) also need python3 and GNU tar
+for tool in python3:python3 tar:tar; do
+  command -v "${tool%%:*}" >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+done
 
 echo "== test root filesystems" >&2
 SPAWNGRID_ROOTFS_BASE=$(scripts/rootfs.sh base)

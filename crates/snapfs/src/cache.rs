@@ -15,10 +15,12 @@
 //! runs on a background thread so that opening the cache costs the same whatever it holds.
 
 use library::file::blobs;
+use library::pack::ObjectKind;
 use library::{FileData, Library, Score};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,7 +106,10 @@ impl Cache {
         for d in ["files", "tmp"] {
             std::fs::create_dir_all(dir.join(d)).map_err(|e| io("creating", dir, e))?;
         }
-        std::fs::write(&version, format!("{VERSION}\n")).map_err(|e| io("writing", &version, e))?;
+        if current.trim() != VERSION {
+            std::fs::write(&version, format!("{VERSION}\n"))
+                .map_err(|e| io("writing", &version, e))?;
+        }
         let cache = Cache {
             dir: dir.to_path_buf(),
             limit,
@@ -273,9 +278,15 @@ impl Cache {
         ));
         let write = || -> library::Result<u64> {
             let f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            let n = library::file::write_file(lib, data, &mut w, &score.to_hex())?;
-            w.flush().map_err(|e| io("writing", &tmp, e))?;
+            let n = match data {
+                FileData::Chunks(_) => fetch_chunks(lib, &blobs(lib, data)?, &f, &tmp)?,
+                _ => {
+                    let mut w = BufWriter::with_capacity(1 << 20, &f);
+                    let n = library::file::write_file(lib, data, &mut w, &score.to_hex())?;
+                    w.flush().map_err(|e| io("writing", &tmp, e))?;
+                    n
+                }
+            };
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
             }
@@ -321,6 +332,11 @@ impl Cache {
         Ok(f.read(&mut buf[..1]).map_err(|e| io("reading", path, e))? == 0)
     }
 
+    /// Marks `score` as just used (for LRU order) without pinning it.
+    pub fn touch(&self, score: &Score) {
+        self.state.lock().expect("cache state").touch(score);
+    }
+
     /// Unpins file data acquired with [`Cache::acquire`].
     pub fn release(&self, score: &Score) {
         let mut st = self.state.lock().expect("cache state");
@@ -355,4 +371,51 @@ impl Cache {
             let _ = std::fs::remove_file(self.path(&s));
         }
     }
+}
+
+/// Writes a chunked file's chunks at their offsets, fetched and verified by one worker per
+/// core (reading, decompressing and hashing dominate a first open).
+fn fetch_chunks(
+    lib: &Library,
+    chunks: &[(Score, u32)],
+    f: &File,
+    path: &Path,
+) -> library::Result<u64> {
+    let mut offsets = Vec::with_capacity(chunks.len());
+    let mut total = 0u64;
+    for (_, len) in chunks {
+        offsets.push(total);
+        total += u64::from(*len);
+    }
+    let next = AtomicU64::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> library::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some((score, len)) = chunks.get(i) else {
+                            return Ok(());
+                        };
+                        let b = lib.get_kind(score, ObjectKind::Blob)?;
+                        if b.len() != *len as usize {
+                            return Err(library::Error::corrupt(
+                                format!("object {score}"),
+                                format!("is {} bytes, its chunk list says {len}", b.len()),
+                            ));
+                        }
+                        f.write_all_at(&b, offsets[i])
+                            .map_err(|e| io("writing", path, e))?;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("fetch worker panicked"))
+    })?;
+    Ok(total)
 }

@@ -4,6 +4,7 @@
 //! caches them. Regular files are opened by materializing them in the [`Cache`] and handing the
 //! kernel the cache file for passthrough: reads and mmap then never reach this process. Without
 //! passthrough (old kernel, or the kernel refuses), reads are served from the cache file here.
+//! Directory listings are cached by the kernel too (`FOPEN_CACHE_DIR`).
 
 use crate::attr::{attr, kind};
 use crate::cache::Cache;
@@ -14,7 +15,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use library::{Content, FileData, Library, Score};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -39,11 +40,16 @@ struct Handle {
     _backing: Option<Arc<BackingId>>,
 }
 
+/// How many backing ids stay registered with the kernel after their files are closed, so that
+/// re-opening a recently used file costs one map lookup here.
+const RECENT: usize = 1024;
+
 #[derive(Default)]
 struct Handles {
     next: u64,
     open: HashMap<u64, Handle>,
     backing: HashMap<u64, Weak<BackingId>>,
+    recent: VecDeque<Arc<BackingId>>,
 }
 
 /// The snapshot filesystem served to the kernel.
@@ -86,6 +92,11 @@ impl SnapFs {
         }
     }
 
+    /// Decodes the root directory (so that a mount fails early on a damaged snapshot).
+    pub fn load_root(&self) -> Result<(), NodeError> {
+        self.nodes.dir(self.nodes.root()).map(|_| ())
+    }
+
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
         self.nodes.get(ino.0).map_err(errno)
     }
@@ -99,6 +110,7 @@ impl SnapFs {
     }
 
     /// The backing id for `node`'s cache file: shared by every open handle of that inode.
+    /// The last [`RECENT`] ids created stay registered after their files are closed.
     fn backing(
         &self,
         reply: &ReplyOpen,
@@ -110,9 +122,19 @@ impl SnapFs {
             return Ok(id);
         }
         let id = Arc::new(reply.open_backing(file)?);
-        hs.backing.retain(|_, w| w.strong_count() > 0);
+        if hs.recent.len() >= RECENT {
+            hs.recent.pop_front();
+            hs.backing.retain(|_, w| w.strong_count() > 0);
+        }
+        hs.recent.push_back(id.clone());
         hs.backing.insert(node, Arc::downgrade(&id));
         Ok(id)
+    }
+
+    /// A live backing id of `node`, if the kernel still has one registered.
+    fn live_backing(&self, node: u64) -> Option<Arc<BackingId>> {
+        let hs = self.handles.lock().expect("handles");
+        hs.backing.get(&node).and_then(Weak::upgrade)
     }
 
     fn open_file(&self, node: &Node, data: &FileData, reply: ReplyOpen) {
@@ -123,10 +145,25 @@ impl SnapFs {
                     score: None,
                     _backing: None,
                 });
-                return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                return reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                );
             }
             FileData::Blob(s) | FileData::Chunks(s) => *s,
         };
+        if self.passthrough.load(Ordering::Relaxed) {
+            if let Some(id) = self.live_backing(node.id) {
+                // Open before, or recently: the kernel holds the cache file; no fetch, no pin.
+                self.cache.touch(&score);
+                let fh = self.add_handle(Handle {
+                    file: None,
+                    score: None,
+                    _backing: Some(id.clone()),
+                });
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+            }
+        }
         let file = match self.cache.acquire(&self.lib, score, data) {
             Ok(f) => Arc::new(f),
             Err(e) => {
@@ -153,8 +190,11 @@ impl SnapFs {
             _backing: backing.clone(),
         });
         match backing {
-            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id),
+            None => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
         }
     }
 }
@@ -274,6 +314,18 @@ impl Filesystem for SnapFs {
             self.cache.release(&score);
         }
         reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            // Directories never change: the kernel may keep their listings in its page cache.
+            Ok(n) if matches!(n.entry.content, Content::Dir { .. }) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readdir(

@@ -149,6 +149,8 @@ pub fn serve(
             id_offset: opts.id_offset,
         },
     );
+    // Mounting decodes the root tree (and nothing else).
+    fs.load_root().map_err(std::io::Error::other)?;
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName(format!("spawngrid:{}", score.short())),

@@ -539,8 +539,8 @@ fn gc_reclaims_space_and_loses_nothing() {
 
 // --- 7 ----------------------------------------------------------------------------------------
 
-/// Writes a pax tar with python's tarfile: (path, Some(data)) for a file, (path, None) for a
-/// hard link to `link_to`.
+/// Writes a pax tar with python's tarfile (which, unlike GNU tar, writes any path it is given):
+/// regular files `(path, data)`, then optionally one hard link `(path, target)`.
 fn python_tar(path: &Path, entries: &[(&str, &[u8])], hardlink: Option<(&str, &str)>) {
     let mut script = String::from(
         "import io, sys, tarfile\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n",

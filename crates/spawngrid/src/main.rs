@@ -26,12 +26,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, die quietly when the reader of our output goes away
+    // (`spawngrid lib diff A B | head`) instead of failing on every write.
+    // SAFETY: setting a signal disposition to SIG_DFL before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SPAWNGRID_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
     let cli = Cli::parse();

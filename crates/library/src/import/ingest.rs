@@ -130,7 +130,7 @@ impl Ingest {
 
     /// Records a warning line (also logged).
     pub(crate) fn warn(&mut self, line: String) {
-        tracing::warn!("{line}");
+        tracing::info!("{line}");
         self.warnings.push(line);
     }
 

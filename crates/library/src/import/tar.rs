@@ -710,7 +710,7 @@ impl TarTree {
     }
 
     fn warn(&mut self, line: String) {
-        tracing::warn!("{line}");
+        tracing::info!("{line}");
         self.warnings.push(line);
     }
 

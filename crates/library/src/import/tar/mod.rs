@@ -1,0 +1,342 @@
+//! Importing a tar stream (plain, gzip or zstd) as a snapshot, keeping every piece of metadata.
+//!
+//! The stream is framed here rather than by the `tar` crate's entry iterator, whose PAX parser
+//! (tar 0.4) splits records on newlines, misreading paths and xattr values that contain one,
+//! and which takes a stream ending at a header boundary for a complete archive. Header fields
+//! are still decoded by [`tar::Header`].
+//!
+//! One thread reads the stream and cuts file data into exactly the pieces
+//! [`file::store_file`] would (so a file has the same score whether imported from a directory
+//! or a tar); rayon hashes, compresses and stores the pieces, with at most [`IN_FLIGHT`] bytes
+//! read but not yet stored.
+
+use super::{ImportOptions, Imported};
+use crate::build::{Dir, Node};
+use crate::tree::{Content, FileData, Meta};
+use crate::{Error, Library, Result};
+use std::collections::HashSet;
+use std::io::{self, Read};
+use tar::EntryType;
+
+mod budget;
+mod member;
+
+use budget::Store;
+use member::{next_member, split_path, Member, Stream};
+
+/// A result whose error is the reason an archive is refused, to be prefixed with where.
+type Why<T> = std::result::Result<T, String>;
+/// A PAX record's key and value.
+type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
+/// Size of a tar block.
+const BLOCK: u64 = 512;
+/// The most file bytes read from the stream but not yet stored.
+pub const IN_FLIGHT: u64 = 256 << 20;
+/// The largest PAX or GNU long-name header body accepted.
+const MAX_EXTENSION: u64 = 1 << 20;
+/// The longest name of one path component.
+const NAME_MAX: usize = 255;
+
+/// Imports a tar stream (plain, gzip or zstd, detected by magic bytes) as a new snapshot.
+///
+/// Paths that are absolute or contain `..`, hardlinks to anything but an earlier
+/// non-directory entry, and truncated or corrupt streams are errors, and then no snapshot is
+/// committed. Duplicate entries are resolved as GNU tar extracts them (the last one wins) with
+/// a warning; entry types the library cannot hold are skipped with a warning.
+pub fn import_tar(lib: &Library, reader: impl Read, opts: &ImportOptions) -> Result<Imported> {
+    let mut stream = Stream::new(decompressed(reader)?);
+    let store = Store::new(lib, opts.progress);
+    let mut tree = TarTree::new();
+    opts.progress.phase("reading tar");
+    rayon::in_place_scope(|scope| tree.read_all(&mut stream, &store, scope))?;
+    super::commit(lib, &tree.root, opts, opts.parent, tree.warnings)
+}
+
+/// Wraps `reader` in a gzip or zstd decoder if it starts with that format's magic bytes.
+///
+/// Anything else is passed through unchanged (and read as a plain tar).
+pub fn decompressed<'a>(mut reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    let mut head = [0u8; 4];
+    let mut n = 0;
+    while n < head.len() {
+        match reader.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(stream_err(e)),
+        }
+    }
+    let r = io::Cursor::new(head).take(n as u64).chain(reader);
+    Ok(match &head[..n] {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        [0x28, 0xb5, 0x2f, 0xfd] => {
+            Box::new(zstd::stream::read::Decoder::new(r).map_err(stream_err)?)
+        }
+        _ => Box::new(r),
+    })
+}
+
+fn stream_err(e: io::Error) -> Error {
+    Error::BadInput(format!("tar stream: {e}"))
+}
+
+/// An error about one entry: `tar entry "PATH": WHAT`, on one line.
+fn bad(path: &[u8], what: impl std::fmt::Display) -> Error {
+    Error::BadInput(format!("tar entry {}: {what}", shown(path)))
+}
+
+fn shown(path: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(path))
+}
+
+/// The tree being built from the archive, with what is needed to resolve hardlinks and
+/// duplicates.
+struct TarTree {
+    root: Dir,
+    /// Directories that had an entry of their own (not just implied by their children).
+    explicit: HashSet<Vec<u8>>,
+    groups: u64,
+    warnings: Vec<String>,
+}
+
+/// A directory implied by a path below it, or an archive without a root entry.
+fn implicit_dir() -> Dir {
+    Dir::new(Meta {
+        mode: 0o755,
+        ..Meta::default()
+    })
+}
+
+impl TarTree {
+    fn new() -> TarTree {
+        TarTree {
+            root: implicit_dir(),
+            explicit: HashSet::new(),
+            groups: 0,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn read_all<'s, R: Read>(
+        &mut self,
+        s: &mut Stream<R>,
+        store: &'s Store<'s>,
+        scope: &rayon::Scope<'s>,
+    ) -> Result<()> {
+        while let Some(m) = next_member(s)? {
+            let comps = split_path(&m.path).map_err(|why| bad(&m.path, why))?;
+            if let Some(node) = self.node(&m, s, store, scope)? {
+                self.place(&m.path, &comps, node)?;
+            }
+        }
+        s.finish()
+    }
+
+    fn warn(&mut self, line: String) {
+        tracing::info!("{line}");
+        self.warnings.push(line);
+    }
+
+    /// Turns a member into a node; `None` for members that are skipped.
+    fn node<'s, R: Read>(
+        &mut self,
+        m: &Member,
+        s: &mut Stream<R>,
+        store: &'s Store<'s>,
+        scope: &rayon::Scope<'s>,
+    ) -> Result<Option<Node>> {
+        let leaf = |content| Some(Node::leaf(m.meta.clone(), content));
+        Ok(match m.kind {
+            EntryType::Directory => Some(Node::Dir(Dir::new(m.meta.clone()))),
+            EntryType::Regular if m.path.ends_with(b"/") => {
+                Some(Node::Dir(Dir::new(m.meta.clone())))
+            }
+            EntryType::Regular | EntryType::Continuous if !m.sparse => {
+                self.file(m, s, store, scope)?
+            }
+            EntryType::Symlink => leaf(Content::Symlink(m.link.clone())),
+            EntryType::Link => Some(self.hardlink(m)?),
+            EntryType::Char => leaf(Content::CharDev(m.rdev)),
+            EntryType::Block => leaf(Content::BlockDev(m.rdev)),
+            EntryType::Fifo => leaf(Content::Fifo),
+            kind => {
+                let what = if m.sparse {
+                    "sparse file".to_string()
+                } else {
+                    type_name(kind)
+                };
+                self.warn(format!(
+                    "tar entry {}: skipped ({what} is not supported)",
+                    shown(&m.path)
+                ));
+                None
+            }
+        })
+    }
+
+    fn file<'s, R: Read>(
+        &mut self,
+        m: &Member,
+        s: &mut Stream<R>,
+        store: &'s Store<'s>,
+        scope: &rayon::Scope<'s>,
+    ) -> Result<Option<Node>> {
+        let meta = m.meta.clone();
+        if m.size == 0 {
+            let content = Content::File {
+                size: 0,
+                data: FileData::Empty,
+            };
+            return Ok(Some(Node::leaf(meta, content)));
+        }
+        let slot = store.file(scope, s, m.size).map_err(|e| bad(&m.path, e))?;
+        Ok(Some(Node::File {
+            meta,
+            slot,
+            group: None,
+        }))
+    }
+
+    /// A new name for an earlier non-directory member, in its hardlink group.
+    fn hardlink(&mut self, m: &Member) -> Result<Node> {
+        let target = split_path(&m.link).map_err(|why| {
+            bad(
+                &m.path,
+                format!("hard link target {}: {why}", shown(&m.link)),
+            )
+        })?;
+        let next = self.groups;
+        let missing = || {
+            let t = shown(&m.link);
+            bad(
+                &m.path,
+                format!("hard link target {t} is not an earlier non-directory entry"),
+            )
+        };
+        let (group, node) = match find(&mut self.root, &target).ok_or_else(missing)? {
+            Node::File { meta, slot, group } => {
+                let g = *group.get_or_insert(next);
+                (
+                    g,
+                    Node::File {
+                        meta: meta.clone(),
+                        slot: slot.clone(),
+                        group: Some(g),
+                    },
+                )
+            }
+            Node::Leaf { entry, group } => {
+                let g = *group.get_or_insert(next);
+                (
+                    g,
+                    Node::Leaf {
+                        entry: entry.clone(),
+                        group: Some(g),
+                    },
+                )
+            }
+            Node::Dir(_) | Node::Stored(_) => return Err(missing()),
+        };
+        if group == next {
+            self.groups += 1;
+        }
+        Ok(node)
+    }
+
+    /// Puts a node at its path, creating missing parents and resolving duplicates.
+    fn place(&mut self, path: &[u8], comps: &[Vec<u8>], node: Node) -> Result<()> {
+        let Some((name, dirs)) = comps.split_last() else {
+            return match node {
+                Node::Dir(d) => {
+                    self.root.meta = d.meta;
+                    Ok(())
+                }
+                _ => Err(bad(path, "the archive root must be a directory")),
+            };
+        };
+        let mut lines = Vec::new();
+        let dir = parent(&mut self.root, dirs, path, &mut lines);
+        let key = comps.join(&b'/');
+        let first_dir = matches!(node, Node::Dir(_)) && self.explicit.insert(key);
+        match (dir.children.get_mut(name), node) {
+            (None, node) => {
+                dir.children.insert(name.clone(), node);
+            }
+            (Some(Node::Dir(old)), Node::Dir(new)) => {
+                old.meta = new.meta;
+                if !first_dir {
+                    lines.push(duplicate(path));
+                }
+            }
+            (Some(old), node) => {
+                lines.push(match old {
+                    Node::Dir(d) if !d.children.is_empty() && !matches!(node, Node::Dir(_)) => {
+                        format!(
+                            "tar entry {}: replaces a non-empty directory (the last entry wins)",
+                            shown(path)
+                        )
+                    }
+                    _ => duplicate(path),
+                });
+                *old = node;
+            }
+        }
+        lines.into_iter().for_each(|l| self.warn(l));
+        Ok(())
+    }
+}
+
+fn duplicate(path: &[u8]) -> String {
+    format!(
+        "tar entry {}: appears more than once (the last one wins)",
+        shown(path)
+    )
+}
+
+/// The directory at `dirs` below `root`, created as needed; non-directories in the way are
+/// replaced (with a warning line).
+fn parent<'d>(
+    root: &'d mut Dir,
+    dirs: &[Vec<u8>],
+    path: &[u8],
+    lines: &mut Vec<String>,
+) -> &'d mut Dir {
+    let mut dir = root;
+    for c in dirs {
+        let node = dir
+            .children
+            .entry(c.clone())
+            .or_insert_with(|| Node::Dir(implicit_dir()));
+        if !matches!(node, Node::Dir(_)) {
+            let what = format!(
+                "replaces the non-directory {} on its path with a directory",
+                shown(c)
+            );
+            lines.push(format!("tar entry {}: {what}", shown(path)));
+            *node = Node::Dir(implicit_dir());
+        }
+        let Node::Dir(d) = node else {
+            unreachable!("just made a directory")
+        };
+        dir = d;
+    }
+    dir
+}
+
+/// The node at `comps` below `root`, if every parent is a directory.
+fn find<'d>(root: &'d mut Dir, comps: &[Vec<u8>]) -> Option<&'d mut Node> {
+    let (last, dirs) = comps.split_last()?;
+    let mut dir = root;
+    for c in dirs {
+        match dir.children.get_mut(c)? {
+            Node::Dir(d) => dir = d,
+            _ => return None,
+        }
+    }
+    dir.children.get_mut(last)
+}
+
+fn type_name(kind: EntryType) -> String {
+    format!("entry type {:?}", kind.as_byte() as char)
+}

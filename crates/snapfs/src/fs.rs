@@ -4,7 +4,9 @@
 //! caches them. Regular files are opened by materializing them in the [`Cache`] and handing the
 //! kernel the cache file for passthrough: reads and mmap then never reach this process. Without
 //! passthrough (old kernel, or the kernel refuses), reads are served from the cache file here.
-//! Directory listings are cached by the kernel too (`FOPEN_CACHE_DIR`).
+//! Directory listings are cached by the kernel too: `opendir` answers ENOSYS once when the
+//! kernel supports `FUSE_NO_OPENDIR_SUPPORT` (it then never sends opendir/releasedir and caches
+//! listings), else it returns `FOPEN_CACHE_DIR`.
 
 use crate::attr::{attr, kind};
 use crate::cache::Cache;
@@ -59,6 +61,7 @@ pub struct SnapFs {
     cache: Arc<Cache>,
     opts: FsOptions,
     passthrough: AtomicBool,
+    no_opendir: bool,
     handles: Mutex<Handles>,
 }
 
@@ -88,6 +91,7 @@ impl SnapFs {
             cache,
             opts,
             passthrough: AtomicBool::new(false),
+            no_opendir: false,
             handles: Mutex::default(),
         }
     }
@@ -209,6 +213,9 @@ impl Filesystem for SnapFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         // Depth 1: backing files live on a plain filesystem, and this mount can itself be the
         // lower layer of an overlay (which adds the second and last level).
         let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -319,6 +326,10 @@ impl Filesystem for SnapFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.node(ino) {
             // Directories never change: the kernel may keep their listings in its page cache.
+            // With "no opendir" (ENOSYS once) it stops asking and caches listings by itself.
+            Ok(n) if matches!(n.entry.content, Content::Dir { .. }) && self.no_opendir => {
+                reply.error(Errno::ENOSYS)
+            }
             Ok(n) if matches!(n.entry.content, Content::Dir { .. }) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
@@ -350,8 +361,10 @@ impl Filesystem for SnapFs {
                 let (id, name) = dots[off as usize];
                 reply.add(INodeNo(id), off + 1, fuser::FileType::Directory, name)
             } else {
+                // The name comes from the directory: a hardlink group's node carries the
+                // entry of whichever member was seen first.
+                let e = &dir.tree.entries[(off - 2) as usize];
                 let child = self.nodes.child(&node, &dir, (off - 2) as usize);
-                let e = &child.entry;
                 reply.add(
                     INodeNo(child.id),
                     off + 1,

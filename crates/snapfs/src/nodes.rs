@@ -37,7 +37,8 @@ pub fn link_id(tag: &[u8; 16]) -> u64 {
 pub struct Node {
     /// The node id the kernel knows it by.
     pub id: u64,
-    /// The entry itself (the root's name is empty).
+    /// The entry itself (the root's name is empty). For a hardlink group, the entry of the
+    /// member seen first: take names from the directory, never from here.
     pub entry: Entry,
 }
 

@@ -33,6 +33,8 @@ fn mounted_snapshot_lists_like_the_original() {
         "no file capability listed"
     );
     assert!(got.contains("hardlink=usr/bin/perl"));
+    // Again, now from the kernel's caches (plain readdir of cached listings and dentries).
+    assert!(want == fslist(&m.dir), "second listing differs");
     // The same mount again is a no-op; the server measured the mount itself.
     let out = lib_ok(&data, &["mount", "base", m.dir.to_str().unwrap()]);
     assert!(out.contains("already mounted"), "{out}");

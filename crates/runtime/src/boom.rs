@@ -1,0 +1,59 @@
+//! Boom: destroy an env — every process, mount, loop device, cgroup and file of it. Works from
+//! the directory layout, not only from `state.json`, so it also cleans up after a spawn that
+//! failed or crashed half-way. Idempotent.
+
+use crate::cgroup::Cgroup;
+use crate::{mounts, state, Runtime};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Destroys env `name`. Booming an env that does not exist (any more) succeeds.
+pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
+    let dir = rt.env_dir(name)?;
+    if let Ok(st) = state::load(rt, name) {
+        if st.alive() {
+            if let Some(pid) = rustix::process::Pid::from_raw(st.init_pid) {
+                // Killing PID 1 of the env's pid namespace kills every process in it.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    let cg = Cgroup::new(&rt.cgroups, name);
+    cg.kill_all()?;
+    mounts::unmount_under(&dir)?;
+    detach_loops(&dir.join("disk.img"))?;
+    cg.remove()?;
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Detaches any loop device still backed by `image` (normally autoclear already did).
+fn detach_loops(image: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let backing = e.path().join("loop/backing_file");
+        let Ok(file) = std::fs::read_to_string(&backing) else {
+            continue;
+        };
+        if Path::new(file.trim()) == image {
+            let out = std::process::Command::new("losetup")
+                .args(["-d", &format!("/dev/{name}")])
+                .output()
+                .context("running losetup -d")?;
+            if !out.status.success() {
+                bail!(
+                    "detaching /dev/{name}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The `env-init` helper and the env's init.
+//!
+//! Protocol with the spawning process (lines on the helper's stdout, one "go" on its stdin):
+//!
+//! 1. the helper unshares a user namespace and prints `userns`;
+//! 2. the spawner writes the uid/gid maps, moves the helper into the env's cgroup, mounts the
+//!    overlay root (using the new user namespace for an id-mapped lower) and writes `go`;
+//! 3. the helper becomes root inside, unshares mount, uts, ipc, net, cgroup and pid namespaces,
+//!    sets the hostname and forks the init (PID 1 inside), prints `pid <host pid>` and exits;
+//! 4. the init builds /dev and /proc, pivots into the overlay, brings up loopback, restricts
+//!    itself, prints `ready` (or `error <message>` at any failing step), closes its stdio and
+//!    reaps orphans forever. It is no child of the spawner, so it outlives it.
+
+use crate::{net, rootfs, security};
+use anyhow::{bail, Context, Result};
+use rustix::thread::UnshareFlags;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What the env-init helper is told (its one JSON argument).
+#[derive(Serialize, Deserialize)]
+pub struct InitConfig {
+    /// The env's hostname (its name).
+    pub hostname: String,
+    /// The overlay root on the host.
+    pub root: PathBuf,
+}
+
+/// Writes one protocol line to stdout, unbuffered (the process forks).
+fn report(line: &str) {
+    let _ = rustix::io::write(rustix::stdio::stdout(), format!("{line}\n").as_bytes());
+}
+
+/// Entry point of `env-init CONFIG`.
+pub fn helper_main(config: &str) -> ExitCode {
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&format!("error {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &str) -> Result<()> {
+    security::close_inherited_fds();
+    let cfg: InitConfig = serde_json::from_str(config).context("bad env-init config")?;
+    unshare(UnshareFlags::NEWUSER).context("unsharing the user namespace")?;
+    report("userns");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("waiting for the spawner")?;
+    if line.trim() != "go" {
+        bail!("spawner gave up");
+    }
+    security::become_root()?;
+    let flags = UnshareFlags::NEWNS
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWCGROUP
+        | UnshareFlags::NEWPID;
+    unshare(flags).context("unsharing namespaces")?;
+    rustix::system::sethostname(cfg.hostname.as_bytes()).context("setting the hostname")?;
+    // SAFETY: this helper was just exec'd and never starts a thread, so the child of fork is a
+    // complete copy that may run arbitrary code (allocate, take locks).
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("forking init"),
+        0 => {
+            let err = pid1(&cfg).unwrap_err();
+            report(&format!("error {err:#}"));
+            std::process::exit(1)
+        }
+        pid => {
+            report(&format!("pid {pid}"));
+            Ok(())
+        }
+    }
+}
+
+/// unshare(2) of namespaces only.
+fn unshare(flags: UnshareFlags) -> std::io::Result<()> {
+    // SAFETY: `unshare_unsafe` is unsafe because CLONE_FILES/CLONE_FS would change what fds
+    // and cwd mean behind Rust's back; callers here pass only CLONE_NEW* namespace flags.
+    Ok(unsafe { rustix::thread::unshare_unsafe(flags) }?)
+}
+
+/// The env's PID 1: finishes the environment, then reaps. Returns only on a setup error.
+fn pid1(cfg: &InitConfig) -> Result<std::convert::Infallible> {
+    rootfs::setup(&cfg.root)?;
+    net::loopback_up()?;
+    security::restrict()?;
+    report("ready");
+    security::stdio_to_null()?;
+    reap_forever()
+}
+
+/// Waits for SIGCHLD and reaps every exited child (orphans of the env are reparented here).
+fn reap_forever() -> Result<std::convert::Infallible> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; sigprocmask and
+    // sigwaitinfo only read it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            while let Ok(Some(_)) =
+                rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
+            {}
+            libc::sigwaitinfo(&set, std::ptr::null_mut());
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Spawngrid runtime: turns a snapshot into a living, isolated environment on one node.
+//!
+//! An environment (env) is an overlay root (lower = the snapshot, upper = a size-limited write
+//! layer), a set of namespaces (user, mount, pid, uts, ipc, cgroup, net) and a cgroup with
+//! memory, pids and cpu limits, with a small init as PID 1. Its state lives in
+//! `DATA/envs/<env>/state.json`, so a new process re-adopts running envs.
+//!
+//! Namespace setup never happens in the (possibly multithreaded) caller: the runtime re-executes
+//! a helper binary (`/proc/self/exe` for the `spawngrid` binary) with a hidden subcommand
+//! (`env-init`, `env-enter`, see [`helper`]), which is single-threaded when it forks.
+
+pub mod boom;
+pub mod cgroup;
+pub mod exec;
+pub mod helper;
+pub mod ids;
+pub mod init;
+pub mod mounts;
+pub mod net;
+pub mod rootfs;
+pub mod save;
+pub mod security;
+pub mod spawn;
+pub mod state;
+
+pub use ids::IdRange;
+pub use spawn::SpawnOptions;
+pub use state::EnvState;
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// The runtime of one node: where env state lives and how helpers are started.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    /// The node's data directory; envs live in `DATA/envs/`.
+    pub data: PathBuf,
+    /// An executable that runs [`helper::run_if_requested`] first thing in `main`.
+    pub helper: PathBuf,
+    /// The host uid/gid range that ids inside every env map to.
+    pub ids: IdRange,
+    /// Where env cgroups are created.
+    pub cgroups: cgroup::Layout,
+}
+
+impl Runtime {
+    /// A runtime on `data` whose helper is `helper`, with the node's default id range and the
+    /// host's cgroup layout.
+    pub fn new(data: impl Into<PathBuf>, helper: impl Into<PathBuf>) -> Result<Runtime> {
+        Ok(Runtime {
+            data: data.into(),
+            helper: helper.into(),
+            ids: IdRange::node_default()?,
+            cgroups: cgroup::Layout::detect(),
+        })
+    }
+
+    /// The directory of env `name` (which need not exist).
+    pub fn env_dir(&self, name: &str) -> Result<PathBuf> {
+        check_env_name(name)?;
+        Ok(self.envs_dir().join(name))
+    }
+
+    /// The directory holding every env's directory.
+    pub fn envs_dir(&self) -> PathBuf {
+        self.data.join("envs")
+    }
+}
+
+/// Checks an env name: the catalog's name syntax (no `/`, no `..`), and nothing that overlayfs
+/// or mount options would misread.
+pub fn check_env_name(name: &str) -> Result<()> {
+    if let Err(e) = catalog::check_name(name) {
+        bail!("bad env name {name:?}: {e}");
+    }
+    if name.contains([',', ':']) {
+        bail!("bad env name {name:?}: no ',' or ':' (they separate overlay options)");
+    }
+    Ok(())
+}
+
+/// Creates `dir` (mode 0755) if it is missing.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("creating {}", dir.display()))),
+    }
+}

@@ -1,0 +1,71 @@
+//! Save: capture a running env's write layer as a new snapshot (diff-apply on its parent) and
+//! bind a name to it, with the env frozen for a consistent point-in-time capture.
+
+use crate::cgroup::Cgroup;
+use crate::state;
+use crate::Runtime;
+use anyhow::{bail, Context, Result};
+use library::import::{ImportOptions, Imported};
+use library::lease::LeaseKind;
+use library::{Library, Score};
+use std::time::Duration;
+
+/// How long a save waits for a running gc to finish.
+const LEASE_WAIT: Duration = Duration::from_secs(60);
+
+/// Saves env `env` as the new name `new_name` of `owner`. The env keeps running.
+pub fn save(
+    rt: &Runtime,
+    env: &str,
+    lib: &Library,
+    cat: &catalog::Catalog,
+    owner: &str,
+    new_name: &str,
+) -> Result<Imported> {
+    let st = state::load(rt, env)?;
+    if !st.alive() {
+        bail!("env {env} is not running; boom it");
+    }
+    let parent = match &st.snapshot {
+        Some(hex) => hex
+            .parse::<Score>()
+            .with_context(|| format!("bad snapshot score in env {env}"))?,
+        None => bail!(
+            "env {env} was spawned from a plain directory, not a snapshot: nothing to save against"
+        ),
+    };
+    catalog::check_name(new_name)?;
+    if cat.resolve(owner, new_name).is_ok() {
+        bail!("name {new_name} is already bound (names are bound once)");
+    }
+    let _lease = lib.lease(LeaseKind::Shared, LEASE_WAIT, &|_| {})?;
+    let cg = Cgroup::new(&rt.cgroups, env);
+    cg.freeze()?;
+    let captured = capture(rt, &st, lib, parent);
+    let thawed = cg.thaw();
+    let imported = captured?;
+    thawed?;
+    cat.bind(owner, new_name, imported.score)?;
+    Ok(imported)
+}
+
+/// Syncs and reads the (frozen) env's upper into a child snapshot of `parent`.
+fn capture(rt: &Runtime, st: &state::EnvState, lib: &Library, parent: Score) -> Result<Imported> {
+    let upper = st.upper(rt)?;
+    let dir =
+        std::fs::File::open(&upper).with_context(|| format!("opening {}", upper.display()))?;
+    rustix::fs::syncfs(&dir).with_context(|| format!("syncfs {}", upper.display()))?;
+    let opts = ImportOptions {
+        author: st.owner.clone(),
+        note: format!("saved from env {}", st.name),
+        parent: None,
+        progress: &library::progress::Silent,
+    };
+    Ok(library::overlay::apply_upper(
+        lib,
+        parent,
+        &upper,
+        &opts,
+        Some(st.ids.shift()),
+    )?)
+}

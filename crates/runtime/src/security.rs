@@ -1,0 +1,75 @@
+//! Process hardening shared by init and every process entering an env: identity inside,
+//! capability bounding set, no_new_privs, inherited file descriptors.
+
+use anyhow::{Context, Result};
+use rustix::fd::AsFd;
+
+/// Capabilities kept in the bounding set (Docker's default set).
+const KEEP: [u32; 14] = [
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    13, // CAP_NET_RAW
+    18, // CAP_SYS_CHROOT
+    27, // CAP_MKNOD
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
+
+/// Becomes root of the user namespace just entered (uid/gid 0 inside, no supplementary groups).
+pub fn become_root() -> Result<()> {
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid, Gid, Uid};
+    set_thread_groups(&[]).context("setgroups")?;
+    set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).context("setresgid(0)")?;
+    set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).context("setresuid(0)")?;
+    Ok(())
+}
+
+/// Reduces the capability bounding set to [`KEEP`] and sets no_new_privs, so every program
+/// executed from here on holds at most those capabilities (of the env's user namespace) and
+/// cannot gain more through setuid or file capabilities.
+pub fn restrict() -> Result<()> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    for cap in (0..=last).filter(|c| !KEEP.contains(c)) {
+        // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes plain integers and touches no memory.
+        // (rustix only takes its own `Capability` enum, which cannot be iterated by number.)
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("dropping capability {cap}"));
+        }
+    }
+    rustix::thread::set_no_new_privs(true).context("setting no_new_privs")
+}
+
+/// Closes every file descriptor above stderr (a helper must not pass the caller's open files
+/// into an env).
+pub fn close_inherited_fds() {
+    // SAFETY: close_range(2) on integers; called at helper start, before this process owns any
+    // fd above 2, so no Rust object's fd is closed behind its back.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+}
+
+/// Points stdin, stdout and stderr at `/dev/null` (for the long-lived init).
+pub fn stdio_to_null() -> Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("opening /dev/null")?;
+    rustix::stdio::dup2_stdin(null.as_fd())?;
+    rustix::stdio::dup2_stdout(null.as_fd())?;
+    rustix::stdio::dup2_stderr(null.as_fd())?;
+    Ok(())
+}

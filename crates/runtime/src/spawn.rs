@@ -1,0 +1,268 @@
+//! Spawning an env: state directory, cgroup, write layer, overlay root, namespaces and init.
+//! A spawn that fails at any step removes everything it made (the same teardown as boom).
+
+use crate::cgroup::{Cgroup, Limits};
+use crate::init::InitConfig;
+use crate::state::{self, EnvState};
+use crate::{boom, helper, mounts, Runtime};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Size of a RAM-backed write layer (`spawn`).
+pub const TMPFS_SIZE: u64 = 100 << 20;
+/// Size of a disk-backed write layer (`spawn --disk`).
+pub const DISK_SIZE: u64 = 1 << 30;
+
+/// What to spawn.
+#[derive(Clone, Debug)]
+pub struct SpawnOptions {
+    /// The env's name (also its hostname).
+    pub name: String,
+    /// The user it belongs to.
+    pub owner: String,
+    /// The snapshot the lower shows, when known (needed to save).
+    pub snapshot: Option<library::Score>,
+    /// The lower layer: a directory showing the snapshot.
+    pub lower: PathBuf,
+    /// Whether `lower` already shows owners shifted into the node's id range (a snapfs mount
+    /// with `--uid-offset`); otherwise it is bind-mounted with an id mapping.
+    pub lower_shifted: bool,
+    /// Disk-backed write layer (ext4 image on a loop device) instead of a tmpfs.
+    pub disk: bool,
+    /// Size of the write layer; default [`TMPFS_SIZE`] or [`DISK_SIZE`].
+    pub write_size: Option<u64>,
+    /// cgroup limits.
+    pub limits: Limits,
+    /// For tests: fail right after the step of this name (see [`STEPS`]).
+    pub fail_after: Option<String>,
+}
+
+impl SpawnOptions {
+    /// Options for env `name` of `owner` over `lower` (unshifted), with default limits.
+    pub fn new(name: &str, owner: &str, lower: &Path) -> SpawnOptions {
+        SpawnOptions {
+            name: name.into(),
+            owner: owner.into(),
+            snapshot: None,
+            lower: lower.into(),
+            lower_shifted: false,
+            disk: false,
+            write_size: None,
+            limits: Limits::default(),
+            fail_after: None,
+        }
+    }
+}
+
+/// The steps of a spawn, in order (names for [`SpawnOptions::fail_after`]).
+pub const STEPS: [&str; 6] = [
+    "cgroup",
+    "write-layer",
+    "helper",
+    "lower",
+    "overlay",
+    "init",
+];
+
+/// Spawns an env and returns its recorded state once its init is ready.
+pub fn spawn(rt: &Runtime, opts: &SpawnOptions) -> Result<EnvState> {
+    let dir = rt.env_dir(&opts.name)?;
+    std::fs::create_dir_all(rt.envs_dir())
+        .with_context(|| format!("creating {}", rt.envs_dir().display()))?;
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!(
+                "env {} exists (boom it, or spawn with --as ANOTHER)",
+                opts.name
+            )
+        }
+        r => r.with_context(|| format!("creating {}", dir.display()))?,
+    }
+    let mut undo = Undo {
+        rt,
+        name: &opts.name,
+        armed: true,
+    };
+    let state = build(rt, opts, &dir)?;
+    undo.armed = false;
+    Ok(state)
+}
+
+/// Booms a half-made env when dropped armed.
+struct Undo<'a> {
+    rt: &'a Runtime,
+    name: &'a str,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = boom::boom(self.rt, self.name) {
+                eprintln!(
+                    "spawngrid: cleaning up the failed spawn of {}: {e:#}",
+                    self.name
+                );
+            }
+        }
+    }
+}
+
+fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
+    let step = |name: &str| match &opts.fail_after {
+        Some(f) if f == name => Err(anyhow!("injected failure after step {name}")),
+        _ => Ok(()),
+    };
+    let cg = Cgroup::new(&rt.cgroups, &opts.name);
+    let ids = rt.ids;
+    let write_size = opts
+        .write_size
+        .unwrap_or(if opts.disk { DISK_SIZE } else { TMPFS_SIZE });
+    let mut state = EnvState {
+        name: opts.name.clone(),
+        owner: opts.owner.clone(),
+        snapshot: opts.snapshot.map(|s| s.to_hex()),
+        lower: opts.lower.clone(),
+        disk: opts.disk,
+        write_size,
+        init_pid: 0,
+        init_start: 0,
+        cgroups: cg.dirs(),
+        mounts: Vec::new(),
+        ids,
+        created: state::now(),
+    };
+    state::store(dir, &state)?;
+    cg.create(&opts.limits)?;
+    step("cgroup")?;
+
+    let rw = dir.join("rw");
+    crate::ensure_dir(&rw)?;
+    if opts.disk {
+        mounts::mount_disk(
+            &dir.join("disk.img"),
+            &rw,
+            write_size,
+            ids.host_uid,
+            ids.host_gid,
+        )?;
+    } else {
+        mounts::mount_tmpfs(&rw, write_size, ids.host_uid, ids.host_gid)?;
+    }
+    state.mounts.push(rw.clone());
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+        rustix::fs::chown(d, Some(uid(ids.host_uid)), Some(gid(ids.host_gid)))
+            .with_context(|| format!("chown {}", d.display()))?;
+    }
+    step("write-layer")?;
+
+    let root = dir.join("root");
+    crate::ensure_dir(&root)?;
+    let cfg = InitConfig {
+        hostname: opts.name.clone(),
+        root: root.clone(),
+    };
+    let mut child = Command::new(&rt.helper)
+        .arg(helper::INIT)
+        .arg(serde_json::to_string(&cfg)?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", rt.helper.display()))?;
+    let result = start_init(rt, opts, dir, &cg, &mut child, &mut state, &step);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    result?;
+    state::store(dir, &state)?;
+    Ok(state)
+}
+
+/// Drives the env-init helper through its protocol (see [`crate::init`]) and mounts the root
+/// while it waits; fills in the init's pid and the mounts.
+fn start_init(
+    rt: &Runtime,
+    opts: &SpawnOptions,
+    dir: &Path,
+    cg: &Cgroup,
+    child: &mut Child,
+    state: &mut EnvState,
+    step: &dyn Fn(&str) -> Result<()>,
+) -> Result<()> {
+    let mut lines = BufReader::new(child.stdout.take().context("helper stdout")?).lines();
+    let mut next = || -> Result<String> {
+        match lines.next() {
+            Some(line) => Ok(line.context("reading from env-init")?),
+            None => bail!("env-init exited early"),
+        }
+    };
+    expect(next()?, "userns")?;
+    let pid = child.id();
+    std::fs::write(format!("/proc/{pid}/uid_map"), rt.ids.map_line(false))
+        .context("writing uid_map")?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), rt.ids.map_line(true))
+        .context("writing gid_map")?;
+    cg.add(pid as i32)?;
+    step("helper")?;
+
+    let lower = if opts.lower_shifted {
+        opts.lower.clone()
+    } else {
+        let bind = dir.join("lower");
+        crate::ensure_dir(&bind)?;
+        let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .context("opening the env's userns")?;
+        mounts::idmapped_bind(&opts.lower, &bind, &userns)?;
+        state.mounts.push(bind.clone());
+        bind
+    };
+    step("lower")?;
+    let (rw, root) = (dir.join("rw"), dir.join("root"));
+    mounts::mount_overlay(&lower, &rw.join("upper"), &rw.join("work"), &root)?;
+    state.mounts.push(root);
+    step("overlay")?;
+
+    child
+        .stdin
+        .take()
+        .context("helper stdin")?
+        .write_all(b"go\n")
+        .context("starting env-init")?;
+    let (mut init_pid, mut ready) = (None, false);
+    while !(ready && init_pid.is_some()) {
+        let line = next()?;
+        if let Some(p) = line.strip_prefix("pid ") {
+            init_pid = Some(p.parse::<i32>().context("bad pid from env-init")?);
+            state.init_pid = init_pid.unwrap_or(0);
+            state.init_start = state::start_time(state.init_pid).unwrap_or(0);
+        } else if let Some(e) = line.strip_prefix("error ") {
+            bail!("env-init: {e}");
+        } else {
+            expect(line, "ready")?;
+            ready = true;
+        }
+    }
+    step("init")
+}
+
+/// Checks a protocol line.
+fn expect(line: String, want: &str) -> Result<()> {
+    match line.strip_prefix("error ") {
+        Some(e) => bail!("env-init: {e}"),
+        None if line == want => Ok(()),
+        None => bail!("env-init said {line:?}, expected {want:?}"),
+    }
+}
+
+fn uid(n: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(n)
+}
+
+fn gid(n: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(n)
+}

@@ -1,0 +1,103 @@
+//! `DATA/envs/<env>/state.json`: what a new process needs to find, enter, save and boom a
+//! running env; and the liveness check that guards against pid reuse.
+
+use crate::ids::IdRange;
+use crate::Runtime;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The recorded state of one env.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnvState {
+    /// The env's name (its directory's name).
+    pub name: String,
+    /// The user the env belongs to.
+    pub owner: String,
+    /// The snapshot it was spawned from, when known (needed to save).
+    pub snapshot: Option<String>,
+    /// The lower directory as given (a snapfs mount or a plain directory).
+    pub lower: PathBuf,
+    /// Whether the write layer is disk-backed (`--disk`).
+    pub disk: bool,
+    /// Size limit of the write layer in bytes.
+    pub write_size: u64,
+    /// Host pid of the env's init (PID 1 inside); 0 while spawning.
+    pub init_pid: i32,
+    /// Start time of the init (field 22 of `/proc/PID/stat`), to detect pid reuse.
+    pub init_start: u64,
+    /// The env's cgroup directories.
+    pub cgroups: Vec<PathBuf>,
+    /// The env's host mount points, in mount order.
+    pub mounts: Vec<PathBuf>,
+    /// The id range root inside maps to.
+    pub ids: IdRange,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+}
+
+impl EnvState {
+    /// Whether the env's init is still the process that was started (same pid, same start time).
+    pub fn alive(&self) -> bool {
+        self.init_pid > 0 && start_time(self.init_pid) == Some(self.init_start)
+    }
+
+    /// The env's write layer directory (`rw/upper`) on the host.
+    pub fn upper(&self, rt: &Runtime) -> Result<PathBuf> {
+        Ok(rt.env_dir(&self.name)?.join("rw/upper"))
+    }
+}
+
+/// The path of an env's state file.
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+/// Writes the state atomically (temp file + rename).
+pub fn store(dir: &Path, state: &EnvState) -> Result<()> {
+    let tmp = dir.join("state.json.tmp");
+    let text = serde_json::to_vec_pretty(state)?;
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, state_file(dir)).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+/// Reads env `name`'s state.
+pub fn load(rt: &Runtime, name: &str) -> Result<EnvState> {
+    let file = state_file(&rt.env_dir(name)?);
+    let text = std::fs::read(&file)
+        .with_context(|| format!("no env {name} (reading {})", file.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("parsing {}", file.display()))
+}
+
+/// Every env with a state file, by name; unreadable ones are skipped.
+pub fn list(rt: &Runtime) -> Result<Vec<EnvState>> {
+    let dir = rt.envs_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut out: Vec<EnvState> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| load(rt, &name).ok())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Start time of process `pid` in clock ticks since boot, if it exists.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip to its last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // `rest` starts at field 3 (state); starttime is field 22.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,126 @@
+//! Shared fixtures for the runtime tests: a runtime on a tmpfs, a busybox lower, a guard that
+//! booms its env whatever happens, and a helper to run commands inside.
+
+#![allow(dead_code)]
+
+use runtime::{Runtime, SpawnOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A runtime whose data directory is a private tmpfs (unmounted on drop).
+pub struct TestNode {
+    pub rt: Runtime,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub fn new() -> TestNode {
+        let dir = tempfile::Builder::new()
+            .prefix("sg-rt-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        runtime::mounts::mount(
+            "tmpfs",
+            dir.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            "size=512m,mode=0755",
+        )
+        .unwrap();
+        let helper = env!("CARGO_BIN_EXE_spawngrid-env-helper");
+        let rt = Runtime::new(dir.path().join("data"), helper).unwrap();
+        TestNode { rt, dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Options for a fresh uniquely named env over the busybox root.
+    pub fn opts(&self, prefix: &str) -> SpawnOptions {
+        SpawnOptions::new(&unique(prefix), "tester", &busybox())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Ok(envs) = runtime::state::list(&self.rt) {
+            for e in envs {
+                let _ = runtime::boom::boom(&self.rt, &e.name);
+            }
+        }
+        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A unique env name (tests run in parallel and share the host's cgroups).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The cached busybox root (built by scripts/rootfs.sh).
+pub fn busybox() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rootfs.sh");
+    let out = Command::new(script)
+        .arg("busybox")
+        .output()
+        .expect("running scripts/rootfs.sh");
+    assert!(
+        out.status.success(),
+        "rootfs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Booms env `name` when dropped (so a failing test still cleans up).
+pub struct Env<'a> {
+    pub rt: &'a Runtime,
+    pub state: runtime::EnvState,
+}
+
+impl<'a> Env<'a> {
+    pub fn spawn(rt: &'a Runtime, opts: &SpawnOptions) -> Env<'a> {
+        let state = runtime::spawn::spawn(rt, opts).expect("spawn");
+        Env { rt, state }
+    }
+
+    /// Runs `sh -c script` inside; returns the output.
+    pub fn sh(&self, script: &str) -> Output {
+        self.run(&["sh", "-c", script])
+    }
+
+    pub fn run(&self, argv: &[&str]) -> Output {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        runtime::exec::command(self.rt, &self.state, &argv, &[])
+            .unwrap()
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a script that must succeed; returns its stdout.
+    pub fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "{script:?} failed ({:?}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Env<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = runtime::boom::boom(self.rt, &self.state.name) {
+            eprintln!("boom {}: {e:#}", self.state.name);
+        }
+    }
+}

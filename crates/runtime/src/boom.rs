@@ -6,20 +6,28 @@ use crate::cgroup::Cgroup;
 use crate::{mounts, state, Runtime};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Destroys env `name`. Booming an env that does not exist (any more) succeeds.
 pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
     let dir = rt.env_dir(name)?;
-    if let Ok(st) = state::load(rt, name) {
-        if st.alive() {
-            if let Some(pid) = rustix::process::Pid::from_raw(st.init_pid) {
-                // Killing PID 1 of the env's pid namespace kills every process in it.
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-        }
+    let st = state::load(rt, name).ok().filter(|st| st.alive());
+    if let Some(pid) = st
+        .as_ref()
+        .and_then(|st| rustix::process::Pid::from_raw(st.init_pid))
+    {
+        // Killing PID 1 of the env's pid namespace kills every process in it.
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
     let cg = Cgroup::new(&rt.cgroups, name);
     cg.kill_all()?;
+    if let Some(st) = st {
+        // The init is no child of ours: give its new parent a moment to reap it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while st.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     mounts::unmount_under(&dir)?;
     detach_loops(&dir.join("disk.img"))?;
     cg.remove()?;

@@ -20,3 +20,59 @@ fn spawn_exec_echo_and_exit_codes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 }
+
+#[test]
+fn root_inside_is_the_mapped_range_outside() {
+    let node = TestNode::new();
+    let env = Env::spawn(&node.rt, &node.opts("ids"));
+    assert_eq!(env.ok("id -u; id -g"), "0\n0\n");
+    env.ok("sleep 30 >/dev/null 2>&1 &");
+    let cg = runtime::cgroup::Cgroup::new(&node.rt.cgroups, &env.state.name);
+    let pids = cg.pids().unwrap();
+    assert!(
+        pids.len() >= 2,
+        "init and sleep expected in the cgroup, got {pids:?}"
+    );
+    let host_uid = node.rt.ids.host_uid.to_string();
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid_line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string();
+        let uids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
+        assert_eq!(uids, vec![host_uid.as_str(); 4], "pid {pid}: {uid_line}");
+    }
+}
+
+#[test]
+fn hostname_is_env_name_and_pid_1_is_init() {
+    let node = TestNode::new();
+    let env = Env::spawn(&node.rt, &node.opts("uts"));
+    assert_eq!(env.ok("hostname").trim(), env.state.name);
+    let cmdline = env.ok("tr '\\0' ' ' < /proc/1/cmdline");
+    assert!(cmdline.contains("env-init"), "pid 1 is {cmdline:?}");
+    // Only the env's own processes are visible: init, the shell, ls.
+    let pids = env.ok("ls /proc | grep -c '^[0-9]'");
+    assert!(
+        pids.trim().parse::<u32>().unwrap() <= 4,
+        "{pids} pids visible"
+    );
+    // Orphans are reaped by init: no zombies after a backgrounded child exits.
+    env.ok("sleep 0.1 &");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let states = env.ok("cat /proc/[0-9]*/stat | cut -d' ' -f3 | sort | uniq -c");
+    assert!(!states.contains(" Z"), "zombies: {states}");
+}
+
+#[test]
+fn loopback_is_the_only_network() {
+    let node = TestNode::new();
+    let env = Env::spawn(&node.rt, &node.opts("net"));
+    let ifaces =
+        env.ok("ls /sys/class/net 2>/dev/null; cat /proc/net/dev | tail -n +3 | cut -d: -f1");
+    assert_eq!(ifaces.split_whitespace().collect::<Vec<_>>(), vec!["lo"]);
+    let flags = env.ok("ip link show lo 2>/dev/null || echo none");
+    assert!(flags.contains("UP") || flags.contains("none"), "{flags}");
+}

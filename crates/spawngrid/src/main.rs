@@ -1,6 +1,7 @@
 //! `spawngrid`: the one binary of Spawngrid. This file parses the command line and reports
 //! errors; each command family lives in its own module.
 
+mod env_cmd;
 mod lib_cmd;
 mod mount_cmd;
 mod progress;
@@ -23,9 +24,16 @@ struct Cli {
 enum Command {
     /// Work on a node's library offline: import, export, log, diff, verify, gc, stats.
     Lib(lib_cmd::LibArgs),
+    /// Run environments on this node (root): spawn, exec, save, boom, ls.
+    Env(env_cmd::EnvArgs),
 }
 
 fn main() -> ExitCode {
+    // The runtime re-executes this binary for namespace setup; that must run before anything
+    // else (single-threaded).
+    if let Some(code) = runtime::helper::run_if_requested() {
+        return code;
+    }
     // Like other Unix tools, die quietly when the reader of our output goes away
     // (`spawngrid lib diff A B | head`) instead of failing on every write.
     // SAFETY: setting a signal disposition to SIG_DFL before any thread starts.
@@ -42,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lib(args) => lib_cmd::run(args, cli.json),
+        Command::Env(args) => env_cmd::run(args, cli.json),
     };
     match result {
         Ok(code) => code,

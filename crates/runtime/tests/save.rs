@@ -1,0 +1,87 @@
+//! Save: the write layer becomes a snapshot whose export, spawned again, shows exactly the
+//! state saved; the env keeps running; the lower is never written.
+
+mod common;
+use common::{busybox, Env, TestNode};
+use library::{Library, LocalBackend, Score};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A library and catalog in `dir`, with the busybox root imported as `base`.
+fn library_with_base(dir: &Path) -> (Library, catalog::Catalog, Score) {
+    let lib =
+        Library::open_or_init(Arc::new(LocalBackend::open(dir.join("library")).unwrap())).unwrap();
+    let cat = catalog::Catalog::open(dir.join("catalog.db")).unwrap();
+    let opts = library::import::ImportOptions {
+        author: "tester".into(),
+        note: "base".into(),
+        parent: None,
+        progress: &library::progress::Silent,
+    };
+    let imported = library::import::dir::import_dir(&lib, &busybox(), &opts).unwrap();
+    cat.bind("tester", "base", imported.score).unwrap();
+    (lib, cat, imported.score)
+}
+
+fn export(lib: &Library, score: Score, dest: &Path) {
+    let snap = lib.snapshot(&score).unwrap();
+    library::export::dir::export_dir(lib, &snap, dest, &library::progress::Silent).unwrap();
+}
+
+#[test]
+fn save_boom_respawn_shows_the_saved_state() {
+    let node = TestNode::new();
+    let (lib, cat, base) = library_with_base(node.path());
+    let lower = node.path().join("base");
+    export(&lib, base, &lower);
+
+    let mut opts = node.opts("save");
+    opts.lower = lower.clone();
+    opts.snapshot = Some(base);
+    let env = Env::spawn(&node.rt, &opts);
+    env.ok(
+        "echo data > /root/f && chown 1000:1001 /root/f && chmod 640 /root/f && \
+         touch -d '2020-01-02 03:04:05' /root/f && mkdir -p /srv/d && ln -s ../root/f /srv/d/link && \
+         rm /etc/group && echo owned-by-root > /tmp/x",
+    );
+    let imported =
+        runtime::save::save(&node.rt, &env.state.name, &lib, &cat, "tester", "saved").unwrap();
+    // The env keeps running and can be saved again.
+    assert_eq!(env.ok("cat /root/f"), "data\n");
+    // The lower was not written.
+    assert!(!lower.join("root/f").exists() && lower.join("etc/group").exists());
+    drop(env);
+
+    assert_eq!(cat.resolve("tester", "saved").unwrap(), imported.score);
+    let lower2 = node.path().join("saved");
+    export(&lib, imported.score, &lower2);
+    let mut opts = node.opts("saved");
+    opts.lower = lower2;
+    opts.snapshot = Some(imported.score);
+    let env = Env::spawn(&node.rt, &opts);
+    let stat = env.ok(
+        "stat -c '%a %u %g %s %Y' /root/f; cat /root/f; readlink /srv/d/link; \
+                       ls /etc/group 2>&1 | grep -c 'No such'; stat -c '%u %g' /tmp/x",
+    );
+    assert_eq!(
+        stat,
+        "640 1000 1001 5 1577934245\ndata\n../root/f\n1\n0 0\n"
+    );
+}
+
+#[test]
+fn save_refuses_a_bound_name_and_thaws() {
+    let node = TestNode::new();
+    let (lib, cat, base) = library_with_base(node.path());
+    let lower = node.path().join("base");
+    export(&lib, base, &lower);
+    let mut opts = node.opts("refuse");
+    opts.lower = lower;
+    opts.snapshot = Some(base);
+    let env = Env::spawn(&node.rt, &opts);
+    let err =
+        runtime::save::save(&node.rt, &env.state.name, &lib, &cat, "tester", "base").unwrap_err();
+    assert!(format!("{err:#}").contains("already bound"), "{err:#}");
+    // Commands still run (the env is not left frozen).
+    assert_eq!(env.ok("echo alive"), "alive\n");
+}

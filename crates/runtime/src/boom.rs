@@ -22,7 +22,7 @@ pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
     let cg = Cgroup::new(&rt.cgroups, name);
     cg.kill_all()?;
     if let Some(st) = st {
-        // The init is no child of ours: give its new parent a moment to reap it.
+        // Wait for the init to exit; it is no child of ours, so reaping it is its parent's job.
         let deadline = Instant::now() + Duration::from_secs(2);
         while st.alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));

@@ -37,9 +37,13 @@ pub struct EnvState {
 }
 
 impl EnvState {
-    /// Whether the env's init is still the process that was started (same pid, same start time).
+    /// Whether the env's init is still the process that was started (same pid, same start
+    /// time) and has not exited (a zombie waiting for its parent to reap it is not alive).
     pub fn alive(&self) -> bool {
-        self.init_pid > 0 && start_time(self.init_pid) == Some(self.init_start)
+        self.init_pid > 0
+            && proc_stat(self.init_pid).is_some_and(|(state, start)| {
+                start == self.init_start && state != 'Z' && state != 'X'
+            })
     }
 
     /// The env's write layer directory (`rw/upper`) on the host.
@@ -87,11 +91,17 @@ pub fn list(rt: &Runtime) -> Result<Vec<EnvState>> {
 
 /// Start time of process `pid` in clock ticks since boot, if it exists.
 pub fn start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+/// State letter and start time of process `pid` (fields 3 and 22 of `/proc/PID/stat`).
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip to its last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    // `rest` starts at field 3 (state); starttime is field 22.
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 /// Seconds since the Unix epoch.

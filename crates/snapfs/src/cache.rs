@@ -419,3 +419,87 @@ fn fetch_chunks(
     })?;
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use library::LocalBackend;
+
+    fn setup(dir: &Path, n: usize) -> (Library, Vec<(Score, FileData, Vec<u8>)>) {
+        let lib =
+            Library::open_or_init(Arc::new(LocalBackend::open(dir.join("lib")).unwrap())).unwrap();
+        let files = (0..n)
+            .map(|i| {
+                let bytes: Vec<u8> = (0..1000u32).map(|j| (j * 7 + i as u32) as u8).collect();
+                let (_, data) = library::file::store_bytes(&lib, &bytes).unwrap();
+                let FileData::Blob(s) = data else {
+                    panic!("small file is one blob")
+                };
+                (s, data, bytes)
+            })
+            .collect();
+        lib.flush().unwrap();
+        (lib, files)
+    }
+
+    fn read(mut f: File) -> Vec<u8> {
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn evicts_least_recently_used_unpinned_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lib, files) = setup(tmp.path(), 3);
+        let cache = Cache::open(&tmp.path().join("cache"), 2500).unwrap();
+        let [a, b, c] = [&files[0], &files[1], &files[2]];
+        assert_eq!(read(cache.acquire(&lib, a.0, &a.1).unwrap()), a.2);
+        assert_eq!(read(cache.acquire(&lib, b.0, &b.1).unwrap()), b.2);
+        cache.release(&a.0);
+        // b is still open (pinned): bringing c in must evict a, the unpinned one.
+        assert_eq!(read(cache.acquire(&lib, c.0, &c.1).unwrap()), c.2);
+        assert!(!cache.path(&a.0).exists());
+        assert!(cache.path(&b.0).exists() && cache.path(&c.0).exists());
+        assert_eq!(cache.total(), 2000);
+        // a comes back (fetched again) and c, least recently used once released, goes.
+        cache.release(&c.0);
+        assert_eq!(read(cache.acquire(&lib, a.0, &a.1).unwrap()), a.2);
+        assert!(!cache.path(&c.0).exists() && cache.path(&b.0).exists());
+    }
+
+    #[test]
+    fn a_restarted_cache_re_verifies_and_refetches_a_bad_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lib, files) = setup(tmp.path(), 1);
+        let (s, data, bytes) = &files[0];
+        let dir = tmp.path().join("cache");
+        let cache = Cache::open(&dir, 1 << 20).unwrap();
+        drop(cache.acquire(&lib, *s, data).unwrap());
+        let mut bad = bytes.clone();
+        bad[10] ^= 1;
+        std::fs::write(cache.path(s), &bad).unwrap();
+        // The same process trusts what it verified itself...
+        assert_eq!(read(cache.acquire(&lib, *s, data).unwrap()), bad);
+        // ...a new one (a restart) checks the score and fetches the file again.
+        let cache = Cache::open(&dir, 1 << 20).unwrap();
+        assert_eq!(read(cache.acquire(&lib, *s, data).unwrap()), *bytes);
+    }
+
+    #[test]
+    fn another_format_version_empties_the_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache");
+        let cache = Cache::open(&dir, 1 << 20).unwrap();
+        let stale = cache.path(&Score::of(b"x"));
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        std::fs::write(&stale, b"x").unwrap();
+        std::fs::write(dir.join("VERSION"), "spawngrid-snapfs-cache 0\n").unwrap();
+        Cache::open(&dir, 1 << 20).unwrap();
+        assert!(!stale.exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("VERSION")).unwrap().trim(),
+            VERSION
+        );
+    }
+}

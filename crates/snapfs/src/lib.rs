@@ -9,6 +9,8 @@
 //!
 //! The design and its promises are in `docs/architecture.md`, section *Snapshot filesystem*.
 
+#![warn(missing_docs)]
+
 pub mod attr;
 pub mod cache;
 pub mod fs;

@@ -60,3 +60,20 @@ fn fork_bomb_stops_at_pids_max() {
         "no fork failed: {err}"
     );
 }
+
+#[test]
+fn memory_hog_is_killed_inside_only() {
+    let node = TestNode::new();
+    let mut opts = node.opts("oom");
+    opts.limits.memory = 32 << 20;
+    let env = Env::spawn(&node.rt, &opts);
+    // busybox dd allocates its whole block: 64 MiB against a 32 MiB limit.
+    let out = env.sh("dd if=/dev/zero of=/dev/null bs=64M count=1");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 9),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.ok("echo alive"), "alive\n");
+}

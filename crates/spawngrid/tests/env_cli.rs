@@ -1,0 +1,114 @@
+//! `spawngrid env` end to end through the binary (as root): a name spawned over its snapfs
+//! mount, exec with exit codes, ls from a fresh process, save, boom, spawn of the saved name.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sg(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spawngrid"))
+        .arg("--json")
+        .args(&args[..1])
+        .arg("--data")
+        .arg(data)
+        .args(&args[1..])
+        .output()
+        .unwrap()
+}
+
+fn ok(data: &Path, args: &[&str]) -> String {
+    let out = sg(data, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Booms the envs and unmounts the snapshot mounts of a data directory on a private tmpfs.
+struct Data(tempfile::TempDir);
+
+impl Drop for Data {
+    fn drop(&mut self) {
+        let data = self.0.path().join("data");
+        for env in ["cli", "cli2"] {
+            let _ = sg(&data, &["env", "boom", env]);
+        }
+        if let Ok(dirs) = std::fs::read_dir(data.join("mounts")) {
+            for d in dirs.flatten().filter(|d| d.path().is_dir()) {
+                let root = d.path().join("root");
+                let _ = sg(&data, &["lib", "umount", root.to_str().unwrap(), "--lazy"]);
+            }
+        }
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn spawn_exec_ls_save_boom_through_the_cli() {
+    let tmp = Data(
+        tempfile::Builder::new()
+            .prefix("sg-envcli-")
+            .tempdir_in("/tmp")
+            .unwrap(),
+    );
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+        .arg(tmp.0.path())
+        .status();
+    assert!(st.unwrap().success());
+    let data = tmp.0.path().join("data");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rootfs.sh");
+    let root = Command::new(script).arg("busybox").output().unwrap();
+    let root = String::from_utf8(root.stdout).unwrap();
+    ok(&data, &["lib", "import", "bb", root.trim()]);
+
+    ok(&data, &["env", "spawn", "bb", "--as", "cli"]);
+    let out = sg(
+        &data,
+        &[
+            "env",
+            "exec",
+            "cli",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    ok(
+        &data,
+        &[
+            "env",
+            "exec",
+            "cli",
+            "--",
+            "sh",
+            "-c",
+            "echo saved > /root/file",
+        ],
+    );
+
+    let ls: serde_json::Value = serde_json::from_str(&ok(&data, &["env", "ls"])).unwrap();
+    assert_eq!(ls[0]["env"], "cli");
+    assert_eq!(ls[0]["running"], true);
+
+    ok(&data, &["env", "save", "cli", "bb2"]);
+    ok(&data, &["env", "boom", "cli"]);
+    ok(&data, &["env", "boom", "cli"]);
+    ok(&data, &["env", "spawn", "bb2", "--as", "cli2"]);
+    assert_eq!(
+        ok(&data, &["env", "exec", "cli2", "--", "cat", "/root/file"]),
+        "saved\n"
+    );
+    ok(&data, &["env", "boom", "cli2"]);
+    assert_eq!(ok(&data, &["env", "ls"]).trim(), "[]");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(data.join("envs").to_str().unwrap()),
+        "{mountinfo}"
+    );
+}

@@ -21,6 +21,7 @@ pub mod mounts;
 pub mod net;
 pub mod rootfs;
 pub mod save;
+pub mod seccomp;
 pub mod security;
 pub mod spawn;
 pub mod state;

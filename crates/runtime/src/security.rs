@@ -31,9 +31,10 @@ pub fn become_root() -> Result<()> {
     Ok(())
 }
 
-/// Reduces the capability bounding set to [`KEEP`] and sets no_new_privs, so every program
-/// executed from here on holds at most those capabilities (of the env's user namespace) and
-/// cannot gain more through setuid or file capabilities.
+/// Reduces the capability bounding set to [`KEEP`], sets no_new_privs and installs the seccomp
+/// filter, so every program executed from here on holds at most those capabilities (of the
+/// env's user namespace), cannot gain more through setuid or file capabilities, and cannot
+/// make the syscalls [`crate::seccomp`] denies.
 pub fn restrict() -> Result<()> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -48,7 +49,8 @@ pub fn restrict() -> Result<()> {
                 .with_context(|| format!("dropping capability {cap}"));
         }
     }
-    rustix::thread::set_no_new_privs(true).context("setting no_new_privs")
+    rustix::thread::set_no_new_privs(true).context("setting no_new_privs")?;
+    crate::seccomp::install()
 }
 
 /// Closes every file descriptor above stderr (a helper must not pass the caller's open files

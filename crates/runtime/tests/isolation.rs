@@ -88,3 +88,21 @@ fn writes_through_the_overlay_never_reach_the_lower() {
     let bind = node.rt.env_dir(&env.state.name).unwrap().join("lower");
     assert!(std::fs::write(bind.join("etc/hacked"), "x").is_err());
 }
+
+#[test]
+fn seccomp_denies_namespaces_and_mounts() {
+    let node = TestNode::new();
+    let env = Env::spawn(&node.rt, &node.opts("seccomp"));
+    let status = env.ok("grep -E '^Seccomp:' /proc/self/status");
+    assert_eq!(status, "Seccomp:\t2\n");
+    env.ok("mkdir -p /mnt/t");
+    // Root of the env's user namespace could mount a tmpfs or unshare without the filter.
+    denied(&env, "mount -t tmpfs tmpfs /mnt/t");
+    denied(&env, "unshare -m true");
+    denied(&env, "unshare -U true");
+    // Ordinary process creation still works (fork, exec, pipes, background jobs).
+    assert_eq!(
+        env.ok("echo a | cat; (sleep 0.01 &); wait; echo b"),
+        "a\nb\n"
+    );
+}

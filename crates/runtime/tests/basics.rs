@@ -76,3 +76,28 @@ fn loopback_is_the_only_network() {
     let flags = env.ok("ip link show lo 2>/dev/null || echo none");
     assert!(flags.contains("UP") || flags.contains("none"), "{flags}");
 }
+
+#[test]
+fn twenty_envs_at_once() {
+    let node = TestNode::new();
+    let envs: Vec<Env> = (0..20)
+        .map(|_| Env::spawn(&node.rt, &node.opts("many")))
+        .collect();
+    let listed = runtime::state::list(&node.rt).unwrap();
+    assert_eq!(listed.iter().filter(|e| e.alive()).count(), 20);
+    for env in &envs {
+        assert_eq!(env.ok("hostname").trim(), env.state.name);
+        env.ok("echo mine > /root/who");
+    }
+    // Each env sees only its own writes.
+    for env in &envs {
+        assert_eq!(
+            env.ok("cat /root/who; ls /root | wc -l")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["mine", "1"]
+        );
+    }
+    drop(envs);
+    assert!(runtime::state::list(&node.rt).unwrap().is_empty());
+}

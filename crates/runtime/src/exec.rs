@@ -40,6 +40,8 @@ pub struct EnterConfig {
     pub env: Vec<(String, String)>,
     /// Its working directory inside the env.
     pub cwd: String,
+    /// Run on a new terminal of (rows, cols) whose master is sent over stdin (see [`crate::tty`]).
+    pub tty: Option<(u16, u16)>,
 }
 
 /// A `Command` that runs `argv` inside env `state` when spawned. Its stdin, stdout and stderr
@@ -50,6 +52,17 @@ pub fn command(
     state: &EnvState,
     argv: &[String],
     env: &[(String, String)],
+) -> Result<Command> {
+    command_with_tty(rt, state, argv, env, None)
+}
+
+/// [`command`], optionally on a terminal of (rows, cols) (used by [`crate::tty::Tty`]).
+pub(crate) fn command_with_tty(
+    rt: &Runtime,
+    state: &EnvState,
+    argv: &[String],
+    env: &[(String, String)],
+    tty: Option<(u16, u16)>,
 ) -> Result<Command> {
     if argv.is_empty() {
         bail!("no command to run");
@@ -72,6 +85,7 @@ pub fn command(
         argv: argv.to_vec(),
         env: env.to_vec(),
         cwd: "/root".into(),
+        tty,
     };
     let mut cmd = Command::new(&rt.helper);
     cmd.arg(helper::ENTER).arg(serde_json::to_string(&cfg)?);
@@ -126,13 +140,21 @@ fn run(config: &str) -> Result<u8> {
         rustix::process::chdir("/").context("chdir / inside the env")?;
     }
     security::restrict()?;
-    let status = Command::new(&cfg.argv[0])
-        .args(&cfg.argv[1..])
+    let mut cmd = Command::new(&cfg.argv[0]);
+    cmd.args(&cfg.argv[1..])
         .env_clear()
         .envs(DEFAULT_ENV)
-        .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-        .status()
+        .envs(cfg.env.iter().map(|(k, v)| (k, v)));
+    if let Some((rows, cols)) = cfg.tty {
+        cmd.env("TERM", "xterm-256color");
+        crate::tty::attach(&mut cmd, rows, cols)?;
+    }
+    let mut child = cmd
+        .spawn()
         .with_context(|| format!("running {:?}", cfg.argv[0]))?;
+    // Close our copies of the terminal's slave so the master sees EOF when the command ends.
+    drop(cmd);
+    let status = child.wait().context("waiting for the command")?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(sig)) => 128u8.wrapping_add(sig as u8),

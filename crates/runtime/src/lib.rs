@@ -25,6 +25,7 @@ pub mod seccomp;
 pub mod security;
 pub mod spawn;
 pub mod state;
+pub mod tty;
 
 pub use ids::IdRange;
 pub use spawn::SpawnOptions;

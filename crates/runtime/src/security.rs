@@ -65,13 +65,22 @@ pub fn close_inherited_fds() {
 
 /// Points stdin, stdout and stderr at `/dev/null` (for the long-lived init).
 pub fn stdio_to_null() -> Result<()> {
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .context("opening /dev/null")?;
+    let null = open_null()?;
     rustix::stdio::dup2_stdin(null.as_fd())?;
     rustix::stdio::dup2_stdout(null.as_fd())?;
     rustix::stdio::dup2_stderr(null.as_fd())?;
     Ok(())
+}
+
+/// Points stdin at `/dev/null`.
+pub fn stdin_to_null() -> Result<()> {
+    Ok(rustix::stdio::dup2_stdin(open_null()?.as_fd())?)
+}
+
+fn open_null() -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("opening /dev/null")
 }

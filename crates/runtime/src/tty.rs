@@ -1,0 +1,168 @@
+//! Interactive sessions: a command on a pseudo-terminal allocated inside the env (its own
+//! devpts, so `tty` names `/dev/pts/N` there), with the master handed to the caller.
+//!
+//! The caller gives the env-enter helper one end of a Unix socket pair as stdin; the helper
+//! opens `/dev/ptmx` inside the env, sends the master over the socket (`SCM_RIGHTS`) and runs
+//! the command as a session leader whose controlling terminal is the slave. The caller reads
+//! and writes the master (the node bridges it to SSH or a WebSocket), resizes it, and gets the
+//! exit status from the helper. ^C and friends reach the command through the line discipline.
+
+use crate::exec::{self, ENTER_FAILED};
+use crate::state::EnvState;
+use crate::Runtime;
+use anyhow::{bail, Context, Result};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use std::io::{IoSlice, IoSliceMut, Read};
+use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+/// A command running on a terminal inside an env.
+pub struct Tty {
+    /// The terminal's master side: read the command's output, write its input.
+    pub master: OwnedFd,
+    child: Child,
+}
+
+impl Tty {
+    /// Starts `argv` inside env `state` on a new terminal of `rows` x `cols`.
+    pub fn spawn(
+        rt: &Runtime,
+        state: &EnvState,
+        argv: &[String],
+        env: &[(String, String)],
+        rows: u16,
+        cols: u16,
+    ) -> Result<Tty> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .context("socketpair for the terminal")?;
+        let mut cmd = exec::command_with_tty(rt, state, argv, env, Some((rows, cols)))?;
+        let mut child = cmd
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting env-enter")?;
+        drop(cmd);
+        match receive_fd(&ours) {
+            Ok(master) => Ok(Tty { master, child }),
+            Err(e) => {
+                let _ = child.kill();
+                let mut msg = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut msg);
+                }
+                let _ = child.wait();
+                Err(e.context(msg.trim().to_string()))
+            }
+        }
+    }
+
+    /// Sets the terminal size (the command gets SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        rustix::termios::tcsetwinsize(&self.master, winsize(rows, cols))
+            .context("resizing the terminal")
+    }
+
+    /// Waits for the command; its exit code (128 + N for signal N).
+    pub fn wait(&mut self) -> Result<i32> {
+        let status = self.child.wait().context("waiting for env-enter")?;
+        Ok(status.code().unwrap_or(ENTER_FAILED as i32))
+    }
+}
+
+fn winsize(rows: u16, cols: u16) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Receives one fd sent with [`send_fd`].
+fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .context("receiving the terminal")?;
+    if msg.bytes == 0 {
+        bail!("env-enter exited before opening a terminal");
+    }
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = m {
+            if let Some(fd) = fds.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    bail!("env-enter sent no terminal")
+}
+
+/// Sends `fd` over the Unix socket `sock`.
+fn send_fd(sock: impl AsFd, fd: impl AsFd) -> Result<()> {
+    let fds = [fd.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(b"t")],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .context("sending the terminal")?;
+    Ok(())
+}
+
+/// Inside the env (env-enter, after setns): opens a terminal, sends its master to the caller
+/// over stdin (a Unix socket), points stdin at /dev/null, and prepares `cmd` to run as a
+/// session leader on the slave.
+pub(crate) fn attach(cmd: &mut Command, rows: u16, cols: u16) -> Result<()> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .context("opening /dev/ptmx")?;
+    grantpt(&master).context("grantpt")?;
+    unlockpt(&master).context("unlockpt")?;
+    rustix::termios::tcsetwinsize(&master, winsize(rows, cols)).context("sizing the terminal")?;
+    let name = ptsname(&master, Vec::new()).context("ptsname")?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))
+        .context("opening the terminal's slave")?;
+    send_fd(rustix::stdio::stdin(), &master)?;
+    drop(master);
+    crate::security::stdin_to_null()?;
+    cmd.stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave);
+    // SAFETY: the closure runs in the forked child before exec and only makes two syscalls
+    // (setsid, ioctl TIOCSCTTY) that are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+            Ok(())
+        });
+    }
+    Ok(())
+}

@@ -163,7 +163,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     let root = dir.join("root");
     crate::ensure_dir(&root)?;
     let cfg = InitConfig {
-        hostname: opts.name.clone(),
+        hostname: hostname(&opts.name),
         root: root.clone(),
     };
     let mut child = Command::new(&rt.helper)
@@ -248,6 +248,15 @@ fn start_init(
         }
     }
     step("init")
+}
+
+/// The hostname for env `name`: the name, cut to the kernel's 64 bytes.
+fn hostname(name: &str) -> String {
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
 }
 
 /// Checks a protocol line.

@@ -101,3 +101,12 @@ fn twenty_envs_at_once() {
     drop(envs);
     assert!(runtime::state::list(&node.rt).unwrap().is_empty());
 }
+
+#[test]
+fn a_long_env_name_gets_a_cut_hostname() {
+    let node = TestNode::new();
+    let mut opts = node.opts("long");
+    opts.name = format!("{}-{}", opts.name, "x".repeat(100));
+    let env = Env::spawn(&node.rt, &opts);
+    assert_eq!(env.ok("hostname").trim(), &opts.name[..64]);
+}

@@ -128,3 +128,49 @@ fn save_while_writing_is_a_point_in_time_capture() {
         assert!(a == b || a == b + 1, "save {n}: a={a} b={b}");
     }
 }
+
+#[test]
+fn hostile_content_in_the_upper_is_saved_not_followed() {
+    let node = TestNode::new();
+    let (lib, cat, base) = library_with_base(node.path());
+    let lower = node.path().join("base");
+    export(&lib, base, &lower);
+    let mut opts = node.opts("hostile");
+    opts.lower = lower;
+    opts.snapshot = Some(base);
+    let env = Env::spawn(&node.rt, &opts);
+    // A host path an env symlink names: the save must store the link, never read the target.
+    let secret = node.path().join("host-secret");
+    std::fs::write(&secret, "host only").unwrap();
+    env.ok(&format!(
+        "cd /root && ln -s {} l && ln -s ../../../../.. up && mkfifo fifo && \
+         touch \"$(printf 'new\\nline')\" && d=deep && for i in $(seq 100); do d=$d/d; done && \
+         mkdir -p $d && echo bottom > $d/f && dd if=/dev/zero of=grow bs=1k count=1 2>/dev/null && \
+         (while true; do echo more >> grow; done) >/dev/null 2>&1 &",
+        secret.display()
+    ));
+    let imp =
+        runtime::save::save(&node.rt, &env.state.name, &lib, &cat, "tester", "hostile").unwrap();
+    let dir = node.path().join("hostile-export");
+    export(&lib, imp.score, &dir);
+    let root = dir.join("root");
+    assert_eq!(std::fs::read_link(root.join("l")).unwrap(), secret);
+    assert_eq!(
+        std::fs::read_link(root.join("up")).unwrap(),
+        Path::new("../../../../..")
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(root.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(root.join("new\nline").exists());
+    let deep: std::path::PathBuf = std::iter::once("deep")
+        .chain(std::iter::repeat_n("d", 100))
+        .collect();
+    assert_eq!(
+        std::fs::read_to_string(root.join(deep).join("f")).unwrap(),
+        "bottom\n"
+    );
+    assert!(std::fs::metadata(root.join("grow")).unwrap().len() >= 1024);
+}

@@ -261,9 +261,24 @@ fn decompress(stored: &[u8], plain_len: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Objects at least this large are first probed: their start is compressed on its own.
+const PROBE_FROM: usize = 128 << 10;
+/// How much of a large object the probe compresses.
+const PROBE_LEN: usize = 16 << 10;
+
+/// Whether compressing `plain` is worth trying: small objects always are; for large ones the
+/// first [`PROBE_LEN`] bytes must shrink by at least 1/32 (already-compressed data such as
+/// `.gz` files or media never does, and compressing it whole would cost the full time).
+fn worth_compressing(plain: &[u8], level: i32) -> bool {
+    if plain.len() < PROBE_FROM {
+        return plain.len() >= 64;
+    }
+    compress(&plain[..PROBE_LEN], level).is_some_and(|z| z.len() < PROBE_LEN - PROBE_LEN / 32)
+}
+
 /// Compresses `plain` for storage, keeping it raw when compression saves under 1/32.
 pub fn encode_object(plain: &[u8], level: i32) -> (Encoding, Vec<u8>) {
-    if plain.len() >= 64 {
+    if worth_compressing(plain, level) {
         if let Some(z) = compress(plain, level) {
             if z.len() < plain.len() - plain.len() / 32 {
                 return (Encoding::Zstd, z);

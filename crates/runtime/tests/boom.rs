@@ -50,6 +50,21 @@ fn failed_spawn_at_every_step_leaves_nothing() {
         );
         assert_gone(&node, &opts.name, 0);
     }
+    // A failure inside the new namespaces (the init cannot mount /dev over a regular file)
+    // is reported and cleaned up the same way.
+    let lower = node.path().join("bad-lower");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(common::busybox())
+        .arg(&lower)
+        .status();
+    assert!(cp.unwrap().success());
+    std::fs::write(lower.join("dev"), "not a directory").unwrap();
+    let mut opts = node.opts("badinit");
+    opts.lower = lower;
+    let err = runtime::spawn::spawn(&node.rt, &opts).unwrap_err();
+    assert!(format!("{err:#}").contains("env-init"), "{err:#}");
+    assert_gone(&node, &opts.name, 0);
     // A lower that does not exist fails cleanly too.
     let mut opts = node.opts("nolower");
     opts.lower = node.path().join("missing");

@@ -92,6 +92,7 @@ fn pid1(cfg: &InitConfig) -> Result<std::convert::Infallible> {
     rootfs::setup(&cfg.root)?;
     net::loopback_up()?;
     security::restrict()?;
+    security::drop_all_capabilities()?;
     report("ready");
     security::stdio_to_null()?;
     reap_forever()

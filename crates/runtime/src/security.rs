@@ -53,6 +53,21 @@ pub fn restrict() -> Result<()> {
     crate::seccomp::install()
 }
 
+/// For the init, which only reaps: gives up every capability (effective, permitted,
+/// inheritable) and becomes non-dumpable, so even a process of the env that could reach PID 1
+/// would find nothing to borrow.
+pub fn drop_all_capabilities() -> Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    let none = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    rustix::thread::set_capabilities(None, none).context("dropping the init's capabilities")?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("making the init non-dumpable")
+}
+
 /// Closes every file descriptor above stderr (a helper must not pass the caller's open files
 /// into an env).
 pub fn close_inherited_fds() {

@@ -31,7 +31,7 @@ pub use ids::IdRange;
 pub use spawn::SpawnOptions;
 pub use state::EnvState;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The runtime of one node: where env state lives and how helpers are started.
@@ -48,11 +48,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime on `data` whose helper is `helper`, with the node's default id range and the
-    /// host's cgroup layout.
+    /// A runtime on `data` (created if missing, and made canonical: mount points are matched
+    /// against `/proc/self/mountinfo`, which shows resolved paths) whose helper is `helper`,
+    /// with the node's default id range and the host's cgroup layout.
     pub fn new(data: impl Into<PathBuf>, helper: impl Into<PathBuf>) -> Result<Runtime> {
+        let data = data.into();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let data = data
+            .canonicalize()
+            .with_context(|| format!("resolving {}", data.display()))?;
         Ok(Runtime {
-            data: data.into(),
+            data,
             helper: helper.into(),
             ids: IdRange::node_default()?,
             cgroups: cgroup::Layout::detect(),

@@ -152,7 +152,10 @@ fn spawn(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         let env = as_env.or(name).context("give the env a name with --as")?;
-        (SpawnOptions::new(&env, owner, dir), source.to_string())
+        let lower = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {source}"))?;
+        (SpawnOptions::new(&env, owner, &lower), source.to_string())
     } else {
         let score = resolve(&rt.data, owner, source)?;
         let lower = mount_snapshot(rt, score)?;

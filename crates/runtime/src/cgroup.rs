@@ -278,3 +278,67 @@ fn enable_v2_controllers(root: &Path) -> Result<()> {
 fn write(file: &Path, value: &str) -> Result<()> {
     std::fs::write(file, value).with_context(|| format!("writing {value:?} to {}", file.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The v2 layout on a fake cgroup root (a plain directory): file names and values. (The v1
+    //! layout is what the integration tests exercise on this hybrid host.)
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn v2_files_and_values() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::V2(tmp.path().to_path_buf());
+        let cg = Cgroup::new(&layout, "e1");
+        let dir = tmp.path().join("spawngrid/e1");
+        assert_eq!(cg.dirs(), vec![dir.clone()]);
+        cg.create(&Limits {
+            memory: 64 << 20,
+            pids: 99,
+            cpu_weight: 250,
+        })
+        .unwrap();
+        assert_eq!(
+            read(&tmp.path().join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(
+            read(&tmp.path().join("spawngrid/cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(read(&dir.join("memory.max")), (64u64 << 20).to_string());
+        assert_eq!(read(&dir.join("pids.max")), "99");
+        assert_eq!(read(&dir.join("cpu.weight")), "250");
+        assert!(
+            cg.create(&Limits::default()).is_err(),
+            "a second create must fail"
+        );
+
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        cg.freeze().unwrap();
+        assert_eq!(read(&dir.join("cgroup.freeze")), "1");
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        cg.thaw().unwrap();
+        assert_eq!(read(&dir.join("cgroup.freeze")), "0");
+
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        assert!(cg.pids().unwrap().is_empty());
+        cg.add(1234).unwrap();
+        assert_eq!(cg.pids().unwrap(), vec![1234]);
+    }
+
+    #[test]
+    fn v1_directories_per_controller() {
+        let cg = Cgroup::new(&Layout::V1(PathBuf::from("/sys/fs/cgroup")), "e2");
+        let dirs: Vec<String> = cg.dirs().iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(
+            dirs,
+            ["memory", "pids", "cpu", "freezer"]
+                .map(|c| format!("/sys/fs/cgroup/{c}/spawngrid/e2"))
+        );
+    }
+}

@@ -200,3 +200,22 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/a\\040b/c\\134d"), "/a b/c\\d");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/end\\04"), "/end\\04");
+    }
+
+    #[test]
+    fn overlay_refuses_option_separators_in_paths() {
+        let bad = Path::new("/x,upperdir=/etc");
+        let ok = Path::new("/tmp");
+        assert!(mount_overlay(bad, ok, ok, ok).is_err());
+    }
+}

@@ -112,3 +112,29 @@ fn seccomp_denies_namespaces_and_mounts() {
         "a\nb\n"
     );
 }
+
+#[test]
+fn no_host_file_descriptor_leaks_in() {
+    let node = TestNode::new();
+    // An inheritable (non-CLOEXEC) fd of a host file, open in the spawning process.
+    let secret = node.path().join("leak-me");
+    std::fs::write(&secret, "host only").unwrap();
+    let file = std::fs::File::open(&secret).unwrap();
+    use std::os::fd::AsRawFd;
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty()).unwrap();
+    let env = Env::spawn(&node.rt, &node.opts("fds"));
+    // The shell sees 0, 1, 2 and the directory `ls` itself opens; nothing else.
+    let fds = env.ok("ls /proc/self/fd | wc -l");
+    assert_eq!(
+        fds.trim(),
+        "4",
+        "fds inside: {}",
+        env.ok("ls -l /proc/self/fd")
+    );
+    denied(
+        &env,
+        &format!("cat /proc/self/fd/{} | grep -q host", file.as_raw_fd()),
+    );
+    // The init's fds are not even listable (it is not dumpable).
+    denied(&env, "ls /proc/1/fd/3");
+}

@@ -1,0 +1,1508 @@
+#!/usr/bin/env python3
+# bench/runtime.py: the environment-runtime benchmark (issue 4). Measures `spawngrid env ...`
+# (spawn, exec, save, boom) on a ~300 MB snapshot, and runs bubblewrap, crun, systemd-nspawn,
+# LXC and podman on the same root filesystem side by side; everything on a fresh tmpfs. Prints
+# one report and writes JSON to bench/results/runtime-<date>.json. Run as root:
+#
+#   python3 bench/runtime.py [--spawngrid target/release/spawngrid] [--n 50] [--repeat 5]
+#                            [--density 100] [--peers bwrap,crun,nspawn,lxc,podman]
+#                            [--sections latency,attach,save,session,density]
+#
+# Measured (see bench/README.md, "Runtime benchmark"):
+# - latency: N rounds; each round runs every variant once (round robin, so load from other
+#   work on the machine spreads over all of them): spawngrid `env spawn` + `env exec ENV --
+#   true` + `env boom` (from the snapshot name: snapfs lower; and from the plain directory),
+#   and each peer's "start a container on this rootfs, run `true`, tear down" command;
+# - attach: `env exec ENV -- true` in one running env, back to back and after 0.5 s idle, and
+#   `crun exec`, `lxc-attach`, `podman exec` into a running container;
+# - save: `env save` after 1 changed file, 10 MB and 100 MB of new (random) bytes;
+# - session: dpkg -i of make + python3-minimal (+ dependencies, from a local .deb cache) inside
+#   an env, then `env save`, against `podman commit`, `lxc-snapshot`, `lxc-copy` and a bare
+#   `tar` of the upper directory, for the same changes;
+# - density: K idle envs: host MemAvailable delta / K and the envs' memory cgroups, then boom.
+# All spawngrid times are wall times of the CLI commands (process start, library/catalog open
+# included); the JSON also has spawngrid's own in-process spawn and save times.
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import shutil
+import signal
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MB = 1e6
+ALL_PEERS = ["bwrap", "crun", "nspawn", "lxc", "podman"]
+ALL_SECTIONS = ["latency", "attach", "save", "session", "density"]
+SNAP = "bench-base"                      # the ~300 MB snapshot's name
+REQUESTED_DEBS = ["make", "python3-minimal"]
+DEB_CACHE = "/var/cache/spawngrid/debs"
+MEM_LIMIT = "512M"                       # spawngrid's default; applied to peers that take one
+MEM_LIMIT_BYTES = 512 << 20
+PIDS_LIMIT = 1024
+
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                       ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class StepFailed(Exception):
+    pass
+
+
+def run(cmd, timeout, cwd=None, env=None, check=True, what=None, stdin=subprocess.DEVNULL,
+        preexec_fn=None):
+    """Runs cmd (list, or str for bash -o pipefail -c) in its own process group; kills the
+    whole group on timeout. Returns (seconds, stdout, stderr)."""
+    if isinstance(cmd, str):
+        argv = ["bash", "-o", "pipefail", "-c", cmd]
+    else:
+        argv = [str(c) for c in cmd]
+    what = what or (cmd if isinstance(cmd, str) else " ".join(shlex.quote(a) for a in argv))
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=preexec_fn)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise StepFailed(f"{what}: cannot run: {e}")
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.communicate()
+        raise StepFailed(f"{what}: timed out after {timeout}s")
+    except BaseException:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        raise
+    dt = time.perf_counter() - t0
+    out = out.decode(errors="replace")
+    err = err.decode(errors="replace")
+    if check and p.returncode != 0:
+        raise StepFailed(f"{what}: exit {p.returncode}: {last_line(err, out)}")
+    return dt, out, err
+
+
+def last_line(err, out=""):
+    lines = [l for l in (err.strip() or out.strip()).splitlines() if l.strip()]
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
+def mount(src, target, fstype, flags=0, data=None):
+    enc = lambda s: s.encode() if s is not None else None
+    if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
+        e = ctypes.get_errno()
+        raise StepFailed(f"mount {fstype or ''} {target}: {os.strerror(e)}")
+
+
+def umount(target, flags=0):
+    if libc.umount2(target.encode(), flags) != 0:
+        e = ctypes.get_errno()
+        raise StepFailed(f"umount {target}: {os.strerror(e)}")
+
+
+class Overlay:
+    """A fresh tmpfs write layer + overlay on `lower` at DIR/root, made with mount(2) by the
+    bench (no process start) for tools that do not make one themselves; timed with the tool."""
+
+    def __init__(self, dir_, lower):
+        self.dir, self.lower = dir_, lower
+        self.root = os.path.join(dir_, "root")
+
+    def __enter__(self):
+        rw = os.path.join(self.dir, "rw")
+        os.makedirs(rw, exist_ok=True)
+        os.makedirs(self.root, exist_ok=True)
+        mount("tmpfs", rw, "tmpfs", 0, "size=100m,mode=0755")
+        os.mkdir(os.path.join(rw, "upper"))
+        os.mkdir(os.path.join(rw, "work"))
+        mount("overlay", self.root, "overlay", 0,
+              f"lowerdir={self.lower},upperdir={rw}/upper,workdir={rw}/work")
+        return self
+
+    def __exit__(self, *exc):
+        for m in (self.root, os.path.join(self.dir, "rw")):
+            try:
+                umount(m)
+            except StepFailed:
+                umount(m, MNT_DETACH)
+        return False
+
+
+def pct(vals, p):
+    """Nearest-rank percentile (p99 of 50 samples is the maximum)."""
+    s = sorted(vals)
+    k = max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))
+    return s[int(k)]
+
+
+def summary_ms(vals):
+    if not vals:
+        return None
+    ms = [v * 1e3 for v in vals]
+    return {"n": len(ms), "p50": statistics.median(ms), "p99": pct(ms, 99),
+            "mean": statistics.fmean(ms), "min": min(ms), "max": max(ms),
+            "all": [round(v, 3) for v in ms]}
+
+
+def tree_stats(root):
+    """Logical bytes (regular files, hardlinks once) and entry count of a tree."""
+    total = entries = 0
+    seen = set()
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                entries += 1
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(e.path)
+                elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+    return total, entries
+
+
+def du_bytes(path):
+    _, out, _ = run(["du", "-sb", path], 600)
+    return int(out.split()[0])
+
+
+def ensure_tool(cmd, package, timeout=900):
+    if shutil.which(cmd):
+        return None
+    log(f"{cmd} missing: apt-get install {package}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        try:
+            run(["apt-get", "install", "-y", "-qq", package], timeout, env=env)
+        except StepFailed:
+            run(["apt-get", "update", "-qq"], timeout, env=env)
+            run(["apt-get", "install", "-y", "-qq", package], timeout, env=env)
+    except StepFailed as e:
+        return f"unavailable: apt-get install {package} failed ({e})"
+    return None if shutil.which(cmd) else f"unavailable: {cmd} not found after installing {package}"
+
+
+def version_of(argv):
+    try:
+        _, out, err = run(argv, 60, check=False)
+        return (out.strip() or err.strip()).splitlines()[0]
+    except (StepFailed, IndexError):
+        return None
+
+
+def meminfo():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def os_codename(root):
+    try:
+        with open(os.path.join(root, "etc/os-release")) as f:
+            for line in f:
+                if line.startswith("VERSION_CODENAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return None
+
+
+def cgroup_v2():
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+# -- the peers' private mount namespace -------------------------------------------------------
+
+class PeerNs:
+    """crun 1.8 refuses this host's hybrid cgroup layout ("cgroups in hybrid mode not supported,
+    drop all controllers from cgroupv2": cgroup2 at /sys/fs/cgroup/unified has a controller,
+    hugetlb), even with --cgroup-manager=disabled. In a private mount namespace without that
+    cgroup2 mount it sees a plain cgroup v1 host and works. A holder process keeps the namespace;
+    commands enter it with setns(2) between fork and exec (no extra process). Mounts the bench
+    makes under `shared_dir` (a shared mount) propagate into it; its own mounts stay inside."""
+
+    def __init__(self, shared_dir):
+        self.shared_dir = shared_dir
+        self.proc = None
+        self.fd = None
+
+    def start(self):
+        if self.proc:
+            return
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "slave", "sh", "-c",
+             "umount -l /sys/fs/cgroup/unified 2>/dev/null; echo ready; exec sleep 1000000"],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise StepFailed("unshare -m: the namespace holder did not start")
+        self.fd = os.open(f"/proc/{self.proc.pid}/ns/mnt", os.O_RDONLY)
+
+    def preexec(self):
+        fd = self.fd
+
+        def enter():
+            if libc.setns(fd, CLONE_NEWNS) != 0:
+                os._exit(121)
+        return enter
+
+    def stop(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# -- the bench --------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, a, w):
+        self.a = a
+        self.w = w                                   # the tmpfs
+        self.sg = os.path.join(w, "bin", "spawngrid")  # a copy: stable while others rebuild
+        self.data = os.path.join(w, "sg")
+        self.root = os.path.join(w, "rootfs", "root")  # the rootfs every tool runs on
+        self.peers_dir = os.path.join(w, "peers")       # a shared tmpfs (see PeerNs)
+        self.ns = PeerNs(self.peers_dir)
+        self.notes = {}
+        self.t = a.timeout
+        self.debs = None
+
+    # spawngrid CLI
+    def env(self, *args, **kw):
+        return run([self.sg, "env", "--data", self.data, *args], self.t, **kw)
+
+    def lib(self, *args, **kw):
+        return run([self.sg, "lib", "--data", self.data, *args], self.t, **kw)
+
+    def spawn(self, env, source=SNAP, disk=False):
+        args = ["--json", "spawn", source, "--as", env] + (["--disk"] if disk else [])
+        dt, out, _ = self.env(*args, what=f"spawngrid env spawn {source} --as {env}")
+        try:
+            inproc = json.loads(out)["ms"] / 1e3
+        except (ValueError, KeyError):
+            inproc = None
+        return dt, inproc
+
+    def exec_(self, env, *cmd, **kw):
+        return self.env("exec", env, "--", *cmd, what=f"spawngrid env exec {env} -- {' '.join(cmd)}",
+                        **kw)
+
+    def boom(self, env):
+        return self.env("boom", env, what=f"spawngrid env boom {env}")[0]
+
+    def envs(self):
+        _, out, _ = self.env("--json", "ls", what="spawngrid env ls --json")
+        return json.loads(out)
+
+    def upper(self, env):
+        return os.path.join(self.data, "envs", env, "rw", "upper")
+
+    def podman(self, *args):
+        p = os.path.join(self.peers_dir, "podman")
+        return ["podman", "--root", f"{p}/root", "--runroot", f"{p}/run", "--storage-driver",
+                "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none",
+                "--tmpdir", f"{p}/tmp", *args]
+
+    def podman_run_opts(self):
+        # This host's root lacks CAP_SYS_RESOURCE, so podman's default rlimits (nofile 1048576,
+        # nproc 4194304) fail in crun with EPERM; podman also lowers its own nproc to 32768.
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
+        return ["--network", "none", "--memory", MEM_LIMIT.lower(), "--pids-limit", str(PIDS_LIMIT),
+                "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def prepare(self, base):
+        os.makedirs(os.path.dirname(self.sg))
+        shutil.copy2(self.a.spawngrid, self.sg)
+        log(f"warming the page cache and copying {base} onto the tmpfs")
+        run(f"tar -C {shlex.quote(base)} -cf - . | cat > /dev/null", self.t)
+        os.makedirs(os.path.dirname(self.root))
+        run(["cp", "-a", base, self.root], self.t)
+        pad = os.path.join(self.root, "var", "cache", "bench-pad.bin")
+        log(f"adding a {self.a.pad_mb} MB pseudo-random pad file ({pad[len(self.root):]})")
+        rng = random.Random(4)
+        left = int(self.a.pad_mb * MB)
+        with open(pad, "wb") as f:
+            while left > 0:
+                n = min(left, 1 << 20)
+                f.write(rng.randbytes(n))
+                left -= n
+        size, entries = tree_stats(self.root)
+        info = {"base": base, "logical_bytes": size, "entries": entries,
+                "pad_bytes": int(self.a.pad_mb * MB)}
+        log(f"importing the rootfs ({size / MB:.1f} MB, {entries} entries) as {SNAP}")
+        dt, out, _ = self.lib("--json", "import", SNAP, self.root, what=f"lib import {SNAP}")
+        info["import_s"] = dt
+        try:
+            info["import"] = json.loads(out)
+        except ValueError:
+            info["import"] = out.strip()
+        # peers' shared tmpfs (PeerNs)
+        os.makedirs(self.peers_dir)
+        mount("peers", self.peers_dir, "tmpfs", 0, f"size={self.a.tmpfs_size},mode=0755")
+        mount(None, self.peers_dir, None, MS_SHARED)
+        # Before any spawn: the holder's namespace copies the host's mounts when it starts, and
+        # a copy of the snapfs mount or of an env's mounts would keep them alive.
+        self.ns.start()
+        return info
+
+    def prepare_debs(self):
+        """Downloads make + python3-minimal and what they need beyond the rootfs (once, into
+        /var/cache/spawngrid/debs/<codename>/) and lists dpkg -i passes in Pre-Depends order."""
+        cn, host_cn = os_codename(self.root), os_codename("/")
+        if not cn or cn != host_cn:
+            raise StepFailed(f"the host's apt suite ({host_cn}) differs from the rootfs' ({cn}): "
+                             "cannot fetch matching .debs with apt-get download")
+        cache = os.path.join(DEB_CACHE, cn)
+        manifest = os.path.join(cache, "manifest.json")
+        m = None
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                m = json.load(f)
+            if (m.get("requested") != REQUESTED_DEBS or m.get("rootfs") != self.a.base_path
+                    or not all(os.path.exists(os.path.join(cache, x)) for x in m["files"])):
+                m = None
+        if m is None:
+            installed = set()
+            with open(os.path.join(self.root, "var/lib/dpkg/status")) as f:
+                pkg = None
+                for line in f:
+                    if line.startswith("Package:"):
+                        pkg = line.split(":", 1)[1].strip()
+                    elif line.startswith("Status:") and line.strip().endswith(" installed"):
+                        installed.add(pkg)
+            _, out, _ = run(["apt-cache", "depends", "--recurse", "--no-recommends",
+                             "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces",
+                             "--no-enhances", *REQUESTED_DEBS], 300)
+            closure = sorted({l.split(":")[0] for l in out.splitlines()
+                              if l and not l[0].isspace() and not l.startswith("<")})
+            need = [p for p in closure if p not in installed]
+            log(f"apt-get download {' '.join(need)} into {cache}")
+            os.makedirs(cache, exist_ok=True)
+            for f in os.listdir(cache):
+                if f.endswith(".deb"):
+                    os.unlink(os.path.join(cache, f))
+            dl = ["apt-get", "download", "-o", "APT::Sandbox::User=root", *need]
+            try:
+                run(dl, 900, cwd=cache)
+            except StepFailed:
+                run(["apt-get", "update", "-qq"], 900)
+                run(dl, 900, cwd=cache)
+            files = sorted(f for f in os.listdir(cache) if f.endswith(".deb"))
+            m = {"requested": REQUESTED_DEBS, "rootfs": self.a.base_path, "packages": need,
+                 "files": files}
+            with open(manifest, "w") as f:
+                json.dump(m, f, indent=2)
+        # dpkg -i passes: a package goes after the packages of the set it Pre-Depends on
+        pre = {}
+        for fn in m["files"]:
+            _, out, _ = run(["dpkg-deb", "-f", os.path.join(cache, fn), "Package", "Pre-Depends"],
+                            60)
+            fields = dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
+            name = fields["Package"].strip()
+            deps = {alt.strip().split()[0].split(":")[0]
+                    for d in fields.get("Pre-Depends", "").split(",") if d.strip()
+                    for alt in d.split("|")[:1]}
+            pre[fn] = (name, deps)
+        names = {v[0] for v in pre.values()}
+        passes, done = [], set()
+        left = dict(pre)
+        while left:
+            ready = [fn for fn, (n, deps) in left.items() if not (deps & names) - done]
+            if not ready:
+                ready = list(left)
+            passes.append(sorted(ready))
+            for fn in ready:
+                done.add(left.pop(fn)[0])
+        d = os.path.join(self.w, "debs")
+        os.makedirs(d)
+        for fn in m["files"]:
+            shutil.copy2(os.path.join(cache, fn), d)
+        tarball = os.path.join(self.w, "debs.tar")
+        run(["tar", "-C", d, "-cf", tarball, "."], 60)
+        self.debs = {"dir": d, "tar": tarball, "passes": passes, "packages": m["packages"],
+                     "bytes": sum(os.path.getsize(os.path.join(d, f)) for f in m["files"])}
+        return self.debs
+
+    def install_script(self, dir_):
+        steps = [f"dpkg -i {' '.join(f'{dir_}/{fn}' for fn in p)} >/dev/null"
+                 for p in self.debs["passes"]]
+        return " && ".join(["set -e", "export PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + steps + ["python3 -c 'print(1)' >/dev/null",
+                                                 "make --version >/dev/null"])
+
+    # -- variants for the latency rounds ------------------------------------------------------
+
+    def variants(self, peers, unavailable):
+        vs = [SgVariant(self, "spawngrid", SNAP, "snapshot (snapfs lower), tmpfs upper"),
+              SgVariant(self, "spawngrid-dir", self.root, "directory lower (id-mapped), tmpfs upper")]
+        for p in peers:
+            if p in unavailable:
+                vs.append(Unavailable(p, unavailable[p]))
+                continue
+            if p == "bwrap":
+                vs.append(Bwrap(self, overlay=False))
+                vs.append(Bwrap(self, overlay=True))
+            elif p == "crun":
+                vs.append(Crun(self))
+            elif p == "nspawn":
+                vs.append(Nspawn(self))
+            elif p == "lxc":
+                vs.append(Lxc(self))
+            elif p == "podman":
+                vs.append(Podman(self, image=False))
+                vs.append(Podman(self, image=True))
+        return vs
+
+
+class Variant:
+    name = "?"
+    layer = ""
+    kind = "peer"
+
+    def __init__(self):
+        self.error = None
+        self.samples = []
+        self.notes = []
+
+    def setup(self):
+        pass
+
+    def sample(self, i):
+        raise NotImplementedError
+
+    def teardown(self):
+        pass
+
+
+class Unavailable(Variant):
+    def __init__(self, name, why):
+        super().__init__()
+        self.name = name
+        self.error = why
+
+
+class SgVariant(Variant):
+    kind = "spawngrid"
+
+    def __init__(self, b, name, source, layer):
+        super().__init__()
+        self.b, self.name, self.source, self.layer = b, name, source, layer
+
+    def sample(self, i):
+        env = f"lat-{'n' if self.source == SNAP else 'd'}-{i}"
+        t_spawn, inproc = self.b.spawn(env, self.source)
+        try:
+            t_exec = self.b.exec_(env, "true")[0]
+        finally:
+            t_boom = self.b.boom(env)
+        return {"spawn": t_spawn, "spawn_inproc": inproc, "exec": t_exec, "boom": t_boom,
+                "first_cmd": t_spawn + t_exec, "total": t_spawn + t_exec + t_boom}
+
+
+class Bwrap(Variant):
+    def __init__(self, b, overlay):
+        super().__init__()
+        self.b, self.overlay = b, overlay
+        self.name = "bwrap+overlay" if overlay else "bwrap"
+        self.layer = ("overlay + fresh 100M tmpfs upper, mounted by the bench (bwrap 0.8 has no "
+                      "--overlay)" if overlay else "read-only root, tmpfs /tmp")
+        self.ns_args = ["--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]
+
+    def sample(self, i):
+        if not self.overlay:
+            return {"total": run(["bwrap", "--ro-bind", self.b.root, "/", *self.ns_args, "--tmpfs",
+                                  "/tmp", "true"], 120)[0]}
+        t0 = time.perf_counter()
+        with Overlay(os.path.join(self.b.w, "ovl-bwrap"), self.b.root) as o:
+            run(["bwrap", "--bind", o.root, "/", *self.ns_args, "true"], 120)
+        return {"total": time.perf_counter() - t0}
+
+
+def crun_bundle(bundle, root, args):
+    """`crun spec`'s default rootful config (pid, net, ipc, uts, mount namespaces) + a cgroup
+    namespace, spawngrid's memory and pids limits, no terminal."""
+    os.makedirs(bundle, exist_ok=True)
+    cfg_path = os.path.join(bundle, "config.json")
+    if os.path.exists(cfg_path):
+        os.unlink(cfg_path)
+    run(["crun", "spec"], 60, cwd=bundle)
+    with open(cfg_path) as f:
+        c = json.load(f)
+    c["root"] = {"path": root, "readonly": False}
+    c["process"]["args"] = args
+    c["process"]["terminal"] = False
+    c["hostname"] = "crun"
+    c["linux"]["namespaces"].append({"type": "cgroup"})
+    c["linux"].setdefault("resources", {})
+    c["linux"]["resources"]["memory"] = {"limit": MEM_LIMIT_BYTES}
+    c["linux"]["resources"]["pids"] = {"limit": PIDS_LIMIT}
+    with open(cfg_path, "w") as f:
+        json.dump(c, f, indent=1)
+
+
+class Crun(Variant):
+    name = "crun+overlay"
+    layer = "overlay + fresh 100M tmpfs upper, mounted by the bench; cgroup limits"
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = b
+        self.bundle = os.path.join(b.peers_dir, "crun")
+        self.ovl = os.path.join(b.peers_dir, "crun-ovl")
+        self.prefix = None
+        self.preexec = None
+
+    def setup(self):
+        crun_bundle(self.bundle, os.path.join(self.ovl, "root"), ["true"])
+        attempts = [("host, cgroup manager cgroupfs", ["crun"], False),
+                    ("host, --cgroup-manager=disabled", ["crun", "--cgroup-manager=disabled"], False),
+                    ("private mount namespace without /sys/fs/cgroup/unified, cgroupfs", ["crun"],
+                     True)]
+        for label, prefix, in_ns in attempts:
+            if in_ns:
+                self.b.ns.start()
+            self.prefix, self.preexec = prefix, (self.b.ns.preexec() if in_ns else None)
+            try:
+                self.sample("probe")
+                self.notes.append(f"ran: {label}")
+                return
+            except StepFailed as e:
+                self.notes.append(f"{label}: {e}")
+        raise StepFailed("; ".join(self.notes))
+
+    def sample(self, i):
+        t0 = time.perf_counter()
+        with Overlay(self.ovl, self.b.root):
+            run([*self.prefix, "run", "-b", self.bundle, f"bench-{os.getpid()}-{i}"], 120,
+                preexec_fn=self.preexec)
+        return {"total": time.perf_counter() - t0}
+
+
+class Nspawn(Variant):
+    name = "systemd-nspawn"
+    layer = "--volatile=overlay (tmpfs upper)"
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = b
+
+    def argv(self):
+        return ["systemd-nspawn", "-q", "-D", self.b.root, "--volatile=overlay", "--register=no",
+                "--keep-unit", "--private-network", "--machine", "bench", "true"]
+
+    def setup(self):
+        _, _, err = run(self.argv(), 120)
+        if err.strip():
+            self.notes.append(f"stderr (exit 0): {last_line(err)}")
+
+    def sample(self, i):
+        return {"total": run(self.argv(), 120)[0]}
+
+
+LXC_COMMON = """\
+lxc.net.0.type = empty
+lxc.apparmor.profile = unconfined
+lxc.include = /usr/share/lxc/config/common.conf
+# common.conf.d/00-lxcfs.conf (installed with lxc) adds lxcfs hooks; its post-stop hook sleeps
+# 0.5 s after every container. Cleared: lxcfs is not in use here.
+lxc.hook.mount =
+lxc.hook.post-stop =
+"""
+
+
+def lxc_limits():
+    if cgroup_v2():
+        return f"lxc.cgroup2.memory.max = {MEM_LIMIT_BYTES}\nlxc.cgroup2.pids.max = {PIDS_LIMIT}\n"
+    return (f"lxc.cgroup.memory.limit_in_bytes = {MEM_LIMIT_BYTES}\n"
+            f"lxc.cgroup.pids.max = {PIDS_LIMIT}\n")
+
+
+class Lxc(Variant):
+    name = "lxc-execute"
+    layer = "overlay rootfs (upper on the bench tmpfs, emptied between runs)"
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = b
+        self.path = os.path.join(b.w, "lxc")
+        self.upper = os.path.join(b.w, "lxc-upper", "lat")
+
+    def setup(self):
+        d = os.path.join(self.path, "lat")
+        os.makedirs(d)
+        os.makedirs(self.upper)
+        with open(os.path.join(d, "config"), "w") as f:
+            f.write(f"lxc.uts.name = lat\nlxc.rootfs.path = overlay:{self.b.root}:{self.upper}\n"
+                    + LXC_COMMON + lxc_limits())
+        self.sample("probe")
+
+    def sample(self, i):
+        dt = run(["lxc-execute", "-n", "lat", "-P", self.path, "--", "true"], 120)[0]
+        for e in os.listdir(self.upper):   # a fresh write layer per run, untimed
+            p = os.path.join(self.upper, e)
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        return {"total": dt}
+
+
+class Podman(Variant):
+    def __init__(self, b, image):
+        super().__init__()
+        self.b, self.image = b, image
+        self.name = "podman-image" if image else "podman-rootfs"
+        self.layer = ("image imported from the rootfs, overlay driver" if image
+                      else "--rootfs DIR:O (overlay on the directory)")
+        self.preexec = None
+        self.opts = []
+
+    def target(self):
+        return ["localhost/bench-base"] if self.image else ["--rootfs", f"{self.b.root}:O"]
+
+    def setup(self):
+        b = self.b
+        if self.image:
+            b.ns.start()
+            self.preexec = b.ns.preexec()
+            self.opts = b.podman_run_opts()
+            if not b.notes.get("podman_import_s"):
+                dt, _, _ = run(f"tar -C {shlex.quote(b.root)} --numeric-owner -cf - . | "
+                               + " ".join(shlex.quote(x) for x in b.podman(
+                                   "import", "-q", "-", "localhost/bench-base")),
+                               b.t, preexec_fn=self.preexec, what="tar | podman import")
+                b.notes["podman_import_s"] = dt
+            self.sample("probe")
+            self.notes.append("ran in the private mount namespace (see crun), with --ulimit")
+            return
+        attempts = [("host, defaults", False, ["--network", "none"]),
+                    ("host, --ulimit nofile/nproc within the hard limits", False,
+                     b.podman_run_opts()),
+                    ("private mount namespace without /sys/fs/cgroup/unified", True,
+                     b.podman_run_opts())]
+        errs = []
+        for label, in_ns, opts in attempts:
+            if in_ns:
+                b.ns.start()
+            self.preexec, self.opts = (b.ns.preexec() if in_ns else None), opts
+            try:
+                self.sample("probe")
+                self.notes.append(f"ran: {label}")
+                return
+            except StepFailed as e:
+                self.notes.append(f"{label}: {e}")
+                errs.append(str(e))
+        raise StepFailed("; ".join(errs))
+
+    def sample(self, i):
+        return {"total": run(self.b.podman("run", "--rm", *self.opts, *self.target(), "true"),
+                             120, preexec_fn=self.preexec)[0]}
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+def section_latency(b, peers, unavailable):
+    a = b.a
+    log("latency: warm-up (the first spawn mounts the snapshot with snapfs)")
+    first = {}
+    for i in range(3):
+        t_spawn, inproc = b.spawn(f"warm-{i}")
+        t_exec = b.exec_(f"warm-{i}", "true")[0]
+        t_boom = b.boom(f"warm-{i}")
+        if i == 0:
+            first = {"spawn_s": t_spawn, "spawn_inproc_s": inproc, "exec_s": t_exec,
+                     "boom_s": t_boom}
+    vs = b.variants(peers, unavailable)
+    for v in vs:
+        if v.error:
+            continue
+        try:
+            log(f"latency: setting up {v.name}")
+            v.setup()
+            for i in range(2):
+                v.sample(f"w{i}")
+        except StepFailed as e:
+            v.error = f"failed: {e}"
+            log(f"{v.name} {v.error}")
+    for i in range(a.n):
+        if i % 10 == 0:
+            log(f"latency: round {i + 1}/{a.n}")
+        for v in vs:
+            if v.error:
+                continue
+            try:
+                v.samples.append(v.sample(i))
+            except StepFailed as e:
+                v.error = f"failed in round {i + 1}: {e}"
+                log(f"{v.name} {v.error}")
+    for v in vs:
+        try:
+            v.teardown()
+        except StepFailed as e:
+            v.notes.append(f"teardown: {e}")
+    # Diagnostic: every `env spawn NAME` runs `spawngrid lib mount SCORE DIR --uid-offset N` as a
+    # child (which opens the library and reads the snapshot before it sees the mount is live).
+    remount = None
+    mdir = os.path.join(b.data, "mounts")
+    for fn in sorted(os.listdir(mdir)) if os.path.isdir(mdir) else []:
+        if not fn.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(mdir, fn)) as f:
+                r = json.load(f)
+            argv = [b.sg, "lib", "--data", b.data, "mount", r["score"], r["dir"],
+                    "--uid-offset", str(r["id_offset"])]
+            run(argv, 120)
+            remount = summary_ms([run(argv, 120)[0] for _ in range(10)])
+            remount["command"] = "spawngrid lib mount SCORE DIR --uid-offset N (already mounted)"
+        except (OSError, ValueError, KeyError, StepFailed) as e:
+            remount = {"error": str(e)}
+        break
+    rows = []
+    for v in vs:
+        row = {"tool": v.name, "kind": v.kind, "write_layer": v.layer, "notes": v.notes}
+        if v.error and not v.samples:
+            row["status"] = v.error
+        else:
+            row["status"] = v.error or "ok"
+            keys = v.samples[0].keys()
+            for k in keys:
+                vals = [s[k] for s in v.samples if s.get(k) is not None]
+                row[k] = summary_ms(vals)
+        rows.append(row)
+    return {"first_spawn": first, "rows": rows, "lib_mount_reuse": remount}
+
+
+def section_attach(b, peers, unavailable):
+    a = b.a
+    env = "attach"
+    b.spawn(env)
+    try:
+        b.exec_(env, "true")
+        warm = [b.exec_(env, "true")[0] for _ in range(a.n)]
+        idle = []
+        for _ in range(a.idle_samples):
+            time.sleep(0.5)
+            idle.append(b.exec_(env, "true")[0])
+    finally:
+        b.boom(env)
+    res = {"warm": summary_ms(warm), "after_idle_0_5s": summary_ms(idle), "peers": {}}
+    # The peers' attach into a running container (`sleep infinity`), back to back.
+    sleeper = ["sh", "-c", "exec sleep infinity </dev/null >/dev/null 2>&1"]
+    for p in peers:
+        if p in ("bwrap", "nspawn"):
+            continue          # no attach command for a running bwrap / nspawn without machined
+        if p in unavailable:
+            res["peers"][p] = {"status": unavailable[p]}
+            continue
+        name = {"crun": "crun exec", "lxc": "lxc-attach", "podman": "podman exec"}[p]
+        stop = None
+        try:
+            if p == "crun":
+                pre = b.ns.preexec()
+                bundle = os.path.join(b.peers_dir, "crun-attach")
+                ovl = Overlay(os.path.join(b.peers_dir, "crun-attach-ovl"), b.root).__enter__()
+                crun_bundle(bundle, ovl.root, sleeper)
+                cid = f"bench-{os.getpid()}-attach"
+                run(["crun", "run", "-d", "-b", bundle, cid], 120, preexec_fn=pre)
+
+                def stop():
+                    run(["crun", "delete", "-f", cid], 120, preexec_fn=pre, check=False)
+                    ovl.__exit__(None, None, None)
+                one = lambda: run(["crun", "exec", cid, "true"], 120, preexec_fn=pre)[0]
+            elif p == "lxc":
+                path = os.path.join(b.w, "lxc")
+                upper = os.path.join(b.w, "lxc-upper", "att")
+                os.makedirs(os.path.join(path, "att"))
+                os.makedirs(upper)
+                with open(os.path.join(path, "att", "config"), "w") as f:
+                    f.write(f"lxc.uts.name = att\nlxc.rootfs.path = overlay:{b.root}:{upper}\n"
+                            + LXC_COMMON + lxc_limits())
+                run(["lxc-start", "-n", "att", "-P", path, "-d", "--", *sleeper], 120)
+                run(["lxc-wait", "-n", "att", "-P", path, "-s", "RUNNING", "-t", "10"], 120)
+
+                def stop():
+                    run(["lxc-stop", "-k", "-n", "att", "-P", path], 120, check=False)
+                one = lambda: run(["lxc-attach", "-n", "att", "-P", path, "--", "true"], 120)[0]
+            else:
+                pre = b.ns.preexec()
+                run(b.podman("run", "-d", "--name", "attach", *b.podman_run_opts(), "--rootfs",
+                             f"{b.root}:O", *sleeper), 120, preexec_fn=pre)
+
+                def stop():
+                    run(b.podman("rm", "-f", "-t", "0", "attach"), 120, preexec_fn=pre,
+                        check=False)
+                one = lambda: run(b.podman("exec", "attach", "true"), 120, preexec_fn=pre)[0]
+            one()
+            warm_p = [one() for _ in range(a.n)]
+            idle_p = []
+            for _ in range(a.idle_samples):
+                time.sleep(0.5)
+                idle_p.append(one())
+            res["peers"][p] = {"status": "ok", "name": name, "warm": summary_ms(warm_p),
+                               "after_idle_0_5s": summary_ms(idle_p)}
+        except StepFailed as e:
+            res["peers"][p] = {"status": f"failed: {e}", "name": name}
+            log(f"attach {name}: {e}")
+        finally:
+            if stop:
+                stop()
+    return res
+
+
+SAVE_CASES = [
+    ("1 changed file", "echo spawngrid-bench >> /etc/issue", False),
+    ("10 MB new", "head -c 10000000 /dev/urandom > /root/changes.bin", False),
+    ("100 MB new", "head -c 100000000 /dev/urandom > /root/changes.bin", False),
+    ("1 changed file", "echo spawngrid-bench >> /etc/issue", True),
+    ("10 MB new", "head -c 10000000 /dev/urandom > /root/changes.bin", True),
+    ("100 MB new", "head -c 100000000 /dev/urandom > /root/changes.bin", True),
+]
+
+
+def section_save(b):
+    rows = []
+    for ci, (label, cmd, disk) in enumerate(SAVE_CASES):
+        layer = "disk (1 GiB ext4 image)" if disk else "tmpfs (100 MiB)"
+        row = {"case": label, "write_layer": layer, "change_cmd": cmd}
+        walls, inproc, booms, uppers = [], [], [], []
+        try:
+            for r in range(b.a.repeat):
+                env = f"save-{ci}-{r}"
+                b.spawn(env, disk=disk)
+                try:
+                    b.exec_(env, "sh", "-c", cmd)
+                    uppers.append(du_bytes(b.upper(env)))
+                    dt, out, _ = b.env("--json", "save", env, f"saved-{ci}-{r}",
+                                       what=f"spawngrid env save {env}")
+                    walls.append(dt)
+                    try:
+                        inproc.append(json.loads(out)["seconds"])
+                    except (ValueError, KeyError):
+                        pass
+                finally:
+                    booms.append(b.boom(env))
+            row.update(status="ok", save=summary_ms(walls), save_inproc=summary_ms(inproc),
+                       boom_after=summary_ms(booms), upper_bytes=statistics.median(uppers))
+        except StepFailed as e:
+            row["status"] = f"failed: {e}"
+            log(f"save {label} on {layer}: {e}")
+        rows.append(row)
+        if row["status"] == "ok":
+            log(f"save {label} ({layer}): p50 {row['save']['p50']:.1f} ms")
+    return rows
+
+
+def section_session(b, peers, unavailable):
+    a = b.a
+    debs = b.prepare_debs()
+    res = {"debs": {k: debs[k] for k in ("packages", "passes", "bytes")}, "rows": {}}
+    rows = res["rows"]
+
+    def add(tool, key, val):
+        rows.setdefault(tool, {}).setdefault(key, []).append(val)
+
+    # spawngrid
+    try:
+        for r in range(a.repeat):
+            env = f"sess-{r}"
+            b.spawn(env)
+            try:
+                with open(debs["tar"], "rb") as f:
+                    b.exec_(env, "sh", "-c", "mkdir -p /tmp/debs && tar -x -C /tmp/debs", stdin=f)
+                b.exec_(env, "sh", "-c", b.install_script("/tmp/debs") + " && rm -rf /tmp/debs")
+                up = b.upper(env)
+                add("spawngrid save", "upper_bytes", du_bytes(up))
+                dt, out, _ = b.env("--json", "save", env, f"sess-saved-{r}",
+                                   what=f"spawngrid env save {env}")
+                add("spawngrid save", "s", dt)
+                try:
+                    add("spawngrid save", "inproc_s", json.loads(out)["seconds"])
+                except (ValueError, KeyError):
+                    pass
+                out_tar = os.path.join(b.w, "upper.tar")
+                dt, _, _ = run(["tar", "-C", up, "--xattrs", "--xattrs-include=*", "--acls",
+                                "--numeric-owner", "-cf", out_tar, "."], b.t)
+                add("tar of the upper", "s", dt)
+                add("tar of the upper", "bytes", os.path.getsize(out_tar))
+                os.unlink(out_tar)
+            finally:
+                b.boom(env)
+    except StepFailed as e:
+        rows.setdefault("spawngrid save", {})["error"] = f"failed: {e}"
+        log(f"session spawngrid: {e}")
+
+    # podman commit (image container, in the peers' namespace)
+    if "podman" in peers:
+        if "podman" in unavailable:
+            rows["podman commit"] = {"error": unavailable["podman"]}
+        else:
+            try:
+                b.ns.start()
+                pre = b.ns.preexec()
+                if not b.notes.get("podman_import_s"):
+                    dt, _, _ = run(f"tar -C {shlex.quote(b.root)} --numeric-owner -cf - . | "
+                                   + " ".join(shlex.quote(x) for x in b.podman(
+                                       "import", "-q", "-", "localhost/bench-base")),
+                                   b.t, preexec_fn=pre, what="tar | podman import")
+                    b.notes["podman_import_s"] = dt
+                for r in range(a.repeat):
+                    c = f"sess-{r}"
+                    run(b.podman("run", "--name", c, *b.podman_run_opts(), "-v",
+                                 f"{debs['dir']}:/debs:ro", "localhost/bench-base", "sh", "-c",
+                                 b.install_script("/debs")), b.t, preexec_fn=pre,
+                        what="podman run (dpkg -i)")
+                    dt, _, _ = run(b.podman("commit", "-q", c, f"localhost/sess-{r}"), b.t,
+                                   preexec_fn=pre, what="podman commit")
+                    add("podman commit", "s", dt)
+                    run(b.podman("rm", c), b.t, preexec_fn=pre)
+                    run(b.podman("rmi", f"localhost/sess-{r}"), b.t, preexec_fn=pre)
+            except StepFailed as e:
+                rows.setdefault("podman commit", {})["error"] = f"failed: {e}"
+                log(f"session podman: {e}")
+
+    # lxc-snapshot and lxc-copy of a dir-backed container
+    if "lxc" in peers:
+        if "lxc" in unavailable:
+            rows["lxc-snapshot"] = {"error": unavailable["lxc"]}
+        else:
+            u = ensure_tool("rsync", "rsync")
+            if u:
+                rows["lxc-snapshot"] = {"error": f"{u} (lxc-snapshot of a dir rootfs uses rsync)"}
+            else:
+                path = os.path.join(b.w, "lxc-sess")
+                try:
+                    for r in range(a.repeat):
+                        c = f"sess{r}"
+                        d = os.path.join(path, c)
+                        os.makedirs(d)
+                        run(["cp", "-a", b.root, os.path.join(d, "rootfs")], b.t)
+                        with open(os.path.join(d, "config"), "w") as f:
+                            f.write(f"lxc.uts.name = {c}\n"
+                                    f"lxc.rootfs.path = dir:{d}/rootfs\n" + LXC_COMMON
+                                    + lxc_limits() + f"lxc.mount.entry = {debs['dir']} debs none "
+                                    "bind,ro,create=dir 0 0\n")
+                        run(["lxc-execute", "-n", c, "-P", path, "--", "sh", "-c",
+                             b.install_script("/debs")], b.t, what="lxc-execute (dpkg -i)")
+                        dt, _, _ = run(["lxc-snapshot", "-n", c, "-P", path], b.t)
+                        add("lxc-snapshot", "s", dt)
+                        dt, _, _ = run(["lxc-copy", "-n", c, "-N", f"{c}copy", "-P", path], b.t)
+                        add("lxc-copy", "s", dt)
+                        shutil.rmtree(path)
+                except StepFailed as e:
+                    rows.setdefault("lxc-snapshot", {})["error"] = f"failed: {e}"
+                    log(f"session lxc: {e}")
+                finally:
+                    shutil.rmtree(path, ignore_errors=True)
+    for tool, v in rows.items():
+        if v.get("s"):
+            v["all_s"] = v["s"]
+            v["first_ms"] = v["s"][0] * 1e3
+            v["median_ms"] = statistics.median(v["s"]) * 1e3
+            v["median_later_ms"] = (statistics.median(v["s"][1:]) * 1e3
+                                    if len(v["s"]) > 1 else None)
+            if v.get("inproc_s"):
+                v["inproc_first_ms"] = v["inproc_s"][0] * 1e3
+                v["inproc_median_ms"] = statistics.median(v["inproc_s"]) * 1e3
+    return res
+
+
+def cgroup_mem(env):
+    if cgroup_v2():
+        d = f"/sys/fs/cgroup/spawngrid/{env}"
+        usage_file, keys = "memory.current", ("anon", "file", "shmem", "kernel")
+    else:
+        d = f"/sys/fs/cgroup/memory/spawngrid/{env}"
+        usage_file, keys = "memory.usage_in_bytes", ("rss", "cache", "shmem", "mapped_file")
+    try:
+        with open(os.path.join(d, usage_file)) as f:
+            usage = int(f.read())
+        st = {}
+        with open(os.path.join(d, "memory.stat")) as f:
+            for line in f:
+                k, v = line.split()
+                if k in keys:
+                    st[k] = int(v)
+        return usage, st
+    except OSError:
+        return None, {}
+
+
+def pss_of(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def section_density(b):
+    k = b.a.density
+    run(["sync"], 120)
+    time.sleep(1)
+    m0 = meminfo()
+    spawns, inprocs = [], []
+    names = [f"dens-{i:04d}" for i in range(k)]
+    t0 = time.perf_counter()
+    res = {"k": k}
+    try:
+        for i, n in enumerate(names):
+            dt, ip = b.spawn(n)
+            spawns.append(dt)
+            if ip is not None:
+                inprocs.append(ip)
+            if (i + 1) % 100 == 0:
+                log(f"density: {i + 1}/{k} envs")
+        res["spawn_all_s"] = time.perf_counter() - t0
+        time.sleep(2)
+        m1 = meminfo()
+        envs = {e["env"]: e for e in b.envs()}
+        usage_sum, stat_sum, pss_sum, pss_n = 0, {}, 0, 0
+        for n in names:
+            u, st = cgroup_mem(n)
+            usage_sum += u or 0
+            for kk, vv in st.items():
+                stat_sum[kk] = stat_sum.get(kk, 0) + vv
+            p = pss_of(envs.get(n, {}).get("init_pid"))
+            if p is not None:
+                pss_sum += p
+                pss_n += 1
+        t_ls = run([b.sg, "env", "--data", b.data, "--json", "ls"], b.t)[0]
+        res.update({
+            "running": sum(1 for n in names if envs.get(n, {}).get("running")),
+            "spawn": summary_ms(spawns), "spawn_inproc": summary_ms(inprocs),
+            "spawn_first10_p50_ms": statistics.median(spawns[:10]) * 1e3,
+            "spawn_last10_p50_ms": statistics.median(spawns[-10:]) * 1e3,
+            "memavailable_delta_per_env_bytes": (m0["MemAvailable"] - m1["MemAvailable"]) / k,
+            "memfree_delta_per_env_bytes": (m0["MemFree"] - m1["MemFree"]) / k,
+            "meminfo_delta_per_env_bytes": {x: (m1[x] - m0[x]) / k for x in (
+                "Shmem", "Slab", "SUnreclaim", "KernelStack", "PageTables", "AnonPages",
+                "Cached")},
+            # Not reclaimable: what idle envs cost the host for sure (MemAvailable also moves with
+            # other work, DAMON reclaim and free page reporting in a VM).
+            "unreclaimable_delta_per_env_bytes": sum(m1[x] - m0[x] for x in (
+                "AnonPages", "Shmem", "SUnreclaim", "KernelStack", "PageTables")) / k,
+            "cgroup_usage_per_env_bytes": usage_sum / k,
+            "cgroup_stat_per_env_bytes": {kk: vv / k for kk, vv in stat_sum.items()},
+            "init_pss_per_env_bytes": pss_sum / pss_n if pss_n else None,
+            "env_ls_s": t_ls,
+        })
+    finally:
+        booms = []
+        t0 = time.perf_counter()
+        for n in names:
+            if os.path.isdir(os.path.join(b.data, "envs", n)):
+                booms.append(b.boom(n))
+        res["boom_all_s"] = time.perf_counter() - t0
+        res["boom"] = summary_ms(booms)
+    time.sleep(2)
+    m2 = meminfo()
+    res["memavailable_after_boom_vs_before_bytes"] = m2["MemAvailable"] - m0["MemAvailable"]
+    return res
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+
+def mounts_under(path):
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp == path or mp.startswith(path + "/"):
+                out.append(mp)
+    return out
+
+
+def cleanup(b, mnt, cgroups_before):
+    if b is not None:
+        if shutil.which("crun") and b.ns.proc:
+            try:
+                _, out, _ = run(["crun", "list", "-q"], 60, preexec_fn=b.ns.preexec(),
+                                check=False)
+                for c in out.split():
+                    if c.startswith(f"bench-{os.getpid()}-"):
+                        run(["crun", "delete", "-f", c], 60, preexec_fn=b.ns.preexec(),
+                            check=False)
+            except StepFailed:
+                pass
+        if b.ns.proc and shutil.which("podman"):
+            try:
+                run(b.podman("rm", "-af", "-t", "0"), 120, preexec_fn=b.ns.preexec(), check=False)
+            except StepFailed:
+                pass
+        b.ns.stop()
+    if b is not None and os.path.exists(b.sg):
+        try:
+            for e in b.envs():
+                try:
+                    b.boom(e["env"])
+                except StepFailed as ex:
+                    log(f"cleanup: {ex}")
+        except (StepFailed, ValueError) as ex:
+            log(f"cleanup: env ls: {ex}")
+        mdir = os.path.join(b.data, "mounts")
+        if os.path.isdir(mdir):
+            for s in os.listdir(mdir):
+                m = os.path.join(mdir, s, "root")
+                if os.path.ismount(m):
+                    try:
+                        b.lib("umount", m)
+                    except StepFailed as ex:
+                        log(f"cleanup: {ex}")
+    for m in sorted(mounts_under(mnt), key=len, reverse=True):
+        for attempt in range(3):
+            if subprocess.run(["umount", m], stderr=subprocess.DEVNULL).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            subprocess.run(["umount", "-l", m])
+    try:
+        os.rmdir(mnt)
+    except OSError:
+        pass
+    # peers' leftover empty cgroup directories that this run created
+    for d in sorted(set(cgroup_dirs()) - cgroups_before, key=len, reverse=True):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def cgroup_dirs():
+    out = []
+    for ctl in os.listdir("/sys/fs/cgroup"):
+        top = os.path.join("/sys/fs/cgroup", ctl)
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for name in os.listdir(top):
+            if name.startswith(("lxc.", "libpod", "machine")):
+                p = os.path.join(top, name)
+                if os.path.isdir(p):
+                    for r, ds, _ in os.walk(p):
+                        out.extend(os.path.join(r, x) for x in ds)
+                    out.append(p)
+    return out
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def f1(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def report(doc):
+    lines = []
+    p = lines.append
+    src = doc["rootfs"]
+    p(f"runtime benchmark, {doc['date']}: rootfs {src['logical_bytes'] / MB:.1f} MB "
+      f"({src['entries']} entries; debootstrap minbase + {src['pad_bytes'] / MB:.0f} MB pad), "
+      f"{doc['host']['cpus']} CPUs, load {doc['host']['loadavg_start']} at start")
+    p("times in ms; wall time of each command from Python (process start included); "
+      "p99 is nearest-rank (with N=50 it is the maximum)")
+    lat = doc.get("latency")
+    if lat:
+        p("")
+        p(f"start a container on the rootfs and run `true` (N={doc['n']}, round robin; "
+          "ratio = p50 / spawngrid's p50: cycle = spawn+exec+boom, first = spawn+exec)")
+        hdr = ["tool", "p50", "p99", "mean", "x cycle", "x first", "write layer"]
+        rows = [hdr]
+        sg = next((r for r in lat["rows"] if r["tool"] == "spawngrid" and "total" in r), None)
+        for r in lat["rows"]:
+            if "total" not in r:
+                rows.append([r["tool"], r["status"]])
+                continue
+            t = r["total"]
+            if r["kind"] == "spawngrid":
+                rows.append([f"{r['tool']} spawn+exec+boom", f1(t["p50"]), f1(t["p99"]),
+                             f1(t["mean"]), f1(t["p50"] / sg["total"]["p50"], ".2f") if sg else "-",
+                             "", r["write_layer"]])
+                for k, label in (("first_cmd", "spawn+exec true (first command)"),
+                                 ("spawn", "spawn"), ("exec", "exec true (right after spawn)"),
+                                 ("boom", "boom")):
+                    x = r[k]
+                    rows.append([f"  {label}", f1(x["p50"]), f1(x["p99"]), f1(x["mean"]), "", "", ""])
+                if r.get("spawn_inproc"):
+                    x = r["spawn_inproc"]
+                    rows.append(["  spawn, in-process", f1(x["p50"]), f1(x["p99"]), f1(x["mean"]),
+                                 "", "", ""])
+            else:
+                rows.append([r["tool"], f1(t["p50"]), f1(t["p99"]), f1(t["mean"]),
+                             f1(t["p50"] / sg["total"]["p50"], ".2f") if sg else "-",
+                             f1(t["p50"] / sg["first_cmd"]["p50"], ".2f") if sg else "-",
+                             r["write_layer"]])
+        table(p, rows)
+        fs = lat.get("first_spawn")
+        if fs:
+            p(f"first spawn (mounts the snapshot): {fs['spawn_s'] * 1e3:.1f} ms")
+        rm = lat.get("lib_mount_reuse")
+        if rm and "p50" in rm:
+            p(f"`lib mount` of the live snapshot (run by every spawn by name): p50 {rm['p50']:.1f} ms")
+    at = doc.get("attach")
+    if at:
+        w, i = at["warm"], at["after_idle_0_5s"]
+        p("")
+        p(f"attach: `exec true` in a running env/container (N={w['n']} back to back; "
+          f"after 0.5 s idle: N={i['n']}; x = p50 / spawngrid's p50)")
+        rows = [["tool", "p50", "p99", "mean", "x", "idle p50", "idle max", "x idle"],
+                ["spawngrid env exec", f1(w["p50"]), f1(w["p99"]), f1(w["mean"]), "1.00",
+                 f1(i["p50"]), f1(i["max"]), "1.00"]]
+        for peer, v in at.get("peers", {}).items():
+            if v["status"] != "ok":
+                rows.append([v.get("name", peer), v["status"]])
+                continue
+            x, y = v["warm"], v["after_idle_0_5s"]
+            rows.append([v["name"], f1(x["p50"]), f1(x["p99"]), f1(x["mean"]),
+                         f1(x["p50"] / w["p50"], ".2f"), f1(y["p50"]), f1(y["max"]),
+                         f1(y["p50"] / i["p50"], ".2f")])
+        table(p, rows)
+    sv = doc.get("save")
+    if sv:
+        p("")
+        p(f"save (`env save`, env running; new bytes are random; {doc['repeat']} runs, fresh env each)")
+        rows = [["changes", "write layer", "p50", "max", "in-process p50", "upper MB"]]
+        for r in sv:
+            if r["status"] != "ok":
+                rows.append([r["case"], r["write_layer"], r["status"]])
+                continue
+            rows.append([r["case"], r["write_layer"], f1(r["save"]["p50"]), f1(r["save"]["max"]),
+                         f1(r["save_inproc"]["p50"]) if r.get("save_inproc") else "-",
+                         f1(r["upper_bytes"] / MB)])
+        table(p, rows)
+    ss = doc.get("session")
+    if ss:
+        p("")
+        d = ss["debs"]
+        p(f"session changes: dpkg -i {' '.join(d['packages'])} ({d['bytes'] / MB:.1f} MB of .debs); "
+          f"{doc['repeat']} runs")
+        rows = [["capture", "first", "median", "median of runs 2+", "notes"]]
+        for tool, v in ss["rows"].items():
+            if v.get("error"):
+                rows.append([tool, v["error"]])
+                continue
+            note = ""
+            if tool == "spawngrid save":
+                note = (f"upper {statistics.median(v['upper_bytes']) / MB:.1f} MB; in-process "
+                        f"first {v['inproc_first_ms']:.0f} ms")
+            elif tool == "tar of the upper":
+                note = f"{statistics.median(v['bytes']) / MB:.1f} MB tar"
+            rows.append([tool, f1(v["first_ms"]), f1(v["median_ms"]), f1(v["median_later_ms"]),
+                         note])
+        table(p, rows)
+    dn = doc.get("density")
+    if dn:
+        p("")
+        if dn.get("spawn"):
+            md = dn["meminfo_delta_per_env_bytes"]
+            p(f"density: {dn['k']} idle envs ({dn.get('running')} running), per env: MemAvailable "
+              f"drop {dn['memavailable_delta_per_env_bytes'] / MB:.2f} MB; AnonPages+Shmem+"
+              f"SUnreclaim+KernelStack+PageTables {dn['unreclaimable_delta_per_env_bytes'] / MB:.2f} MB "
+              f"(Slab {md['Slab'] / MB:.2f}, PageTables {md['PageTables'] / MB:.2f}); memory cgroup "
+              f"{dn['cgroup_usage_per_env_bytes'] / MB:.2f} MB; init PSS "
+              f"{f1((dn['init_pss_per_env_bytes'] or 0) / MB, '.2f')} MB")
+            p(f"  spawn p50 {dn['spawn']['p50']:.1f} ms (first 10: {dn['spawn_first10_p50_ms']:.1f}, "
+              f"last 10: {dn['spawn_last10_p50_ms']:.1f}), all {dn['spawn_all_s']:.1f} s; "
+              f"`env ls` with {dn['k']} envs {dn['env_ls_s'] * 1e3:.0f} ms; boom p50 "
+              f"{dn['boom']['p50']:.1f} ms, all {dn['boom_all_s']:.1f} s; MemAvailable after boom "
+              f"vs before: {dn['memavailable_after_boom_vs_before_bytes'] / MB:+.1f} MB")
+        else:
+            p(f"density: {dn.get('error')}")
+    if doc.get("errors"):
+        p("")
+        for e in doc["errors"]:
+            p(f"error: {e}")
+    return "\n".join(lines)
+
+
+def table(p, rows):
+    n = max(len(r) for r in rows)
+    full = [r for r in rows if len(r) == n]
+    w = [max(len(r[i]) for r in full) for i in range(n)]
+    for r in rows:
+        if len(r) == n:
+            p("  ".join((c.ljust(w[i]) if i in (0, n - 1) or not c[:1].isdigit() and c != "-"
+                         else c.rjust(w[i])) for i, c in enumerate(r)).rstrip())
+        else:
+            p(f"{r[0].ljust(w[0])}  {'  '.join(r[1:])}")
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description="spawngrid environment runtime benchmark")
+    ap.add_argument("--spawngrid", default=os.path.join(REPO, "target", "release", "spawngrid"))
+    ap.add_argument("--base", help="base rootfs (default: scripts/rootfs.sh base)")
+    ap.add_argument("--n", type=int, default=50, help="latency rounds (default 50)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each save / session case")
+    ap.add_argument("--density", type=int, default=100, help="idle envs for density (500+ works)")
+    ap.add_argument("--idle-samples", type=int, default=10, help="attaches after 0.5 s idle")
+    ap.add_argument("--pad-mb", type=float, default=100, help="pseudo-random pad file, MB")
+    ap.add_argument("--peers", default=",".join(ALL_PEERS))
+    ap.add_argument("--sections", default=",".join(ALL_SECTIONS))
+    ap.add_argument("--tmpfs-size", default="8G")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
+    ap.add_argument("--output", help="JSON path (default bench/results/runtime-<date>.json)")
+    a = ap.parse_args()
+    peers = [x.strip() for x in a.peers.split(",") if x.strip()]
+    sections = [x.strip() for x in a.sections.split(",") if x.strip()]
+    if set(peers) - set(ALL_PEERS) or set(sections) - set(ALL_SECTIONS):
+        ap.error(f"known peers {ALL_PEERS}, sections {ALL_SECTIONS}")
+    if os.geteuid() != 0:
+        print("bench: run as root (it mounts tmpfs and spawns envs)", file=sys.stderr)
+        return 1
+    a.spawngrid = os.path.abspath(a.spawngrid)
+    if not os.access(a.spawngrid, os.X_OK):
+        print(f"bench: {a.spawngrid} not found (cargo build --release -p spawngrid)",
+              file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.perf_counter()
+    loadavg_start = open("/proc/loadavg").read().split()[:3]
+    if not a.base:
+        log("scripts/rootfs.sh base")
+        a.base = run([os.path.join(REPO, "scripts", "rootfs.sh"), "base"], 3600)[1].strip()
+    a.base_path = os.path.realpath(a.base)
+
+    unavailable = {}
+    for p, cmd, pkg in (("bwrap", "bwrap", "bubblewrap"), ("crun", "crun", "crun"),
+                        ("nspawn", "systemd-nspawn", "systemd-container"),
+                        ("lxc", "lxc-execute", "lxc"), ("podman", "podman", "podman")):
+        if p in peers:
+            u = ensure_tool(cmd, pkg)
+            if u:
+                unavailable[p] = u
+    versions = {
+        "spawngrid": version_of([a.spawngrid, "--version"]),
+        "bwrap": version_of(["bwrap", "--version"]),
+        "crun": version_of(["crun", "--version"]),
+        "systemd-nspawn": version_of(["systemd-nspawn", "--version"]),
+        "lxc": version_of(["lxc-execute", "--version"]),
+        "podman": version_of(["podman", "--version"]),
+        "kernel": platform.release(),
+    }
+
+    # short: podman refuses a --runroot longer than 50 characters
+    mnt = tempfile.mkdtemp(prefix="sgrb-")
+    cg_before = set(cgroup_dirs())
+    b = None
+    doc = {"benchmark": "runtime",
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                    "loadavg_start": " ".join(loadavg_start),
+                    "cgroups": "v2" if cgroup_v2() else "v1 (hybrid: cgroup2 at "
+                               "/sys/fs/cgroup/unified)" if os.path.ismount(
+                                   "/sys/fs/cgroup/unified") else "v1",
+                    "storage": f"tmpfs size={a.tmpfs_size}"},
+           "n": a.n, "repeat": a.repeat, "versions": versions,
+           "timing": "wall time of each CLI command from Python (fork+exec included); spawngrid "
+                     "in-process figures are the commands' own --json timings",
+           "errors": []}
+    try:
+        run(["mount", "-t", "tmpfs", "-o", f"size={a.tmpfs_size},mode=0755", "spawngrid-bench",
+             mnt], 60)
+        b = Bench(a, mnt)
+        doc["rootfs"] = b.prepare(a.base)
+        if "latency" in sections:
+            doc["latency"] = section_latency(b, peers, unavailable)
+        if "attach" in sections:
+            log("attach")
+            doc["attach"] = section_attach(b, peers, unavailable)
+        if "save" in sections:
+            doc["save"] = section_save(b)
+        if "session" in sections:
+            log("session changes")
+            try:
+                doc["session"] = section_session(b, peers, unavailable)
+            except StepFailed as e:
+                doc["errors"].append(f"session: {e}")
+        if "density" in sections:
+            log(f"density: {a.density} envs")
+            try:
+                doc["density"] = section_density(b)
+            except StepFailed as e:
+                doc["density"] = {"k": a.density, "error": f"failed: {e}"}
+                doc["errors"].append(f"density: {e}")
+    except StepFailed as e:
+        doc["errors"].append(str(e))
+        log(str(e))
+    finally:
+        if b is not None:
+            doc["notes"] = b.notes
+        cleanup(b, mnt, cg_before)
+    doc["unavailable"] = unavailable
+    doc["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    doc["duration_s"] = time.perf_counter() - started
+    if "rootfs" not in doc:
+        print(json.dumps(doc, indent=2))
+        return 1
+    text = report(doc)
+    doc["report"] = text.splitlines()
+    print(text)
+    out = a.output
+    if not out:
+        d = os.path.join(REPO, "bench", "results")
+        os.makedirs(d, exist_ok=True)
+        day = datetime.date.today().isoformat()
+        out = os.path.join(d, f"runtime-{day}.json")
+        n = 2
+        while os.path.exists(out):
+            out = os.path.join(d, f"runtime-{day}-{n}.json")
+            n += 1
+    with open(out, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    log(f"wrote {out} ({doc['duration_s']:.0f} s in all)")
+    return 0 if not doc["errors"] else 2
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

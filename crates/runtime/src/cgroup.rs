@@ -33,6 +33,40 @@ impl Layout {
     }
 }
 
+/// Asks the kernel to favour cgroup migrations over fork/exit (`favordynmods` on the host's
+/// cgroup2 mount), if it does not already. Every spawn moves a process into a new cgroup, and
+/// without it a move after a quiet moment waits for an RCU grace period on the global
+/// `cgroup_threadgroup_rwsem`: measured here 7–20 ms cold, ~2 ms with it (see
+/// docs/architecture.md). The setting is host-wide (the rwsem is shared by every hierarchy,
+/// v1 ones included) and costs fork and exit a little. Best effort: a host without a cgroup2
+/// mount, or a kernel without the option (before 6.0), keeps the slow path.
+pub fn favor_dynamic_moves() {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in info.lines() {
+        let Some((mount, fs)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut fs = fs.split(' ');
+        let (Some("cgroup2"), Some(_), Some(opts)) = (fs.next(), fs.next(), fs.next()) else {
+            continue;
+        };
+        let Some(point) = mount.split(' ').nth(4) else {
+            continue;
+        };
+        if opts.split(',').any(|o| o == "favordynmods") {
+            return;
+        }
+        let _ = rustix::mount::mount_remount(
+            &crate::mounts::unescape_path(point),
+            rustix::mount::MountFlags::empty(),
+            format!("{opts},favordynmods").as_str(),
+        );
+        return;
+    }
+}
+
 /// Resource limits of one env.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Limits {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 /// The environment variables a command inside an env starts with.
-const DEFAULT_ENV: [(&str, &str); 3] = [
+pub(crate) const DEFAULT_ENV: [(&str, &str); 3] = [
     (
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

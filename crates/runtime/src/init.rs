@@ -9,7 +9,8 @@
 //!    sets the hostname and forks the init (PID 1 inside), prints `pid <host pid>` and exits;
 //! 4. the init builds /dev and /proc, pivots into the overlay, brings up loopback, restricts
 //!    itself, prints `ready` (or `error <message>` at any failing step), closes its stdio and
-//!    reaps orphans forever. It is no child of the spawner, so it outlives it.
+//!    from then on reaps orphans and serves exec requests ([`crate::service`]). It is no
+//!    child of the spawner, so it outlives it.
 
 use crate::{net, rootfs, security};
 use anyhow::{bail, Context, Result};
@@ -25,6 +26,8 @@ pub struct InitConfig {
     pub hostname: String,
     /// The overlay root on the host.
     pub root: PathBuf,
+    /// Where the init's exec service listens (see [`crate::service`]).
+    pub exec_socket: PathBuf,
 }
 
 /// Writes one protocol line to stdout, unbuffered (the process forks).
@@ -46,6 +49,8 @@ pub fn helper_main(config: &str) -> ExitCode {
 fn run(config: &str) -> Result<()> {
     security::close_inherited_fds();
     let cfg: InitConfig = serde_json::from_str(config).context("bad env-init config")?;
+    // Bound while still host root, so only host root can connect; the init inherits it.
+    let listener = crate::service::listen(&cfg.exec_socket)?;
     unshare(UnshareFlags::NEWUSER).context("unsharing the user namespace")?;
     report("userns");
     let mut line = String::new();
@@ -69,7 +74,7 @@ fn run(config: &str) -> Result<()> {
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()).context("forking init"),
         0 => {
-            let err = pid1(&cfg).unwrap_err();
+            let err = pid1(&cfg, listener).unwrap_err();
             report(&format!("error {err:#}"));
             std::process::exit(1)
         }
@@ -88,30 +93,12 @@ fn unshare(flags: UnshareFlags) -> std::io::Result<()> {
 }
 
 /// The env's PID 1: finishes the environment, then reaps. Returns only on a setup error.
-fn pid1(cfg: &InitConfig) -> Result<std::convert::Infallible> {
+fn pid1(cfg: &InitConfig, listener: rustix::fd::OwnedFd) -> Result<std::convert::Infallible> {
     rootfs::setup(&cfg.root)?;
     net::loopback_up()?;
     security::restrict()?;
     security::drop_all_capabilities()?;
     report("ready");
     security::stdio_to_null()?;
-    reap_forever()
-}
-
-/// Waits for SIGCHLD and reaps every exited child (orphans of the env are reparented here).
-fn reap_forever() -> Result<std::convert::Infallible> {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; sigprocmask and
-    // sigwaitinfo only read it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        loop {
-            while let Ok(Some(_)) =
-                rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
-            {}
-            libc::sigwaitinfo(&set, std::ptr::null_mut());
-        }
-    }
+    crate::service::serve(listener)
 }

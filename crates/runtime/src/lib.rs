@@ -14,6 +14,7 @@
 pub mod boom;
 pub mod cgroup;
 pub mod exec;
+pub mod fdpass;
 pub mod helper;
 pub mod ids;
 pub mod init;
@@ -23,6 +24,7 @@ pub mod rootfs;
 pub mod save;
 pub mod seccomp;
 pub mod security;
+pub mod service;
 pub mod spawn;
 pub mod state;
 pub mod tty;
@@ -50,13 +52,15 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime on `data` (created if missing, and made canonical: mount points are matched
     /// against `/proc/self/mountinfo`, which shows resolved paths) whose helper is `helper`,
-    /// with the node's default id range and the host's cgroup layout.
+    /// with the node's default id range and the host's cgroup layout. Turns on the host's
+    /// cheap cgroup migrations ([`cgroup::favor_dynamic_moves`]).
     pub fn new(data: impl Into<PathBuf>, helper: impl Into<PathBuf>) -> Result<Runtime> {
         let data = data.into();
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let data = data
             .canonicalize()
             .with_context(|| format!("resolving {}", data.display()))?;
+        cgroup::favor_dynamic_moves();
         Ok(Runtime {
             data,
             helper: helper.into(),

@@ -160,9 +160,14 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+        .map(unescape_path)
         .filter(|p| p.starts_with(dir))
         .collect())
+}
+
+/// A mount point as `/proc/self/mountinfo` prints it, unescaped.
+pub(crate) fn unescape_path(field: &str) -> PathBuf {
+    PathBuf::from(unescape(field))
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space...).

@@ -165,6 +165,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     let cfg = InitConfig {
         hostname: hostname(&opts.name),
         root: root.clone(),
+        exec_socket: crate::service::socket_path(dir),
     };
     let mut child = Command::new(&rt.helper)
         .arg(helper::INIT)

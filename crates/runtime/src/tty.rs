@@ -12,12 +12,8 @@ use crate::state::EnvState;
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
-};
-use std::io::{IoSlice, IoSliceMut, Read};
-use std::mem::MaybeUninit;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -91,45 +87,14 @@ fn winsize(rows: u16, cols: u16) -> rustix::termios::Winsize {
     }
 }
 
-/// Receives one fd sent with [`send_fd`].
+/// Receives the terminal's master from the helper.
 fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
     let mut byte = [0u8; 1];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [IoSliceMut::new(&mut byte)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .context("receiving the terminal")?;
-    if msg.bytes == 0 {
-        bail!("env-enter exited before opening a terminal");
+    let (n, fds) = crate::fdpass::recv(sock, &mut byte).context("receiving the terminal")?;
+    match fds.into_iter().next() {
+        Some(fd) if n > 0 => Ok(fd),
+        _ => bail!("env-enter exited before opening a terminal"),
     }
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(mut fds) = m {
-            if let Some(fd) = fds.next() {
-                return Ok(fd);
-            }
-        }
-    }
-    bail!("env-enter sent no terminal")
-}
-
-/// Sends `fd` over the Unix socket `sock`.
-fn send_fd(sock: impl AsFd, fd: impl AsFd) -> Result<()> {
-    let fds = [fd.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(b"t")],
-        &mut control,
-        SendFlags::empty(),
-    )
-    .context("sending the terminal")?;
-    Ok(())
 }
 
 /// Inside the env (env-enter, after setns): opens a terminal, sends its master to the caller
@@ -149,7 +114,7 @@ pub(crate) fn attach(cmd: &mut Command, rows: u16, cols: u16) -> Result<()> {
         .custom_flags(libc::O_NOCTTY)
         .open(std::ffi::OsStr::from_bytes(name.as_bytes()))
         .context("opening the terminal's slave")?;
-    send_fd(rustix::stdio::stdin(), &master)?;
+    crate::fdpass::send(rustix::stdio::stdin(), b"t", &[master.as_fd()])?;
     drop(master);
     crate::security::stdin_to_null()?;
     cmd.stdin(slave.try_clone()?)

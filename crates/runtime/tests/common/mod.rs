@@ -104,6 +104,28 @@ impl<'a> Env<'a> {
             .unwrap()
     }
 
+    /// Runs `argv` through the env's init (the exec service) with piped stdout and stderr;
+    /// returns (exit code, stdout, stderr).
+    pub fn run_via_init(&self, argv: &[&str]) -> (i32, String, String) {
+        use rustix::fd::{AsFd, OwnedFd};
+        use std::io::Read;
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let (out_r, out_w) = rustix::pipe::pipe().unwrap();
+        let (err_r, err_w) = rustix::pipe::pipe().unwrap();
+        let stdio = [null.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        let started = runtime::service::start(self.rt, &self.state, &argv, &[], stdio).unwrap();
+        drop((out_w, err_w));
+        let read = |fd: OwnedFd| {
+            let mut s = String::new();
+            std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+            s
+        };
+        let err_thread = std::thread::spawn(move || read(err_r));
+        let out = read(out_r);
+        (started.wait().unwrap(), out, err_thread.join().unwrap())
+    }
+
     /// Runs a script that must succeed; returns its stdout.
     pub fn ok(&self, script: &str) -> String {
         let out = self.sh(script);

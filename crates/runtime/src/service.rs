@@ -1,0 +1,284 @@
+//! The exec service of an env's init: a command started by the init itself, already in the
+//! env's cgroup and every namespace, so an exec needs no helper process, no `setns` and no
+//! cgroup migration (which on cgroup v1 can wait for an RCU grace period, ~7 ms).
+//!
+//! The env-init helper binds `DATA/envs/<env>/exec.sock` (SOCK_SEQPACKET, mode 0600 root's,
+//! so only host root can connect) before it unshares anything; the init inherits the listener
+//! and serves it between reaping children. Protocol, one message each:
+//! client → `Request` as JSON with stdin, stdout, stderr attached (`SCM_RIGHTS`);
+//! init → `started` or `error MESSAGE`; later init → `exit CODE` (128 + N for signal N).
+//! The command runs as root inside with the init's bounding set, no_new_privs and seccomp
+//! filter (inherited), in a new session, with a clean environment like [`crate::exec`]'s.
+
+use crate::exec::DEFAULT_ENV;
+use crate::state::EnvState;
+use crate::{fdpass, Runtime};
+use anyhow::{anyhow, bail, Context, Result};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+/// What a client asks the init to run.
+#[derive(Serialize, Deserialize)]
+pub struct Request {
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// Environment variables besides the defaults (which these override).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the env.
+    pub cwd: String,
+}
+
+/// The exec socket of the env whose directory is `env_dir`.
+pub fn socket_path(env_dir: &Path) -> PathBuf {
+    env_dir.join("exec.sock")
+}
+
+/// A socket address for `path` that fits `sun_path` (108 bytes) however long the data dir:
+/// `/proc/self/fd/N/exec.sock` through an `O_PATH` fd of its directory, kept open meanwhile.
+fn address(path: &Path) -> Result<(OwnedFd, SocketAddrUnix)> {
+    let dir = path.parent().context("exec socket path has no directory")?;
+    let file = path
+        .file_name()
+        .context("exec socket path has no file name")?;
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", dir.display()))?;
+    let short = Path::new("/proc/self/fd")
+        .join(fd.as_raw_fd().to_string())
+        .join(file);
+    Ok((fd, SocketAddrUnix::new(&short)?))
+}
+
+/// Binds and listens on `path` (called by the env-init helper while still host root).
+pub(crate) fn listen(path: &Path) -> Result<OwnedFd> {
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .context("exec socket")?;
+    let (_dir, addr) = address(path)?;
+    // Created 0600 from the start (the helper is single-threaded, so the umask is ours alone):
+    // no moment in which another user could connect.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = rustix::net::bind(&sock, &addr);
+    rustix::process::umask(old);
+    bound.with_context(|| format!("binding {}", path.display()))?;
+    rustix::net::listen(&sock, 64).context("listening on the exec socket")?;
+    Ok(sock)
+}
+
+/// A command started through the init.
+pub struct Started {
+    sock: OwnedFd,
+}
+
+impl Started {
+    /// Waits for the command's exit code (128 + N if killed by signal N).
+    pub fn wait(self) -> Result<i32> {
+        let mut buf = [0u8; 256];
+        let (n, _) = fdpass::recv(&self.sock, &mut buf)?;
+        let reply = std::str::from_utf8(&buf[..n]).unwrap_or("");
+        match reply.strip_prefix("exit ") {
+            Some(code) => code.parse().context("bad exit code from the env's init"),
+            None if n == 0 => bail!("the env's init went away (was the env boomed?)"),
+            None => bail!("unexpected reply from the env's init: {reply:?}"),
+        }
+    }
+}
+
+/// Starts `argv` in env `state` through its init, with the given stdin, stdout and stderr.
+pub fn start(
+    rt: &Runtime,
+    state: &EnvState,
+    argv: &[String],
+    env: &[(String, String)],
+    stdio: [BorrowedFd<'_>; 3],
+) -> Result<Started> {
+    if argv.is_empty() {
+        bail!("no command to run");
+    }
+    if !state.alive() {
+        bail!("env {} is not running; boom it", state.name);
+    }
+    let path = socket_path(&rt.env_dir(&state.name)?);
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let (_dir, addr) = address(&path)?;
+    rustix::net::connect(&sock, &addr)
+        .with_context(|| format!("connecting to {}", path.display()))?;
+    let req = Request {
+        argv: argv.to_vec(),
+        env: env.to_vec(),
+        cwd: "/root".into(),
+    };
+    fdpass::send(&sock, &serde_json::to_vec(&req)?, &stdio)?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = fdpass::recv(&sock, &mut buf)?;
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    match reply.as_str() {
+        "started" => Ok(Started { sock }),
+        _ => match reply.strip_prefix("error ") {
+            Some(e) => bail!("env {}: {e}", state.name),
+            None => bail!("env {}: no answer from its init", state.name),
+        },
+    }
+}
+
+/// The init's loop: reap children (reporting the exit of requested commands) and serve
+/// requests. Never returns but on a setup error.
+pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
+    let signals = sigchld_fd()?;
+    let mut waiting: HashMap<i32, OwnedFd> = HashMap::new();
+    loop {
+        let mut fds = [
+            PollFd::new(&listener, PollFlags::IN),
+            PollFd::new(&signals, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => r.context("poll in init")?,
+        };
+        let (conn_ready, child_ready) =
+            (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        if child_ready {
+            let mut info = [0u8; 128];
+            while rustix::io::read(&signals, &mut info).is_ok() {}
+            while let Ok(Some((pid, status))) =
+                rustix::process::wait(rustix::process::WaitOptions::NOHANG)
+            {
+                if let Some(conn) = waiting.remove(&pid.as_raw_nonzero().get()) {
+                    let code = status
+                        .exit_status()
+                        .unwrap_or_else(|| 128 + status.terminating_signal().unwrap_or(0));
+                    let _ = fdpass::send(&conn, format!("exit {code}").as_bytes(), &[]);
+                }
+            }
+        }
+        if conn_ready {
+            if let Ok(conn) = rustix::net::accept_with(&listener, SocketFlags::CLOEXEC) {
+                match run_request(&conn) {
+                    Ok(pid) => {
+                        let _ = fdpass::send(&conn, b"started", &[]);
+                        waiting.insert(pid, conn);
+                    }
+                    Err(e) => {
+                        let _ = fdpass::send(&conn, format!("error {e:#}").as_bytes(), &[]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A non-blocking signalfd for SIGCHLD (blocked for normal delivery).
+fn sigchld_fd() -> Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; signalfd returns a new fd
+    // that is owned right away.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("signalfd");
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Reads a request from `conn` and forks its command; returns its pid.
+fn run_request(conn: &OwnedFd) -> Result<i32> {
+    // A client that connects and sends nothing must not stall the init (and every exec).
+    rustix::net::sockopt::set_socket_timeout(
+        conn,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(1)),
+    )?;
+    let mut buf = vec![0u8; 65536];
+    let (n, fds) = fdpass::recv(conn, &mut buf)?;
+    let req: Request = serde_json::from_slice(&buf[..n]).context("bad request")?;
+    let [stdin, stdout, stderr]: [OwnedFd; 3] =
+        fds.try_into().map_err(|_| anyhow!("want 3 fds"))?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL in {s:?}"));
+    let argv: Vec<CString> = req.argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
+    let mut vars: Vec<(String, String)> = DEFAULT_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in req.env {
+        vars.retain(|(k2, _)| *k2 != k);
+        vars.push((k, v));
+    }
+    let envp: Vec<CString> = vars
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Result<_>>()?;
+    let program = argv.first().context("empty argv")?.to_str()?.to_string();
+    let path = vars
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let candidates: Vec<CString> = if program.contains('/') {
+        vec![cstr(&program)?]
+    } else {
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cstr(&format!("{d}/{program}")))
+            .collect::<Result<_>>()?
+    };
+    let cwd = cstr(&req.cwd)?;
+    let argv_p: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp_p: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let raw = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
+    // SAFETY: the init is single-threaded, so the child may run anything; it only makes raw
+    // syscalls on data prepared above (no allocation) and ends in execve or _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => unsafe {
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::setsid();
+            // The received fds are above 2 (0-2 are the init's /dev/null), so dup2 cannot
+            // clobber one before it is copied.
+            for (i, fd) in raw.iter().enumerate() {
+                libc::dup2(*fd, i as libc::c_int);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                libc::chdir(c"/".as_ptr());
+            }
+            for c in &candidates {
+                libc::execve(c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
+            }
+            libc::_exit(127)
+        },
+        pid => {
+            drop((stdin, stdout, stderr));
+            Ok(pid)
+        }
+    }
+}

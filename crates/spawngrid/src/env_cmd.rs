@@ -94,12 +94,14 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
         }
         EnvCommand::Exec { env, cmd } => {
             let st = runtime::state::load(&rt, &env)?;
-            let status = runtime::exec::command(&rt, &st, &cmd, &[])?
-                .status()
-                .context("running env-enter")?;
-            Ok(ExitCode::from(
-                status.code().unwrap_or(runtime::exec::ENTER_FAILED as i32) as u8,
-            ))
+            // Through the env's init: our own stdin, stdout and stderr are the command's.
+            let stdio = [
+                rustix::stdio::stdin(),
+                rustix::stdio::stdout(),
+                rustix::stdio::stderr(),
+            ];
+            let code = runtime::service::start(&rt, &st, &cmd, &[], stdio)?.wait()?;
+            Ok(ExitCode::from(code as u8))
         }
         EnvCommand::Save { env, new_name } => {
             let lib = open_library(&args.data)?;

@@ -240,6 +240,13 @@ impl Catalog {
     /// Creates the schema in a new database; refuses a database from a newer spawngrid.
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
+        // The common case, a current schema, costs one read and no write transaction.
+        let current: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.sql("reading the schema version"))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.sql("opening the schema"))?;

@@ -94,6 +94,8 @@ fn unshare(flags: UnshareFlags) -> std::io::Result<()> {
 
 /// The env's PID 1: finishes the environment, then reaps. Returns only on a setup error.
 fn pid1(cfg: &InitConfig, listener: rustix::fd::OwnedFd) -> Result<std::convert::Infallible> {
+    // Its own session and process group, so nothing aimed at the spawner's group reaches it.
+    rustix::process::setsid().context("setsid")?;
     rootfs::setup(&cfg.root)?;
     net::loopback_up()?;
     security::restrict()?;

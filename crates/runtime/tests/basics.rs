@@ -64,6 +64,16 @@ fn hostname_is_env_name_and_pid_1_is_init() {
     std::thread::sleep(std::time::Duration::from_millis(400));
     let states = env.ok("cat /proc/[0-9]*/stat | cut -d' ' -f3 | sort | uniq -c");
     assert!(!states.contains(" Z"), "zombies: {states}");
+    // The init leads its own session and process group on the host: a signal to the
+    // spawner's process group (a shell's job control, a timeout's kill) does not reach it.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", env.state.init_pid)).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let pid = env.state.init_pid.to_string();
+    assert_eq!(
+        (fields[2], fields[3]),
+        (pid.as_str(), pid.as_str()),
+        "pgrp, session"
+    );
 }
 
 #[test]

@@ -57,6 +57,14 @@ enum EnvCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// An interactive shell (or CMD) on a terminal inside an env; its exit code is ours.
+    Cpu {
+        /// The env.
+        env: String,
+        /// A command to run instead of a login shell (after `--`).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
     /// Save an env's state as the new name NEWNAME; the env keeps running.
     Save {
         /// The env.
@@ -102,6 +110,10 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             ];
             let code = runtime::service::start(&rt, &st, &cmd, &[], stdio)?.wait()?;
             Ok(ExitCode::from(code as u8))
+        }
+        EnvCommand::Cpu { env, cmd } => {
+            let st = runtime::state::load(&rt, &env)?;
+            crate::cpu_cmd::cpu(&rt, &st, cmd)
         }
         EnvCommand::Save { env, new_name } => {
             let lib = open_library(&args.data)?;
@@ -178,10 +190,7 @@ fn spawn(
         );
     } else {
         println!("spawned {} from {shown} in {ms:.1} ms", st.name);
-        println!(
-            "  attach: spawngrid env --data {data} exec {} -- sh",
-            st.name
-        );
+        println!("  attach: spawngrid env --data {data} cpu {}", st.name);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -203,6 +212,17 @@ fn mount_snapshot(rt: &Runtime, score: Score) -> Result<PathBuf> {
         bail!("snapfs shifts uids and gids by one offset; the node's uid and gid ranges differ");
     }
     let dir = rt.data.join("mounts").join(score.to_hex()).join("root");
+    // Already served: no second process (what every spawn after the first one sees).
+    let served = snapfs::mount::Registry::new(&rt.data)
+        .get(&dir)
+        .filter(|r| {
+            r.score == score.to_hex()
+                && r.id_offset == rt.ids.host_uid
+                && snapfs::mount::running(r.pid)
+        });
+    if served.is_some() && snapfs::mount::state(&dir) == snapfs::mount::State::Live {
+        return Ok(dir);
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = Command::new(std::env::current_exe()?)
         .args(["lib", "--data"])

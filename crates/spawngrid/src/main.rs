@@ -1,6 +1,7 @@
 //! `spawngrid`: the one binary of Spawngrid. This file parses the command line and reports
 //! errors; each command family lives in its own module.
 
+mod cpu_cmd;
 mod env_cmd;
 mod lib_cmd;
 mod mount_cmd;

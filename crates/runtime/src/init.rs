@@ -99,7 +99,7 @@ fn pid1(cfg: &InitConfig, listener: rustix::fd::OwnedFd) -> Result<std::convert:
     rootfs::setup(&cfg.root)?;
     net::loopback_up()?;
     security::restrict()?;
-    security::drop_all_capabilities()?;
+    security::restrict_init_capabilities()?;
     report("ready");
     security::stdio_to_null()?;
     crate::service::serve(listener)

@@ -53,17 +53,29 @@ pub fn restrict() -> Result<()> {
     crate::seccomp::install()
 }
 
-/// For the init, which only reaps: gives up every capability (effective, permitted,
-/// inheritable) and becomes non-dumpable, so even a process of the env that could reach PID 1
-/// would find nothing to borrow.
-pub fn drop_all_capabilities() -> Result<()> {
+/// For the init, which reaps and starts the commands of the exec service: keeps only the
+/// capabilities of the bounding set as *permitted* (what its children regain when root execs
+/// a program; with no_new_privs they get no more than the init permits), uses none itself
+/// (empty effective and inheritable sets), and becomes non-dumpable, so a process of the env
+/// that could reach PID 1 would find nothing to borrow.
+pub fn restrict_init_capabilities() -> Result<()> {
     use rustix::thread::{CapabilitySet, CapabilitySets};
-    let none = CapabilitySets {
+    let current = rustix::thread::capabilities(None).context("reading the init's capabilities")?;
+    let mut bounding = CapabilitySet::empty();
+    for cap in 0..64 {
+        // SAFETY: PR_CAPBSET_READ only reads the calling thread's bounding set.
+        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } {
+            1 => bounding |= CapabilitySet::from_bits_retain(1 << cap),
+            0 => {}
+            _ => break, // EINVAL: past the last capability this kernel knows
+        }
+    }
+    let sets = CapabilitySets {
         effective: CapabilitySet::empty(),
-        permitted: CapabilitySet::empty(),
+        permitted: current.permitted & bounding,
         inheritable: CapabilitySet::empty(),
     };
-    rustix::thread::set_capabilities(None, none).context("dropping the init's capabilities")?;
+    rustix::thread::set_capabilities(None, sets).context("restricting the init's capabilities")?;
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .context("making the init non-dumpable")
 }

@@ -60,11 +60,12 @@ fn privileges_are_bounded() {
     // net_bind_service net_raw sys_chroot mknod audit_write setfcap.
     assert!(status.contains("CapBnd:\t00000000a80425fb"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
-    // The init (PID 1, the only process of the env every other one can see) holds nothing.
-    let init = env.ok("grep -E '^(CapEff|CapPrm)' /proc/1/status");
+    // The init (PID 1, the only process of the env every other one can see) uses nothing and
+    // permits only the bounding set, which its exec service's commands get back as root.
+    let init = env.ok("grep -E '^(CapInh|CapEff|CapPrm)' /proc/1/status");
     assert_eq!(
         init,
-        "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
+        "CapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t0000000000000000\n"
     );
     // Limits cannot be raised past the host's hard limits.
     denied(&env, "ulimit -n 1000000");

@@ -23,11 +23,11 @@ fn exec_through_init_streams_and_returns_the_exit_code() {
     let (_, status, _) = env.run_via_init(&[
         "sh",
         "-c",
-        "id -u; grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
+        "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
     ]);
     assert_eq!(
         status,
-        "0\nCapBnd:\t00000000a80425fb\nNoNewPrivs:\t1\nSeccomp:\t2\n"
+        "0\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nNoNewPrivs:\t1\nSeccomp:\t2\n"
     );
     // Orphans are reaped whatever their process group (the command runs in its own session).
     env.run_via_init(&["sh", "-c", "sleep 0.1 & exit 0"]);

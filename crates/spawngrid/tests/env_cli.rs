@@ -1,6 +1,8 @@
 //! `spawngrid env` end to end through the binary (as root): a name spawned over its snapfs
 //! mount, exec with exit codes, ls from a fresh process, save, boom, spawn of the saved name.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -67,8 +69,10 @@ struct Data(tempfile::TempDir);
 impl Drop for Data {
     fn drop(&mut self) {
         let data = self.0.path().join("data");
-        for env in ["cli", "cli2"] {
-            let _ = sg(&data, &["env", "boom", env]);
+        let ls = sg(&data, &["env", "ls"]);
+        let envs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap_or_default();
+        for env in envs.as_array().into_iter().flatten() {
+            let _ = sg(&data, &["env", "boom", env["env"].as_str().unwrap_or("")]);
         }
         if let Ok(dirs) = std::fs::read_dir(data.join("mounts")) {
             for d in dirs.flatten().filter(|d| d.path().is_dir()) {
@@ -80,8 +84,8 @@ impl Drop for Data {
     }
 }
 
-#[test]
-fn spawn_exec_ls_save_boom_through_the_cli() {
+/// A data directory on a fresh tmpfs of `size`.
+fn scratch(size: &str) -> (Data, std::path::PathBuf) {
     let tmp = Data(
         tempfile::Builder::new()
             .prefix("sg-envcli-")
@@ -89,11 +93,72 @@ fn spawn_exec_ls_save_boom_through_the_cli() {
             .unwrap(),
     );
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(tmp.0.path())
         .status();
     assert!(st.unwrap().success());
     let data = tmp.0.path().join("data");
+    (tmp, data)
+}
+
+/// Work inside a Debian env: a user added, files with odd modes, owners, times, a hardlink,
+/// a symlink, a FIFO, a deleted file, 3 MiB of random bytes.
+const WORK: &str = "set -e
+useradd -m -s /bin/bash carol
+mkdir -p /srv/w && cd /srv/w
+printf 'hello\\n' > file && chown carol:carol file && chmod 4751 file
+ln file hard && ln -s /etc/hostname link && mkfifo fifo
+touch -h -d '2001-02-03 04:05:06.123456789' file link
+head -c 3145728 /dev/urandom > big
+rm /etc/motd
+su carol -c 'echo mine > ~/note'";
+
+/// What must survive a save and respawn, as seen from inside (directory sizes are the
+/// filesystem's own business).
+const LISTING: &str = "find /srv/w /home/carol -printf '%p %y %m %U %G %s %T@ %l\\n' | awk '$2 == \"d\" { $6 = \"-\" } 1' | sort
+sha256sum /srv/w/file /srv/w/big /home/carol/note
+[ /srv/w/file -ef /srv/w/hard ] && echo hardlinked
+grep carol /etc/passwd /etc/shadow /etc/group | cut -d: -f1-2,4-
+test -e /etc/motd || echo motd-gone
+whoami; hostname";
+
+#[test]
+fn debian_env_work_save_respawn_is_exact() {
+    let (_tmp, data) = scratch("1g");
+    ok(
+        &data,
+        &["lib", "import", "deb", common::base().to_str().unwrap()],
+    );
+    ok(&data, &["env", "spawn", "deb", "--as", "work"]);
+    let run =
+        |env: &str, script: &str| ok(&data, &["env", "exec", env, "--", "bash", "-c", script]);
+    run("work", WORK);
+    let before = run("work", LISTING);
+    assert!(
+        before.contains("hardlinked") && before.contains("motd-gone"),
+        "{before}"
+    );
+    assert!(before.contains("/srv/w/file f 4751"), "{before}");
+    ok(&data, &["env", "save", "work", "deb-work"]);
+    // The env keeps running after a save.
+    assert_eq!(run("work", "cat /home/carol/note"), "mine\n");
+    ok(&data, &["env", "boom", "work"]);
+    ok(&data, &["env", "spawn", "deb-work", "--as", "work"]);
+    assert_eq!(run("work", LISTING), before);
+    // The original name is unchanged.
+    ok(&data, &["env", "spawn", "deb", "--as", "orig"]);
+    assert_eq!(
+        run(
+            "orig",
+            "test -e /srv/w; echo $?; test -e /etc/motd; echo $?; id carol 2>&1 | tail -c 14"
+        ),
+        "1\n0\n no such user\n"
+    );
+}
+
+#[test]
+fn spawn_exec_ls_save_boom_through_the_cli() {
+    let (_tmp, data) = scratch("512m");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rootfs.sh");
     let root = Command::new(script).arg("busybox").output().unwrap();
     let root = String::from_utf8(root.stdout).unwrap();

@@ -59,7 +59,7 @@ pub fn favor_dynamic_moves() {
             return;
         }
         let _ = rustix::mount::mount_remount(
-            &crate::mounts::unescape_path(point),
+            crate::mounts::unescape_path(point),
             rustix::mount::MountFlags::empty(),
             format!("{opts},favordynmods").as_str(),
         );

@@ -82,13 +82,23 @@ impl Runtime {
 }
 
 /// Checks an env name: the catalog's name syntax (no `/`, no `..`), and nothing that overlayfs
-/// or mount options would misread.
+/// or mount options would misread; or two such names joined by one `+` (`ENV+USER`, how a node
+/// keeps each user's envs apart).
 pub fn check_env_name(name: &str) -> Result<()> {
-    if let Err(e) = catalog::check_name(name) {
-        bail!("bad env name {name:?}: {e}");
+    if name.len() > 255 {
+        bail!("bad env name {name:?}: longer than 255 bytes");
     }
-    if name.contains([',', ':']) {
-        bail!("bad env name {name:?}: no ',' or ':' (they separate overlay options)");
+    let parts: Vec<&str> = name.split('+').collect();
+    if parts.len() > 2 {
+        bail!("bad env name {name:?}: at most one '+' (ENV+USER)");
+    }
+    for part in parts {
+        if let Err(e) = catalog::check_name(part) {
+            bail!("bad env name {name:?}: {e}");
+        }
+        if part.contains([',', ':']) {
+            bail!("bad env name {name:?}: no ',' or ':' (they separate overlay options)");
+        }
     }
     Ok(())
 }
@@ -99,5 +109,23 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("creating {}", dir.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_env_name;
+
+    #[test]
+    fn env_names_are_names_or_env_plus_user() {
+        for ok in ["base", "base+alice", "a.b-c_d@e+bob"] {
+            assert!(check_env_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "a+b+c", "+alice", "base+", "../x", "a/b+c", "a,b", "a:b+c", "x+..",
+        ] {
+            assert!(check_env_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_env_name(&format!("{}+{}", "a".repeat(128), "b".repeat(128))).is_err());
     }
 }

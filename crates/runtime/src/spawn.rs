@@ -18,8 +18,10 @@ pub const DISK_SIZE: u64 = 1 << 30;
 /// What to spawn.
 #[derive(Clone, Debug)]
 pub struct SpawnOptions {
-    /// The env's name (also its hostname).
+    /// The env's name on this node (see [`crate::check_env_name`]).
     pub name: String,
+    /// The hostname inside; default: the name (cut to 64 bytes).
+    pub hostname: Option<String>,
     /// The user it belongs to.
     pub owner: String,
     /// The snapshot the lower shows, when known (needed to save).
@@ -44,6 +46,7 @@ impl SpawnOptions {
     pub fn new(name: &str, owner: &str, lower: &Path) -> SpawnOptions {
         SpawnOptions {
             name: name.into(),
+            hostname: None,
             owner: owner.into(),
             snapshot: None,
             lower: lower.into(),
@@ -163,7 +166,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     let root = dir.join("root");
     crate::ensure_dir(&root)?;
     let cfg = InitConfig {
-        hostname: hostname(&opts.name),
+        hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
         root: root.clone(),
         exec_socket: crate::service::socket_path(dir),
     };

@@ -120,3 +120,14 @@ fn a_long_env_name_gets_a_cut_hostname() {
     let env = Env::spawn(&node.rt, &opts);
     assert_eq!(env.ok("hostname").trim(), &opts.name[..64]);
 }
+
+#[test]
+fn a_per_user_env_id_with_its_own_hostname() {
+    let node = TestNode::new();
+    let mut opts = node.opts("box");
+    opts.name = format!("{}+alice", opts.name);
+    opts.hostname = Some("box".into());
+    let env = Env::spawn(&node.rt, &opts);
+    assert_eq!(env.ok("hostname"), "box\n");
+    assert!(node.rt.env_dir(&opts.name).unwrap().is_dir());
+}

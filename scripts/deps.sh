@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Spawngrid needs: `deps.sh run` for a node, `deps.sh test` adds
 # what the tests and benchmarks use. Idempotent; installs only what is missing.
+# iproute2 (`ip`) and nftables (`nft`) set up `nat` networking for envs (util-linux's
+# `nsenter`, also used, is always installed).
 set -euo pipefail
-want=(ca-certificates zstd attr acl)
+want=(ca-certificates zstd attr acl iproute2 nftables)
 case "${1:-run}" in
   run) ;;
   test) want+=(debootstrap busybox-static) ;;

@@ -1,8 +1,10 @@
-//! Boom: destroy an env — every process, mount, loop device, cgroup and file of it. Works from
-//! the directory layout, not only from `state.json`, so it also cleans up after a spawn that
-//! failed or crashed half-way. Idempotent.
+//! Boom: destroy an env — every process, mount, loop device, cgroup and file of it, and its
+//! `nat` network (veth pair, nft set element, subnet lease). Works from the directory layout
+//! and the leases, not only from `state.json`, so it also cleans up after a spawn that failed
+//! or crashed half-way. Idempotent.
 
 use crate::cgroup::Cgroup;
+use crate::net::{self, Network};
 use crate::{mounts, state, Runtime};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -11,7 +13,10 @@ use std::time::{Duration, Instant};
 /// Destroys env `name`. Booming an env that does not exist (any more) succeeds.
 pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
     let dir = rt.env_dir(name)?;
-    let st = state::load(rt, name).ok().filter(|st| st.alive());
+    let recorded = state::load(rt, name).ok();
+    // The subnet leases are searched unless the state says the env has no `nat` network.
+    let network = recorded.as_ref().map(|st| st.network);
+    let st = recorded.filter(|st| st.alive());
     if let Some(pid) = st
         .as_ref()
         .and_then(|st| rustix::process::Pid::from_raw(st.init_pid))
@@ -27,6 +32,9 @@ pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
         while st.alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+    if network != Some(Network::None) {
+        net::teardown_nat(rt, name)?;
     }
     mounts::unmount_under(&dir)?;
     detach_loops(&dir.join("disk.img"))?;

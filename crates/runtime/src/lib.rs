@@ -30,6 +30,7 @@ pub mod state;
 pub mod tty;
 
 pub use ids::IdRange;
+pub use net::Network;
 pub use spawn::SpawnOptions;
 pub use state::EnvState;
 

@@ -1,7 +1,463 @@
-//! Networking inside an env: `none` = a private network namespace with only loopback, up.
+//! Networking of an env. Every env has its own network namespace (unshared by the env-init
+//! helper).
+//!
+//! - `none` (the default): only loopback, brought up by the init ([`loopback_up`]).
+//! - `nat`: also a veth pair. The host end `sgv<N>` and the env's `eth0` get the two addresses
+//!   of a /30 from the node's pool ([`NAT_POOL`]); the env's default route is the host end;
+//!   the host forwards IPv4 and masquerades what the env sends elsewhere (nftables table
+//!   `ip spawngrid`). Set up from the host by the spawner once the init exists
+//!   ([`setup_nat`]), undone by boom ([`teardown_nat`]).
+//!
+//! The host side uses the iproute2 `ip` command (run inside the env's network namespace with
+//! util-linux `nsenter --net=/proc/PID/ns/net`) and the `nft` command.
+//!
+//! Subnets are leased with one file per subnet, `DATA/net/lease-<subnet address>`, made
+//! atomically with `link(2)` from a complete temporary file (so concurrent spawns never get
+//! the same one, and a lease is never half-written). Interface names are host-wide, so the
+//! creation of `sgv<N>` is the host-wide claim on subnet N: another runtime on the same host
+//! (another data directory) that holds it makes the spawner move on to the next subnet.
+//! The host end carries a tag (its `ifalias`, recorded in the lease), so boom deletes only the
+//! link it made.
 
-use anyhow::{Context, Result};
+use crate::Runtime;
+use anyhow::{bail, Context, Result};
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// An env's network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Loopback only.
+    #[default]
+    None,
+    /// Its own address on a veth pair to the host, outbound access through the host (NAT).
+    Nat,
+}
+
+impl std::str::FromStr for Network {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Network> {
+        match s {
+            "none" => Ok(Network::None),
+            "nat" => Ok(Network::Nat),
+            _ => bail!("unknown network {s:?} (none or nat)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Network::None => "none",
+            Network::Nat => "nat",
+        })
+    }
+}
+
+/// The node's pool of env subnets: `10.88.0.0/16`.
+pub const NAT_POOL: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
+/// Prefix length of [`NAT_POOL`].
+pub const NAT_POOL_PREFIX: u8 = 16;
+/// Prefix length of one env's subnet: a /30 (network, host end, env end, broadcast).
+pub const NAT_PREFIX: u8 = 30;
+/// The nftables table (family `ip`) holding the set of env subnets and the NAT rules.
+pub const NFT_TABLE: &str = "spawngrid";
+/// The env's end of the veth pair, inside.
+pub const ENV_IF: &str = "eth0";
+/// Host end names: this prefix and the subnet's index in the pool.
+const HOST_IF_PREFIX: &str = "sgv";
+
+/// One env's veth pair and its addresses (recorded in its state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatLink {
+    /// The subnet's network address.
+    pub subnet: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// The host end's name (in the host's network namespace).
+    pub host_if: String,
+    /// The host end's address: the env's default gateway.
+    pub host_addr: Ipv4Addr,
+    /// The env end's name (inside).
+    pub env_if: String,
+    /// The env's address.
+    pub env_addr: Ipv4Addr,
+}
+
+impl NatLink {
+    /// Subnet number `index` of the pool.
+    fn nth(index: u32) -> NatLink {
+        let base = u32::from(NAT_POOL) + (index << (32 - NAT_PREFIX));
+        NatLink {
+            subnet: Ipv4Addr::from(base),
+            prefix: NAT_PREFIX,
+            host_if: format!("{HOST_IF_PREFIX}{index}"),
+            host_addr: Ipv4Addr::from(base + 1),
+            env_if: ENV_IF.into(),
+            env_addr: Ipv4Addr::from(base + 2),
+        }
+    }
+
+    /// The subnet as `a.b.c.d/len`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.subnet, self.prefix)
+    }
+}
+
+/// Number of env subnets in the pool.
+fn pool_size() -> u32 {
+    1 << (NAT_PREFIX - NAT_POOL_PREFIX)
+}
+
+/// The pool index of a subnet address, if it is one.
+fn index_of(subnet: Ipv4Addr) -> Option<u32> {
+    let off = u32::from(subnet).checked_sub(u32::from(NAT_POOL))?;
+    let index = off >> (32 - NAT_PREFIX);
+    (index < pool_size() && off.trailing_zeros() >= u32::from(32 - NAT_PREFIX)).then_some(index)
+}
+
+/// A lease file's content.
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    /// The env holding the subnet.
+    env: String,
+    /// The host end's `ifalias`, naming the link this lease made.
+    tag: String,
+    /// The link.
+    link: NatLink,
+}
+
+/// Where subnet leases live: `DATA/net`.
+pub fn leases_dir(rt: &Runtime) -> PathBuf {
+    rt.data.join("net")
+}
+
+fn lease_path(dir: &Path, link: &NatLink) -> PathBuf {
+    dir.join(format!("lease-{}", link.subnet))
+}
+
+/// A new lease's temporary file: `tmp-<pid>-<unique>` (env names may be 255 bytes long).
+fn tmp_path(dir: &Path, unique: &str) -> PathBuf {
+    dir.join(format!("tmp-{}-{unique}", std::process::id()))
+}
+
+/// Whether a temporary file was left by a process that is gone.
+fn tmp_is_stale(name: &str) -> bool {
+    let pid = name.strip_prefix("tmp-").and_then(|r| r.split('-').next());
+    pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists())
+}
+
+/// Gives env `env` (whose init, `init_pid`, started at `init_start`, has made its network
+/// namespace) a `nat` network: lease a subnet, create the veth pair with one end inside,
+/// address both ends, route, forward and masquerade. On error, what was made stays for
+/// [`teardown_nat`] (boom) to remove.
+pub fn setup_nat(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Result<NatLink> {
+    let (link, tag) = claim(rt, env, init_pid)?;
+    // The init is alive until the spawn returns (nothing else runs in the env yet), so its pid
+    // still names its namespace; check anyway that it was not reused.
+    if crate::state::start_time(init_pid) != Some(init_start) {
+        bail!("the env's init ({init_pid}) exited during network setup");
+    }
+    let h = &link.host_if;
+    // Strict reverse-path filtering: the host accepts from the env only its own address (root
+    // inside may change it), and no IPv6 on the host end. Set before the link comes up.
+    sysctl(&format!("ipv4/conf/{h}/rp_filter"), "1")?;
+    let v6 = format!("/proc/sys/net/ipv6/conf/{h}/disable_ipv6");
+    if Path::new(&v6).exists() {
+        sysctl(&format!("ipv6/conf/{h}/disable_ipv6"), "1")?;
+    }
+    let host = format!(
+        "link set dev {h} alias {tag}\naddr add {}/{} dev {h}\nlink set dev {h} up\n",
+        link.host_addr, link.prefix
+    );
+    let inside = format!(
+        "addr add {}/{} dev {e}\nlink set dev {e} up\nroute add default via {} dev {e}\n",
+        link.env_addr,
+        link.prefix,
+        link.host_addr,
+        e = link.env_if
+    );
+    let netns = format!("--net=/proc/{init_pid}/ns/net");
+    sysctl("ipv4/ip_forward", "1")?;
+    // Independent of each other: run at the same time (each is a few ms of process start).
+    let host = Tool::start("ip", &["-batch", "-"], Some(&host))?;
+    let enter = [&netns, "--", "ip", "-batch", "-"];
+    let inside = Tool::start("nsenter", &enter, Some(&inside))?;
+    // Usually the table exists and only the env's subnet is new (a rule change costs ~10 ms
+    // more); the whole table is (re)defined when it is missing.
+    let element = format!("add element ip {NFT_TABLE} envs {{ {} }}\n", link.cidr());
+    let rules = Tool::start("nft", &["-f", "-"], Some(&element))?;
+    let (host, inside, rules) = (host.finish()?, inside.finish()?, rules.finish()?);
+    host.context("configuring the host end")?;
+    inside.context("configuring the env's end")?;
+    match rules {
+        Err(e) if format!("{e}").contains("No such file or directory") => {
+            tool("nft", &["-f", "-"], Some(&nft_script(&link)))?.context("adding the nat rules")?
+        }
+        r => r.context("adding the env's subnet to the nat rules")?,
+    }
+    Ok(link)
+}
+
+/// Leases a free subnet for `env` and creates its veth pair, the env end (`eth0`) directly in
+/// the network namespace of `init_pid`; returns the link and the host end's tag.
+fn claim(rt: &Runtime, env: &str, init_pid: i32) -> Result<(NatLink, String)> {
+    let dir = leases_dir(rt);
+    crate::ensure_dir(&dir)?;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let unique = format!("{nonce:x}-{seq}");
+    let tmp = tmp_path(&dir, &unique);
+    // The host end's ifalias (at most 255 bytes): unique, and the env's name if it fits.
+    let mut tag = format!("spawngrid-{:x}-{unique}", std::process::id());
+    if tag.len() + 1 + env.len() <= 255 {
+        tag = format!("{tag}:{env}");
+    }
+    let taken: HashSet<u32> = leases(&dir)?.into_iter().map(|(i, _)| i).collect();
+    for index in (0..pool_size()).filter(|i| !taken.contains(i)) {
+        let link = NatLink::nth(index);
+        let lease = Lease {
+            env: env.into(),
+            tag: tag.clone(),
+            link: link.clone(),
+        };
+        std::fs::write(&tmp, serde_json::to_vec(&lease)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        let path = lease_path(&dir, &link);
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+        let pid = init_pid.to_string();
+        let add = ["link", "add", &link.host_if, "type", "veth", "peer", "name"];
+        let add = [&add[..], &[ENV_IF, "netns", &pid]].concat();
+        match tool("ip", &add, None)? {
+            Ok(()) => {
+                remove_file(&tmp)?;
+                return Ok((link, tag));
+            }
+            Err(e) if format!("{e}").contains("File exists") => {
+                // Another runtime on this host has this subnet's interface.
+                remove_file(&path)?;
+            }
+            Err(e) => {
+                remove_file(&tmp)?;
+                return Err(e).context("creating the veth pair");
+            }
+        }
+    }
+    remove_file(&tmp)?;
+    bail!(
+        "no free subnet in the nat pool {NAT_POOL}/{NAT_POOL_PREFIX} ({} in use by this node)",
+        taken.len()
+    )
+}
+
+/// Every readable lease in `dir`, with its pool index.
+fn leases(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    Ok(entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let index = index_of(name.strip_prefix("lease-")?.parse().ok()?)?;
+            Some((index, e.path()))
+        })
+        .collect())
+}
+
+/// Removes everything of env `env`'s `nat` network: its host veth end (which takes the env
+/// end with it), its subnet in the nft set, its lease (and temporary lease files of it, or of
+/// spawners that died). Call once the env's processes are gone. Idempotent; nothing to do for
+/// an env without a lease.
+pub fn teardown_nat(rt: &Runtime, env: &str) -> Result<()> {
+    let dir = leases_dir(rt);
+    for (_, path) in leases(&dir)? {
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(lease) = serde_json::from_slice::<Lease>(&text) else {
+            continue;
+        };
+        if lease.env == env {
+            release(&path, &lease)?;
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("tmp-") {
+            continue;
+        }
+        let ours = std::fs::read(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Lease>(&t).ok())
+            .is_some_and(|l| l.env == env);
+        if ours || tmp_is_stale(&name) {
+            remove_file(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Frees one lease: the link it made, the nft element, the file.
+fn release(path: &Path, lease: &Lease) -> Result<()> {
+    let h = &lease.link.host_if;
+    let alias = std::fs::read_to_string(format!("/sys/class/net/{h}/ifalias")).unwrap_or_default();
+    // Both wait for the kernel (RCU grace periods): run at the same time.
+    let del_link = match alias.trim_end_matches('\n') == lease.tag {
+        true => Some(Tool::start("ip", &["link", "del", "dev", h], None)?),
+        false => None,
+    };
+    let del = format!(
+        "delete element ip {NFT_TABLE} envs {{ {} }}\n",
+        lease.link.cidr()
+    );
+    let del_element = Tool::start("nft", &["-f", "-"], Some(&del))?;
+    let (link_done, element_done) = (del_link.map(Tool::finish), del_element.finish());
+    match link_done.transpose()? {
+        Some(Err(e)) if !format!("{e}").contains("Cannot find device") => {
+            return Err(e).with_context(|| format!("deleting {h}"))
+        }
+        _ => {}
+    }
+    match element_done? {
+        // A missing element (or table) is what we want.
+        Err(e)
+            if !format!("{e}").contains("does not exist")
+                && !format!("{e}").contains("No such file or directory") =>
+        {
+            return Err(e).context("removing the env's subnet from the nat rules")
+        }
+        _ => {}
+    }
+    remove_file(path)
+}
+
+/// The nft transaction that (re)defines the table, set and rules and adds the env's subnet.
+/// Idempotent and atomic, so concurrent spawns may run it at the same time (a spawn that finds
+/// the table missing runs it; a flushed ruleset loses the subnets of running envs, though).
+fn nft_script(link: &NatLink) -> String {
+    let t = NFT_TABLE;
+    format!(
+        "add table ip {t}
+add set ip {t} envs {{ type ipv4_addr; flags interval; }}
+add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain ip {t} postrouting
+add rule ip {t} postrouting ip saddr @envs ip daddr != @envs masquerade
+add chain ip {t} forward {{ type filter hook forward priority filter; policy accept; }}
+flush chain ip {t} forward
+add rule ip {t} forward ip saddr @envs ip daddr @envs drop
+add element ip {t} envs {{ {} }}
+",
+        link.cidr()
+    )
+}
+
+/// Writes `value` to `/proc/sys/net/<key>` unless it already holds it.
+fn sysctl(key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/{key}");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))
+}
+
+/// Removes a file; a missing one is fine.
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs a host tool with `input` on its stdin. The outer error: it could not be run; the inner:
+/// it failed (with its stderr).
+fn tool(program: &str, args: &[&str], input: Option<&str>) -> Result<Result<()>> {
+    Tool::start(program, args, input)?.finish()
+}
+
+/// A running host tool (`ip`, `nsenter`, `nft`); waited for when dropped unfinished.
+struct Tool {
+    what: String,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Tool {
+    /// Starts `program` and writes `input` (small: fits the pipe) to its stdin.
+    fn start(program: &str, args: &[&str], input: Option<&str>) -> Result<Tool> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "running {program} (nat networking needs iproute2, util-linux and nftables)"
+                )
+            })?;
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().context("tool stdin")?;
+            // A tool that exits early closes its stdin; its status and stderr tell why.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        Ok(Tool {
+            what: format!("{program} {}", args.join(" ")),
+            child: Some(child),
+        })
+    }
+
+    /// Waits for it. The outer error: waiting failed; the inner: it failed (with its stderr).
+    fn finish(mut self) -> Result<Result<()>> {
+        let child = self.child.take().context("tool already waited for")?;
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for {}", self.what))?;
+        if out.status.success() {
+            return Ok(Ok(()));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Ok(Err(anyhow::anyhow!(
+            "{} failed ({}): {}",
+            self.what,
+            out.status,
+            stderr.trim()
+        )))
+    }
+}
 
 /// Brings `lo` up in the current network namespace.
 pub fn loopback_up() -> Result<()> {
@@ -28,4 +484,29 @@ pub fn loopback_up() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_indexes() {
+        let l = NatLink::nth(1);
+        assert_eq!(l.cidr(), "10.88.0.4/30");
+        assert_eq!(l.host_addr, Ipv4Addr::new(10, 88, 0, 5));
+        assert_eq!(l.env_addr, Ipv4Addr::new(10, 88, 0, 6));
+        assert_eq!(l.host_if, "sgv1");
+        let last = NatLink::nth(pool_size() - 1);
+        assert_eq!(last.cidr(), "10.88.255.252/30");
+        assert!(last.host_if.len() <= 15);
+        assert_eq!(index_of(last.subnet), Some(pool_size() - 1));
+        assert_eq!(index_of(Ipv4Addr::new(10, 88, 0, 4)), Some(1));
+        assert_eq!(index_of(Ipv4Addr::new(10, 88, 0, 5)), None);
+        assert_eq!(index_of(Ipv4Addr::new(10, 89, 0, 0)), None);
+        assert_eq!(index_of(Ipv4Addr::new(10, 87, 0, 0)), None);
+        assert_eq!("nat".parse::<Network>().unwrap(), Network::Nat);
+        assert_eq!(Network::default().to_string(), "none");
+        assert!("bridge".parse::<Network>().is_err());
+    }
 }

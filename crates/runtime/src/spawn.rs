@@ -3,6 +3,7 @@
 
 use crate::cgroup::{Cgroup, Limits};
 use crate::init::InitConfig;
+use crate::net::{self, Network};
 use crate::state::{self, EnvState};
 use crate::{boom, helper, mounts, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
@@ -37,6 +38,8 @@ pub struct SpawnOptions {
     pub write_size: Option<u64>,
     /// cgroup limits.
     pub limits: Limits,
+    /// The env's network: `none` (loopback only, the default) or `nat`.
+    pub network: Network,
     /// For tests: fail right after the step of this name (see [`STEPS`]).
     pub fail_after: Option<String>,
 }
@@ -54,19 +57,21 @@ impl SpawnOptions {
             disk: false,
             write_size: None,
             limits: Limits::default(),
+            network: Network::None,
             fail_after: None,
         }
     }
 }
 
 /// The steps of a spawn, in order (names for [`SpawnOptions::fail_after`]).
-pub const STEPS: [&str; 6] = [
+pub const STEPS: [&str; 7] = [
     "cgroup",
     "write-layer",
     "helper",
     "lower",
     "overlay",
     "init",
+    "net",
 ];
 
 /// Spawns an env and returns its recorded state once its init is ready.
@@ -136,6 +141,8 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         mounts: Vec::new(),
         ids,
         created: state::now(),
+        network: opts.network,
+        nat: None,
     };
     state::store(dir, &state)?;
     cg.create(&opts.limits)?;
@@ -183,6 +190,12 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     }
     let _ = child.wait();
     result?;
+    if opts.network == Network::Nat {
+        // The init's network namespace exists (its pid is known); boom undoes this on failure.
+        let link = net::setup_nat(rt, &opts.name, state.init_pid, state.init_start)?;
+        state.nat = Some(link);
+    }
+    step("net")?;
     state::store(dir, &state)?;
     Ok(state)
 }

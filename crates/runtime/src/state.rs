@@ -2,6 +2,7 @@
 //! running env; and the liveness check that guards against pid reuse.
 
 use crate::ids::IdRange;
+use crate::net::{NatLink, Network};
 use crate::Runtime;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,12 @@ pub struct EnvState {
     pub ids: IdRange,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
+    /// The env's network (absent from state files older than networks: `none`).
+    #[serde(default)]
+    pub network: Network,
+    /// The `nat` network's veth pair and addresses, once set up.
+    #[serde(default)]
+    pub nat: Option<NatLink>,
 }
 
 impl EnvState {

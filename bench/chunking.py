@@ -19,23 +19,20 @@
 # Sources are copied onto the tmpfs first, so disk speed does not enter. The load average is
 # sampled before every run and printed: on a shared machine, compare sets within one run only.
 # Writes a table to stdout and JSON to bench/results/chunking-<date>.json.
-import argparse
-import datetime
 import hashlib
 import json
 import os
-import platform
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KiB, MiB = 1 << 10, 1 << 20
-MB = 1e6
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import (MB, KiB, MiB, StepFailed, arg_parser, changes_of,  # noqa: E402
+                      exit_on_sigterm, fresh_tmpfs, host_info, log, med, output_arg, result_path,
+                      rootfs_tree, subset, tree_stats, utc_now, write_json)
+
 PACK_TARGET = 32 * MiB
 # Approximate bytes of RAM one object costs in the in-memory index: HashMap<Score, Location> has
 # 112-byte buckets (32-byte key + Location = 32-byte pack score + 48-byte PackEntry) plus one
@@ -55,30 +52,12 @@ SETS = {
 CURRENT = "256K/1M/4M t1M z3"
 
 
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-class StepFailed(Exception):
-    pass
-
-
 def run(argv, timeout=1800, what=None):
-    """Runs argv; returns (wall seconds, stdout). Kills its process group on timeout."""
-    what = what or " ".join(map(str, argv))
-    t0 = time.perf_counter()
-    p = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        raise StepFailed(f"{what}: timed out after {timeout}s")
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise StepFailed(f"{what}: exit {p.returncode}: {err.decode(errors='replace')[-2000:]}")
-    return wall, out.decode()
+    """Runs argv (benchlib.run; failures carry the tail of stderr); returns (wall seconds,
+    stdout)."""
+    wall, out, _ = benchlib.run(argv, timeout, what=what or " ".join(map(str, argv)),
+                                err_tail=2000)
+    return wall, out
 
 
 def run_rss(argv, timeout=1800, what=None):
@@ -95,18 +74,6 @@ def run_rss(argv, timeout=1800, what=None):
         t.seek(0)
         lines = t.read().strip().splitlines()
         return wall, out, int(lines[-1]) if lines and lines[-1].isdigit() else None
-
-
-def tree_bytes(path):
-    n = 0
-    seen = set()
-    for d, _, files in os.walk(path):
-        for f in files:
-            st = os.lstat(os.path.join(d, f))
-            if (st.st_mode & 0o170000) == 0o100000 and (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                n += st.st_size
-    return n
 
 
 def make_big(path, size, sources=("/usr/lib",)):
@@ -188,39 +155,33 @@ class Bench:
             json.dump(cfg, f)
         return data
 
+    def lib(self, data, *args):
+        """`lib --json ARGS` on the library at data: (wall seconds, its JSON, max RSS KiB)."""
+        wall, out, rss = run_rss([self.exe, "lib", "--data", data, "--json", *args])
+        return wall, json.loads(out), rss
+
     def imp(self, data, name, path):
-        wall, out, rss = run_rss([self.exe, "lib", "--data", data, "--json", "import", name, path])
-        j = json.loads(out)
+        wall, j, rss = self.lib(data, "import", name, path)
         return {"seconds": j["seconds"], "wall": wall, "stored_added": j["stored_bytes_added"],
                 "bytes": j["bytes"], "max_rss_kib": rss}
 
     def stats(self, data):
-        wall, out, rss = run_rss([self.exe, "lib", "--data", data, "--json", "stats"])
-        j = json.loads(out)
+        _, j, rss = self.lib(data, "stats")
         j["max_rss_kib"] = rss
         return j
 
     def measure(self, params, src):
+        """Two fresh libraries: base then mod imported into one, big1 then big2 into the other."""
         r = {}
-        data = self.new_lib(params)
-        try:
-            r["base"] = self.imp(data, "base", src["base"])
-            r["mod"] = self.imp(data, "mod", src["mod"])
-            r["stats"] = self.stats(data)
-        finally:
-            shutil.rmtree(data)
-        data = self.new_lib(params)
-        try:
-            r["big1"] = self.imp(data, "big1", src["big1"])
-            r["big2"] = self.imp(data, "big2", src["big2"])
-            r["big_stats"] = self.stats(data)
-        finally:
-            shutil.rmtree(data)
+        for first, second, stats in (("base", "mod", "stats"), ("big1", "big2", "big_stats")):
+            data = self.new_lib(params)
+            try:
+                r[first] = self.imp(data, first, src[first])
+                r[second] = self.imp(data, second, src[second])
+                r[stats] = self.stats(data)
+            finally:
+                shutil.rmtree(data)
         return r
-
-
-def med(xs):
-    return statistics.median(xs) if xs else None
 
 
 def summarize(name, params, runs, logical):
@@ -285,18 +246,14 @@ def print_table(rows, changed, big_new, big_mib):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="spawngrid chunking parameter benchmark")
-    ap.add_argument("--spawngrid", default=os.path.join(REPO, "target", "release", "spawngrid"))
+    ap = arg_parser("spawngrid chunking parameter benchmark")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sets", default=",".join(SETS), help="comma-separated subset of: " + ", ".join(SETS))
     ap.add_argument("--big-mib", type=int, default=256)
     ap.add_argument("--tmpfs-size", default="4G")
-    ap.add_argument("--output", help="JSON path (default bench/results/chunking-<date>.json)")
+    output_arg(ap, "chunking")
     a = ap.parse_args()
-    sets = [s.strip() for s in a.sets.split(",") if s.strip()]
-    bad = [s for s in sets if s not in SETS]
-    if bad:
-        ap.error(f"unknown sets {bad}")
+    sets = subset(ap, a.sets, SETS, "sets")
     if os.geteuid() != 0:
         log("run as root (it mounts a tmpfs)")
         return 1
@@ -304,65 +261,43 @@ def main():
     if not os.access(exe, os.X_OK):
         log(f"{exe} not found: cargo build --release -p spawngrid")
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    rootfs = os.path.join(REPO, "scripts", "rootfs.sh")
+    exit_on_sigterm()
     try:
-        base = run([rootfs, "base"], 3600)[1].strip()
-        mod = run([rootfs, "modified"], 3600)[1].strip()
+        base = rootfs_tree("base")
+        mod = rootfs_tree("modified")
     except StepFailed as e:
         log(str(e))
         return 1
-    changed = None
-    cj = os.path.join(os.path.dirname(mod.rstrip("/")), ".changes.json")
-    if os.path.exists(cj):
-        with open(cj) as f:
-            changed = json.load(f)
+    changed = changes_of(mod)
 
     loads = [{"when": "start", "loadavg": os.getloadavg()}]
-    mnt = tempfile.mkdtemp(prefix="spawngrid-chunking-")
-    mounted = False
     results = {s: [] for s in sets}
     t_start = time.time()
     try:
-        run(["mount", "-t", "tmpfs", "-o", f"size={a.tmpfs_size},mode=0755", "spawngrid-chunking", mnt])
-        mounted = True
-        src = {"base": os.path.join(mnt, "src", "base"), "mod": os.path.join(mnt, "src", "mod"),
-               "big1": os.path.join(mnt, "src", "big1"), "big2": os.path.join(mnt, "src", "big2")}
-        os.makedirs(os.path.join(mnt, "src"))
-        log("copying the rootfs trees onto the tmpfs")
-        run(["cp", "-a", base, src["base"]])
-        run(["cp", "-a", mod, src["mod"]])
-        log(f"building the {a.big_mib} MiB big file and its edited copy")
-        os.makedirs(src["big1"])
-        os.makedirs(src["big2"])
-        big_desc = make_big(os.path.join(src["big1"], "data.bin"), a.big_mib * MiB)
-        big_desc["edits"] = make_edited(os.path.join(src["big1"], "data.bin"),
-                                        os.path.join(src["big2"], "data.bin"))
-        logical = {k: tree_bytes(v) for k, v in src.items()}
-        b = Bench(exe, mnt)
-        for i in range(a.repeat):
-            for s in sets:
-                la = os.getloadavg()
-                loads.append({"when": f"run {i + 1} {s}", "loadavg": la})
-                log(f"run {i + 1}/{a.repeat}: {s} (load {la[0]:.2f} {la[1]:.2f} {la[2]:.2f})")
-                results[s].append(b.measure(SETS[s], src))
-        loads.append({"when": "end", "loadavg": os.getloadavg()})
+        with fresh_tmpfs("spawngrid-chunking-", a.tmpfs_size, "spawngrid-chunking") as mnt:
+            src = {k: os.path.join(mnt, "src", k) for k in ("base", "mod", "big1", "big2")}
+            os.makedirs(os.path.join(mnt, "src"))
+            log("copying the rootfs trees onto the tmpfs")
+            run(["cp", "-a", base, src["base"]])
+            run(["cp", "-a", mod, src["mod"]])
+            log(f"building the {a.big_mib} MiB big file and its edited copy")
+            os.makedirs(src["big1"])
+            os.makedirs(src["big2"])
+            big_desc = make_big(os.path.join(src["big1"], "data.bin"), a.big_mib * MiB)
+            big_desc["edits"] = make_edited(os.path.join(src["big1"], "data.bin"),
+                                            os.path.join(src["big2"], "data.bin"))
+            logical = {k: tree_stats(v)[0] for k, v in src.items()}
+            b = Bench(exe, mnt)
+            for i in range(a.repeat):
+                for s in sets:
+                    la = os.getloadavg()
+                    loads.append({"when": f"run {i + 1} {s}", "loadavg": la})
+                    log(f"run {i + 1}/{a.repeat}: {s} (load {la[0]:.2f} {la[1]:.2f} {la[2]:.2f})")
+                    results[s].append(b.measure(SETS[s], src))
+            loads.append({"when": "end", "loadavg": os.getloadavg()})
     except StepFailed as e:
         log(str(e))
         return 1
-    finally:
-        if mounted:
-            for _ in range(3):
-                if subprocess.run(["umount", mnt], stderr=subprocess.DEVNULL).returncode == 0:
-                    break
-                time.sleep(1)
-            else:
-                subprocess.run(["umount", "-l", mnt])
-        try:
-            os.rmdir(mnt)
-        except OSError:
-            pass
 
     rows = [summarize(s, SETS[s], results[s], logical) for s in sets]
     print_table(rows, changed and changed.get("changed_bytes"), big_desc["edits"]["new_bytes"], a.big_mib)
@@ -372,17 +307,10 @@ def main():
           f"{time.time() - t_start:.0f} s total")
 
     version = run([exe, "--version"])[1].strip()
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
     doc = {
         "benchmark": "chunking",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu,
-                 "storage": f"tmpfs size={a.tmpfs_size}"},
+        "date": utc_now(),
+        "host": host_info(f"tmpfs size={a.tmpfs_size}"),
         "spawngrid": version,
         "repeat": a.repeat,
         "aggregate": "median over runs; sets interleaved within each run",
@@ -393,12 +321,8 @@ def main():
         "index_bytes_per_object_estimate": INDEX_BYTES_PER_OBJECT,
         "rows": rows,
     }
-    out = a.output or os.path.join(REPO, "bench", "results",
-                                   f"chunking-{datetime.date.today().isoformat()}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
+    out = a.output or result_path("chunking", unique=False)
+    write_json(out, doc)
     log(f"wrote {out}")
     return 0
 

@@ -9,127 +9,22 @@
 #
 # Without --base/--modified it calls scripts/rootfs.sh (cached debootstrap trees).
 # See bench/README.md for what is measured and how to read it.
-import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
-import signal
-import stat
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MB = 1e6
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (MB, REPO, StepFailed, arg_parser, changes_of, du_bytes,  # noqa: E402
+                      ensure_tool, exit_on_sigterm, fmt, fresh_tmpfs, host_info, log, output_arg,
+                      result_path, rootfs_tree, run, subset, table_lines, tree_stats, utc_now,
+                      version_of, write_json)
+
 ALL_TOOLS = ["spawngrid", "restic", "borg", "tar"]
 BORG_COMPRESSION = "zstd,3"
 TAR_XATTR_FLAGS = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
-
-
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-class StepFailed(Exception):
-    pass
-
-
-def run(cmd, timeout, cwd=None, env=None, check=True, what=None, stdin=subprocess.DEVNULL):
-    """Runs cmd (list, or str for bash -o pipefail -c) in its own process group; kills the
-    whole group on timeout. Returns (seconds, stdout, stderr)."""
-    if isinstance(cmd, str):
-        argv = ["bash", "-o", "pipefail", "-c", cmd]
-    else:
-        argv = [str(c) for c in cmd]
-    what = what or (cmd if isinstance(cmd, str) else " ".join(shlex.quote(a) for a in argv))
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
-    except OSError as e:
-        raise StepFailed(f"{what}: cannot run: {e.strerror}")
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.communicate()
-        raise StepFailed(f"{what}: timed out after {timeout}s")
-    except BaseException:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait()
-        raise
-    dt = time.perf_counter() - t0
-    out = out.decode(errors="replace")
-    err = err.decode(errors="replace")
-    if check and p.returncode != 0:
-        lines = [l for l in (err.strip() or out.strip()).splitlines() if l.strip()]
-        last = lines[-1].strip() if lines else "no output"
-        raise StepFailed(f"{what}: exit {p.returncode}: {last[:300]}")
-    return dt, out, err
-
-
-def tree_stats(root):
-    """Logical bytes (regular files, hardlinks once) and entry count of a tree."""
-    total = 0
-    entries = 0
-    seen = set()
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                entries += 1
-                st = e.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(e.path)
-                elif stat.S_ISREG(st.st_mode):
-                    k = (st.st_dev, st.st_ino)
-                    if k not in seen:
-                        seen.add(k)
-                        total += st.st_size
-    return total, entries
-
-
-def du_bytes(path):
-    if not os.path.exists(path):
-        return None
-    _, out, _ = run(["du", "-sb", path], 600, what=f"du -sb {path}")
-    return int(out.split()[0])
-
-
-def ensure_tool(cmd, package, timeout):
-    if shutil.which(cmd):
-        return None
-    log(f"{cmd} missing: apt-get install {package}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        try:
-            run(["apt-get", "install", "-y", "-qq", package], timeout, env=env)
-        except StepFailed:
-            run(["apt-get", "update", "-qq"], timeout, env=env)
-            run(["apt-get", "install", "-y", "-qq", package], timeout, env=env)
-    except StepFailed as e:
-        return f"unavailable: apt-get install {package} failed ({e})"
-    return None if shutil.which(cmd) else f"unavailable: {cmd} not found after installing {package}"
-
-
-def version_of(argv):
-    try:
-        _, out, err = run(argv, 60, check=False)
-        return (out.strip() or err.strip()).splitlines()[0]
-    except (StepFailed, IndexError):
-        return None
 
 
 class Bench:
@@ -174,13 +69,29 @@ class Bench:
         return {"identical": False, "differing_lines": len(only_src) + len(only_exp),
                 "examples_source": only_src[:5], "examples_export": only_exp[:5]}
 
+    def both_states(self, r, measure):
+        """Stages base, then mod; measure(which, nth) runs the tool on the tree for the "first"
+        and "second" run and returns its keys for r."""
+        for which, nth in (("base", "first"), ("mod", "second")):
+            self.stage(which)
+            r.update(measure(which, nth))
+
+    def export(self, r, fn, mkdir=True):
+        """fn(dest) exports the mod state to work/export (made first if mkdir) and returns its
+        seconds; then the round trip is checked."""
+        dest = os.path.join(self.work, "export")
+        if mkdir:
+            os.makedirs(dest)
+        r["export_s"] = fn(dest)
+        r["fidelity"] = self.fidelity(dest)
+        return r
+
     # -- tools: each returns a dict of measurements, raising StepFailed on failure ----------
 
     def run_spawngrid(self):
         sg = self.a.spawngrid
         data = os.path.join(self.work, "spawngrid-data")
         t = self.a.timeout
-        r = {}
 
         def lib(*args, what):
             return run([sg, "lib", "--data", data, *args], t, what=f"{what}")
@@ -192,27 +103,21 @@ class Bench:
             except ValueError:
                 raise StepFailed(f"lib stats --json: not JSON: {out.strip()[:200]!r}")
 
-        self.stage("base")
-        r["first_s"], _, _ = lib("import", "base", self.tree, what="lib import base")
-        s1 = stats()
-        r["stats_after_first"] = s1
-        r["stored_first_bytes"] = du_bytes(data)
-        r["stats_stored_first_bytes"] = s1.get("stored_bytes")
-        self.stage("mod")
-        r["second_s"], _, _ = lib("import", "mod", self.tree, what="lib import mod")
-        s2 = stats()
-        r["stats_after_second"] = s2
-        r["stored_second_bytes"] = du_bytes(data)
-        r["stats_stored_second_bytes"] = s2.get("stored_bytes")
-        dest = os.path.join(self.work, "export")
-        r["export_s"], _, _ = lib("export", "mod", dest, what="lib export mod")
-        r["fidelity"] = self.fidelity(dest)
-        return r
+        def measure(which, nth):
+            dt, _, _ = lib("import", which, self.tree, what=f"lib import {which}")
+            st = stats()
+            return {f"{nth}_s": dt, f"stats_after_{nth}": st, f"stored_{nth}_bytes": du_bytes(data),
+                    f"stats_stored_{nth}_bytes": st.get("stored_bytes")}
+
+        r = {}
+        self.both_states(r, measure)
+        return self.export(r, lambda dest: lib("export", "mod", dest, what="lib export mod")[0],
+                           mkdir=False)
 
     def run_restic(self):
         t = self.a.timeout
-        env = dict(os.environ, RESTIC_PASSWORD="spawngrid-bench",
-                   RESTIC_REPOSITORY=os.path.join(self.work, "restic-repo"),
+        repo = os.path.join(self.work, "restic-repo")
+        env = dict(os.environ, RESTIC_PASSWORD="spawngrid-bench", RESTIC_REPOSITORY=repo,
                    RESTIC_CACHE_DIR=os.path.join(self.work, "restic-cache"))
         r = {}
         run(["restic", "init"], t, env=env, what="restic init")
@@ -220,7 +125,7 @@ class Bench:
         r["repo_version"] = json.loads(cfg).get("version")
         r["compression"] = "auto (restic default)"
 
-        def backup(tag):
+        def measure(tag, nth):
             dt, out, _ = run(["restic", "backup", "--json", "--host", "bench", "--tag", tag, "."],
                              t, cwd=self.tree, env=env, what=f"restic backup ({tag})")
             summary = None
@@ -230,46 +135,31 @@ class Bench:
                         summary = json.loads(line)
                     except ValueError:
                         pass
-            return dt, summary
+            return {f"{nth}_s": dt, f"summary_{nth}": summary, f"stored_{nth}_bytes": du_bytes(repo)}
 
-        self.stage("base")
-        r["first_s"], r["summary_first"] = backup("base")
-        r["stored_first_bytes"] = du_bytes(env["RESTIC_REPOSITORY"])
-        self.stage("mod")
-        r["second_s"], r["summary_second"] = backup("mod")
-        r["stored_second_bytes"] = du_bytes(env["RESTIC_REPOSITORY"])
-        dest = os.path.join(self.work, "export")
-        r["export_s"], _, _ = run(["restic", "restore", "latest", "--target", dest], t, env=env,
-                                  what="restic restore latest")
-        r["fidelity"] = self.fidelity(dest)
-        return r
+        self.both_states(r, measure)
+        return self.export(r, lambda dest: run(["restic", "restore", "latest", "--target", dest],
+                                               t, env=env, what="restic restore latest")[0],
+                           mkdir=False)
 
     def run_borg(self):
         t = self.a.timeout
-        env = dict(os.environ, BORG_REPO=os.path.join(self.work, "borg-repo"),
-                   BORG_BASE_DIR=os.path.join(self.work, "borg-home"),
+        repo = os.path.join(self.work, "borg-repo")
+        env = dict(os.environ, BORG_REPO=repo, BORG_BASE_DIR=os.path.join(self.work, "borg-home"),
                    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
                    BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
         r = {"compression": BORG_COMPRESSION, "encryption": "none"}
         run(["borg", "init", "-e", "none"], t, env=env, what="borg init -e none")
 
-        def create(name):
-            return run(["borg", "create", "--numeric-ids", "--compression", BORG_COMPRESSION,
-                        f"::{name}", "."], t, cwd=self.tree, env=env,
-                       what=f"borg create ::{name}")[0]
+        def measure(name, nth):
+            dt, _, _ = run(["borg", "create", "--numeric-ids", "--compression", BORG_COMPRESSION,
+                            f"::{name}", "."], t, cwd=self.tree, env=env,
+                           what=f"borg create ::{name}")
+            return {f"{nth}_s": dt, f"stored_{nth}_bytes": du_bytes(repo)}
 
-        self.stage("base")
-        r["first_s"] = create("base")
-        r["stored_first_bytes"] = du_bytes(env["BORG_REPO"])
-        self.stage("mod")
-        r["second_s"] = create("mod")
-        r["stored_second_bytes"] = du_bytes(env["BORG_REPO"])
-        dest = os.path.join(self.work, "export")
-        os.makedirs(dest)
-        r["export_s"], _, _ = run(["borg", "extract", "--numeric-ids", "::mod"], t, cwd=dest,
-                                  env=env, what="borg extract ::mod")
-        r["fidelity"] = self.fidelity(dest)
-        return r
+        self.both_states(r, measure)
+        return self.export(r, lambda dest: run(["borg", "extract", "--numeric-ids", "::mod"], t,
+                                               cwd=dest, env=env, what="borg extract ::mod")[0])
 
     def run_tar(self):
         t = self.a.timeout
@@ -277,25 +167,18 @@ class Bench:
         r = {"command": f"tar -C ROOT {flags} -cf - . | zstd -1 -T0 > out",
              "note": "no deduplication: stored after second = both archives"}
         q = shlex.quote
+        archives = []
 
-        def archive(name):
+        def measure(name, nth):
             out = os.path.join(self.work, f"{name}.tar.zst")
             dt, _, _ = run(f"tar -C {q(self.tree)} {flags} -cf - . | zstd -1 -T0 -q > {q(out)}", t,
                            what=f"tar | zstd ({name})")
-            return dt, os.path.getsize(out), out
+            archives.append(out)
+            return {f"{nth}_s": dt, f"stored_{nth}_bytes": sum(map(os.path.getsize, archives))}
 
-        self.stage("base")
-        r["first_s"], size1, _ = archive("base")
-        r["stored_first_bytes"] = size1
-        self.stage("mod")
-        r["second_s"], size2, out2 = archive("mod")
-        r["stored_second_bytes"] = size1 + size2
-        dest = os.path.join(self.work, "export")
-        os.makedirs(dest)
-        r["export_s"], _, _ = run(f"zstd -dc -q {q(out2)} | tar -C {q(dest)} {flags} -xpf -", t,
-                                  what="zstd -d | tar -x")
-        r["fidelity"] = self.fidelity(dest)
-        return r
+        self.both_states(r, measure)
+        return self.export(r, lambda dest: run(f"zstd -dc -q {q(archives[-1])} | tar -C {q(dest)} "
+                                               f"{flags} -xpf -", t, what="zstd -d | tar -x")[0])
 
     def run_tool(self, tool):
         self.fresh_work()
@@ -337,10 +220,6 @@ def summarize(tool, runs, sizes, unavailable):
     return row
 
 
-def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
 def print_table(rows, sizes):
     hdr = ["tool", "first s", "MB/s", "second s", "MB/s", "stored1 MB", "stored2 MB",
            "growth MB", "export s", "exp MB/s", "roundtrip"]
@@ -358,16 +237,11 @@ def print_table(rows, sizes):
                       fmt(r["stored_second_bytes"] / MB, ".1f"),
                       fmt(r["growth_bytes"] / MB, ".1f"), fmt(r["export_s"], ".2f"),
                       fmt(r["export_MBps"], ".0f"), rt])
-    w = [max(len(l[i]) for l in lines if len(l) == len(hdr)) for i in range(len(hdr))]
-    w[0] = max(len(l[0]) for l in lines)
     print(f"\nlibrary benchmark: base {sizes['base']['logical_bytes'] / MB:.1f} MB "
           f"({sizes['base']['entries']} entries), modified {sizes['mod']['logical_bytes'] / MB:.1f} MB "
           f"({sizes['mod']['entries']} entries); MB = 10^6 bytes; times are medians\n")
-    for l in lines:
-        if len(l) == len(hdr):
-            print("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(l)))
-        else:
-            print(f"{l[0].ljust(w[0])}  {l[1]}")
+    for line in table_lines(lines, wide_labels=True):
+        print(line)
 
 
 def ratios(rows):
@@ -392,20 +266,15 @@ def ratios(rows):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="spawngrid library benchmark vs restic, borg, tar|zstd")
-    ap.add_argument("--spawngrid", default=os.path.join(REPO, "target", "release", "spawngrid"))
-    ap.add_argument("--base", help="base rootfs (default: scripts/rootfs.sh base)")
+    ap = arg_parser("spawngrid library benchmark vs restic, borg, tar|zstd", base=True)
     ap.add_argument("--modified", help="modified rootfs (default: scripts/rootfs.sh modified)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated subset")
     ap.add_argument("--tmpfs-size", default="4G")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
-    ap.add_argument("--output", help="JSON path (default bench/results/library-<date>.json)")
+    output_arg(ap, "library")
     a = ap.parse_args()
-    tools = [t.strip() for t in a.tools.split(",") if t.strip()]
-    bad = [t for t in tools if t not in ALL_TOOLS]
-    if bad:
-        ap.error(f"unknown tools {bad}; known: {ALL_TOOLS}")
+    tools = subset(ap, a.tools, ALL_TOOLS, "tools")
     if a.repeat < 1:
         ap.error("--repeat must be >= 1")
     if os.geteuid() != 0:
@@ -413,17 +282,10 @@ def main():
         return 1
     a.spawngrid = os.path.abspath(a.spawngrid)
 
-    # SIGTERM -> normal unwinding so the tmpfs is unmounted
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    rootfs = os.path.join(REPO, "scripts", "rootfs.sh")
+    exit_on_sigterm()
     try:
-        if not a.base:
-            log("scripts/rootfs.sh base")
-            a.base = run([rootfs, "base"], 3600, what="scripts/rootfs.sh base")[1].strip()
-        if not a.modified:
-            log("scripts/rootfs.sh modified")
-            a.modified = run([rootfs, "modified"], 3600, what="scripts/rootfs.sh modified")[1].strip()
+        a.base = a.base or rootfs_tree("base")
+        a.modified = a.modified or rootfs_tree("modified")
     except StepFailed as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
@@ -452,50 +314,33 @@ def main():
         "zstd": version_of(["zstd", "--version"]) if shutil.which("zstd") else None,
     }
 
-    mnt = tempfile.mkdtemp(prefix="spawngrid-bench-")
-    mounted = False
     results = {}
     sizes = {}
     try:
-        run(["mount", "-t", "tmpfs", "-o", f"size={a.tmpfs_size},mode=0755", "spawngrid-bench", mnt],
-            60, what="mount tmpfs")
-        mounted = True
-        src = os.path.join(mnt, "src")
-        os.makedirs(src)
-        for name, path in (("base", a.base), ("mod", a.modified)):
-            log(f"warming the page cache and copying {path} onto the tmpfs")
-            run(f"tar -C {shlex.quote(path)} -cf - . | cat > /dev/null", a.timeout,
-                what=f"warm {path}")
-            run(["cp", "-a", path, os.path.join(src, name)], a.timeout, what=f"cp -a {path}")
-            lb, n = tree_stats(os.path.join(src, name))
-            sizes[name] = {"path": path, "logical_bytes": lb, "entries": n,
-                           "du_bytes": du_bytes(os.path.join(src, name))}
-        b = Bench(a, mnt, sizes)
-        b.stage("base")
-        for tool in tools:
-            if tool in unavailable:
-                log(unavailable[tool])
-                continue
-            results[tool] = []
-            for i in range(a.repeat):
-                log(f"{tool}: run {i + 1}/{a.repeat}")
-                results[tool].append(b.run_tool(tool))
+        with fresh_tmpfs("spawngrid-bench-", a.tmpfs_size) as mnt:
+            src = os.path.join(mnt, "src")
+            os.makedirs(src)
+            for name, path in (("base", a.base), ("mod", a.modified)):
+                log(f"warming the page cache and copying {path} onto the tmpfs")
+                run(f"tar -C {shlex.quote(path)} -cf - . | cat > /dev/null", a.timeout,
+                    what=f"warm {path}")
+                run(["cp", "-a", path, os.path.join(src, name)], a.timeout, what=f"cp -a {path}")
+                lb, n = tree_stats(os.path.join(src, name))
+                sizes[name] = {"path": path, "logical_bytes": lb, "entries": n,
+                               "du_bytes": du_bytes(os.path.join(src, name))}
+            b = Bench(a, mnt, sizes)
+            b.stage("base")
+            for tool in tools:
+                if tool in unavailable:
+                    log(unavailable[tool])
+                    continue
+                results[tool] = []
+                for i in range(a.repeat):
+                    log(f"{tool}: run {i + 1}/{a.repeat}")
+                    results[tool].append(b.run_tool(tool))
     except StepFailed as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
-    finally:
-        if mounted:
-            for attempt in range(3):
-                rc = subprocess.run(["umount", mnt], stderr=subprocess.DEVNULL).returncode
-                if rc == 0:
-                    break
-                time.sleep(1)
-            else:
-                subprocess.run(["umount", "-l", mnt])
-        try:
-            os.rmdir(mnt)
-        except OSError:
-            pass
 
     rows = [summarize(t, results.get(t, []), sizes, unavailable.get(t)) for t in tools]
     print_table(rows, sizes)
@@ -506,20 +351,14 @@ def main():
             parts = [f"{n.replace('_ratio', '')} {x:.2f}x" for n, x in v.items() if x is not None]
             print(f"{k}: " + ", ".join(parts))
 
-    changed = None
-    cb = os.path.join(os.path.dirname(a.modified.rstrip("/")), ".changes.json")
-    if os.path.exists(cb):
-        with open(cb) as f:
-            changed = json.load(f)
     doc = {
         "benchmark": "library",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(),
-                 "cpu_model": cpu_model(), "storage": f"tmpfs size={a.tmpfs_size}"},
+        "date": utc_now(),
+        "host": host_info(f"tmpfs size={a.tmpfs_size}"),
         "repeat": a.repeat,
         "mb": "10^6 bytes; MB/s = logical bytes of the tree processed / wall seconds",
         "sources": sizes,
-        "modified_changes": changed,
+        "modified_changes": changes_of(a.modified),
         "versions": versions,
         "settings": {
             "restic": "repo version from `restic cat config` (0.14 default: 2), compression auto",
@@ -531,34 +370,12 @@ def main():
         "ratios": rat,
         "runs": results,
     }
-    out = a.output
-    if not out:
-        d = os.path.join(REPO, "bench", "results")
-        os.makedirs(d, exist_ok=True)
-        day = datetime.date.today().isoformat()
-        out = os.path.join(d, f"library-{day}.json")
-        n = 2
-        while os.path.exists(out):
-            out = os.path.join(d, f"library-{day}-{n}.json")
-            n += 1
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
+    out = a.output or result_path("library")
+    write_json(out, doc)
     print()
     print(json.dumps(doc, indent=2))
     log(f"wrote {out}")
     return 0
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 if __name__ == "__main__":

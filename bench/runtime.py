@@ -22,9 +22,7 @@
 # - density: K idle envs: host MemAvailable delta / K and the envs' memory cgroups, then boom.
 # All spawngrid times are wall times of the CLI commands (process start, library/catalog open
 # included); the JSON also has spawngrid's own in-process spawn and save times.
-import argparse
 import ctypes
-import datetime
 import json
 import os
 import platform
@@ -32,16 +30,18 @@ import random
 import resource
 import shlex
 import shutil
-import signal
-import stat
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MB = 1e6
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (MB, StepFailed, arg_parser, comma_list, du_bytes,  # noqa: E402
+                      ensure_tool, exit_on_sigterm, fmt, host_info, last_line, log, mount_tmpfs,
+                      output_arg, remove_dir, result_path, rootfs_tree, run, summary_ms,
+                      table_lines, tree_stats, unmount_tree, utc_now, version_of, write_json)
+
 ALL_PEERS = ["bwrap", "crun", "nspawn", "lxc", "podman"]
 ALL_SECTIONS = ["latency", "attach", "save", "session", "density"]
 SNAP = "bench-base"                      # the ~300 MB snapshot's name
@@ -61,59 +61,6 @@ libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes
                        ctypes.c_char_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-
-
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-class StepFailed(Exception):
-    pass
-
-
-def run(cmd, timeout, cwd=None, env=None, check=True, what=None, stdin=subprocess.DEVNULL,
-        preexec_fn=None):
-    """Runs cmd (list, or str for bash -o pipefail -c) in its own process group; kills the
-    whole group on timeout. Returns (seconds, stdout, stderr)."""
-    if isinstance(cmd, str):
-        argv = ["bash", "-o", "pipefail", "-c", cmd]
-    else:
-        argv = [str(c) for c in cmd]
-    what = what or (cmd if isinstance(cmd, str) else " ".join(shlex.quote(a) for a in argv))
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True,
-                             preexec_fn=preexec_fn)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise StepFailed(f"{what}: cannot run: {e}")
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.communicate()
-        raise StepFailed(f"{what}: timed out after {timeout}s")
-    except BaseException:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait()
-        raise
-    dt = time.perf_counter() - t0
-    out = out.decode(errors="replace")
-    err = err.decode(errors="replace")
-    if check and p.returncode != 0:
-        raise StepFailed(f"{what}: exit {p.returncode}: {last_line(err, out)}")
-    return dt, out, err
-
-
-def last_line(err, out=""):
-    lines = [l for l in (err.strip() or out.strip()).splitlines() if l.strip()]
-    return lines[-1].strip()[:300] if lines else "no output"
 
 
 def mount(src, target, fstype, flags=0, data=None):
@@ -157,70 +104,6 @@ class Overlay:
         return False
 
 
-def pct(vals, p):
-    """Nearest-rank percentile (p99 of 50 samples is the maximum)."""
-    s = sorted(vals)
-    k = max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))
-    return s[int(k)]
-
-
-def summary_ms(vals):
-    if not vals:
-        return None
-    ms = [v * 1e3 for v in vals]
-    return {"n": len(ms), "p50": statistics.median(ms), "p99": pct(ms, 99),
-            "mean": statistics.fmean(ms), "min": min(ms), "max": max(ms),
-            "all": [round(v, 3) for v in ms]}
-
-
-def tree_stats(root):
-    """Logical bytes (regular files, hardlinks once) and entry count of a tree."""
-    total = entries = 0
-    seen = set()
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                entries += 1
-                st = e.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(e.path)
-                elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_size
-    return total, entries
-
-
-def du_bytes(path):
-    _, out, _ = run(["du", "-sb", path], 600)
-    return int(out.split()[0])
-
-
-def ensure_tool(cmd, package, timeout=900):
-    if shutil.which(cmd):
-        return None
-    log(f"{cmd} missing: apt-get install {package}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        try:
-            run(["apt-get", "install", "-y", "-qq", package], timeout, env=env)
-        except StepFailed:
-            run(["apt-get", "update", "-qq"], timeout, env=env)
-            run(["apt-get", "install", "-y", "-qq", package], timeout, env=env)
-    except StepFailed as e:
-        return f"unavailable: apt-get install {package} failed ({e})"
-    return None if shutil.which(cmd) else f"unavailable: {cmd} not found after installing {package}"
-
-
-def version_of(argv):
-    try:
-        _, out, err = run(argv, 60, check=False)
-        return (out.strip() or err.strip()).splitlines()[0]
-    except (StepFailed, IndexError):
-        return None
-
-
 def meminfo():
     out = {}
     with open("/proc/meminfo") as f:
@@ -243,6 +126,14 @@ def os_codename(root):
 
 def cgroup_v2():
     return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+def json_field(out, key):
+    """out[key] of a command's --json output, or None."""
+    try:
+        return json.loads(out)[key]
+    except (ValueError, KeyError):
+        return None
 
 
 # -- the peers' private mount namespace -------------------------------------------------------
@@ -272,6 +163,8 @@ class PeerNs:
         self.fd = os.open(f"/proc/{self.proc.pid}/ns/mnt", os.O_RDONLY)
 
     def preexec(self):
+        """A preexec_fn that enters the namespace (started first if it is not yet)."""
+        self.start()
         fd = self.fd
 
         def enter():
@@ -312,13 +205,11 @@ class Bench:
         return run([self.sg, "lib", "--data", self.data, *args], self.t, **kw)
 
     def spawn(self, env, source=SNAP, disk=False):
+        """`env spawn`: (wall seconds, the command's own in-process seconds or None)."""
         args = ["--json", "spawn", source, "--as", env] + (["--disk"] if disk else [])
         dt, out, _ = self.env(*args, what=f"spawngrid env spawn {source} --as {env}")
-        try:
-            inproc = json.loads(out)["ms"] / 1e3
-        except (ValueError, KeyError):
-            inproc = None
-        return dt, inproc
+        ms = json_field(out, "ms")
+        return dt, None if ms is None else ms / 1e3
 
     def exec_(self, env, *cmd, **kw):
         return self.env("exec", env, "--", *cmd, what=f"spawngrid env exec {env} -- {' '.join(cmd)}",
@@ -326,6 +217,21 @@ class Bench:
 
     def boom(self, env):
         return self.env("boom", env, what=f"spawngrid env boom {env}")[0]
+
+    def save(self, env, name):
+        """`env save`: (wall seconds, the command's own in-process seconds or None)."""
+        dt, out, _ = self.env("--json", "save", env, name, what=f"spawngrid env save {env}")
+        return dt, json_field(out, "seconds")
+
+    def cycle(self, env, source=SNAP):
+        """spawn, `exec true`, boom (also if exec fails): their seconds, first_cmd and total."""
+        t_spawn, inproc = self.spawn(env, source)
+        try:
+            t_exec = self.exec_(env, "true")[0]
+        finally:
+            t_boom = self.boom(env)
+        return {"spawn": t_spawn, "spawn_inproc": inproc, "exec": t_exec, "boom": t_boom,
+                "first_cmd": t_spawn + t_exec, "total": t_spawn + t_exec + t_boom}
 
     def envs(self):
         _, out, _ = self.env("--json", "ls", what="spawngrid env ls --json")
@@ -339,6 +245,16 @@ class Bench:
         return ["podman", "--root", f"{p}/root", "--runroot", f"{p}/run", "--storage-driver",
                 "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none",
                 "--tmpdir", f"{p}/tmp", *args]
+
+    def podman_import(self, preexec):
+        """Imports the rootfs as the image localhost/bench-base (once; its time goes to notes)."""
+        if self.notes.get("podman_import_s"):
+            return
+        dt, _, _ = run(f"tar -C {shlex.quote(self.root)} --numeric-owner -cf - . | "
+                       + " ".join(shlex.quote(x) for x in self.podman(
+                           "import", "-q", "-", "localhost/bench-base")),
+                       self.t, preexec_fn=preexec, what="tar | podman import")
+        self.notes["podman_import_s"] = dt
 
     def podman_run_opts(self):
         # This host's root lacks CAP_SYS_RESOURCE, so podman's default rlimits (nofile 1048576,
@@ -498,7 +414,12 @@ class Variant:
     layer = ""
     kind = "peer"
 
-    def __init__(self):
+    def __init__(self, b=None, name=None, layer=None):
+        self.b = b
+        if name:
+            self.name = name
+        if layer:
+            self.layer = layer
         self.error = None
         self.samples = []
         self.notes = []
@@ -512,11 +433,30 @@ class Variant:
     def teardown(self):
         pass
 
+    def configure(self, setting):
+        pass
+
+    def probe(self, attempts):
+        """Tries (label, in_ns, setting) in turn: self.preexec enters the peers' namespace if
+        in_ns, configure(setting), then a probe sample; notes what ran and what failed.
+        Returns [] once one ran, else every failure as (label, error)."""
+        failed = []
+        for label, in_ns, setting in attempts:
+            self.preexec = self.b.ns.preexec() if in_ns else None
+            self.configure(setting)
+            try:
+                self.sample("probe")
+                self.notes.append(f"ran: {label}")
+                return []
+            except StepFailed as e:
+                self.notes.append(f"{label}: {e}")
+                failed.append((label, str(e)))
+        return failed
+
 
 class Unavailable(Variant):
     def __init__(self, name, why):
-        super().__init__()
-        self.name = name
+        super().__init__(None, name)
         self.error = why
 
 
@@ -524,27 +464,19 @@ class SgVariant(Variant):
     kind = "spawngrid"
 
     def __init__(self, b, name, source, layer):
-        super().__init__()
-        self.b, self.name, self.source, self.layer = b, name, source, layer
+        super().__init__(b, name, layer)
+        self.source = source
 
     def sample(self, i):
-        env = f"lat-{'n' if self.source == SNAP else 'd'}-{i}"
-        t_spawn, inproc = self.b.spawn(env, self.source)
-        try:
-            t_exec = self.b.exec_(env, "true")[0]
-        finally:
-            t_boom = self.b.boom(env)
-        return {"spawn": t_spawn, "spawn_inproc": inproc, "exec": t_exec, "boom": t_boom,
-                "first_cmd": t_spawn + t_exec, "total": t_spawn + t_exec + t_boom}
+        return self.b.cycle(f"lat-{'n' if self.source == SNAP else 'd'}-{i}", self.source)
 
 
 class Bwrap(Variant):
     def __init__(self, b, overlay):
-        super().__init__()
-        self.b, self.overlay = b, overlay
-        self.name = "bwrap+overlay" if overlay else "bwrap"
-        self.layer = ("overlay + fresh 100M tmpfs upper, mounted by the bench (bwrap 0.8 has no "
-                      "--overlay)" if overlay else "read-only root, tmpfs /tmp")
+        super().__init__(b, "bwrap+overlay" if overlay else "bwrap",
+                         "overlay + fresh 100M tmpfs upper, mounted by the bench (bwrap 0.8 has "
+                         "no --overlay)" if overlay else "read-only root, tmpfs /tmp")
+        self.overlay = overlay
         self.ns_args = ["--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]
 
     def sample(self, i):
@@ -584,30 +516,23 @@ class Crun(Variant):
     layer = "overlay + fresh 100M tmpfs upper, mounted by the bench; cgroup limits"
 
     def __init__(self, b):
-        super().__init__()
-        self.b = b
+        super().__init__(b)
         self.bundle = os.path.join(b.peers_dir, "crun")
         self.ovl = os.path.join(b.peers_dir, "crun-ovl")
         self.prefix = None
         self.preexec = None
 
+    def configure(self, prefix):
+        self.prefix = prefix
+
     def setup(self):
         crun_bundle(self.bundle, os.path.join(self.ovl, "root"), ["true"])
-        attempts = [("host, cgroup manager cgroupfs", ["crun"], False),
-                    ("host, --cgroup-manager=disabled", ["crun", "--cgroup-manager=disabled"], False),
-                    ("private mount namespace without /sys/fs/cgroup/unified, cgroupfs", ["crun"],
-                     True)]
-        for label, prefix, in_ns in attempts:
-            if in_ns:
-                self.b.ns.start()
-            self.prefix, self.preexec = prefix, (self.b.ns.preexec() if in_ns else None)
-            try:
-                self.sample("probe")
-                self.notes.append(f"ran: {label}")
-                return
-            except StepFailed as e:
-                self.notes.append(f"{label}: {e}")
-        raise StepFailed("; ".join(self.notes))
+        failed = self.probe([
+            ("host, cgroup manager cgroupfs", False, ["crun"]),
+            ("host, --cgroup-manager=disabled", False, ["crun", "--cgroup-manager=disabled"]),
+            ("private mount namespace without /sys/fs/cgroup/unified, cgroupfs", True, ["crun"])])
+        if failed:
+            raise StepFailed("; ".join(f"{label}: {e}" for label, e in failed))
 
     def sample(self, i):
         t0 = time.perf_counter()
@@ -620,10 +545,6 @@ class Crun(Variant):
 class Nspawn(Variant):
     name = "systemd-nspawn"
     layer = "--volatile=overlay (tmpfs upper)"
-
-    def __init__(self, b):
-        super().__init__()
-        self.b = b
 
     def argv(self):
         return ["systemd-nspawn", "-q", "-D", self.b.root, "--volatile=overlay", "--register=no",
@@ -656,23 +577,31 @@ def lxc_limits():
             f"lxc.cgroup.pids.max = {PIDS_LIMIT}\n")
 
 
+def lxc_config(path, name, rootfs, extra=""):
+    """Writes PATH/NAME/config: container NAME on `rootfs` (an lxc.rootfs.path value), with
+    LXC_COMMON, spawngrid's limits and the `extra` lines."""
+    os.makedirs(os.path.join(path, name), exist_ok=True)
+    with open(os.path.join(path, name, "config"), "w") as f:
+        f.write(f"lxc.uts.name = {name}\nlxc.rootfs.path = {rootfs}\n" + LXC_COMMON + lxc_limits()
+                + extra)
+
+
+def lxc_overlay(b, name):
+    """Container NAME under b.w/lxc on an overlay of the rootfs, its upper directory (returned)
+    b.w/lxc-upper/NAME."""
+    upper = os.path.join(b.w, "lxc-upper", name)
+    os.makedirs(upper)
+    lxc_config(os.path.join(b.w, "lxc"), name, f"overlay:{b.root}:{upper}")
+    return upper
+
+
 class Lxc(Variant):
     name = "lxc-execute"
     layer = "overlay rootfs (upper on the bench tmpfs, emptied between runs)"
 
-    def __init__(self, b):
-        super().__init__()
-        self.b = b
-        self.path = os.path.join(b.w, "lxc")
-        self.upper = os.path.join(b.w, "lxc-upper", "lat")
-
     def setup(self):
-        d = os.path.join(self.path, "lat")
-        os.makedirs(d)
-        os.makedirs(self.upper)
-        with open(os.path.join(d, "config"), "w") as f:
-            f.write(f"lxc.uts.name = lat\nlxc.rootfs.path = overlay:{self.b.root}:{self.upper}\n"
-                    + LXC_COMMON + lxc_limits())
+        self.path = os.path.join(self.b.w, "lxc")
+        self.upper = lxc_overlay(self.b, "lat")
         self.sample("probe")
 
     def sample(self, i):
@@ -685,50 +614,35 @@ class Lxc(Variant):
 
 class Podman(Variant):
     def __init__(self, b, image):
-        super().__init__()
-        self.b, self.image = b, image
-        self.name = "podman-image" if image else "podman-rootfs"
-        self.layer = ("image imported from the rootfs, overlay driver" if image
-                      else "--rootfs DIR:O (overlay on the directory)")
+        super().__init__(b, "podman-image" if image else "podman-rootfs",
+                         "image imported from the rootfs, overlay driver" if image
+                         else "--rootfs DIR:O (overlay on the directory)")
+        self.image = image
         self.preexec = None
         self.opts = []
 
     def target(self):
         return ["localhost/bench-base"] if self.image else ["--rootfs", f"{self.b.root}:O"]
 
+    def configure(self, opts):
+        self.opts = opts
+
     def setup(self):
         b = self.b
         if self.image:
-            b.ns.start()
             self.preexec = b.ns.preexec()
             self.opts = b.podman_run_opts()
-            if not b.notes.get("podman_import_s"):
-                dt, _, _ = run(f"tar -C {shlex.quote(b.root)} --numeric-owner -cf - . | "
-                               + " ".join(shlex.quote(x) for x in b.podman(
-                                   "import", "-q", "-", "localhost/bench-base")),
-                               b.t, preexec_fn=self.preexec, what="tar | podman import")
-                b.notes["podman_import_s"] = dt
+            b.podman_import(self.preexec)
             self.sample("probe")
             self.notes.append("ran in the private mount namespace (see crun), with --ulimit")
             return
-        attempts = [("host, defaults", False, ["--network", "none"]),
-                    ("host, --ulimit nofile/nproc within the hard limits", False,
-                     b.podman_run_opts()),
-                    ("private mount namespace without /sys/fs/cgroup/unified", True,
-                     b.podman_run_opts())]
-        errs = []
-        for label, in_ns, opts in attempts:
-            if in_ns:
-                b.ns.start()
-            self.preexec, self.opts = (b.ns.preexec() if in_ns else None), opts
-            try:
-                self.sample("probe")
-                self.notes.append(f"ran: {label}")
-                return
-            except StepFailed as e:
-                self.notes.append(f"{label}: {e}")
-                errs.append(str(e))
-        raise StepFailed("; ".join(errs))
+        failed = self.probe([
+            ("host, defaults", False, ["--network", "none"]),
+            ("host, --ulimit nofile/nproc within the hard limits", False, b.podman_run_opts()),
+            ("private mount namespace without /sys/fs/cgroup/unified", True,
+             b.podman_run_opts())])
+        if failed:
+            raise StepFailed("; ".join(e for _, e in failed))
 
     def sample(self, i):
         return {"total": run(self.b.podman("run", "--rm", *self.opts, *self.target(), "true"),
@@ -742,12 +656,10 @@ def section_latency(b, peers, unavailable):
     log("latency: warm-up (the first spawn mounts the snapshot with snapfs)")
     first = {}
     for i in range(3):
-        t_spawn, inproc = b.spawn(f"warm-{i}")
-        t_exec = b.exec_(f"warm-{i}", "true")[0]
-        t_boom = b.boom(f"warm-{i}")
+        c = b.cycle(f"warm-{i}")
         if i == 0:
-            first = {"spawn_s": t_spawn, "spawn_inproc_s": inproc, "exec_s": t_exec,
-                     "boom_s": t_boom}
+            first = {"spawn_s": c["spawn"], "spawn_inproc_s": c["spawn_inproc"],
+                     "exec_s": c["exec"], "boom_s": c["boom"]}
     vs = b.variants(peers, unavailable)
     for v in vs:
         if v.error:
@@ -809,74 +721,80 @@ def section_latency(b, peers, unavailable):
     return {"first_spawn": first, "rows": rows, "lib_mount_reuse": remount}
 
 
+def attach_times(a, one):
+    """One attach untimed, then a.n back to back and a.idle_samples after 0.5 s idle each."""
+    one()
+    warm = [one() for _ in range(a.n)]
+    idle = []
+    for _ in range(a.idle_samples):
+        time.sleep(0.5)
+        idle.append(one())
+    return {"warm": summary_ms(warm), "after_idle_0_5s": summary_ms(idle)}
+
+
+# Each starts a container of the peer running `sleeper` and returns (one attach -> seconds,
+# stop); the attach commands run `true` in it.
+
+def attach_crun(b, sleeper):
+    pre = b.ns.preexec()
+    bundle = os.path.join(b.peers_dir, "crun-attach")
+    ovl = Overlay(os.path.join(b.peers_dir, "crun-attach-ovl"), b.root).__enter__()
+    crun_bundle(bundle, ovl.root, sleeper)
+    cid = f"bench-{os.getpid()}-attach"
+    run(["crun", "run", "-d", "-b", bundle, cid], 120, preexec_fn=pre)
+
+    def stop():
+        run(["crun", "delete", "-f", cid], 120, preexec_fn=pre, check=False)
+        ovl.__exit__(None, None, None)
+    return lambda: run(["crun", "exec", cid, "true"], 120, preexec_fn=pre)[0], stop
+
+
+def attach_lxc(b, sleeper):
+    path = os.path.join(b.w, "lxc")
+    lxc_overlay(b, "att")
+    run(["lxc-start", "-n", "att", "-P", path, "-d", "--", *sleeper], 120)
+    run(["lxc-wait", "-n", "att", "-P", path, "-s", "RUNNING", "-t", "10"], 120)
+
+    def stop():
+        run(["lxc-stop", "-k", "-n", "att", "-P", path], 120, check=False)
+    return lambda: run(["lxc-attach", "-n", "att", "-P", path, "--", "true"], 120)[0], stop
+
+
+def attach_podman(b, sleeper):
+    pre = b.ns.preexec()
+    run(b.podman("run", "-d", "--name", "attach", *b.podman_run_opts(), "--rootfs",
+                 f"{b.root}:O", *sleeper), 120, preexec_fn=pre)
+
+    def stop():
+        run(b.podman("rm", "-f", "-t", "0", "attach"), 120, preexec_fn=pre, check=False)
+    return lambda: run(b.podman("exec", "attach", "true"), 120, preexec_fn=pre)[0], stop
+
+
+ATTACH = {"crun": ("crun exec", attach_crun), "lxc": ("lxc-attach", attach_lxc),
+          "podman": ("podman exec", attach_podman)}
+
+
 def section_attach(b, peers, unavailable):
-    a = b.a
     env = "attach"
     b.spawn(env)
     try:
-        b.exec_(env, "true")
-        warm = [b.exec_(env, "true")[0] for _ in range(a.n)]
-        idle = []
-        for _ in range(a.idle_samples):
-            time.sleep(0.5)
-            idle.append(b.exec_(env, "true")[0])
+        res = attach_times(b.a, lambda: b.exec_(env, "true")[0])
     finally:
         b.boom(env)
-    res = {"warm": summary_ms(warm), "after_idle_0_5s": summary_ms(idle), "peers": {}}
+    res["peers"] = {}
     # The peers' attach into a running container (`sleep infinity`), back to back.
     sleeper = ["sh", "-c", "exec sleep infinity </dev/null >/dev/null 2>&1"]
     for p in peers:
-        if p in ("bwrap", "nspawn"):
+        if p not in ATTACH:
             continue          # no attach command for a running bwrap / nspawn without machined
         if p in unavailable:
             res["peers"][p] = {"status": unavailable[p]}
             continue
-        name = {"crun": "crun exec", "lxc": "lxc-attach", "podman": "podman exec"}[p]
+        name, start = ATTACH[p]
         stop = None
         try:
-            if p == "crun":
-                pre = b.ns.preexec()
-                bundle = os.path.join(b.peers_dir, "crun-attach")
-                ovl = Overlay(os.path.join(b.peers_dir, "crun-attach-ovl"), b.root).__enter__()
-                crun_bundle(bundle, ovl.root, sleeper)
-                cid = f"bench-{os.getpid()}-attach"
-                run(["crun", "run", "-d", "-b", bundle, cid], 120, preexec_fn=pre)
-
-                def stop():
-                    run(["crun", "delete", "-f", cid], 120, preexec_fn=pre, check=False)
-                    ovl.__exit__(None, None, None)
-                one = lambda: run(["crun", "exec", cid, "true"], 120, preexec_fn=pre)[0]
-            elif p == "lxc":
-                path = os.path.join(b.w, "lxc")
-                upper = os.path.join(b.w, "lxc-upper", "att")
-                os.makedirs(os.path.join(path, "att"))
-                os.makedirs(upper)
-                with open(os.path.join(path, "att", "config"), "w") as f:
-                    f.write(f"lxc.uts.name = att\nlxc.rootfs.path = overlay:{b.root}:{upper}\n"
-                            + LXC_COMMON + lxc_limits())
-                run(["lxc-start", "-n", "att", "-P", path, "-d", "--", *sleeper], 120)
-                run(["lxc-wait", "-n", "att", "-P", path, "-s", "RUNNING", "-t", "10"], 120)
-
-                def stop():
-                    run(["lxc-stop", "-k", "-n", "att", "-P", path], 120, check=False)
-                one = lambda: run(["lxc-attach", "-n", "att", "-P", path, "--", "true"], 120)[0]
-            else:
-                pre = b.ns.preexec()
-                run(b.podman("run", "-d", "--name", "attach", *b.podman_run_opts(), "--rootfs",
-                             f"{b.root}:O", *sleeper), 120, preexec_fn=pre)
-
-                def stop():
-                    run(b.podman("rm", "-f", "-t", "0", "attach"), 120, preexec_fn=pre,
-                        check=False)
-                one = lambda: run(b.podman("exec", "attach", "true"), 120, preexec_fn=pre)[0]
-            one()
-            warm_p = [one() for _ in range(a.n)]
-            idle_p = []
-            for _ in range(a.idle_samples):
-                time.sleep(0.5)
-                idle_p.append(one())
-            res["peers"][p] = {"status": "ok", "name": name, "warm": summary_ms(warm_p),
-                               "after_idle_0_5s": summary_ms(idle_p)}
+            one, stop = start(b, sleeper)
+            res["peers"][p] = {"status": "ok", "name": name, **attach_times(b.a, one)}
         except StepFailed as e:
             res["peers"][p] = {"status": f"failed: {e}", "name": name}
             log(f"attach {name}: {e}")
@@ -909,13 +827,10 @@ def section_save(b):
                 try:
                     b.exec_(env, "sh", "-c", cmd)
                     uppers.append(du_bytes(b.upper(env)))
-                    dt, out, _ = b.env("--json", "save", env, f"saved-{ci}-{r}",
-                                       what=f"spawngrid env save {env}")
+                    dt, ip = b.save(env, f"saved-{ci}-{r}")
                     walls.append(dt)
-                    try:
-                        inproc.append(json.loads(out)["seconds"])
-                    except (ValueError, KeyError):
-                        pass
+                    if ip is not None:
+                        inproc.append(ip)
                 finally:
                     booms.append(b.boom(env))
             row.update(status="ok", save=summary_ms(walls), save_inproc=summary_ms(inproc),
@@ -929,8 +844,81 @@ def section_save(b):
     return rows
 
 
+def session_spawngrid(b, debs, add):
+    """dpkg -i in an env, `env save`, and for comparison a bare tar of the env's upper."""
+    for r in range(b.a.repeat):
+        env = f"sess-{r}"
+        b.spawn(env)
+        try:
+            with open(debs["tar"], "rb") as f:
+                b.exec_(env, "sh", "-c", "mkdir -p /tmp/debs && tar -x -C /tmp/debs", stdin=f)
+            b.exec_(env, "sh", "-c", b.install_script("/tmp/debs") + " && rm -rf /tmp/debs")
+            up = b.upper(env)
+            add("spawngrid save", "upper_bytes", du_bytes(up))
+            dt, inproc = b.save(env, f"sess-saved-{r}")
+            add("spawngrid save", "s", dt)
+            if inproc is not None:
+                add("spawngrid save", "inproc_s", inproc)
+            out_tar = os.path.join(b.w, "upper.tar")
+            dt, _, _ = run(["tar", "-C", up, "--xattrs", "--xattrs-include=*", "--acls",
+                            "--numeric-owner", "-cf", out_tar, "."], b.t)
+            add("tar of the upper", "s", dt)
+            add("tar of the upper", "bytes", os.path.getsize(out_tar))
+            os.unlink(out_tar)
+        finally:
+            b.boom(env)
+
+
+def session_podman(b, debs, add):
+    """dpkg -i in a container of the imported image (in the peers' namespace), podman commit."""
+    pre = b.ns.preexec()
+    b.podman_import(pre)
+    for r in range(b.a.repeat):
+        c = f"sess-{r}"
+        run(b.podman("run", "--name", c, *b.podman_run_opts(), "-v", f"{debs['dir']}:/debs:ro",
+                     "localhost/bench-base", "sh", "-c", b.install_script("/debs")), b.t,
+            preexec_fn=pre, what="podman run (dpkg -i)")
+        dt, _, _ = run(b.podman("commit", "-q", c, f"localhost/sess-{r}"), b.t, preexec_fn=pre,
+                       what="podman commit")
+        add("podman commit", "s", dt)
+        run(b.podman("rm", c), b.t, preexec_fn=pre)
+        run(b.podman("rmi", f"localhost/sess-{r}"), b.t, preexec_fn=pre)
+
+
+def session_lxc(b, debs, add):
+    """dpkg -i in a dir-backed container, then lxc-snapshot and lxc-copy of it."""
+    u = ensure_tool("rsync", "rsync")
+    if u:
+        return f"{u} (lxc-snapshot of a dir rootfs uses rsync)"
+    path = os.path.join(b.w, "lxc-sess")
+    try:
+        for r in range(b.a.repeat):
+            c = f"sess{r}"
+            d = os.path.join(path, c)
+            os.makedirs(d)
+            run(["cp", "-a", b.root, os.path.join(d, "rootfs")], b.t)
+            lxc_config(path, c, f"dir:{d}/rootfs",
+                       f"lxc.mount.entry = {debs['dir']} debs none bind,ro,create=dir 0 0\n")
+            run(["lxc-execute", "-n", c, "-P", path, "--", "sh", "-c",
+                 b.install_script("/debs")], b.t, what="lxc-execute (dpkg -i)")
+            dt, _, _ = run(["lxc-snapshot", "-n", c, "-P", path], b.t)
+            add("lxc-snapshot", "s", dt)
+            dt, _, _ = run(["lxc-copy", "-n", c, "-N", f"{c}copy", "-P", path], b.t)
+            add("lxc-copy", "s", dt)
+            shutil.rmtree(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+# (label in logs, peer it needs or None, its row, the function: returns None, or why it could
+# not run)
+SESSION_CAPTURES = [("spawngrid", None, "spawngrid save", session_spawngrid),
+                    ("podman", "podman", "podman commit", session_podman),
+                    ("lxc", "lxc", "lxc-snapshot", session_lxc)]
+
+
 def section_session(b, peers, unavailable):
-    a = b.a
     debs = b.prepare_debs()
     res = {"debs": {k: debs[k] for k in ("packages", "passes", "bytes")}, "rows": {}}
     rows = res["rows"]
@@ -938,98 +926,19 @@ def section_session(b, peers, unavailable):
     def add(tool, key, val):
         rows.setdefault(tool, {}).setdefault(key, []).append(val)
 
-    # spawngrid
-    try:
-        for r in range(a.repeat):
-            env = f"sess-{r}"
-            b.spawn(env)
-            try:
-                with open(debs["tar"], "rb") as f:
-                    b.exec_(env, "sh", "-c", "mkdir -p /tmp/debs && tar -x -C /tmp/debs", stdin=f)
-                b.exec_(env, "sh", "-c", b.install_script("/tmp/debs") + " && rm -rf /tmp/debs")
-                up = b.upper(env)
-                add("spawngrid save", "upper_bytes", du_bytes(up))
-                dt, out, _ = b.env("--json", "save", env, f"sess-saved-{r}",
-                                   what=f"spawngrid env save {env}")
-                add("spawngrid save", "s", dt)
-                try:
-                    add("spawngrid save", "inproc_s", json.loads(out)["seconds"])
-                except (ValueError, KeyError):
-                    pass
-                out_tar = os.path.join(b.w, "upper.tar")
-                dt, _, _ = run(["tar", "-C", up, "--xattrs", "--xattrs-include=*", "--acls",
-                                "--numeric-owner", "-cf", out_tar, "."], b.t)
-                add("tar of the upper", "s", dt)
-                add("tar of the upper", "bytes", os.path.getsize(out_tar))
-                os.unlink(out_tar)
-            finally:
-                b.boom(env)
-    except StepFailed as e:
-        rows.setdefault("spawngrid save", {})["error"] = f"failed: {e}"
-        log(f"session spawngrid: {e}")
-
-    # podman commit (image container, in the peers' namespace)
-    if "podman" in peers:
-        if "podman" in unavailable:
-            rows["podman commit"] = {"error": unavailable["podman"]}
-        else:
-            try:
-                b.ns.start()
-                pre = b.ns.preexec()
-                if not b.notes.get("podman_import_s"):
-                    dt, _, _ = run(f"tar -C {shlex.quote(b.root)} --numeric-owner -cf - . | "
-                                   + " ".join(shlex.quote(x) for x in b.podman(
-                                       "import", "-q", "-", "localhost/bench-base")),
-                                   b.t, preexec_fn=pre, what="tar | podman import")
-                    b.notes["podman_import_s"] = dt
-                for r in range(a.repeat):
-                    c = f"sess-{r}"
-                    run(b.podman("run", "--name", c, *b.podman_run_opts(), "-v",
-                                 f"{debs['dir']}:/debs:ro", "localhost/bench-base", "sh", "-c",
-                                 b.install_script("/debs")), b.t, preexec_fn=pre,
-                        what="podman run (dpkg -i)")
-                    dt, _, _ = run(b.podman("commit", "-q", c, f"localhost/sess-{r}"), b.t,
-                                   preexec_fn=pre, what="podman commit")
-                    add("podman commit", "s", dt)
-                    run(b.podman("rm", c), b.t, preexec_fn=pre)
-                    run(b.podman("rmi", f"localhost/sess-{r}"), b.t, preexec_fn=pre)
-            except StepFailed as e:
-                rows.setdefault("podman commit", {})["error"] = f"failed: {e}"
-                log(f"session podman: {e}")
-
-    # lxc-snapshot and lxc-copy of a dir-backed container
-    if "lxc" in peers:
-        if "lxc" in unavailable:
-            rows["lxc-snapshot"] = {"error": unavailable["lxc"]}
-        else:
-            u = ensure_tool("rsync", "rsync")
-            if u:
-                rows["lxc-snapshot"] = {"error": f"{u} (lxc-snapshot of a dir rootfs uses rsync)"}
-            else:
-                path = os.path.join(b.w, "lxc-sess")
-                try:
-                    for r in range(a.repeat):
-                        c = f"sess{r}"
-                        d = os.path.join(path, c)
-                        os.makedirs(d)
-                        run(["cp", "-a", b.root, os.path.join(d, "rootfs")], b.t)
-                        with open(os.path.join(d, "config"), "w") as f:
-                            f.write(f"lxc.uts.name = {c}\n"
-                                    f"lxc.rootfs.path = dir:{d}/rootfs\n" + LXC_COMMON
-                                    + lxc_limits() + f"lxc.mount.entry = {debs['dir']} debs none "
-                                    "bind,ro,create=dir 0 0\n")
-                        run(["lxc-execute", "-n", c, "-P", path, "--", "sh", "-c",
-                             b.install_script("/debs")], b.t, what="lxc-execute (dpkg -i)")
-                        dt, _, _ = run(["lxc-snapshot", "-n", c, "-P", path], b.t)
-                        add("lxc-snapshot", "s", dt)
-                        dt, _, _ = run(["lxc-copy", "-n", c, "-N", f"{c}copy", "-P", path], b.t)
-                        add("lxc-copy", "s", dt)
-                        shutil.rmtree(path)
-                except StepFailed as e:
-                    rows.setdefault("lxc-snapshot", {})["error"] = f"failed: {e}"
-                    log(f"session lxc: {e}")
-                finally:
-                    shutil.rmtree(path, ignore_errors=True)
+    for label, peer, tool, capture in SESSION_CAPTURES:
+        if peer is not None and peer not in peers:
+            continue
+        if peer in unavailable:
+            rows[tool] = {"error": unavailable[peer]}
+            continue
+        try:
+            why = capture(b, debs, add)
+            if why:
+                rows[tool] = {"error": why}
+        except StepFailed as e:
+            rows.setdefault(tool, {})["error"] = f"failed: {e}"
+            log(f"session {label}: {e}")
     for tool, v in rows.items():
         if v.get("s"):
             v["all_s"] = v["s"]
@@ -1142,16 +1051,6 @@ def section_density(b):
 
 # -- cleanup ----------------------------------------------------------------------------------
 
-def mounts_under(path):
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].encode().decode("unicode_escape")
-            if mp == path or mp.startswith(path + "/"):
-                out.append(mp)
-    return out
-
-
 def cleanup(b, mnt, cgroups_before):
     if b is not None:
         if shutil.which("crun") and b.ns.proc:
@@ -1188,17 +1087,8 @@ def cleanup(b, mnt, cgroups_before):
                         b.lib("umount", m)
                     except StepFailed as ex:
                         log(f"cleanup: {ex}")
-    for m in sorted(mounts_under(mnt), key=len, reverse=True):
-        for attempt in range(3):
-            if subprocess.run(["umount", m], stderr=subprocess.DEVNULL).returncode == 0:
-                break
-            time.sleep(1)
-        else:
-            subprocess.run(["umount", "-l", m])
-    try:
-        os.rmdir(mnt)
-    except OSError:
-        pass
+    unmount_tree(mnt)
+    remove_dir(mnt)
     # peers' leftover empty cgroup directories that this run created
     for d in sorted(set(cgroup_dirs()) - cgroups_before, key=len, reverse=True):
         try:
@@ -1225,8 +1115,8 @@ def cgroup_dirs():
 
 # -- report -----------------------------------------------------------------------------------
 
-def f1(v, spec=".1f"):
-    return "-" if v is None else format(v, spec)
+def p50_p99_mean(x):
+    return [fmt(x["p50"]), fmt(x["p99"]), fmt(x["mean"])]
 
 
 def report(doc):
@@ -1252,22 +1142,19 @@ def report(doc):
                 continue
             t = r["total"]
             if r["kind"] == "spawngrid":
-                rows.append([f"{r['tool']} spawn+exec+boom", f1(t["p50"]), f1(t["p99"]),
-                             f1(t["mean"]), f1(t["p50"] / sg["total"]["p50"], ".2f") if sg else "-",
+                rows.append([f"{r['tool']} spawn+exec+boom", *p50_p99_mean(t),
+                             fmt(t["p50"] / sg["total"]["p50"], ".2f") if sg else "-",
                              "", r["write_layer"]])
-                for k, label in (("first_cmd", "spawn+exec true (first command)"),
-                                 ("spawn", "spawn"), ("exec", "exec true (right after spawn)"),
-                                 ("boom", "boom")):
-                    x = r[k]
-                    rows.append([f"  {label}", f1(x["p50"]), f1(x["p99"]), f1(x["mean"]), "", "", ""])
-                if r.get("spawn_inproc"):
-                    x = r["spawn_inproc"]
-                    rows.append(["  spawn, in-process", f1(x["p50"]), f1(x["p99"]), f1(x["mean"]),
-                                 "", "", ""])
+                parts = [("first_cmd", "spawn+exec true (first command)"), ("spawn", "spawn"),
+                         ("exec", "exec true (right after spawn)"), ("boom", "boom"),
+                         ("spawn_inproc", "spawn, in-process")]
+                for k, label in parts:
+                    if r.get(k):
+                        rows.append([f"  {label}", *p50_p99_mean(r[k]), "", "", ""])
             else:
-                rows.append([r["tool"], f1(t["p50"]), f1(t["p99"]), f1(t["mean"]),
-                             f1(t["p50"] / sg["total"]["p50"], ".2f") if sg else "-",
-                             f1(t["p50"] / sg["first_cmd"]["p50"], ".2f") if sg else "-",
+                rows.append([r["tool"], *p50_p99_mean(t),
+                             fmt(t["p50"] / sg["total"]["p50"], ".2f") if sg else "-",
+                             fmt(t["p50"] / sg["first_cmd"]["p50"], ".2f") if sg else "-",
                              r["write_layer"]])
         table(p, rows)
         fs = lat.get("first_spawn")
@@ -1283,16 +1170,16 @@ def report(doc):
         p(f"attach: `exec true` in a running env/container (N={w['n']} back to back; "
           f"after 0.5 s idle: N={i['n']}; x = p50 / spawngrid's p50)")
         rows = [["tool", "p50", "p99", "mean", "x", "idle p50", "idle max", "x idle"],
-                ["spawngrid env exec", f1(w["p50"]), f1(w["p99"]), f1(w["mean"]), "1.00",
-                 f1(i["p50"]), f1(i["max"]), "1.00"]]
+                ["spawngrid env exec", *p50_p99_mean(w), "1.00",
+                 fmt(i["p50"]), fmt(i["max"]), "1.00"]]
         for peer, v in at.get("peers", {}).items():
             if v["status"] != "ok":
                 rows.append([v.get("name", peer), v["status"]])
                 continue
             x, y = v["warm"], v["after_idle_0_5s"]
-            rows.append([v["name"], f1(x["p50"]), f1(x["p99"]), f1(x["mean"]),
-                         f1(x["p50"] / w["p50"], ".2f"), f1(y["p50"]), f1(y["max"]),
-                         f1(y["p50"] / i["p50"], ".2f")])
+            rows.append([v["name"], *p50_p99_mean(x),
+                         fmt(x["p50"] / w["p50"], ".2f"), fmt(y["p50"]), fmt(y["max"]),
+                         fmt(y["p50"] / i["p50"], ".2f")])
         table(p, rows)
     sv = doc.get("save")
     if sv:
@@ -1303,9 +1190,9 @@ def report(doc):
             if r["status"] != "ok":
                 rows.append([r["case"], r["write_layer"], r["status"]])
                 continue
-            rows.append([r["case"], r["write_layer"], f1(r["save"]["p50"]), f1(r["save"]["max"]),
-                         f1(r["save_inproc"]["p50"]) if r.get("save_inproc") else "-",
-                         f1(r["upper_bytes"] / MB)])
+            rows.append([r["case"], r["write_layer"], fmt(r["save"]["p50"]), fmt(r["save"]["max"]),
+                         fmt(r["save_inproc"]["p50"]) if r.get("save_inproc") else "-",
+                         fmt(r["upper_bytes"] / MB)])
         table(p, rows)
     ss = doc.get("session")
     if ss:
@@ -1324,7 +1211,7 @@ def report(doc):
                         f"first {v['inproc_first_ms']:.0f} ms")
             elif tool == "tar of the upper":
                 note = f"{statistics.median(v['bytes']) / MB:.1f} MB tar"
-            rows.append([tool, f1(v["first_ms"]), f1(v["median_ms"]), f1(v["median_later_ms"]),
+            rows.append([tool, fmt(v["first_ms"]), fmt(v["median_ms"]), fmt(v["median_later_ms"]),
                          note])
         table(p, rows)
     dn = doc.get("density")
@@ -1337,7 +1224,7 @@ def report(doc):
               f"SUnreclaim+KernelStack+PageTables {dn['unreclaimable_delta_per_env_bytes'] / MB:.2f} MB "
               f"(Slab {md['Slab'] / MB:.2f}, PageTables {md['PageTables'] / MB:.2f}); memory cgroup "
               f"{dn['cgroup_usage_per_env_bytes'] / MB:.2f} MB; init PSS "
-              f"{f1((dn['init_pss_per_env_bytes'] or 0) / MB, '.2f')} MB")
+              f"{fmt((dn['init_pss_per_env_bytes'] or 0) / MB, '.2f')} MB")
             p(f"  spawn p50 {dn['spawn']['p50']:.1f} ms (first 10: {dn['spawn_first10_p50_ms']:.1f}, "
               f"last 10: {dn['spawn_last10_p50_ms']:.1f}), all {dn['spawn_all_s']:.1f} s; "
               f"`env ls` with {dn['k']} envs {dn['env_ls_s'] * 1e3:.0f} ms; boom p50 "
@@ -1352,24 +1239,20 @@ def report(doc):
     return "\n".join(lines)
 
 
+def numbers_right(i, cell, n):
+    """Numbers ("-" for none) right-aligned, except in the first and the last column."""
+    return 0 < i < n - 1 and (cell[:1].isdigit() or cell == "-")
+
+
 def table(p, rows):
-    n = max(len(r) for r in rows)
-    full = [r for r in rows if len(r) == n]
-    w = [max(len(r[i]) for r in full) for i in range(n)]
-    for r in rows:
-        if len(r) == n:
-            p("  ".join((c.ljust(w[i]) if i in (0, n - 1) or not c[:1].isdigit() and c != "-"
-                         else c.rjust(w[i])) for i, c in enumerate(r)).rstrip())
-        else:
-            p(f"{r[0].ljust(w[0])}  {'  '.join(r[1:])}")
+    for line in table_lines(rows, right=numbers_right):
+        p(line)
 
 
 # -- main -------------------------------------------------------------------------------------
 
 def main():
-    ap = argparse.ArgumentParser(description="spawngrid environment runtime benchmark")
-    ap.add_argument("--spawngrid", default=os.path.join(REPO, "target", "release", "spawngrid"))
-    ap.add_argument("--base", help="base rootfs (default: scripts/rootfs.sh base)")
+    ap = arg_parser("spawngrid environment runtime benchmark", base=True)
     ap.add_argument("--n", type=int, default=50, help="latency rounds (default 50)")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each save / session case")
     ap.add_argument("--density", type=int, default=100, help="idle envs for density (500+ works)")
@@ -1379,10 +1262,9 @@ def main():
     ap.add_argument("--sections", default=",".join(ALL_SECTIONS))
     ap.add_argument("--tmpfs-size", default="8G")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
-    ap.add_argument("--output", help="JSON path (default bench/results/runtime-<date>.json)")
+    output_arg(ap, "runtime")
     a = ap.parse_args()
-    peers = [x.strip() for x in a.peers.split(",") if x.strip()]
-    sections = [x.strip() for x in a.sections.split(",") if x.strip()]
+    peers, sections = comma_list(a.peers), comma_list(a.sections)
     if set(peers) - set(ALL_PEERS) or set(sections) - set(ALL_SECTIONS):
         ap.error(f"known peers {ALL_PEERS}, sections {ALL_SECTIONS}")
     if os.geteuid() != 0:
@@ -1393,12 +1275,11 @@ def main():
         print(f"bench: {a.spawngrid} not found (cargo build --release -p spawngrid)",
               file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     started = time.perf_counter()
     loadavg_start = open("/proc/loadavg").read().split()[:3]
     if not a.base:
-        log("scripts/rootfs.sh base")
-        a.base = run([os.path.join(REPO, "scripts", "rootfs.sh"), "base"], 3600)[1].strip()
+        a.base = rootfs_tree("base")
     a.base_path = os.path.realpath(a.base)
 
     unavailable = {}
@@ -1423,21 +1304,18 @@ def main():
     mnt = tempfile.mkdtemp(prefix="sgrb-")
     cg_before = set(cgroup_dirs())
     b = None
+    cgroups = ("v2" if cgroup_v2() else "v1 (hybrid: cgroup2 at /sys/fs/cgroup/unified)"
+               if os.path.ismount("/sys/fs/cgroup/unified") else "v1")
     doc = {"benchmark": "runtime",
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu_model(),
-                    "loadavg_start": " ".join(loadavg_start),
-                    "cgroups": "v2" if cgroup_v2() else "v1 (hybrid: cgroup2 at "
-                               "/sys/fs/cgroup/unified)" if os.path.ismount(
-                                   "/sys/fs/cgroup/unified") else "v1",
-                    "storage": f"tmpfs size={a.tmpfs_size}"},
+           "date": utc_now(),
+           "host": host_info(f"tmpfs size={a.tmpfs_size}", loadavg_start=" ".join(loadavg_start),
+                             cgroups=cgroups),
            "n": a.n, "repeat": a.repeat, "versions": versions,
            "timing": "wall time of each CLI command from Python (fork+exec included); spawngrid "
                      "in-process figures are the commands' own --json timings",
            "errors": []}
     try:
-        run(["mount", "-t", "tmpfs", "-o", f"size={a.tmpfs_size},mode=0755", "spawngrid-bench",
-             mnt], 60)
+        mount_tmpfs(mnt, a.tmpfs_size)
         b = Bench(a, mnt)
         doc["rootfs"] = b.prepare(a.base)
         if "latency" in sections:
@@ -1476,32 +1354,10 @@ def main():
     text = report(doc)
     doc["report"] = text.splitlines()
     print(text)
-    out = a.output
-    if not out:
-        d = os.path.join(REPO, "bench", "results")
-        os.makedirs(d, exist_ok=True)
-        day = datetime.date.today().isoformat()
-        out = os.path.join(d, f"runtime-{day}.json")
-        n = 2
-        while os.path.exists(out):
-            out = os.path.join(d, f"runtime-{day}-{n}.json")
-            n += 1
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
+    out = a.output or result_path("runtime")
+    write_json(out, doc)
     log(f"wrote {out} ({doc['duration_s']:.0f} s in all)")
     return 0 if not doc["errors"] else 2
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 if __name__ == "__main__":

@@ -15,33 +15,24 @@
 #   copy bind-mounted, and snapfs (cache on the same ext4).
 #   cold = `echo 3 > drop_caches`; for snapfs also a fresh mount and an empty file cache.
 #   warm = the same command again right after.
-import argparse
-import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MiB = 1 << 20
-
-
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (MiB, StepFailed, arg_parser, log, result_path, rootfs_tree,  # noqa: E402
+                      run, utc_now, write_json)
 
 
 def sh(cmd, check=True):
-    """Runs a bash command; returns (seconds, stdout)."""
-    t0 = time.perf_counter()
-    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
-    dt = time.perf_counter() - t0
-    if check and p.returncode != 0:
-        raise SystemExit(f"bench: failed: {cmd}: {p.stderr.strip().splitlines()[-1:] }")
-    return dt, p.stdout
+    """Runs a bash command (no timeout); returns (seconds, stdout). A failure ends the bench."""
+    try:
+        dt, out, _ = run(cmd, None, check=check)
+    except StepFailed as e:
+        raise SystemExit(f"bench: failed: {e}")
+    return dt, out
 
 
 def drop_caches():
@@ -72,6 +63,11 @@ class Grid:
 
     def umount(self, mnt):
         self.lib("umount", mnt)
+
+    def umount_live(self, *mnts):
+        for m in mnts:
+            if os.path.ismount(m):
+                self.umount(m)
 
 
 def make_tree(root, total, small=25_000, big=256 * MiB):
@@ -111,22 +107,23 @@ def median_of(fn, n):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--spawngrid", default=os.path.join(REPO, "target/release/spawngrid"))
+    ap = arg_parser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--image-size", default="24G")
     ap.add_argument("--skip-5g", action="store_true")
     ap.add_argument("--output")
     a = ap.parse_args()
     sg = os.path.abspath(a.spawngrid)
-    base = subprocess.run([os.path.join(REPO, "scripts/rootfs.sh"), "base"],
-                          stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    try:
+        base = rootfs_tree("base")
+    except StepFailed as e:
+        raise SystemExit(f"bench: {e}")
     tmp = tempfile.mkdtemp(prefix="snapfs-bench-", dir="/var/tmp")
     img, work = os.path.join(tmp, "ext4.img"), os.path.join(tmp, "w")
     os.makedirs(work)
     sh(f"truncate -s {a.image_size} {img} && mkfs.ext4 -q -F {img} && mount -o loop {img} {work}")
     mounts = []
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    results = {"date": utc_now("auto"),
                "kernel": os.uname().release, "cpus": os.cpu_count(), "base_rootfs": base}
     try:
         g = Grid(sg, work)
@@ -184,9 +181,7 @@ def main():
         for setup, (t, b, is_snap) in setups.items():
             for what, cmd in cmds.items():
                 if is_snap:
-                    for m in (snap_tree, snap_big):
-                        if os.path.ismount(m):
-                            g.umount(m)
+                    g.umount_live(snap_tree, snap_big)
                     sh(f"rm -rf {g.cache}")
                     g.mount("tree", snap_tree)
                     g.mount("big", snap_big)
@@ -195,9 +190,7 @@ def main():
                 warm, allw = median_of(lambda: sh(cmds[what](t, b))[0], a.repeat)
                 bench[f"{setup}/{what}"] = {"cold_s": cold, "warm_s": warm, "warm_all": allw}
                 log(f"{setup} {what}: cold {cold:.3f} s, warm {warm:.3f} s")
-        for m in (snap_tree, snap_big):
-            if os.path.ismount(m):
-                g.umount(m)
+        g.umount_live(snap_tree, snap_big)
         results["io"] = bench
         gib = (1 << 30) / 1e6
         for k, v in bench.items():
@@ -229,10 +222,8 @@ def main():
     for state in ["cold", "warm"]:
         print(f"read1g {state}: native {io['native/read1g'][state + '_MBps']:.0f} MB/s, "
               f"snapfs {io['snapfs/read1g'][state + '_MBps']:.0f} MB/s")
-    out = a.output or os.path.join(REPO, "bench/results",
-                                   f"snapfs-{datetime.date.today().isoformat()}.json")
-    with open(out, "w") as f:
-        json.dump(results, f, indent=2)
+    out = a.output or result_path("snapfs", unique=False)
+    write_json(out, results)
     print(f"\nJSON: {out}")
 
 

@@ -11,6 +11,9 @@
 //! Names and user names follow one rule, checked by [`check_name`] and [`check_owner`]:
 //! 1 to 128 bytes, the first an ASCII letter or digit, the rest ASCII letters, digits or
 //! `. _ - : @`, and no `..` anywhere. So a name can never be a path (`/`) or walk out of one.
+//!
+//! Schema version 2 adds users and API tokens ([`users`]); opening a version 1 catalog
+//! migrates it in place, keeping every name.
 
 use library::Score;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
@@ -18,8 +21,11 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The schema version this code creates and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub mod users;
+pub use users::{Token, User};
+
+/// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The longest name or user name, in bytes.
 pub const MAX_NAME: usize = 128;
@@ -85,6 +91,21 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A user of that name exists already.
+    #[error("user {name} exists already")]
+    UserExists {
+        /// The user name.
+        name: String,
+    },
+    /// No user of that name.
+    #[error("no user {name} (add one with `spawngrid user add`)")]
+    NoUser {
+        /// The user name.
+        name: String,
+    },
+    /// Hashing or random numbers failed.
+    #[error("{0}")]
+    Crypto(String),
     /// The database holds something this code cannot use.
     #[error("catalog {path}: {detail}")]
     Corrupt {
@@ -237,7 +258,8 @@ impl Catalog {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Creates the schema in a new database; refuses a database from a newer spawngrid.
+    /// Creates the schema in a new database, migrates an older one in place (version 1 → 2
+    /// adds the users and tokens tables); refuses a database from a newer spawngrid.
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
         // The common case, a current schema, costs one read and no write transaction.
@@ -257,6 +279,14 @@ impl Catalog {
             0 => {
                 tx.execute_batch(SCHEMA)
                     .map_err(self.sql("creating the schema"))?;
+                tx.execute_batch(users::SCHEMA_V2)
+                    .map_err(self.sql("creating the schema"))?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(self.sql("setting the schema version"))?;
+            }
+            1 => {
+                tx.execute_batch(users::SCHEMA_V2)
+                    .map_err(self.sql("migrating the schema to version 2"))?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(self.sql("setting the schema version"))?;
             }
@@ -550,6 +580,41 @@ mod tests {
         assert!(glob(b"a*b*c", b"aXbYbc"));
         assert!(!glob(b"a*b", b"aXbY"));
         assert!(glob(b"??", b"ab") && !glob(b"??", b"abc"));
+    }
+
+    /// A version 1 catalog (names only) opens as version 2 with its names kept.
+    #[test]
+    fn version_1_migrates_to_2_keeping_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO names (owner, name, score, created) VALUES ('alice', 'old', ?1, 5)",
+                params![score(9).to_hex()],
+            )
+            .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(cat.resolve("alice", "old").unwrap(), score(9));
+        let version: i64 = cat
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        cat.add_user("alice", "pw", false).unwrap();
+        drop(cat);
+        // Reopening a migrated catalog changes nothing.
+        let cat = Catalog::open(&path).unwrap();
+        assert!(cat.check_password("alice", "pw").unwrap());
+        assert!(cat.bind("alice", "old", score(1)).is_err());
+        // A newer schema is refused.
+        cat.conn().pragma_update(None, "user_version", 3).unwrap();
+        drop(cat);
+        let err = Catalog::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,484 @@
+//! The Spawngrid node's HTTPS API: request and response types, route paths, limits and the
+//! error body. No IO: the node (`spawngrid-node`) serves these types and the client (the
+//! `spawngrid` binary) sends them, so both sides agree by construction.
+//!
+//! Every body is JSON. Every failure is a non-2xx status with an [`ErrorBody`]
+//! (`{"error": "one line"}`). Every route except [`routes::LOGIN`] and [`routes::OPENAPI`]
+//! needs `Authorization: Bearer TOKEN` (a token from [`routes::LOGIN`]). Byte streams (exec
+//! stdin, stdout, stderr) travel as standard padded base64 (see [`b64`]), so any bytes survive.
+
+#![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// The default port of the HTTPS API.
+pub const DEFAULT_PORT: u16 = 16998;
+
+/// The default port of the SSH gateway (named in attach commands).
+pub const SSH_PORT: u16 = 16999;
+
+/// The largest request body the node accepts, in bytes; larger ones get 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The most bytes of stdout, and of stderr, that one exec returns; the rest is read and
+/// dropped, and [`ExecResponse::truncated`] says so.
+pub const MAX_EXEC_OUTPUT: usize = 8 << 20;
+
+/// The token lifetime when the node's configuration does not set one: 30 days.
+pub const DEFAULT_TOKEN_DAYS: u64 = 30;
+
+/// Route paths. Templates with `{env}` are for the server's router; the functions fill them.
+pub mod routes {
+    /// `POST`: [`LoginRequest`](crate::LoginRequest) → [`LoginResponse`](crate::LoginResponse).
+    pub const LOGIN: &str = "/api/login";
+    /// `GET ?pattern=P`: the user's names → `Vec<`[`ScoreEntry`](crate::ScoreEntry)`>`.
+    pub const SCORES: &str = "/api/scores";
+    /// `POST`: [`SpawnRequest`](crate::SpawnRequest) → [`EnvInfo`](crate::EnvInfo);
+    /// `GET`: the user's envs → `Vec<`[`EnvInfo`](crate::EnvInfo)`>`.
+    pub const ENVS: &str = "/api/envs";
+    /// `DELETE`: boom the env → [`BoomResponse`](crate::BoomResponse).
+    pub const ENV: &str = "/api/envs/{env}";
+    /// `POST`: [`ExecRequest`](crate::ExecRequest) → [`ExecResponse`](crate::ExecResponse).
+    pub const EXEC: &str = "/api/envs/{env}/exec";
+    /// `POST`: [`SaveRequest`](crate::SaveRequest) → [`SaveResponse`](crate::SaveResponse).
+    pub const SAVE: &str = "/api/envs/{env}/save";
+    /// `GET`: the OpenAPI document ([`openapi`](crate::openapi)); no token needed.
+    pub const OPENAPI: &str = "/api/openapi.json";
+
+    /// The path of env `env` ([`ENV`] filled in, percent-encoded).
+    pub fn env(env: &str) -> String {
+        ENV.replace("{env}", &super::percent_encode(env))
+    }
+
+    /// The exec path of env `env` ([`EXEC`] filled in, percent-encoded).
+    pub fn exec(env: &str) -> String {
+        EXEC.replace("{env}", &super::percent_encode(env))
+    }
+
+    /// The save path of env `env` ([`SAVE`] filled in, percent-encoded).
+    pub fn save(env: &str) -> String {
+        SAVE.replace("{env}", &super::percent_encode(env))
+    }
+
+    /// The scores path with an optional pattern, percent-encoded.
+    pub fn scores(pattern: Option<&str>) -> String {
+        match pattern {
+            None => SCORES.to_string(),
+            Some(p) => format!("{SCORES}?pattern={}", super::percent_encode(p)),
+        }
+    }
+}
+
+/// Percent-encodes everything but ASCII letters, digits and `-._~` (RFC 3986 unreserved).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// How a node's TLS certificate fingerprint is shown and pinned: the SHA-256 digest of the
+/// certificate (DER) as 32 uppercase hex pairs joined by `:` (as `openssl x509 -fingerprint
+/// -sha256` prints it, after its `SHA256 Fingerprint=`).
+pub fn format_fingerprint(sha256: &[u8]) -> String {
+    sha256
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The body of every error response: one line saying what failed and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The message.
+    pub error: String,
+}
+
+/// `POST /api/login`: a user name and password.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The user name.
+    pub user: String,
+    /// The password (never logged).
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// The answer to a login: a bearer token for every other route.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// The user logged in.
+    pub user: String,
+    /// The bearer token (64 hex digits after `sg_`); the node keeps only its hash.
+    pub token: String,
+    /// When the token stops working, seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("user", &self.user)
+            .field("token", &"<hidden>")
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+/// `GET /api/scores` query: an optional pattern (a glob with `*`/`?`, else a substring).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoresQuery {
+    /// The pattern names must match.
+    pub pattern: Option<String>,
+}
+
+/// One name the user may spawn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreEntry {
+    /// The name.
+    pub name: String,
+    /// Its owner (the user, until shares exist).
+    pub owner: String,
+    /// The snapshot's score, 64 lowercase hex digits.
+    pub score: String,
+    /// When the name was bound, seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// `POST /api/envs`: spawn an env from one of the user's names.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    /// The name to spawn from.
+    pub name: String,
+    /// A 1 GiB disk-backed write layer instead of the 100 MiB RAM-backed one.
+    #[serde(default)]
+    pub disk: bool,
+    /// The env's name, when not the name spawned from (so one name can back several envs).
+    #[serde(rename = "as", default, skip_serializing_if = "Option::is_none")]
+    pub as_env: Option<String>,
+    /// Memory limit in bytes (default: the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<u64>,
+}
+
+/// How to get a shell in an env.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attach {
+    /// `ssh -p 16999 ENV+USER@HOST`.
+    pub ssh: String,
+    /// `spawngrid cpu ENV` (the client adds `-h`/`-u` when they are not the defaults).
+    pub cpu: String,
+}
+
+/// One of the user's envs (the answer to a spawn, and a row of `GET /api/envs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvInfo {
+    /// The env's name as the user knows it.
+    pub env: String,
+    /// The node the env runs on.
+    pub node: String,
+    /// The name it was spawned from, when the node recorded it.
+    pub from: Option<String>,
+    /// The snapshot's score it was spawned from.
+    pub snapshot: Option<String>,
+    /// Whether its init is alive (a dead env can only be boomed).
+    pub running: bool,
+    /// Whether the write layer is disk-backed.
+    pub disk: bool,
+    /// When it was spawned, seconds since the Unix epoch.
+    pub created: u64,
+    /// Seconds since it was spawned.
+    pub age: u64,
+    /// Memory charged to its cgroup, in bytes, when readable.
+    pub memory: Option<u64>,
+    /// Bytes used in its write layer, when readable.
+    pub write_used: Option<u64>,
+    /// Size of its write layer in bytes.
+    pub write_size: u64,
+    /// How to attach.
+    pub attach: Attach,
+}
+
+/// `POST /api/envs/{env}/exec`: run one command and collect its output.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The command and its arguments (looked up along the env's `PATH`).
+    pub argv: Vec<String>,
+    /// Bytes for the command's stdin, base64; none: stdin is `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+}
+
+/// The result of an exec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    /// The command's exit code; 128 + N if signal N killed it; 127 if it could not run.
+    pub exit_code: i32,
+    /// Its stdout, base64 (at most [`MAX_EXEC_OUTPUT`] bytes).
+    pub stdout: String,
+    /// Its stderr, base64 (at most [`MAX_EXEC_OUTPUT`] bytes).
+    pub stderr: String,
+    /// Whether stdout or stderr was longer than [`MAX_EXEC_OUTPUT`] and cut.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// `POST /api/envs/{env}/save`: store the env's state under a new name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveRequest {
+    /// The new name (bound once, forever).
+    pub name: String,
+}
+
+/// The result of a save.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaveResponse {
+    /// The env saved (it keeps running).
+    pub env: String,
+    /// The new name.
+    pub name: String,
+    /// The new snapshot's score.
+    pub score: String,
+    /// How long the save took.
+    pub seconds: f64,
+    /// Things in the write layer that could not be saved exactly.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The result of a boom.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoomResponse {
+    /// The env destroyed.
+    pub env: String,
+}
+
+/// Standard padded base64, how byte streams travel in this API.
+pub mod b64 {
+    use base64::Engine;
+
+    /// Encodes bytes.
+    pub fn encode(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// Decodes text; the error says what was wrong.
+    pub fn decode(text: &str) -> Result<Vec<u8>, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("bad base64: {e}"))
+    }
+}
+
+/// The OpenAPI 3.1 document of this API (hand-written: `openapi.json` in this crate).
+pub fn openapi() -> &'static str {
+    include_str!("../openapi.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_fill_templates() {
+        assert_eq!(routes::env("web"), "/api/envs/web");
+        assert_eq!(routes::exec("web"), "/api/envs/web/exec");
+        assert_eq!(routes::save("a.b"), "/api/envs/a.b/save");
+        assert_eq!(routes::env("../x+y"), "/api/envs/..%2Fx%2By");
+        assert_eq!(
+            routes::scores(Some("web-*?x y")),
+            "/api/scores?pattern=web-%2A%3Fx%20y"
+        );
+        assert_eq!(routes::scores(None), "/api/scores");
+    }
+
+    #[test]
+    fn fingerprints_are_colon_hex() {
+        assert_eq!(format_fingerprint(&[0xab, 0x01, 0xff]), "AB:01:FF");
+    }
+
+    #[test]
+    fn spawn_request_uses_as_and_defaults() {
+        let r: SpawnRequest = serde_json::from_str(r#"{"name":"base","as":"w"}"#).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.as_env.as_deref(), r.disk),
+            ("base", Some("w"), false)
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"name":"base","disk":false,"as":"w"}"#);
+        assert!(serde_json::from_str::<SpawnRequest>(r#"{"name":"b","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let l = LoginRequest {
+            user: "alice".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{l:?}").contains("hunter2"));
+        let r = LoginResponse {
+            user: "alice".into(),
+            token: "sg_secret".into(),
+            expires: 1,
+        };
+        assert!(!format!("{r:?}").contains("secret"));
+    }
+
+    #[test]
+    fn base64_round_trips_any_bytes() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(b64::decode(&b64::encode(&bytes)).unwrap(), bytes);
+        assert!(b64::decode("not base64!")
+            .unwrap_err()
+            .starts_with("bad base64"));
+    }
+
+    /// The document parses, names every route with its methods, and every schema it names
+    /// has the fields the types serialize.
+    #[test]
+    fn openapi_describes_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(openapi()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        let want = [
+            (routes::LOGIN, &["post"][..]),
+            (routes::SCORES, &["get"]),
+            (routes::ENVS, &["get", "post"]),
+            (routes::ENV, &["delete"]),
+            (routes::EXEC, &["post"]),
+            (routes::SAVE, &["post"]),
+            (routes::OPENAPI, &["get"]),
+        ];
+        assert_eq!(paths.len(), want.len());
+        for (path, methods) in want {
+            let item = paths.get(path).unwrap_or_else(|| panic!("{path} missing"));
+            for m in methods {
+                assert!(item.get(*m).is_some(), "{m} {path} missing");
+            }
+        }
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let check = |name: &str, value: serde_json::Value| {
+            let props = schemas[name]["properties"].as_object().unwrap();
+            for key in value.as_object().unwrap().keys() {
+                assert!(props.contains_key(key), "{name}.{key} not in the document");
+            }
+            for req in schemas[name]["required"].as_array().into_iter().flatten() {
+                assert!(value.get(req.as_str().unwrap()).is_some(), "{name}.{req}");
+            }
+        };
+        let attach = Attach {
+            ssh: "s".into(),
+            cpu: "c".into(),
+        };
+        let info = EnvInfo {
+            env: "e".into(),
+            node: "n".into(),
+            from: Some("f".into()),
+            snapshot: Some("s".into()),
+            running: true,
+            disk: false,
+            created: 1,
+            age: 2,
+            memory: Some(3),
+            write_used: Some(4),
+            write_size: 5,
+            attach: attach.clone(),
+        };
+        let v = |x: &dyn erased::Ser| x.value();
+        check("Error", v(&ErrorBody { error: "x".into() }));
+        check(
+            "LoginRequest",
+            v(&LoginRequest {
+                user: "u".into(),
+                password: "p".into(),
+            }),
+        );
+        check(
+            "LoginResponse",
+            v(&LoginResponse {
+                user: "u".into(),
+                token: "t".into(),
+                expires: 1,
+            }),
+        );
+        check(
+            "ScoreEntry",
+            v(&ScoreEntry {
+                name: "n".into(),
+                owner: "o".into(),
+                score: "s".into(),
+                created: 1,
+            }),
+        );
+        check(
+            "SpawnRequest",
+            v(&SpawnRequest {
+                name: "n".into(),
+                disk: true,
+                as_env: Some("a".into()),
+                mem: Some(1),
+            }),
+        );
+        check("Attach", v(&attach));
+        check("EnvInfo", v(&info));
+        check(
+            "ExecRequest",
+            v(&ExecRequest {
+                argv: vec!["a".into()],
+                stdin: Some("".into()),
+            }),
+        );
+        check(
+            "ExecResponse",
+            v(&ExecResponse {
+                exit_code: 0,
+                stdout: "".into(),
+                stderr: "".into(),
+                truncated: false,
+            }),
+        );
+        check("SaveRequest", v(&SaveRequest { name: "n".into() }));
+        check(
+            "SaveResponse",
+            v(&SaveResponse {
+                env: "e".into(),
+                name: "n".into(),
+                score: "s".into(),
+                seconds: 1.0,
+                warnings: vec![],
+            }),
+        );
+        check("BoomResponse", v(&BoomResponse { env: "e".into() }));
+    }
+
+    /// Serializes any of the API types to a JSON value (for the document check above).
+    mod erased {
+        pub trait Ser {
+            fn value(&self) -> serde_json::Value;
+        }
+        impl<T: serde::Serialize> Ser for T {
+            fn value(&self) -> serde_json::Value {
+                serde_json::to_value(self).unwrap()
+            }
+        }
+    }
+}

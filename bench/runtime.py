@@ -16,7 +16,8 @@
 # - attach: `env exec ENV -- true` in one running env, back to back and after 0.5 s idle, and
 #   `crun exec`, `lxc-attach`, `podman exec` into a running container;
 # - save: `env save` after 1 changed file, 10 MB and 100 MB of new (random) bytes;
-# - session: dpkg -i of make + python3-minimal (+ dependencies, from a local .deb cache) inside
+# - session: dpkg -i of make + python3-minimal (or --session-packages; + dependencies, from a
+#   local .deb cache) inside
 #   an env, then `env save`, against `podman commit`, `lxc-snapshot`, `lxc-copy` and a bare
 #   `tar` of the upper directory, for the same changes;
 # - density: K idle envs: host MemAvailable delta / K and the envs' memory cgroups, then boom.
@@ -45,7 +46,7 @@ from benchlib import (MB, StepFailed, arg_parser, comma_list, du_bytes,  # noqa:
 ALL_PEERS = ["bwrap", "crun", "nspawn", "lxc", "podman"]
 ALL_SECTIONS = ["latency", "attach", "save", "session", "density"]
 SNAP = "bench-base"                      # the ~300 MB snapshot's name
-REQUESTED_DEBS = ["make", "python3-minimal"]
+DEFAULT_SESSION_DEBS = "make,python3-minimal"
 DEB_CACHE = "/var/cache/spawngrid/debs"
 MEM_LIMIT = "512M"                       # spawngrid's default; applied to peers that take one
 MEM_LIMIT_BYTES = 512 << 20
@@ -204,9 +205,10 @@ class Bench:
     def lib(self, *args, **kw):
         return run([self.sg, "lib", "--data", self.data, *args], self.t, **kw)
 
-    def spawn(self, env, source=SNAP, disk=False):
+    def spawn(self, env, source=SNAP, disk=False, size=None):
         """`env spawn`: (wall seconds, the command's own in-process seconds or None)."""
-        args = ["--json", "spawn", source, "--as", env] + (["--disk"] if disk else [])
+        args = ["--json", "spawn", source, "--as", env] + (["--disk"] if disk else []) \
+            + (["--size", size] if size else [])
         dt, out, _ = self.env(*args, what=f"spawngrid env spawn {source} --as {env}")
         ms = json_field(out, "ms")
         return dt, None if ms is None else ms / 1e3
@@ -302,19 +304,20 @@ class Bench:
         return info
 
     def prepare_debs(self):
-        """Downloads make + python3-minimal and what they need beyond the rootfs (once, into
-        /var/cache/spawngrid/debs/<codename>/) and lists dpkg -i passes in Pre-Depends order."""
+        """Downloads the session packages and what they need beyond the rootfs (once, into
+        /var/cache/spawngrid/debs/<codename>/<packages>/) and lists dpkg -i passes in Pre-Depends order."""
         cn, host_cn = os_codename(self.root), os_codename("/")
         if not cn or cn != host_cn:
             raise StepFailed(f"the host's apt suite ({host_cn}) differs from the rootfs' ({cn}): "
                              "cannot fetch matching .debs with apt-get download")
-        cache = os.path.join(DEB_CACHE, cn)
+        self.requested_debs = comma_list(self.a.session_packages)
+        cache = os.path.join(DEB_CACHE, cn, "+".join(self.requested_debs))
         manifest = os.path.join(cache, "manifest.json")
         m = None
         if os.path.exists(manifest):
             with open(manifest) as f:
                 m = json.load(f)
-            if (m.get("requested") != REQUESTED_DEBS or m.get("rootfs") != self.a.base_path
+            if (m.get("requested") != self.requested_debs or m.get("rootfs") != self.a.base_path
                     or not all(os.path.exists(os.path.join(cache, x)) for x in m["files"])):
                 m = None
         if m is None:
@@ -328,7 +331,7 @@ class Bench:
                         installed.add(pkg)
             _, out, _ = run(["apt-cache", "depends", "--recurse", "--no-recommends",
                              "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces",
-                             "--no-enhances", *REQUESTED_DEBS], 300)
+                             "--no-enhances", *self.requested_debs], 300)
             closure = sorted({l.split(":")[0] for l in out.splitlines()
                               if l and not l[0].isspace() and not l.startswith("<")})
             need = [p for p in closure if p not in installed]
@@ -344,7 +347,7 @@ class Bench:
                 run(["apt-get", "update", "-qq"], 900)
                 run(dl, 900, cwd=cache)
             files = sorted(f for f in os.listdir(cache) if f.endswith(".deb"))
-            m = {"requested": REQUESTED_DEBS, "rootfs": self.a.base_path, "packages": need,
+            m = {"requested": self.requested_debs, "rootfs": self.a.base_path, "packages": need,
                  "files": files}
             with open(manifest, "w") as f:
                 json.dump(m, f, indent=2)
@@ -382,8 +385,9 @@ class Bench:
     def install_script(self, dir_):
         steps = [f"dpkg -i {' '.join(f'{dir_}/{fn}' for fn in p)} >/dev/null"
                  for p in self.debs["passes"]]
-        return " && ".join(["set -e", "export PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + steps + ["python3 -c 'print(1)' >/dev/null",
-                                                 "make --version >/dev/null"])
+        check = [f"dpkg -s {p} | grep -q '^Status: install ok installed'"
+                 for p in self.requested_debs]
+        return " && ".join(["set -e", "export PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + steps + check)
 
     # -- variants for the latency rounds ------------------------------------------------------
 
@@ -848,7 +852,7 @@ def session_spawngrid(b, debs, add):
     """dpkg -i in an env, `env save`, and for comparison a bare tar of the env's upper."""
     for r in range(b.a.repeat):
         env = f"sess-{r}"
-        b.spawn(env)
+        b.spawn(env, size=b.a.session_size)
         try:
             with open(debs["tar"], "rb") as f:
                 b.exec_(env, "sh", "-c", "mkdir -p /tmp/debs && tar -x -C /tmp/debs", stdin=f)
@@ -1262,6 +1266,11 @@ def main():
     ap.add_argument("--sections", default=",".join(ALL_SECTIONS))
     ap.add_argument("--tmpfs-size", default="8G")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
+    ap.add_argument("--session-packages", default=DEFAULT_SESSION_DEBS,
+                    help="packages the session case installs, comma-separated "
+                         f"(default {DEFAULT_SESSION_DEBS}; e.g. python3,make,git,gcc for ~200 MB)")
+    ap.add_argument("--session-size", default=None,
+                    help="write layer of the session env (spawn --size), e.g. 1G")
     output_arg(ap, "runtime")
     a = ap.parse_args()
     peers, sections = comma_list(a.peers), comma_list(a.sections)

@@ -28,4 +28,4 @@ else
   spawngrid lib --data "$data" import base "$root" --note "$note"
 fi
 spawngrid lib --data "$data" stats
-echo "ready: try 'spawngrid lib --data $data log base'" >&2
+echo "ready: try 'spawngrid env --data $data spawn base' then 'spawngrid env --data $data cpu base'" >&2

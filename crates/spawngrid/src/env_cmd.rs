@@ -1,15 +1,13 @@
 //! `spawngrid env ...`: root-only local commands that drive the runtime on a node's data
 //! directory: spawn, exec, save, boom, ls. (The node daemon will serve the same operations.)
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use library::{Library, LocalBackend, Score};
 use runtime::cgroup::Limits;
 use runtime::{Runtime, SpawnOptions};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::sync::Arc;
+use std::process::ExitCode;
 use std::time::Instant;
 
 /// Arguments of `spawngrid env`.
@@ -48,6 +46,13 @@ enum EnvCommand {
         /// Maximum number of processes.
         #[arg(long, default_value_t = 1024)]
         pids: u64,
+        /// Network: `none` (loopback only) or `nat` (an address of its own, outbound access
+        /// through the host).
+        #[arg(long, default_value = "none")]
+        net: runtime::Network,
+        /// Size of the write layer (e.g. 500M, 4G; default 100M, or 1G with --disk).
+        #[arg(long)]
+        size: Option<String>,
     },
     /// Run a command inside an env; its stdout, stderr and exit code are the command's.
     Exec {
@@ -92,13 +97,22 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             as_env,
             mem,
             pids,
+            net,
+            size,
         } => {
             let limits = Limits {
-                memory: crate::mount_cmd::parse_size(&mem)?,
+                memory: node::config::parse_size(&mem)?,
                 pids,
                 ..Limits::default()
             };
-            spawn(&rt, &args.owner, &source, disk, as_env, limits, json)
+            let write_size = size.as_deref().map(node::config::parse_size).transpose()?;
+            let shape = |o: &mut SpawnOptions| {
+                o.write_size = write_size;
+                o.disk = disk;
+                o.limits = limits;
+                o.network = net;
+            };
+            spawn(&rt, &args.owner, &source, as_env, shape, json)
         }
         EnvCommand::Exec { env, cmd } => {
             let st = runtime::state::load(&rt, &env)?;
@@ -116,7 +130,7 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             crate::cpu_cmd::cpu(&rt, &st, cmd)
         }
         EnvCommand::Save { env, new_name } => {
-            let lib = open_library(&args.data)?;
+            let lib = node::envs::open_library(&args.data)?;
             let cat = catalog::Catalog::open(args.data.join("catalog.db"))?;
             let start = Instant::now();
             let imp = runtime::save::save(&rt, &env, &lib, &cat, &args.owner, &new_name)?;
@@ -153,9 +167,8 @@ fn spawn(
     rt: &Runtime,
     owner: &str,
     source: &str,
-    disk: bool,
     as_env: Option<String>,
-    limits: Limits,
+    shape: impl FnOnce(&mut SpawnOptions),
     json: bool,
 ) -> Result<ExitCode> {
     let start = Instant::now();
@@ -171,15 +184,17 @@ fn spawn(
             .with_context(|| format!("resolving {source}"))?;
         (SpawnOptions::new(&env, owner, &lower), source.to_string())
     } else {
-        let score = resolve(&rt.data, owner, source)?;
-        let lower = mount_snapshot(rt, score)?;
+        let cat = catalog::Catalog::open(rt.data.join("catalog.db"))?;
+        let score = node::snapshots::resolve(&cat, owner, source, true).with_context(|| {
+            format!("{source} is neither a directory nor a name or score of {owner}")
+        })?;
+        let lower = node::snapshots::mount(rt, score)?;
         let mut opts = SpawnOptions::new(as_env.as_deref().unwrap_or(source), owner, &lower);
         opts.snapshot = Some(score);
         opts.lower_shifted = true;
         (opts, score.short())
     };
-    opts.disk = disk;
-    opts.limits = limits;
+    shape(&mut opts);
     let st = runtime::spawn::spawn(rt, &opts)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let data = rt.data.display();
@@ -193,59 +208,6 @@ fn spawn(
         println!("  attach: spawngrid env --data {data} cpu {}", st.name);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A name of `owner`, or a literal score.
-fn resolve(data: &Path, owner: &str, name: &str) -> Result<Score> {
-    if let Ok(s) = name.parse::<Score>() {
-        return Ok(s);
-    }
-    let cat = catalog::Catalog::open(data.join("catalog.db"))?;
-    cat.resolve(owner, name)
-        .with_context(|| format!("{name} is neither a directory nor a name of {owner}"))
-}
-
-/// Mounts `score` once per node at `DATA/mounts/<score>/root` with snapfs, owners shifted into
-/// the node's id range (`spawngrid lib mount ... --uid-offset`); an existing mount is reused.
-fn mount_snapshot(rt: &Runtime, score: Score) -> Result<PathBuf> {
-    if rt.ids.host_uid != rt.ids.host_gid {
-        bail!("snapfs shifts uids and gids by one offset; the node's uid and gid ranges differ");
-    }
-    let dir = rt.data.join("mounts").join(score.to_hex()).join("root");
-    // Already served: no second process (what every spawn after the first one sees).
-    let served = snapfs::mount::Registry::new(&rt.data)
-        .get(&dir)
-        .filter(|r| {
-            r.score == score.to_hex()
-                && r.id_offset == rt.ids.host_uid
-                && snapfs::mount::running(r.pid)
-        });
-    if served.is_some() && snapfs::mount::state(&dir) == snapfs::mount::State::Live {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = Command::new(std::env::current_exe()?)
-        .args(["lib", "--data"])
-        .arg(&rt.data)
-        .args(["mount", &score.to_hex()])
-        .arg(&dir)
-        .args(["--uid-offset", &rt.ids.host_uid.to_string()])
-        .output()
-        .context("running spawngrid lib mount")?;
-    if !out.status.success() {
-        bail!(
-            "mounting snapshot {score}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(dir)
-}
-
-fn open_library(data: &Path) -> Result<Library> {
-    let root = data.join("library");
-    let backend = LocalBackend::open(&root)
-        .with_context(|| format!("opening library in {}", root.display()))?;
-    Ok(Library::open(Arc::new(backend))?)
 }
 
 fn ls(rt: &Runtime, json: bool) -> Result<ExitCode> {

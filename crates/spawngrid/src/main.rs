@@ -1,11 +1,13 @@
 //! `spawngrid`: the one binary of Spawngrid. This file parses the command line and reports
 //! errors; each command family lives in its own module.
 
+mod client;
 mod cpu_cmd;
 mod env_cmd;
 mod lib_cmd;
 mod mount_cmd;
 mod progress;
+mod user_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +29,60 @@ enum Command {
     Lib(lib_cmd::LibArgs),
     /// Run environments on this node (root): spawn, exec, save, boom, ls.
     Env(env_cmd::EnvArgs),
+    /// Run a node: the HTTPS API on port 16998 (root).
+    Serve(ServeArgs),
+    /// Manage users offline on a node's data directory (root): add.
+    User(user_cmd::UserArgs),
+    /// Log in to a node and store a token for -h HOST / -u USER.
+    #[command(disable_help_flag = true)]
+    Login(client::LoginArgs),
+    /// List the names you may spawn.
+    #[command(disable_help_flag = true)]
+    Scores(client::ScoresArgs),
+    /// Spawn an env from a name; prints how to attach.
+    #[command(disable_help_flag = true)]
+    Spawn(client::SpawnArgs),
+    /// Run one command in an env; its output and exit code are the command's.
+    #[command(disable_help_flag = true)]
+    Exec(client::ExecArgs),
+    /// Save an env's state as a new name (the env keeps running).
+    #[command(disable_help_flag = true, visible_alias = "savedisk")]
+    Save(client::SaveArgs),
+    /// Destroy an env (its names stay).
+    #[command(disable_help_flag = true)]
+    Boom(client::BoomArgs),
+    /// List your envs on the node.
+    #[command(disable_help_flag = true)]
+    Status(client::StatusArgs),
+}
+
+/// Arguments of `spawngrid serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The configuration file (TOML; see docs/node.md). Default: built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// The data directory (overrides the configuration's `data`).
+    #[arg(long, env = "SPAWNGRID_DATA", value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+    /// Address and port to listen on (overrides the configuration's `listen`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<std::net::SocketAddr>,
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => node::Config::load(path)?,
+        None => node::Config::default(),
+    };
+    if let Some(d) = args.data {
+        config.data = d;
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    node::run(config)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -39,19 +95,37 @@ fn main() -> ExitCode {
     // (`spawngrid lib diff A B | head`) instead of failing on every write.
     // SAFETY: setting a signal disposition to SIG_DFL before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    // The daemon logs each request (info); commands only warnings.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SPAWNGRID_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .init();
-    let cli = Cli::parse();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if matches!(cli.command, Command::Serve(_)) {
+        subscriber.init();
+    } else {
+        subscriber.without_time().init();
+    }
+    let json = cli.json;
     let result = match cli.command {
-        Command::Lib(args) => lib_cmd::run(args, cli.json),
-        Command::Env(args) => env_cmd::run(args, cli.json),
+        Command::Lib(args) => lib_cmd::run(args, json),
+        Command::Env(args) => env_cmd::run(args, json),
+        Command::Serve(args) => serve(args),
+        Command::User(args) => user_cmd::run(args, json),
+        Command::Login(a) => client::login(a, json),
+        Command::Scores(a) => client::scores(a, json),
+        Command::Spawn(a) => client::spawn(a, json),
+        Command::Exec(a) => client::exec(a, json),
+        Command::Save(a) => client::save(a, json),
+        Command::Boom(a) => client::boom(a, json),
+        Command::Status(a) => client::status(a, json),
     };
     match result {
         Ok(code) => code,

@@ -42,28 +42,6 @@ pub struct UmountArgs {
     lazy: bool,
 }
 
-/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024; a trailing B is ok).
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim().trim_end_matches(['B', 'b']);
-    let (num, mul) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let exp = match c.to_ascii_uppercase() {
-                'K' => 1,
-                'M' => 2,
-                'G' => 3,
-                'T' => 4,
-                _ => bail!("bad size {s:?} (want e.g. 500M or 10G)"),
-            };
-            (&t[..i], 1u64 << (10 * exp))
-        }
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("bad size {s:?} (want e.g. 500M or 10G)"))?;
-    Ok((n * mul as f64) as u64)
-}
-
 /// The canonical mount point path, without touching the mount point itself (a dead FUSE
 /// mount answers every stat with ENOTCONN).
 fn mount_point(dir: &Path) -> Result<PathBuf> {
@@ -80,7 +58,7 @@ fn mount_point(dir: &Path) -> Result<PathBuf> {
 /// Runs `lib mount`.
 pub fn mount(data: &Path, owner: &str, a: MountArgs) -> Result<ExitCode> {
     let dir = mount_point(&a.dir)?;
-    let cache_size = parse_size(&a.cache_size)?;
+    let cache_size = node::config::parse_size(&a.cache_size)?;
     let lib_dir = data.join("library");
     if !lib_dir.join("config").exists() {
         bail!("no library in {} (pass --data DIR)", data.display());

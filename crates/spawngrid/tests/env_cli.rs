@@ -68,18 +68,7 @@ struct Data(tempfile::TempDir);
 
 impl Drop for Data {
     fn drop(&mut self) {
-        let data = self.0.path().join("data");
-        let ls = sg(&data, &["env", "ls"]);
-        let envs: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap_or_default();
-        for env in envs.as_array().into_iter().flatten() {
-            let _ = sg(&data, &["env", "boom", env["env"].as_str().unwrap_or("")]);
-        }
-        if let Ok(dirs) = std::fs::read_dir(data.join("mounts")) {
-            for d in dirs.flatten().filter(|d| d.path().is_dir()) {
-                let root = d.path().join("root");
-                let _ = sg(&data, &["lib", "umount", root.to_str().unwrap(), "--lazy"]);
-            }
-        }
+        common::clean_envs(&self.0.path().join("data"));
         let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
     }
 }

@@ -213,6 +213,33 @@ impl Drop for Scratch {
     }
 }
 
+/// Booms every env of node data directory `data` and unmounts its snapshot mounts: what a
+/// test must not leave behind, whether it passed or not.
+pub fn clean_envs(data: &Path) {
+    let sg = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--json")
+            .arg(args[0])
+            .arg("--data")
+            .arg(data)
+            .args(&args[1..])
+            .output()
+    };
+    let envs: serde_json::Value = sg(&["env", "ls"])
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or_default();
+    for env in envs.as_array().into_iter().flatten() {
+        let _ = sg(&["env", "boom", env["env"].as_str().unwrap_or("")]);
+    }
+    if let Ok(dirs) = std::fs::read_dir(data.join("mounts")) {
+        for d in dirs.flatten().filter(|d| d.path().is_dir()) {
+            let root = d.path().join("root");
+            let _ = sg(&["lib", "umount", root.to_str().unwrap(), "--lazy"]);
+        }
+    }
+}
+
 /// A child process killed and reaped on drop unless it was waited for.
 pub struct Bg(pub Option<Child>);
 

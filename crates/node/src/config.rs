@@ -1,0 +1,144 @@
+//! The node's configuration: a TOML file (`spawngrid serve --config FILE`), every key optional.
+//!
+//! ```toml
+//! listen = "0.0.0.0:16998"        # address and port of the HTTPS API
+//! data = "/var/lib/spawngrid"     # library, catalog.db, envs/, mounts/, tls/
+//! public_host = "node1.example"   # the host name put in attach commands (default: the
+//!                                 # name the client used to reach the node)
+//! ssh_port = 16999                # the SSH gateway's port, for attach commands
+//! token_days = 30                 # lifetime of a login token
+//! max_body = 1048576              # largest request body in bytes (413 beyond)
+//! default_mem = "512M"            # memory limit of an env spawned without --mem
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The node's configuration (see the module documentation for the file format).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port of the HTTPS API.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The host name in attach commands; default: the `Host` the client connected to.
+    pub public_host: Option<String>,
+    /// The SSH gateway's port, for attach commands.
+    pub ssh_port: u16,
+    /// Lifetime of a login token, in days.
+    pub token_days: u64,
+    /// The largest request body in bytes.
+    pub max_body: usize,
+    /// Memory limit of an env spawned without one (bytes, or with K/M/G/T).
+    pub default_mem: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], api::DEFAULT_PORT)),
+            data: PathBuf::from("/var/lib/spawngrid"),
+            public_host: None,
+            ssh_port: api::SSH_PORT,
+            token_days: api::DEFAULT_TOKEN_DAYS,
+            max_body: api::MAX_BODY,
+            default_mem: "512M".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a configuration file; keys it lacks keep their defaults.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses configuration text and checks it.
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // toml's messages span lines (a source excerpt); keep one line.
+            anyhow::anyhow!("{}", e.message().trim())
+        })?;
+        if config.token_days == 0 {
+            bail!("token_days must be at least 1");
+        }
+        if config.max_body < 1024 {
+            bail!("max_body must be at least 1024 bytes");
+        }
+        parse_size(&config.default_mem).context("default_mem")?;
+        Ok(config)
+    }
+
+    /// The default memory limit in bytes.
+    pub fn default_mem_bytes(&self) -> u64 {
+        parse_size(&self.default_mem).unwrap_or(512 << 20)
+    }
+}
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024; a trailing B is ok).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().trim_end_matches(['B', 'b']);
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let exp = match c.to_ascii_uppercase() {
+                'K' => 1,
+                'M' => 2,
+                'G' => 3,
+                'T' => 4,
+                _ => bail!("bad size {s:?} (want e.g. 500M or 10G)"),
+            };
+            (&t[..i], 1u64 << (10 * exp))
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .with_context(|| format!("bad size {s:?} (want e.g. 500M or 10G)"))?;
+    Ok((n * mul as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen.port(), 16998);
+        assert_eq!(c.data, PathBuf::from("/var/lib/spawngrid"));
+        assert_eq!((c.token_days, c.max_body), (30, 1 << 20));
+        assert_eq!(c.default_mem_bytes(), 512 << 20);
+    }
+
+    #[test]
+    fn keys_are_read_and_checked() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:1234\"\ndata = \"/d\"\npublic_host = \"n1\"\ntoken_days = 2\ndefault_mem = \"1G\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1234");
+        assert_eq!(c.public_host.as_deref(), Some("n1"));
+        assert_eq!(c.default_mem_bytes(), 1 << 30);
+        let err = Config::parse("lisen = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("lisen") && !err.contains('\n'), "{err}");
+        assert!(Config::parse("token_days = 0").is_err());
+        assert!(Config::parse("listen = \"nope\"").is_err());
+        assert!(Config::parse("default_mem = \"5Q\"").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("2GB").unwrap(), 2 << 30);
+        assert!(parse_size("-1M").is_err() && parse_size("x").is_err());
+    }
+}

@@ -1,0 +1,387 @@
+//! A user's envs on this node, over the runtime: spawn, list, exec, save, boom.
+//!
+//! Env identity is per user: the user's env `ENV` is the runtime env `ENV+USER` ([`env_id`]),
+//! with hostname `ENV` inside. Every operation loads the env's recorded state and checks that
+//! its owner is the caller; another user's env answers exactly as a missing one does (404).
+//! These functions block (runtime calls, SQLite, Argon2-free but disk-bound): the server runs
+//! them in `spawn_blocking`.
+
+use crate::error::ApiError;
+use crate::Node;
+use anyhow::{Context, Result};
+use api::{Attach, EnvInfo, ExecResponse, SaveResponse, SpawnRequest};
+use library::{Library, LocalBackend, Score};
+use runtime::cgroup::Limits;
+use runtime::{EnvState, SpawnOptions};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fd::{AsFd, OwnedFd};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// The runtime env id of `user`'s env `env`.
+pub fn env_id(user: &str, env: &str) -> String {
+    format!("{env}+{user}")
+}
+
+/// Checks a user-given name (env or snapshot name) with the catalog's rule; 400 if broken.
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    catalog::check_name(name).map_err(|e| ApiError::bad_request(format!("bad {what}: {e}")))?;
+    Ok(())
+}
+
+/// The answer for an env the user does not have (missing, or someone else's).
+fn no_env(env: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "you have no env {env} on this node (list them with `spawngrid status`)"
+    ))
+}
+
+/// Spawns `user`'s env from one of their names.
+pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, ApiError> {
+    check_name("name", &req.name)?;
+    let env = req.as_env.as_deref().unwrap_or(&req.name);
+    check_name("env name", env)?;
+    let id = env_id(user, env);
+    runtime::check_env_name(&id)
+        .map_err(|e| ApiError::bad_request(format!("{e:#} (choose another env name with --as)")))?;
+    let rt = &node.rt;
+    if rt.env_dir(&id)?.exists() {
+        return Err(ApiError::conflict(format!(
+            "you already have an env {env}: boom it, or spawn with --as ANOTHER"
+        )));
+    }
+    let score = crate::snapshots::resolve(&node.cat, user, &req.name, false)?;
+    let lower = crate::snapshots::mount(rt, score)?;
+    let mut opts = SpawnOptions::new(&id, user, &lower);
+    opts.hostname = Some(env.to_string());
+    opts.snapshot = Some(score);
+    opts.lower_shifted = true;
+    opts.disk = req.disk;
+    opts.limits = Limits {
+        memory: req.mem.unwrap_or_else(|| node.config.default_mem_bytes()),
+        ..Limits::default()
+    };
+    match runtime::spawn::spawn(rt, &opts) {
+        Ok(st) => Ok(st),
+        // Two spawns of one env at once: the runtime's create_dir decided.
+        Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(ApiError::conflict(format!(
+            "you already have an env {env}: boom it, or spawn with --as ANOTHER"
+        ))),
+        Err(e) => Err(ApiError::internal(&e.context(format!("spawning {env}")))),
+    }
+}
+
+/// `user`'s env `env`, or 404 (also for another user's env).
+pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, ApiError> {
+    check_name("env name", env)?;
+    let id = env_id(user, env);
+    if runtime::check_env_name(&id).is_err() {
+        return Err(no_env(env));
+    }
+    match runtime::state::load(&node.rt, &id) {
+        Ok(st) if st.owner == user => Ok(st),
+        _ => Err(no_env(env)),
+    }
+}
+
+/// The user's name of an env (its id without `+USER`).
+fn user_env_name<'a>(st: &'a EnvState, user: &str) -> &'a str {
+    st.name
+        .strip_suffix(user)
+        .and_then(|s| s.strip_suffix('+'))
+        .unwrap_or(&st.name)
+}
+
+/// `user`'s envs on this node, sorted by name.
+pub fn list(node: &Node, user: &str, host: &str) -> Result<Vec<EnvInfo>, ApiError> {
+    let envs = runtime::state::list(&node.rt)?;
+    Ok(envs
+        .iter()
+        .filter(|st| st.owner == user && st.name.ends_with(&format!("+{user}")))
+        .map(|st| info(node, st, user, host))
+        .collect())
+}
+
+/// What the API shows of an env.
+pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
+    let env = user_env_name(st, user).to_string();
+    let running = st.alive();
+    let from = st.snapshot.as_deref().and_then(|hex| {
+        let score: Score = hex.parse().ok()?;
+        let names = node.cat.names_of(&score).ok()?;
+        names.into_iter().find(|(o, _)| o == user).map(|(_, n)| n)
+    });
+    let now = runtime::state::now();
+    EnvInfo {
+        attach: Attach {
+            ssh: format!("ssh -p {} {}@{host}", node.config.ssh_port, st.name),
+            cpu: format!("spawngrid cpu {env}"),
+        },
+        env,
+        node: node.name.clone(),
+        from,
+        snapshot: st.snapshot.clone(),
+        running,
+        disk: st.disk,
+        created: st.created,
+        age: now.saturating_sub(st.created),
+        memory: if running { memory_used(st) } else { None },
+        write_used: if running {
+            write_used(&node.rt, st)
+        } else {
+            None
+        },
+        write_size: st.write_size,
+    }
+}
+
+/// Memory charged to the env's cgroup: `memory.current` (v2) or `memory.usage_in_bytes` (v1).
+fn memory_used(st: &EnvState) -> Option<u64> {
+    st.cgroups.iter().find_map(|dir| {
+        ["memory.current", "memory.usage_in_bytes"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
+/// Bytes used in the env's write layer (the tmpfs or ext4 mounted at `DATA/envs/ID/rw`).
+fn write_used(rt: &runtime::Runtime, st: &EnvState) -> Option<u64> {
+    let rw = rt.env_dir(&st.name).ok()?.join("rw");
+    if !st.mounts.iter().any(|m| m == &rw) {
+        return None;
+    }
+    let s = rustix::fs::statvfs(&rw).ok()?;
+    Some(
+        s.f_blocks
+            .saturating_sub(s.f_bfree)
+            .saturating_mul(s.f_frsize),
+    )
+}
+
+/// Runs `argv` in the env through its init; collects stdout and stderr (each up to
+/// [`api::MAX_EXEC_OUTPUT`] bytes; more is read and dropped) and the exit code. Output that
+/// background processes keep writing after the command exits is read for at most 100 ms more.
+pub fn exec(
+    rt: &runtime::Runtime,
+    st: &EnvState,
+    argv: &[String],
+    stdin: Option<Vec<u8>>,
+) -> Result<ExecResponse, ApiError> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(ApiError::bad_request("no command: argv must not be empty"));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(ApiError::bad_request("argv must not contain NUL bytes"));
+    }
+    if !st.alive() {
+        return Err(ApiError::conflict(format!(
+            "env {} is not running: boom it",
+            st.name
+        )));
+    }
+    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    let (out_r, out_w) = pipe().context("making a pipe")?;
+    let (err_r, err_w) = pipe().context("making a pipe")?;
+    let stdin_pipe = match &stdin {
+        Some(_) => Some(pipe().context("making a pipe")?),
+        None => None,
+    };
+    let in_fd = match &stdin_pipe {
+        Some((r, _)) => r.as_fd(),
+        None => null.as_fd(),
+    };
+    let started = runtime::service::start(rt, st, argv, &[], [in_fd, out_w.as_fd(), err_w.as_fd()])
+        .map_err(|e| ApiError::internal(&e.context(format!("running {:?}", argv[0]))))?;
+    drop((out_w, err_w));
+    // Feed stdin from a thread (the command may not read it all, or read it late).
+    let feeder = stdin_pipe.map(|(r, w)| {
+        drop(r);
+        let bytes = stdin.unwrap_or_default();
+        std::thread::spawn(move || {
+            let _ = std::fs::File::from(w).write_all(&bytes);
+        })
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(started.wait());
+    });
+    let collected = collect(out_r, err_r, &rx);
+    if let Some(f) = feeder {
+        // The command has exited; its stdin's reader is gone, so the write ended.
+        let _ = f.join();
+    }
+    let (stdout, stderr, truncated, code) = collected?;
+    Ok(ExecResponse {
+        exit_code: code,
+        stdout: api::b64::encode(&stdout),
+        stderr: api::b64::encode(&stderr),
+        truncated,
+    })
+}
+
+/// Output collected: stdout, stderr, whether cut, exit code.
+type Collected = (Vec<u8>, Vec<u8>, bool, i32);
+
+/// Reads both pipes until both end, or until the command has exited and 100 ms more passed.
+fn collect(out: OwnedFd, err: OwnedFd, exited: &mpsc::Receiver<Result<i32>>) -> Result<Collected> {
+    let mut bufs = [Vec::new(), Vec::new()];
+    let mut open = [Some(out), Some(err)];
+    let mut truncated = false;
+    let mut code: Option<i32> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        if code.is_none() {
+            match exited.try_recv() {
+                Ok(r) => {
+                    code = Some(r.context("waiting for the command")?);
+                    deadline = Some(Instant::now() + Duration::from_millis(100));
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    anyhow::bail!("lost the command's exit status")
+                }
+            }
+        }
+        let both_closed = open.iter().all(|o| o.is_none());
+        if both_closed && code.is_some() {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if both_closed {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let mut fds: Vec<(usize, PollFd<'_>)> = open
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.as_ref().map(|fd| (i, PollFd::new(fd, PollFlags::IN))))
+            .collect();
+        let mut polls: Vec<PollFd<'_>> = fds.iter().map(|(_, p)| p.clone()).collect();
+        let timeout = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        match rustix::event::poll(&mut polls, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        let ready: Vec<(usize, bool)> = fds
+            .iter_mut()
+            .zip(&polls)
+            .map(|((i, _), p)| (*i, !p.revents().is_empty()))
+            .collect();
+        drop(polls);
+        drop(fds);
+        for (i, is_ready) in ready {
+            if !is_ready {
+                continue;
+            }
+            let Some(fd) = open[i].as_ref() else { continue };
+            match rustix::io::read(fd, &mut chunk) {
+                Ok(0) => open[i] = None,
+                Ok(n) => {
+                    let room = api::MAX_EXEC_OUTPUT.saturating_sub(bufs[i].len());
+                    if n > room {
+                        truncated = true;
+                    }
+                    bufs[i].extend_from_slice(&chunk[..n.min(room)]);
+                }
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+                Err(_) => open[i] = None,
+            }
+        }
+    }
+    // The command exited; if output is still open (a background process holds it), stop
+    // reading, but take what the exit status says as the answer.
+    let code = match code {
+        Some(c) => c,
+        None => exited
+            .recv()
+            .context("lost the command's exit status")?
+            .context("waiting for the command")?,
+    };
+    let [stdout, stderr] = bufs;
+    Ok((stdout, stderr, truncated, code))
+}
+
+/// Saves `user`'s env as their new name `name`.
+pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveResponse, ApiError> {
+    check_name("name", name)?;
+    if node.cat.resolve(user, name).is_ok() {
+        return Err(ApiError::conflict(format!(
+            "you already have a name {name} (names are bound once, forever): choose another"
+        )));
+    }
+    if !st.alive() {
+        return Err(ApiError::conflict(format!(
+            "env {} is not running: boom it",
+            user_env_name(st, user)
+        )));
+    }
+    let lib = open_library(&node.rt.data)?;
+    let start = Instant::now();
+    let imported = runtime::save::save(&node.rt, &st.name, &lib, &node.cat, user, name)?;
+    Ok(SaveResponse {
+        env: user_env_name(st, user).to_string(),
+        name: name.to_string(),
+        score: imported.score.to_hex(),
+        seconds: start.elapsed().as_secs_f64(),
+        warnings: imported.warnings.iter().map(|w| w.to_string()).collect(),
+    })
+}
+
+/// Booms `user`'s env.
+pub fn boom(node: &Node, st: &EnvState) -> Result<(), ApiError> {
+    runtime::boom::boom(&node.rt, &st.name)?;
+    Ok(())
+}
+
+/// The node's library.
+pub fn open_library(data: &Path) -> Result<Library> {
+    let root = data.join("library");
+    let backend = LocalBackend::open(&root)
+        .with_context(|| format!("opening library in {}", root.display()))?;
+    Ok(Library::open(Arc::new(backend))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_join_env_and_user() {
+        assert_eq!(env_id("alice", "base"), "base+alice");
+        runtime::check_env_name(&env_id("alice", "base")).unwrap();
+    }
+
+    #[test]
+    fn collect_reads_both_streams_and_stops_after_exit() {
+        let (out_r, out_w) = rustix::pipe::pipe().unwrap();
+        let (err_r, err_w) = rustix::pipe::pipe().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let mut o = std::fs::File::from(out_w);
+            o.write_all(b"out").unwrap();
+            std::fs::File::from(err_w).write_all(b"err").unwrap();
+            tx.send(Ok(3)).unwrap();
+            // A "background process" keeps stdout open after the exit.
+            std::thread::sleep(Duration::from_millis(500));
+            drop(o);
+        });
+        let start = Instant::now();
+        let (out, err, cut, code) = collect(out_r, err_r, &rx).unwrap();
+        assert_eq!(
+            (&out[..], &err[..], cut, code),
+            (&b"out"[..], &b"err"[..], false, 3)
+        );
+        assert!(start.elapsed() < Duration::from_millis(400));
+        writer.join().unwrap();
+    }
+}

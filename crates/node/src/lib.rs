@@ -1,0 +1,128 @@
+//! The Spawngrid node daemon (`spawngrid serve`): users and tokens in the catalog, and the
+//! HTTPS API (types in the `api` crate) over the env runtime, which it calls in-process.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`tls`]: the self-signed certificate made on first start (`DATA/tls/`).
+//! - [`auth`]: slowing down repeated bad passwords.
+//! - [`envs`]: a user's envs (`ENV+USER` in the runtime) — spawn, list, exec, save, boom.
+//! - [`snapshots`]: from a name to a mounted snapshot (shared with `spawngrid env spawn`).
+//! - [`server`]: routes, authentication, limits, errors, the TLS accept loop.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod envs;
+pub mod error;
+pub mod server;
+pub mod snapshots;
+pub mod tls;
+
+use anyhow::{Context, Result};
+pub use config::Config;
+use std::sync::Arc;
+
+/// Everything a request handler needs: the configuration, the runtime, the catalog.
+pub struct Node {
+    /// The configuration in force.
+    pub config: Config,
+    /// The env runtime on the data directory (its helper is this executable).
+    pub rt: runtime::Runtime,
+    /// The catalog: names, users, tokens.
+    pub cat: Arc<catalog::Catalog>,
+    /// Recent failed logins.
+    pub backoff: auth::Backoff,
+    /// This node's name (its host name), reported in env listings.
+    pub name: String,
+}
+
+impl Node {
+    /// Opens the node on `config.data` (created if missing).
+    pub fn open(config: Config) -> Result<Node> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let rt = runtime::Runtime::new(&config.data, exe)?;
+        let cat = catalog::Catalog::open(rt.data.join("catalog.db"))?;
+        Ok(Node {
+            config,
+            rt,
+            cat: Arc::new(cat),
+            backoff: auth::Backoff::default(),
+            name: host_name(),
+        })
+    }
+}
+
+/// The machine's host name (`uname -n`).
+pub fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs the node until SIGINT or SIGTERM: opens the data directory, loads or makes the TLS
+/// certificate, listens, and prints one line with the address and the certificate's
+/// fingerprint (what clients will be asked to trust).
+pub fn run(config: Config) -> Result<()> {
+    // A pipe whose reader is gone (an exec's stdin) must be an error, not the daemon's death.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let node = Node::open(config)?;
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    names.push(node.name.clone());
+    if let Some(h) = &node.config.public_host {
+        names.push(h.clone());
+    }
+    names.dedup();
+    let id = tls::load_or_create(&node.rt.data, &names)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("spawngrid-node")
+        .build()
+        .context("starting the async runtime")?;
+    let listen = node.config.listen;
+    let result = tokio.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        if id.generated {
+            tracing::info!(
+                "made a self-signed TLS certificate in {}",
+                tls::cert_path(&node.rt.data).display()
+            );
+        }
+        println!(
+            "spawngrid: node {} listening on https://{addr} (data {}, certificate SHA-256 {})",
+            node.name,
+            node.rt.data.display(),
+            id.fingerprint
+        );
+        server::serve(Arc::new(node), listener, id.config, shutdown_signal()).await;
+        tracing::info!("shutting down (envs keep running)");
+        Ok(())
+    });
+    // Requests still running (a long exec) get a moment; envs are not touched either way.
+    tokio.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default dispositions still end the process.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,437 @@
+//! The HTTPS API: routes, authentication, body limits, JSON errors, and the TLS accept loop.
+
+use crate::error::ApiError;
+use crate::{envs, Node};
+use api::{routes, LoginRequest, LoginResponse, ScoreEntry, ScoresQuery};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// A JSON response with `status`.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut r = (status, bytes).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{{\"error\":\"encoding the answer: {e}\"}}"),
+        )
+            .into_response(),
+    }
+}
+
+/// 200 with a JSON body.
+fn ok<T: Serialize>(value: &T) -> Response {
+    json(StatusCode::OK, value)
+}
+
+/// A request body parsed as JSON `T`: 413 over the node's limit, 400 if it is not `T`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let limit = node.config.max_body;
+        let too_big = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over the node's limit of {limit} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_big());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|e| {
+                if e.into_inner().is::<http_body_util::LengthLimitError>() {
+                    too_big()
+                } else {
+                    ApiError::bad_request("reading the request body failed")
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON request body: {e}")))
+    }
+}
+
+/// The user a request's bearer token belongs to.
+pub struct AuthUser(pub String);
+
+impl FromRequestParts<Arc<Node>> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthorized(
+                "no token: log in with `spawngrid login`",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`")
+            })?;
+        let node = node.clone();
+        let user = blocking(move || Ok(node.cat.token_user(&token)?)).await?;
+        match user {
+            Some(u) => {
+                let _ = CURRENT_USER.try_with(|cell| {
+                    *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(u.clone())
+                });
+                Ok(AuthUser(u))
+            }
+            None => Err(ApiError::unauthorized(
+                "token not valid (expired, revoked or unknown): log in again with `spawngrid login`",
+            )),
+        }
+    }
+}
+
+/// Runs blocking work (runtime, SQLite, Argon2) off the async workers.
+async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&anyhow::anyhow!("worker failed: {e}")))?
+}
+
+/// The host name clients reached us by (for attach commands), or the configured one.
+fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String {
+    if let Some(h) = &node.config.public_host {
+        return h.clone();
+    }
+    let host = parts
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Strip the port: "[::1]:16998" → "[::1]" → "::1"; "name:16998" → "name".
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let valid = !bare.is_empty()
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b));
+    if valid {
+        bare.to_string()
+    } else {
+        node.name.clone()
+    }
+}
+
+/// Path parameter `env`, or 400.
+fn env_param(
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, ApiError> {
+    p.map(|Path(e)| e)
+        .map_err(|e| ApiError::bad_request(format!("bad env in the path: {e}")))
+}
+
+async fn login(
+    State(node): State<Arc<Node>>,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(left) = node.backoff.locked(&req.user) {
+        tracing::warn!(user = %req.user, "login refused: locked after failed attempts");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins for {}: try again in {} s",
+                req.user,
+                left.as_secs().max(1)
+            ),
+        ));
+    }
+    let n = node.clone();
+    let user = req.user.clone();
+    let ttl = node.config.token_days.saturating_mul(86_400);
+    let token = blocking(move || {
+        if !n.cat.check_password(&req.user, &req.password)? {
+            return Ok(None);
+        }
+        Ok(Some(n.cat.issue_token(&req.user, ttl)?))
+    })
+    .await?;
+    match token {
+        Some(t) => {
+            node.backoff.succeeded(&user);
+            tracing::info!(user = %user, "login");
+            Ok(ok(&LoginResponse {
+                user,
+                token: t.secret,
+                expires: t.expires.max(0) as u64,
+            }))
+        }
+        None => {
+            let lock = node.backoff.failed(&user);
+            tracing::warn!(user = %user, lock_secs = lock.as_secs(), "login failed");
+            Err(ApiError::unauthorized("wrong user name or password"))
+        }
+    }
+}
+
+async fn scores(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    query: Result<Query<ScoresQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let list = blocking(move || {
+        let recs = node.cat.list(Some(&user), q.pattern.as_deref())?;
+        Ok(recs
+            .into_iter()
+            .map(|r| ScoreEntry {
+                name: r.name,
+                owner: r.owner,
+                score: r.score.to_hex(),
+                created: r.created.max(0) as u64,
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(ok(&list))
+}
+
+async fn spawn_env(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    headers: axum::http::HeaderMap,
+    JsonBody(req): JsonBody<api::SpawnRequest>,
+) -> Result<Response, ApiError> {
+    let host = public_host(&node, &headers);
+    let info = blocking(move || {
+        let st = envs::spawn(&node, &user, &req)?;
+        tracing::info!(user = %user, env = %st.name, "spawned");
+        Ok(envs::info(&node, &st, &user, &host))
+    })
+    .await?;
+    Ok(ok(&info))
+}
+
+async fn list_envs(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let host = public_host(&node, &headers);
+    let list = blocking(move || envs::list(&node, &user, &host)).await?;
+    Ok(ok(&list))
+}
+
+async fn exec_env(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    env: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(req): JsonBody<api::ExecRequest>,
+) -> Result<Response, ApiError> {
+    let env = env_param(env)?;
+    let stdin = match &req.stdin {
+        Some(text) => {
+            Some(api::b64::decode(text).map_err(|e| ApiError::bad_request(format!("stdin: {e}")))?)
+        }
+        None => None,
+    };
+    let resp = blocking(move || {
+        let st = envs::load_own(&node, &user, &env)?;
+        envs::exec(&node.rt, &st, &req.argv, stdin)
+    })
+    .await?;
+    Ok(ok(&resp))
+}
+
+async fn save_env(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    env: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(req): JsonBody<api::SaveRequest>,
+) -> Result<Response, ApiError> {
+    let env = env_param(env)?;
+    let resp = blocking(move || {
+        let st = envs::load_own(&node, &user, &env)?;
+        let r = envs::save(&node, &user, &st, &req.name)?;
+        tracing::info!(user = %user, env = %st.name, name = %r.name, score = %r.score, "saved");
+        Ok(r)
+    })
+    .await?;
+    Ok(ok(&resp))
+}
+
+async fn boom_env(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    env: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let env = env_param(env)?;
+    let resp = blocking(move || {
+        let st = envs::load_own(&node, &user, &env)?;
+        envs::boom(&node, &st)?;
+        tracing::info!(user = %user, env = %st.name, "boomed");
+        Ok(api::BoomResponse { env })
+    })
+    .await?;
+    Ok(ok(&resp))
+}
+
+async fn openapi() -> Response {
+    let mut r = api::openapi().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {} {} (see {})",
+        req.method(),
+        req.uri().path(),
+        routes::OPENAPI
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {} (see {})",
+            req.method(),
+            req.uri().path(),
+            routes::OPENAPI
+        ),
+    )
+}
+
+tokio::task_local! {
+    /// The authenticated user of the request being served, for the access log.
+    static CURRENT_USER: std::sync::Mutex<Option<String>>;
+}
+
+/// Logs every request: method, path, status, user, duration. Never headers, queries or
+/// bodies (they carry tokens and passwords).
+async fn access_log(req: Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let start = Instant::now();
+    CURRENT_USER
+        .scope(std::sync::Mutex::new(None), async move {
+            let resp = next.run(req).await;
+            let user = CURRENT_USER
+                .try_with(|u| u.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            tracing::info!(
+                %method,
+                %path,
+                status = resp.status().as_u16(),
+                user = %user,
+                ms = start.elapsed().as_secs_f64() * 1e3,
+                "request"
+            );
+            resp
+        })
+        .await
+}
+
+/// The API's router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(routes::LOGIN, post(login))
+        .route(routes::SCORES, get(scores))
+        .route(routes::ENVS, get(list_envs).post(spawn_env))
+        .route(routes::ENV, delete(boom_env))
+        .route(routes::EXEC, post(exec_env))
+        .route(routes::SAVE, post(save_env))
+        .route(routes::OPENAPI, get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(access_log))
+        .with_state(node)
+}
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTPS on `listener` until `shutdown` completes.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(node);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}

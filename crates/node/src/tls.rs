@@ -1,0 +1,153 @@
+//! The node's TLS identity: a self-signed certificate made on first start and kept in
+//! `DATA/tls/` (`cert.pem`, and `key.pem` readable by root only). Clients pin its SHA-256
+//! fingerprint on first use, like ssh's known_hosts; to replace it, delete `DATA/tls/` and
+//! restart (clients then refuse the node until its old pin is removed), or put a CA-signed
+//! pair in its place.
+
+use anyhow::{bail, Context, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The node's certificate and key, ready to serve.
+pub struct Identity {
+    /// The rustls configuration (HTTP/1.1 over TLS 1.2/1.3, ring crypto).
+    pub config: Arc<rustls::ServerConfig>,
+    /// The SHA-256 fingerprint of the leaf certificate ([`api::format_fingerprint`]).
+    pub fingerprint: String,
+    /// Whether this start generated the certificate.
+    pub generated: bool,
+}
+
+/// The certificate file under `data`.
+pub fn cert_path(data: &Path) -> PathBuf {
+    data.join("tls/cert.pem")
+}
+
+/// The private key file under `data`.
+pub fn key_path(data: &Path) -> PathBuf {
+    data.join("tls/key.pem")
+}
+
+/// The ring crypto provider (the one provider this project builds).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SHA-256 fingerprint of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    api::format_fingerprint(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+/// Loads `DATA/tls/`, generating a self-signed certificate for `names` (DNS names or IP
+/// addresses) first if there is none.
+pub fn load_or_create(data: &Path, names: &[String]) -> Result<Identity> {
+    let (cert, key) = (cert_path(data), key_path(data));
+    let generated = match (cert.exists(), key.exists()) {
+        (true, true) => false,
+        (false, false) => {
+            generate(data, names)?;
+            true
+        }
+        _ => bail!(
+            "{} holds only one of cert.pem and key.pem: restore the other, or delete the directory to make a new certificate",
+            cert.parent().unwrap_or(data).display()
+        ),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let leaf = chain
+        .first()
+        .with_context(|| format!("no certificate in {}", cert.display()))?;
+    let fingerprint = fingerprint(leaf);
+    let key_der =
+        PrivateKeyDer::from_pem_file(&key).with_context(|| format!("reading {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .with_context(|| format!("{} does not fit {}", key.display(), cert.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Identity {
+        config: Arc::new(config),
+        fingerprint,
+        generated,
+    })
+}
+
+/// Makes a self-signed ECDSA P-256 certificate for `names` and writes it (key 0600).
+fn generate(data: &Path, names: &[String]) -> Result<()> {
+    let dir = data.join("tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).context("certificate names")?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!(
+            "spawngrid node {}",
+            names.first().map_or("", |n| n.as_str())
+        ),
+    );
+    let key = rcgen::KeyPair::generate().context("generating a TLS key")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the TLS certificate")?;
+    // Key first, so a crash in between leaves no certificate without its key.
+    write_new(&key_path(data), key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&cert_path(data), cert.pem().as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Writes `path` through a temporary file and a rename, created with `mode`.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_once_then_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let first = load_or_create(dir.path(), &names).unwrap();
+        assert!(first.generated);
+        assert_eq!(first.fingerprint.len(), 95);
+        let mode = std::fs::metadata(key_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create(dir.path(), &names).unwrap();
+        assert!(!again.generated);
+        assert_eq!(again.fingerprint, first.fingerprint);
+        std::fs::remove_file(key_path(dir.path())).unwrap();
+        let err = load_or_create(dir.path(), &names)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("only one of"), "{err}");
+        std::fs::remove_file(cert_path(dir.path())).unwrap();
+        let third = load_or_create(dir.path(), &names).unwrap();
+        assert!(third.generated && third.fingerprint != first.fingerprint);
+    }
+}

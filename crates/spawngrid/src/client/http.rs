@@ -1,0 +1,376 @@
+//! A small blocking HTTPS/1.1 client for the node's JSON API, on rustls (ring) with trust on
+//! first use: the first connection to a node pins its certificate's SHA-256 fingerprint in
+//! `known_nodes`; later connections accept exactly that certificate and refuse any other with
+//! one line saying what to do. The handshake signature is still verified against the pinned
+//! certificate's key, so only the holder of the node's private key passes.
+//!
+//! One request per connection (`Connection: close`); bodies by `Content-Length`, chunked, or
+//! up to the end of the stream.
+
+use super::store::KnownNodes;
+use anyhow::{anyhow, bail, Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest response the client reads (exec output is at most 2 × 8 MiB, in base64).
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// `host` with the API's default port if it has none: `HOST:PORT`, the key of pins and tokens.
+pub fn normalize_host(host: &str) -> String {
+    let has_port = if let Some(rest) = host.strip_prefix('[') {
+        rest.contains("]:")
+    } else {
+        host.matches(':').count() == 1
+    };
+    if has_port {
+        host.to_string()
+    } else if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", api::DEFAULT_PORT)
+    } else {
+        format!("{host}:{}", api::DEFAULT_PORT)
+    }
+}
+
+/// The host part of `HOST:PORT` (without brackets).
+fn host_part(hostport: &str) -> &str {
+    let h = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    h.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Accepts the pinned certificate, or any certificate when none is pinned; remembers what
+/// was presented.
+#[derive(Debug)]
+struct PinVerifier {
+    pinned: Option<String>,
+    seen: Mutex<Option<String>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(fp.clone());
+        match &self.pinned {
+            Some(p) if *p != fp => Err(rustls::Error::General(
+                "certificate differs from the pinned one".into(),
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// SHA-256 fingerprint of a DER certificate, as the node prints it.
+fn fingerprint(der: &[u8]) -> String {
+    api::format_fingerprint(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+/// A response: status and body.
+pub struct Response {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Sends one request to `host` (HOST:PORT) and reads the answer.
+pub fn request(
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<Response> {
+    let mut pins = KnownNodes::load()?;
+    let pinned = pins.get(host).map(str::to_string);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinVerifier {
+        pinned: pinned.clone(),
+        seen: Mutex::new(None),
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let name = ServerName::try_from(host_part(host).to_string())
+        .map_err(|_| anyhow!("bad host name in {host}"))?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).context("starting TLS")?;
+    let mut tcp = connect(host)?;
+    let handshake = (|| -> std::io::Result<()> {
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)?;
+        }
+        Ok(())
+    })();
+    let seen = verifier
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let (Some(p), Some(s)) = (&pinned, &seen) {
+        if p != s {
+            bail!(
+                "the TLS certificate of node {host} changed (pinned SHA-256 {p}, now {s}): if the node's certificate was replaced on purpose, remove its line from {} and connect again; otherwise someone may be intercepting the connection",
+                pins.path().display()
+            );
+        }
+    }
+    handshake.with_context(|| format!("TLS handshake with {host}"))?;
+    if pinned.is_none() {
+        let fp = seen.context("the node presented no certificate")?;
+        pins.pin(host, &fp)?;
+        eprintln!(
+            "spawngrid: first connection to {host}: trusting its TLS certificate, SHA-256 {fp} (pinned in {})",
+            pins.path().display()
+        );
+    }
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: spawngrid/{}\r\nAccept: application/json\r\nConnection: close\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() || method != "GET" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes())
+        .and_then(|_| tls.write_all(body))
+        .and_then(|_| tls.flush())
+        .with_context(|| format!("sending to {host}"))?;
+    read_response(&mut tls).with_context(|| format!("reading the answer of {host}"))
+}
+
+/// Connects to `host` (HOST:PORT), trying each address it resolves to.
+fn connect(host: &str) -> Result<TcpStream> {
+    let addrs: Vec<_> = host
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e)
+            .with_context(|| format!("connecting to {host} (is `spawngrid serve` running there?)")),
+        None => bail!("{host} resolves to no address"),
+    }
+}
+
+/// Reads a whole HTTP/1.1 response.
+fn read_response(r: &mut impl Read) -> Result<Response> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > 64 << 10 {
+            bail!("response headers too long");
+        }
+        let n = read_some(r, &mut chunk)?;
+        if n == 0 {
+            bail!("the connection closed before a response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).context("response headers are not text")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let (mut length, mut chunked) = (None, false);
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "content-length" {
+            length = Some(v.parse::<usize>().context("bad Content-Length")?);
+        } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    if chunked {
+        loop {
+            if let Some(done) = dechunk(&body)? {
+                return Ok(Response { status, body: done });
+            }
+            let n = read_some(r, &mut chunk)?;
+            if n == 0 {
+                bail!("the connection closed inside a chunked body");
+            }
+            body.extend_from_slice(&chunk[..n]);
+            if body.len() > MAX_RESPONSE {
+                bail!("response larger than {MAX_RESPONSE} bytes");
+            }
+        }
+    }
+    match length {
+        Some(len) => {
+            if len > MAX_RESPONSE {
+                bail!("response larger than {MAX_RESPONSE} bytes");
+            }
+            while body.len() < len {
+                let n = read_some(r, &mut chunk)?;
+                if n == 0 {
+                    bail!("the connection closed after {} of {len} bytes", body.len());
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(len);
+        }
+        None => loop {
+            let n = read_some(r, &mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+            if body.len() > MAX_RESPONSE {
+                bail!("response larger than {MAX_RESPONSE} bytes");
+            }
+        },
+    }
+    Ok(Response { status, body })
+}
+
+/// One read; a TLS stream closed without close_notify counts as its end.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        match r.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The decoded body if `raw` holds a complete chunked body, else `None`.
+fn dechunk(raw: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(eol) = find(&raw[at..], b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = std::str::from_utf8(&raw[at..at + eol]).context("bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).context("bad chunk size")?;
+        at += eol + 2;
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if raw.len() < at + size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&raw[at..at + size]);
+        at += size + 2;
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_get_the_default_port() {
+        assert_eq!(normalize_host("localhost"), "localhost:16998");
+        assert_eq!(normalize_host("n1:443"), "n1:443");
+        assert_eq!(normalize_host("::1"), "[::1]:16998");
+        assert_eq!(normalize_host("[::1]:5"), "[::1]:5");
+        assert_eq!(host_part("[::1]:5"), "::1");
+        assert_eq!(host_part("127.0.0.1:5"), "127.0.0.1");
+    }
+
+    #[test]
+    fn responses_by_length_chunks_and_eof() {
+        let by_len = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiEXTRA";
+        let r = read_response(&mut &by_len[..]).unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"hi"[..]));
+        let chunked =
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n";
+        let r = read_response(&mut &chunked[..]).unwrap();
+        assert_eq!((r.status, &r.body[..]), (404, &b"abcde"[..]));
+        let eof = b"HTTP/1.1 500 X\r\n\r\nall of it";
+        let r = read_response(&mut &eof[..]).unwrap();
+        assert_eq!(&r.body[..], b"all of it");
+        assert!(
+            read_response(&mut &b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhi"[..]).is_err()
+        );
+        assert!(read_response(&mut &b"garbage"[..]).is_err());
+    }
+}

@@ -1,0 +1,420 @@
+//! The client commands: `login`, `scores`, `spawn`, `exec`, `save` (`savedisk`), `boom`,
+//! `status`. Each talks to one node's HTTPS API (`-h HOST`, default `localhost:16998`) as one
+//! user (`-u USER`, default `$USER`) with the token `login` stored.
+
+pub mod http;
+pub mod store;
+
+use anyhow::{bail, Context, Result};
+use api::routes;
+use clap::Args;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use store::{StoredToken, Tokens};
+
+/// The default node.
+const DEFAULT_HOST: &str = "localhost:16998";
+
+/// Which node and user (every client command takes these; `-h` is the host, so help is
+/// `--help` only).
+#[derive(Args, Clone)]
+pub struct NodeArgs {
+    /// The node: HOST or HOST:PORT (default port 16998).
+    #[arg(short = 'h', long = "host", default_value = DEFAULT_HOST, env = "SPAWNGRID_HOST")]
+    pub host: String,
+    /// The user (default: $USER).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+impl NodeArgs {
+    fn host(&self) -> String {
+        http::normalize_host(&self.host)
+    }
+
+    fn user(&self) -> Result<String> {
+        let user = self
+            .user
+            .clone()
+            .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+            .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()));
+        match user {
+            Some(u) => Ok(u),
+            None => bail!("no user: pass -u USER (or set $USER)"),
+        }
+    }
+
+    /// `-h`/`-u` as they must be repeated in a printed command (only when not the defaults).
+    fn flags(&self) -> String {
+        let mut s = String::new();
+        if self.host() != http::normalize_host(DEFAULT_HOST) {
+            s.push_str(&format!(" -h {}", self.host));
+        }
+        if let Some(u) = &self.user {
+            if std::env::var("USER").ok().as_deref() != Some(u.as_str()) {
+                s.push_str(&format!(" -u {u}"));
+            }
+        }
+        s
+    }
+}
+
+/// `spawngrid login`.
+#[derive(Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Read the password from the first line of stdin instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+/// `spawngrid scores`.
+#[derive(Args)]
+pub struct ScoresArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Only names matching this (a glob with `*` and `?`, else a substring).
+    pattern: Option<String>,
+}
+
+/// `spawngrid spawn`.
+#[derive(Args)]
+pub struct SpawnArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The name to spawn from.
+    name: String,
+    /// A 1 GiB disk-backed write layer instead of 100 MiB of RAM.
+    #[arg(long)]
+    disk: bool,
+    /// The env's name (default: NAME), so one name can back several envs.
+    #[arg(long = "as", value_name = "ENV")]
+    as_env: Option<String>,
+    /// Memory limit (e.g. 512M, 2G; default: the node's).
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<String>,
+}
+
+/// `spawngrid exec`.
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Send this command's stdin to the command (read to its end first; at most ~700 KiB).
+    #[arg(long)]
+    stdin: bool,
+    /// The env.
+    env: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+/// `spawngrid save` (and `savedisk`).
+#[derive(Args)]
+pub struct SaveArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The env.
+    env: String,
+    /// The new name (bound once, forever).
+    new_name: String,
+}
+
+/// `spawngrid boom`.
+#[derive(Args)]
+pub struct BoomArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The env.
+    env: String,
+}
+
+/// `spawngrid status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// Calls the API as `node`'s user with their stored token; an error answer becomes its
+/// one-line message.
+fn call<T: DeserializeOwned>(
+    node: &NodeArgs,
+    method: &str,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<T> {
+    let (host, user) = (node.host(), node.user()?);
+    let tokens = Tokens::load()?;
+    let Some(token) = tokens.get(&host, &user) else {
+        bail!(
+            "not logged in to {host} as {user}: run `spawngrid login{}`",
+            node.flags()
+        );
+    };
+    let bytes = body.map(serde_json::to_vec).transpose()?;
+    let resp = http::request(&host, method, path, Some(&token.token), bytes.as_deref())?;
+    decode(&host, resp)
+}
+
+/// A 2xx body as `T`, or the error body's message.
+fn decode<T: DeserializeOwned>(host: &str, resp: http::Response) -> Result<T> {
+    if (200..300).contains(&resp.status) {
+        return serde_json::from_slice(&resp.body)
+            .with_context(|| format!("{host} answered something that is not the API's JSON"));
+    }
+    match serde_json::from_slice::<api::ErrorBody>(&resp.body) {
+        Ok(e) => bail!("{}", e.error),
+        Err(_) => bail!("{host} answered HTTP {}", resp.status),
+    }
+}
+
+/// Prints `value` as one line of JSON.
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// `spawngrid login`: asks for the password, stores the token.
+pub fn login(a: LoginArgs, json: bool) -> Result<ExitCode> {
+    let (host, user) = (a.node.host(), a.node.user()?);
+    let password = if a.password_stdin {
+        read_password_line(&mut std::io::stdin().lock())?
+    } else {
+        prompt_password(&format!("password for {user} on {host}: "))?
+    };
+    let req = api::LoginRequest {
+        user: user.clone(),
+        password,
+    };
+    let body = serde_json::to_vec(&req)?;
+    let resp = http::request(&host, "POST", routes::LOGIN, None, Some(&body))?;
+    let r: api::LoginResponse = decode(&host, resp)?;
+    let mut tokens = Tokens::load()?;
+    tokens.set(
+        &host,
+        &user,
+        StoredToken {
+            token: r.token,
+            expires: r.expires,
+        },
+    )?;
+    if json {
+        print_json(&serde_json::json!({"host": host, "user": user, "expires": r.expires}))?;
+    } else {
+        let days = r.expires.saturating_sub(runtime::state::now()) / 86_400;
+        println!("logged in to {host} as {user} (token valid for {days} days)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid scores`.
+pub fn scores(a: ScoresArgs, json: bool) -> Result<ExitCode> {
+    let path = routes::scores(a.pattern.as_deref());
+    let list: Vec<api::ScoreEntry> = call(&a.node, "GET", &path, None::<&()>)?;
+    if json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = runtime::state::now();
+    println!("{:<32} {:<16} {:>8}", "NAME", "SCORE", "AGE");
+    for s in list {
+        println!(
+            "{:<32} {:<16} {:>8}",
+            s.name,
+            &s.score[..s.score.len().min(16)],
+            age(now.saturating_sub(s.created))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid spawn`.
+pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
+    let mem = a.mem.as_deref().map(node::config::parse_size).transpose()?;
+    let req = api::SpawnRequest {
+        name: a.name.clone(),
+        disk: a.disk,
+        as_env: a.as_env.clone(),
+        mem,
+    };
+    let info: api::EnvInfo = call(&a.node, "POST", routes::ENVS, Some(&req))?;
+    if json {
+        print_json(&info)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("spawned {} from {} on {}", info.env, a.name, info.node);
+    println!("  {}", info.attach.ssh);
+    println!("  {}{}", info.attach.cpu, a.node.flags());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid exec`: prints the command's stdout and stderr, exits with its code.
+pub fn exec(a: ExecArgs, json: bool) -> Result<ExitCode> {
+    let stdin = if a.stdin {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(api::MAX_BODY as u64)
+            .read_to_end(&mut buf)
+            .context("reading stdin")?;
+        Some(api::b64::encode(&buf))
+    } else {
+        None
+    };
+    let req = api::ExecRequest {
+        argv: a.cmd.clone(),
+        stdin,
+    };
+    let r: api::ExecResponse = call(&a.node, "POST", &routes::exec(&a.env), Some(&req))?;
+    if json {
+        print_json(&r)?;
+    } else {
+        let out = api::b64::decode(&r.stdout).map_err(anyhow::Error::msg)?;
+        let err = api::b64::decode(&r.stderr).map_err(anyhow::Error::msg)?;
+        std::io::stdout().write_all(&out)?;
+        std::io::stdout().flush()?;
+        std::io::stderr().write_all(&err)?;
+        if r.truncated {
+            eprintln!(
+                "spawngrid: output cut at {} bytes per stream",
+                api::MAX_EXEC_OUTPUT
+            );
+        }
+    }
+    Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8))
+}
+
+/// `spawngrid save` / `savedisk`.
+pub fn save(a: SaveArgs, json: bool) -> Result<ExitCode> {
+    let req = api::SaveRequest {
+        name: a.new_name.clone(),
+    };
+    let r: api::SaveResponse = call(&a.node, "POST", &routes::save(&a.env), Some(&req))?;
+    if json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "saved {} as {} = {} ({:.0} ms)",
+            r.env,
+            r.name,
+            r.score,
+            r.seconds * 1e3
+        );
+        for w in &r.warnings {
+            eprintln!("spawngrid: warning: {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid boom`.
+pub fn boom(a: BoomArgs, json: bool) -> Result<ExitCode> {
+    let r: api::BoomResponse = call(&a.node, "DELETE", &routes::env(&a.env), None::<&()>)?;
+    if json {
+        print_json(&r)?;
+    } else {
+        println!("boomed {}", r.env);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid status`.
+pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
+    let list: Vec<api::EnvInfo> = call(&a.node, "GET", routes::ENVS, None::<&()>)?;
+    if json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15}  ATTACH",
+        "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE"
+    );
+    for e in list {
+        let mb =
+            |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0));
+        let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
+        let state = if e.running { "" } else { " (dead: boom it)" };
+        println!(
+            "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15}  {}{state}",
+            e.env,
+            e.from.as_deref().unwrap_or("-"),
+            snapshot,
+            e.node,
+            age(e.age),
+            mb(e.memory),
+            format!("{}/{}", mb(e.write_used), mb(Some(e.write_size))),
+            e.attach.ssh
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A short age: 42s, 5m, 3h, 12d.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The first line of `r`, without its line ending.
+pub fn read_password_line(r: &mut impl std::io::BufRead) -> Result<String> {
+    let mut line = String::new();
+    r.read_line(&mut line).context("reading the password")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        bail!("empty password");
+    }
+    Ok(pw)
+}
+
+/// Asks for a password on the terminal without echoing it.
+pub fn prompt_password(prompt: &str) -> Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context("no terminal to ask for a password on (use --password-stdin)")?;
+    let saved = tcgetattr(&tty).context("reading the terminal's mode")?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    (&tty).write_all(prompt.as_bytes())?;
+    tcsetattr(&tty, OptionalActions::Flush, &quiet).context("turning off echo")?;
+    let line = read_password_line(&mut std::io::BufReader::new(&tty));
+    let _ = tcsetattr(&tty, OptionalActions::Flush, &saved);
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(
+            [5, 61, 7200, 90_000].map(age),
+            ["5s", "1m", "2h", "1d"].map(String::from)
+        );
+    }
+
+    #[test]
+    fn password_lines() {
+        assert_eq!(
+            read_password_line(&mut &b"pw word\r\nnext"[..]).unwrap(),
+            "pw word"
+        );
+        assert!(read_password_line(&mut &b"\n"[..]).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! The client's files in `~/.config/spawngrid/` (or `$XDG_CONFIG_HOME/spawngrid/`):
+//! `known_nodes`, the pinned certificate fingerprint of each node (`HOST:PORT FINGERPRINT`
+//! lines, like ssh's known_hosts), and `tokens.json`, a token per node and user (mode 0600).
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The client's configuration directory (created 0700 when first written to).
+pub fn config_dir() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("spawngrid"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".config/spawngrid")),
+        None => bail!("neither HOME nor XDG_CONFIG_HOME is set: cannot find ~/.config/spawngrid"),
+    }
+}
+
+/// Writes `path` atomically (temporary file, then rename), created with `mode`.
+fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The pinned certificate fingerprints.
+pub struct KnownNodes {
+    path: PathBuf,
+    pins: BTreeMap<String, String>,
+}
+
+impl KnownNodes {
+    /// Reads `known_nodes` (missing: no pins).
+    pub fn load() -> Result<KnownNodes> {
+        let path = config_dir()?.join("known_nodes");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut pins = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some((host, fp)) = line.split_once(char::is_whitespace) {
+                pins.insert(host.to_string(), fp.trim().to_string());
+            }
+        }
+        Ok(KnownNodes { path, pins })
+    }
+
+    /// The file's path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The fingerprint pinned for `host` (HOST:PORT).
+    pub fn get(&self, host: &str) -> Option<&str> {
+        self.pins.get(host).map(|s| s.as_str())
+    }
+
+    /// Pins `fingerprint` for `host` and writes the file.
+    pub fn pin(&mut self, host: &str, fingerprint: &str) -> Result<()> {
+        self.pins.insert(host.to_string(), fingerprint.to_string());
+        let mut text = String::from(
+            "# spawngrid: pinned TLS certificate fingerprints (SHA-256), one node a line\n",
+        );
+        for (h, fp) in &self.pins {
+            text.push_str(&format!("{h} {fp}\n"));
+        }
+        write_private(&self.path, text.as_bytes(), 0o644)
+    }
+}
+
+/// A stored token.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredToken {
+    /// The bearer token.
+    pub token: String,
+    /// Expiry, seconds since the epoch.
+    pub expires: u64,
+}
+
+/// Tokens by node (HOST:PORT) then user.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Tokens {
+    #[serde(flatten)]
+    nodes: BTreeMap<String, BTreeMap<String, StoredToken>>,
+}
+
+fn tokens_path() -> Result<PathBuf> {
+    Ok(config_dir()?.join("tokens.json"))
+}
+
+impl Tokens {
+    /// Reads `tokens.json` (missing: none).
+    pub fn load() -> Result<Tokens> {
+        let path = tokens_path()?;
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!("parsing {} (delete it and log in again)", path.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Tokens::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// The token of `user` on `host`.
+    pub fn get(&self, host: &str, user: &str) -> Option<&StoredToken> {
+        self.nodes.get(host)?.get(user)
+    }
+
+    /// Stores a token and writes the file (mode 0600).
+    pub fn set(&mut self, host: &str, user: &str, token: StoredToken) -> Result<()> {
+        self.nodes
+            .entry(host.to_string())
+            .or_default()
+            .insert(user.to_string(), token);
+        let path = tokens_path()?;
+        write_private(&path, &serde_json::to_vec_pretty(self)?, 0o600)
+    }
+}

@@ -1,0 +1,661 @@
+//! The node end to end (as root): the real binary serving HTTPS on 127.0.0.1 (a random free
+//! port), a busybox base snapshot, users alice and bob, and the client commands. Every env,
+//! mount and server process is cleaned up whatever happens (Drop guards).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Sends one raw HTTPS request (certificate not checked) and prints the status, a newline
+/// and the body: for requests the client never makes (malformed, oversized, bogus tokens).
+/// argv: host port method path headers-json chunked(0/1); body on stdin.
+const RAW_HTTPS: &str = r#"
+import http.client, json, ssl, sys
+host, port, method, path, headers, chunked = sys.argv[1:7]
+body = sys.stdin.buffer.read()
+c = http.client.HTTPSConnection(host, int(port), context=ssl._create_unverified_context(), timeout=30)
+try:
+    if chunked == "1":
+        c.request(method, path, body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                  headers=json.loads(headers), encode_chunked=True)
+    else:
+        c.request(method, path, body=body if body else None, headers=json.loads(headers))
+except OSError:
+    pass  # the node answered early (413) and closed; its answer is still readable
+r = c.getresponse()
+sys.stdout.write("%d\n%s" % (r.status, r.read().decode()))
+"#;
+
+/// A node data directory on its own tmpfs, with a busybox snapshot imported as `base` for
+/// alice and for bob, and users alice (password `alice-pw`) and bob (`bob-pw`).
+struct Site {
+    scratch: common::Scratch,
+    data: PathBuf,
+    server: std::cell::RefCell<Option<Server>>,
+}
+
+/// A running `spawngrid serve`, stopped (SIGTERM, then SIGKILL) on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.server.replace(None);
+        common::clean_envs(&self.data());
+    }
+}
+
+impl Site {
+    fn new(tag: &str) -> Site {
+        let scratch = common::Scratch::new(tag);
+        let data = scratch.join("data");
+        let site = Site {
+            scratch,
+            data,
+            server: std::cell::RefCell::new(None),
+        };
+        let root = busybox();
+        for owner in ["alice", "bob"] {
+            site.admin(
+                &[
+                    "lib",
+                    "--data",
+                    site.data_str(),
+                    "--owner",
+                    owner,
+                    "import",
+                    "base",
+                    root.to_str().unwrap(),
+                ],
+                None,
+            );
+            let pw = format!("{owner}-pw\n");
+            site.admin(
+                &[
+                    "user",
+                    "--data",
+                    site.data_str(),
+                    "add",
+                    owner,
+                    "--password-stdin",
+                ],
+                Some(&pw),
+            );
+        }
+        site
+    }
+
+    fn data(&self) -> PathBuf {
+        self.data.clone()
+    }
+
+    fn data_str(&self) -> &str {
+        self.data.to_str().unwrap()
+    }
+
+    /// Runs an offline command that must succeed.
+    fn admin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = run(Command::new(common::bin()).args(args), stdin);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Starts the node on `listen` and waits for its "listening" line.
+    fn start(&self, listen: &str) {
+        let log = std::fs::File::create(self.scratch.join("serve.log")).unwrap();
+        let mut child = Command::new(common::bin())
+            .args(["serve", "--data", self.data_str(), "--listen", listen])
+            .env("SPAWNGRID_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting spawngrid serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // Guard first, so a node that never says it listens is still stopped.
+        let mut server = Server {
+            child,
+            addr: String::new(),
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the node did not start: {}", self.log()));
+        let addr = line
+            .split("https://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        server.addr = addr.to_string();
+        self.server.replace(Some(server));
+    }
+
+    fn stop(&self) {
+        self.server.replace(None);
+    }
+
+    fn addr(&self) -> String {
+        let server = self.server.borrow();
+        server.as_ref().expect("node running").addr.clone()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.join("serve.log")).unwrap_or_default()
+    }
+
+    /// A client user with their own HOME (so their own token and pin files).
+    fn user(&self, name: &str) -> User<'_> {
+        let home = self.scratch.join(format!("home-{name}"));
+        std::fs::create_dir_all(&home).unwrap();
+        User {
+            site: self,
+            name: name.to_string(),
+            home,
+        }
+    }
+
+    /// A raw HTTPS request: (status, body).
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+        chunked: bool,
+    ) -> (u16, String) {
+        let addr = self.addr();
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        let out = run(
+            Command::new("python3").args([
+                "-c",
+                RAW_HTTPS,
+                host,
+                port,
+                method,
+                path,
+                headers,
+                if chunked { "1" } else { "0" },
+            ]),
+            Some(std::str::from_utf8(body).unwrap()),
+        );
+        assert!(out.status.success(), "raw request: {}", text(&out.stderr));
+        let t = text(&out.stdout);
+        let (status, body) = t.split_once('\n').unwrap();
+        (status.parse().unwrap(), body.to_string())
+    }
+}
+
+/// A client user.
+struct User<'a> {
+    site: &'a Site,
+    name: String,
+    home: PathBuf,
+}
+
+impl User<'_> {
+    /// `spawngrid CMD -h ADDR -u USER ARGS...` with this user's HOME.
+    fn sg(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        run(
+            Command::new(common::bin())
+                .arg(cmd)
+                .args(["-h", &self.site.addr(), "-u", &self.name])
+                .args(args)
+                .env("HOME", &self.home)
+                .env_remove("XDG_CONFIG_HOME"),
+            stdin,
+        )
+    }
+
+    /// A command that must succeed; its stdout.
+    fn ok(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.sg(cmd, args, None);
+        assert!(
+            out.status.success(),
+            "{} {cmd} {args:?}: {}",
+            self.name,
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// A command that must fail; its stderr (one line).
+    fn refused(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.sg(cmd, args, None);
+        assert!(
+            !out.status.success(),
+            "{} {cmd} {args:?} should fail: {}",
+            self.name,
+            text(&out.stdout)
+        );
+        let err = text(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        err
+    }
+
+    fn login(&self) {
+        let out = self.sg(
+            "login",
+            &["--password-stdin"],
+            Some(&format!("{}-pw\n", self.name)),
+        );
+        assert!(
+            out.status.success(),
+            "login {}: {}",
+            self.name,
+            text(&out.stderr)
+        );
+    }
+
+    fn json(&self, cmd: &str, args: &[&str]) -> serde_json::Value {
+        let out = run(
+            Command::new(common::bin())
+                .arg("--json")
+                .arg(cmd)
+                .args(["-h", &self.site.addr(), "-u", &self.name])
+                .args(args)
+                .env("HOME", &self.home),
+            None,
+        );
+        assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Runs `sh -c script` in env `env`: (exit code, stdout, stderr).
+    fn exec(&self, env: &str, script: &str) -> (i32, String, String) {
+        let out = self.sg("exec", &[env, "--", "sh", "-c", script], None);
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
+    fn token(&self) -> String {
+        let path = self.home.join(".config/spawngrid/tokens.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v[self.site.addr().as_str()][&self.name]["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running a command");
+    if let Some(s) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let bytes = s.as_bytes().to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&bytes);
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The cached busybox root (scripts/rootfs.sh busybox).
+fn busybox() -> PathBuf {
+    let out = Command::new(common::repo_root().join("scripts/rootfs.sh"))
+        .arg("busybox")
+        .output()
+        .expect("running scripts/rootfs.sh");
+    assert!(out.status.success(), "rootfs.sh: {}", text(&out.stderr));
+    PathBuf::from(text(&out.stdout).trim())
+}
+
+fn mounted_under(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.contains(dir.to_str().unwrap())
+}
+
+#[test]
+fn two_users_spawn_exec_save_boom_and_stay_apart() {
+    let site = Site::new("node-users");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    bob.login();
+
+    // scores: each sees their own names.
+    let names = alice.json("scores", &[]);
+    assert_eq!(names.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (names[0]["name"].as_str(), names[0]["owner"].as_str()),
+        (Some("base"), Some("alice"))
+    );
+
+    // spawn prints both ways in.
+    let out = alice.ok("spawn", &["base"]);
+    let addr = site.addr();
+    let host = addr.rsplit_once(':').unwrap().0;
+    assert!(
+        out.contains(&format!("ssh -p 16999 base+alice@{host}")),
+        "{out}"
+    );
+    assert!(out.contains("spawngrid cpu base"), "{out}");
+    let (code, stdout, stderr) = alice.exec("base", "echo hi; echo err >&2; hostname; exit 3");
+    assert_eq!(
+        (code, stdout.as_str(), stderr.as_str()),
+        (3, "hi\nbase\n", "err\n")
+    );
+    assert_eq!(alice.exec("base", "echo hi").0, 0);
+    // stdin is passed on when asked for.
+    let out = alice.sg(
+        "exec",
+        &["--stdin", "base", "--", "sh", "-c", "tr a-z A-Z"],
+        Some("piped\n"),
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "PIPED\n")
+    );
+    assert_eq!(alice.exec("base", "echo kept > /root/file; sync").0, 0);
+
+    // bob: same env name, his own env; neither sees the other's.
+    bob.ok("spawn", &["base"]);
+    assert_eq!(bob.exec("base", "test -e /root/file; echo $?").1, "1\n");
+    let mine = |u: &User| -> Vec<String> {
+        u.json("status", &[])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["env"].as_str().unwrap().to_string())
+            .collect()
+    };
+    bob.ok("boom", &["base"]);
+    assert!(mine(&bob).is_empty());
+    assert_eq!(mine(&alice), ["base"]);
+    let status = alice.json("status", &[]);
+    let e = &status[0];
+    assert_eq!(
+        (e["running"].as_bool(), e["from"].as_str()),
+        (Some(true), Some("base"))
+    );
+    assert!(
+        e["memory"].as_u64().unwrap() > 0 && e["write_used"].is_u64(),
+        "{e}"
+    );
+    assert!(e["attach"]["ssh"].as_str().unwrap().contains("base+alice@"));
+
+    // bob cannot touch alice's env: each attempt refused as if it did not exist.
+    for (cmd, args) in [
+        ("exec", &["base", "--", "true"][..]),
+        ("save", &["base", "stolen"]),
+        ("savedisk", &["base", "stolen"]),
+        ("boom", &["base"]),
+    ] {
+        let err = bob.refused(cmd, args);
+        assert!(err.contains("no env base"), "{cmd}: {err}");
+    }
+    // Nor name her env by its node-wide id.
+    assert!(bob
+        .refused("exec", &["base+alice", "--", "true"])
+        .contains("base+alice"));
+    assert!(bob
+        .json("scores", &[])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["name"] != "stolen"));
+    // alice's env is unaffected.
+    assert_eq!(alice.exec("base", "cat /root/file").1, "kept\n");
+
+    // save, boom, spawn the saved name, find the file.
+    let out = alice.ok("save", &["base", "base-work"]);
+    assert!(out.starts_with("saved base as base-work = "), "{out}");
+    assert!(alice
+        .refused("save", &["base", "base-work"])
+        .contains("already"));
+    alice.ok("boom", &["base"]);
+    assert!(mine(&alice).is_empty());
+    alice.ok("spawn", &["base-work", "--as", "w2", "--mem", "256M"]);
+    assert_eq!(alice.exec("w2", "cat /root/file").1, "kept\n");
+    assert_eq!(alice.exec("w2", "hostname").1, "w2\n");
+    // The name stays alice's: bob can spawn neither it nor its score.
+    assert!(bob.refused("spawn", &["base-work"]).contains("base-work"));
+    let score = alice.json("scores", &["base-work"])[0]["score"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    bob.refused("spawn", &[&score]);
+    assert!(bob.json("scores", &[]).as_array().unwrap().len() == 1);
+    // A second env of the same name is refused with what to do.
+    assert!(alice
+        .refused("spawn", &["base-work", "--as", "w2"])
+        .contains("--as"));
+
+    alice.ok("boom", &["w2"]);
+    assert!(mine(&alice).is_empty());
+    assert!(!mounted_under(&site.data().join("envs")));
+
+    // Nothing secret reached the log, which did record the requests.
+    let log = site.log();
+    assert!(
+        log.contains("path=/api/envs") && log.contains("user=alice"),
+        "{log}"
+    );
+    for secret in ["alice-pw", "bob-pw", &alice.token()[3..], &bob.token()[3..]] {
+        assert!(!log.contains(secret), "the log holds a secret");
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let site = Site::new("node-errors");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+
+    // Wrong password; repeated ones lock the user's logins for a while (not others').
+    for _ in 0..4 {
+        let out = bob.sg("login", &["--password-stdin"], Some("wrong\n"));
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("wrong user name or password"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = bob.sg("login", &["--password-stdin"], Some("bob-pw\n"));
+    assert!(
+        text(&out.stderr).contains("too many failed logins"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(alice.refused("status", &[]).contains("not logged in"));
+    alice.login();
+    std::thread::sleep(Duration::from_millis(1100));
+    bob.login();
+
+    let auth = format!(r#"{{"Authorization": "Bearer {}"}}"#, alice.token());
+    let error_of = |(status, body): (u16, String)| -> (u16, String) {
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {body}"))
+            .to_string();
+        assert!(!msg.contains('\n'));
+        (status, msg)
+    };
+
+    // Malformed JSON: 400 with one clear line.
+    let (s, m) = error_of(site.raw("POST", "/api/envs", &auth, b"{\"name\": ", false));
+    assert_eq!(s, 400);
+    assert!(m.starts_with("malformed JSON"), "{m}");
+    let (s, _) = error_of(site.raw("POST", "/api/login", "{}", b"[1,2]", false));
+    assert_eq!(s, 400);
+    // Oversized bodies: 413, declared or streamed.
+    let big = vec![b' '; (1 << 20) + 10];
+    for chunked in [false, true] {
+        let (s, m) = error_of(site.raw("POST", "/api/envs", &auth, &big, chunked));
+        assert_eq!(s, 413, "{m}");
+    }
+    // Unknown routes and methods: JSON 404/405.
+    let (s, m) = error_of(site.raw("GET", "/api/nothing", "{}", b"", false));
+    assert_eq!((s, m.contains("/api/nothing")), (404, true));
+    assert_eq!(error_of(site.raw("GET", "/", "{}", b"", false)).0, 404);
+    assert_eq!(
+        error_of(site.raw("PUT", "/api/envs", &auth, b"", false)).0,
+        405
+    );
+    // Names with ../ are refused, through the client and raw.
+    assert!(alice
+        .refused("spawn", &["../base"])
+        .contains("invalid name"));
+    assert!(alice
+        .refused("spawn", &["base", "--as", "a/../../x"])
+        .contains("invalid name"));
+    assert!(alice
+        .refused("exec", &["..", "--", "true"])
+        .contains("invalid name"));
+    let (s, _) = error_of(site.raw(
+        "POST",
+        "/api/envs/..%2F..%2Fetc/exec",
+        &auth,
+        br#"{"argv":["true"]}"#,
+        false,
+    ));
+    assert_eq!(s, 400);
+    let (s, _) = error_of(site.raw(
+        "POST",
+        "/api/envs",
+        &auth,
+        br#"{"name":"base","as":"x/../y"}"#,
+        false,
+    ));
+    assert_eq!(s, 400);
+    // Missing, bogus and expired tokens: 401.
+    for headers in [
+        "{}".to_string(),
+        r#"{"Authorization": "Bearer sg_0000"}"#.to_string(),
+        r#"{"Authorization": "Basic YWxpY2U6YWxpY2UtcHc="}"#.to_string(),
+    ] {
+        assert_eq!(
+            error_of(site.raw("GET", "/api/envs", &headers, b"", false)).0,
+            401
+        );
+    }
+    let expired = {
+        let cat = catalog::Catalog::open(site.data().join("catalog.db")).unwrap();
+        cat.issue_token("alice", 0).unwrap().secret
+    };
+    let (s, m) = error_of(site.raw(
+        "GET",
+        "/api/envs",
+        &format!(r#"{{"Authorization": "Bearer {expired}"}}"#),
+        b"",
+        false,
+    ));
+    assert_eq!(s, 401);
+    assert!(m.contains("expired"), "{m}");
+    // The client says what to do with a stale token.
+    let tokens = alice.home.join(".config/spawngrid/tokens.json");
+    let good = std::fs::read_to_string(&tokens).unwrap();
+    std::fs::write(&tokens, good.replace(&alice.token(), &expired)).unwrap();
+    assert!(alice.refused("status", &[]).contains("spawngrid login"));
+    std::fs::write(&tokens, good).unwrap();
+
+    // The OpenAPI document is served without a token.
+    let (s, body) = site.raw("GET", "/api/openapi.json", "{}", b"", false);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (s, doc["paths"]["/api/envs/{env}/exec"]["post"].is_object()),
+        (200, true)
+    );
+
+    // Nothing was spawned or bound by any of it.
+    assert!(alice.json("status", &[]).as_array().unwrap().is_empty());
+    assert_eq!(alice.json("scores", &[]).as_array().unwrap().len(), 1);
+    assert!(
+        !site.data().join("envs").exists()
+            || std::fs::read_dir(site.data().join("envs"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
+
+#[test]
+fn a_changed_server_certificate_is_refused() {
+    let site = Site::new("node-tls");
+    site.start("127.0.0.1:0");
+    let addr = site.addr();
+    let alice = site.user("alice");
+    let out = alice.sg("login", &["--password-stdin"], Some("alice-pw\n"));
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("first connection"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pins = alice.home.join(".config/spawngrid/known_nodes");
+    let pinned = std::fs::read_to_string(&pins).unwrap();
+    assert!(pinned.contains(&addr));
+    let tokens = alice.home.join(".config/spawngrid/tokens.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&tokens).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // Same certificate after a restart: trusted silently.
+    site.stop();
+    site.start(&addr);
+    let out = alice.sg("status", &[], None);
+    assert!(out.status.success() && !text(&out.stderr).contains("first connection"));
+    // A new certificate: refused with what to do, and the pin is kept.
+    site.stop();
+    std::fs::remove_dir_all(site.data().join("tls")).unwrap();
+    site.start(&addr);
+    let err = alice.refused("status", &[]);
+    assert!(
+        err.contains("certificate of node")
+            && err.contains("changed")
+            && err.contains("known_nodes"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&pins).unwrap(), pinned);
+    // Forgetting the pin (what the message says to do) trusts the new one.
+    std::fs::write(&pins, "").unwrap();
+    let out = alice.sg("status", &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("first connection"));
+}

@@ -247,23 +247,16 @@ fn collect(out: OwnedFd, err: OwnedFd, exited: &mpsc::Receiver<Result<i32>>) -> 
                 }
             }
         }
-        let both_closed = open.iter().all(|o| o.is_none());
-        if both_closed && code.is_some() {
+        // Both streams ended (the exit status, if not in yet, is waited for below), or the
+        // command exited a while ago and something in the background holds them open.
+        if open.iter().all(|o| o.is_none()) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if both_closed {
-            std::thread::sleep(Duration::from_millis(2));
-            continue;
-        }
-        let mut fds: Vec<(usize, PollFd<'_>)> = open
+        let (idx, mut polls): (Vec<usize>, Vec<PollFd<'_>>) = open
             .iter()
             .enumerate()
             .filter_map(|(i, o)| o.as_ref().map(|fd| (i, PollFd::new(fd, PollFlags::IN))))
-            .collect();
-        let mut polls: Vec<PollFd<'_>> = fds.iter().map(|(_, p)| p.clone()).collect();
+            .unzip();
         let timeout = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 20_000_000,
@@ -272,13 +265,11 @@ fn collect(out: OwnedFd, err: OwnedFd, exited: &mpsc::Receiver<Result<i32>>) -> 
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
-        let ready: Vec<(usize, bool)> = fds
-            .iter_mut()
-            .zip(&polls)
-            .map(|((i, _), p)| (*i, !p.revents().is_empty()))
+        let ready: Vec<(usize, bool)> = idx
+            .into_iter()
+            .zip(polls.iter().map(|p| !p.revents().is_empty()))
             .collect();
         drop(polls);
-        drop(fds);
         for (i, is_ready) in ready {
             if !is_ready {
                 continue;
@@ -298,8 +289,6 @@ fn collect(out: OwnedFd, err: OwnedFd, exited: &mpsc::Receiver<Result<i32>>) -> 
             }
         }
     }
-    // The command exited; if output is still open (a background process holds it), stop
-    // reading, but take what the exit status says as the answer.
     let code = match code {
         Some(c) => c,
         None => exited

@@ -162,6 +162,12 @@ async fn login(
     State(node): State<Arc<Node>>,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    // Not a possible user name: refused like a wrong password, and neither tracked nor
+    // logged (a name is what keys the backoff table and goes into the log).
+    if catalog::check_owner(&req.user).is_err() || req.password.len() > 1024 {
+        tracing::warn!("login refused: invalid user name or oversized password");
+        return Err(ApiError::unauthorized("wrong user name or password"));
+    }
     if let Some(left) = node.backoff.locked(&req.user) {
         tracing::warn!(user = %req.user, "login refused: locked after failed attempts");
         return Err(ApiError::new(

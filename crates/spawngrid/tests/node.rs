@@ -31,7 +31,9 @@ sys.stdout.write("%d\n%s" % (r.status, r.read().decode()))
 "#;
 
 /// A node data directory on its own tmpfs, with a busybox snapshot imported as `base` for
-/// alice and for bob, and users alice (password `alice-pw`) and bob (`bob-pw`).
+/// alice and for bob, and users alice (password `alice-pw`) and bob (`bob-pw`). User names
+/// carry the test process's id ([`who`]): env cgroups are named by `ENV+USER` host-wide, so
+/// two test runs at once on one host must not share user names.
 struct Site {
     scratch: common::Scratch,
     data: PathBuf,
@@ -77,7 +79,8 @@ impl Site {
             server: std::cell::RefCell::new(None),
         };
         let root = busybox();
-        for owner in ["alice", "bob"] {
+        for owner in [who("alice"), who("bob")] {
+            let owner = owner.as_str();
             site.admin(
                 &[
                     "lib",
@@ -172,11 +175,12 @@ impl Site {
 
     /// A client user with their own HOME (so their own token and pin files).
     fn user(&self, name: &str) -> User<'_> {
+        let name = who(name);
         let home = self.scratch.join(format!("home-{name}"));
         std::fs::create_dir_all(&home).unwrap();
         User {
             site: self,
-            name: name.to_string(),
+            name,
             home,
         }
     }
@@ -307,6 +311,11 @@ impl User<'_> {
     }
 }
 
+/// A test user's name: NAME-PID.
+fn who(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
 fn run(cmd: &mut Command, stdin: Option<&str>) -> Output {
     let mut child = cmd
         .stdin(if stdin.is_some() {
@@ -361,7 +370,7 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
     assert_eq!(names.as_array().unwrap().len(), 1);
     assert_eq!(
         (names[0]["name"].as_str(), names[0]["owner"].as_str()),
-        (Some("base"), Some("alice"))
+        (Some("base"), Some(alice.name.as_str()))
     );
 
     // spawn prints both ways in.
@@ -369,7 +378,7 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
     let addr = site.addr();
     let host = addr.rsplit_once(':').unwrap().0;
     assert!(
-        out.contains(&format!("ssh -p 16999 base+alice@{host}")),
+        out.contains(&format!("ssh -p 16999 base+{}@{host}", alice.name)),
         "{out}"
     );
     assert!(out.contains("spawngrid cpu base"), "{out}");
@@ -415,7 +424,11 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
         e["memory"].as_u64().unwrap() > 0 && e["write_used"].is_u64(),
         "{e}"
     );
-    assert!(e["attach"]["ssh"].as_str().unwrap().contains("base+alice@"));
+    let id = format!("base+{}", alice.name);
+    assert!(e["attach"]["ssh"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{id}@")));
 
     // bob cannot touch alice's env: each attempt refused as if it did not exist.
     for (cmd, args) in [
@@ -428,9 +441,7 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
         assert!(err.contains("no env base"), "{cmd}: {err}");
     }
     // Nor name her env by its node-wide id.
-    assert!(bob
-        .refused("exec", &["base+alice", "--", "true"])
-        .contains("base+alice"));
+    assert!(bob.refused("exec", &[&id, "--", "true"]).contains(&id));
     assert!(bob
         .json("scores", &[])
         .as_array()
@@ -474,7 +485,8 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
         log.contains("path=/api/envs") && log.contains("user=alice"),
         "{log}"
     );
-    for secret in ["alice-pw", "bob-pw", &alice.token()[3..], &bob.token()[3..]] {
+    let (apw, bpw) = (format!("{}-pw", alice.name), format!("{}-pw", bob.name));
+    for secret in [&apw, &bpw, &alice.token()[3..], &bob.token()[3..]] {
         assert!(!log.contains(secret), "the log holds a secret");
     }
 }
@@ -496,7 +508,11 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             text(&out.stderr)
         );
     }
-    let out = bob.sg("login", &["--password-stdin"], Some("bob-pw\n"));
+    let out = bob.sg(
+        "login",
+        &["--password-stdin"],
+        Some(&format!("{}-pw\n", bob.name)),
+    );
     assert!(
         text(&out.stderr).contains("too many failed logins"),
         "{}",
@@ -525,6 +541,15 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert!(m.starts_with("malformed JSON"), "{m}");
     let (s, _) = error_of(site.raw("POST", "/api/login", "{}", b"[1,2]", false));
     assert_eq!(s, 400);
+    // Impossible user names are refused like wrong passwords (and not remembered).
+    let long = format!(r#"{{"user":"{}","password":"x"}}"#, "a".repeat(200_000));
+    for body in [
+        r#"{"user":"../alice","password":"alice-pw"}"#,
+        long.as_str(),
+    ] {
+        let (s, m) = error_of(site.raw("POST", "/api/login", "{}", body.as_bytes(), false));
+        assert_eq!((s, m.as_str()), (401, "wrong user name or password"));
+    }
     // Oversized bodies: 413, declared or streamed.
     let big = vec![b' '; (1 << 20) + 10];
     for chunked in [false, true] {
@@ -578,7 +603,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     }
     let expired = {
         let cat = catalog::Catalog::open(site.data().join("catalog.db")).unwrap();
-        cat.issue_token("alice", 0).unwrap().secret
+        cat.issue_token(&alice.name, 0).unwrap().secret
     };
     let (s, m) = error_of(site.raw(
         "GET",
@@ -622,7 +647,11 @@ fn a_changed_server_certificate_is_refused() {
     site.start("127.0.0.1:0");
     let addr = site.addr();
     let alice = site.user("alice");
-    let out = alice.sg("login", &["--password-stdin"], Some("alice-pw\n"));
+    let out = alice.sg(
+        "login",
+        &["--password-stdin"],
+        Some(&format!("{}-pw\n", alice.name)),
+    );
     assert!(out.status.success());
     assert!(
         text(&out.stderr).contains("first connection"),

@@ -27,11 +27,15 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
             );
             r
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{{\"error\":\"encoding the answer: {e}\"}}"),
-        )
-            .into_response(),
+        Err(e) => {
+            tracing::error!("encoding an answer: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"error":"the node could not encode its answer (see its log)"}"#,
+            )
+                .into_response()
+        }
     }
 }
 

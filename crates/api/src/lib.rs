@@ -159,6 +159,8 @@ pub struct ScoreEntry {
     pub score: String,
     /// When the name was bound, seconds since the Unix epoch.
     pub created: u64,
+    /// Logical bytes of the snapshot's files, when the node could read it.
+    pub size: Option<u64>,
 }
 
 /// `POST /api/envs`: spawn an env from one of the user's names.
@@ -427,6 +429,7 @@ mod tests {
                 owner: "o".into(),
                 score: "s".into(),
                 created: 1,
+                size: Some(2),
             }),
         );
         check(

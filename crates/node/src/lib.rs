@@ -34,6 +34,8 @@ pub struct Node {
     pub backoff: auth::Backoff,
     /// This node's name (its host name), reported in env listings.
     pub name: String,
+    /// Snapshot sizes: the library (opened on first use) and sizes already read.
+    pub sizes: snapshots::Sizes,
 }
 
 impl Node {
@@ -42,12 +44,14 @@ impl Node {
         let exe = std::env::current_exe().context("finding this executable")?;
         let rt = runtime::Runtime::new(&config.data, exe)?;
         let cat = catalog::Catalog::open(rt.data.join("catalog.db"))?;
+        let sizes = snapshots::Sizes::new(&rt.data);
         Ok(Node {
             config,
             rt,
             cat: Arc::new(cat),
             backoff: auth::Backoff::default(),
             name: host_name(),
+            sizes,
         })
     }
 }

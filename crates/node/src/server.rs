@@ -222,6 +222,7 @@ async fn scores(
         Ok(recs
             .into_iter()
             .map(|r| ScoreEntry {
+                size: node.sizes.size(&r.score),
                 name: r.name,
                 owner: r.owner,
                 score: r.score.to_hex(),

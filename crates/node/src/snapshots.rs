@@ -3,10 +3,12 @@
 //! `spawngrid env spawn` and the node's API both spawn through these.
 
 use anyhow::{bail, Context, Result};
-use library::Score;
+use library::{Library, Score};
 use runtime::Runtime;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 /// The score `name` of `owner` is bound to; with `allow_score`, a literal 64-digit score is
 /// taken as is (offline tools; the API never allows it, so a score is no way around owners).
@@ -59,4 +61,56 @@ pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// Logical sizes of snapshots, read from the library once each (a snapshot never changes).
+/// The library is opened on first use and its index reloaded when a snapshot is not in it
+/// (imported or repacked by another process since).
+pub struct Sizes {
+    data: PathBuf,
+    lib: Mutex<Option<Arc<Library>>>,
+    known: Mutex<HashMap<Score, u64>>,
+}
+
+impl Sizes {
+    /// Sizes of the snapshots in `DATA/library`.
+    pub fn new(data: &Path) -> Sizes {
+        Sizes {
+            data: data.to_path_buf(),
+            lib: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The logical size of `score`'s files, if the snapshot can be read.
+    pub fn size(&self, score: &Score) -> Option<u64> {
+        if let Some(n) = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(score)
+        {
+            return Some(*n);
+        }
+        let lib = {
+            let mut slot = self.lib.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = crate::envs::open_library(&self.data).ok().map(Arc::new);
+            }
+            slot.clone()?
+        };
+        let snap = match lib.snapshot(score) {
+            Ok(s) => s,
+            Err(_) => {
+                lib.reload_index().ok()?;
+                lib.snapshot(score).ok()?
+            }
+        };
+        let n = snap.bytes();
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*score, n);
+        Some(n)
+    }
 }

@@ -373,6 +373,12 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
         (Some("base"), Some(alice.name.as_str()))
     );
 
+    assert!(names[0]["size"].as_u64().unwrap() > 100_000, "{names}");
+    let table = alice.ok("scores", &["bas"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("base "),
+        "{table}"
+    );
     // spawn prints both ways in.
     let out = alice.ok("spawn", &["base"]);
     let addr = site.addr();

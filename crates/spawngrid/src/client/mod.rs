@@ -224,12 +224,13 @@ pub fn scores(a: ScoresArgs, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = runtime::state::now();
-    println!("{:<32} {:<16} {:>8}", "NAME", "SCORE", "AGE");
+    println!("{:<32} {:<16} {:>10} {:>6}", "NAME", "SCORE", "SIZE", "AGE");
     for s in list {
         println!(
-            "{:<32} {:<16} {:>8}",
+            "{:<32} {:<16} {:>10} {:>6}",
             s.name,
             &s.score[..s.score.len().min(16)],
+            megabytes(s.size),
             age(now.saturating_sub(s.created))
         );
     }
@@ -338,8 +339,6 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
         "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE"
     );
     for e in list {
-        let mb =
-            |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0));
         let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let state = if e.running { "" } else { " (dead: boom it)" };
         println!(
@@ -349,12 +348,21 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
             snapshot,
             e.node,
             age(e.age),
-            mb(e.memory),
-            format!("{}/{}", mb(e.write_used), mb(Some(e.write_size))),
+            megabytes(e.memory),
+            format!(
+                "{}/{}",
+                megabytes(e.write_used),
+                megabytes(Some(e.write_size))
+            ),
             e.attach.ssh
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes in MiB with one decimal (`12.3M`), or `-` when unknown.
+fn megabytes(bytes: Option<u64>) -> String {
+    bytes.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0))
 }
 
 /// A short age: 42s, 5m, 3h, 12d.

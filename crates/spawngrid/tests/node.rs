@@ -504,6 +504,25 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let alice = site.user("alice");
     let bob = site.user("bob");
 
+    // Users are added once.
+    let again = run(
+        Command::new(common::bin()).args([
+            "user",
+            "--data",
+            site.data_str(),
+            "add",
+            &alice.name,
+            "--password-stdin",
+        ]),
+        Some("other\n"),
+    );
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("exists already"),
+        "{}",
+        text(&again.stderr)
+    );
+
     // Wrong password; repeated ones lock the user's logins for a while (not others').
     for _ in 0..4 {
         let out = bob.sg("login", &["--password-stdin"], Some("wrong\n"));
@@ -648,7 +667,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 }
 
 #[test]
-fn a_changed_server_certificate_is_refused() {
+fn envs_outlive_a_restart_and_a_changed_certificate_is_refused() {
     let site = Site::new("node-tls");
     site.start("127.0.0.1:0");
     let addr = site.addr();
@@ -671,11 +690,20 @@ fn a_changed_server_certificate_is_refused() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&tokens).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
-    // Same certificate after a restart: trusted silently.
+    // An env outlives the daemon; the same certificate after a restart is trusted silently.
+    alice.ok("spawn", &["base", "--as", "survivor"]);
+    assert_eq!(alice.exec("survivor", "echo before > /f").0, 0);
     site.stop();
     site.start(&addr);
     let out = alice.sg("status", &[], None);
     assert!(out.status.success() && !text(&out.stderr).contains("first connection"));
+    assert!(
+        text(&out.stdout).contains("survivor"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(alice.exec("survivor", "cat /f").1, "before\n");
+    alice.ok("boom", &["survivor"]);
     // A new certificate: refused with what to do, and the pin is kept.
     site.stop();
     std::fs::remove_dir_all(site.data().join("tls")).unwrap();

@@ -19,9 +19,28 @@ pub fn run_if_requested() -> Option<ExitCode> {
     let mut args = std::env::args().skip(1);
     let which = args.next()?;
     let config = args.next().unwrap_or_default();
-    match which.as_str() {
-        INIT => Some(crate::init::helper_main(&config)),
-        ENTER => Some(crate::exec::helper_main(&config)),
-        _ => None,
+    let main: fn(&str) -> ExitCode = match which.as_str() {
+        INIT => crate::init::helper_main,
+        ENTER => crate::exec::helper_main,
+        _ => return None,
+    };
+    default_signal_dispositions();
+    Some(main(&config))
+}
+
+/// Gives every signal its default disposition. Ignored signals survive `exec`: without this,
+/// an env's commands would inherit whatever the caller ignored (SIGPIPE, which Rust programs
+/// ignore; SIGINT and SIGQUIT, which a shell ignores for its background jobs), so `yes | head`
+/// or a ^C inside an env would not behave.
+fn default_signal_dispositions() {
+    // The kernel's `struct sigaction` for rt_sigaction(2): handler, flags, restorer, mask.
+    // glibc's own wrappers refuse its internal signals (32, 33), so this is the raw call.
+    let dfl: [libc::c_ulong; 4] = [libc::SIG_DFL as libc::c_ulong, 0, 0, 0];
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: rt_sigaction with a valid kernel sigaction (SIG_DFL, no flags, empty
+            // mask) and no old-action pointer; the helper is single-threaded here.
+            unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize) };
+        }
     }
 }

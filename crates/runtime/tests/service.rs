@@ -29,6 +29,23 @@ fn exec_through_init_streams_and_returns_the_exit_code() {
         status,
         "0\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nNoNewPrivs:\t1\nSeccomp:\t2\n"
     );
+    // Commands start with default signal dispositions, whatever the caller ignored.
+    // SAFETY: ignoring SIGINT in this test process (its other threads never expect it).
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let ignored = Env::spawn(&node.rt, &node.opts("svcsig"));
+    let sigign = [
+        "grep",
+        "-h",
+        "SigIgn",
+        "/proc/self/status",
+        "/proc/1/status",
+    ];
+    let zero = "SigIgn:\t0000000000000000\n".repeat(2);
+    assert_eq!(ignored.run_via_init(&sigign).1, zero);
+    assert_eq!(
+        String::from_utf8(ignored.run(&sigign).stdout).unwrap(),
+        zero
+    );
     // Orphans are reaped whatever their process group (the command runs in its own session).
     env.run_via_init(&["sh", "-c", "sleep 0.1 & exit 0"]);
     std::thread::sleep(Duration::from_millis(500));

@@ -440,10 +440,11 @@ fn unix_now() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn open() -> (tempfile::TempDir, Catalog) {
+    /// A fresh catalog in a temporary directory (shared with the users tests).
+    pub(crate) fn open() -> (tempfile::TempDir, Catalog) {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path().join("catalog.db")).unwrap();
         (dir, cat)

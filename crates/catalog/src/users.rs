@@ -284,12 +284,7 @@ fn check_password(password: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn open() -> (tempfile::TempDir, Catalog) {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::open(dir.path().join("catalog.db")).unwrap();
-        (dir, cat)
-    }
+    use crate::tests::open;
 
     #[test]
     fn passwords_are_hashed_and_checked() {

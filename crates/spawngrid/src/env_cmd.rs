@@ -6,21 +6,15 @@ use clap::{Args, Subcommand};
 use runtime::cgroup::Limits;
 use runtime::{Runtime, SpawnOptions};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 /// Arguments of `spawngrid env`.
 #[derive(Args)]
 pub struct EnvArgs {
-    /// The node's data directory (holds `library/`, `catalog.db`, `envs/`, `mounts/`).
-    #[arg(
-        long,
-        env = "SPAWNGRID_DATA",
-        default_value = "/var/lib/spawngrid",
-        global = true
-    )]
-    data: PathBuf,
+    #[command(flatten)]
+    data: crate::DataDir,
     /// The user whose names are read and bound.
     #[arg(long, default_value = "admin", global = true)]
     owner: String,
@@ -89,7 +83,7 @@ enum EnvCommand {
 /// Runs `spawngrid env ...`.
 pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding this executable")?;
-    let rt = Runtime::new(&args.data, &exe)?;
+    let rt = Runtime::new(&args.data.path, &exe)?;
     match args.command {
         EnvCommand::Spawn {
             source,
@@ -130,8 +124,8 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             crate::cpu_cmd::cpu(&rt, &st, cmd)
         }
         EnvCommand::Save { env, new_name } => {
-            let lib = node::envs::open_library(&args.data)?;
-            let cat = catalog::Catalog::open(args.data.join("catalog.db"))?;
+            let lib = node::envs::open_library(&args.data.path)?;
+            let cat = catalog::Catalog::open(args.data.path.join("catalog.db"))?;
             let start = Instant::now();
             let imp = runtime::save::save(&rt, &env, &lib, &cat, &args.owner, &new_name)?;
             let secs = start.elapsed().as_secs_f64();

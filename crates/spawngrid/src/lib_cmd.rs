@@ -17,14 +17,8 @@ use std::time::{Duration, Instant};
 /// Arguments of `spawngrid lib`.
 #[derive(Args)]
 pub struct LibArgs {
-    /// The node's data directory (holds `library/` and `catalog.db`).
-    #[arg(
-        long,
-        env = "SPAWNGRID_DATA",
-        default_value = "/var/lib/spawngrid",
-        global = true
-    )]
-    data: PathBuf,
+    #[command(flatten)]
+    data: crate::DataDir,
     /// The user whose names are read and bound.
     #[arg(long, default_value = "admin", global = true)]
     owner: String,
@@ -86,7 +80,7 @@ enum LibCommand {
 /// Runs a `lib` subcommand.
 pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
     let ctx = Ctx {
-        data: args.data,
+        data: args.data.path,
         owner: args.owner,
         json,
     };

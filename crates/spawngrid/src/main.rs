@@ -85,6 +85,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--data DIR`, which every command working on a node's data directory takes.
+#[derive(clap::Args)]
+pub struct DataDir {
+    /// The node's data directory (`library/`, `catalog.db`, `envs/`, `mounts/`).
+    #[arg(
+        id = "data",
+        long = "data",
+        value_name = "DIR",
+        env = "SPAWNGRID_DATA",
+        default_value = "/var/lib/spawngrid",
+        global = true
+    )]
+    pub path: std::path::PathBuf,
+}
+
 fn main() -> ExitCode {
     // The runtime re-executes this binary for namespace setup; that must run before anything
     // else (single-threaded).

@@ -3,20 +3,13 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `spawngrid user`.
 #[derive(Args)]
 pub struct UserArgs {
-    /// The node's data directory (holds `catalog.db`).
-    #[arg(
-        long,
-        env = "SPAWNGRID_DATA",
-        default_value = "/var/lib/spawngrid",
-        global = true
-    )]
-    data: PathBuf,
+    #[command(flatten)]
+    data: crate::DataDir,
     #[command(subcommand)]
     command: UserCommand,
 }
@@ -55,8 +48,8 @@ pub fn run(args: UserArgs, json: bool) -> Result<ExitCode> {
                 }
                 first
             };
-            std::fs::create_dir_all(&args.data)?;
-            let cat = catalog::Catalog::open(args.data.join("catalog.db"))?;
+            std::fs::create_dir_all(&args.data.path)?;
+            let cat = catalog::Catalog::open(args.data.path.join("catalog.db"))?;
             cat.add_user(&user, &password, admin)?;
             if json {
                 println!("{}", serde_json::json!({"user": user, "admin": admin}));

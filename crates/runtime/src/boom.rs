@@ -47,29 +47,57 @@ pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
     }
 }
 
-/// Detaches any loop device still backed by `image` (normally autoclear already did).
+/// Detaches every loop device backed by `image` and waits until the kernel has freed them.
+///
+/// The env's mount namespace holds the disk layer's superblock until its last process is gone,
+/// and autoclear runs only when the superblock goes, so the device can outlive the unmount by
+/// a few milliseconds. `losetup -d` on a busy device only marks it for autoclear; the wait makes
+/// boom return after the device is really free.
 fn detach_loops(image: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let backing = e.path().join("loop/backing_file");
-        let Ok(file) = std::fs::read_to_string(&backing) else {
-            continue;
-        };
-        if Path::new(file.trim()) == image {
-            let out = std::process::Command::new("losetup")
-                .args(["-d", &format!("/dev/{name}")])
-                .output()
-                .context("running losetup -d")?;
-            if !out.status.success() {
-                bail!(
-                    "detaching /dev/{name}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut asked = false;
+    loop {
+        let devices = loops_backed_by(image);
+        if devices.is_empty() {
+            return Ok(());
         }
+        if Instant::now() >= deadline {
+            bail!(
+                "loop device {} of {} is still busy; run `losetup -d` on it once its users are gone",
+                devices.join(", "),
+                image.display()
+            );
+        }
+        if !asked && Instant::now() + Duration::from_secs(4) >= deadline {
+            for dev in &devices {
+                let out = std::process::Command::new("losetup")
+                    .args(["-d", dev])
+                    .output()
+                    .context("running losetup -d")?;
+                if !out.status.success() {
+                    bail!(
+                        "detaching {dev}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+            }
+            asked = true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(())
+}
+
+/// The loop devices (`/dev/loopN`) whose backing file is `image`.
+fn loops_backed_by(image: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|file| Path::new(file.trim()) == image)
+        })
+        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+        .collect()
 }

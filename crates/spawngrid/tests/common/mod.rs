@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod site;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

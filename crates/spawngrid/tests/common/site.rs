@@ -1,0 +1,356 @@
+//! The node test site (as root): a data directory on its own tmpfs with a busybox `base`
+//! snapshot and users alice and bob, the real binary serving HTTPS on 127.0.0.1, and client
+//! commands run as a user. Shared by the end-to-end node tests (node.rs, ssh.rs, ...); every
+//! env, mount and server process is cleaned up whatever happens (Drop guards).
+
+#![allow(dead_code)]
+
+use super as common;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const RAW_HTTPS: &str = r#"
+import http.client, json, ssl, sys
+host, port, method, path, headers, chunked = sys.argv[1:7]
+body = sys.stdin.buffer.read()
+c = http.client.HTTPSConnection(host, int(port), context=ssl._create_unverified_context(), timeout=30)
+try:
+    if chunked == "1":
+        c.request(method, path, body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                  headers=json.loads(headers), encode_chunked=True)
+    else:
+        c.request(method, path, body=body if body else None, headers=json.loads(headers))
+except OSError:
+    pass  # the node answered early (413) and closed; its answer is still readable
+r = c.getresponse()
+sys.stdout.write("%d\n%s" % (r.status, r.read().decode()))
+"#;
+
+/// A node data directory on its own tmpfs, with a busybox snapshot imported as `base` for
+/// alice and for bob, and users alice (password `alice-pw`) and bob (`bob-pw`). User names
+/// carry the test process's id ([`who`]): env cgroups are named by `ENV+USER` host-wide, so
+/// two test runs at once on one host must not share user names.
+pub struct Site {
+    pub scratch: common::Scratch,
+    pub data: PathBuf,
+    pub server: std::cell::RefCell<Option<Server>>,
+}
+
+/// A running `spawngrid serve`, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.server.replace(None);
+        common::clean_envs(&self.data());
+    }
+}
+
+impl Site {
+    pub fn new(tag: &str) -> Site {
+        let scratch = common::Scratch::new(tag);
+        let data = scratch.join("data");
+        let site = Site {
+            scratch,
+            data,
+            server: std::cell::RefCell::new(None),
+        };
+        let root = busybox();
+        for owner in [who("alice"), who("bob")] {
+            let owner = owner.as_str();
+            site.admin(
+                &[
+                    "lib",
+                    "--data",
+                    site.data_str(),
+                    "--owner",
+                    owner,
+                    "import",
+                    "base",
+                    root.to_str().unwrap(),
+                ],
+                None,
+            );
+            let pw = format!("{owner}-pw\n");
+            site.admin(
+                &[
+                    "user",
+                    "--data",
+                    site.data_str(),
+                    "add",
+                    owner,
+                    "--password-stdin",
+                ],
+                Some(&pw),
+            );
+        }
+        site
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.data.clone()
+    }
+
+    pub fn data_str(&self) -> &str {
+        self.data.to_str().unwrap()
+    }
+
+    /// Runs an offline command that must succeed.
+    pub fn admin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = run(Command::new(common::bin()).args(args), stdin);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Starts the node on `listen` and waits for its "listening" line.
+    pub fn start(&self, listen: &str) {
+        let log = std::fs::File::create(self.scratch.join("serve.log")).unwrap();
+        let mut child = Command::new(common::bin())
+            .args(["serve", "--data", self.data_str(), "--listen", listen])
+            .env("SPAWNGRID_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting spawngrid serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // Guard first, so a node that never says it listens is still stopped.
+        let mut server = Server {
+            child,
+            addr: String::new(),
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the node did not start: {}", self.log()));
+        let addr = line
+            .split("https://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        server.addr = addr.to_string();
+        self.server.replace(Some(server));
+    }
+
+    pub fn stop(&self) {
+        self.server.replace(None);
+    }
+
+    pub fn addr(&self) -> String {
+        let server = self.server.borrow();
+        server.as_ref().expect("node running").addr.clone()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.join("serve.log")).unwrap_or_default()
+    }
+
+    /// A client user with their own HOME (so their own token and pin files).
+    pub fn user(&self, name: &str) -> User<'_> {
+        let name = who(name);
+        let home = self.scratch.join(format!("home-{name}"));
+        std::fs::create_dir_all(&home).unwrap();
+        User {
+            site: self,
+            name,
+            home,
+        }
+    }
+
+    /// A raw HTTPS request: (status, body).
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+        chunked: bool,
+    ) -> (u16, String) {
+        let addr = self.addr();
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        let out = run(
+            Command::new("python3").args([
+                "-c",
+                RAW_HTTPS,
+                host,
+                port,
+                method,
+                path,
+                headers,
+                if chunked { "1" } else { "0" },
+            ]),
+            Some(std::str::from_utf8(body).unwrap()),
+        );
+        assert!(out.status.success(), "raw request: {}", text(&out.stderr));
+        let t = text(&out.stdout);
+        let (status, body) = t.split_once('\n').unwrap();
+        (status.parse().unwrap(), body.to_string())
+    }
+}
+
+/// A client user.
+pub struct User<'a> {
+    pub site: &'a Site,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+impl User<'_> {
+    /// `spawngrid CMD -h ADDR -u USER ARGS...` with this user's HOME.
+    pub fn sg(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        run(
+            Command::new(common::bin())
+                .arg(cmd)
+                .args(["-h", &self.site.addr(), "-u", &self.name])
+                .args(args)
+                .env("HOME", &self.home)
+                .env_remove("XDG_CONFIG_HOME"),
+            stdin,
+        )
+    }
+
+    /// A command that must succeed; its stdout.
+    pub fn ok(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.sg(cmd, args, None);
+        assert!(
+            out.status.success(),
+            "{} {cmd} {args:?}: {}",
+            self.name,
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// A command that must fail; its stderr (one line).
+    pub fn refused(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.sg(cmd, args, None);
+        assert!(
+            !out.status.success(),
+            "{} {cmd} {args:?} should fail: {}",
+            self.name,
+            text(&out.stdout)
+        );
+        let err = text(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        err
+    }
+
+    pub fn login(&self) {
+        let out = self.sg(
+            "login",
+            &["--password-stdin"],
+            Some(&format!("{}-pw\n", self.name)),
+        );
+        assert!(
+            out.status.success(),
+            "login {}: {}",
+            self.name,
+            text(&out.stderr)
+        );
+    }
+
+    pub fn json(&self, cmd: &str, args: &[&str]) -> serde_json::Value {
+        let out = run(
+            Command::new(common::bin())
+                .arg("--json")
+                .arg(cmd)
+                .args(["-h", &self.site.addr(), "-u", &self.name])
+                .args(args)
+                .env("HOME", &self.home),
+            None,
+        );
+        assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Runs `sh -c script` in env `env`: (exit code, stdout, stderr).
+    pub fn exec(&self, env: &str, script: &str) -> (i32, String, String) {
+        let out = self.sg("exec", &[env, "--", "sh", "-c", script], None);
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
+    pub fn token(&self) -> String {
+        let path = self.home.join(".config/spawngrid/tokens.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v[self.site.addr().as_str()][&self.name]["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// A test user's name: NAME-PID.
+pub fn who(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running a command");
+    if let Some(s) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let bytes = s.as_bytes().to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&bytes);
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The cached busybox root (scripts/rootfs.sh busybox).
+pub fn busybox() -> PathBuf {
+    let out = Command::new(common::repo_root().join("scripts/rootfs.sh"))
+        .arg("busybox")
+        .output()
+        .expect("running scripts/rootfs.sh");
+    assert!(out.status.success(), "rootfs.sh: {}", text(&out.stderr));
+    PathBuf::from(text(&out.stdout).trim())
+}
+
+pub fn mounted_under(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.contains(dir.to_str().unwrap())
+}

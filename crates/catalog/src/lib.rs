@@ -12,8 +12,9 @@
 //! 1 to 128 bytes, the first an ASCII letter or digit, the rest ASCII letters, digits or
 //! `. _ - : @`, and no `..` anywhere. So a name can never be a path (`/`) or walk out of one.
 //!
-//! Schema version 2 adds users and API tokens ([`users`]); opening a version 1 catalog
-//! migrates it in place, keeping every name.
+//! Schema version 2 adds users and API tokens ([`users`]); version 3 adds SSH public keys
+//! ([`keys`]), names shared with other users ([`shares`]) and the names of deleted users
+//! (never reused). Opening an older catalog migrates it in place, keeping everything.
 
 use library::Score;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
@@ -21,11 +22,22 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod keys;
+pub mod shares;
 pub mod users;
+pub use keys::Key;
 pub use users::{Token, User};
 
-/// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens.
-pub const SCHEMA_VERSION: i64 = 2;
+/// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens,
+/// 3 = + SSH keys, shares and deleted users.
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// What schema version 3 adds to version 2.
+const SCHEMA_V3: [&str; 3] = [
+    keys::SCHEMA_KEYS,
+    shares::SCHEMA_SHARES,
+    users::SCHEMA_DELETED,
+];
 
 /// The longest name or user name, in bytes.
 pub const MAX_NAME: usize = 128;
@@ -102,6 +114,20 @@ pub enum Error {
     NoUser {
         /// The user name.
         name: String,
+    },
+    /// The user was deleted; user names, like names, are never reused.
+    #[error("user {name} was deleted and user names are never reused (choose another)")]
+    UserDeleted {
+        /// The user name.
+        name: String,
+    },
+    /// The user has registered that key already.
+    #[error("user {user} has key {fingerprint} already")]
+    KeyExists {
+        /// The user name.
+        user: String,
+        /// The key's fingerprint.
+        fingerprint: String,
     },
     /// Hashing or random numbers failed.
     #[error("{0}")]
@@ -259,7 +285,8 @@ impl Catalog {
     }
 
     /// Creates the schema in a new database, migrates an older one in place (version 1 → 2
-    /// adds the users and tokens tables); refuses a database from a newer spawngrid.
+    /// adds the users and tokens tables, 2 → 3 the keys, shares and deleted users tables);
+    /// refuses a database from a newer spawngrid.
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
         // The common case, a current schema, costs one read and no write transaction.
@@ -276,17 +303,15 @@ impl Catalog {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(self.sql("reading the schema version"))?;
         match version {
-            0 => {
-                tx.execute_batch(SCHEMA)
-                    .map_err(self.sql("creating the schema"))?;
-                tx.execute_batch(users::SCHEMA_V2)
-                    .map_err(self.sql("creating the schema"))?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(self.sql("setting the schema version"))?;
-            }
-            1 => {
-                tx.execute_batch(users::SCHEMA_V2)
-                    .map_err(self.sql("migrating the schema to version 2"))?;
+            0..SCHEMA_VERSION => {
+                // Each step brings version v to v + 1; a new catalog takes them all.
+                let steps: [&[&str]; 3] = [&[SCHEMA], &[users::SCHEMA_V2], &SCHEMA_V3];
+                for step in &steps[version as usize..] {
+                    for sql in *step {
+                        tx.execute_batch(sql)
+                            .map_err(self.sql("creating or migrating the schema"))?;
+                    }
+                }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(self.sql("setting the schema version"))?;
             }
@@ -450,7 +475,8 @@ pub(crate) mod tests {
         (dir, cat)
     }
 
-    fn score(n: u8) -> Score {
+    /// A made-up score, distinct for each `n`.
+    pub(crate) fn score(n: u8) -> Score {
         Score::of(&[n])
     }
 
@@ -583,9 +609,9 @@ pub(crate) mod tests {
         assert!(glob(b"??", b"ab") && !glob(b"??", b"abc"));
     }
 
-    /// A version 1 catalog (names only) opens as version 2 with its names kept.
+    /// A version 1 catalog (names only) opens as the current version with its names kept.
     #[test]
-    fn version_1_migrates_to_2_keeping_names() {
+    fn version_1_migrates_keeping_names() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
         {
@@ -604,7 +630,7 @@ pub(crate) mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
         cat.add_user("alice", "pw", false).unwrap();
         drop(cat);
         // Reopening a migrated catalog changes nothing.
@@ -612,10 +638,51 @@ pub(crate) mod tests {
         assert!(cat.check_password("alice", "pw").unwrap());
         assert!(cat.bind("alice", "old", score(1)).is_err());
         // A newer schema is refused.
-        cat.conn().pragma_update(None, "user_version", 3).unwrap();
+        cat.conn()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(cat);
         let err = Catalog::open(&path).err().unwrap().to_string();
         assert!(err.contains("newer"), "{err}");
+    }
+
+    /// A version 2 catalog (names, users, tokens) opens as version 3 with everything kept.
+    #[test]
+    fn version_2_migrates_to_3_keeping_users_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(users::SCHEMA_V2).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO names (owner, name, score, created) VALUES ('alice', 'old', ?1, 5)",
+                params![score(9).to_hex()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO users (name, hash, admin, created) VALUES ('alice', ?1, 1, 5)",
+                params![users::hash_password("pw").unwrap()],
+            )
+            .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        let version: i64 = cat
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(cat.resolve("alice", "old").unwrap(), score(9));
+        assert!(cat.check_password("alice", "pw").unwrap());
+        assert!(cat.user("alice").unwrap().unwrap().admin);
+        cat.add_user("bob", "pw", false).unwrap();
+        cat.share("alice", "old", "bob").unwrap();
+        assert_eq!(cat.resolve_for("bob", "alice/old").unwrap(), score(9));
+        drop(cat);
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(cat.resolve_for("bob", "alice/old").unwrap(), score(9));
+        assert!(cat.keys("alice").unwrap().is_empty());
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! (`sg_` + 64 hex digits); only its BLAKE3 hash is stored, so a stolen catalog does not give
 //! sessions away either. A token works until it expires or is revoked (revocation is final:
 //! triggers refuse to un-revoke or re-point a token).
+//!
+//! Deleting a user (schema version 3) removes their account, tokens, keys and the shares
+//! made to them; their names stay bound to them (names are forever), still
+//! reachable by the users they shared them with, and spawnable by nobody else. The user name
+//! goes into `deleted_users` and is never given to a new account: whoever got it would
+//! otherwise inherit the old owner's names.
 
 use crate::{unix_now, Catalog, Error, Result};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -32,6 +38,14 @@ CREATE TRIGGER tokens_revocation_is_final BEFORE UPDATE ON tokens
     WHEN OLD.hash IS NOT NEW.hash OR OLD.user IS NOT NEW.user OR OLD.created IS NOT NEW.created
       OR OLD.expires IS NOT NEW.expires OR OLD.revoked IS NOT NULL OR NEW.revoked IS NULL
     BEGIN SELECT RAISE(ABORT, 'tokens are only ever revoked'); END;
+";
+
+/// The table of schema version 3 remembering deleted user names.
+pub(crate) const SCHEMA_DELETED: &str = "
+CREATE TABLE deleted_users (
+    name    TEXT PRIMARY KEY NOT NULL,
+    deleted INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The prefix of every token (so one is recognisable in a leaked file or a log).
@@ -126,6 +140,9 @@ impl Catalog {
         crate::check_owner(name)?;
         check_password(password)?;
         let hash = hash_password(password)?;
+        if self.user_deleted(name)? {
+            return Err(Error::UserDeleted { name: name.into() });
+        }
         let result = self.conn().execute(
             "INSERT INTO users (name, hash, admin, created) VALUES (?1, ?2, ?3, ?4)",
             params![name, hash, admin, unix_now()],
@@ -164,6 +181,49 @@ impl Catalog {
         )
         .map_err(self.sql("revoking tokens"))?;
         tx.commit().map_err(self.sql("changing a password"))
+    }
+
+    /// Whether user name `name` belonged to a deleted user.
+    fn user_deleted(&self, name: &str) -> Result<bool> {
+        let found: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT deleted FROM deleted_users WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("reading a user"))?;
+        Ok(found.is_some())
+    }
+
+    /// Deletes user `name`: their account, tokens, keys and the shares made to them go, and
+    /// the name is never reused. Their names stay bound (see the module
+    /// documentation). Whether they still have envs is for the caller to check.
+    pub fn delete_user(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.sql("deleting a user"))?;
+        // Tokens and keys refer to the account, so they go first.
+        for sql in [
+            "DELETE FROM tokens WHERE user = ?1",
+            "DELETE FROM keys WHERE user = ?1",
+            "DELETE FROM shares WHERE user = ?1",
+        ] {
+            tx.execute(sql, params![name])
+                .map_err(self.sql("deleting a user"))?;
+        }
+        let n = tx
+            .execute("DELETE FROM users WHERE name = ?1", params![name])
+            .map_err(self.sql("deleting a user"))?;
+        if n == 0 {
+            return Err(Error::NoUser { name: name.into() });
+        }
+        tx.execute(
+            "INSERT INTO deleted_users (name, deleted) VALUES (?1, ?2)",
+            params![name, unix_now()],
+        )
+        .map_err(self.sql("deleting a user"))?;
+        tx.commit().map_err(self.sql("deleting a user"))
     }
 
     /// User `name`, if there is one.
@@ -347,6 +407,37 @@ mod tests {
             cat.issue_token("nobody", 60),
             Err(Error::NoUser { .. })
         ));
+    }
+
+    #[test]
+    fn deleting_a_user_revokes_everything_and_keeps_names() {
+        let (_d, cat) = open();
+        for u in ["alice", "bob"] {
+            cat.add_user(u, "pw", false).unwrap();
+        }
+        let t = cat.issue_token("bob", 3600).unwrap();
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgvJ8tXcc5DiRDMOx3vRVLF2vnNIiE9ftKmVCn1yxXm b";
+        cat.add_key("bob", key).unwrap();
+        cat.bind("bob", "work", crate::tests::score(1)).unwrap();
+        cat.bind("alice", "base", crate::tests::score(2)).unwrap();
+        cat.share("alice", "base", "bob").unwrap();
+        cat.share("bob", "work", "alice").unwrap();
+        cat.delete_user("bob").unwrap();
+        assert_eq!(cat.user("bob").unwrap(), None);
+        assert_eq!(cat.token_user(&t.secret).unwrap(), None);
+        assert!(!cat.check_password("bob", "pw").unwrap());
+        assert!(cat.keys("bob").unwrap().is_empty());
+        assert!(cat.shared_with("alice", "base").unwrap().is_empty());
+        // bob's names stay his, and alice keeps what he shared with her.
+        assert_eq!(
+            cat.resolve_for("alice", "bob/work").unwrap(),
+            crate::tests::score(1)
+        );
+        let err = cat.add_user("bob", "pw", false).unwrap_err();
+        assert!(matches!(err, Error::UserDeleted { .. }), "{err}");
+        assert!(matches!(cat.delete_user("bob"), Err(Error::NoUser { .. })));
+        assert!(cat.issue_token("bob", 60).is_err());
     }
 
     #[test]

@@ -54,6 +54,10 @@ enum Command {
     /// List your envs on the node.
     #[command(disable_help_flag = true)]
     Status(client::StatusArgs),
+    /// The seed's gridorc: an interactive loop of scores, spawn, save, boom, status, help, exit
+    /// (also run as `gridorc`, e.g. through a symlink of that name).
+    #[command(disable_help_flag = true, visible_alias = "gridorc")]
+    Orc(client::orc::OrcArgs),
 }
 
 /// Arguments of `spawngrid serve`.
@@ -100,6 +104,17 @@ pub struct DataDir {
     pub path: std::path::PathBuf,
 }
 
+/// The command line, with `orc` put in front of the arguments when the binary runs under the
+/// name `gridorc` (the seed's name for the loop).
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    let name = args.first().map(std::path::Path::new);
+    if name.and_then(|n| n.file_name()) == Some("gridorc".as_ref()) {
+        args.insert(1, "orc".into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
     // The runtime re-executes this binary for namespace setup; that must run before anything
     // else (single-threaded).
@@ -110,7 +125,7 @@ fn main() -> ExitCode {
     // (`spawngrid lib diff A B | head`) instead of failing on every write.
     // SAFETY: setting a signal disposition to SIG_DFL before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     // The daemon logs each request (info); commands only warnings.
     let default_level = match cli.command {
         Command::Serve(_) => "info",
@@ -141,6 +156,7 @@ fn main() -> ExitCode {
         Command::Save(a) => client::save(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),
+        Command::Orc(a) => client::orc::run(a, json),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,9 @@
 //! `status`. Each talks to one node's HTTPS API (`-h HOST`, default `localhost:16998`) as one
 //! user (`-u USER`, default `$USER`) with the token `login` stored.
 
+pub mod grid;
 pub mod http;
+pub mod orc;
 pub mod store;
 
 use anyhow::{bail, Context, Result};
@@ -21,7 +23,7 @@ const DEFAULT_HOST: &str = "localhost:16998";
 /// `--help` only).
 #[derive(Args, Clone)]
 pub struct NodeArgs {
-    /// The node: HOST or HOST:PORT (default port 16998).
+    /// The node: a `sys` name from the grid file, HOST or HOST:PORT (default port 16998).
     #[arg(short = 'h', long = "host", default_value = DEFAULT_HOST, env = "SPAWNGRID_HOST")]
     pub host: String,
     /// The user (default: $USER).
@@ -33,8 +35,10 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn host(&self) -> String {
-        http::normalize_host(&self.host)
+    /// The `HOST:PORT` to connect to (a grid file's `sys` name resolved), the key of pins
+    /// and tokens.
+    fn host(&self) -> Result<String> {
+        grid::resolve(&self.host)
     }
 
     fn user(&self) -> Result<String> {
@@ -52,7 +56,7 @@ impl NodeArgs {
     /// `-h`/`-u` as they must be repeated in a printed command (only when not the defaults).
     fn flags(&self) -> String {
         let mut s = String::new();
-        if self.host() != http::normalize_host(DEFAULT_HOST) {
+        if http::normalize_host(&self.host) != http::normalize_host(DEFAULT_HOST) {
             s.push_str(&format!(" -h {}", self.host));
         }
         if let Some(u) = &self.user {
@@ -151,7 +155,7 @@ fn call<T: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<T> {
-    let (host, user) = (node.host(), node.user()?);
+    let (host, user) = (node.host()?, node.user()?);
     let tokens = Tokens::load()?;
     let Some(token) = tokens.get(&host, &user) else {
         bail!(
@@ -184,7 +188,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 
 /// `spawngrid login`: asks for the password, stores the token.
 pub fn login(a: LoginArgs, json: bool) -> Result<ExitCode> {
-    let (host, user) = (a.node.host(), a.node.user()?);
+    let (host, user) = (a.node.host()?, a.node.user()?);
     let password = if a.password_stdin {
         read_password_line(&mut std::io::stdin().lock())?
     } else {

@@ -45,6 +45,85 @@ pub mod routes {
     /// `GET`: the OpenAPI document ([`openapi`](crate::openapi)); no token needed.
     pub const OPENAPI: &str = "/api/openapi.json";
 
+    /// `POST`: [`InviteRequest`](crate::InviteRequest) →
+    /// [`InviteResponse`](crate::InviteResponse).
+    pub const INVITE: &str = "/api/invite";
+    /// `POST`: [`ShareRequest`](crate::ShareRequest) → [`ShareResponse`](crate::ShareResponse).
+    pub const SHARE: &str = "/api/share";
+    /// `POST`: [`ShareRequest`](crate::ShareRequest) → [`ShareResponse`](crate::ShareResponse).
+    pub const UNSHARE: &str = "/api/unshare";
+    /// `DELETE` (admins): delete the user → [`UserResponse`](crate::UserResponse).
+    pub const USER: &str = "/api/users/{user}";
+    /// `POST`: [`PasswordRequest`](crate::PasswordRequest) →
+    /// [`UserResponse`](crate::UserResponse) (yourself, or anyone for admins).
+    pub const PASSWORD: &str = "/api/users/{user}/password";
+    /// `GET`: the user's SSH keys → `Vec<`[`KeyEntry`](crate::KeyEntry)`>`;
+    /// `POST`: [`KeyRequest`](crate::KeyRequest) → [`KeyEntry`](crate::KeyEntry).
+    pub const KEYS: &str = "/api/users/{user}/keys";
+    /// `DELETE`: remove the keys whose fingerprint or comment is `{key}` →
+    /// [`UserResponse`](crate::UserResponse).
+    pub const KEY: &str = "/api/users/{user}/keys/{key}";
+
+    /// The path of user `user` ([`USER`] filled in, percent-encoded).
+    pub fn user(user: &str) -> String {
+        USER.replace("{user}", &super::percent_encode(user))
+    }
+
+    /// The password path of user `user` ([`PASSWORD`] filled in, percent-encoded).
+    pub fn password(user: &str) -> String {
+        PASSWORD.replace("{user}", &super::percent_encode(user))
+    }
+
+    /// The keys path of user `user` ([`KEYS`] filled in, percent-encoded).
+    pub fn keys(user: &str) -> String {
+        KEYS.replace("{user}", &super::percent_encode(user))
+    }
+
+    /// The path of user `user`'s key `key` ([`KEY`] filled in, percent-encoded).
+    pub fn key(user: &str, key: &str) -> String {
+        KEY.replace("{user}", &super::percent_encode(user))
+            .replace("{key}", &super::percent_encode(key))
+    }
+
+    /// `GET` with a WebSocket upgrade, query [`CpuQuery`](crate::CpuQuery): an interactive
+    /// terminal session in the env (binary frames: terminal bytes both ways; text frames:
+    /// [`CpuMessage`](crate::CpuMessage)).
+    pub const CPU: &str = "/api/envs/{env}/cpu";
+    /// `GET ?path=P`: a tar stream of P in the env; `PUT ?path=P` with a tar body: extract it
+    /// into the env → [`FilesResponse`](crate::FilesResponse).
+    pub const FILES: &str = "/api/envs/{env}/files";
+
+    /// The cpu path of env `env` with its query ([`CPU`] filled in, percent-encoded).
+    pub fn cpu(env: &str, q: &crate::CpuQuery) -> String {
+        let mut query = Vec::new();
+        if let Some(r) = q.rows {
+            query.push(format!("rows={r}"));
+        }
+        if let Some(c) = q.cols {
+            query.push(format!("cols={c}"));
+        }
+        if let Some(t) = &q.term {
+            query.push(format!("term={}", super::percent_encode(t)));
+        }
+        if let Some(c) = &q.cmd {
+            query.push(format!("cmd={}", super::percent_encode(c)));
+        }
+        let path = CPU.replace("{env}", &super::percent_encode(env));
+        match query.is_empty() {
+            true => path,
+            false => format!("{path}?{}", query.join("&")),
+        }
+    }
+
+    /// The files path of env `env` for `path` ([`FILES`] filled in, percent-encoded).
+    pub fn files(env: &str, path: &str) -> String {
+        format!(
+            "{}?path={}",
+            FILES.replace("{env}", &super::percent_encode(env)),
+            super::percent_encode(path)
+        )
+    }
+
     /// The path of env `env` ([`ENV`] filled in, percent-encoded).
     pub fn env(env: &str) -> String {
         ENV.replace("{env}", &super::percent_encode(env))
@@ -274,6 +353,157 @@ pub struct BoomResponse {
     pub env: String,
 }
 
+/// `POST /api/invite`: give user `user` a copy of a name with them added to its system.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    /// The user invited.
+    pub user: String,
+    /// The name (yours, or `OWNER/NAME` shared with you) to copy.
+    pub name: String,
+    /// The invited user's new name (default: the name without any `OWNER/`).
+    #[serde(rename = "as", default, skip_serializing_if = "Option::is_none")]
+    pub as_name: Option<String>,
+}
+
+/// The result of an invite: the invited user's new name and their account inside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InviteResponse {
+    /// The user invited (the new name's owner).
+    pub user: String,
+    /// Their new name.
+    pub name: String,
+    /// Its snapshot's score.
+    pub score: String,
+    /// Their uid inside.
+    pub uid: u32,
+    /// Their primary gid inside.
+    pub gid: u32,
+    /// The administrative groups they were added to (of sys, adm, sudo, wheel).
+    pub groups: Vec<String>,
+    /// Whether the name's `/etc/passwd` had them already (then only groups and home are added).
+    pub existed: bool,
+    /// How long the invite took.
+    pub seconds: f64,
+}
+
+/// `POST /api/share` and `/api/unshare`: one of your names and another user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    /// Your name.
+    pub name: String,
+    /// The user to share it with (or stop sharing it with).
+    pub user: String,
+}
+
+/// The result of a share or unshare.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareResponse {
+    /// The name.
+    pub name: String,
+    /// The other user.
+    pub user: String,
+    /// How they address it: `OWNER/NAME`.
+    pub address: String,
+    /// Whether anything changed (false: it was shared, or unshared, already).
+    pub changed: bool,
+}
+
+/// `POST /api/users/{user}/password`: a new password.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    /// The new password (never logged).
+    pub password: String,
+    /// The current password: required to change your own (a stolen token is not enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+}
+
+impl std::fmt::Debug for PasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordRequest").finish_non_exhaustive()
+    }
+}
+
+/// The user a user-management call acted on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserResponse {
+    /// The user.
+    pub user: String,
+}
+
+/// `POST /api/users/{user}/keys`: one OpenSSH public key line (`TYPE BASE64 [COMMENT]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// The line, as in a `.pub` file.
+    pub line: String,
+}
+
+/// One SSH public key of a user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    /// `SHA256:...`, as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+    /// The public key line.
+    pub line: String,
+    /// When it was added, seconds since the Unix epoch.
+    pub added: u64,
+}
+
+/// `GET /api/envs/{env}/cpu` query: the terminal and the command of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuQuery {
+    /// Terminal rows (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Terminal columns (default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    /// `TERM` inside (default `xterm-256color`): letters, digits and `.+-_`, at most 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    /// The command: a JSON array of strings (default: root's login shell in the env).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+}
+
+/// A control message of a cpu session, sent as a WebSocket text frame (JSON):
+/// `{"resize":[rows,cols]}` client → node; `{"exit":code}` node → client just before the node
+/// closes; `{"error":"one line"}` node → client when the session could not start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuMessage {
+    /// The client's terminal is now rows x cols.
+    Resize([u16; 2]),
+    /// The command exited with this code (128 + N for signal N).
+    Exit(i32),
+    /// The session failed (one line).
+    Error(String),
+}
+
+/// `GET` and `PUT /api/envs/{env}/files` query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesQuery {
+    /// A path in the env (relative paths are relative to `/root`).
+    pub path: String,
+}
+
+/// The result of a copy into an env.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesResponse {
+    /// The env.
+    pub env: String,
+    /// Where the archive's entry went (the destination, or inside it).
+    pub path: String,
+    /// Bytes of archive received.
+    pub bytes: u64,
+}
+
 /// Standard padded base64, how byte streams travel in this API.
 pub mod b64 {
     use base64::Engine;
@@ -311,6 +541,11 @@ mod tests {
             "/api/scores?pattern=web-%2A%3Fx%20y"
         );
         assert_eq!(routes::scores(None), "/api/scores");
+        assert_eq!(
+            routes::key("a", "SHA256:x/y+z"),
+            "/api/users/a/keys/SHA256%3Ax%2Fy%2Bz"
+        );
+        assert_eq!(routes::password("a@b"), "/api/users/a%40b/password");
     }
 
     #[test]
@@ -369,6 +604,13 @@ mod tests {
             (routes::EXEC, &["post"]),
             (routes::SAVE, &["post"]),
             (routes::OPENAPI, &["get"]),
+            (routes::INVITE, &["post"]),
+            (routes::SHARE, &["post"]),
+            (routes::UNSHARE, &["post"]),
+            (routes::USER, &["delete"]),
+            (routes::PASSWORD, &["post"]),
+            (routes::KEYS, &["get", "post"]),
+            (routes::KEY, &["delete"]),
         ];
         assert_eq!(paths.len(), want.len());
         for (path, methods) in want {
@@ -471,6 +713,60 @@ mod tests {
             }),
         );
         check("BoomResponse", v(&BoomResponse { env: "e".into() }));
+        check(
+            "InviteRequest",
+            v(&InviteRequest {
+                user: "u".into(),
+                name: "n".into(),
+                as_name: Some("a".into()),
+            }),
+        );
+        check(
+            "InviteResponse",
+            v(&InviteResponse {
+                user: "u".into(),
+                name: "n".into(),
+                score: "s".into(),
+                uid: 1000,
+                gid: 1000,
+                groups: vec!["adm".into()],
+                existed: false,
+                seconds: 1.0,
+            }),
+        );
+        check(
+            "ShareRequest",
+            v(&ShareRequest {
+                name: "n".into(),
+                user: "u".into(),
+            }),
+        );
+        check(
+            "ShareResponse",
+            v(&ShareResponse {
+                name: "n".into(),
+                user: "u".into(),
+                address: "o/n".into(),
+                changed: true,
+            }),
+        );
+        check(
+            "PasswordRequest",
+            v(&PasswordRequest {
+                password: "p".into(),
+                current: Some("c".into()),
+            }),
+        );
+        check("UserResponse", v(&UserResponse { user: "u".into() }));
+        check("KeyRequest", v(&KeyRequest { line: "l".into() }));
+        check(
+            "KeyEntry",
+            v(&KeyEntry {
+                fingerprint: "f".into(),
+                line: "l".into(),
+                added: 1,
+            }),
+        );
     }
 
     /// Serializes any of the API types to a JSON value (for the document check above).

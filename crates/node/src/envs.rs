@@ -38,10 +38,10 @@ fn no_env(env: &str) -> ApiError {
     ))
 }
 
-/// Spawns `user`'s env from one of their names.
+/// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
 pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, ApiError> {
-    check_name("name", &req.name)?;
-    let env = req.as_env.as_deref().unwrap_or(&req.name);
+    let name = crate::snapshots::check_address(user, &req.name)?;
+    let env = req.as_env.as_deref().unwrap_or(name);
     check_name("env name", env)?;
     let id = env_id(user, env);
     runtime::check_env_name(&id)

@@ -7,6 +7,8 @@
 //! - [`envs`]: a user's envs (`ENV+USER` in the runtime) — spawn, list, exec, save, boom.
 //! - [`snapshots`]: from a name to a mounted snapshot (shared with `spawngrid env spawn`).
 //! - [`server`]: routes, authentication, limits, errors, the TLS accept loop.
+//! - [`users`]: password, SSH key and user deletion routes (yourself, or anyone for admins).
+//! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
 
 #![warn(missing_docs)]
 
@@ -14,9 +16,11 @@ pub mod auth;
 pub mod config;
 pub mod envs;
 pub mod error;
+pub mod invite;
 pub mod server;
 pub mod snapshots;
 pub mod tls;
+pub mod users;
 
 use anyhow::{Context, Result};
 pub use config::Config;
@@ -72,6 +76,7 @@ pub fn run(config: Config) -> Result<()> {
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let node = Node::open(config)?;
+    invite::sweep(&node);
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),

@@ -40,7 +40,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
 }
 
 /// 200 with a JSON body.
-fn ok<T: Serialize>(value: &T) -> Response {
+pub(crate) fn ok<T: Serialize>(value: &T) -> Response {
     json(StatusCode::OK, value)
 }
 
@@ -118,7 +118,7 @@ impl FromRequestParts<Arc<Node>> for AuthUser {
 }
 
 /// Runs blocking work (runtime, SQLite, Argon2) off the async workers.
-async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,
     T: Send + 'static,
@@ -218,7 +218,7 @@ async fn scores(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
     let list = blocking(move || {
-        let recs = node.cat.list(Some(&user), q.pattern.as_deref())?;
+        let recs = node.cat.visible(&user, q.pattern.as_deref())?;
         Ok(recs
             .into_iter()
             .map(|r| ScoreEntry {
@@ -385,6 +385,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::EXEC, post(exec_env))
         .route(routes::SAVE, post(save_env))
         .route(routes::OPENAPI, get(openapi))
+        .route(routes::INVITE, post(crate::invite::invite))
+        .route(routes::SHARE, post(crate::snapshots::share))
+        .route(routes::UNSHARE, post(crate::snapshots::unshare))
+        .route(routes::USER, delete(crate::users::delete))
+        .route(routes::PASSWORD, post(crate::users::password))
+        .route(routes::KEYS, get(crate::users::keys).post(crate::users::add_key))
+        .route(routes::KEY, delete(crate::users::remove_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(access_log))

@@ -1,8 +1,16 @@
-//! From a name to a lower directory: resolving a user's name to its snapshot score, and
-//! mounting that snapshot once per node with snapfs (shared by every env spawned from it).
-//! `spawngrid env spawn` and the node's API both spawn through these.
+//! From a name to a lower directory: resolving a name a user addresses (their own `NAME`, or
+//! `OWNER/NAME` shared with them) to its snapshot score, and mounting that snapshot once per
+//! node with snapfs (shared by every env spawned from it). `spawngrid env spawn` and the
+//! node's API both spawn through these. Also the share and unshare routes: an owner gives
+//! another user their name to list and spawn (not to share on).
 
+use crate::error::ApiError;
+use crate::server::{blocking, ok, AuthUser, JsonBody};
+use crate::Node;
 use anyhow::{bail, Context, Result};
+use api::{ShareRequest, ShareResponse};
+use axum::extract::State;
+use axum::response::Response;
 use library::{Library, Score};
 use runtime::Runtime;
 use std::collections::HashMap;
@@ -10,20 +18,90 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-/// The score `name` of `owner` is bound to; with `allow_score`, a literal 64-digit score is
-/// taken as is (offline tools; the API never allows it, so a score is no way around owners).
+/// The score of the name `user` addresses as `address` (their `NAME`, or `OWNER/NAME`
+/// shared with them; another user's name not shared with them is not found, like a missing
+/// one); with `allow_score`, a literal 64-digit score is taken as is (offline tools; the API
+/// never allows it, so a score is no way around owners).
 pub fn resolve(
     cat: &catalog::Catalog,
-    owner: &str,
-    name: &str,
+    user: &str,
+    address: &str,
     allow_score: bool,
 ) -> Result<Score> {
     if allow_score {
-        if let Ok(s) = name.parse::<Score>() {
+        if let Ok(s) = address.parse::<Score>() {
             return Ok(s);
         }
     }
-    Ok(cat.resolve(owner, name)?)
+    Ok(cat.resolve_for(user, address)?)
+}
+
+/// Checks a name address given to the API (`NAME`, or `OWNER/NAME`) and returns its name
+/// part; 400 if either part breaks the naming rule.
+pub fn check_address<'a>(user: &str, address: &'a str) -> Result<&'a str, ApiError> {
+    let bad = |e: catalog::Error| ApiError::bad_request(format!("bad name {address:?}: {e}"));
+    let (owner, name) = address.split_once('/').unwrap_or((user, address));
+    catalog::check_owner(owner).map_err(bad)?;
+    catalog::check_name(name).map_err(bad)?;
+    Ok(name)
+}
+
+/// `POST /api/share`: shares one of the caller's names with another user.
+pub async fn share(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    JsonBody(req): JsonBody<ShareRequest>,
+) -> Result<Response, ApiError> {
+    set_share(node, user, req, true).await
+}
+
+/// `POST /api/unshare`: stops sharing one of the caller's names with a user.
+pub async fn unshare(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    JsonBody(req): JsonBody<ShareRequest>,
+) -> Result<Response, ApiError> {
+    set_share(node, user, req, false).await
+}
+
+/// Shares (`on`) or unshares `user`'s name `req.name` with `req.user`. A name shared with the
+/// caller (`OWNER/NAME`) is refused: only its owner may share it.
+async fn set_share(
+    node: Arc<Node>,
+    user: String,
+    req: ShareRequest,
+    on: bool,
+) -> Result<Response, ApiError> {
+    let resp = blocking(move || {
+        let name = check_address(&user, &req.name)?;
+        if name != req.name {
+            // Someone else's name: the same answer whether it is shared with the caller or not.
+            node.cat.resolve_for(&user, &req.name)?;
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                format!(
+                    "{} is not yours: only its owner can share it (spawn it, save it as your \
+                     own name, and share that)",
+                    req.name
+                ),
+            ));
+        }
+        let changed = if on {
+            node.cat.share(&user, name, &req.user)?
+        } else {
+            node.cat.unshare(&user, name, &req.user)?
+        };
+        let verb = if on { "shared" } else { "unshared" };
+        tracing::info!(user = %user, name = %name, with = %req.user, changed, "{verb}");
+        Ok(ShareResponse {
+            address: catalog::shares::address(&req.user, &user, name),
+            name: req.name,
+            user: req.user,
+            changed,
+        })
+    })
+    .await?;
+    Ok(ok(&resp))
 }
 
 /// Mounts `score` once per node at `DATA/mounts/<score>/root` with snapfs, owners shifted into

@@ -31,7 +31,8 @@ enum Command {
     Env(env_cmd::EnvArgs),
     /// Run a node: the HTTPS API on port 16998 (root).
     Serve(ServeArgs),
-    /// Manage users offline on a node's data directory (root): add.
+    /// Manage users offline on a node's data directory (root, on the node): add, passwd, del,
+    /// key. Users manage their own password and keys remotely with `passwd` and `key`.
     User(user_cmd::UserArgs),
     /// Log in to a node and store a token for -h HOST / -u USER.
     #[command(disable_help_flag = true)]
@@ -54,6 +55,22 @@ enum Command {
     /// List your envs on the node.
     #[command(disable_help_flag = true)]
     Status(client::StatusArgs),
+    /// Give USER their own copy of NAME with an account for them inside (passwd, shadow,
+    /// group, home), bound to USER as their name.
+    #[command(disable_help_flag = true)]
+    Invite(client::invite::InviteArgs),
+    /// Share one of your names with another user (they spawn it as YOU/NAME).
+    #[command(disable_help_flag = true)]
+    Share(client::share::ShareArgs),
+    /// Stop sharing one of your names with a user.
+    #[command(disable_help_flag = true)]
+    Unshare(client::share::ShareArgs),
+    /// Change your password on the node (admins: anyone's); you log in again afterwards.
+    #[command(disable_help_flag = true)]
+    Passwd(client::account::PasswdArgs),
+    /// Manage your SSH public keys on the node (admins: anyone's, with --of USER).
+    #[command(disable_help_flag = true)]
+    Key(client::account::KeyArgs),
     /// The seed's gridorc: an interactive loop of scores, spawn, save, boom, status, help, exit
     /// (also run as `gridorc`, e.g. through a symlink of that name).
     #[command(disable_help_flag = true, visible_alias = "gridorc")]
@@ -156,6 +173,11 @@ fn main() -> ExitCode {
         Command::Save(a) => client::save(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),
+        Command::Invite(a) => client::invite::invite(a, json),
+        Command::Share(a) => client::share::share(a, json),
+        Command::Unshare(a) => client::share::unshare(a, json),
+        Command::Passwd(a) => client::account::passwd(a, json),
+        Command::Key(a) => client::account::key(a, json),
         Command::Orc(a) => client::orc::run(a, json),
     };
     match result {

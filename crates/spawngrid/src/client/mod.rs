@@ -2,9 +2,12 @@
 //! `status`. Each talks to one node's HTTPS API (`-h HOST`, default `localhost:16998`) as one
 //! user (`-u USER`, default `$USER`) with the token `login` stored.
 
+pub mod account;
 pub mod grid;
 pub mod http;
+pub mod invite;
 pub mod orc;
+pub mod share;
 pub mod store;
 
 use anyhow::{bail, Context, Result};
@@ -228,11 +231,13 @@ pub fn scores(a: ScoresArgs, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = runtime::state::now();
+    let me = a.node.user()?;
     println!("{:<32} {:<16} {:>10} {:>6}", "NAME", "SCORE", "SIZE", "AGE");
     for s in list {
         println!(
             "{:<32} {:<16} {:>10} {:>6}",
-            s.name,
+            // Names shared with you are shown as you spawn them: OWNER/NAME.
+            catalog::shares::address(&me, &s.owner, &s.name),
             &s.score[..s.score.len().min(16)],
             megabytes(s.size),
             age(now.saturating_sub(s.created))

@@ -1,0 +1,101 @@
+//! `spawngrid passwd [USER]` and `spawngrid key [--of USER] add|ls|rm`: your own password and
+//! SSH public keys on a node (admins: anyone's). Changing a password ends every session of
+//! that user, so you log in again after changing your own.
+
+use super::{call, print_json, NodeArgs};
+use crate::user_cmd::{new_password, print_keys, KeyAction};
+use anyhow::Result;
+use api::routes;
+use clap::Args;
+use std::process::ExitCode;
+
+/// `spawngrid passwd`.
+#[derive(Args)]
+pub struct PasswdArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Whose password (default: yours; others' only for admins).
+    #[arg(value_name = "USER")]
+    whose: Option<String>,
+    /// Read the passwords from stdin: the current one on the first line (when changing your
+    /// own), the new one on the next.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+/// `spawngrid key`.
+#[derive(Args)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Whose keys (default: yours; others' only for admins).
+    #[arg(long, value_name = "USER")]
+    of: Option<String>,
+    #[command(subcommand)]
+    action: KeyAction,
+}
+
+/// `spawngrid passwd`.
+pub fn passwd(a: PasswdArgs, json: bool) -> Result<ExitCode> {
+    let me = a.node.user()?;
+    let user = a.whose.clone().unwrap_or_else(|| me.clone());
+    let current = if user == me {
+        Some(if a.password_stdin {
+            super::read_password_line(&mut std::io::stdin().lock())?
+        } else {
+            super::prompt_password(&format!("current password for {me}: "))?
+        })
+    } else {
+        None
+    };
+    let password = new_password(&user, a.password_stdin)?;
+    let req = api::PasswordRequest { password, current };
+    let r: api::UserResponse = call(&a.node, "POST", &routes::password(&user), Some(&req))?;
+    if json {
+        print_json(&r)?;
+    } else if user == me {
+        println!(
+            "changed the password of {}: log in again (`spawngrid login{}`)",
+            r.user,
+            a.node.flags()
+        );
+    } else {
+        println!("changed the password of {} (their sessions ended)", r.user);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid key`.
+pub fn key(a: KeyArgs, json: bool) -> Result<ExitCode> {
+    let user = match &a.of {
+        Some(u) => u.clone(),
+        None => a.node.user()?,
+    };
+    match &a.action {
+        KeyAction::Add { file } => {
+            let req = api::KeyRequest {
+                line: KeyAction::read_line(file)?,
+            };
+            let k: api::KeyEntry = call(&a.node, "POST", &routes::keys(&user), Some(&req))?;
+            if json {
+                print_json(&k)?;
+            } else {
+                println!("added key {} for {user}", k.fingerprint);
+            }
+        }
+        KeyAction::Ls => {
+            let keys: Vec<api::KeyEntry> = call(&a.node, "GET", &routes::keys(&user), None::<&()>)?;
+            print_keys(&keys, json)?;
+        }
+        KeyAction::Rm { key } => {
+            let r: api::UserResponse =
+                call(&a.node, "DELETE", &routes::key(&user, key), None::<&()>)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("removed key {key} of {}", r.user);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

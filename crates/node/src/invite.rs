@@ -128,7 +128,7 @@ pub async fn invite(
     let resp = blocking(move || {
         let r = run(&node, &inviter, &req)?;
         tracing::info!(user = %inviter, invited = %r.user, from = %req.name, name = %r.name,
-            score = %r.score, "invited");
+            score = %r.score, ms = r.seconds * 1e3, "invited");
         Ok(r)
     })
     .await?;

@@ -66,13 +66,26 @@ pub async fn password(
     let resp = blocking(move || {
         check_may_manage(&node, &caller, &user)?;
         if caller == user {
+            // Guessing the current password with a stolen token is slowed down like logins.
+            if let Some(left) = node.backoff.locked(&user) {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many wrong passwords for {user}: try again in {} s",
+                        left.as_secs().max(1)
+                    ),
+                ));
+            }
             let current = req.current.as_deref().unwrap_or("");
             if !node.cat.check_password(&user, current)? {
+                node.backoff.failed(&user);
+                tracing::warn!(user = %user, "password change refused: wrong current password");
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "the current password is wrong (changing your own password needs it)",
                 ));
             }
+            node.backoff.succeeded(&user);
         }
         node.cat.set_password(&user, &req.password)?;
         tracing::info!(user = %user, by = %caller, "password changed");

@@ -141,6 +141,21 @@ fn invite_gives_a_user_their_own_copy_with_an_account() {
     let (_, out, _) = bob.exec("tools3", &format!("grep -c '{b}' /etc/passwd /etc/group"));
     assert_eq!(out, "/etc/passwd:1\n/etc/group:3\n");
     bob.ok("boom", &["tools3"]);
+
+    // A name saved from a disk-backed env works the same.
+    alice.ok("spawn", &["base", "--disk", "--as", "d"]);
+    assert_eq!(alice.exec("d", "echo on-disk > /root/disk-mark; sync").0, 0);
+    alice.ok("savedisk", &["d", "disky"]);
+    alice.ok("boom", &["d"]);
+    let r = alice.json("invite", &[b, "disky"]);
+    assert_eq!(r["name"], "disky", "{r}");
+    bob.ok("spawn", &["disky"]);
+    let (_, out, _) = bob.exec(
+        "disky",
+        &format!("cat /root/disk-mark; su -s /bin/sh {b} -c 'cd; pwd'"),
+    );
+    assert_eq!(out, format!("on-disk\n/home/{b}\n"));
+    bob.ok("boom", &["disky"]);
     assert_eq!(env_dirs(&site), Vec::<String>::new());
 }
 

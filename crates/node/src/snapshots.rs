@@ -41,7 +41,8 @@ pub fn resolve(
 pub fn check_address<'a>(user: &str, address: &'a str) -> Result<&'a str, ApiError> {
     let bad = |e: catalog::Error| ApiError::bad_request(format!("bad name {address:?}: {e}"));
     let (owner, name) = address.split_once('/').unwrap_or((user, address));
-    catalog::check_owner(owner).map_err(bad)?;
+    // User names follow the names' rule; both parts are reported as parts of the name.
+    catalog::check_name(owner).map_err(bad)?;
     catalog::check_name(name).map_err(bad)?;
     Ok(name)
 }

@@ -112,6 +112,7 @@ fn orc_on_a_terminal_with_the_seeds_words_editing_and_history() {
     alice.login();
     let host = site.addr().rsplit_once(':').unwrap().0.to_string();
     let ssh = format!("ssh -p 16999 base+{}@{host}", alice.name);
+    let bob = who("bob");
 
     let (seg, status) = on_terminal(
         &alice,
@@ -130,7 +131,7 @@ fn orc_on_a_terminal_with_the_seeds_words_editing_and_history() {
             ("help\r", Some("exit")),
             ("save base\r", Some("save: ")),
             ("boom nosuch\r", Some("boom: ")),
-            ("invite bob base\r", Some("invite: ")),
+            (&format!("invite {bob} base2\r"), Some("invited ")),
             ("boom base\r", Some("boomed base")),
             ("boom base2\r", Some("boomed base2")),
             ("exit\r", None),
@@ -184,7 +185,7 @@ fn orc_on_a_terminal_with_the_seeds_words_editing_and_history() {
         seg[11]
     );
     assert!(
-        seg[12].contains("invite: not available on this client yet"),
+        seg[12].contains(&format!("invited {bob} to base2: their name base2 = ")),
         "{:?}",
         seg[12]
     );

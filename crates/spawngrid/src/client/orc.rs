@@ -9,6 +9,7 @@
 //! failed command prints one line on stderr and the loop goes on; the loop's own exit status
 //! is 0, as the seed's was.
 
+use super::invite::InviteArgs;
 use super::{BoomArgs, NodeArgs, SaveArgs, ScoresArgs, SpawnArgs, StatusArgs};
 use anyhow::{Context, Result};
 use clap::{Args, Parser};
@@ -82,6 +83,9 @@ enum Word {
     /// Save an env's state as a new name (the env keeps running).
     #[command(disable_help_flag = true, alias = "savedisk")]
     Save(SaveArgs),
+    /// Give USER their own copy of NAME with an account for them inside.
+    #[command(disable_help_flag = true)]
+    Invite(InviteArgs),
     /// Destroy an env (its names stay).
     #[command(disable_help_flag = true)]
     Boom(BoomArgs),
@@ -187,7 +191,6 @@ impl Orc {
                     println!("{:<22} {what}", format!("{w} {args}"));
                 }
             }
-            "invite" => eprintln!("invite: not available on this client yet"),
             _ if WORDS.iter().any(|(w, _, _)| *w == word) => {
                 if let Err(e) = self.word(word, rest) {
                     let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -221,6 +224,7 @@ impl Orc {
             Word::Spawn(a) => super::spawn(a, json),
             Word::Spawndisk(a) => super::spawn(SpawnArgs { disk: true, ..a }, json),
             Word::Save(a) => super::save(a, json),
+            Word::Invite(a) => super::invite::invite(a, json),
             Word::Boom(a) => super::boom(a, json),
             Word::Status(a) => super::status(a, json),
         }

@@ -1,11 +1,13 @@
 //! Running commands inside an env: the `env-enter` helper joins the env's cgroup and
 //! namespaces (from its init's `/proc/PID/ns/*`), becomes root inside with the env's
-//! restrictions and runs the command as its child, exiting with the command's status.
+//! restrictions, optionally switches to a user of the env ([`Identity`], looked up in the
+//! env's own `/etc/passwd` and `/etc/group` by [`lookup_user`]) and runs the command as its
+//! child, exiting with the command's status.
 
 use crate::state::{start_time, EnvState};
 use crate::{helper, security, Runtime};
 use anyhow::{bail, Context, Result};
-use rustix::fd::AsFd;
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::thread::LinkNameSpaceType as Ns;
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::ExitStatusExt;
@@ -42,6 +44,9 @@ pub struct EnterConfig {
     pub cwd: String,
     /// Run on a new terminal of (rows, cols) whose master is sent over stdin (see [`crate::tty`]).
     pub tty: Option<(u16, u16)>,
+    /// Run as this user of the env instead of root.
+    #[serde(default)]
+    pub user: Option<Identity>,
 }
 
 /// A `Command` that runs `argv` inside env `state` when spawned. Its stdin, stdout and stderr
@@ -53,16 +58,29 @@ pub fn command(
     argv: &[String],
     env: &[(String, String)],
 ) -> Result<Command> {
-    command_with_tty(rt, state, argv, env, None)
+    command_with(rt, state, argv, env, None, None)
 }
 
-/// [`command`], optionally on a terminal of (rows, cols) (used by [`crate::tty::Tty`]).
-pub(crate) fn command_with_tty(
+/// [`command`] run as `user` (root if `None`): in their home, with their `HOME`, `USER`,
+/// `LOGNAME` and `SHELL`.
+pub fn command_as(
+    rt: &Runtime,
+    state: &EnvState,
+    argv: &[String],
+    env: &[(String, String)],
+    user: Option<&Identity>,
+) -> Result<Command> {
+    command_with(rt, state, argv, env, None, user)
+}
+
+/// [`command_as`], optionally on a terminal of (rows, cols) (used by [`crate::tty::Tty`]).
+pub(crate) fn command_with(
     rt: &Runtime,
     state: &EnvState,
     argv: &[String],
     env: &[(String, String)],
     tty: Option<(u16, u16)>,
+    user: Option<&Identity>,
 ) -> Result<Command> {
     if argv.is_empty() {
         bail!("no command to run");
@@ -84,8 +102,9 @@ pub(crate) fn command_with_tty(
             .collect(),
         argv: argv.to_vec(),
         env: env.to_vec(),
-        cwd: "/root".into(),
+        cwd: user.map_or("/root", |u| u.home.as_str()).into(),
         tty,
+        user: user.cloned(),
     };
     let mut cmd = Command::new(&rt.helper);
     cmd.arg(helper::ENTER).arg(serde_json::to_string(&cfg)?);
@@ -136,14 +155,18 @@ fn run(config: &str) -> Result<u8> {
     }
     drop(fds);
     security::become_root()?;
+    security::restrict()?;
+    if let Some(user) = &cfg.user {
+        user.switch()?;
+    }
     if rustix::process::chdir(cfg.cwd.as_str()).is_err() {
         rustix::process::chdir("/").context("chdir / inside the env")?;
     }
-    security::restrict()?;
     let mut cmd = Command::new(&cfg.argv[0]);
     cmd.args(&cfg.argv[1..])
         .env_clear()
         .envs(DEFAULT_ENV)
+        .envs(cfg.user.iter().flat_map(Identity::env))
         .envs(cfg.env.iter().map(|(k, v)| (k, v)));
     if let Some((rows, cols)) = cfg.tty {
         cmd.env("TERM", "xterm-256color");
@@ -160,4 +183,160 @@ fn run(config: &str) -> Result<u8> {
         (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
         _ => ENTER_FAILED,
     })
+}
+
+/// A user of an env, from its `/etc/passwd` and `/etc/group`: who a command runs as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The user name.
+    pub name: String,
+    /// User id inside the env.
+    pub uid: u32,
+    /// Primary group id inside the env.
+    pub gid: u32,
+    /// Supplementary group ids (the groups of `/etc/group` listing the user, and `gid`).
+    pub groups: Vec<u32>,
+    /// Home directory (absolute; `/` if the entry has none).
+    pub home: String,
+    /// Login shell (absolute; `/bin/sh` if the entry has none).
+    pub shell: String,
+}
+
+/// The most supplementary groups kept for a user (the kernel allows 65536; no env needs more).
+const MAX_GROUPS: usize = 256;
+
+/// The largest `/etc/passwd` or `/etc/group` read.
+const MAX_ACCOUNT_FILE: u64 = 4 << 20;
+
+impl Identity {
+    /// The variables a login of this user sets: `HOME`, `USER`, `LOGNAME`, `SHELL`.
+    pub fn env(&self) -> [(String, String); 4] {
+        [
+            ("HOME".into(), self.home.clone()),
+            ("USER".into(), self.name.clone()),
+            ("LOGNAME".into(), self.name.clone()),
+            ("SHELL".into(), self.shell.clone()),
+        ]
+    }
+
+    /// Becomes this user (groups, then gid, then uid: the last step drops every capability).
+    fn switch(&self) -> Result<()> {
+        use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+        use rustix::thread::{Gid, Uid};
+        let groups: Vec<Gid> = self.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        let fail = |what: &str| format!("switching to user {} ({what})", self.name);
+        set_thread_groups(&groups).with_context(|| fail("setgroups"))?;
+        let gid = Gid::from_raw(self.gid);
+        set_thread_res_gid(gid, gid, gid).with_context(|| fail(&format!("gid {}", self.gid)))?;
+        let uid = Uid::from_raw(self.uid);
+        set_thread_res_uid(uid, uid, uid).with_context(|| fail(&format!("uid {}", self.uid)))?;
+        Ok(())
+    }
+
+    /// The user described by `passwd` and `group` (the files' text), if `passwd` has them.
+    pub fn parse(name: &str, passwd: &str, group: &str) -> Option<Identity> {
+        let fields = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 7 && f[0] == name)?;
+        let uid: u32 = fields[2].parse().ok()?;
+        let gid: u32 = fields[3].parse().ok()?;
+        let absolute =
+            |p: &str, default: &str| if p.starts_with('/') { p } else { default }.to_string();
+        let mut groups = vec![gid];
+        for f in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if f.len() < 4 || !f[3].split(',').any(|m| m.trim() == name) {
+                continue;
+            }
+            if let Ok(g) = f[2].parse::<u32>() {
+                if !groups.contains(&g) && groups.len() < MAX_GROUPS {
+                    groups.push(g);
+                }
+            }
+        }
+        Some(Identity {
+            name: name.to_string(),
+            uid,
+            gid,
+            groups,
+            home: absolute(fields[5], "/"),
+            shell: absolute(fields[6], "/bin/sh"),
+        })
+    }
+}
+
+/// Looks up user `name` in the running env's `/etc/passwd` and `/etc/group`; `None` if the env
+/// has no such user (or no `/etc/passwd`). The files are opened from the host through the
+/// init's root directory with every path resolved inside it (`openat2` with
+/// `RESOLVE_IN_ROOT`), so a symlink in the env cannot point at a host file; only regular
+/// files are read (a FIFO cannot stall the caller), and at most 4 MiB of each.
+pub fn lookup_user(state: &EnvState, name: &str) -> Result<Option<Identity>> {
+    use rustix::fs::{Mode, OFlags};
+    let root_path = format!("/proc/{}/root", state.init_pid);
+    let root = rustix::fs::open(
+        &root_path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {root_path} (is env {} running?)", state.name))?;
+    if start_time(state.init_pid) != Some(state.init_start) {
+        bail!(
+            "env {} is not running (its init is gone); boom it",
+            state.name
+        );
+    }
+    let Some(passwd) = read_account_file(&root, "etc/passwd")? else {
+        return Ok(None);
+    };
+    let group = read_account_file(&root, "etc/group")?.unwrap_or_default();
+    Ok(Identity::parse(name, &passwd, &group))
+}
+
+/// Reads `path` under `root` (an env's root), resolved inside it; `None` if missing.
+fn read_account_file(root: &OwnedFd, path: &str) -> Result<Option<String>> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use std::io::Read;
+    let fd = match rustix::fs::openat2(
+        root,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening /{path} in the env")),
+    };
+    let st = rustix::fs::fstat(&fd).with_context(|| format!("stat /{path} in the env"))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        bail!("/{path} in the env is not a regular file");
+    }
+    let mut text = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_ACCOUNT_FILE)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading /{path} in the env"))?;
+    Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Identity;
+
+    #[test]
+    fn identity_from_passwd_and_group() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nbob:x:1001:1001:Bob:/home/bob:/bin/bash\n\
+                      weird:x:7:7::relative:\nbad:x:nan:1::/:/bin/sh\n";
+        let group =
+            "root:x:0:\nsudo:x:27:alice,bob\nbob:x:1001:\nadm:x:4: bob \nusers:x:100:bobby\n";
+        let bob = Identity::parse("bob", passwd, group).unwrap();
+        assert_eq!((bob.uid, bob.gid), (1001, 1001));
+        assert_eq!(bob.groups, [1001, 27, 4]);
+        assert_eq!((&bob.home[..], &bob.shell[..]), ("/home/bob", "/bin/bash"));
+        let weird = Identity::parse("weird", passwd, group).unwrap();
+        assert_eq!((&weird.home[..], &weird.shell[..]), ("/", "/bin/sh"));
+        assert!(Identity::parse("bad", passwd, group).is_none());
+        assert!(Identity::parse("alice", passwd, group).is_none());
+        assert!(Identity::parse("", passwd, group).is_none());
+    }
 }

@@ -7,10 +7,13 @@
 //! and serves it between reaping children. Protocol, one message each:
 //! client → `Request` as JSON with stdin, stdout, stderr attached (`SCM_RIGHTS`);
 //! init → `started` or `error MESSAGE`; later init → `exit CODE` (128 + N for signal N).
-//! The command runs as root inside with the init's bounding set, no_new_privs and seccomp
-//! filter (inherited), in a new session, with a clean environment like [`crate::exec`]'s.
+//! Meanwhile a `kill` from the client, or the client closing its socket, makes the init
+//! SIGKILL the command's process group: a command outlives no caller that went away.
+//! The command runs as root inside (or as the request's user) with the init's bounding set,
+//! no_new_privs and seccomp filter (inherited), in a new session (its own process group),
+//! with a clean environment like [`crate::exec`]'s.
 
-use crate::exec::DEFAULT_ENV;
+use crate::exec::{Identity, DEFAULT_ENV};
 use crate::state::EnvState;
 use crate::{fdpass, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
@@ -31,6 +34,9 @@ pub struct Request {
     pub env: Vec<(String, String)>,
     /// Working directory inside the env.
     pub cwd: String,
+    /// Run as this user of the env instead of root.
+    #[serde(default)]
+    pub user: Option<Identity>,
 }
 
 /// The exec socket of the env whose directory is `env_dir`.
@@ -77,14 +83,21 @@ pub(crate) fn listen(path: &Path) -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// A command started through the init.
+/// A command started through the init. Dropping it (closing the connection) kills the
+/// command's process group, as [`Started::kill`] does.
 pub struct Started {
     sock: OwnedFd,
 }
 
 impl Started {
+    /// Kills the command's process group (SIGKILL); [`Started::wait`] then reports 137. May be
+    /// called while another thread waits.
+    pub fn kill(&self) -> Result<()> {
+        fdpass::send(&self.sock, b"kill", &[]).context("asking the env's init to kill")
+    }
+
     /// Waits for the command's exit code (128 + N if killed by signal N).
-    pub fn wait(self) -> Result<i32> {
+    pub fn wait(&self) -> Result<i32> {
         let mut buf = [0u8; 256];
         let (n, _) = fdpass::recv(&self.sock, &mut buf)?;
         let reply = std::str::from_utf8(&buf[..n]).unwrap_or("");
@@ -96,13 +109,27 @@ impl Started {
     }
 }
 
-/// Starts `argv` in env `state` through its init, with the given stdin, stdout and stderr.
+/// Starts `argv` in env `state` through its init as root, with the given stdin, stdout and
+/// stderr.
 pub fn start(
     rt: &Runtime,
     state: &EnvState,
     argv: &[String],
     env: &[(String, String)],
     stdio: [BorrowedFd<'_>; 3],
+) -> Result<Started> {
+    start_as(rt, state, argv, env, stdio, None)
+}
+
+/// [`start`] as `user` of the env (root if `None`): in their home, with their groups and
+/// `HOME`, `USER`, `LOGNAME` and `SHELL`.
+pub fn start_as(
+    rt: &Runtime,
+    state: &EnvState,
+    argv: &[String],
+    env: &[(String, String)],
+    stdio: [BorrowedFd<'_>; 3],
+    user: Option<&Identity>,
 ) -> Result<Started> {
     if argv.is_empty() {
         bail!("no command to run");
@@ -122,8 +149,13 @@ pub fn start(
         .with_context(|| format!("connecting to {}", path.display()))?;
     let req = Request {
         argv: argv.to_vec(),
-        env: env.to_vec(),
-        cwd: "/root".into(),
+        env: user
+            .iter()
+            .flat_map(|u| u.env())
+            .chain(env.iter().cloned())
+            .collect(),
+        cwd: user.map_or("/root", |u| u.home.as_str()).into(),
+        user: user.cloned(),
     };
     fdpass::send(&sock, &serde_json::to_vec(&req)?, &stdio)?;
     let mut buf = [0u8; 4096];
@@ -142,29 +174,57 @@ pub fn start(
 /// requests. Never returns but on a setup error.
 pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
     let signals = sigchld_fd()?;
-    let mut waiting: HashMap<i32, OwnedFd> = HashMap::new();
+    let mut waiting: HashMap<i32, Waiting> = HashMap::new();
     loop {
-        let mut fds = [
+        // The connections of running commands, watched for `kill` or a hang-up.
+        let watched: Vec<i32> = waiting
+            .iter()
+            .filter(|(_, w)| !w.killed)
+            .map(|(pid, _)| *pid)
+            .collect();
+        let mut fds = vec![
             PollFd::new(&listener, PollFlags::IN),
             PollFd::new(&signals, PollFlags::IN),
         ];
+        fds.extend(
+            watched
+                .iter()
+                .map(|pid| PollFd::new(&waiting[pid].conn, PollFlags::IN)),
+        );
         match rustix::event::poll(&mut fds, None) {
             Err(rustix::io::Errno::INTR) => continue,
             r => r.context("poll in init")?,
         };
         let (conn_ready, child_ready) =
             (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        let to_kill: Vec<i32> = watched
+            .iter()
+            .zip(&fds[2..])
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(pid, _)| *pid)
+            .collect();
+        drop(fds);
+        for pid in to_kill {
+            if let Some(w) = waiting.get_mut(&pid) {
+                // Whatever came (`kill`, or end of file when the client went away): the
+                // command's process group goes. The exit is still reported when reaped.
+                let mut buf = [0u8; 16];
+                let _ = rustix::net::recv(&w.conn, &mut buf, rustix::net::RecvFlags::DONTWAIT);
+                kill_group(pid);
+                w.killed = true;
+            }
+        }
         if child_ready {
             let mut info = [0u8; 128];
             while rustix::io::read(&signals, &mut info).is_ok() {}
             while let Ok(Some((pid, status))) =
                 rustix::process::wait(rustix::process::WaitOptions::NOHANG)
             {
-                if let Some(conn) = waiting.remove(&pid.as_raw_nonzero().get()) {
+                if let Some(w) = waiting.remove(&pid.as_raw_nonzero().get()) {
                     let code = status
                         .exit_status()
                         .unwrap_or_else(|| 128 + status.terminating_signal().unwrap_or(0));
-                    let _ = fdpass::send(&conn, format!("exit {code}").as_bytes(), &[]);
+                    let _ = fdpass::send(&w.conn, format!("exit {code}").as_bytes(), &[]);
                 }
             }
         }
@@ -173,7 +233,8 @@ pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
                 match run_request(&conn) {
                     Ok(pid) => {
                         let _ = fdpass::send(&conn, b"started", &[]);
-                        waiting.insert(pid, conn);
+                        let killed = false;
+                        waiting.insert(pid, Waiting { conn, killed });
                     }
                     Err(e) => {
                         let _ = fdpass::send(&conn, format!("error {e:#}").as_bytes(), &[]);
@@ -182,6 +243,80 @@ pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
             }
         }
     }
+}
+
+/// SIGKILLs process group `pgid` (a command of ours: an unreaped child, so its pid is not
+/// reused, and a session leader). The command may run as another user, so the init makes
+/// CAP_KILL effective for the moment (it runs with no effective capability otherwise).
+fn kill_group(pgid: i32) {
+    use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
+    let normal = capabilities(None).ok();
+    if let Some(c) = normal {
+        let effective = c.permitted & CapabilitySet::KILL;
+        let _ = set_capabilities(None, rustix::thread::CapabilitySets { effective, ..c });
+    }
+    // SAFETY: kill(2) on plain integers.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    if let Some(c) = normal {
+        let _ = set_capabilities(None, c);
+    }
+}
+
+/// Becoming a user of the env in a child of the init, prepared before the fork so the child
+/// only makes syscalls.
+struct UserSwitch {
+    /// The init's permitted capabilities made effective (it runs with none effective), so the
+    /// child may change its ids.
+    caps: rustix::thread::CapabilitySets,
+    groups: Vec<libc::gid_t>,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    /// Written to the command's stderr if the switch fails.
+    failed: CString,
+}
+
+impl UserSwitch {
+    fn new(user: &Identity) -> Result<UserSwitch> {
+        let cur = rustix::thread::capabilities(None).context("reading the init's capabilities")?;
+        Ok(UserSwitch {
+            caps: rustix::thread::CapabilitySets {
+                effective: cur.permitted,
+                ..cur
+            },
+            groups: user.groups.clone(),
+            uid: user.uid,
+            gid: user.gid,
+            failed: CString::new(format!(
+                "spawngrid: cannot become user {} (uid {}, gid {}) in this env\n",
+                user.name, user.uid, user.gid
+            ))?,
+        })
+    }
+
+    /// In the forked child: sets groups, gid and uid (which drops every capability), or
+    /// reports on `stderr` and exits 126.
+    ///
+    /// # Safety
+    /// Only raw syscalls on data prepared before the fork: safe between fork and exec.
+    unsafe fn apply_or_exit(&self, stderr: libc::c_int) {
+        let ok = rustix::thread::set_capabilities(None, self.caps).is_ok()
+            && libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) == 0
+            && libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) == 0
+            && libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) == 0;
+        if !ok {
+            let msg = self.failed.as_bytes();
+            libc::write(stderr, msg.as_ptr().cast(), msg.len());
+            libc::_exit(126);
+        }
+    }
+}
+
+/// A command of the exec service that has not exited yet.
+struct Waiting {
+    /// The client's connection (its exit code goes there).
+    conn: OwnedFd,
+    /// Killed already (its connection is not watched any more).
+    killed: bool,
 }
 
 /// A non-blocking signalfd for SIGCHLD (blocked for normal delivery).
@@ -254,6 +389,7 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
         .chain([std::ptr::null()])
         .collect();
     let raw = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
+    let switch = req.user.as_ref().map(UserSwitch::new).transpose()?;
     // SAFETY: the init is single-threaded, so the child may run anything; it only makes raw
     // syscalls on data prepared above (no allocation) and ends in execve or _exit.
     match unsafe { libc::fork() } {
@@ -262,6 +398,9 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
             let empty: libc::sigset_t = std::mem::zeroed();
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::setsid();
+            if let Some(sw) = &switch {
+                sw.apply_or_exit(raw[2]);
+            }
             // The received fds are above 2 (0-2 are the init's /dev/null), so dup2 cannot
             // clobber one before it is copied.
             for (i, fd) in raw.iter().enumerate() {

@@ -7,7 +7,7 @@
 //! and writes the master (the node bridges it to SSH or a WebSocket), resizes it, and gets the
 //! exit status from the helper. ^C and friends reach the command through the line discipline.
 
-use crate::exec::{self, ENTER_FAILED};
+use crate::exec::{self, Identity, ENTER_FAILED};
 use crate::state::EnvState;
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
@@ -27,12 +27,26 @@ pub struct Tty {
 }
 
 impl Tty {
-    /// Starts `argv` inside env `state` on a new terminal of `rows` x `cols`.
+    /// Starts `argv` inside env `state` on a new terminal of `rows` x `cols`, as root.
     pub fn spawn(
         rt: &Runtime,
         state: &EnvState,
         argv: &[String],
         env: &[(String, String)],
+        rows: u16,
+        cols: u16,
+    ) -> Result<Tty> {
+        Tty::spawn_as(rt, state, argv, env, None, rows, cols)
+    }
+
+    /// [`Tty::spawn`] as `user` of the env (see [`exec::command_as`]); the terminal is opened
+    /// by that user, so they own it.
+    pub fn spawn_as(
+        rt: &Runtime,
+        state: &EnvState,
+        argv: &[String],
+        env: &[(String, String)],
+        user: Option<&Identity>,
         rows: u16,
         cols: u16,
     ) -> Result<Tty> {
@@ -43,7 +57,7 @@ impl Tty {
             None,
         )
         .context("socketpair for the terminal")?;
-        let mut cmd = exec::command_with_tty(rt, state, argv, env, Some((rows, cols)))?;
+        let mut cmd = exec::command_with(rt, state, argv, env, Some((rows, cols)), user)?;
         let mut child = cmd
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
@@ -67,15 +81,40 @@ impl Tty {
 
     /// Sets the terminal size (the command gets SIGWINCH).
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
-        rustix::termios::tcsetwinsize(&self.master, winsize(rows, cols))
-            .context("resizing the terminal")
+        resize(&self.master, rows, cols)
     }
 
     /// Waits for the command; its exit code (128 + N for signal N).
     pub fn wait(&mut self) -> Result<i32> {
-        let status = self.child.wait().context("waiting for env-enter")?;
-        Ok(status.code().unwrap_or(ENTER_FAILED as i32))
+        wait_child(&mut self.child)
     }
+
+    /// Splits into the master and the command, so one task can use (and finally close) the
+    /// master while another waits. Closing the master hangs the terminal up: the command gets
+    /// SIGHUP, as when a terminal window is closed.
+    pub fn into_parts(self) -> (OwnedFd, TtyCommand) {
+        (self.master, TtyCommand(self.child))
+    }
+}
+
+/// The command of a [`Tty`] without its master (see [`Tty::into_parts`]).
+pub struct TtyCommand(Child);
+
+impl TtyCommand {
+    /// Waits for the command; its exit code (128 + N for signal N).
+    pub fn wait(&mut self) -> Result<i32> {
+        wait_child(&mut self.0)
+    }
+}
+
+fn wait_child(child: &mut Child) -> Result<i32> {
+    let status = child.wait().context("waiting for env-enter")?;
+    Ok(status.code().unwrap_or(ENTER_FAILED as i32))
+}
+
+/// Sets the size of the terminal whose master is `master` (the command gets SIGWINCH).
+pub fn resize(master: impl AsFd, rows: u16, cols: u16) -> Result<()> {
+    rustix::termios::tcsetwinsize(master, winsize(rows, cols)).context("resizing the terminal")
 }
 
 fn winsize(rows: u16, cols: u16) -> rustix::termios::Winsize {

@@ -142,6 +142,13 @@ pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResp
     let target = req.as_name.as_deref().unwrap_or(base);
     catalog::check_name(target).map_err(|e| ApiError::bad_request(format!("bad new name: {e}")))?;
     catalog::check_owner(&req.user).map_err(|e| ApiError::bad_request(format!("bad user: {e}")))?;
+    // `/etc/passwd` and `/etc/group` are `:`-separated, and an all-digit name reads as an id.
+    if req.user.contains(':') || req.user.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(format!(
+            "user name {} cannot be an account in a Unix system (it has a ':' or is all digits)",
+            req.user
+        )));
+    }
     if node.cat.user(&req.user)?.is_none() {
         return Err(ApiError::not_found(format!(
             "no user {} on this node (an admin adds users with `spawngrid user add`)",

@@ -77,6 +77,11 @@ fn invite_gives_a_user_their_own_copy_with_an_account() {
     let nobody = who("nobody");
     let err = alice.refused("invite", &[&nobody, "tools"]);
     assert!(err.contains(&format!("no user {nobody}")), "{err}");
+    // A user name that cannot be a Unix account.
+    let colon = who("c:d");
+    add_user(&site, &colon, false);
+    let err = alice.refused("invite", &[&colon, "tools"]);
+    assert!(err.contains("cannot be an account"), "{err}");
     // A name alice does not have.
     assert!(alice.refused("invite", &[b, "nothing"]).contains("nothing"));
     assert_eq!(env_dirs(&site), Vec::<String>::new());

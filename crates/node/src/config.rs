@@ -6,6 +6,9 @@
 //! public_host = "node1.example"   # the host name put in attach commands (default: the
 //!                                 # name the client used to reach the node)
 //! ssh_port = 16999                # the SSH gateway's port, for attach commands
+//! ssh_listen = "0.0.0.0:16999"    # where the SSH gateway listens (default: the host of
+//!                                 # `listen` with `ssh_port`); attach commands still name
+//!                                 # `ssh_port` (the port clients reach, e.g. through a forward)
 //! token_days = 30                 # lifetime of a login token
 //! max_body = 1048576              # largest request body in bytes (413 beyond)
 //! default_mem = "512M"            # memory limit of an env spawned without --mem
@@ -28,6 +31,8 @@ pub struct Config {
     pub public_host: Option<String>,
     /// The SSH gateway's port, for attach commands.
     pub ssh_port: u16,
+    /// Where the SSH gateway listens; default: `listen`'s address with `ssh_port`.
+    pub ssh_listen: Option<SocketAddr>,
     /// Lifetime of a login token, in days.
     pub token_days: u64,
     /// The largest request body in bytes.
@@ -43,6 +48,7 @@ impl Default for Config {
             data: PathBuf::from("/var/lib/spawngrid"),
             public_host: None,
             ssh_port: api::SSH_PORT,
+            ssh_listen: None,
             token_days: api::DEFAULT_TOKEN_DAYS,
             max_body: api::MAX_BODY,
             default_mem: "512M".into(),
@@ -72,6 +78,12 @@ impl Config {
         }
         parse_size(&config.default_mem).context("default_mem")?;
         Ok(config)
+    }
+
+    /// Where the SSH gateway listens.
+    pub fn ssh_addr(&self) -> SocketAddr {
+        self.ssh_listen
+            .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), self.ssh_port))
     }
 
     /// The default memory limit in bytes.
@@ -115,6 +127,14 @@ mod tests {
         assert_eq!(c.data, PathBuf::from("/var/lib/spawngrid"));
         assert_eq!((c.token_days, c.max_body), (30, 1 << 20));
         assert_eq!(c.default_mem_bytes(), 512 << 20);
+        assert_eq!(c.ssh_addr().to_string(), "0.0.0.0:16999");
+        let c = Config::parse("listen = \"127.0.0.1:1\"\nssh_port = 2").unwrap();
+        assert_eq!(c.ssh_addr().to_string(), "127.0.0.1:2");
+        let c = Config::parse("ssh_listen = \"[::1]:3\"").unwrap();
+        assert_eq!(
+            (c.ssh_addr().to_string(), c.ssh_port),
+            ("[::1]:3".into(), 16999)
+        );
     }
 
     #[test]

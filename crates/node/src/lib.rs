@@ -7,6 +7,7 @@
 //! - [`envs`]: a user's envs (`ENV+USER` in the runtime) — spawn, list, exec, save, boom.
 //! - [`snapshots`]: from a name to a mounted snapshot (shared with `spawngrid env spawn`).
 //! - [`server`]: routes, authentication, limits, errors, the TLS accept loop.
+//! - [`ssh`]: the SSH gateway (login shells, commands and sftp inside envs).
 //! - [`users`]: password, SSH key and user deletion routes (yourself, or anyone for admins).
 //! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
 
@@ -19,6 +20,7 @@ pub mod error;
 pub mod invite;
 pub mod server;
 pub mod snapshots;
+pub mod ssh;
 pub mod tls;
 pub mod users;
 
@@ -88,6 +90,7 @@ pub fn run(config: Config) -> Result<()> {
     }
     names.dedup();
     let id = tls::load_or_create(&node.rt.data, &names)?;
+    let host_key = ssh::keys::load_or_create(&node.rt.data)?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("spawngrid-node")
@@ -99,6 +102,19 @@ pub fn run(config: Config) -> Result<()> {
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let ssh_listen = node.config.ssh_addr();
+        let ssh_listener = tokio::net::TcpListener::bind(ssh_listen)
+            .await
+            .with_context(|| format!("listening for SSH on {ssh_listen}"))?;
+        let ssh_addr = ssh_listener
+            .local_addr()
+            .context("reading the bound SSH address")?;
+        if host_key.generated {
+            tracing::info!(
+                "made an SSH host key in {}",
+                ssh::keys::host_key_path(&node.rt.data).display()
+            );
+        }
         if id.generated {
             tracing::info!(
                 "made a self-signed TLS certificate in {}",
@@ -106,12 +122,26 @@ pub fn run(config: Config) -> Result<()> {
             );
         }
         println!(
-            "spawngrid: node {} listening on https://{addr} (data {}, certificate SHA-256 {})",
+            "spawngrid: node {} listening on https://{addr} and ssh://{ssh_addr} (data {}, certificate SHA-256 {}, SSH host key {})",
             node.name,
             node.rt.data.display(),
-            id.fingerprint
+            id.fingerprint,
+            host_key.fingerprint
         );
-        server::serve(Arc::new(node), listener, id.config, shutdown_signal()).await;
+        let node = Arc::new(node);
+        // One signal stops both listeners.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut ssh_stop = stop.clone();
+        let ssh_config = ssh::config(host_key.key);
+        let ssh = tokio::spawn(ssh::serve(node.clone(), ssh_listener, ssh_config, async move {
+            let _ = ssh_stop.wait_for(|s| *s).await;
+        }));
+        let stopping = async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        };
+        server::serve(node, listener, id.config, stopping).await;
+        let _ = ssh.await;
         tracing::info!("shutting down (envs keep running)");
         Ok(())
     });

@@ -104,8 +104,9 @@ fn generate(data: &Path, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `path` through a temporary file and a rename, created with `mode`.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+/// Writes `path` through a temporary file and a rename, created with `mode` (also used for
+/// the SSH host key).
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()

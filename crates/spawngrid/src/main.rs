@@ -89,6 +89,10 @@ struct ServeArgs {
     /// Address and port to listen on (overrides the configuration's `listen`).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<std::net::SocketAddr>,
+    /// Address and port of the SSH gateway (overrides the configuration's `ssh_listen`; port 0
+    /// picks a free one, printed at start).
+    #[arg(long, value_name = "ADDR:PORT")]
+    ssh_listen: Option<std::net::SocketAddr>,
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -101,6 +105,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(l) = args.listen {
         config.listen = l;
+    }
+    if args.ssh_listen.is_some() {
+        config.ssh_listen = args.ssh_listen;
     }
     node::run(config)?;
     Ok(ExitCode::SUCCESS)

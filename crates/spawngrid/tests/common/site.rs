@@ -43,6 +43,8 @@ pub struct Site {
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The SSH gateway's address (a free port of its own).
+    pub ssh_addr: String,
 }
 
 impl Drop for Server {
@@ -129,6 +131,7 @@ impl Site {
         let log = std::fs::File::create(self.scratch.join("serve.log")).unwrap();
         let mut child = Command::new(common::bin())
             .args(["serve", "--data", self.data_str(), "--listen", listen])
+            .args(["--ssh-listen", "127.0.0.1:0"])
             .env("SPAWNGRID_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -146,6 +149,7 @@ impl Site {
         let mut server = Server {
             child,
             addr: String::new(),
+            ssh_addr: String::new(),
         };
         let line = rx
             .recv_timeout(Duration::from_secs(60))
@@ -156,6 +160,12 @@ impl Site {
             .and_then(|r| r.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
         server.addr = addr.to_string();
+        server.ssh_addr = line
+            .split("ssh://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no SSH address in {line:?}"))
+            .to_string();
         self.server.replace(Some(server));
     }
 
@@ -166,6 +176,12 @@ impl Site {
     pub fn addr(&self) -> String {
         let server = self.server.borrow();
         server.as_ref().expect("node running").addr.clone()
+    }
+
+    /// The SSH gateway's address.
+    pub fn ssh_addr(&self) -> String {
+        let server = self.server.borrow();
+        server.as_ref().expect("node running").ssh_addr.clone()
     }
 
     pub fn log(&self) -> String {

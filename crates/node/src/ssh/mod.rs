@@ -1,0 +1,261 @@
+//! The SSH gateway (`ssh -p 16999 ENV+USER@HOST`): the russh server side over the node's
+//! envs. A login is checked against the catalog ([`auth`]); each session channel then runs a
+//! login shell (on a terminal inside the env), a command, or the env's sftp server
+//! ([`session`]), its bytes moved by [`bridge`]. The host key is [`keys`].
+//!
+//! Many connections at once, many channels per connection; every channel is its own task.
+//! Only session channels are offered (no port forwarding, agent or X11 forwarding).
+
+pub mod auth;
+pub mod bridge;
+pub mod keys;
+pub mod session;
+
+use crate::Node;
+use auth::Login;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long a connection may take to log in (from its first byte).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The russh server configuration: the host key, password logins, keepalives.
+pub fn config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
+    Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard(
+            concat!("SSH-2.0-spawngrid_", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]),
+        auth_rejection_time: Duration::from_secs(1),
+        // OpenSSH first tries "none" to learn the methods: no need to make it wait.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Serves SSH on `listener` until `shutdown` completes; then open connections are left to the
+/// async runtime's shutdown (their commands are killed or hung up as their channels drop).
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("ssh accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let logged_in = Arc::new(AtomicBool::new(false));
+        let conn = Conn {
+            node: node.clone(),
+            peer,
+            login: None,
+            logged_in: logged_in.clone(),
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::sleep(LOGIN_TIMEOUT);
+            tokio::pin!(deadline);
+            let session = tokio::select! {
+                s = russh::server::run_stream(config, tcp, conn) => match s {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, "ssh handshake: {e}");
+                        return;
+                    }
+                },
+                _ = &mut deadline => return,
+            };
+            let handle = session.handle();
+            tokio::pin!(session);
+            let result = tokio::select! {
+                r = &mut session => r,
+                _ = &mut deadline, if !logged_in.load(Ordering::Relaxed) => {
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "login timed out".into(), String::new())
+                        .await;
+                    session.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "ssh connection: {e}");
+            }
+        });
+    }
+}
+
+/// One client connection.
+pub struct Conn {
+    node: Arc<Node>,
+    peer: SocketAddr,
+    /// Set once the client has logged in.
+    login: Option<Arc<Login>>,
+    /// Whether it has (seen by the login timeout).
+    logged_in: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn logged_in(&mut self, login: Login) {
+        self.login = Some(Arc::new(login));
+        self.logged_in.store(true, Ordering::Relaxed);
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        match auth::password(&self.node, Some(self.peer.ip()), user, password).await {
+            Some(login) => {
+                self.logged_in(login);
+                Ok(Auth::Accept)
+            }
+            None => Ok(Auth::reject()),
+        }
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(match auth::key(&self.node, user, offer.public_key).await {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match auth::key(&self.node, user, key.public_key).await {
+            Some(login) => {
+                tracing::info!(user = %login.user, peer = %self.peer, "ssh login (key)");
+                self.logged_in(login);
+                Ok(Auth::Accept)
+            }
+            None => Ok(Auth::reject()),
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(login) = self.login.clone() else {
+            return Ok(()); // dropping the reply refuses the channel
+        };
+        reply.accept().await;
+        tokio::spawn(session::run(self.node.clone(), login, channel));
+        Ok(())
+    }
+
+    // Requests are answered here, in the order they came (the channel's task acts on them).
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if session::allowed_env(name) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _command: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+}

@@ -1,0 +1,368 @@
+//! One SSH session channel: its setup requests (`pty-req`, `env`), then one of `shell`,
+//! `exec` or `subsystem sftp`, run inside the user's env and bridged to the channel until the
+//! command ends (exit status, EOF, close) or the client goes away (the command is killed).
+//!
+//! Requests are answered by the connection's handler ([`super::Conn`]), in order; this task
+//! only acts on them. Which env: the login's `ENV`, or, for a bare `USER`, their only env
+//! (with several, or none, a one-line message says how to pick). Who runs inside: the env's
+//! `/etc/passwd` user of the same name if there is one (so an invited user is themselves),
+//! otherwise root.
+
+use super::auth::Login;
+use super::bridge::{self, Fd};
+use crate::Node;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use runtime::exec::Identity;
+use runtime::EnvState;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use rustix::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Extended data type of stderr (RFC 4254, 5.2).
+const STDERR: u32 = 1;
+
+/// Exit status sent when the command's status is unknown (the env went away).
+const LOST: u32 = 255;
+
+/// The places an env's sftp server is found, first match wins.
+const SFTP_SERVERS: [&str; 3] = [
+    "/usr/lib/openssh/sftp-server",
+    "/usr/lib/sftp-server",
+    "/usr/libexec/sftp-server",
+];
+
+/// Whether a client may set environment variable `name` (`env` requests).
+pub fn allowed_env(name: &str) -> bool {
+    name == "LANG" || name == "TERM" || name == "COLORTERM" || name.starts_with("LC_")
+}
+
+/// What the client asked to run.
+enum Program {
+    Shell,
+    Exec(String),
+    Sftp,
+}
+
+/// A terminal asked for with `pty-req`.
+struct PtyRequest {
+    term: String,
+    rows: u16,
+    cols: u16,
+}
+
+/// The setup of a channel before it runs something.
+struct Setup {
+    program: Program,
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+}
+
+/// Serves session channel `channel` of `login` until it ends.
+pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>) {
+    let (mut rx, tx) = channel.split();
+    let Some(setup) = setup(&mut rx).await else {
+        return;
+    };
+    let n = node.clone();
+    let l = login.clone();
+    let target = tokio::task::spawn_blocking(move || resolve(&n, &l))
+        .await
+        .unwrap_or_else(|e| Err(format!("spawngrid: internal error: {e}")));
+    let (st, who) = match target {
+        Ok(t) => t,
+        Err(msg) => return fail(&tx, &msg).await,
+    };
+    let started = match launch(&node, st, who, setup).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(user = %login.user, "ssh session: {e:#}");
+            return fail(&tx, &format!("spawngrid: {e:#}")).await;
+        }
+    };
+    bridge_channel(rx, tx, started).await;
+}
+
+/// Reads requests until one says what to run; `None` if the channel closed first.
+async fn setup(rx: &mut ChannelReadHalf) -> Option<Setup> {
+    let mut pty = None;
+    let mut env = Vec::new();
+    loop {
+        let program = match rx.wait().await? {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                ..
+            } => {
+                pty = Some(PtyRequest {
+                    term,
+                    rows: clamp(row_height, 24),
+                    cols: clamp(col_width, 80),
+                });
+                continue;
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                if allowed_env(&variable_name) && env.len() < 64 {
+                    env.push((variable_name, variable_value));
+                }
+                continue;
+            }
+            ChannelMsg::RequestShell { .. } => Program::Shell,
+            ChannelMsg::Exec { command, .. } => {
+                Program::Exec(String::from_utf8_lossy(&command).into_owned())
+            }
+            ChannelMsg::RequestSubsystem { name, .. } if name == "sftp" => Program::Sftp,
+            ChannelMsg::Close | ChannelMsg::Eof => return None,
+            _ => continue,
+        };
+        return Some(Setup { program, pty, env });
+    }
+}
+
+/// A terminal dimension from the client (0 means unknown).
+fn clamp(v: u32, default: u16) -> u16 {
+    match v {
+        0 => default,
+        v => v.min(u16::MAX as u32) as u16,
+    }
+}
+
+/// Finds the env of the login and who runs inside; an error is the one line for the client.
+fn resolve(node: &Node, login: &Login) -> Result<(EnvState, Option<Identity>), String> {
+    let env = match &login.env {
+        Some(env) => env.clone(),
+        None => pick(node, &login.user)?,
+    };
+    let st = crate::envs::load_own(node, &login.user, &env).map_err(|_| {
+        format!(
+            "spawngrid: you have no env {env} on this node (spawn it with `spawngrid spawn NAME`)"
+        )
+    })?;
+    if !st.alive() {
+        return Err(format!(
+            "spawngrid: env {env} is not running: boom it (`spawngrid boom {env}`) and spawn again"
+        ));
+    }
+    let who = runtime::exec::lookup_user(&st, &login.user)
+        .map_err(|e| format!("spawngrid: env {env}: {e:#}"))?;
+    Ok((st, who))
+}
+
+/// The env of a login without one: the user's only env.
+fn pick(node: &Node, user: &str) -> Result<String, String> {
+    let host = node.config.public_host.as_deref().unwrap_or(&node.name);
+    let envs =
+        crate::envs::list(node, user, host).map_err(|e| format!("spawngrid: {}", e.message))?;
+    match envs.as_slice() {
+        [one] => Ok(one.env.clone()),
+        [] => Err("spawngrid: you have no env on this node (spawn one with `spawngrid spawn NAME`)".into()),
+        many => Err(format!(
+            "spawngrid: you have {} envs on this node ({}): pick one with `ssh -p {} ENV+{user}@{host}`",
+            many.len(),
+            many.iter().map(|e| e.env.as_str()).collect::<Vec<_>>().join(", "),
+            node.config.ssh_port
+        )),
+    }
+}
+
+/// Sends `msg` on stderr, exit status 1, and closes.
+async fn fail(tx: &ChannelWriteHalf<Msg>, msg: &str) {
+    let _ = tx.extended_data_bytes(STDERR, format!("{msg}\r\n")).await;
+    finish(tx, 1).await;
+}
+
+/// Sends the exit status, EOF and close.
+async fn finish(tx: &ChannelWriteHalf<Msg>, code: u32) {
+    let _ = tx.exit_status(code).await;
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+}
+
+/// How a running command is stopped when the client goes away.
+enum Stop {
+    /// Through the env's init (kills the process group).
+    Service(Arc<runtime::service::Started>),
+    /// By closing the terminal's master (the session gets SIGHUP).
+    HangUp,
+}
+
+/// A command running for a channel.
+struct Started {
+    /// Where the client's data goes (closed on the client's EOF).
+    input: Fd,
+    /// Output fds and their extended data type (`None`: stdout).
+    outputs: Vec<(Fd, Option<u32>)>,
+    /// The terminal's master, for window changes.
+    master: Option<Fd>,
+    /// The command's exit code.
+    wait: JoinHandle<Result<i32>>,
+    stop: Stop,
+}
+
+/// Starts the setup's program in `st` as `who` (root if `None`).
+async fn launch(
+    node: &Arc<Node>,
+    st: EnvState,
+    who: Option<Identity>,
+    setup: Setup,
+) -> Result<Started> {
+    let shell = match &who {
+        Some(id) => id.shell.clone(),
+        None => "/bin/sh".to_string(),
+    };
+    let argv: Vec<String> = match setup.program {
+        Program::Shell => vec![shell, "-l".into()],
+        Program::Exec(cmd) => vec![shell, "-c".into(), cmd],
+        Program::Sftp => vec!["/bin/sh".into(), "-c".into(), sftp_script()],
+    };
+    let mut env = setup.env;
+    let node = node.clone();
+    match setup.pty {
+        Some(pty) => {
+            env.retain(|(k, _)| k != "TERM");
+            env.push(("TERM".into(), pty.term));
+            let tty = tokio::task::spawn_blocking(move || {
+                runtime::tty::Tty::spawn_as(
+                    &node.rt,
+                    &st,
+                    &argv,
+                    &env,
+                    who.as_ref(),
+                    pty.rows,
+                    pty.cols,
+                )
+            })
+            .await??;
+            let (master, mut cmd) = tty.into_parts();
+            let master = bridge::register(master).context("registering the terminal")?;
+            Ok(Started {
+                input: master.clone(),
+                outputs: vec![(master.clone(), None)],
+                master: Some(master),
+                wait: tokio::task::spawn_blocking(move || cmd.wait()),
+                stop: Stop::HangUp,
+            })
+        }
+        None => {
+            let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+            let (in_r, in_w) = pipe().context("making a pipe")?;
+            let (out_r, out_w) = pipe().context("making a pipe")?;
+            let (err_r, err_w) = pipe().context("making a pipe")?;
+            let started = tokio::task::spawn_blocking(move || {
+                let stdio = [in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
+                runtime::service::start_as(&node.rt, &st, &argv, &env, stdio, who.as_ref())
+            })
+            .await??;
+            let started = Arc::new(started);
+            let s = started.clone();
+            Ok(Started {
+                input: reg(in_w)?,
+                outputs: vec![(reg(out_r)?, None), (reg(err_r)?, Some(STDERR))],
+                master: None,
+                wait: tokio::task::spawn_blocking(move || s.wait()),
+                stop: Stop::Service(started),
+            })
+        }
+    }
+}
+
+fn reg(fd: OwnedFd) -> Result<Fd> {
+    bridge::register(fd).context("registering a pipe")
+}
+
+/// The sftp subsystem: the env's sftp-server, or a clear error.
+fn sftp_script() -> String {
+    let tries: String = SFTP_SERVERS
+        .iter()
+        .map(|p| format!("[ -x {p} ] && exec {p}; "))
+        .collect();
+    format!(
+        "{tries}echo 'spawngrid: this env has no sftp-server (install it in the env, e.g. apt-get install openssh-sftp-server)' >&2; exit 1"
+    )
+}
+
+/// Moves data both ways until the command ends or the client goes away.
+async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, started: Started) {
+    let Started {
+        input,
+        outputs,
+        master,
+        wait,
+        stop,
+    } = started;
+    let (exited_tx, exited) = watch::channel(false);
+    let pumps: Vec<JoinHandle<()>> = outputs
+        .into_iter()
+        .map(|(fd, ext)| tokio::spawn(bridge::pump(fd, tx.make_writer_ext(ext), exited.clone())))
+        .collect();
+    let stop_pumps: Vec<_> = pumps.iter().map(|p| p.abort_handle()).collect();
+    let (in_tx, in_rx) = mpsc::unbounded_channel::<Bytes>();
+    let feeder = tokio::spawn(bridge::feed(input, in_rx));
+    let mut in_tx = Some(in_tx);
+    let ended = async move {
+        let code = wait.await;
+        let _ = exited_tx.send(true);
+        for p in pumps {
+            let _ = p.await;
+        }
+        code
+    };
+    tokio::pin!(ended);
+    let code = loop {
+        tokio::select! {
+            code = &mut ended => break Some(code),
+            msg = rx.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(t) = &in_tx {
+                        let _ = t.send(data);
+                    }
+                }
+                // A terminal has no end of input of its own: the shell reads ^D for that.
+                Some(ChannelMsg::Eof) if master.is_none() => in_tx = None,
+                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                    if let Some(m) = &master {
+                        let _ = runtime::tty::resize(m.get_ref(), clamp(row_height, 24), clamp(col_width, 80));
+                    }
+                }
+                Some(ChannelMsg::Close) | None => break None,
+                Some(_) => {}
+            },
+        }
+    };
+    match code {
+        Some(code) => {
+            let status = match code {
+                Ok(Ok(c)) => c.clamp(0, 255) as u32,
+                Ok(Err(e)) => {
+                    let msg = format!("spawngrid: {e:#}\r\n");
+                    let _ = tx.extended_data_bytes(STDERR, msg).await;
+                    LOST
+                }
+                Err(_) => LOST,
+            };
+            feeder.abort();
+            finish(&tx, status).await;
+        }
+        None => {
+            // The client went away: stop the command, then reap it. For a terminal, the last
+            // reference to its master goes with the tasks, which hangs it up.
+            drop(in_tx);
+            feeder.abort();
+            stop_pumps.iter().for_each(|p| p.abort());
+            drop(master);
+            if let Stop::Service(s) = &stop {
+                let _ = s.kill();
+            }
+            ended.await.ok();
+        }
+    }
+    drop(stop);
+}

@@ -1,0 +1,487 @@
+//! The SSH gateway end to end (as root): the real binary serving on 127.0.0.1 (free ports),
+//! the real OpenSSH client (`ssh`, `sftp`) logging in with a password through `SSH_ASKPASS`,
+//! a busybox base snapshot and users alice and bob (tests/common/site.rs).
+
+mod common;
+
+use common::site::*;
+use common::Bg;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Drives `ssh -tt` on a pseudo-terminal of 33 x 101: runs a line, checks `stty size`,
+/// resizes the terminal to 40 x 120 (ssh sends a window change) until `stty size` inside
+/// says so, then `exit 3`. Prints what it saw, then `EXIT <code>` (ssh's exit code).
+const PTY_DRIVER: &str = r##"
+import fcntl, os, pty, select, struct, sys, termios, time
+def size(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+pid, fd = pty.fork()
+if pid == 0:
+    size(0, 33, 101)
+    os.execvp(sys.argv[1], sys.argv[1:])
+seen = b""
+def until(want, retype=None):
+    global seen
+    end = time.time() + 60
+    nxt = time.time()
+    while want not in seen:
+        if retype and time.time() >= nxt:
+            os.write(fd, retype)
+            nxt = time.time() + 0.5
+        if time.time() > end:
+            sys.stdout.write(seen.decode(errors="replace"))
+            sys.exit("timed out waiting for %r" % want)
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                sys.stdout.write(seen.decode(errors="replace"))
+                sys.exit("ssh ended while waiting for %r" % want)
+            seen += data
+until(b"# ", b"")
+os.write(fd, b"echo hel''lo; stty size; tty\n")
+until(b"hello\r\n33 101\r\n/dev/pts/")
+size(fd, 40, 120)
+until(b"40 120\r\n", b"stty size\n")
+os.write(fd, b"exit 3\n")
+while True:
+    try:
+        data = os.read(fd, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    seen += data
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+print("\nEXIT %d" % os.waitstatus_to_exitcode(status))
+"##;
+
+/// OpenSSH client options for one test: its own known_hosts, no user config, password only.
+struct Client {
+    dir: PathBuf,
+    port: String,
+}
+
+impl Client {
+    fn new(site: &Site) -> Client {
+        let dir = site.scratch.join("ssh-client");
+        std::fs::create_dir_all(&dir).unwrap();
+        let askpass = dir.join("askpass");
+        std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$SG_PASSWORD\"\n").unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&askpass).unwrap().permissions(),
+            0o755,
+        );
+        Command::new("chmod")
+            .arg("755")
+            .arg(&askpass)
+            .status()
+            .unwrap();
+        let port = site.ssh_addr().rsplit_once(':').unwrap().1.to_string();
+        Client { dir, port }
+    }
+
+    /// `ssh` (or `sftp`) with this test's known_hosts and no user configuration.
+    fn base(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        let port_flag = if prog == "ssh" { "-p" } else { "-P" };
+        c.args(["-F", "/dev/null", port_flag, &self.port])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.dir.join("known_hosts").display()
+            ))
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]);
+        c
+    }
+
+    /// `ssh` with the private key `key` only, never asking anything; `args` after the options.
+    fn with_key(&self, key: &std::path::Path, args: &[&str]) -> Command {
+        let mut c = self.base("ssh");
+        c.arg("-i")
+            .arg(key)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", "PreferredAuthentications=publickey"])
+            .args(args);
+        c
+    }
+
+    /// `ssh` (or `sftp`) logging in with `password`, with `args` after the options.
+    fn cmd(&self, prog: &str, password: &str, args: &[&str]) -> Command {
+        let mut c = self.base(prog);
+        c.args(["-o", "PreferredAuthentications=password"])
+            .args(["-o", "NumberOfPasswordPrompts=1"])
+            .args(args)
+            .env("SSH_ASKPASS", self.dir.join("askpass"))
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("SG_PASSWORD", password)
+            .env("DISPLAY", ":0");
+        c
+    }
+
+    /// `ssh LOGIN@127.0.0.1 -- SCRIPT` with `stdin`; the output.
+    fn exec(&self, login: &str, password: &str, script: &str, stdin: &[u8]) -> Output {
+        let target = format!("{login}@127.0.0.1");
+        let mut child = self
+            .cmd("ssh", password, &[&target, "--", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut w = child.stdin.take().unwrap();
+        let bytes = stdin.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut w, &bytes);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        out
+    }
+}
+
+/// alice's login for her env `env`.
+fn login(user: &User, env: &str) -> String {
+    format!("{env}+{}", user.name)
+}
+
+fn password(user: &User) -> String {
+    format!("{}-pw", user.name)
+}
+
+/// Polls `check` until it holds (or fails after a minute).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn shell_exec_stdin_and_refusals() {
+    let site = Site::new("ssh-main");
+    site.start("127.0.0.1:0");
+    assert!(
+        site.data.join("ssh/host_ed25519").exists(),
+        "no host key made"
+    );
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let ssh = Client::new(&site);
+    let (a_login, a_pw) = (login(&alice, "base"), password(&alice));
+
+    // A login shell on a terminal: output, terminal size, window change, exit status.
+    let target = format!("{a_login}@127.0.0.1");
+    let mut driver = Command::new("python3");
+    driver.args(["-c", PTY_DRIVER]);
+    let ssh_argv = ssh.cmd("ssh", &a_pw, &["-tt", &target]);
+    driver.arg(ssh_argv.get_program());
+    driver.args(ssh_argv.get_args());
+    for (k, v) in ssh_argv.get_envs() {
+        driver.env(k, v.unwrap());
+    }
+    let out = run(&mut driver, None);
+    let seen = text(&out.stdout);
+    assert!(out.status.success(), "{seen}\n{}", text(&out.stderr));
+    assert!(seen.ends_with("\nEXIT 3\n"), "{seen}");
+
+    // exec: stdout and stderr apart, the exit status, run by the env's sh as root.
+    let out = ssh.exec(
+        &a_login,
+        &a_pw,
+        "echo out; echo err >&2; hostname; id -u; exit 7",
+        b"",
+    );
+    assert_eq!(
+        (
+            out.status.code(),
+            text(&out.stdout).as_str(),
+            text(&out.stderr).as_str()
+        ),
+        (Some(7), "out\nbase\n0\n", "err\n")
+    );
+
+    // stdin streams in; bytes come back unchanged (3 MiB: several SSH windows).
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let out = ssh.exec(&a_login, &a_pw, "cat", &data);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == data,
+        "cat returned {} bytes",
+        out.stdout.len()
+    );
+    let out = ssh.exec(&a_login, &a_pw, "wc -c", &data);
+    assert_eq!(text(&out.stdout).trim(), (3u32 << 20).to_string());
+
+    // Many sessions on one connection at once (OpenSSH's connection sharing).
+    let control = format!("ControlPath={}", site.scratch.join("cm").display());
+    let master = run(
+        &mut ssh.cmd(
+            "ssh",
+            &a_pw,
+            &[
+                "-M",
+                "-N",
+                "-f",
+                "-o",
+                &control,
+                "-o",
+                "ControlPersist=yes",
+                &target,
+            ],
+        ),
+        None,
+    );
+    assert!(master.status.success(), "{}", text(&master.stderr));
+    let shared: Vec<_> = (0..3)
+        .map(|i| {
+            let script = format!("sleep 0.5; echo channel {i}");
+            ssh.base("ssh")
+                .args(["-o", &control, &target, "--", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in shared.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            format!("channel {i}\n"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let stop = run(
+        &mut ssh
+            .base("ssh")
+            .args(["-o", &control, "-O", "exit", &target]),
+        None,
+    );
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+
+    // A wrong password is refused.
+    let out = ssh.exec(&a_login, "not-the-password", "echo in", b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+
+    // bob cannot reach alice's env: his login names his own env, and "base" of his is
+    // answered exactly like a name nobody has.
+    let b_pw = password(&bob);
+    let theirs = ssh.exec(&login(&bob, "base"), &b_pw, "echo in", b"");
+    let missing = ssh.exec(&login(&bob, "nothere"), &b_pw, "echo in", b"");
+    let msg = |env: &str| {
+        format!(
+            "spawngrid: you have no env {env} on this node (spawn it with `spawngrid spawn NAME`)\r\n"
+        )
+    };
+    assert_eq!(
+        (theirs.status.code(), text(&theirs.stderr)),
+        (Some(1), msg("base"))
+    );
+    assert_eq!(
+        (missing.status.code(), text(&missing.stderr)),
+        (Some(1), msg("nothere"))
+    );
+    assert!(theirs.stdout.is_empty() && missing.stdout.is_empty());
+    // alice's password does not open bob's login.
+    let out = ssh.exec(&login(&bob, "base"), &a_pw, "echo in", b"");
+    assert_eq!(out.status.code(), Some(255));
+
+    // USER@HOST: the only env is entered; with none or several, how to pick.
+    let out = ssh.exec(&alice.name, &a_pw, "hostname", b"");
+    assert_eq!(text(&out.stdout), "base\n", "{}", text(&out.stderr));
+    let out = ssh.exec(&bob.name, &b_pw, "hostname", b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stderr)),
+        (
+            Some(1),
+            "spawngrid: you have no env on this node (spawn one with `spawngrid spawn NAME`)\r\n"
+                .to_string()
+        )
+    );
+    alice.ok("spawn", &["base", "--as", "second"]);
+    let out = ssh.exec(&alice.name, &a_pw, "hostname", b"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("2 envs on this node (base, second)")
+            && err.contains(&format!("ENV+{}@", alice.name)),
+        "{err}"
+    );
+    let out = ssh.exec(&login(&alice, "second"), &a_pw, "hostname", b"");
+    assert_eq!(text(&out.stdout), "second\n");
+
+    // sftp: the busybox env has no sftp-server, and says so.
+    let out = run(
+        &mut ssh.cmd("sftp", &a_pw, &[&format!("{a_login}@127.0.0.1")]),
+        Some("ls\n"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("this env has no sftp-server"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Passwords never reach the log.
+    let log = site.log();
+    assert!(log.contains("ssh login"), "{log}");
+    assert!(!log.contains(&a_pw) && !log.contains("not-the-password"));
+}
+
+#[test]
+fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
+    let site = Site::new("ssh-user");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "mine"]);
+    let name = alice.name.clone();
+    let setup = format!(
+        "echo '{name}:x:1000:1000::/home/{name}:/bin/sh' >> /etc/passwd; \
+         echo 'staff:x:50:{name}' >> /etc/group; mkdir -p /home/{name}; \
+         chown 1000:1000 /home/{name}"
+    );
+    assert_eq!(alice.exec("mine", &setup).0, 0);
+    let ssh = Client::new(&site);
+    let (a_login, a_pw) = (login(&alice, "mine"), password(&alice));
+
+    // Commands run as the env's user of the same name, in their home.
+    let out = ssh.exec(
+        &a_login,
+        &a_pw,
+        "id -u; id -g; id -G; whoami; pwd; echo $HOME $USER",
+        b"",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("1000\n1000\n1000 50\n{name}\n/home/{name}\n/home/{name} {name}\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    // ... also on a terminal, which they own.
+    let out = ssh.exec(&a_login, &a_pw, "whoami; stat -c %u $(tty)", b"");
+    assert_eq!(text(&out.stdout).lines().next(), Some(name.as_str()));
+    let target = format!("{a_login}@127.0.0.1");
+    let out = run(
+        &mut ssh.cmd(
+            "ssh",
+            &a_pw,
+            &["-tt", &target, "--", "whoami; stat -c %u $(tty)"],
+        ),
+        None,
+    );
+    assert_eq!(text(&out.stdout), format!("{name}\r\n1000\r\n"));
+
+    // A registered public key logs in; an unregistered one does not.
+    let keygen = |name: &str| {
+        let path = site.scratch.join(name);
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        path
+    };
+    let (mine, other) = (keygen("mine"), keygen("other"));
+    let pubkey = format!("{}.pub", mine.display());
+    site.admin(
+        &[
+            "user",
+            "--data",
+            site.data_str(),
+            "key",
+            &name,
+            "add",
+            &pubkey,
+        ],
+        None,
+    );
+    let out = run(&mut ssh.with_key(&mine, &[&target, "--", "whoami"]), None);
+    assert_eq!(
+        text(&out.stdout),
+        format!("{name}\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&mut ssh.with_key(&other, &[&target, "--", "whoami"]), None);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A client that goes away takes its command along.
+    let ps = || alice.exec("mine", "ps -o pid,args").1;
+    for tty in [false, true] {
+        let mut args = vec![target.as_str(), "--", "sleep 1000"];
+        if tty {
+            args.insert(0, "-tt");
+        }
+        let child = ssh
+            .cmd("ssh", &a_pw, &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut client = Bg(Some(child));
+        eventually("the command to start", || ps().contains("sleep 1000"));
+        client.0.as_mut().unwrap().kill().unwrap();
+        let _ = client.0.take().unwrap().wait();
+        eventually(&format!("the command (tty: {tty}) to be killed"), || {
+            !ps().contains("sleep 1000")
+        });
+    }
+}
+
+#[test]
+fn a_boomed_env_ends_its_sessions() {
+    let site = Site::new("ssh-boom");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "doomed"]);
+    let ssh = Client::new(&site);
+    let target = format!("{}@127.0.0.1", login(&alice, "doomed"));
+    let child = ssh
+        .cmd(
+            "ssh",
+            &password(&alice),
+            &[&target, "--", "echo started; sleep 1000"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = Bg(Some(child));
+    eventually("the command to start", || {
+        alice.exec("doomed", "ps -o args").1.contains("sleep 1000")
+    });
+    alice.ok("boom", &["doomed"]);
+    let out = client.wait();
+    assert_eq!(text(&out.stdout), "started\n");
+    assert_ne!(out.status.code(), Some(0));
+}

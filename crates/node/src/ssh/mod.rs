@@ -39,7 +39,6 @@ pub fn config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 4,
-        nodelay: true,
         ..Default::default()
     })
 }
@@ -66,6 +65,9 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Keystrokes and small replies must not wait for Nagle's algorithm (russh's own
+        // `nodelay` applies only to its accept loop).
+        let _ = tcp.set_nodelay(true);
         let logged_in = Arc::new(AtomicBool::new(false));
         let conn = Conn {
             node: node.clone(),

@@ -485,3 +485,42 @@ fn a_boomed_env_ends_its_sessions() {
     assert_eq!(text(&out.stdout), "started\n");
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[test]
+fn an_invited_user_logs_in_as_themselves() {
+    let site = Site::new("ssh-invite");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    bob.login();
+    alice.ok("invite", &[&bob.name, "base", "--as", "guestbox"]);
+    bob.ok("spawn", &["guestbox"]);
+    let ssh = Client::new(&site);
+    let target = format!("{}@127.0.0.1", login(&bob, "guestbox"));
+    let b = &bob.name;
+    let out = run(
+        &mut ssh.cmd(
+            "ssh",
+            &password(&bob),
+            &[&target, "--", "whoami; id -u; pwd; echo $HOME"],
+        ),
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{b}\n1000\n/home/{b}\n/home/{b}\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A login shell on a terminal is theirs too (its prompt from their ~/.profile).
+    let out = run(
+        &mut ssh.cmd("ssh", &password(&bob), &["-tt", &target]),
+        Some("whoami\nexit\n"),
+    );
+    assert!(
+        text(&out.stdout).contains(&format!("\r\n{b}\r\n")),
+        "{}",
+        text(&out.stdout)
+    );
+}

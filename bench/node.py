@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+# bench/node.py: the node's SSH gateway (issue 5). Measures, with the real OpenSSH client and
+# key logins (no password hashing in the way):
+# - spawn to shell: from the start of `spawngrid spawn base --as ENV` (client over HTTPS) to
+#   the first output of `ssh -p PORT ENV+USER@127.0.0.1 echo ready` (p50/p99 of N rounds;
+#   each env is boomed after its round, untimed);
+# - exec: `ssh ... true` on a new connection each time (key exchange, login, channel, exec,
+#   exit status), and on an open connection (OpenSSH's ControlMaster: channel + exec only),
+#   against OpenSSH's own sshd on the same machine (a private sshd on a loopback port with its
+#   own config and host key, logging in as root: its exec of `true` runs on the host).
+#
+#   python3 bench/node.py [--n 30] [--peers sshd] [--output FILE]
+#
+# As root, on a quiet machine; everything on a fresh tmpfs (busybox base snapshot). sshd comes
+# from openssh-server (installed if missing).
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as bl  # noqa: E402
+
+USER, PASSWORD = "bench", "bench-pw"
+
+
+def ssh_argv(port, key, known_hosts, target, control=None):
+    """The OpenSSH client with a key login and nothing from the user's configuration."""
+    argv = ["ssh", "-F", "/dev/null", "-p", str(port), "-i", key, "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "LogLevel=ERROR"]
+    if control:
+        argv += ["-o", f"ControlPath={control}"]
+    return argv + [target]
+
+
+def time_to_output(argv):
+    """Seconds from now until argv prints its first byte; it must then exit 0."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    first = p.stdout.read(1)
+    dt = time.perf_counter() - t0
+    out, err = p.communicate(timeout=120)
+    if p.returncode != 0 or not first:
+        raise bl.StepFailed(f"{' '.join(argv[-3:])}: exit {p.returncode}: "
+                            f"{bl.last_line(err.decode(errors='replace'))}")
+    return dt
+
+
+def exec_latencies(argv, n):
+    """n runs of argv + ['true'] (each must exit 0): their wall times in seconds."""
+    return [bl.run(argv + ["true"], 120)[0] for _ in range(n)]
+
+
+def with_master(argv_of, n):
+    """exec latencies on one open connection: a ControlMaster started first, stopped after."""
+    control = argv_of(True)
+    master = control[:-1] + ["-o", "ControlMaster=yes", "-o", "ControlPersist=yes", "-N", "-f",
+                             control[-1]]
+    bl.run(master, 60)
+    try:
+        return exec_latencies(control, n)
+    finally:
+        bl.run(control[:-1] + ["-O", "exit", control[-1]], 30, check=False)
+
+
+class Node:
+    """spawngrid serve on a fresh data dir with user bench (key registered) and a base name."""
+
+    def __init__(self, sg, mnt, key):
+        self.sg, self.mnt, self.key, self.proc = sg, mnt, key, None
+        self.data = os.path.join(mnt, "data")
+        self.home = os.path.join(mnt, "home")
+        os.makedirs(self.home, exist_ok=True)
+
+    def start(self):
+        sg = self.sg
+        bb = bl.run([os.path.join(bl.REPO, "scripts/rootfs.sh"), "busybox"], 600)[1].strip()
+        bl.run([sg, "lib", "--data", self.data, "--owner", USER, "import", "base", bb], 300)
+        subprocess.run([sg, "user", "--data", self.data, "add", USER, "--password-stdin"],
+                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+        bl.run([sg, "user", "--data", self.data, "key", USER, "add", self.key + ".pub"], 60)
+        self.proc = subprocess.Popen(
+            [sg, "serve", "--data", self.data, "--listen", "127.0.0.1:0",
+             "--ssh-listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "SPAWNGRID_LOG": "warn"})
+        line = self.proc.stdout.readline()
+        https = re.search(r"https://(\S+)", line)
+        ssh = re.search(r"ssh://[\d.]+:(\d+)", line)
+        if not (https and ssh):
+            raise bl.StepFailed(f"node did not start: {line!r}")
+        self.addr, self.ssh_port = https.group(1), int(ssh.group(1))
+        self.client("login", "--password-stdin", stdin=PASSWORD + "\n")
+
+    def client(self, cmd, *args, stdin=None):
+        argv = [self.sg, cmd, "-h", self.addr, "-u", USER, *args]
+        p = subprocess.run(argv, input=stdin, text=True, capture_output=True, timeout=300,
+                           env={**os.environ, "HOME": self.home})
+        if p.returncode != 0:
+            raise bl.StepFailed(f"spawngrid {cmd} {' '.join(args)}: {bl.last_line(p.stderr)}")
+        return p.stdout
+
+    def ssh(self, env, control=None):
+        return ssh_argv(self.ssh_port, self.key, os.path.join(self.mnt, "known_hosts"),
+                        f"{env}+{USER}@127.0.0.1", control)
+
+    def close(self):
+        if not self.proc:
+            return
+        self.proc.terminate()
+        self.proc.wait(30)
+        # Envs a failed round left behind.
+        _, out, _ = bl.run([self.sg, "--json", "env", "--data", self.data, "ls"], 60,
+                           check=False)
+        for env in json.loads(out or "[]"):
+            bl.run([self.sg, "env", "--data", self.data, "boom", env["env"]], 60, check=False)
+
+
+class Sshd:
+    """OpenSSH's sshd on a loopback port: its own config, host key and authorized key."""
+
+    def __init__(self, mnt, key):
+        self.mnt, self.key, self.proc = mnt, key, None
+        self.dir = os.path.join(mnt, "sshd")
+
+    def start(self):
+        reason = bl.ensure_tool("/usr/sbin/sshd", "openssh-server")
+        if reason:
+            raise bl.StepFailed(reason)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.makedirs("/run/sshd", exist_ok=True)
+        host_key = os.path.join(self.dir, "host_ed25519")
+        bl.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], 30)
+        auth = os.path.join(self.dir, "authorized_keys")
+        shutil.copy(self.key + ".pub", auth)
+        os.chmod(auth, 0o600)
+        self.port = free_port()
+        conf = os.path.join(self.dir, "sshd_config")
+        with open(conf, "w") as f:
+            f.write(f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+                    f"AuthorizedKeysFile {auth}\nPermitRootLogin prohibit-password\n"
+                    "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                    "UsePAM no\nPidFile none\nStrictModes no\nPrintMotd no\n"
+                    "Subsystem sftp internal-sftp\n")
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = self.ssh()
+        for _ in range(100):
+            if subprocess.run(argv + ["true"], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise bl.StepFailed("sshd did not accept a login")
+
+    def ssh(self, control=None):
+        return ssh_argv(self.port, self.key, os.path.join(self.dir, "known_hosts"),
+                        "root@127.0.0.1", control)
+
+    def close(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    ap = bl.arg_parser(__doc__)
+    ap.add_argument("--n", type=int, default=30, help="rounds of each measurement")
+    ap.add_argument("--peers", default="sshd")
+    bl.output_arg(ap, "node")
+    a = ap.parse_args()
+    peers = bl.subset(ap, a.peers, ["sshd"], "peer")
+    bl.exit_on_sigterm()
+    results = {}
+    with bl.fresh_tmpfs("sg-bench-node-", "2g") as mnt:
+        key = os.path.join(mnt, "id_ed25519")
+        bl.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], 30)
+        node = Node(a.spawngrid, mnt, key)
+        try:
+            bl.log("starting the node")
+            node.start()
+            spawn = []
+            for i in range(a.n):
+                env = f"s{i}"
+                t0 = time.perf_counter()
+                node.client("spawn", "base", "--as", env)
+                time_to_output(node.ssh(env) + ["echo", "ready"])
+                spawn.append(time.perf_counter() - t0)
+                node.client("boom", env)
+            node.client("spawn", "base")
+            bl.log("spawngrid exec")
+            results["spawngrid"] = {
+                "spawn_to_shell": bl.summary_ms(spawn),
+                "exec_new_connection": bl.summary_ms(exec_latencies(node.ssh("base"), a.n)),
+                "exec_open_connection": bl.summary_ms(with_master(
+                    lambda c: node.ssh("base", os.path.join(mnt, "cm-sg") if c else None), a.n)),
+            }
+            node.client("boom", "base")
+        except (bl.StepFailed, OSError, subprocess.SubprocessError) as e:
+            bl.log(f"spawngrid: {e}")
+            results["spawngrid"] = {"error": str(e)}
+        finally:
+            node.close()
+        if "sshd" in peers:
+            sshd = Sshd(mnt, key)
+            try:
+                bl.log("OpenSSH sshd exec")
+                sshd.start()
+                results["sshd"] = {
+                    "exec_new_connection": bl.summary_ms(exec_latencies(sshd.ssh(), a.n)),
+                    "exec_open_connection": bl.summary_ms(with_master(
+                        lambda c: sshd.ssh(os.path.join(mnt, "cm-sshd") if c else None), a.n)),
+                }
+            except (bl.StepFailed, OSError, subprocess.SubprocessError) as e:
+                bl.log(f"sshd: {e}")
+                results["sshd"] = {"error": str(e)}
+            finally:
+                sshd.close()
+    rows = [["server", "measure", "n", "p50 ms", "p99 ms", "min ms"]]
+    for server, r in results.items():
+        if "error" in r:
+            rows.append([server, "failed: " + r["error"]])
+            continue
+        for measure, s in r.items():
+            rows.append([server, measure.replace("_", " "), str(s["n"]), bl.fmt(s["p50"], ".1f"),
+                         bl.fmt(s["p99"], ".1f"), bl.fmt(s["min"], ".1f")])
+    print("\n".join(bl.table_lines(rows)))
+    doc = {"bench": "node", "date": bl.utc_now(), "host": bl.host_info("tmpfs"),
+           "ssh_client": bl.version_of(["ssh", "-V"]),
+           "note": "key logins; sshd runs `true` on the host as root, spawngrid inside an env",
+           "results": results}
+    out = a.output or bl.result_path("node")
+    bl.write_json(out, doc)
+    bl.log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,12 +6,23 @@
 //! exec'd, single-threaded process makes `fork` and `setns(CLONE_NEWUSER)` safe, whatever
 //! threads the caller (a tokio daemon, rayon pools) runs.
 
-use std::process::ExitCode;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// First argument of the env-init helper.
 pub const INIT: &str = "env-init";
 /// First argument of the env-enter helper.
 pub const ENTER: &str = "env-enter";
+
+/// This executable as the kernel knows it (`/proc/self/exe`), for re-executing ourselves:
+/// unlike [`std::env::current_exe`] it still works after the file was replaced or deleted (an
+/// upgrade installed under a running node), and it always runs the same build as the caller.
+pub fn self_exe() -> std::path::PathBuf {
+    std::path::PathBuf::from("/proc/self/exe")
+}
 
 /// If this process was started as a helper (`argv[1]` is [`INIT`] or [`ENTER`]), runs it and
 /// returns its exit code; otherwise returns `None` and the binary carries on as usual.
@@ -41,6 +52,67 @@ fn default_signal_dispositions() {
             // SAFETY: rt_sigaction with a valid kernel sigaction (SIG_DFL, no flags, empty
             // mask) and no old-action pointer; the helper is single-threaded here.
             unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize) };
+        }
+    }
+}
+
+/// An env-init helper started ahead of the next spawn: exec'd and waiting for its config on
+/// stdin, so a spawn does not wait for the exec and start-up of this (large) binary, about
+/// 1.5 ms. Only long-lived callers keep one ([`crate::Runtime::keep_spare_helper`]); a spare
+/// whose caller dies reads end-of-file and exits.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    keep: AtomicBool,
+    child: Mutex<Option<Child>>,
+}
+
+/// Starts an env-init helper that reads its config from stdin (`env-init -`).
+fn start_init(helper: &Path) -> Result<Child> {
+    Command::new(helper)
+        .args([INIT, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", helper.display()))
+}
+
+impl Spare {
+    /// An env-init helper waiting for its config: the spare if one is alive, else a new one.
+    pub(crate) fn take(&self, helper: &Path) -> Result<Child> {
+        let spare = match self.child.try_lock() {
+            Ok(mut slot) => slot.take(),
+            // A refill is starting one right now: do not wait for it.
+            Err(_) => None,
+        };
+        match spare {
+            Some(mut c) => match c.try_wait() {
+                Ok(None) => Ok(c),
+                // It died (killed from outside): reap it and start another.
+                _ => {
+                    let _ = c.wait();
+                    start_init(helper)
+                }
+            },
+            None => start_init(helper),
+        }
+    }
+
+    /// Keeps a spare from now on, and starts it.
+    pub(crate) fn keep(&self, helper: &Path) {
+        self.keep.store(true, Ordering::Relaxed);
+        self.refill(helper);
+    }
+
+    /// Starts a spare if spares are kept and there is none (after a spawn took it).
+    pub(crate) fn refill(&self, helper: &Path) {
+        if !self.keep.load(Ordering::Relaxed) {
+            return;
+        }
+        // Blocks only another refill (a spawn that finds no spare starts its own helper).
+        let mut slot = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            // No spare is no error: the next spawn starts its own helper.
+            *slot = start_init(helper).ok();
         }
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! Protocol with the spawning process (lines on the helper's stdout, one "go" on its stdin):
 //!
+//! 0. with `-` for its config argument, the helper reads the config as the first line of its
+//!    stdin (so it can be started ahead of the spawn: [`crate::Runtime::keep_spare_helper`]);
 //! 1. the helper unshares a user namespace and prints `userns`;
 //! 2. the spawner writes the uid/gid maps, moves the helper into the env's cgroup, mounts the
 //!    overlay root (using the new user namespace for an id-mapped lower) and writes `go`;
@@ -48,6 +50,16 @@ pub fn helper_main(config: &str) -> ExitCode {
 
 fn run(config: &str) -> Result<()> {
     security::close_inherited_fds();
+    // `-`: the config is the first line of stdin (a spare helper, started before its spawn).
+    let mut line = String::new();
+    let config = if config == "-" {
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the config")?;
+        line.as_str()
+    } else {
+        config
+    };
     let cfg: InitConfig = serde_json::from_str(config).context("bad env-init config")?;
     // Bound while still host root, so only host root can connect; the init inherits it.
     let listener = crate::service::listen(&cfg.exec_socket)?;

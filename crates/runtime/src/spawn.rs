@@ -5,11 +5,11 @@ use crate::cgroup::{Cgroup, Limits};
 use crate::init::InitConfig;
 use crate::net::{self, Network};
 use crate::state::{self, EnvState};
-use crate::{boom, helper, mounts, Runtime};
+use crate::{boom, mounts, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 /// Size of a RAM-backed write layer (`spawn`).
 pub const TMPFS_SIZE: u64 = 100 << 20;
@@ -177,18 +177,22 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         root: root.clone(),
         exec_socket: crate::service::socket_path(dir),
     };
-    let mut child = Command::new(&rt.helper)
-        .arg(helper::INIT)
-        .arg(serde_json::to_string(&cfg)?)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", rt.helper.display()))?;
-    let result = start_init(rt, opts, dir, &cg, &mut child, &mut state, &step);
+    let mut child = rt.spare.take(&rt.helper)?;
+    let mut line = serde_json::to_string(&cfg)?;
+    line.push('\n');
+    let result = child
+        .stdin
+        .as_mut()
+        .context("helper stdin")?
+        .write_all(line.as_bytes())
+        .context("configuring env-init")
+        .and_then(|()| start_init(rt, opts, dir, &cg, &mut child, &mut state, &step));
     if result.is_err() {
         let _ = child.kill();
     }
     let _ = child.wait();
+    // The next spawn's helper starts now, beside this spawn's caller.
+    rt.refill_spare();
     result?;
     if opts.network == Network::Nat {
         // The init's network namespace exists (its pid is known); boom undoes this on failure.

@@ -131,3 +131,56 @@ fn a_per_user_env_id_with_its_own_hostname() {
     assert_eq!(env.ok("hostname"), "box\n");
     assert!(node.rt.env_dir(&opts.name).unwrap().is_dir());
 }
+
+/// Our children running `env-init -` (spare helpers waiting for a config).
+fn spare_helpers() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .map(|(_, r)| r.split(' ').nth(1) == Some(&me));
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(true) && cmd.ends_with(b"env-init\0-\0")
+        })
+        .collect()
+}
+
+/// Polls `f` for up to 5 s.
+fn eventually(f: impl Fn() -> bool) -> bool {
+    for _ in 0..500 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_spare_helper_is_used_replaced_and_survives_being_killed() {
+    let node = TestNode::new();
+    node.rt.keep_spare_helper();
+    assert!(eventually(|| spare_helpers().len() == 1), "no spare helper");
+    // A spare killed from outside: the next spawn starts its own helper and still works.
+    let spare = spare_helpers()[0];
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(spare).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let env = Env::spawn(&node.rt, &node.opts("spare1"));
+    assert_eq!(env.ok("echo up"), "up\n");
+    // A new spare waits for the next spawn, which uses it.
+    assert!(eventually(|| spare_helpers().len() == 1), "no new spare");
+    let next = spare_helpers()[0];
+    assert_ne!(next, spare);
+    let env2 = Env::spawn(&node.rt, &node.opts("spare2"));
+    assert_eq!(env2.ok("hostname").trim(), env2.state.name);
+    assert!(eventually(|| !spare_helpers().contains(&next)));
+    assert!(eventually(|| spare_helpers().len() == 1));
+}

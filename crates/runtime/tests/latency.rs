@@ -1,5 +1,6 @@
 //! Spawn-to-first-command latency: spawn an env over the busybox root (id-mapped lower,
-//! tmpfs write layer) and run `true` in it through the env's init, as the node does; also
+//! tmpfs write layer) and run `true` in it through the env's init, as the node does, without
+//! and then with a spare env-init helper (what the node keeps); also
 //! warm and cold exec latencies (through the init, and through the env-enter helper for
 //! comparison) and boom. Prints p50/p99 and asserts only that every command ran.
 //! `SG_LATENCY_N` sets the number of spawns (default 20); run with `--release --nocapture`
@@ -30,13 +31,27 @@ fn spawn_to_first_command_latency() {
     let node = TestNode::new();
     let (mut first, mut spawn, mut via_init, mut via_helper, mut boom) =
         (vec![], vec![], vec![], vec![], vec![]);
-    for i in 0..n {
+    let (mut first_spare, mut spawn_spare) = (vec![], vec![]);
+    for i in 0..2 * n {
+        // The second half keeps a spare env-init helper, as the node does.
+        let with_spare = i >= n;
+        if i == n {
+            node.rt.keep_spare_helper();
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let opts = node.opts(&format!("lat{i}"));
         let t0 = Instant::now();
         let env = Env::spawn(&node.rt, &opts);
-        spawn.push(t0.elapsed());
+        let spawned = t0.elapsed();
         assert_eq!(env.run_via_init(&["true"]).0, 0);
-        first.push(t0.elapsed());
+        let ran = t0.elapsed();
+        if with_spare {
+            spawn_spare.push(spawned);
+            first_spare.push(ran);
+        } else {
+            spawn.push(spawned);
+            first.push(ran);
+        }
         timed(&mut via_init, || env.run_via_init(&["true"]).0 == 0);
         timed(&mut via_helper, || env.run(&["true"]).status.success());
         timed(&mut boom, || {
@@ -56,7 +71,9 @@ fn spawn_to_first_command_latency() {
     }
     for (what, v) in [
         ("spawn-to-first-command", &mut first),
+        ("spawn-to-first-command (spare helper)", &mut first_spare),
         ("spawn", &mut spawn),
+        ("spawn (spare helper)", &mut spawn_spare),
         ("exec via init (warm)", &mut via_init),
         ("exec via helper (warm)", &mut via_helper),
         ("exec via init (after 0.5 s idle)", &mut cold_init),

@@ -378,6 +378,8 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
             .collect::<Result<_>>()?
     };
     let cwd = cstr(&req.cwd)?;
+    // What the child says if nothing could be executed (as a shell would; it exits 127).
+    let not_found = format!("spawngrid: {program}: not found or not executable in the env\n");
     let argv_p: Vec<*const libc::c_char> = argv
         .iter()
         .map(|a| a.as_ptr())
@@ -413,6 +415,7 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
             for c in &candidates {
                 libc::execve(c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
             }
+            libc::write(2, not_found.as_ptr().cast(), not_found.len());
             libc::_exit(127)
         },
         pid => {

@@ -107,9 +107,21 @@ impl TtyCommand {
     }
 }
 
+/// The exit code of env-enter; an error with its message if it could not start the command.
 fn wait_child(child: &mut Child) -> Result<i32> {
     let status = child.wait().context("waiting for env-enter")?;
-    Ok(status.code().unwrap_or(ENTER_FAILED as i32))
+    let code = status.code().unwrap_or(ENTER_FAILED as i32);
+    if code == ENTER_FAILED as i32 {
+        let mut msg = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut msg);
+        }
+        let msg = msg.trim().trim_start_matches("spawngrid env-enter: ");
+        if !msg.is_empty() {
+            bail!("{msg}");
+        }
+    }
+    Ok(code)
 }
 
 /// Sets the size of the terminal whose master is `master` (the command gets SIGWINCH).

@@ -454,6 +454,33 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
             !ps().contains("sleep 1000")
         });
     }
+
+    // A login shell the env lacks: one clear line, with and without a terminal.
+    let broken =
+        format!("sed -i 's|^{name}:\\(.*\\):/bin/sh$|{name}:\\1:/bin/nosuch|' /etc/passwd");
+    assert_eq!(
+        alice.exec("mine", &broken),
+        (0, String::new(), String::new())
+    );
+    let out = ssh.exec(&a_login, &a_pw, "true", b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stderr)),
+        (
+            Some(127),
+            "spawngrid: /bin/nosuch: not found or not executable in the env\n".to_string()
+        )
+    );
+    let out = run(
+        &mut ssh.cmd("ssh", &a_pw, &["-tt", &target, "--", "true"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr)
+            .starts_with("spawngrid: running \"/bin/nosuch\": No such file or directory"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::state::EnvState;
 use crate::{fdpass, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
 use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -96,7 +96,9 @@ impl Started {
         fdpass::send(&self.sock, b"kill", &[]).context("asking the env's init to kill")
     }
 
-    /// Waits for the command's exit code (128 + N if killed by signal N).
+    /// Waits for the command's exit code (128 + N if killed by signal N). Returns at once
+    /// once the connection ([`AsFd`]) is readable, so async callers wait for that instead of
+    /// holding a thread.
     pub fn wait(&self) -> Result<i32> {
         let mut buf = [0u8; 256];
         let (n, _) = fdpass::recv(&self.sock, &mut buf)?;
@@ -106,6 +108,14 @@ impl Started {
             None if n == 0 => bail!("the env's init went away (was the env boomed?)"),
             None => bail!("unexpected reply from the env's init: {reply:?}"),
         }
+    }
+}
+
+/// The connection to the init: readable when the command's exit is reported (or the init went
+/// away).
+impl AsFd for Started {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 }
 

@@ -105,6 +105,13 @@ impl TtyCommand {
     pub fn wait(&mut self) -> Result<i32> {
         wait_child(&mut self.0)
     }
+
+    /// The host pid of the env-enter helper running the command (not reaped before
+    /// [`TtyCommand::wait`], so a pidfd of it is safe to open: async callers wait for that to
+    /// be readable, then `wait` returns at once).
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
 }
 
 /// The exit code of env-enter; an error with its message if it could not start the command.

@@ -8,6 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
@@ -23,6 +24,15 @@ pub fn register(fd: OwnedFd) -> io::Result<Fd> {
     rustix::io::ioctl_fionbio(&fd, true)?;
     // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until dropped.
     Ok(Arc::new(unsafe { AsyncFd::register(fd) }?))
+}
+
+/// Waits until `fd` is readable: for a pidfd, the process has exited; for the exec service's
+/// connection, the exit code is there. No thread waits meanwhile.
+pub async fn readable(fd: OwnedFd) -> io::Result<()> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+    let _ready = fd.readable().await?;
+    Ok(())
 }
 
 /// Reads what is there (waiting until something is); 0 at end of file, and also for EIO,

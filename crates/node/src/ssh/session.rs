@@ -243,11 +243,18 @@ async fn launch(
             .await??;
             let (master, mut cmd) = tty.into_parts();
             let master = bridge::register(master).context("registering the terminal")?;
+            let helper =
+                rustix::process::Pid::from_raw(cmd.id() as i32).context("env-enter has no pid")?;
+            let pidfd = rustix::process::pidfd_open(helper, rustix::process::PidfdFlags::empty())
+                .context("opening a pidfd of env-enter")?;
             Ok(Started {
                 input: master.clone(),
                 outputs: vec![(master.clone(), None)],
                 master: Some(master),
-                wait: tokio::task::spawn_blocking(move || cmd.wait()),
+                wait: tokio::spawn(async move {
+                    bridge::readable(pidfd).await?;
+                    cmd.wait()
+                }),
                 stop: Stop::HangUp,
             })
         }
@@ -261,13 +268,20 @@ async fn launch(
                 runtime::service::start_as(&node.rt, &st, &argv, &env, stdio, who.as_ref())
             })
             .await??;
+            let conn = started
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating the exec connection")?;
             let started = Arc::new(started);
             let s = started.clone();
             Ok(Started {
                 input: reg(in_w)?,
                 outputs: vec![(reg(out_r)?, None), (reg(err_r)?, Some(STDERR))],
                 master: None,
-                wait: tokio::task::spawn_blocking(move || s.wait()),
+                wait: tokio::spawn(async move {
+                    bridge::readable(conn).await?;
+                    s.wait()
+                }),
                 stop: Stop::Service(started),
             })
         }

@@ -7,9 +7,14 @@
 # - exec: `ssh ... true` on a new connection each time (key exchange, login, channel, exec,
 #   exit status), and on an open connection (OpenSSH's ControlMaster: channel + exec only),
 #   against OpenSSH's own sshd on the same machine (a private sshd on a loopback port with its
-#   own config and host key, logging in as root: its exec of `true` runs on the host).
+#   own config and host key, logging in as root: its exec of `true` runs on the host);
+# - sessions: K concurrent connections each running `echo up; sleep 600` (new connections,
+#   all started at once): the time until every one said "up", the host's MemAvailable drop
+#   per session (clients included: the same OpenSSH clients for both servers) and, for
+#   spawngrid, the daemon's RSS and threads with them; then the clients are killed and every
+#   `sleep` must be gone.
 #
-#   python3 bench/node.py [--n 30] [--peers sshd] [--output FILE]
+#   python3 bench/node.py [--n 30] [--sessions 200] [--peers sshd] [--output FILE]
 #
 # As root, on a quiet machine; everything on a fresh tmpfs (busybox base snapshot). sshd comes
 # from openssh-server (installed if missing).
@@ -66,6 +71,69 @@ def with_master(argv_of, n):
         return exec_latencies(control, n)
     finally:
         bl.run(control[:-1] + ["-O", "exit", control[-1]], 30, check=False)
+
+
+def mem_available():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise bl.StepFailed("no MemAvailable in /proc/meminfo")
+
+
+def proc_status(pid):
+    """VmRSS (bytes) and Threads of process pid."""
+    got = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "Threads"):
+                got[k] = int(v.split()[0])
+    return got["VmRSS"] * 1024, got["Threads"]
+
+
+def hold_sessions(argv, k, server_pid=None, count_sleeps=None):
+    """K concurrent `argv echo up; sleep 600` sessions: seconds until all are up, memory per
+    session, the server's RSS/threads (if server_pid); then kills them and waits until
+    count_sleeps() (if given) says none is left."""
+    import select
+    before = mem_available()
+    rss0 = proc_status(server_pid) if server_pid else None
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(argv + ["echo up; exec sleep 600"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+             for _ in range(k)]
+    try:
+        waiting = {p.stdout.fileno(): p for p in procs}
+        deadline = time.time() + 300
+        while waiting:
+            if time.time() > deadline:
+                raise bl.StepFailed(f"{len(waiting)} of {k} sessions not up after 300 s")
+            ready, _, _ = select.select(list(waiting), [], [], 1)
+            for fd in ready:
+                p = waiting.pop(fd)
+                if os.read(fd, 3) != b"up\n":
+                    raise bl.StepFailed(f"a session failed (exit {p.wait()})")
+        up = time.perf_counter() - t0
+        time.sleep(1)  # let the servers settle before measuring memory
+        result = {"sessions": k, "all_up_s": up,
+                  "mem_per_session_kb": (before - mem_available()) / k / 1024}
+        if server_pid:
+            rss, threads = proc_status(server_pid)
+            result.update(rss_mb=rss / 2**20, rss_before_mb=rss0[0] / 2**20,
+                          threads=threads, threads_before=rss0[1])
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+    if count_sleeps:
+        deadline = time.time() + 120
+        while count_sleeps() > 0:
+            if time.time() > deadline:
+                raise bl.StepFailed("commands of killed sessions still running after 120 s")
+            time.sleep(0.5)
+    return result
 
 
 class Node:
@@ -146,7 +214,7 @@ class Sshd:
                     f"AuthorizedKeysFile {auth}\nPermitRootLogin prohibit-password\n"
                     "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                     "UsePAM no\nPidFile none\nStrictModes no\nPrintMotd no\n"
-                    "Subsystem sftp internal-sftp\n")
+                    "MaxStartups 10000\nSubsystem sftp internal-sftp\n")
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         argv = self.ssh()
@@ -176,6 +244,8 @@ def free_port():
 def main():
     ap = bl.arg_parser(__doc__)
     ap.add_argument("--n", type=int, default=30, help="rounds of each measurement")
+    ap.add_argument("--sessions", type=int, default=200,
+                    help="concurrent sessions to hold (0: skip)")
     ap.add_argument("--peers", default="sshd")
     bl.output_arg(ap, "node")
     a = ap.parse_args()
@@ -205,6 +275,12 @@ def main():
                 "exec_open_connection": bl.summary_ms(with_master(
                     lambda c: node.ssh("base", os.path.join(mnt, "cm-sg") if c else None), a.n)),
             }
+            if a.sessions:
+                bl.log(f"spawngrid: {a.sessions} concurrent sessions")
+                results["spawngrid"]["sessions"] = hold_sessions(
+                    node.ssh("base"), a.sessions, node.proc.pid,
+                    lambda: int(subprocess.run(node.ssh("base") + ["ps -o args | grep -c '^sleep 600'"],
+                                               capture_output=True, text=True).stdout or 0))
             node.client("boom", "base")
         except (bl.StepFailed, OSError, subprocess.SubprocessError) as e:
             bl.log(f"spawngrid: {e}")
@@ -221,6 +297,9 @@ def main():
                     "exec_open_connection": bl.summary_ms(with_master(
                         lambda c: sshd.ssh(os.path.join(mnt, "cm-sshd") if c else None), a.n)),
                 }
+                if a.sessions:
+                    bl.log(f"sshd: {a.sessions} concurrent sessions")
+                    results["sshd"]["sessions"] = hold_sessions(sshd.ssh(), a.sessions)
             except (bl.StepFailed, OSError, subprocess.SubprocessError) as e:
                 bl.log(f"sshd: {e}")
                 results["sshd"] = {"error": str(e)}
@@ -232,9 +311,22 @@ def main():
             rows.append([server, "failed: " + r["error"]])
             continue
         for measure, s in r.items():
-            rows.append([server, measure.replace("_", " "), str(s["n"]), bl.fmt(s["p50"], ".1f"),
-                         bl.fmt(s["p99"], ".1f"), bl.fmt(s["min"], ".1f")])
+            if measure != "sessions":
+                rows.append([server, measure.replace("_", " "), str(s["n"]),
+                             bl.fmt(s["p50"], ".1f"), bl.fmt(s["p99"], ".1f"),
+                             bl.fmt(s["min"], ".1f")])
     print("\n".join(bl.table_lines(rows)))
+    rows = [["server", "sessions", "all up s", "host KB/session", "daemon RSS MB", "threads"]]
+    for server, r in results.items():
+        s = r.get("sessions")
+        if s:
+            rss = f"{s['rss_before_mb']:.0f} -> {s['rss_mb']:.0f}" if "rss_mb" in s else "-"
+            thr = f"{s['threads_before']} -> {s['threads']}" if "threads" in s else "-"
+            rows.append([server, str(s["sessions"]), bl.fmt(s["all_up_s"], ".2f"),
+                         bl.fmt(s["mem_per_session_kb"], ".0f"), rss, thr])
+    if len(rows) > 1:
+        print()
+        print("\n".join(bl.table_lines(rows)))
     doc = {"bench": "node", "date": bl.utc_now(), "host": bl.host_info("tmpfs"),
            "ssh_client": bl.version_of(["ssh", "-V"]),
            "note": "key logins; sshd runs `true` on the host as root, spawngrid inside an env",

@@ -380,3 +380,38 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
     }
     drop(stop);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_harmless_variables_are_taken() {
+        for ok in ["LANG", "LC_ALL", "LC_CTYPE", "TERM", "COLORTERM"] {
+            assert!(allowed_env(ok), "{ok}");
+        }
+        for bad in ["PATH", "LD_PRELOAD", "HOME", "BASH_ENV", "lang", ""] {
+            assert!(!allowed_env(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn terminal_sizes_default_and_saturate() {
+        assert_eq!(
+            (clamp(0, 24), clamp(50, 24), clamp(1 << 20, 80)),
+            (24, 50, u16::MAX)
+        );
+    }
+
+    #[test]
+    fn the_sftp_script_tries_each_server_then_explains() {
+        let s = sftp_script();
+        for p in SFTP_SERVERS {
+            assert!(s.contains(&format!("[ -x {p} ] && exec {p};")), "{s}");
+        }
+        assert!(
+            s.ends_with(">&2; exit 1") && s.contains("has no sftp-server"),
+            "{s}"
+        );
+    }
+}

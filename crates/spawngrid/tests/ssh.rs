@@ -455,6 +455,23 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
         });
     }
 
+    // The sftp subsystem runs the env's sftp-server as the user, on the channel's stdio (a
+    // stand-in server here: busybox has none).
+    let fake =
+        "mkdir -p /usr/lib && printf '#!/bin/sh\\necho \"sftp as $(whoami)\"\\nexec cat\\n' \
+                > /usr/lib/sftp-server && chmod 755 /usr/lib/sftp-server";
+    assert_eq!(alice.exec("mine", fake).0, 0);
+    let out = run(
+        &mut ssh.cmd("ssh", &a_pw, &["-s", &target, "sftp"]),
+        Some("ping\n"),
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("sftp as {name}\nping\n"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A login shell the env lacks: one clear line, with and without a terminal.
     let broken =
         format!("sed -i 's|^{name}:\\(.*\\):/bin/sh$|{name}:\\1:/bin/nosuch|' /etc/passwd");

@@ -24,6 +24,10 @@ pub const MAX_BODY: usize = 1 << 20;
 /// dropped, and [`ExecResponse::truncated`] says so.
 pub const MAX_EXEC_OUTPUT: usize = 8 << 20;
 
+/// The most bytes one copy (`GET`/`PUT /api/envs/{env}/files`) moves when the node's
+/// configuration does not set `max_copy`: 1 GiB.
+pub const MAX_COPY: u64 = 1 << 30;
+
 /// The token lifetime when the node's configuration does not set one: 30 days.
 pub const DEFAULT_TOKEN_DAYS: u64 = 30;
 
@@ -101,9 +105,6 @@ pub mod routes {
         }
         if let Some(c) = q.cols {
             query.push(format!("cols={c}"));
-        }
-        if let Some(t) = &q.term {
-            query.push(format!("term={}", super::percent_encode(t)));
         }
         if let Some(c) = &q.cmd {
             query.push(format!("cmd={}", super::percent_encode(c)));
@@ -463,9 +464,6 @@ pub struct CpuQuery {
     /// Terminal columns (default 80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cols: Option<u16>,
-    /// `TERM` inside (default `xterm-256color`): letters, digits and `.+-_`, at most 64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub term: Option<String>,
     /// The command: a JSON array of strings (default: root's login shell in the env).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<String>,
@@ -542,6 +540,29 @@ mod tests {
         );
         assert_eq!(routes::scores(None), "/api/scores");
         assert_eq!(
+            routes::files("web", "/a b/c"),
+            "/api/envs/web/files?path=%2Fa%20b%2Fc"
+        );
+        assert_eq!(
+            routes::cpu("web", &CpuQuery::default()),
+            "/api/envs/web/cpu"
+        );
+        let q = CpuQuery {
+            rows: Some(30),
+            cols: Some(100),
+            cmd: Some(r#"["ls"]"#.into()),
+        };
+        assert_eq!(
+            routes::cpu("web", &q),
+            "/api/envs/web/cpu?rows=30&cols=100&cmd=%5B%22ls%22%5D"
+        );
+        let m: CpuMessage = serde_json::from_str(r#"{"resize":[24,80]}"#).unwrap();
+        assert_eq!(m, CpuMessage::Resize([24, 80]));
+        assert_eq!(
+            serde_json::to_string(&CpuMessage::Exit(7)).unwrap(),
+            r#"{"exit":7}"#
+        );
+        assert_eq!(
             routes::key("a", "SHA256:x/y+z"),
             "/api/users/a/keys/SHA256%3Ax%2Fy%2Bz"
         );
@@ -604,6 +625,8 @@ mod tests {
             (routes::EXEC, &["post"]),
             (routes::SAVE, &["post"]),
             (routes::OPENAPI, &["get"]),
+            (routes::CPU, &["get"]),
+            (routes::FILES, &["get", "put"]),
             (routes::INVITE, &["post"]),
             (routes::SHARE, &["post"]),
             (routes::UNSHARE, &["post"]),
@@ -713,6 +736,38 @@ mod tests {
             }),
         );
         check("BoomResponse", v(&BoomResponse { env: "e".into() }));
+        check(
+            "CpuQuery",
+            v(&CpuQuery {
+                rows: Some(1),
+                cols: Some(2),
+                cmd: Some("[]".into()),
+            }),
+        );
+        check("FilesQuery", v(&FilesQuery { path: "/p".into() }));
+        check(
+            "FilesResponse",
+            v(&FilesResponse {
+                env: "e".into(),
+                path: "/p".into(),
+                bytes: 1,
+            }),
+        );
+        for m in [
+            CpuMessage::Resize([1, 2]),
+            CpuMessage::Exit(3),
+            CpuMessage::Error("e".into()),
+        ] {
+            let value = v(&m);
+            let key = value.as_object().unwrap().keys().next().unwrap().clone();
+            let variants = doc["components"]["schemas"]["CpuMessage"]["oneOf"]
+                .as_array()
+                .unwrap();
+            assert!(
+                variants.iter().any(|s| s["properties"].get(&key).is_some()),
+                "CpuMessage.{key} not in the document"
+            );
+        }
         check(
             "InviteRequest",
             v(&InviteRequest {

@@ -11,6 +11,7 @@
 //!                                 # `ssh_port` (the port clients reach, e.g. through a forward)
 //! token_days = 30                 # lifetime of a login token
 //! max_body = 1048576              # largest request body in bytes (413 beyond)
+//! max_copy = "1G"                 # most bytes one `spawngrid cp` moves (streamed)
 //! default_mem = "512M"            # memory limit of an env spawned without --mem
 //! ```
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub token_days: u64,
     /// The largest request body in bytes.
     pub max_body: usize,
+    /// The most bytes one copy in or out of an env moves (bytes, or with K/M/G/T).
+    pub max_copy: String,
     /// Memory limit of an env spawned without one (bytes, or with K/M/G/T).
     pub default_mem: String,
 }
@@ -51,6 +54,7 @@ impl Default for Config {
             ssh_listen: None,
             token_days: api::DEFAULT_TOKEN_DAYS,
             max_body: api::MAX_BODY,
+            max_copy: api::MAX_COPY.to_string(),
             default_mem: "512M".into(),
         }
     }
@@ -73,6 +77,7 @@ impl Config {
         if config.token_days == 0 {
             bail!("token_days must be at least 1");
         }
+        parse_size(&config.max_copy).context("max_copy")?;
         if config.max_body < 1024 {
             bail!("max_body must be at least 1024 bytes");
         }
@@ -84,6 +89,11 @@ impl Config {
     pub fn ssh_addr(&self) -> SocketAddr {
         self.ssh_listen
             .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), self.ssh_port))
+    }
+
+    /// The most bytes one copy moves.
+    pub fn max_copy_bytes(&self) -> u64 {
+        parse_size(&self.max_copy).unwrap_or(api::MAX_COPY)
     }
 
     /// The default memory limit in bytes.
@@ -126,6 +136,10 @@ mod tests {
         assert_eq!(c.listen.port(), 16998);
         assert_eq!(c.data, PathBuf::from("/var/lib/spawngrid"));
         assert_eq!((c.token_days, c.max_body), (30, 1 << 20));
+        assert_eq!(c.max_copy_bytes(), 1 << 30);
+        let c = Config::parse("max_copy = \"2M\"").unwrap();
+        assert_eq!(c.max_copy_bytes(), 2 << 20);
+        assert!(Config::parse("max_copy = \"lots\"").is_err());
         assert_eq!(c.default_mem_bytes(), 512 << 20);
         assert_eq!(c.ssh_addr().to_string(), "0.0.0.0:16999");
         let c = Config::parse("listen = \"127.0.0.1:1\"\nssh_port = 2").unwrap();

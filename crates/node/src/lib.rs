@@ -10,14 +10,20 @@
 //! - [`ssh`]: the SSH gateway (login shells, commands and sftp inside envs).
 //! - [`users`]: password, SSH key and user deletion routes (yourself, or anyone for admins).
 //! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
+//! - [`pty`]: an async terminal session inside an env (for `cpu` and the SSH gateway).
+//! - [`cpu`]: `spawngrid cpu`'s WebSocket route (a terminal session).
+//! - [`files`]: `spawngrid cp`'s routes (tar streams in and out of an env).
 
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod config;
+pub mod cpu;
 pub mod envs;
 pub mod error;
+pub mod files;
 pub mod invite;
+pub mod pty;
 pub mod server;
 pub mod snapshots;
 pub mod ssh;

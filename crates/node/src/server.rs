@@ -155,7 +155,7 @@ fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String {
 }
 
 /// Path parameter `env`, or 400.
-fn env_param(
+pub(crate) fn env_param(
     p: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<String, ApiError> {
     p.map(|Path(e)| e)
@@ -384,6 +384,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::ENV, delete(boom_env))
         .route(routes::EXEC, post(exec_env))
         .route(routes::SAVE, post(save_env))
+        .route(routes::CPU, get(crate::cpu::cpu))
+        .route(routes::FILES, get(crate::files::get).put(crate::files::put))
         .route(routes::OPENAPI, get(openapi))
         .route(routes::INVITE, post(crate::invite::invite))
         .route(routes::SHARE, post(crate::snapshots::share))
@@ -446,7 +448,9 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                // `spawngrid cpu`'s WebSocket.
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection: {e}");
             }

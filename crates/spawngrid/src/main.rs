@@ -7,6 +7,7 @@ mod env_cmd;
 mod lib_cmd;
 mod mount_cmd;
 mod progress;
+mod term;
 mod user_cmd;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,14 @@ enum Command {
     /// Run one command in an env; its output and exit code are the command's.
     #[command(disable_help_flag = true)]
     Exec(client::ExecArgs),
+    /// An interactive shell (or `-- CMD...`) in an env on a terminal; exits with its code.
+    /// Works through pipes too (stdin goes in, its end is sent as ^D).
+    #[command(disable_help_flag = true)]
+    Cpu(client::cpu::CpuArgs),
+    /// Copy files and directories in or out of an env: SRC and DST are local paths or
+    /// ENV:PATH (one of each; `-` is a tar stream on stdin/stdout). Modes and mtimes are kept.
+    #[command(disable_help_flag = true)]
+    Cp(client::cp::CpArgs),
     /// Save an env's state as a new name (the env keeps running).
     #[command(disable_help_flag = true, visible_alias = "savedisk")]
     Save(client::SaveArgs),
@@ -177,6 +186,8 @@ fn main() -> ExitCode {
         Command::Scores(a) => client::scores(a, json),
         Command::Spawn(a) => client::spawn(a, json),
         Command::Exec(a) => client::exec(a, json),
+        Command::Cpu(a) => client::cpu::cpu(a),
+        Command::Cp(a) => client::cp::cp(a, json),
         Command::Save(a) => client::save(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),

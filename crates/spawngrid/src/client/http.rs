@@ -122,6 +122,114 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// TLS to one node with its certificate pinned (trust on first use): the rustls
+/// configuration for a handshake, then [`PinnedTls::check`] on its outcome. Shared by the
+/// blocking requests here and `spawngrid cpu`'s WebSocket (tokio-rustls).
+pub struct PinnedTls {
+    host: String,
+    pins: KnownNodes,
+    pinned: Option<String>,
+    verifier: Arc<PinVerifier>,
+    /// The configuration: only the pinned certificate passes (any, when none is pinned yet).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the handshake sends and checks.
+    pub name: ServerName<'static>,
+}
+
+impl PinnedTls {
+    /// The TLS settings for `host` (HOST:PORT) with its pin from `known_nodes`.
+    pub fn new(host: &str) -> Result<PinnedTls> {
+        let pins = KnownNodes::load()?;
+        let pinned = pins.get(host).map(str::to_string);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinVerifier {
+            pinned: pinned.clone(),
+            seen: Mutex::new(None),
+            provider: provider.clone(),
+        });
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        let name = ServerName::try_from(host_part(host).to_string())
+            .map_err(|_| anyhow!("bad host name in {host}"))?;
+        Ok(PinnedTls {
+            host: host.to_string(),
+            pins,
+            pinned,
+            verifier,
+            config: Arc::new(config),
+            name,
+        })
+    }
+
+    /// Judges a finished handshake (`outcome`): a changed certificate is refused with one line
+    /// saying what to do; a first one is pinned (and said so on stderr).
+    pub fn check<T>(mut self, outcome: std::io::Result<T>) -> Result<T> {
+        let host = &self.host;
+        let seen = self
+            .verifier
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Some(p), Some(s)) = (&self.pinned, &seen) {
+            if p != s {
+                bail!(
+                    "the TLS certificate of node {host} changed (pinned SHA-256 {p}, now {s}): if the node's certificate was replaced on purpose, remove its line from {} and connect again; otherwise someone may be intercepting the connection",
+                    self.pins.path().display()
+                );
+            }
+        }
+        let value = outcome.with_context(|| format!("TLS handshake with {host}"))?;
+        if self.pinned.is_none() {
+            let fp = seen.context("the node presented no certificate")?;
+            self.pins.pin(host, &fp)?;
+            eprintln!(
+                "spawngrid: first connection to {host}: trusting its TLS certificate, SHA-256 {fp} (pinned in {})",
+                self.pins.path().display()
+            );
+        }
+        Ok(value)
+    }
+}
+
+/// A TLS stream to a node.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects to `host` (HOST:PORT) over TLS, its certificate checked against the pin.
+pub fn connect_tls(host: &str) -> Result<TlsStream> {
+    let tls = PinnedTls::new(host)?;
+    let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+        .context("starting TLS")?;
+    let mut tcp = connect(host)?;
+    let handshake = (|| -> std::io::Result<()> {
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)?;
+        }
+        Ok(())
+    })();
+    tls.check(handshake)?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// A request's head: request line, `Host`, `Connection: close`, the token, and `extra` lines
+/// (each ending in CRLF).
+fn head(host: &str, method: &str, path: &str, token: Option<&str>, extra: &str) -> String {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: spawngrid/{}\r\nAccept: application/json\r\nConnection: close\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str(extra);
+    head.push_str("\r\n");
+    head
+}
+
 /// Sends one request to `host` (HOST:PORT) and reads the answer.
 pub fn request(
     host: &str,
@@ -130,73 +238,201 @@ pub fn request(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Result<Response> {
-    let mut pins = KnownNodes::load()?;
-    let pinned = pins.get(host).map(str::to_string);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinVerifier {
-        pinned: pinned.clone(),
-        seen: Mutex::new(None),
-        provider: provider.clone(),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    let name = ServerName::try_from(host_part(host).to_string())
-        .map_err(|_| anyhow!("bad host name in {host}"))?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).context("starting TLS")?;
-    let mut tcp = connect(host)?;
-    let handshake = (|| -> std::io::Result<()> {
-        while conn.is_handshaking() {
-            conn.complete_io(&mut tcp)?;
-        }
-        Ok(())
-    })();
-    let seen = verifier
-        .seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    if let (Some(p), Some(s)) = (&pinned, &seen) {
-        if p != s {
-            bail!(
-                "the TLS certificate of node {host} changed (pinned SHA-256 {p}, now {s}): if the node's certificate was replaced on purpose, remove its line from {} and connect again; otherwise someone may be intercepting the connection",
-                pins.path().display()
-            );
-        }
-    }
-    handshake.with_context(|| format!("TLS handshake with {host}"))?;
-    if pinned.is_none() {
-        let fp = seen.context("the node presented no certificate")?;
-        pins.pin(host, &fp)?;
-        eprintln!(
-            "spawngrid: first connection to {host}: trusting its TLS certificate, SHA-256 {fp} (pinned in {})",
-            pins.path().display()
-        );
-    }
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: spawngrid/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
+    let mut tls = connect_tls(host)?;
     let body = body.unwrap_or_default();
-    if !body.is_empty() || method != "GET" {
-        head.push_str(&format!(
+    let extra = if !body.is_empty() || method != "GET" {
+        format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    tls.write_all(head.as_bytes())
+        )
+    } else {
+        String::new()
+    };
+    tls.write_all(head(host, method, path, token, &extra).as_bytes())
         .and_then(|_| tls.write_all(body))
         .and_then(|_| tls.flush())
         .with_context(|| format!("sending to {host}"))?;
     read_response(&mut tls).with_context(|| format!("reading the answer of {host}"))
+}
+
+/// Sends a request whose body `write_body` streams (chunked), announced with
+/// `Expect: 100-continue` so that a refusal (no such env, bad destination) arrives before any
+/// of the body is sent; returns the answer (read whole).
+pub fn upload(
+    host: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    write_body: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<Response> {
+    let mut tls = connect_tls(host)?;
+    let extra = format!(
+        "Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n"
+    );
+    tls.write_all(head(host, method, path, Some(token), &extra).as_bytes())
+        .and_then(|_| tls.flush())
+        .with_context(|| format!("sending to {host}"))?;
+    let (first, rest) =
+        read_head(&mut tls).with_context(|| format!("reading the answer of {host}"))?;
+    if first.status != 100 {
+        return read_body(first, rest, &mut tls)
+            .with_context(|| format!("reading the answer of {host}"));
+    }
+    let sent = (|| -> Result<()> {
+        let mut chunks = std::io::BufWriter::with_capacity(64 << 10, Chunked(&mut tls));
+        write_body(&mut chunks)?;
+        chunks.flush()?;
+        drop(chunks);
+        tls.write_all(b"0\r\n\r\n")?;
+        tls.flush()?;
+        Ok(())
+    })();
+    let answer = read_response(&mut std::io::Cursor::new(rest).chain(&mut tls))
+        .with_context(|| format!("reading the answer of {host}"));
+    match (sent, answer) {
+        // The node's answer says more than a broken pipe does (e.g. it refused the body).
+        (Err(_), Ok(r)) if !(200..300).contains(&r.status) => Ok(r),
+        (Err(e), _) => Err(e.context(format!("sending to {host}"))),
+        (Ok(()), answer) => answer,
+    }
+}
+
+/// Sends a GET and, when the answer is 2xx, gives its body to `consume` as a stream (which
+/// fails if the node cuts it short); another answer is returned whole for its error.
+pub fn download(
+    host: &str,
+    path: &str,
+    token: &str,
+    consume: impl FnOnce(&mut dyn Read) -> Result<()>,
+) -> Result<Response> {
+    let mut tls = connect_tls(host)?;
+    tls.write_all(head(host, "GET", path, Some(token), "").as_bytes())
+        .and_then(|_| tls.flush())
+        .with_context(|| format!("sending to {host}"))?;
+    let (h, rest) = read_head(&mut tls).with_context(|| format!("reading the answer of {host}"))?;
+    if !(200..300).contains(&h.status) {
+        return read_body(h, rest, &mut tls)
+            .with_context(|| format!("reading the answer of {host}"));
+    }
+    let status = h.status;
+    let mut raw = std::io::BufReader::new(std::io::Cursor::new(rest).chain(&mut tls));
+    let mut body: Box<dyn Read + '_> = match (h.chunked, h.length) {
+        (true, _) => Box::new(Dechunk {
+            inner: &mut raw,
+            left: 0,
+            done: false,
+        }),
+        (false, Some(len)) => Box::new(Exact {
+            inner: (&mut raw).take(len as u64),
+            left: len as u64,
+        }),
+        (false, None) => Box::new(&mut raw),
+    };
+    consume(&mut body)?;
+    // Whatever the consumer left (padding after a tar's end) is read, so a cut stream shows.
+    std::io::copy(&mut body, &mut std::io::sink())?;
+    Ok(Response {
+        status,
+        body: Vec::new(),
+    })
+}
+
+/// Writes each write as one HTTP/1.1 chunk.
+struct Chunked<W: Write>(W);
+
+impl<W: Write> Write for Chunked<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        write!(self.0, "{:x}\r\n", buf.len())?;
+        self.0.write_all(buf)?;
+        self.0.write_all(b"\r\n")?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The error of a body the node stopped sending before its end.
+fn cut_short() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the node stopped sending before the end (see its log)",
+    )
+}
+
+/// Reads a chunked body as a stream.
+struct Dechunk<R: std::io::BufRead> {
+    inner: R,
+    /// Bytes left in the current chunk.
+    left: u64,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> Dechunk<R> {
+    /// One CRLF-terminated line, without its line end.
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        if self.inner.read_line(&mut line)? == 0 {
+            return Err(cut_short());
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+impl<R: std::io::BufRead> Read for Dechunk<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let line = self.line()?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            self.left = u64::from_str_radix(size, 16).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
+            })?;
+            if self.left == 0 {
+                // Trailers, up to the empty line.
+                while !self.line()?.is_empty() {}
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(cut_short());
+        }
+        self.left -= n as u64;
+        if self.left == 0 && !self.line()?.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "chunk not followed by CRLF",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a body of known length as a stream; ending early is an error.
+struct Exact<R: Read> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(cut_short());
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Connects to `host` (HOST:PORT), trying each address it resolves to.
@@ -222,8 +458,15 @@ fn connect(host: &str) -> Result<TcpStream> {
     }
 }
 
-/// Reads a whole HTTP/1.1 response.
-fn read_response(r: &mut impl Read) -> Result<Response> {
+/// A response's status line and the headers that frame its body.
+struct Head {
+    status: u16,
+    length: Option<usize>,
+    chunked: bool,
+}
+
+/// Reads a response's head; returns it and the bytes read past it.
+fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 << 10];
     let head_end = loop {
@@ -259,7 +502,31 @@ fn read_response(r: &mut impl Read) -> Result<Response> {
             chunked = true;
         }
     }
-    let mut body = buf[head_end + 4..].to_vec();
+    let rest = buf[head_end + 4..].to_vec();
+    Ok((
+        Head {
+            status,
+            length,
+            chunked,
+        },
+        rest,
+    ))
+}
+
+/// Reads a whole HTTP/1.1 response.
+fn read_response(r: &mut impl Read) -> Result<Response> {
+    let (head, rest) = read_head(r)?;
+    read_body(head, rest, r)
+}
+
+/// Reads the body after `head` whole (`body` is what was read past the head).
+fn read_body(head: Head, mut body: Vec<u8>, r: &mut impl Read) -> Result<Response> {
+    let Head {
+        status,
+        length,
+        chunked,
+    } = head;
+    let mut chunk = [0u8; 16 << 10];
     if chunked {
         loop {
             if let Some(done) = dechunk(&body)? {

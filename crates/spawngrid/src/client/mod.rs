@@ -3,6 +3,8 @@
 //! user (`-u USER`, default `$USER`) with the token `login` stored.
 
 pub mod account;
+pub mod cp;
+pub mod cpu;
 pub mod grid;
 pub mod http;
 pub mod invite;
@@ -158,6 +160,14 @@ fn call<T: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<T> {
+    let (host, token) = auth(node)?;
+    let bytes = body.map(serde_json::to_vec).transpose()?;
+    let resp = http::request(&host, method, path, Some(&token), bytes.as_deref())?;
+    decode(&host, resp)
+}
+
+/// The node (`HOST:PORT`) of `node` and its user's stored token there, or how to log in.
+fn auth(node: &NodeArgs) -> Result<(String, String)> {
     let (host, user) = (node.host()?, node.user()?);
     let tokens = Tokens::load()?;
     let Some(token) = tokens.get(&host, &user) else {
@@ -166,9 +176,7 @@ fn call<T: DeserializeOwned>(
             node.flags()
         );
     };
-    let bytes = body.map(serde_json::to_vec).transpose()?;
-    let resp = http::request(&host, method, path, Some(&token.token), bytes.as_deref())?;
-    decode(&host, resp)
+    Ok((host, token.token.clone()))
 }
 
 /// A 2xx body as `T`, or the error body's message.

@@ -1,0 +1,222 @@
+//! `GET /api/envs/{env}/cpu`: an interactive terminal session in one of the user's envs over a
+//! WebSocket (what `spawngrid cpu ENV` talks to).
+//!
+//! Before the upgrade the request is checked like every env route (token, the env is the
+//! user's — another user's answers 404 —, running, a well-formed query), so a client gets a
+//! plain JSON error for each. After it, the command runs on a terminal inside the env
+//! ([`crate::pty`]) and the socket carries:
+//!
+//! - binary frames: terminal bytes, both ways (keyboard in, screen out);
+//! - text frames: [`api::CpuMessage`] JSON — `{"resize":[rows,cols]}` from the client,
+//!   `{"exit":code}` from the node just before it closes, `{"error":"..."}` from the node if
+//!   the command could not be started.
+//!
+//! When the command exits, its last output is sent (what it wrote up to 100 ms after its
+//! exit), then the exit code, then a close frame. When the client goes away first (closes,
+//! or its connection drops), the command's whole session is killed.
+
+use crate::error::{chain, ApiError};
+use crate::pty::{self, Pty};
+use crate::server::{blocking, env_param, AuthUser};
+use crate::{envs, Node};
+use api::CpuMessage;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest message a client may send (keyboard input comes in small pieces).
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// How long output is still read after the command exits (background writers may hold the
+/// terminal open for ever).
+const LAST_OUTPUT: Duration = Duration::from_millis(100);
+
+/// What a session runs: the command and its terminal (`TERM` is `xterm-256color`).
+struct Session {
+    argv: Vec<String>,
+    rows: u16,
+    cols: u16,
+}
+
+impl Session {
+    /// From the query: the command (JSON array, default the login shell) and the size.
+    fn from_query(q: api::CpuQuery) -> Result<Session, ApiError> {
+        let argv = match q.cmd.as_deref() {
+            None => pty::login_shell(),
+            Some(text) => {
+                let argv: Vec<String> = serde_json::from_str(text).map_err(|e| {
+                    ApiError::bad_request(format!("cmd must be a JSON array of strings: {e}"))
+                })?;
+                if argv.first().is_none_or(String::is_empty) {
+                    return Err(ApiError::bad_request(
+                        "cmd must name a command (a non-empty first element)",
+                    ));
+                }
+                if argv.iter().any(|a| a.contains('\0')) {
+                    return Err(ApiError::bad_request("cmd must not contain NUL bytes"));
+                }
+                argv
+            }
+        };
+        Ok(Session {
+            argv,
+            rows: q.rows.unwrap_or(24).max(1),
+            cols: q.cols.unwrap_or(80).max(1),
+        })
+    }
+}
+
+/// The route: checks, then upgrades to the session.
+pub async fn cpu(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    env: Result<Path<String>, PathRejection>,
+    query: Result<Query<api::CpuQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let env = env_param(env)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let session = Session::from_query(q)?;
+    let n = node.clone();
+    let st = blocking(move || {
+        let st = envs::load_own(&n, &user, &env)?;
+        if !st.alive() {
+            return Err(ApiError::conflict(format!(
+                "env {env} is not running: boom it"
+            )));
+        }
+        tracing::info!(user = %user, env = %st.name, "cpu session");
+        Ok(st)
+    })
+    .await?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}: this route is a WebSocket (use `spawngrid cpu`)",
+            e.body_text()
+        ))
+    })?;
+    Ok(upgrade
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| run(node, st, session, socket))
+        .into_response())
+}
+
+/// Runs the session on an upgraded socket.
+async fn run(node: Arc<Node>, st: runtime::EnvState, s: Session, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    let pty = match Pty::spawn(&node.rt, &st, s.argv, Vec::new(), s.rows, s.cols).await {
+        Ok(p) => p,
+        Err(e) => {
+            let e = e.context(format!("starting the session in {}", st.name));
+            tracing::warn!(env = %st.name, "cpu: {}", chain(&e));
+            let _ = tx.send(control(&CpuMessage::Error(chain(&e)))).await;
+            let _ = tx.send(close(close_code::ERROR)).await;
+            return;
+        }
+    };
+    // Keyboard and resizes in; ends only when the client is gone (a terminal that stopped
+    // taking input is no reason to stop watching for that).
+    let input = async {
+        let mut writable = true;
+        while let Some(Ok(msg)) = rx.next().await {
+            match msg {
+                Message::Binary(bytes) if writable => {
+                    writable = pty.write_all(&bytes).await.is_ok();
+                }
+                Message::Text(text) => match serde_json::from_str(text.as_str()) {
+                    Ok(CpuMessage::Resize([rows, cols])) => {
+                        let _ = pty.resize(rows, cols);
+                    }
+                    _ => tracing::debug!(env = %st.name, "cpu: ignored control message"),
+                },
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    };
+    // Screen out, then the exit code.
+    let output = async {
+        let mut buf = vec![0u8; 16 << 10];
+        let code = loop {
+            tokio::select! {
+                r = pty.read(&mut buf) => match r {
+                    Ok(n @ 1..) => {
+                        if tx.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => break pty.wait().await,
+                },
+                code = pty.wait() => {
+                    let last = tokio::time::Instant::now() + LAST_OUTPUT;
+                    while let Ok(Ok(n @ 1..)) =
+                        tokio::time::timeout_at(last, pty.read(&mut buf)).await
+                    {
+                        if tx.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    break code;
+                }
+            }
+        };
+        let code = code.unwrap_or_else(|e| {
+            tracing::warn!(env = %st.name, "cpu: {e:#}");
+            i32::from(runtime::exec::ENTER_FAILED)
+        });
+        tracing::info!(env = %st.name, code, "cpu session ended");
+        let _ = tx.send(control(&CpuMessage::Exit(code))).await;
+        let _ = tx.send(close(close_code::NORMAL)).await;
+    };
+    tokio::select! {
+        _ = input => tracing::info!(env = %st.name, "cpu client went away: ending its session"),
+        _ = output => {}
+    }
+    // Dropping the terminal kills what is left of the session if the command still runs.
+    drop(pty);
+}
+
+/// A control message as a text frame.
+fn control(m: &CpuMessage) -> Message {
+    Message::text(serde_json::to_string(m).unwrap_or_default())
+}
+
+/// A close frame with `code`.
+fn close(code: u16) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: "".into(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(cmd: Option<&str>) -> api::CpuQuery {
+        api::CpuQuery {
+            rows: Some(0),
+            cols: None,
+            cmd: cmd.map(String::from),
+        }
+    }
+
+    #[test]
+    fn queries_become_sessions() {
+        let s = Session::from_query(query(None)).unwrap();
+        assert_eq!(s.argv, pty::login_shell());
+        assert_eq!((s.rows, s.cols), (1, 80));
+        let s = Session::from_query(query(Some(r#"["ls","-l"]"#))).unwrap();
+        assert_eq!(s.argv, ["ls", "-l"]);
+        for cmd in ["ls", "[]", r#"[""]"#, r#"["a\u0000"]"#] {
+            let e = Session::from_query(query(Some(cmd))).err().unwrap();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{cmd:?}");
+        }
+    }
+}

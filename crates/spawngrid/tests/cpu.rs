@@ -1,0 +1,404 @@
+//! `spawngrid cpu` (a terminal session over the node's WebSocket) and `spawngrid cp` (tar
+//! streams through the node) end to end, as root: the real binary serving HTTPS on
+//! 127.0.0.1, a busybox base snapshot, users alice and bob (tests/common/site.rs).
+
+mod common;
+
+use common::site::*;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+/// Runs `spawngrid cpu sess` on a pseudo-terminal of 30x100: the prompt, the size inside, a
+/// resize to 50x120 (SIGWINCH), ^C on a sleep (the shell survives), `exit 7`.
+const PTY_DRIVER: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+sg, addr, user, home = sys.argv[1:5]
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    os.environ["HOME"] = home
+    os.execv(sg, [sg, "cpu", "sess", "-h", addr, "-u", user])
+seen = b""
+def expect(want, timeout=20):
+    global seen
+    end = time.time() + timeout
+    while want not in seen:
+        r, _, _ = select.select([fd], [], [], max(0, end - time.time()))
+        if not r:
+            sys.exit("no %r in %r" % (want, seen))
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:
+            sys.exit("the terminal closed before %r: %r" % (want, seen))
+    seen = seen[seen.index(want) + len(want):]
+expect(b" # ")
+os.write(fd, b"stty size | tr ' ' x\n")
+expect(b"30x100")
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+time.sleep(0.3)
+os.write(fd, b"stty size | tr ' ' x\n")
+expect(b"50x120")
+os.write(fd, b"sleep 100\n")
+time.sleep(0.5)
+os.write(fd, b"\x03")
+# ^C flushes the terminal's input queue: type on only once the shell prompts again.
+expect(b"^C")
+expect(b" # ")
+os.write(fd, b"echo after-$?\n")
+expect(b"after-130")
+os.write(fd, b"exit 7\n")
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 7, status
+"#;
+
+/// The processes in env `sess` besides its init and the listing itself: "PID COMM" lines.
+fn others(user: &User<'_>) -> String {
+    let (code, out, err) = user.exec(
+        "sess",
+        r#"for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = 1 ] || [ "$p" = $$ ] || { read -r c < $d/comm && echo "$p $c"; }; done; true"#,
+    );
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+/// Waits (polling) until `f` holds; false if it never did.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn cpu_on_a_terminal_through_pipes_and_refusals() {
+    let site = Site::new("cpu-session");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    bob.login();
+    alice.ok("spawn", &["base", "--as", "sess"]);
+
+    // A real terminal.
+    let driver = Command::new("python3")
+        .arg("-c")
+        .arg(PTY_DRIVER)
+        .args([common::bin(), &site.addr(), &alice.name])
+        .arg(&alice.home)
+        .output()
+        .unwrap();
+    assert!(
+        driver.status.success(),
+        "{}{}",
+        text(&driver.stdout),
+        text(&driver.stderr)
+    );
+
+    // Through pipes: input goes in, its end is a ^D, output comes out, the code is returned.
+    let out = alice.sg("cpu", &["sess"], Some("echo hi\nexit 4\n"));
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{screen}{}", text(&out.stderr));
+    assert!(screen.lines().any(|l| l.trim_end() == "hi"), "{screen}");
+    // End of input ends the shell (exit 0).
+    let out = alice.sg("cpu", &["sess"], Some("echo bye\n"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A command instead of the shell.
+    let out = run(
+        Command::new(common::bin())
+            .args(["cpu", "sess", "-h", &site.addr(), "-u", &alice.name])
+            .args(["--", "sh", "-c", "echo term=$TERM; tty; exit 3"])
+            .env("HOME", &alice.home),
+        None,
+    );
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{screen}{}", text(&out.stderr));
+    assert!(
+        screen.contains("term=xterm-256color\r\n/dev/pts/"),
+        "{screen}"
+    );
+
+    // Refusals: one line, non-zero, nothing run.
+    let err = bob.refused("cpu", &["sess"]);
+    assert!(err.contains("you have no env sess"), "{err}");
+    let err = alice.refused("cpu", &["nope"]);
+    assert!(err.contains("you have no env nope"), "{err}");
+    let (status, body) = site.raw(
+        "GET",
+        "/api/envs/sess/cpu",
+        &format!(r#"{{"Authorization": "Bearer {}"}}"#, alice.token()),
+        b"",
+        false,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("WebSocket"), "{body}");
+
+    // A client that dies takes its session with it: nothing is left in the env.
+    assert_eq!(others(&alice), "");
+    let mut client = Command::new(common::bin())
+        .args(["cpu", "sess", "-h", &site.addr(), "-u", &alice.name])
+        .env("HOME", &alice.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .as_ref()
+        .unwrap()
+        .write_all(b"sleep 1000 & sleep 1001\n")
+        .unwrap();
+    assert!(
+        eventually(|| others(&alice).contains("sleep")),
+        "the session did not start: {}",
+        site.log()
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(
+        eventually(|| others(&alice).is_empty()),
+        "left behind: {}",
+        others(&alice)
+    );
+    alice.ok("boom", &["sess"]);
+}
+
+/// A file's (bytes, mode, mtime), or a symlink's target, or a directory's (mode, mtime).
+fn describe(p: &Path) -> String {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    let mode = m.permissions().mode() & 0o7777;
+    if m.file_type().is_symlink() {
+        format!("link {}", std::fs::read_link(p).unwrap().display())
+    } else if m.is_dir() {
+        format!("dir {mode:o} {}", m.mtime())
+    } else {
+        let bytes = std::fs::read(p).unwrap();
+        format!(
+            "file {mode:o} {} {} {:x}",
+            m.mtime(),
+            bytes.len(),
+            bytes.iter().fold(0u64, |h, b| h.rotate_left(5) ^ *b as u64)
+        )
+    }
+}
+
+/// Every path under `root` (relative) with [`describe`].
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            out.push(format!("{rel}: {}", describe(&p)));
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Sets a path's mtime.
+fn set_mtime(p: &Path, secs: u64) {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    std::fs::File::open(p).unwrap().set_modified(t).unwrap();
+}
+
+/// A local tree with binary files, modes, mtimes, a symlink and an empty directory.
+fn make_tree(root: &Path) {
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::write(root.join("big.bin"), random(3 << 20)).unwrap();
+    std::fs::write(root.join("sub/tool"), random(1000)).unwrap();
+    std::fs::write(root.join("sub/deeper/secret"), b"s\0\xffcret").unwrap();
+    std::fs::write(root.join("zero"), b"").unwrap();
+    std::os::unix::fs::symlink("sub/tool", root.join("link")).unwrap();
+    for (p, mode, mtime) in [
+        ("big.bin", 0o644, 1_500_000_000),
+        ("sub/tool", 0o755, 1_500_000_001),
+        ("sub/deeper/secret", 0o600, 1_500_000_002),
+        ("zero", 0o444, 1_500_000_003),
+        ("sub/deeper", 0o700, 1_500_000_004),
+        ("empty", 0o711, 1_500_000_005),
+        ("sub", 0o750, 1_500_000_006),
+    ] {
+        let path = root.join(p);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        set_mtime(&path, mtime);
+    }
+}
+
+/// A tar with hostile entries (python's tarfile writes them as asked).
+const HOSTILE_TAR: &str = r#"
+import io, sys, tarfile
+t = tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.GNU_FORMAT)
+def add(name, data=b"x", kind=tarfile.REGTYPE, link=""):
+    i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0
+    t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+case = sys.argv[1]
+add("fine")
+if case == "dotdot": add("../escaped")
+if case == "absolute": add("/etc/escaped")
+if case == "symlink": add("l", kind=tarfile.SYMTYPE, link="/etc"); add("l/escaped")
+if case == "hardlink": add("h", kind=tarfile.LNKTYPE, link="/etc/passwd")
+t.close()
+"#;
+
+#[test]
+fn cp_trees_in_and_out_and_errors() {
+    let site = Site::new("cpu-cp");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    bob.login();
+    alice.ok("spawn", &["base", "--as", "files"]);
+    let work = site.scratch.join("cp");
+    let src = work.join("tree");
+    make_tree(&src);
+    let want = tree(&src);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+
+    // In, into an existing directory; out under a new name; out into an existing directory.
+    alice.ok("cp", &[&path(&src), "files:/root"]);
+    let (code, out, err) = alice.exec(
+        "files",
+        "cd /root/tree && stat -c '%n %a %Y %s %U' sub sub/tool zero && ls -la",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("sub 750 1500000006 ")
+            && out.contains("sub/tool 755 1500000001 1000 root")
+            && out.contains("zero 444 1500000003 0 root"),
+        "{out}"
+    );
+    alice.ok("cp", &["files:/root/tree", &path(&work.join("back"))]);
+    assert_eq!(tree(&work.join("back")), want);
+    std::fs::create_dir(work.join("into")).unwrap();
+    alice.ok("cp", &["files:/root/tree", &path(&work.join("into"))]);
+    assert_eq!(tree(&work.join("into/tree")), want);
+    // The directory's own mode and mtime come along too.
+    assert_eq!(describe(&work.join("back")), describe(&src));
+
+    // Single files, renamed both ways; a directory's contents with `/.`.
+    let file = src.join("sub/tool");
+    alice.ok("cp", &[&path(&file), "files:/root/renamed"]);
+    alice.ok("cp", &["files:/root/renamed", &path(&work.join("tool2"))]);
+    assert_eq!(describe(&work.join("tool2")), describe(&file));
+    alice.ok(
+        "cp",
+        &["files:/root/tree/sub/.", &path(&work.join("contents"))],
+    );
+    assert_eq!(tree(&work.join("contents")), tree(&src.join("sub")));
+
+    // `-`: a tar on stdout.
+    let out = run(
+        Command::new("sh").arg("-c").arg(format!(
+            "HOME={} {} cp -h {} -u {} files:/root/tree/sub - | tar tf -",
+            alice.home.display(),
+            common::bin(),
+            site.addr(),
+            alice.name
+        )),
+        None,
+    );
+    let names = text(&out.stdout);
+    assert!(
+        names.lines().any(|l| l == "sub/deeper/secret"),
+        "{names}{}",
+        text(&out.stderr)
+    );
+
+    // Errors: one line, non-zero.
+    let local = path(&work.join("x"));
+    let err = alice.refused("cp", &["files:/nope", &local]);
+    assert!(
+        err.contains("no such file or directory in env files: /nope"),
+        "{err}"
+    );
+    let err = alice.refused("cp", &["/nonexistent/file", "files:/root"]);
+    assert!(err.contains("no such file or directory"), "{err}");
+    let err = alice.refused("cp", &[&path(&file), "files:/root/tree/zero/x"]);
+    assert!(err.contains("not a directory in env files"), "{err}");
+    let err = alice.refused("cp", &[&path(&file), "files:/no/such/x"]);
+    assert!(
+        err.contains("no such directory in env files: /no/such"),
+        "{err}"
+    );
+    let err = alice.refused("cp", &["files:/root/tree", "/no/such/dir/x"]);
+    assert!(err.contains("no such directory: /no/such/dir"), "{err}");
+    let err = alice.refused("cp", &[&path(&file), &local]);
+    assert!(err.contains("neither side is an env"), "{err}");
+    let err = bob.refused("cp", &["files:/root/tree", &local]);
+    assert!(err.contains("you have no env files"), "{err}");
+    let err = bob.refused("cp", &[&path(&file), "files:/root"]);
+    assert!(err.contains("you have no env files"), "{err}");
+    assert!(!work.join("x").exists());
+
+    // Hostile archives: refused, and nothing outside the destination changes in the env.
+    let listing = |u: &User<'_>| {
+        let (code, out, err) = u.exec(
+            "files",
+            "find / -xdev -path /proc -prune -o -path /root/dst -prune -o -print | sort | xargs stat -c '%n %Y %s %a' 2>&1",
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    assert_eq!(alice.exec("files", "mkdir /root/dst").0, 0);
+    let before = listing(&alice);
+    for case in ["dotdot", "absolute", "symlink", "hardlink"] {
+        let hostile = Command::new("python3")
+            .args(["-c", HOSTILE_TAR, case])
+            .output()
+            .unwrap();
+        assert!(hostile.status.success(), "{}", text(&hostile.stderr));
+        let mut client = Command::new(common::bin())
+            .args([
+                "cp",
+                "-h",
+                &site.addr(),
+                "-u",
+                &alice.name,
+                "-",
+                "files:/root/dst",
+            ])
+            .env("HOME", &alice.home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        client
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&hostile.stdout)
+            .unwrap();
+        let out = client.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{case}: accepted");
+        assert_eq!(err.trim_end().lines().count(), 1, "{case}: {err}");
+        assert!(err.contains("unsafe entry"), "{case}: {err}");
+    }
+    assert_eq!(listing(&alice), before);
+    alice.ok("boom", &["files"]);
+}

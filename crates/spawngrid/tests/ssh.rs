@@ -266,8 +266,7 @@ fn shell_exec_stdin_and_refusals() {
         );
     }
     let stop = run(
-        &mut ssh
-            .base("ssh")
+        ssh.base("ssh")
             .args(["-o", &control, "-O", "exit", &target]),
         None,
     );

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 /// Drives `ssh -tt` on a pseudo-terminal of 33 x 101: runs a line, checks `stty size`,
 /// resizes the terminal to 40 x 120 (ssh sends a window change) until `stty size` inside
-/// says so, then `exit 3`. Prints what it saw, then `EXIT <code>` (ssh's exit code).
+/// says so, interrupts a `sleep 100` with ^C, then `exit 3`. Prints what it saw, then
+/// `EXIT <code>` (ssh's exit code).
 const PTY_DRIVER: &str = r##"
 import fcntl, os, pty, select, struct, sys, termios, time
 def size(fd, rows, cols):
@@ -48,6 +49,8 @@ os.write(fd, b"echo hel''lo; stty size; tty\n")
 until(b"hello\r\n33 101\r\n/dev/pts/")
 size(fd, 40, 120)
 until(b"40 120\r\n", b"stty size\n")
+os.write(fd, b"sleep 100; echo sl''ept\n")
+until(b"afterint", b"\x03echo after''int\n")
 os.write(fd, b"exit 3\n")
 while True:
     try:
@@ -193,6 +196,7 @@ fn shell_exec_stdin_and_refusals() {
     let seen = text(&out.stdout);
     assert!(out.status.success(), "{seen}\n{}", text(&out.stderr));
     assert!(seen.ends_with("\nEXIT 3\n"), "{seen}");
+    assert!(!seen.contains("slept"), "^C did not stop the sleep: {seen}");
 
     // exec: stdout and stderr apart, the exit status, run by the env's sh as root.
     let out = ssh.exec(

@@ -93,10 +93,14 @@ pub async fn serve(
             tokio::pin!(session);
             let result = tokio::select! {
                 r = &mut session => r,
-                _ = &mut deadline, if !logged_in.load(Ordering::Relaxed) => {
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, "login timed out".into(), String::new())
-                        .await;
+                _ = &mut deadline => {
+                    // Checked when the time is up (a select guard would be read only once,
+                    // at the start, and cut every session at the deadline).
+                    if !logged_in.load(Ordering::Relaxed) {
+                        let _ = handle
+                            .disconnect(Disconnect::ByApplication, "login timed out".into(), String::new())
+                            .await;
+                    }
                     session.await
                 }
             };

@@ -123,6 +123,7 @@ impl Started {
     ) -> Result<Started, ApiError> {
         let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| ApiError::internal(&anyhow::anyhow!("making a pipe: {e}")))?;
+        let busy = node.activity.session(&st.name);
         let (node, st) = (node.clone(), st.clone());
         let started = blocking(move || {
             let out = stdout.as_ref().map_or(err_w.as_fd(), |o| o.as_fd());
@@ -136,7 +137,11 @@ impl Started {
             .map_err(|e| ApiError::internal(&e.context("starting tar in the env")))
         })
         .await?;
-        let exit = tokio::task::spawn_blocking(move || started.wait());
+        // The env counts as in use until the copy's tar exits.
+        let exit = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
+            started.wait()
+        });
         let mut err = pipe::Receiver::from_owned_fd(err_r)
             .map_err(|e| ApiError::internal(&anyhow::anyhow!("watching tar's stderr: {e}")))?;
         let stderr = tokio::spawn(async move {
@@ -335,7 +340,7 @@ pub async fn put(
         filter(reader, std::fs::File::from(in_w), rename.as_deref())
     });
     let limit = node.config.max_copy_bytes();
-    let (mut received, mut refused) = (0u64, None);
+    let (mut received, mut refused, mut draining) = (0u64, None, false);
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let data = match frame {
@@ -356,8 +361,10 @@ pub async fn put(
             ));
             break;
         }
-        if tx.send(Ok(data)).await.is_err() {
-            break;
+        // Once the filter or tar stopped early, the rest is read and dropped (up to the limit):
+        // a client still sending would otherwise see its connection reset, not the answer.
+        if !draining && tx.send(Ok(data)).await.is_err() {
+            draining = true;
         }
     }
     if refused.is_some() {

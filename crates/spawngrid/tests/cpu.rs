@@ -400,5 +400,17 @@ fn cp_trees_in_and_out_and_errors() {
         assert!(err.contains("unsafe entry"), "{case}: {err}");
     }
     assert_eq!(listing(&alice), before);
+
+    // An env that fills up (a sparse 150 MiB file, 100 MiB write layer): tar's own message.
+    let huge = work.join("huge");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(150 << 20)
+        .unwrap();
+    let err = alice.refused("cp", &[&path(&huge), "files:/root/huge"]);
+    assert!(
+        err.contains("tar in env files failed") && err.contains("No space left on device"),
+        "{err}"
+    );
     alice.ok("boom", &["files"]);
 }

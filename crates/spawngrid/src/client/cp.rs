@@ -36,6 +36,7 @@ fn remote(side: &str) -> Option<(&str, &str)> {
 
 /// `spawngrid cp`.
 pub fn cp(a: CpArgs, json: bool) -> Result<ExitCode> {
+    super::ignore_sigpipe();
     match (remote(&a.src), remote(&a.dst)) {
         (Some(_), Some(_)) => bail!("both sides are envs: copy through a local directory"),
         (None, None) => bail!(
@@ -168,7 +169,7 @@ fn copy_in(node: &NodeArgs, src: &str, env: &str, path: &str) -> Result<api::Fil
                 true => archive.append_dir_all(&name, src),
                 false => archive.append_path_with_name(src, &name),
             };
-            added.with_context(|| format!("reading {src}"))?;
+            added.with_context(|| format!("archiving {src}"))?;
             archive.finish().context("sending the archive")?;
             Ok(())
         })?

@@ -39,6 +39,7 @@ pub struct CpuArgs {
 /// `spawngrid cpu`: runs the session; exits with the remote command's code.
 pub fn cpu(a: CpuArgs) -> Result<ExitCode> {
     let (host, token) = auth(&a.node)?;
+    super::ignore_sigpipe();
     let interactive = term::interactive();
     let (rows, cols) = term::size();
     let (resize_tx, resizes) = mpsc::unbounded_channel();

@@ -166,6 +166,14 @@ fn call<T: DeserializeOwned>(
     decode(&host, resp)
 }
 
+/// Makes writes to a connection the node closed (or to a closed stdout) errors with a message
+/// rather than a silent death by SIGPIPE (which `main` restores for tools used in pipes):
+/// for the streaming commands, whose node may stop reading mid-way.
+fn ignore_sigpipe() {
+    // SAFETY: changing a signal's disposition; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// The node (`HOST:PORT`) of `node` and its user's stored token there, or how to log in.
 fn auth(node: &NodeArgs) -> Result<(String, String)> {
     let (host, user) = (node.host()?, node.user()?);

@@ -293,6 +293,10 @@ pub fn upload(
     match (sent, answer) {
         // The node's answer says more than a broken pipe does (e.g. it refused the body).
         (Err(_), Ok(r)) if !(200..300).contains(&r.status) => Ok(r),
+        // Closed while we were still sending, its answer lost with the connection.
+        (Err(e), Err(_)) if closed_on_us(&e) => bail!(
+            "{host} stopped reading the upload and closed the connection (over its max_copy limit? see its log)"
+        ),
         (Err(e), _) => Err(e.context(format!("sending to {host}"))),
         (Ok(()), answer) => answer,
     }
@@ -316,7 +320,7 @@ pub fn download(
             .with_context(|| format!("reading the answer of {host}"));
     }
     let status = h.status;
-    let mut raw = std::io::BufReader::new(std::io::Cursor::new(rest).chain(&mut tls));
+    let mut raw = std::io::BufReader::new(EofIsCut(std::io::Cursor::new(rest).chain(&mut tls)));
     let mut body: Box<dyn Read + '_> = match (h.chunked, h.length) {
         (true, _) => Box::new(Dechunk {
             inner: &mut raw,
@@ -336,6 +340,18 @@ pub fn download(
         status,
         body: Vec::new(),
     })
+}
+
+/// Whether `e` comes from the peer closing the connection (broken pipe, reset).
+fn closed_on_us(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        })
 }
 
 /// Writes each write as one HTTP/1.1 chunk.
@@ -361,8 +377,21 @@ impl<W: Write> Write for Chunked<W> {
 fn cut_short() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::UnexpectedEof,
-        "the node stopped sending before the end (see its log)",
+        "the node stopped sending before the end (over its max_copy limit, or tar failed in the env: see its log)",
     )
+}
+
+/// A reader whose unexpected end (a TLS stream closed without close_notify) is a body the
+/// node cut short.
+struct EofIsCut<R: Read>(R);
+
+impl<R: Read> Read for EofIsCut<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => cut_short(),
+            _ => e,
+        })
+    }
 }
 
 /// Reads a chunked body as a stream.
@@ -621,6 +650,41 @@ mod tests {
         assert_eq!(normalize_host("[::1]:5"), "[::1]:5");
         assert_eq!(host_part("[::1]:5"), "::1");
         assert_eq!(host_part("127.0.0.1:5"), "127.0.0.1");
+    }
+
+    #[test]
+    fn streamed_bodies_are_chunked_and_checked() {
+        let mut out = Vec::new();
+        Chunked(&mut out).write_all(b"hello").unwrap();
+        assert_eq!(out, b"5\r\nhello\r\n");
+        let read = |raw: &[u8]| {
+            let mut body = Vec::new();
+            let mut d = Dechunk {
+                inner: std::io::BufReader::new(raw),
+                left: 0,
+                done: false,
+            };
+            d.read_to_end(&mut body).map(|_| body)
+        };
+        assert_eq!(
+            read(b"3\r\nabc\r\n2;x\r\nde\r\n0\r\nT: v\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        for cut in [&b"3\r\nab"[..], b"3\r\nabc\r\n", b"zz\r\n", b"3\r\nabcX"] {
+            assert!(read(cut).is_err(), "{:?}", String::from_utf8_lossy(cut));
+        }
+        let mut short = Exact {
+            inner: &b"abc"[..],
+            left: 5,
+        };
+        let mut buf = Vec::new();
+        assert_eq!(
+            short.read_to_end(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
+        let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("archiving x");
+        assert!(closed_on_us(&pipe) && !closed_on_us(&anyhow::anyhow!("other")));
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub const DEFAULT_PORT: u16 = 16998;
 /// The default port of the SSH gateway (named in attach commands).
 pub const SSH_PORT: u16 = 16999;
 
+/// The smallest memory limit an env may have (`mem` of a spawn), in bytes: below it the
+/// env's init would be killed before it could start.
+pub const MIN_MEM: u64 = 16 << 20;
+
 /// The largest request body the node accepts, in bytes; larger ones get 413.
 pub const MAX_BODY: usize = 1 << 20;
 
@@ -48,6 +52,10 @@ pub mod routes {
     pub const SAVE: &str = "/api/envs/{env}/save";
     /// `GET`: the OpenAPI document ([`openapi`](crate::openapi)); no token needed.
     pub const OPENAPI: &str = "/api/openapi.json";
+    /// `GET`: what the node did to the user's envs unasked → `Vec<`[`Notice`](crate::Notice)`>`.
+    pub const NOTICES: &str = "/api/notices";
+    /// `GET`: Prometheus metrics (text exposition format); no token needed.
+    pub const METRICS: &str = "/metrics";
 
     /// `POST`: [`InviteRequest`](crate::InviteRequest) →
     /// [`InviteResponse`](crate::InviteResponse).
@@ -267,6 +275,15 @@ pub struct Attach {
     pub ssh: String,
     /// `spawngrid cpu ENV` (the client adds `-h`/`-u` when they are not the defaults).
     pub cpu: String,
+}
+
+/// Something the node did to one of the user's envs that the user did not ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    /// What happened (one line).
+    pub message: String,
 }
 
 /// One of the user's envs (the answer to a spawn, and a row of `GET /api/envs`).
@@ -634,6 +651,8 @@ mod tests {
             (routes::PASSWORD, &["post"]),
             (routes::KEYS, &["get", "post"]),
             (routes::KEY, &["delete"]),
+            (routes::NOTICES, &["get"]),
+            (routes::METRICS, &["get"]),
         ];
         assert_eq!(paths.len(), want.len());
         for (path, methods) in want {
@@ -652,6 +671,14 @@ mod tests {
                 assert!(value.get(req.as_str().unwrap()).is_some(), "{name}.{req}");
             }
         };
+        check(
+            "Notice",
+            serde_json::to_value(Notice {
+                at: 1,
+                message: "m".into(),
+            })
+            .unwrap(),
+        );
         let attach = Attach {
             ssh: "s".into(),
             cpu: "c".into(),

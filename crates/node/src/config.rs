@@ -13,6 +13,14 @@
 //! max_body = 1048576              # largest request body in bytes (413 beyond)
 //! max_copy = "1G"                 # most bytes one `spawngrid cp` moves (streamed)
 //! default_mem = "512M"            # memory limit of an env spawned without --mem
+//!
+//! [capacity]                      # see crate::capacity
+//! max_envs = 512                  # envs on this node
+//! max_mem = "20G"                 # memory reserved by envs (their limits); default: host RAM
+//! user_max_envs = 10              # per user (default: no limit of its own)
+//! user_max_mem = "4G"             # per user
+//! policy = "refuse"               # or "evict": boom the longest-idle env of the user most
+//!                                 # over their fair share
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -42,6 +50,8 @@ pub struct Config {
     pub max_copy: String,
     /// Memory limit of an env spawned without one (bytes, or with K/M/G/T).
     pub default_mem: String,
+    /// Capacity limits and the full-node policy.
+    pub capacity: crate::capacity::CapacityConfig,
 }
 
 impl Default for Config {
@@ -56,6 +66,7 @@ impl Default for Config {
             max_body: api::MAX_BODY,
             max_copy: api::MAX_COPY.to_string(),
             default_mem: "512M".into(),
+            capacity: Default::default(),
         }
     }
 }
@@ -81,7 +92,10 @@ impl Config {
         if config.max_body < 1024 {
             bail!("max_body must be at least 1024 bytes");
         }
-        parse_size(&config.default_mem).context("default_mem")?;
+        if parse_size(&config.default_mem).context("default_mem")? < api::MIN_MEM {
+            bail!("default_mem must be at least 16M");
+        }
+        config.capacity.limits(1)?;
         Ok(config)
     }
 
@@ -165,6 +179,12 @@ mod tests {
         assert!(Config::parse("token_days = 0").is_err());
         assert!(Config::parse("listen = \"nope\"").is_err());
         assert!(Config::parse("default_mem = \"5Q\"").is_err());
+        assert!(Config::parse("default_mem = \"1M\"").is_err());
+        let c = Config::parse("[capacity]\nmax_envs = 3\npolicy = \"evict\"\n").unwrap();
+        assert_eq!(c.capacity.max_envs, 3);
+        assert_eq!(c.capacity.policy, crate::capacity::Policy::Evict);
+        assert!(Config::parse("[capacity]\npolicy = \"random\"\n").is_err());
+        assert!(Config::parse("[capacity]\nmax_envs = 0\n").is_err());
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub async fn cpu(
 
 /// Runs the session on an upgraded socket.
 async fn run(node: Arc<Node>, st: runtime::EnvState, s: Session, socket: WebSocket) {
+    // The env counts as in use (never evicted) for the whole session.
+    let _busy = node.activity.session(&st.name);
     let (mut tx, mut rx) = socket.split();
     let pty = match Pty::spawn(&node.rt, &st, s.argv, Vec::new(), s.rows, s.cols).await {
         Ok(p) => p,

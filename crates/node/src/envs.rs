@@ -6,10 +6,12 @@
 //! These functions block (runtime calls, SQLite, Argon2-free but disk-bound): the server runs
 //! them in `spawn_blocking`.
 
+use crate::capacity::{self, Decision, Usage};
 use crate::error::ApiError;
 use crate::Node;
 use anyhow::{Context, Result};
 use api::{Attach, EnvInfo, ExecResponse, SaveResponse, SpawnRequest};
+use axum::http::StatusCode;
 use library::{Library, LocalBackend, Score};
 use runtime::cgroup::Limits;
 use runtime::{EnvState, SpawnOptions};
@@ -59,17 +61,93 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
     opts.snapshot = Some(score);
     opts.lower_shifted = true;
     opts.disk = req.disk;
+    let memory = req.mem.unwrap_or_else(|| node.config.default_mem_bytes());
+    if memory < api::MIN_MEM {
+        return Err(ApiError::bad_request(format!(
+            "mem {memory} is too small: an env needs at least {} (16M)",
+            api::MIN_MEM
+        )));
+    }
     opts.limits = Limits {
-        memory: req.mem.unwrap_or_else(|| node.config.default_mem_bytes()),
+        memory,
         ..Limits::default()
     };
-    match runtime::spawn::spawn(rt, &opts) {
+    let start = Instant::now();
+    // Deciding, evicting and spawning under one lock: two spawns never take one free slot.
+    let admitted = node.admission.lock().unwrap_or_else(|e| e.into_inner());
+    make_room(node, user, opts.limits.memory)?;
+    let result = runtime::spawn::spawn(rt, &opts);
+    drop(admitted);
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    node.metrics
+        .inc("spawngrid_spawns_total", &[("result", outcome)]);
+    if result.is_ok() {
+        node.metrics
+            .observe("spawngrid_spawn_seconds", &[], start.elapsed());
+    }
+    match result {
         Ok(st) => Ok(st),
         // Two spawns of one env at once: the runtime's create_dir decided.
         Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(ApiError::conflict(format!(
             "you already have an env {env}: boom it, or spawn with --as ANOTHER"
         ))),
         Err(e) => Err(ApiError::internal(&e.context(format!("spawning {env}")))),
+    }
+}
+
+/// Admits one more env of `user` reserving `mem` bytes, evicting envs if the capacity
+/// policy says so (each evicted owner gets a notice), or refuses with 503.
+fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
+    let envs = runtime::state::list(&node.rt)?;
+    let usage: Vec<Usage> = envs
+        .iter()
+        .map(|st| {
+            let (busy, idle) = node.activity.state(&st.name, st.created);
+            Usage {
+                id: st.name.clone(),
+                owner: st.owner.clone(),
+                mem: cgroup_number(st, &["memory.max", "memory.limit_in_bytes"]).unwrap_or(0),
+                idle,
+                busy,
+            }
+        })
+        .collect();
+    match capacity::decide(&node.limits, &usage, user, mem) {
+        Decision::Full(why) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)),
+        Decision::OverLimit(why) => Err(ApiError::conflict(why)),
+        Decision::TooBig(why) => Err(ApiError::bad_request(why)),
+        Decision::Admit(evict) => {
+            for id in evict {
+                let Some(st) = envs.iter().find(|st| st.name == id) else {
+                    continue;
+                };
+                let idle = usage.iter().find(|u| u.id == id).map_or(0, |u| u.idle);
+                runtime::boom::boom(&node.rt, &id)
+                    .map_err(|e| ApiError::internal(&e.context(format!("evicting {id}"))))?;
+                node.activity.forget(&id);
+                node.metrics.inc("spawngrid_evictions_total", &[]);
+                let message = format!(
+                    "env {} was evicted (boomed) after {} idle to make room for another user's \
+                     spawn on a full node; its names are intact: spawn it again",
+                    user_env_name(st, &st.owner),
+                    idle_text(idle)
+                );
+                tracing::info!(env = %id, owner = %st.owner, for_user = %user, "evicted");
+                if let Err(e) = crate::notices::add(&node.rt.data, &st.owner, &message) {
+                    tracing::warn!("recording the eviction of {id}: {e:#}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An idle time for messages: `42s`, `5m`, `3h`.
+fn idle_text(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
     }
 }
 
@@ -139,8 +217,13 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
 
 /// Memory charged to the env's cgroup: `memory.current` (v2) or `memory.usage_in_bytes` (v1).
 fn memory_used(st: &EnvState) -> Option<u64> {
+    cgroup_number(st, &["memory.current", "memory.usage_in_bytes"])
+}
+
+/// The first of `files` found in the env's cgroup directories, as a number.
+fn cgroup_number(st: &EnvState, files: &[&str]) -> Option<u64> {
     st.cgroups.iter().find_map(|dir| {
-        ["memory.current", "memory.usage_in_bytes"]
+        files
             .iter()
             .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
             .and_then(|s| s.trim().parse().ok())
@@ -316,7 +399,14 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
     }
     let lib = open_library(&node.rt.data)?;
     let start = Instant::now();
-    let imported = runtime::save::save(&node.rt, &st.name, &lib, &node.cat, user, name)?;
+    let _busy = node.activity.session(&st.name);
+    let imported = runtime::save::save(&node.rt, &st.name, &lib, &node.cat, user, name);
+    let outcome = if imported.is_ok() { "ok" } else { "error" };
+    node.metrics
+        .inc("spawngrid_saves_total", &[("result", outcome)]);
+    let imported = imported?;
+    node.metrics
+        .observe("spawngrid_save_seconds", &[], start.elapsed());
     Ok(SaveResponse {
         env: user_env_name(st, user).to_string(),
         name: name.to_string(),
@@ -329,6 +419,8 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
 /// Booms `user`'s env.
 pub fn boom(node: &Node, st: &EnvState) -> Result<(), ApiError> {
     runtime::boom::boom(&node.rt, &st.name)?;
+    node.activity.forget(&st.name);
+    node.metrics.inc("spawngrid_booms_total", &[]);
     Ok(())
 }
 

@@ -10,6 +10,9 @@
 //! - [`ssh`]: the SSH gateway (login shells, commands and sftp inside envs).
 //! - [`users`]: password, SSH key and user deletion routes (yourself, or anyone for admins).
 //! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
+//! - [`capacity`]: limits on envs and memory, refusal or eviction when the node is full.
+//! - [`notices`]: what the node did to a user's envs unasked (evictions).
+//! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
 //! - [`pty`]: an async terminal session inside an env (for `cpu` and the SSH gateway).
 //! - [`cpu`]: `spawngrid cpu`'s WebSocket route (a terminal session).
 //! - [`files`]: `spawngrid cp`'s routes (tar streams in and out of an env).
@@ -17,12 +20,15 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod capacity;
 pub mod config;
 pub mod cpu;
 pub mod envs;
 pub mod error;
 pub mod files;
 pub mod invite;
+pub mod metrics;
+pub mod notices;
 pub mod pty;
 pub mod server;
 pub mod snapshots;
@@ -48,15 +54,24 @@ pub struct Node {
     pub name: String,
     /// Snapshot sizes: the library (opened on first use) and sizes already read.
     pub sizes: snapshots::Sizes,
+    /// Capacity limits in force.
+    pub limits: capacity::Limits,
+    /// Sessions in progress and last activity of each env.
+    pub activity: Arc<capacity::Activity>,
+    /// Held while a spawn decides and makes room, so two spawns cannot both take the last slot.
+    pub admission: std::sync::Mutex<()>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 impl Node {
     /// Opens the node on `config.data` (created if missing).
     pub fn open(config: Config) -> Result<Node> {
-        let exe = std::env::current_exe().context("finding this executable")?;
+        let exe = runtime::helper::self_exe();
         let rt = runtime::Runtime::new(&config.data, exe)?;
         let cat = catalog::Catalog::open(rt.data.join("catalog.db"))?;
         let sizes = snapshots::Sizes::new(&rt.data);
+        let limits = config.capacity.limits(host_memory()?)?;
         Ok(Node {
             config,
             rt,
@@ -64,8 +79,22 @@ impl Node {
             backoff: auth::Backoff::default(),
             name: host_name(),
             sizes,
+            limits,
+            activity: Arc::default(),
+            admission: std::sync::Mutex::new(()),
+            metrics: metrics::Metrics::default(),
         })
     }
+}
+
+/// The host's RAM in bytes (`MemTotal` of `/proc/meminfo`).
+fn host_memory() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("no MemTotal in /proc/meminfo")
 }
 
 /// The machine's host name (`uname -n`).
@@ -84,6 +113,7 @@ pub fn run(config: Config) -> Result<()> {
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let node = Node::open(config)?;
+    node.rt.keep_spare_helper();
     invite::sweep(&node);
     let mut names = vec![
         "localhost".to_string(),

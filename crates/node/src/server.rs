@@ -275,6 +275,7 @@ async fn exec_env(
     };
     let resp = blocking(move || {
         let st = envs::load_own(&node, &user, &env)?;
+        let _busy = node.activity.session(&st.name);
         envs::exec(&node.rt, &st, &req.argv, stdin)
     })
     .await?;
@@ -314,6 +315,49 @@ async fn boom_env(
     Ok(ok(&resp))
 }
 
+async fn notices(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+) -> Result<Response, ApiError> {
+    let list = blocking(move || Ok(crate::notices::list(&node.rt.data, &user)?)).await?;
+    Ok(ok(&list))
+}
+
+/// Prometheus metrics: the recorded counters and histograms, and gauges read now.
+async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let text = blocking(move || {
+        let envs = runtime::state::list(&node.rt)?;
+        let running = envs.iter().filter(|st| st.alive()).count();
+        let packs = crate::metrics::dir_bytes(&node.rt.data.join("library"));
+        let gauges = [
+            ("spawngrid_envs", "envs on this node", envs.len() as f64),
+            (
+                "spawngrid_envs_running",
+                "envs whose init is alive",
+                running as f64,
+            ),
+            (
+                "spawngrid_capacity_envs",
+                "most envs this node admits",
+                node.limits.max_envs as f64,
+            ),
+            (
+                "spawngrid_capacity_memory_bytes",
+                "most memory this node's envs may reserve",
+                node.limits.max_mem as f64,
+            ),
+            (
+                "spawngrid_library_stored_bytes",
+                "bytes in the local library (packs and indexes)",
+                packs as f64,
+            ),
+        ];
+        Ok(node.metrics.render(&gauges))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
 async fn openapi() -> Response {
     let mut r = api::openapi().into_response();
     r.headers_mut().insert(
@@ -351,8 +395,18 @@ tokio::task_local! {
 
 /// Logs every request: method, path, status, user, duration. Never headers, queries or
 /// bodies (they carry tokens and passwords).
-async fn access_log(req: Request, next: axum::middleware::Next) -> Response {
+async fn access_log(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    // The route template (`/api/envs/{env}`), not the path: metrics keep few label sets.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
     let start = Instant::now();
     CURRENT_USER
         .scope(std::sync::Mutex::new(None), async move {
@@ -369,6 +423,14 @@ async fn access_log(req: Request, next: axum::middleware::Next) -> Response {
                 user = %user,
                 ms = start.elapsed().as_secs_f64() * 1e3,
                 "request"
+            );
+            let status = resp.status().as_u16().to_string();
+            let labels = [("route", route.as_str()), ("method", method.as_str())];
+            node.metrics
+                .observe("spawngrid_http_request_seconds", &labels, start.elapsed());
+            node.metrics.inc(
+                "spawngrid_http_requests_total",
+                &[labels[0], labels[1], ("status", &status)],
             );
             resp
         })
@@ -392,11 +454,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::UNSHARE, post(crate::snapshots::unshare))
         .route(routes::USER, delete(crate::users::delete))
         .route(routes::PASSWORD, post(crate::users::password))
-        .route(routes::KEYS, get(crate::users::keys).post(crate::users::add_key))
+        .route(
+            routes::KEYS,
+            get(crate::users::keys).post(crate::users::add_key),
+        )
         .route(routes::KEY, delete(crate::users::remove_key))
+        .route(routes::NOTICES, get(notices))
+        .route(routes::METRICS, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(access_log))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            access_log,
+        ))
         .with_state(node)
 }
 

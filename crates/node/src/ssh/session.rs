@@ -205,6 +205,8 @@ struct Started {
     /// The command's exit code.
     wait: JoinHandle<Result<i32>>,
     stop: Stop,
+    /// The env counts as in use (never evicted) while this lives.
+    _busy: crate::capacity::Session,
 }
 
 /// Starts the setup's program in `st` as `who` (root if `None`).
@@ -224,6 +226,7 @@ async fn launch(
         Program::Sftp => vec!["/bin/sh".into(), "-c".into(), sftp_script()],
     };
     let mut env = setup.env;
+    let busy = node.activity.session(&st.name);
     let node = node.clone();
     match setup.pty {
         Some(pty) => {
@@ -256,6 +259,7 @@ async fn launch(
                     cmd.wait()
                 }),
                 stop: Stop::HangUp,
+                _busy: busy,
             })
         }
         None => {
@@ -283,6 +287,7 @@ async fn launch(
                     s.wait()
                 }),
                 stop: Stop::Service(started),
+                _busy: busy,
             })
         }
     }
@@ -311,6 +316,7 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
         master,
         wait,
         stop,
+        _busy,
     } = started;
     let (exited_tx, exited) = watch::channel(false);
     let pumps: Vec<JoinHandle<()>> = outputs

@@ -382,6 +382,18 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
             e.attach.ssh
         );
     }
+    // What the node did unasked (evictions) in the last week.
+    let notices: Vec<api::Notice> = call(&a.node, "GET", routes::NOTICES, None::<&()>)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for n in notices {
+        println!(
+            "note ({} ago): {}",
+            age(now.saturating_sub(n.at)),
+            n.message
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -71,14 +71,19 @@ impl Drop for Site {
 }
 
 impl Site {
-    pub fn new(tag: &str) -> Site {
+    /// A site with an empty data directory: no users, no snapshots.
+    pub fn bare(tag: &str) -> Site {
         let scratch = common::Scratch::new(tag);
         let data = scratch.join("data");
-        let site = Site {
+        Site {
             scratch,
             data,
             server: std::cell::RefCell::new(None),
-        };
+        }
+    }
+
+    pub fn new(tag: &str) -> Site {
+        let site = Site::bare(tag);
         let root = busybox();
         for owner in [who("alice"), who("bob")] {
             let owner = owner.as_str();
@@ -128,10 +133,32 @@ impl Site {
 
     /// Starts the node on `listen` and waits for its "listening" line.
     pub fn start(&self, listen: &str) {
+        self.start_with(listen, &[]);
+    }
+
+    /// Writes `text` as the node's config file (for [`Site::start_with`]`(.., &["--config", P])`).
+    pub fn config(&self, text: &str) -> String {
+        let path = self.scratch.join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// [`Site::start`] with more `spawngrid serve` arguments.
+    pub fn start_with(&self, listen: &str, extra: &[&str]) {
+        let mut args = vec!["serve", "--data", self.data_str(), "--listen", listen];
+        args.extend_from_slice(extra);
+        self.start_cmd(&args, &[]);
+    }
+
+    /// Runs `spawngrid ARGS --ssh-listen 127.0.0.1:0` (a command that ends up serving: `serve`
+    /// or `up`) with environment `vars`, waits for its "listening" line, and returns the
+    /// lines it printed before that one.
+    pub fn start_cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Vec<String> {
         let log = std::fs::File::create(self.scratch.join("serve.log")).unwrap();
         let mut child = Command::new(common::bin())
-            .args(["serve", "--data", self.data_str(), "--listen", listen])
+            .args(args)
             .args(["--ssh-listen", "127.0.0.1:0"])
+            .envs(vars.iter().copied())
             .env("SPAWNGRID_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -151,9 +178,16 @@ impl Site {
             addr: String::new(),
             ssh_addr: String::new(),
         };
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the node did not start: {}", self.log()));
+        let mut before = Vec::new();
+        let line = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(600))
+                .unwrap_or_else(|_| panic!("the node did not start: {}", self.log()));
+            if line.contains(" listening on ") {
+                break line;
+            }
+            before.push(line);
+        };
         let addr = line
             .split("https://")
             .nth(1)
@@ -167,6 +201,7 @@ impl Site {
             .unwrap_or_else(|| panic!("no SSH address in {line:?}"))
             .to_string();
         self.server.replace(Some(server));
+        before
     }
 
     pub fn stop(&self) {

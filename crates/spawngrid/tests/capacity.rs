@@ -1,0 +1,89 @@
+//! Node capacity end to end (as root): a full node refuses or evicts by policy, the evicted
+//! owner's `status` says what happened, per-user limits hold, and `/metrics` counts it all.
+
+mod common;
+
+use common::site::*;
+
+/// alice fills a two-env node; bob's spawn evicts alice's longest-idle env (not the one she
+/// used last), alice's status tells her, and her names stay spawnable.
+#[test]
+fn a_full_node_evicts_the_longest_idle_env_of_the_user_over_share() {
+    let site = Site::new("cap-evict");
+    let config = site.config("[capacity]\nmax_envs = 2\npolicy = \"evict\"\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    bob.login();
+    alice.ok("spawn", &["base", "--as", "old"]);
+    alice.ok("spawn", &["base", "--as", "recent"]);
+    // Idle times count in seconds: make `recent` clearly the more recently used.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(alice.exec("recent", "echo hi").1, "hi\n");
+    let out = bob.ok("spawn", &["base"]);
+    assert!(out.contains("ssh -p"), "{out}");
+
+    let status = alice.ok("status", &[]);
+    assert!(status.contains("recent"), "{status}");
+    assert!(
+        status.contains("note (") && status.contains("env old was evicted"),
+        "{status}"
+    );
+    let envs = alice.json("status", &[]);
+    let names: Vec<&str> = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["env"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["recent"]);
+    // Bob sees no notice of alice's; alice's name is intact but the node is full for her.
+    assert!(!bob.ok("status", &[]).contains("evicted"));
+    let err = alice.refused("spawn", &["base", "--as", "again"]);
+    assert!(err.contains("you are over your fair share"), "{err}");
+
+    let (code, metrics) = site.raw("GET", "/metrics", "{}", b"", false);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("spawngrid_evictions_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("spawngrid_spawns_total{result=\"ok\"} 3\n"));
+    assert!(metrics.contains("spawngrid_envs 2\n"));
+    assert!(metrics.contains(
+        "spawngrid_http_requests_total{route=\"/api/envs\",method=\"POST\",status=\"503\"} 1\n"
+    ));
+    bob.ok("boom", &["base"]);
+    alice.ok("boom", &["recent"]);
+}
+
+/// `policy = "refuse"` and per-user limits: a clear 503 line, nothing spawned, nothing evicted.
+#[test]
+fn refusals_name_the_limit_and_change_nothing() {
+    let site = Site::new("cap-refuse");
+    let config =
+        site.config("default_mem = \"64M\"\n[capacity]\nmax_envs = 2\nuser_max_mem = \"100M\"\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    bob.login();
+    // Too little memory for an env at all: 400, whatever the node's room.
+    let err = alice.refused("spawn", &["base", "--mem", "1M"]);
+    assert!(err.contains("too small"), "{err}");
+    alice.ok("spawn", &["base"]);
+    let err = alice.refused("spawn", &["base", "--as", "two"]);
+    assert!(err.contains("over your limit of 100M"), "{err}");
+    bob.ok("spawn", &["base"]);
+    // Within bob's own limit (64M + 16M), but the node has its two envs.
+    let err = bob.refused("spawn", &["base", "--as", "two", "--mem", "16M"]);
+    assert!(err.contains("node full: 2 envs of at most 2"), "{err}");
+    assert_eq!(alice.json("status", &[]).as_array().unwrap().len(), 1);
+    assert_eq!(bob.json("status", &[]).as_array().unwrap().len(), 1);
+    assert!(!alice.ok("status", &[]).contains("evicted"));
+    alice.ok("boom", &["base"]);
+    bob.ok("spawn", &["base", "--as", "two", "--mem", "16M"]);
+    bob.ok("boom", &["base"]);
+    bob.ok("boom", &["two"]);
+}

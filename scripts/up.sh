@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The first command of README.md: installs what Spawngrid needs, builds the binary and creates
-# a local library with a base snapshot. Run as root. Idempotent: an existing `base` is kept.
-#   SPAWNGRID_DATA   data directory (default /var/lib/spawngrid)
-#   SPAWNGRID_MIRROR Debian mirror for the base snapshot (default http://deb.debian.org/debian)
+# The first command of README.md: installs what Spawngrid needs, builds and installs the binary,
+# makes the base snapshot's root (a cached debootstrap of Debian bookworm, or a busybox root when
+# that fails), then runs `spawngrid up`: data dir, admin user (password printed once), `base`,
+# and the node serving HTTPS on 16998 and SSH on 16999 until Ctrl-C. Run as root. Idempotent.
+#   SPAWNGRID_DATA            data directory (default /var/lib/spawngrid)
+#   SPAWNGRID_MIRROR          Debian mirror for the base snapshot (default http://deb.debian.org/debian)
+#   SPAWNGRID_ADMIN_PASSWORD  the admin's password (default: a random one, printed once)
+#   Arguments are passed to `spawngrid up` (e.g. --no-serve, --listen 127.0.0.1:16998).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/up.sh: run as root" >&2; exit 1; }
@@ -11,21 +15,16 @@ data=${SPAWNGRID_DATA:-/var/lib/spawngrid}
 scripts/deps.sh run
 echo "== building spawngrid" >&2
 cargo build --release -p spawngrid
-bin=$PWD/target/release/spawngrid
-install -m 0755 "$bin" /usr/local/bin/spawngrid
+install -m 0755 target/release/spawngrid /usr/local/bin/spawngrid
 
-if spawngrid lib --data "$data" log base >/dev/null 2>&1; then
-  echo "base snapshot already in $data" >&2
-else
-  echo "== making the base snapshot" >&2
+base=()
+if ! spawngrid lib --data "$data" --owner admin log base >/dev/null 2>&1; then
+  echo "== making the base snapshot's root" >&2
   if root=$(scripts/rootfs.sh debian); then
-    note="debootstrap minbase bookworm"
+    base=(--base "$root")
   else
-    echo "debootstrap failed or unavailable; building a busybox root instead" >&2
-    root=$(scripts/rootfs.sh busybox)
-    note="busybox root"
+    echo "debootstrap failed or unavailable; spawngrid up makes a busybox root instead" >&2
+    base=(--busybox)
   fi
-  spawngrid lib --data "$data" import base "$root" --note "$note"
 fi
-spawngrid lib --data "$data" stats
-echo "ready: try 'spawngrid env --data $data spawn base' then 'spawngrid env --data $data cpu base'" >&2
+exec spawngrid up --data "$data" "${base[@]}" "$@"

@@ -125,7 +125,7 @@ pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = Command::new(std::env::current_exe().context("finding this executable")?)
+    let out = Command::new(runtime::helper::self_exe())
         .args(["lib", "--data"])
         .arg(&rt.data)
         .args(["mount", &score.to_hex()])

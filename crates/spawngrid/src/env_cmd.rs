@@ -82,7 +82,7 @@ enum EnvCommand {
 
 /// Runs `spawngrid env ...`.
 pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
-    let exe = std::env::current_exe().context("finding this executable")?;
+    let exe = runtime::helper::self_exe();
     let rt = Runtime::new(&args.data.path, &exe)?;
     match args.command {
         EnvCommand::Spawn {

@@ -103,6 +103,21 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
     }
 }
 
+/// Imports `path` as `owner`'s name `name` in the library of `data` (what `lib import` does,
+/// with its progress bar and report; used by `spawngrid up`).
+pub fn import(data: &Path, owner: &str, name: &str, path: &Path, note: String) -> Result<()> {
+    let ctx = Ctx {
+        data: data.to_path_buf(),
+        owner: owner.to_string(),
+        json: false,
+    };
+    let path = path
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+    ctx.import(name, path, Some(note), None)?;
+    Ok(())
+}
+
 struct Ctx {
     data: PathBuf,
     owner: String,

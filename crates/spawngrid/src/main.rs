@@ -8,6 +8,7 @@ mod lib_cmd;
 mod mount_cmd;
 mod progress;
 mod term;
+mod up_cmd;
 mod user_cmd;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Command {
     Env(env_cmd::EnvArgs),
     /// Run a node: the HTTPS API on port 16998 (root).
     Serve(ServeArgs),
+    /// One command to a working node (root): data dir, admin user, a base snapshot, then serve.
+    Up(up_cmd::UpArgs),
     /// Manage users offline on a node's data directory (root, on the node): add, passwd, del,
     /// key. Users manage their own password and keys remotely with `passwd` and `key`.
     User(user_cmd::UserArgs),
@@ -86,9 +89,9 @@ enum Command {
     Orc(client::orc::OrcArgs),
 }
 
-/// Arguments of `spawngrid serve`.
+/// Arguments of `spawngrid serve` (and of `spawngrid up`, which serves when set up).
 #[derive(clap::Args)]
-struct ServeArgs {
+pub struct ServeArgs {
     /// The configuration file (TOML; see docs/node.md). Default: built-in defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
@@ -105,12 +108,18 @@ struct ServeArgs {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    node::run(serve_config(&args)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The node configuration: the file's (or the defaults) with the command line's overrides.
+pub fn serve_config(args: &ServeArgs) -> anyhow::Result<node::Config> {
     let mut config = match &args.config {
         Some(path) => node::Config::load(path)?,
         None => node::Config::default(),
     };
-    if let Some(d) = args.data {
-        config.data = d;
+    if let Some(d) = &args.data {
+        config.data = d.clone();
     }
     if let Some(l) = args.listen {
         config.listen = l;
@@ -118,8 +127,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.ssh_listen.is_some() {
         config.ssh_listen = args.ssh_listen;
     }
-    node::run(config)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(config)
 }
 
 /// `--data DIR`, which every command working on a node's data directory takes.
@@ -161,7 +169,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args());
     // The daemon logs each request (info); commands only warnings.
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Up(_) => "info",
         _ => "warn",
     };
     let subscriber = tracing_subscriber::fmt()
@@ -171,7 +179,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if matches!(cli.command, Command::Serve(_)) {
+    if matches!(cli.command, Command::Serve(_) | Command::Up(_)) {
         subscriber.init();
     } else {
         subscriber.without_time().init();
@@ -181,6 +189,7 @@ fn main() -> ExitCode {
         Command::Lib(args) => lib_cmd::run(args, json),
         Command::Env(args) => env_cmd::run(args, json),
         Command::Serve(args) => serve(args),
+        Command::Up(args) => up_cmd::run(args),
         Command::User(args) => user_cmd::run(args, json),
         Command::Login(a) => client::login(a, json),
         Command::Scores(a) => client::scores(a, json),

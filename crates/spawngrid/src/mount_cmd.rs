@@ -145,7 +145,7 @@ fn spawn_server(
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let start = Instant::now();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(runtime::helper::self_exe())
         .arg("lib")
         .arg("--data")
         .arg(data)

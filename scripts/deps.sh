@@ -7,7 +7,7 @@ set -euo pipefail
 want=(ca-certificates zstd attr acl iproute2 nftables)
 case "${1:-run}" in
   run) ;;
-  test) want+=(debootstrap busybox-static) ;;
+  test) want+=(debootstrap busybox-static python3-venv openssh-client) ;;
   bench) want+=(debootstrap restic borgbackup) ;;
   *) echo "usage: scripts/deps.sh run|test|bench" >&2; exit 2 ;;
 esac
@@ -20,5 +20,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || { echo "scripts/deps.sh: apt-get update failed; check the network or mirror" >&2; exit 1; }
   apt-get install -y -qq "${missing[@]}" >/dev/null || { echo "scripts/deps.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
+fi
+# schemathesis (PyPI) fuzzes the node's API from its OpenAPI document in the tests.
+if [ "${1:-run}" = test ]; then
+  venv=${SPAWNGRID_CACHE:-/var/cache/spawngrid}/venv
+  if ! "$venv/bin/st" --version 2>/dev/null | grep -q "4.32.5"; then
+    echo "scripts/deps.sh: installing schemathesis 4.32.5 in $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==4.32.5" ||
+      { echo "scripts/deps.sh: pip install schemathesis failed; check access to PyPI" >&2; exit 1; }
+  fi
 fi
 command -v cargo >/dev/null || { echo "scripts/deps.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }

@@ -1,0 +1,58 @@
+//! schemathesis (PyPI, installed by `scripts/deps.sh test` in `/var/cache/spawngrid/venv`)
+//! fuzzes every route of the node's OpenAPI document as a logged-in user for a minute: no
+//! answer may be a server error (5xx). As root (the node runs envs).
+
+mod common;
+
+use common::site::*;
+use std::process::Command;
+
+/// The `st` binary: `$SPAWNGRID_SCHEMATHESIS`, else the venv `scripts/deps.sh test` makes.
+fn schemathesis() -> String {
+    let st = std::env::var("SPAWNGRID_SCHEMATHESIS").unwrap_or_else(|_| {
+        let cache = std::env::var("SPAWNGRID_CACHE").unwrap_or("/var/cache/spawngrid".into());
+        format!("{cache}/venv/bin/st")
+    });
+    assert!(
+        std::path::Path::new(&st).exists(),
+        "no schemathesis at {st}: run scripts/deps.sh test"
+    );
+    st
+}
+
+#[test]
+fn schemathesis_finds_no_server_error() {
+    let st = schemathesis();
+    let site = Site::new("schemathesis");
+    // Fuzzed spawns may succeed (`base` exists): keep them few and small.
+    let config = site.config("default_mem = \"64M\"\n[capacity]\nuser_max_envs = 6\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    alice.login();
+    let token = alice.token();
+    let out = Command::new(&st)
+        .arg("run")
+        .arg(format!("https://{}/api/openapi.json", site.addr()))
+        .args(["--tls-verify", "false"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["--checks", "not_a_server_error"])
+        .args(["--phases", "coverage,fuzzing"])
+        .args(["--max-time", "60", "--workers", "2"])
+        // Binary tar bodies and the WebSocket upgrade have no serializer in schemathesis.
+        .args(["--exclude-path-regex", "/(cpu|files)$"])
+        .env("NO_COLOR", "1")
+        // schemathesis keeps a `.schemathesis/` cache in its working directory.
+        .current_dir(site.scratch.path())
+        .output()
+        .expect("running schemathesis");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("Tested:"),
+        "schemathesis did not run: {report}"
+    );
+    assert!(
+        !report.contains("ST101") && !report.contains("Server error"),
+        "server errors found:\n{report}\nnode log:\n{}",
+        site.log()
+    );
+}

@@ -501,6 +501,15 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
         "{}",
         text(&out.stderr)
     );
+
+    // The env's /etc/passwd is read inside the env: a symlink to a host path (here a host
+    // file that would make alice uid 4242) finds nothing, so the session runs as root.
+    let host_file = site.scratch.join("host-passwd");
+    std::fs::write(&host_file, format!("{name}:x:4242:4242::/:/bin/sh\n")).unwrap();
+    let link = format!("ln -sf {} /etc/passwd", host_file.display());
+    assert_eq!(alice.exec("mine", &link).0, 0);
+    let out = ssh.exec(&a_login, &a_pw, "id -u", b"");
+    assert_eq!(text(&out.stdout), "0\n", "{}", text(&out.stderr));
 }
 
 #[test]

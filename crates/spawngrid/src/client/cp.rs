@@ -207,6 +207,55 @@ impl Drop for Scratch {
 mod tests {
     use super::*;
 
+    /// What a hostile env's tar might send: `..`, an absolute name, and a write through a
+    /// symlink to a directory outside.
+    fn hostile(outside: &Path) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let entries = [
+            ("top", tar::EntryType::Directory, ""),
+            ("top/ok", tar::EntryType::Regular, ""),
+            ("../escaped", tar::EntryType::Regular, ""),
+            ("/absolute", tar::EntryType::Regular, ""),
+            ("top/l", tar::EntryType::Symlink, outside.to_str().unwrap()),
+            ("top/l/through", tar::EntryType::Regular, ""),
+        ];
+        for (name, kind, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+            // Raw names: the builder would refuse `..` and absolute ones.
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            if !link.is_empty() {
+                h.set_link_name(link).unwrap();
+            }
+            let data: &[u8] = if kind == tar::EntryType::Regular {
+                b"x"
+            } else {
+                b""
+            };
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_hostile_archive_writes_nothing_outside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (into, outside) = (tmp.path().join("into"), tmp.path().join("outside"));
+        std::fs::create_dir(&into).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let err = unpack(&mut &hostile(&outside)[..], &into).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("outside of destination"),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(!tmp.path().join("escaped").exists() && !Path::new("/absolute").exists());
+        assert!(into.join("top/ok").exists());
+    }
+
     #[test]
     fn sides_are_envs_or_local() {
         assert_eq!(remote("web:/etc"), Some(("web", "/etc")));

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 /// Runs `spawngrid cpu sess` on a pseudo-terminal of 30x100: the prompt, the size inside, a
-/// resize to 50x120 (SIGWINCH), ^C on a sleep (the shell survives), `exit 7`.
+/// resize to 50x120 (SIGWINCH), ^C on a sleep (the shell survives), `exit 7`, and the
+/// terminal's mode restored.
 const PTY_DRIVER: &str = r#"
 import fcntl, os, pty, select, struct, sys, termios, time
 sg, addr, user, home = sys.argv[1:5]
@@ -52,6 +53,9 @@ expect(b"after-130")
 os.write(fd, b"exit 7\n")
 _, status = os.waitpid(pid, 0)
 assert os.waitstatus_to_exitcode(status) == 7, status
+# The client gave the terminal back as it found it: cooked, echoing.
+lflag = termios.tcgetattr(fd)[3]
+assert lflag & termios.ICANON and lflag & termios.ECHO, lflag
 "#;
 
 /// The processes in env `sess` besides its init and the listing itself: "PID COMM" lines.

@@ -266,6 +266,20 @@ pub struct SpawnRequest {
     /// Memory limit in bytes (default: the node's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem: Option<u64>,
+    /// The env's network (default: loopback only).
+    #[serde(default)]
+    pub net: Net,
+}
+
+/// An env's network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Net {
+    /// Loopback only.
+    #[default]
+    None,
+    /// Its own address, outbound access through the node (NAT).
+    Nat,
 }
 
 /// How to get a shell in an env.
@@ -599,7 +613,10 @@ mod tests {
             ("base", Some("w"), false)
         );
         let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(text, r#"{"name":"base","disk":false,"as":"w"}"#);
+        assert_eq!(
+            text,
+            r#"{"name":"base","disk":false,"as":"w","net":"none"}"#
+        );
         assert!(serde_json::from_str::<SpawnRequest>(r#"{"name":"b","bogus":1}"#).is_err());
     }
 
@@ -731,6 +748,7 @@ mod tests {
                 disk: true,
                 as_env: Some("a".into()),
                 mem: Some(1),
+                net: Net::Nat,
             }),
         );
         check("Attach", v(&attach));

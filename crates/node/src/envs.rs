@@ -61,6 +61,10 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
     opts.snapshot = Some(score);
     opts.lower_shifted = true;
     opts.disk = req.disk;
+    opts.network = match req.net {
+        api::Net::None => runtime::Network::None,
+        api::Net::Nat => runtime::Network::Nat,
+    };
     let memory = req.mem.unwrap_or_else(|| node.config.default_mem_bytes());
     if memory < api::MIN_MEM {
         return Err(ApiError::bad_request(format!(

@@ -374,3 +374,33 @@ fn envs_outlive_a_restart_and_a_changed_certificate_is_refused() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("first connection"));
 }
+
+/// `spawn --net nat` reaches the runtime: the env has an address of its own besides loopback
+/// (the runtime's tests cover NAT itself); `--net none` has loopback only; a bad value is a
+/// usage error before any request.
+#[test]
+fn spawn_net_nat_gives_the_env_its_own_address() {
+    let site = Site::new("node-net");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "n", "--net", "nat"]);
+    alice.ok("spawn", &["base", "--as", "l"]);
+    let routes = |env: &str| alice.exec(env, "cat /proc/net/route | wc -l").1;
+    // A header line, plus the default route and the subnet's route with nat.
+    assert!(
+        routes("n").trim().parse::<u32>().unwrap() >= 3,
+        "{}",
+        routes("n")
+    );
+    assert_eq!(routes("l").trim(), "1");
+    // clap's usage error: its first line names the value and what is wanted.
+    let out = alice.sg("spawn", &["base", "--as", "x", "--net", "bridge"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.lines().next().unwrap().contains("want none or nat"),
+        "{err}"
+    );
+    alice.ok("boom", &["n"]);
+    alice.ok("boom", &["l"]);
+}

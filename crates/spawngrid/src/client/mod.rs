@@ -108,6 +108,19 @@ pub struct SpawnArgs {
     /// Memory limit (e.g. 512M, 2G; default: the node's).
     #[arg(long, value_name = "SIZE")]
     mem: Option<String>,
+    /// The env's network: none (loopback only) or nat (its own address, outbound through the
+    /// node).
+    #[arg(long, default_value = "none", value_parser = parse_net)]
+    net: api::Net,
+}
+
+/// `--net none|nat`.
+fn parse_net(s: &str) -> Result<api::Net> {
+    match s {
+        "none" => Ok(api::Net::None),
+        "nat" => Ok(api::Net::Nat),
+        _ => anyhow::bail!("unknown network {s:?}: want none or nat"),
+    }
 }
 
 /// `spawngrid exec`.
@@ -270,6 +283,7 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
         disk: a.disk,
         as_env: a.as_env.clone(),
         mem,
+        net: a.net,
     };
     let info: api::EnvInfo = call(&a.node, "POST", routes::ENVS, Some(&req))?;
     if json {

@@ -227,6 +227,27 @@ fn shell_exec_stdin_and_refusals() {
     );
     let out = ssh.exec(&a_login, &a_pw, "wc -c", &data);
     assert_eq!(text(&out.stdout).trim(), (3u32 << 20).to_string());
+    // A command that reads its input late: the node holds up to 16 MiB, then stops reading
+    // the channel until the command catches up (40 MiB here), and nothing is lost.
+    let big: Vec<u8> = data.iter().cycle().take(40 << 20).copied().collect();
+    let out = ssh.exec(&a_login, &a_pw, "sleep 2; sha256sum", &big);
+    let want = Command::new("sha256sum")
+        .stdin(
+            std::fs::File::open({
+                let p = site.scratch.join("big");
+                std::fs::write(&p, &big).unwrap();
+                p
+            })
+            .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        text(&want.stdout),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Many sessions on one connection at once (OpenSSH's connection sharing).
     let control = format!("ControlPath={}", site.scratch.join("cm").display());

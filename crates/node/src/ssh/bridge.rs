@@ -5,12 +5,14 @@
 use bytes::Bytes;
 use rustix::fd::OwnedFd;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 
 /// How long output is still read after the command exited while none comes (a background
 /// process holding the pipe or terminal open must not keep the session forever).
@@ -89,12 +91,75 @@ pub async fn pump(src: Fd, mut out: impl AsyncWrite + Unpin, mut exited: watch::
     let _ = out.flush().await;
 }
 
-/// Writes what arrives on `input` to `dst` until `input` ends (the client sent EOF or went
-/// away; `dst` is then closed, if this held its last reference) or `dst` refuses more.
-pub async fn feed(dst: Fd, mut input: mpsc::UnboundedReceiver<Bytes>) {
-    while let Some(data) = input.recv().await {
-        if write_all(&dst, &data).await.is_err() {
-            break;
+/// Most client input held for a command that is not reading it; beyond this the channel
+/// stops being read (which holds up the whole connection, so not for long: see
+/// [`Input::drained`]).
+pub const MAX_QUEUED: usize = 16 << 20;
+
+/// Client input on its way to a command's stdin (or terminal): queued so that reading the
+/// channel never waits for the command, up to [`MAX_QUEUED`] bytes.
+pub struct Input {
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+}
+
+impl Input {
+    /// Starts the task writing to `dst`; it ends when the input is closed and written.
+    pub fn start(dst: Fd) -> (Input, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let drained = Arc::new(Notify::new());
+        let task = tokio::spawn(feed(dst, rx, queued.clone(), drained.clone()));
+        let input = Input {
+            tx: Some(tx),
+            queued,
+            drained,
+        };
+        (input, task)
+    }
+
+    /// Queues `data` (dropped after [`Input::close`]).
+    pub fn send(&self, data: Bytes) {
+        let n = data.len();
+        if let Some(tx) = &self.tx {
+            if tx.send(data).is_ok() {
+                self.queued.fetch_add(n, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// End of input: the command's stdin is closed once the queue is written.
+    pub fn close(&mut self) {
+        self.tx = None;
+    }
+
+    /// Whether [`MAX_QUEUED`] bytes wait already.
+    pub fn full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= MAX_QUEUED
+    }
+
+    /// Completes when some queued input has been written (or dropped).
+    pub async fn drained(&self) {
+        self.drained.notified().await
+    }
+}
+
+/// Writes what arrives on `input` to `dst` until `input` ends (the client sent EOF or went
+/// away; `dst` is then closed, if this held its last reference). Once `dst` refuses more (the
+/// command closed its stdin), the rest is read and dropped, so the queue still drains.
+async fn feed(
+    dst: Fd,
+    mut input: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+) {
+    let mut open = true;
+    while let Some(data) = input.recv().await {
+        if open && write_all(&dst, &data).await.is_err() {
+            open = false;
+        }
+        queued.fetch_sub(data.len(), Ordering::Relaxed);
+        drained.notify_one();
     }
 }

@@ -12,14 +12,14 @@ use super::auth::Login;
 use super::bridge::{self, Fd};
 use crate::Node;
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use runtime::exec::Identity;
 use runtime::EnvState;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use rustix::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Extended data type of stderr (RFC 4254, 5.2).
@@ -27,6 +27,10 @@ const STDERR: u32 = 1;
 
 /// Exit status sent when the command's status is unknown (the env went away).
 const LOST: u32 = 255;
+
+/// How long a full input queue may stay full before the command is stopped (while it is full
+/// the connection is not read, so nothing else on it moves either).
+const STUCK: Duration = Duration::from_secs(60);
 
 /// The places an env's sftp server is found, first match wins.
 const SFTP_SERVERS: [&str; 3] = [
@@ -308,6 +312,16 @@ fn sftp_script() -> String {
     )
 }
 
+/// How a channel's bridging ended.
+enum End {
+    /// The command exited (its exit code, or why it is unknown).
+    Exited(Result<Result<i32>, tokio::task::JoinError>),
+    /// The client closed the channel or the connection.
+    ClientGone,
+    /// The command left a full input queue unread for [`STUCK`].
+    Stuck,
+}
+
 /// Moves data both ways until the command ends or the client goes away.
 async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, started: Started) {
     let Started {
@@ -324,9 +338,7 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
         .map(|(fd, ext)| tokio::spawn(bridge::pump(fd, tx.make_writer_ext(ext), exited.clone())))
         .collect();
     let stop_pumps: Vec<_> = pumps.iter().map(|p| p.abort_handle()).collect();
-    let (in_tx, in_rx) = mpsc::unbounded_channel::<Bytes>();
-    let feeder = tokio::spawn(bridge::feed(input, in_rx));
-    let mut in_tx = Some(in_tx);
+    let (mut input, feeder) = bridge::Input::start(input);
     let ended = async move {
         let code = wait.await;
         let _ = exited_tx.send(true);
@@ -336,30 +348,32 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
         code
     };
     tokio::pin!(ended);
-    let code = loop {
+    let end = loop {
         tokio::select! {
-            code = &mut ended => break Some(code),
-            msg = rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(t) = &in_tx {
-                        let _ = t.send(data);
-                    }
-                }
+            code = &mut ended => break End::Exited(code),
+            msg = rx.wait(), if !input.full() => match msg {
+                Some(ChannelMsg::Data { data }) => input.send(data),
                 // A terminal has no end of input of its own: the shell reads ^D for that.
-                Some(ChannelMsg::Eof) if master.is_none() => in_tx = None,
+                Some(ChannelMsg::Eof) if master.is_none() => input.close(),
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
                     if let Some(m) = &master {
                         let _ = runtime::tty::resize(m.get_ref(), clamp(row_height, 24), clamp(col_width, 80));
                     }
                 }
-                Some(ChannelMsg::Close) | None => break None,
+                Some(ChannelMsg::Close) | None => break End::ClientGone,
                 Some(_) => {}
             },
+            moved = tokio::time::timeout(STUCK, input.drained()), if input.full() => {
+                if moved.is_err() {
+                    break End::Stuck;
+                }
+            }
         }
     };
-    match code {
-        Some(code) => {
-            let status = match code {
+    let code = match end {
+        End::Exited(code) => {
+            feeder.abort();
+            match code {
                 Ok(Ok(c)) => c.clamp(0, 255) as u32,
                 Ok(Err(e)) => {
                     let msg = format!("spawngrid: {e:#}\r\n");
@@ -367,23 +381,33 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
                     LOST
                 }
                 Err(_) => LOST,
-            };
-            feeder.abort();
-            finish(&tx, status).await;
+            }
         }
-        None => {
-            // The client went away: stop the command, then reap it. For a terminal, the last
-            // reference to its master goes with the tasks, which hangs it up.
-            drop(in_tx);
+        End::ClientGone | End::Stuck => {
+            // Stop the command, then reap it. For a terminal, the last reference to its master
+            // goes with the tasks, which hangs it up. Dropping the channel's reader frees the
+            // connection if it was held up by a full queue.
+            drop((rx, input));
             feeder.abort();
             stop_pumps.iter().for_each(|p| p.abort());
             drop(master);
             if let Stop::Service(s) = &stop {
                 let _ = s.kill();
             }
-            ended.await.ok();
+            let _ = ended.await;
+            if matches!(end, End::ClientGone) {
+                return;
+            }
+            let msg = format!(
+                "spawngrid: the command left {} MiB of input unread for {} s: stopped\r\n",
+                bridge::MAX_QUEUED >> 20,
+                STUCK.as_secs()
+            );
+            let _ = tx.extended_data_bytes(STDERR, msg).await;
+            LOST
         }
-    }
+    };
+    finish(&tx, code).await;
     drop(stop);
 }
 

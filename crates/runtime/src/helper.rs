@@ -39,11 +39,20 @@ pub fn run_if_requested() -> Option<ExitCode> {
     Some(main(&config))
 }
 
-/// Gives every signal its default disposition. Ignored signals survive `exec`: without this,
-/// an env's commands would inherit whatever the caller ignored (SIGPIPE, which Rust programs
-/// ignore; SIGINT and SIGQUIT, which a shell ignores for its background jobs), so `yes | head`
-/// or a ^C inside an env would not behave.
+/// Gives every signal its default disposition and unblocks them all. Ignored and blocked
+/// signals survive `exec`: without this, an env's commands would inherit whatever the caller
+/// ignored (SIGPIPE, which Rust programs ignore; SIGINT and SIGQUIT, which a shell ignores for
+/// its background jobs) or blocked, so `yes | head` or a ^C inside an env would not behave.
 fn default_signal_dispositions() {
+    // Blocked signals survive `exec` too (a caller that blocked SIGWINCH for a signal thread
+    // would pass that on): unblock everything.
+    // SAFETY: sigemptyset initializes the set; sigprocmask with a valid set and no old-set
+    // pointer; the helper is single-threaded here.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
     // The kernel's `struct sigaction` for rt_sigaction(2): handler, flags, restorer, mask.
     // glibc's own wrappers refuse its internal signals (32, 33), so this is the raw call.
     let dfl: [libc::c_ulong; 4] = [libc::SIG_DFL as libc::c_ulong, 0, 0, 0];

@@ -184,3 +184,25 @@ fn a_spare_helper_is_used_replaced_and_survives_being_killed() {
     assert!(eventually(|| !spare_helpers().contains(&next)));
     assert!(eventually(|| spare_helpers().len() == 1));
 }
+
+#[test]
+fn commands_start_with_no_signal_blocked_whatever_the_caller_blocked() {
+    let node = TestNode::new();
+    let env = Env::spawn(&node.rt, &node.opts("sigmask"));
+    // SAFETY: blocking SIGWINCH and SIGUSR1 in this test's own thread (sets built by libc).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGWINCH);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+            0
+        );
+    }
+    // No shell in between (a shell sets its own dispositions): cat reports its own.
+    let out = env.run(&["cat", "/proc/self/status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("SigBlk:\t0000000000000000"), "{status}");
+    assert!(status.contains("SigIgn:\t0000000000000000"), "{status}");
+}

@@ -76,11 +76,11 @@ pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>) {
     let target = tokio::task::spawn_blocking(move || resolve(&n, &l))
         .await
         .unwrap_or_else(|e| Err(format!("spawngrid: internal error: {e}")));
-    let (st, who) = match target {
+    let target = match target {
         Ok(t) => t,
         Err(msg) => return fail(&tx, &msg).await,
     };
-    let started = match launch(&node, st, who, setup).await {
+    let started = match launch(&node, target, setup).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(user = %login.user, "ssh session: {e:#}");
@@ -139,8 +139,9 @@ fn clamp(v: u32, default: u16) -> u16 {
     }
 }
 
-/// Finds the env of the login and who runs inside; an error is the one line for the client.
-fn resolve(node: &Node, login: &Login) -> Result<(EnvState, Option<Identity>), String> {
+/// Finds the env of the login, who runs inside and their shell (root's from the env's
+/// `/etc/passwd` for root, else `/bin/sh`); an error is the one line for the client.
+fn resolve(node: &Node, login: &Login) -> Result<Target, String> {
     let env = match &login.env {
         Some(env) => env.clone(),
         None => pick(node, &login.user)?,
@@ -155,9 +156,22 @@ fn resolve(node: &Node, login: &Login) -> Result<(EnvState, Option<Identity>), S
             "spawngrid: env {env} is not running: boom it (`spawngrid boom {env}`) and spawn again"
         ));
     }
-    let who = runtime::exec::lookup_user(&st, &login.user)
-        .map_err(|e| format!("spawngrid: env {env}: {e:#}"))?;
-    Ok((st, who))
+    let lookup = |name: &str| {
+        runtime::exec::lookup_user(&st, name).map_err(|e| format!("spawngrid: env {env}: {e:#}"))
+    };
+    let who = lookup(&login.user)?;
+    let shell = match &who {
+        Some(id) => id.shell.clone(),
+        None => lookup("root")?.map_or_else(|| "/bin/sh".to_string(), |root| root.shell),
+    };
+    Ok(Target { st, who, shell })
+}
+
+/// Where a session runs: the env, who inside (root if `None`), and their login shell.
+struct Target {
+    st: EnvState,
+    who: Option<Identity>,
+    shell: String,
 }
 
 /// The env of a login without one: the user's only env.
@@ -213,17 +227,9 @@ struct Started {
     _busy: crate::capacity::Session,
 }
 
-/// Starts the setup's program in `st` as `who` (root if `None`).
-async fn launch(
-    node: &Arc<Node>,
-    st: EnvState,
-    who: Option<Identity>,
-    setup: Setup,
-) -> Result<Started> {
-    let shell = match &who {
-        Some(id) => id.shell.clone(),
-        None => "/bin/sh".to_string(),
-    };
+/// Starts the setup's program in the target env as its user.
+async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Started> {
+    let Target { st, who, shell } = target;
     let argv: Vec<String> = match setup.program {
         Program::Shell => vec![shell, "-l".into()],
         Program::Exec(cmd) => vec![shell, "-c".into(), cmd],

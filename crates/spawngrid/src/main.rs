@@ -31,7 +31,7 @@ enum Command {
     Lib(lib_cmd::LibArgs),
     /// Run environments on this node (root): spawn, exec, save, boom, ls.
     Env(env_cmd::EnvArgs),
-    /// Run a node: the HTTPS API on port 16998 (root).
+    /// Run a node: the HTTPS API on port 16998 and the SSH gateway on 16999 (root).
     Serve(ServeArgs),
     /// One command to a working node (root): data dir, admin user, a base snapshot, then serve.
     Up(up_cmd::UpArgs),
@@ -83,7 +83,7 @@ enum Command {
     /// Manage your SSH public keys on the node (admins: anyone's, with --of USER).
     #[command(disable_help_flag = true)]
     Key(client::account::KeyArgs),
-    /// The seed's gridorc: an interactive loop of scores, spawn, save, boom, status, help, exit
+    /// The seed's gridorc: an interactive loop of scores, spawn, save, invite, boom, status, help, exit
     /// (also run as `gridorc`, e.g. through a symlink of that name).
     #[command(disable_help_flag = true, visible_alias = "gridorc")]
     Orc(client::orc::OrcArgs),

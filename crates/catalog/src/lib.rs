@@ -14,7 +14,8 @@
 //!
 //! Schema version 2 adds users and API tokens ([`users`]); version 3 adds SSH public keys
 //! ([`keys`]), names shared with other users ([`shares`]) and the names of deleted users
-//! (never reused). Opening an older catalog migrates it in place, keeping everything.
+//! (never reused); version 4 adds the envs nodes run ([`envs`]). Opening an older catalog
+//! migrates it in place, keeping everything.
 
 use library::Score;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
@@ -22,15 +23,17 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod envs;
 pub mod keys;
 pub mod shares;
 pub mod users;
+pub use envs::EnvRecord;
 pub use keys::Key;
 pub use users::{Token, User};
 
 /// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens,
-/// 3 = + SSH keys, shares and deleted users.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 3 = + SSH keys, shares and deleted users, 4 = + envs.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// What schema version 3 adds to version 2.
 const SCHEMA_V3: [&str; 3] = [
@@ -285,7 +288,8 @@ impl Catalog {
     }
 
     /// Creates the schema in a new database, migrates an older one in place (version 1 → 2
-    /// adds the users and tokens tables, 2 → 3 the keys, shares and deleted users tables);
+    /// adds the users and tokens tables, 2 → 3 the keys, shares and deleted users tables,
+    /// 3 → 4 the envs table);
     /// refuses a database from a newer spawngrid.
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
@@ -305,7 +309,12 @@ impl Catalog {
         match version {
             0..SCHEMA_VERSION => {
                 // Each step brings version v to v + 1; a new catalog takes them all.
-                let steps: [&[&str]; 3] = [&[SCHEMA], &[users::SCHEMA_V2], &SCHEMA_V3];
+                let steps: [&[&str]; 4] = [
+                    &[SCHEMA],
+                    &[users::SCHEMA_V2],
+                    &SCHEMA_V3,
+                    &[envs::SCHEMA_ENVS],
+                ];
                 for step in &steps[version as usize..] {
                     for sql in *step {
                         tx.execute_batch(sql)
@@ -646,9 +655,10 @@ pub(crate) mod tests {
         assert!(err.contains("newer"), "{err}");
     }
 
-    /// A version 2 catalog (names, users, tokens) opens as version 3 with everything kept.
+    /// A version 2 catalog (names, users, tokens) opens as the current version with
+    /// everything kept.
     #[test]
-    fn version_2_migrates_to_3_keeping_users_and_names() {
+    fn version_2_migrates_to_current_keeping_users_and_names() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
         {
@@ -672,7 +682,7 @@ pub(crate) mod tests {
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(cat.resolve("alice", "old").unwrap(), score(9));
         assert!(cat.check_password("alice", "pw").unwrap());
         assert!(cat.user("alice").unwrap().unwrap().admin);
@@ -683,6 +693,7 @@ pub(crate) mod tests {
         let cat = Catalog::open(&path).unwrap();
         assert_eq!(cat.resolve_for("bob", "alice/old").unwrap(), score(9));
         assert!(cat.keys("alice").unwrap().is_empty());
+        assert!(cat.envs_on(None).unwrap().is_empty());
     }
 
     #[test]

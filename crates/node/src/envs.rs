@@ -90,7 +90,25 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
             .observe("spawngrid_spawn_seconds", &[], start.elapsed());
     }
     match result {
-        Ok(st) => Ok(st),
+        Ok(st) => {
+            let record = catalog::EnvRecord {
+                id: st.name.clone(),
+                owner: user.to_string(),
+                env: env.to_string(),
+                node: node.name.clone(),
+                name: Some(req.name.clone()),
+                snapshot: st.snapshot.clone(),
+                created: st.created as i64,
+            };
+            if let Err(e) = node.cat.record_env(&record) {
+                // Not half-done: an env the catalog does not know is boomed again.
+                let _ = runtime::boom::boom(rt, &st.name);
+                return Err(ApiError::internal(
+                    &anyhow::Error::new(e).context(format!("recording env {env}")),
+                ));
+            }
+            Ok(st)
+        }
         // Two spawns of one env at once: the runtime's create_dir decided.
         Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(ApiError::conflict(format!(
             "you already have an env {env}: boom it, or spawn with --as ANOTHER"
@@ -128,7 +146,7 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
                 let idle = usage.iter().find(|u| u.id == id).map_or(0, |u| u.idle);
                 runtime::boom::boom(&node.rt, &id)
                     .map_err(|e| ApiError::internal(&e.context(format!("evicting {id}"))))?;
-                node.activity.forget(&id);
+                forget(node, &id);
                 node.metrics.inc("spawngrid_evictions_total", &[]);
                 let message = format!(
                     "env {} was evicted (boomed) after {} idle to make room for another user's \
@@ -144,6 +162,44 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
             Ok(())
         }
     }
+}
+
+/// Forgets a boomed env: its activity and its catalog record (a record left behind is
+/// dropped at the next start, so a failure here is only logged).
+fn forget(node: &Node, id: &str) {
+    node.activity.forget(id);
+    if let Err(e) = node.cat.forget_env(id) {
+        tracing::warn!(env = %id, "forgetting the env in the catalog: {e}");
+    }
+}
+
+/// Makes the catalog's envs of this node match the envs the runtime has: records of envs
+/// that are gone are dropped (boomed while the node was down), users' envs without a record
+/// are recorded (spawned by an older node). Run at start.
+pub fn reconcile(node: &Node) -> Result<()> {
+    let live = runtime::state::list(&node.rt)?;
+    for r in node.cat.envs_on(Some(&node.name))? {
+        if !live.iter().any(|st| st.name == r.id) {
+            node.cat.forget_env(&r.id)?;
+        }
+    }
+    for st in &live {
+        let Some(env) = st.name.strip_suffix(&format!("+{}", st.owner)) else {
+            continue;
+        };
+        if node.cat.env_record(&st.name)?.is_none() && catalog::check_name(env).is_ok() {
+            node.cat.record_env(&catalog::EnvRecord {
+                id: st.name.clone(),
+                owner: st.owner.clone(),
+                env: env.to_string(),
+                node: node.name.clone(),
+                name: None,
+                snapshot: st.snapshot.clone(),
+                created: st.created as i64,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// An idle time for messages: `42s`, `5m`, `3h`.
@@ -190,8 +246,11 @@ pub fn list(node: &Node, user: &str, host: &str) -> Result<Vec<EnvInfo>, ApiErro
 pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
     let env = user_env_name(st, user).to_string();
     let running = st.alive();
-    let from = st.snapshot.as_deref().and_then(|hex| {
-        let score: Score = hex.parse().ok()?;
+    // The name it was spawned from as the user addressed it (the catalog's record), else one
+    // of the user's names for its snapshot (an env the node found at start).
+    let recorded = node.cat.env_record(&st.name).ok().flatten();
+    let from = recorded.and_then(|r| r.name).or_else(|| {
+        let score: Score = st.snapshot.as_deref()?.parse().ok()?;
         let names = node.cat.names_of(&score).ok()?;
         names.into_iter().find(|(o, _)| o == user).map(|(_, n)| n)
     });
@@ -423,7 +482,7 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
 /// Booms `user`'s env.
 pub fn boom(node: &Node, st: &EnvState) -> Result<(), ApiError> {
     runtime::boom::boom(&node.rt, &st.name)?;
-    node.activity.forget(&st.name);
+    forget(node, &st.name);
     node.metrics.inc("spawngrid_booms_total", &[]);
     Ok(())
 }

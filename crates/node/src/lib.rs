@@ -114,6 +114,7 @@ pub fn run(config: Config) -> Result<()> {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let node = Node::open(config)?;
     node.rt.keep_spare_helper();
+    envs::reconcile(&node).context("matching the catalog's envs with this node's")?;
     invite::sweep(&node);
     let mut names = vec![
         "localhost".to_string(),

@@ -404,3 +404,62 @@ fn spawn_net_nat_gives_the_env_its_own_address() {
     alice.ok("boom", &["n"]);
     alice.ok("boom", &["l"]);
 }
+
+/// The catalog's rows of table `envs` (id, name or "-"), sorted, read with Python's sqlite3.
+fn catalog_envs(site: &Site) -> Vec<String> {
+    let script = "import sqlite3, sys\n\
+        c = sqlite3.connect(sys.argv[1])\n\
+        for i, n in c.execute('SELECT id, name FROM envs ORDER BY id'): print(i, n or '-')";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(site.data().join("catalog.db"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The catalog knows every env the node runs (with the name as its owner addressed it, which
+/// `status` shows, also for a shared name), forgets boomed ones, and at start drops records
+/// of envs boomed while it was down and records envs it did not know.
+#[test]
+fn the_catalog_records_envs_and_the_node_reconciles_them_at_start() {
+    let site = Site::new("node-envs");
+    site.start("127.0.0.1:0");
+    let addr = site.addr();
+    let (alice, bob) = (site.user("alice"), site.user("bob"));
+    alice.login();
+    bob.login();
+    alice.ok("share", &["base", &bob.name]);
+    let shared = format!("{}/base", alice.name);
+    bob.ok("spawn", &[&shared, "--as", "sh"]);
+    alice.ok("spawn", &["base"]);
+    let status = bob.json("status", &[]);
+    assert_eq!(status[0]["from"], shared.as_str(), "{status}");
+    let (sh, base) = (format!("sh+{}", bob.name), format!("base+{}", alice.name));
+    assert_eq!(
+        catalog_envs(&site),
+        [format!("{base} base"), format!("{sh} {shared}")]
+    );
+    // Down: bob's env is boomed offline, and alice's record is lost.
+    site.stop();
+    let offline = |args: &[&str]| {
+        let out = Command::new(common::bin())
+            .args(["env", "--data", site.data_str()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    offline(&["boom", &sh]);
+    let out = Command::new("python3")
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM envs'); c.commit()"])
+        .arg(site.data().join("catalog.db"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    site.start(&addr);
+    assert_eq!(catalog_envs(&site), [format!("{base} -")]);
+    alice.ok("boom", &["base"]);
+    assert!(catalog_envs(&site).is_empty());
+}

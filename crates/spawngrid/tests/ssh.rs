@@ -542,25 +542,32 @@ fn a_boomed_env_ends_its_sessions() {
     alice.ok("spawn", &["base", "--as", "doomed"]);
     let ssh = Client::new(&site);
     let target = format!("{}@127.0.0.1", login(&alice, "doomed"));
-    let child = ssh
-        .cmd(
-            "ssh",
-            &password(&alice),
-            &[&target, "--", "echo started; sleep 1000"],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let client = Bg(Some(child));
-    eventually("the command to start", || {
-        alice.exec("doomed", "ps -o args").1.contains("sleep 1000")
+    // One session with a terminal, one without, both running when the env goes.
+    let start = |tty: bool| {
+        let mut args = vec![target.as_str(), "--", "echo started; sleep 1000"];
+        if tty {
+            args.insert(0, "-tt");
+        }
+        let child = ssh
+            .cmd("ssh", &password(&alice), &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Bg(Some(child))
+    };
+    let (plain, terminal) = (start(false), start(true));
+    eventually("both commands to start", || {
+        let ps = alice.exec("doomed", "ps -o args").1;
+        ps.lines().filter(|l| l.starts_with("sleep 1000")).count() == 2
     });
     alice.ok("boom", &["doomed"]);
-    let out = client.wait();
-    assert_eq!(text(&out.stdout), "started\n");
-    assert_ne!(out.status.code(), Some(0));
+    for (client, newline) in [(plain, "\n"), (terminal, "\r\n")] {
+        let out = client.wait();
+        assert_eq!(text(&out.stdout), format!("started{newline}"));
+        assert_ne!(out.status.code(), Some(0));
+    }
 }
 
 #[test]

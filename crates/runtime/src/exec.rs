@@ -61,19 +61,9 @@ pub fn command(
     command_with(rt, state, argv, env, None, None)
 }
 
-/// [`command`] run as `user` (root if `None`): in their home, with their `HOME`, `USER`,
-/// `LOGNAME` and `SHELL`.
-pub fn command_as(
-    rt: &Runtime,
-    state: &EnvState,
-    argv: &[String],
-    env: &[(String, String)],
-    user: Option<&Identity>,
-) -> Result<Command> {
-    command_with(rt, state, argv, env, None, user)
-}
-
-/// [`command_as`], optionally on a terminal of (rows, cols) (used by [`crate::tty::Tty`]).
+/// [`command`], optionally on a terminal of (rows, cols) and as `user` (root if `None`: else
+/// in their home, with their groups and `HOME`, `USER`, `LOGNAME` and `SHELL`); used by
+/// [`crate::tty::Tty`].
 pub(crate) fn command_with(
     rt: &Runtime,
     state: &EnvState,

@@ -39,8 +39,8 @@ impl Tty {
         Tty::spawn_as(rt, state, argv, env, None, rows, cols)
     }
 
-    /// [`Tty::spawn`] as `user` of the env (see [`exec::command_as`]); the terminal is opened
-    /// by that user, so they own it.
+    /// [`Tty::spawn`] as `user` of the env (their groups, home and login variables); the
+    /// terminal is opened by that user, so they own it.
     pub fn spawn_as(
         rt: &Runtime,
         state: &EnvState,

@@ -608,3 +608,27 @@ fn an_invited_user_logs_in_as_themselves() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn repeated_bad_passwords_lock_the_user_and_the_address() {
+    let site = Site::new("ssh-backoff");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    bob.login();
+    bob.ok("spawn", &["base", "--as", "patient"]);
+    let ssh = Client::new(&site);
+    // Seven wrong passwords for alice from 127.0.0.1: the last locks alice and the address for
+    // 8 s (node::auth: three free failures, then 1, 2, 4, 8 s).
+    for _ in 0..7 {
+        let out = ssh.exec(&login(&alice, "base"), "wrong", "true", b"");
+        assert_eq!(out.status.code(), Some(255));
+    }
+    // Now even bob's right password is not checked from this address.
+    let out = ssh.exec(&login(&bob, "patient"), &password(&bob), "echo in", b"");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("Permission denied"));
+    let log = site.log();
+    assert!(log.contains("ssh login refused: locked"), "{log}");
+    assert!(!log.contains(&password(&bob)));
+}

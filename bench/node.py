@@ -3,7 +3,8 @@
 # key logins (no password hashing in the way):
 # - spawn to shell: from the start of `spawngrid spawn base --as ENV` (client over HTTPS) to
 #   the first output of `ssh -p PORT ENV+USER@127.0.0.1 echo ready` (p50/p99 of N rounds;
-#   each env is boomed after its round, untimed);
+#   each env is boomed after its round, untimed), and the same with `spawngrid cpu ENV -- echo
+#   ready` (a WebSocket terminal over the HTTPS port) instead of ssh;
 # - exec: `ssh ... true` on a new connection each time (key exchange, login, channel, exec,
 #   exit status), and on an open connection (OpenSSH's ControlMaster: channel + exec only),
 #   against OpenSSH's own sshd on the same machine (a private sshd on a loopback port with its
@@ -173,6 +174,11 @@ class Node:
             raise bl.StepFailed(f"spawngrid {cmd} {' '.join(args)}: {bl.last_line(p.stderr)}")
         return p.stdout
 
+    def cpu(self, env):
+        """`spawngrid cpu ENV --` (its HOME set by the caller's env: see time_to_output)."""
+        return ["env", f"HOME={self.home}", self.sg, "cpu", "-h", self.addr, "-u", USER, env,
+                "--"]
+
     def ssh(self, env, control=None):
         return ssh_argv(self.ssh_port, self.key, os.path.join(self.mnt, "known_hosts"),
                         f"{env}+{USER}@127.0.0.1", control)
@@ -259,7 +265,7 @@ def main():
         try:
             bl.log("starting the node")
             node.start()
-            spawn = []
+            spawn, spawn_cpu = [], []
             for i in range(a.n):
                 env = f"s{i}"
                 t0 = time.perf_counter()
@@ -267,10 +273,17 @@ def main():
                 time_to_output(node.ssh(env) + ["echo", "ready"])
                 spawn.append(time.perf_counter() - t0)
                 node.client("boom", env)
+                # The same through `spawngrid cpu` (HTTPS + WebSocket terminal).
+                t0 = time.perf_counter()
+                node.client("spawn", "base", "--as", env)
+                time_to_output(node.cpu(env) + ["echo", "ready"])
+                spawn_cpu.append(time.perf_counter() - t0)
+                node.client("boom", env)
             node.client("spawn", "base")
             bl.log("spawngrid exec")
             results["spawngrid"] = {
                 "spawn_to_shell": bl.summary_ms(spawn),
+                "spawn_to_shell_cpu": bl.summary_ms(spawn_cpu),
                 "exec_new_connection": bl.summary_ms(exec_latencies(node.ssh("base"), a.n)),
                 "exec_open_connection": bl.summary_ms(with_master(
                     lambda c: node.ssh("base", os.path.join(mnt, "cm-sg") if c else None), a.n)),

@@ -27,6 +27,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import random
 import resource
 import shlex
@@ -38,13 +39,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (MB, StepFailed, arg_parser, comma_list, du_bytes,  # noqa: E402
+from benchlib import (MB, REPO, StepFailed, arg_parser, comma_list, du_bytes,  # noqa: E402
                       ensure_tool, exit_on_sigterm, fmt, host_info, last_line, log, mount_tmpfs,
                       output_arg, remove_dir, result_path, rootfs_tree, run, summary_ms,
                       table_lines, tree_stats, unmount_tree, utc_now, version_of, write_json)
 
 ALL_PEERS = ["bwrap", "crun", "nspawn", "lxc", "podman"]
-ALL_SECTIONS = ["latency", "attach", "save", "session", "density"]
+ALL_SECTIONS = ["api", "latency", "attach", "save", "session", "density"]
 SNAP = "bench-base"                      # the ~300 MB snapshot's name
 DEFAULT_SESSION_DEBS = "make,python3-minimal"
 DEB_CACHE = "/var/cache/spawngrid/debs"
@@ -725,6 +726,23 @@ def section_latency(b, peers, unavailable):
     return {"first_spawn": first, "rows": rows, "lib_mount_reuse": remount}
 
 
+def section_api(n, timeout):
+    """Spawn-to-first-command through the runtime API, in-process (what the node does): the
+    runtime's latency test (crates/runtime/tests/latency.rs, busybox lower, id-mapped), run
+    with SG_LATENCY_N=n; its `latency WHAT: p50 A ms, p99 B ms over N` lines, parsed."""
+    _, out, _ = run(["cargo", "test", "--release", "-q", "-p", "spawngrid-runtime", "--test",
+                     "latency", "--", "--nocapture"], timeout, cwd=REPO,
+                    env={**os.environ, "SG_LATENCY_N": str(n)}, what="the runtime latency test")
+    rows = []
+    for m in re.finditer(r"^latency (.+): p50 ([\d.]+) ms, p99 ([\d.]+) ms over (\d+)$", out,
+                         re.M):
+        rows.append({"what": m.group(1), "p50": float(m.group(2)), "p99": float(m.group(3)),
+                     "n": int(m.group(4))})
+    if not rows:
+        raise StepFailed("the runtime latency test printed no figures")
+    return rows
+
+
 def attach_times(a, one):
     """One attach untimed, then a.n back to back and a.idle_samples after 0.5 s idle each."""
     one()
@@ -1132,6 +1150,15 @@ def report(doc):
       f"{doc['host']['cpus']} CPUs, load {doc['host']['loadavg_start']} at start")
     p("times in ms; wall time of each command from Python (process start included); "
       "p99 is nearest-rank (with N=50 it is the maximum)")
+    api = doc.get("api")
+    if api:
+        p("")
+        p("through the runtime API, in-process (crates/runtime/tests/latency.rs; goal: "
+          "spawn-to-first-command p50 <= 5 ms)")
+        rows = [["what", "p50", "p99", "n"]]
+        rows += [[r["what"], fmt(r["p50"], ".2f"), fmt(r["p99"], ".2f"), str(r["n"])]
+                 for r in api]
+        table(p, rows)
     lat = doc.get("latency")
     if lat:
         p("")
@@ -1327,6 +1354,12 @@ def main():
         mount_tmpfs(mnt, a.tmpfs_size)
         b = Bench(a, mnt)
         doc["rootfs"] = b.prepare(a.base)
+        if "api" in sections:
+            log("spawn-to-first-command through the runtime API (in-process)")
+            try:
+                doc["api"] = section_api(a.n, a.timeout)
+            except StepFailed as e:
+                doc["errors"].append(f"api: {e}")
         if "latency" in sections:
             doc["latency"] = section_latency(b, peers, unavailable)
         if "attach" in sections:

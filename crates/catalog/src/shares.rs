@@ -22,6 +22,10 @@ CREATE TABLE shares (
 CREATE INDEX shares_by_user ON shares(user);
 ";
 
+/// The user a name is shared with to share it with every user, present and future (admins
+/// do this: `spawngrid share NAME '*'`, and `spawngrid up` for its `base`). Never a user name.
+pub const EVERYONE: &str = "*";
+
 /// Splits an address as `user` sees it into (owner, name): `OWNER/NAME` for another user's
 /// name, a bare `NAME` for `user`'s own.
 pub fn split_address<'a>(user: &'a str, address: &'a str) -> (&'a str, &'a str) {
@@ -68,9 +72,12 @@ impl Catalog {
     /// The checks common to [`Catalog::share`] and [`Catalog::unshare`].
     fn check_share(&self, owner: &str, name: &str, to: &str) -> Result<()> {
         check_owner(owner)?;
-        check_owner(to)?;
         check_name(name)?;
         self.resolve(owner, name)?;
+        if to == EVERYONE {
+            return Ok(());
+        }
+        check_owner(to)?;
         if to == owner {
             return Err(Error::Invalid {
                 what: "user name",
@@ -104,10 +111,11 @@ impl Catalog {
         let mut recs = self.list(Some(user), pattern)?;
         recs.extend(
             self.query(
-                "SELECT n.owner, n.name, n.score, n.created FROM shares s \
+                "SELECT DISTINCT n.owner, n.name, n.score, n.created FROM shares s \
                  JOIN names n ON n.owner = s.owner AND n.name = s.name \
-                 WHERE s.user = ?1 AND n.retired IS NULL ORDER BY n.owner, n.name",
-                params![user],
+                 WHERE (s.user = ?1 OR s.user = ?2) AND n.owner != ?1 AND n.retired IS NULL \
+                 ORDER BY n.owner, n.name",
+                params![user, EVERYONE],
             )?
             .into_iter()
             .filter(|r| pattern.is_none_or(|p| crate::pattern_matches(p, &r.name))),
@@ -128,8 +136,9 @@ impl Catalog {
             let shared: Option<i64> = self
                 .conn()
                 .query_row(
-                    "SELECT 1 FROM shares WHERE owner = ?1 AND name = ?2 AND user = ?3",
-                    params![owner, name, user],
+                    "SELECT 1 FROM shares WHERE owner = ?1 AND name = ?2 \
+                     AND (user = ?3 OR user = ?4) LIMIT 1",
+                    params![owner, name, user, EVERYONE],
                     |r| r.get(0),
                 )
                 .optional()
@@ -188,6 +197,31 @@ mod tests {
         assert!(!cat.unshare("alice", "base", "bob").unwrap());
         assert!(cat.resolve_for("bob", "alice/base").is_err());
         assert_eq!(seen("bob"), ["mine"]);
+    }
+
+    #[test]
+    fn a_name_shared_with_everyone_is_seen_by_every_user_once() {
+        let (_d, cat) = open();
+        for u in ["admin", "bob"] {
+            cat.add_user(u, "pw", false).unwrap();
+        }
+        cat.bind("admin", "base", score(1)).unwrap();
+        assert!(cat.share("admin", "base", EVERYONE).unwrap());
+        cat.share("admin", "base", "bob").unwrap();
+        let seen = |u: &str| -> Vec<String> {
+            let recs = cat.visible(u, None).unwrap();
+            recs.iter().map(|r| address(u, &r.owner, &r.name)).collect()
+        };
+        assert_eq!(seen("bob"), ["admin/base"]);
+        assert_eq!(seen("admin"), ["base"]);
+        // A user added later sees it too.
+        cat.add_user("carol", "pw", false).unwrap();
+        assert_eq!(cat.resolve_for("carol", "admin/base").unwrap(), score(1));
+        assert!(cat.unshare("admin", "base", EVERYONE).unwrap());
+        assert!(cat.resolve_for("carol", "admin/base").is_err());
+        assert_eq!(cat.resolve_for("bob", "admin/base").unwrap(), score(1));
+        // `*` is no user name: nobody logs in as it or owns names.
+        assert!(cat.add_user(EVERYONE, "pw", false).is_err());
     }
 
     #[test]

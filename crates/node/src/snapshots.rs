@@ -87,6 +87,13 @@ async fn set_share(
                 ),
             ));
         }
+        let everyone = req.user == catalog::shares::EVERYONE;
+        if everyone && !node.cat.user(&user)?.is_some_and(|u| u.admin) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "only admins share names with everyone ('*'); share with one user instead",
+            ));
+        }
         let changed = if on {
             node.cat.share(&user, name, &req.user)?
         } else {

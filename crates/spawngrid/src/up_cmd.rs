@@ -1,8 +1,8 @@
 //! `spawngrid up`: a working single-node grid in one command. Creates the data directory, an
 //! admin user (password printed once, or taken from `SPAWNGRID_ADMIN_PASSWORD`), a base
 //! snapshot named `base` (a given directory or tar, else a debootstrap of Debian bookworm when
-//! debootstrap and a mirror work, else a busybox root made from the host's static busybox),
-//! then serves. Idempotent: what exists is kept, so running it again just serves.
+//! debootstrap and a mirror work, else a busybox root made from the host's static busybox)
+//! shared with every user (`ADMIN/base`), then serves. Idempotent: what exists is kept, so running it again just serves.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -62,6 +62,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         let (root, note, _tmp) = base_root(&args, &data)?;
         eprintln!("spawngrid up: importing {} as {BASE}", root.display());
         crate::lib_cmd::import(&data, &args.admin, BASE, &root, note)?;
+        let cat = catalog::Catalog::open(data.join("catalog.db"))?;
+        // Every user, present and future, may spawn it as ADMIN/base.
+        cat.share(&args.admin, BASE, catalog::shares::EVERYONE)?;
     }
     let host = match config.listen.ip() {
         ip if ip.is_unspecified() => "localhost".to_string(),
@@ -71,7 +74,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     eprintln!(
         "spawngrid up: ready. Log in and spawn:\n  spawngrid login -h {host}:{port} -u {admin}\n  \
          spawngrid spawn -h {host}:{port} -u {admin} {BASE}\n  spawngrid cpu -h {host}:{port} -u {admin} {BASE}\n\
-         Add users with `spawngrid user add USER` (they get {BASE} with `spawngrid lib import --owner USER {BASE} PATH`).",
+         Add users with `spawngrid user add USER`; they spawn {admin}/{BASE}.",
         admin = args.admin
     );
     if args.no_serve {

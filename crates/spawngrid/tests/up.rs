@@ -47,6 +47,29 @@ fn up_makes_a_working_node_once_and_keeps_it() {
     admin.ok("spawn", &["base"]);
     assert_eq!(admin.exec("base", "echo hi; id -u").1, "hi\n0\n");
     admin.ok("boom", &["base"]);
+    // A user added later spawns the admin's base, shared with everyone; only admins share
+    // with everyone.
+    let bob = site.user("bob");
+    site.admin(
+        &[
+            "user",
+            "--data",
+            &data,
+            "add",
+            &bob.name,
+            "--password-stdin",
+        ],
+        Some(&format!("{}-pw\n", bob.name)),
+    );
+    bob.login();
+    let shared = format!("{}/base", admin.name);
+    assert!(bob.ok("scores", &[]).contains(&shared));
+    bob.ok("spawn", &[&shared, "--as", "b"]);
+    assert_eq!(bob.exec("b", "echo hi").1, "hi\n");
+    bob.ok("save", &["b", "mine"]);
+    let err = bob.refused("share", &["mine", "*"]);
+    assert!(err.contains("only admins"), "{err}");
+    bob.ok("boom", &["b"]);
     site.stop();
 
     // Again: the admin keeps the password, base is not imported twice.

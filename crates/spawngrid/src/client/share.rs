@@ -14,7 +14,7 @@ pub struct ShareArgs {
     node: NodeArgs,
     /// One of your names.
     name: String,
-    /// The other user.
+    /// The other user, or `*` for every user (admins only).
     #[arg(value_name = "USER")]
     other: String,
 }

@@ -476,6 +476,27 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The next connection on `listener` (the `what` listener, for the log): after an error
+/// (EMFILE and friends) it waits 100 ms and tries again instead of spinning. Accepted
+/// connections get `TCP_NODELAY`: keystrokes and small answers must not wait for Nagle.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, peer);
+            }
+            Err(e) => {
+                tracing::warn!("{what} accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Serves HTTPS on `listener` until `shutdown` completes.
 pub async fn serve(
     node: Arc<Node>,
@@ -488,21 +509,12 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            c = accept(&listener, "https") => c,
             _ = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

@@ -11,53 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-/// Runs `spawngrid cpu sess` on a pseudo-terminal of 30x100: the prompt, the size inside, a
-/// resize to 50x120 (SIGWINCH), ^C on a sleep (the shell survives), `exit 7`, and the
-/// terminal's mode restored.
-const PTY_DRIVER: &str = r#"
-import fcntl, os, pty, select, struct, sys, termios, time
-sg, addr, user, home = sys.argv[1:5]
-pid, fd = pty.fork()
-if pid == 0:
-    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    os.environ["HOME"] = home
-    os.execv(sg, [sg, "cpu", "sess", "-h", addr, "-u", user])
-seen = b""
-def expect(want, timeout=20):
-    global seen
-    end = time.time() + timeout
-    while want not in seen:
-        r, _, _ = select.select([fd], [], [], max(0, end - time.time()))
-        if not r:
-            sys.exit("no %r in %r" % (want, seen))
-        try:
-            seen += os.read(fd, 4096)
-        except OSError:
-            sys.exit("the terminal closed before %r: %r" % (want, seen))
-    seen = seen[seen.index(want) + len(want):]
-expect(b" # ")
-os.write(fd, b"stty size | tr ' ' x\n")
-expect(b"30x100")
-fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
-time.sleep(0.3)
-os.write(fd, b"stty size | tr ' ' x\n")
-expect(b"50x120")
-os.write(fd, b"sleep 100\n")
-time.sleep(0.5)
-os.write(fd, b"\x03")
-# ^C flushes the terminal's input queue: type on only once the shell prompts again.
-expect(b"^C")
-expect(b" # ")
-os.write(fd, b"echo after-$?\n")
-expect(b"after-130")
-os.write(fd, b"exit 7\n")
-_, status = os.waitpid(pid, 0)
-assert os.waitstatus_to_exitcode(status) == 7, status
-# The client gave the terminal back as it found it: cooked, echoing.
-lflag = termios.tcgetattr(fd)[3]
-assert lflag & termios.ICANON and lflag & termios.ECHO, lflag
-"#;
-
 /// The processes in env `sess` besides its init and the listing itself: "PID COMM" lines.
 fn others(user: &User<'_>) -> String {
     let (code, out, err) = user.exec(
@@ -89,19 +42,11 @@ fn cpu_on_a_terminal_through_pipes_and_refusals() {
     bob.login();
     alice.ok("spawn", &["base", "--as", "sess"]);
 
-    // A real terminal.
-    let driver = Command::new("python3")
-        .arg("-c")
-        .arg(PTY_DRIVER)
-        .args([common::bin(), &site.addr(), &alice.name])
-        .arg(&alice.home)
-        .output()
-        .unwrap();
-    assert!(
-        driver.status.success(),
-        "{}{}",
-        text(&driver.stdout),
-        text(&driver.stderr)
+    // A real terminal: prompt, size, resize, ^C, exit code, the terminal restored.
+    let addr = site.addr();
+    common::terminal_session(
+        Some(&alice.home),
+        &[common::bin(), "cpu", "sess", "-h", &addr, "-u", &alice.name],
     );
 
     // Through pipes: input goes in, its end is a ^D, output comes out, the code is returned.

@@ -7,44 +7,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `spawngrid env cpu cli` on a pseudo-terminal of 30x100, checks the size inside,
-/// resizes to 50x120 (SIGWINCH), interrupts a sleep with ^C and exits with 6.
-const PTY_DRIVER: &str = r#"
-import fcntl, os, pty, select, struct, sys, termios, time
-sg, data = sys.argv[1], sys.argv[2]
-pid, fd = pty.fork()
-if pid == 0:
-    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    os.execv(sg, [sg, "env", "--data", data, "cpu", "cli"])
-seen = b""
-def expect(want, timeout=10):
-    global seen
-    end = time.time() + timeout
-    while want not in seen:
-        r, _, _ = select.select([fd], [], [], max(0, end - time.time()))
-        if not r:
-            sys.exit("no %r in %r" % (want, seen))
-        seen += os.read(fd, 4096)
-    seen = seen[seen.index(want) + len(want):]
-os.write(fd, b"stty size | tr ' ' x\n")
-expect(b"30x100")
-fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
-time.sleep(0.3)
-os.write(fd, b"stty size | tr ' ' x\n")
-expect(b"50x120")
-os.write(fd, b"sleep 100\n")
-time.sleep(0.5)
-os.write(fd, b"\x03")
-# ^C flushes the terminal's input queue: type on only once the shell prompts again.
-expect(b"^C")
-expect(b" # ")
-os.write(fd, b"echo after-$?\n")
-expect(b"after-130")
-os.write(fd, b"exit 6\n")
-_, status = os.waitpid(pid, 0)
-assert os.waitstatus_to_exitcode(status) == 6, status
-"#;
-
 fn sg(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spawngrid"))
         .arg("--json")
@@ -204,19 +166,11 @@ fn spawn_exec_ls_save_boom_through_the_cli() {
         text.contains("/dev/pts/0") && text.contains("24 80"),
         "{text}"
     );
-    // cpu on a real terminal (python's pty): its size, a resize, ^C, exit code.
-    let driver = Command::new("python3")
-        .arg("-c")
-        .arg(PTY_DRIVER)
-        .arg(env!("CARGO_BIN_EXE_spawngrid"))
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        driver.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&driver.stdout),
-        String::from_utf8_lossy(&driver.stderr)
+    // cpu on a real terminal: prompt, size, resize, ^C, exit code, the terminal restored.
+    let data_arg = data.to_str().unwrap();
+    common::terminal_session(
+        None,
+        &[common::bin(), "env", "--data", data_arg, "cpu", "cli"],
     );
 
     let ls: serde_json::Value = serde_json::from_str(&ok(&data, &["env", "ls"])).unwrap();

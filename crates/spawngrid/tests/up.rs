@@ -12,20 +12,18 @@ fn up_makes_a_working_node_once_and_keeps_it() {
     let site = Site::bare("up");
     let admin = site.user("admin");
     let data = site.data_str().to_string();
+    let up_args = [
+        "up",
+        "--busybox",
+        "--admin",
+        &admin.name,
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+    ];
     // A random password, printed once on stdout before the node's "listening" line.
-    let printed = site.start_cmd(
-        &[
-            "up",
-            "--busybox",
-            "--admin",
-            &admin.name,
-            "--data",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let printed = site.start_cmd(&up_args, &[]);
     let line = printed
         .iter()
         .find(|l| l.starts_with(&format!("admin user {}, password ", admin.name)))
@@ -73,19 +71,7 @@ fn up_makes_a_working_node_once_and_keeps_it() {
     site.stop();
 
     // Again: the admin keeps the password, base is not imported twice.
-    let printed = site.start_cmd(
-        &[
-            "up",
-            "--busybox",
-            "--admin",
-            &admin.name,
-            "--data",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let printed = site.start_cmd(&up_args, &[]);
     assert!(printed.is_empty(), "printed again: {printed:?}");
     let out = admin.sg(
         "login",

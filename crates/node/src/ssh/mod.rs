@@ -53,21 +53,11 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     loop {
+        // `accept` sets TCP_NODELAY (russh's own `nodelay` applies only to its accept loop).
         let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("ssh accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            c = crate::server::accept(&listener, "ssh") => c,
             _ = &mut shutdown => break,
         };
-        // Keystrokes and small replies must not wait for Nagle's algorithm (russh's own
-        // `nodelay` applies only to its accept loop).
-        let _ = tcp.set_nodelay(true);
         let logged_in = Arc::new(AtomicBool::new(false));
         let conn = Conn {
             node: node.clone(),

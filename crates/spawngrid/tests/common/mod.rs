@@ -415,3 +415,22 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+/// Runs tests/common/terminal.py: `argv` on a real pseudo-terminal (prompt, size, resize, ^C,
+/// `exit 7`, terminal restored), with HOME set to `home` if given; panics with what it saw.
+pub fn terminal_session(home: Option<&Path>, argv: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/terminal.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(home.map_or("-".into(), |h| h.display().to_string()))
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "terminal session {argv:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -30,16 +30,19 @@ fn up_makes_a_working_node_once_and_keeps_it() {
         .unwrap_or_else(|| panic!("no password line in {printed:?}"));
     let password = line.split_whitespace().nth(4).unwrap().to_string();
     assert_eq!(password.len(), 20, "{line}");
-    let out = admin.sg(
-        "login",
-        &["--password-stdin"],
-        Some(&format!("{password}\n")),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let login = || {
+        let out = admin.sg(
+            "login",
+            &["--password-stdin"],
+            Some(&format!("{password}\n")),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    login();
     let scores = admin.ok("scores", &[]);
     assert!(scores.contains("base"), "{scores}");
     admin.ok("spawn", &["base"]);
@@ -73,16 +76,7 @@ fn up_makes_a_working_node_once_and_keeps_it() {
     // Again: the admin keeps the password, base is not imported twice.
     let printed = site.start_cmd(&up_args, &[]);
     assert!(printed.is_empty(), "printed again: {printed:?}");
-    let out = admin.sg(
-        "login",
-        &["--password-stdin"],
-        Some(&format!("{password}\n")),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    login();
     let log = Command::new(common::bin())
         .args([
             "lib",

@@ -1,11 +1,15 @@
-//! Logins: slowing down repeated bad passwords per user (in memory, per node process).
+//! Logins: slowing down repeated bad passwords per user and per client address (in memory,
+//! per node process), for the HTTPS API and the SSH gateway alike.
 //!
 //! The first [`FREE_FAILURES`] failures of a user cost nothing extra (Argon2 already makes
 //! each check take tens of milliseconds); after that each failure locks the user's logins for
-//! twice as long as the one before, from 1 s up to [`MAX_LOCK`]. A success clears the count.
-//! Attempts while locked are refused without checking the password (429).
+//! twice as long as the one before, from 1 s up to [`MAX_LOCK`]. A success clears the user's
+//! count, not the address's (one valid account must not reset an address guessing others).
+//! Attempts while the user or the address is locked are refused without checking the
+//! password (429 over HTTPS).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -71,6 +75,45 @@ impl Backoff {
     }
 }
 
+/// A login attempt's keys in the backoff table: the user, and the client's address if known.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    user: String,
+    address: Option<String>,
+}
+
+impl Attempt {
+    /// An attempt to log in as `user` from `peer`.
+    pub fn new(user: &str, peer: Option<IpAddr>) -> Attempt {
+        Attempt {
+            user: user.to_string(),
+            // A space cannot start a user name: no user's key is an address's.
+            address: peer.map(|ip| format!(" addr {ip}")),
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.user.as_str()).chain(self.address.as_deref())
+    }
+}
+
+impl Backoff {
+    /// How long the attempt's user or address is still locked (the longer), if either is.
+    pub fn attempt_locked(&self, a: &Attempt) -> Option<Duration> {
+        a.keys().filter_map(|k| self.locked(k)).max()
+    }
+
+    /// Records a failed attempt against its user and its address; the longer lock now on.
+    pub fn attempt_failed(&self, a: &Attempt) -> Duration {
+        a.keys().map(|k| self.failed(k)).max().unwrap_or_default()
+    }
+
+    /// Records a successful attempt: clears its user's count (not its address's).
+    pub fn attempt_succeeded(&self, a: &Attempt) {
+        self.succeeded(&a.user);
+    }
+}
+
 /// The lock after `count` consecutive failures.
 fn lock_after(count: u32) -> Duration {
     if count <= FREE_FAILURES {
@@ -102,6 +145,20 @@ mod tests {
         assert!(b.locked("alice").is_none());
         b.succeeded("bob");
         assert!(b.locked("bob").is_none());
+    }
+
+    #[test]
+    fn an_address_guessing_many_users_is_locked_and_a_success_does_not_clear_it() {
+        let b = Backoff::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for i in 0..=FREE_FAILURES {
+            b.attempt_failed(&Attempt::new(&format!("u{i}"), Some(ip)));
+        }
+        let carol = Attempt::new("carol", Some(ip));
+        assert!(b.attempt_locked(&carol).is_some());
+        assert!(b.attempt_locked(&Attempt::new("carol", None)).is_none());
+        b.attempt_succeeded(&carol);
+        assert!(b.attempt_locked(&carol).is_some());
     }
 
     #[test]

@@ -162,8 +162,13 @@ pub(crate) fn env_param(
         .map_err(|e| ApiError::bad_request(format!("bad env in the path: {e}")))
 }
 
+/// The client's address of a connection, put into its requests by [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 async fn login(
     State(node): State<Arc<Node>>,
+    client: Option<axum::Extension<ClientAddr>>,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
     // Not a possible user name: refused like a wrong password, and neither tracked nor
@@ -172,12 +177,14 @@ async fn login(
         tracing::warn!("login refused: invalid user name or oversized password");
         return Err(ApiError::unauthorized("wrong user name or password"));
     }
-    if let Some(left) = node.backoff.locked(&req.user) {
-        tracing::warn!(user = %req.user, "login refused: locked after failed attempts");
+    let peer = client.map(|c| c.0 .0);
+    let attempt = crate::auth::Attempt::new(&req.user, peer);
+    if let Some(left) = node.backoff.attempt_locked(&attempt) {
+        tracing::warn!(user = %req.user, ?peer, "login refused: locked after failed attempts");
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "too many failed logins for {}: try again in {} s",
+                "too many failed logins for {} or from this address: try again in {} s",
                 req.user,
                 left.as_secs().max(1)
             ),
@@ -195,8 +202,8 @@ async fn login(
     .await?;
     match token {
         Some(t) => {
-            node.backoff.succeeded(&user);
-            tracing::info!(user = %user, "login");
+            node.backoff.attempt_succeeded(&attempt);
+            tracing::info!(user = %user, ?peer, "login");
             Ok(ok(&LoginResponse {
                 user,
                 token: t.secret,
@@ -204,8 +211,8 @@ async fn login(
             }))
         }
         None => {
-            let lock = node.backoff.failed(&user);
-            tracing::warn!(user = %user, lock_secs = lock.as_secs(), "login failed");
+            let lock = node.backoff.attempt_failed(&attempt);
+            tracing::warn!(user = %user, ?peer, lock_secs = lock.as_secs(), "login failed");
             Err(ApiError::unauthorized("wrong user name or password"))
         }
     }
@@ -513,7 +520,8 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        // Each request knows its client's address (login backoff per address).
+        let app = app.clone().layer(axum::Extension(ClientAddr(peer.ip())));
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,

@@ -38,10 +38,6 @@ impl Login {
 const MAX_PASSWORD: usize = 1024;
 
 /// The backoff table's key for a client address (a space cannot be in a user name).
-fn address_key(ip: IpAddr) -> String {
-    format!(" addr {ip}")
-}
-
 /// Checks `password` for `login`; on success the parsed login. Failures count against the
 /// user and the client's address; while either is locked, nothing is checked. Passwords are
 /// never logged.
@@ -56,10 +52,8 @@ pub async fn password(
         return None;
     };
     let user = parsed.user.clone();
-    let keys: Vec<String> = std::iter::once(user.clone())
-        .chain(peer.map(address_key))
-        .collect();
-    if keys.iter().any(|k| node.backoff.locked(k).is_some()) {
+    let attempt = crate::auth::Attempt::new(&user, peer);
+    if node.backoff.attempt_locked(&attempt).is_some() {
         tracing::warn!(user = %user, ?peer, "ssh login refused: locked after failed attempts");
         return None;
     }
@@ -78,14 +72,12 @@ pub async fn password(
         })
         .unwrap_or(false);
     if ok {
-        for k in &keys {
-            node.backoff.succeeded(k);
-        }
+        node.backoff.attempt_succeeded(&attempt);
         tracing::info!(user = %user, ?peer, "ssh login (password)");
         Some(parsed)
     } else {
-        let lock = keys.iter().map(|k| node.backoff.failed(k)).max();
-        tracing::warn!(user = %user, ?peer, lock_secs = lock.unwrap_or_default().as_secs(), "ssh login failed");
+        let lock = node.backoff.attempt_failed(&attempt);
+        tracing::warn!(user = %user, ?peer, lock_secs = lock.as_secs(), "ssh login failed");
         None
     }
 }

@@ -638,3 +638,51 @@ fn repeated_bad_passwords_lock_the_user_and_the_address() {
     assert!(log.contains("ssh login refused: locked"), "{log}");
     assert!(!log.contains(&password(&bob)));
 }
+
+/// The two-user story over SSH: alice ssh's in and writes, saves, booms, spawns the
+/// saved name and finds her file through SSH again; bob cannot reach her env with his
+/// password, nor with hers under his name.
+#[test]
+fn alice_works_over_ssh_saves_and_finds_her_file_again() {
+    let site = Site::new("ssh-story");
+    site.start("127.0.0.1:0");
+    let (alice, bob) = (site.user("alice"), site.user("bob"));
+    alice.login();
+    bob.login();
+    alice.ok("spawn", &["base", "--as", "work"]);
+    let ssh = Client::new(&site);
+    let out = ssh.exec(
+        &login(&alice, "work"),
+        &password(&alice),
+        "mkdir -p /root/proj && cat > /root/proj/notes && chmod 640 /root/proj/notes",
+        b"written over ssh\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    alice.ok("save", &["work", "work-1"]);
+    alice.ok("boom", &["work"]);
+    alice.ok("spawn", &["work-1"]);
+    let out = ssh.exec(
+        &login(&alice, "work-1"),
+        &password(&alice),
+        "cat /root/proj/notes; stat -c %a /root/proj/notes",
+        b"",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "written over ssh\n640\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // Bob: his password for alice's env under her name, and his own name for her env.
+    let refused = ssh.exec(&login(&alice, "work-1"), &password(&bob), "true", b"");
+    assert_eq!(refused.status.code(), Some(255));
+    let mine = format!("work-1+{}", bob.name);
+    let out = ssh.exec(&mine, &password(&bob), "cat /root/proj/notes", b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("you have no env work-1"),
+        "{}",
+        text(&out.stderr)
+    );
+    alice.ok("boom", &["work-1"]);
+}

@@ -686,3 +686,83 @@ fn alice_works_over_ssh_saves_and_finds_her_file_again() {
     );
     alice.ok("boom", &["work-1"]);
 }
+
+/// Real sftp and scp: a Debian env (the cached debootstrap root) given the host's OpenSSH
+/// `sftp-server` with `spawngrid cp` (it needs only libc); a file put with sftp and copied
+/// with scp (the sftp protocol, OpenSSH's default) comes back byte for byte.
+#[test]
+fn sftp_and_scp_work_when_the_env_has_an_sftp_server() {
+    let server = std::path::Path::new("/usr/lib/openssh/sftp-server");
+    assert!(
+        server.exists(),
+        "no {} on this host: install openssh-sftp-server (scripts/deps.sh test)",
+        server.display()
+    );
+    let site = Site::new("ssh-sftp");
+    site.admin(
+        &[
+            "lib",
+            "--data",
+            site.data_str(),
+            "--owner",
+            &who("alice"),
+            "import",
+            "deb",
+            common::base().to_str().unwrap(),
+        ],
+        None,
+    );
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["deb"]);
+    assert_eq!(alice.exec("deb", "mkdir -p /usr/lib/openssh").0, 0);
+    alice.ok(
+        "cp",
+        &[server.to_str().unwrap(), "deb:/usr/lib/openssh/sftp-server"],
+    );
+    let ssh = Client::new(&site);
+    let (pw, target) = (
+        password(&alice),
+        format!("{}@127.0.0.1", login(&alice, "deb")),
+    );
+    let scratch = site.scratch.path();
+    let payload: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(scratch.join("up.bin"), &payload).unwrap();
+    let batch = format!(
+        "put {} /root/up.bin\nget /root/up.bin {}\n",
+        scratch.join("up.bin").display(),
+        scratch.join("down.bin").display()
+    );
+    // Commands on stdin (`-b` would forbid the password login).
+    let out = run(&mut ssh.cmd("sftp", &pw, &[&target]), Some(&batch));
+    assert!(out.status.success(), "sftp: {}", text(&out.stderr));
+    assert_eq!(std::fs::read(scratch.join("down.bin")).unwrap(), payload);
+    // scp both ways through the same subsystem.
+    let remote = format!("{target}:/root/scp.bin");
+    let up = scratch.join("up.bin");
+    let out = run(
+        &mut ssh.cmd("scp", &pw, &[up.to_str().unwrap(), &remote]),
+        None,
+    );
+    assert!(out.status.success(), "scp up: {}", text(&out.stderr));
+    let back = scratch.join("scp-back.bin");
+    let out = run(
+        &mut ssh.cmd("scp", &pw, &[&remote, back.to_str().unwrap()]),
+        None,
+    );
+    assert!(out.status.success(), "scp down: {}", text(&out.stderr));
+    assert_eq!(std::fs::read(back).unwrap(), payload);
+    assert_eq!(
+        alice
+            .exec("deb", "sha256sum < /root/up.bin; sha256sum < /root/scp.bin")
+            .1
+            .lines()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        1
+    );
+    alice.ok("boom", &["deb"]);
+}

@@ -146,6 +146,12 @@ pub fn run(config: Config) -> Result<()> {
         let ssh_addr = ssh_listener
             .local_addr()
             .context("reading the bound SSH address")?;
+        // Attach commands name `ssh_port`; a listener moved with `ssh_listen` and no
+        // `ssh_port` of its own (a forward) is reached at the port it is bound to.
+        let mut node = node;
+        if node.config.ssh_listen.is_some() && node.config.ssh_port == api::SSH_PORT {
+            node.config.ssh_port = ssh_addr.port();
+        }
         if host_key.generated {
             tracing::info!(
                 "made an SSH host key in {}",

@@ -36,7 +36,11 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
     let addr = site.addr();
     let host = addr.rsplit_once(':').unwrap().0;
     assert!(
-        out.contains(&format!("ssh -p 16999 base+{}@{host}", alice.name)),
+        out.contains(&format!(
+            "ssh -p {} base+{}@{host}",
+            site.ssh_port(),
+            alice.name
+        )),
         "{out}"
     );
     assert!(out.contains("spawngrid cpu base"), "{out}");

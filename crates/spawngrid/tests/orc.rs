@@ -111,7 +111,7 @@ fn orc_on_a_terminal_with_the_seeds_words_editing_and_history() {
     let alice = site.user("alice");
     alice.login();
     let host = site.addr().rsplit_once(':').unwrap().0.to_string();
-    let ssh = format!("ssh -p 16999 base+{}@{host}", alice.name);
+    let ssh = format!("ssh -p {} base+{}@{host}", site.ssh_port(), alice.name);
     let bob = who("bob");
 
     let (seg, status) = on_terminal(

@@ -219,6 +219,11 @@ impl Site {
         server.as_ref().expect("node running").ssh_addr.clone()
     }
 
+    /// The SSH gateway's port (what attach commands name).
+    pub fn ssh_port(&self) -> String {
+        self.ssh_addr().rsplit_once(':').unwrap().1.to_string()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.scratch.join("serve.log")).unwrap_or_default()
     }

@@ -19,12 +19,8 @@ impl Writer {
         self.buf.push(v);
     }
 
-    pub(crate) fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.buf.push(v as u8);
+    pub(crate) fn varint(&mut self, v: u64) {
+        push_varint(&mut self.buf, v);
     }
 
     pub(crate) fn zigzag(&mut self, v: i64) {
@@ -39,6 +35,15 @@ impl Writer {
     pub(crate) fn score(&mut self, s: &Score) {
         self.buf.extend_from_slice(s.as_bytes());
     }
+}
+
+/// Appends `v` to `buf` as a canonical LEB128 varint.
+pub(crate) fn push_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
 }
 
 /// Reads canonical encodings, rejecting anything non-canonical or truncated.
@@ -57,8 +62,30 @@ impl<'a> Reader<'a> {
         Ok(Reader { data, pos: 4, what })
     }
 
+    /// A reader over `data` starting at byte `pos` (no magic).
+    pub(crate) fn at(data: &'a [u8], pos: usize, what: &'static str) -> Self {
+        Reader { data, pos, what }
+    }
+
+    /// The current position.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Skips `n` bytes, which must exist.
+    pub(crate) fn skip(&mut self, n: usize) -> Result<()> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        self.pos = end.ok_or_else(|| self.err("truncated"))?;
+        Ok(())
+    }
+
     pub(crate) fn err(&self, detail: &str) -> Error {
         Error::corrupt(self.what, format!("{detail} at byte {}", self.pos))
+    }
+
+    /// Bytes left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.data.len() - self.pos
     }
 
     pub(crate) fn done(&self) -> bool {

@@ -4,8 +4,11 @@ use serde::{Deserialize, Serialize};
 
 /// The format name written into every library's config.
 pub const FORMAT: &str = "spawngrid-library";
-/// The on-disk format version this code reads and writes.
-pub const VERSION: u32 = 1;
+/// The on-disk format version this code writes (it reads every version up to this one).
+///
+/// Version 2 packs objects in frames (see [`crate::pack`]); a version-1 library is upgraded in
+/// place, by rewriting its config, before the first version-2 pack is written into it.
+pub const VERSION: u32 = 2;
 
 /// Parameters fixed when a library is created (changing them would defeat deduplication).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +29,15 @@ pub struct Config {
     pub pack_target: u32,
     /// zstd level for objects.
     pub zstd_level: i32,
+    /// Objects smaller than this are gathered into shared frames of about this many plain
+    /// bytes, compressed together; 0 stores every object in a frame of its own. Does not change
+    /// any score, so it is not fixed at creation (a version-1 config gets the default).
+    #[serde(default = "default_frame_target")]
+    pub frame_target: u32,
+}
+
+fn default_frame_target() -> u32 {
+    128 << 10
 }
 
 impl Default for Config {
@@ -39,7 +51,8 @@ impl Default for Config {
             chunk_avg: 512 << 10,
             chunk_max: 2 << 20,
             pack_target: 32 << 20,
-            zstd_level: 3,
+            zstd_level: 2,
+            frame_target: default_frame_target(),
         }
     }
 }

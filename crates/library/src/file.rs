@@ -5,6 +5,7 @@ use crate::codec::{Reader, Writer};
 use crate::pack::ObjectKind;
 use crate::tree::FileData;
 use crate::{Error, Library, Result, Score};
+use rayon::iter::{ParallelBridge, ParallelIterator};
 use std::io::{Read, Write};
 
 const CHUNKS_MAGIC: &[u8; 4] = b"SGC1";
@@ -35,8 +36,15 @@ pub fn decode_chunks(data: &[u8]) -> Result<Vec<(Score, u32)>> {
 /// Stores up to `limit` bytes read from `r` as file data; returns the bytes stored and where.
 ///
 /// Reading stops at `limit` even if the source grows while it is read, so a file that is
-/// appended to forever cannot stall a save.
-pub fn store_file(lib: &Library, r: impl Read, limit: u64, path: &str) -> Result<(u64, FileData)> {
+/// appended to forever cannot stall a save. A large file is cut on one thread while rayon's
+/// pool hashes and compresses its chunks in parallel (one chunk in flight per pool thread), so
+/// one big file does not leave the other cores idle at the end of an import.
+pub fn store_file(
+    lib: &Library,
+    r: impl Read + Send,
+    limit: u64,
+    path: &str,
+) -> Result<(u64, FileData)> {
     let cfg = lib.config();
     let mut r = r.take(limit);
     let io = |e| Error::io("reading", path, e);
@@ -46,22 +54,23 @@ pub fn store_file(lib: &Library, r: impl Read, limit: u64, path: &str) -> Result
         return store_bytes(lib, &buf);
     }
     let cdc = fastcdc::v2020::StreamCDC::new(r, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max);
-    let mut chunks = Vec::new();
-    let mut total = 0u64;
-    let mut only = None;
-    for c in cdc {
-        let c = c.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(e) => io(e),
-            other => Error::io("chunking", path, std::io::Error::other(other.to_string())),
-        })?;
-        let s = lib.put(ObjectKind::Blob, &c.data)?;
-        total += c.data.len() as u64;
-        chunks.push((s, c.data.len() as u32));
-        only = Some(s);
-    }
+    let mut pieces = cdc
+        .enumerate()
+        .par_bridge()
+        .map(|(i, c)| {
+            let c = c.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => io(e),
+                other => Error::io("chunking", path, std::io::Error::other(other.to_string())),
+            })?;
+            Ok((i, lib.put(ObjectKind::Blob, &c.data)?, c.data.len() as u32))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    pieces.sort_unstable_by_key(|p| p.0);
+    let chunks: Vec<(Score, u32)> = pieces.into_iter().map(|(_, s, len)| (s, len)).collect();
+    let total = chunks.iter().map(|c| u64::from(c.1)).sum();
     Ok(match chunks.len() {
         0 => (0, FileData::Empty),
-        1 => (total, FileData::Blob(only.expect("one chunk"))),
+        1 => (total, FileData::Blob(chunks[0].0)),
         _ => (
             total,
             FileData::Chunks(lib.put(ObjectKind::ChunkList, &encode_chunks(&chunks))?),

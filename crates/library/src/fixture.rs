@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A library with small chunks (so tests see many) and one pack per commit.
+/// A library with small chunks (so tests see many), small shared frames (objects under
+/// 8 KiB share them, larger ones have their own) and one pack per commit.
 pub(crate) fn library() -> (tempfile::TempDir, Library) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
@@ -17,6 +18,7 @@ pub(crate) fn library() -> (tempfile::TempDir, Library) {
         chunk_avg: 4 << 10,
         chunk_max: 8 << 10,
         pack_target: 4 << 20,
+        frame_target: 8 << 10,
         ..Config::default()
     };
     let backend = Arc::new(LocalBackend::open(dir.path()).unwrap());
@@ -158,12 +160,17 @@ pub(crate) fn pack_file(dir: &Path, lib: &Library, score: &Score) -> PathBuf {
     dir.join(crate::store::pack_key(&loc.pack))
 }
 
-/// Flips one bit in the middle of the stored bytes of `score`.
+/// Flips one bit in the stored bytes of `score`: in the middle of its own bytes when its frame
+/// is stored raw, else in the middle of its (compressed) frame, which damages the whole frame.
 pub(crate) fn damage(dir: &Path, lib: &Library, score: &Score) {
     let e = lib.locate(score).unwrap().entry;
     let path = pack_file(dir, lib, score);
     let mut data = std::fs::read(&path).unwrap();
-    data[(e.offset + e.stored_len / 2) as usize] ^= 0x10;
+    let at = match e.encoding {
+        crate::pack::Encoding::Raw => e.offset + e.start + e.plain_len / 2,
+        crate::pack::Encoding::Zstd => e.offset + e.stored_len / 2,
+    };
+    data[at as usize] ^= 0x10;
     std::fs::write(&path, data).unwrap();
 }
 

@@ -16,7 +16,7 @@
 //! and a new pack is complete or absent. A pack gc cannot list (damaged trailer), or that holds
 //! a live object whose copy fails its check, is never deleted; verify reports those.
 
-use crate::pack::{PackBuilder, PackEntry};
+use crate::pack::{self, EncodedFrame, Frame, PackBuilder, PackEntry};
 use crate::progress::Progress;
 use crate::reach::mark;
 use crate::store::pack_key;
@@ -27,8 +27,9 @@ use std::collections::HashSet;
 
 /// Packs smaller than this are merged with other small packs.
 pub const SMALL_PACK: u64 = 1 << 20;
-/// Bytes a record costs beyond its stored bytes (header and trailer entry), for planning.
-const RECORD_OVERHEAD: u64 = 42 + 46;
+/// Bytes an object costs beyond its stored bytes (its share of a frame header and its trailer
+/// entry), for planning.
+const RECORD_OVERHEAD: u64 = 36 + 54;
 
 /// What a gc run did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -147,10 +148,11 @@ impl PackPlan {
             .filter(home)
             .copied()
             .collect();
-        let live_bytes: u64 = live
-            .iter()
-            .map(|e| u64::from(e.stored_len) + RECORD_OVERHEAD)
-            .sum();
+        // An object's share of its frame's stored bytes, in proportion to its plain bytes.
+        let share = |e: &PackEntry| {
+            u64::from(e.stored_len) * u64::from(e.plain_len) / u64::from(e.frame_len.max(1))
+        };
+        let live_bytes: u64 = live.iter().map(|e| share(e) + RECORD_OVERHEAD).sum();
         let fate = match () {
             _ if live.is_empty() => Fate::Delete,
             _ if size.saturating_sub(live_bytes) * 4 > size => Fate::Rewrite,
@@ -218,11 +220,12 @@ impl Plan {
         let rewrite: Vec<&PackPlan> = self.of(Fate::Rewrite).collect();
         progress.total(rewrite.iter().map(|p| p.size).sum());
         let mut builder = PackBuilder::default();
+        let mut mover = Mover::default();
         for p in rewrite {
             let data = lib.backend().get(&pack_key(&p.name))?;
             for e in &p.live {
-                match copy_record(&data, e) {
-                    Ok(stored) => add_record(&mut builder, e, stored),
+                match mover.copy(lib, (&p.name, &data), e, &mut builder) {
+                    Ok(()) => {}
                     Err(err) => {
                         tracing::error!("gc: live object {} in pack {}: {err}", e.score, p.name);
                         out.failed.insert(e.score);
@@ -235,6 +238,7 @@ impl Plan {
             }
             progress.bytes(p.size);
         }
+        mover.finish(lib, &mut builder);
         if !builder.is_empty() {
             out.written.insert(write(lib, builder)?);
         }
@@ -272,18 +276,55 @@ impl Plan {
     }
 }
 
-/// The stored bytes of record `e` in pack `data`, after checking they decode to its score.
-fn copy_record<'d>(data: &'d [u8], e: &PackEntry) -> Result<&'d [u8]> {
-    let start = e.offset as usize;
-    let stored = data
-        .get(start..start + e.stored_len as usize)
-        .ok_or_else(|| Error::corrupt(format!("object {}", e.score), "record out of bounds"))?;
-    crate::pack::decode_object(e, stored)?;
-    Ok(stored)
+/// Moves live objects into a new pack: an object alone in its frame is copied as stored; an
+/// object of a shared frame is decoded (each frame once, as a pack's live objects come in frame
+/// order) and gathered with the other small objects into new shared frames.
+#[derive(Default)]
+struct Mover {
+    /// The last shared frame decoded: its pack and offset, its plain bytes.
+    decoded: Option<((Score, u32), Vec<u8>)>,
+    frame: Frame,
 }
 
-fn add_record(builder: &mut PackBuilder, e: &PackEntry, stored: &[u8]) {
-    builder.add(e.score, e.kind, e.encoding, e.plain_len, stored);
+impl Mover {
+    /// Copies `e` of `pack` (name, bytes) into `b`, after checking it against its score.
+    fn copy(
+        &mut self,
+        lib: &Library,
+        (name, data): (&Score, &[u8]),
+        e: &PackEntry,
+        b: &mut PackBuilder,
+    ) -> Result<()> {
+        let start = e.offset as usize;
+        let stored = data
+            .get(start..start + e.stored_len as usize)
+            .ok_or_else(|| Error::corrupt(format!("object {}", e.score), "record out of bounds"))?;
+        if e.whole_frame() {
+            pack::decode_object(e, stored)?;
+            b.add(&EncodedFrame::copied(e, stored));
+            return Ok(());
+        }
+        let key = (*name, e.offset);
+        if self.decoded.as_ref().is_none_or(|d| d.0 != key) {
+            self.decoded = None;
+            self.decoded = Some((key, pack::decode_frame(e, stored)?));
+        }
+        let frame = &self.decoded.as_ref().expect("just decoded").1;
+        let plain = pack::object_from_frame(e, frame)?;
+        self.frame.push(e.score, e.kind, &plain);
+        if self.frame.len() >= lib.config().frame_target as usize {
+            self.finish(lib, b);
+        }
+        Ok(())
+    }
+
+    /// Adds the gathered shared frame, if any, to `b`.
+    fn finish(&mut self, lib: &Library, b: &mut PackBuilder) {
+        let frame = std::mem::take(&mut self.frame);
+        if !frame.is_empty() {
+            b.add(&frame.encode(lib.config().zstd_level));
+        }
+    }
 }
 
 /// Writes a finished pack durably and points the index at it; returns its name.
@@ -411,6 +452,8 @@ mod tests {
         fixture::snapshot(&lib, 2, 3);
         let tree = lib.snapshot(&a).unwrap().tree();
         fixture::damage(dir.path(), &lib, &tree);
+        // A fresh process: this one may still hold the tree's frame, decoded before the damage.
+        let lib = fixture::reopen(dir.path());
         let packs = lib.packs();
         assert!(gc(&lib, &[a], &Silent).is_err());
         assert_eq!(lib.backend().list("packs/").unwrap().len(), packs.len());

@@ -1,5 +1,20 @@
 //! Pack files: many objects in one backend file, with a trailer index that can be rebuilt by
-//! scanning the records, because every record carries its own header.
+//! scanning the frames, because every frame carries its own header.
+//!
+//! Objects are stored in *frames*: a frame's stored bytes decode (zstd, or raw) to the plain
+//! bytes of its objects, concatenated. Large objects get a frame of their own; small ones are
+//! gathered into shared frames so they compress together (see `Frame`). Version 2, written:
+//!
+//! ```text
+//! pack    = "SGPACK02" frame* trailer
+//! frame   = encoding:u8 count:varint (score:[32] kind:u8 plain_len:varint)*
+//!           stored_len:varint stored:[stored_len]
+//! trailer = (score:[32] kind:u8 encoding:u8 offset:u32le stored_len:u32le frame_len:u32le
+//!            start:u32le plain_len:u32le)* count:u32le "SGPKEND2"
+//! ```
+//! `offset` and `stored_len` locate the frame's stored bytes, `frame_len` is the length of its
+//! plain bytes, `start` where the object's bytes begin in them. Version 1 (read, never written)
+//! has one object per record and no `frame_len`/`start`:
 //!
 //! ```text
 //! pack    = "SGPACK01" record* trailer
@@ -9,12 +24,49 @@
 //! ```
 //! A pack's name is the BLAKE3 score of its whole contents, so a pack can be checked as a unit.
 
+use crate::codec::{push_varint, Reader};
 use crate::{Error, Result, Score};
 
-const MAGIC: &[u8; 8] = b"SGPACK01";
-const END_MAGIC: &[u8; 8] = b"SGPKEND1";
-const RECORD_HEADER: usize = 1 + 1 + 32 + 4 + 4;
-const TRAILER_ENTRY: usize = 32 + 1 + 1 + 4 + 4 + 4;
+/// A pack format version, told by the pack's first and last eight bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackVersion {
+    /// One object per record (read only).
+    V1,
+    /// Frames of one or more objects (written).
+    V2,
+}
+
+impl PackVersion {
+    const ALL: [PackVersion; 2] = [PackVersion::V1, PackVersion::V2];
+
+    fn magic(self) -> &'static [u8; 8] {
+        match self {
+            PackVersion::V1 => b"SGPACK01",
+            PackVersion::V2 => b"SGPACK02",
+        }
+    }
+
+    fn end_magic(self) -> &'static [u8; 8] {
+        match self {
+            PackVersion::V1 => b"SGPKEND1",
+            PackVersion::V2 => b"SGPKEND2",
+        }
+    }
+
+    fn trailer_entry(self) -> usize {
+        match self {
+            PackVersion::V1 => 32 + 1 + 1 + 4 + 4 + 4,
+            PackVersion::V2 => 32 + 1 + 1 + 4 * 5,
+        }
+    }
+}
+
+/// Length of the pack magic.
+const MAGIC_LEN: usize = 8;
+/// A version-1 record header: kind, encoding, score, plain and stored lengths.
+const V1_RECORD_HEADER: usize = 1 + 1 + 32 + 4 + 4;
+/// The smallest per-object share of a version-2 frame header (score, kind, a 1-byte length).
+const V2_OBJECT_HEADER: usize = 32 + 1 + 1;
 
 /// The kind of a stored object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,7 +94,7 @@ impl ObjectKind {
     }
 }
 
-/// How an object's bytes are stored.
+/// How a frame's bytes are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Encoding {
@@ -59,17 +111,93 @@ pub struct PackEntry {
     pub score: Score,
     /// The object's kind.
     pub kind: ObjectKind,
-    /// How the stored bytes are encoded.
+    /// How the frame's stored bytes are encoded.
     pub encoding: Encoding,
-    /// Offset of the stored bytes (after the record header) in the pack.
+    /// Offset of the frame's stored bytes (after its header) in the pack.
     pub offset: u32,
-    /// Length of the stored bytes.
+    /// Length of the frame's stored bytes.
     pub stored_len: u32,
-    /// Length of the plain bytes.
+    /// Length of the frame's plain bytes (all its objects).
+    pub frame_len: u32,
+    /// Where the object's bytes start in the frame's plain bytes.
+    pub start: u32,
+    /// Length of the object's plain bytes.
     pub plain_len: u32,
 }
 
-/// Accumulates records for one pack in memory.
+impl PackEntry {
+    /// Whether the object is its frame's only content (so its stored bytes are its own).
+    pub fn whole_frame(&self) -> bool {
+        self.start == 0 && self.plain_len == self.frame_len
+    }
+}
+
+/// Small objects gathered to be compressed together as one frame.
+#[derive(Default)]
+pub struct Frame {
+    plain: Vec<u8>,
+    objects: Vec<(Score, ObjectKind, u32)>,
+}
+
+impl Frame {
+    /// Appends an object's plain bytes.
+    pub fn push(&mut self, score: Score, kind: ObjectKind, plain: &[u8]) {
+        self.plain.extend_from_slice(plain);
+        self.objects.push((score, kind, plain.len() as u32));
+    }
+
+    /// Plain bytes gathered so far.
+    pub fn len(&self) -> usize {
+        self.plain.len()
+    }
+
+    /// Whether no object was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Compresses the gathered objects as one frame.
+    pub fn encode(self, level: i32) -> EncodedFrame {
+        let (encoding, stored) = encode_object(&self.plain, level);
+        EncodedFrame {
+            encoding,
+            stored,
+            objects: self.objects,
+        }
+    }
+}
+
+/// A frame ready to be appended to a pack: its encoding, stored bytes and objects in order.
+pub struct EncodedFrame {
+    encoding: Encoding,
+    stored: Vec<u8>,
+    objects: Vec<(Score, ObjectKind, u32)>,
+}
+
+impl EncodedFrame {
+    /// A frame holding one object, compressed on its own.
+    pub fn single(score: Score, kind: ObjectKind, plain: &[u8], level: i32) -> EncodedFrame {
+        let (encoding, stored) = encode_object(plain, level);
+        EncodedFrame {
+            encoding,
+            stored,
+            objects: vec![(score, kind, plain.len() as u32)],
+        }
+    }
+
+    /// A frame holding exactly the object `e` describes, with its stored bytes copied as they
+    /// are (`e` must be [`PackEntry::whole_frame`]).
+    pub fn copied(e: &PackEntry, stored: &[u8]) -> EncodedFrame {
+        debug_assert!(e.whole_frame());
+        EncodedFrame {
+            encoding: e.encoding,
+            stored: stored.to_vec(),
+            objects: vec![(e.score, e.kind, e.plain_len)],
+        }
+    }
+}
+
+/// Accumulates frames for one (version 2) pack in memory.
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -78,38 +206,40 @@ pub struct PackBuilder {
 impl Default for PackBuilder {
     fn default() -> Self {
         PackBuilder {
-            buf: MAGIC.to_vec(),
+            buf: PackVersion::V2.magic().to_vec(),
             entries: Vec::new(),
         }
     }
 }
 
 impl PackBuilder {
-    /// Appends an already-encoded object.
-    pub fn add(
-        &mut self,
-        score: Score,
-        kind: ObjectKind,
-        encoding: Encoding,
-        plain_len: u32,
-        stored: &[u8],
-    ) {
-        self.buf.push(kind as u8);
-        self.buf.push(encoding as u8);
-        self.buf.extend_from_slice(score.as_bytes());
-        self.buf.extend_from_slice(&plain_len.to_le_bytes());
-        self.buf
-            .extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    /// Appends a frame.
+    pub fn add(&mut self, f: &EncodedFrame) {
+        self.buf.push(f.encoding as u8);
+        push_varint(&mut self.buf, f.objects.len() as u64);
+        for (score, kind, len) in &f.objects {
+            self.buf.extend_from_slice(score.as_bytes());
+            self.buf.push(*kind as u8);
+            push_varint(&mut self.buf, u64::from(*len));
+        }
+        push_varint(&mut self.buf, f.stored.len() as u64);
         let offset = self.buf.len() as u32;
-        self.buf.extend_from_slice(stored);
-        self.entries.push(PackEntry {
-            score,
-            kind,
-            encoding,
-            offset,
-            stored_len: stored.len() as u32,
-            plain_len,
-        });
+        self.buf.extend_from_slice(&f.stored);
+        let frame_len = f.objects.iter().map(|o| o.2).sum();
+        let mut start = 0;
+        for &(score, kind, plain_len) in &f.objects {
+            self.entries.push(PackEntry {
+                score,
+                kind,
+                encoding: f.encoding,
+                offset,
+                stored_len: f.stored.len() as u32,
+                frame_len,
+                start,
+                plain_len,
+            });
+            start += plain_len;
+        }
     }
 
     /// Bytes so far.
@@ -124,17 +254,19 @@ impl PackBuilder {
 
     /// Appends the trailer; returns the pack's name (its score), bytes and entries.
     pub fn finish(mut self) -> (Score, Vec<u8>, Vec<PackEntry>) {
+        self.buf
+            .reserve(self.entries.len() * PackVersion::V2.trailer_entry() + TAIL_LEN);
         for e in &self.entries {
             self.buf.extend_from_slice(e.score.as_bytes());
             self.buf.push(e.kind as u8);
             self.buf.push(e.encoding as u8);
-            self.buf.extend_from_slice(&e.offset.to_le_bytes());
-            self.buf.extend_from_slice(&e.stored_len.to_le_bytes());
-            self.buf.extend_from_slice(&e.plain_len.to_le_bytes());
+            for v in [e.offset, e.stored_len, e.frame_len, e.start, e.plain_len] {
+                self.buf.extend_from_slice(&v.to_le_bytes());
+            }
         }
         self.buf
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(END_MAGIC);
+        self.buf.extend_from_slice(PackVersion::V2.end_magic());
         (Score::of(&self.buf), self.buf, self.entries)
     }
 }
@@ -146,34 +278,63 @@ fn le32(b: &[u8]) -> u32 {
 /// Length of the fixed tail (count + end magic) that locates the trailer.
 pub const TAIL_LEN: usize = 12;
 
-/// Given a pack's size and its last [`TAIL_LEN`] bytes, the offset and length of its trailer.
-pub fn trailer_span(pack_len: u64, tail: &[u8]) -> Option<(u64, usize)> {
-    if tail.len() != TAIL_LEN || &tail[4..] != END_MAGIC {
-        return None;
-    }
-    let len = le32(tail) as usize * TRAILER_ENTRY;
-    let start = pack_len.checked_sub((len + TAIL_LEN) as u64)?;
-    (start >= MAGIC.len() as u64).then_some((start, len))
+/// Where a pack's trailer is, and the pack's version.
+#[derive(Clone, Copy, Debug)]
+pub struct TrailerSpan {
+    /// Offset of the first trailer entry.
+    pub start: u64,
+    /// Length of the entries (without the tail).
+    pub len: usize,
+    /// The pack's format version.
+    pub version: PackVersion,
 }
 
-/// Parses trailer entries (without the fixed tail).
-pub fn parse_trailer(data: &[u8], pack_len: u64) -> Option<Vec<PackEntry>> {
-    if !data.len().is_multiple_of(TRAILER_ENTRY) {
+/// Given a pack's size and its last [`TAIL_LEN`] bytes, where its trailer is.
+pub fn trailer_span(pack_len: u64, tail: &[u8]) -> Option<TrailerSpan> {
+    if tail.len() != TAIL_LEN {
         return None;
     }
-    data.chunks_exact(TRAILER_ENTRY)
+    let version = PackVersion::ALL
+        .into_iter()
+        .find(|v| &tail[4..] == v.end_magic())?;
+    let len = le32(tail) as usize * version.trailer_entry();
+    let start = pack_len.checked_sub((len + TAIL_LEN) as u64)?;
+    (start >= MAGIC_LEN as u64).then_some(TrailerSpan {
+        start,
+        len,
+        version,
+    })
+}
+
+/// Parses trailer entries (without the fixed tail) of a pack of `pack_len` bytes.
+pub fn parse_trailer(data: &[u8], pack_len: u64, version: PackVersion) -> Option<Vec<PackEntry>> {
+    let size = version.trailer_entry();
+    if !data.len().is_multiple_of(size) {
+        return None;
+    }
+    data.chunks_exact(size)
         .map(|c| {
             let mut s = [0u8; 32];
             s.copy_from_slice(&c[..32]);
+            let (kind, encoding) = (ObjectKind::from_u8(c[32])?, encoding_from_u8(c[33])?);
+            let (offset, stored_len) = (le32(&c[34..]), le32(&c[38..]));
+            let (frame_len, start, plain_len) = match version {
+                PackVersion::V1 => (le32(&c[42..]), 0, le32(&c[42..])),
+                PackVersion::V2 => (le32(&c[42..]), le32(&c[46..]), le32(&c[50..])),
+            };
             let e = PackEntry {
                 score: Score(s),
-                kind: ObjectKind::from_u8(c[32])?,
-                encoding: encoding_from_u8(c[33])?,
-                offset: le32(&c[34..]),
-                stored_len: le32(&c[38..]),
-                plain_len: le32(&c[42..]),
+                kind,
+                encoding,
+                offset,
+                stored_len,
+                frame_len,
+                start,
+                plain_len,
             };
-            (u64::from(e.offset) + u64::from(e.stored_len) <= pack_len).then_some(e)
+            let in_pack = u64::from(offset) + u64::from(stored_len) <= pack_len;
+            let in_frame = u64::from(start) + u64::from(plain_len) <= u64::from(frame_len);
+            (in_pack && in_frame).then_some(e)
         })
         .collect()
 }
@@ -186,23 +347,35 @@ fn encoding_from_u8(b: u8) -> Option<Encoding> {
     }
 }
 
-/// Rebuilds a pack's entry list by walking its records, ignoring the trailer.
+/// Rebuilds a pack's entry list by walking its records or frames, ignoring the trailer.
 ///
-/// Stops at the first malformed record and reports it; the records before it are returned.
+/// Stops at the first malformed record or frame and reports it; the entries before it are
+/// returned.
 pub fn scan(data: &[u8]) -> (Vec<PackEntry>, Option<String>) {
-    let mut out = Vec::new();
-    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-        return (out, Some("bad pack magic".into()));
-    }
+    let version = data
+        .get(..MAGIC_LEN)
+        .and_then(|m| PackVersion::ALL.into_iter().find(|v| m == v.magic()));
+    let Some(version) = version else {
+        return (Vec::new(), Some("bad pack magic".into()));
+    };
     let trailer_start = trailer_span(
         data.len() as u64,
         &data[data.len().saturating_sub(TAIL_LEN)..],
     )
-    .map(|(s, _)| s as usize)
+    .map(|t| t.start as usize)
     .unwrap_or(data.len());
-    let mut pos = MAGIC.len();
-    while pos < trailer_start {
-        let h = match data.get(pos..pos + RECORD_HEADER) {
+    let body = &data[..trailer_start];
+    match version {
+        PackVersion::V1 => scan_v1(body),
+        PackVersion::V2 => scan_v2(body),
+    }
+}
+
+fn scan_v1(body: &[u8]) -> (Vec<PackEntry>, Option<String>) {
+    let mut out = Vec::new();
+    let mut pos = MAGIC_LEN;
+    while pos < body.len() {
+        let h = match body.get(pos..pos + V1_RECORD_HEADER) {
             Some(h) => h,
             None => return (out, Some(format!("truncated record header at byte {pos}"))),
         };
@@ -214,8 +387,8 @@ pub fn scan(data: &[u8]) -> (Vec<PackEntry>, Option<String>) {
         s.copy_from_slice(&h[2..34]);
         let plain_len = le32(&h[34..]);
         let stored_len = le32(&h[38..]);
-        let offset = pos + RECORD_HEADER;
-        if offset + stored_len as usize > trailer_start {
+        let offset = pos + V1_RECORD_HEADER;
+        if offset + stored_len as usize > body.len() {
             return (out, Some(format!("truncated record at byte {pos}")));
         }
         out.push(PackEntry {
@@ -224,11 +397,62 @@ pub fn scan(data: &[u8]) -> (Vec<PackEntry>, Option<String>) {
             encoding,
             offset: offset as u32,
             stored_len,
+            frame_len: plain_len,
+            start: 0,
             plain_len,
         });
         pos = offset + stored_len as usize;
     }
     (out, None)
+}
+
+fn scan_v2(body: &[u8]) -> (Vec<PackEntry>, Option<String>) {
+    let mut out = Vec::new();
+    let mut r = Reader::at(body, MAGIC_LEN, "pack frame");
+    while !r.done() {
+        let pos = r.pos();
+        match scan_frame(&mut r) {
+            Ok(entries) => out.extend(entries),
+            Err(_) => return (out, Some(format!("bad or truncated frame at byte {pos}"))),
+        }
+    }
+    (out, None)
+}
+
+/// Reads one version-2 frame header and skips its stored bytes.
+fn scan_frame(r: &mut Reader) -> Result<Vec<PackEntry>> {
+    let encoding = encoding_from_u8(r.u8()?).ok_or_else(|| r.err("bad encoding"))?;
+    let count = r.varint()?;
+    if count == 0 || count > (r.remaining() / V2_OBJECT_HEADER) as u64 {
+        return Err(r.err("bad object count"));
+    }
+    let mut objects = Vec::with_capacity(count as usize);
+    let mut frame_len = 0u32;
+    for _ in 0..count {
+        let score = r.score()?;
+        let kind = ObjectKind::from_u8(r.u8()?).ok_or_else(|| r.err("bad kind"))?;
+        let len = r.u32()?;
+        objects.push((score, kind, frame_len, len));
+        frame_len = frame_len
+            .checked_add(len)
+            .ok_or_else(|| r.err("frame too long"))?;
+    }
+    let stored_len = r.u32()?;
+    let offset = u32::try_from(r.pos()).map_err(|_| r.err("pack too long"))?;
+    r.skip(stored_len as usize)?;
+    Ok(objects
+        .into_iter()
+        .map(|(score, kind, start, plain_len)| PackEntry {
+            score,
+            kind,
+            encoding,
+            offset,
+            stored_len,
+            frame_len,
+            start,
+            plain_len,
+        })
+        .collect())
 }
 
 thread_local! {
@@ -288,34 +512,90 @@ pub fn encode_object(plain: &[u8], level: i32) -> (Encoding, Vec<u8>) {
     (Encoding::Raw, plain.to_vec())
 }
 
-/// Decodes stored bytes and checks them against the entry's score.
-pub fn decode_object(e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+/// Decodes a frame's stored bytes to its plain bytes (all its objects, not yet checked).
+pub fn decode_frame(e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
     let bad = |d: String| Error::corrupt(format!("object {}", e.score), d);
     let plain = match e.encoding {
         Encoding::Raw => stored.to_vec(),
         Encoding::Zstd => {
-            decompress(stored, e.plain_len as usize).map_err(|err| bad(format!("zstd: {err}")))?
+            decompress(stored, e.frame_len as usize).map_err(|err| bad(format!("zstd: {err}")))?
         }
     };
-    if plain.len() != e.plain_len as usize || Score::of(&plain) != e.score {
-        return Err(bad("contents do not match the score".into()));
+    if plain.len() != e.frame_len as usize {
+        return Err(bad("frame length does not match its header".into()));
     }
     Ok(plain)
 }
 
+/// The object `e` cut from its frame's plain bytes, checked against its score.
+pub fn object_from_frame(e: &PackEntry, frame: &[u8]) -> Result<Vec<u8>> {
+    let (start, end) = (e.start as usize, e.start as usize + e.plain_len as usize);
+    match frame.get(start..end) {
+        Some(plain) if Score::of(plain) == e.score => Ok(plain.to_vec()),
+        _ => Err(Error::corrupt(
+            format!("object {}", e.score),
+            "contents do not match the score",
+        )),
+    }
+}
+
+/// Decodes the stored bytes of `e`'s frame and returns the object, checked against its score.
+pub fn decode_object(e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    let frame = decode_frame(e, stored)?;
+    if !e.whole_frame() {
+        return object_from_frame(e, &frame);
+    }
+    if Score::of(&frame) != e.score {
+        return Err(Error::corrupt(
+            format!("object {}", e.score),
+            "contents do not match the score",
+        ));
+    }
+    Ok(frame)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn add_blob(b: &mut PackBuilder, plain: &[u8]) {
-        let (enc, stored) = encode_object(plain, 3);
-        b.add(
+        b.add(&EncodedFrame::single(
             Score::of(plain),
             ObjectKind::Blob,
-            enc,
-            plain.len() as u32,
-            &stored,
-        );
+            plain,
+            3,
+        ));
+    }
+
+    fn trailer(data: &[u8]) -> Vec<PackEntry> {
+        let t = trailer_span(data.len() as u64, &data[data.len() - TAIL_LEN..]).unwrap();
+        let body = &data[t.start as usize..t.start as usize + t.len];
+        parse_trailer(body, data.len() as u64, t.version).unwrap()
+    }
+
+    /// A version-1 pack as the first format wrote it (for compatibility tests).
+    pub(crate) fn v1_pack(objects: &[(ObjectKind, &[u8])]) -> (Score, Vec<u8>) {
+        let mut buf = PackVersion::V1.magic().to_vec();
+        let mut tail = Vec::new();
+        for (kind, plain) in objects {
+            let (enc, stored) = encode_object(plain, 3);
+            let score = Score::of(plain);
+            buf.extend_from_slice(&[*kind as u8, enc as u8]);
+            buf.extend_from_slice(score.as_bytes());
+            buf.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+            let offset = buf.len() as u32;
+            buf.extend_from_slice(&stored);
+            tail.extend_from_slice(score.as_bytes());
+            tail.extend_from_slice(&[*kind as u8, enc as u8]);
+            for v in [offset, stored.len() as u32, plain.len() as u32] {
+                tail.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        buf.extend_from_slice(&tail);
+        buf.extend_from_slice(&(objects.len() as u32).to_le_bytes());
+        buf.extend_from_slice(PackVersion::V1.end_magic());
+        (Score::of(&buf), buf)
     }
 
     #[test]
@@ -325,18 +605,46 @@ mod tests {
             let plain = vec![i as u8; 1000 * i as usize + 1];
             add_blob(&mut b, &plain);
         }
+        let mut group = Frame::default();
+        for i in 0..5u8 {
+            let plain = format!("small text object {i} ").repeat(i as usize + 3);
+            group.push(
+                Score::of(plain.as_bytes()),
+                ObjectKind::Tree,
+                plain.as_bytes(),
+            );
+        }
+        b.add(&group.encode(3));
         let (name, data, entries) = b.finish();
         assert_eq!(name, Score::of(&data));
-        let (s, l) = trailer_span(data.len() as u64, &data[data.len() - TAIL_LEN..]).unwrap();
-        let from_trailer =
-            parse_trailer(&data[s as usize..s as usize + l], data.len() as u64).unwrap();
+        assert_eq!(entries.len(), 15);
         let (scanned, err) = scan(&data);
         assert!(err.is_none());
-        assert_eq!(from_trailer, entries);
+        assert_eq!(trailer(&data), entries);
         assert_eq!(scanned, entries);
         for e in &entries {
             let stored = &data[e.offset as usize..(e.offset + e.stored_len) as usize];
-            decode_object(e, stored).unwrap();
+            let plain = decode_object(e, stored).unwrap();
+            assert_eq!(Score::of(&plain), e.score);
+        }
+        let grouped: Vec<_> = entries.iter().filter(|e| !e.whole_frame()).collect();
+        assert_eq!(grouped.len(), 5);
+        assert!(grouped.iter().all(|e| e.encoding == Encoding::Zstd));
+    }
+
+    #[test]
+    fn version_1_packs_are_read() {
+        let objects: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 500 * (i as usize + 1)]).collect();
+        let list: Vec<(ObjectKind, &[u8])> =
+            objects.iter().map(|o| (ObjectKind::Blob, &o[..])).collect();
+        let (_, data) = v1_pack(&list);
+        let (scanned, err) = scan(&data);
+        assert!(err.is_none());
+        assert_eq!(trailer(&data), scanned);
+        for (e, plain) in scanned.iter().zip(&objects) {
+            assert!(e.whole_frame());
+            let stored = &data[e.offset as usize..(e.offset + e.stored_len) as usize];
+            assert_eq!(&decode_object(e, stored).unwrap(), plain);
         }
     }
 
@@ -350,5 +658,17 @@ mod tests {
         data[e.offset as usize + 3] ^= 0x40;
         let stored = &data[e.offset as usize..(e.offset + e.stored_len) as usize];
         assert!(decode_object(&e, stored).is_err());
+    }
+
+    #[test]
+    fn truncated_frame_stops_the_scan() {
+        let mut b = PackBuilder::default();
+        add_blob(&mut b, &[7u8; 3000]);
+        add_blob(&mut b, &[9u8; 3000]);
+        let (_, data, entries) = b.finish();
+        let cut = entries[1].offset as usize + 2;
+        let (scanned, err) = scan(&data[..cut]);
+        assert_eq!(scanned, entries[..1]);
+        assert!(err.unwrap().contains("frame"));
     }
 }

@@ -2,12 +2,13 @@
 
 use crate::backend::Backend;
 use crate::config::{Config, FORMAT, VERSION};
-use crate::pack::{self, ObjectKind, PackBuilder, PackEntry};
+use crate::pack::{self, EncodedFrame, Frame, ObjectKind, PackBuilder, PackEntry};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Error, Result, Score};
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Key of the config file.
@@ -28,13 +29,15 @@ pub(crate) struct Location {
     pub(crate) entry: PackEntry,
 }
 
-/// An index slot: a pack number and the record's fields, without repeating the score
-/// (~20 bytes beside the 32-byte key, instead of ~80).
+/// An index slot: a pack number and the entry's fields, without repeating the score
+/// (~28 bytes beside the 32-byte key, instead of ~90).
 #[derive(Clone, Copy)]
 struct Slot {
     pack: u32,
     offset: u32,
     stored_len: u32,
+    frame_len: u32,
+    start: u32,
     plain_len: u32,
     kind: ObjectKind,
     encoding: pack::Encoding,
@@ -63,6 +66,8 @@ impl Index {
                 pack: number,
                 offset: e.offset,
                 stored_len: e.stored_len,
+                frame_len: e.frame_len,
+                start: e.start,
                 plain_len: e.plain_len,
                 kind: e.kind,
                 encoding: e.encoding,
@@ -83,6 +88,8 @@ impl Index {
             encoding: s.encoding,
             offset: s.offset,
             stored_len: s.stored_len,
+            frame_len: s.frame_len,
+            start: s.start,
             plain_len: s.plain_len,
         };
         Some(Location {
@@ -92,17 +99,50 @@ impl Index {
     }
 }
 
+/// How many decoded shared frames a library keeps for reads of their other objects.
+const FRAME_CACHE: usize = 64;
+
+/// Recently decoded shared frames (pack, offset → plain bytes), most recent first: reading the
+/// small files of one directory one by one decodes each of their frames once, not once per file.
+#[derive(Default)]
+struct FrameCache(VecDeque<(FrameAt, Arc<Vec<u8>>)>);
+
+/// A frame's place: its pack and the offset of its stored bytes.
+type FrameAt = (Score, u32);
+
+impl FrameCache {
+    fn get(&mut self, key: &FrameAt) -> Option<Arc<Vec<u8>>> {
+        let i = self.0.iter().position(|(k, _)| k == key)?;
+        let hit = self.0.remove(i).expect("position is in range");
+        self.0.push_front(hit.clone());
+        Some(hit.1)
+    }
+
+    fn insert(&mut self, key: FrameAt, frame: Arc<Vec<u8>>) {
+        if self.0.len() >= FRAME_CACHE {
+            self.0.pop_back();
+        }
+        self.0.push_front((key, frame));
+    }
+}
+
 /// A content-addressed, deduplicating object store over a [`Backend`].
 ///
 /// Objects are immutable byte strings named by their [`Score`]. `put` is safe to call from many
 /// threads at once; objects become readable once the pack holding them is written (every
-/// `pack_target` bytes, and on [`Library::flush`]).
+/// `pack_target` bytes, and on [`Library::flush`]). Small objects are gathered into shared
+/// frames of `frame_target` bytes before they are compressed.
 pub struct Library {
     backend: Arc<dyn Backend>,
     config: Config,
     index: RwLock<Index>,
+    open_frame: Mutex<Frame>,
     open_pack: Mutex<PackBuilder>,
     pending: Mutex<HashSet<Score>>,
+    /// Whether the stored config is at [`VERSION`] (a version-1 library is upgraded before
+    /// the first version-2 pack is written into it).
+    current: AtomicBool,
+    frames: Mutex<FrameCache>,
 }
 
 impl Library {
@@ -136,10 +176,13 @@ impl Library {
         }
         let lib = Library {
             backend,
+            current: AtomicBool::new(config.version == VERSION),
             config,
             index: RwLock::default(),
+            open_frame: Mutex::default(),
             open_pack: Mutex::default(),
             pending: Mutex::default(),
+            frames: Mutex::default(),
         };
         lib.reload_index()?;
         Ok(lib)
@@ -229,23 +272,49 @@ impl Library {
         if !self.pending.lock().expect("pending lock").insert(score) {
             return Ok(());
         }
-        let (encoding, stored) = pack::encode_object(plain, self.config.zstd_level);
+        let level = self.config.zstd_level;
+        let target = self.config.frame_target as usize;
+        let frame = if plain.len() < target {
+            let full = {
+                let mut open = self.open_frame.lock().expect("frame lock");
+                open.push(score, kind, plain);
+                (open.len() >= target).then(|| std::mem::take(&mut *open))
+            };
+            match full {
+                Some(f) => f.encode(level),
+                None => return Ok(()),
+            }
+        } else {
+            EncodedFrame::single(score, kind, plain, level)
+        };
         let full = {
             let mut open = self.open_pack.lock().expect("pack lock");
-            open.add(score, kind, encoding, plain.len() as u32, &stored);
-            if open.len() >= self.config.pack_target as usize {
-                Some(std::mem::take(&mut *open))
-            } else {
-                None
-            }
+            open.add(&frame);
+            (open.len() >= self.config.pack_target as usize).then(|| std::mem::take(&mut *open))
         };
-        if let Some(p) = full {
-            self.write_pack(p)?;
+        match full {
+            Some(p) => self.write_pack(p),
+            None => Ok(()),
         }
+    }
+
+    /// Rewrites a version-1 config at [`VERSION`], once, before the first newer pack is written.
+    fn upgrade_config(&self) -> Result<()> {
+        if self.current.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let config = Config {
+            version: VERSION,
+            ..self.config.clone()
+        };
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        self.backend.put(CONFIG_KEY, &json)?;
+        self.current.store(true, Ordering::Release);
         Ok(())
     }
 
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
+        self.upgrade_config()?;
         let (name, data, entries) = builder.finish();
         let result = self.backend.put(&pack_key(&name), &data);
         let mut pending = self.pending.lock().expect("pending lock");
@@ -259,9 +328,17 @@ impl Library {
         result
     }
 
-    /// Writes out the partly filled pack, making every object put so far readable.
+    /// Writes out the partly filled frame and pack, making every object put so far readable.
     pub fn flush(&self) -> Result<()> {
-        let open = std::mem::take(&mut *self.open_pack.lock().expect("pack lock"));
+        let frame = std::mem::take(&mut *self.open_frame.lock().expect("frame lock"));
+        let frame = (!frame.is_empty()).then(|| frame.encode(self.config.zstd_level));
+        let open = {
+            let mut open = self.open_pack.lock().expect("pack lock");
+            if let Some(f) = &frame {
+                open.add(f);
+            }
+            std::mem::take(&mut *open)
+        };
         if open.is_empty() {
             return Ok(());
         }
@@ -286,11 +363,27 @@ impl Library {
     fn read_located(&self, score: &Score) -> Result<(ObjectKind, Vec<u8>)> {
         let loc = self.locate(score).ok_or(Error::Missing(*score))?;
         let e = loc.entry;
+        let cache_key = (loc.pack, e.offset);
+        if !e.whole_frame() {
+            let cached = self.frames.lock().expect("frame cache").get(&cache_key);
+            if let Some(frame) = cached {
+                return Ok((e.kind, pack::object_from_frame(&e, &frame)?));
+            }
+        }
         let key = pack_key(&loc.pack);
         let stored = self
             .backend
             .get_range(&key, e.offset.into(), e.stored_len as usize)?;
-        Ok((e.kind, pack::decode_object(&e, &stored)?))
+        if e.whole_frame() {
+            return Ok((e.kind, pack::decode_object(&e, &stored)?));
+        }
+        let frame = Arc::new(pack::decode_frame(&e, &stored)?);
+        let plain = pack::object_from_frame(&e, &frame)?;
+        self.frames
+            .lock()
+            .expect("frame cache")
+            .insert(cache_key, frame);
+        Ok((e.kind, plain))
     }
 
     /// Reads an object that must be of `kind`.
@@ -361,11 +454,11 @@ impl Library {
         let tail = self
             .backend
             .get_range(&key, size - pack::TAIL_LEN as u64, pack::TAIL_LEN)?;
-        let Some((start, len)) = pack::trailer_span(size, &tail) else {
+        let Some(t) = pack::trailer_span(size, &tail) else {
             return Ok(None);
         };
-        let data = self.backend.get_range(&key, start, len)?;
-        Ok(pack::parse_trailer(&data, size))
+        let data = self.backend.get_range(&key, t.start, t.len)?;
+        Ok(pack::parse_trailer(&data, size, t.version))
     }
 
     /// Makes a pack that gc wrote part of the index, pointing every one of `entries` at it
@@ -374,5 +467,78 @@ impl Library {
     pub(crate) fn adopt_pack(&self, name: Score, size: u64, entries: &[PackEntry]) {
         let mut idx = self.index.write().expect("index lock");
         idx.add(name, size, entries, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::tests::v1_pack;
+    use crate::LocalBackend;
+
+    /// A library written by the first format (version-1 config and pack) opens, reads, takes
+    /// new objects (upgrading its config to version 2 first) and reads both afterwards.
+    #[test]
+    fn version_1_library_is_read_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let v1 = r#"{ "format": "spawngrid-library", "version": 1,
+            "chunk_threshold": 524288, "chunk_min": 131072, "chunk_avg": 524288,
+            "chunk_max": 2097152, "pack_target": 33554432, "zstd_level": 3 }"#;
+        backend.put(CONFIG_KEY, v1.as_bytes()).unwrap();
+        let old: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'a' + i; 700]).collect();
+        let list: Vec<_> = old.iter().map(|o| (ObjectKind::Blob, &o[..])).collect();
+        let (name, data) = v1_pack(&list);
+        backend.put(&pack_key(&name), &data).unwrap();
+
+        let lib = Library::open(backend.clone()).unwrap();
+        assert_eq!(lib.config().frame_target, 128 << 10);
+        for o in &old {
+            assert_eq!(&lib.get(&Score::of(o)).unwrap().1, o);
+        }
+        let new = b"written after the upgrade".repeat(10);
+        let score = lib.put(ObjectKind::Blob, &new).unwrap();
+        lib.flush().unwrap();
+        let config: Config = serde_json::from_slice(&backend.get(CONFIG_KEY).unwrap()).unwrap();
+        assert_eq!(config.version, VERSION);
+
+        let lib = Library::open(backend).unwrap();
+        assert_eq!(lib.get(&score).unwrap().1, new);
+        for o in &old {
+            assert_eq!(&lib.get(&Score::of(o)).unwrap().1, o);
+        }
+        assert_eq!(lib.object_count(), 4);
+    }
+
+    /// Small objects share frames, large ones get their own; every one reads back, also from
+    /// a fresh process (no frame cache).
+    #[test]
+    fn shared_frames_read_back() {
+        let (dir, lib) = crate::fixture::library();
+        let objects: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| {
+                format!("object {i} ")
+                    .repeat(1 + (i as usize * 37) % 2000)
+                    .into_bytes()
+            })
+            .collect();
+        let scores: Vec<Score> = objects
+            .iter()
+            .map(|o| lib.put(ObjectKind::Blob, o).unwrap())
+            .collect();
+        lib.flush().unwrap();
+        let shared = scores
+            .iter()
+            .filter(|s| !lib.locate(s).unwrap().entry.whole_frame())
+            .count();
+        assert!(
+            shared > 50 && shared < 200,
+            "{shared} of 200 in shared frames"
+        );
+        for lib in [lib, crate::fixture::reopen(dir.path())] {
+            for (s, o) in scores.iter().zip(&objects).rev() {
+                assert_eq!(&lib.get(s).unwrap().1, o);
+            }
+        }
     }
 }

@@ -162,16 +162,35 @@ impl PackCheck {
                 .push("trailer disagrees with the records".into()),
             Some(_) => {}
         }
+        let mut decoded = None;
         for e in union(scanned, trailer.unwrap_or_default()) {
-            self.check_object(data, e);
+            self.check_object(data, e, &mut decoded);
         }
     }
 
-    fn check_object(&mut self, data: &[u8], e: PackEntry) {
+    /// Checks one object; `decoded` keeps the last shared frame decoded (offset, plain bytes or
+    /// why not), so the objects of one frame decode it once.
+    fn check_object(
+        &mut self,
+        data: &[u8],
+        e: PackEntry,
+        decoded: &mut Option<(FrameKey, std::result::Result<Vec<u8>, String>)>,
+    ) {
         let start = e.offset as usize;
         let stored = data.get(start..start + e.stored_len as usize);
         let result = match stored {
-            Some(stored) => pack::decode_object(&e, stored).map(drop),
+            Some(stored) if e.whole_frame() => pack::decode_object(&e, stored).map(drop),
+            Some(stored) => {
+                let key = (e.offset, e.stored_len, e.frame_len, e.encoding);
+                if decoded.as_ref().is_none_or(|d| d.0 != key) {
+                    let frame = pack::decode_frame(&e, stored).map_err(|err| reason(&err));
+                    *decoded = Some((key, frame));
+                }
+                match &decoded.as_ref().expect("just decoded").1 {
+                    Ok(frame) => pack::object_from_frame(&e, frame).map(drop),
+                    Err(why) => Err(Error::corrupt("", why.clone())),
+                }
+            }
             None => Err(Error::corrupt("", "record out of bounds")),
         };
         match result {
@@ -183,20 +202,24 @@ impl PackCheck {
     }
 }
 
+/// What tells a frame apart within a pack: offset, stored and plain lengths, encoding.
+type FrameKey = (u32, u32, u32, pack::Encoding);
+
 /// The trailer's entries, parsed from a whole pack in memory.
 fn trailer_of(data: &[u8]) -> Option<Vec<PackEntry>> {
     let len = data.len() as u64;
     let tail = data.get(data.len().checked_sub(pack::TAIL_LEN)?..)?;
-    let (start, n) = pack::trailer_span(len, tail)?;
-    pack::parse_trailer(data.get(start as usize..start as usize + n)?, len)
+    let t = pack::trailer_span(len, tail)?;
+    let body = data.get(t.start as usize..t.start as usize + t.len)?;
+    pack::parse_trailer(body, len, t.version)
 }
 
 /// Scanned records plus any the trailer lists that the scan did not reach.
 fn union(scanned: Vec<PackEntry>, trailer: Vec<PackEntry>) -> Vec<PackEntry> {
-    let offsets: HashSet<u32> = scanned.iter().map(|e| e.offset).collect();
+    let places: HashSet<(u32, u32)> = scanned.iter().map(|e| (e.offset, e.start)).collect();
     let extra: Vec<PackEntry> = trailer
         .into_iter()
-        .filter(|e| !offsets.contains(&e.offset))
+        .filter(|e| !places.contains(&(e.offset, e.start)))
         .collect();
     scanned.into_iter().chain(extra).collect()
 }
@@ -312,7 +335,7 @@ impl Source for Copies<'_> {
 mod tests {
     use super::*;
     use crate::fixture::{self, check};
-    use crate::pack::{encode_object, PackBuilder};
+    use crate::pack::{EncodedFrame, PackBuilder};
     use crate::progress::Silent;
 
     fn named(roots: &[(&str, Score)]) -> Vec<(String, Score)> {
@@ -374,8 +397,7 @@ mod tests {
         let blob = fixture::blob_of(1, 4, 2);
         let plain = lib.get(&blob).unwrap().1;
         let mut b = PackBuilder::default();
-        let (enc, stored) = encode_object(&plain, 3);
-        b.add(blob, ObjectKind::Blob, enc, plain.len() as u32, &stored);
+        b.add(&EncodedFrame::single(blob, ObjectKind::Blob, &plain, 3));
         let (name, data, _) = b.finish();
         lib.backend().put(&pack_key(&name), &data).unwrap();
         let damaged_pack = lib.locate(&blob).unwrap().pack;

@@ -371,6 +371,14 @@ impl Cache {
             let _ = std::fs::remove_file(self.path(&s));
         }
     }
+
+    /// Opens the cached file for `score` if the cache holds one, without fetching, pinning or
+    /// verifying it (read-only: for another process, such as `lib export`, reading the cache).
+    /// A present file is complete (written from verified library reads under a temporary name,
+    /// then renamed); whether its bytes are still right is the caller's to check.
+    pub fn open_existing(&self, score: &Score) -> Option<File> {
+        File::open(self.path(score)).ok()
+    }
 }
 
 /// Writes a chunked file's chunks at their offsets, fetched and verified by one worker per

@@ -42,12 +42,14 @@ enum LibCommand {
         parent: Option<String>,
     },
     /// Write snapshot NAME to DEST: a new directory, a .tar/.tar.gz/.tar.zst file, or - (tar).
-    Export {
-        /// A name or a score.
-        name: String,
-        /// Destination directory, tar file, or - for stdout.
-        dest: String,
-    },
+    ///
+    /// A directory export copies file contents from the node-local file cache (DATA/cache, the
+    /// one `lib mount` fills: whole files, decompressed) where it holds them, with
+    /// copy_file_range, instead of decompressing the library's objects. The cache gets warm
+    /// when a mount reads the files, or with --fill-cache. Cached files are checked: one with
+    /// the wrong size is ignored, and one's bytes are re-hashed against the file's score before
+    /// they are copied (a mismatch is ignored too, with a warning); the library is read instead.
+    Export(ExportArgs),
     /// Show the history of NAME: the snapshot and its ancestors.
     Log {
         /// A name or a score.
@@ -75,6 +77,69 @@ enum LibCommand {
     Mount(crate::mount_cmd::MountArgs),
     /// Unmount a snapshot mounted with `lib mount`, and wait for its server to exit.
     Umount(crate::mount_cmd::UmountArgs),
+    /// Replace the server of a mount with one started from the spawngrid binary now on disk
+    /// (after an upgrade); the mount, its envs and their open files carry on.
+    Restart(crate::mount_cmd::RestartArgs),
+}
+
+/// Arguments of `lib export`.
+#[derive(Args)]
+struct ExportArgs {
+    /// A name or a score.
+    name: String,
+    /// Destination directory, tar file, or - for stdout.
+    dest: String,
+    /// The file cache to copy file contents from (default DATA/cache, used if it exists).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Read every file from the library; do not use the file cache.
+    #[arg(long, conflicts_with = "fill_cache")]
+    no_cache: bool,
+    /// Also fetch every file the cache lacks into it (verified, as a mount would), so that
+    /// the next export, or a mount, finds it warm. Directory exports only.
+    #[arg(long)]
+    fill_cache: bool,
+    /// Limit of the file cache when filling it (least recently used files are evicted).
+    #[arg(long, default_value = "10G")]
+    cache_size: String,
+}
+
+/// The node-local file cache as a source of file contents for `lib export`.
+struct CacheSource {
+    cache: Arc<snapfs::Cache>,
+    /// Fetch missing files into the cache (verified) instead of only reading what is there.
+    fill: bool,
+}
+
+impl library::export::dir::FileSource for CacheSource {
+    fn open(
+        &self,
+        lib: &Library,
+        score: &Score,
+        data: &library::FileData,
+    ) -> Option<library::export::dir::Materialized> {
+        if !self.fill {
+            let file = self.cache.open_existing(score)?;
+            return Some(library::export::dir::Materialized {
+                file,
+                verified: false,
+            });
+        }
+        match self.cache.acquire(lib, *score, data) {
+            Ok(file) => {
+                // Unpinned at once: evicting unlinks the file, which stays readable here.
+                self.cache.release(score);
+                Some(library::export::dir::Materialized {
+                    file,
+                    verified: true,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(%score, "filling the file cache: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// Runs a `lib` subcommand.
@@ -91,7 +156,7 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
             note,
             parent,
         } => ctx.import(&name, &path, note, parent),
-        LibCommand::Export { name, dest } => ctx.export(&name, &dest),
+        LibCommand::Export(a) => ctx.export(&a),
         LibCommand::Log { name } => ctx.log(&name),
         LibCommand::Diff { a, b } => ctx.diff(&a, &b),
         LibCommand::Retire { name } => ctx.retire(&name),
@@ -100,6 +165,7 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
         LibCommand::Stats => ctx.stats(),
         LibCommand::Mount(m) => crate::mount_cmd::mount(&ctx.data, &ctx.owner, m),
         LibCommand::Umount(u) => crate::mount_cmd::umount(&ctx.data, u),
+        LibCommand::Restart(r) => crate::mount_cmd::restart(&ctx.data, r),
     }
 }
 
@@ -231,7 +297,35 @@ impl Ctx {
         }
     }
 
-    fn export(&self, name: &str, dest: &str) -> Result<ExitCode> {
+    /// The file cache `lib export` reads (and, with --fill-cache, fills), if it is used.
+    fn export_cache(&self, a: &ExportArgs) -> Result<Option<CacheSource>> {
+        let dir = a.cache.clone().unwrap_or_else(|| self.data.join("cache"));
+        if a.no_cache {
+            return Ok(None);
+        }
+        if !a.fill_cache {
+            // Reading only: a cache of another format (or none) is left alone, not emptied.
+            let version = std::fs::read_to_string(dir.join("VERSION")).unwrap_or_default();
+            if version.trim() != snapfs::cache::VERSION {
+                return Ok(None);
+            }
+        }
+        let limit = node::config::parse_size(&a.cache_size).context("--cache-size")?;
+        let cache = Arc::new(
+            snapfs::Cache::open(&dir, limit)
+                .with_context(|| format!("opening the file cache {}", dir.display()))?,
+        );
+        if a.fill_cache {
+            cache.start_scan();
+        }
+        Ok(Some(CacheSource {
+            cache,
+            fill: a.fill_cache,
+        }))
+    }
+
+    fn export(&self, a: &ExportArgs) -> Result<ExitCode> {
+        let (name, dest) = (a.name.as_str(), a.dest.as_str());
         let (cat, lib) = (self.catalog()?, self.library(false)?);
         let (_, snap) = self.resolve(&cat, &lib, name)?;
         let bar = Bar::new("exporting", self.json);
@@ -240,22 +334,33 @@ impl Ctx {
             || [".tar", ".tar.gz", ".tgz", ".tar.zst"]
                 .iter()
                 .any(|s| dest.ends_with(s));
-        let entries = if is_tar {
+        if is_tar && a.fill_cache {
+            bail!("--fill-cache works with directory exports only; export to a directory");
+        }
+        let (entries, cached) = if is_tar {
             export_tar_to(&lib, &snap, dest, &bar)?;
-            snap.entries()
+            (snap.entries(), 0)
         } else {
-            library::export::dir::export_dir(&lib, &snap, Path::new(dest), &bar)?.entries
+            let source = self.export_cache(a)?;
+            let source = source
+                .as_ref()
+                .map(|s| s as &dyn library::export::dir::FileSource);
+            let done =
+                library::export::dir::export_dir_from(&lib, &snap, Path::new(dest), &bar, source)?;
+            (done.entries, done.bytes_from_source)
         };
         drop(bar);
         let secs = start.elapsed().as_secs_f64();
         if self.json {
-            print_json(
-                json!({"name": name, "dest": dest, "entries": entries, "bytes": snap.bytes(), "seconds": secs}),
-            );
+            print_json(json!({
+                "name": name, "dest": dest, "entries": entries, "bytes": snap.bytes(),
+                "bytes_from_cache": cached, "seconds": secs,
+            }));
         } else if dest != "-" {
             println!(
-                "exported {name} to {dest}: {entries} entries, {} ({secs:.2} s)",
-                mb(snap.bytes())
+                "exported {name} to {dest}: {entries} entries, {} ({} from the file cache) ({secs:.2} s)",
+                mb(snap.bytes()),
+                mb(cached)
             );
         }
         Ok(ExitCode::SUCCESS)

@@ -694,3 +694,91 @@ fn bad_input_is_refused_cleanly() {
 
     lib.verify_clean();
 }
+
+// --- export from the file cache -----------------------------------------------------------
+
+/// The cache files (path, size) under `cache`, largest first.
+fn cache_files(cache: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(cache.join("files")).unwrap().flatten() {
+        for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            out.push((f.path(), f.metadata().unwrap().len()));
+        }
+    }
+    out.sort_by_key(|(p, len)| (std::cmp::Reverse(*len), p.clone()));
+    out
+}
+
+/// Bytes `export --json` copied from the file cache.
+fn from_cache(r: &common::Run) -> u64 {
+    r.json()["bytes_from_cache"]
+        .as_u64()
+        .expect("bytes_from_cache")
+}
+
+#[test]
+fn export_from_the_file_cache_is_exact_and_never_trusts_bad_copies() {
+    let t = Scratch::new("cache");
+    let lib = Lib::new(t.join("data"));
+    lib.import("mod", modified());
+    let out = |n: &str| t.join(n).to_str().unwrap().to_string();
+
+    // No cache yet: everything comes from the library.
+    let cold = lib.ok(true, &["export", "mod", &out("cold")]);
+    assert_eq!(from_cache(&cold), 0);
+    assert_same_listing(modified_listing(), &fslist(&t.join("cold")), "cold export");
+
+    // --fill-cache: exact, and every file is then in the cache.
+    let fill = lib.ok(true, &["export", "mod", &out("fill"), "--fill-cache"]);
+    let all = from_cache(&fill);
+    assert!(all > 100_000_000, "only {all} B went through the cache");
+    assert_same_listing(
+        modified_listing(),
+        &fslist(&t.join("fill")),
+        "filling export",
+    );
+
+    // Warm: every byte from the cache, same listing (contents, metadata, hardlinks).
+    let warm = lib.ok(true, &["export", "mod", &out("warm")]);
+    assert_eq!(from_cache(&warm), all);
+    assert_same_listing(modified_listing(), &fslist(&t.join("warm")), "warm export");
+
+    // --no-cache ignores it.
+    let plain = lib.ok(true, &["export", "mod", &out("plain"), "--no-cache"]);
+    assert_eq!(from_cache(&plain), 0);
+
+    // A cached file with a flipped byte (the largest: a chunked file, re-hashed chunk by chunk)
+    // and a truncated one are not used: the library is read for them, the export stays exact.
+    let files = cache_files(&lib.data.join("cache"));
+    let (flipped, flipped_len) = files[0].clone();
+    let (cut, cut_len) = files
+        .iter()
+        .find(|f| f.1 > 1 && f.1 < 100_000)
+        .unwrap()
+        .clone();
+    let mut bytes = std::fs::read(&flipped).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&flipped, bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+    f.set_len(cut_len - 1).unwrap();
+    let damaged = lib.ok(true, &["export", "mod", &out("damaged")]);
+    // (At most: a file with several names in the snapshot is written, and skipped, once.)
+    assert!(
+        from_cache(&damaged) <= all - flipped_len - cut_len,
+        "damaged cache files were copied: {} of {all} B from the cache",
+        from_cache(&damaged)
+    );
+    assert!(from_cache(&damaged) > 0);
+    assert_same_listing(
+        modified_listing(),
+        &fslist(&t.join("damaged")),
+        "export past a damaged cache",
+    );
+    assert!(
+        damaged.stderr.contains("does not match its score")
+            && damaged.stderr.contains("wrong size"),
+        "no warnings about the damaged cache files:\n{}",
+        damaged.stderr
+    );
+}

@@ -4,7 +4,13 @@
 //! workers writes file contents; hardlinks are made once every file exists, and directory
 //! metadata last, deepest first, so that creating children does not disturb parents' mtimes.
 //! On failure the partly written destination is removed.
+//!
+//! With a [`FileSource`] (a node's file cache of whole files, already decompressed), a file's
+//! contents are copied from there (`copy_file_range` where the kernel can) instead of being
+//! read, decompressed and verified object by object; a cached file whose size is not the
+//! file's, or whose bytes do not hash to its score, is ignored and the library is read instead.
 
+use crate::pack::ObjectKind;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, FileData, Meta};
 use crate::{file, Error, Library, Result, Score, Snapshot};
@@ -12,7 +18,9 @@ use crossbeam_channel::bounded;
 use rustix::fs::{AtFlags, Mode, Timestamps, CWD};
 use std::collections::HashMap;
 use std::fs::{self, File};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// What an export wrote.
@@ -22,11 +30,31 @@ pub struct Exported {
     pub entries: u64,
     /// File bytes written.
     pub bytes: u64,
+    /// Of those, bytes copied from the [`FileSource`].
+    pub bytes_from_source: u64,
+}
+
+/// A file's contents as a [`FileSource`] has them.
+pub struct Materialized {
+    /// An open file holding the contents.
+    pub file: File,
+    /// Whether the source checked these bytes against the score. If so the export only checks
+    /// the size; if not, it re-hashes them (every chunk, for a chunked file) before copying.
+    pub verified: bool,
+}
+
+/// Already-materialized file contents by score, e.g. a node's file cache (the library does not
+/// know about caches: the caller supplies this).
+pub trait FileSource: Sync {
+    /// The contents of the file whose data is `data` (named by `score`: the blob, or the chunk
+    /// list of a chunked file), or `None` to read them from the library.
+    fn open(&self, lib: &Library, score: &Score, data: &FileData) -> Option<Materialized>;
 }
 
 struct FileJob {
     path: PathBuf,
     meta: Meta,
+    size: u64,
     data: FileData,
 }
 
@@ -46,9 +74,20 @@ pub fn export_dir(
     dest: &Path,
     progress: &dyn Progress,
 ) -> Result<Exported> {
+    export_dir_from(lib, snap, dest, progress, None)
+}
+
+/// [`export_dir`], copying file contents from `source` where it has them.
+pub fn export_dir_from(
+    lib: &Library,
+    snap: &Snapshot,
+    dest: &Path,
+    progress: &dyn Progress,
+    source: Option<&dyn FileSource>,
+) -> Result<Exported> {
     let created = prepare_dest(dest)?;
     progress.total(snap.bytes());
-    let result = write_all(lib, snap, dest, progress);
+    let result = write_all(lib, snap, dest, progress, source);
     if result.is_err() {
         cleanup(dest, created);
     }
@@ -90,22 +129,24 @@ fn write_all(
     snap: &Snapshot,
     dest: &Path,
     progress: &dyn Progress,
+    source: Option<&dyn FileSource>,
 ) -> Result<Exported> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (tx, rx) = bounded::<FileJob>(256);
     let mut plan = Plan::default();
-    let bytes = std::thread::scope(|s| -> Result<u64> {
+    let (bytes, bytes_from_source) = std::thread::scope(|s| -> Result<(u64, u64)> {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 let rx = rx.clone();
-                s.spawn(move || -> Result<u64> {
-                    let mut n = 0;
+                s.spawn(move || -> Result<(u64, u64)> {
+                    let (mut n, mut copied) = (0, 0);
                     for job in rx {
-                        let written = write_file(lib, &job)?;
+                        let (written, from_source) = write_file(lib, &job, source)?;
                         progress.bytes(written);
                         n += written;
+                        copied += if from_source { written } else { 0 };
                     }
-                    Ok(n)
+                    Ok((n, copied))
                 })
             })
             .collect();
@@ -115,9 +156,10 @@ fn write_all(
                 .map_err(|_| Error::BadInput("export stopped".into()))
         });
         drop(tx);
-        let mut total = 0;
+        let mut total = (0, 0);
         for h in handles {
-            total += h.join().expect("export worker panicked")?;
+            let (n, copied) = h.join().expect("export worker panicked")?;
+            total = (total.0 + n, total.1 + copied);
         }
         walked.map(|()| total)
     })?;
@@ -131,6 +173,7 @@ fn write_all(
     Ok(Exported {
         entries: plan.entries,
         bytes,
+        bytes_from_source,
     })
 }
 
@@ -168,10 +211,11 @@ fn create(
             .map_err(|err| Error::io("creating", &path, err.into()))
     };
     match e.content {
-        Content::File { data, .. } => {
+        Content::File { size, data } => {
             return send(FileJob {
                 path,
                 meta: e.meta,
+                size,
                 data,
             })
         }
@@ -193,15 +237,29 @@ fn create(
     set_meta(&path, &e.meta, symlink)
 }
 
-fn write_file(lib: &Library, job: &FileJob) -> Result<u64> {
+/// Creates one file with its contents and metadata; returns its bytes and whether they came
+/// from the source.
+fn write_file(
+    lib: &Library,
+    job: &FileJob,
+    source: Option<&dyn FileSource>,
+) -> Result<(u64, bool)> {
     let shown = job.path.display().to_string();
     let f = File::options()
         .write(true)
         .create_new(true)
         .open(&job.path)
         .map_err(|e| Error::io("creating", &job.path, e))?;
+    let copied = match source {
+        Some(src) => copy_from_source(lib, src, job, &f)?,
+        None => false,
+    };
     // Each object is written with one write call: no buffering needed.
-    let n = file::write_file(lib, &job.data, &f, &shown)?;
+    let n = if copied {
+        job.size
+    } else {
+        file::write_file(lib, &job.data, &f, &shown)?
+    };
     let m = &job.meta;
     let io = |what, e: rustix::io::Errno| Error::io(what, &job.path, e.into());
     rustix::fs::fchown(&f, Some(uid(m.uid)), Some(gid(m.gid)))
@@ -212,7 +270,79 @@ fn write_file(lib: &Library, job: &FileJob) -> Result<u64> {
             .map_err(|e| io("setting xattr on", e))?;
     }
     rustix::fs::futimens(&f, &times(m)).map_err(|e| io("setting times of", e))?;
-    Ok(n)
+    Ok((n, copied))
+}
+
+/// Copies the job's contents from `src` into the new, empty `dest` if the source has them
+/// with the right size (and, unless the source verified them, the right hash); returns whether
+/// it did. A copy that fails half-way is an error (the export is then removed).
+fn copy_from_source(
+    lib: &Library,
+    src: &dyn FileSource,
+    job: &FileJob,
+    dest: &File,
+) -> Result<bool> {
+    let score = match job.data {
+        FileData::Empty => return Ok(false),
+        FileData::Blob(s) | FileData::Chunks(s) => s,
+    };
+    let Some(m) = src.open(lib, &score, &job.data) else {
+        return Ok(false);
+    };
+    let size = m.file.metadata().map(|md| md.len()).ok();
+    if size != Some(job.size) {
+        tracing::warn!(%score, path = %job.path.display(), "cached file has the wrong size; reading the library");
+        return Ok(false);
+    }
+    if !m.verified && !matches_score(lib, &job.data, job.size, &m.file)? {
+        tracing::warn!(%score, path = %job.path.display(), "cached file does not match its score; reading the library");
+        return Ok(false);
+    }
+    // std's copy uses copy_file_range (then sendfile, then read/write) for file to file.
+    let copied = std::io::copy(&mut (&m.file).take(job.size), &mut &*dest)
+        .map_err(|e| Error::io("copying into", &job.path, e))?;
+    if copied != job.size {
+        return Err(Error::BadInput(format!(
+            "{}: the cached copy shrank while being copied; export again",
+            job.path.display()
+        )));
+    }
+    Ok(true)
+}
+
+/// Whether `f` holds exactly the `size` bytes of `data`: the whole file hashes to the blob's
+/// score, or each chunk's range to the chunk's score.
+fn matches_score(lib: &Library, data: &FileData, size: u64, f: &File) -> Result<bool> {
+    let pieces = match data {
+        FileData::Empty => return Ok(size == 0),
+        FileData::Blob(s) => vec![(*s, size)],
+        FileData::Chunks(s) => file::decode_chunks(&lib.get_kind(s, ObjectKind::ChunkList)?)?
+            .into_iter()
+            .map(|(s, len)| (s, u64::from(len)))
+            .collect(),
+    };
+    let mut buf = vec![0u8; (size.min(1 << 20)) as usize];
+    let mut at = 0u64;
+    for (want, len) in pieces {
+        let mut h = blake3::Hasher::new();
+        let end = at + len;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            match f.read_at(&mut buf[..n], at) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Ok(false),
+            }
+        }
+        if Score(*h.finalize().as_bytes()) != want {
+            return Ok(false);
+        }
+    }
+    Ok(at == size)
 }
 
 /// Applies owner, mode, xattrs and mtime to a path without following it if it is a symlink.

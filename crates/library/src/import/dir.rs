@@ -33,7 +33,10 @@ fn walk_dir(ing: &mut Ingest, dir: &Arc<OwnedFd>, path: &str, depth: usize) -> R
         )));
     }
     let mut out = Dir::default();
-    for mut e in walk::list(dir, path)? {
+    let mut entries = walk::list(dir, path)?;
+    // In name order, as export reads them: files stored together share compressed frames.
+    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    for mut e in entries {
         let child = walk::child(path, &e.name);
         let name = e.name.clone();
         let node = if e.file_type() == FileType::Directory {

@@ -7,9 +7,9 @@
 #                           [--image-size 24G] [--skip-5g]
 #
 # Measured (see bench/README.md, "Snapshot filesystem"):
-# - mount time of snapshots of ~50 MB, ~500 MB and ~5 GB (synthetic trees): the server's own
-#   measure (mount call to live mount: root tree decoded, FUSE handshake done) and the wall
-#   time of `spawngrid lib mount` (process start, library index load, catalog, daemon spawn);
+# - mount time of snapshots of ~50 MB, ~500 MB and ~5 GB (synthetic trees): the record's
+#   mount_us (the keeper's mount call plus the server's root-tree decode and FUSE handshake)
+#   and the wall time of `spawngrid lib mount` (process starts, library index load, catalog);
 # - `find -printf` metadata walk and `tar c | cat >/dev/null` of the debootstrap tree, and a
 #   sequential read of a 1 GiB file, cold and warm, on: native ext4 (the image), an exported
 #   copy bind-mounted, and snapfs (cache on the same ext4).

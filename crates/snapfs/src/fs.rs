@@ -7,9 +7,16 @@
 //! Directory listings are cached by the kernel too: `opendir` answers ENOSYS once when the
 //! kernel supports `FUSE_NO_OPENDIR_SUPPORT` (it then never sends opendir/releasedir and caches
 //! listings), else it returns `FOPEN_CACHE_DIR`.
+//!
+//! Backing ids are journaled ([`Journal`]) and a restarted server reuses the ones its
+//! predecessor left registered, since the kernel allows one backing file per inode at a time.
+//! State a predecessor held and this process lacks is rebuilt on demand: handles of files it
+//! opened are read through the node id, and hardlink node ids are found by walking the tree.
 
+use crate::adopt::Offer;
 use crate::attr::{attr, kind};
 use crate::cache::Cache;
+use crate::journal::Journal;
 use crate::nodes::{Node, NodeError, Nodes};
 use fuser::{
     BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -23,7 +30,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// How long the kernel may trust entries and attributes: the snapshot never changes.
@@ -39,7 +46,24 @@ pub struct FsOptions {
 struct Handle {
     file: Option<Arc<File>>,
     score: Option<Score>,
-    _backing: Option<Arc<BackingId>>,
+    _backing: Option<Arc<Backing>>,
+}
+
+/// A backing id registered for one node. Dropping it journals the close, then closes it.
+struct Backing {
+    node: u64,
+    raw: u32,
+    id: BackingId,
+    journal: Arc<Mutex<Journal>>,
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        self.journal
+            .lock()
+            .expect("journal")
+            .closed(self.node, self.raw);
+    }
 }
 
 /// How many backing ids stay registered with the kernel after their files are closed, so that
@@ -50,8 +74,10 @@ const RECENT: usize = 1024;
 struct Handles {
     next: u64,
     open: HashMap<u64, Handle>,
-    backing: HashMap<u64, Weak<BackingId>>,
-    recent: VecDeque<Arc<BackingId>>,
+    backing: HashMap<u64, Weak<Backing>>,
+    recent: VecDeque<Arc<Backing>>,
+    /// Ids a previous server of this connection left registered, by node.
+    inherited: HashMap<u64, u32>,
 }
 
 /// The snapshot filesystem served to the kernel.
@@ -63,6 +89,8 @@ pub struct SnapFs {
     passthrough: AtomicBool,
     no_opendir: bool,
     handles: Mutex<Handles>,
+    journal: Arc<Mutex<Journal>>,
+    offer: Arc<OnceLock<Offer>>,
 }
 
 fn errno(e: NodeError) -> Errno {
@@ -78,12 +106,16 @@ fn errno(e: NodeError) -> Errno {
 }
 
 impl SnapFs {
-    /// A filesystem showing the tree under `root` (a snapshot's root entry).
+    /// A filesystem showing the tree under `root` (a snapshot's root entry), journaling its
+    /// backing ids in `journal`; `inherited` are the ids a previous server of the same
+    /// connection left registered (empty for a new mount).
     pub fn new(
         lib: Arc<Library>,
         root: library::Entry,
         cache: Arc<Cache>,
         opts: FsOptions,
+        journal: Journal,
+        inherited: HashMap<u64, u32>,
     ) -> SnapFs {
         SnapFs {
             nodes: Nodes::new(lib.clone(), root),
@@ -92,8 +124,18 @@ impl SnapFs {
             opts,
             passthrough: AtomicBool::new(false),
             no_opendir: false,
-            handles: Mutex::default(),
+            handles: Mutex::new(Handles {
+                inherited,
+                ..Handles::default()
+            }),
+            journal: Arc::new(Mutex::new(journal)),
+            offer: Arc::default(),
         }
+    }
+
+    /// Where `init` records what the kernel offered (needed to restart the server later).
+    pub fn offer(&self) -> Arc<OnceLock<Offer>> {
+        self.offer.clone()
     }
 
     /// Decodes the root directory (so that a mount fails early on a damaged snapshot).
@@ -113,32 +155,75 @@ impl SnapFs {
         fh
     }
 
-    /// The backing id for `node`'s cache file: shared by every open handle of that inode.
-    /// The last [`RECENT`] ids created stay registered after their files are closed.
-    fn backing(
-        &self,
-        reply: &ReplyOpen,
-        node: u64,
-        file: &File,
-    ) -> std::io::Result<Arc<BackingId>> {
-        let mut hs = self.handles.lock().expect("handles");
-        if let Some(id) = hs.backing.get(&node).and_then(Weak::upgrade) {
-            return Ok(id);
-        }
-        let id = Arc::new(reply.open_backing(file)?);
+    /// Keeps `b` as `node`'s backing id; the last [`RECENT`] ids stay registered after their
+    /// files are closed.
+    fn remember(hs: &mut Handles, node: u64, b: Arc<Backing>) {
         if hs.recent.len() >= RECENT {
             hs.recent.pop_front();
             hs.backing.retain(|_, w| w.strong_count() > 0);
         }
-        hs.recent.push_back(id.clone());
-        hs.backing.insert(node, Arc::downgrade(&id));
-        Ok(id)
+        hs.recent.push_back(b.clone());
+        hs.backing.insert(node, Arc::downgrade(&b));
     }
 
-    /// A live backing id of `node`, if the kernel still has one registered.
-    fn live_backing(&self, node: u64) -> Option<Arc<BackingId>> {
-        let hs = self.handles.lock().expect("handles");
-        hs.backing.get(&node).and_then(Weak::upgrade)
+    /// The backing id for `node`'s cache file: shared by every open handle of that inode.
+    fn backing(&self, reply: &ReplyOpen, node: u64, file: &File) -> std::io::Result<Arc<Backing>> {
+        let mut hs = self.handles.lock().expect("handles");
+        if let Some(b) = hs.backing.get(&node).and_then(Weak::upgrade) {
+            return Ok(b);
+        }
+        let raw = reply.open_backing(file)?.into_raw();
+        self.journal.lock().expect("journal").opened(node, raw);
+        // SAFETY: `raw` was just registered on this connection and is owned by nothing else.
+        let id = unsafe { reply.wrap_backing(raw) };
+        let b = Arc::new(Backing {
+            node,
+            raw,
+            id,
+            journal: self.journal.clone(),
+        });
+        SnapFs::remember(&mut hs, node, b.clone());
+        Ok(b)
+    }
+
+    /// A backing id of `node` the kernel still has registered: one this process holds, or one
+    /// its predecessor left (which must be reused while the inode has files open on it).
+    fn live_backing(&self, reply: &ReplyOpen, node: u64) -> Option<Arc<Backing>> {
+        let mut hs = self.handles.lock().expect("handles");
+        if let Some(b) = hs.backing.get(&node).and_then(Weak::upgrade) {
+            return Some(b);
+        }
+        let raw = hs.inherited.remove(&node)?;
+        // SAFETY: the journal says the previous server registered `raw` for this node and never
+        // closed it (closes are journaled first); this process now owns it.
+        let id = unsafe { reply.wrap_backing(raw) };
+        let b = Arc::new(Backing {
+            node,
+            raw,
+            id,
+            journal: self.journal.clone(),
+        });
+        SnapFs::remember(&mut hs, node, b.clone());
+        Some(b)
+    }
+
+    /// The cache file of node `ino`, for a handle this process did not open (its predecessor
+    /// did): `None` for an empty file.
+    fn reopen(&self, ino: INodeNo) -> Result<Option<Arc<File>>, Errno> {
+        let node = self.node(ino)?;
+        let Content::File { data, .. } = &node.entry.content else {
+            return Err(Errno::EBADF);
+        };
+        let (FileData::Blob(score) | FileData::Chunks(score)) = data else {
+            return Ok(None);
+        };
+        let file = self.cache.acquire(&self.lib, *score, data).map_err(|e| {
+            tracing::error!(%score, node = node.id, "cannot open file: {e}");
+            Errno::EIO
+        })?;
+        // The open file stays readable even if the cache evicts it.
+        self.cache.release(score);
+        Ok(Some(Arc::new(file)))
     }
 
     fn open_file(&self, node: &Node, data: &FileData, reply: ReplyOpen) {
@@ -157,15 +242,15 @@ impl SnapFs {
             FileData::Blob(s) | FileData::Chunks(s) => *s,
         };
         if self.passthrough.load(Ordering::Relaxed) {
-            if let Some(id) = self.live_backing(node.id) {
+            if let Some(b) = self.live_backing(&reply, node.id) {
                 // Open before, or recently: the kernel holds the cache file; no fetch, no pin.
                 self.cache.touch(&score);
                 let fh = self.add_handle(Handle {
                     file: None,
                     score: None,
-                    _backing: Some(id.clone()),
+                    _backing: Some(b.clone()),
                 });
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b.id);
             }
         }
         let file = match self.cache.acquire(&self.lib, score, data) {
@@ -194,7 +279,7 @@ impl SnapFs {
             _backing: backing.clone(),
         });
         match backing {
-            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id),
+            Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b.id),
             None => reply.opened(
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
@@ -224,6 +309,7 @@ impl Filesystem for SnapFs {
             tracing::warn!("kernel lacks FUSE passthrough; serving reads in user space");
         }
         self.passthrough.store(ok, Ordering::Relaxed);
+        let _ = self.offer.set(Offer::of(config));
         Ok(())
     }
 
@@ -269,7 +355,7 @@ impl Filesystem for SnapFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -284,8 +370,12 @@ impl Filesystem for SnapFs {
             .open
             .get(&fh.0)
             .map(|h| h.file.clone());
-        let Some(file) = file else {
-            return reply.error(Errno::EBADF);
+        let file = match file {
+            Some(f) => f,
+            None => match self.reopen(ino) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            },
         };
         let Some(file) = file else {
             return reply.data(&[]);

@@ -5,17 +5,25 @@
 //! - [`attr`]: library metadata as kernel attributes (hardlinks share an inode number);
 //! - [`cache`]: the node-local file cache (verified, size-limited, LRU);
 //! - [`fs`]: the FUSE filesystem (passthrough reads);
-//! - [`mount`]: mounting, the per-mount registry under `DATA/mounts/`, and unmounting.
+//! - [`journal`]: the backing ids a server registered, kept for its successor;
+//! - [`adopt`]: a new server taking over a live FUSE connection;
+//! - [`serve`]: the server process of one mount;
+//! - [`keeper`]: the process that makes a mount, holds its connection and restarts its server;
+//! - [`mount`]: the per-mount registry under `DATA/mounts/`, mount states, and unmounting.
 //!
 //! The design and its promises are in `docs/architecture.md`, section *Snapshot filesystem*.
 
 #![warn(missing_docs)]
 
+pub mod adopt;
 pub mod attr;
 pub mod cache;
 pub mod fs;
+pub mod journal;
+pub mod keeper;
 pub mod mount;
 pub mod nodes;
+pub mod serve;
 
 pub use cache::Cache;
 pub use fs::{FsOptions, SnapFs};

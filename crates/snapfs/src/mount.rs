@@ -2,16 +2,13 @@
 //!
 //! Each mount has a record `DATA/mounts/<key>.json` (`key` = first 16 hex digits of the
 //! BLAKE3 of the mount point's canonical path) naming the mount point, the snapshot score,
-//! the uid/gid offset and the serving process, and a log `DATA/mounts/<key>.log`. The record is
-//! written once the mount is live and removed when its server exits cleanly or by `unmount`.
+//! the uid/gid offset, the keeper and the current server, a log `DATA/mounts/<key>.log` and a
+//! backing-id journal `DATA/mounts/<key>.ids` ([`crate::journal`]). The record is written by
+//! the keeper once the mount is live (again at each server restart) and removed when the
+//! keeper exits or by `unmount`.
 
-use crate::cache::Cache;
-use crate::fs::{FsOptions, SnapFs};
-use fuser::{Config, MountOption, Session, SessionACL};
-use library::{Library, Score, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `statfs` magic of FUSE filesystems.
@@ -26,10 +23,17 @@ pub struct Record {
     pub score: String,
     /// The uid/gid offset presented.
     pub id_offset: u32,
-    /// The serving process.
+    /// The keeper: the process that made the mount and lives as long as it.
     pub pid: u32,
-    /// Microseconds from the start of the mount call to the live mount (root tree decoded,
-    /// kernel handshake done), as measured by the server.
+    /// The server answering the kernel now (the keeper replaces it if it dies).
+    #[serde(default)]
+    pub server: u32,
+    /// How many servers the keeper has started after the first.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Microseconds to a live mount: the keeper's mount call plus the first server's time
+    /// from its start on the snapshot to the kernel handshake (root tree decoded). Process
+    /// starts and opening the library are not counted.
     pub mount_us: u64,
 }
 
@@ -67,6 +71,11 @@ impl Registry {
         self.dir.join(format!("{}.json", Registry::key(mountpoint)))
     }
 
+    /// The backing-id journal of a mount point.
+    pub fn journal_path(&self, mountpoint: &Path) -> PathBuf {
+        self.dir.join(format!("{}.ids", Registry::key(mountpoint)))
+    }
+
     /// The server log of a mount point.
     pub fn log_path(&self, mountpoint: &Path) -> PathBuf {
         self.dir.join(format!("{}.log", Registry::key(mountpoint)))
@@ -91,6 +100,7 @@ impl Registry {
     pub fn remove(&self, mountpoint: &Path, pid: Option<u32>) {
         if pid.is_none() || self.get(mountpoint).map(|r| r.pid) == pid {
             let _ = std::fs::remove_file(self.record_path(mountpoint));
+            let _ = std::fs::remove_file(self.journal_path(mountpoint));
         }
     }
 }
@@ -113,71 +123,6 @@ pub fn running(pid: u32) -> bool {
             !state.starts_with('Z') && !state.starts_with('X')
         })
         .unwrap_or(false)
-}
-
-/// What a server needs to mount a snapshot.
-pub struct ServeOptions {
-    /// Presented uid/gid offset.
-    pub id_offset: u32,
-    /// The file cache directory.
-    pub cache_dir: PathBuf,
-    /// The file cache limit in bytes.
-    pub cache_size: u64,
-    /// FUSE worker threads.
-    pub threads: usize,
-}
-
-/// Mounts snapshot `score` at `dir` and serves it until it is unmounted; registers the mount
-/// in `registry` once it is live. `ready` is called with the record once the mount is live.
-pub fn serve(
-    lib: Arc<Library>,
-    score: Score,
-    snap: &Snapshot,
-    dir: &Path,
-    registry: &Registry,
-    opts: &ServeOptions,
-    ready: impl FnOnce(&Record),
-) -> std::io::Result<()> {
-    let start = Instant::now();
-    let cache =
-        Arc::new(Cache::open(&opts.cache_dir, opts.cache_size).map_err(std::io::Error::other)?);
-    let fs = SnapFs::new(
-        lib,
-        snap.root.clone(),
-        cache.clone(),
-        FsOptions {
-            id_offset: opts.id_offset,
-        },
-    );
-    // Mounting decodes the root tree (and nothing else).
-    fs.load_root().map_err(std::io::Error::other)?;
-    let mut cfg = Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName(format!("spawngrid:{}", score.short())),
-        MountOption::Subtype("snapfs".into()),
-        MountOption::RO,
-        MountOption::Dev,
-        MountOption::Suid,
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-    ];
-    cfg.acl = SessionACL::All;
-    cfg.n_threads = Some(opts.threads.max(1));
-    let session = Session::new(fs, dir, &cfg)?;
-    cache.start_scan();
-    let rec = Record {
-        dir: dir.to_path_buf(),
-        score: score.to_hex(),
-        id_offset: opts.id_offset,
-        pid: std::process::id(),
-        mount_us: start.elapsed().as_micros() as u64,
-    };
-    // Dropping the session (on error) unmounts: no orphan mount.
-    registry.put(&rec)?;
-    ready(&rec);
-    let result = session.run();
-    registry.remove(dir, Some(rec.pid));
-    result
 }
 
 /// Why an unmount failed.

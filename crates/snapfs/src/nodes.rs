@@ -9,10 +9,13 @@
 //! Hardlinks: every member of a link group is one node (one kernel inode, one page cache)
 //! whose id is derived from the group's tag with bit 63 set, where no positional id can be.
 //! Those ids are remembered in memory when first handed out (fuser gives the kernel the same
-//! number as node id and `st_ino`, so members must share a node id to share an inode number).
+//! number as node id and `st_ino`, so members must share a node id to share an inode number);
+//! a restarted server that is asked for one it never handed out walks the whole snapshot once
+//! to find every link group.
 
 use library::{Content, Entry, Library, Score, Tree};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How many decoded directories are kept in memory.
@@ -74,7 +77,7 @@ pub enum NodeError {
     /// No such entry (or the id is outside the snapshot).
     #[error("no such entry")]
     NotFound,
-    /// A hardlink node id this process never handed out.
+    /// A hardlink node id that is in no link group of the snapshot.
     #[error("stale node id")]
     Stale,
     /// The id or name is not a directory where one is needed.
@@ -98,6 +101,8 @@ pub struct Nodes {
     dirs: Mutex<DirCache>,
     memo: Mutex<HashMap<u64, Arc<Node>>>,
     links: Mutex<HashMap<u64, Arc<Node>>>,
+    /// Whether every link group has been found (see [`Nodes::find_links`]).
+    all_links: AtomicBool,
 }
 
 impl Nodes {
@@ -112,6 +117,7 @@ impl Nodes {
             dirs: Mutex::default(),
             memo: Mutex::default(),
             links: Mutex::default(),
+            all_links: AtomicBool::new(false),
         }
     }
 
@@ -198,12 +204,38 @@ impl Nodes {
         Ok(self.child(parent, &dir, i))
     }
 
+    /// Registers every hardlink group of the snapshot by walking all of its directories (what
+    /// a restarted server does the first time the kernel names a group it did not hand out).
+    fn find_links(&self) -> Result<(), NodeError> {
+        let mut stack = vec![self.root.clone()];
+        while let Some(node) = stack.pop() {
+            let dir = self.dir(&node)?;
+            for (i, e) in dir.tree.entries.iter().enumerate() {
+                if e.link.is_some() {
+                    self.child(&node, &dir, i);
+                } else if matches!(e.content, Content::Dir { .. }) {
+                    stack.push(Arc::new(Node {
+                        id: node.id + dir.rel[i],
+                        entry: e.clone(),
+                    }));
+                }
+            }
+        }
+        self.all_links.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Resolves a node id, walking down from the root if it is not remembered.
     pub fn get(&self, id: u64) -> Result<Arc<Node>, NodeError> {
         if id == ROOT {
             return Ok(self.root.clone());
         }
         if id & LINK_BIT != 0 {
+            let known = self.links.lock().expect("links").get(&id).cloned();
+            if known.is_some() || self.all_links.load(Ordering::Relaxed) {
+                return known.ok_or(NodeError::Stale);
+            }
+            self.find_links()?;
             let links = self.links.lock().expect("links");
             return links.get(&id).cloned().ok_or(NodeError::Stale);
         }

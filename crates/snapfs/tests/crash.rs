@@ -1,16 +1,311 @@
-//! The promise when the server dies (kill -9): files already open keep reading the right
-//! bytes (passthrough: the kernel reads the cache file directly), every new operation on the
-//! mount fails with ENOTCONN, and the next `lib mount` of that directory detaches the dead
-//! mount and serves it again.
+//! The promise when a server dies (docs/architecture.md, "Snapshot filesystem"): the keeper
+//! starts another one on the same connection, and users notice nothing — open files, new
+//! opens, calls in flight, overlays stacked on the mount. An upgrade (`lib restart`) is the same
+//! replacement, with the binary now on disk. A crash loop, or the keeper's own death, ends the
+//! mount: open files keep reading, new calls fail with ENOTCONN, the next mount recovers.
 
 mod common;
 
 use common::*;
 use std::io::{Read, Seek};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIG: &str = "var/lib/spawngrid-test/big.bin";
+
+/// Kills the current server of `m` and waits until the keeper has started its replacement.
+fn kill_server(m: &Mounted) {
+    let before = m.record();
+    sh(&format!("kill -9 {}", before.server));
+    while m.record().restarts == before.restarts {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_ne!(m.record().server, before.server);
+}
+
+/// Up to `n` regular files of `root` (relative paths), in a stable order.
+fn some_files(root: &Path, n: usize) -> Vec<PathBuf> {
+    let out = sh(&format!(
+        "cd '{}' && find usr/bin usr/lib etc -type f -size -200k | sort | head -n {n}",
+        root.display()
+    ));
+    out.lines().map(PathBuf::from).collect()
+}
 
 #[test]
-fn killed_server_keeps_open_files_readable_and_mount_recovers() {
+fn killed_server_is_replaced_and_its_users_carry_on() {
+    if !can_mount() {
+        return;
+    }
+    let root = base_rootfs();
+    let tmp = scratch();
+    let data = data_with(tmp.path(), "base", &root);
+    let m = Mounted::new(&data, "base", &tmp.path().join("mnt"), &[]);
+    let want_big = std::fs::read(root.join(BIG)).unwrap();
+    let mut big = std::fs::File::open(m.dir.join(BIG)).unwrap();
+    let mut head = vec![0u8; 4096];
+    big.read_exact(&mut head).unwrap();
+    // An inode the kernel holds open on a backing file the first server registered.
+    let bash = std::fs::File::open(m.dir.join("bin/bash")).unwrap();
+    // A hardlink the kernel has looked up (by the group's node id) but not opened.
+    let link_a = m.dir.join("var/lib/spawngrid-test/hardlink-a");
+    let ino = std::fs::metadata(&link_a).unwrap().ino();
+
+    // Readers open and read files all along, through every replacement.
+    let files = some_files(&root, 300);
+    let want: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(root.join(f)).unwrap())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, passes, dir) = (stop.clone(), passes.clone(), m.dir.clone());
+        std::thread::spawn(move || -> Vec<String> {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (f, w) in files.iter().zip(&want) {
+                    match std::fs::read(dir.join(f)) {
+                        Ok(got) if &got == w => {}
+                        Ok(_) => errors.push(format!("{}: wrong bytes", f.display())),
+                        Err(e) => errors.push(format!("{}: {e}", f.display())),
+                    }
+                }
+                passes.fetch_add(1, Ordering::Relaxed);
+            }
+            errors
+        })
+    };
+    let wait_passes = |n: usize| {
+        let target = passes.load(Ordering::Relaxed) + n;
+        while passes.load(Ordering::Relaxed) < target {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    wait_passes(1);
+    for _ in 0..3 {
+        kill_server(&m);
+        wait_passes(2);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let errors = reader.join().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} failed reads across server restarts, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(m.record().restarts, 3);
+
+    // The file open all along reads on, correctly, from anywhere.
+    big.rewind().unwrap();
+    let mut all = Vec::new();
+    big.read_to_end(&mut all).unwrap();
+    assert!(all == want_big, "the open file read wrong bytes");
+    // Opening an inode that is still open elsewhere reuses its predecessor's backing id.
+    assert_eq!(
+        std::fs::read(m.dir.join("bin/bash")).unwrap(),
+        std::fs::read(root.join("bin/bash")).unwrap()
+    );
+    drop(bash);
+    // The hardlink group's node id was handed out by a dead server.
+    assert_eq!(
+        std::fs::read(&link_a).unwrap(),
+        std::fs::read(root.join("var/lib/spawngrid-test/hardlink-a")).unwrap()
+    );
+    let b = std::fs::metadata(m.dir.join("var/lib/spawngrid-test/hardlink-b")).unwrap();
+    assert_eq!(b.ino(), ino);
+    assert!(m.log().contains("starting another"), "{}", m.log());
+
+    drop(big);
+    // Unmounting ends the keeper and clears the registry.
+    let keeper = m.record().pid;
+    lib_ok(&data, &["umount", m.dir.to_str().unwrap()]);
+    assert!(!snapfs::mount::running(keeper));
+    let reg = snapfs::mount::Registry::new(&data);
+    assert!(reg.get(&m.dir).is_none());
+    assert!(!reg.journal_path(&m.dir).exists());
+}
+
+#[test]
+fn an_overlay_on_the_mount_keeps_working_across_server_deaths() {
+    if !can_mount() {
+        return;
+    }
+    let root = base_rootfs();
+    let tmp = scratch();
+    let data = data_with(tmp.path(), "base", &root);
+    let lower = Mounted::new(&data, "base", &tmp.path().join("lower"), &[]);
+    let (rw, merged) = (tmp.path().join("rw"), tmp.path().join("merged"));
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&merged).unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size=100M tmpfs '{}'",
+        rw.display()
+    ));
+    let _rw = Guard(rw.clone());
+    sh(&format!("mkdir '{0}/upper' '{0}/work'", rw.display()));
+    sh(&format!(
+        "mount -t overlay overlay -o lowerdir='{}',upperdir='{1}/upper',workdir='{1}/work' '{2}'",
+        lower.dir.display(),
+        rw.display(),
+        merged.display()
+    ));
+    let _merged = Guard(merged.clone());
+    // A shell in the env works in a loop: new lookups, opens and execs in the lower layer.
+    let mut env = std::process::Command::new("chroot")
+        .arg(&merged)
+        .args([
+            "/bin/sh",
+            "-c",
+            "n=0; while [ ! -e /tmp/stop ]; do \
+               cat /etc/os-release >/dev/null && ls -R /usr/share/doc >/dev/null \
+               && md5sum /usr/bin/* >/dev/null && echo $n > /tmp/passes \
+               || echo \"pass $n failed\" >> /tmp/failures; n=$((n+1)); done",
+        ])
+        .spawn()
+        .unwrap();
+    let passes = || {
+        std::fs::read_to_string(merged.join("tmp/passes"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    let wait_passes = |n: u32| {
+        let from = passes().unwrap_or(0);
+        while passes().is_none_or(|p| p < from + n) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_passes(1);
+    kill_server(&lower);
+    wait_passes(2);
+    kill_server(&lower);
+    wait_passes(2);
+    std::fs::write(merged.join("tmp/stop"), "").unwrap();
+    assert!(env.wait().unwrap().success());
+    let failures = std::fs::read_to_string(merged.join("tmp/failures")).unwrap_or_default();
+    assert!(failures.is_empty(), "the env saw failures: {failures}");
+    // Real work after the restarts: dpkg reads its database from the lower layer.
+    let out = sh(&format!(
+        "chroot '{}' dpkg-query -W -f '${{Package}}\\n' | wc -l",
+        merged.display()
+    ));
+    assert!(out.trim().parse::<u32>().unwrap() > 50, "{out}");
+}
+
+#[test]
+fn restart_replaces_the_server_with_the_binary_now_on_disk() {
+    if !can_mount() {
+        return;
+    }
+    let root = base_rootfs();
+    let tmp = scratch();
+    let data = data_with(tmp.path(), "base", &root);
+    // The "installed" binary: a copy that an upgrade will replace.
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let installed = bin_dir.join("spawngrid");
+    std::fs::copy(bin(), &installed).unwrap();
+    let at = tmp.path().join("mnt");
+    std::fs::create_dir_all(&at).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&installed)
+            .arg("lib")
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["mount", "base", at.to_str().unwrap()]);
+    let m = Mounted {
+        data: data.clone(),
+        dir: at.canonicalize().unwrap(),
+    };
+    let big = std::fs::File::open(m.dir.join(BIG)).unwrap();
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let old = m.record();
+    assert_eq!(exe(old.server), installed);
+    // The upgrade: a new file renamed over the old one, as package managers do.
+    let staged = bin_dir.join("spawngrid.new");
+    std::fs::copy(bin(), &staged).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    assert!(exe(old.server).to_string_lossy().ends_with(" (deleted)"));
+    let out = run(&["restart", at.to_str().unwrap()]);
+    assert!(out.contains("restarted the server"), "{out}");
+    let new = m.record();
+    assert_eq!(new.pid, old.pid, "the keeper stays");
+    assert_ne!(new.server, old.server);
+    assert_eq!(
+        exe(new.server),
+        installed,
+        "the new server runs the new file"
+    );
+    assert!(!snapfs::mount::running(old.server));
+    let mut tail = vec![0u8; 100];
+    let len = std::fs::metadata(root.join(BIG)).unwrap().len();
+    big.read_exact_at(&mut tail, len - 100).unwrap();
+    assert_eq!(
+        tail,
+        std::fs::read(root.join(BIG)).unwrap()[len as usize - 100..]
+    );
+    assert_eq!(
+        std::fs::read(m.dir.join("etc/os-release")).unwrap(),
+        std::fs::read(root.join("etc/os-release")).unwrap()
+    );
+    // A restart is not a crash: the log says it was asked for.
+    assert!(m.log().contains("restart asked for"), "{}", m.log());
+    let err = lib(&data, &["restart", tmp.path().to_str().unwrap()]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("has no running keeper"));
+}
+
+#[test]
+fn a_crash_loop_gives_the_mount_up() {
+    if !can_mount() {
+        return;
+    }
+    let root = base_rootfs();
+    let tmp = scratch();
+    let data = data_with(tmp.path(), "base", &root);
+    let m = Mounted::new(&data, "base", &tmp.path().join("mnt"), &[]);
+    let keeper = m.record().pid;
+    let reg = snapfs::mount::Registry::new(&data);
+    for _ in 0..=snapfs::keeper::MAX_CRASHES {
+        let Some(rec) = reg.get(&m.dir) else { break };
+        sh(&format!("kill -9 {} || true", rec.server));
+        while reg.get(&m.dir).is_some_and(|r| r.server == rec.server) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    while snapfs::mount::running(keeper) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(m.log().contains("giving the mount up"), "{}", m.log());
+    assert!(reg.get(&m.dir).is_none(), "the record outlived the keeper");
+    assert_eq!(
+        snapfs::mount::state(&m.dir),
+        snapfs::mount::State::NotMounted
+    );
+    // The directory can be mounted again.
+    lib_ok(&data, &["mount", "base", m.dir.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(m.dir.join("etc/os-release")).unwrap(),
+        std::fs::read(root.join("etc/os-release")).unwrap()
+    );
+}
+
+#[test]
+fn killed_keeper_ends_the_mount_and_the_next_mount_recovers() {
     if !can_mount() {
         return;
     }
@@ -19,27 +314,24 @@ fn killed_server_keeps_open_files_readable_and_mount_recovers() {
     let data = data_with(tmp.path(), "base", &root);
     let at = tmp.path().join("mnt");
     let m = Mounted::new(&data, "base", &at, &[]);
-    let big = "var/lib/spawngrid-test/big.bin";
-    let want = std::fs::read(root.join(big)).unwrap();
-    let mut f = std::fs::File::open(m.dir.join(big)).unwrap();
+    let want = std::fs::read(root.join(BIG)).unwrap();
+    let mut f = std::fs::File::open(m.dir.join(BIG)).unwrap();
     let mut first = vec![0u8; 4096];
     f.read_exact(&mut first).unwrap();
-    let pid = m.record().pid;
-    sh(&format!("kill -9 {pid}"));
-    while snapfs::mount::running(pid) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    let rec = m.record();
+    sh(&format!("kill -9 {}", rec.pid));
+    // The server dies with its keeper.
+    while snapfs::mount::running(rec.pid) || snapfs::mount::running(rec.server) {
+        std::thread::sleep(Duration::from_millis(5));
     }
-    // The open file reads on, correctly, from anywhere in it.
+    // The open file reads on, correctly (passthrough: the kernel holds the cache file).
     f.rewind().unwrap();
     let mut all = Vec::new();
     f.read_to_end(&mut all).unwrap();
     assert!(
         all == want,
-        "open file read wrong bytes after the server died"
+        "open file read wrong bytes after the keeper died"
     );
-    let mut tail = vec![0u8; 100];
-    f.read_exact_at(&mut tail, want.len() as u64 - 100).unwrap();
-    assert_eq!(tail, want[want.len() - 100..]);
     // New operations: ENOTCONN.
     let err = std::fs::File::open(m.dir.join("etc/os-release")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
@@ -52,6 +344,7 @@ fn killed_server_keeps_open_files_readable_and_mount_recovers() {
         std::fs::read(root.join("etc/os-release")).unwrap()
     );
     // The old descriptor still works (it pins the detached old mount).
+    let mut tail = vec![0u8; 100];
     assert_eq!(f.read_at(&mut tail, 0).unwrap(), 100);
     drop(f);
     lib_ok(&data, &["umount", at.to_str().unwrap()]);

@@ -1,10 +1,17 @@
-//! `spawngrid lib mount NAME DIR` and `spawngrid lib umount DIR`: a snapshot as a lazy,
-//! read-only filesystem served by a small detached process (see snapfs).
+//! `spawngrid lib mount NAME DIR`, `lib umount DIR` and `lib restart DIR`: a snapshot as a
+//! lazy, read-only filesystem. A detached keeper process (`lib mount --keep`, see
+//! snapfs::keeper) makes the mount and runs its server (`lib mount --serve-fd`), replacing the
+//! server if it dies or when asked to.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use library::{Library, LocalBackend, Score};
-use snapfs::mount::{self, Registry, ServeOptions, State};
+use snapfs::adopt::Offer;
+use snapfs::keeper::{self, Handoff, KeepOptions};
+use snapfs::mount::{self, Registry, State};
+use snapfs::serve::{self, Connection, ServeOptions};
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -27,9 +34,21 @@ pub struct MountArgs {
     /// The file cache directory (default DATA/cache).
     #[arg(long)]
     cache: Option<PathBuf>,
-    /// Serve in this process instead of a detached one.
+    /// Keep the mount in this process (its keeper) instead of a detached one.
     #[arg(long)]
     foreground: bool,
+    /// Be the keeper (internal: NAME is a score, already checked).
+    #[arg(long, hide = true)]
+    keep: bool,
+    /// Be the server on this inherited FUSE connection (internal, started by the keeper).
+    #[arg(long, hide = true, requires = "ready_fd")]
+    serve_fd: Option<i32>,
+    /// Where the server reports it is answering (internal).
+    #[arg(long, hide = true)]
+    ready_fd: Option<i32>,
+    /// The kernel's offer when the connection was made: adopt it (internal).
+    #[arg(long, hide = true)]
+    adopt: Option<Offer>,
 }
 
 /// Arguments of `lib umount`.
@@ -55,15 +74,35 @@ fn mount_point(dir: &Path) -> Result<PathBuf> {
     Ok(parent.join(name))
 }
 
-/// Runs `lib mount`.
-pub fn mount(data: &Path, owner: &str, a: MountArgs) -> Result<ExitCode> {
-    let dir = mount_point(&a.dir)?;
-    let cache_size = node::config::parse_size(&a.cache_size)?;
+/// Arguments of `lib restart`.
+#[derive(Args)]
+pub struct RestartArgs {
+    /// The mount point.
+    dir: PathBuf,
+}
+
+fn open_library(data: &Path) -> Result<Arc<Library>> {
     let lib_dir = data.join("library");
     if !lib_dir.join("config").exists() {
         bail!("no library in {} (pass --data DIR)", data.display());
     }
-    let lib = Arc::new(Library::open(Arc::new(LocalBackend::open(&lib_dir)?))?);
+    Ok(Arc::new(Library::open(Arc::new(LocalBackend::open(
+        &lib_dir,
+    )?))?))
+}
+
+/// Runs `lib mount`.
+pub fn mount(data: &Path, owner: &str, a: MountArgs) -> Result<ExitCode> {
+    let dir = mount_point(&a.dir)?;
+    let cache_size = node::config::parse_size(&a.cache_size)?;
+    let cache_dir = a.cache.clone().unwrap_or_else(|| data.join("cache"));
+    if let (Some(fd), Some(ready)) = (a.serve_fd, a.ready_fd) {
+        return serve_mount(data, &a, &dir, fd, ready, cache_dir, cache_size);
+    }
+    if a.keep {
+        return keep_mount(data, owner, &a, &dir, &cache_dir);
+    }
+    let lib = open_library(data)?;
     let score = match a.name.parse::<Score>() {
         Ok(s) => s,
         Err(_) => catalog::Catalog::open(data.join("catalog.db"))?.resolve(owner, &a.name)?,
@@ -104,37 +143,153 @@ pub fn mount(data: &Path, owner: &str, a: MountArgs) -> Result<ExitCode> {
     if !dir.is_dir() {
         bail!("mount point {} is not a directory", dir.display());
     }
-    let cache_dir = a.cache.clone().unwrap_or_else(|| data.join("cache"));
-    if !a.foreground {
-        return spawn_server(data, owner, &a, &score, &dir, &cache_dir, &registry);
+    drop(snap);
+    let mut keeper = spawngrid_mount(
+        &runtime::helper::self_exe(),
+        data,
+        owner,
+        &score.to_hex(),
+        &dir,
+        &a,
+        &cache_dir,
+    );
+    keeper.arg("--keep");
+    if a.foreground {
+        // The keeper waits for signals: it must be a fresh, single-threaded process.
+        let err = keeper.exec();
+        bail!("starting the keeper: {err}");
     }
+    spawn_keeper(keeper, &a, &dir, &registry)
+}
+
+/// `EXE lib --data DATA --owner OWNER mount SCORE DIR` with the mount's options.
+fn spawngrid_mount(
+    exe: &Path,
+    data: &Path,
+    owner: &str,
+    score: &str,
+    dir: &Path,
+    a: &MountArgs,
+    cache_dir: &Path,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("lib")
+        .arg("--data")
+        .arg(data)
+        .args(["--owner", owner, "mount", score])
+        .arg(dir)
+        .args(["--uid-offset", &a.uid_offset.to_string()])
+        .args(["--cache-size", &a.cache_size])
+        .arg("--cache")
+        .arg(cache_dir);
+    cmd
+}
+
+/// The spawngrid binary on disk: the file this process was started from if it is still there
+/// (replaced by an upgrade, its path now names the new one), else this process's own image.
+fn exe_on_disk() -> PathBuf {
+    let me = Path::new("/proc/self/exe");
+    match std::fs::read_link(me) {
+        Ok(p) => {
+            let s = p.to_string_lossy();
+            let p = PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s));
+            if p.is_file() {
+                p
+            } else {
+                me.to_path_buf()
+            }
+        }
+        Err(_) => me.to_path_buf(),
+    }
+}
+
+/// The keeper (`lib mount --keep`): mounts, runs servers, returns when the mount is gone.
+fn keep_mount(
+    data: &Path,
+    owner: &str,
+    a: &MountArgs,
+    dir: &Path,
+    cache_dir: &Path,
+) -> Result<ExitCode> {
+    let score: Score = a
+        .name
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--keep takes a score, not {:?}", a.name))?;
+    let opts = KeepOptions {
+        dir: dir.to_path_buf(),
+        fsname: format!("spawngrid:{}", score.short()),
+        score: score.to_hex(),
+        id_offset: a.uid_offset,
+    };
+    let server = |h: &Handoff| {
+        let mut cmd = spawngrid_mount(&exe_on_disk(), data, owner, &opts.score, dir, a, cache_dir);
+        cmd.args(["--serve-fd", &h.fuse.to_string()])
+            .args(["--ready-fd", &h.ready.to_string()]);
+        if let Some(offer) = h.adopt {
+            cmd.args(["--adopt", &offer.to_string()]);
+        }
+        cmd
+    };
+    keeper::keep(&opts, &Registry::new(data), server, |r| {
+        println!(
+            "mounted {} at {} (keeper pid {}, server pid {}, {} us)",
+            score,
+            dir.display(),
+            r.pid,
+            r.server,
+            r.mount_us
+        );
+    })
+    .with_context(|| format!("keeping the mount at {}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server (`lib mount --serve-fd N --ready-fd M [--adopt OFFER]`), started by a keeper.
+fn serve_mount(
+    data: &Path,
+    a: &MountArgs,
+    dir: &Path,
+    fd: i32,
+    ready: i32,
+    cache_dir: PathBuf,
+    cache_size: u64,
+) -> Result<ExitCode> {
+    // SAFETY: the keeper hands these descriptors over to this process alone.
+    let (fuse, ready) = unsafe { (OwnedFd::from_raw_fd(fd), OwnedFd::from_raw_fd(ready)) };
+    let lib = open_library(data)?;
+    let score: Score = a
+        .name
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--serve-fd takes a score, not {:?}", a.name))?;
+    let snap = lib
+        .snapshot(&score)
+        .with_context(|| format!("reading snapshot {score}"))?;
+    let conn = match a.adopt {
+        Some(offer) => Connection::Adopt(fuse, offer),
+        None => Connection::Fresh(fuse),
+    };
     let opts = ServeOptions {
         id_offset: a.uid_offset,
         cache_dir,
         cache_size,
         threads: 4,
+        journal: Registry::new(data).journal_path(dir),
     };
-    mount::serve(lib, score, &snap, &dir, &registry, &opts, |r| {
-        println!(
-            "mounted {} at {} (pid {}, {} us)",
-            score,
-            dir.display(),
-            r.pid,
-            r.mount_us
-        );
+    serve::serve(lib, &snap, conn, &opts, |offer, took| {
+        let mut ready = std::fs::File::from(ready);
+        if let Err(e) = writeln!(ready, "{offer} {}", took.as_micros()) {
+            tracing::error!("telling the keeper the mount is served: {e}");
+        }
     })
-    .with_context(|| format!("serving {} at {}", a.name, dir.display()))?;
+    .with_context(|| format!("serving {} at {}", score, dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts a detached `lib mount --foreground` and waits until its mount is live.
-fn spawn_server(
-    data: &Path,
-    owner: &str,
+/// Starts the keeper detached and waits until its mount is live.
+fn spawn_keeper(
+    mut keeper: Command,
     a: &MountArgs,
-    score: &Score,
     dir: &Path,
-    cache_dir: &Path,
     registry: &Registry,
 ) -> Result<ExitCode> {
     let log_path = registry.log_path(dir);
@@ -145,40 +300,32 @@ fn spawn_server(
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let start = Instant::now();
-    let mut child = Command::new(runtime::helper::self_exe())
-        .arg("lib")
-        .arg("--data")
-        .arg(data)
-        .args(["--owner", owner, "mount", &score.to_hex()])
-        .arg(dir)
-        .args(["--foreground", "--uid-offset", &a.uid_offset.to_string()])
-        .args(["--cache-size", &a.cache_size])
-        .arg("--cache")
-        .arg(cache_dir)
+    let mut child = keeper
         .env(
             "SPAWNGRID_LOG",
-            std::env::var("SPAWNGRID_LOG").unwrap_or_else(|_| "warn,fuser=error".into()),
+            std::env::var("SPAWNGRID_LOG").unwrap_or_else(|_| "info,fuser=error".into()),
         )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .spawn()
-        .context("starting the mount server")?;
+        .context("starting the mount keeper")?;
     let deadline = start + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait()? {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let last = text.lines().last().unwrap_or("no output").to_string();
-            bail!("mount server exited ({status}): {last}");
+            bail!("mount keeper exited ({status}): {last}");
         }
         let rec = registry.get(dir).filter(|r| r.pid == child.id());
         if let Some(r) = rec.filter(|_| mount::state(dir) == State::Live) {
             println!(
-                "mounted {} at {} (server pid {}, log {}, {:.1} ms)",
+                "mounted {} at {} (keeper pid {}, server pid {}, log {}, {:.1} ms)",
                 a.name,
                 dir.display(),
                 r.pid,
+                r.server,
                 log_path.display(),
                 start.elapsed().as_secs_f64() * 1e3
             );
@@ -189,7 +336,7 @@ fn spawn_server(
             let _ = child.wait();
             let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
             bail!(
-                "mount server did not come up within 30 s (see {})",
+                "mount keeper did not come up within 30 s (see {})",
                 log_path.display()
             );
         }
@@ -203,4 +350,49 @@ pub fn umount(data: &Path, a: UmountArgs) -> Result<ExitCode> {
     mount::unmount(&Registry::new(data), &dir, a.lazy)?;
     println!("unmounted {}", dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `lib restart`: the keeper of DIR replaces its server with one started from the
+/// spawngrid binary now on disk; the mount, its users and their open files carry on.
+pub fn restart(data: &Path, a: RestartArgs) -> Result<ExitCode> {
+    let dir = mount_point(&a.dir)?;
+    let registry = Registry::new(data);
+    let Some(rec) = registry.get(&dir).filter(|r| mount::running(r.pid)) else {
+        bail!(
+            "{} has no running keeper in {} (mount it with `spawngrid lib mount`)",
+            dir.display(),
+            data.display()
+        );
+    };
+    let pid = rustix::process::Pid::from_raw(rec.pid as i32).expect("pid > 0");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+        .with_context(|| format!("signalling keeper {}", rec.pid))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match registry.get(&dir) {
+            Some(r) if r.restarts > rec.restarts => {
+                println!(
+                    "restarted the server of {} (pid {} -> {})",
+                    dir.display(),
+                    rec.server,
+                    r.server
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(_) => {}
+            None => bail!(
+                "the mount at {} ended while restarting (see {})",
+                dir.display(),
+                registry.log_path(&dir).display()
+            ),
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the server of {} was not replaced within 30 s (see {})",
+                dir.display(),
+                registry.log_path(&dir).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -55,6 +55,31 @@ fn scratch(size: &str) -> (Data, std::path::PathBuf) {
     (tmp, data)
 }
 
+/// Kills the server of every snapshot mount of `data` (`kill -9`) and waits until each
+/// keeper has started a new one.
+fn kill_mount_servers(data: &Path) {
+    let record = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let mut killed = 0;
+    for e in std::fs::read_dir(data.join("mounts")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let before = record(&p);
+        let st = Command::new("kill")
+            .args(["-9", &before["server"].to_string()])
+            .status();
+        assert!(st.unwrap().success());
+        while record(&p)["restarts"] == before["restarts"] {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        killed += 1;
+    }
+    assert!(killed > 0, "no snapshot mount in {}", data.display());
+}
+
 /// Work inside a Debian env: a user added, files with odd modes, owners, times, a hardlink,
 /// a symlink, a FIFO, a deleted file, 3 MiB of random bytes.
 const WORK: &str = "set -e
@@ -93,6 +118,15 @@ fn debian_env_work_save_respawn_is_exact() {
         "{before}"
     );
     assert!(before.contains("/srv/w/file f 4751"), "{before}");
+    // The snapshot's mount server dies; its keeper replaces it and the env carries on,
+    // reading files of the lower layer it had not looked at before.
+    kill_mount_servers(&data);
+    assert_eq!(run("work", LISTING), before);
+    let pkgs = run("work", "dpkg-query -W | wc -l; md5sum /usr/bin/* | wc -l");
+    assert!(
+        pkgs.lines().all(|l| l.trim().parse::<u32>().unwrap() > 50),
+        "{pkgs}"
+    );
     ok(&data, &["env", "save", "work", "deb-work"]);
     // The env keeps running after a save.
     assert_eq!(run("work", "cat /home/carol/note"), "mine\n");

@@ -115,6 +115,7 @@ pub fn run(config: Config) -> Result<()> {
     let node = Node::open(config)?;
     node.rt.keep_spare_helper();
     envs::reconcile(&node).context("matching the catalog's envs with this node's")?;
+    snapshots::upgrade_mounts(&node.rt);
     invite::sweep(&node);
     let mut names = vec![
         "localhost".to_string(),

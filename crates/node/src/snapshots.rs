@@ -149,6 +149,27 @@ pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Restarts the server of every snapshot mount that runs a binary since replaced on disk (the
+/// node was upgraded): envs keep their mounts, which then run the new code. Failures are
+/// logged; a mount whose restart failed keeps its old server or ends (its keeper's log says).
+pub fn upgrade_mounts(rt: &Runtime) {
+    let registry = snapfs::mount::Registry::new(&rt.data);
+    for rec in registry.records() {
+        if !snapfs::mount::running(rec.pid) || !snapfs::mount::outdated(&rec) {
+            continue;
+        }
+        match snapfs::mount::restart(&registry, &rec.dir) {
+            Ok((old, new)) => tracing::info!(
+                dir = %rec.dir.display(),
+                "upgraded the mount's server (pid {} -> {})",
+                old.server,
+                new.server
+            ),
+            Err(e) => tracing::warn!("upgrading a mount's server: {e}"),
+        }
+    }
+}
+
 /// Logical sizes of snapshots, read from the library once each (a snapshot never changes).
 /// The library is opened on first use and its index reloaded when a snapshot is not in it
 /// (imported or repacked by another process since).

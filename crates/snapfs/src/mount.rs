@@ -87,6 +87,22 @@ impl Registry {
         serde_json::from_slice(&raw).ok()
     }
 
+    /// Every record in the registry (of live or dead mounts alike).
+    pub fn records(&self) -> Vec<Record> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let p = e.ok()?.path();
+                if p.extension()? != "json" {
+                    return None;
+                }
+                serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+            })
+            .collect()
+    }
+
     /// Writes a record (temp file + rename).
     pub fn put(&self, rec: &Record) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
@@ -137,12 +153,67 @@ pub enum UnmountError {
     /// Another failure of umount(2).
     #[error("unmounting {0}: {1}")]
     Other(PathBuf, std::io::Error),
-    /// The server did not exit in time.
-    #[error("unmounted {0}, but its server (pid {1}) did not exit within 10 s")]
+    /// The keeper did not exit in time.
+    #[error("unmounted {0}, but its keeper (pid {1}) did not exit within 10 s")]
     Linger(PathBuf, u32),
 }
 
-/// Unmounts `dir` (lazily with `lazy`), waits for its server to exit, removes its record.
+/// Why a server restart failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// No keeper runs for that mount point.
+    #[error("{0} has no running keeper (mount it with `spawngrid lib mount`)")]
+    NoKeeper(PathBuf),
+    /// The keeper could not be signalled.
+    #[error("signalling keeper {0}: {1}")]
+    Signal(u32, std::io::Error),
+    /// The mount ended instead (the replacement failed too often).
+    #[error("the mount at {0} ended while restarting (see {1})")]
+    Ended(PathBuf, PathBuf),
+    /// No replacement was registered in time.
+    #[error("the server of {0} was not replaced within 30 s (see {1})")]
+    Timeout(PathBuf, PathBuf),
+}
+
+/// Whether the server of `rec` runs a binary that has since been replaced on disk (an
+/// upgrade renamed a new file over it).
+pub fn outdated(rec: &Record) -> bool {
+    std::fs::read_link(format!("/proc/{}/exe", rec.server))
+        .is_ok_and(|p| p.to_string_lossy().ends_with(" (deleted)"))
+}
+
+/// Asks the keeper of `dir` to replace its server with one started from the binary now on disk
+/// (`SIGHUP`), and waits until it has. Returns the records before and after.
+pub fn restart(registry: &Registry, dir: &Path) -> Result<(Record, Record), RestartError> {
+    let Some(rec) = registry.get(dir).filter(|r| running(r.pid)) else {
+        return Err(RestartError::NoKeeper(dir.to_path_buf()));
+    };
+    let pid = rustix::process::Pid::from_raw(rec.pid as i32).expect("pid > 0");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+        .map_err(|e| RestartError::Signal(rec.pid, e.into()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match registry.get(dir) {
+            Some(r) if r.restarts > rec.restarts => return Ok((rec, r)),
+            Some(_) => {}
+            None => {
+                return Err(RestartError::Ended(
+                    dir.to_path_buf(),
+                    registry.log_path(dir),
+                ))
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(RestartError::Timeout(
+                dir.to_path_buf(),
+                registry.log_path(dir),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Unmounts `dir` (lazily with `lazy`), waits for its keeper to exit, removes its record.
 pub fn unmount(registry: &Registry, dir: &Path, lazy: bool) -> Result<(), UnmountError> {
     let rec = registry.get(dir);
     let flags = if lazy {

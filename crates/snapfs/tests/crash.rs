@@ -240,6 +240,10 @@ fn restart_replaces_the_server_with_the_binary_now_on_disk() {
     std::fs::copy(bin(), &staged).unwrap();
     std::fs::rename(&staged, &installed).unwrap();
     assert!(exe(old.server).to_string_lossy().ends_with(" (deleted)"));
+    assert!(
+        snapfs::mount::outdated(&old),
+        "what the node checks at start"
+    );
     let out = run(&["restart", at.to_str().unwrap()]);
     assert!(out.contains("restarted the server"), "{out}");
     let new = m.record();
@@ -251,6 +255,7 @@ fn restart_replaces_the_server_with_the_binary_now_on_disk() {
         "the new server runs the new file"
     );
     assert!(!snapfs::mount::running(old.server));
+    assert!(!snapfs::mount::outdated(&new));
     let mut tail = vec![0u8; 100];
     let len = std::fs::metadata(root.join(BIG)).unwrap().len();
     big.read_exact_at(&mut tail, len - 100).unwrap();

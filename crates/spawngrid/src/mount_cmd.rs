@@ -356,43 +356,12 @@ pub fn umount(data: &Path, a: UmountArgs) -> Result<ExitCode> {
 /// spawngrid binary now on disk; the mount, its users and their open files carry on.
 pub fn restart(data: &Path, a: RestartArgs) -> Result<ExitCode> {
     let dir = mount_point(&a.dir)?;
-    let registry = Registry::new(data);
-    let Some(rec) = registry.get(&dir).filter(|r| mount::running(r.pid)) else {
-        bail!(
-            "{} has no running keeper in {} (mount it with `spawngrid lib mount`)",
-            dir.display(),
-            data.display()
-        );
-    };
-    let pid = rustix::process::Pid::from_raw(rec.pid as i32).expect("pid > 0");
-    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
-        .with_context(|| format!("signalling keeper {}", rec.pid))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match registry.get(&dir) {
-            Some(r) if r.restarts > rec.restarts => {
-                println!(
-                    "restarted the server of {} (pid {} -> {})",
-                    dir.display(),
-                    rec.server,
-                    r.server
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            Some(_) => {}
-            None => bail!(
-                "the mount at {} ended while restarting (see {})",
-                dir.display(),
-                registry.log_path(&dir).display()
-            ),
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the server of {} was not replaced within 30 s (see {})",
-                dir.display(),
-                registry.log_path(&dir).display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (old, new) = mount::restart(&Registry::new(data), &dir)?;
+    println!(
+        "restarted the server of {} (pid {} -> {})",
+        dir.display(),
+        old.server,
+        new.server
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -51,7 +51,7 @@ impl Default for Config {
             chunk_avg: 512 << 10,
             chunk_max: 2 << 20,
             pack_target: 32 << 20,
-            zstd_level: 2,
+            zstd_level: 1,
             frame_target: default_frame_target(),
         }
     }

@@ -267,7 +267,7 @@ impl PackBuilder {
         self.buf
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(PackVersion::V2.end_magic());
-        (Score::of(&self.buf), self.buf, self.entries)
+        (Score::of_large(&self.buf), self.buf, self.entries)
     }
 }
 

@@ -168,7 +168,7 @@ impl Library {
             .map_err(|e| Error::corrupt("library config", e.to_string()))?;
         if config.format != FORMAT || config.version > VERSION {
             return Err(Error::BadInput(format!(
-                "library at {} has format {} v{}; this spawngrid reads {FORMAT} up to v{VERSION}",
+                "library at {} has format {} v{}; this spawngrid reads {FORMAT} up to v{VERSION} (upgrade spawngrid)",
                 backend.describe(),
                 config.format,
                 config.version
@@ -317,10 +317,11 @@ impl Library {
         self.upgrade_config()?;
         let (name, data, entries) = builder.finish();
         let result = self.backend.put(&pack_key(&name), &data);
+        let size = data.len() as u64;
         let mut pending = self.pending.lock().expect("pending lock");
         if result.is_ok() {
             let mut idx = self.index.write().expect("index lock");
-            idx.add(name, data.len() as u64, &entries, false);
+            idx.add(name, size, &entries, false);
         }
         for entry in &entries {
             pending.remove(&entry.score);

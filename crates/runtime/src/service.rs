@@ -96,6 +96,16 @@ impl Started {
         fdpass::send(&self.sock, b"kill", &[]).context("asking the env's init to kill")
     }
 
+    /// Sends signal `sig` (1–64) to the command's process group; the command keeps running
+    /// unless the signal ends it.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        if !(1..=64).contains(&sig) {
+            bail!("no signal {sig}");
+        }
+        fdpass::send(&self.sock, format!("signal {sig}").as_bytes(), &[])
+            .context("asking the env's init to signal")
+    }
+
     /// Waits for the command's exit code (128 + N if killed by signal N). Returns at once
     /// once the connection ([`AsFd`]) is readable, so async callers wait for that instead of
     /// holding a thread.
@@ -216,11 +226,15 @@ pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
         drop(fds);
         for pid in to_kill {
             if let Some(w) = waiting.get_mut(&pid) {
-                // Whatever came (`kill`, or end of file when the client went away): the
-                // command's process group goes. The exit is still reported when reaped.
                 let mut buf = [0u8; 16];
-                let _ = rustix::net::recv(&w.conn, &mut buf, rustix::net::RecvFlags::DONTWAIT);
-                kill_group(pid);
+                let got = rustix::net::recv(&w.conn, &mut buf, rustix::net::RecvFlags::DONTWAIT);
+                if let Some(sig) = got.ok().and_then(|(n, _)| asked_signal(&buf[..n])) {
+                    signal_group(pid, sig);
+                    continue;
+                }
+                // Anything else (`kill`, or end of file when the client went away): the
+                // command's process group goes. The exit is still reported when reaped.
+                signal_group(pid, libc::SIGKILL);
                 w.killed = true;
             }
         }
@@ -255,10 +269,19 @@ pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
     }
 }
 
-/// SIGKILLs process group `pgid` (a command of ours: an unreaped child, so its pid is not
-/// reused, and a session leader). The command may run as another user, so the init makes
+/// The signal a `signal N` message asks for (1–64).
+fn asked_signal(msg: &[u8]) -> Option<i32> {
+    let n: i32 = std::str::from_utf8(msg.strip_prefix(b"signal ")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    (1..=64).contains(&n).then_some(n)
+}
+
+/// Sends `sig` to process group `pgid` (a command of ours: an unreaped child, so its pid is
+/// not reused, and a session leader). The command may run as another user, so the init makes
 /// CAP_KILL effective for the moment (it runs with no effective capability otherwise).
-fn kill_group(pgid: i32) {
+fn signal_group(pgid: i32, sig: i32) {
     use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
     let normal = capabilities(None).ok();
     if let Some(c) = normal {
@@ -266,7 +289,7 @@ fn kill_group(pgid: i32) {
         let _ = set_capabilities(None, rustix::thread::CapabilitySets { effective, ..c });
     }
     // SAFETY: kill(2) on plain integers.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    unsafe { libc::kill(-pgid, sig) };
     if let Some(c) = normal {
         let _ = set_capabilities(None, c);
     }
@@ -431,6 +454,32 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
         pid => {
             drop((stdin, stdout, stderr));
             Ok(pid)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::asked_signal;
+
+    #[test]
+    fn only_well_formed_signal_requests_are_signals() {
+        assert_eq!(asked_signal(b"signal 2"), Some(2));
+        assert_eq!(asked_signal(b"signal 64"), Some(64));
+        for bad in [
+            &b"signal 0"[..],
+            b"signal 65",
+            b"signal -9",
+            b"signal x",
+            b"kill",
+            b"",
+        ] {
+            assert_eq!(
+                asked_signal(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

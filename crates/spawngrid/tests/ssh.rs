@@ -766,3 +766,88 @@ fn sftp_and_scp_work_when_the_env_has_an_sftp_server() {
     );
     alice.ok("boom", &["deb"]);
 }
+
+/// What an SSH client saw of one channel: its output and exit status.
+#[derive(Debug, Default)]
+struct Seen {
+    out: String,
+    status: Option<u32>,
+}
+
+/// Accepts the node's host key (the tests pin nothing here).
+struct TrustAll;
+
+impl russh::client::Handler for TrustAll {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Runs `script` over SSH as `login` (on a terminal with `pty`), sends `sig` once the output
+/// shows `ready`, and returns what came back.
+async fn signalled(addr: &str, login: &str, pw: &str, pty: bool, script: &str) -> Seen {
+    use russh::ChannelMsg;
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut conn = russh::client::connect(config, addr, TrustAll)
+        .await
+        .unwrap();
+    assert!(conn
+        .authenticate_password(login, pw)
+        .await
+        .unwrap()
+        .success());
+    let mut ch = conn.channel_open_session().await.unwrap();
+    if pty {
+        ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+    }
+    ch.exec(true, script).await.unwrap();
+    let mut seen = Seen::default();
+    let mut sent = false;
+    while let Some(msg) = ch.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                seen.out.push_str(&String::from_utf8_lossy(&data));
+                if !sent && seen.out.contains("ready") {
+                    ch.signal(russh::Sig::INT).await.unwrap();
+                    ch.signal(russh::Sig::Custom("USR2".into())).await.unwrap();
+                    sent = true;
+                }
+            }
+            ChannelMsg::ExitStatus { exit_status } => seen.status = Some(exit_status),
+            _ => {}
+        }
+    }
+    seen
+}
+
+#[test]
+fn signals_from_the_client_reach_the_command() {
+    let site = Site::new("ssh-signal");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "sig"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The command traps both signals; the second one ends it with its own code.
+    let script = "trap 'echo got-int' INT; trap 'echo got-usr2; exit 7' USR2; \
+                  echo ready; while :; do sleep 1; done";
+    let (addr, who, pw) = (site.ssh_addr(), login(&alice, "sig"), password(&alice));
+    for pty in [false, true] {
+        let run = signalled(&addr, &who, &pw, pty, script);
+        // A signal that never arrives would leave the command looping: fail, do not hang.
+        let seen = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(60), run).await })
+            .unwrap_or_else(|_| panic!("pty {pty}: the command never ended"));
+        assert!(
+            seen.out.contains("got-int") && seen.out.contains("got-usr2"),
+            "pty {pty}: {seen:?}"
+        );
+        assert_eq!(seen.status, Some(7), "pty {pty}: {seen:?}");
+    }
+}

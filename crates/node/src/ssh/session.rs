@@ -328,6 +328,58 @@ enum End {
     Stuck,
 }
 
+/// The number of an SSH signal name (RFC 4254 names, plus any Linux signal by name).
+fn signal_number(sig: &russh::Sig) -> Option<i32> {
+    use russh::Sig;
+    Some(match sig {
+        Sig::ABRT => libc::SIGABRT,
+        Sig::ALRM => libc::SIGALRM,
+        Sig::FPE => libc::SIGFPE,
+        Sig::HUP => libc::SIGHUP,
+        Sig::ILL => libc::SIGILL,
+        Sig::INT => libc::SIGINT,
+        Sig::KILL => libc::SIGKILL,
+        Sig::PIPE => libc::SIGPIPE,
+        Sig::QUIT => libc::SIGQUIT,
+        Sig::SEGV => libc::SIGSEGV,
+        Sig::TERM => libc::SIGTERM,
+        Sig::USR1 => libc::SIGUSR1,
+        Sig::Custom(name) => match name.as_str() {
+            "USR2" => libc::SIGUSR2,
+            "CONT" => libc::SIGCONT,
+            "STOP" => libc::SIGSTOP,
+            "TSTP" => libc::SIGTSTP,
+            "WINCH" => libc::SIGWINCH,
+            _ => return None,
+        },
+    })
+}
+
+/// Delivers a client's `signal` request: to the terminal's foreground process group, or to
+/// the command's process group through the env's init.
+fn deliver(sig: &russh::Sig, master: Option<&Fd>, stop: &Stop) {
+    let Some(n) = signal_number(sig) else {
+        tracing::debug!(?sig, "ignoring an unknown signal");
+        return;
+    };
+    let sent = match (master, stop) {
+        (Some(m), _) => rustix::termios::tcgetpgrp(m.get_ref())
+            .map_err(anyhow::Error::from)
+            .and_then(|pg| {
+                // SAFETY: kill(2) on plain integers; the group is the terminal's, in the env.
+                match unsafe { libc::kill(-pg.as_raw_nonzero().get(), n) } {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error().into()),
+                }
+            }),
+        (None, Stop::Service(s)) => s.signal(n),
+        (None, Stop::HangUp) => Ok(()),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(?sig, "delivering a signal: {e:#}");
+    }
+}
+
 /// Moves data both ways until the command ends or the client goes away.
 async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, started: Started) {
     let Started {
@@ -366,6 +418,7 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
                         let _ = runtime::tty::resize(m.get_ref(), clamp(row_height, 24), clamp(col_width, 80));
                     }
                 }
+                Some(ChannelMsg::Signal { signal }) => deliver(&signal, master.as_ref(), &stop),
                 Some(ChannelMsg::Close) | None => break End::ClientGone,
                 Some(_) => {}
             },

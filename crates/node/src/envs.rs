@@ -77,11 +77,7 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
         ..Limits::default()
     };
     let start = Instant::now();
-    // Deciding, evicting and spawning under one lock: two spawns never take one free slot.
-    let admitted = node.admission.lock().unwrap_or_else(|e| e.into_inner());
-    make_room(node, user, opts.limits.memory)?;
-    let result = runtime::spawn::spawn(rt, &opts);
-    drop(admitted);
+    let result = spawn_admitted(node, user, &opts)?;
     let outcome = if result.is_ok() { "ok" } else { "error" };
     node.metrics
         .inc("spawngrid_spawns_total", &[("result", outcome)]);
@@ -117,8 +113,24 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
     }
 }
 
+/// Spawns `opts` for `user` once the capacity policy admits it (evicting envs if it says so,
+/// or refusing): deciding, evicting and spawning under one lock, so two spawns never take one
+/// free slot. The outer error is the refusal; the inner one the runtime's.
+pub fn spawn_admitted(
+    node: &Node,
+    user: &str,
+    opts: &SpawnOptions,
+) -> Result<anyhow::Result<EnvState>, ApiError> {
+    let admitted = node.admission.lock().unwrap_or_else(|e| e.into_inner());
+    make_room(node, user, opts.limits.memory)?;
+    let result = runtime::spawn::spawn(&node.rt, opts);
+    drop(admitted);
+    Ok(result)
+}
+
 /// Admits one more env of `user` reserving `mem` bytes, evicting envs if the capacity
-/// policy says so (each evicted owner gets a notice), or refuses with 503.
+/// policy says so (each evicted owner gets a notice), or refuses with 503. An invite's
+/// temporary env counts as its inviter's.
 fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
     let envs = runtime::state::list(&node.rt)?;
     let usage: Vec<Usage> = envs
@@ -127,7 +139,11 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
             let (busy, idle) = node.activity.state(&st.name, st.created);
             Usage {
                 id: st.name.clone(),
-                owner: st.owner.clone(),
+                owner: st
+                    .owner
+                    .strip_suffix(crate::invite::OWNER_MARK)
+                    .unwrap_or(&st.owner)
+                    .to_string(),
                 mem: cgroup_number(st, &["memory.max", "memory.limit_in_bytes"]).unwrap_or(0),
                 idle,
                 busy,

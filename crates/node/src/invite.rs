@@ -163,7 +163,7 @@ pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResp
         )));
     }
     let score = snapshots::resolve(&node.cat, inviter, &req.name, false)?;
-    let st = spawn_private(node, inviter, score, target)?;
+    let (st, _busy) = spawn_private(node, inviter, score, target)?;
     let result = add_and_save(node, &st, &req.user, target);
     if let Err(e) = envs::boom(node, &st) {
         tracing::error!(env = %st.name, "booming the invite's temporary env: {}", e.message);
@@ -181,13 +181,15 @@ pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResp
     })
 }
 
-/// Spawns `score` as a temporary env no user can reach (see the module documentation).
+/// Spawns `score` as a temporary env no user can reach (see the module documentation). It
+/// counts against the inviter's capacity, and is busy (never evicted) while the session
+/// returned with it lives.
 fn spawn_private(
     node: &Node,
     inviter: &str,
     score: library::Score,
     hostname: &str,
-) -> Result<EnvState, ApiError> {
+) -> Result<(EnvState, crate::capacity::Session), ApiError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let id = envs::env_id(
         inviter,
@@ -207,8 +209,10 @@ fn spawn_private(
         memory: node.config.default_mem_bytes(),
         ..Limits::default()
     };
-    runtime::spawn::spawn(&node.rt, &opts)
-        .map_err(|e| ApiError::internal(&e.context("spawning the invite's temporary env")))
+    let busy = node.activity.session(&id);
+    let st = envs::spawn_admitted(node, inviter, &opts)?
+        .map_err(|e| ApiError::internal(&e.context("spawning the invite's temporary env")))?;
+    Ok((st, busy))
 }
 
 /// The invited user's account inside, as [`ADD_USER`] reported it.

@@ -82,6 +82,10 @@ fn refusals_name_the_limit_and_change_nothing() {
     assert_eq!(alice.json("status", &[]).as_array().unwrap().len(), 1);
     assert_eq!(bob.json("status", &[]).as_array().unwrap().len(), 1);
     assert!(!alice.ok("status", &[]).contains("evicted"));
+    // An invite's temporary env is an env too: the full node refuses it, for alice's limit.
+    let err = alice.refused("invite", &[&bob.name, "base", "--as", "gift"]);
+    assert!(err.contains("over your limit of 100M"), "{err}");
+    assert!(!bob.ok("scores", &[]).contains("gift"));
     alice.ok("boom", &["base"]);
     bob.ok("spawn", &["base", "--as", "two", "--mem", "16M"]);
     bob.ok("boom", &["base"]);

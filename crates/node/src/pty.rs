@@ -21,7 +21,7 @@
 
 use anyhow::{Context, Result};
 use runtime::state::EnvState;
-use runtime::tty::Tty;
+use runtime::tty::{Tty, TtyCommand};
 use runtime::Runtime;
 use rustix::fd::{AsFd, OwnedFd};
 use std::io;
@@ -40,6 +40,18 @@ exec "$s" -l"#;
 /// env's `/etc/passwd` when executable there, else bash, else sh), run with `-l`.
 pub fn login_shell() -> Vec<String> {
     vec!["sh".into(), "-c".into(), LOGIN_SHELL.into()]
+}
+
+/// The exit code of a terminal's command, awaited on a pidfd of its env-enter helper (opened
+/// now; no thread waits meanwhile). Used by [`Pty`] and the SSH gateway's terminals.
+pub fn exited(mut cmd: TtyCommand) -> Result<impl std::future::Future<Output = Result<i32>>> {
+    let pid = rustix::process::Pid::from_raw(cmd.id() as i32).context("env-enter has no pid")?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .context("opening a pidfd of env-enter")?;
+    Ok(async move {
+        crate::ssh::bridge::readable(pidfd).await?;
+        cmd.wait()
+    })
 }
 
 /// A command running on a terminal inside an env, for async code.
@@ -70,9 +82,12 @@ impl Pty {
     }
 
     /// Takes over a started [`Tty`] (needs a tokio runtime): its master goes non-blocking and
-    /// a blocking task waits for the command.
-    pub fn new(mut tty: Tty) -> Result<Pty> {
-        let fd = tty.master.try_clone().context("duplicating the terminal")?;
+    /// a task waits for the command (on a pidfd: no thread is held).
+    pub fn new(tty: Tty) -> Result<Pty> {
+        let (helper_master, cmd) = tty.into_parts();
+        let fd = helper_master
+            .try_clone()
+            .context("duplicating the terminal")?;
         rustix::io::ioctl_fionbio(&fd, true).context("making the terminal non-blocking")?;
         // SAFETY: an OwnedFd's raw fd is valid, open and the same until it is dropped, which
         // only the AsyncFd owning it does.
@@ -80,13 +95,14 @@ impl Pty {
             .map_err(io::Error::from)
             .context("registering the terminal with tokio")?;
         let (tx, exit) = watch::channel(None);
-        tokio::task::spawn_blocking(move || {
-            let code = tty.wait().unwrap_or_else(|e| {
+        let exited = exited(cmd)?;
+        tokio::spawn(async move {
+            let code = exited.await.unwrap_or_else(|e| {
                 tracing::warn!("terminal session: {e:#}");
                 i32::from(runtime::exec::ENTER_FAILED)
             });
             // The helper's copy of the master goes before anyone hears of the exit.
-            drop(tty);
+            drop(helper_master);
             let _ = tx.send(Some(code));
         });
         Ok(Pty { master, exit })

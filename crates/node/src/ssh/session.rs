@@ -254,20 +254,13 @@ async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Starte
                 )
             })
             .await??;
-            let (master, mut cmd) = tty.into_parts();
+            let (master, cmd) = tty.into_parts();
             let master = bridge::register(master).context("registering the terminal")?;
-            let helper =
-                rustix::process::Pid::from_raw(cmd.id() as i32).context("env-enter has no pid")?;
-            let pidfd = rustix::process::pidfd_open(helper, rustix::process::PidfdFlags::empty())
-                .context("opening a pidfd of env-enter")?;
             Ok(Started {
                 input: master.clone(),
                 outputs: vec![(master.clone(), None)],
                 master: Some(master),
-                wait: tokio::spawn(async move {
-                    bridge::readable(pidfd).await?;
-                    cmd.wait()
-                }),
+                wait: tokio::spawn(crate::pty::exited(cmd)?),
                 stop: Stop::HangUp,
                 _busy: busy,
             })

@@ -417,37 +417,41 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
     assert_eq!(text(&out.stdout), format!("{name}\r\n1000\r\n"));
 
     // A registered public key logs in; an unregistered one does not.
-    let keygen = |name: &str| {
+    let keygen = |name: &str, kind: &str| {
         let path = site.scratch.join(name);
         let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .args(["-q", "-t", kind, "-N", "", "-C", name, "-f"])
             .arg(&path)
             .status()
             .unwrap();
         assert!(st.success());
         path
     };
-    let (mine, other) = (keygen("mine"), keygen("other"));
-    let pubkey = format!("{}.pub", mine.display());
-    site.admin(
-        &[
-            "user",
-            "--data",
-            site.data_str(),
-            "key",
-            &name,
-            "add",
-            &pubkey,
-        ],
-        None,
-    );
-    let out = run(&mut ssh.with_key(&mine, &[&target, "--", "whoami"]), None);
-    assert_eq!(
-        text(&out.stdout),
-        format!("{name}\n"),
-        "{}",
-        text(&out.stderr)
-    );
+    let (mine, rsa) = (keygen("mine", "ed25519"), keygen("mine-rsa", "rsa"));
+    let other = keygen("other", "ed25519");
+    for key in [&mine, &rsa] {
+        let pubkey = format!("{}.pub", key.display());
+        site.admin(
+            &[
+                "user",
+                "--data",
+                site.data_str(),
+                "key",
+                &name,
+                "add",
+                &pubkey,
+            ],
+            None,
+        );
+        let out = run(&mut ssh.with_key(key, &[&target, "--", "whoami"]), None);
+        assert_eq!(
+            text(&out.stdout),
+            format!("{name}\n"),
+            "{}: {}",
+            key.display(),
+            text(&out.stderr)
+        );
+    }
     let out = run(&mut ssh.with_key(&other, &[&target, "--", "whoami"]), None);
     assert_eq!(out.status.code(), Some(255));
     assert!(

@@ -7,7 +7,7 @@ set -euo pipefail
 want=(ca-certificates zstd attr acl iproute2 nftables)
 case "${1:-run}" in
   run) ;;
-  test) want+=(debootstrap busybox-static python3-venv openssh-client openssh-sftp-server) ;;
+  test) want+=(debootstrap busybox-static python3-venv openssh-client openssh-sftp-server chromium chromium-driver) ;;
   bench) want+=(debootstrap restic borgbackup) ;;
   *) echo "usage: scripts/deps.sh run|test|bench" >&2; exit 2 ;;
 esac
@@ -29,6 +29,12 @@ if [ "${1:-run}" = test ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "schemathesis==4.32.5" ||
       { echo "scripts/deps.sh: pip install schemathesis failed; check access to PyPI" >&2; exit 1; }
+  fi
+  # Selenium drives Chromium (chromedriver) through the web UI in tests/web.rs.
+  if ! "$venv/bin/python" -c 'import selenium, sys; sys.exit(selenium.__version__ != "4.51.0")' 2>/dev/null; then
+    echo "scripts/deps.sh: installing selenium 4.51.0 in $venv" >&2
+    "$venv/bin/pip" install -q "selenium==4.51.0" ||
+      { echo "scripts/deps.sh: pip install selenium failed; check access to PyPI" >&2; exit 1; }
   fi
 fi
 command -v cargo >/dev/null || { echo "scripts/deps.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }

@@ -14,6 +14,11 @@
 //! When the command exits, its last output is sent (what it wrote up to 100 ms after its
 //! exit), then the exit code, then a close frame. When the client goes away first (closes,
 //! or its connection drops), the command's whole session is killed.
+//!
+//! The token comes in the `Authorization` header as on every route, or — from browsers, which
+//! cannot set that header on a WebSocket — as the subprotocol [`BEARER_PROTOCOL`]`TOKEN`
+//! offered beside [`PROTOCOL`], which the node answers with (never in the URL: URLs end up
+//! in logs).
 
 use crate::error::{chain, ApiError};
 use crate::pty::{self, Pty};
@@ -23,11 +28,50 @@ use api::CpuMessage;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, State};
+use axum::http::{header, request::Parts, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The WebSocket subprotocol the node answers with when a client offers it (a browser that
+/// offers subprotocols refuses an answer without one of them).
+pub const PROTOCOL: &str = "spawngrid";
+
+/// The prefix of the subprotocol that carries a token: `bearer.TOKEN` (a token is `sg_` and hex
+/// digits, valid in a subprotocol name).
+pub const BEARER_PROTOCOL: &str = "bearer.";
+
+/// The user of a cpu request: the `Authorization: Bearer` token when the header is there (as
+/// on every route), else the token offered as the subprotocol `bearer.TOKEN`; 401 otherwise.
+pub struct CpuUser(pub String);
+
+impl FromRequestParts<Arc<Node>> for CpuUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let user = match protocol_token(&parts.headers) {
+            Some(token) if !parts.headers.contains_key(header::AUTHORIZATION) => {
+                AuthUser::of_token(node, token).await?
+            }
+            _ => AuthUser::from_request_parts(parts, node).await?,
+        };
+        Ok(CpuUser(user.0))
+    }
+}
+
+/// The token of a `bearer.TOKEN` subprotocol among those the client offers.
+fn protocol_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL))
+        .map(String::from)
+}
 
 /// The largest message a client may send (keyboard input comes in small pieces).
 const MAX_MESSAGE: usize = 1 << 20;
@@ -74,7 +118,7 @@ impl Session {
 /// The route: checks, then upgrades to the session.
 pub async fn cpu(
     State(node): State<Arc<Node>>,
-    AuthUser(user): AuthUser,
+    CpuUser(user): CpuUser,
     env: Result<Path<String>, PathRejection>,
     query: Result<Query<api::CpuQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -101,6 +145,7 @@ pub async fn cpu(
         ))
     })?;
     Ok(upgrade
+        .protocols([PROTOCOL])
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| run(node, st, session, socket))
@@ -207,6 +252,19 @@ mod tests {
             cols: None,
             cmd: cmd.map(String::from),
         }
+    }
+
+    #[test]
+    fn tokens_come_from_a_bearer_subprotocol() {
+        let mut h = HeaderMap::new();
+        assert_eq!(protocol_token(&h), None);
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "spawngrid, bearer.sg_00ff".parse().unwrap(),
+        );
+        assert_eq!(protocol_token(&h).as_deref(), Some("sg_00ff"));
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, "spawngrid".parse().unwrap());
+        assert_eq!(protocol_token(&h), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`pty`]: an async terminal session inside an env (for `cpu` and the SSH gateway).
 //! - [`cpu`]: `spawngrid cpu`'s WebSocket route (a terminal session).
 //! - [`files`]: `spawngrid cp`'s routes (tar streams in and out of an env).
+//! - [`ui`]: the web UI's page and files (`/`, `/ui/...`; embedded by the `web` crate).
 
 #![warn(missing_docs)]
 
@@ -34,6 +35,7 @@ pub mod server;
 pub mod snapshots;
 pub mod ssh;
 pub mod tls;
+pub mod ui;
 pub mod users;
 
 use anyhow::{Context, Result};

@@ -101,6 +101,13 @@ impl FromRequestParts<Arc<Node>> for AuthUser {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`")
             })?;
+        AuthUser::of_token(node, token).await
+    }
+}
+
+impl AuthUser {
+    /// The user `token` belongs to (and the access log's user), or 401.
+    pub(crate) async fn of_token(node: &Arc<Node>, token: String) -> Result<Self, ApiError> {
         let node = node.clone();
         let user = blocking(move || Ok(node.cat.token_user(&token)?)).await?;
         match user {
@@ -468,6 +475,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::KEY, delete(crate::users::remove_key))
         .route(routes::NOTICES, get(notices))
         .route(routes::METRICS, get(metrics))
+        .route(crate::ui::INDEX, get(crate::ui::index))
+        .route(crate::ui::ASSETS, get(crate::ui::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,0 +1,216 @@
+# The web UI driven in a real browser (headless Chromium through Selenium), for tests/web.rs:
+#
+#   VENV/bin/python web.py CHROMIUM CHROMEDRIVER URL USER PASSWORD
+#
+# Walks a user's story on the node at URL (its certificate is self-signed: the browser is
+# told to ignore certificate errors, for this test only) and checks, in order: a wrong
+# password shows the node's error; signing in shows the score `base`; the filter hides and
+# shows it; a spawn of a missing name shows the node's one-line error; spawning `base` as
+# env `web` lists it; its terminal runs `echo $((6*7)) > /tmp/x; cat /tmp/x` and shows 42;
+# `stty size` inside follows the terminal's size, before and after the window is resized;
+# `exit 3` shows exit code 3; saving `web` as `web-saved` lists that name in the scores;
+# saving under it again shows the node's error; a boom cancelled at its confirmation keeps
+# the env, a confirmed one removes it; signing out shows the sign-in form, forgets the token,
+# and a reload stays signed out; the browser logged no Content-Security-Policy violation.
+# Prints each step; on the first failed check exits non-zero with what the page showed.
+import sys
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+chromium, chromedriver, url, user, password = sys.argv[1:6]
+
+options = webdriver.ChromeOptions()
+options.binary_location = chromium
+for arg in [
+    "--headless=new",
+    "--no-sandbox",  # the tests run as root
+    "--ignore-certificate-errors",  # the node's self-signed certificate
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--window-size=1200,1000",
+]:
+    options.add_argument(arg)
+options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+# Generous: these are waits for the page, not performance assertions.
+TIMEOUT = 60
+
+
+def by_id(i):
+    return driver.find_element(By.ID, i)
+
+
+def shown(i):
+    return by_id(i).is_displayed()
+
+
+def text(i):
+    return by_id(i).text
+
+
+def wait(check, what):
+    """Waits until check() is true (exceptions count as not yet)."""
+    try:
+        WebDriverWait(driver, TIMEOUT, ignored_exceptions=[Exception]).until(lambda d: check())
+    except TimeoutException:
+        raise AssertionError("timed out waiting for " + what) from None
+
+
+def rows(table, attr):
+    """The data-ATTR values of the table's rows."""
+    return [r.get_attribute("data-" + attr) for r in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
+
+
+def fill(i, value):
+    el = by_id(i)
+    el.clear()
+    el.send_keys(value)
+
+
+def error_line(want):
+    """Waits for the error line to contain `want`; it must be one line."""
+    wait(lambda: shown("error") and want in text("error"), f"the error {want!r}")
+    assert "\n" not in text("error"), "not one line: " + text("error")
+
+
+def screen():
+    """The terminal's lines as shown (xterm.js's DOM renderer), right-trimmed."""
+    lines = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#terminal .xterm-rows > div'), d => d.textContent)"
+    )
+    return [line.replace("\xa0", " ").rstrip() for line in lines]
+
+
+def type_in_terminal(keys):
+    driver.find_element(By.CSS_SELECTOR, "#terminal .xterm-helper-textarea").send_keys(keys)
+
+
+def size():
+    t = by_id("terminal")
+    return int(t.get_attribute("data-rows")), int(t.get_attribute("data-cols"))
+
+
+def step(name):
+    print("web.py:", name, flush=True)
+
+
+def story():
+    driver.get(url)
+    wait(lambda: shown("signin"), "the sign-in form")
+
+    step("a wrong password shows the node's error")
+    fill("signin-user", user)
+    fill("signin-password", "not-the-password")
+    by_id("signin-submit").click()
+    error_line("wrong user name or password")
+    assert not shown("app")
+
+    step("sign in")
+    fill("signin-password", password)
+    by_id("signin-submit").click()
+    wait(lambda: shown("app") and "base" in rows("scores", "name"), "the score base")
+    assert text("who") == user, text("who")
+    assert not shown("error")
+
+    step("the filter")
+    fill("filter", "no-such-name")
+    wait(lambda: rows("scores", "name") == [] and shown("scores-empty"), "an empty filtered list")
+    fill("filter", "BAS")
+    wait(lambda: rows("scores", "name") == ["base"], "base again")
+    by_id("filter").send_keys(Keys.CONTROL, "a", Keys.DELETE)
+    wait(lambda: by_id("filter").get_attribute("value") == "", "an empty filter")
+
+    step("spawn errors are the node's one line")
+    fill("spawn-name", "no-such-name")
+    by_id("spawn-submit").click()
+    error_line("no-such-name")
+    fill("spawn-name", "base")
+    fill("spawn-mem", "lots")
+    by_id("spawn-submit").click()
+    error_line('bad size "lots"')
+
+    step("spawn base as web")
+    fill("spawn-as", "web")
+    fill("spawn-mem", "256M")
+    by_id("spawn-submit").click()
+    wait(lambda: rows("envs", "env") == ["web"], "the env web in the list")
+    wait(lambda: shown("info") and "spawned web" in text("info"), "the spawn's outcome")
+
+    step("a terminal in the env")
+    driver.find_element(By.CSS_SELECTOR, '#envs tr[data-env="web"] button.terminal').click()
+    wait(lambda: text("term-status") == "connected", "the terminal to connect")
+    wait(lambda: any(line.endswith("#") for line in screen()), "a root prompt")
+    type_in_terminal("echo $((6*7)) > /tmp/x; cat /tmp/x\n")
+    wait(lambda: "42" in screen(), "42 on the screen")
+
+    step("the env's terminal size follows the browser's")
+    rows0, cols0 = size()
+    type_in_terminal("stty size\n")
+    wait(lambda: f"{rows0} {cols0}" in screen(), f"stty size {rows0} {cols0}")
+    driver.set_window_size(800, 700)
+    wait(lambda: size() != (rows0, cols0), "the terminal to be resized")
+    rows1, cols1 = size()
+    assert rows1 < rows0 and cols1 < cols0, (rows0, cols0, rows1, cols1)
+    type_in_terminal("stty size\n")
+    wait(lambda: f"{rows1} {cols1}" in screen(), f"stty size {rows1} {cols1}")
+    assert text("term-size") == f"{cols1}×{rows1}", text("term-size")
+
+    step("exit 3 shows the exit code")
+    type_in_terminal("exit 3\n")
+    wait(lambda: text("term-status") == "exited with code 3", "exit code 3")
+
+    step("save web as web-saved")
+    Select(by_id("save-env")).select_by_value("web")
+    fill("save-name", "web-saved")
+    by_id("save-submit").click()
+    wait(lambda: "web-saved" in rows("scores", "name"), "web-saved in the scores")
+    assert "saved web as web-saved = " in text("info"), text("info")
+    by_id("save-submit").click()
+    error_line("web-saved")
+
+    step("boom web, after its confirmation")
+    boom = '#envs tr[data-env="web"] button.boom'
+    driver.find_element(By.CSS_SELECTOR, boom).click()
+    WebDriverWait(driver, TIMEOUT).until(expected_conditions.alert_is_present()).dismiss()
+    assert rows("envs", "env") == ["web"], "a cancelled boom removed the env"
+    driver.find_element(By.CSS_SELECTOR, boom).click()
+    WebDriverWait(driver, TIMEOUT).until(expected_conditions.alert_is_present()).accept()
+    wait(lambda: rows("envs", "env") == [] and shown("envs-empty"), "an empty env list")
+    assert text("info") == "boomed web", text("info")
+
+    step("sign out")
+    by_id("signout").click()
+    wait(lambda: shown("signin") and not shown("app"), "the sign-in form")
+    assert driver.execute_script("return sessionStorage.length") == 0
+    driver.refresh()
+    wait(lambda: shown("signin") and not shown("app"), "still signed out after a reload")
+
+    violations = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not violations, "CSP violations: %s" % violations
+
+
+try:
+    story()
+    print("web.py: all steps passed", flush=True)
+except Exception as e:
+    diagnostics = []
+    for what, get in [
+        ("error line", lambda: text("error")),
+        ("info line", lambda: text("info")),
+        ("terminal status", lambda: text("term-status")),
+        ("screen", lambda: "\n".join(screen())),
+        ("browser log", lambda: "\n".join(m["message"] for m in driver.get_log("browser"))),
+    ]:
+        try:
+            diagnostics.append(f"--- {what}:\n{get()}")
+        except Exception as d:
+            diagnostics.append(f"--- {what}: unavailable ({d})")
+    sys.exit(f"web.py: FAILED: {e!r}\n" + "\n".join(diagnostics))
+finally:
+    driver.quit()

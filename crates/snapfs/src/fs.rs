@@ -175,15 +175,24 @@ impl SnapFs {
         let raw = reply.open_backing(file)?.into_raw();
         self.journal.lock().expect("journal").opened(node, raw);
         // SAFETY: `raw` was just registered on this connection and is owned by nothing else.
-        let id = unsafe { reply.wrap_backing(raw) };
+        Ok(unsafe { self.own(&mut hs, reply, node, raw) })
+    }
+
+    /// Takes ownership of backing id `raw` of `node` (closed when the last handle and the
+    /// recent list let go of it).
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be registered on this connection and owned by nothing else in this process.
+    unsafe fn own(&self, hs: &mut Handles, reply: &ReplyOpen, node: u64, raw: u32) -> Arc<Backing> {
         let b = Arc::new(Backing {
             node,
             raw,
-            id,
+            id: reply.wrap_backing(raw),
             journal: self.journal.clone(),
         });
-        SnapFs::remember(&mut hs, node, b.clone());
-        Ok(b)
+        SnapFs::remember(hs, node, b.clone());
+        b
     }
 
     /// A backing id of `node` the kernel still has registered: one this process holds, or one
@@ -195,16 +204,8 @@ impl SnapFs {
         }
         let raw = hs.inherited.remove(&node)?;
         // SAFETY: the journal says the previous server registered `raw` for this node and never
-        // closed it (closes are journaled first); this process now owns it.
-        let id = unsafe { reply.wrap_backing(raw) };
-        let b = Arc::new(Backing {
-            node,
-            raw,
-            id,
-            journal: self.journal.clone(),
-        });
-        SnapFs::remember(&mut hs, node, b.clone());
-        Some(b)
+        // closed it (closes are journaled first); nothing else here holds it.
+        Some(unsafe { self.own(&mut hs, reply, node, raw) })
     }
 
     /// The cache file of node `ino`, for a handle this process did not open (its predecessor

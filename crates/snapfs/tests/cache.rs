@@ -12,12 +12,9 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
 
 #[test]
 fn tiny_cache_evicts_and_every_read_stays_correct() {
-    if !can_mount() {
+    let Some((root, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let cache = tmp.path().join("cache");
     let c = cache.to_str().unwrap();
     let m = Mounted::new(

@@ -37,12 +37,9 @@ fn some_files(root: &Path, n: usize) -> Vec<PathBuf> {
 
 #[test]
 fn killed_server_is_replaced_and_its_users_carry_on() {
-    if !can_mount() {
+    let Some((root, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let m = Mounted::new(&data, "base", &tmp.path().join("mnt"), &[]);
     let want_big = std::fs::read(root.join(BIG)).unwrap();
     let mut big = std::fs::File::open(m.dir.join(BIG)).unwrap();
@@ -132,32 +129,15 @@ fn killed_server_is_replaced_and_its_users_carry_on() {
 
 #[test]
 fn an_overlay_on_the_mount_keeps_working_across_server_deaths() {
-    if !can_mount() {
+    let Some((_, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let lower = Mounted::new(&data, "base", &tmp.path().join("lower"), &[]);
-    let (rw, merged) = (tmp.path().join("rw"), tmp.path().join("merged"));
-    std::fs::create_dir_all(&rw).unwrap();
-    std::fs::create_dir_all(&merged).unwrap();
-    sh(&format!(
-        "mount -t tmpfs -o size=100M tmpfs '{}'",
-        rw.display()
-    ));
-    let _rw = Guard(rw.clone());
-    sh(&format!("mkdir '{0}/upper' '{0}/work'", rw.display()));
-    sh(&format!(
-        "mount -t overlay overlay -o lowerdir='{}',upperdir='{1}/upper',workdir='{1}/work' '{2}'",
-        lower.dir.display(),
-        rw.display(),
-        merged.display()
-    ));
-    let _merged = Guard(merged.clone());
+    let overlay = Overlay::new(&lower.dir, tmp.path());
+    let merged = &overlay.merged;
     // A shell in the env works in a loop: new lookups, opens and execs in the lower layer.
     let mut env = std::process::Command::new("chroot")
-        .arg(&merged)
+        .arg(merged)
         .args([
             "/bin/sh",
             "-c",
@@ -198,12 +178,9 @@ fn an_overlay_on_the_mount_keeps_working_across_server_deaths() {
 
 #[test]
 fn restart_replaces_the_server_with_the_binary_now_on_disk() {
-    if !can_mount() {
+    let Some((root, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     // The "installed" binary: a copy that an upgrade will replace.
     let bin_dir = tmp.path().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
@@ -276,12 +253,9 @@ fn restart_replaces_the_server_with_the_binary_now_on_disk() {
 
 #[test]
 fn a_crash_loop_gives_the_mount_up() {
-    if !can_mount() {
+    let Some((root, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let m = Mounted::new(&data, "base", &tmp.path().join("mnt"), &[]);
     let keeper = m.record().pid;
     let reg = snapfs::mount::Registry::new(&data);
@@ -311,12 +285,9 @@ fn a_crash_loop_gives_the_mount_up() {
 
 #[test]
 fn killed_keeper_ends_the_mount_and_the_next_mount_recovers() {
-    if !can_mount() {
+    let Some((root, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let at = tmp.path().join("mnt");
     let m = Mounted::new(&data, "base", &at, &[]);
     let want = std::fs::read(root.join(BIG)).unwrap();

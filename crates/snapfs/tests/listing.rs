@@ -7,12 +7,9 @@ use std::os::unix::fs::MetadataExt;
 
 #[test]
 fn mounted_snapshot_lists_like_the_original() {
-    if !can_mount() {
+    let Some((root, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let m = Mounted::new(&data, "base", &tmp.path().join("mnt"), &[]);
     // Full listing, root mtime included: path, type, mode, owner, size, mtime, symlink target,
     // device numbers, xattrs (security.capability too), hardlink groups, sha256 of contents.
@@ -52,12 +49,9 @@ fn mounted_snapshot_lists_like_the_original() {
 
 #[test]
 fn uid_offset_shifts_every_owner_and_errors_leave_nothing_mounted() {
-    if !can_mount() {
+    let Some((root, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let m = Mounted::new(
         &data,
         "base",

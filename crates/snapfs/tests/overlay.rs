@@ -20,30 +20,13 @@ fn build_deb(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn overlay_on_tmpfs_upper_runs_dpkg_in_a_chroot() {
-    if !can_mount() {
+    let Some((_, tmp, data)) = base_library() else {
         return;
-    }
-    let root = base_rootfs();
-    let tmp = scratch();
-    let data = data_with(tmp.path(), "base", &root);
+    };
     let lower = Mounted::new(&data, "base", &tmp.path().join("lower"), &[]);
     let deb = build_deb(tmp.path());
-    let (rw, merged) = (tmp.path().join("rw"), tmp.path().join("merged"));
-    std::fs::create_dir_all(&rw).unwrap();
-    std::fs::create_dir_all(&merged).unwrap();
-    sh(&format!(
-        "mount -t tmpfs -o size=100M tmpfs '{}'",
-        rw.display()
-    ));
-    let _rw = Guard(rw.clone());
-    sh(&format!("mkdir '{0}/upper' '{0}/work'", rw.display()));
-    sh(&format!(
-        "mount -t overlay overlay -o lowerdir='{}',upperdir='{1}/upper',workdir='{1}/work',redirect_dir=off,metacopy=off '{2}'",
-        lower.dir.display(),
-        rw.display(),
-        merged.display()
-    ));
-    let _merged = Guard(merged.clone());
+    let overlay = Overlay::new(&lower.dir, tmp.path());
+    let merged = &overlay.merged;
     sh(&format!(
         "cp '{}' '{}/tmp/'",
         deb.display(),
@@ -76,7 +59,7 @@ fn overlay_on_tmpfs_upper_runs_dpkg_in_a_chroot() {
         assert!(out.contains("compiled, exit 42"), "{out}");
     }
     // The writes went to the upper; the lower mount (and so the snapshot) is unchanged.
-    let upper = rw.join("upper");
+    let upper = &overlay.upper;
     assert!(upper.join("usr/bin/sg-hello").exists());
     assert!(upper.join("etc/new-file").exists());
     assert!(lower.dir.join("etc/hostname").exists());

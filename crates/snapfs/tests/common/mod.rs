@@ -75,6 +75,56 @@ pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in("/var/tmp/snapfs-tests").unwrap()
 }
 
+/// The debootstrap rootfs, a scratch directory, and a data directory with the rootfs imported
+/// as `base`; `None` (the test is skipped) without root.
+pub fn base_library() -> Option<(PathBuf, tempfile::TempDir, PathBuf)> {
+    if !can_mount() {
+        return None;
+    }
+    let root = base_rootfs();
+    let tmp = scratch();
+    let data = data_with(tmp.path(), "base", &root);
+    Some((root, tmp, data))
+}
+
+/// An overlay with `lower` as its lower layer and a 100 MiB tmpfs for its upper, under `dir`;
+/// both mounts go when it is dropped.
+pub struct Overlay {
+    /// Where the overlay is mounted.
+    pub merged: PathBuf,
+    /// The upper layer.
+    pub upper: PathBuf,
+    _merged: Guard,
+    _rw: Guard,
+}
+
+impl Overlay {
+    /// Mounts it at `dir/merged` (the tmpfs at `dir/rw`).
+    pub fn new(lower: &Path, dir: &Path) -> Overlay {
+        let (rw, merged) = (dir.join("rw"), dir.join("merged"));
+        std::fs::create_dir_all(&rw).unwrap();
+        std::fs::create_dir_all(&merged).unwrap();
+        sh(&format!(
+            "mount -t tmpfs -o size=100M tmpfs '{}'",
+            rw.display()
+        ));
+        let rw_guard = Guard(rw.clone());
+        sh(&format!("mkdir '{0}/upper' '{0}/work'", rw.display()));
+        sh(&format!(
+            "mount -t overlay overlay -o lowerdir='{}',upperdir='{1}/upper',workdir='{1}/work',redirect_dir=off,metacopy=off '{2}'",
+            lower.display(),
+            rw.display(),
+            merged.display()
+        ));
+        Overlay {
+            _merged: Guard(merged.clone()),
+            merged,
+            upper: rw.join("upper"),
+            _rw: rw_guard,
+        }
+    }
+}
+
 /// A data directory with `src` imported as `name`.
 pub fn data_with(dir: &Path, name: &str, src: &Path) -> PathBuf {
     let data = dir.join("data");

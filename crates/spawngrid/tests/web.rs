@@ -219,13 +219,14 @@ fn a_user_story_in_a_real_browser() {
     let site = Site::new("web-browser");
     site.start("127.0.0.1:0");
     let alice = site.user("alice");
+    let bob = site.user("bob");
     let script = common::repo_root().join("crates/spawngrid/tests/common/web.py");
     let out = run(
         Command::new(&python)
             .arg(&script)
             .args([&chromium, &driver])
             .arg(format!("https://{}/", site.addr()))
-            .args([&alice.name, &format!("{}-pw", alice.name)])
+            .args([&alice.name, &format!("{}-pw", alice.name), &bob.name])
             // Selenium must not fetch drivers or report anything: everything is local.
             .env("SE_OFFLINE", "true")
             .env("SE_AVOID_STATS", "true")
@@ -240,7 +241,7 @@ fn a_user_story_in_a_real_browser() {
     );
 
     // What the browser did is what the node holds: the saved name (with the file the
-    // terminal wrote), no env left, and no password or token in the log.
+    // terminal wrote) and bob's invited copy, no env left, and no password in the log.
     alice.login();
     let scores = alice.ok("scores", &[]);
     assert!(scores.contains("web-saved"), "{scores}");
@@ -249,5 +250,8 @@ fn a_user_story_in_a_real_browser() {
     let (code, x, err) = alice.exec("check", "cat /tmp/x");
     assert_eq!((code, x.as_str()), (0, "42\n"), "{err}");
     alice.ok("boom", &["check"]);
+    bob.login();
+    let scores = bob.ok("scores", &[]);
+    assert!(scores.contains("web-saved"), "{scores}");
     assert!(!site.log().contains(&format!("{}-pw", alice.name)));
 }

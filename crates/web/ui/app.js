@@ -58,17 +58,22 @@ async function api(method, path, body) {
   return value;
 }
 
-// One message line: an error (red) or an outcome; showing one hides the other.
+// One message line at the top: an error (red) or an outcome; showing one hides the other,
+// and the page scrolls up to it if the user is further down (at a form).
+function show(id, text) {
+  $(id === 'error' ? 'info' : 'error').hidden = true;
+  const el = $(id);
+  el.textContent = text;
+  el.hidden = false;
+  el.scrollIntoView({ block: 'nearest' });
+}
+
 function showError(text) {
-  $('info').hidden = true;
-  $('error').textContent = text;
-  $('error').hidden = false;
+  show('error', text);
 }
 
 function showInfo(text) {
-  $('error').hidden = true;
-  $('info').textContent = text;
-  $('info').hidden = false;
+  show('info', text);
 }
 
 function clearMessages() {
@@ -347,6 +352,7 @@ function openTerminal(env) {
     send(JSON.stringify({ resize: [rows, cols] }));
   });
   s.observer.observe($('terminal'));
+  $('terminal-panel').scrollIntoView({ block: 'nearest' });
 }
 
 function closeTerminal() {

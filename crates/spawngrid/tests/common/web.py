@@ -1,6 +1,6 @@
 # The web UI driven in a real browser (headless Chromium through Selenium), for tests/web.rs:
 #
-#   VENV/bin/python web.py CHROMIUM CHROMEDRIVER URL USER PASSWORD
+#   VENV/bin/python web.py CHROMIUM CHROMEDRIVER URL USER PASSWORD INVITEE
 #
 # Walks a user's story on the node at URL (its certificate is self-signed: the browser is
 # told to ignore certificate errors, for this test only) and checks, in order: a wrong
@@ -9,7 +9,8 @@
 # env `web` lists it; its terminal runs `echo $((6*7)) > /tmp/x; cat /tmp/x` and shows 42;
 # `stty size` inside follows the terminal's size, before and after the window is resized;
 # `exit 3` shows exit code 3; saving `web` as `web-saved` lists that name in the scores;
-# saving under it again shows the node's error; a boom cancelled at its confirmation keeps
+# saving under it again shows the node's error; inviting INVITEE to web-saved says so, and
+# inviting a user who does not exist shows the node's error; a boom cancelled at its confirmation keeps
 # the env, a confirmed one removes it; signing out shows the sign-in form, forgets the token,
 # and a reload stays signed out; the browser logged no Content-Security-Policy violation.
 # Prints each step; on the first failed check exits non-zero with what the page showed.
@@ -23,7 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-chromium, chromedriver, url, user, password = sys.argv[1:6]
+chromium, chromedriver, url, user, password, invitee = sys.argv[1:7]
 
 options = webdriver.ChromeOptions()
 options.binary_location = chromium
@@ -173,6 +174,15 @@ def story():
     assert "saved web as web-saved = " in text("info"), text("info")
     by_id("save-submit").click()
     error_line("web-saved")
+
+    step("invite")
+    fill("invite-user", "no-such-user")
+    fill("invite-name", "web-saved")
+    by_id("invite-submit").click()
+    error_line("no user no-such-user")
+    fill("invite-user", invitee)
+    by_id("invite-submit").click()
+    wait(lambda: shown("info") and text("info").startswith(f"invited {invitee}: they have web-saved = "), "the invite's outcome")
 
     step("boom web, after its confirmation")
     boom = '#envs tr[data-env="web"] button.boom'

@@ -317,11 +317,10 @@ impl Library {
         self.upgrade_config()?;
         let (name, data, entries) = builder.finish();
         let result = self.backend.put(&pack_key(&name), &data);
-        let size = data.len() as u64;
         let mut pending = self.pending.lock().expect("pending lock");
         if result.is_ok() {
             let mut idx = self.index.write().expect("index lock");
-            idx.add(name, size, &entries, false);
+            idx.add(name, data.len() as u64, &entries, false);
         }
         for entry in &entries {
             pending.remove(&entry.score);

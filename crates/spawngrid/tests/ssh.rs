@@ -855,3 +855,77 @@ fn signals_from_the_client_reach_the_command() {
         assert_eq!(seen.status, Some(7), "pty {pty}: {seen:?}");
     }
 }
+
+/// Reads `ch` until its output so far contains `want`; everything read.
+async fn read_until(ch: &mut russh::Channel<russh::client::Msg>, seen: &mut String, want: &str) {
+    while !seen.contains(want) {
+        match ch.wait().await {
+            Some(russh::ChannelMsg::Data { data }) => {
+                seen.push_str(&String::from_utf8_lossy(&data))
+            }
+            Some(_) => {}
+            None => panic!("the channel ended before {want:?}: {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_login_without_env_picks_from_a_menu_on_a_terminal() {
+    let site = Site::new("ssh-pick");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "first"]);
+    alice.ok("spawn", &["base", "--as", "second"]);
+    let ssh = Client::new(&site);
+    // Without a terminal there is nobody to ask: one line says how to pick.
+    let out = ssh.exec(&alice.name, &password(&alice), "hostname", b"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("you have 2 envs on this node (first, second)") && err.contains("ENV+"),
+        "{err}"
+    );
+    // On a terminal: a menu; a wrong choice asks again; a name or a number picks.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (addr, pw) = (site.ssh_addr(), password(&alice));
+    let session = async {
+        let config = std::sync::Arc::new(russh::client::Config::default());
+        let mut conn = russh::client::connect(config, addr.as_str(), TrustAll)
+            .await
+            .unwrap();
+        assert!(conn
+            .authenticate_password(alice.name.as_str(), pw.as_str())
+            .await
+            .unwrap()
+            .success());
+        let mut ch = conn.channel_open_session().await.unwrap();
+        ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+        ch.request_shell(true).await.unwrap();
+        let mut seen = String::new();
+        read_until(&mut ch, &mut seen, "(number or name): ").await;
+        assert!(seen.contains("1) first\r\n  2) second\r\n"), "{seen:?}");
+        ch.data(&b"third\r"[..]).await.unwrap();
+        read_until(&mut ch, &mut seen, "no env \"third\"").await;
+        ch.data(&b"2\r"[..]).await.unwrap();
+        ch.data(&b"echo on-$(hostname); exit 5\r"[..])
+            .await
+            .unwrap();
+        let mut status = None;
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                russh::ChannelMsg::Data { data } => seen.push_str(&String::from_utf8_lossy(&data)),
+                russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                _ => {}
+            }
+        }
+        (seen, status)
+    };
+    let (seen, status) = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), session).await })
+        .expect("the menu session never ended");
+    assert!(seen.contains("on-second"), "{seen:?}");
+    assert_eq!(status, Some(5), "{seen:?}");
+}

@@ -3,8 +3,9 @@
 //! command ends (exit status, EOF, close) or the client goes away (the command is killed).
 //!
 //! Requests are answered by the connection's handler ([`super::Conn`]), in order; this task
-//! only acts on them. Which env: the login's `ENV`, or, for a bare `USER`, their only env
-//! (with several, or none, a one-line message says how to pick). Who runs inside: the env's
+//! only acts on them. Which env: the login's `ENV`, or, for a bare `USER`, their only env; with
+//! several, a shell on a terminal shows a numbered menu to pick from, anything else gets a
+//! one-line message saying how to pick (as it does with none). Who runs inside: the env's
 //! `/etc/passwd` user of the same name if there is one (so an invited user is themselves),
 //! otherwise root.
 
@@ -68,12 +69,29 @@ struct Setup {
 /// Serves session channel `channel` of `login` until it ends.
 pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>) {
     let (mut rx, tx) = channel.split();
-    let Some(setup) = setup(&mut rx).await else {
+    let Some(mut setup) = setup(&mut rx).await else {
         return;
     };
-    let n = node.clone();
-    let l = login.clone();
-    let target = tokio::task::spawn_blocking(move || resolve(&n, &l))
+    let env = match &login.env {
+        Some(env) => env.clone(),
+        None => {
+            let (n, user) = (node.clone(), login.user.clone());
+            let envs = tokio::task::spawn_blocking(move || user_envs(&n, &user))
+                .await
+                .unwrap_or_else(|e| Err(format!("spawngrid: internal error: {e}")));
+            let interactive = setup.pty.is_some() && matches!(setup.program, Program::Shell);
+            match envs.map(|envs| pick(&node, &login.user, envs, interactive)) {
+                Ok(Pick::One(env)) => env,
+                Ok(Pick::Menu(envs)) => match menu(&mut rx, &tx, &envs, &mut setup).await {
+                    Some(env) => env,
+                    None => return finish(&tx, 1).await,
+                },
+                Ok(Pick::Refuse(msg)) | Err(msg) => return fail(&tx, &msg).await,
+            }
+        }
+    };
+    let (n, user) = (node.clone(), login.user.clone());
+    let target = tokio::task::spawn_blocking(move || resolve(&n, &user, &env))
         .await
         .unwrap_or_else(|e| Err(format!("spawngrid: internal error: {e}")));
     let target = match target {
@@ -139,14 +157,10 @@ fn clamp(v: u32, default: u16) -> u16 {
     }
 }
 
-/// Finds the env of the login, who runs inside and their shell (root's from the env's
+/// Finds `user`'s env `env`, who runs inside and their shell (root's from the env's
 /// `/etc/passwd` for root, else `/bin/sh`); an error is the one line for the client.
-fn resolve(node: &Node, login: &Login) -> Result<Target, String> {
-    let env = match &login.env {
-        Some(env) => env.clone(),
-        None => pick(node, &login.user)?,
-    };
-    let st = crate::envs::load_own(node, &login.user, &env).map_err(|_| {
+fn resolve(node: &Node, user: &str, env: &str) -> Result<Target, String> {
+    let st = crate::envs::load_own(node, user, env).map_err(|_| {
         format!(
             "spawngrid: you have no env {env} on this node (spawn it with `spawngrid spawn NAME`)"
         )
@@ -159,7 +173,7 @@ fn resolve(node: &Node, login: &Login) -> Result<Target, String> {
     let lookup = |name: &str| {
         runtime::exec::lookup_user(&st, name).map_err(|e| format!("spawngrid: env {env}: {e:#}"))
     };
-    let who = lookup(&login.user)?;
+    let who = lookup(user)?;
     let shell = match &who {
         Some(id) => id.shell.clone(),
         None => lookup("root")?.map_or_else(|| "/bin/sh".to_string(), |root| root.shell),
@@ -174,20 +188,112 @@ struct Target {
     shell: String,
 }
 
-/// The env of a login without one: the user's only env.
-fn pick(node: &Node, user: &str) -> Result<String, String> {
+/// The names of `user`'s envs on this node; an error is the one line for the client.
+fn user_envs(node: &Node, user: &str) -> Result<Vec<String>, String> {
     let host = node.config.public_host.as_deref().unwrap_or(&node.name);
     let envs =
         crate::envs::list(node, user, host).map_err(|e| format!("spawngrid: {}", e.message))?;
-    match envs.as_slice() {
-        [one] => Ok(one.env.clone()),
-        [] => Err("spawngrid: you have no env on this node (spawn one with `spawngrid spawn NAME`)".into()),
-        many => Err(format!(
-            "spawngrid: you have {} envs on this node ({}): pick one with `ssh -p {} ENV+{user}@{host}`",
-            many.len(),
-            many.iter().map(|e| e.env.as_str()).collect::<Vec<_>>().join(", "),
+    Ok(envs.into_iter().map(|e| e.env).collect())
+}
+
+/// How the env of a login without one is found.
+enum Pick {
+    /// The user's only env.
+    One(String),
+    /// Several: the user picks one from a menu on their terminal.
+    Menu(Vec<String>),
+    /// None, or several and no terminal to ask on: the one line for the client.
+    Refuse(String),
+}
+
+/// Picks among `user`'s `envs` (`interactive`: a shell on a terminal can ask).
+fn pick(node: &Node, user: &str, envs: Vec<String>, interactive: bool) -> Pick {
+    let host = node.config.public_host.as_deref().unwrap_or(&node.name);
+    match envs.len() {
+        1 => Pick::One(envs.into_iter().next().expect("one env")),
+        0 => Pick::Refuse(
+            "spawngrid: you have no env on this node (spawn one with `spawngrid spawn NAME`)"
+                .into(),
+        ),
+        _ if interactive => Pick::Menu(envs),
+        n => Pick::Refuse(format!(
+            "spawngrid: you have {n} envs on this node ({}): pick one with `ssh -p {} ENV+{user}@{host}`",
+            envs.join(", "),
             node.config.ssh_port
         )),
+    }
+}
+
+/// The env a choice names: its number in the menu (from 1) or its name.
+fn chosen(line: &str, envs: &[String]) -> Option<String> {
+    let line = line.trim();
+    match line.parse::<usize>() {
+        Ok(i) if (1..=envs.len()).contains(&i) => Some(envs[i - 1].clone()),
+        _ => envs.iter().find(|e| *e == line).cloned(),
+    }
+}
+
+/// Shows the numbered `envs` on the client's terminal and reads a choice (a number or a
+/// name, then Enter), echoing what is typed (the client's terminal is raw); asks again after
+/// a wrong one. `None` when the user cancels (^C, ^D) or the channel ends. Window changes
+/// meanwhile update the terminal size the session will start with.
+async fn menu(
+    rx: &mut ChannelReadHalf,
+    tx: &ChannelWriteHalf<Msg>,
+    envs: &[String],
+    setup: &mut Setup,
+) -> Option<String> {
+    let mut text = String::from("spawngrid: you have several envs on this node:\r\n");
+    for (i, e) in envs.iter().enumerate() {
+        text.push_str(&format!("  {}) {e}\r\n", i + 1));
+    }
+    tx.data_bytes(text).await.ok()?;
+    let mut line = String::new();
+    tx.data_bytes("env (number or name): ").await.ok()?;
+    loop {
+        let data = match rx.wait().await? {
+            ChannelMsg::Data { data } => data,
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => {
+                if let Some(p) = &mut setup.pty {
+                    (p.rows, p.cols) = (clamp(row_height, p.rows), clamp(col_width, p.cols));
+                }
+                continue;
+            }
+            ChannelMsg::Eof | ChannelMsg::Close => return None,
+            _ => continue,
+        };
+        let mut echo = Vec::new();
+        for &b in data.iter() {
+            match b {
+                b'\r' | b'\n' => {
+                    tx.data_bytes(echo).await.ok()?;
+                    tx.data_bytes("\r\n").await.ok()?;
+                    if let Some(env) = chosen(&line, envs) {
+                        return Some(env);
+                    }
+                    let msg = format!("spawngrid: no env {line:?}\r\nenv (number or name): ");
+                    tx.data_bytes(msg).await.ok()?;
+                    line.clear();
+                    echo = Vec::new();
+                }
+                3 | 4 => {
+                    echo.extend_from_slice(b"^C\r\n");
+                    tx.data_bytes(echo).await.ok()?;
+                    return None;
+                }
+                0x7f | 8 if line.pop().is_some() => echo.extend_from_slice(b"\x08 \x08"),
+                0x20..=0x7e if line.len() < 64 => {
+                    line.push(b as char);
+                    echo.push(b);
+                }
+                _ => {}
+            }
+        }
+        tx.data_bytes(echo).await.ok()?;
     }
 }
 

@@ -230,6 +230,8 @@ fn a_user_story_in_a_real_browser() {
             // Selenium must not fetch drivers or report anything: everything is local.
             .env("SE_OFFLINE", "true")
             .env("SE_AVOID_STATS", "true")
+            // Chromium's and chromedriver's temporary files go with the site.
+            .env("TMPDIR", site.scratch.path())
             .current_dir(site.scratch.path()),
         None,
     );

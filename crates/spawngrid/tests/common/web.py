@@ -32,7 +32,6 @@ for arg in [
     "--headless=new",
     "--no-sandbox",  # the tests run as root
     "--ignore-certificate-errors",  # the node's self-signed certificate
-    "--disable-dev-shm-usage",
     "--disable-gpu",
     "--window-size=1200,1000",
 ]:

@@ -285,7 +285,10 @@ pub fn keep(
         child = c;
         rec.server = child.id();
         rec.restarts += 1;
-        registry.put(&rec)?;
+        // The mount is served again whatever happens to its record.
+        if let Err(e) = registry.put(&rec) {
+            tracing::warn!("updating the mount's record: {e}");
+        }
         tracing::info!(pid = child.id(), restarts = rec.restarts, "serving again");
     };
     registry.remove(&opts.dir, Some(rec.pid));

@@ -164,6 +164,9 @@ pub enum RestartError {
     /// No keeper runs for that mount point.
     #[error("{0} has no running keeper (mount it with `spawngrid lib mount`)")]
     NoKeeper(PathBuf),
+    /// The mount was made by a spawngrid without keepers: its server cannot be replaced.
+    #[error("{0} was mounted by an older spawngrid whose server cannot be replaced; umount it and mount it again")]
+    Old(PathBuf),
     /// The keeper could not be signalled.
     #[error("signalling keeper {0}: {1}")]
     Signal(u32, std::io::Error),
@@ -188,6 +191,9 @@ pub fn restart(registry: &Registry, dir: &Path) -> Result<(Record, Record), Rest
     let Some(rec) = registry.get(dir).filter(|r| running(r.pid)) else {
         return Err(RestartError::NoKeeper(dir.to_path_buf()));
     };
+    if rec.server == 0 {
+        return Err(RestartError::Old(dir.to_path_buf()));
+    }
     let pid = rustix::process::Pid::from_raw(rec.pid as i32).expect("pid > 0");
     rustix::process::kill_process(pid, rustix::process::Signal::HUP)
         .map_err(|e| RestartError::Signal(rec.pid, e.into()))?;

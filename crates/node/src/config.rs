@@ -13,6 +13,7 @@
 //! max_body = 1048576              # largest request body in bytes (413 beyond)
 //! max_copy = "1G"                 # most bytes one `spawngrid cp` moves (streamed)
 //! default_mem = "512M"            # memory limit of an env spawned without --mem
+//! mount_idle_secs = 600           # unmount a snapshot no env has used for this long (0: never)
 //!
 //! [capacity]                      # see crate::capacity
 //! max_envs = 512                  # envs on this node
@@ -50,6 +51,9 @@ pub struct Config {
     pub max_copy: String,
     /// Memory limit of an env spawned without one (bytes, or with K/M/G/T).
     pub default_mem: String,
+    /// Seconds a snapshot's mount stays after its last env is gone (0: until the node is
+    /// stopped and the mount unmounted by hand).
+    pub mount_idle_secs: u64,
     /// Capacity limits and the full-node policy.
     pub capacity: crate::capacity::CapacityConfig,
 }
@@ -66,6 +70,7 @@ impl Default for Config {
             max_body: api::MAX_BODY,
             max_copy: api::MAX_COPY.to_string(),
             default_mem: "512M".into(),
+            mount_idle_secs: 600,
             capacity: Default::default(),
         }
     }

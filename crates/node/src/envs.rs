@@ -55,7 +55,7 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
         )));
     }
     let score = crate::snapshots::resolve(&node.cat, user, &req.name, false)?;
-    let lower = crate::snapshots::mount(rt, score)?;
+    let lower = crate::snapshots::mount_for(node, score)?;
     let mut opts = SpawnOptions::new(&id, user, &lower);
     opts.hostname = Some(env.to_string());
     opts.snapshot = Some(score);

@@ -199,7 +199,7 @@ fn spawn_private(
             SEQ.fetch_add(1, Ordering::Relaxed)
         ),
     );
-    let lower = snapshots::mount(&node.rt, score)?;
+    let lower = snapshots::mount_for(node, score)?;
     let owner = format!("{inviter}{OWNER_MARK}");
     let mut opts = SpawnOptions::new(&id, &owner, &lower);
     opts.hostname = Some(hostname.to_string());

@@ -60,8 +60,11 @@ pub struct Node {
     pub limits: capacity::Limits,
     /// Sessions in progress and last activity of each env.
     pub activity: Arc<capacity::Activity>,
-    /// Held while a spawn decides and makes room, so two spawns cannot both take the last slot.
+    /// Held while a spawn decides and makes room, so two spawns cannot both take the last slot
+    /// (and while idle snapshot mounts are swept, so none goes under a spawn).
     pub admission: std::sync::Mutex<()>,
+    /// When each snapshot mount was last asked for or seen in use.
+    pub mount_uses: snapshots::MountUses,
     /// Counters and histograms for `/metrics`.
     pub metrics: metrics::Metrics,
 }
@@ -84,6 +87,7 @@ impl Node {
             limits,
             activity: Arc::default(),
             admission: std::sync::Mutex::new(()),
+            mount_uses: snapshots::MountUses::default(),
             metrics: metrics::Metrics::default(),
         })
     }
@@ -175,6 +179,7 @@ pub fn run(config: Config) -> Result<()> {
             host_key.fingerprint
         );
         let node = Arc::new(node);
+        snapshots::start_sweeping(node.clone());
         // One signal stops both listeners.
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut ssh_stop = stop.clone();

@@ -13,10 +13,11 @@ use axum::extract::State;
 use axum::response::Response;
 use library::{Library, Score};
 use runtime::Runtime;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The score of the name `user` addresses as `address` (their `NAME`, or `OWNER/NAME`
 /// shared with them; another user's name not shared with them is not found, like a missing
@@ -147,6 +148,94 @@ pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// When each snapshot's mount was last asked for (by a spawn) or seen in use (by a sweep).
+#[derive(Default)]
+pub struct MountUses(Mutex<HashMap<Score, Instant>>);
+
+impl MountUses {
+    fn touch(&self, score: Score) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(score, Instant::now());
+    }
+}
+
+/// [`mount`] for a spawn of the node: the mount counts as used now, so a sweep leaves it
+/// while the env is being made.
+pub fn mount_for(node: &Node, score: Score) -> Result<PathBuf> {
+    node.mount_uses.touch(score);
+    mount(&node.rt, score)
+}
+
+/// Unmounts the node's snapshot mounts that no env has used for `mount_idle_secs` (a mount
+/// first seen unused starts its clock then, so a restarted node waits the whole time too).
+/// Runs under the admission lock; an unmount that finds the mount busy leaves it.
+pub fn sweep_mounts(node: &Node) -> Result<()> {
+    let idle = Duration::from_secs(node.config.mount_idle_secs);
+    let _admitted = node.admission.lock().unwrap_or_else(|e| e.into_inner());
+    let live: HashSet<Score> = runtime::state::list(&node.rt)?
+        .iter()
+        .filter_map(|st| st.snapshot.as_deref()?.parse().ok())
+        .collect();
+    let registry = snapfs::mount::Registry::new(&node.rt.data);
+    let now = Instant::now();
+    let mut uses = node.mount_uses.0.lock().unwrap_or_else(|e| e.into_inner());
+    for rec in registry.records() {
+        let Ok(score) = rec.score.parse::<Score>() else {
+            continue;
+        };
+        // Only the node's own mounts (`lib mount` elsewhere is an admin's business).
+        if rec.dir
+            != node
+                .rt
+                .data
+                .join("mounts")
+                .join(score.to_hex())
+                .join("root")
+        {
+            continue;
+        }
+        if live.contains(&score) {
+            uses.insert(score, now);
+            continue;
+        }
+        let last = *uses.entry(score).or_insert(now);
+        if now.duration_since(last) < idle {
+            continue;
+        }
+        match snapfs::mount::unmount(&registry, &rec.dir, false) {
+            Ok(()) => {
+                tracing::info!(snapshot = %score.short(), "unmounted an idle snapshot");
+                uses.remove(&score);
+            }
+            Err(e) => tracing::debug!("sweeping an idle snapshot mount: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Sweeps idle snapshot mounts now and then (see [`sweep_mounts`]), unless
+/// `mount_idle_secs` is 0.
+pub fn start_sweeping(node: Arc<Node>) {
+    let idle = node.config.mount_idle_secs;
+    if idle == 0 {
+        return;
+    }
+    let every = Duration::from_secs((idle / 2).clamp(1, 60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let n = node.clone();
+            match tokio::task::spawn_blocking(move || sweep_mounts(&n)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("sweeping idle snapshot mounts: {e:#}"),
+                Err(e) => tracing::warn!("sweeping idle snapshot mounts: {e}"),
+            }
+        }
+    });
 }
 
 /// Restarts the server of every snapshot mount that runs a binary since replaced on disk (the

@@ -91,3 +91,48 @@ fn refusals_name_the_limit_and_change_nothing() {
     bob.ok("boom", &["base"]);
     bob.ok("boom", &["two"]);
 }
+
+/// A snapshot's mount stays while an env uses it, goes once none has for `mount_idle_secs`
+/// (its keeper and server with it), and comes back with the next spawn.
+#[test]
+fn idle_snapshot_mounts_are_unmounted() {
+    let site = Site::new("cap-sweep");
+    let config = site.config("mount_idle_secs = 1\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let user = site.user("alice");
+    user.login();
+    let mounts = site.data().join("mounts");
+    let records = || {
+        std::fs::read_dir(&mounts)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    user.ok("spawn", &["base", "--as", "swept"]);
+    assert_eq!(records(), 1);
+    // Several sweeps (every second) pass while the env runs: the mount stays.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert_eq!(user.exec("swept", "hostname").1, "swept\n");
+    assert!(mounted_under(&mounts) && records() == 1);
+    user.ok("boom", &["swept"]);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while mounted_under(&mounts) || records() > 0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the idle mount was never swept:\n{}",
+            site.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        site.log().contains("unmounted an idle snapshot"),
+        "{}",
+        site.log()
+    );
+    user.ok("spawn", &["base", "--as", "swept"]);
+    assert_eq!(user.exec("swept", "hostname").1, "swept\n");
+    user.ok("boom", &["swept"]);
+}

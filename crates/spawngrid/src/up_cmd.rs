@@ -74,6 +74,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     eprintln!(
         "spawngrid up: ready. Log in and spawn:\n  spawngrid login -h {host}:{port} -u {admin}\n  \
          spawngrid spawn -h {host}:{port} -u {admin} {BASE}\n  spawngrid cpu -h {host}:{port} -u {admin} {BASE}\n\
+         Or in a browser: https://{host}:{port}/ (a self-signed certificate: check its SHA-256 \
+         against the one `serve` prints).\n\
          Add users with `spawngrid user add USER`; they spawn {admin}/{BASE}.",
         admin = args.admin
     );

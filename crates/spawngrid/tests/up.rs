@@ -43,6 +43,15 @@ fn up_makes_a_working_node_once_and_keeps_it() {
         );
     };
     login();
+    // The same node serves the web UI, and `up` says where.
+    assert!(
+        site.log().contains("in a browser: https://127.0.0.1:"),
+        "{}",
+        site.log()
+    );
+    let (code, page) = site.raw("GET", "/", "{}", b"", false);
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>Spawngrid</title>"), "{page}");
     let scores = admin.ok("scores", &[]);
     assert!(scores.contains("base"), "{scores}");
     admin.ok("spawn", &["base"]);

@@ -7,6 +7,9 @@
 #   python3 bench/library.py [--spawngrid target/release/spawngrid] [--base DIR]
 #                            [--modified DIR] [--repeat N] [--tools spawngrid,restic,borg,tar]
 #
+# spawngrid also exports the second snapshot from its file cache (filled by a first export
+# with --fill-cache), next to the cold export. With --repeat, tools run round-robin.
+#
 # Without --base/--modified it calls scripts/rootfs.sh (cached debootstrap trees).
 # See bench/README.md for what is measured and how to read it.
 import json
@@ -195,9 +198,11 @@ class Bench:
 
     def run_tool(self, tool):
         self.fresh_work()
+        load = os.getloadavg()[0]
         try:
             r = getattr(self, f"run_{tool}")()
             r["ok"] = True
+            r["load_average_before"] = load
         except StepFailed as e:
             r = {"ok": False, "error": f"{tool} failed: {e}"}
             log(r["error"])
@@ -378,10 +383,13 @@ def main():
             for tool in tools:
                 if tool in unavailable:
                     log(unavailable[tool])
-                    continue
-                results[tool] = []
-                for i in range(a.repeat):
-                    log(f"{tool}: run {i + 1}/{a.repeat}")
+                else:
+                    results[tool] = []
+            # Round-robin (every tool once per round), so that load from other work on the
+            # machine falls on all tools alike rather than on whichever ran during it.
+            for i in range(a.repeat):
+                for tool in results:
+                    log(f"{tool}: run {i + 1}/{a.repeat} (load {os.getloadavg()[0]:.2f})")
                     results[tool].append(b.run_tool(tool))
     except StepFailed as e:
         print(f"bench: {e}", file=sys.stderr)

@@ -242,7 +242,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let (s, m) = error_of(site.raw("GET", "/api/nothing", "{}", b"", false));
     assert_eq!((s, m.contains("/api/nothing")), (404, true));
     // `/` is the web UI's page; other paths outside the API are not found.
-    assert_eq!(error_of(site.raw("GET", "/nothing", "{}", b"", false)).0, 404);
+    assert_eq!(
+        error_of(site.raw("GET", "/nothing", "{}", b"", false)).0,
+        404
+    );
     assert_eq!(
         error_of(site.raw("PUT", "/api/envs", &auth, b"", false)).0,
         405

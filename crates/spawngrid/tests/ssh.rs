@@ -791,10 +791,16 @@ impl russh::client::Handler for TrustAll {
     }
 }
 
-/// Runs `script` over SSH as `login` (on a terminal with `pty`), sends `sig` once the output
-/// shows `ready`, and returns what came back.
-async fn signalled(addr: &str, login: &str, pw: &str, pty: bool, script: &str) -> Seen {
-    use russh::ChannelMsg;
+/// A russh client logged in as `login` with `pw`, and a session channel of it (keep the
+/// client while the channel is used).
+async fn russh_session(
+    addr: &str,
+    login: &str,
+    pw: &str,
+) -> (
+    russh::client::Handle<TrustAll>,
+    russh::Channel<russh::client::Msg>,
+) {
     let config = std::sync::Arc::new(russh::client::Config::default());
     let mut conn = russh::client::connect(config, addr, TrustAll)
         .await
@@ -804,7 +810,15 @@ async fn signalled(addr: &str, login: &str, pw: &str, pty: bool, script: &str) -
         .await
         .unwrap()
         .success());
-    let mut ch = conn.channel_open_session().await.unwrap();
+    let ch = conn.channel_open_session().await.unwrap();
+    (conn, ch)
+}
+
+/// Runs `script` over SSH as `login` (on a terminal with `pty`), sends `sig` once the output
+/// shows `ready`, and returns what came back.
+async fn signalled(addr: &str, login: &str, pw: &str, pty: bool, script: &str) -> Seen {
+    use russh::ChannelMsg;
+    let (_conn, mut ch) = russh_session(addr, login, pw).await;
     if pty {
         ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
             .await
@@ -890,16 +904,7 @@ fn a_login_without_env_picks_from_a_menu_on_a_terminal() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (addr, pw) = (site.ssh_addr(), password(&alice));
     let session = async {
-        let config = std::sync::Arc::new(russh::client::Config::default());
-        let mut conn = russh::client::connect(config, addr.as_str(), TrustAll)
-            .await
-            .unwrap();
-        assert!(conn
-            .authenticate_password(alice.name.as_str(), pw.as_str())
-            .await
-            .unwrap()
-            .success());
-        let mut ch = conn.channel_open_session().await.unwrap();
+        let (_conn, mut ch) = russh_session(&addr, &alice.name, &pw).await;
         ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
             .await
             .unwrap();

@@ -39,6 +39,8 @@ pub const DEFAULT_TOKEN_DAYS: u64 = 30;
 pub mod routes {
     /// `POST`: [`LoginRequest`](crate::LoginRequest) → [`LoginResponse`](crate::LoginResponse).
     pub const LOGIN: &str = "/api/login";
+    /// `POST`: revokes the token the request carries → [`LogoutResponse`](crate::LogoutResponse).
+    pub const LOGOUT: &str = "/api/logout";
     /// `GET ?pattern=P`: the user's names → `Vec<`[`ScoreEntry`](crate::ScoreEntry)`>`.
     pub const SCORES: &str = "/api/scores";
     /// `POST`: [`SpawnRequest`](crate::SpawnRequest) → [`EnvInfo`](crate::EnvInfo);
@@ -216,6 +218,13 @@ pub struct LoginResponse {
     pub token: String,
     /// When the token stops working, seconds since the Unix epoch.
     pub expires: u64,
+}
+
+/// The answer to a logout: whose token no longer works.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogoutResponse {
+    /// The user the revoked token belonged to.
+    pub user: String,
 }
 
 impl std::fmt::Debug for LoginResponse {
@@ -653,6 +662,7 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         let want = [
             (routes::LOGIN, &["post"][..]),
+            (routes::LOGOUT, &["post"]),
             (routes::SCORES, &["get"]),
             (routes::ENVS, &["get", "post"]),
             (routes::ENV, &["delete"]),
@@ -688,6 +698,10 @@ mod tests {
                 assert!(value.get(req.as_str().unwrap()).is_some(), "{name}.{req}");
             }
         };
+        check(
+            "LogoutResponse",
+            serde_json::to_value(LogoutResponse { user: "u".into() }).unwrap(),
+        );
         check(
             "Notice",
             serde_json::to_value(Notice {

@@ -88,21 +88,23 @@ impl FromRequestParts<Arc<Node>> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized(
-                "no token: log in with `spawngrid login`",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`")
-            })?;
-        AuthUser::of_token(node, token).await
+        AuthUser::of_token(node, bearer(&parts.headers)?).await
     }
+}
+
+/// The token of a request's `Authorization: Bearer TOKEN` header, or 401.
+fn bearer(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "no token: log in with `spawngrid login`",
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`"))
 }
 
 impl AuthUser {
@@ -172,6 +174,20 @@ pub(crate) fn env_param(
 /// The client's address of a connection, put into its requests by [`serve`].
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub std::net::IpAddr);
+
+/// `POST /api/logout`: the token the request carries stops working (other tokens of the
+/// user, e.g. on other machines, do not).
+async fn logout(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers)?;
+    let n = node.clone();
+    blocking(move || Ok(n.cat.revoke_token(&token)?)).await?;
+    tracing::info!(user = %user, "logout");
+    Ok(ok(&api::LogoutResponse { user }))
+}
 
 async fn login(
     State(node): State<Arc<Node>>,
@@ -455,6 +471,7 @@ async fn access_log(
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route(routes::LOGIN, post(login))
+        .route(routes::LOGOUT, post(logout))
         .route(routes::SCORES, get(scores))
         .route(routes::ENVS, get(list_envs).post(spawn_env))
         .route(routes::ENV, delete(boom_env))

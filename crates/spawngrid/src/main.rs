@@ -41,6 +41,9 @@ enum Command {
     /// Log in to a node and store a token for -h HOST / -u USER.
     #[command(disable_help_flag = true)]
     Login(client::LoginArgs),
+    /// Log out of a node: it revokes the stored token, which is forgotten here.
+    #[command(disable_help_flag = true)]
+    Logout(client::LogoutArgs),
     /// List the names you may spawn.
     #[command(disable_help_flag = true)]
     Scores(client::ScoresArgs),
@@ -192,6 +195,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up_cmd::run(args),
         Command::User(args) => user_cmd::run(args, json),
         Command::Login(a) => client::login(a, json),
+        Command::Logout(a) => client::logout(a, json),
         Command::Scores(a) => client::scores(a, json),
         Command::Spawn(a) => client::spawn(a, json),
         Command::Exec(a) => client::exec(a, json),

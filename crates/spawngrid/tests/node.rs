@@ -508,3 +508,31 @@ fn an_address_guessing_many_users_is_slowed_down() {
         text(&out.stderr)
     );
 }
+
+/// `logout` revokes the token it was given (the user's other tokens, e.g. on another machine,
+/// keep working) and forgets it here; a second logout says there is nothing to log out of.
+#[test]
+fn logout_revokes_that_token_only() {
+    let site = Site::new("logout");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    let elsewhere = alice.token();
+    alice.login();
+    let here = alice.token();
+    assert_ne!(here, elsewhere);
+    let status_with = |token: &str| {
+        let auth = format!(r#"{{"Authorization": "Bearer {token}"}}"#);
+        site.raw("GET", "/api/envs", &auth, b"", false).0
+    };
+    assert_eq!(status_with(&here), 200);
+    let out = alice.ok("logout", &[]);
+    assert!(out.contains("logged out of"), "{out}");
+    assert_eq!(status_with(&here), 401);
+    assert_eq!(status_with(&elsewhere), 200);
+    assert!(alice.refused("status", &[]).contains("not logged in"));
+    assert!(alice
+        .refused("logout", &[])
+        .contains("nothing to log out of"));
+    assert!(site.log().contains("logout"), "{}", site.log());
+}

@@ -377,6 +377,8 @@ function showSignedIn(user) {
 
 function signOut() {
   closeTerminal();
+  // The node revokes the token (best effort: it is forgotten here either way).
+  if (sessionStorage.getItem(TOKEN)) api('POST', '/api/logout').catch(() => {});
   sessionStorage.removeItem(TOKEN);
   sessionStorage.removeItem(USER);
   scores = [];

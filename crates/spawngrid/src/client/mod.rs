@@ -83,6 +83,13 @@ pub struct LoginArgs {
     password_stdin: bool,
 }
 
+/// `spawngrid logout`.
+#[derive(Args)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
 /// `spawngrid scores`.
 #[derive(Args)]
 pub struct ScoresArgs {
@@ -247,6 +254,39 @@ pub fn login(a: LoginArgs, json: bool) -> Result<ExitCode> {
     } else {
         let days = r.expires.saturating_sub(runtime::state::now()) / 86_400;
         println!("logged in to {host} as {user} (token valid for {days} days)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid logout`: the node revokes the stored token, which is then forgotten here. A
+/// node that cannot be reached leaves the token forgotten but valid until it expires: said,
+/// with a non-zero exit.
+pub fn logout(a: LogoutArgs, json: bool) -> Result<ExitCode> {
+    let (host, user) = (a.node.host()?, a.node.user()?);
+    let mut tokens = Tokens::load()?;
+    let Some(stored) = tokens.get(&host, &user).cloned() else {
+        bail!("not logged in to {host} as {user}: nothing to log out of");
+    };
+    let revoked =
+        http::request(&host, "POST", routes::LOGOUT, Some(&stored.token), None).and_then(|resp| {
+            match resp.status {
+                // Already revoked or expired: nothing more to do on the node.
+                401 => Ok(()),
+                _ => decode::<api::LogoutResponse>(&host, resp).map(|_| ()),
+            }
+        });
+    tokens.remove(&host, &user)?;
+    if let Err(e) = revoked {
+        bail!(
+            "forgot the token for {user} on {host} here, but the node did not revoke it ({e:#}); \
+             it stays valid until it expires: log out again when the node is reachable, or \
+             change your password there"
+        );
+    }
+    if json {
+        print_json(&serde_json::json!({"host": host, "user": user}))?;
+    } else {
+        println!("logged out of {host} as {user} (the token no longer works)");
     }
     Ok(ExitCode::SUCCESS)
 }

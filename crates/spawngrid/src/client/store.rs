@@ -138,6 +138,23 @@ impl Tokens {
             .entry(host.to_string())
             .or_default()
             .insert(user.to_string(), token);
+        self.save()
+    }
+
+    /// Forgets the token of `user` on `host` and writes the file; whether there was one.
+    pub fn remove(&mut self, host: &str, user: &str) -> Result<bool> {
+        let Some(users) = self.nodes.get_mut(host) else {
+            return Ok(false);
+        };
+        let had = users.remove(user).is_some();
+        if users.is_empty() {
+            self.nodes.remove(host);
+        }
+        self.save()?;
+        Ok(had)
+    }
+
+    fn save(&self) -> Result<()> {
         let path = tokens_path()?;
         write_private(&path, &serde_json::to_vec_pretty(self)?, 0o600)
     }

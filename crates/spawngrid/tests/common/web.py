@@ -193,10 +193,17 @@ def story():
     wait(lambda: rows("envs", "env") == [] and shown("envs-empty"), "an empty env list")
     assert text("info") == "boomed web", text("info")
 
-    step("sign out")
+    step("sign out: the node revokes the token")
+    token = driver.execute_script("return sessionStorage.getItem('spawngrid.token')")
+    status_with = (
+        "return fetch('/api/envs', {headers: {Authorization: 'Bearer ' + arguments[0]}})"
+        ".then(r => r.status)"
+    )
+    assert driver.execute_script(status_with, token) == 200
     by_id("signout").click()
     wait(lambda: shown("signin") and not shown("app"), "the sign-in form")
     assert driver.execute_script("return sessionStorage.length") == 0
+    wait(lambda: driver.execute_script(status_with, token) == 401, "the old token refused")
     driver.refresh()
     wait(lambda: shown("signin") and not shown("app"), "still signed out after a reload")
 

@@ -86,6 +86,16 @@ impl Signals {
     }
 }
 
+/// How an attempt to replace a dead server ended.
+enum Replacement {
+    /// A new server answers the kernel.
+    Started(Child),
+    /// The mount went away meanwhile.
+    Unmounted,
+    /// Too many deaths in too little time.
+    GaveUp,
+}
+
 /// Whether the connection has ended (the filesystem was unmounted and its users are gone).
 fn disconnected(fuse: &OwnedFd) -> bool {
     let mut p = libc::pollfd {
@@ -256,6 +266,10 @@ pub fn keep(
         // Start a replacement; a replacement that fails counts as a crash too.
         let mut crashed = replace;
         let started = loop {
+            // Unmounted meanwhile: nothing left to serve.
+            if disconnected(&fuse) {
+                break Replacement::Unmounted;
+            }
             if crashed {
                 let now = Instant::now();
                 crashes.push_back(now);
@@ -263,24 +277,28 @@ pub fn keep(
                     crashes.pop_front();
                 }
                 if crashes.len() > MAX_CRASHES {
-                    break None;
+                    break Replacement::GaveUp;
                 }
             }
             match start(&server, &fuse, Some(offer)) {
-                Ok(s) => break Some(s.child),
+                Ok(s) => break Replacement::Started(s.child),
                 Err(e) => {
                     tracing::error!("starting a server: {e}");
                     crashed = true;
                 }
             }
         };
-        let Some(c) = started else {
-            tracing::error!(
-                "the server died more than {MAX_CRASHES} times in {} s: giving the mount up",
-                CRASH_WINDOW.as_secs()
-            );
-            detach();
-            break Err(std::io::Error::other("server crash loop"));
+        let c = match started {
+            Replacement::Started(c) => c,
+            Replacement::Unmounted => break Ok(()),
+            Replacement::GaveUp => {
+                tracing::error!(
+                    "the server died more than {MAX_CRASHES} times in {} s: giving the mount up",
+                    CRASH_WINDOW.as_secs()
+                );
+                detach();
+                break Err(std::io::Error::other("server crash loop"));
+            }
         };
         child = c;
         rec.server = child.id();

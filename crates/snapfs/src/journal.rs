@@ -70,16 +70,26 @@ impl Journal {
         Ok((j, live))
     }
 
-    /// Rewrites `path` with `live` (temp file + rename) and opens it for appending.
+    /// Rewrites `path` with `live` (temp file + rename, its directory made if missing) and
+    /// opens it for appending.
     fn write_live(path: &Path, live: HashMap<u64, u32>) -> std::io::Result<Journal> {
+        let named = |e: std::io::Error| {
+            std::io::Error::new(
+                e.kind(),
+                format!("backing-id journal {}: {e}", path.display()),
+            )
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(named)?;
+        }
         let tmp = path.with_extension("ids.tmp");
         let mut buf = Vec::with_capacity(live.len() * RECORD);
         for (&node, &id) in &live {
             buf.extend_from_slice(&record(node, id, true));
         }
-        std::fs::write(&tmp, &buf)?;
-        std::fs::rename(&tmp, path)?;
-        let file = OpenOptions::new().append(true).open(path)?;
+        std::fs::write(&tmp, &buf).map_err(named)?;
+        std::fs::rename(&tmp, path).map_err(named)?;
+        let file = OpenOptions::new().append(true).open(path).map_err(named)?;
         Ok(Journal {
             path: path.to_path_buf(),
             file,
@@ -140,6 +150,15 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 2 * RECORD as u64);
         let (_j, again) = Journal::adopt(&p).unwrap();
         assert_eq!(again, live);
+    }
+
+    #[test]
+    fn its_directory_is_made_if_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mounts/m.ids");
+        let mut j = Journal::create(&p).unwrap();
+        j.opened(1, 1);
+        assert_eq!(Journal::adopt(&p).unwrap().1, HashMap::from([(1, 1)]));
     }
 
     #[test]

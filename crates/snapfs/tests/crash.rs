@@ -325,3 +325,45 @@ fn killed_keeper_ends_the_mount_and_the_next_mount_recovers() {
     drop(f);
     lib_ok(&data, &["umount", at.to_str().unwrap()]);
 }
+
+#[test]
+fn a_foreground_mount_serves_until_unmounted() {
+    let Some((root, tmp, data)) = base_library() else {
+        return;
+    };
+    let at = tmp.path().join("mnt");
+    std::fs::create_dir_all(&at).unwrap();
+    // A fresh data directory has no DATA/mounts yet: the keeper makes what it needs.
+    assert!(!data.join("mounts").exists());
+    let mut keeper = std::process::Command::new(bin())
+        .arg("lib")
+        .arg("--data")
+        .arg(&data)
+        .args(["mount", "base"])
+        .arg(&at)
+        .arg("--foreground")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let m = Mounted {
+        data: data.clone(),
+        dir: at.canonicalize().unwrap(),
+    };
+    while snapfs::mount::Registry::new(&data).get(&m.dir).is_none() {
+        assert!(keeper.try_wait().unwrap().is_none(), "the keeper exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        m.record().pid,
+        keeper.id(),
+        "the command itself is the keeper"
+    );
+    assert_eq!(
+        std::fs::read(m.dir.join("etc/os-release")).unwrap(),
+        std::fs::read(root.join("etc/os-release")).unwrap()
+    );
+    lib_ok(&data, &["umount", m.dir.to_str().unwrap()]);
+    let out = keeper.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mounted"));
+}

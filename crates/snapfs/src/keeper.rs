@@ -145,9 +145,10 @@ fn start(
             clear_cloexec(f)?;
             clear_cloexec(wfd)?;
             // The server dies with its keeper: a mount has one keeper, or none.
+            // (No allocation here: errors are plain errno values.)
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != keeper
             {
-                return Err(std::io::Error::other("keeper gone"));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

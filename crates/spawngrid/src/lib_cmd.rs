@@ -96,7 +96,7 @@ struct ExportArgs {
     #[arg(long, conflicts_with = "fill_cache")]
     no_cache: bool,
     /// Also fetch every file the cache lacks into it (verified, as a mount would), so that
-    /// the next export, or a mount, finds it warm. Directory exports only.
+    /// the next export, or a mount, finds it warm.
     #[arg(long)]
     fill_cache: bool,
     /// Limit of the file cache when filling it (least recently used files are evicted).
@@ -334,17 +334,14 @@ impl Ctx {
             || [".tar", ".tar.gz", ".tgz", ".tar.zst"]
                 .iter()
                 .any(|s| dest.ends_with(s));
-        if is_tar && a.fill_cache {
-            bail!("--fill-cache works with directory exports only; export to a directory");
-        }
+        let source = self.export_cache(a)?;
+        let source = source
+            .as_ref()
+            .map(|s| s as &dyn library::export::dir::FileSource);
         let (entries, cached) = if is_tar {
-            export_tar_to(&lib, &snap, dest, &bar)?;
-            (snap.entries(), 0)
+            let cached = export_tar_to(&lib, &snap, dest, &bar, source)?;
+            (snap.entries(), cached)
         } else {
-            let source = self.export_cache(a)?;
-            let source = source
-                .as_ref()
-                .map(|s| s as &dyn library::export::dir::FileSource);
             let done =
                 library::export::dir::export_dir_from(&lib, &snap, Path::new(dest), &bar, source)?;
             (done.entries, done.bytes_from_source)
@@ -530,38 +527,49 @@ fn import_source(lib: &Library, path: &str, opts: &ImportOptions) -> Result<Impo
     )?)
 }
 
-/// Writes a tar of `snap` to `dest` (`-` for stdout), compressed by the file's extension.
+/// Writes a tar of `snap` to `dest` (`-` for stdout), compressed by the file's extension,
+/// taking file contents from `source` where it has them; returns the bytes taken from there.
 /// A file is written under a temporary name and renamed when complete.
-fn export_tar_to(lib: &Library, snap: &Snapshot, dest: &str, bar: &Bar) -> Result<()> {
+fn export_tar_to(
+    lib: &Library,
+    snap: &Snapshot,
+    dest: &str,
+    bar: &Bar,
+    source: Option<&dyn library::export::dir::FileSource>,
+) -> Result<u64> {
+    let tar = |w: &mut dyn std::io::Write| {
+        library::export::tar::export_tar_from(lib, snap, w, bar, source)
+    };
     if dest == "-" {
-        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        return Ok(library::export::tar::export_tar(lib, snap, out, bar)?);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        return Ok(tar(&mut out)?);
     }
     let tmp = format!("{dest}.partial");
-    let write = || -> Result<()> {
+    let write = || -> Result<u64> {
         let f = std::fs::File::create(&tmp).with_context(|| format!("creating {tmp}"))?;
         let w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let cached;
         if dest.ends_with(".tar.zst") {
             let mut z = zstd::Encoder::new(w, 3)?;
-            library::export::tar::export_tar(lib, snap, &mut z, bar)?;
+            cached = tar(&mut z)?;
             z.finish()?
                 .into_inner()
                 .map_err(|e| e.into_error())?
                 .sync_all()?;
         } else if dest.ends_with(".gz") || dest.ends_with(".tgz") {
             let mut z = flate2::write::GzEncoder::new(w, flate2::Compression::default());
-            library::export::tar::export_tar(lib, snap, &mut z, bar)?;
+            cached = tar(&mut z)?;
             z.finish()?
                 .into_inner()
                 .map_err(|e| e.into_error())?
                 .sync_all()?;
         } else {
             let mut w = w;
-            library::export::tar::export_tar(lib, snap, &mut w, bar)?;
+            cached = tar(&mut w)?;
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         std::fs::rename(&tmp, dest).with_context(|| format!("renaming {tmp} to {dest}"))?;
-        Ok(())
+        Ok(cached)
     };
     write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);

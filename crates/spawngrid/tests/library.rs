@@ -747,6 +747,16 @@ fn export_from_the_file_cache_is_exact_and_never_trusts_bad_copies() {
     let plain = lib.ok(true, &["export", "mod", &out("plain"), "--no-cache"]);
     assert_eq!(from_cache(&plain), 0);
 
+    // A tar from the warm cache is the same archive, byte for byte, as one from the library.
+    let tar_cold = lib.ok(true, &["export", "mod", &out("cold.tar"), "--no-cache"]);
+    let tar_warm = lib.ok(true, &["export", "mod", &out("warm.tar")]);
+    assert_eq!(from_cache(&tar_cold), 0);
+    assert_eq!(from_cache(&tar_warm), all);
+    assert!(
+        std::fs::read(t.join("cold.tar")).unwrap() == std::fs::read(t.join("warm.tar")).unwrap(),
+        "the warm tar differs from the cold one"
+    );
+
     // A cached file with a flipped byte (the largest: a chunked file, re-hashed chunk by chunk)
     // and a truncated one are not used: the library is read for them, the export stays exact.
     let files = cache_files(&lib.data.join("cache"));
@@ -763,6 +773,12 @@ fn export_from_the_file_cache_is_exact_and_never_trusts_bad_copies() {
     let f = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
     f.set_len(cut_len - 1).unwrap();
     let damaged = lib.ok(true, &["export", "mod", &out("damaged")]);
+    let damaged_tar = lib.ok(true, &["export", "mod", &out("damaged.tar")]);
+    assert!(from_cache(&damaged_tar) < all);
+    assert!(
+        std::fs::read(t.join("cold.tar")).unwrap() == std::fs::read(t.join("damaged.tar")).unwrap(),
+        "a tar past a damaged cache differs from the cold one"
+    );
     // (At most: a file with several names in the snapshot is written, and skipped, once.)
     assert!(
         from_cache(&damaged) <= all - flipped_len - cut_len,

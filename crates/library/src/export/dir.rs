@@ -273,33 +273,49 @@ fn write_file(
     Ok((n, copied))
 }
 
+/// The contents of a file of `size` bytes whose data is `data`, from `src`, if it has them with
+/// the right size and (unless the source verified them) the right hash: `None` means read the
+/// library. `path` names the file in warnings. The file is read from its start.
+pub(crate) fn from_source(
+    lib: &Library,
+    src: &dyn FileSource,
+    data: &FileData,
+    size: u64,
+    path: &str,
+) -> Result<Option<File>> {
+    let score = match data {
+        FileData::Empty => return Ok(None),
+        FileData::Blob(s) | FileData::Chunks(s) => *s,
+    };
+    let Some(m) = src.open(lib, &score, data) else {
+        return Ok(None);
+    };
+    if m.file.metadata().map(|md| md.len()).ok() != Some(size) {
+        tracing::warn!(%score, %path, "cached file has the wrong size; reading the library");
+        return Ok(None);
+    }
+    if !m.verified && !matches_score(lib, data, size, &m.file)? {
+        tracing::warn!(%score, %path, "cached file does not match its score; reading the library");
+        return Ok(None);
+    }
+    Ok(Some(m.file))
+}
+
 /// Copies the job's contents from `src` into the new, empty `dest` if the source has them
-/// with the right size (and, unless the source verified them, the right hash); returns whether
-/// it did. A copy that fails half-way is an error (the export is then removed).
+/// (see [`from_source`]); returns whether it did. A copy that fails half-way is an error (the
+/// export is then removed).
 fn copy_from_source(
     lib: &Library,
     src: &dyn FileSource,
     job: &FileJob,
     dest: &File,
 ) -> Result<bool> {
-    let score = match job.data {
-        FileData::Empty => return Ok(false),
-        FileData::Blob(s) | FileData::Chunks(s) => s,
-    };
-    let Some(m) = src.open(lib, &score, &job.data) else {
+    let shown = job.path.display().to_string();
+    let Some(file) = from_source(lib, src, &job.data, job.size, &shown)? else {
         return Ok(false);
     };
-    let size = m.file.metadata().map(|md| md.len()).ok();
-    if size != Some(job.size) {
-        tracing::warn!(%score, path = %job.path.display(), "cached file has the wrong size; reading the library");
-        return Ok(false);
-    }
-    if !m.verified && !matches_score(lib, &job.data, job.size, &m.file)? {
-        tracing::warn!(%score, path = %job.path.display(), "cached file does not match its score; reading the library");
-        return Ok(false);
-    }
     // std's copy uses copy_file_range (then sendfile, then read/write) for file to file.
-    let copied = std::io::copy(&mut (&m.file).take(job.size), &mut &*dest)
+    let copied = std::io::copy(&mut (&file).take(job.size), &mut &*dest)
         .map_err(|e| Error::io("copying into", &job.path, e))?;
     if copied != job.size {
         return Err(Error::BadInput(format!(

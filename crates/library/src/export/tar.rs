@@ -4,8 +4,10 @@
 //! The archive starts with a `./` entry for the root, then walks the snapshot depth-first in
 //! canonical order, each directory before its children. The second and later members of a
 //! hardlink group are written as links to the first. File bodies are streamed one stored
-//! blob at a time.
+//! blob at a time, or, with a [`FileSource`] that has a file (checked as the directory
+//! exporter checks it), copied from there.
 
+use crate::export::dir::{self, FileSource};
 use crate::pack::ObjectKind;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, FileData, Meta};
@@ -26,20 +28,36 @@ pub fn export_tar(
     w: impl Write,
     progress: &dyn Progress,
 ) -> Result<()> {
+    export_tar_from(lib, snap, w, progress, None).map(|_| ())
+}
+
+/// Like [`export_tar`], taking file contents from `source` where it has them; returns how many
+/// file bytes came from there. The archive is the same byte for byte either way.
+pub fn export_tar_from(
+    lib: &Library,
+    snap: &Snapshot,
+    w: impl Write,
+    progress: &dyn Progress,
+    source: Option<&dyn FileSource>,
+) -> Result<u64> {
     progress.total(snap.bytes());
     let mut out = TarWriter {
         lib,
         progress,
+        source,
+        from_source: 0,
         tar: tar::Builder::new(w),
         first_of_group: HashMap::new(),
     };
     out.entry(b"./", &snap.root)?;
     out.dir(&snap.tree(), b"./")?;
+    let from_source = out.from_source;
     let mut w = out
         .tar
         .into_inner()
         .map_err(|e| write_err("end of archive", e))?;
-    w.flush().map_err(|e| write_err("end of archive", e))
+    w.flush().map_err(|e| write_err("end of archive", e))?;
+    Ok(from_source)
 }
 
 fn write_err(path: &str, e: io::Error) -> Error {
@@ -52,6 +70,9 @@ type Pax = Vec<(String, Vec<u8>)>;
 struct TarWriter<'a, W: Write> {
     lib: &'a Library,
     progress: &'a dyn Progress,
+    source: Option<&'a dyn FileSource>,
+    /// File bytes copied from `source`.
+    from_source: u64,
     tar: tar::Builder<W>,
     /// Archive path of the first member written of each hardlink group.
     first_of_group: HashMap<[u8; 16], Vec<u8>>,
@@ -129,8 +150,23 @@ impl<W: Write> TarWriter<'_, W> {
         None
     }
 
-    /// Appends a regular file's header and its bytes, streamed from the library.
+    /// Appends a regular file's header and its bytes, copied from the source or streamed from
+    /// the library.
     fn body(&mut self, h: &Header, data: &FileData, size: u64, shown: &str) -> Result<()> {
+        if let Some(src) = self.source {
+            if let Some(file) = dir::from_source(self.lib, src, data, size, shown)? {
+                let mut body = Exact {
+                    r: (&file).take(size),
+                    left: size,
+                    progress: self.progress,
+                };
+                self.tar
+                    .append(h, &mut body)
+                    .map_err(|e| write_err(shown, e))?;
+                self.from_source += size;
+                return Ok(());
+            }
+        }
         let mut body = Body {
             lib: self.lib,
             progress: self.progress,
@@ -206,6 +242,29 @@ fn put_dev(h: &mut Header, rdev: u64) {
     let ustar = h.as_ustar_mut().expect("a ustar header");
     ustar.set_device_major(libc::major(rdev));
     ustar.set_device_minor(libc::minor(rdev));
+}
+
+/// A source's copy of a file, which must hold exactly the entry's size (it could shrink while
+/// being read: an error then, never a short member).
+struct Exact<'a, R: Read> {
+    r: R,
+    left: u64,
+    progress: &'a dyn Progress,
+}
+
+impl<R: Read> Read for Exact<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(out)?;
+        if n == 0 && self.left > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the cached copy shrank while being read; export again",
+            ));
+        }
+        self.left -= n as u64;
+        self.progress.bytes(n as u64);
+        Ok(n)
+    }
 }
 
 /// A file's bytes read blob by blob from the library, checked against the entry's size.

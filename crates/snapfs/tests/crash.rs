@@ -188,21 +188,7 @@ fn restart_replaces_the_server_with_the_binary_now_on_disk() {
     std::fs::copy(bin(), &installed).unwrap();
     let at = tmp.path().join("mnt");
     std::fs::create_dir_all(&at).unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&installed)
-            .arg("lib")
-            .arg("--data")
-            .arg(&data)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| lib_ok_of(&installed, &data, args);
     run(&["mount", "base", at.to_str().unwrap()]);
     let m = Mounted {
         data: data.clone(),

@@ -39,7 +39,12 @@ pub fn bin() -> PathBuf {
 
 /// Runs `spawngrid lib --data DATA ARGS...`.
 pub fn lib(data: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
+    lib_of(&bin(), data, args)
+}
+
+/// Runs `EXE lib --data DATA ARGS...` (a spawngrid binary other than the one built).
+pub fn lib_of(exe: &Path, data: &Path, args: &[&str]) -> Output {
+    Command::new(exe)
         .arg("lib")
         .arg("--data")
         .arg(data)
@@ -50,7 +55,12 @@ pub fn lib(data: &Path, args: &[&str]) -> Output {
 
 /// Like [`lib`], failing the test (with its stderr) unless it succeeds; returns stdout.
 pub fn lib_ok(data: &Path, args: &[&str]) -> String {
-    let out = lib(data, args);
+    lib_ok_of(&bin(), data, args)
+}
+
+/// Like [`lib_of`], failing the test unless it succeeds; returns stdout.
+pub fn lib_ok_of(exe: &Path, data: &Path, args: &[&str]) -> String {
+    let out = lib_of(exe, data, args);
     assert!(
         out.status.success(),
         "spawngrid lib {args:?} failed: {}",

@@ -28,6 +28,7 @@ mod fixture;
 pub mod gc;
 pub mod import;
 pub mod lease;
+pub mod names;
 pub mod overlay;
 pub mod pack;
 pub mod progress;

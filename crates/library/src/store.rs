@@ -188,6 +188,11 @@ impl Library {
         Ok(lib)
     }
 
+    /// Whether `backend` holds a library (its configuration).
+    pub fn exists_at(backend: &dyn Backend) -> Result<bool> {
+        backend.exists(CONFIG_KEY)
+    }
+
     /// Opens the library at `backend`, creating it with default parameters if there is none.
     pub fn open_or_init(backend: Arc<dyn Backend>) -> Result<Library> {
         if backend.exists(CONFIG_KEY)? {
@@ -437,6 +442,11 @@ impl Library {
             .values()
             .map(|v| v.0)
             .sum()
+    }
+
+    /// Bytes of every pack in the backend now (one listing; the index may be older).
+    pub fn packed_bytes(&self) -> Result<u64> {
+        Ok(self.backend.list(PACKS)?.iter().map(|(_, n)| n).sum())
     }
 
     /// Number of distinct objects in the index.

@@ -22,6 +22,12 @@
 //! user_max_mem = "4G"             # per user
 //! policy = "refuse"               # or "evict": boom the longest-idle env of the user most
 //!                                 # over their fair share
+//!
+//! [store]                         # where the library and catalog live (store::config);
+//! library = "s3://spawngrid/lib"  # default: DATA/library and DATA/catalog.db. Recorded in
+//!                                 # DATA/store.toml for local commands; without this table
+//!                                 # the node uses what DATA/store.toml says
+//! catalog = "postgres://spawngrid:PASSWORD@db:5432/spawngrid"
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -56,6 +62,8 @@ pub struct Config {
     pub mount_idle_secs: u64,
     /// Capacity limits and the full-node policy.
     pub capacity: crate::capacity::CapacityConfig,
+    /// Where the library and the catalog live (`None`: as recorded in the data directory).
+    pub store: Option<store::StoreConfig>,
 }
 
 impl Default for Config {
@@ -72,6 +80,7 @@ impl Default for Config {
             default_mem: "512M".into(),
             mount_idle_secs: 600,
             capacity: Default::default(),
+            store: Default::default(),
         }
     }
 }

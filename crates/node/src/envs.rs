@@ -12,14 +12,13 @@ use crate::Node;
 use anyhow::{Context, Result};
 use api::{Attach, EnvInfo, ExecResponse, SaveResponse, SpawnRequest};
 use axum::http::StatusCode;
-use library::{Library, LocalBackend, Score};
+use library::Score;
 use runtime::cgroup::Limits;
 use runtime::{EnvState, SpawnOptions};
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsFd, OwnedFd};
 use std::io::Write;
-use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The runtime env id of `user`'s env `env`.
@@ -476,10 +475,13 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
             user_env_name(st, user)
         )));
     }
-    let lib = open_library(&node.rt.data)?;
+    let lib = node.store.library()?;
     let start = Instant::now();
     let _busy = node.activity.session(&st.name);
-    let imported = runtime::save::save(&node.rt, &st.name, &lib, &node.cat, user, name);
+    let imported = runtime::save::save(&node.rt, &st.name, &lib).and_then(|saved| {
+        node.cat.bind(user, name, saved.imported.score)?;
+        Ok(saved.imported)
+    });
     let outcome = if imported.is_ok() { "ok" } else { "error" };
     node.metrics
         .inc("spawngrid_saves_total", &[("result", outcome)]);
@@ -501,14 +503,6 @@ pub fn boom(node: &Node, st: &EnvState) -> Result<(), ApiError> {
     forget(node, &st.name);
     node.metrics.inc("spawngrid_booms_total", &[]);
     Ok(())
-}
-
-/// The node's library.
-pub fn open_library(data: &Path) -> Result<Library> {
-    let root = data.join("library");
-    let backend = LocalBackend::open(&root)
-        .with_context(|| format!("opening library in {}", root.display()))?;
-    Ok(Library::open(Arc::new(backend))?)
 }
 
 #[cfg(test)]

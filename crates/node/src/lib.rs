@@ -48,6 +48,8 @@ pub struct Node {
     pub config: Config,
     /// The env runtime on the data directory (its helper is this executable).
     pub rt: runtime::Runtime,
+    /// Where the library and the catalog live, and the data directory's layout.
+    pub store: store::Store,
     /// The catalog: names, users, tokens.
     pub cat: Arc<catalog::Catalog>,
     /// Recent failed logins.
@@ -74,12 +76,15 @@ impl Node {
     pub fn open(config: Config) -> Result<Node> {
         let exe = runtime::helper::self_exe();
         let rt = runtime::Runtime::new(&config.data, exe)?;
-        let cat = catalog::Catalog::open(rt.data.join("catalog.db"))?;
-        let sizes = snapshots::Sizes::new(&rt.data);
+        let data = store::DataDir::new(&config.data);
+        let store = store::Store::for_node(data, config.store.as_ref())?;
+        let cat = store.catalog()?;
+        let sizes = snapshots::Sizes::new(store.clone());
         let limits = config.capacity.limits(host_memory()?)?;
         Ok(Node {
             config,
             rt,
+            store,
             cat: Arc::new(cat),
             backoff: auth::Backoff::default(),
             name: host_name(),

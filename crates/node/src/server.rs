@@ -358,7 +358,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let text = blocking(move || {
         let envs = runtime::state::list(&node.rt)?;
         let running = envs.iter().filter(|st| st.alive()).count();
-        let packs = crate::metrics::dir_bytes(&node.rt.data.join("library"));
+        let packs = match node.sizes.library() {
+            Some(lib) => lib.packed_bytes().map_err(anyhow::Error::from)?,
+            None => 0,
+        };
         let gauges = [
             ("spawngrid_envs", "envs on this node", envs.len() as f64),
             (

@@ -14,7 +14,7 @@ use axum::response::Response;
 use library::{Library, Score};
 use runtime::Runtime;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -263,16 +263,16 @@ pub fn upgrade_mounts(rt: &Runtime) {
 /// The library is opened on first use and its index reloaded when a snapshot is not in it
 /// (imported or repacked by another process since).
 pub struct Sizes {
-    data: PathBuf,
+    store: store::Store,
     lib: Mutex<Option<Arc<Library>>>,
     known: Mutex<HashMap<Score, u64>>,
 }
 
 impl Sizes {
-    /// Sizes of the snapshots in `DATA/library`.
-    pub fn new(data: &Path) -> Sizes {
+    /// Sizes of the snapshots in `store`'s library.
+    pub fn new(store: store::Store) -> Sizes {
         Sizes {
-            data: data.to_path_buf(),
+            store,
             lib: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
         }
@@ -288,13 +288,7 @@ impl Sizes {
         {
             return Some(*n);
         }
-        let lib = {
-            let mut slot = self.lib.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
-                *slot = crate::envs::open_library(&self.data).ok().map(Arc::new);
-            }
-            slot.clone()?
-        };
+        let lib = self.library()?;
         let snap = match lib.snapshot(score) {
             Ok(s) => s,
             Err(_) => {
@@ -308,5 +302,14 @@ impl Sizes {
             .unwrap_or_else(|e| e.into_inner())
             .insert(*score, n);
         Some(n)
+    }
+
+    /// The library, opened on first use (`None` while there is none).
+    pub fn library(&self) -> Option<Arc<Library>> {
+        let mut slot = self.lib.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = self.store.library().ok().map(Arc::new);
+        }
+        slot.clone()
     }
 }

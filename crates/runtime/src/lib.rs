@@ -110,8 +110,8 @@ pub fn check_env_name(name: &str) -> Result<()> {
         bail!("bad env name {name:?}: at most one '+' (ENV+USER)");
     }
     for part in parts {
-        if let Err(e) = catalog::check_name(part) {
-            bail!("bad env name {name:?}: {e}");
+        if let Some(rule) = library::names::rule_broken(part) {
+            bail!("bad env name {name:?}: invalid name {part:?}: {rule}");
         }
         if part.contains([',', ':']) {
             bail!("bad env name {name:?}: no ',' or ':' (they separate overlay options)");

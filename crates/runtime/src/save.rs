@@ -1,27 +1,33 @@
-//! Save: capture a running env's write layer as a new snapshot (diff-apply on its parent) and
-//! bind a name to it, with the env frozen for a consistent point-in-time capture.
+//! Save: capture a running env's write layer as a new snapshot (diff-apply on its parent),
+//! with the env frozen for a consistent point-in-time capture.
+//!
+//! The runtime knows nothing of names: [`save`] returns what it stored together with the
+//! library lease that keeps gc away from it, and the caller binds a name before dropping it.
 
 use crate::cgroup::Cgroup;
 use crate::state;
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
 use library::import::{ImportOptions, Imported};
-use library::lease::LeaseKind;
+use library::lease::{Lease, LeaseKind};
 use library::{Library, Score};
 use std::time::Duration;
 
 /// How long a save waits for a running gc to finish.
 const LEASE_WAIT: Duration = Duration::from_secs(60);
 
-/// Saves env `env` as the new name `new_name` of `owner`. The env keeps running.
-pub fn save(
-    rt: &Runtime,
-    env: &str,
-    lib: &Library,
-    cat: &catalog::Catalog,
-    owner: &str,
-    new_name: &str,
-) -> Result<Imported> {
+/// What a save stored, and the shared lease that keeps gc from reclaiming it: hold it until
+/// a name reaches the snapshot (then gc keeps it for the name's sake).
+pub struct Saved {
+    /// The new snapshot and what the import noticed.
+    pub imported: Imported,
+    /// The library lease taken for the save.
+    pub lease: Lease,
+}
+
+/// Saves env `env` as a new snapshot, a child of the one it was spawned from. The env keeps
+/// running.
+pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
     let st = state::load(rt, env)?;
     if !st.alive() {
         bail!("env {env} is not running; boom it");
@@ -34,19 +40,14 @@ pub fn save(
             "env {env} was spawned from a plain directory, not a snapshot: nothing to save against"
         ),
     };
-    catalog::check_name(new_name)?;
-    if cat.resolve(owner, new_name).is_ok() {
-        bail!("name {new_name} is already bound (names are bound once)");
-    }
-    let _lease = lib.lease(LeaseKind::Shared, LEASE_WAIT, &|_| {})?;
+    let lease = lib.lease(LeaseKind::Shared, LEASE_WAIT, &|_| {})?;
     let cg = Cgroup::new(&rt.cgroups, env);
     cg.freeze()?;
     let captured = capture(rt, &st, lib, parent);
     let thawed = cg.thaw();
     let imported = captured?;
     thawed?;
-    cat.bind(owner, new_name, imported.score)?;
-    Ok(imported)
+    Ok(Saved { imported, lease })
 }
 
 /// Syncs and reads the (frozen) env's upper into a child snapshot of `parent`.

@@ -7,11 +7,10 @@ use library::{Library, LocalBackend, Score};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A library and catalog in `dir`, with the busybox root imported as `base`.
-fn library_with_base(dir: &Path) -> (Library, catalog::Catalog, Score) {
+/// A library in `dir` with the busybox root imported.
+fn library_with_base(dir: &Path) -> (Library, Score) {
     let lib =
         Library::open_or_init(Arc::new(LocalBackend::open(dir.join("library")).unwrap())).unwrap();
-    let cat = catalog::Catalog::open(dir.join("catalog.db")).unwrap();
     let opts = library::import::ImportOptions {
         author: "tester".into(),
         note: "base".into(),
@@ -19,8 +18,7 @@ fn library_with_base(dir: &Path) -> (Library, catalog::Catalog, Score) {
         progress: &library::progress::Silent,
     };
     let imported = library::import::dir::import_dir(&lib, &busybox(), &opts).unwrap();
-    cat.bind("tester", "base", imported.score).unwrap();
-    (lib, cat, imported.score)
+    (lib, imported.score)
 }
 
 fn export(lib: &Library, score: Score, dest: &Path) {
@@ -31,7 +29,7 @@ fn export(lib: &Library, score: Score, dest: &Path) {
 #[test]
 fn save_boom_respawn_shows_the_saved_state() {
     let node = TestNode::new();
-    let (lib, cat, base) = library_with_base(node.path());
+    let (lib, base) = library_with_base(node.path());
     let lower = node.path().join("base");
     export(&lib, base, &lower);
 
@@ -44,15 +42,15 @@ fn save_boom_respawn_shows_the_saved_state() {
          touch -d '2020-01-02 03:04:05' /root/f && mkdir -p /srv/d && ln -s ../root/f /srv/d/link && \
          rm /etc/group && echo owned-by-root > /tmp/x",
     );
-    let imported =
-        runtime::save::save(&node.rt, &env.state.name, &lib, &cat, "tester", "saved").unwrap();
+    let imported = runtime::save::save(&node.rt, &env.state.name, &lib)
+        .unwrap()
+        .imported;
     // The env keeps running and can be saved again.
     assert_eq!(env.ok("cat /root/f"), "data\n");
     // The lower was not written.
     assert!(!lower.join("root/f").exists() && lower.join("etc/group").exists());
     drop(env);
 
-    assert_eq!(cat.resolve("tester", "saved").unwrap(), imported.score);
     let lower2 = node.path().join("saved");
     export(&lib, imported.score, &lower2);
     let mut opts = node.opts("saved");
@@ -70,18 +68,26 @@ fn save_boom_respawn_shows_the_saved_state() {
 }
 
 #[test]
-fn save_refuses_a_bound_name_and_thaws() {
+fn a_save_keeps_gc_away_until_its_lease_is_dropped() {
     let node = TestNode::new();
-    let (lib, cat, base) = library_with_base(node.path());
+    let (lib, base) = library_with_base(node.path());
     let lower = node.path().join("base");
     export(&lib, base, &lower);
     let mut opts = node.opts("refuse");
     opts.lower = lower;
     opts.snapshot = Some(base);
     let env = Env::spawn(&node.rt, &opts);
-    let err =
-        runtime::save::save(&node.rt, &env.state.name, &lib, &cat, "tester", "base").unwrap_err();
-    assert!(format!("{err:#}").contains("already bound"), "{err:#}");
+    let saved = runtime::save::save(&node.rt, &env.state.name, &lib).unwrap();
+    // Until the caller has bound a name and dropped the lease, gc cannot start.
+    let wait = std::time::Duration::from_millis(300);
+    let gc = library::lease::LeaseKind::Exclusive;
+    let err = lib
+        .lease(gc, wait, &|_| {})
+        .err()
+        .expect("gc ran during a save");
+    assert!(matches!(err, library::Error::Locked(_)), "{err}");
+    drop(saved);
+    drop(lib.lease(gc, wait, &|_| {}).unwrap());
     // Commands still run (the env is not left frozen).
     assert_eq!(env.ok("echo alive"), "alive\n");
 }
@@ -89,7 +95,7 @@ fn save_refuses_a_bound_name_and_thaws() {
 #[test]
 fn save_while_writing_is_a_point_in_time_capture() {
     let node = TestNode::new();
-    let (lib, cat, base) = library_with_base(node.path());
+    let (lib, base) = library_with_base(node.path());
     let lower = node.path().join("base");
     export(&lib, base, &lower);
     let mut opts = node.opts("busy");
@@ -103,10 +109,11 @@ fn save_while_writing_is_a_point_in_time_capture() {
     );
     std::thread::sleep(std::time::Duration::from_millis(100));
     let mut saved = Vec::new();
-    for n in 0..3 {
-        let name = format!("busy{n}");
+    for _ in 0..3 {
         saved.push(
-            runtime::save::save(&node.rt, &env.state.name, &lib, &cat, "tester", &name).unwrap(),
+            runtime::save::save(&node.rt, &env.state.name, &lib)
+                .unwrap()
+                .imported,
         );
     }
     // The writer was thawed and still runs.
@@ -132,7 +139,7 @@ fn save_while_writing_is_a_point_in_time_capture() {
 #[test]
 fn hostile_content_in_the_upper_is_saved_not_followed() {
     let node = TestNode::new();
-    let (lib, cat, base) = library_with_base(node.path());
+    let (lib, base) = library_with_base(node.path());
     let lower = node.path().join("base");
     export(&lib, base, &lower);
     let mut opts = node.opts("hostile");
@@ -149,8 +156,9 @@ fn hostile_content_in_the_upper_is_saved_not_followed() {
          (while true; do echo more >> grow; done) >/dev/null 2>&1 &",
         secret.display()
     ));
-    let imp =
-        runtime::save::save(&node.rt, &env.state.name, &lib, &cat, "tester", "hostile").unwrap();
+    let imp = runtime::save::save(&node.rt, &env.state.name, &lib)
+        .unwrap()
+        .imported;
     let dir = node.path().join("hostile-export");
     export(&lib, imp.score, &dir);
     let root = dir.join("root");

@@ -1,7 +1,7 @@
 //! `spawngrid env ...`: root-only local commands that drive the runtime on a node's data
 //! directory: spawn, exec, save, boom, ls. (The node daemon will serve the same operations.)
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use runtime::cgroup::Limits;
 use runtime::{Runtime, SpawnOptions};
@@ -124,10 +124,16 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             crate::cpu_cmd::cpu(&rt, &st, cmd)
         }
         EnvCommand::Save { env, new_name } => {
-            let lib = node::envs::open_library(&args.data.path)?;
-            let cat = catalog::Catalog::open(args.data.path.join("catalog.db"))?;
+            let store = args.data.store()?;
+            let (lib, cat) = (store.library()?, store.catalog()?);
+            catalog::check_name(&new_name)?;
+            if cat.resolve(&args.owner, &new_name).is_ok() {
+                bail!("name {new_name} is already bound (names are bound once)");
+            }
             let start = Instant::now();
-            let imp = runtime::save::save(&rt, &env, &lib, &cat, &args.owner, &new_name)?;
+            let saved = runtime::save::save(&rt, &env, &lib)?;
+            cat.bind(&args.owner, &new_name, saved.imported.score)?;
+            let imp = saved.imported;
             let secs = start.elapsed().as_secs_f64();
             if json {
                 println!(
@@ -178,7 +184,7 @@ fn spawn(
             .with_context(|| format!("resolving {source}"))?;
         (SpawnOptions::new(&env, owner, &lower), source.to_string())
     } else {
-        let cat = catalog::Catalog::open(rt.data.join("catalog.db"))?;
+        let cat = store::Store::open(store::DataDir::new(&rt.data))?.catalog()?;
         let score = node::snapshots::resolve(&cat, owner, source, true).with_context(|| {
             format!("{source} is neither a directory nor a name or score of {owner}")
         })?;

@@ -6,13 +6,14 @@ use catalog::Catalog;
 use clap::{Args, Subcommand};
 use library::import::{ImportOptions, Imported};
 use library::lease::{Lease, LeaseKind};
-use library::{Library, LocalBackend, Score, Snapshot};
+use library::{Library, Score, Snapshot};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use store::Store;
 
 /// Arguments of `spawngrid lib`.
 #[derive(Args)]
@@ -145,7 +146,7 @@ impl library::export::dir::FileSource for CacheSource {
 /// Runs a `lib` subcommand.
 pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
     let ctx = Ctx {
-        data: args.data.path,
+        store: args.data.store()?,
         owner: args.owner,
         json,
     };
@@ -163,17 +164,17 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
         LibCommand::Verify => ctx.verify(),
         LibCommand::Gc => ctx.gc(),
         LibCommand::Stats => ctx.stats(),
-        LibCommand::Mount(m) => crate::mount_cmd::mount(&ctx.data, &ctx.owner, m),
-        LibCommand::Umount(u) => crate::mount_cmd::umount(&ctx.data, u),
-        LibCommand::Restart(r) => crate::mount_cmd::restart(&ctx.data, r),
+        LibCommand::Mount(m) => crate::mount_cmd::mount(&ctx.store, &ctx.owner, m),
+        LibCommand::Umount(u) => crate::mount_cmd::umount(ctx.store.data().root(), u),
+        LibCommand::Restart(r) => crate::mount_cmd::restart(ctx.store.data().root(), r),
     }
 }
 
-/// Imports `path` as `owner`'s name `name` in the library of `data` (what `lib import` does,
+/// Imports `path` as `owner`'s name `name` in `store`'s library (what `lib import` does,
 /// with its progress bar and report; used by `spawngrid up`).
-pub fn import(data: &Path, owner: &str, name: &str, path: &Path, note: String) -> Result<()> {
+pub fn import(store: &Store, owner: &str, name: &str, path: &Path, note: String) -> Result<()> {
     let ctx = Ctx {
-        data: data.to_path_buf(),
+        store: store.clone(),
         owner: owner.to_string(),
         json: false,
     };
@@ -185,7 +186,7 @@ pub fn import(data: &Path, owner: &str, name: &str, path: &Path, note: String) -
 }
 
 struct Ctx {
-    data: PathBuf,
+    store: Store,
     owner: String,
     json: bool,
 }
@@ -201,22 +202,14 @@ fn print_json(v: serde_json::Value) {
 
 impl Ctx {
     fn library(&self, create: bool) -> Result<Library> {
-        let root = self.data.join("library");
-        if !create && !root.join("config").exists() {
-            bail!(
-                "no library in {} (import something first, or pass --data DIR)",
-                self.data.display()
-            );
+        match create {
+            true => self.store.library_or_init(),
+            false => self.store.library(),
         }
-        let backend = LocalBackend::open(&root)
-            .with_context(|| format!("opening library in {}", root.display()))?;
-        Ok(Library::open_or_init(Arc::new(backend))?)
     }
 
     fn catalog(&self) -> Result<Catalog> {
-        std::fs::create_dir_all(&self.data)
-            .with_context(|| format!("creating {}", self.data.display()))?;
-        Ok(Catalog::open(self.data.join("catalog.db"))?)
+        self.store.catalog()
     }
 
     fn lease(&self, lib: &Library, kind: LeaseKind) -> Result<Lease> {
@@ -299,7 +292,7 @@ impl Ctx {
 
     /// The file cache `lib export` reads (and, with --fill-cache, fills), if it is used.
     fn export_cache(&self, a: &ExportArgs) -> Result<Option<CacheSource>> {
-        let dir = a.cache.clone().unwrap_or_else(|| self.data.join("cache"));
+        let dir = a.cache.clone().unwrap_or_else(|| self.store.data().cache());
         if a.no_cache {
             return Ok(None);
         }

@@ -148,6 +148,13 @@ pub struct DataDir {
     pub path: std::path::PathBuf,
 }
 
+impl DataDir {
+    /// The store of this data directory (as its node recorded it; else the embedded one).
+    pub fn store(&self) -> anyhow::Result<store::Store> {
+        store::Store::open(store::DataDir::new(&self.path))
+    }
+}
+
 /// The command line, with `orc` put in front of the arguments when the binary runs under the
 /// name `gridorc` (the seed's name for the loop).
 fn args() -> Vec<std::ffi::OsString> {

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use library::{Library, LocalBackend, Score};
+use library::Score;
 use snapfs::adopt::Offer;
 use snapfs::keeper::{self, Handoff, KeepOptions};
 use snapfs::mount::{self, Registry, State};
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use store::Store;
 
 /// Arguments of `lib mount`.
 #[derive(Args)]
@@ -81,31 +82,22 @@ pub struct RestartArgs {
     dir: PathBuf,
 }
 
-fn open_library(data: &Path) -> Result<Arc<Library>> {
-    let lib_dir = data.join("library");
-    if !lib_dir.join("config").exists() {
-        bail!("no library in {} (pass --data DIR)", data.display());
-    }
-    Ok(Arc::new(Library::open(Arc::new(LocalBackend::open(
-        &lib_dir,
-    )?))?))
-}
-
 /// Runs `lib mount`.
-pub fn mount(data: &Path, owner: &str, a: MountArgs) -> Result<ExitCode> {
+pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
+    let data = store.data().root();
     let dir = mount_point(&a.dir)?;
     let cache_size = node::config::parse_size(&a.cache_size)?;
-    let cache_dir = a.cache.clone().unwrap_or_else(|| data.join("cache"));
+    let cache_dir = a.cache.clone().unwrap_or_else(|| store.data().cache());
     if let (Some(fd), Some(ready)) = (a.serve_fd, a.ready_fd) {
-        return serve_mount(data, &a, &dir, fd, ready, cache_dir, cache_size);
+        return serve_mount(store, &a, &dir, fd, ready, cache_dir, cache_size);
     }
     if a.keep {
         return keep_mount(data, owner, &a, &dir, &cache_dir);
     }
-    let lib = open_library(data)?;
+    let lib = Arc::new(store.library()?);
     let score = match a.name.parse::<Score>() {
         Ok(s) => s,
-        Err(_) => catalog::Catalog::open(data.join("catalog.db"))?.resolve(owner, &a.name)?,
+        Err(_) => store.catalog()?.resolve(owner, &a.name)?,
     };
     let snap = lib
         .snapshot(&score)
@@ -246,7 +238,7 @@ fn keep_mount(
 
 /// The server (`lib mount --serve-fd N --ready-fd M [--adopt OFFER]`), started by a keeper.
 fn serve_mount(
-    data: &Path,
+    store: &Store,
     a: &MountArgs,
     dir: &Path,
     fd: i32,
@@ -256,7 +248,8 @@ fn serve_mount(
 ) -> Result<ExitCode> {
     // SAFETY: the keeper hands these descriptors over to this process alone.
     let (fuse, ready) = unsafe { (OwnedFd::from_raw_fd(fd), OwnedFd::from_raw_fd(ready)) };
-    let lib = open_library(data)?;
+    let data = store.data().root();
+    let lib = Arc::new(store.library()?);
     let score: Score = a
         .name
         .parse()

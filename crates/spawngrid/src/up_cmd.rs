@@ -49,8 +49,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     }
     let config = crate::serve_config(&args.serve)?;
     let data = config.data.clone();
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let cat = catalog::Catalog::open(data.join("catalog.db"))?;
+    let store = store::Store::for_node(store::DataDir::new(&data), config.store.as_ref())?;
+    let cat = store.catalog()?;
     ensure_admin(&cat, &args.admin)?;
     if cat.resolve(&args.admin, BASE).is_ok() {
         eprintln!(
@@ -61,8 +61,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         drop(cat);
         let (root, note, _tmp) = base_root(&args, &data)?;
         eprintln!("spawngrid up: importing {} as {BASE}", root.display());
-        crate::lib_cmd::import(&data, &args.admin, BASE, &root, note)?;
-        let cat = catalog::Catalog::open(data.join("catalog.db"))?;
+        crate::lib_cmd::import(&store, &args.admin, BASE, &root, note)?;
+        let cat = store.catalog()?;
         // Every user, present and future, may spawn it as ADMIN/base.
         cat.share(&args.admin, BASE, catalog::shares::EVERYONE)?;
     }

@@ -124,11 +124,8 @@ pub fn new_password(user: &str, from_stdin: bool) -> Result<String> {
 
 /// Runs `spawngrid user ...`.
 pub fn run(args: UserArgs, json: bool) -> Result<ExitCode> {
-    let data = &args.data.path;
-    let open = || -> Result<catalog::Catalog> {
-        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        Ok(catalog::Catalog::open(data.join("catalog.db"))?)
-    };
+    let store = args.data.store()?;
+    let open = || store.catalog();
     let done = |what: &str, user: &str| {
         if json {
             println!("{}", serde_json::json!({"user": user, "done": what}));
@@ -166,7 +163,7 @@ pub fn run(args: UserArgs, json: bool) -> Result<ExitCode> {
         }
         UserCommand::Del { user } => {
             let exe = std::env::current_exe().context("finding this executable")?;
-            let rt = runtime::Runtime::new(data, exe)?;
+            let rt = runtime::Runtime::new(store.data().root(), exe)?;
             node::users::delete_user(&rt, &open()?, &user)?;
             done("deleted user", &user);
         }

@@ -1,0 +1,214 @@
+//! Spawngrid's store seam: the one place that knows where a node keeps things.
+//!
+//! A node, and every local command, asks a [`Store`] for its library and its catalog and
+//! never learns which engines they run on: the embedded default (a data directory with local
+//! packs and a SQLite catalog) or a grid's (an S3 bucket and PostgreSQL). The data directory's
+//! own layout is [`DataDir`]'s; the `[store]` configuration table is [`StoreConfig`].
+//!
+//! A node started with a `[store]` table records it in `DATA/store.toml` ([`Store::configure`]),
+//! so every local command and helper process on that data directory ([`Store::open`]: `lib`,
+//! `user`, the snapfs mount servers) reaches the same library and catalog as the node.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod layout;
+
+pub use config::{CatalogAt, LibraryAt, S3Config, StoreConfig};
+pub use layout::DataDir;
+
+use anyhow::{bail, Context, Result};
+use catalog::Catalog;
+use library::{Backend, Library, LocalBackend};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+/// A node's data directory and where its library and catalog live.
+#[derive(Clone, Debug)]
+pub struct Store {
+    data: DataDir,
+    library: LibraryAt,
+    catalog: CatalogAt,
+    s3: S3Config,
+}
+
+impl Store {
+    /// The store a configuration describes, over the data directory `data`; missing keys take
+    /// the embedded default. Nothing is opened yet.
+    pub fn new(data: DataDir, config: &StoreConfig) -> Result<Store> {
+        let library = match &config.library {
+            Some(s) => LibraryAt::parse(s)?,
+            None => LibraryAt::Dir(data.library()),
+        };
+        let catalog = match &config.catalog {
+            Some(s) => CatalogAt::parse(s)?,
+            None => CatalogAt::Sqlite(data.catalog_db()),
+        };
+        Ok(Store {
+            data,
+            library,
+            catalog,
+            s3: config.s3.clone(),
+        })
+    }
+
+    /// The store recorded for `data` by its node ([`Store::configure`]), or the embedded
+    /// default, `DATA/library` and `DATA/catalog.db`, when none was.
+    pub fn open(data: DataDir) -> Result<Store> {
+        let path = data.store_toml();
+        let config = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).with_context(|| {
+                format!("reading {} (the node's [store] table)", path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreConfig::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Store::new(data, &config)
+    }
+
+    /// A node's store: its configuration's `[store]` table when it has one (recorded, see
+    /// [`Store::configure`]), else what the data directory records ([`Store::open`]).
+    pub fn for_node(data: DataDir, table: Option<&StoreConfig>) -> Result<Store> {
+        match table {
+            Some(table) => Store::configure(data, table),
+            None => Store::open(data),
+        }
+    }
+
+    /// The store `config` describes, recorded in `DATA/store.toml` (created with the data
+    /// directory if missing, mode 0600, replaced atomically) for later [`Store::open`]s.
+    pub fn configure(data: DataDir, config: &StoreConfig) -> Result<Store> {
+        let store = Store::new(data, config)?;
+        let dir = store.data.root();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let text = toml::to_string(config).context("writing the [store] table")?;
+        let path = store.data.store_toml();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".store.toml.")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .with_context(|| format!("writing {}", path.display()))?;
+        tmp.write_all(text.as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+        tmp.persist(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(store)
+    }
+
+    /// The node-local data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// Where the library lives.
+    pub fn library_at(&self) -> &LibraryAt {
+        &self.library
+    }
+
+    /// Where the catalog lives.
+    pub fn catalog_at(&self) -> &CatalogAt {
+        &self.catalog
+    }
+
+    /// How to reach an S3 library (`[store.s3]`).
+    pub fn s3(&self) -> &S3Config {
+        &self.s3
+    }
+
+    /// Opens the catalog (a SQLite catalog and its directory are created if missing).
+    pub fn catalog(&self) -> Result<Catalog> {
+        match &self.catalog {
+            CatalogAt::Sqlite(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                Ok(Catalog::open(path)?)
+            }
+            CatalogAt::Postgres(_) => bail!(
+                "store catalog {}: this spawngrid has no PostgreSQL catalog",
+                self.catalog.describe()
+            ),
+        }
+    }
+
+    /// The library's backend.
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        match &self.library {
+            LibraryAt::Dir(dir) => {
+                Ok(Arc::new(LocalBackend::open(dir).with_context(|| {
+                    format!("opening library in {}", dir.display())
+                })?))
+            }
+            LibraryAt::S3 { .. } => bail!(
+                "store library {}: this spawngrid has no S3 backend",
+                self.library.describe()
+            ),
+        }
+    }
+
+    /// Opens the existing library; one line saying how to make one when there is none.
+    pub fn library(&self) -> Result<Library> {
+        let backend = self.backend()?;
+        if !Library::exists_at(backend.as_ref())? {
+            bail!(
+                "no library in {} (import something first, or pass --data DIR)",
+                self.library.describe()
+            );
+        }
+        Ok(Library::open(backend)?)
+    }
+
+    /// Opens the library, creating an empty one if there is none.
+    pub fn library_or_init(&self) -> Result<Library> {
+        Ok(Library::open_or_init(self.backend()?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_table_is_what_local_commands_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path().join("data"));
+        let embedded = Store::open(data.clone()).unwrap();
+        assert_eq!(embedded.library_at(), &LibraryAt::Dir(data.library()));
+        assert_eq!(embedded.catalog_at(), &CatalogAt::Sqlite(data.catalog_db()));
+        let table = StoreConfig {
+            library: Some("s3://grid/lib".into()),
+            catalog: Some(format!("sqlite:{}", dir.path().join("shared.db").display())),
+            s3: S3Config {
+                secret_access_key: Some("k".into()),
+                ..S3Config::default()
+            },
+        };
+        Store::configure(data.clone(), &table).unwrap();
+        let mode = std::fs::metadata(data.store_toml()).unwrap().permissions();
+        assert_eq!(mode.mode() & 0o777, 0o600);
+        let reopened = Store::open(data.clone()).unwrap();
+        assert_eq!(reopened.library_at().describe(), "s3://grid/lib");
+        assert_eq!(reopened.s3().secret_access_key.as_deref(), Some("k"));
+        // A node without a [store] table keeps what was recorded.
+        let node = Store::for_node(data.clone(), None).unwrap();
+        assert_eq!(node.catalog_at(), reopened.catalog_at());
+        node.catalog()
+            .unwrap()
+            .bind("a", "b", library::Score::of(b"x"))
+            .unwrap();
+        assert!(dir.path().join("shared.db").exists() && !data.catalog_db().exists());
+    }
+
+    #[test]
+    fn a_missing_library_says_how_to_make_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(DataDir::new(dir.path())).unwrap();
+        let err = store.library().err().unwrap().to_string();
+        assert!(err.starts_with("no library in file:"), "{err}");
+        store.library_or_init().unwrap();
+        store.library().unwrap();
+    }
+}

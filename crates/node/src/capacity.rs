@@ -7,7 +7,7 @@
 //! is active while a session (exec, cpu, SSH) runs in it ([`Activity::session`]); its idle time
 //! counts from the end of its last session, or from its spawn.
 
-use crate::config::parse_size;
+use crate::units::parse_size;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};

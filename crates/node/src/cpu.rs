@@ -20,9 +20,9 @@
 //! offered beside [`PROTOCOL`], which the node answers with (never in the URL: URLs end up
 //! in logs).
 
-use crate::error::{chain, ApiError};
+use crate::error::{chain, Error};
+use crate::http::{blocking, env_param, AuthUser};
 use crate::pty::{self, Pty};
-use crate::server::{blocking, env_param, AuthUser};
 use crate::{envs, Node};
 use api::CpuMessage;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -49,9 +49,9 @@ pub const BEARER_PROTOCOL: &str = "bearer.";
 pub struct CpuUser(pub String);
 
 impl FromRequestParts<Arc<Node>> for CpuUser {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Error> {
         let user = match protocol_token(&parts.headers) {
             Some(token) if !parts.headers.contains_key(header::AUTHORIZATION) => {
                 AuthUser::of_token(node, token).await?
@@ -89,20 +89,20 @@ struct Session {
 
 impl Session {
     /// From the query: the command (JSON array, default the login shell) and the size.
-    fn from_query(q: api::CpuQuery) -> Result<Session, ApiError> {
+    fn from_query(q: api::CpuQuery) -> Result<Session, Error> {
         let argv = match q.cmd.as_deref() {
             None => pty::login_shell(),
             Some(text) => {
                 let argv: Vec<String> = serde_json::from_str(text).map_err(|e| {
-                    ApiError::bad_request(format!("cmd must be a JSON array of strings: {e}"))
+                    Error::invalid(format!("cmd must be a JSON array of strings: {e}"))
                 })?;
                 if argv.first().is_none_or(String::is_empty) {
-                    return Err(ApiError::bad_request(
+                    return Err(Error::invalid(
                         "cmd must name a command (a non-empty first element)",
                     ));
                 }
                 if argv.iter().any(|a| a.contains('\0')) {
-                    return Err(ApiError::bad_request("cmd must not contain NUL bytes"));
+                    return Err(Error::invalid("cmd must not contain NUL bytes"));
                 }
                 argv
             }
@@ -122,15 +122,15 @@ pub async fn cpu(
     env: Result<Path<String>, PathRejection>,
     query: Result<Query<api::CpuQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let env = env_param(env)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let Query(q) = query.map_err(|e| Error::invalid(format!("bad query: {e}")))?;
     let session = Session::from_query(q)?;
     let n = node.clone();
     let st = blocking(move || {
         let st = envs::load_own(&n, &user, &env)?;
         if !st.alive() {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "env {env} is not running: boom it"
             )));
         }
@@ -139,7 +139,7 @@ pub async fn cpu(
     })
     .await?;
     let upgrade = upgrade.map_err(|e| {
-        ApiError::bad_request(format!(
+        Error::invalid(format!(
             "{}: this route is a WebSocket (use `spawngrid cpu`)",
             e.body_text()
         ))
@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(s.argv, ["ls", "-l"]);
         for cmd in ["ls", "[]", r#"[""]"#, r#"["a\u0000"]"#] {
             let e = Session::from_query(query(Some(cmd))).err().unwrap();
-            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{cmd:?}");
+            assert_eq!(e.kind, crate::error::Kind::Invalid, "{cmd:?}");
         }
     }
 }

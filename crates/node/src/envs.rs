@@ -7,11 +7,10 @@
 //! them in `spawn_blocking`.
 
 use crate::capacity::{self, Decision, Usage};
-use crate::error::ApiError;
+use crate::error::{Error, Kind};
 use crate::Node;
 use anyhow::{Context, Result};
 use api::{Attach, EnvInfo, ExecResponse, SaveResponse, SpawnRequest};
-use axum::http::StatusCode;
 use library::Score;
 use runtime::cgroup::Limits;
 use runtime::{EnvState, SpawnOptions};
@@ -27,29 +26,29 @@ pub fn env_id(user: &str, env: &str) -> String {
 }
 
 /// Checks a user-given name (env or snapshot name) with the catalog's rule; 400 if broken.
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    catalog::check_name(name).map_err(|e| ApiError::bad_request(format!("bad {what}: {e}")))?;
+fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    catalog::check_name(name).map_err(|e| Error::invalid(format!("bad {what}: {e}")))?;
     Ok(())
 }
 
 /// The answer for an env the user does not have (missing, or someone else's).
-fn no_env(env: &str) -> ApiError {
-    ApiError::not_found(format!(
+fn no_env(env: &str) -> Error {
+    Error::not_found(format!(
         "you have no env {env} on this node (list them with `spawngrid status`)"
     ))
 }
 
 /// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
-pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, ApiError> {
+pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Error> {
     let name = crate::snapshots::check_address(user, &req.name)?;
     let env = req.as_env.as_deref().unwrap_or(name);
     check_name("env name", env)?;
     let id = env_id(user, env);
     runtime::check_env_name(&id)
-        .map_err(|e| ApiError::bad_request(format!("{e:#} (choose another env name with --as)")))?;
+        .map_err(|e| Error::invalid(format!("{e:#} (choose another env name with --as)")))?;
     let rt = &node.rt;
     if rt.env_dir(&id)?.exists() {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "you already have an env {env}: boom it, or spawn with --as ANOTHER"
         )));
     }
@@ -66,7 +65,7 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
     };
     let memory = req.mem.unwrap_or_else(|| node.config.default_mem_bytes());
     if memory < api::MIN_MEM {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "mem {memory} is too small: an env needs at least {} (16M)",
             api::MIN_MEM
         )));
@@ -98,17 +97,17 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Ap
             if let Err(e) = node.cat.record_env(&record) {
                 // Not half-done: an env the catalog does not know is boomed again.
                 let _ = runtime::boom::boom(rt, &st.name);
-                return Err(ApiError::internal(
+                return Err(Error::internal(
                     &anyhow::Error::new(e).context(format!("recording env {env}")),
                 ));
             }
             Ok(st)
         }
         // Two spawns of one env at once: the runtime's create_dir decided.
-        Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(ApiError::conflict(format!(
+        Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(Error::conflict(format!(
             "you already have an env {env}: boom it, or spawn with --as ANOTHER"
         ))),
-        Err(e) => Err(ApiError::internal(&e.context(format!("spawning {env}")))),
+        Err(e) => Err(Error::internal(&e.context(format!("spawning {env}")))),
     }
 }
 
@@ -119,7 +118,7 @@ pub fn spawn_admitted(
     node: &Node,
     user: &str,
     opts: &SpawnOptions,
-) -> Result<anyhow::Result<EnvState>, ApiError> {
+) -> Result<anyhow::Result<EnvState>, Error> {
     let admitted = node.admission.lock().unwrap_or_else(|e| e.into_inner());
     make_room(node, user, opts.limits.memory)?;
     let result = runtime::spawn::spawn(&node.rt, opts);
@@ -130,7 +129,7 @@ pub fn spawn_admitted(
 /// Admits one more env of `user` reserving `mem` bytes, evicting envs if the capacity
 /// policy says so (each evicted owner gets a notice), or refuses with 503. An invite's
 /// temporary env counts as its inviter's.
-fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
+fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), Error> {
     let envs = runtime::state::list(&node.rt)?;
     let usage: Vec<Usage> = envs
         .iter()
@@ -150,9 +149,9 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
         })
         .collect();
     match capacity::decide(&node.limits, &usage, user, mem) {
-        Decision::Full(why) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)),
-        Decision::OverLimit(why) => Err(ApiError::conflict(why)),
-        Decision::TooBig(why) => Err(ApiError::bad_request(why)),
+        Decision::Full(why) => Err(Error::new(Kind::Unavailable, why)),
+        Decision::OverLimit(why) => Err(Error::conflict(why)),
+        Decision::TooBig(why) => Err(Error::invalid(why)),
         Decision::Admit(evict) => {
             for id in evict {
                 let Some(st) = envs.iter().find(|st| st.name == id) else {
@@ -160,7 +159,7 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), ApiError> {
                 };
                 let idle = usage.iter().find(|u| u.id == id).map_or(0, |u| u.idle);
                 runtime::boom::boom(&node.rt, &id)
-                    .map_err(|e| ApiError::internal(&e.context(format!("evicting {id}"))))?;
+                    .map_err(|e| Error::internal(&e.context(format!("evicting {id}"))))?;
                 forget(node, &id);
                 node.metrics.inc("spawngrid_evictions_total", &[]);
                 let message = format!(
@@ -227,7 +226,7 @@ fn idle_text(secs: u64) -> String {
 }
 
 /// `user`'s env `env`, or 404 (also for another user's env).
-pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, ApiError> {
+pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, Error> {
     check_name("env name", env)?;
     let id = env_id(user, env);
     if runtime::check_env_name(&id).is_err() {
@@ -248,7 +247,7 @@ fn user_env_name<'a>(st: &'a EnvState, user: &str) -> &'a str {
 }
 
 /// `user`'s envs on this node, sorted by name.
-pub fn list(node: &Node, user: &str, host: &str) -> Result<Vec<EnvInfo>, ApiError> {
+pub fn list(node: &Node, user: &str, host: &str) -> Result<Vec<EnvInfo>, Error> {
     let envs = runtime::state::list(&node.rt)?;
     Ok(envs
         .iter()
@@ -330,15 +329,15 @@ pub fn exec(
     st: &EnvState,
     argv: &[String],
     stdin: Option<Vec<u8>>,
-) -> Result<ExecResponse, ApiError> {
+) -> Result<ExecResponse, Error> {
     if argv.is_empty() || argv[0].is_empty() {
-        return Err(ApiError::bad_request("no command: argv must not be empty"));
+        return Err(Error::invalid("no command: argv must not be empty"));
     }
     if argv.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::bad_request("argv must not contain NUL bytes"));
+        return Err(Error::invalid("argv must not contain NUL bytes"));
     }
     if !st.alive() {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "env {} is not running: boom it",
             st.name
         )));
@@ -356,7 +355,7 @@ pub fn exec(
         None => null.as_fd(),
     };
     let started = runtime::service::start(rt, st, argv, &[], [in_fd, out_w.as_fd(), err_w.as_fd()])
-        .map_err(|e| ApiError::internal(&e.context(format!("running {:?}", argv[0]))))?;
+        .map_err(|e| Error::internal(&e.context(format!("running {:?}", argv[0]))))?;
     drop((out_w, err_w));
     // Feed stdin from a thread (the command may not read it all, or read it late).
     let feeder = stdin_pipe.map(|(r, w)| {
@@ -462,15 +461,15 @@ fn collect(out: OwnedFd, err: OwnedFd, exited: &mpsc::Receiver<Result<i32>>) -> 
 }
 
 /// Saves `user`'s env as their new name `name`.
-pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveResponse, ApiError> {
+pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveResponse, Error> {
     check_name("name", name)?;
     if node.cat.resolve(user, name).is_ok() {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "you already have a name {name} (names are bound once, forever): choose another"
         )));
     }
     if !st.alive() {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "env {} is not running: boom it",
             user_env_name(st, user)
         )));
@@ -498,7 +497,7 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
 }
 
 /// Booms `user`'s env.
-pub fn boom(node: &Node, st: &EnvState) -> Result<(), ApiError> {
+pub fn boom(node: &Node, st: &EnvState) -> Result<(), Error> {
     runtime::boom::boom(&node.rt, &st.name)?;
     forget(node, &st.name);
     node.metrics.inc("spawngrid_booms_total", &[]);

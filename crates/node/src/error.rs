@@ -1,50 +1,82 @@
-//! The API's error: an HTTP status and one line, sent as `{"error": "..."}`.
+//! The node's error: what kind of failure, and one line naming what failed and what to do.
+//!
+//! The service code (envs, snapshots, users, invites, files) returns it and knows nothing of
+//! the protocols; HTTP maps the [`Kind`] to a status in one place ([`crate::http`]) and the
+//! SSH gateway shows the line as text ([`crate::ssh`]).
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+/// What kind of failure an [`Error`] is: the distinctions a client acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The request is malformed or invalid.
+    Invalid,
+    /// No valid token, or wrong credentials.
+    Unauthorized,
+    /// Authenticated, but not allowed.
+    Forbidden,
+    /// No such thing (also for other users' things, so existence does not leak).
+    NotFound,
+    /// The request conflicts with the current state.
+    Conflict,
+    /// More data than the node accepts.
+    TooLarge,
+    /// Understood, but the content cannot be used.
+    Unprocessable,
+    /// Too many attempts: wait.
+    TooMany,
+    /// The node (or the grid) has no room now, or a store is unreachable: try again later.
+    Unavailable,
+    /// An internal failure.
+    Internal,
+}
 
-/// An error answer: status plus a one-line message naming what failed and what to do.
+/// A failure: its kind and a one-line message naming what failed and what to do.
 #[derive(Debug)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
+pub struct Error {
+    /// What kind of failure.
+    pub kind: Kind,
     /// The message (one line).
     pub message: String,
 }
 
-impl ApiError {
-    /// An error with `status` and `message` (newlines folded into spaces).
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+impl Error {
+    /// An error of `kind` with `message` (newlines folded into spaces).
+    pub fn new(kind: Kind, message: impl Into<String>) -> Error {
         let message: String = message.into();
-        ApiError {
-            status,
+        Error {
+            kind,
             message: message.split_whitespace().collect::<Vec<_>>().join(" "),
         }
     }
 
-    /// 400: the request is malformed or invalid.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
+    /// The request is malformed or invalid.
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::new(Kind::Invalid, message)
     }
 
-    /// 401: no valid token, or wrong credentials.
-    pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    /// No valid token, or wrong credentials.
+    pub fn unauthorized(message: impl Into<String>) -> Error {
+        Error::new(Kind::Unauthorized, message)
     }
 
-    /// 404: no such thing (also for other users' things, so existence does not leak).
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, message)
+    /// No such thing.
+    pub fn not_found(message: impl Into<String>) -> Error {
+        Error::new(Kind::NotFound, message)
     }
 
-    /// 409: the request conflicts with the current state.
-    pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, message)
+    /// The request conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> Error {
+        Error::new(Kind::Conflict, message)
     }
 
-    /// 500 from an internal failure: its whole context chain on one line.
-    pub fn internal(e: &anyhow::Error) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, chain(e))
+    /// An internal failure: its whole context chain on one line.
+    pub fn internal(e: &anyhow::Error) -> Error {
+        Error::new(Kind::Internal, chain(e))
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -56,36 +88,25 @@ pub fn chain(e: &anyhow::Error) -> String {
         .join(": ")
 }
 
-impl From<catalog::Error> for ApiError {
-    fn from(e: catalog::Error) -> ApiError {
-        let status = match &e {
-            catalog::Error::NotFound { .. } | catalog::Error::NoUser { .. } => {
-                StatusCode::NOT_FOUND
-            }
+impl From<catalog::Error> for Error {
+    fn from(e: catalog::Error) -> Error {
+        let kind = match &e {
+            catalog::Error::NotFound { .. } | catalog::Error::NoUser { .. } => Kind::NotFound,
             catalog::Error::AlreadyBound { .. } | catalog::Error::UserExists { .. } => {
-                StatusCode::CONFLICT
+                Kind::Conflict
             }
-            catalog::Error::Invalid { .. } => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+            catalog::Error::Invalid { .. } => Kind::Invalid,
+            _ => Kind::Internal,
         };
-        ApiError::new(status, e.to_string())
+        Error::new(kind, e.to_string())
     }
 }
 
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> ApiError {
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Error {
         match e.downcast::<catalog::Error>() {
             Ok(c) => c.into(),
-            Err(e) => ApiError::internal(&e),
+            Err(e) => Error::internal(&e),
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = api::ErrorBody {
-            error: self.message,
-        };
-        crate::server::json(self.status, &body)
     }
 }

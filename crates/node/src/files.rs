@@ -12,13 +12,13 @@
 //! passed through [`filter`] on its way to tar, which refuses absolute names, `..` and names
 //! below a symlink of the same archive, whatever tar the env has.
 
-use crate::error::ApiError;
-use crate::server::{blocking, env_param, ok, AuthUser};
+use crate::error::{Error, Kind};
+use crate::http::{blocking, env_param, ok, AuthUser};
 use crate::{envs, Node};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use rustix::fd::{AsFd, OwnedFd};
@@ -76,12 +76,12 @@ pub fn split_path(path: &str) -> Result<(String, String), String> {
 /// The query's path, split, or 400.
 fn query_path(
     query: Result<Query<api::FilesQuery>, QueryRejection>,
-) -> Result<(String, String, String), ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+) -> Result<(String, String, String), Error> {
+    let Query(q) = query.map_err(|e| Error::invalid(format!("bad query: {e}")))?;
     if q.path.contains('\0') {
-        return Err(ApiError::bad_request("path must not contain NUL bytes"));
+        return Err(Error::invalid("path must not contain NUL bytes"));
     }
-    let (dir, name) = split_path(&q.path).map_err(ApiError::bad_request)?;
+    let (dir, name) = split_path(&q.path).map_err(Error::invalid)?;
     Ok((q.path, dir, name))
 }
 
@@ -90,12 +90,12 @@ async fn running_env(
     node: &Arc<Node>,
     user: String,
     env: String,
-) -> Result<runtime::EnvState, ApiError> {
+) -> Result<runtime::EnvState, Error> {
     let node = node.clone();
     blocking(move || {
         let st = envs::load_own(&node, &user, &env)?;
         if !st.alive() {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "env {env} is not running: boom it"
             )));
         }
@@ -120,9 +120,9 @@ impl Started {
         argv: Vec<String>,
         stdin: OwnedFd,
         stdout: Option<OwnedFd>,
-    ) -> Result<Started, ApiError> {
+    ) -> Result<Started, Error> {
         let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| ApiError::internal(&anyhow::anyhow!("making a pipe: {e}")))?;
+            .map_err(|e| Error::internal(&anyhow::anyhow!("making a pipe: {e}")))?;
         let busy = node.activity.session(&st.name);
         let (node, st) = (node.clone(), st.clone());
         let started = blocking(move || {
@@ -134,7 +134,7 @@ impl Started {
                 &[],
                 [stdin.as_fd(), out, err_w.as_fd()],
             )
-            .map_err(|e| ApiError::internal(&e.context("starting tar in the env")))
+            .map_err(|e| Error::internal(&e.context("starting tar in the env")))
         })
         .await?;
         // The env counts as in use until the copy's tar exits.
@@ -143,7 +143,7 @@ impl Started {
             started.wait()
         });
         let mut err = pipe::Receiver::from_owned_fd(err_r)
-            .map_err(|e| ApiError::internal(&anyhow::anyhow!("watching tar's stderr: {e}")))?;
+            .map_err(|e| Error::internal(&anyhow::anyhow!("watching tar's stderr: {e}")))?;
         let stderr = tokio::spawn(async move {
             let (mut kept, mut buf) = (Vec::new(), vec![0u8; 4096]);
             while let Ok(n @ 1..) = err.read(&mut buf).await {
@@ -171,12 +171,12 @@ impl Started {
 }
 
 /// The error for tar failing in env `env` with `code` and `stderr`.
-fn tar_failed(env: &str, code: i32, stderr: &str) -> ApiError {
+fn tar_failed(env: &str, code: i32, stderr: &str) -> Error {
     match code {
-        127 => ApiError::conflict(format!(
+        127 => Error::conflict(format!(
             "env {env} has no tar (cp runs tar inside the env): install it there"
         )),
-        _ => ApiError::conflict(format!(
+        _ => Error::conflict(format!(
             "tar in env {env} failed (exit {code}): {}",
             if stderr.is_empty() {
                 "no message"
@@ -193,13 +193,13 @@ pub async fn get(
     AuthUser(user): AuthUser,
     env: Result<Path<String>, PathRejection>,
     query: Result<Query<api::FilesQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let env = env_param(env)?;
     let (path, dir, name) = query_path(query)?;
     let st = running_env(&node, user, env.clone()).await?;
     let pipe = || {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| ApiError::internal(&anyhow::anyhow!("making a pipe: {e}")))
+            .map_err(|e| Error::internal(&anyhow::anyhow!("making a pipe: {e}")))
     };
     let (out_r, out_w) = pipe()?;
     let null = rustix::fs::open(
@@ -207,19 +207,17 @@ pub async fn get(
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| ApiError::internal(&anyhow::anyhow!("opening /dev/null: {e}")))?;
+    .map_err(|e| Error::internal(&anyhow::anyhow!("opening /dev/null: {e}")))?;
     let argv = ["sh", "-c", TAR_OUT, "sh", &dir, &name].map(String::from);
     let started = Started::start(&node, &st, argv.to_vec(), null, Some(out_w)).await?;
     let mut out = pipe::Receiver::from_owned_fd(out_r)
-        .map_err(|e| ApiError::internal(&anyhow::anyhow!("reading tar's output: {e}")))?;
+        .map_err(|e| Error::internal(&anyhow::anyhow!("reading tar's output: {e}")))?;
     let mut first = vec![0u8; 64 << 10];
     let n = out.read(&mut first).await.unwrap_or(0);
     if n == 0 {
         let (code, stderr) = started.finish().await;
         return Err(match code {
-            MISSING => {
-                ApiError::not_found(format!("no such file or directory in env {env}: {path}"))
-            }
+            MISSING => Error::not_found(format!("no such file or directory in env {env}: {path}")),
             _ => tar_failed(&env, code, &stderr),
         });
     }
@@ -292,7 +290,7 @@ pub async fn put(
     env: Result<Path<String>, PathRejection>,
     query: Result<Query<api::FilesQuery>, QueryRejection>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let env = env_param(env)?;
     let (path, parent, name) = query_path(query)?;
     let st = running_env(&node, user, env.clone()).await?;
@@ -309,25 +307,25 @@ pub async fn put(
     let (dir, rename) = match probe.exit_code {
         0 => (path.clone(), None),
         10 if path.ends_with('/') => {
-            return Err(ApiError::not_found(format!(
+            return Err(Error::not_found(format!(
                 "no such directory in env {env}: {path}"
             )))
         }
         10 => (parent, Some(name)),
         11 => {
-            return Err(ApiError::not_found(format!(
+            return Err(Error::not_found(format!(
                 "no such directory in env {env}: {parent}"
             )))
         }
         12 => {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "not a directory in env {env}: {parent}"
             )))
         }
         code => return Err(tar_failed(&env, code, "checking the destination failed")),
     };
     let (in_r, in_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| ApiError::internal(&anyhow::anyhow!("making a pipe: {e}")))?;
+        .map_err(|e| Error::internal(&anyhow::anyhow!("making a pipe: {e}")))?;
     let argv = ["sh", "-c", TAR_IN, "sh", &dir].map(String::from);
     let started = Started::start(&node, &st, argv.to_vec(), in_r, None).await?;
     tracing::info!(env = %st.name, path = %path, "copying in");
@@ -349,14 +347,14 @@ pub async fn put(
                 Err(_) => continue,
             },
             Err(e) => {
-                refused = Some(ApiError::bad_request(format!("the upload broke off: {e}")));
+                refused = Some(Error::invalid(format!("the upload broke off: {e}")));
                 break;
             }
         };
         received += data.len() as u64;
         if received > limit {
-            refused = Some(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            refused = Some(Error::new(
+                Kind::TooLarge,
                 format!("the archive is over the node's copy limit of {limit} bytes (max_copy)"),
             ));
             break;
@@ -374,16 +372,16 @@ pub async fn put(
     drop(tx);
     let filtered = filtered
         .await
-        .map_err(|e| ApiError::internal(&anyhow::anyhow!("the archive filter failed: {e}")))?;
+        .map_err(|e| Error::internal(&anyhow::anyhow!("the archive filter failed: {e}")))?;
     let (code, stderr) = started.finish().await;
     if let Some(e) = refused {
         return Err(e);
     }
     match filtered {
-        Err(FilterError::Refused(m)) => return Err(ApiError::bad_request(m)),
+        Err(FilterError::Refused(m)) => return Err(Error::invalid(m)),
         _ if code != 0 => return Err(tar_failed(&env, code, &stderr)),
         Err(FilterError::Output(e)) => {
-            return Err(ApiError::internal(&anyhow::anyhow!(
+            return Err(Error::internal(&anyhow::anyhow!(
                 "tar in env {env} stopped reading the archive: {e}"
             )))
         }

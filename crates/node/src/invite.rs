@@ -15,12 +15,11 @@
 //! not count against the node's capacity (it lives for one invite); one left behind by a
 //! daemon that died mid-invite is boomed when the node starts ([`sweep`]).
 
-use crate::error::ApiError;
-use crate::server::{blocking, ok, AuthUser, JsonBody};
+use crate::error::{Error, Kind};
+use crate::http::{blocking, ok, AuthUser, JsonBody};
 use crate::{envs, snapshots, Node};
 use api::{InviteRequest, InviteResponse};
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use runtime::cgroup::Limits;
 use runtime::{EnvState, SpawnOptions};
@@ -124,7 +123,7 @@ pub async fn invite(
     State(node): State<Arc<Node>>,
     AuthUser(inviter): AuthUser,
     JsonBody(req): JsonBody<InviteRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let resp = blocking(move || {
         let r = run(&node, &inviter, &req)?;
         tracing::info!(user = %inviter, invited = %r.user, from = %req.name, name = %r.name,
@@ -136,27 +135,27 @@ pub async fn invite(
 }
 
 /// Invites `req.user` to `inviter`'s name `req.name` (see the module documentation).
-pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResponse, ApiError> {
+pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResponse, Error> {
     let start = Instant::now();
     let base = snapshots::check_address(inviter, &req.name)?;
     let target = req.as_name.as_deref().unwrap_or(base);
-    catalog::check_name(target).map_err(|e| ApiError::bad_request(format!("bad new name: {e}")))?;
-    catalog::check_owner(&req.user).map_err(|e| ApiError::bad_request(format!("bad user: {e}")))?;
+    catalog::check_name(target).map_err(|e| Error::invalid(format!("bad new name: {e}")))?;
+    catalog::check_owner(&req.user).map_err(|e| Error::invalid(format!("bad user: {e}")))?;
     // `/etc/passwd` and `/etc/group` are `:`-separated, and an all-digit name reads as an id.
     if req.user.contains(':') || req.user.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::invalid(format!(
             "user name {} cannot be an account in a Unix system (it has a ':' or is all digits)",
             req.user
         )));
     }
     if node.cat.user(&req.user)?.is_none() {
-        return Err(ApiError::not_found(format!(
+        return Err(Error::not_found(format!(
             "no user {} on this node (an admin adds users with `spawngrid user add`)",
             req.user
         )));
     }
     if node.cat.resolve(&req.user, target).is_ok() {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "{} already has a name {target} (names are bound once, forever): invite with \
              --as ANOTHER",
             req.user
@@ -189,7 +188,7 @@ fn spawn_private(
     inviter: &str,
     score: library::Score,
     hostname: &str,
-) -> Result<(EnvState, crate::capacity::Session), ApiError> {
+) -> Result<(EnvState, crate::capacity::Session), Error> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let id = envs::env_id(
         inviter,
@@ -211,7 +210,7 @@ fn spawn_private(
     };
     let busy = node.activity.session(&id);
     let st = envs::spawn_admitted(node, inviter, &opts)?
-        .map_err(|e| ApiError::internal(&e.context("spawning the invite's temporary env")))?;
+        .map_err(|e| Error::internal(&e.context("spawning the invite's temporary env")))?;
     Ok((st, busy))
 }
 
@@ -241,7 +240,7 @@ fn add_and_save(
     st: &EnvState,
     user: &str,
     target: &str,
-) -> Result<(Account, String), ApiError> {
+) -> Result<(Account, String), Error> {
     let argv = ["/bin/sh", "-s", "--", user].map(String::from);
     let out = envs::exec(&node.rt, st, &argv, Some(ADD_USER.as_bytes().to_vec()))?;
     let text = |b64: &str| {
@@ -251,8 +250,8 @@ fn add_and_save(
     let account = match parse_account(&stdout) {
         Some(a) if out.exit_code == 0 => a,
         _ => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(Error::new(
+                Kind::Unprocessable,
                 format!(
                     "adding {user} inside {target} failed (exit {}): {} (the name needs a \
                      POSIX sh at /bin/sh with cat, tail, mkdir, cp, chown, chmod and date)",

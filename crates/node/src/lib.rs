@@ -6,7 +6,9 @@
 //! - [`auth`]: slowing down repeated bad passwords.
 //! - [`envs`]: a user's envs (`ENV+USER` in the runtime) — spawn, list, exec, save, boom.
 //! - [`snapshots`]: from a name to a mounted snapshot (shared with `spawngrid env spawn`).
-//! - [`server`]: routes, authentication, limits, errors, the TLS accept loop.
+//! - [`error`]: the node's error (a kind and one line), what the service code returns.
+//! - [`http`]: JSON answers, extractors, the blocking pool, errors as HTTP statuses.
+//! - [`server`]: the router, the session routes, the access log, the TLS accept loop.
 //! - [`ssh`]: the SSH gateway (login shells, commands and sftp inside envs).
 //! - [`users`]: password, SSH key and user deletion routes (yourself, or anyone for admins).
 //! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
@@ -16,17 +18,21 @@
 //! - [`pty`]: an async terminal session inside an env (for `cpu` and the SSH gateway).
 //! - [`cpu`]: `spawngrid cpu`'s WebSocket route (a terminal session).
 //! - [`files`]: `spawngrid cp`'s routes (tar streams in and out of an env).
+//! - [`units`]: sizes written as `512M` or `10G`.
+//! - [`bridge`]: bytes between fds and async streams (terminal sessions of SSH and `cpu`).
 //! - [`ui`]: the web UI's page and files (`/`, `/ui/...`; embedded by the `web` crate).
 
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bridge;
 pub mod capacity;
 pub mod config;
 pub mod cpu;
 pub mod envs;
 pub mod error;
 pub mod files;
+pub mod http;
 pub mod invite;
 pub mod metrics;
 pub mod notices;
@@ -36,6 +42,7 @@ pub mod snapshots;
 pub mod ssh;
 pub mod tls;
 pub mod ui;
+pub mod units;
 pub mod users;
 
 use anyhow::{Context, Result};

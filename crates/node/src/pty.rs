@@ -49,7 +49,7 @@ pub fn exited(mut cmd: TtyCommand) -> Result<impl std::future::Future<Output = R
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .context("opening a pidfd of env-enter")?;
     Ok(async move {
-        crate::ssh::bridge::readable(pidfd).await?;
+        crate::bridge::readable(pidfd).await?;
         cmd.wait()
     })
 }

@@ -1,141 +1,21 @@
-//! The HTTPS API: routes, authentication, body limits, JSON errors, and the TLS accept loop.
+//! The HTTPS API: the router, the session routes (login, logout, scores, envs), the access
+//! log and the TLS accept loop. Route plumbing is in [`crate::http`].
 
-use crate::error::ApiError;
+use crate::error::{Error, Kind};
+use crate::http::{
+    self, accept, bearer, blocking, env_param, ok, AuthUser, ClientAddr, JsonBody, CURRENT_USER,
+};
 use crate::{envs, Node};
 use api::{routes, LoginRequest, LoginResponse, ScoreEntry, ScoresQuery};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-
-/// A JSON response with `status`.
-pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut r = (status, bytes).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-        Err(e) => {
-            tracing::error!("encoding an answer: {e}");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [(header::CONTENT_TYPE, "application/json")],
-                r#"{"error":"the node could not encode its answer (see its log)"}"#,
-            )
-                .into_response()
-        }
-    }
-}
-
-/// 200 with a JSON body.
-pub(crate) fn ok<T: Serialize>(value: &T) -> Response {
-    json(StatusCode::OK, value)
-}
-
-/// A request body parsed as JSON `T`: 413 over the node's limit, 400 if it is not `T`.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
-        let limit = node.config.max_body;
-        let too_big = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over the node's limit of {limit} bytes"),
-            )
-        };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_big());
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|e| {
-                if e.into_inner().is::<http_body_util::LengthLimitError>() {
-                    too_big()
-                } else {
-                    ApiError::bad_request("reading the request body failed")
-                }
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON request body: {e}")))
-    }
-}
-
-/// The user a request's bearer token belongs to.
-pub struct AuthUser(pub String);
-
-impl FromRequestParts<Arc<Node>> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        AuthUser::of_token(node, bearer(&parts.headers)?).await
-    }
-}
-
-/// The token of a request's `Authorization: Bearer TOKEN` header, or 401.
-fn bearer(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::unauthorized(
-            "no token: log in with `spawngrid login`",
-        ));
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer TOKEN`"))
-}
-
-impl AuthUser {
-    /// The user `token` belongs to (and the access log's user), or 401.
-    pub(crate) async fn of_token(node: &Arc<Node>, token: String) -> Result<Self, ApiError> {
-        let node = node.clone();
-        let user = blocking(move || Ok(node.cat.token_user(&token)?)).await?;
-        match user {
-            Some(u) => {
-                let _ = CURRENT_USER.try_with(|cell| {
-                    *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(u.clone())
-                });
-                Ok(AuthUser(u))
-            }
-            None => Err(ApiError::unauthorized(
-                "token not valid (expired, revoked or unknown): log in again with `spawngrid login`",
-            )),
-        }
-    }
-}
-
-/// Runs blocking work (runtime, SQLite, Argon2) off the async workers.
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(&anyhow::anyhow!("worker failed: {e}")))?
-}
 
 /// The host name clients reached us by (for attach commands), or the configured one.
 fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String {
@@ -163,25 +43,13 @@ fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String {
     }
 }
 
-/// Path parameter `env`, or 400.
-pub(crate) fn env_param(
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<String, ApiError> {
-    p.map(|Path(e)| e)
-        .map_err(|e| ApiError::bad_request(format!("bad env in the path: {e}")))
-}
-
-/// The client's address of a connection, put into its requests by [`serve`].
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub std::net::IpAddr);
-
 /// `POST /api/logout`: the token the request carries stops working (other tokens of the
 /// user, e.g. on other machines, do not).
 async fn logout(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
     headers: axum::http::HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let token = bearer(&headers)?;
     let n = node.clone();
     blocking(move || Ok(n.cat.revoke_token(&token)?)).await?;
@@ -193,19 +61,19 @@ async fn login(
     State(node): State<Arc<Node>>,
     client: Option<axum::Extension<ClientAddr>>,
     JsonBody(req): JsonBody<LoginRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     // Not a possible user name: refused like a wrong password, and neither tracked nor
     // logged (a name is what keys the backoff table and goes into the log).
     if catalog::check_owner(&req.user).is_err() || req.password.len() > 1024 {
         tracing::warn!("login refused: invalid user name or oversized password");
-        return Err(ApiError::unauthorized("wrong user name or password"));
+        return Err(Error::unauthorized("wrong user name or password"));
     }
     let peer = client.map(|c| c.0 .0);
     let attempt = crate::auth::Attempt::new(&req.user, peer);
     if let Some(left) = node.backoff.attempt_locked(&attempt) {
         tracing::warn!(user = %req.user, ?peer, "login refused: locked after failed attempts");
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Err(Error::new(
+            Kind::TooMany,
             format!(
                 "too many failed logins for {} or from this address: try again in {} s",
                 req.user,
@@ -236,7 +104,7 @@ async fn login(
         None => {
             let lock = node.backoff.attempt_failed(&attempt);
             tracing::warn!(user = %user, ?peer, lock_secs = lock.as_secs(), "login failed");
-            Err(ApiError::unauthorized("wrong user name or password"))
+            Err(Error::unauthorized("wrong user name or password"))
         }
     }
 }
@@ -245,8 +113,8 @@ async fn scores(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
     query: Result<Query<ScoresQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+) -> Result<Response, Error> {
+    let Query(q) = query.map_err(|e| Error::invalid(format!("bad query: {e}")))?;
     let list = blocking(move || {
         let recs = node.cat.visible(&user, q.pattern.as_deref())?;
         Ok(recs
@@ -269,7 +137,7 @@ async fn spawn_env(
     AuthUser(user): AuthUser,
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<api::SpawnRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let host = public_host(&node, &headers);
     let info = blocking(move || {
         let st = envs::spawn(&node, &user, &req)?;
@@ -284,7 +152,7 @@ async fn list_envs(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
     headers: axum::http::HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let host = public_host(&node, &headers);
     let list = blocking(move || envs::list(&node, &user, &host)).await?;
     Ok(ok(&list))
@@ -295,11 +163,11 @@ async fn exec_env(
     AuthUser(user): AuthUser,
     env: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(req): JsonBody<api::ExecRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let env = env_param(env)?;
     let stdin = match &req.stdin {
         Some(text) => {
-            Some(api::b64::decode(text).map_err(|e| ApiError::bad_request(format!("stdin: {e}")))?)
+            Some(api::b64::decode(text).map_err(|e| Error::invalid(format!("stdin: {e}")))?)
         }
         None => None,
     };
@@ -317,7 +185,7 @@ async fn save_env(
     AuthUser(user): AuthUser,
     env: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(req): JsonBody<api::SaveRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let env = env_param(env)?;
     let resp = blocking(move || {
         let st = envs::load_own(&node, &user, &env)?;
@@ -333,7 +201,7 @@ async fn boom_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
     env: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let env = env_param(env)?;
     let resp = blocking(move || {
         let st = envs::load_own(&node, &user, &env)?;
@@ -348,13 +216,13 @@ async fn boom_env(
 async fn notices(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let list = blocking(move || Ok(crate::notices::list(&node.rt.data, &user)?)).await?;
     Ok(ok(&list))
 }
 
 /// Prometheus metrics: the recorded counters and histograms, and gauges read now.
-async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
     let text = blocking(move || {
         let envs = runtime::state::list(&node.rt)?;
         let running = envs.iter().filter(|st| st.alive()).count();
@@ -400,8 +268,8 @@ async fn openapi() -> Response {
     r
 }
 
-async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!(
+async fn not_found(req: Request) -> Error {
+    Error::not_found(format!(
         "no route {} {} (see {})",
         req.method(),
         req.uri().path(),
@@ -409,21 +277,14 @@ async fn not_found(req: Request) -> ApiError {
     ))
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!(
-            "{} is not allowed on {} (see {})",
-            req.method(),
-            req.uri().path(),
-            routes::OPENAPI
-        ),
-    )
-}
-
-tokio::task_local! {
-    /// The authenticated user of the request being served, for the access log.
-    static CURRENT_USER: std::sync::Mutex<Option<String>>;
+async fn method_not_allowed(req: Request) -> Response {
+    let error = format!(
+        "{} is not allowed on {} (see {})",
+        req.method(),
+        req.uri().path(),
+        routes::OPENAPI
+    );
+    http::json(StatusCode::METHOD_NOT_ALLOWED, &api::ErrorBody { error })
 }
 
 /// Logs every request: method, path, status, user, duration. Never headers, queries or
@@ -511,27 +372,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The next connection on `listener` (the `what` listener, for the log): after an error
-/// (EMFILE and friends) it waits 100 ms and tries again instead of spinning. Accepted
-/// connections get `TCP_NODELAY`: keystrokes and small answers must not wait for Nagle.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    what: &str,
-) -> (tokio::net::TcpStream, std::net::SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                return (tcp, peer);
-            }
-            Err(e) => {
-                tracing::warn!("{what} accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
 
 /// Serves HTTPS on `listener` until `shutdown` completes.
 pub async fn serve(

@@ -4,8 +4,8 @@
 //! node's API both spawn through these. Also the share and unshare routes: an owner gives
 //! another user their name to list and spawn (not to share on).
 
-use crate::error::ApiError;
-use crate::server::{blocking, ok, AuthUser, JsonBody};
+use crate::error::{Error, Kind};
+use crate::http::{blocking, ok, AuthUser, JsonBody};
 use crate::Node;
 use anyhow::{bail, Context, Result};
 use api::{ShareRequest, ShareResponse};
@@ -39,8 +39,8 @@ pub fn resolve(
 
 /// Checks a name address given to the API (`NAME`, or `OWNER/NAME`) and returns its name
 /// part; 400 if either part breaks the naming rule.
-pub fn check_address<'a>(user: &str, address: &'a str) -> Result<&'a str, ApiError> {
-    let bad = |e: catalog::Error| ApiError::bad_request(format!("bad name {address:?}: {e}"));
+pub fn check_address<'a>(user: &str, address: &'a str) -> Result<&'a str, Error> {
+    let bad = |e: catalog::Error| Error::invalid(format!("bad name {address:?}: {e}"));
     let (owner, name) = address.split_once('/').unwrap_or((user, address));
     // User names follow the names' rule; both parts are reported as parts of the name.
     catalog::check_name(owner).map_err(bad)?;
@@ -53,7 +53,7 @@ pub async fn share(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
     JsonBody(req): JsonBody<ShareRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     set_share(node, user, req, true).await
 }
 
@@ -62,7 +62,7 @@ pub async fn unshare(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
     JsonBody(req): JsonBody<ShareRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     set_share(node, user, req, false).await
 }
 
@@ -73,14 +73,14 @@ async fn set_share(
     user: String,
     req: ShareRequest,
     on: bool,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let resp = blocking(move || {
         let name = check_address(&user, &req.name)?;
         if name != req.name {
             // Someone else's name: the same answer whether it is shared with the caller or not.
             node.cat.resolve_for(&user, &req.name)?;
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                Kind::Forbidden,
                 format!(
                     "{} is not yours: only its owner can share it (spawn it, save it as your \
                      own name, and share that)",
@@ -90,8 +90,8 @@ async fn set_share(
         }
         let everyone = req.user == catalog::shares::EVERYONE;
         if everyone && !node.cat.user(&user)?.is_some_and(|u| u.admin) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                Kind::Forbidden,
                 "only admins share names with everyone ('*'); share with one user instead",
             ));
         }

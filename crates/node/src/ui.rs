@@ -3,7 +3,7 @@
 //! (a strict [`web::CSP`], no sniffing, no referrer, no framing). No token is needed: the page
 //! signs in through the API like the CLI.
 
-use crate::error::ApiError;
+use crate::error::Error;
 use axum::extract::Path;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -29,9 +29,9 @@ pub async fn index() -> Response {
 }
 
 /// `GET /ui/PATH`: one of the page's files, or 404.
-pub async fn asset(Path(path): Path<String>) -> Result<Response, ApiError> {
+pub async fn asset(Path(path): Path<String>) -> Result<Response, Error> {
     web::asset(&path).map(serve).ok_or_else(|| {
-        ApiError::not_found(format!(
+        Error::not_found(format!(
             "no file /ui/{path} in the web UI (open the UI at /)"
         ))
     })

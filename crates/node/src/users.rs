@@ -3,34 +3,33 @@
 //! deletes users. A non-admin naming another user gets 403. The offline `spawngrid user ...`
 //! commands do the same on the node's data directory.
 
-use crate::error::ApiError;
-use crate::server::{blocking, ok, AuthUser, JsonBody};
+use crate::error::{Error, Kind};
+use crate::http::{blocking, ok, AuthUser, JsonBody};
 use crate::Node;
 use api::{KeyEntry, KeyRequest, PasswordRequest, UserResponse};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use std::sync::Arc;
 
 /// A path's `{user}` (and `{key}`), or 400.
 type PathArgs<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
 
-fn path_arg<T>(p: PathArgs<T>) -> Result<T, ApiError> {
+fn path_arg<T>(p: PathArgs<T>) -> Result<T, Error> {
     p.map(|Path(v)| v)
-        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))
+        .map_err(|e| Error::invalid(format!("bad path: {e}")))
 }
 
 /// Whether `caller` is an admin.
-fn is_admin(node: &Node, caller: &str) -> Result<bool, ApiError> {
+fn is_admin(node: &Node, caller: &str) -> Result<bool, Error> {
     Ok(node.cat.user(caller)?.is_some_and(|u| u.admin))
 }
 
 /// Checks that `caller` may manage user `target` (themselves, or anyone if an admin) and
 /// that `target` exists (404 otherwise).
-fn check_may_manage(node: &Node, caller: &str, target: &str) -> Result<(), ApiError> {
+fn check_may_manage(node: &Node, caller: &str, target: &str) -> Result<(), Error> {
     if caller != target && !is_admin(node, caller)? {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(Error::new(
+            Kind::Forbidden,
             format!("only admins manage other users (you are {caller})"),
         ));
     }
@@ -45,10 +44,10 @@ fn check_may_manage(node: &Node, caller: &str, target: &str) -> Result<(), ApiEr
 
 /// A catalog error, with the conflicts this module adds (a key registered twice, a deleted
 /// user) answered 409 rather than 500.
-fn conflict_or(e: catalog::Error) -> ApiError {
+fn conflict_or(e: catalog::Error) -> Error {
     match e {
         catalog::Error::KeyExists { .. } | catalog::Error::UserDeleted { .. } => {
-            ApiError::conflict(e.to_string())
+            Error::conflict(e.to_string())
         }
         e => e.into(),
     }
@@ -61,15 +60,15 @@ pub async fn password(
     AuthUser(caller): AuthUser,
     user: PathArgs<String>,
     JsonBody(req): JsonBody<PasswordRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let user = path_arg(user)?;
     let resp = blocking(move || {
         check_may_manage(&node, &caller, &user)?;
         if caller == user {
             // Guessing the current password with a stolen token is slowed down like logins.
             if let Some(left) = node.backoff.locked(&user) {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
+                return Err(Error::new(
+                    Kind::TooMany,
                     format!(
                         "too many wrong passwords for {user}: try again in {} s",
                         left.as_secs().max(1)
@@ -80,8 +79,8 @@ pub async fn password(
             if !node.cat.check_password(&user, current)? {
                 node.backoff.failed(&user);
                 tracing::warn!(user = %user, "password change refused: wrong current password");
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                return Err(Error::new(
+                    Kind::Forbidden,
                     "the current password is wrong (changing your own password needs it)",
                 ));
             }
@@ -100,17 +99,17 @@ pub async fn delete(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,
     user: PathArgs<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let user = path_arg(user)?;
     let resp = blocking(move || {
         if !is_admin(&node, &caller)? {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                Kind::Forbidden,
                 format!("only admins delete users (you are {caller})"),
             ));
         }
         if caller == user {
-            return Err(ApiError::conflict(
+            return Err(Error::conflict(
                 "you cannot delete yourself (another admin can)",
             ));
         }
@@ -118,7 +117,7 @@ pub async fn delete(
         delete_user(&node.rt, &node.cat, &user).map_err(|e| {
             match e.downcast::<catalog::Error>() {
                 Ok(c) => conflict_or(c),
-                Err(e) => ApiError::conflict(format!("{e:#}")),
+                Err(e) => Error::conflict(format!("{e:#}")),
             }
         })?;
         tracing::info!(user = %user, by = %caller, "user deleted");
@@ -157,7 +156,7 @@ pub async fn keys(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,
     user: PathArgs<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let user = path_arg(user)?;
     let list = blocking(move || {
         check_may_manage(&node, &caller, &user)?;
@@ -178,7 +177,7 @@ pub async fn add_key(
     AuthUser(caller): AuthUser,
     user: PathArgs<String>,
     JsonBody(req): JsonBody<KeyRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let user = path_arg(user)?;
     let entry = blocking(move || {
         check_may_manage(&node, &caller, &user)?;
@@ -196,12 +195,12 @@ pub async fn remove_key(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,
     args: PathArgs<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let (user, key) = path_arg(args)?;
     let resp = blocking(move || {
         check_may_manage(&node, &caller, &user)?;
         if !node.cat.remove_key(&user, &key)? {
-            return Err(ApiError::not_found(format!(
+            return Err(Error::not_found(format!(
                 "{user} has no key {key} (list them with `spawngrid key ls`)"
             )));
         }

@@ -95,11 +95,11 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             size,
         } => {
             let limits = Limits {
-                memory: node::config::parse_size(&mem)?,
+                memory: node::units::parse_size(&mem)?,
                 pids,
                 ..Limits::default()
             };
-            let write_size = size.as_deref().map(node::config::parse_size).transpose()?;
+            let write_size = size.as_deref().map(node::units::parse_size).transpose()?;
             let shape = |o: &mut SpawnOptions| {
                 o.write_size = write_size;
                 o.disk = disk;

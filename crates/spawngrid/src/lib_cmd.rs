@@ -303,7 +303,7 @@ impl Ctx {
                 return Ok(None);
             }
         }
-        let limit = node::config::parse_size(&a.cache_size).context("--cache-size")?;
+        let limit = node::units::parse_size(&a.cache_size).context("--cache-size")?;
         let cache = Arc::new(
             snapfs::Cache::open(&dir, limit)
                 .with_context(|| format!("opening the file cache {}", dir.display()))?,

@@ -1,13 +1,12 @@
 //! The SSH gateway (`ssh -p 16999 ENV+USER@HOST`): the russh server side over the node's
 //! envs. A login is checked against the catalog ([`auth`]); each session channel then runs a
 //! login shell (on a terminal inside the env), a command, or the env's sftp server
-//! ([`session`]), its bytes moved by [`bridge`]. The host key is [`keys`].
+//! ([`session`]), its bytes moved by [`crate::bridge`]. The host key is [`keys`].
 //!
 //! Many connections at once, many channels per connection; every channel is its own task.
 //! Only session channels are offered (no port forwarding, agent or X11 forwarding).
 
 pub mod auth;
-pub mod bridge;
 pub mod keys;
 pub mod session;
 
@@ -55,7 +54,7 @@ pub async fn serve(
     loop {
         // `accept` sets TCP_NODELAY (russh's own `nodelay` applies only to its accept loop).
         let (tcp, peer) = tokio::select! {
-            c = crate::server::accept(&listener, "ssh") => c,
+            c = crate::http::accept(&listener, "ssh") => c,
             _ = &mut shutdown => break,
         };
         let logged_in = Arc::new(AtomicBool::new(false));

@@ -10,7 +10,7 @@
 //! otherwise root.
 
 use super::auth::Login;
-use super::bridge::{self, Fd};
+use crate::bridge::{self, Fd};
 use crate::Node;
 use anyhow::{Context, Result};
 use runtime::exec::Identity;
@@ -191,8 +191,7 @@ struct Target {
 /// The names of `user`'s envs on this node; an error is the one line for the client.
 fn user_envs(node: &Node, user: &str) -> Result<Vec<String>, String> {
     let host = node.config.public_host.as_deref().unwrap_or(&node.name);
-    let envs =
-        crate::envs::list(node, user, host).map_err(|e| format!("spawngrid: {}", e.message))?;
+    let envs = crate::envs::list(node, user, host).map_err(|e| format!("spawngrid: {e}"))?;
     Ok(envs.into_iter().map(|e| e.env).collect())
 }
 

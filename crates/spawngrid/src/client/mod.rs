@@ -317,7 +317,7 @@ pub fn scores(a: ScoresArgs, json: bool) -> Result<ExitCode> {
 
 /// `spawngrid spawn`.
 pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
-    let mem = a.mem.as_deref().map(node::config::parse_size).transpose()?;
+    let mem = a.mem.as_deref().map(node::units::parse_size).transpose()?;
     let req = api::SpawnRequest {
         name: a.name.clone(),
         disk: a.disk,

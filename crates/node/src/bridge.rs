@@ -1,6 +1,6 @@
-//! Moving bytes between a command's file descriptors (a terminal's master, pipes) and an SSH
-//! channel, without blocking a thread: the fds are made non-blocking and driven by tokio's
-//! `AsyncFd`.
+//! Moving bytes between a command's file descriptors (a terminal's master, pipes) and an
+//! async stream (an SSH channel, a WebSocket) without blocking a thread: the fds are made
+//! non-blocking and driven by tokio's `AsyncFd`.
 
 use bytes::Bytes;
 use rustix::fd::OwnedFd;

@@ -52,6 +52,8 @@ data_dir = "$d/data"
 db_engine = "lmdb"
 lmdb_map_size = "4G"
 replication_factor = 3
+# Packs are zstd-compressed already.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$(port "$n" 1)"
 rpc_public_addr = "127.0.0.1:$(port "$n" 1)"
 rpc_secret_file = "$DIR/rpc_secret"

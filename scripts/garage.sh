@@ -7,6 +7,8 @@
 #   scripts/garage.sh down [DIR]        stop all three nodes
 #   scripts/garage.sh stop-node N [DIR] stop node N (1-3), for fault tests
 #   scripts/garage.sh start-node N [DIR] start node N again
+#   scripts/garage.sh pause-node N [DIR] freeze node N (SIGSTOP): a silent partition, for fault tests
+#   scripts/garage.sh resume-node N [DIR] let node N run again (SIGCONT)
 #   scripts/garage.sh status [DIR]      which nodes run, and Garage's own view
 #
 # DIR defaults to $SPAWNGRID_GARAGE_DIR or /var/cache/spawngrid/garage-test. Node N listens on
@@ -164,11 +166,13 @@ cmd=${1:-}
 case "$cmd" in
   install) install ;;
   up|down|status) DIR=${2:-${SPAWNGRID_GARAGE_DIR:-/var/cache/spawngrid/garage-test}} ;;&
-  stop-node|start-node) node_arg "${2:-}"; DIR=${3:-${SPAWNGRID_GARAGE_DIR:-/var/cache/spawngrid/garage-test}} ;;&
+  stop-node|start-node|pause-node|resume-node) node_arg "${2:-}"; DIR=${3:-${SPAWNGRID_GARAGE_DIR:-/var/cache/spawngrid/garage-test}} ;;&
   up) up ;;
   down) for n in "${NODES[@]}"; do stop_node "$n"; done ;;
   status) status ;;
   stop-node) stop_node "$2" ;;
   start-node) start_node "$2"; wait_for "node $2 S3 API" 30 s3_answers "$2" ;;
-  *) echo "usage: scripts/garage.sh install | up [DIR] | down [DIR] | stop-node N [DIR] | start-node N [DIR] | status [DIR]" >&2; exit 2 ;;
+  pause-node) running "$2" || die "node $2 is not running"; kill -STOP "$(pid_of "$2")" ;;
+  resume-node) running "$2" || die "node $2 is not running"; kill -CONT "$(pid_of "$2")" ;;
+  *) echo "usage: scripts/garage.sh install | up [DIR] | down [DIR] | stop-node|start-node|pause-node|resume-node N [DIR] | status [DIR]" >&2; exit 2 ;;
 esac

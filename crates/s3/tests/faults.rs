@@ -2,23 +2,42 @@
 
 mod garage;
 
+use library::backend::conformance;
 use library::Backend;
 use s3::{S3Backend, S3Options};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A stopped Garage node, started again when dropped (also when the test fails).
-struct StoppedNode<'a>(&'a garage::Garage, &'static str);
+/// One node fault at a time (two nodes down is no quorum at all).
+static NODE_FAULTS: Mutex<()> = Mutex::new(());
 
-impl<'a> StoppedNode<'a> {
-    fn stop(g: &'a garage::Garage, node: &'static str) -> StoppedNode<'a> {
-        g.script(&["stop-node", node]);
-        StoppedNode(g, node)
+/// A fault on a Garage node, undone when dropped (also when the test fails).
+struct Fault<'a> {
+    garage: &'a garage::Garage,
+    undo: [&'static str; 2],
+    _alone: MutexGuard<'static, ()>,
+}
+
+impl<'a> Fault<'a> {
+    fn new(
+        garage: &'a garage::Garage,
+        action: &str,
+        undo: &'static str,
+        node: &'static str,
+    ) -> Self {
+        let alone = NODE_FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        garage.script(&[action, node]);
+        Fault {
+            garage,
+            undo: [undo, node],
+            _alone: alone,
+        }
     }
 }
 
-impl Drop for StoppedNode<'_> {
+impl Drop for Fault<'_> {
     fn drop(&mut self) {
-        self.0.script(&["start-node", self.1]);
+        self.garage.script(&self.undo);
     }
 }
 
@@ -29,8 +48,8 @@ fn survives_a_stopped_node() {
     };
     let b = g.backend("stopped-node");
     b.put("before", b"written with 3 nodes").unwrap();
-    let stopped = StoppedNode::stop(&g, "3");
-    let data = library::backend::conformance::data("one node down", 5 << 20);
+    let stopped = Fault::new(&g, "stop-node", "start-node", "3");
+    let data = conformance::data("one node down", 5 << 20);
     b.put("during", &data).unwrap();
     assert_eq!(b.get("during").unwrap(), data);
     assert_eq!(b.get("before").unwrap(), b"written with 3 nodes");
@@ -39,6 +58,34 @@ fn survives_a_stopped_node() {
     assert_eq!(keys, ["before", "during"]);
     drop(stopped);
     assert_eq!(b.list("").unwrap().len(), 2);
+}
+
+/// A frozen node (no answers, no refused connections) stalls Garage's writes until it is
+/// declared down, which takes longer than one request timeout: the retry budget rides it out.
+#[test]
+fn rides_through_a_silently_partitioned_node() {
+    let Some(g) = garage::garage("rides_through_a_silently_partitioned_node") else {
+        return;
+    };
+    let b = g.backend("paused-node");
+    let paused = Fault::new(&g, "pause-node", "resume-node", "3");
+    let pack = conformance::data("pack", 32 << 20);
+    let t = Instant::now();
+    b.put("packs/p", &pack).unwrap();
+    assert_eq!(b.get("packs/p").unwrap(), pack);
+    assert_eq!(
+        b.get_range("packs/p", 20 << 20, 100).unwrap(),
+        pack[20 << 20..(20 << 20) + 100]
+    );
+    assert_eq!(
+        b.list("packs/").unwrap(),
+        vec![("packs/p".to_string(), 32 << 20)]
+    );
+    println!(
+        "32 MiB put, get, range read and list with node 3 frozen: {:?}",
+        t.elapsed()
+    );
+    drop(paused);
 }
 
 #[test]

@@ -75,7 +75,9 @@ pub struct S3Options {
     pub access_key_id: Option<String>,
     /// Secret access key.
     pub secret_access_key: Option<String>,
-    /// Longest one attempt of a request may take, answer body included (default 30 s).
+    /// Longest one attempt of a request may take, request and answer bodies included
+    /// (default 30 s): a whole pack (32 MiB) must go through in it at the slowest bandwidth
+    /// expected.
     pub request_timeout: Duration,
     /// Longest a TCP (and TLS) connect may take (default 5 s).
     pub connect_timeout: Duration,

@@ -38,3 +38,7 @@ if [ "${1:-run}" = test ]; then
   fi
 fi
 command -v cargo >/dev/null || { echo "scripts/deps.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+# Garage (the S3 library's test cluster) is built once with cargo and cached.
+if [ "${1:-run}" = test ]; then
+  "$(dirname "$0")/garage.sh" install
+fi

@@ -19,6 +19,12 @@ SPAWNGRID_ROOTFS_BASE=$(scripts/rootfs.sh base)
 SPAWNGRID_ROOTFS_MODIFIED=$(scripts/rootfs.sh modified)
 export SPAWNGRID_ROOTFS_BASE SPAWNGRID_ROOTFS_MODIFIED
 
+echo "== Garage (S3) test cluster" >&2
+scripts/garage.sh install && scripts/garage.sh up >/dev/null
+# crates/s3's tests read the cluster's env file; with REQUIRE_ENGINES they fail instead of skipping.
+export SPAWNGRID_TEST_S3=${SPAWNGRID_GARAGE_DIR:-/var/cache/spawngrid/garage-test}/s3.env
+export SPAWNGRID_REQUIRE_ENGINES=1
+
 echo "== cargo fmt / clippy" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

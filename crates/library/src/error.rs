@@ -46,6 +46,12 @@ impl Error {
         }
     }
 
+    /// Whether this is a backend's report that a key does not exist: an [`Error::Io`] whose
+    /// source has kind [`std::io::ErrorKind::NotFound`] (every backend reports missing keys so).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// Shorthand for an [`Error::Corrupt`].
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
         Error::Corrupt {

@@ -1,6 +1,6 @@
 //! The local-directory backend: each key is a file below a root directory.
 
-use super::Backend;
+use super::{check_key, Backend};
 use crate::{Error, Result};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
@@ -47,14 +47,7 @@ impl LocalBackend {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
-        let ok = !key.is_empty()
-            && !key.starts_with('/')
-            && key
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != "..");
-        if !ok {
-            return Err(Error::BadInput(format!("invalid backend key {key:?}")));
-        }
+        check_key(key)?;
         Ok(self.root.join(key))
     }
 }

@@ -13,7 +13,8 @@
 #
 # DIR defaults to $SPAWNGRID_GARAGE_DIR or /var/cache/spawngrid/garage-test. Node N listens on
 # 127.0.0.1 ports BASE+10N (S3 API), +1 (RPC), +3 (admin); BASE is $SPAWNGRID_GARAGE_PORT or
-# 3900 (node 1: 3910, 3911, 3913). Replication factor 3, LMDB metadata. The tests talk to
+# 3900 (node 1: 3910, 3911, 3913); $SPAWNGRID_GARAGE_ADDR replaces 127.0.0.1 (scripts/grid.sh
+# binds the cluster to its bridge). Replication factor 3, LMDB metadata. The tests talk to
 # node 1, so fault tests stop node 2 or 3. s3.env holds AWS_ENDPOINT_URL, AWS_REGION,
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and SPAWNGRID_S3_BUCKET (`set -a; . DIR/s3.env`),
 # and is readable by root only.
@@ -23,6 +24,7 @@ GARAGE_ROOT=/var/cache/spawngrid/garage
 GARAGE=$GARAGE_ROOT/bin/garage
 VERSION=2.5.0
 BASE=${SPAWNGRID_GARAGE_PORT:-3900}
+ADDR=${SPAWNGRID_GARAGE_ADDR:-127.0.0.1}
 NODES=(1 2 3)
 
 die() { echo "scripts/garage.sh: $*" >&2; exit 1; }
@@ -56,24 +58,24 @@ lmdb_map_size = "4G"
 replication_factor = 3
 # Packs are zstd-compressed already.
 compression_level = "none"
-rpc_bind_addr = "127.0.0.1:$(port "$n" 1)"
-rpc_public_addr = "127.0.0.1:$(port "$n" 1)"
+rpc_bind_addr = "$ADDR:$(port "$n" 1)"
+rpc_public_addr = "$ADDR:$(port "$n" 1)"
 rpc_secret_file = "$DIR/rpc_secret"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:$(port "$n" 0)"
+api_bind_addr = "$ADDR:$(port "$n" 0)"
 
 [admin]
-api_bind_addr = "127.0.0.1:$(port "$n" 3)"
+api_bind_addr = "$ADDR:$(port "$n" 3)"
 EOF
 }
 
 # Whether the S3 API of node N answers HTTP (any status: unauthenticated requests get 403).
 s3_answers() {
   local reply
-  reply=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$(port "$1" 0) &&
-    printf 'GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && head -c 12 <&3" 2>/dev/null) || return 1
+  reply=$(timeout 2 bash -c "exec 3<>/dev/tcp/$ADDR/$(port "$1" 0) &&
+    printf 'GET / HTTP/1.0\r\nHost: $ADDR\r\n\r\n' >&3 && head -c 12 <&3" 2>/dev/null) || return 1
   [[ $reply == HTTP/1.* ]]
 }
 
@@ -121,7 +123,7 @@ configure_cluster() {
   g 1 bucket create spawngrid >/dev/null
   g 1 bucket allow --read --write --owner spawngrid --key spawngrid-test >/dev/null
   (umask 077; cat > "$DIR/s3.env" <<EOF
-AWS_ENDPOINT_URL=http://127.0.0.1:$(port 1 0)
+AWS_ENDPOINT_URL=http://$ADDR:$(port 1 0)
 AWS_REGION=garage
 AWS_ACCESS_KEY_ID=$key_id
 AWS_SECRET_ACCESS_KEY=$secret
@@ -148,7 +150,7 @@ status() {
   local n
   for n in "${NODES[@]}"; do
     if running "$n"; then
-      echo "node $n: running (pid $(pid_of "$n")), S3 127.0.0.1:$(port "$n" 0), RPC $(port "$n" 1), admin $(port "$n" 3)"
+      echo "node $n: running (pid $(pid_of "$n")), S3 $ADDR:$(port "$n" 0), RPC $(port "$n" 1), admin $(port "$n" 3)"
     else
       echo "node $n: stopped"
     fi

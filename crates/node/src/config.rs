@@ -1,6 +1,8 @@
 //! The node's configuration: a TOML file (`spawngrid serve --config FILE`), every key optional.
 //!
 //! ```toml
+//! name = "node1"                  # this node's name in the grid (the seed's `sys`); default:
+//!                                 # the host name
 //! listen = "0.0.0.0:16998"        # address and port of the HTTPS API
 //! data = "/var/lib/spawngrid"     # library, catalog.db, envs/, mounts/, tls/
 //! public_host = "node1.example"   # the host name put in attach commands (default: the
@@ -40,6 +42,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// This node's name in the grid; default: the host name.
+    pub name: Option<String>,
     /// Address and port of the HTTPS API.
     pub listen: SocketAddr,
     /// The data directory.
@@ -70,6 +74,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
+            name: None,
             listen: SocketAddr::from(([0, 0, 0, 0], api::DEFAULT_PORT)),
             data: PathBuf::from("/var/lib/spawngrid"),
             public_host: None,

@@ -88,13 +88,14 @@ impl Node {
         let cat = store.catalog()?;
         let sizes = snapshots::Sizes::new(store.clone());
         let limits = config.capacity.limits(host_memory()?)?;
+        let name = config.name.clone().unwrap_or_else(host_name);
         Ok(Node {
             config,
             rt,
             store,
             cat: Arc::new(cat),
             backoff: auth::Backoff::default(),
-            name: host_name(),
+            name,
             sizes,
             limits,
             activity: Arc::default(),

@@ -66,7 +66,8 @@ impl fmt::Display for S3Location {
 /// `Debug` never shows the secret key.
 #[derive(Clone)]
 pub struct S3Options {
-    /// Endpoint URL, e.g. `http://127.0.0.1:3900` (plain `http` only for loopback addresses).
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900` (plain `http` only for loopback addresses,
+    /// unless `allow_http`).
     /// Unset everywhere: AWS's `https://s3.REGION.amazonaws.com`.
     pub endpoint: Option<String>,
     /// Region (Garage's default is `garage`). Unset everywhere: `us-east-1`.
@@ -84,6 +85,9 @@ pub struct S3Options {
     /// How long failing attempts of one operation are retried before it fails (default
     /// 3 min: longer than the 70-90 s a partitioned Garage node can stall requests).
     pub retry_budget: Duration,
+    /// Allow plain `http` to any endpoint (a private network the operator trusts, e.g. the
+    /// demo grid's bridge); default: only loopback endpoints may be plain `http`.
+    pub allow_http: bool,
 }
 
 impl Default for S3Options {
@@ -96,6 +100,7 @@ impl Default for S3Options {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(180),
+            allow_http: false,
         }
     }
 }
@@ -113,6 +118,7 @@ impl fmt::Debug for S3Options {
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retry_budget", &self.retry_budget)
+            .field("allow_http", &self.allow_http)
             .finish()
     }
 }
@@ -123,7 +129,7 @@ pub(crate) struct Resolved {
     pub region: String,
     pub access_key_id: String,
     pub secret_access_key: String,
-    /// Whether the endpoint is plain `http` (then it is a loopback address).
+    /// Whether the endpoint is plain `http` (a loopback address, or `allow_http`).
     pub http: bool,
 }
 
@@ -143,10 +149,11 @@ impl S3Options {
             .to_string();
         let http = match endpoint.split_once("://") {
             Some(("https", _)) => false,
-            Some(("http", rest)) if is_loopback(rest) => true,
+            Some(("http", rest)) if self.allow_http || is_loopback(rest) => true,
             Some(("http", _)) => {
                 return Err(Error::BadInput(format!(
-                    "S3 endpoint {endpoint}: plain http is allowed only for loopback addresses; use https"
+                    "S3 endpoint {endpoint}: plain http is allowed only for loopback addresses; \
+                     use https (or allow_http on a trusted private network)"
                 )))
             }
             _ => {
@@ -232,6 +239,11 @@ mod tests {
         ] {
             assert!(with(bad).resolve().is_err(), "{bad}");
         }
+        let trusted = S3Options {
+            allow_http: true,
+            ..with("http://10.231.0.1:3960")
+        };
+        assert!(trusted.resolve().unwrap().http);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! secret_access_key = "…"
 //! request_timeout_secs = 30          # one request (connect: 5 s)
 //! retry_budget_secs = 180            # retries with backoff until this is spent
+//! allow_http = false                 # plain http beyond loopback (trusted networks only)
 //! ```
 //!
 //! Both keys are optional: the embedded default is `DATA/library` and `DATA/catalog.db`.
@@ -49,12 +50,33 @@ pub struct S3Config {
     pub request_timeout_secs: Option<u64>,
     /// How long retries may go on before a request fails, in seconds.
     pub retry_budget_secs: Option<u64>,
+    /// Plain `http` to a non-loopback endpoint (a trusted private network only).
+    pub allow_http: Option<bool>,
 }
 
 impl S3Config {
     /// Whether no key is set.
     pub fn is_empty(&self) -> bool {
         *self == S3Config::default()
+    }
+
+    /// The S3 backend's options: what is set here, the backend's defaults for the rest (it
+    /// reads the `AWS_*` environment for keys left unset).
+    pub fn options(&self) -> s3::S3Options {
+        let defaults = s3::S3Options::default();
+        let secs = std::time::Duration::from_secs;
+        s3::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            request_timeout: self
+                .request_timeout_secs
+                .map_or(defaults.request_timeout, secs),
+            retry_budget: self.retry_budget_secs.map_or(defaults.retry_budget, secs),
+            allow_http: self.allow_http.unwrap_or(false),
+            ..defaults
+        }
     }
 }
 
@@ -70,6 +92,7 @@ impl std::fmt::Debug for S3Config {
             )
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("retry_budget_secs", &self.retry_budget_secs)
+            .field("allow_http", &self.allow_http)
             .finish()
     }
 }

@@ -142,10 +142,12 @@ impl Store {
                     format!("opening library in {}", dir.display())
                 })?))
             }
-            LibraryAt::S3 { .. } => bail!(
-                "store library {}: this spawngrid has no S3 backend",
-                self.library.describe()
-            ),
+            LibraryAt::S3 { .. } => {
+                let url = self.library.describe();
+                let backend = s3::S3Backend::open(&url, &self.s3.options())
+                    .with_context(|| format!("opening the library at {url}"))?;
+                Ok(Arc::new(backend))
+            }
         }
     }
 

@@ -355,7 +355,7 @@ impl Cgroup {
         for dir in &dirs {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                match std::fs::remove_dir(&dir) {
+                match std::fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                     // EBUSY while the last exiting task is released.

@@ -623,4 +623,47 @@ mod tests {
         assert_eq!(Network::default().to_string(), "none");
         assert!("bridge".parse::<Network>().is_err());
     }
+
+    /// On the host's real claims directory (as root), with the pool's last subnet, which no
+    /// test env gets.
+    #[test]
+    fn stale_host_claims_are_replaced_live_ones_kept() {
+        let link = NatLink::nth(pool_size() - 1);
+        let claim = claim_path(&link);
+        let tmp = tempfile::tempdir().unwrap();
+        let (mine, theirs) = (tmp.path().join("mine"), tmp.path().join("theirs"));
+        let write = |path: &Path, init| {
+            let lease = Lease {
+                env: "e".into(),
+                tag: "t".into(),
+                link: link.clone(),
+                init,
+            };
+            std::fs::write(path, serde_json::to_vec(&lease).unwrap()).unwrap();
+        };
+        let me = std::process::id() as i32;
+        let start = crate::state::start_time(me).unwrap();
+        let (live, dead) = (Some((me, start)), Some((me, 1)));
+        write(&mine, live);
+        // A claim whose lease is gone (with its data directory) is replaced.
+        std::fs::create_dir_all(HOST_CLAIMS).unwrap();
+        std::os::unix::fs::symlink(&theirs, &claim).unwrap();
+        assert!(host_claim(&mine, &link).unwrap());
+        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&mine));
+        assert!(host_claim(&mine, &link).unwrap(), "already ours");
+        // A live claim is kept, also when another lease gives up the subnet.
+        write(&theirs, live);
+        assert!(!host_claim(&theirs, &link).unwrap());
+        unclaim(&theirs, &link).unwrap();
+        assert!(!theirs.exists());
+        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&mine));
+        // The claim of a dead env is replaced; its holder then leaves it alone.
+        write(&mine, dead);
+        write(&theirs, live);
+        assert!(host_claim(&theirs, &link).unwrap());
+        unclaim(&mine, &link).unwrap();
+        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&theirs));
+        unclaim(&theirs, &link).unwrap();
+        assert_eq!(holder(&claim).unwrap(), None);
+    }
 }

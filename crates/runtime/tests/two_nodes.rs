@@ -188,3 +188,83 @@ fn a_dead_env_of_one_node_does_not_take_another_nodes_network_at_boom() {
     assert!(!has_link(&lb.host_if) && !ruleset_has(&lb));
     assert!(!Path::new("/sys/class/net").join(&lb.host_if).exists());
 }
+
+/// Turns a running env into one spawned before per-node names: its cgroup under the shared
+/// `spawngrid/` parent (recorded so in its state), its lease without init and host-wide claim.
+fn make_legacy(node: &TestNode, env: &mut Env) {
+    let st = &mut env.state;
+    let legacy: Vec<PathBuf> = st
+        .cgroups
+        .iter()
+        .map(|d| {
+            d.parent()
+                .unwrap()
+                .with_file_name("spawngrid")
+                .join(&st.name)
+        })
+        .collect();
+    for (new, old) in st.cgroups.iter().zip(&legacy) {
+        std::fs::create_dir_all(old).unwrap();
+        for pid in cgroup_pids(std::slice::from_ref(new)) {
+            std::fs::write(old.join("cgroup.procs"), pid.to_string()).unwrap();
+        }
+    }
+    if let Some(memory) = legacy
+        .iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists())
+    {
+        std::fs::write(
+            memory.join("memory.limit_in_bytes"),
+            (64u64 << 20).to_string(),
+        )
+        .unwrap();
+    }
+    for new in &st.cgroups {
+        std::fs::remove_dir(new).unwrap();
+        std::fs::remove_dir(new.parent().unwrap()).unwrap();
+    }
+    st.cgroups = legacy;
+    let dir = node.rt.env_dir(&st.name).unwrap();
+    std::fs::write(dir.join("state.json"), serde_json::to_vec(&*st).unwrap()).unwrap();
+    let link = link_of(env);
+    let lease = runtime::net::leases_dir(&node.rt).join(format!("lease-{}", link.subnet));
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&lease).unwrap()).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("init").is_some());
+    std::fs::write(&lease, serde_json::to_vec(&json).unwrap()).unwrap();
+    let claim = Path::new(runtime::net::HOST_CLAIMS).join(link.subnet.to_string());
+    std::fs::remove_file(claim).unwrap();
+}
+
+#[test]
+fn a_node_on_new_code_booms_envs_spawned_with_the_old_names() {
+    let _serial = serial();
+    let node = TestNode::new();
+    let mut opts = node.opts("legacy");
+    opts.network = Network::Nat;
+    let mut env = Env::spawn(&node.rt, &opts);
+    env.ok("sleep 100 >/dev/null 2>&1 &");
+    make_legacy(&node, &mut env);
+    let (link, cgroups) = (link_of(&env), env.state.cgroups.clone());
+    assert!(cgroups
+        .iter()
+        .all(|d| d.starts_with("/sys/fs/cgroup") && d.parent().unwrap().ends_with("spawngrid")));
+    let mut pids = cgroup_pids(&cgroups);
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 2, "the init and the sleep: {pids:?}");
+
+    // A restarted node (a new runtime on the same data directory) adopts and booms it.
+    let restarted = runtime::Runtime::new(&node.rt.data, &node.rt.helper).unwrap();
+    let st = runtime::state::load(&restarted, &env.state.name).unwrap();
+    assert!(st.alive());
+    assert_eq!(st.cgroups, cgroups);
+    assert_eq!(env.run_via_init(&["true"]).0, 0);
+    runtime::boom::boom(&restarted, &st.name).unwrap();
+    wait_dead(&st);
+    assert!(gone(&cgroups), "{cgroups:?} left");
+    assert!(!has_link(&link.host_if) && !ruleset_has(&link));
+    let leases = std::fs::read_dir(runtime::net::leases_dir(&node.rt)).unwrap();
+    assert_eq!(leases.count(), 0);
+    drop(env);
+}

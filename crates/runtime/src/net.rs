@@ -3,7 +3,7 @@
 //!
 //! - `none` (the default): only loopback, brought up by the init ([`loopback_up`]).
 //! - `nat`: also a veth pair. The host end `sgv<N>` and the env's `eth0` get the two addresses
-//!   of a /30 from the node's pool ([`NAT_POOL`]); the env's default route is the host end;
+//!   of a /30 from the host's pool ([`NAT_POOL`]); the env's default route is the host end;
 //!   the host forwards IPv4 and masquerades what the env sends elsewhere (nftables table
 //!   `ip spawngrid`). Set up from the host by the spawner once the init exists
 //!   ([`setup_nat`]), undone by boom ([`teardown_nat`]).
@@ -11,13 +11,35 @@
 //! The host side uses the iproute2 `ip` command (run inside the env's network namespace with
 //! util-linux `nsenter --net=/proc/PID/ns/net`) and the `nft` command.
 //!
-//! Subnets are leased with one file per subnet, `DATA/net/lease-<subnet address>`, made
-//! atomically with `link(2)` from a complete temporary file (so concurrent spawns never get
-//! the same one, and a lease is never half-written). Interface names are host-wide, so the
-//! creation of `sgv<N>` is the host-wide claim on subnet N: another runtime on the same host
-//! (another data directory) that holds it makes the spawner move on to the next subnet.
-//! The host end carries a tag (its `ifalias`, recorded in the lease), so boom deletes only the
-//! link it made.
+//! Several nodes (data directories) may share a host: a grid demo runs one per network
+//! namespace, tests run many data directories at once. A subnet is therefore held twice:
+//!
+//! - by the node: `DATA/net/lease-<subnet address>` (env, host end tag, link, the env init's
+//!   pid and start time), made atomically with `link(2)` from a complete temporary file, so
+//!   concurrent spawns of the node never get the same subnet and a lease is never
+//!   half-written;
+//! - host-wide: the claim [`HOST_CLAIMS`]`/<subnet address>`, a symbolic link to that lease
+//!   file, made atomically with `symlink(2)`. Its target names the owning data directory.
+//!
+//! One host-wide pool rather than disjoint per-node pools: any number of data directories
+//! comes and goes, and a pool split by a hash of the node would collide by chance. With the
+//! subnet unique on the host, its index is too, so the host end's name `sgv<N>` (at most 8
+//! bytes: `IFNAMSIZ` is 16) needs no node id. A claim is stale when its lease is gone (the data
+//! directory was removed) or its env's init is gone (its veth pair went with its network
+//! namespace); a spawn that finds no free subnet replaces a stale claim. Claims are removed
+//! only under an exclusive lock on the claims directory, after reading their holder again.
+//! `/run` is a tmpfs: claims go with a reboot, as envs do.
+//!
+//! The nft table `ip spawngrid` and its set `envs` are shared by the host's nodes rather than
+//! made per node: env-to-env traffic is dropped across nodes as within one, no table is ever
+//! deleted (so no node's teardown cuts another's envs, and no empty table is left per data
+//! directory), and envs spawned before claims keep their rules. A subnet's element belongs to
+//! the holder of its claim: a boom removes it only while its lease holds the claim (a dead
+//! env's subnet may have been claimed by another node since; a lease without a claim, made by
+//! an older version, takes the claim first). The host end carries a tag (its `ifalias`,
+//! recorded in the lease), so boom deletes only the link it made. A node on an older version
+//! claims nothing host-wide: the interface names then still keep subnets apart (creating
+//! `sgv<N>` fails while it exists, and the spawner moves on).
 
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
@@ -61,7 +83,7 @@ impl std::fmt::Display for Network {
     }
 }
 
-/// The node's pool of env subnets: `10.88.0.0/16`.
+/// The pool of env subnets, shared by the host's nodes: `10.88.0.0/16`.
 pub const NAT_POOL: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
 /// Prefix length of [`NAT_POOL`].
 pub const NAT_POOL_PREFIX: u8 = 16;

@@ -974,14 +974,16 @@ def section_session(b, peers, unavailable):
     return res
 
 
-def cgroup_mem(env):
+def cgroup_mem(data, env):
     if cgroup_v2():
-        d = f"/sys/fs/cgroup/spawngrid/{env}"
         usage_file, keys = "memory.current", ("anon", "file", "shmem", "kernel")
     else:
-        d = f"/sys/fs/cgroup/memory/spawngrid/{env}"
         usage_file, keys = "memory.usage_in_bytes", ("rss", "cache", "shmem", "mapped_file")
     try:
+        # The env's cgroup as its state records it (`spawngrid-<node id>/<env>`).
+        with open(os.path.join(data, "envs", env, "state.json")) as f:
+            dirs = json.load(f)["cgroups"]
+        d = next(x for x in dirs if os.path.exists(os.path.join(x, usage_file)))
         with open(os.path.join(d, usage_file)) as f:
             usage = int(f.read())
         st = {}
@@ -991,7 +993,7 @@ def cgroup_mem(env):
                 if k in keys:
                     st[k] = int(v)
         return usage, st
-    except OSError:
+    except (OSError, KeyError, StopIteration):
         return None, {}
 
 
@@ -1029,7 +1031,7 @@ def section_density(b):
         envs = {e["env"]: e for e in b.envs()}
         usage_sum, stat_sum, pss_sum, pss_n = 0, {}, 0, 0
         for n in names:
-            u, st = cgroup_mem(n)
+            u, st = cgroup_mem(b.data, n)
             usage_sum += u or 0
             for kk, vv in st.items():
                 stat_sum[kk] = stat_sum.get(kk, 0) + vv

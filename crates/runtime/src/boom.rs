@@ -16,6 +16,7 @@ pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
     let recorded = state::load(rt, name).ok();
     // The subnet leases are searched unless the state says the env has no `nat` network.
     let network = recorded.as_ref().map(|st| st.network);
+    let cg = Cgroup::of_env(rt, name, recorded.as_ref());
     let st = recorded.filter(|st| st.alive());
     if let Some(pid) = st
         .as_ref()
@@ -24,7 +25,6 @@ pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
         // Killing PID 1 of the env's pid namespace kills every process in it.
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
-    let cg = Cgroup::new(&rt.cgroups, name);
     cg.kill_all()?;
     if let Some(st) = st {
         // Wait for the init to exit; it is no child of ours, so reaping it is its parent's job.

@@ -2,8 +2,16 @@
 //!
 //! Works on a pure cgroup v2 host (`/sys/fs/cgroup/cgroup.controllers` exists) and on a v1 or
 //! hybrid host, where an env gets one directory per controller (`memory`, `pids`, `cpu`,
-//! `freezer`). Either way an env's cgroup is `spawngrid/<env>` under each root.
+//! `freezer`). Either way an env's cgroup is `spawngrid-<node>/<env>` under each root, where
+//! `<node>` is the node's id ([`crate::Runtime::node_id`], derived from its data directory):
+//! cgroups are host-wide, and two nodes on one host may hold envs with the same id. The node's
+//! parent goes with its last env. Envs spawned before node ids used `spawngrid/<env>`
+//! ([`LEGACY_PARENT`]); an env's cgroup is always taken from its recorded state
+//! ([`Cgroup::of_env`]), so a node restarted on newer code still freezes, kills and removes
+//! them.
 
+use crate::state::EnvState;
+use crate::Runtime;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -12,23 +20,43 @@ use std::time::{Duration, Instant};
 /// The v1 controllers an env uses.
 const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
 
-/// The host's cgroup layout.
+/// The parent of env cgroups spawned before node ids (`spawngrid/<env>`). Nodes on older
+/// versions share it and expect it to stay, so it is never removed.
+pub const LEGACY_PARENT: &str = "spawngrid";
+
+/// The host's kind of cgroup hierarchies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hierarchy {
+    /// One unified hierarchy (cgroup v2) at the root.
+    V2,
+    /// One hierarchy per controller (v1 or hybrid), mounted at `ROOT/<controller>`.
+    V1,
+}
+
+/// Where a node's env cgroups are: the host's hierarchies, and the node's parent in each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Layout {
-    /// Unified hierarchy at this root.
-    V2(PathBuf),
-    /// One hierarchy per controller, mounted at `ROOT/<controller>`.
-    V1(PathBuf),
+pub struct Layout {
+    /// The kind of hierarchies.
+    pub hierarchy: Hierarchy,
+    /// Where they are mounted: `/sys/fs/cgroup`.
+    pub root: PathBuf,
+    /// The parent of the node's env cgroups under each hierarchy root: `spawngrid-<node id>`.
+    pub parent: String,
 }
 
 impl Layout {
-    /// v2 if `/sys/fs/cgroup/cgroup.controllers` exists, else v1 controllers under /sys/fs/cgroup.
-    pub fn detect() -> Layout {
+    /// The host's hierarchies under `/sys/fs/cgroup` (v2 if `cgroup.controllers` exists there,
+    /// else v1 controllers), with node `node_id`'s parent.
+    pub fn detect(node_id: &str) -> Layout {
         let root = PathBuf::from("/sys/fs/cgroup");
-        if root.join("cgroup.controllers").exists() {
-            Layout::V2(root)
-        } else {
-            Layout::V1(root)
+        let hierarchy = match root.join("cgroup.controllers").exists() {
+            true => Hierarchy::V2,
+            false => Hierarchy::V1,
+        };
+        Layout {
+            hierarchy,
+            root,
+            parent: format!("{LEGACY_PARENT}-{node_id}"),
         }
     }
 }
@@ -92,52 +120,76 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct Cgroup {
     layout: Layout,
-    env: String,
+    /// `PARENT/ENV`, the same under every hierarchy root.
+    path: PathBuf,
 }
 
 impl Cgroup {
-    /// The cgroup of env `env` in `layout`.
+    /// The cgroup of env `env` in `layout`: `<the node's parent>/<env>`.
     pub fn new(layout: &Layout, env: &str) -> Cgroup {
         Cgroup {
             layout: layout.clone(),
-            env: env.to_string(),
+            path: Path::new(&layout.parent).join(env),
+        }
+    }
+
+    /// The cgroup whose directories are `dirs`, as [`Cgroup::dirs`] listed them (an env's
+    /// recorded state), whatever its parent; `None` if they are no cgroup of `layout`.
+    pub fn recorded(layout: &Layout, dirs: &[PathBuf]) -> Option<Cgroup> {
+        let probe = Cgroup {
+            layout: layout.clone(),
+            path: PathBuf::new(),
+        };
+        let first = dirs
+            .first()?
+            .strip_prefix(probe.dir(V1_CONTROLLERS[0]))
+            .ok()?;
+        let cg = Cgroup {
+            layout: layout.clone(),
+            path: first.to_path_buf(),
+        };
+        (first.components().count() == 2 && cg.dirs() == dirs).then_some(cg)
+    }
+
+    /// The cgroup of env `name` of `rt`'s node: the one recorded in its `state` (an env keeps
+    /// the name it was spawned with, also across an upgrade of the node), else the one the
+    /// node gives a new env.
+    pub fn of_env(rt: &Runtime, name: &str, state: Option<&EnvState>) -> Cgroup {
+        state
+            .and_then(|st| Cgroup::recorded(&rt.cgroups, &st.cgroups))
+            .unwrap_or_else(|| Cgroup::new(&rt.cgroups, name))
+    }
+
+    /// The cgroup's directory in `controller`'s hierarchy (v1) or in the unified one (v2).
+    fn dir(&self, controller: &str) -> PathBuf {
+        let root = &self.layout.root;
+        match self.layout.hierarchy {
+            Hierarchy::V2 => root.join(&self.path),
+            Hierarchy::V1 => root.join(controller).join(&self.path),
         }
     }
 
     /// Every directory of this cgroup (one on v2, one per controller on v1).
     pub fn dirs(&self) -> Vec<PathBuf> {
-        match &self.layout {
-            Layout::V2(root) => vec![root.join("spawngrid").join(&self.env)],
-            Layout::V1(root) => V1_CONTROLLERS
-                .iter()
-                .map(|c| root.join(c).join("spawngrid").join(&self.env))
-                .collect(),
+        match self.layout.hierarchy {
+            Hierarchy::V2 => vec![self.main_dir()],
+            Hierarchy::V1 => V1_CONTROLLERS.iter().map(|c| self.dir(c)).collect(),
         }
     }
 
     /// The directory whose `cgroup.procs` lists every process (and that freezes them).
     fn main_dir(&self) -> PathBuf {
-        match &self.layout {
-            Layout::V2(root) => root.join("spawngrid").join(&self.env),
-            Layout::V1(root) => root.join("freezer").join("spawngrid").join(&self.env),
-        }
+        self.dir("freezer")
     }
 
     /// Creates the directories and sets `limits`. Fails if the cgroup already exists.
     pub fn create(&self, limits: &Limits) -> Result<()> {
-        if let Layout::V2(root) = &self.layout {
-            enable_v2_controllers(root)?;
-        }
         for dir in self.dirs() {
-            if let Some(parent) = dir.parent() {
-                crate::ensure_dir(parent)?;
-            }
-            std::fs::create_dir(&dir)
-                .with_context(|| format!("creating cgroup {}", dir.display()))?;
+            self.create_dir(&dir)?;
         }
         let shares = (limits.cpu_weight.clamp(1, 10000) * 1024 / 100).max(2);
-        let settings: Vec<(PathBuf, String)> = match &self.layout {
-            Layout::V2(_) => {
+        let settings: Vec<(PathBuf, String)> = match self.layout.hierarchy {
+            Hierarchy::V2 => {
                 let d = self.main_dir();
                 vec![
                     (d.join("memory.max"), limits.memory.to_string()),
@@ -149,17 +201,14 @@ impl Cgroup {
                     ),
                 ]
             }
-            Layout::V1(root) => {
-                let d = |c: &str| root.join(c).join("spawngrid").join(&self.env);
-                vec![
-                    (
-                        d("memory").join("memory.limit_in_bytes"),
-                        limits.memory.to_string(),
-                    ),
-                    (d("pids").join("pids.max"), limits.pids.to_string()),
-                    (d("cpu").join("cpu.shares"), shares.to_string()),
-                ]
-            }
+            Hierarchy::V1 => vec![
+                (
+                    self.dir("memory").join("memory.limit_in_bytes"),
+                    limits.memory.to_string(),
+                ),
+                (self.dir("pids").join("pids.max"), limits.pids.to_string()),
+                (self.dir("cpu").join("cpu.shares"), shares.to_string()),
+            ],
         };
         for (file, value) in settings {
             // memory.swap.max is absent without swap accounting: not an error.
@@ -169,6 +218,29 @@ impl Cgroup {
             write(&file, &value)?;
         }
         Ok(())
+    }
+
+    /// Creates one directory of the cgroup, and its parent (with the controllers enabled for
+    /// its children on v2) if missing. The parent may vanish in between (another env of the
+    /// node was the last and removed it): then it is made again.
+    fn create_dir(&self, dir: &Path) -> Result<()> {
+        let parent = dir.parent().context("a cgroup without a parent")?;
+        let mut attempts = 0;
+        loop {
+            match self.layout.hierarchy {
+                Hierarchy::V2 => enable_v2_controllers(&self.layout.root, parent)?,
+                Hierarchy::V1 => crate::ensure_dir(parent)?,
+            }
+            match std::fs::create_dir(dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 10 => {
+                    attempts += 1
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating cgroup {}", dir.display()))
+                }
+            }
+        }
     }
 
     /// Moves process `pid` (a host pid) into this cgroup.
@@ -209,13 +281,13 @@ impl Cgroup {
 
     fn set_frozen(&self, frozen: bool) -> Result<()> {
         let d = self.main_dir();
-        let (file, value, done_file) = match self.layout {
-            Layout::V2(_) => (
+        let (file, value, done_file) = match self.layout.hierarchy {
+            Hierarchy::V2 => (
                 "cgroup.freeze",
                 if frozen { "1" } else { "0" },
                 "cgroup.events",
             ),
-            Layout::V1(_) => (
+            Hierarchy::V1 => (
                 "freezer.state",
                 if frozen { "FROZEN" } else { "THAWED" },
                 "freezer.state",
@@ -226,11 +298,11 @@ impl Cgroup {
         loop {
             let state = std::fs::read_to_string(d.join(done_file))
                 .with_context(|| format!("reading {}", d.join(done_file).display()))?;
-            let reached = match self.layout {
-                Layout::V2(_) => state
+            let reached = match self.layout.hierarchy {
+                Hierarchy::V2 => state
                     .lines()
                     .any(|l| l == if frozen { "frozen 1" } else { "frozen 0" }),
-                Layout::V1(_) => state.trim() == value,
+                Hierarchy::V1 => state.trim() == value,
             };
             if reached {
                 return Ok(());
@@ -260,7 +332,7 @@ impl Cgroup {
                     self.main_dir().display()
                 );
             }
-            if let Layout::V2(_) = self.layout {
+            if self.layout.hierarchy == Hierarchy::V2 {
                 write(&self.main_dir().join("cgroup.kill"), "1")?;
             } else {
                 self.freeze()?;
@@ -276,12 +348,14 @@ impl Cgroup {
         }
     }
 
-    /// Removes the cgroup's directories (after [`Cgroup::kill_all`]). Missing ones are fine.
+    /// Removes the cgroup's directories (after [`Cgroup::kill_all`]), and the node's parent
+    /// directories once they are empty (not [`LEGACY_PARENT`]). Missing ones are fine.
     pub fn remove(&self) -> Result<()> {
-        for dir in self.dirs() {
+        let dirs = self.dirs();
+        for dir in &dirs {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                match std::fs::remove_dir(&dir) {
+                match std::fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                     // EBUSY while the last exiting task is released.
@@ -294,15 +368,21 @@ impl Cgroup {
                 }
             }
         }
+        if !self.path.starts_with(LEGACY_PARENT) {
+            for parent in dirs.iter().filter_map(|d| d.parent()) {
+                // Best effort: busy (ENOTEMPTY, EBUSY) while another env of the node lives.
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
         Ok(())
     }
 }
 
-/// Enables memory, pids and cpu for `ROOT/spawngrid/*` on a v2 host.
-fn enable_v2_controllers(root: &Path) -> Result<()> {
-    let ours = root.join("spawngrid");
-    crate::ensure_dir(&ours)?;
-    for dir in [root, ours.as_path()] {
+/// Makes `parent` (a child of `root`) and enables memory, pids and cpu for its children on a
+/// v2 host.
+fn enable_v2_controllers(root: &Path, parent: &Path) -> Result<()> {
+    crate::ensure_dir(parent)?;
+    for dir in [root, parent] {
         write(&dir.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
     }
     Ok(())
@@ -319,6 +399,14 @@ mod tests {
     //! layout is what the integration tests exercise on this hybrid host.)
     use super::*;
 
+    fn layout(hierarchy: Hierarchy, root: &Path, node_id: &str) -> Layout {
+        Layout {
+            hierarchy,
+            root: root.to_path_buf(),
+            parent: format!("spawngrid-{node_id}"),
+        }
+    }
+
     fn read(p: &Path) -> String {
         std::fs::read_to_string(p).unwrap()
     }
@@ -326,9 +414,9 @@ mod tests {
     #[test]
     fn v2_files_and_values() {
         let tmp = tempfile::tempdir().unwrap();
-        let layout = Layout::V2(tmp.path().to_path_buf());
+        let layout = layout(Hierarchy::V2, tmp.path(), "n1");
         let cg = Cgroup::new(&layout, "e1");
-        let dir = tmp.path().join("spawngrid/e1");
+        let dir = tmp.path().join("spawngrid-n1/e1");
         assert_eq!(cg.dirs(), vec![dir.clone()]);
         cg.create(&Limits {
             memory: 64 << 20,
@@ -341,7 +429,7 @@ mod tests {
             "+memory +pids +cpu"
         );
         assert_eq!(
-            read(&tmp.path().join("spawngrid/cgroup.subtree_control")),
+            read(&tmp.path().join("spawngrid-n1/cgroup.subtree_control")),
             "+memory +pids +cpu"
         );
         assert_eq!(read(&dir.join("memory.max")), (64u64 << 20).to_string());
@@ -367,12 +455,38 @@ mod tests {
 
     #[test]
     fn v1_directories_per_controller() {
-        let cg = Cgroup::new(&Layout::V1(PathBuf::from("/sys/fs/cgroup")), "e2");
+        let layout = layout(Hierarchy::V1, Path::new("/sys/fs/cgroup"), "n2");
+        let cg = Cgroup::new(&layout, "e2+bob");
         let dirs: Vec<String> = cg.dirs().iter().map(|d| d.display().to_string()).collect();
         assert_eq!(
             dirs,
             ["memory", "pids", "cpu", "freezer"]
-                .map(|c| format!("/sys/fs/cgroup/{c}/spawngrid/e2"))
+                .map(|c| format!("/sys/fs/cgroup/{c}/spawngrid-n2/e2+bob"))
         );
+        assert_eq!(main_dir_of(&layout, &cg.dirs()), cg.main_dir());
+    }
+
+    fn main_dir_of(layout: &Layout, dirs: &[PathBuf]) -> PathBuf {
+        Cgroup::recorded(layout, dirs).expect("recorded").main_dir()
+    }
+
+    #[test]
+    fn recorded_directories_keep_their_parent() {
+        // Envs spawned before node ids recorded `spawngrid/<env>`.
+        let v1 = layout(Hierarchy::V1, Path::new("/sys/fs/cgroup"), "n3");
+        let legacy: Vec<PathBuf> = V1_CONTROLLERS
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join("spawngrid/old"))
+            .collect();
+        let main = main_dir_of(&v1, &legacy);
+        assert_eq!(main, Path::new("/sys/fs/cgroup/freezer/spawngrid/old"));
+        let v2 = layout(Hierarchy::V2, Path::new("/sys/fs/cgroup"), "n3");
+        let dirs = [PathBuf::from("/sys/fs/cgroup/spawngrid-n3/e3")];
+        assert_eq!(main_dir_of(&v2, &dirs), dirs[0]);
+        // Not a cgroup of the layout: the caller falls back to the node's name.
+        assert!(Cgroup::recorded(&v2, &legacy).is_none());
+        assert!(Cgroup::recorded(&v1, &legacy[..2]).is_none());
+        assert!(Cgroup::recorded(&v2, &[PathBuf::from("/sys/fs/cgroup/e3")]).is_none());
+        assert!(Cgroup::recorded(&v2, &[]).is_none());
     }
 }

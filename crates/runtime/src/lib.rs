@@ -42,6 +42,10 @@ use std::path::{Path, PathBuf};
 pub struct Runtime {
     /// The node's data directory; envs live in `DATA/envs/`.
     pub data: PathBuf,
+    /// The node's id on this host: 12 hex digits of the BLAKE3 hash of the (canonical) data
+    /// directory. It names what the node makes in host-wide namespaces (its cgroups' parent),
+    /// so nodes with different data directories never collide there.
+    pub node_id: String,
     /// An executable that runs [`helper::run_if_requested`] first thing in `main`.
     pub helper: PathBuf,
     /// The host uid/gid range that ids inside every env map to.
@@ -64,11 +68,13 @@ impl Runtime {
             .canonicalize()
             .with_context(|| format!("resolving {}", data.display()))?;
         cgroup::favor_dynamic_moves();
+        let node_id = node_id(&data);
         Ok(Runtime {
+            cgroups: cgroup::Layout::detect(&node_id),
+            node_id,
             data,
             helper: helper.into(),
             ids: IdRange::node_default()?,
-            cgroups: cgroup::Layout::detect(),
             spare: Default::default(),
         })
     }
@@ -96,6 +102,12 @@ impl Runtime {
     pub fn envs_dir(&self) -> PathBuf {
         self.data.join("envs")
     }
+}
+
+/// The id of the node whose data directory is `data` (canonical): see [`Runtime::node_id`].
+fn node_id(data: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    library::Score::of(data.as_os_str().as_bytes()).short()
 }
 
 /// Checks an env name: the catalog's name syntax (no `/`, no `..`), and nothing that overlayfs

@@ -3,7 +3,7 @@
 //!
 //! - `none` (the default): only loopback, brought up by the init ([`loopback_up`]).
 //! - `nat`: also a veth pair. The host end `sgv<N>` and the env's `eth0` get the two addresses
-//!   of a /30 from the node's pool ([`NAT_POOL`]); the env's default route is the host end;
+//!   of a /30 from the host's pool ([`NAT_POOL`]); the env's default route is the host end;
 //!   the host forwards IPv4 and masquerades what the env sends elsewhere (nftables table
 //!   `ip spawngrid`). Set up from the host by the spawner once the init exists
 //!   ([`setup_nat`]), undone by boom ([`teardown_nat`]).
@@ -11,13 +11,35 @@
 //! The host side uses the iproute2 `ip` command (run inside the env's network namespace with
 //! util-linux `nsenter --net=/proc/PID/ns/net`) and the `nft` command.
 //!
-//! Subnets are leased with one file per subnet, `DATA/net/lease-<subnet address>`, made
-//! atomically with `link(2)` from a complete temporary file (so concurrent spawns never get
-//! the same one, and a lease is never half-written). Interface names are host-wide, so the
-//! creation of `sgv<N>` is the host-wide claim on subnet N: another runtime on the same host
-//! (another data directory) that holds it makes the spawner move on to the next subnet.
-//! The host end carries a tag (its `ifalias`, recorded in the lease), so boom deletes only the
-//! link it made.
+//! Several nodes (data directories) may share a host: a grid demo runs one per network
+//! namespace, tests run many data directories at once. A subnet is therefore held twice:
+//!
+//! - by the node: `DATA/net/lease-<subnet address>` (env, host end tag, link, the env init's
+//!   pid and start time), made atomically with `link(2)` from a complete temporary file, so
+//!   concurrent spawns of the node never get the same subnet and a lease is never
+//!   half-written;
+//! - host-wide: the claim [`HOST_CLAIMS`]`/<subnet address>`, a symbolic link to that lease
+//!   file, made atomically with `symlink(2)`. Its target names the owning data directory.
+//!
+//! One host-wide pool rather than disjoint per-node pools: any number of data directories
+//! comes and goes, and a pool split by a hash of the node would collide by chance. With the
+//! subnet unique on the host, its index is too, so the host end's name `sgv<N>` (at most 8
+//! bytes: `IFNAMSIZ` is 16) needs no node id. A claim is stale when its lease is gone (the data
+//! directory was removed) or its env's init is gone (its veth pair went with its network
+//! namespace); a spawn that finds no free subnet replaces a stale claim. Claims are removed
+//! only under an exclusive lock on the claims directory, after reading their holder again.
+//! `/run` is a tmpfs: claims go with a reboot, as envs do.
+//!
+//! The nft table `ip spawngrid` and its set `envs` are shared by the host's nodes rather than
+//! made per node: env-to-env traffic is dropped across nodes as within one, no table is ever
+//! deleted (so no node's teardown cuts another's envs, and no empty table is left per data
+//! directory), and envs spawned before claims keep their rules. A subnet's element belongs to
+//! the holder of its claim: a boom removes it only while its lease holds the claim (a dead
+//! env's subnet may have been claimed by another node since; a lease without a claim, made by
+//! an older version, takes the claim first). The host end carries a tag (its `ifalias`,
+//! recorded in the lease), so boom deletes only the link it made. A node on an older version
+//! claims nothing host-wide: the interface names then still keep subnets apart (creating
+//! `sgv<N>` fails while it exists, and the spawner moves on).
 
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
@@ -61,7 +83,7 @@ impl std::fmt::Display for Network {
     }
 }
 
-/// The node's pool of env subnets: `10.88.0.0/16`.
+/// The pool of env subnets, shared by the host's nodes: `10.88.0.0/16`.
 pub const NAT_POOL: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
 /// Prefix length of [`NAT_POOL`].
 pub const NAT_POOL_PREFIX: u8 = 16;
@@ -132,9 +154,30 @@ struct Lease {
     tag: String,
     /// The link.
     link: NatLink,
+    /// The env's init (pid, start time): the lease is stale once that process is gone.
+    /// Absent from leases made before host-wide claims (they never go stale).
+    #[serde(default)]
+    init: Option<(i32, u64)>,
 }
 
-/// Where subnet leases live: `DATA/net`.
+impl Lease {
+    /// Reads the lease at `path`, if it is there and whole.
+    fn read(path: &Path) -> Option<Lease> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Whether the env that made it is gone (so its veth pair is too).
+    fn stale(&self) -> bool {
+        self.init
+            .is_some_and(|(pid, start)| crate::state::start_time(pid) != Some(start))
+    }
+}
+
+/// Where the host-wide claims on subnets live: `HOST_CLAIMS/<subnet address>`, a symbolic
+/// link to the lease file of the node that holds the subnet.
+pub const HOST_CLAIMS: &str = "/run/spawngrid/net";
+
+/// Where a node's subnet leases live: `DATA/net`.
 pub fn leases_dir(rt: &Runtime) -> PathBuf {
     rt.data.join("net")
 }
@@ -159,7 +202,7 @@ fn tmp_is_stale(name: &str) -> bool {
 /// address both ends, route, forward and masquerade. On error, what was made stays for
 /// [`teardown_nat`] (boom) to remove.
 pub fn setup_nat(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Result<NatLink> {
-    let (link, tag) = claim(rt, env, init_pid)?;
+    let (link, tag) = claim(rt, env, init_pid, init_start)?;
     // The init is alive until the spawn returns (nothing else runs in the env yet), so its pid
     // still names its namespace; check anyway that it was not reused.
     if crate::state::start_time(init_pid) != Some(init_start) {
@@ -206,9 +249,10 @@ pub fn setup_nat(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Res
     Ok(link)
 }
 
-/// Leases a free subnet for `env` and creates its veth pair, the env end (`eth0`) directly in
-/// the network namespace of `init_pid`; returns the link and the host end's tag.
-fn claim(rt: &Runtime, env: &str, init_pid: i32) -> Result<(NatLink, String)> {
+/// Leases a free subnet for `env` (in the node's leases and host-wide) and creates its veth
+/// pair, the env end (`eth0`) directly in the network namespace of `init_pid` (started at
+/// `init_start`); returns the link and the host end's tag.
+fn claim(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Result<(NatLink, String)> {
     let dir = leases_dir(rt);
     crate::ensure_dir(&dir)?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -225,12 +269,23 @@ fn claim(rt: &Runtime, env: &str, init_pid: i32) -> Result<(NatLink, String)> {
         tag = format!("{tag}:{env}");
     }
     let taken: HashSet<u32> = leases(&dir)?.into_iter().map(|(i, _)| i).collect();
-    for index in (0..pool_size()).filter(|i| !taken.contains(i)) {
+    // Subnets nobody claims first, then those claimed host-wide (whose claims may be stale).
+    let mut held: Vec<u32> = subnet_entries(Path::new(HOST_CLAIMS), "")?
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    held.sort_unstable();
+    let free = (0..pool_size()).filter(|i| held.binary_search(i).is_err());
+    for index in free.chain(held.iter().copied()) {
+        if taken.contains(&index) {
+            continue;
+        }
         let link = NatLink::nth(index);
         let lease = Lease {
             env: env.into(),
             tag: tag.clone(),
             link: link.clone(),
+            init: Some((init_pid, init_start)),
         };
         std::fs::write(&tmp, serde_json::to_vec(&lease)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
@@ -239,6 +294,10 @@ fn claim(rt: &Runtime, env: &str, init_pid: i32) -> Result<(NatLink, String)> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+        if !host_claim(&path, &link)? {
+            remove_file(&path)?;
+            continue;
         }
         let pid = init_pid.to_string();
         let add = ["link", "add", &link.host_if, "type", "veth", "peer", "name"];
@@ -249,8 +308,9 @@ fn claim(rt: &Runtime, env: &str, init_pid: i32) -> Result<(NatLink, String)> {
                 return Ok((link, tag));
             }
             Err(e) if format!("{e}").contains("File exists") => {
-                // Another runtime on this host has this subnet's interface.
-                remove_file(&path)?;
+                // A runtime that does not claim host-wide (an older version) has this
+                // subnet's interface.
+                unclaim(&path, &link)?;
             }
             Err(e) => {
                 remove_file(&tmp)?;
@@ -260,13 +320,87 @@ fn claim(rt: &Runtime, env: &str, init_pid: i32) -> Result<(NatLink, String)> {
     }
     remove_file(&tmp)?;
     bail!(
-        "no free subnet in the nat pool {NAT_POOL}/{NAT_POOL_PREFIX} ({} in use by this node)",
-        taken.len()
+        "no free subnet in the nat pool {NAT_POOL}/{NAT_POOL_PREFIX} ({} in use by this node, {} \
+         claimed on the host)",
+        taken.len(),
+        held.len()
     )
+}
+
+/// The host-wide claim on `link`'s subnet.
+fn claim_path(link: &NatLink) -> PathBuf {
+    Path::new(HOST_CLAIMS).join(link.subnet.to_string())
+}
+
+/// Claims `link`'s subnet host-wide for the lease at `lease` (a symbolic link to it, made
+/// atomically): true if the claim is the lease's (now, or already). A stale claim (its lease
+/// is gone with its data directory, or its env is dead) is replaced.
+fn host_claim(lease: &Path, link: &NatLink) -> Result<bool> {
+    std::fs::create_dir_all(HOST_CLAIMS).with_context(|| format!("creating {HOST_CLAIMS}"))?;
+    let claim = claim_path(link);
+    for _ in 0..3 {
+        match std::os::unix::fs::symlink(lease, &claim) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", claim.display())),
+        }
+        let verdict = claims_locked(|| {
+            let Some(holder) = holder(&claim)? else {
+                return Ok(None);
+            };
+            if holder == lease {
+                return Ok(Some(true));
+            }
+            if Lease::read(&holder).is_none_or(|l| l.stale()) {
+                remove_file(&claim)?;
+                return Ok(None);
+            }
+            Ok(Some(false))
+        })?;
+        if let Some(ours) = verdict {
+            return Ok(ours);
+        }
+    }
+    Ok(false)
+}
+
+/// Gives up the host-wide claim on `link`'s subnet if the lease at `lease` holds it, then the
+/// lease.
+fn unclaim(lease: &Path, link: &NatLink) -> Result<()> {
+    let claim = claim_path(link);
+    claims_locked(|| match holder(&claim)? {
+        Some(holder) if holder == lease => remove_file(&claim),
+        _ => Ok(()),
+    })?;
+    remove_file(lease)
+}
+
+/// The lease a host-wide claim points to, if the claim exists.
+fn holder(claim: &Path) -> Result<Option<PathBuf>> {
+    match std::fs::read_link(claim) {
+        Ok(holder) => Ok(Some(holder)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", claim.display())),
+    }
+}
+
+/// Runs `f` holding an exclusive lock on the claims directory. Claims are made without it
+/// (`symlink` is atomic) but removed only under it, after reading their holder again, so a
+/// claim made meanwhile by another node is never removed in place of a stale one.
+fn claims_locked<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let dir = std::fs::File::open(HOST_CLAIMS).with_context(|| format!("opening {HOST_CLAIMS}"))?;
+    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {HOST_CLAIMS}"))?;
+    f()
 }
 
 /// Every readable lease in `dir`, with its pool index.
 fn leases(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    subnet_entries(dir, "lease-")
+}
+
+/// Every entry of `dir` named `<prefix><subnet address>` of a pool subnet, with its index.
+fn subnet_entries(dir: &Path, prefix: &str) -> Result<Vec<(u32, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -276,7 +410,7 @@ fn leases(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
         .filter_map(|e| {
             let e = e.ok()?;
             let name = e.file_name().into_string().ok()?;
-            let index = index_of(name.strip_prefix("lease-")?.parse().ok()?)?;
+            let index = index_of(name.strip_prefix(prefix)?.parse().ok()?)?;
             Some((index, e.path()))
         })
         .collect())
@@ -289,14 +423,9 @@ fn leases(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
 pub fn teardown_nat(rt: &Runtime, env: &str) -> Result<()> {
     let dir = leases_dir(rt);
     for (_, path) in leases(&dir)? {
-        let Ok(text) = std::fs::read(&path) else {
-            continue;
-        };
-        let Ok(lease) = serde_json::from_slice::<Lease>(&text) else {
-            continue;
-        };
-        if lease.env == env {
-            release(&path, &lease)?;
+        match Lease::read(&path) {
+            Some(lease) if lease.env == env => release(&path, &lease)?,
+            _ => {}
         }
     }
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -307,10 +436,7 @@ pub fn teardown_nat(rt: &Runtime, env: &str) -> Result<()> {
         if !name.starts_with("tmp-") {
             continue;
         }
-        let ours = std::fs::read(e.path())
-            .ok()
-            .and_then(|t| serde_json::from_slice::<Lease>(&t).ok())
-            .is_some_and(|l| l.env == env);
+        let ours = Lease::read(&e.path()).is_some_and(|l| l.env == env);
         if ours || tmp_is_stale(&name) {
             remove_file(&e.path())?;
         }
@@ -318,8 +444,12 @@ pub fn teardown_nat(rt: &Runtime, env: &str) -> Result<()> {
     Ok(())
 }
 
-/// Frees one lease: the link it made, the nft element, the file.
+/// Frees one lease: the link it made, the nft element (if the lease holds the subnet's
+/// host-wide claim: a lease of a dead env may have lost it to another node, whose element it
+/// now is; a lease without a claim, made by an older version, takes it first), the claim, the
+/// file.
 fn release(path: &Path, lease: &Lease) -> Result<()> {
+    let owned = host_claim(path, &lease.link)?;
     let h = &lease.link.host_if;
     let alias = std::fs::read_to_string(format!("/sys/class/net/{h}/ifalias")).unwrap_or_default();
     // Both wait for the kernel (RCU grace periods): run at the same time.
@@ -331,17 +461,23 @@ fn release(path: &Path, lease: &Lease) -> Result<()> {
         "delete element ip {NFT_TABLE} envs {{ {} }}\n",
         lease.link.cidr()
     );
-    let del_element = Tool::start("nft", &["-f", "-"], Some(&del))?;
-    let (link_done, element_done) = (del_link.map(Tool::finish), del_element.finish());
-    match link_done.transpose()? {
+    let del_element = match owned {
+        true => Some(Tool::start("nft", &["-f", "-"], Some(&del))?),
+        false => None,
+    };
+    let (link_done, element_done) = (
+        del_link.map(Tool::finish).transpose()?,
+        del_element.map(Tool::finish).transpose()?,
+    );
+    match link_done {
         Some(Err(e)) if !format!("{e}").contains("Cannot find device") => {
             return Err(e).with_context(|| format!("deleting {h}"))
         }
         _ => {}
     }
-    match element_done? {
+    match element_done {
         // A missing element (or table) is what we want.
-        Err(e)
+        Some(Err(e))
             if !format!("{e}").contains("does not exist")
                 && !format!("{e}").contains("No such file or directory") =>
         {
@@ -349,7 +485,7 @@ fn release(path: &Path, lease: &Lease) -> Result<()> {
         }
         _ => {}
     }
-    remove_file(path)
+    unclaim(path, &lease.link)
 }
 
 /// The nft transaction that (re)defines the table, set and rules and adds the env's subnet.
@@ -508,5 +644,48 @@ mod tests {
         assert_eq!("nat".parse::<Network>().unwrap(), Network::Nat);
         assert_eq!(Network::default().to_string(), "none");
         assert!("bridge".parse::<Network>().is_err());
+    }
+
+    /// On the host's real claims directory (as root), with the pool's last subnet, which no
+    /// test env gets.
+    #[test]
+    fn stale_host_claims_are_replaced_live_ones_kept() {
+        let link = NatLink::nth(pool_size() - 1);
+        let claim = claim_path(&link);
+        let tmp = tempfile::tempdir().unwrap();
+        let (mine, theirs) = (tmp.path().join("mine"), tmp.path().join("theirs"));
+        let write = |path: &Path, init| {
+            let lease = Lease {
+                env: "e".into(),
+                tag: "t".into(),
+                link: link.clone(),
+                init,
+            };
+            std::fs::write(path, serde_json::to_vec(&lease).unwrap()).unwrap();
+        };
+        let me = std::process::id() as i32;
+        let start = crate::state::start_time(me).unwrap();
+        let (live, dead) = (Some((me, start)), Some((me, 1)));
+        write(&mine, live);
+        // A claim whose lease is gone (with its data directory) is replaced.
+        std::fs::create_dir_all(HOST_CLAIMS).unwrap();
+        std::os::unix::fs::symlink(&theirs, &claim).unwrap();
+        assert!(host_claim(&mine, &link).unwrap());
+        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&mine));
+        assert!(host_claim(&mine, &link).unwrap(), "already ours");
+        // A live claim is kept, also when another lease gives up the subnet.
+        write(&theirs, live);
+        assert!(!host_claim(&theirs, &link).unwrap());
+        unclaim(&theirs, &link).unwrap();
+        assert!(!theirs.exists());
+        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&mine));
+        // The claim of a dead env is replaced; its holder then leaves it alone.
+        write(&mine, dead);
+        write(&theirs, live);
+        assert!(host_claim(&theirs, &link).unwrap());
+        unclaim(&mine, &link).unwrap();
+        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&theirs));
+        unclaim(&theirs, &link).unwrap();
+        assert_eq!(holder(&claim).unwrap(), None);
     }
 }

@@ -41,7 +41,7 @@ pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
         ),
     };
     let lease = lib.lease(LeaseKind::Shared, LEASE_WAIT, &|_| {})?;
-    let cg = Cgroup::new(&rt.cgroups, env);
+    let cg = Cgroup::of_env(rt, env, Some(&st));
     cg.freeze()?;
     let captured = capture(rt, &st, lib, parent);
     let thawed = cg.thaw();

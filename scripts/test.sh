@@ -19,6 +19,12 @@ SPAWNGRID_ROOTFS_BASE=$(scripts/rootfs.sh base)
 SPAWNGRID_ROOTFS_MODIFIED=$(scripts/rootfs.sh modified)
 export SPAWNGRID_ROOTFS_BASE SPAWNGRID_ROOTFS_MODIFIED
 
+echo "== PostgreSQL for the catalog's tests" >&2
+# The catalog's conformance tests run against SQLite and this PostgreSQL; each test makes its
+# own schema in the database. SPAWNGRID_REQUIRE_ENGINES=1 fails (not skips) a missing engine.
+SPAWNGRID_TEST_POSTGRES=$(scripts/postgres.sh up)
+export SPAWNGRID_TEST_POSTGRES SPAWNGRID_REQUIRE_ENGINES=1
+
 echo "== cargo fmt / clippy" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -23,7 +23,11 @@ echo "== Garage (S3) test cluster" >&2
 scripts/garage.sh install && scripts/garage.sh up >/dev/null
 # crates/s3's tests read the cluster's env file; with REQUIRE_ENGINES they fail instead of skipping.
 export SPAWNGRID_TEST_S3=${SPAWNGRID_GARAGE_DIR:-/var/cache/spawngrid/garage-test}/s3.env
-export SPAWNGRID_REQUIRE_ENGINES=1
+echo "== PostgreSQL for the catalog's tests" >&2
+# The catalog's conformance tests run against SQLite and this PostgreSQL; each test makes its
+# own schema in the database. SPAWNGRID_REQUIRE_ENGINES=1 fails (not skips) a missing engine.
+SPAWNGRID_TEST_POSTGRES=$(scripts/postgres.sh up)
+export SPAWNGRID_TEST_POSTGRES SPAWNGRID_REQUIRE_ENGINES=1
 
 echo "== cargo fmt / clippy" >&2
 cargo fmt --all -- --check

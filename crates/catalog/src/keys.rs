@@ -6,20 +6,9 @@
 //! field by field for the key types the SSH gateway accepts: `ssh-ed25519`,
 //! `ecdsa-sha2-nistp256`/`384`/`521` and `ssh-rsa`; anything else is refused.
 
+use crate::engine::Mode;
 use crate::{unix_now, Catalog, Error, Result};
 use base64::Engine;
-use rusqlite::params;
-
-/// The table of schema version 3 holding keys.
-pub(crate) const SCHEMA_KEYS: &str = "
-CREATE TABLE keys (
-    user        TEXT NOT NULL REFERENCES users(name),
-    fingerprint TEXT NOT NULL,
-    line        TEXT NOT NULL,
-    added       INTEGER NOT NULL,
-    PRIMARY KEY (user, fingerprint)
-);
-";
 
 /// The longest key line accepted (an 16384-bit RSA key is about 2.8 kB of base64).
 const MAX_LINE: usize = 8192;
@@ -207,44 +196,39 @@ impl Catalog {
             line: parsed.line,
             added: unix_now(),
         };
-        let result = self.conn().execute(
-            "INSERT INTO keys (user, fingerprint, line, added) VALUES (?1, ?2, ?3, ?4)",
-            params![user, key.fingerprint, key.line, key.added],
-        );
-        match result {
-            Ok(_) => Ok(key),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-            {
-                Err(Error::KeyExists {
+        self.db(Mode::Plain, |db| {
+            db.insert(
+                "adding a key",
+                "INSERT INTO keys (\"user\", fingerprint, line, added) VALUES (?1, ?2, ?3, ?4)",
+                &[
+                    user.into(),
+                    (&key.fingerprint).into(),
+                    (&key.line).into(),
+                    key.added.into(),
+                ],
+                || Error::KeyExists {
                     user: user.into(),
-                    fingerprint: key.fingerprint,
-                })
-            }
-            Err(e) => Err(self.sql("adding a key")(e)),
-        }
+                    fingerprint: key.fingerprint.clone(),
+                },
+            )
+        })?;
+        Ok(key)
     }
 
     /// User `user`'s keys in the order they were added (empty for an unknown user).
     pub fn keys(&self, user: &str) -> Result<Vec<Key>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT fingerprint, line, added FROM keys WHERE user = ?1 \
-                 ORDER BY added, rowid",
-            )
-            .map_err(self.sql("listing keys"))?;
-        let rows = stmt
-            .query_map(params![user], |r| {
+        self.rows(
+            "listing keys",
+            "SELECT fingerprint, line, added FROM keys WHERE \"user\" = ?1 ORDER BY added, rowid",
+            &[user.into()],
+            |r| {
                 Ok(Key {
-                    fingerprint: r.get(0)?,
-                    line: r.get(1)?,
-                    added: r.get(2)?,
+                    fingerprint: r.text(0)?,
+                    line: r.text(1)?,
+                    added: r.int(2)?,
                 })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(self.sql("listing keys"));
-        rows
+            },
+        )
     }
 
     /// Removes user `user`'s keys whose fingerprint or comment is `which`. Returns whether
@@ -256,26 +240,24 @@ impl Catalog {
             .filter(|k| k.fingerprint == which || (!which.is_empty() && k.comment() == which))
             .map(|k| k.fingerprint)
             .collect();
-        let conn = self.conn();
         for fp in &doomed {
-            conn.execute(
-                "DELETE FROM keys WHERE user = ?1 AND fingerprint = ?2",
-                params![user, fp],
-            )
-            .map_err(self.sql("removing a key"))?;
+            self.execute(
+                "removing a key",
+                "DELETE FROM keys WHERE \"user\" = ?1 AND fingerprint = ?2",
+                &[user.into(), fp.into()],
+            )?;
         }
         Ok(!doomed.is_empty())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::tests::open;
     use std::process::Command;
 
     /// A fresh key pair made by ssh-keygen: the `.pub` line and `ssh-keygen -lf`'s fingerprint.
-    fn keygen(kind: &str, bits: Option<&str>, comment: &str) -> (String, String) {
+    pub(crate) fn keygen(kind: &str, bits: Option<&str>, comment: &str) -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         let mut cmd = Command::new("ssh-keygen");
@@ -311,37 +293,6 @@ mod tests {
             assert_eq!(parsed.fingerprint, fp, "{kind} {bits:?}");
             assert_eq!(parsed.line, line.trim());
         }
-    }
-
-    #[test]
-    fn keys_are_added_listed_and_removed() {
-        let (_d, cat) = open();
-        cat.add_user("alice", "pw", false).unwrap();
-        let (one, fp1) = keygen("ed25519", None, "alice@laptop");
-        let (two, fp2) = keygen("ecdsa", Some("256"), "alice  at  work");
-        let k1 = cat.add_key("alice", &format!("  {one}")).unwrap();
-        assert_eq!(
-            (k1.fingerprint.as_str(), k1.line.as_str()),
-            (fp1.as_str(), one.trim())
-        );
-        assert_eq!(k1.comment(), "alice@laptop");
-        let k2 = cat.add_key("alice", &two).unwrap();
-        assert_eq!(k2.comment(), "alice at work");
-        let err = cat.add_key("alice", &one).unwrap_err();
-        assert!(matches!(err, Error::KeyExists { .. }));
-        assert!(err.to_string().contains(&fp1), "{err}");
-        assert_eq!(cat.keys("alice").unwrap(), [k1.clone(), k2.clone()]);
-        assert!(cat.keys("bob").unwrap().is_empty());
-        assert!(matches!(
-            cat.add_key("bob", &one),
-            Err(Error::NoUser { .. })
-        ));
-        assert!(!cat.remove_key("alice", "SHA256:nothing").unwrap());
-        assert!(cat.remove_key("alice", "alice at work").unwrap());
-        assert_eq!(cat.keys("alice").unwrap(), [k1]);
-        assert!(cat.remove_key("alice", &fp1).unwrap());
-        assert!(cat.keys("alice").unwrap().is_empty());
-        assert!(!cat.remove_key("alice", &fp2).unwrap());
     }
 
     #[test]

@@ -4,9 +4,20 @@
 //! it is created; it is never rebound or renamed. An admin may *retire* a name (so gc can
 //! reclaim what only it reached): a retired name no longer resolves, and can never be bound
 //! again, so a name never means two snapshots. The schema enforces this with triggers, on top
-//! of the API: rows are never deleted, the score never changes, a retirement is final. The embedded catalog is one
-//! SQLite database in WAL mode, so readers never wait for a writer; its schema version is kept
-//! in `PRAGMA user_version`.
+//! of the API: rows are never deleted, the score never changes, a retirement is final.
+//!
+//! Two engines hold the catalog: one SQLite file in WAL mode (readers never wait for a
+//! writer; the embedded default, [`Catalog::open`]; its schema version in `PRAGMA
+//! user_version`), or a PostgreSQL database shared by the nodes of a grid
+//! ([`Catalog::connect`] with a `postgres://` URL; its version in a `schema_version` table).
+//! [`Catalog`] is one struct for both: it holds the rules (what a name, a user, a token, a
+//! key, a share, an env may be, and what each failure means), and every query, written once
+//! in the SQL both engines speak. Under it, a small engine trait only runs statements,
+//! transactions and migrations, and sorts failures (a duplicate key, a lost connection). The
+//! seam is there, low, on purpose: a trait over the whole catalog would have each engine
+//! implement every method, so every query and every rule would be written twice, in two
+//! dialects, and drift apart; here only the DDL differs per engine. One conformance suite
+//! checks both engines behave the same.
 //!
 //! Names and user names follow one rule, checked by [`check_name`] and [`check_owner`]:
 //! 1 to 128 bytes, the first an ASCII letter or digit, the rest ASCII letters, digits or
@@ -17,12 +28,14 @@
 //! (never reused); version 4 adds the envs nodes run ([`envs`]). Opening an older catalog
 //! migrates it in place, keeping everything.
 
+use engine::{Fault, Mode, Row, Value};
 use library::Score;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(test)]
+mod conformance;
+mod engine;
 pub mod envs;
 pub mod keys;
 pub mod shares;
@@ -35,36 +48,11 @@ pub use users::{Token, User};
 /// 3 = + SSH keys, shares and deleted users, 4 = + envs.
 pub const SCHEMA_VERSION: i64 = 4;
 
-/// What schema version 3 adds to version 2.
-const SCHEMA_V3: [&str; 3] = [
-    keys::SCHEMA_KEYS,
-    shares::SCHEMA_SHARES,
-    users::SCHEMA_DELETED,
-];
-
 /// The longest name or user name, in bytes.
 pub const MAX_NAME: usize = 128;
 
 /// Punctuation allowed in names after the first character.
 const NAME_PUNCT: &[u8] = b"._-:@";
-
-const SCHEMA: &str = "
-CREATE TABLE names (
-    owner   TEXT NOT NULL,
-    name    TEXT NOT NULL,
-    score   TEXT NOT NULL CHECK (length(score) = 64),
-    created INTEGER NOT NULL,
-    retired INTEGER,
-    PRIMARY KEY (owner, name)
-) WITHOUT ROWID;
-CREATE INDEX names_by_score ON names(score);
-CREATE TRIGGER names_are_immutable BEFORE UPDATE ON names
-    WHEN OLD.owner IS NOT NEW.owner OR OLD.name IS NOT NEW.name OR OLD.score IS NOT NEW.score
-      OR OLD.created IS NOT NEW.created OR OLD.retired IS NOT NULL OR NEW.retired IS NULL
-    BEGIN SELECT RAISE(ABORT, 'names are immutable'); END;
-CREATE TRIGGER names_are_permanent BEFORE DELETE ON names
-    BEGIN SELECT RAISE(ABORT, 'names are never unbound'); END;
-";
 
 /// Everything that can go wrong in the catalog; each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +84,22 @@ pub enum Error {
         rule: String,
     },
     /// The database failed.
-    #[error("{what} in catalog {path}: {source}")]
-    Sqlite {
+    #[error("{what} in catalog {at}: {detail}")]
+    Db {
         /// What was being done.
         what: &'static str,
-        /// The database file.
-        path: String,
-        /// The underlying error.
-        #[source]
-        source: rusqlite::Error,
+        /// The database: its file, or its URL without the password.
+        at: String,
+        /// What the database said.
+        detail: String,
+    },
+    /// The database cannot be reached (refused, lost, shut down): worth trying again later.
+    #[error("catalog {at} unavailable: {detail}; check that PostgreSQL is running and reachable")]
+    Unavailable {
+        /// The database's URL without the password.
+        at: String,
+        /// Why it cannot be reached.
+        detail: String,
     },
     /// A user of that name exists already.
     #[error("user {name} exists already")]
@@ -138,7 +133,7 @@ pub enum Error {
     /// The database holds something this code cannot use.
     #[error("catalog {path}: {detail}")]
     Corrupt {
-        /// The database file.
+        /// The database: its file, or its URL without the password.
         path: String,
         /// What is wrong.
         detail: String,
@@ -243,99 +238,82 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
-/// The names catalog: (owner, name) → score, bound once, forever.
+/// The names catalog: (owner, name) → score, bound once, forever; and the users, tokens,
+/// keys, shares and envs beside them. The rules live here, once; the database behind is an
+/// SQLite file ([`Catalog::open`]) or a PostgreSQL database ([`Catalog::connect`]).
 pub struct Catalog {
-    conn: Mutex<Connection>,
-    path: String,
+    engine: Box<dyn engine::Engine>,
 }
 
 impl Catalog {
-    /// Opens (creating if needed) the catalog database at `path`.
+    /// Opens (creating if needed) the SQLite catalog database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Catalog> {
-        let path = path.as_ref();
-        let shown = path.display().to_string();
-        let sql = |what| {
-            let shown = shown.clone();
-            move |source| Error::Sqlite {
-                what,
-                path: shown,
-                source,
-            }
-        };
-        let conn = Connection::open(path).map_err(sql("opening"))?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(sql("configuring"))?;
-        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
-            .map_err(sql("enabling WAL"))?;
-        let cat = Catalog {
-            conn: Mutex::new(conn),
-            path: shown,
-        };
-        cat.migrate()?;
-        Ok(cat)
+        Catalog::with(Box::new(engine::sqlite::Sqlite::open(path.as_ref())?))
     }
 
-    fn sql(&self, what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
-        move |source| Error::Sqlite {
-            what,
-            path: self.path.clone(),
-            source,
+    /// Opens the catalog at `url`: `sqlite:PATH` (a file, created if needed), or a PostgreSQL
+    /// database as `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or `postgresql://`, or
+    /// `host=/run/postgresql dbname=DATABASE ...` key-value pairs). Creates or migrates the
+    /// schema either way.
+    pub fn connect(url: &str) -> Result<Catalog> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            return Catalog::open(path);
         }
+        if url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.contains("host=")
+        {
+            return Catalog::with(Box::new(engine::postgres::Postgres::new(url)?));
+        }
+        Err(Error::Invalid {
+            what: "catalog URL",
+            value: engine::postgres::redact(url),
+            rule: "must be sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE".into(),
+        })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn with(engine: Box<dyn engine::Engine>) -> Result<Catalog> {
+        engine.migrate()?;
+        Ok(Catalog { engine })
     }
 
-    /// Creates the schema in a new database, migrates an older one in place (version 1 → 2
-    /// adds the users and tokens tables, 2 → 3 the keys, shares and deleted users tables,
-    /// 3 → 4 the envs table);
-    /// refuses a database from a newer spawngrid.
-    fn migrate(&self) -> Result<()> {
-        let mut conn = self.conn();
-        // The common case, a current schema, costs one read and no write transaction.
-        let current: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(self.sql("reading the schema version"))?;
-        if current == SCHEMA_VERSION {
-            return Ok(());
-        }
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(self.sql("opening the schema"))?;
-        let version: i64 = tx
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(self.sql("reading the schema version"))?;
-        match version {
-            0..SCHEMA_VERSION => {
-                // Each step brings version v to v + 1; a new catalog takes them all.
-                let steps: [&[&str]; 4] = [
-                    &[SCHEMA],
-                    &[users::SCHEMA_V2],
-                    &SCHEMA_V3,
-                    &[envs::SCHEMA_ENVS],
-                ];
-                for step in &steps[version as usize..] {
-                    for sql in *step {
-                        tx.execute_batch(sql)
-                            .map_err(self.sql("creating or migrating the schema"))?;
-                    }
-                }
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(self.sql("setting the schema version"))?;
-            }
-            SCHEMA_VERSION => {}
-            v => {
-                return Err(Error::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!(
-                        "schema version {v} is newer than this spawngrid reads \
-                         ({SCHEMA_VERSION}); upgrade spawngrid"
-                    ),
-                })
-            }
-        }
-        tx.commit().map_err(self.sql("creating the schema"))
+    /// Runs `f` on one connection as `mode` says, returning what it returns. `f` may run
+    /// more than once (see [`engine::Engine::run`]).
+    fn db<T>(&self, mode: Mode, mut f: impl FnMut(&mut Db<'_>) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        let at = self.engine.at();
+        self.engine.run(mode, &mut |s| {
+            out = Some(f(&mut Db { s, at })?);
+            Ok(())
+        })?;
+        Ok(out.expect("Engine::run returns Ok only after its closure did"))
+    }
+
+    /// Runs one statement on its own; returns how many rows it changed.
+    fn execute(&self, what: &'static str, sql: &str, args: &[Value]) -> Result<u64> {
+        self.db(Mode::Plain, |db| db.execute(what, sql, args))
+    }
+
+    /// Runs one query on its own; returns its rows, each made into a `T` by `f`.
+    fn rows<T>(
+        &self,
+        what: &'static str,
+        sql: &str,
+        args: &[Value],
+        mut f: impl FnMut(&Row) -> Result<T, Fault>,
+    ) -> Result<Vec<T>> {
+        self.db(Mode::Plain, |db| db.rows(what, sql, args, &mut f))
+    }
+
+    /// The first row of a query, made into a `T` by `f`, if there is one.
+    fn row<T>(
+        &self,
+        what: &'static str,
+        sql: &str,
+        args: &[Value],
+        f: impl FnMut(&Row) -> Result<T, Fault>,
+    ) -> Result<Option<T>> {
+        Ok(self.rows(what, sql, args, f)?.into_iter().next())
     }
 
     /// Binds `name` of `owner` to `score`, forever. Fails with [`Error::AlreadyBound`] if the
@@ -343,36 +321,33 @@ impl Catalog {
     pub fn bind(&self, owner: &str, name: &str, score: Score) -> Result<()> {
         check_owner(owner)?;
         check_name(name)?;
-        let result = self.conn().execute(
-            "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
-            params![owner, name, score.to_hex(), unix_now()],
-        );
-        match result {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation
-                    && e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-            {
-                Err(Error::AlreadyBound {
+        self.db(Mode::Plain, |db| {
+            db.insert(
+                "binding a name",
+                "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
+                &[
+                    owner.into(),
+                    name.into(),
+                    score.to_hex().into(),
+                    unix_now().into(),
+                ],
+                || Error::AlreadyBound {
                     owner: owner.into(),
                     name: name.into(),
-                })
-            }
-            Err(e) => Err(self.sql("binding a name")(e)),
-        }
+                },
+            )
+        })
     }
 
     /// Retires `name` of `owner`: it stops resolving and is never bound again. Returns the
     /// score it was bound to. Only what no other name reaches becomes garbage for gc.
     pub fn retire(&self, owner: &str, name: &str) -> Result<Score> {
         let score = self.resolve(owner, name)?;
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE names SET retired = ?3 WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
-                params![owner, name, unix_now()],
-            )
-            .map_err(self.sql("retiring a name"))?;
+        let n = self.execute(
+            "retiring a name",
+            "UPDATE names SET retired = ?3 WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
+            &[owner.into(), name.into(), unix_now().into()],
+        )?;
         if n == 0 {
             return Err(Error::NotFound {
                 owner: owner.into(),
@@ -384,32 +359,27 @@ impl Catalog {
 
     /// The score `name` of `owner` is bound to.
     pub fn resolve(&self, owner: &str, name: &str) -> Result<Score> {
-        let hex: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT score FROM names WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
-                params![owner, name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.sql("resolving a name"))?;
-        match hex {
-            Some(h) => self.parse_score(&h),
-            None => Err(Error::NotFound {
-                owner: owner.into(),
-                name: name.into(),
-            }),
-        }
+        self.row(
+            "resolving a name",
+            "SELECT score FROM names WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
+            &[owner.into(), name.into()],
+            |r| score_at(r, 0),
+        )?
+        .ok_or_else(|| Error::NotFound {
+            owner: owner.into(),
+            name: name.into(),
+        })
     }
 
     /// Bound names, sorted by owner then name: all owners' or one owner's, and only those
     /// matching `pattern` if given (see [`pattern_matches`]: a glob if it has `*` or `?`, else a
     /// substring of the name).
     pub fn list(&self, owner: Option<&str>, pattern: Option<&str>) -> Result<Vec<Record>> {
-        let rows = self.query(
+        let rows = self.records(
             "SELECT owner, name, score, created FROM names \
-             WHERE (?1 IS NULL OR owner = ?1) AND retired IS NULL ORDER BY owner, name",
-            params![owner],
+             WHERE (CAST(?1 AS TEXT) IS NULL OR owner = ?1) AND retired IS NULL \
+             ORDER BY owner, name",
+            &[owner.into()],
         )?;
         Ok(rows
             .into_iter()
@@ -428,42 +398,76 @@ impl Catalog {
 
     /// The (owner, name) pairs bound to `score`, sorted.
     pub fn names_of(&self, score: &Score) -> Result<Vec<(String, String)>> {
-        let rows = self.query(
+        let rows = self.records(
             "SELECT owner, name, score, created FROM names \
              WHERE score = ?1 AND retired IS NULL ORDER BY owner, name",
-            params![score.to_hex()],
+            &[score.to_hex().into()],
         )?;
         Ok(rows.into_iter().map(|r| (r.owner, r.name)).collect())
     }
 
-    fn query(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Record>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(sql)
-            .map_err(self.sql("listing names"))?;
-        let raw = stmt
-            .query_map(args, |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?))
+    /// The names a query selects as `owner, name, score, created`.
+    fn records(&self, sql: &str, args: &[Value]) -> Result<Vec<Record>> {
+        self.rows("listing names", sql, args, |r| {
+            Ok(Record {
+                owner: r.text(0)?,
+                name: r.text(1)?,
+                score: score_at(r, 2)?,
+                created: r.int(3)?,
             })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(self.sql("listing names"))?;
-        raw.into_iter()
-            .map(|(owner, name, hex, created)| {
-                Ok(Record {
-                    owner,
-                    name,
-                    score: self.parse_score(&hex)?,
-                    created,
-                })
-            })
-            .collect()
+        })
+    }
+}
+
+/// Column `i` of `r` as a score.
+fn score_at(r: &Row, i: usize) -> Result<Score, Fault> {
+    r.text(i)?
+        .parse()
+        .map_err(|e| Fault::Corrupt(format!("a stored score: {e}")))
+}
+
+/// The statements of one [`Catalog::db`] call, on one connection; failures become
+/// [`Error`]s naming what was being done.
+struct Db<'a> {
+    s: &'a mut dyn engine::Session,
+    at: &'a str,
+}
+
+impl Db<'_> {
+    /// Runs one statement; returns how many rows it changed.
+    fn execute(&mut self, what: &'static str, sql: &str, args: &[Value]) -> Result<u64> {
+        self.s
+            .execute(sql, args)
+            .map_err(|f| f.into_error(what, self.at))
     }
 
-    fn parse_score(&self, hex: &str) -> Result<Score> {
-        hex.parse().map_err(|e| Error::Corrupt {
-            path: self.path.clone(),
-            detail: format!("{e}"),
-        })
+    /// Runs one `INSERT`; a row with the same key is the error `exists` makes.
+    fn insert(
+        &mut self,
+        what: &'static str,
+        sql: &str,
+        args: &[Value],
+        exists: impl FnOnce() -> Error,
+    ) -> Result<()> {
+        match self.s.execute(sql, args) {
+            Ok(_) => Ok(()),
+            Err(Fault::Unique(_)) => Err(exists()),
+            Err(f) => Err(f.into_error(what, self.at)),
+        }
+    }
+
+    /// Runs one query; returns its rows, each made into a `T` by `f`.
+    fn rows<T>(
+        &mut self,
+        what: &'static str,
+        sql: &str,
+        args: &[Value],
+        f: impl FnMut(&Row) -> Result<T, Fault>,
+    ) -> Result<Vec<T>> {
+        self.s
+            .query(sql, args)
+            .and_then(|rows| rows.iter().map(f).collect())
+            .map_err(|f| f.into_error(what, self.at))
     }
 }
 
@@ -474,141 +478,8 @@ fn unix_now() -> i64 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A fresh catalog in a temporary directory (shared with the users tests).
-    pub(crate) fn open() -> (tempfile::TempDir, Catalog) {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::open(dir.path().join("catalog.db")).unwrap();
-        (dir, cat)
-    }
-
-    /// A made-up score, distinct for each `n`.
-    pub(crate) fn score(n: u8) -> Score {
-        Score::of(&[n])
-    }
-
-    #[test]
-    fn bind_and_resolve() {
-        let (_d, cat) = open();
-        cat.bind("alice", "base", score(1)).unwrap();
-        cat.bind("bob", "base", score(2)).unwrap();
-        assert_eq!(cat.resolve("alice", "base").unwrap(), score(1));
-        assert_eq!(cat.resolve("bob", "base").unwrap(), score(2));
-        let err = cat.resolve("alice", "nope").unwrap_err();
-        assert!(matches!(err, Error::NotFound { .. }));
-        assert!(err.to_string().contains("nope"));
-        assert_eq!(
-            cat.names_of(&score(1)).unwrap(),
-            vec![("alice".to_string(), "base".to_string())]
-        );
-    }
-
-    #[test]
-    fn rebinding_is_refused_and_changes_nothing() {
-        let (_d, cat) = open();
-        cat.bind("alice", "web", score(1)).unwrap();
-        for s in [score(1), score(2)] {
-            let err = cat.bind("alice", "web", s).unwrap_err();
-            assert!(matches!(err, Error::AlreadyBound { .. }));
-            assert_eq!(
-                err.to_string(),
-                "name web is already bound (names are immutable; choose another)"
-            );
-        }
-        assert_eq!(cat.resolve("alice", "web").unwrap(), score(1));
-    }
-
-    #[test]
-    fn schema_refuses_updates_and_deletes() {
-        let (_d, cat) = open();
-        cat.bind("alice", "web", score(1)).unwrap();
-        let conn = cat.conn();
-        assert!(conn.execute("UPDATE names SET score = 'x'", []).is_err());
-        assert!(conn.execute("DELETE FROM names", []).is_err());
-        assert!(conn.execute("UPDATE names SET retired = NULL", []).is_err());
-    }
-
-    #[test]
-    fn retired_names_stop_resolving_and_are_never_rebound() {
-        let (_d, cat) = open();
-        cat.bind("alice", "web", score(1)).unwrap();
-        cat.bind("alice", "db", score(2)).unwrap();
-        assert_eq!(cat.retire("alice", "web").unwrap(), score(1));
-        assert!(matches!(
-            cat.resolve("alice", "web"),
-            Err(Error::NotFound { .. })
-        ));
-        assert!(matches!(
-            cat.retire("alice", "web"),
-            Err(Error::NotFound { .. })
-        ));
-        assert!(matches!(
-            cat.bind("alice", "web", score(3)),
-            Err(Error::AlreadyBound { .. })
-        ));
-        let roots: Vec<_> = cat.all_scores().unwrap().into_iter().map(|r| r.1).collect();
-        assert_eq!(roots, vec!["db".to_string()]);
-        assert!(cat.names_of(&score(1)).unwrap().is_empty());
-        let conn = cat.conn();
-        assert!(conn
-            .execute("UPDATE names SET retired = 5 WHERE name = 'web'", [])
-            .is_err());
-    }
-
-    #[test]
-    fn invalid_names_are_refused() {
-        let long = "a".repeat(129);
-        let bad = [
-            "a/b", "..", "../x", "x..y", "", "a\nb", "a\u{1}", "a+b", "-x", ".x", "é", &long,
-        ];
-        let (_d, cat) = open();
-        for name in bad {
-            let err = check_name(name).unwrap_err();
-            assert!(err.to_string().starts_with("invalid name"), "{err}");
-            assert!(cat.bind("alice", name, score(1)).is_err(), "{name:?}");
-            assert!(check_owner(name).is_err(), "{name:?}");
-        }
-        assert!(check_name("a/b").unwrap_err().to_string().contains("'/'"));
-        assert!(check_name("x..y").unwrap_err().to_string().contains(".."));
-        assert!(check_name(&long).unwrap_err().to_string().contains("128"));
-        for good in [
-            "a",
-            "ubuntu-24.04",
-            "x_y:z@w",
-            "9",
-            &"b".repeat(128),
-            "a.b.c",
-        ] {
-            check_name(good).unwrap();
-        }
-        assert!(cat.bind("bad/owner", "x", score(1)).is_err());
-        assert!(cat.list(None, None).unwrap().is_empty());
-    }
-
-    #[test]
-    fn list_with_patterns() {
-        let (_d, cat) = open();
-        for (o, n) in [("alice", "web-1"), ("alice", "web-2"), ("alice", "db")] {
-            cat.bind(o, n, score(1)).unwrap();
-        }
-        cat.bind("bob", "web-3", score(3)).unwrap();
-        let names = |owner, pat| -> Vec<String> {
-            let recs = cat.list(owner, pat).unwrap();
-            recs.into_iter().map(|r| r.name).collect()
-        };
-        assert_eq!(names(Some("alice"), None), ["db", "web-1", "web-2"]);
-        assert_eq!(names(None, Some("web")), ["web-1", "web-2", "web-3"]);
-        assert_eq!(names(None, Some("web-?")), ["web-1", "web-2", "web-3"]);
-        assert_eq!(names(Some("alice"), Some("*2")), ["web-2"]);
-        assert_eq!(names(None, Some("w*b*")), ["web-1", "web-2", "web-3"]);
-        assert!(names(None, Some("web")).len() == 3 && names(None, Some("?")).is_empty());
-        let rec = &cat.list(Some("bob"), None).unwrap()[0];
-        assert_eq!((rec.score, rec.owner.as_str()), (score(3), "bob"));
-        assert!(rec.created > 1_600_000_000);
-        assert_eq!(cat.all_scores().unwrap().len(), 4);
-    }
 
     #[test]
     fn glob_matching() {
@@ -616,101 +487,5 @@ pub(crate) mod tests {
         assert!(glob(b"a*b*c", b"aXbYbc"));
         assert!(!glob(b"a*b", b"aXbY"));
         assert!(glob(b"??", b"ab") && !glob(b"??", b"abc"));
-    }
-
-    /// A version 1 catalog (names only) opens as the current version with its names kept.
-    #[test]
-    fn version_1_migrates_keeping_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
-            conn.execute(
-                "INSERT INTO names (owner, name, score, created) VALUES ('alice', 'old', ?1, 5)",
-                params![score(9).to_hex()],
-            )
-            .unwrap();
-        }
-        let cat = Catalog::open(&path).unwrap();
-        assert_eq!(cat.resolve("alice", "old").unwrap(), score(9));
-        let version: i64 = cat
-            .conn()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-        cat.add_user("alice", "pw", false).unwrap();
-        drop(cat);
-        // Reopening a migrated catalog changes nothing.
-        let cat = Catalog::open(&path).unwrap();
-        assert!(cat.check_password("alice", "pw").unwrap());
-        assert!(cat.bind("alice", "old", score(1)).is_err());
-        // A newer schema is refused.
-        cat.conn()
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        drop(cat);
-        let err = Catalog::open(&path).err().unwrap().to_string();
-        assert!(err.contains("newer"), "{err}");
-    }
-
-    /// A version 2 catalog (names, users, tokens) opens as the current version with
-    /// everything kept.
-    #[test]
-    fn version_2_migrates_to_current_keeping_users_and_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
-            conn.execute_batch(users::SCHEMA_V2).unwrap();
-            conn.pragma_update(None, "user_version", 2).unwrap();
-            conn.execute(
-                "INSERT INTO names (owner, name, score, created) VALUES ('alice', 'old', ?1, 5)",
-                params![score(9).to_hex()],
-            )
-            .unwrap();
-            conn.execute(
-                "INSERT INTO users (name, hash, admin, created) VALUES ('alice', ?1, 1, 5)",
-                params![users::hash_password("pw").unwrap()],
-            )
-            .unwrap();
-        }
-        let cat = Catalog::open(&path).unwrap();
-        let version: i64 = cat
-            .conn()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(cat.resolve("alice", "old").unwrap(), score(9));
-        assert!(cat.check_password("alice", "pw").unwrap());
-        assert!(cat.user("alice").unwrap().unwrap().admin);
-        cat.add_user("bob", "pw", false).unwrap();
-        cat.share("alice", "old", "bob").unwrap();
-        assert_eq!(cat.resolve_for("bob", "alice/old").unwrap(), score(9));
-        drop(cat);
-        let cat = Catalog::open(&path).unwrap();
-        assert_eq!(cat.resolve_for("bob", "alice/old").unwrap(), score(9));
-        assert!(cat.keys("alice").unwrap().is_empty());
-        assert!(cat.envs_on(None).unwrap().is_empty());
-    }
-
-    #[test]
-    fn names_persist_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.db");
-        Catalog::open(&path)
-            .unwrap()
-            .bind("alice", "kept", score(7))
-            .unwrap();
-        let cat = Catalog::open(&path).unwrap();
-        assert_eq!(cat.resolve("alice", "kept").unwrap(), score(7));
-        assert!(cat.bind("alice", "kept", score(8)).is_err());
-        let version: i64 = cat
-            .conn()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
     }
 }

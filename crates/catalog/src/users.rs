@@ -13,40 +13,10 @@
 //! goes into `deleted_users` and is never given to a new account: whoever got it would
 //! otherwise inherit the old owner's names.
 
+use crate::engine::{Mode, Row};
 use crate::{unix_now, Catalog, Error, Result};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use rusqlite::{params, OptionalExtension};
-
-/// The tables of schema version 2 (added to version 1's `names`).
-pub(crate) const SCHEMA_V2: &str = "
-CREATE TABLE users (
-    name    TEXT PRIMARY KEY NOT NULL,
-    hash    TEXT NOT NULL,
-    admin   INTEGER NOT NULL DEFAULT 0 CHECK (admin IN (0, 1)),
-    created INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE tokens (
-    hash    TEXT PRIMARY KEY NOT NULL CHECK (length(hash) = 64),
-    user    TEXT NOT NULL REFERENCES users(name),
-    created INTEGER NOT NULL,
-    expires INTEGER NOT NULL,
-    revoked INTEGER
-) WITHOUT ROWID;
-CREATE INDEX tokens_by_user ON tokens(user);
-CREATE TRIGGER tokens_revocation_is_final BEFORE UPDATE ON tokens
-    WHEN OLD.hash IS NOT NEW.hash OR OLD.user IS NOT NEW.user OR OLD.created IS NOT NEW.created
-      OR OLD.expires IS NOT NEW.expires OR OLD.revoked IS NOT NULL OR NEW.revoked IS NULL
-    BEGIN SELECT RAISE(ABORT, 'tokens are only ever revoked'); END;
-";
-
-/// The table of schema version 3 remembering deleted user names.
-pub(crate) const SCHEMA_DELETED: &str = "
-CREATE TABLE deleted_users (
-    name    TEXT PRIMARY KEY NOT NULL,
-    deleted INTEGER NOT NULL
-) WITHOUT ROWID;
-";
 
 /// The prefix of every token (so one is recognisable in a leaked file or a log).
 pub const TOKEN_PREFIX: &str = "sg_";
@@ -134,6 +104,15 @@ fn token_hash(secret: &str) -> String {
     library::Score::of(secret.as_bytes()).to_hex()
 }
 
+/// A user from a row of `name, admin, created`.
+fn user_of(r: &Row) -> Result<User, crate::engine::Fault> {
+    Ok(User {
+        name: r.text(0)?,
+        admin: r.int(1)? != 0,
+        created: r.int(2)?,
+    })
+}
+
 impl Catalog {
     /// Adds user `name` with `password` (hashed with Argon2id). Fails if the user exists.
     pub fn add_user(&self, name: &str, password: &str, admin: bool) -> Result<()> {
@@ -143,57 +122,46 @@ impl Catalog {
         if self.user_deleted(name)? {
             return Err(Error::UserDeleted { name: name.into() });
         }
-        let result = self.conn().execute(
-            "INSERT INTO users (name, hash, admin, created) VALUES (?1, ?2, ?3, ?4)",
-            params![name, hash, admin, unix_now()],
-        );
-        match result {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-            {
-                Err(Error::UserExists { name: name.into() })
-            }
-            Err(e) => Err(self.sql("adding a user")(e)),
-        }
+        self.db(Mode::Plain, |db| {
+            db.insert(
+                "adding a user",
+                "INSERT INTO users (name, hash, admin, created) VALUES (?1, ?2, ?3, ?4)",
+                &[name.into(), (&hash).into(), admin.into(), unix_now().into()],
+                || Error::UserExists { name: name.into() },
+            )
+        })
     }
 
     /// Sets user `name`'s password and revokes every token of theirs.
     pub fn set_password(&self, name: &str, password: &str) -> Result<()> {
         check_password(password)?;
         let hash = hash_password(password)?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction()
-            .map_err(self.sql("changing a password"))?;
-        let n = tx
-            .execute(
+        self.db(Mode::Transaction, |db| {
+            let n = db.execute(
+                "changing a password",
                 "UPDATE users SET hash = ?2 WHERE name = ?1",
-                params![name, hash],
-            )
-            .map_err(self.sql("changing a password"))?;
-        if n == 0 {
-            return Err(Error::NoUser { name: name.into() });
-        }
-        tx.execute(
-            "UPDATE tokens SET revoked = ?2 WHERE user = ?1 AND revoked IS NULL",
-            params![name, unix_now()],
-        )
-        .map_err(self.sql("revoking tokens"))?;
-        tx.commit().map_err(self.sql("changing a password"))
+                &[name.into(), (&hash).into()],
+            )?;
+            if n == 0 {
+                return Err(Error::NoUser { name: name.into() });
+            }
+            db.execute(
+                "revoking tokens",
+                "UPDATE tokens SET revoked = ?2 WHERE \"user\" = ?1 AND revoked IS NULL",
+                &[name.into(), unix_now().into()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Whether user name `name` belonged to a deleted user.
     fn user_deleted(&self, name: &str) -> Result<bool> {
-        let found: Option<i64> = self
-            .conn()
-            .query_row(
-                "SELECT deleted FROM deleted_users WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.sql("reading a user"))?;
+        let found = self.row(
+            "reading a user",
+            "SELECT deleted FROM deleted_users WHERE name = ?1",
+            &[name.into()],
+            |r| r.int(0),
+        )?;
         Ok(found.is_some())
     }
 
@@ -201,80 +169,58 @@ impl Catalog {
     /// the name is never reused. Their names stay bound (see the module
     /// documentation). Whether they still have envs is for the caller to check.
     pub fn delete_user(&self, name: &str) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(self.sql("deleting a user"))?;
-        // Tokens and keys refer to the account, so they go first.
-        for sql in [
-            "DELETE FROM tokens WHERE user = ?1",
-            "DELETE FROM keys WHERE user = ?1",
-            "DELETE FROM shares WHERE user = ?1",
-        ] {
-            tx.execute(sql, params![name])
-                .map_err(self.sql("deleting a user"))?;
-        }
-        let n = tx
-            .execute("DELETE FROM users WHERE name = ?1", params![name])
-            .map_err(self.sql("deleting a user"))?;
-        if n == 0 {
-            return Err(Error::NoUser { name: name.into() });
-        }
-        tx.execute(
-            "INSERT INTO deleted_users (name, deleted) VALUES (?1, ?2)",
-            params![name, unix_now()],
-        )
-        .map_err(self.sql("deleting a user"))?;
-        tx.commit().map_err(self.sql("deleting a user"))
+        let what = "deleting a user";
+        self.db(Mode::Transaction, |db| {
+            // Tokens and keys refer to the account, so they go first.
+            for sql in [
+                "DELETE FROM tokens WHERE \"user\" = ?1",
+                "DELETE FROM keys WHERE \"user\" = ?1",
+                "DELETE FROM shares WHERE \"user\" = ?1",
+            ] {
+                db.execute(what, sql, &[name.into()])?;
+            }
+            let n = db.execute(what, "DELETE FROM users WHERE name = ?1", &[name.into()])?;
+            if n == 0 {
+                return Err(Error::NoUser { name: name.into() });
+            }
+            db.execute(
+                what,
+                "INSERT INTO deleted_users (name, deleted) VALUES (?1, ?2)",
+                &[name.into(), unix_now().into()],
+            )?;
+            Ok(())
+        })
     }
 
     /// User `name`, if there is one.
     pub fn user(&self, name: &str) -> Result<Option<User>> {
-        self.conn()
-            .query_row(
-                "SELECT name, admin, created FROM users WHERE name = ?1",
-                params![name],
-                |r| {
-                    Ok(User {
-                        name: r.get(0)?,
-                        admin: r.get(1)?,
-                        created: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(self.sql("reading a user"))
+        self.row(
+            "reading a user",
+            "SELECT name, admin, created FROM users WHERE name = ?1",
+            &[name.into()],
+            user_of,
+        )
     }
 
     /// Every user, sorted by name.
     pub fn users(&self) -> Result<Vec<User>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT name, admin, created FROM users ORDER BY name")
-            .map_err(self.sql("listing users"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(User {
-                    name: r.get(0)?,
-                    admin: r.get(1)?,
-                    created: r.get(2)?,
-                })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(self.sql("listing users"));
-        rows
+        self.rows(
+            "listing users",
+            "SELECT name, admin, created FROM users ORDER BY name",
+            &[],
+            user_of,
+        )
     }
 
     /// Whether `password` is user `name`'s. An unknown user is `false`, after the same work
     /// as a known one. Deliberately slow (Argon2id): call it off any async executor.
     pub fn check_password(&self, name: &str, password: &str) -> Result<bool> {
-        let stored: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT hash FROM users WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.sql("reading a user"))?;
+        let stored = self.row(
+            "reading a user",
+            "SELECT hash FROM users WHERE name = ?1",
+            &[name.into()],
+            |r| r.text(0),
+        )?;
         Ok(match stored {
             Some(hash) => password_matches(password, &hash),
             None => {
@@ -292,12 +238,16 @@ impl Catalog {
         let secret = format!("{TOKEN_PREFIX}{}", hex::encode(random_bytes::<32>()?));
         let now = unix_now();
         let expires = now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
-        self.conn()
-            .execute(
-                "INSERT INTO tokens (hash, user, created, expires) VALUES (?1, ?2, ?3, ?4)",
-                params![token_hash(&secret), name, now, expires],
-            )
-            .map_err(self.sql("storing a token"))?;
+        self.execute(
+            "storing a token",
+            "INSERT INTO tokens (hash, \"user\", created, expires) VALUES (?1, ?2, ?3, ?4)",
+            &[
+                token_hash(&secret).into(),
+                name.into(),
+                now.into(),
+                expires.into(),
+            ],
+        )?;
         Ok(Token { secret, expires })
     }
 
@@ -306,25 +256,21 @@ impl Catalog {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        self.conn()
-            .query_row(
-                "SELECT user FROM tokens WHERE hash = ?1 AND revoked IS NULL AND expires > ?2",
-                params![token_hash(secret), unix_now()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.sql("checking a token"))
+        self.row(
+            "checking a token",
+            "SELECT \"user\" FROM tokens WHERE hash = ?1 AND revoked IS NULL AND expires > ?2",
+            &[token_hash(secret).into(), unix_now().into()],
+            |r| r.text(0),
+        )
     }
 
     /// Revokes a token (for good). Returns whether it was a live token.
     pub fn revoke_token(&self, secret: &str) -> Result<bool> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE tokens SET revoked = ?2 WHERE hash = ?1 AND revoked IS NULL",
-                params![token_hash(secret), unix_now()],
-            )
-            .map_err(self.sql("revoking a token"))?;
+        let n = self.execute(
+            "revoking a token",
+            "UPDATE tokens SET revoked = ?2 WHERE hash = ?1 AND revoked IS NULL",
+            &[token_hash(secret).into(), unix_now().into()],
+        )?;
         Ok(n > 0)
     }
 }
@@ -339,119 +285,4 @@ fn check_password(password: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tests::open;
-
-    #[test]
-    fn passwords_are_hashed_and_checked() {
-        let (_d, cat) = open();
-        cat.add_user("alice", "correct horse", false).unwrap();
-        cat.add_user("root", "x", true).unwrap();
-        assert!(cat.check_password("alice", "correct horse").unwrap());
-        assert!(!cat.check_password("alice", "correct horsE").unwrap());
-        assert!(!cat.check_password("nobody", "correct horse").unwrap());
-        let stored: String = cat
-            .conn()
-            .query_row("SELECT hash FROM users WHERE name='alice'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert!(stored.starts_with("$argon2id$"), "{stored}");
-        assert!(!stored.contains("correct"));
-        let users = cat.users().unwrap();
-        assert_eq!(
-            users
-                .iter()
-                .map(|u| (u.name.as_str(), u.admin))
-                .collect::<Vec<_>>(),
-            [("alice", false), ("root", true)]
-        );
-        assert!(matches!(
-            cat.add_user("alice", "y", false),
-            Err(Error::UserExists { .. })
-        ));
-        assert!(cat.add_user("../x", "y", false).is_err());
-        assert!(cat.add_user("carol", "", false).is_err());
-    }
-
-    #[test]
-    fn tokens_are_stored_hashed_expire_and_revoke() {
-        let (_d, cat) = open();
-        cat.add_user("alice", "pw", false).unwrap();
-        let t = cat.issue_token("alice", 3600).unwrap();
-        assert!(t.secret.starts_with("sg_") && t.secret.len() == 67);
-        assert!(!format!("{t:?}").contains(&t.secret));
-        assert_eq!(cat.token_user(&t.secret).unwrap().as_deref(), Some("alice"));
-        let stored: String = cat
-            .conn()
-            .query_row("SELECT hash FROM tokens", [], |r| r.get(0))
-            .unwrap();
-        assert!(!stored.contains(&t.secret[3..]));
-        assert_eq!(cat.token_user("sg_bogus").unwrap(), None);
-        assert_eq!(cat.token_user("").unwrap(), None);
-        // Expired: a zero lifetime is already over.
-        let expired = cat.issue_token("alice", 0).unwrap();
-        assert_eq!(cat.token_user(&expired.secret).unwrap(), None);
-        assert!(cat.revoke_token(&t.secret).unwrap());
-        assert!(!cat.revoke_token(&t.secret).unwrap());
-        assert_eq!(cat.token_user(&t.secret).unwrap(), None);
-        assert!(cat
-            .conn()
-            .execute("UPDATE tokens SET revoked = NULL", [])
-            .is_err());
-        assert!(matches!(
-            cat.issue_token("nobody", 60),
-            Err(Error::NoUser { .. })
-        ));
-    }
-
-    #[test]
-    fn deleting_a_user_revokes_everything_and_keeps_names() {
-        let (_d, cat) = open();
-        for u in ["alice", "bob"] {
-            cat.add_user(u, "pw", false).unwrap();
-        }
-        let t = cat.issue_token("bob", 3600).unwrap();
-        let key =
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgvJ8tXcc5DiRDMOx3vRVLF2vnNIiE9ftKmVCn1yxXm b";
-        cat.add_key("bob", key).unwrap();
-        cat.bind("bob", "work", crate::tests::score(1)).unwrap();
-        cat.bind("alice", "base", crate::tests::score(2)).unwrap();
-        cat.share("alice", "base", "bob").unwrap();
-        cat.share("bob", "work", "alice").unwrap();
-        cat.delete_user("bob").unwrap();
-        assert_eq!(cat.user("bob").unwrap(), None);
-        assert_eq!(cat.token_user(&t.secret).unwrap(), None);
-        assert!(!cat.check_password("bob", "pw").unwrap());
-        assert!(cat.keys("bob").unwrap().is_empty());
-        assert!(cat.shared_with("alice", "base").unwrap().is_empty());
-        // bob's names stay his, and alice keeps what he shared with her.
-        assert_eq!(
-            cat.resolve_for("alice", "bob/work").unwrap(),
-            crate::tests::score(1)
-        );
-        let err = cat.add_user("bob", "pw", false).unwrap_err();
-        assert!(matches!(err, Error::UserDeleted { .. }), "{err}");
-        assert!(matches!(cat.delete_user("bob"), Err(Error::NoUser { .. })));
-        assert!(cat.issue_token("bob", 60).is_err());
-    }
-
-    #[test]
-    fn a_new_password_revokes_tokens() {
-        let (_d, cat) = open();
-        cat.add_user("alice", "old", false).unwrap();
-        let t = cat.issue_token("alice", 3600).unwrap();
-        cat.set_password("alice", "new").unwrap();
-        assert_eq!(cat.token_user(&t.secret).unwrap(), None);
-        assert!(cat.check_password("alice", "new").unwrap());
-        assert!(!cat.check_password("alice", "old").unwrap());
-        assert!(matches!(
-            cat.set_password("bob", "x"),
-            Err(Error::NoUser { .. })
-        ));
-    }
 }

@@ -38,6 +38,24 @@ fn no_env(env: &str) -> Error {
     ))
 }
 
+/// Where in the grid `user`'s env `id` runs, if on another node than this one (an env name
+/// is the user's across the grid, so attach commands and requests can name it anywhere).
+fn elsewhere(node: &Node, id: &str) -> Result<Option<String>, Error> {
+    Ok(node
+        .cat
+        .env_record(id)?
+        .map(|r| r.node)
+        .filter(|n| *n != node.name))
+}
+
+/// The answer for an env that runs on node `on`: where to send the request instead.
+fn runs_on(env: &str, on: &str) -> Error {
+    Error::new(
+        Kind::Misdirected,
+        format!("env {env} runs on node {on}: send this to that node (`-h {on}`)"),
+    )
+}
+
 /// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
 pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Error> {
     let name = crate::snapshots::check_address(user, &req.name)?;
@@ -50,6 +68,11 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
     if rt.env_dir(&id)?.exists() {
         return Err(Error::conflict(format!(
             "you already have an env {env}: boom it, or spawn with --as ANOTHER"
+        )));
+    }
+    if let Some(on) = elsewhere(node, &id)? {
+        return Err(Error::conflict(format!(
+            "you already have an env {env} on node {on}: boom it there, or spawn with --as ANOTHER"
         )));
     }
     let score = crate::snapshots::resolve(&node.cat, user, &req.name, false)?;
@@ -234,7 +257,10 @@ pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, Error> {
     }
     match runtime::state::load(&node.rt, &id) {
         Ok(st) if st.owner == user => Ok(st),
-        _ => Err(no_env(env)),
+        _ => match elsewhere(node, &id)? {
+            Some(on) => Err(runs_on(env, &on)),
+            None => Err(no_env(env)),
+        },
     }
 }
 

@@ -17,6 +17,8 @@ pub enum Kind {
     NotFound,
     /// The request conflicts with the current state.
     Conflict,
+    /// The thing lives on another node of the grid (the message names it).
+    Misdirected,
     /// More data than the node accepts.
     TooLarge,
     /// Understood, but the content cannot be used.

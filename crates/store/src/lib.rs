@@ -127,10 +127,7 @@ impl Store {
                 }
                 Ok(Catalog::open(path)?)
             }
-            CatalogAt::Postgres(_) => bail!(
-                "store catalog {}: this spawngrid has no PostgreSQL catalog",
-                self.catalog.describe()
-            ),
+            CatalogAt::Postgres(url) => Ok(Catalog::connect(url)?),
         }
     }
 

@@ -1,0 +1,713 @@
+//! The catalog's behaviour, one suite for every engine: each test here runs against a fresh
+//! SQLite file always, and against a fresh schema of the PostgreSQL database named by
+//! `SPAWNGRID_TEST_POSTGRES` (a URL; the tests create and drop schemas in it) when that is
+//! set. With `SPAWNGRID_REQUIRE_ENGINES=1` a missing URL fails the PostgreSQL tests instead of
+//! skipping them (`scripts/test.sh` sets both). Below the shared suite are the tests only
+//! PostgreSQL needs: several connections and nodes at once, and a server that goes away.
+
+use crate::keys::tests::keygen;
+use crate::shares::{address, EVERYONE};
+use crate::{check_name, check_owner, Catalog, EnvRecord, Error, SCHEMA_VERSION};
+use library::Score;
+use postgres::config::Host;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+/// Where one test's catalog lives; [`Fixture::open`] opens it (again).
+pub(crate) struct Fixture {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL server's address and the test's schema, dropped at the end.
+    postgres: Option<(postgres::Config, String)>,
+}
+
+impl Fixture {
+    /// A new SQLite catalog file in a temporary directory.
+    fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            url: format!("sqlite:{}", dir.path().join("catalog.db").display()),
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// A new empty schema in the test PostgreSQL database, or `None` (the test is skipped)
+    /// when none is configured and none is required.
+    fn postgres() -> Option<Fixture> {
+        let Ok(url) = std::env::var("SPAWNGRID_TEST_POSTGRES") else {
+            assert!(
+                std::env::var("SPAWNGRID_REQUIRE_ENGINES").as_deref() != Ok("1"),
+                "SPAWNGRID_REQUIRE_ENGINES=1 but SPAWNGRID_TEST_POSTGRES is not set \
+                 (start one with `scripts/postgres.sh up` and export its URL)"
+            );
+            eprintln!("skipped: SPAWNGRID_TEST_POSTGRES is not set");
+            return None;
+        };
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let config: postgres::Config = url.parse().expect("SPAWNGRID_TEST_POSTGRES is a URL");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let schema = format!(
+            "test_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = config.connect(postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .unwrap();
+        let (host, port) = server(&config);
+        Some(Fixture {
+            url: pg_url(&config, &host, port, &schema),
+            _dir: None,
+            postgres: Some((config, schema)),
+        })
+    }
+
+    /// Opens the catalog.
+    pub(crate) fn open(&self) -> Catalog {
+        Catalog::connect(&self.url).unwrap()
+    }
+
+    /// The URL of this fixture's PostgreSQL schema through another host and port.
+    fn via(&self, host: &str, port: u16) -> String {
+        let (config, schema) = self.postgres.as_ref().expect("a PostgreSQL fixture");
+        pg_url(config, host, port, schema)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some((config, schema)) = &self.postgres {
+            if let Ok(mut admin) = config.connect(postgres::NoTls) {
+                // Best effort: a leftover schema only takes a little room.
+                let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+            }
+        }
+    }
+}
+
+/// The host and port of the server `config` names.
+fn server(config: &postgres::Config) -> (String, u16) {
+    let host = match &config.get_hosts()[0] {
+        Host::Tcp(h) => h.clone(),
+        Host::Unix(p) => p.display().to_string(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// A key-value connection string for `config`'s user and database at `host:port`, with
+/// `schema` first on the search path.
+fn pg_url(config: &postgres::Config, host: &str, port: u16, schema: &str) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+    let password = config
+        .get_password()
+        .map(|p| format!(" password={}", quote(&String::from_utf8_lossy(p))))
+        .unwrap_or_default();
+    format!(
+        "host={} port={port} user={}{password} dbname={} options={}",
+        quote(host),
+        quote(config.get_user().unwrap_or("postgres")),
+        quote(config.get_dbname().unwrap_or("postgres")),
+        quote(&format!("-csearch_path={schema}")),
+    )
+}
+
+/// Runs each named test (a `fn(&Fixture)`) against SQLite, and against PostgreSQL when
+/// configured; the `postgres_only` form runs against PostgreSQL only.
+macro_rules! conformance {
+    ($($test:ident)*) => {
+        mod on_sqlite {
+            $( #[test] fn $test() { super::$test(&super::Fixture::sqlite()) } )*
+        }
+        mod on_postgres {
+            $( #[test] fn $test() {
+                if let Some(f) = super::Fixture::postgres() { super::$test(&f) }
+            } )*
+        }
+    };
+    (postgres_only: $($test:ident)*) => {
+        mod on_postgres_only {
+            $( #[test] fn $test() {
+                if let Some(f) = super::Fixture::postgres() { super::$test(&f) }
+            } )*
+        }
+    };
+}
+
+conformance! {
+    bind_and_resolve
+    rebinding_is_refused_and_changes_nothing
+    schema_refuses_updates_and_deletes
+    retired_names_stop_resolving_and_are_never_rebound
+    invalid_names_are_refused
+    list_with_patterns
+    names_persist_across_reopen
+    passwords_are_hashed_and_checked
+    tokens_are_stored_hashed_expire_and_revoke
+    deleting_a_user_revokes_everything_and_keeps_names
+    a_new_password_revokes_tokens
+    keys_are_added_listed_and_removed
+    shared_names_are_visible_and_resolve_only_while_shared
+    a_name_shared_with_everyone_is_seen_by_every_user_once
+    only_owned_names_are_shared_with_real_other_users
+    envs_are_recorded_listed_per_node_and_forgotten
+    works_from_a_tokio_blocking_pool
+}
+
+conformance! {
+    postgres_only:
+    concurrent_binds_of_one_name_one_wins
+    catalogs_migrating_one_database_at_once_both_work
+    a_restarted_server_is_used_again
+    truncating_names_is_refused
+}
+
+/// A made-up score, distinct for each `n`.
+fn score(n: u8) -> Score {
+    Score::of(&[n])
+}
+
+/// Runs `sql` on the catalog's database, behind the catalog's back.
+fn raw(cat: &Catalog, sql: &str) -> crate::Result<u64> {
+    cat.execute("testing", sql, &[])
+}
+
+/// The text a query behind the catalog's back returns first.
+fn text(cat: &Catalog, sql: &str) -> String {
+    cat.row("testing", sql, &[], |r| r.text(0))
+        .unwrap()
+        .unwrap()
+}
+
+fn rec(id: &str, owner: &str, node: &str) -> EnvRecord {
+    EnvRecord {
+        id: id.into(),
+        owner: owner.into(),
+        env: id.split('+').next().unwrap().into(),
+        node: node.into(),
+        name: Some("alice/base".into()),
+        snapshot: Some("ab".repeat(32)),
+        created: 7,
+    }
+}
+
+fn bind_and_resolve(f: &Fixture) {
+    let cat = f.open();
+    cat.bind("alice", "base", score(1)).unwrap();
+    cat.bind("bob", "base", score(2)).unwrap();
+    assert_eq!(cat.resolve("alice", "base").unwrap(), score(1));
+    assert_eq!(cat.resolve("bob", "base").unwrap(), score(2));
+    let err = cat.resolve("alice", "nope").unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }));
+    assert!(err.to_string().contains("nope"));
+    assert_eq!(
+        cat.names_of(&score(1)).unwrap(),
+        vec![("alice".to_string(), "base".to_string())]
+    );
+}
+
+fn rebinding_is_refused_and_changes_nothing(f: &Fixture) {
+    let cat = f.open();
+    cat.bind("alice", "web", score(1)).unwrap();
+    for s in [score(1), score(2)] {
+        let err = cat.bind("alice", "web", s).unwrap_err();
+        assert!(matches!(err, Error::AlreadyBound { .. }));
+        assert_eq!(
+            err.to_string(),
+            "name web is already bound (names are immutable; choose another)"
+        );
+    }
+    assert_eq!(cat.resolve("alice", "web").unwrap(), score(1));
+}
+
+fn schema_refuses_updates_and_deletes(f: &Fixture) {
+    let cat = f.open();
+    cat.bind("alice", "web", score(1)).unwrap();
+    for sql in [
+        "UPDATE names SET score = 'x'",
+        "UPDATE names SET score = name || score",
+        "DELETE FROM names",
+        "UPDATE names SET retired = NULL",
+        "UPDATE names SET name = 'other'",
+    ] {
+        assert!(raw(&cat, sql).is_err(), "{sql}");
+    }
+    assert_eq!(cat.resolve("alice", "web").unwrap(), score(1));
+}
+
+fn retired_names_stop_resolving_and_are_never_rebound(f: &Fixture) {
+    let cat = f.open();
+    cat.bind("alice", "web", score(1)).unwrap();
+    cat.bind("alice", "db", score(2)).unwrap();
+    assert_eq!(cat.retire("alice", "web").unwrap(), score(1));
+    assert!(matches!(
+        cat.resolve("alice", "web"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        cat.retire("alice", "web"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        cat.bind("alice", "web", score(3)),
+        Err(Error::AlreadyBound { .. })
+    ));
+    let roots: Vec<_> = cat.all_scores().unwrap().into_iter().map(|r| r.1).collect();
+    assert_eq!(roots, vec!["db".to_string()]);
+    assert!(cat.names_of(&score(1)).unwrap().is_empty());
+    assert!(raw(&cat, "UPDATE names SET retired = 5 WHERE name = 'web'").is_err());
+}
+
+fn invalid_names_are_refused(f: &Fixture) {
+    let long = "a".repeat(129);
+    let bad = [
+        "a/b", "..", "../x", "x..y", "", "a\nb", "a\u{1}", "a+b", "-x", ".x", "é", &long,
+    ];
+    let cat = f.open();
+    for name in bad {
+        let err = check_name(name).unwrap_err();
+        assert!(err.to_string().starts_with("invalid name"), "{err}");
+        assert!(cat.bind("alice", name, score(1)).is_err(), "{name:?}");
+        assert!(check_owner(name).is_err(), "{name:?}");
+    }
+    assert!(check_name("a/b").unwrap_err().to_string().contains("'/'"));
+    assert!(check_name("x..y").unwrap_err().to_string().contains(".."));
+    assert!(check_name(&long).unwrap_err().to_string().contains("128"));
+    for good in [
+        "a",
+        "ubuntu-24.04",
+        "x_y:z@w",
+        "9",
+        &"b".repeat(128),
+        "a.b.c",
+    ] {
+        check_name(good).unwrap();
+    }
+    assert!(cat.bind("bad/owner", "x", score(1)).is_err());
+    assert!(cat.list(None, None).unwrap().is_empty());
+}
+
+fn list_with_patterns(f: &Fixture) {
+    let cat = f.open();
+    for (o, n) in [("alice", "web-1"), ("alice", "web-2"), ("alice", "db")] {
+        cat.bind(o, n, score(1)).unwrap();
+    }
+    cat.bind("bob", "web-3", score(3)).unwrap();
+    let names = |owner, pat| -> Vec<String> {
+        let recs = cat.list(owner, pat).unwrap();
+        recs.into_iter().map(|r| r.name).collect()
+    };
+    assert_eq!(names(Some("alice"), None), ["db", "web-1", "web-2"]);
+    assert_eq!(names(None, Some("web")), ["web-1", "web-2", "web-3"]);
+    assert_eq!(names(None, Some("web-?")), ["web-1", "web-2", "web-3"]);
+    assert_eq!(names(Some("alice"), Some("*2")), ["web-2"]);
+    assert_eq!(names(None, Some("w*b*")), ["web-1", "web-2", "web-3"]);
+    assert!(names(None, Some("web")).len() == 3 && names(None, Some("?")).is_empty());
+    let rec = &cat.list(Some("bob"), None).unwrap()[0];
+    assert_eq!((rec.score, rec.owner.as_str()), (score(3), "bob"));
+    assert!(rec.created > 1_600_000_000);
+    assert_eq!(cat.all_scores().unwrap().len(), 4);
+}
+
+fn names_persist_across_reopen(f: &Fixture) {
+    f.open().bind("alice", "kept", score(7)).unwrap();
+    let cat = f.open();
+    assert_eq!(cat.resolve("alice", "kept").unwrap(), score(7));
+    assert!(cat.bind("alice", "kept", score(8)).is_err());
+}
+
+fn passwords_are_hashed_and_checked(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "correct horse", false).unwrap();
+    cat.add_user("root", "x", true).unwrap();
+    assert!(cat.check_password("alice", "correct horse").unwrap());
+    assert!(!cat.check_password("alice", "correct horsE").unwrap());
+    assert!(!cat.check_password("nobody", "correct horse").unwrap());
+    let stored = text(&cat, "SELECT hash FROM users WHERE name = 'alice'");
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    assert!(!stored.contains("correct"));
+    let users = cat.users().unwrap();
+    assert_eq!(
+        users
+            .iter()
+            .map(|u| (u.name.as_str(), u.admin))
+            .collect::<Vec<_>>(),
+        [("alice", false), ("root", true)]
+    );
+    assert!(matches!(
+        cat.add_user("alice", "y", false),
+        Err(Error::UserExists { .. })
+    ));
+    assert!(cat.add_user("../x", "y", false).is_err());
+    assert!(cat.add_user("carol", "", false).is_err());
+}
+
+fn tokens_are_stored_hashed_expire_and_revoke(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "pw", false).unwrap();
+    let t = cat.issue_token("alice", 3600).unwrap();
+    assert!(t.secret.starts_with("sg_") && t.secret.len() == 67);
+    assert!(!format!("{t:?}").contains(&t.secret));
+    assert_eq!(cat.token_user(&t.secret).unwrap().as_deref(), Some("alice"));
+    let stored = text(&cat, "SELECT hash FROM tokens");
+    assert!(!stored.contains(&t.secret[3..]));
+    assert_eq!(cat.token_user("sg_bogus").unwrap(), None);
+    assert_eq!(cat.token_user("").unwrap(), None);
+    // Expired: a zero lifetime is already over.
+    let expired = cat.issue_token("alice", 0).unwrap();
+    assert_eq!(cat.token_user(&expired.secret).unwrap(), None);
+    assert!(cat.revoke_token(&t.secret).unwrap());
+    assert!(!cat.revoke_token(&t.secret).unwrap());
+    assert_eq!(cat.token_user(&t.secret).unwrap(), None);
+    assert!(raw(&cat, "UPDATE tokens SET revoked = NULL").is_err());
+    assert!(raw(&cat, "UPDATE tokens SET \"user\" = 'bob'").is_err());
+    assert!(matches!(
+        cat.issue_token("nobody", 60),
+        Err(Error::NoUser { .. })
+    ));
+}
+
+fn deleting_a_user_revokes_everything_and_keeps_names(f: &Fixture) {
+    let cat = f.open();
+    for u in ["alice", "bob"] {
+        cat.add_user(u, "pw", false).unwrap();
+    }
+    let t = cat.issue_token("bob", 3600).unwrap();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgvJ8tXcc5DiRDMOx3vRVLF2vnNIiE9ftKmVCn1yxXm b";
+    cat.add_key("bob", key).unwrap();
+    cat.bind("bob", "work", score(1)).unwrap();
+    cat.bind("alice", "base", score(2)).unwrap();
+    cat.share("alice", "base", "bob").unwrap();
+    cat.share("bob", "work", "alice").unwrap();
+    cat.delete_user("bob").unwrap();
+    assert_eq!(cat.user("bob").unwrap(), None);
+    assert_eq!(cat.token_user(&t.secret).unwrap(), None);
+    assert!(!cat.check_password("bob", "pw").unwrap());
+    assert!(cat.keys("bob").unwrap().is_empty());
+    assert!(cat.shared_with("alice", "base").unwrap().is_empty());
+    // bob's names stay his, and alice keeps what he shared with her.
+    assert_eq!(cat.resolve_for("alice", "bob/work").unwrap(), score(1));
+    let err = cat.add_user("bob", "pw", false).unwrap_err();
+    assert!(matches!(err, Error::UserDeleted { .. }), "{err}");
+    assert!(matches!(cat.delete_user("bob"), Err(Error::NoUser { .. })));
+    assert!(cat.issue_token("bob", 60).is_err());
+}
+
+fn a_new_password_revokes_tokens(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "old", false).unwrap();
+    let t = cat.issue_token("alice", 3600).unwrap();
+    cat.set_password("alice", "new").unwrap();
+    assert_eq!(cat.token_user(&t.secret).unwrap(), None);
+    assert!(cat.check_password("alice", "new").unwrap());
+    assert!(!cat.check_password("alice", "old").unwrap());
+    assert!(matches!(
+        cat.set_password("bob", "x"),
+        Err(Error::NoUser { .. })
+    ));
+}
+
+fn keys_are_added_listed_and_removed(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "pw", false).unwrap();
+    let (one, fp1) = keygen("ed25519", None, "alice@laptop");
+    let (two, fp2) = keygen("ecdsa", Some("256"), "alice  at  work");
+    let k1 = cat.add_key("alice", &format!("  {one}")).unwrap();
+    assert_eq!(
+        (k1.fingerprint.as_str(), k1.line.as_str()),
+        (fp1.as_str(), one.trim())
+    );
+    assert_eq!(k1.comment(), "alice@laptop");
+    let k2 = cat.add_key("alice", &two).unwrap();
+    assert_eq!(k2.comment(), "alice at work");
+    let err = cat.add_key("alice", &one).unwrap_err();
+    assert!(matches!(err, Error::KeyExists { .. }));
+    assert!(err.to_string().contains(&fp1), "{err}");
+    assert_eq!(cat.keys("alice").unwrap(), [k1.clone(), k2.clone()]);
+    assert!(cat.keys("bob").unwrap().is_empty());
+    assert!(matches!(
+        cat.add_key("bob", &one),
+        Err(Error::NoUser { .. })
+    ));
+    assert!(!cat.remove_key("alice", "SHA256:nothing").unwrap());
+    assert!(cat.remove_key("alice", "alice at work").unwrap());
+    assert_eq!(cat.keys("alice").unwrap(), [k1]);
+    assert!(cat.remove_key("alice", &fp1).unwrap());
+    assert!(cat.keys("alice").unwrap().is_empty());
+    assert!(!cat.remove_key("alice", &fp2).unwrap());
+}
+
+fn shared_names_are_visible_and_resolve_only_while_shared(f: &Fixture) {
+    let cat = f.open();
+    for u in ["alice", "bob", "carol"] {
+        cat.add_user(u, "pw", false).unwrap();
+    }
+    cat.bind("alice", "base", score(1)).unwrap();
+    cat.bind("alice", "secret", score(2)).unwrap();
+    cat.bind("bob", "mine", score(3)).unwrap();
+    let seen = |u: &str| -> Vec<String> {
+        let recs = cat.visible(u, None).unwrap();
+        recs.iter().map(|r| address(u, &r.owner, &r.name)).collect()
+    };
+    assert_eq!(seen("bob"), ["mine"]);
+    assert!(matches!(
+        cat.resolve_for("bob", "alice/base"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(cat.share("alice", "base", "bob").unwrap());
+    assert!(!cat.share("alice", "base", "bob").unwrap());
+    assert_eq!(seen("bob"), ["mine", "alice/base"]);
+    assert_eq!(seen("alice"), ["base", "secret"]);
+    assert_eq!(seen("carol"), Vec::<String>::new());
+    assert_eq!(cat.resolve_for("bob", "alice/base").unwrap(), score(1));
+    assert_eq!(cat.resolve_for("bob", "mine").unwrap(), score(3));
+    assert_eq!(cat.resolve_for("alice", "alice/base").unwrap(), score(1));
+    // Not shared and missing are the same answer.
+    let hidden = cat.resolve_for("bob", "alice/secret").unwrap_err();
+    let missing = cat.resolve_for("bob", "alice/nothing").unwrap_err();
+    assert!(matches!(hidden, Error::NotFound { .. }));
+    assert!(matches!(missing, Error::NotFound { .. }));
+    assert!(cat.resolve_for("carol", "alice/base").is_err());
+    assert_eq!(cat.visible("bob", Some("ba*")).unwrap().len(), 1);
+    assert_eq!(cat.shared_with("alice", "base").unwrap(), ["bob"]);
+    assert!(cat.unshare("alice", "base", "bob").unwrap());
+    assert!(!cat.unshare("alice", "base", "bob").unwrap());
+    assert!(cat.resolve_for("bob", "alice/base").is_err());
+    assert_eq!(seen("bob"), ["mine"]);
+}
+
+fn a_name_shared_with_everyone_is_seen_by_every_user_once(f: &Fixture) {
+    let cat = f.open();
+    for u in ["admin", "bob"] {
+        cat.add_user(u, "pw", false).unwrap();
+    }
+    cat.bind("admin", "base", score(1)).unwrap();
+    assert!(cat.share("admin", "base", EVERYONE).unwrap());
+    cat.share("admin", "base", "bob").unwrap();
+    let seen = |u: &str| -> Vec<String> {
+        let recs = cat.visible(u, None).unwrap();
+        recs.iter().map(|r| address(u, &r.owner, &r.name)).collect()
+    };
+    assert_eq!(seen("bob"), ["admin/base"]);
+    assert_eq!(seen("admin"), ["base"]);
+    // A user added later sees it too.
+    cat.add_user("carol", "pw", false).unwrap();
+    assert_eq!(cat.resolve_for("carol", "admin/base").unwrap(), score(1));
+    assert!(cat.unshare("admin", "base", EVERYONE).unwrap());
+    assert!(cat.resolve_for("carol", "admin/base").is_err());
+    assert_eq!(cat.resolve_for("bob", "admin/base").unwrap(), score(1));
+    // `*` is no user name: nobody logs in as it or owns names.
+    assert!(cat.add_user(EVERYONE, "pw", false).is_err());
+}
+
+fn only_owned_names_are_shared_with_real_other_users(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "pw", false).unwrap();
+    cat.add_user("bob", "pw", false).unwrap();
+    cat.bind("alice", "base", score(1)).unwrap();
+    assert!(matches!(
+        cat.share("bob", "base", "alice"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        cat.share("alice", "base", "nobody"),
+        Err(Error::NoUser { .. })
+    ));
+    assert!(cat.share("alice", "base", "alice").is_err());
+    assert!(cat.share("bob", "alice/base", "carol").is_err());
+    cat.share("alice", "base", "bob").unwrap();
+    cat.retire("alice", "base").unwrap();
+    assert!(cat.resolve_for("bob", "alice/base").is_err());
+    assert!(cat.visible("bob", None).unwrap().is_empty());
+}
+
+fn envs_are_recorded_listed_per_node_and_forgotten(f: &Fixture) {
+    let cat = f.open();
+    cat.record_env(&rec("web+alice", "alice", "n1")).unwrap();
+    cat.record_env(&rec("db+bob", "bob", "n2")).unwrap();
+    assert_eq!(cat.envs_on(None).unwrap().len(), 2);
+    let on1 = cat.envs_on(Some("n1")).unwrap();
+    assert_eq!(on1, vec![rec("web+alice", "alice", "n1")]);
+    assert_eq!(cat.env_record("db+bob").unwrap().unwrap().node, "n2");
+    assert_eq!(cat.env_record("nope").unwrap(), None);
+    // Respawned after a boom the daemon missed: the row is replaced, not duplicated.
+    let mut again = rec("web+alice", "alice", "n1");
+    again.created = 9;
+    cat.record_env(&again).unwrap();
+    assert_eq!(cat.envs_on(Some("n1")).unwrap()[0].created, 9);
+    assert!(cat.forget_env("web+alice").unwrap());
+    assert!(!cat.forget_env("web+alice").unwrap());
+    assert!(cat.envs_on(Some("n1")).unwrap().is_empty());
+    // Bad input changes nothing.
+    let mut bad = rec("x+y", "../y", "n1");
+    assert!(cat.record_env(&bad).is_err());
+    bad.owner = "y".into();
+    bad.snapshot = Some("short".into());
+    assert!(cat.record_env(&bad).is_err());
+    assert_eq!(cat.envs_on(None).unwrap().len(), 1);
+}
+
+/// The node calls the catalog on tokio's blocking pool; the PostgreSQL client runs a
+/// runtime of its own, which must work there too.
+fn works_from_a_tokio_blocking_pool(f: &Fixture) {
+    let cat = Arc::new(f.open());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let cat = cat.clone();
+            runtime.spawn_blocking(move || cat.bind("alice", &format!("n{i}"), score(i)))
+        })
+        .collect();
+    runtime.block_on(async {
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    assert_eq!(cat.list(Some("alice"), None).unwrap().len(), 8);
+}
+
+fn concurrent_binds_of_one_name_one_wins(f: &Fixture) {
+    let cats = [Arc::new(f.open()), Arc::new(f.open())];
+    for round in 0..20u8 {
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = cats
+            .iter()
+            .enumerate()
+            .map(|(i, cat)| {
+                let (cat, barrier) = (cat.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    cat.bind("alice", &format!("race{round}"), score(i as u8))
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        assert!(results
+            .iter()
+            .any(|r| matches!(r, Err(Error::AlreadyBound { .. }))));
+    }
+}
+
+fn catalogs_migrating_one_database_at_once_both_work(f: &Fixture) {
+    let barrier = Barrier::new(4);
+    std::thread::scope(|s| {
+        for i in 0..4u8 {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                f.open().bind("alice", &format!("n{i}"), score(i)).unwrap();
+            });
+        }
+    });
+    let cat = f.open();
+    assert_eq!(cat.list(None, None).unwrap().len(), 4);
+    let version = cat
+        .row("testing", "SELECT version FROM schema_version", &[], |r| {
+            r.int(0)
+        })
+        .unwrap();
+    assert_eq!(version, Some(SCHEMA_VERSION));
+}
+
+fn truncating_names_is_refused(f: &Fixture) {
+    let cat = f.open();
+    cat.bind("alice", "web", score(1)).unwrap();
+    assert!(raw(&cat, "TRUNCATE names").is_err());
+    assert_eq!(cat.resolve("alice", "web").unwrap(), score(1));
+}
+
+/// A server restart, as a client sees it: a TCP proxy to PostgreSQL that can cut every
+/// connection through it (what a restart does) and refuse new ones for a while.
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn new(upstream: (String, u16)) -> Proxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let server = TcpStream::connect((upstream.0.as_str(), upstream.1)).unwrap();
+                let mut list = conns2.lock().unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                list.extend([client, server]);
+            }
+        });
+        Proxy { port, up, conns }
+    }
+
+    /// Cuts every connection; refuses new ones until [`Proxy::start`].
+    fn stop(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn start(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn a_restarted_server_is_used_again(f: &Fixture) {
+    let (config, _) = f.postgres.as_ref().unwrap();
+    let proxy = Proxy::new(server(config));
+    let url = f.via("127.0.0.1", proxy.port);
+    let cat = Catalog::connect(&url).unwrap();
+    cat.bind("alice", "before", score(1)).unwrap();
+    // Down: a clear error naming the server, never its password.
+    proxy.stop();
+    let err = cat.resolve("alice", "before").unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("unavailable") && message.contains("127.0.0.1"),
+        "{message}"
+    );
+    if let Some(pw) = config.get_password() {
+        assert!(
+            !message.contains(&*String::from_utf8_lossy(pw)),
+            "{message}"
+        );
+    }
+    // Up again: the catalog works again, at once or after one clear error.
+    proxy.start();
+    let first = cat.resolve("alice", "before");
+    assert!(
+        first.is_ok() || matches!(first, Err(Error::Unavailable { .. })),
+        "{first:?}"
+    );
+    assert_eq!(cat.resolve("alice", "before").unwrap(), score(1));
+    // Restarted between calls, after the connections sat idle: the next call just works.
+    proxy.stop();
+    proxy.start();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    cat.bind("alice", "after", score(2)).unwrap();
+    assert_eq!(cat.resolve("alice", "after").unwrap(), score(2));
+}

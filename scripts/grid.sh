@@ -65,8 +65,11 @@ net_down() {
 # The node's configuration: its name, addresses, and the grid's store.
 write_config() {
   local n=$1 d; d=$(node_dir "$1")
+  # The envs' user namespaces must traverse the path to the data directory: 0755, while the
+  # configuration (keys, passwords) is root's alone.
+  mkdir -p "$d" && chmod 755 "$DIR" "$d"
   # shellcheck disable=SC1091
-  (set -a; . "$DIR/garage/s3.env"; umask 077; mkdir -p "$d"; cat > "$d/config.toml" <<EOF
+  (set -a; . "$DIR/garage/s3.env"; umask 077; cat > "$d/config.toml" <<EOF
 # Node $n of the demo grid (scripts/grid.sh).
 name = "node$n"
 listen = "$(addr "$n"):16998"

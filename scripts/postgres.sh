@@ -4,10 +4,13 @@
 # /var/cache/spawngrid/pg), starts it on 127.0.0.1:$SPAWNGRID_PG_PORT (default 55432), makes a
 # `spawngrid` role and database and prints their URL. Idempotent: when it is running already
 # `up` just prints the URL. `down` stops it, `status` says whether it runs, `url` prints the
-# URL. Run as root: the cluster runs as the `postgres` user (initdb refuses root).
+# URL. $SPAWNGRID_PG_ADDR (set when the cluster is made) listens on that address too and lets its
+# subnet in (scripts/grid.sh: the grid's bridge), and the URL names it.
+# Run as root: the cluster runs as the `postgres` user (initdb refuses root).
 set -euo pipefail
 dir=${SPAWNGRID_PG_DIR:-/var/cache/spawngrid/pg}
 port=${SPAWNGRID_PG_PORT:-55432}
+addr=${SPAWNGRID_PG_ADDR:-127.0.0.1}
 data=$dir/data
 run=$dir/run
 log=$dir/log/postgres.log
@@ -33,7 +36,7 @@ running() { [ -n "$(bindir)" ] && [ -f "$data/PG_VERSION" ] && as_pg "$(bindir)/
 
 url() {
   [ -f "$dir/password" ] || die "no cluster in $dir (run scripts/postgres.sh up)"
-  echo "postgres://spawngrid:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/spawngrid"
+  echo "postgres://spawngrid:$(cat "$dir/password")@$(cat "$dir/addr" 2>/dev/null || echo 127.0.0.1):$(cat "$dir/port")/spawngrid"
 }
 
 up() {
@@ -51,12 +54,14 @@ up() {
       --encoding=UTF8 --locale=C >"$dir/initdb.log" 2>&1 || die "initdb failed; see $dir/initdb.log"
     cat >>"$data/postgresql.conf" <<EOF
 # scripts/postgres.sh
-listen_addresses = '127.0.0.1'
+listen_addresses = '$(printf '%s' "127.0.0.1,$addr" | sed 's/^127.0.0.1,127.0.0.1$/127.0.0.1/')'
 port = $port
 unix_socket_directories = '$run'
 max_connections = 200
 EOF
     echo "$port" >"$dir/port"
+    echo "$addr" >"$dir/addr"
+    [ "$addr" = 127.0.0.1 ] || echo "host all spawngrid samenet scram-sha-256" >>"$data/pg_hba.conf"
     (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$dir/password")
   fi
   port=$(cat "$dir/port")

@@ -163,12 +163,13 @@ down() {
     local data; data=$(node_dir "$n")/data
     [ -d "$data" ] || continue
     # Envs and snapshot mounts outlive a node by design; a demo grid's down takes them too.
-    for env in $("$BIN" env --data "$data" ls --json 2>/dev/null |
-        python3 -c 'import json,sys; [print(e["name"]) for e in json.load(sys.stdin)]' 2>/dev/null); do
+    for env in $("$BIN" --json env --data "$data" ls 2>/dev/null |
+        python3 -c 'import json,sys; [print(e["env"]) for e in json.load(sys.stdin)]' 2>/dev/null); do
       "$BIN" env --data "$data" boom "$env" >/dev/null 2>&1 || echo "could not boom $env of node $n" >&2
     done
-    awk -v m="$data/mounts/" 'index($2, m) == 1 { print $2 }' /proc/mounts | while read -r mnt; do
-      "$BIN" lib --data "$data" umount "$mnt" >/dev/null 2>&1 || umount -l "$mnt" || true
+    for root in "$data"/mounts/*/root; do
+      [ -d "$root" ] || continue
+      "$BIN" lib --data "$data" umount "$root" --lazy >/dev/null 2>&1 || true
     done
   done
   [ -d "$DIR/garage" ] && scripts/garage.sh down >/dev/null

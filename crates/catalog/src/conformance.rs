@@ -8,6 +8,7 @@
 use crate::keys::tests::keygen;
 use crate::shares::{address, EVERYONE};
 use crate::{check_name, check_owner, Catalog, EnvRecord, Error, SCHEMA_VERSION};
+use crate::{LeaseKind, NodeInfo};
 use library::Score;
 use postgres::config::Host;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,6 +157,9 @@ conformance! {
     only_owned_names_are_shared_with_real_other_users
     envs_are_recorded_listed_per_node_and_forgotten
     works_from_a_tokio_blocking_pool
+    nodes_register_and_beat
+    leases_exclude_each_other_and_expire
+    racing_exclusive_leases_are_held_one_at_a_time
 }
 
 conformance! {
@@ -183,6 +187,7 @@ fn text(cat: &Catalog, sql: &str) -> String {
         .unwrap()
 }
 
+/// An env record of `owner` on `node`, spawned from `alice/base`.
 fn rec(id: &str, owner: &str, node: &str) -> EnvRecord {
     EnvRecord {
         id: id.into(),
@@ -710,4 +715,117 @@ fn a_restarted_server_is_used_again(f: &Fixture) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     cat.bind("alice", "after", score(2)).unwrap();
     assert_eq!(cat.resolve("alice", "after").unwrap(), score(2));
+}
+
+fn nodes_register_and_beat(f: &Fixture) {
+    let cat = f.open();
+    let mut info = NodeInfo {
+        name: "n1".into(),
+        address: "10.0.0.1:8443".into(),
+        ssh_port: 2222,
+        fingerprint: "SHA256:abc".into(),
+        capacity_envs: 64,
+        capacity_mem: 64 << 30,
+        labels: "zone=a".into(),
+    };
+    cat.register_node(&info).unwrap();
+    let mut two = info.clone();
+    two.name = "n0".into();
+    cat.register_node(&two).unwrap();
+    let nodes = cat.nodes().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!((nodes[0].info.name.as_str(), &nodes[1].info), ("n0", &info));
+    assert!(nodes[1].registered > 1_600_000_000 && nodes[1].heartbeat >= nodes[1].registered);
+    // Registering again updates what the node says, not when it first came.
+    info.address = "10.0.0.9:8443".into();
+    info.capacity_mem = u64::from(u32::MAX) * 4;
+    cat.register_node(&info).unwrap();
+    let again = cat.nodes().unwrap().pop().unwrap();
+    assert_eq!(
+        (&again.info, again.registered),
+        (&info, nodes[1].registered)
+    );
+    assert!(cat.heartbeat("n1").unwrap());
+    assert!(!cat.heartbeat("nope").unwrap());
+    info.name = "../x".into();
+    assert!(cat.register_node(&info).is_err());
+}
+
+fn leases_exclude_each_other_and_expire(f: &Fixture) {
+    let cat = f.open();
+    let ttl = std::time::Duration::from_secs(60);
+    let a = cat.take_lease(LeaseKind::Shared, "import a", ttl).unwrap();
+    let b = cat.take_lease(LeaseKind::Shared, "save b", ttl).unwrap();
+    assert!(b.fence > a.fence && a.id != b.id && a.expires >= a.taken + 60);
+    let err = cat.take_lease(LeaseKind::Exclusive, "gc", ttl).unwrap_err();
+    assert!(matches!(err, Error::LeaseHeld { .. }), "{err}");
+    assert!(err.to_string().contains("import a, save b"), "{err}");
+    assert_eq!(cat.live_leases().unwrap(), [a.clone(), b.clone()]);
+    assert!(cat.release_lease(&a.id).unwrap());
+    assert!(!cat.release_lease(&a.id).unwrap());
+    assert!(cat.renew_lease(&b.id, ttl).unwrap());
+    assert!(!cat.renew_lease(&a.id, ttl).unwrap());
+    assert!(cat.take_lease(LeaseKind::Exclusive, "gc", ttl).is_err());
+    cat.release_lease(&b.id).unwrap();
+    let gc = cat.take_lease(LeaseKind::Exclusive, "gc", ttl).unwrap();
+    assert!(gc.fence > b.fence);
+    assert!(matches!(
+        cat.take_lease(LeaseKind::Shared, "import c", ttl),
+        Err(Error::LeaseHeld { .. })
+    ));
+    assert!(matches!(
+        cat.take_lease(LeaseKind::Exclusive, "gc 2", ttl),
+        Err(Error::LeaseHeld { .. })
+    ));
+    cat.release_lease(&gc.id).unwrap();
+    // An expired lease (its holder died) counts for nothing and cannot be renewed.
+    let dead = cat
+        .take_lease(LeaseKind::Exclusive, "dead", std::time::Duration::ZERO)
+        .unwrap();
+    assert!(cat.live_leases().unwrap().is_empty());
+    assert!(!cat.renew_lease(&dead.id, ttl).unwrap());
+    let next = cat.take_lease(LeaseKind::Exclusive, "gc", ttl).unwrap();
+    assert!(next.fence > dead.fence);
+    assert_eq!(cat.live_leases().unwrap(), [next]);
+}
+
+/// 8 threads, each with its own catalog (connection), race for an exclusive lease: never two
+/// hold it at once, and every lease gets its own fence.
+fn racing_exclusive_leases_are_held_one_at_a_time(f: &Fixture) {
+    let inside = AtomicUsize::new(0);
+    let fences = std::sync::Mutex::new(Vec::new());
+    let barrier = Barrier::new(8);
+    // Opened one after the other: SQLite refuses to switch a new file to WAL from several
+    // connections at once.
+    let cats: Vec<Catalog> = (0..8).map(|_| f.open()).collect();
+    std::thread::scope(|s| {
+        for (t, cat) in cats.into_iter().enumerate() {
+            let (inside, fences, barrier) = (&inside, &fences, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                let mut won = 0;
+                while won < 3 {
+                    let ttl = std::time::Duration::from_secs(60);
+                    match cat.take_lease(LeaseKind::Exclusive, &format!("t{t}"), ttl) {
+                        Ok(lease) => {
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            assert!(cat.release_lease(&lease.id).unwrap());
+                            fences.lock().unwrap().push(lease.fence);
+                            won += 1;
+                        }
+                        Err(Error::LeaseHeld { .. }) => {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+    });
+    let mut fences = fences.into_inner().unwrap();
+    fences.sort();
+    fences.dedup();
+    assert_eq!(fences.len(), 24);
 }

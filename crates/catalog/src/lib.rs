@@ -25,7 +25,8 @@
 //!
 //! Schema version 2 adds users and API tokens ([`users`]); version 3 adds SSH public keys
 //! ([`keys`]), names shared with other users ([`shares`]) and the names of deleted users
-//! (never reused); version 4 adds the envs nodes run ([`envs`]). Opening an older catalog
+//! (never reused); version 4 adds the envs nodes run ([`envs`]); version 5 the grid's nodes
+//! and leases ([`grid`]). Opening an older catalog
 //! migrates it in place, keeping everything.
 
 use engine::{Fault, Mode, Row, Value};
@@ -37,16 +38,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod conformance;
 mod engine;
 pub mod envs;
+pub mod grid;
 pub mod keys;
 pub mod shares;
 pub mod users;
 pub use envs::EnvRecord;
+pub use grid::{Lease, LeaseKind, Node, NodeInfo};
 pub use keys::Key;
 pub use users::{Token, User};
 
 /// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens,
-/// 3 = + SSH keys, shares and deleted users, 4 = + envs.
-pub const SCHEMA_VERSION: i64 = 4;
+/// 3 = + SSH keys, shares and deleted users, 4 = + envs, 5 = + the grid's nodes and leases.
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The longest name or user name, in bytes.
 pub const MAX_NAME: usize = 128;
@@ -126,6 +129,14 @@ pub enum Error {
         user: String,
         /// The key's fingerprint.
         fingerprint: String,
+    },
+    /// A conflicting lease is live.
+    #[error("a {kind} lease is held by {holders}; try again when it is released or expires")]
+    LeaseHeld {
+        /// The kind of lease asked for.
+        kind: &'static str,
+        /// Who holds the conflicting leases.
+        holders: String,
     },
     /// Hashing or random numbers failed.
     #[error("{0}")]

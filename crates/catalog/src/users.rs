@@ -51,7 +51,7 @@ impl std::fmt::Debug for Token {
 }
 
 /// `n` bytes from the kernel's random source.
-fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut buf = [0u8; N];
     let mut filled = 0;
     while filled < N {

@@ -123,8 +123,34 @@ CREATE INDEX envs_by_owner ON envs(owner);
 CREATE INDEX envs_by_node ON envs(node);
 "#;
 
+/// Schema version 5: the grid's nodes and leases, and the last lease fence given out.
+const GRID: &str = r#"
+CREATE TABLE nodes (
+    name          TEXT COLLATE "C" PRIMARY KEY,
+    address       TEXT NOT NULL,
+    ssh_port      BIGINT NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    capacity_envs BIGINT NOT NULL,
+    capacity_mem  BIGINT NOT NULL,
+    labels        TEXT NOT NULL,
+    registered    BIGINT NOT NULL,
+    heartbeat     BIGINT NOT NULL
+);
+CREATE TABLE leases (
+    id      TEXT COLLATE "C" PRIMARY KEY,
+    kind    TEXT NOT NULL CHECK (kind IN ('shared', 'exclusive')),
+    holder  TEXT NOT NULL,
+    taken   BIGINT NOT NULL,
+    expires BIGINT NOT NULL,
+    fence   BIGINT NOT NULL UNIQUE
+);
+CREATE TABLE lease_fence (last BIGINT NOT NULL);
+INSERT INTO lease_fence (last) VALUES (0);
+"#;
+
 /// Step `v` brings schema version `v` to `v + 1`.
-const STEPS: [&str; crate::SCHEMA_VERSION as usize] = [NAMES, USERS, KEYS_SHARES_DELETED, ENVS];
+const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
+    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID];
 
 /// The advisory lock migrations hold ("SPAWNGRD" in ASCII), so two nodes never migrate at once.
 const MIGRATION_LOCK: i64 = 0x5350_4157_4e47_5244;

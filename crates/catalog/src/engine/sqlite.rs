@@ -91,8 +91,34 @@ CREATE INDEX envs_by_owner ON envs(owner);
 CREATE INDEX envs_by_node ON envs(node);
 ";
 
+/// Schema version 5: the grid's nodes and leases, and the last lease fence given out.
+const GRID: &str = "
+CREATE TABLE nodes (
+    name          TEXT PRIMARY KEY NOT NULL,
+    address       TEXT NOT NULL,
+    ssh_port      INTEGER NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    capacity_envs INTEGER NOT NULL,
+    capacity_mem  INTEGER NOT NULL,
+    labels        TEXT NOT NULL,
+    registered    INTEGER NOT NULL,
+    heartbeat     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE leases (
+    id      TEXT PRIMARY KEY NOT NULL,
+    kind    TEXT NOT NULL CHECK (kind IN ('shared', 'exclusive')),
+    holder  TEXT NOT NULL,
+    taken   INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    fence   INTEGER NOT NULL UNIQUE
+) WITHOUT ROWID;
+CREATE TABLE lease_fence (last INTEGER NOT NULL);
+INSERT INTO lease_fence (last) VALUES (0);
+";
+
 /// Step `v` brings schema version `v` to `v + 1`.
-const STEPS: [&str; crate::SCHEMA_VERSION as usize] = [NAMES, USERS, KEYS_SHARES_DELETED, ENVS];
+const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
+    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID];
 
 /// A catalog in one SQLite file, used through one connection.
 pub(crate) struct Sqlite {

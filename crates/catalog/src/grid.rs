@@ -1,0 +1,267 @@
+//! The grid's nodes and leases (schema version 5).
+//!
+//! `nodes(name, address, ssh_port, fingerprint, capacity_envs, capacity_mem, labels,
+//! registered, heartbeat)`: each node registers itself when it starts (again on every start:
+//! its address or capacity may have changed; its first registration time stays) and beats
+//! every few seconds; the rest of the grid reads the table to find nodes and their room.
+//!
+//! `leases(id, kind, holder, taken, expires, fence)`: a lease keeps gc away while an import
+//! or a save is under way (*shared*: many at once), or keeps everything else away while gc
+//! runs (*exclusive*: alone). An exclusive lease conflicts with any live lease and a shared
+//! one with a live exclusive one; a lease past its expiry is ignored (its holder died) and
+//! cleared by the next taker. Taking is decided in one serial transaction, so two takers
+//! never both win. Each lease gets a fence: a number larger than every earlier lease's
+//! (kept in `lease_fence`), which a holder can show to prove its lease is the newest.
+
+use crate::engine::{Fault, Mode, Row};
+use crate::users::random_bytes;
+use crate::{check_name, unix_now, Catalog, Error, Result};
+use std::time::Duration;
+
+/// What a node tells the grid about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name (the same rule as names: [`crate::check_name`]).
+    pub name: String,
+    /// Its HTTPS address, `host:port`.
+    pub address: String,
+    /// The port of its SSH gateway.
+    pub ssh_port: u16,
+    /// Its TLS certificate's fingerprint, for clients to pin.
+    pub fingerprint: String,
+    /// How many envs it runs at most.
+    pub capacity_envs: u32,
+    /// How much memory its envs may use in all, in bytes.
+    pub capacity_mem: u64,
+    /// Free-form labels (`key=value,...`).
+    pub labels: String,
+}
+
+/// A registered node and when it was last heard from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// What it said about itself when it last registered.
+    pub info: NodeInfo,
+    /// When it first registered, seconds since the epoch.
+    pub registered: i64,
+    /// Its last heartbeat (or registration), seconds since the epoch.
+    pub heartbeat: i64,
+}
+
+/// The two kinds of lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// Held by many at once (imports and saves in progress); only excludes exclusive leases.
+    Shared,
+    /// Held alone (gc): excludes every other lease.
+    Exclusive,
+}
+
+impl LeaseKind {
+    /// The word stored in the catalog: `shared` or `exclusive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Shared => "shared",
+            LeaseKind::Exclusive => "exclusive",
+        }
+    }
+}
+
+/// A lease taken and not released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Its id (32 hex digits), to renew or release it.
+    pub id: String,
+    /// Shared or exclusive.
+    pub kind: LeaseKind,
+    /// Who holds it (a node name, a process: free text for people reading the table).
+    pub holder: String,
+    /// When it was taken, seconds since the epoch.
+    pub taken: i64,
+    /// When it stops counting unless renewed, seconds since the epoch.
+    pub expires: i64,
+    /// Larger than the fence of every lease taken before it.
+    pub fence: i64,
+}
+
+/// A node from a row of the `nodes` columns in table order.
+fn node_of(r: &Row) -> Result<Node, Fault> {
+    Ok(Node {
+        info: NodeInfo {
+            name: r.text(0)?,
+            address: r.text(1)?,
+            ssh_port: int_as(r, 2)?,
+            fingerprint: r.text(3)?,
+            capacity_envs: int_as(r, 4)?,
+            capacity_mem: int_as(r, 5)?,
+            labels: r.text(6)?,
+        },
+        registered: r.int(7)?,
+        heartbeat: r.int(8)?,
+    })
+}
+
+/// Column `i` of `r`, an integer that must fit a `T`.
+fn int_as<T: TryFrom<i64>>(r: &Row, i: usize) -> Result<T, Fault> {
+    let n = r.int(i)?;
+    T::try_from(n).map_err(|_| Fault::Corrupt(format!("column {i} is {n}, out of range")))
+}
+
+/// A lease from a row of the `leases` columns in table order.
+fn lease_of(r: &Row) -> Result<Lease, Fault> {
+    let kind = match r.text(1)?.as_str() {
+        "shared" => LeaseKind::Shared,
+        "exclusive" => LeaseKind::Exclusive,
+        other => return Err(Fault::Corrupt(format!("a lease of kind {other:?}"))),
+    };
+    Ok(Lease {
+        id: r.text(0)?,
+        kind,
+        holder: r.text(2)?,
+        taken: r.int(3)?,
+        expires: r.int(4)?,
+        fence: r.int(5)?,
+    })
+}
+
+/// Now plus `ttl`, seconds since the epoch.
+fn expiry(now: i64, ttl: Duration) -> i64 {
+    now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Catalog {
+    /// Registers node `info.name`, or updates what it said about itself; either way counts
+    /// as a heartbeat.
+    pub fn register_node(&self, info: &NodeInfo) -> Result<()> {
+        check_name(&info.name)?;
+        let now = unix_now();
+        self.execute(
+            "registering a node",
+            "INSERT INTO nodes (name, address, ssh_port, fingerprint, capacity_envs, \
+             capacity_mem, labels, registered, heartbeat) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+             ON CONFLICT (name) DO UPDATE SET address = excluded.address, \
+             ssh_port = excluded.ssh_port, fingerprint = excluded.fingerprint, \
+             capacity_envs = excluded.capacity_envs, capacity_mem = excluded.capacity_mem, \
+             labels = excluded.labels, heartbeat = excluded.heartbeat",
+            &[
+                (&info.name).into(),
+                (&info.address).into(),
+                i64::from(info.ssh_port).into(),
+                (&info.fingerprint).into(),
+                i64::from(info.capacity_envs).into(),
+                i64::try_from(info.capacity_mem).unwrap_or(i64::MAX).into(),
+                (&info.labels).into(),
+                now.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records that node `name` is alive now. Returns whether it is registered.
+    pub fn heartbeat(&self, name: &str) -> Result<bool> {
+        let n = self.execute(
+            "recording a heartbeat",
+            "UPDATE nodes SET heartbeat = ?2 WHERE name = ?1",
+            &[name.into(), unix_now().into()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every registered node, sorted by name (whether it is alive is for the caller to judge
+    /// from its heartbeat).
+    pub fn nodes(&self) -> Result<Vec<Node>> {
+        self.rows(
+            "listing nodes",
+            "SELECT name, address, ssh_port, fingerprint, capacity_envs, capacity_mem, labels, \
+             registered, heartbeat FROM nodes ORDER BY name",
+            &[],
+            node_of,
+        )
+    }
+
+    /// Takes a `kind` lease for `holder` lasting `ttl` (renew it to keep it longer). Fails
+    /// with [`Error::LeaseHeld`] while a conflicting lease is live: any for an exclusive
+    /// lease, an exclusive one for a shared lease.
+    pub fn take_lease(&self, kind: LeaseKind, holder: &str, ttl: Duration) -> Result<Lease> {
+        let id = hex::encode(random_bytes::<16>()?);
+        let what = "taking a lease";
+        self.db(Mode::Serial, |db| {
+            let now = unix_now();
+            db.execute(what, "DELETE FROM leases WHERE expires <= ?1", &[now.into()])?;
+            let held = db.rows(
+                what,
+                "SELECT holder FROM leases WHERE CAST(?1 AS TEXT) = 'exclusive' OR kind = 'exclusive' \
+                 ORDER BY fence",
+                &[kind.as_str().into()],
+                |r| r.text(0),
+            )?;
+            if !held.is_empty() {
+                return Err(Error::LeaseHeld {
+                    kind: kind.as_str(),
+                    holders: held.join(", "),
+                });
+            }
+            db.execute(what, "UPDATE lease_fence SET last = last + 1", &[])?;
+            let fence = db
+                .rows(what, "SELECT last FROM lease_fence", &[], |r| r.int(0))?
+                .pop()
+                .ok_or_else(|| Fault::Corrupt("lease_fence is empty".into()).into_error(what, db.at))?;
+            let lease = Lease {
+                id: id.clone(),
+                kind,
+                holder: holder.to_string(),
+                taken: now,
+                expires: expiry(now, ttl),
+                fence,
+            };
+            db.execute(
+                what,
+                "INSERT INTO leases (id, kind, holder, taken, expires, fence) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[
+                    (&lease.id).into(),
+                    kind.as_str().into(),
+                    holder.into(),
+                    now.into(),
+                    lease.expires.into(),
+                    fence.into(),
+                ],
+            )?;
+            Ok(lease)
+        })
+    }
+
+    /// Extends live lease `id` to `ttl` from now. Returns `false` if it is no longer live
+    /// (released or expired): its holder must stop relying on it.
+    pub fn renew_lease(&self, id: &str, ttl: Duration) -> Result<bool> {
+        let now = unix_now();
+        let n = self.execute(
+            "renewing a lease",
+            "UPDATE leases SET expires = ?2 WHERE id = ?1 AND expires > ?3",
+            &[id.into(), expiry(now, ttl).into(), now.into()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Releases lease `id`. Returns whether it was there.
+    pub fn release_lease(&self, id: &str) -> Result<bool> {
+        let n = self.execute(
+            "releasing a lease",
+            "DELETE FROM leases WHERE id = ?1",
+            &[id.into()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The leases live now, oldest (smallest fence) first.
+    pub fn live_leases(&self) -> Result<Vec<Lease>> {
+        self.rows(
+            "listing leases",
+            "SELECT id, kind, holder, taken, expires, fence FROM leases \
+             WHERE expires > ?1 ORDER BY fence",
+            &[unix_now().into()],
+            lease_of,
+        )
+    }
+}

@@ -186,7 +186,7 @@ status() {
       echo "node$n: stopped"
     fi
   done
-  scripts/garage.sh status | head -n 3 || true
+  scripts/garage.sh status 2>/dev/null | grep "^node" || true
   scripts/postgres.sh status || true
 }
 

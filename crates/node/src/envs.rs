@@ -49,11 +49,18 @@ fn elsewhere(node: &Node, id: &str) -> Result<Option<String>, Error> {
 }
 
 /// The answer for an env that runs on node `on`: where to send the request instead.
-fn runs_on(env: &str, on: &str) -> Error {
-    Error::new(
-        Kind::Misdirected,
-        format!("env {env} runs on node {on}: send this to that node (`-h {on}`)"),
-    )
+fn runs_on(node: &Node, env: &str, on: &str) -> Error {
+    let message = match crate::registry::locate(node, on) {
+        Ok(Some((addr, true))) => {
+            format!("env {env} runs on node {on}: send this to that node (`-h {addr}`)")
+        }
+        Ok(Some((addr, false))) => format!(
+            "env {env} runs on node {on} ({addr}), which is down: wait for it, or boom the env \
+             there once it is back"
+        ),
+        _ => format!("env {env} runs on node {on}: send this to that node (`-h {on}`)"),
+    };
+    Error::new(Kind::Misdirected, message)
 }
 
 /// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
@@ -258,7 +265,7 @@ pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, Error> {
     match runtime::state::load(&node.rt, &id) {
         Ok(st) if st.owner == user => Ok(st),
         _ => match elsewhere(node, &id)? {
-            Some(on) => Err(runs_on(env, &on)),
+            Some(on) => Err(runs_on(node, env, &on)),
             None => Err(no_env(env)),
         },
     }

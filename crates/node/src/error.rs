@@ -98,6 +98,8 @@ impl From<catalog::Error> for Error {
                 Kind::Conflict
             }
             catalog::Error::Invalid { .. } => Kind::Invalid,
+            catalog::Error::Unavailable { .. } => Kind::Unavailable,
+            catalog::Error::LeaseHeld { .. } => Kind::Conflict,
             _ => Kind::Internal,
         };
         Error::new(kind, e.to_string())

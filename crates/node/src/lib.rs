@@ -15,6 +15,7 @@
 //! - [`capacity`]: limits on envs and memory, refusal or eviction when the node is full.
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
+//! - [`registry`]: the grid's node registry (register, heartbeat, where a node is).
 //! - [`pty`]: an async terminal session inside an env (for `cpu` and the SSH gateway).
 //! - [`cpu`]: `spawngrid cpu`'s WebSocket route (a terminal session).
 //! - [`files`]: `spawngrid cp`'s routes (tar streams in and out of an env).
@@ -37,6 +38,7 @@ pub mod invite;
 pub mod metrics;
 pub mod notices;
 pub mod pty;
+pub mod registry;
 pub mod server;
 pub mod snapshots;
 pub mod ssh;
@@ -191,7 +193,18 @@ pub fn run(config: Config) -> Result<()> {
             id.fingerprint,
             host_key.fingerprint
         );
+        let public = format!(
+            "{}:{}",
+            node.config.public_host.as_deref().unwrap_or(&node.name),
+            addr.port()
+        );
         let node = Arc::new(node);
+        let (n, fingerprint) = (node.clone(), id.fingerprint.clone());
+        tokio::task::spawn_blocking(move || registry::register(&n, &public, &fingerprint))
+            .await
+            .context("registering this node in the catalog")?
+            .context("registering this node in the catalog")?;
+        tokio::spawn(registry::heartbeat(node.clone()));
         snapshots::start_sweeping(node.clone());
         // One signal stops both listeners.
         let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -253,6 +253,8 @@ fn a_name_saved_on_one_node_spawns_exactly_on_the_others() {
     // An env name is the user's across the grid: other nodes say where it runs.
     let err = alice.refused(3, "exec", &["work", "--", "true"]);
     assert!(err.contains("runs on node node1"), "{err}");
+    // The registry gives its address.
+    assert!(err.contains("-h 10.231.0.11:16998"), "{err}");
     let err = alice.refused(2, "spawn", &["work-1", "--as", "work"]);
     assert!(err.contains("on node node1"), "{err}");
     // bob on node 2 gets nothing of alice's: not her env, not her unshared name.

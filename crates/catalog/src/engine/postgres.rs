@@ -341,6 +341,16 @@ impl Engine for Postgres {
     }
 }
 
+impl Drop for Postgres {
+    /// Closes the idle connections on a thread of their own: the sync client blocks on its
+    /// runtime to close, which panics on a thread that drives async tasks (a node's catalog
+    /// may be dropped there at shutdown).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.pool().idle);
+        let _ = std::thread::spawn(move || drop(idle)).join();
+    }
+}
+
 /// A connection on loan from the pool; back to the pool when dropped, unless it broke.
 struct Pooled<'a> {
     engine: &'a Postgres,

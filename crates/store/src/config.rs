@@ -13,6 +13,7 @@
 //! request_timeout_secs = 30          # one request (connect: 5 s)
 //! retry_budget_secs = 180            # retries with backoff until this is spent
 //! allow_http = false                 # plain http beyond loopback (trusted networks only)
+//! cache_bytes = 4294967296           # node-local block cache of pack ranges (DATA/cache/blocks)
 //! ```
 //!
 //! Both keys are optional: the embedded default is `DATA/library` and `DATA/catalog.db`.
@@ -52,12 +53,19 @@ pub struct S3Config {
     pub retry_budget_secs: Option<u64>,
     /// Plain `http` to a non-loopback endpoint (a trusted private network only).
     pub allow_http: Option<bool>,
+    /// Bytes of the node-local block cache of pack ranges (default 4 GiB).
+    pub cache_bytes: Option<u64>,
 }
 
 impl S3Config {
     /// Whether no key is set.
     pub fn is_empty(&self) -> bool {
         *self == S3Config::default()
+    }
+
+    /// The block cache's budget in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes.unwrap_or(4 << 30)
     }
 
     /// The S3 backend's options: what is set here, the backend's defaults for the rest (it
@@ -93,6 +101,7 @@ impl std::fmt::Debug for S3Config {
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("retry_budget_secs", &self.retry_budget_secs)
             .field("allow_http", &self.allow_http)
+            .field("cache_bytes", &self.cache_bytes)
             .finish()
     }
 }

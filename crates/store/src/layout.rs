@@ -5,7 +5,8 @@
 //!   store.toml    the node's `[store]` table, so local commands on DATA use the same store
 //!   library/      the local library's packs (embedded default; `[store] library = "file:…"`)
 //!   catalog.db    the SQLite catalog (embedded default; `[store] catalog = "sqlite:…"`)
-//!   cache/        decoded file contents read through snapfs (node-local, rebuildable)
+//!   cache/        decoded file contents read through snapfs, and blocks/ of a remote
+//!                 library's packs (node-local, rebuildable)
 //!   mounts/       snapshot mounts (snapfs keepers and their journals)
 //!   envs/ net/    the runtime's envs and network leases (see the runtime crate)
 //!   tls/ ssh/     the node's certificate and SSH host key
@@ -51,6 +52,11 @@ impl DataDir {
     /// The node-local cache of decoded file contents.
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    /// The block cache of a remote library's packs.
+    pub fn blocks(&self) -> PathBuf {
+        self.root.join("cache/blocks")
     }
 
     /// Where snapshot mounts live.

@@ -19,6 +19,7 @@ pub use layout::DataDir;
 
 use anyhow::{bail, Context, Result};
 use catalog::Catalog;
+use library::backend::cache::{CacheConfig, CachedBackend};
 use library::{Backend, Library, LocalBackend};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -143,7 +144,11 @@ impl Store {
                 let url = self.library.describe();
                 let backend = s3::S3Backend::open(&url, &self.s3.options())
                     .with_context(|| format!("opening the library at {url}"))?;
-                Ok(Arc::new(backend))
+                // Remote packs are read lazily through a node-local block cache.
+                let cache = CacheConfig::new(self.data.blocks(), self.s3.cache_bytes());
+                let cached = CachedBackend::open(Arc::new(backend), &cache)
+                    .with_context(|| format!("opening the block cache {}", cache.dir.display()))?;
+                Ok(Arc::new(cached))
             }
         }
     }

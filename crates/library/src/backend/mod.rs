@@ -3,6 +3,7 @@
 //! The trait is kept to what an S3-compatible object store can do: whole-object writes, whole
 //! and ranged reads, listing by prefix and deletes. No rename, no append, no locking primitive.
 
+pub mod cache;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod local;

@@ -38,6 +38,23 @@ impl Grid {
             .expect("running scripts/grid.sh")
     }
 
+    /// Runs one of the grid's engine scripts (`garage.sh`, `postgres.sh`) on its cluster.
+    fn engine(&self, script: &str, args: &[&str]) {
+        let out = Command::new(common::repo_root().join("scripts").join(script))
+            .args(args)
+            .env("SPAWNGRID_GARAGE_DIR", self.dir().join("garage"))
+            .env("SPAWNGRID_GARAGE_ADDR", "10.231.0.1")
+            .env("SPAWNGRID_GARAGE_PORT", "3950")
+            .env("SPAWNGRID_PG_DIR", self.dir().join("pg"))
+            .output()
+            .expect("running an engine script");
+        assert!(
+            out.status.success(),
+            "{script} {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
     /// Node `n`'s data directory (for offline admin commands: its store is the grid's).
     fn data(&self, n: u8) -> PathBuf {
         self.dir().join(format!("node{n}/data"))
@@ -290,4 +307,33 @@ fn a_name_saved_on_one_node_spawns_exactly_on_the_others() {
     let out = grid.script(&["node-start", "2"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(sum(2, "w2"), want_sum);
+
+    // One Garage node stopped: saves and cross-node spawns go on (replication 3, quorum 2).
+    grid.engine("garage.sh", &["stop-node", "3"]);
+    alice.ok(
+        1,
+        "exec",
+        &["work", "--", "sh", "-c", "echo more >> /srv/d/f"],
+    );
+    alice.ok(1, "save", &["work", "work-3"]);
+    alice.ok(2, "spawn", &["work-3", "--as", "w2c"]);
+    let f = alice.ok(2, "exec", &["w2c", "--", "cat", "/srv/d/f"]);
+    assert_eq!(f, "data\nmore\n");
+    grid.engine("garage.sh", &["start-node", "3"]);
+
+    // PostgreSQL stopped: one clear line naming the catalog; started again, the nodes carry
+    // on without a restart.
+    grid.engine("postgres.sh", &["down"]);
+    let err = alice.refused(1, "exec", &["work", "--", "true"]);
+    assert!(err.contains("catalog"), "{err}");
+    grid.engine("postgres.sh", &["up"]);
+    let back = (0..20).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        alice
+            .sg(1, "exec", &["work", "--", "true"])
+            .status
+            .success()
+    });
+    assert!(back, "node1 did not recover after PostgreSQL came back");
+    alice.ok(3, "exec", &["w3", "--", "true"]);
 }

@@ -52,10 +52,7 @@ pub use users::{Token, User};
 pub const SCHEMA_VERSION: i64 = 5;
 
 /// The longest name or user name, in bytes.
-pub const MAX_NAME: usize = 128;
-
-/// Punctuation allowed in names after the first character.
-const NAME_PUNCT: &[u8] = b"._-:@";
+pub use library::names::MAX_NAME;
 
 /// Everything that can go wrong in the catalog; each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +175,7 @@ pub fn check_owner(owner: &str) -> Result<()> {
 }
 
 fn check(what: &'static str, value: &str) -> Result<()> {
-    let rule = name_rule_broken(value.as_bytes());
+    let rule = library::names::rule_broken(value);
     match rule {
         None => Ok(()),
         Some(rule) => Err(Error::Invalid {
@@ -187,29 +184,6 @@ fn check(what: &'static str, value: &str) -> Result<()> {
             rule,
         }),
     }
-}
-
-/// The rule `b` breaks, if any.
-fn name_rule_broken(b: &[u8]) -> Option<String> {
-    let allowed = |c: &u8| c.is_ascii_alphanumeric() || NAME_PUNCT.contains(c);
-    if b.is_empty() || b.len() > MAX_NAME {
-        return Some(format!(
-            "must be 1 to {MAX_NAME} bytes long (is {})",
-            b.len()
-        ));
-    }
-    if !b[0].is_ascii_alphanumeric() {
-        return Some("must start with an ASCII letter or digit".into());
-    }
-    if let Some(c) = b.iter().find(|c| !allowed(c)) {
-        return Some(format!(
-            "character {:?} is not allowed (use ASCII letters, digits and . _ - : @)",
-            char::from(*c)
-        ));
-    }
-    b.windows(2)
-        .any(|w| w == b"..")
-        .then(|| "must not contain '..'".into())
 }
 
 /// Whether `name` matches a list pattern: a glob (`*` any run, `?` one character) when the

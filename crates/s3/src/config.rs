@@ -63,8 +63,11 @@ impl fmt::Display for S3Location {
 /// How to reach the S3 service. `None` fields fall back to the environment
 /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
 ///
-/// `Debug` never shows the secret key.
-#[derive(Clone)]
+/// It is also the `[store.s3]` table of a node's configuration (durations in whole seconds:
+/// `request_timeout_secs`, `connect_timeout_secs`, `retry_budget_secs`; missing keys take
+/// the defaults). `Debug` never shows the secret key.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct S3Options {
     /// Endpoint URL, e.g. `http://127.0.0.1:3900` (plain `http` only for loopback addresses,
     /// unless `allow_http`).
@@ -79,15 +82,32 @@ pub struct S3Options {
     /// Longest one attempt of a request may take, request and answer bodies included
     /// (default 30 s): a whole pack (32 MiB) must go through in it at the slowest bandwidth
     /// expected.
+    #[serde(rename = "request_timeout_secs", with = "secs")]
     pub request_timeout: Duration,
     /// Longest a TCP (and TLS) connect may take (default 5 s).
+    #[serde(rename = "connect_timeout_secs", with = "secs")]
     pub connect_timeout: Duration,
     /// How long failing attempts of one operation are retried before it fails (default
     /// 3 min: longer than the 70-90 s a partitioned Garage node can stall requests).
+    #[serde(rename = "retry_budget_secs", with = "secs")]
     pub retry_budget: Duration,
     /// Allow plain `http` to any endpoint (a private network the operator trusts, e.g. the
     /// demo grid's bridge); default: only loopback endpoints may be plain `http`.
     pub allow_http: bool,
+}
+
+/// Durations as whole seconds in configuration files.
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
 }
 
 impl Default for S3Options {

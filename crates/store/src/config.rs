@@ -4,6 +4,7 @@
 //! [store]
 //! library = "file:/var/lib/spawngrid/library"      # or "s3://BUCKET/PREFIX"
 //! catalog = "sqlite:/var/lib/spawngrid/catalog.db" # or "postgres://USER:PASSWORD@HOST:PORT/DB"
+//! cache_bytes = 4294967296           # block cache of a remote library (DATA/cache/blocks)
 //!
 //! [store.s3]                         # for an s3:// library; each key falls back to the
 //! endpoint = "http://127.0.0.1:3900" # environment: AWS_ENDPOINT_URL, AWS_REGION,
@@ -11,9 +12,9 @@
 //! access_key_id = "GK…"
 //! secret_access_key = "…"
 //! request_timeout_secs = 30          # one request (connect: 5 s)
+//! connect_timeout_secs = 5
 //! retry_budget_secs = 180            # retries with backoff until this is spent
 //! allow_http = false                 # plain http beyond loopback (trusted networks only)
-//! cache_bytes = 4294967296           # node-local block cache of pack ranges (DATA/cache/blocks)
 //! ```
 //!
 //! Both keys are optional: the embedded default is `DATA/library` and `DATA/catalog.db`.
@@ -30,80 +31,22 @@ pub struct StoreConfig {
     pub library: Option<String>,
     /// Where the catalog lives: `sqlite:PATH` or `postgres://…`.
     pub catalog: Option<String>,
-    /// How to reach an S3 library.
-    #[serde(default, skip_serializing_if = "S3Config::is_empty")]
-    pub s3: S3Config,
-}
-
-/// How to reach an S3-compatible object store (`[store.s3]`).
-#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// The endpoint URL (e.g. a Garage node's S3 API); default: `AWS_ENDPOINT_URL`.
-    pub endpoint: Option<String>,
-    /// The region; default: `AWS_REGION`, else `garage`.
-    pub region: Option<String>,
-    /// The access key id; default: `AWS_ACCESS_KEY_ID`.
-    pub access_key_id: Option<String>,
-    /// The secret key; default: `AWS_SECRET_ACCESS_KEY`. Never printed.
-    pub secret_access_key: Option<String>,
-    /// Longest wait for one request, in seconds.
-    pub request_timeout_secs: Option<u64>,
-    /// How long retries may go on before a request fails, in seconds.
-    pub retry_budget_secs: Option<u64>,
-    /// Plain `http` to a non-loopback endpoint (a trusted private network only).
-    pub allow_http: Option<bool>,
-    /// Bytes of the node-local block cache of pack ranges (default 4 GiB).
+    /// Bytes of the node-local block cache of a remote library's packs (default 4 GiB).
     pub cache_bytes: Option<u64>,
+    /// How to reach an S3 library.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub s3: s3::S3Options,
 }
 
-impl S3Config {
-    /// Whether no key is set.
-    pub fn is_empty(&self) -> bool {
-        *self == S3Config::default()
-    }
-
+impl StoreConfig {
     /// The block cache's budget in bytes.
     pub fn cache_bytes(&self) -> u64 {
         self.cache_bytes.unwrap_or(4 << 30)
     }
-
-    /// The S3 backend's options: what is set here, the backend's defaults for the rest (it
-    /// reads the `AWS_*` environment for keys left unset).
-    pub fn options(&self) -> s3::S3Options {
-        let defaults = s3::S3Options::default();
-        let secs = std::time::Duration::from_secs;
-        s3::S3Options {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.clone(),
-            request_timeout: self
-                .request_timeout_secs
-                .map_or(defaults.request_timeout, secs),
-            retry_budget: self.retry_budget_secs.map_or(defaults.retry_budget, secs),
-            allow_http: self.allow_http.unwrap_or(false),
-            ..defaults
-        }
-    }
 }
 
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Config")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<hidden>"),
-            )
-            .field("request_timeout_secs", &self.request_timeout_secs)
-            .field("retry_budget_secs", &self.retry_budget_secs)
-            .field("allow_http", &self.allow_http)
-            .field("cache_bytes", &self.cache_bytes)
-            .finish()
-    }
+fn is_default(o: &s3::S3Options) -> bool {
+    *o == s3::S3Options::default()
 }
 
 /// Where the library lives.
@@ -240,9 +183,9 @@ mod tests {
         let at = CatalogAt::parse("postgres://sg:s3cret@db:5432/grid").unwrap();
         assert_eq!(at.describe(), "postgres://sg:***@db:5432/grid");
         assert!(!format!("{at:?}").contains("s3cret"));
-        let s3 = S3Config {
+        let s3 = s3::S3Options {
             secret_access_key: Some("topsecret".into()),
-            ..S3Config::default()
+            ..s3::S3Options::default()
         };
         assert!(!format!("{s3:?}").contains("topsecret"));
     }
@@ -254,6 +197,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.s3.region.as_deref(), Some("garage"));
+        assert_eq!(c.s3.request_timeout.as_secs(), 30);
+        let c: StoreConfig = toml::from_str("[s3]\nretry_budget_secs = 600\n").unwrap();
+        assert_eq!(c.s3.retry_budget.as_secs(), 600);
         assert!(toml::from_str::<StoreConfig>("librari = \"x\"").is_err());
     }
 }

@@ -14,7 +14,7 @@
 pub mod config;
 pub mod layout;
 
-pub use config::{CatalogAt, LibraryAt, S3Config, StoreConfig};
+pub use config::{CatalogAt, LibraryAt, StoreConfig};
 pub use layout::DataDir;
 
 use anyhow::{bail, Context, Result};
@@ -23,15 +23,27 @@ use library::backend::cache::{CacheConfig, CachedBackend};
 use library::{Backend, Library, LocalBackend};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// A node's data directory and where its library and catalog live.
-#[derive(Clone, Debug)]
+/// A node's data directory and where its library and catalog live. Clones share the
+/// library's backend, opened once (an S3 client and its block cache are not made per call).
+#[derive(Clone)]
 pub struct Store {
     data: DataDir,
     library: LibraryAt,
     catalog: CatalogAt,
-    s3: S3Config,
+    config: StoreConfig,
+    backend: Arc<OnceLock<Arc<dyn Backend>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data", &self.data)
+            .field("library", &self.library)
+            .field("catalog", &self.catalog)
+            .finish()
+    }
 }
 
 impl Store {
@@ -50,7 +62,8 @@ impl Store {
             data,
             library,
             catalog,
-            s3: config.s3.clone(),
+            config: config.clone(),
+            backend: Arc::default(),
         })
     }
 
@@ -113,9 +126,9 @@ impl Store {
         &self.catalog
     }
 
-    /// How to reach an S3 library (`[store.s3]`).
-    pub fn s3(&self) -> &S3Config {
-        &self.s3
+    /// The `[store]` table in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
     }
 
     /// Opens the catalog (a SQLite catalog and its directory are created if missing).
@@ -132,8 +145,16 @@ impl Store {
         }
     }
 
-    /// The library's backend.
+    /// The library's backend, opened on first use.
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        if let Some(b) = self.backend.get() {
+            return Ok(b.clone());
+        }
+        let opened = self.open_backend()?;
+        Ok(self.backend.get_or_init(|| opened).clone())
+    }
+
+    fn open_backend(&self) -> Result<Arc<dyn Backend>> {
         match &self.library {
             LibraryAt::Dir(dir) => {
                 Ok(Arc::new(LocalBackend::open(dir).with_context(|| {
@@ -142,10 +163,10 @@ impl Store {
             }
             LibraryAt::S3 { .. } => {
                 let url = self.library.describe();
-                let backend = s3::S3Backend::open(&url, &self.s3.options())
+                let backend = s3::S3Backend::open(&url, &self.config.s3)
                     .with_context(|| format!("opening the library at {url}"))?;
                 // Remote packs are read lazily through a node-local block cache.
-                let cache = CacheConfig::new(self.data.blocks(), self.s3.cache_bytes());
+                let cache = CacheConfig::new(self.data.blocks(), self.config.cache_bytes());
                 let cached = CachedBackend::open(Arc::new(backend), &cache)
                     .with_context(|| format!("opening the block cache {}", cache.dir.display()))?;
                 Ok(Arc::new(cached))
@@ -185,9 +206,10 @@ mod tests {
         let table = StoreConfig {
             library: Some("s3://grid/lib".into()),
             catalog: Some(format!("sqlite:{}", dir.path().join("shared.db").display())),
-            s3: S3Config {
+            cache_bytes: None,
+            s3: s3::S3Options {
                 secret_access_key: Some("k".into()),
-                ..S3Config::default()
+                ..s3::S3Options::default()
             },
         };
         Store::configure(data.clone(), &table).unwrap();
@@ -195,7 +217,7 @@ mod tests {
         assert_eq!(mode.mode() & 0o777, 0o600);
         let reopened = Store::open(data.clone()).unwrap();
         assert_eq!(reopened.library_at().describe(), "s3://grid/lib");
-        assert_eq!(reopened.s3().secret_access_key.as_deref(), Some("k"));
+        assert_eq!(reopened.config().s3.secret_access_key.as_deref(), Some("k"));
         // A node without a [store] table keeps what was recorded.
         let node = Store::for_node(data.clone(), None).unwrap();
         assert_eq!(node.catalog_at(), reopened.catalog_at());

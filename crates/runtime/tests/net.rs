@@ -4,33 +4,19 @@
 //! host (the veth's host end) and in a network namespace the test makes.
 
 mod common;
-use common::{unique, Env, TestNode};
+use common::{link_of, run, serial, unique, Env, TestNode};
 use runtime::net::NatLink;
 use runtime::Network;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// Interfaces, routes, nft rules and the subnet pool are host-wide, and every test has its own
-/// data directory (its own leases): one test at a time, so "nothing left" checks see only
-/// their own env's resources.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn nat_opts(node: &TestNode, prefix: &str) -> runtime::SpawnOptions {
     let mut opts = node.opts(prefix);
     opts.network = Network::Nat;
     opts
-}
-
-fn link_of(env: &Env) -> NatLink {
-    assert_eq!(env.state.network, Network::Nat);
-    env.state.nat.clone().expect("a nat env records its link")
 }
 
 /// A TCP server on `addr` (any port) in the current thread's network namespace, or in the
@@ -103,16 +89,6 @@ fn ip_links() -> String {
 
 fn nft_ruleset() -> String {
     run("nft", &["list", "ruleset"])
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The words of `text` made of digits, dots and slashes (addresses, subnets).

@@ -4,20 +4,12 @@
 //! intact.
 
 mod common;
-use common::{busybox, Env, TestNode};
+use common::{busybox, link_of, run, serial, Env, TestNode};
 use runtime::cgroup::Limits;
 use runtime::net::NatLink;
 use runtime::{Network, SpawnOptions};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// One test at a time: the env id below is the same in every test.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The env id both nodes use.
 const ID: &str = "work+alice";
@@ -34,20 +26,6 @@ fn nat_opts_for(id: &str, memory: u64) -> SpawnOptions {
         ..Limits::default()
     };
     opts
-}
-
-fn link_of(env: &Env) -> NatLink {
-    env.state.nat.clone().expect("a nat env records its link")
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn has_link(name: &str) -> bool {

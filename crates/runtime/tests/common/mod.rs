@@ -146,3 +146,26 @@ impl Drop for Env<'_> {
         }
     }
 }
+
+/// One test at a time within a test binary: host-wide resources (interfaces, nft rules, the
+/// subnet pool, fixed env ids) are checked for "nothing left" by each test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The nat link a nat env records.
+pub fn link_of(env: &Env) -> runtime::net::NatLink {
+    env.state.nat.clone().expect("a nat env records its link")
+}
+
+/// Runs a host command that must succeed; its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -4,7 +4,7 @@
 //! the grid's bridge, addresses and ports are fixed; `grid.sh down` runs whatever happens.
 
 mod common;
-use common::site::RAW_HTTPS;
+use common::site::{raw_https, run, text, Client};
 use common::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -76,12 +76,7 @@ impl Grid {
     }
 
     fn user(&self, name: &str) -> User {
-        let home = self.scratch.join(format!("home-{name}"));
-        std::fs::create_dir_all(&home).unwrap();
-        User {
-            name: name.to_string(),
-            home,
-        }
+        User(Client::new(name, &self.scratch))
     }
 }
 
@@ -99,61 +94,29 @@ fn node(n: u8) -> String {
     format!("10.231.0.1{n}")
 }
 
-/// A client user with their own HOME (token and certificate pins).
-struct User {
-    name: String,
-    home: PathBuf,
+/// Node `n`'s HTTPS address.
+fn https(n: u8) -> String {
+    format!("{}:16998", node(n))
 }
+
+/// A client user of the grid, addressing nodes by number.
+struct User(Client);
 
 impl User {
     fn sg(&self, n: u8, cmd: &str, args: &[&str]) -> Output {
-        run(
-            Command::new(common::bin())
-                .arg(cmd)
-                .args(["-h", &node(n), "-u", &self.name])
-                .args(args)
-                .env("HOME", &self.home)
-                .env_remove("XDG_CONFIG_HOME"),
-            None,
-        )
+        self.0.sg_at(&node(n), cmd, args, None)
     }
 
     fn ok(&self, n: u8, cmd: &str, args: &[&str]) -> String {
-        let out = self.sg(n, cmd, args);
-        assert!(
-            out.status.success(),
-            "{} on node{n}: {cmd} {args:?}: {}",
-            self.name,
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        self.0.ok_at(&node(n), cmd, args)
     }
 
-    /// A command that must fail with one line; that line.
     fn refused(&self, n: u8, cmd: &str, args: &[&str]) -> String {
-        let out = self.sg(n, cmd, args);
-        assert!(!out.status.success(), "{cmd} {args:?} should fail");
-        let err = text(&out.stderr);
-        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-        err
+        self.0.refused_at(&node(n), cmd, args)
     }
 
     fn login(&self, n: u8) {
-        let out = run(
-            Command::new(common::bin())
-                .args([
-                    "login",
-                    "-h",
-                    &node(n),
-                    "-u",
-                    &self.name,
-                    "--password-stdin",
-                ])
-                .env("HOME", &self.home)
-                .env_remove("XDG_CONFIG_HOME"),
-            Some(&format!("{}-pw\n", self.name)),
-        );
-        assert!(out.status.success(), "login: {}", text(&out.stderr));
+        self.0.login_at(&node(n))
     }
 
     /// Every piece of metadata busybox shows of the files an env made, sorted (directories
@@ -174,46 +137,9 @@ impl User {
     }
 }
 
-fn run(cmd: &mut Command, stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning a command");
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        pipe.write_all(s.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// A raw HTTPS request to node `n`: (status, body).
 fn raw(n: u8, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
-    let out = run(
-        Command::new("python3").args([
-            "-c",
-            RAW_HTTPS,
-            &node(n),
-            "16998",
-            method,
-            path,
-            headers,
-            "0",
-        ]),
-        Some(body),
-    );
-    assert!(out.status.success(), "raw request: {}", text(&out.stderr));
-    let t = text(&out.stdout);
-    let (status, body) = t.split_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_string())
+    raw_https(&https(n), method, path, headers, body.as_bytes(), false)
 }
 
 #[test]

@@ -16,9 +16,17 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The `spawngrid` binary built by cargo for these tests.
+/// The `spawngrid` binary under test: `SPAWNGRID_BIN` if set (worktrees sharing one target
+/// directory each link their own `target/release/spawngrid` over the others'), else the one
+/// cargo built for these tests.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_spawngrid")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SPAWNGRID_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_spawngrid").to_string())
+    })
 }
 
 fn rootfs(var: &str, which: &str) -> PathBuf {

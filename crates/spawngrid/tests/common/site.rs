@@ -230,13 +230,9 @@ impl Site {
 
     /// A client user with their own HOME (so their own token and pin files).
     pub fn user(&self, name: &str) -> User<'_> {
-        let name = who(name);
-        let home = self.scratch.join(format!("home-{name}"));
-        std::fs::create_dir_all(&home).unwrap();
         User {
             site: self,
-            name,
-            home,
+            client: Client::new(&who(name), &self.scratch),
         }
     }
 
@@ -249,55 +245,81 @@ impl Site {
         body: &[u8],
         chunked: bool,
     ) -> (u16, String) {
-        let addr = self.addr();
-        let (host, port) = addr.rsplit_once(':').unwrap();
-        let out = run(
-            Command::new("python3").args([
-                "-c",
-                RAW_HTTPS,
-                host,
-                port,
-                method,
-                path,
-                headers,
-                if chunked { "1" } else { "0" },
-            ]),
-            Some(std::str::from_utf8(body).unwrap()),
-        );
-        assert!(out.status.success(), "raw request: {}", text(&out.stderr));
-        let t = text(&out.stdout);
-        let (status, body) = t.split_once('\n').unwrap();
-        (status.parse().unwrap(), body.to_string())
+        raw_https(&self.addr(), method, path, headers, body, chunked)
     }
 }
 
-/// A client user.
-pub struct User<'a> {
-    pub site: &'a Site,
+/// A raw HTTPS request to `addr` (`host:port`), certificate unchecked: (status, body).
+pub fn raw_https(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+    chunked: bool,
+) -> (u16, String) {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = run(
+        Command::new("python3").args([
+            "-c",
+            RAW_HTTPS,
+            host,
+            port,
+            method,
+            path,
+            headers,
+            if chunked { "1" } else { "0" },
+        ]),
+        Some(std::str::from_utf8(body).unwrap()),
+    );
+    assert!(out.status.success(), "raw request: {}", text(&out.stderr));
+    let t = text(&out.stdout);
+    let (status, body) = t.split_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+/// A client user with their own HOME (token and pin files), talking to any node.
+pub struct Client {
     pub name: String,
     pub home: PathBuf,
 }
 
-impl User<'_> {
-    /// `spawngrid CMD -h ADDR -u USER ARGS...` with this user's HOME.
-    pub fn sg(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        run(
-            Command::new(common::bin())
-                .arg(cmd)
-                .args(["-h", &self.site.addr(), "-u", &self.name])
-                .args(args)
-                .env("HOME", &self.home)
-                .env_remove("XDG_CONFIG_HOME"),
-            stdin,
-        )
+impl Client {
+    /// User `name` with a fresh HOME under `scratch`.
+    pub fn new(name: &str, scratch: &common::Scratch) -> Client {
+        let home = scratch.join(format!("home-{name}"));
+        std::fs::create_dir_all(&home).unwrap();
+        Client {
+            name: name.to_string(),
+            home,
+        }
+    }
+
+    /// `spawngrid [--json] CMD -h ADDR -u USER ARGS...` with this user's HOME.
+    fn command(&self, json: bool, addr: &str, cmd: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(common::bin());
+        if json {
+            c.arg("--json");
+        }
+        c.arg(cmd)
+            .args(["-h", addr, "-u", &self.name])
+            .args(args)
+            .env("HOME", &self.home)
+            .env_remove("XDG_CONFIG_HOME");
+        c
+    }
+
+    /// `spawngrid CMD -h ADDR -u USER ARGS...`.
+    pub fn sg_at(&self, addr: &str, cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        run(&mut self.command(false, addr, cmd, args), stdin)
     }
 
     /// A command that must succeed; its stdout.
-    pub fn ok(&self, cmd: &str, args: &[&str]) -> String {
-        let out = self.sg(cmd, args, None);
+    pub fn ok_at(&self, addr: &str, cmd: &str, args: &[&str]) -> String {
+        let out = self.sg_at(addr, cmd, args, None);
         assert!(
             out.status.success(),
-            "{} {cmd} {args:?}: {}",
+            "{} at {addr}: {cmd} {args:?}: {}",
             self.name,
             text(&out.stderr)
         );
@@ -305,11 +327,11 @@ impl User<'_> {
     }
 
     /// A command that must fail; its stderr (one line).
-    pub fn refused(&self, cmd: &str, args: &[&str]) -> String {
-        let out = self.sg(cmd, args, None);
+    pub fn refused_at(&self, addr: &str, cmd: &str, args: &[&str]) -> String {
+        let out = self.sg_at(addr, cmd, args, None);
         assert!(
             !out.status.success(),
-            "{} {cmd} {args:?} should fail: {}",
+            "{} at {addr}: {cmd} {args:?} should fail: {}",
             self.name,
             text(&out.stdout)
         );
@@ -318,32 +340,65 @@ impl User<'_> {
         err
     }
 
-    pub fn login(&self) {
-        let out = self.sg(
+    /// Logs in with the test password (`NAME-pw`).
+    pub fn login_at(&self, addr: &str) {
+        let out = self.sg_at(
+            addr,
             "login",
             &["--password-stdin"],
             Some(&format!("{}-pw\n", self.name)),
         );
         assert!(
             out.status.success(),
-            "login {}: {}",
+            "login {} at {addr}: {}",
             self.name,
             text(&out.stderr)
         );
     }
 
-    pub fn json(&self, cmd: &str, args: &[&str]) -> serde_json::Value {
-        let out = run(
-            Command::new(common::bin())
-                .arg("--json")
-                .arg(cmd)
-                .args(["-h", &self.site.addr(), "-u", &self.name])
-                .args(args)
-                .env("HOME", &self.home),
-            None,
-        );
+    /// `--json CMD`, which must succeed; its output.
+    pub fn json_at(&self, addr: &str, cmd: &str, args: &[&str]) -> serde_json::Value {
+        let out = run(&mut self.command(true, addr, cmd, args), None);
         assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// A client user of the site's node.
+pub struct User<'a> {
+    pub site: &'a Site,
+    pub client: Client,
+}
+
+impl std::ops::Deref for User<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl User<'_> {
+    /// `spawngrid CMD -h ADDR -u USER ARGS...` with this user's HOME.
+    pub fn sg(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.sg_at(&self.site.addr(), cmd, args, stdin)
+    }
+
+    /// A command that must succeed; its stdout.
+    pub fn ok(&self, cmd: &str, args: &[&str]) -> String {
+        self.ok_at(&self.site.addr(), cmd, args)
+    }
+
+    /// A command that must fail; its stderr (one line).
+    pub fn refused(&self, cmd: &str, args: &[&str]) -> String {
+        self.refused_at(&self.site.addr(), cmd, args)
+    }
+
+    pub fn login(&self) {
+        self.login_at(&self.site.addr())
+    }
+
+    pub fn json(&self, cmd: &str, args: &[&str]) -> serde_json::Value {
+        self.json_at(&self.site.addr(), cmd, args)
     }
 
     /// Runs `sh -c script` in env `env`: (exit code, stdout, stderr).

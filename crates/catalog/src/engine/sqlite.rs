@@ -10,7 +10,7 @@ use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Schema version 1: names.
 pub(crate) const NAMES: &str = "
@@ -126,6 +126,29 @@ pub(crate) struct Sqlite {
     at: String,
 }
 
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// Switches the database to WAL mode. Of several connections switching a new database at the
+/// same instant, SQLite fails the losers at once with "database is locked" (waiting could
+/// deadlock, so the busy handler is not called): try again until [`BUSY_WAIT`] is spent.
+fn wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + BUSY_WAIT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// Whether `e` is SQLITE_BUSY (another connection holds the lock).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+}
+
 impl Sqlite {
     /// Opens (creating if needed) the database at `path`, in WAL mode.
     pub(crate) fn open(path: &Path) -> Result<Sqlite> {
@@ -135,10 +158,8 @@ impl Sqlite {
             move |e: rusqlite::Error| fault(e).into_error(what, &at)
         };
         let conn = Connection::open(path).map_err(fail("opening"))?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(fail("configuring"))?;
-        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
-            .map_err(fail("enabling WAL"))?;
+        conn.busy_timeout(BUSY_WAIT).map_err(fail("configuring"))?;
+        wal(&conn).map_err(fail("enabling WAL"))?;
         Ok(Sqlite {
             conn: Mutex::new(conn),
             at,
@@ -290,6 +311,32 @@ mod tests {
         let conn = Connection::open(path).unwrap();
         conn.pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap()
+    }
+
+    /// Processes that create the same new catalog at the same instant all open it (one makes
+    /// the schema; the others wait for its lock instead of failing).
+    #[test]
+    fn many_openers_of_a_new_catalog_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("catalog.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Catalog::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in openers {
+                if let Err(e) = o.join().unwrap() {
+                    panic!("round {round}: {e}");
+                }
+            }
+            assert_eq!(user_version(&path), SCHEMA_VERSION);
+        }
     }
 
     /// A version 1 catalog (names only) opens as the current version with its names kept.

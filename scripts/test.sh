@@ -32,6 +32,8 @@ export SPAWNGRID_TEST_POSTGRES SPAWNGRID_REQUIRE_ENGINES=1
 echo "== cargo fmt / clippy" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 echo "== cargo test" >&2
 cargo build --release -p spawngrid

@@ -7,8 +7,6 @@
 //! needs `Authorization: Bearer TOKEN` (a token from [`routes::LOGIN`]). Byte streams (exec
 //! stdin, stdout, stderr) travel as standard padded base64 (see [`b64`]), so any bytes survive.
 
-#![warn(missing_docs)]
-
 use serde::{Deserialize, Serialize};
 
 /// The default port of the HTTPS API.

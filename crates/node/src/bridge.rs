@@ -64,7 +64,7 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Copies `src` to `out` until end of file, or until `exited` turns true and no output came
-/// for [`LINGER`].
+/// for `LINGER`.
 pub async fn pump(src: Fd, mut out: impl AsyncWrite + Unpin, mut exited: watch::Receiver<bool>) {
     let mut buf = vec![0u8; 32 << 10];
     loop {

@@ -23,8 +23,6 @@
 //! - [`bridge`]: bytes between fds and async streams (terminal sessions of SSH and `cpu`).
 //! - [`ui`]: the web UI's page and files (`/`, `/ui/...`; embedded by the `web` crate).
 
-#![warn(missing_docs)]
-
 pub mod auth;
 pub mod bridge;
 pub mod capacity;

@@ -38,7 +38,7 @@ pub struct EnterConfig {
     pub procs_files: Vec<PathBuf>,
     /// The command and its arguments.
     pub argv: Vec<String>,
-    /// Its environment (besides [`DEFAULT_ENV`], which these override).
+    /// Its environment (besides `DEFAULT_ENV`, which these override).
     pub env: Vec<(String, String)>,
     /// Its working directory inside the env.
     pub cwd: String,

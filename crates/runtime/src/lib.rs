@@ -9,8 +9,6 @@
 //! a helper binary (`/proc/self/exe` for the `spawngrid` binary) with a hidden subcommand
 //! (`env-init`, `env-enter`, see [`helper`]), which is single-threaded when it forks.
 
-#![warn(missing_docs)]
-
 pub mod boom;
 pub mod cgroup;
 pub mod exec;

@@ -31,7 +31,7 @@ pub fn become_root() -> Result<()> {
     Ok(())
 }
 
-/// Reduces the capability bounding set to [`KEEP`], sets no_new_privs and installs the seccomp
+/// Reduces the capability bounding set to `KEEP`, sets no_new_privs and installs the seccomp
 /// filter, so every program executed from here on holds at most those capabilities (of the
 /// env's user namespace), cannot gain more through setuid or file capabilities, and cannot
 /// make the syscalls [`crate::seccomp`] denies.

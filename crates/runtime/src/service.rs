@@ -332,14 +332,18 @@ impl UserSwitch {
     /// # Safety
     /// Only raw syscalls on data prepared before the fork: safe between fork and exec.
     unsafe fn apply_or_exit(&self, stderr: libc::c_int) {
-        let ok = rustix::thread::set_capabilities(None, self.caps).is_ok()
-            && libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) == 0
-            && libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) == 0
-            && libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) == 0;
-        if !ok {
-            let msg = self.failed.as_bytes();
-            libc::write(stderr, msg.as_ptr().cast(), msg.len());
-            libc::_exit(126);
+        // SAFETY: raw syscalls on memory prepared before the fork (the groups vector, the
+        // message), with no allocation or lock: what the caller's contract allows.
+        unsafe {
+            let ok = rustix::thread::set_capabilities(None, self.caps).is_ok()
+                && libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) == 0
+                && libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) == 0
+                && libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) == 0;
+            if !ok {
+                let msg = self.failed.as_bytes();
+                libc::write(stderr, msg.as_ptr().cast(), msg.len());
+                libc::_exit(126);
+            }
         }
     }
 }

@@ -18,8 +18,6 @@
 //! TLS is rustls on ring: opening a backend installs ring as rustls's process-wide provider
 //! unless one is installed already.
 
-#![warn(missing_docs)]
-
 mod bridge;
 mod config;
 mod retry;

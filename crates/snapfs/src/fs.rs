@@ -188,7 +188,8 @@ impl SnapFs {
         let b = Arc::new(Backing {
             node,
             raw,
-            id: reply.wrap_backing(raw),
+            // SAFETY: the caller's contract: `raw` is registered here and owned by nothing else.
+            id: unsafe { reply.wrap_backing(raw) },
             journal: self.journal.clone(),
         });
         SnapFs::remember(hs, node, b.clone());

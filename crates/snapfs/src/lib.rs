@@ -13,8 +13,6 @@
 //!
 //! The design and its promises are in `docs/architecture.md`, section *Snapshot filesystem*.
 
-#![warn(missing_docs)]
-
 pub mod adopt;
 pub mod attr;
 pub mod cache;

@@ -9,8 +9,6 @@
 //! so every local command and helper process on that data directory ([`Store::open`]: `lib`,
 //! `user`, the snapfs mount servers) reaches the same library and catalog as the node.
 
-#![warn(missing_docs)]
-
 pub mod config;
 pub mod layout;
 

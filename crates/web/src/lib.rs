@@ -5,8 +5,6 @@
 //! The page talks to the node's HTTPS API with the token from a login kept in the tab's
 //! `sessionStorage`, and attaches a browser terminal to an env over the `cpu` WebSocket.
 
-#![warn(missing_docs)]
-
 /// One file of the UI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Asset {

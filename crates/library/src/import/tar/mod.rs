@@ -6,7 +6,7 @@
 //! are still decoded by [`tar::Header`].
 //!
 //! One thread reads the stream and cuts file data into exactly the pieces
-//! [`file::store_file`] would (so a file has the same score whether imported from a directory
+//! [`crate::file::store_file`] would (so a file has the same score whether imported from a directory
 //! or a tar); rayon hashes, compresses and stores the pieces, with at most [`IN_FLIGHT`] bytes
 //! read but not yet stored.
 

@@ -38,7 +38,14 @@ if [ "${1:-run}" = test ]; then
   fi
 fi
 command -v cargo >/dev/null || { echo "scripts/deps.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
-# Garage (the S3 library's test cluster) is built once with cargo and cached.
+# Garage (the S3 library's test cluster) and cargo-deny (licence and source policy, deny.toml)
+# are built once with cargo and cached.
 if [ "${1:-run}" = test ]; then
   "$(dirname "$0")/garage.sh" install
+  deny=${SPAWNGRID_CACHE:-/var/cache/spawngrid}/cargo-deny
+  if ! "$deny/bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2"; then
+    echo "scripts/deps.sh: building cargo-deny 0.20.2 into $deny (once, a few minutes)" >&2
+    cargo install -q cargo-deny --version 0.20.2 --locked --root "$deny" ||
+      { echo "scripts/deps.sh: cargo install cargo-deny failed; check access to crates.io" >&2; exit 1; }
+  fi
 fi

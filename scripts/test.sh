@@ -32,6 +32,8 @@ export SPAWNGRID_TEST_POSTGRES SPAWNGRID_REQUIRE_ENGINES=1
 echo "== cargo fmt / clippy" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo deny (licences, sources; deny.toml)" >&2
+"${SPAWNGRID_CACHE:-/var/cache/spawngrid}/cargo-deny/bin/cargo-deny" check licenses bans sources
 echo "== cargo doc" >&2
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 

@@ -7,7 +7,7 @@ use common::opts;
 use library::export::tar::export_tar;
 use library::file;
 use library::import::dir::import_dir;
-use library::import::tar::import_tar;
+use library::import::tar::{import_layers, import_tar};
 use library::import::Imported;
 use library::progress::Silent;
 use library::{Content, Entry, FileData, Library, LocalBackend, Result, Snapshot};
@@ -424,6 +424,94 @@ fn duplicates_last_wins_with_a_warning() {
     assert!(w.contains("\"./a\": appears more than once"), "{w}");
     assert!(w.contains("\"d\": replaces a non-empty directory"), "{w}");
     assert!(w.contains("\"s/\": appears more than once"), "{w}");
+}
+
+/// The paths of a snapshot's tree, with `/` after directories, sorted.
+fn paths(lib: &Library, snap: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![(String::new(), snap.root.clone())];
+    while let Some((at, entry)) = todo.pop() {
+        let Content::Dir { tree, .. } = entry.content else {
+            continue;
+        };
+        for e in lib.tree(&tree).unwrap().entries {
+            let path = format!("{at}{}", String::from_utf8_lossy(&e.name));
+            if matches!(e.content, Content::Dir { .. }) {
+                out.push(format!("{path}/"));
+                todo.push((format!("{path}/"), e));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn layers_apply_whiteouts_and_opaque_dirs_as_overlayfs() {
+    let t = tempfile::tempdir().unwrap();
+    let lib = open_lib(t.path());
+    let mut lower = TarBuf::new();
+    for f in [
+        "etc/a",
+        "etc/b",
+        "top",
+        "opt/keep",
+        "opt/d/old",
+        "opt/d/deep/x",
+        "f",
+    ] {
+        lower.file(f, b"lower");
+    }
+    let mut upper = TarBuf::new();
+    upper.file(".wh.top", b""); // a whiteout at the root
+    upper.file("etc/.wh.a", b"");
+    upper.file("opt/d/early", b"upper"); // made by this layer before its opaque marker
+    upper.file("opt/d/.wh..wh..opq", b"");
+    upper.file("opt/d/deep/y", b"upper"); // a lower directory's name, reused after the marker
+    upper.file("etc/b", b"upper"); // replaces: no warning
+    upper.file("f/now-a-dir", b"upper"); // a lower file replaced by a directory: no warning
+    upper.file("new", b"1");
+    upper.file("new", b"2"); // twice in one layer: warned
+    let layers = [lower.finish(), upper.finish()].map(|b| {
+        Ok((
+            "layer".to_string(),
+            Box::new(std::io::Cursor::new(b)) as Box<dyn std::io::Read>,
+        ))
+    });
+    let imp = import_layers(&lib, layers, &opts()).unwrap();
+    assert_eq!(
+        paths(&lib, &imp.snapshot),
+        [
+            "etc/",
+            "etc/b",
+            "f/",
+            "f/now-a-dir",
+            "new",
+            "opt/",
+            "opt/d/",
+            "opt/d/deep/",
+            "opt/d/deep/y",
+            "opt/d/early",
+            "opt/keep"
+        ]
+    );
+    let Content::File { data, .. } = lookup(&lib, &imp.snapshot, b"etc/b").content else {
+        panic!()
+    };
+    let mut bytes = Vec::new();
+    file::write_file(&lib, &data, &mut bytes, "etc/b").unwrap();
+    assert_eq!(bytes, b"upper");
+    assert_eq!(imp.warnings.len(), 1, "{:?}", imp.warnings);
+    assert!(imp.warnings[0].contains("\"new\": appears more than once"));
+    // A damaged layer is named in the one-line error.
+    let bad = [Ok((
+        "image layer 2 (x)".to_string(),
+        Box::new(&b"not a tar at all, not even close"[..]) as Box<dyn std::io::Read>,
+    ))];
+    let err = import_layers(&lib, bad, &opts()).unwrap_err().to_string();
+    assert!(err.starts_with("image layer 2 (x): "), "{err}");
 }
 
 #[test]

@@ -29,11 +29,17 @@ pub struct LibArgs {
 
 #[derive(Subcommand)]
 enum LibCommand {
-    /// Store a directory or a tar (.tar, .tar.gz, .tar.zst, or - for stdin) as snapshot NAME.
+    /// Store a directory, a tar (.tar, .tar.gz, .tar.zst, or - for stdin) or a container image
+    /// as snapshot NAME.
+    ///
+    /// An image is a `docker save`/`podman save` archive (docker-archive), an OCI archive or an
+    /// OCI layout directory: its layers are applied in order (whiteouts and opaque directories
+    /// as overlayfs applies them), each checked against its digest, and the image's tag,
+    /// entrypoint, cmd, env, user and working directory go into the snapshot's note.
     Import {
         /// The new name (bound once, forever).
         name: String,
-        /// A directory, a tar file, or - to read a tar from stdin.
+        /// A directory, a tar file, an image archive or layout, or - to read a tar from stdin.
         path: String,
         /// A note recorded in the snapshot.
         #[arg(long)]
@@ -494,7 +500,8 @@ impl Ctx {
     }
 }
 
-/// Imports `path`: a directory, a tar file (any supported compression), or `-` for stdin.
+/// Imports `path`: a container image (docker-archive, oci-archive or OCI layout), a directory,
+/// a tar file (any supported compression), or `-` for stdin.
 fn import_source(lib: &Library, path: &str, opts: &ImportOptions) -> Result<Imported> {
     if path == "-" {
         if std::io::stdin().is_terminal() {
@@ -508,6 +515,9 @@ fn import_source(lib: &Library, path: &str, opts: &ImportOptions) -> Result<Impo
     }
     let p = Path::new(path);
     let md = std::fs::metadata(p).with_context(|| format!("reading {path}"))?;
+    if let Some(image) = library::import::oci::Image::find(p)? {
+        return Ok(image.import(lib, opts)?);
+    }
     if md.is_dir() {
         return Ok(library::import::dir::import_dir(lib, p, opts)?);
     }

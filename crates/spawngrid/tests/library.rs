@@ -798,3 +798,132 @@ fn export_from_the_file_cache_is_exact_and_never_trusts_bad_copies() {
         damaged.stderr
     );
 }
+
+// --- container images -------------------------------------------------------------------------
+
+/// The listing of `root` without the root directory's own line (an image export has no entry
+/// for it).
+fn below_root(root: &Path) -> String {
+    let all = fslist(root);
+    all.lines()
+        .filter(|l| !l.starts_with(".\t"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// An image built by podman (layers with whiteouts, an opaque directory, setuid, symlinks),
+/// saved as a docker-archive, an OCI archive and an OCI layout, imports as exactly what
+/// `podman export` gives of a container of it; its settings land in the note; a damaged layer
+/// is refused with one line and binds nothing. Needs podman (scripts/deps.sh test).
+#[test]
+fn container_images_import_as_podman_exports_them() {
+    let t = Scratch::new("oci");
+    let lib = Lib::new(t.join("data"));
+    let busybox = common::repo_root().join("scripts/rootfs.sh");
+    let p = format!(
+        "podman --root {} --runroot {} --storage-driver vfs",
+        q(&t.join("podman")),
+        q(&t.join("podman-run"))
+    );
+    std::fs::write(
+        t.join("Containerfile"),
+        "FROM localhost/sgbase\n\
+         RUN mkdir -p /opt/app/sub && echo hello > /opt/app/sub/f && ln -s sub/f /opt/app/link \
+             && chmod 4755 /opt/app/sub/f && rm -rf /usr/share/udhcpc\n\
+         RUN rm -rf /opt/app/sub && mkdir /opt/app/sub && echo new > /opt/app/sub/g \
+             && rm /bin/vi && mkdir -p /var/lib/x && touch /var/lib/x/y\n\
+         ENV GREETING=hi\nUSER 1000\nWORKDIR /opt/app\n\
+         ENTRYPOINT [\"/bin/sh\", \"-c\"]\nCMD [\"echo hi\"]\n",
+    )
+    .unwrap();
+    let dir = s(t.path());
+    sh(&format!(
+        "cd {dir} && tar -C \"$({} busybox)\" -cf base.tar . && \
+         {p} import base.tar localhost/sgbase >/dev/null && \
+         {p} build -q --isolation chroot -t localhost/sgtest . >/dev/null && \
+         {p} save -q --format docker-archive -o docker.tar localhost/sgtest && \
+         {p} save -q --format oci-archive -o oci.tar localhost/sgtest && \
+         {p} save -q --format oci-dir -o layout localhost/sgtest && \
+         c=$({p} create localhost/sgtest) && {p} export -o ref.tar $c && {p} rm $c >/dev/null && \
+         mkdir ref && tar --numeric-owner --xattrs --xattrs-include='*' -xpf ref.tar -C ref",
+        q(&busybox)
+    ));
+    let want = below_root(&t.join("ref"));
+    // The layers did what the Containerfile says (so the comparison below means something).
+    assert!(want.contains("opt/app/sub/g\t") && want.contains("opt/app/link\t"));
+    assert!(!want.contains("opt/app/sub/f\t") && !want.contains("bin/vi\t"));
+    assert!(!want.contains("usr/share/udhcpc"));
+
+    for (name, path) in [
+        ("docker", "docker.tar"),
+        ("oci", "oci.tar"),
+        ("layout", "layout"),
+    ] {
+        lib.import(name, &t.join(path));
+        let out = t.join(format!("out-{name}"));
+        lib.ok(false, &["export", name, s(&out)]);
+        assert_same_listing(&want, &below_root(&out), &format!("{name} image"));
+        let log = lib.ok(false, &["log", name]).stdout;
+        assert!(
+            log.contains(
+                r#"image localhost/sgtest:latest {"cmd":["echo hi"],"entrypoint":["/bin/sh","-c"]"#
+            ) && log.contains(r#""user":"1000","workdir":"/opt/app""#)
+                && log.contains("GREETING=hi"),
+            "{name}: {log}"
+        );
+    }
+
+    // A flipped byte in the top layer: refused, naming the layer and the digest; nothing bound.
+    let layout = t.join("layout");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = manifest["manifests"][0]["digest"].as_str().unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(digest)).unwrap()).unwrap();
+    let top = blob(
+        m["layers"].as_array().unwrap().last().unwrap()["digest"]
+            .as_str()
+            .unwrap(),
+    );
+    let mut bytes = std::fs::read(&top).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&top, bytes).unwrap();
+    let r = lib.run(false, &["import", "damaged", s(&layout)]);
+    assert!(!r.ok, "a damaged image imported");
+    let lines = r.error_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("image layer 3") || lines[0].contains("gzip"),
+        "{lines:?}"
+    );
+    assert!(!lib.bound("damaged"));
+
+    // A layer whose content is not what the config's diff_id says (here the config lies):
+    // refused at the layer's end, nothing bound.
+    let docker = std::fs::read(t.join("docker.tar")).unwrap();
+    let find = |from: usize, what: &[u8]| {
+        from + docker[from..]
+            .windows(what.len())
+            .position(|w| w == what)
+            .expect("a config in the docker archive")
+    };
+    let end = find(find(0, br#""diff_ids":["#), b"]");
+    let mut lied = docker.clone();
+    lied[end - 2] = if lied[end - 2] == b'0' { b'1' } else { b'0' };
+    std::fs::write(t.join("lied.tar"), lied).unwrap();
+    let r = lib.run(false, &["import", "lied", s(&t.join("lied.tar"))]);
+    let lines = r.error_lines();
+    assert!(!r.ok && lines.len() == 1, "{lines:?}");
+    assert!(
+        lines[0].contains("image layer 3") && lines[0].contains("content digest"),
+        "{lines:?}"
+    );
+    assert!(!lib.bound("lied"));
+    lib.verify_clean();
+}

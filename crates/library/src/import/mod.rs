@@ -5,6 +5,7 @@
 
 pub mod dir;
 pub(crate) mod ingest;
+pub mod oci;
 pub mod tar;
 
 use crate::progress::Progress;

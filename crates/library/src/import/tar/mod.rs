@@ -53,6 +53,34 @@ pub fn import_tar(lib: &Library, reader: impl Read, opts: &ImportOptions) -> Res
     super::commit(lib, &tree.root, opts, opts.parent, tree.warnings)
 }
 
+/// Imports image layers as one snapshot, applying them in order as overlayfs stacks them (the
+/// OCI image layer rules): an entry of a later layer replaces the same path of the layers
+/// below; `DIR/.wh.NAME` deletes `DIR/NAME` (and all below it) of the layers below;
+/// `DIR/.wh..wh..opq` hides everything the layers below have in `DIR`. Each layer is a tar
+/// stream (already decompressed) read to its end, so a caller's digest check sees every byte;
+/// it comes with a name for messages, which prefixes any error about its content.
+pub fn import_layers<'r>(
+    lib: &Library,
+    layers: impl IntoIterator<Item = Result<(String, Box<dyn Read + 'r>)>>,
+    opts: &ImportOptions,
+) -> Result<Imported> {
+    let store = Store::new(lib, opts.progress);
+    let mut tree = TarTree::new();
+    for layer in layers {
+        let (what, reader) = layer?;
+        opts.progress.phase(&format!("reading {what}"));
+        let mut stream = Stream::new(reader);
+        tree.layer = Some(HashSet::new());
+        rayon::in_place_scope(|scope| tree.read_all(&mut stream, &store, scope)).map_err(|e| {
+            match e {
+                Error::BadInput(why) => Error::BadInput(format!("{what}: {why}")),
+                e => e,
+            }
+        })?;
+    }
+    super::commit(lib, &tree.root, opts, opts.parent, tree.warnings)
+}
+
 /// Wraps `reader` in a gzip or zstd decoder if it starts with that format's magic bytes.
 ///
 /// Anything else is passed through unchanged (and read as a plain tar).
@@ -98,6 +126,10 @@ struct TarTree {
     explicit: HashSet<Vec<u8>>,
     groups: u64,
     warnings: Vec<String>,
+    /// When reading image layers: the paths the current layer made, and every directory above
+    /// them (what a whiteout in this layer leaves alone, and where a second entry is a
+    /// duplicate rather than an upper layer's replacement).
+    layer: Option<HashSet<Vec<u8>>>,
 }
 
 /// A directory implied by a path below it, or an archive without a root entry.
@@ -115,6 +147,7 @@ impl TarTree {
             explicit: HashSet::new(),
             groups: 0,
             warnings: Vec::new(),
+            layer: None,
         }
     }
 
@@ -126,11 +159,42 @@ impl TarTree {
     ) -> Result<()> {
         while let Some(m) = next_member(s)? {
             let comps = split_path(&m.path).map_err(|why| bad(&m.path, why))?;
+            if self.whiteout(&comps) {
+                continue;
+            }
             if let Some(node) = self.node(&m, s, store, scope)? {
                 self.place(&m.path, &comps, node)?;
             }
         }
         s.finish()
+    }
+
+    /// In a layer, applies a whiteout entry (and says so); false for any other entry.
+    fn whiteout(&mut self, comps: &[Vec<u8>]) -> bool {
+        let Some(made) = &self.layer else {
+            return false;
+        };
+        let Some((name, dirs)) = comps.split_last() else {
+            return false;
+        };
+        let Some(hidden) = name.strip_prefix(WHITEOUT) else {
+            return false;
+        };
+        let at = dirs.join(&b'/');
+        if let Some(dir) = dir_at(&mut self.root, dirs) {
+            if hidden == OPAQUE {
+                keep_only(dir, &at, made);
+            } else if !made.contains(&child_path(&at, hidden)) {
+                dir.children.remove(hidden);
+            }
+        }
+        true
+    }
+
+    /// Whether a second entry for `path` deserves a warning: always in a plain archive; in a
+    /// layer only when the same layer made it (an upper layer replacing a lower is the point).
+    fn repeated(&self, path: &[u8]) -> bool {
+        self.layer.as_ref().is_none_or(|made| made.contains(path))
     }
 
     fn warn(&mut self, line: String) {
@@ -256,8 +320,20 @@ impl TarTree {
             };
         };
         let mut lines = Vec::new();
-        let dir = parent(&mut self.root, dirs, path, &mut lines);
         let key = comps.join(&b'/');
+        let repeated = self.repeated(&key);
+        let dirs_repeated = self.repeated(&dirs.join(&b'/'));
+        if let Some(made) = &mut self.layer {
+            for end in (0..=comps.len()).rev() {
+                if !made.insert(comps[..end].join(&b'/')) {
+                    break;
+                }
+            }
+        }
+        let dir = parent(&mut self.root, dirs, path, &mut lines);
+        if !dirs_repeated {
+            lines.clear(); // an upper layer's directory over a lower layer's file
+        }
         let first_dir = matches!(node, Node::Dir(_)) && self.explicit.insert(key);
         match (dir.children.get_mut(name), node) {
             (None, node) => {
@@ -265,10 +341,11 @@ impl TarTree {
             }
             (Some(Node::Dir(old)), Node::Dir(new)) => {
                 old.meta = new.meta;
-                if !first_dir {
+                if !first_dir && repeated {
                     lines.push(duplicate(path));
                 }
             }
+            (Some(old), node) if !repeated => *old = node,
             (Some(old), node) => {
                 lines.push(match old {
                     Node::Dir(d) if !d.children.is_empty() && !matches!(node, Node::Dir(_)) => {
@@ -324,17 +401,48 @@ fn parent<'d>(
     dir
 }
 
-/// The node at `comps` below `root`, if every parent is a directory.
-fn find<'d>(root: &'d mut Dir, comps: &[Vec<u8>]) -> Option<&'d mut Node> {
-    let (last, dirs) = comps.split_last()?;
+/// The prefix of a whiteout entry's name.
+const WHITEOUT: &[u8] = b".wh.";
+/// The name (after [`WHITEOUT`]) of an opaque-directory marker.
+const OPAQUE: &[u8] = b".wh..opq";
+
+/// `dir/name` as a path key (`name` alone at the root).
+fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+/// Removes from `dir` (at path `at`) everything the current layer did not make.
+fn keep_only(dir: &mut Dir, at: &[u8], made: &HashSet<Vec<u8>>) {
+    dir.children.retain(|name, node| {
+        let path = child_path(at, name);
+        let keep = made.contains(&path);
+        if let (true, Node::Dir(d)) = (keep, node) {
+            keep_only(d, &path, made);
+        }
+        keep
+    });
+}
+
+/// The directory at `comps` below `root` (the root itself for none), if it is one.
+fn dir_at<'d>(root: &'d mut Dir, comps: &[Vec<u8>]) -> Option<&'d mut Dir> {
     let mut dir = root;
-    for c in dirs {
+    for c in comps {
         match dir.children.get_mut(c)? {
             Node::Dir(d) => dir = d,
             _ => return None,
         }
     }
-    dir.children.get_mut(last)
+    Some(dir)
+}
+
+/// The node at `comps` below `root`, if every parent is a directory.
+fn find<'d>(root: &'d mut Dir, comps: &[Vec<u8>]) -> Option<&'d mut Node> {
+    let (last, dirs) = comps.split_last()?;
+    dir_at(root, dirs)?.children.get_mut(last)
 }
 
 fn type_name(kind: EntryType) -> String {

@@ -280,10 +280,12 @@ impl User {
         );
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        format!(
-            r#"{{"Authorization": "Bearer {}"}}"#,
-            v["token"].as_str().unwrap()
-        )
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Headers (JSON) carrying a token of the user's.
+    fn auth(&self) -> String {
+        format!(r#"{{"Authorization": "Bearer {}"}}"#, self.token())
     }
 }
 
@@ -381,7 +383,7 @@ fn grid_view(alice: &User) {
         table.lines().nth(2).unwrap().starts_with("node2 "),
         "{table}"
     );
-    let auth = alice.token();
+    let auth = alice.auth();
     let (status, body) = raw(3, "GET", "/api/nodes", &auth, "");
     assert_eq!(status, 200, "{body}");
     let via3: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -408,6 +410,9 @@ fn grid_view(alice: &User) {
     assert!(page.contains(r#"<table id="nodes">"#), "{page}");
     let (_, script) = raw(1, "GET", "/ui/app.js", "{}", "");
     assert!(script.contains("api('GET', '/api/nodes')"));
+    let out = browser_terminal(alice, 2, "work");
+    assert!(out.starts_with("101 spawngrid\nwork\r\n"), "{out}");
+    assert!(out.contains(r#"{"exit":0}"#), "{out}");
     let (status, body) = raw(1, "GET", "/api/envs", &auth, "");
     assert_eq!(status, 200, "{body}");
     let envs: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -418,6 +423,59 @@ fn grid_view(alice: &User) {
         .map(|e| (e["env"].as_str().unwrap(), e["node"].as_str().unwrap()))
         .collect();
     assert_eq!(on, [("w2", "node2"), ("w3", "node3"), ("work", "node1")]);
+}
+
+/// A browser's terminal session (python): `GET PATH` upgraded to a WebSocket with the token
+/// as the `bearer.TOKEN` subprotocol, as the web UI does; prints the status, the protocol
+/// answered, then the terminal's bytes and control messages until the node closes.
+const BROWSER_TERMINAL: &str = r#"
+import base64, os, socket, ssl, struct, sys
+host, path, token = sys.argv[1:4]
+s = ssl._create_unverified_context().wrap_socket(socket.create_connection((host, 16998), 30))
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n"
+           "Sec-WebSocket-Protocol: spawngrid, bearer.%s\r\n\r\n" % (path, host, key, token)).encode())
+f = s.makefile("rb")
+status = f.readline().split()[1].decode()
+proto = ""
+while True:
+    line = f.readline().strip().decode()
+    if not line:
+        break
+    k, _, v = line.partition(":")
+    if k.lower() == "sec-websocket-protocol":
+        proto = v.strip()
+out = []
+while status == "101":
+    b0, b1 = f.read(2)
+    n = b1 & 127
+    if n == 126:
+        n = struct.unpack(">H", f.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", f.read(8))[0]
+    data = f.read(n)
+    if b0 & 15 == 8:
+        break
+    out.append(data.decode("utf-8", "replace"))
+print(status, proto)
+print("".join(out))
+"#;
+
+/// The web UI's terminal on node `via` to `alice`'s env `env` (on another node): its output.
+fn browser_terminal(alice: &User, via: u8, env: &str) -> String {
+    let token = alice.token();
+    let path = format!("/api/envs/{env}/cpu?cmd=%5B%22hostname%22%5D");
+    let out = run(
+        Command::new("python3").args(["-c", BROWSER_TERMINAL, &node(via), &path, &token]),
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "browser terminal: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
 }
 
 /// Node 2 stopped: once silent for 30 s it is down in `nodes`, its env is marked so in

@@ -84,9 +84,10 @@ fn unreachable(peer: &Peer, what: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Sends `req` to node `peer` over HTTPS (its registered certificate pinned) and returns its
-/// answer, streamed; an upgrade it accepts is joined to this request's.
-pub async fn send(node: &Node, peer: &Peer, mut req: Request) -> Result<Response, Error> {
+/// Sends `req` from node `from` to node `peer` over HTTPS (its registered certificate
+/// pinned) and returns its answer, streamed; an upgrade it accepts is joined to this
+/// request's.
+pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response, Error> {
     let verifier = crate::tls::PinVerifier::new(Some(peer.fingerprint.clone()));
     let tls = verifier.client_config().map_err(|e| Error::internal(&e))?;
     let name = crate::tls::server_name(&peer.address).map_err(|e| unreachable(peer, e))?;
@@ -131,7 +132,7 @@ pub async fn send(node: &Node, peer: &Peer, mut req: Request) -> Result<Response
     // The body goes at once (this node already answered the client's `Expect`).
     headers.remove(header::EXPECT);
     headers.insert(header::HOST, header_value(&peer.address)?);
-    headers.insert(FORWARDED, header_value(&node.name)?);
+    headers.insert(FORWARDED, header_value(from)?);
     let mut resp = sender
         .send_request(req)
         .await
@@ -198,7 +199,7 @@ pub async fn env_routes(
     };
     let n = node.clone();
     match blocking(move || runs_elsewhere(&n, &user, &env)).await {
-        Ok(Some(peer)) => send(&node, &peer, req)
+        Ok(Some(peer)) => send(&node.name, &peer, req)
             .await
             .unwrap_or_else(IntoResponse::into_response),
         Ok(None) => next.run(req).await,
@@ -233,7 +234,7 @@ pub async fn spawn_on(
 ) -> Result<Response, Error> {
     let body = serde_json::to_vec(req).map_err(|e| Error::internal(&e.into()))?;
     send(
-        node,
+        &node.name,
         peer,
         request(headers, Method::POST, api::routes::ENVS, Some(body))?,
     )
@@ -247,7 +248,7 @@ pub async fn list_on(
     headers: &HeaderMap,
 ) -> Result<Vec<api::EnvInfo>, Error> {
     let resp = send(
-        node,
+        &node.name,
         peer,
         request(headers, Method::GET, api::routes::ENVS, None)?,
     )
@@ -265,4 +266,91 @@ pub async fn list_on(
         return Err(unreachable(peer, why));
     }
     serde_json::from_slice(&bytes).map_err(|e| unreachable(peer, format!("a bad answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTPS server on 127.0.0.1 with a certificate made in `dir`, answering every request
+    /// with `FORWARDED HOST PATH` as it got them; its address and certificate fingerprint.
+    async fn echo_server(dir: &std::path::Path) -> (String, String) {
+        let id = crate::tls::load_or_create(dir, &["127.0.0.1".into()]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(id.config);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let echo = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let h = |name| {
+                                let v = req.headers().get(name).map(|v| v.to_str().unwrap());
+                                v.unwrap_or("-").to_string()
+                            };
+                            let text = format!("{} {} {}", h(FORWARDED), h("host"), req.uri());
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(text)),
+                            ))
+                        },
+                    );
+                    let conn = hyper::server::conn::http1::Builder::new();
+                    let _ = conn.serve_connection(TokioIo::new(tls), echo).await;
+                });
+            }
+        });
+        (addr, id.fingerprint)
+    }
+
+    #[tokio::test]
+    async fn requests_reach_only_the_registered_certificate() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (addr, fingerprint) = echo_server(a.path()).await;
+        let peer = Peer {
+            name: "n2".into(),
+            address: addr.clone(),
+            fingerprint,
+        };
+        let get = || {
+            let b = axum::http::Request::builder().uri("https://client.example/api/envs?x=1");
+            b.header(header::EXPECT, "100-continue")
+                .body(Body::empty())
+                .unwrap()
+        };
+        // The path and query go as they came, to the peer's address, marked as forwarded.
+        let resp = send("n1", &peer, get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("n1 {addr} /api/envs?x=1"));
+        // Another certificate than the one registered: refused, said in one line.
+        let other = crate::tls::load_or_create(b.path(), &["127.0.0.1".into()]).unwrap();
+        let impostor = Peer {
+            fingerprint: other.fingerprint,
+            ..peer.clone()
+        };
+        let err = send("n1", &impostor, get()).await.unwrap_err();
+        assert_eq!(err.kind, Kind::Unavailable);
+        assert!(
+            err.message
+                .contains("its certificate is not the one it registered"),
+            "{}",
+            err.message
+        );
+        // A node that does not listen.
+        let gone = Peer {
+            address: "127.0.0.1:1".into(),
+            ..peer
+        };
+        let err = send("n1", &gone, get()).await.unwrap_err();
+        assert!(
+            err.message
+                .starts_with("node n2 (127.0.0.1:1) did not take the request"),
+            "{}",
+            err.message
+        );
+    }
 }

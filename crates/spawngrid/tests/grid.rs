@@ -304,7 +304,15 @@ fn reached_from_any_node(alice: &User, sum: &str) {
     let local = alice.home.join("f-copy");
     alice.ok(3, "cp", &["work:/srv/d/f", local.to_str().unwrap()]);
     assert_eq!(std::fs::read(&local).unwrap(), b"data\n");
+    // A copy in (a streamed upload) through node 2 lands in node 1's env.
+    std::fs::write(&local, b"up\n").unwrap();
+    alice.ok(2, "cp", &[local.to_str().unwrap(), "work:/srv/up"]);
+    let out = alice.ok(3, "exec", &["work", "--", "cat", "/srv/up"]);
+    assert_eq!(out, "up\n");
+    alice.ok(1, "exec", &["work", "--", "rm", "/srv/up"]);
     alice.ok(3, "save", &["work", "work-f"]);
+    // Names are the grid's: node 2 lists the name node 1 just bound.
+    assert!(alice.ok(2, "scores", &["work-f"]).contains("work-f "));
     alice.ok(2, "spawn", &["work-f", "--as", "wf"]);
     assert_eq!(
         alice.ok(2, "exec", &["wf", "--", "cat", "/srv/d/f"]),
@@ -326,12 +334,52 @@ fn reached_from_any_node(alice: &User, sum: &str) {
             "status on node{n}"
         );
     }
+    // SSH is not forwarded: another node's gateway names the env's node and how to get there.
+    let out = ssh(alice, 3, "work+alice", "hostname");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("env work runs on node node1")
+            && err.contains("`ssh -p 16999 work+alice@10.231.0.11`"),
+        "{err}"
+    );
+    assert_eq!(
+        text(&ssh(alice, 1, "work+alice", "hostname").stdout),
+        "work\n"
+    );
     let status = alice.ok(3, "status", &[]);
     let line = status.lines().find(|l| l.starts_with("work ")).unwrap();
     assert!(
         line.contains("node1") && line.contains("work+alice@10.231.0.11"),
         "{line}"
     );
+}
+
+/// `ssh -p 16999 LOGIN@node(n) -- CMD` as `user` with their password (OpenSSH through
+/// `SSH_ASKPASS`, its own known_hosts).
+fn ssh(user: &User, n: u8, login: &str, cmd: &str) -> Output {
+    let askpass = user.home.join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$SG_PASSWORD\"\n").unwrap();
+    let exe = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&askpass, exe).unwrap();
+    let known = format!(
+        "UserKnownHostsFile={}",
+        user.home.join("known_hosts").display()
+    );
+    run(
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-p", "16999", "-o", &known])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"])
+            .args(["-o", "PreferredAuthentications=password"])
+            .args(["-o", "NumberOfPasswordPrompts=1"])
+            .arg(format!("{login}@{}", node(n)))
+            .args(["--", cmd])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("SG_PASSWORD", format!("{}-pw", user.name))
+            .env("DISPLAY", ":0"),
+        None,
+    )
 }
 
 /// Spawns without `-h` land on the node with the most room (node 3 once nodes 1 and 2

@@ -75,6 +75,7 @@ name = "node$n"
 listen = "$(addr "$n"):16998"
 public_host = "$(addr "$n")"
 data = "$d/data"
+labels = ["rack=r$n"]
 
 [store]
 library = "s3://$SPAWNGRID_S3_BUCKET/grid"

@@ -54,6 +54,8 @@ pub mod routes {
     pub const OPENAPI: &str = "/api/openapi.json";
     /// `GET`: what the node did to the user's envs unasked → `Vec<`[`Notice`](crate::Notice)`>`.
     pub const NOTICES: &str = "/api/notices";
+    /// `GET`: the grid's nodes, up or down, with their load → `Vec<`[`NodeEntry`](crate::NodeEntry)`>`.
+    pub const NODES: &str = "/api/nodes";
     /// `GET`: Prometheus metrics (text exposition format); no token needed.
     pub const METRICS: &str = "/metrics";
 
@@ -276,6 +278,53 @@ pub struct SpawnRequest {
     /// The env's network (default: loopback only).
     #[serde(default)]
     pub net: Net,
+    /// Let the node place the env on the grid (absent: spawn on the node asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<Placement>,
+}
+
+/// Where on the grid a spawn goes: with nothing set, the up node with the most room.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// This node, by name (it must be up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// This node if it has room, else the node sharing most labels with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near: Option<String>,
+    /// Only nodes with every one of these labels (`key=value`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+/// One node of the grid (a row of `GET /api/nodes`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// Its name (the grid file's `sys`).
+    pub name: String,
+    /// Its HTTPS address, `host:port`.
+    pub address: String,
+    /// The port of its SSH gateway.
+    pub ssh_port: u16,
+    /// Its TLS certificate's SHA-256 fingerprint ([`format_fingerprint`]).
+    pub fingerprint: String,
+    /// How many envs it runs at most.
+    pub capacity_envs: u32,
+    /// How much memory its envs may reserve in all, in bytes.
+    pub capacity_mem: u64,
+    /// Its labels (`key=value`).
+    pub labels: Vec<String>,
+    /// Whether it was heard from in the last 30 s.
+    pub up: bool,
+    /// Seconds since it was last heard from.
+    pub silent: u64,
+    /// Envs it runs (every user's).
+    pub envs: u32,
+    /// Envs it can still admit.
+    pub room_envs: u32,
+    /// Memory it can still reserve, in bytes (each env counted at the default size).
+    pub room_mem: u64,
 }
 
 /// An env's network.
@@ -334,6 +383,14 @@ pub struct EnvInfo {
     pub write_size: u64,
     /// How to attach.
     pub attach: Attach,
+    /// Whether its node is up (an env of a down node shows what the catalog knows of it).
+    #[serde(default = "yes")]
+    pub node_up: bool,
+}
+
+/// `true`, the default of fields that older nodes did not send.
+fn yes() -> bool {
+    true
 }
 
 /// `POST /api/envs/{env}/exec`: run one command and collect its output.
@@ -625,6 +682,9 @@ mod tests {
             r#"{"name":"base","disk":false,"as":"w","net":"none"}"#
         );
         assert!(serde_json::from_str::<SpawnRequest>(r#"{"name":"b","bogus":1}"#).is_err());
+        let r: SpawnRequest =
+            serde_json::from_str(r#"{"name":"b","place":{"labels":["rack=r1"]}}"#).unwrap();
+        assert_eq!(r.place.unwrap().labels, ["rack=r1"]);
     }
 
     #[test]
@@ -677,6 +737,7 @@ mod tests {
             (routes::KEYS, &["get", "post"]),
             (routes::KEY, &["delete"]),
             (routes::NOTICES, &["get"]),
+            (routes::NODES, &["get"]),
             (routes::METRICS, &["get"]),
         ];
         assert_eq!(paths.len(), want.len());
@@ -725,6 +786,7 @@ mod tests {
             write_used: Some(4),
             write_size: 5,
             attach: attach.clone(),
+            node_up: false,
         };
         let v = |x: &dyn erased::Ser| x.value();
         check("Error", v(&ErrorBody { error: "x".into() }));
@@ -761,6 +823,30 @@ mod tests {
                 as_env: Some("a".into()),
                 mem: Some(1),
                 net: Net::Nat,
+                place: Some(Placement::default()),
+            }),
+        );
+        let placement = Placement {
+            node: Some("n".into()),
+            near: Some("m".into()),
+            labels: vec!["k=v".into()],
+        };
+        check("Placement", v(&placement));
+        check(
+            "NodeEntry",
+            v(&NodeEntry {
+                name: "n".into(),
+                address: "h:1".into(),
+                ssh_port: 2,
+                fingerprint: "AB".into(),
+                capacity_envs: 3,
+                capacity_mem: 4,
+                labels: vec!["k=v".into()],
+                up: true,
+                silent: 5,
+                envs: 6,
+                room_envs: 7,
+                room_mem: 8,
             }),
         );
         check("Attach", v(&attach));

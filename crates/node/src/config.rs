@@ -16,6 +16,7 @@
 //! max_copy = "1G"                 # most bytes one `spawngrid cp` moves (streamed)
 //! default_mem = "512M"            # memory limit of an env spawned without --mem
 //! mount_idle_secs = 600           # unmount a snapshot no env has used for this long (0: never)
+//! labels = ["rack=r1", "zone=z1"] # this node's labels in the grid (`spawn --label k=v`, `--near`)
 //!
 //! [capacity]                      # see crate::capacity
 //! max_envs = 512                  # envs on this node
@@ -65,6 +66,8 @@ pub struct Config {
     /// Seconds a snapshot's mount stays after its last env is gone (0: until the node is
     /// stopped and the mount unmounted by hand).
     pub mount_idle_secs: u64,
+    /// This node's labels in the grid (`key=value`).
+    pub labels: Vec<String>,
     /// Capacity limits and the full-node policy.
     pub capacity: crate::capacity::CapacityConfig,
     /// Where the library and the catalog live (`None`: as recorded in the data directory).
@@ -85,6 +88,7 @@ impl Default for Config {
             max_copy: api::MAX_COPY.to_string(),
             default_mem: "512M".into(),
             mount_idle_secs: 600,
+            labels: Vec::new(),
             capacity: Default::default(),
             store: Default::default(),
         }
@@ -116,6 +120,9 @@ impl Config {
             bail!("default_mem must be at least 16M");
         }
         config.capacity.limits(1)?;
+        for l in &config.labels {
+            crate::place::check_label(l).map_err(anyhow::Error::msg)?;
+        }
         Ok(config)
     }
 
@@ -181,6 +188,9 @@ mod tests {
         assert_eq!(c.capacity.policy, crate::capacity::Policy::Evict);
         assert!(Config::parse("[capacity]\npolicy = \"random\"\n").is_err());
         assert!(Config::parse("[capacity]\nmax_envs = 0\n").is_err());
+        let c = Config::parse("labels = [\"rack=r1\"]").unwrap();
+        assert_eq!(c.labels, ["rack=r1"]);
+        assert!(Config::parse("labels = [\"rack\"]").is_err());
     }
 
     #[test]

@@ -48,17 +48,33 @@ fn elsewhere(node: &Node, id: &str) -> Result<Option<String>, Error> {
         .filter(|n| *n != node.name))
 }
 
-/// The answer for an env that runs on node `on`: where to send the request instead.
-fn runs_on(node: &Node, env: &str, on: &str) -> Error {
+/// The answer for `user`'s env that runs on node `on` (when this node did not forward the
+/// request: it is down, or the request came forwarded): where it runs, and how to reach it
+/// there over the API and SSH.
+fn runs_on(node: &Node, user: &str, env: &str, on: &str) -> Error {
     let message = match crate::registry::locate(node, on) {
-        Ok(Some((addr, true))) => {
-            format!("env {env} runs on node {on}: send this to that node (`-h {addr}`)")
+        Ok(Some((n, up))) => {
+            let host = n
+                .address
+                .rsplit_once(':')
+                .map_or(n.address.as_str(), |(h, _)| h);
+            let reach = format!(
+                "`-h {}`, or `ssh -p {} {}@{host}`",
+                n.address,
+                n.ssh_port,
+                env_id(user, env)
+            );
+            if up {
+                format!("env {env} runs on node {on}: send this there ({reach})")
+            } else {
+                format!(
+                    "env {env} runs on node {on} ({}), which is down: wait for it, or boom the \
+                     env there once it is back ({reach})",
+                    n.address
+                )
+            }
         }
-        Ok(Some((addr, false))) => format!(
-            "env {env} runs on node {on} ({addr}), which is down: wait for it, or boom the env \
-             there once it is back"
-        ),
-        _ => format!("env {env} runs on node {on}: send this to that node (`-h {on}`)"),
+        _ => format!("env {env} runs on node {on}: send this there (`-h {on}`)"),
     };
     Error::new(Kind::Misdirected, message)
 }
@@ -265,7 +281,7 @@ pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, Error> {
     match runtime::state::load(&node.rt, &id) {
         Ok(st) if st.owner == user => Ok(st),
         _ => match elsewhere(node, &id)? {
-            Some(on) => Err(runs_on(node, env, &on)),
+            Some(on) => Err(runs_on(node, user, env, &on)),
             None => Err(no_env(env)),
         },
     }
@@ -322,6 +338,7 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
             None
         },
         write_size: st.write_size,
+        node_up: true,
     }
 }
 

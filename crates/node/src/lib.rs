@@ -16,6 +16,9 @@
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
 //! - [`registry`]: the grid's node registry (register, heartbeat, where a node is).
+//! - [`place`]: where on the grid a spawn goes (most room, `--near`, labels).
+//! - [`forward`]: requests sent on to the node that can answer them (HTTPS, pinned).
+//! - [`nodes`]: the grid as one: `GET /api/nodes`, grid-wide env listing, grid gauges.
 //! - [`pty`]: an async terminal session inside an env (for `cpu` and the SSH gateway).
 //! - [`cpu`]: `spawngrid cpu`'s WebSocket route (a terminal session).
 //! - [`files`]: `spawngrid cp`'s routes (tar streams in and out of an env).
@@ -31,10 +34,13 @@ pub mod cpu;
 pub mod envs;
 pub mod error;
 pub mod files;
+pub mod forward;
 pub mod http;
 pub mod invite;
 pub mod metrics;
+pub mod nodes;
 pub mod notices;
+pub mod place;
 pub mod pty;
 pub mod registry;
 pub mod server;

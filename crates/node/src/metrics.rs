@@ -143,6 +143,14 @@ impl Metrics {
     }
 }
 
+/// Appends gauge `name` to `out` with one sample per node (`{node="NAME"}`).
+pub fn node_gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (node, value) in samples {
+        let _ = writeln!(out, "{name}{} {value}", labels(&[("node", node)]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +185,15 @@ mod tests {
         ));
         assert!(text.contains("# TYPE spawngrid_envs gauge\nspawngrid_envs 3\n"));
         assert_eq!(labels(&[("a", "x\"y")]), "{a=\"x\\\"y\"}");
+    }
+
+    #[test]
+    fn node_gauges_have_one_sample_per_node() {
+        let mut out = String::new();
+        node_gauge(&mut out, "g", "help", &[("n1", 1.0), ("n2", 0.0)]);
+        assert_eq!(
+            out,
+            "# HELP g help\n# TYPE g gauge\ng{node=\"n1\"} 1\ng{node=\"n2\"} 0\n"
+        );
     }
 }

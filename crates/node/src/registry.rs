@@ -1,8 +1,10 @@
 //! The grid's node registry: this node registers itself in the shared catalog at start (name,
 //! HTTPS address, SSH port, certificate fingerprint, capacity) and heartbeats every
-//! [`HEARTBEAT`]; a node not heard from for [`DOWN_AFTER`] is down.
+//! [`HEARTBEAT`]; a node not heard from for [`DOWN_AFTER`] is down. [`grid`] is the grid as
+//! every node sees it: the registry and each node's load from the catalog's envs.
 
 use crate::Node;
+use api::NodeEntry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ pub fn register(node: &Node, address: &str, fingerprint: &str) -> catalog::Resul
         fingerprint: fingerprint.to_string(),
         capacity_envs: node.limits.max_envs.min(u32::MAX as usize) as u32,
         capacity_mem: node.limits.max_mem,
-        labels: String::new(),
+        labels: node.config.labels.join(","),
     })
 }
 
@@ -41,21 +43,63 @@ pub async fn heartbeat(node: Arc<Node>) {
     }
 }
 
-/// The HTTPS address of node `name` and whether it is up (heard from within [`DOWN_AFTER`]),
-/// if it is registered.
-pub fn locate(node: &Node, name: &str) -> catalog::Result<Option<(String, bool)>> {
-    let now = std::time::SystemTime::now()
+/// Seconds since the epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Every registered node, by name, with whether it is up and its load: the envs the catalog
+/// says it runs, each counted at this node's default memory size (the catalog records no
+/// env's memory).
+pub fn grid(node: &Node) -> catalog::Result<Vec<NodeEntry>> {
+    let nodes = node.cat.nodes()?;
+    let envs = node.cat.envs_on(None)?;
+    let per_env = node.config.default_mem_bytes();
+    let now = now();
+    Ok(nodes
+        .into_iter()
+        .map(|n| {
+            let count = envs.iter().filter(|e| e.node == n.info.name).count() as u32;
+            let silent = silent(&n, now);
+            let i = n.info;
+            NodeEntry {
+                up: silent <= DOWN_AFTER.as_secs(),
+                silent,
+                envs: count,
+                room_envs: i.capacity_envs.saturating_sub(count),
+                room_mem: i
+                    .capacity_mem
+                    .saturating_sub(u64::from(count).saturating_mul(per_env)),
+                labels: crate::place::parse_labels(&i.labels),
+                name: i.name,
+                address: i.address,
+                ssh_port: i.ssh_port,
+                fingerprint: i.fingerprint,
+                capacity_envs: i.capacity_envs,
+                capacity_mem: i.capacity_mem,
+            }
+        })
+        .collect())
+}
+
+/// Seconds since `n` was last heard from, at `now`.
+fn silent(n: &catalog::Node, now: i64) -> u64 {
+    now.saturating_sub(n.heartbeat).max(0) as u64
+}
+
+/// What node `name` said about itself and whether it is up (heard from within
+/// [`DOWN_AFTER`]), if it is registered.
+pub fn locate(node: &Node, name: &str) -> catalog::Result<Option<(catalog::NodeInfo, bool)>> {
+    let now = now();
     Ok(node
         .cat
         .nodes()?
         .into_iter()
         .find(|n| n.info.name == name)
         .map(|n| {
-            (
-                n.info.address,
-                now - n.heartbeat <= DOWN_AFTER.as_secs() as i64,
-            )
+            let up = silent(&n, now) <= DOWN_AFTER.as_secs();
+            (n.info, up)
         }))
 }

@@ -5,7 +5,7 @@ use crate::error::{Error, Kind};
 use crate::http::{
     self, accept, bearer, blocking, env_param, ok, AuthUser, ClientAddr, JsonBody, CURRENT_USER,
 };
-use crate::{envs, Node};
+use crate::{envs, forward, nodes, Node};
 use api::{routes, LoginRequest, LoginResponse, ScoreEntry, ScoresQuery};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -136,8 +136,15 @@ async fn spawn_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
     headers: axum::http::HeaderMap,
-    JsonBody(req): JsonBody<api::SpawnRequest>,
+    JsonBody(mut req): JsonBody<api::SpawnRequest>,
 ) -> Result<Response, Error> {
+    // Placed on the grid: maybe on another node (which then spawns it as asked).
+    if let Some(want) = req.place.take().filter(|_| !forward::forwarded(&headers)) {
+        let (n, mem) = (node.clone(), req.mem);
+        if let Some(peer) = blocking(move || nodes::place(&n, &want, mem)).await? {
+            return forward::spawn_on(&node, &peer, &headers, &req).await;
+        }
+    }
     let host = public_host(&node, &headers);
     let info = blocking(move || {
         let st = envs::spawn(&node, &user, &req)?;
@@ -154,7 +161,9 @@ async fn list_envs(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Error> {
     let host = public_host(&node, &headers);
-    let list = blocking(move || envs::list(&node, &user, &host)).await?;
+    let (n, u) = (node.clone(), user.clone());
+    let here = blocking(move || envs::list(&n, &u, &host)).await?;
+    let list = nodes::everywhere(&node, user, &headers, here).await?;
     Ok(ok(&list))
 }
 
@@ -253,7 +262,13 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
                 packs as f64,
             ),
         ];
-        Ok(node.metrics.render(&gauges))
+        let mut text = node.metrics.render(&gauges);
+        // The grid as the catalog has it; without the catalog, this node's own gauges.
+        match nodes::gauges(&node) {
+            Ok(grid) => text.push_str(&grid),
+            Err(e) => tracing::warn!("grid gauges: {}", e.message),
+        }
+        Ok(text)
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
@@ -331,6 +346,20 @@ async fn access_log(
         .await
 }
 
+/// The routes of one env, each sent on to the env's node when it runs on another one.
+fn env_routes(node: Arc<Node>) -> Router<Arc<Node>> {
+    Router::new()
+        .route(routes::ENV, delete(boom_env))
+        .route(routes::EXEC, post(exec_env))
+        .route(routes::SAVE, post(save_env))
+        .route(routes::CPU, get(crate::cpu::cpu))
+        .route(routes::FILES, get(crate::files::get).put(crate::files::put))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node,
+            forward::env_routes,
+        ))
+}
+
 /// The API's router.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -338,11 +367,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::LOGOUT, post(logout))
         .route(routes::SCORES, get(scores))
         .route(routes::ENVS, get(list_envs).post(spawn_env))
-        .route(routes::ENV, delete(boom_env))
-        .route(routes::EXEC, post(exec_env))
-        .route(routes::SAVE, post(save_env))
-        .route(routes::CPU, get(crate::cpu::cpu))
-        .route(routes::FILES, get(crate::files::get).put(crate::files::put))
+        .merge(env_routes(node.clone()))
+        .route(routes::NODES, get(nodes::list))
         .route(routes::OPENAPI, get(openapi))
         .route(routes::INVITE, post(crate::invite::invite))
         .route(routes::SHARE, post(crate::snapshots::share))

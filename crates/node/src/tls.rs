@@ -3,14 +3,19 @@
 //! fingerprint on first use, like ssh's known_hosts; to replace it, delete `DATA/tls/` and
 //! restart (clients then refuse the node until its old pin is removed), or put a CA-signed
 //! pair in its place.
+//!
+//! [`PinVerifier`] is the other side: a client (the CLI, or a node forwarding a request to
+//! another node with the fingerprint the registry gives) that trusts one certificate.
 
 use anyhow::{bail, Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The node's certificate and key, ready to serve.
 pub struct Identity {
@@ -79,6 +84,105 @@ pub fn load_or_create(data: &Path, names: &[String]) -> Result<Identity> {
         fingerprint,
         generated,
     })
+}
+
+/// Accepts exactly the pinned certificate (any, when none is pinned) and remembers the one
+/// presented; the handshake's signature is still checked against that certificate's key, so
+/// only the holder of the node's private key passes.
+#[derive(Debug)]
+pub struct PinVerifier {
+    pinned: Option<String>,
+    seen: Mutex<Option<String>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PinVerifier {
+    /// A verifier trusting the certificate with SHA-256 fingerprint `pinned`
+    /// ([`fingerprint`]), or any certificate when `None` (trust on first use).
+    pub fn new(pinned: Option<String>) -> Arc<PinVerifier> {
+        Arc::new(PinVerifier {
+            pinned,
+            seen: Mutex::new(None),
+            provider: provider(),
+        })
+    }
+
+    /// The fingerprint of the certificate the server presented, once it has.
+    pub fn seen(&self) -> Option<String> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A TLS client configuration trusting only what this verifier accepts.
+    pub fn client_config(self: &Arc<Self>) -> Result<Arc<rustls::ClientConfig>> {
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(fp.clone());
+        match &self.pinned {
+            Some(p) if *p != fp => Err(rustls::Error::General(
+                "certificate differs from the pinned one".into(),
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The host part of `HOST:PORT` (without brackets), as a TLS server name.
+pub fn server_name(hostport: &str) -> Result<ServerName<'static>> {
+    let h = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(h.to_string()).map_err(|_| anyhow::anyhow!("bad host name in {hostport}"))
 }
 
 /// Makes a self-signed ECDSA P-256 certificate for `names` and writes it (key 0600).

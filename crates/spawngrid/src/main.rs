@@ -67,9 +67,12 @@ enum Command {
     /// Destroy an env (its names stay).
     #[command(disable_help_flag = true)]
     Boom(client::BoomArgs),
-    /// List your envs on the node.
+    /// List your envs on every node of the grid, with their node.
     #[command(disable_help_flag = true)]
     Status(client::StatusArgs),
+    /// List the grid's nodes: address, up or down, envs, room, labels, certificate.
+    #[command(disable_help_flag = true)]
+    Nodes(client::NodesArgs),
     /// Give USER their own copy of NAME with an account for them inside (passwd, shadow,
     /// group, home), bound to USER as their name.
     #[command(disable_help_flag = true)]
@@ -211,6 +214,7 @@ fn main() -> ExitCode {
         Command::Save(a) => client::save(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),
+        Command::Nodes(a) => client::nodes(a, json),
         Command::Invite(a) => client::invite::invite(a, json),
         Command::Share(a) => client::share::share(a, json),
         Command::Unshare(a) => client::share::unshare(a, json),

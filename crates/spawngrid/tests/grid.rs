@@ -142,6 +142,346 @@ fn raw(n: u8, method: &str, path: &str, headers: &str, body: &str) -> (u16, Stri
     raw_https(&https(n), method, path, headers, body.as_bytes(), false)
 }
 
+impl User {
+    /// A command without `-h`: sent to node `n` as the default node (`$SPAWNGRID_HOST`).
+    fn placed(&self, n: u8, cmd: &str, args: &[&str]) -> String {
+        let out = run(
+            Command::new(common::bin())
+                .arg(cmd)
+                .args(["-u", &self.name])
+                .args(args)
+                .env("SPAWNGRID_HOST", node(n))
+                .env("HOME", &self.home)
+                .env_remove("XDG_CONFIG_HOME"),
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?} via node{n}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `--json` output of a command on node `n`.
+    fn json(&self, n: u8, cmd: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(n, cmd, &[args, &["--json"]].concat());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd}: {e}: {out}"))
+    }
+
+    /// The user's envs as `status` on node `n` lists them: (env, node, node up).
+    fn envs(&self, n: u8) -> Vec<(String, String, bool)> {
+        let list = self.json(n, "status", &[]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["env"].as_str().unwrap().to_string(),
+                    e["node"].as_str().unwrap().to_string(),
+                    e["node_up"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The node the user's env `env` runs on, as node `n` says.
+    fn node_of(&self, n: u8, env: &str) -> String {
+        let envs = self.envs(n);
+        let found = envs.iter().find(|(e, _, _)| e == env);
+        found
+            .unwrap_or_else(|| panic!("no {env} in {envs:?}"))
+            .1
+            .clone()
+    }
+
+    /// A token of the user's, from a login on node 1.
+    fn token(&self) -> String {
+        let (status, body) = raw(
+            1,
+            "POST",
+            "/api/login",
+            r#"{"Content-Type": "application/json"}"#,
+            &format!(r#"{{"user": "{0}", "password": "{0}-pw"}}"#, self.name),
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Headers (JSON) carrying a token of the user's.
+    fn auth(&self) -> String {
+        format!(r#"{{"Authorization": "Bearer {}"}}"#, self.token())
+    }
+}
+
+/// `work` runs on node 1 (with `/srv/big` of md5sum `sum`): exec, cpu, cp, save and boom of
+/// it sent to node 3 are forwarded there; status on any node lists every env with its node.
+fn reached_from_any_node(alice: &User, sum: &str) {
+    assert_eq!(
+        alice.ok(3, "exec", &["work", "--", "md5sum", "/srv/big"]),
+        sum
+    );
+    let out = alice.ok(3, "exec", &["work", "--", "hostname"]);
+    assert_eq!(out, "work\n");
+    // The WebSocket of `cpu` goes through too (stdin a pipe).
+    let out = alice.ok(3, "cpu", &["work", "--", "cat", "/srv/d/f"]);
+    assert!(out.contains("data"), "{out}");
+    let local = alice.home.join("f-copy");
+    alice.ok(3, "cp", &["work:/srv/d/f", local.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&local).unwrap(), b"data\n");
+    // A copy in (a streamed upload) through node 2 lands in node 1's env.
+    std::fs::write(&local, b"up\n").unwrap();
+    alice.ok(2, "cp", &[local.to_str().unwrap(), "work:/srv/up"]);
+    let out = alice.ok(3, "exec", &["work", "--", "cat", "/srv/up"]);
+    assert_eq!(out, "up\n");
+    alice.ok(1, "exec", &["work", "--", "rm", "/srv/up"]);
+    alice.ok(3, "save", &["work", "work-f"]);
+    // Names are the grid's: node 2 lists the name node 1 just bound.
+    assert!(alice.ok(2, "scores", &["work-f"]).contains("work-f "));
+    alice.ok(2, "spawn", &["work-f", "--as", "wf"]);
+    assert_eq!(
+        alice.ok(2, "exec", &["wf", "--", "cat", "/srv/d/f"]),
+        "data\n"
+    );
+    alice.ok(3, "boom", &["wf"]);
+    let err = alice.refused(2, "exec", &["wf", "--", "true"]);
+    assert!(err.contains("no env wf"), "{err}");
+    for n in [1, 2, 3] {
+        let mut envs = alice.envs(n);
+        envs.sort();
+        assert_eq!(
+            envs,
+            [
+                ("w2".into(), "node2".into(), true),
+                ("w3".into(), "node3".into(), true),
+                ("work".into(), "node1".into(), true),
+            ],
+            "status on node{n}"
+        );
+    }
+    // SSH is not forwarded: another node's gateway names the env's node and how to get there.
+    let out = ssh(alice, 3, "work+alice", "hostname");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("env work runs on node node1")
+            && err.contains("`ssh -p 16999 work+alice@10.231.0.11`"),
+        "{err}"
+    );
+    assert_eq!(
+        text(&ssh(alice, 1, "work+alice", "hostname").stdout),
+        "work\n"
+    );
+    let status = alice.ok(3, "status", &[]);
+    let line = status.lines().find(|l| l.starts_with("work ")).unwrap();
+    assert!(
+        line.contains("node1") && line.contains("work+alice@10.231.0.11"),
+        "{line}"
+    );
+}
+
+/// `ssh -p 16999 LOGIN@node(n) -- CMD` as `user` with their password (OpenSSH through
+/// `SSH_ASKPASS`, its own known_hosts).
+fn ssh(user: &User, n: u8, login: &str, cmd: &str) -> Output {
+    let askpass = user.home.join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$SG_PASSWORD\"\n").unwrap();
+    let exe = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&askpass, exe).unwrap();
+    let known = format!(
+        "UserKnownHostsFile={}",
+        user.home.join("known_hosts").display()
+    );
+    run(
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-p", "16999", "-o", &known])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"])
+            .args(["-o", "PreferredAuthentications=password"])
+            .args(["-o", "NumberOfPasswordPrompts=1"])
+            .arg(format!("{login}@{}", node(n)))
+            .args(["--", cmd])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("SG_PASSWORD", format!("{}-pw", user.name))
+            .env("DISPLAY", ":0"),
+        None,
+    )
+}
+
+/// Spawns without `-h` land on the node with the most room (node 3 once nodes 1 and 2
+/// run more), or as `--label`, `--near` and `--node` say; `-h` alone still wins.
+fn placed_by_room(alice: &User) {
+    alice.ok(1, "spawn", &["work-1", "--as", "f1"]);
+    alice.ok(2, "spawn", &["work-1", "--as", "f2"]);
+    let out = alice.placed(1, "spawn", &["work-1", "--as", "p1"]);
+    assert!(
+        out.starts_with("spawned p1 from work-1 on node3\n"),
+        "{out}"
+    );
+    assert_eq!(alice.node_of(1, "p1"), "node3");
+    assert_eq!(alice.placed(2, "exec", &["p1", "--", "hostname"]), "p1\n");
+    // Now node 3 runs as many as node 1: ties go by name.
+    let out = alice.placed(2, "spawn", &["work-1", "--as", "p2"]);
+    assert!(out.contains(" on node1\n"), "{out}");
+    let out = alice.placed(1, "spawn", &["work-1", "--as", "p3", "--label", "rack=r2"]);
+    assert!(out.contains(" on node2\n"), "{out}");
+    let out = alice.placed(1, "spawn", &["work-1", "--as", "p4", "--near", "node3"]);
+    assert!(out.contains(" on node3\n"), "{out}");
+    let out = alice.ok(1, "spawn", &["work-1", "--as", "p5", "--node", "node2"]);
+    assert!(out.contains(" on node2\n"), "{out}");
+    let out = alice.ok(3, "spawn", &["work-1", "--as", "p6"]);
+    assert!(out.contains(" on node3\n"), "{out}");
+    let err = alice.refused(1, "spawn", &["work-1", "--as", "p7", "--label", "rack=r9"]);
+    assert!(err.contains("no up node has the labels rack=r9"), "{err}");
+    for env in ["f1", "f2", "p1", "p2", "p3", "p4", "p5", "p6"] {
+        alice.placed(2, "boom", &[env]);
+    }
+    assert_eq!(alice.envs(1).len(), 3);
+}
+
+/// `nodes`, `GET /api/nodes`, `/metrics` and the web UI show the whole grid from any node.
+fn grid_view(alice: &User) {
+    let nodes = alice.json(2, "nodes", &[]);
+    let nodes = nodes.as_array().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["node1", "node2", "node3"]);
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(n["up"], true, "{n}");
+        assert_eq!(n["address"], format!("{}:16998", node(i as u8 + 1)));
+        assert_eq!(n["labels"], serde_json::json!([format!("rack=r{}", i + 1)]));
+        assert_eq!(n["envs"], 1, "{n}");
+        assert_eq!(n["fingerprint"].as_str().unwrap().len(), 95);
+    }
+    let table = alice.ok(3, "nodes", &[]);
+    assert!(
+        table.lines().nth(2).unwrap().starts_with("node2 "),
+        "{table}"
+    );
+    let auth = alice.auth();
+    let (status, body) = raw(3, "GET", "/api/nodes", &auth, "");
+    assert_eq!(status, 200, "{body}");
+    let via3: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let prints = |v: &serde_json::Value| -> Vec<String> {
+        let list = v.as_array().unwrap().iter();
+        list.map(|n| n["fingerprint"].to_string()).collect()
+    };
+    assert_eq!(prints(&via3), prints(&alice.json(1, "nodes", &[])));
+    let (status, metrics) = raw(2, "GET", "/metrics", "{}", "");
+    assert_eq!(status, 200);
+    for n in 1..=3 {
+        assert!(
+            metrics.contains(&format!("spawngrid_grid_node_up{{node=\"node{n}\"}} 1\n")),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("spawngrid_grid_node_envs{{node=\"node{n}\"}} 1\n")),
+            "{metrics}"
+        );
+    }
+    // The web UI: a nodes table, and its envs list (the API's) holds every node's envs.
+    let (status, page) = raw(1, "GET", "/", "{}", "");
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"<table id="nodes">"#), "{page}");
+    let (_, script) = raw(1, "GET", "/ui/app.js", "{}", "");
+    assert!(script.contains("api('GET', '/api/nodes')"));
+    let out = browser_terminal(alice, 2, "work");
+    assert!(out.starts_with("101 spawngrid\nwork\r\n"), "{out}");
+    assert!(out.contains(r#"{"exit":0}"#), "{out}");
+    let (status, body) = raw(1, "GET", "/api/envs", &auth, "");
+    assert_eq!(status, 200, "{body}");
+    let envs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let on: Vec<(&str, &str)> = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["env"].as_str().unwrap(), e["node"].as_str().unwrap()))
+        .collect();
+    assert_eq!(on, [("w2", "node2"), ("w3", "node3"), ("work", "node1")]);
+}
+
+/// A browser's terminal session (python): `GET PATH` upgraded to a WebSocket with the token
+/// as the `bearer.TOKEN` subprotocol, as the web UI does; prints the status, the protocol
+/// answered, then the terminal's bytes and control messages until the node closes.
+const BROWSER_TERMINAL: &str = r#"
+import base64, os, socket, ssl, struct, sys
+host, path, token = sys.argv[1:4]
+s = ssl._create_unverified_context().wrap_socket(socket.create_connection((host, 16998), 30))
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n"
+           "Sec-WebSocket-Protocol: spawngrid, bearer.%s\r\n\r\n" % (path, host, key, token)).encode())
+f = s.makefile("rb")
+status = f.readline().split()[1].decode()
+proto = ""
+while True:
+    line = f.readline().strip().decode()
+    if not line:
+        break
+    k, _, v = line.partition(":")
+    if k.lower() == "sec-websocket-protocol":
+        proto = v.strip()
+out = []
+while status == "101":
+    b0, b1 = f.read(2)
+    n = b1 & 127
+    if n == 126:
+        n = struct.unpack(">H", f.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", f.read(8))[0]
+    data = f.read(n)
+    if b0 & 15 == 8:
+        break
+    out.append(data.decode("utf-8", "replace"))
+print(status, proto)
+print("".join(out))
+"#;
+
+/// The web UI's terminal on node `via` to `alice`'s env `env` (on another node): its output.
+fn browser_terminal(alice: &User, via: u8, env: &str) -> String {
+    let token = alice.token();
+    let path = format!("/api/envs/{env}/cpu?cmd=%5B%22hostname%22%5D");
+    let out = run(
+        Command::new("python3").args(["-c", BROWSER_TERMINAL, &node(via), &path, &token]),
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "browser terminal: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Node 2 stopped: once silent for 30 s it is down in `nodes`, its env is marked so in
+/// `status`, and a request for it says so in one line.
+fn node2_seen_down(alice: &User) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let nodes = alice.json(1, "nodes", &[]);
+        if nodes[1]["up"] == false {
+            assert_eq!(
+                (&nodes[0]["up"], &nodes[2]["up"]),
+                (&true.into(), &true.into())
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "node2 is still up: {nodes}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    assert!(alice
+        .envs(3)
+        .contains(&("w2".into(), "node2".into(), false)));
+    let status = alice.ok(3, "status", &[]);
+    assert!(status.contains("(its node is down)"), "{status}");
+    let err = alice.refused(3, "exec", &["w2", "--", "true"]);
+    assert!(
+        err.contains("runs on node node2 (10.231.0.12:16998), which is down"),
+        "{err}"
+    );
+    let table = alice.ok(1, "nodes", &[]);
+    assert!(table.contains("down ("), "{table}");
+}
+
 #[test]
 fn a_name_saved_on_one_node_spawns_exactly_on_the_others() {
     let grid = Grid::up();
@@ -193,11 +533,8 @@ fn a_name_saved_on_one_node_spawns_exactly_on_the_others() {
     alice.ok(3, "spawn", &["work-1", "--as", "w3"]);
     common::assert_same_listing(&want, &alice.listing(3, "w3"), "node3's w3");
 
-    // An env name is the user's across the grid: other nodes say where it runs.
-    let err = alice.refused(3, "exec", &["work", "--", "true"]);
-    assert!(err.contains("runs on node node1"), "{err}");
-    // The registry gives its address.
-    assert!(err.contains("-h 10.231.0.11:16998"), "{err}");
+    // An env name is the user's across the grid: any node reaches it (sent on to its node).
+    reached_from_any_node(&alice, &want_sum);
     let err = alice.refused(2, "spawn", &["work-1", "--as", "work"]);
     assert!(err.contains("on node node1"), "{err}");
     // bob on node 2 gets nothing of alice's: not her env, not her unshared name.
@@ -224,9 +561,14 @@ fn a_name_saved_on_one_node_spawns_exactly_on_the_others() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("w3"), "{body}");
 
+    // Spawns without -h go where there is room; the grid's nodes, metrics and web UI.
+    placed_by_room(&alice);
+    grid_view(&alice);
+
     // A node killed with -9 takes nothing else down; started again, its envs are still there.
     let out = grid.script(&["node-stop", "2"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    node2_seen_down(&alice);
     alice.ok(3, "exec", &["w3", "--", "true"]);
     alice.ok(1, "save", &["work", "work-2"]);
     alice.ok(3, "spawn", &["work-2", "--as", "w3b"]);

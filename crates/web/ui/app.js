@@ -198,12 +198,12 @@ function renderEnvs(envs, notices) {
     actions.className = 'actions';
     const term = button('Terminal', () => openTerminal(e.env));
     term.className = 'terminal';
-    term.disabled = !e.running;
+    term.disabled = !e.running || !e.node_up;
     const boom = button('Boom', () => boomEnv(e.env));
     boom.className = 'boom danger';
     actions.append(term, boom);
     tr.append(
-      cell(e.running ? e.env : `${e.env} (dead: boom it)`),
+      cell(!e.node_up ? `${e.env} (its node is down)` : e.running ? e.env : `${e.env} (dead: boom it)`),
       cell(e.from || '-'),
       cell(e.snapshot ? e.snapshot.slice(0, 12) : '-', e.snapshot || ''),
       cell(e.node),
@@ -231,22 +231,48 @@ function renderEnvs(envs, notices) {
   }));
 }
 
-// Reads scores, envs and notices again and shows them.
+// ---- nodes ----
+
+// The grid's nodes: up or down, envs, room, labels (envs on any node are listed above and
+// reached through this node, which sends their requests on).
+function renderNodes(nodes) {
+  const body = $('nodes').tBodies[0];
+  body.replaceChildren(...nodes.map((n) => {
+    const tr = document.createElement('tr');
+    tr.dataset.node = n.name;
+    tr.append(
+      cell(n.name),
+      cell(n.address),
+      cell(n.up ? 'up' : `down (${age(n.silent)} silent)`),
+      cell(`${n.envs}`),
+      cell(`${n.room_envs}`),
+      cell(megabytes(n.room_mem)),
+      cell(n.labels.join(',') || '-'),
+      cell(n.fingerprint.slice(0, 23), n.fingerprint),
+    );
+    return tr;
+  }));
+}
+
+// Reads scores, envs, notices and nodes again and shows them.
 async function refresh() {
-  const [s, envs, notices] = await Promise.all([
+  const [s, envs, notices, nodes] = await Promise.all([
     api('GET', '/api/scores'),
     api('GET', '/api/envs'),
     api('GET', '/api/notices'),
+    api('GET', '/api/nodes'),
   ]);
   scores = s;
   renderScores();
   renderEnvs(envs, notices);
+  renderNodes(nodes);
 }
 
 // ---- actions ----
 
 async function spawnEnv() {
-  const req = { name: $('spawn-name').value.trim(), net: $('spawn-net').value };
+  // Placed on the grid: the node with the most room (the answer names it).
+  const req = { name: $('spawn-name').value.trim(), net: $('spawn-net').value, place: {} };
   if ($('spawn-disk').checked) req.disk = true;
   const as = $('spawn-as').value.trim();
   if (as) req.as = as;
@@ -254,7 +280,7 @@ async function spawnEnv() {
   if (mem) req.mem = parseSize(mem);
   const e = await api('POST', '/api/envs', req);
   await refresh();
-  showInfo(`spawned ${e.env}: ${e.attach.ssh}, or its Terminal button`);
+  showInfo(`spawned ${e.env} on ${e.node}: ${e.attach.ssh}, or its Terminal button`);
 }
 
 async function saveEnv() {

@@ -160,10 +160,12 @@ fn clamp(v: u32, default: u16) -> u16 {
 /// Finds `user`'s env `env`, who runs inside and their shell (root's from the env's
 /// `/etc/passwd` for root, else `/bin/sh`); an error is the one line for the client.
 fn resolve(node: &Node, user: &str, env: &str) -> Result<Target, String> {
-    let st = crate::envs::load_own(node, user, env).map_err(|_| {
-        format!(
+    let st = crate::envs::load_own(node, user, env).map_err(|e| match e.kind {
+        // On another node of the grid: the line says where.
+        crate::error::Kind::Misdirected => format!("spawngrid: {}", e.message),
+        _ => format!(
             "spawngrid: you have no env {env} on this node (spawn it with `spawngrid spawn NAME`)"
-        )
+        ),
     })?;
     if !st.alive() {
         return Err(format!(

@@ -8,14 +8,12 @@
 //! up to the end of the stream.
 
 use super::store::KnownNodes;
-use anyhow::{anyhow, bail, Context, Result};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use anyhow::{bail, Context, Result};
+use node::tls::PinVerifier;
+use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long connecting may take.
@@ -38,80 +36,6 @@ pub fn normalize_host(host: &str) -> String {
     } else {
         format!("{host}:{}", api::DEFAULT_PORT)
     }
-}
-
-/// The host part of `HOST:PORT` (without brackets).
-fn host_part(hostport: &str) -> &str {
-    let h = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-    h.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// Accepts the pinned certificate, or any certificate when none is pinned; remembers what
-/// was presented.
-#[derive(Debug)]
-struct PinVerifier {
-    pinned: Option<String>,
-    seen: Mutex<Option<String>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let fp = fingerprint(end_entity);
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(fp.clone());
-        match &self.pinned {
-            Some(p) if *p != fp => Err(rustls::Error::General(
-                "certificate differs from the pinned one".into(),
-            )),
-            _ => Ok(ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// SHA-256 fingerprint of a DER certificate, as the node prints it.
-fn fingerprint(der: &[u8]) -> String {
-    api::format_fingerprint(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
 /// A response: status and body.
@@ -141,27 +65,14 @@ impl PinnedTls {
     pub fn new(host: &str) -> Result<PinnedTls> {
         let pins = KnownNodes::load()?;
         let pinned = pins.get(host).map(str::to_string);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(PinVerifier {
-            pinned: pinned.clone(),
-            seen: Mutex::new(None),
-            provider: provider.clone(),
-        });
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
-        let name = ServerName::try_from(host_part(host).to_string())
-            .map_err(|_| anyhow!("bad host name in {host}"))?;
+        let verifier = PinVerifier::new(pinned.clone());
         Ok(PinnedTls {
             host: host.to_string(),
             pins,
             pinned,
+            config: verifier.client_config()?,
             verifier,
-            config: Arc::new(config),
-            name,
+            name: node::tls::server_name(host)?,
         })
     }
 
@@ -169,12 +80,7 @@ impl PinnedTls {
     /// saying what to do; a first one is pinned (and said so on stderr).
     pub fn check<T>(mut self, outcome: std::io::Result<T>) -> Result<T> {
         let host = &self.host;
-        let seen = self
-            .verifier
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let seen = self.verifier.seen();
         if let (Some(p), Some(s)) = (&self.pinned, &seen) {
             if p != s {
                 bail!(
@@ -648,8 +554,10 @@ mod tests {
         assert_eq!(normalize_host("n1:443"), "n1:443");
         assert_eq!(normalize_host("::1"), "[::1]:16998");
         assert_eq!(normalize_host("[::1]:5"), "[::1]:5");
-        assert_eq!(host_part("[::1]:5"), "::1");
-        assert_eq!(host_part("127.0.0.1:5"), "127.0.0.1");
+        let name = |h: &str| node::tls::server_name(h).unwrap().to_str().into_owned();
+        assert_eq!(name("[::1]:5"), "::1");
+        assert_eq!(name("127.0.0.1:5"), "127.0.0.1");
+        assert_eq!(name("n1:5"), "n1");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The client commands: `login`, `scores`, `spawn`, `exec`, `save` (`savedisk`), `boom`,
-//! `status`. Each talks to one node's HTTPS API (`-h HOST`, default `localhost:16998`) as one
-//! user (`-u USER`, default `$USER`) with the token `login` stored.
+//! `status`, `nodes`. Each talks to one node's HTTPS API (`-h HOST`, default
+//! `$SPAWNGRID_HOST`, else `localhost:16998`) as one user (`-u USER`, default `$USER`) with
+//! the token `login` stored; that node sends requests for envs on other nodes on to them.
 
 pub mod account;
 pub mod cp;
@@ -28,9 +29,11 @@ const DEFAULT_HOST: &str = "localhost:16998";
 /// `--help` only).
 #[derive(Args, Clone)]
 pub struct NodeArgs {
-    /// The node: a `sys` name from the grid file, HOST or HOST:PORT (default port 16998).
-    #[arg(short = 'h', long = "host", default_value = DEFAULT_HOST, env = "SPAWNGRID_HOST")]
-    pub host: String,
+    /// The node: a `sys` name from the grid file, HOST or HOST:PORT (default port 16998;
+    /// default node: $SPAWNGRID_HOST, else localhost). Given, `spawn` runs there; not given,
+    /// the node places the env on the grid.
+    #[arg(short = 'h', long = "host")]
+    pub host: Option<String>,
     /// The user (default: $USER).
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
@@ -43,7 +46,19 @@ impl NodeArgs {
     /// The `HOST:PORT` to connect to (a grid file's `sys` name resolved), the key of pins
     /// and tokens.
     fn host(&self) -> Result<String> {
-        grid::resolve(&self.host)
+        grid::resolve(&self.named())
+    }
+
+    /// The node as the user named it: `-h`, else `$SPAWNGRID_HOST`, else the default.
+    fn named(&self) -> String {
+        self.host
+            .clone()
+            .or_else(|| {
+                std::env::var("SPAWNGRID_HOST")
+                    .ok()
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_HOST.to_string())
     }
 
     fn user(&self) -> Result<String> {
@@ -61,8 +76,9 @@ impl NodeArgs {
     /// `-h`/`-u` as they must be repeated in a printed command (only when not the defaults).
     fn flags(&self) -> String {
         let mut s = String::new();
-        if http::normalize_host(&self.host) != http::normalize_host(DEFAULT_HOST) {
-            s.push_str(&format!(" -h {}", self.host));
+        let host = self.named();
+        if http::normalize_host(&host) != http::normalize_host(DEFAULT_HOST) {
+            s.push_str(&format!(" -h {host}"));
         }
         if let Some(u) = &self.user {
             if std::env::var("USER").ok().as_deref() != Some(u.as_str()) {
@@ -119,6 +135,28 @@ pub struct SpawnArgs {
     /// node).
     #[arg(long, default_value = "none", value_parser = parse_net)]
     net: api::Net,
+    /// Spawn on this node of the grid (by name).
+    #[arg(long = "node", value_name = "NODE")]
+    on: Option<String>,
+    /// Spawn on NODE if it has room, else on the node sharing most labels with it.
+    #[arg(long, value_name = "NODE")]
+    near: Option<String>,
+    /// Spawn only on a node with this label (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+}
+
+impl SpawnArgs {
+    /// Where the env goes: `None` (the node asked) when `-h` is given and nothing else;
+    /// otherwise placed on the grid by the node asked.
+    fn placement(&self) -> Option<api::Placement> {
+        let place = api::Placement {
+            node: self.on.clone(),
+            near: self.near.clone(),
+            labels: self.labels.clone(),
+        };
+        (self.node.host.is_none() || place != api::Placement::default()).then_some(place)
+    }
 }
 
 /// `--net none|nat`.
@@ -324,6 +362,7 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
         as_env: a.as_env.clone(),
         mem,
         net: a.net,
+        place: a.placement(),
     };
     let info: api::EnvInfo = call(&a.node, "POST", routes::ENVS, Some(&req))?;
     if json {
@@ -419,7 +458,11 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
     );
     for e in list {
         let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
-        let state = if e.running { "" } else { " (dead: boom it)" };
+        let state = match (e.node_up, e.running) {
+            (false, _) => " (its node is down)",
+            (true, false) => " (dead: boom it)",
+            (true, true) => "",
+        };
         println!(
             "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15}  {}{state}",
             e.env,
@@ -446,6 +489,49 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
             "note ({} ago): {}",
             age(now.saturating_sub(n.at)),
             n.message
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spawngrid nodes`.
+#[derive(Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// `spawngrid nodes`: the grid's nodes, up or down, with their room and fingerprint.
+pub fn nodes(a: NodesArgs, json: bool) -> Result<ExitCode> {
+    let list: Vec<api::NodeEntry> = call(&a.node, "GET", routes::NODES, None::<&()>)?;
+    if json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<12} {:<22} {:<5} {:>5} {:>6} {:>9} {:<20} FINGERPRINT",
+        "NODE", "ADDRESS", "STATE", "ENVS", "ROOM", "MEM ROOM", "LABELS"
+    );
+    for n in list {
+        let state = if n.up {
+            "up".to_string()
+        } else {
+            format!("down ({} silent)", age(n.silent))
+        };
+        println!(
+            "{:<12} {:<22} {:<5} {:>5} {:>6} {:>9} {:<20} {}",
+            n.name,
+            n.address,
+            state,
+            n.envs,
+            n.room_envs,
+            megabytes(Some(n.room_mem)),
+            if n.labels.is_empty() {
+                "-".to_string()
+            } else {
+                n.labels.join(",")
+            },
+            n.fingerprint
         );
     }
     Ok(ExitCode::SUCCESS)

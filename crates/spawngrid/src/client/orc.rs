@@ -205,7 +205,10 @@ impl Orc {
     /// Parses `word rest...` as the one-shot command would (with the loop's `-h`/`-u`) and
     /// runs it.
     fn word(&self, word: &str, rest: &[&str]) -> Result<()> {
-        let mut argv = vec![word, "-h", &self.node.host];
+        let mut argv = vec![word];
+        if let Some(host) = &self.node.host {
+            argv.extend(["-h", host]);
+        }
         if let Some(user) = &self.node.user {
             argv.extend(["-u", user]);
         }
@@ -277,8 +280,8 @@ mod tests {
         let parse = |argv: &[&str]| Word::try_parse_from(argv);
         match parse(&["spawn", "-h", "n1", "base", "--as", "b2"]).unwrap() {
             Word::Spawn(a) => assert_eq!(
-                (a.node.host.as_str(), a.name.as_str(), a.as_env.as_deref()),
-                ("n1", "base", Some("b2"))
+                (a.node.host.as_deref(), a.name.as_str(), a.as_env.as_deref()),
+                (Some("n1"), "base", Some("b2"))
             ),
             _ => panic!("not spawn"),
         }

@@ -142,6 +142,10 @@ def story():
     wait(lambda: rows("envs", "env") == ["web"], "the env web in the list")
     wait(lambda: shown("info") and "spawned web" in text("info"), "the spawn's outcome")
 
+    step("the grid's nodes: this one, up, running web")
+    node_cells = lambda: [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr td")]
+    wait(lambda: len(rows("nodes", "node")) == 1 and node_cells()[2:4] == ["up", "1"], "this node, up, with 1 env")
+
     step("a terminal in the env")
     driver.find_element(By.CSS_SELECTOR, '#envs tr[data-env="web"] button.terminal').click()
     wait(lambda: text("term-status") == "connected", "the terminal to connect")

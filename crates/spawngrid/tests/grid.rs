@@ -102,6 +102,13 @@ fn https(n: u8) -> String {
 /// A client user of the grid, addressing nodes by number.
 struct User(Client);
 
+impl std::ops::Deref for User {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.0
+    }
+}
+
 impl User {
     fn sg(&self, n: u8, cmd: &str, args: &[&str]) -> Output {
         self.0.sg_at(&node(n), cmd, args, None)
@@ -145,16 +152,7 @@ fn raw(n: u8, method: &str, path: &str, headers: &str, body: &str) -> (u16, Stri
 impl User {
     /// A command without `-h`: sent to node `n` as the default node (`$SPAWNGRID_HOST`).
     fn placed(&self, n: u8, cmd: &str, args: &[&str]) -> String {
-        let out = run(
-            Command::new(common::bin())
-                .arg(cmd)
-                .args(["-u", &self.name])
-                .args(args)
-                .env("SPAWNGRID_HOST", node(n))
-                .env("HOME", &self.home)
-                .env_remove("XDG_CONFIG_HOME"),
-            None,
-        );
+        let out = self.0.sg_default(&node(n), cmd, args);
         assert!(
             out.status.success(),
             "{cmd} {args:?} via node{n}: {}",

@@ -297,12 +297,19 @@ impl Client {
 
     /// `spawngrid [--json] CMD -h ADDR -u USER ARGS...` with this user's HOME.
     fn command(&self, json: bool, addr: &str, cmd: &str, args: &[&str]) -> Command {
+        let mut c = self.command_to(json, cmd, args);
+        c.args(["-h", addr]);
+        c
+    }
+
+    /// `spawngrid [--json] CMD -u USER ARGS...` with this user's HOME (no node named).
+    fn command_to(&self, json: bool, cmd: &str, args: &[&str]) -> Command {
         let mut c = Command::new(common::bin());
         if json {
             c.arg("--json");
         }
         c.arg(cmd)
-            .args(["-h", addr, "-u", &self.name])
+            .args(["-u", &self.name])
             .args(args)
             .env("HOME", &self.home)
             .env_remove("XDG_CONFIG_HOME");
@@ -312,6 +319,13 @@ impl Client {
     /// `spawngrid CMD -h ADDR -u USER ARGS...`.
     pub fn sg_at(&self, addr: &str, cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
         run(&mut self.command(false, addr, cmd, args), stdin)
+    }
+
+    /// `spawngrid CMD -u USER ARGS...` with `addr` as the default node (`$SPAWNGRID_HOST`),
+    /// not an explicit `-h`.
+    pub fn sg_default(&self, addr: &str, cmd: &str, args: &[&str]) -> Output {
+        let mut c = self.command_to(false, cmd, args);
+        run(c.env("SPAWNGRID_HOST", addr), None)
     }
 
     /// A command that must succeed; its stdout.

@@ -1,24 +1,32 @@
 //! The grid end to end (as root): `scripts/grid.sh up` starts a 3-node Garage cluster (the
 //! library), PostgreSQL (the catalog) and three nodes, each in its own network namespace;
-//! users work through the real client against nodes on the grid's bridge. One test, since
-//! the grid's bridge, addresses and ports are fixed; `grid.sh down` runs whatever happens.
+//! users work through the real client against nodes on the grid's bridge. The grid's bridge,
+//! addresses and ports are fixed, so one grid at a time (a lock); `grid.sh down` runs whatever
+//! happens.
 
 mod common;
 use common::site::{raw_https, run, text, Client};
 use common::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// A grid started by `scripts/grid.sh up` in a scratch directory, taken down on drop.
 struct Grid {
     scratch: Scratch,
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
 
 impl Grid {
     fn up() -> Grid {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = Scratch::new("grid");
-        let grid = Grid { scratch };
+        let grid = Grid {
+            scratch,
+            _one_at_a_time: guard,
+        };
         let out = grid.script(&["up"]);
         assert!(out.status.success(), "grid.sh up: {}", text(&out.stderr));
         grid
@@ -602,4 +610,97 @@ fn a_name_saved_on_one_node_spawns_exactly_on_the_others() {
     });
     assert!(back, "node1 did not recover after PostgreSQL came back");
     alice.ok(3, "exec", &["w3", "--", "true"]);
+}
+
+/// Runs `nft` in node `n`'s network namespace.
+fn nft_in(n: u8, script: &str) {
+    let out = run(
+        Command::new("ip").args(["netns", "exec", &format!("sg-node{n}"), "nft", "-f", "-"]),
+        Some(script),
+    );
+    assert!(
+        out.status.success(),
+        "nft in node{n}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// Polls `f` every half second for up to `secs` seconds; whether it came true.
+fn within(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    f()
+}
+
+#[test]
+fn a_partitioned_node_is_reported_down_and_heals() {
+    let grid = Grid::up();
+    grid.add_user("carol");
+    let carol = grid.user("carol");
+    for n in [1, 2] {
+        carol.login(n);
+    }
+    carol.ok(2, "spawn", &["admin/base", "--as", "p2"]);
+    carol.ok(
+        2,
+        "exec",
+        &[
+            "p2",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /srv && echo before > /srv/mark",
+        ],
+    );
+
+    // Node 2 loses the network: every packet in or out of its namespace is dropped.
+    nft_in(
+        2,
+        "table inet partition {\n\
+           chain in { type filter hook input priority -10; policy drop; iif lo accept; }\n\
+           chain out { type filter hook output priority -10; policy drop; oif lo accept; }\n\
+         }\n",
+    );
+    // Clients of node 2 get one line naming the address (the connect timeout), not a hang.
+    let err = carol.refused(2, "exec", &["p2", "--", "true"]);
+    assert!(err.contains("10.231.0.12"), "{err}");
+    // The rest of the grid works on.
+    carol.ok(1, "spawn", &["admin/base", "--as", "p1"]);
+    carol.ok(
+        1,
+        "exec",
+        &["p1", "--", "sh", "-c", "mkdir -p /srv && echo on1 > /srv/f"],
+    );
+    carol.ok(1, "save", &["p1", "p1-a"]);
+    // Past the heartbeat deadline, node 1 says node 2 is down.
+    let down = within(60, || {
+        let out = carol.sg(1, "exec", &["p2", "--", "true"]);
+        text(&out.stderr).contains("which is down")
+    });
+    assert!(down, "node1 never reported node2 down");
+
+    // Healed: node 2 beats again, its env is there, it saves to the grid, node 1 spawns that.
+    nft_in(2, "delete table inet partition\n");
+    // (node 1 forwards to node 2 again once node 2 is back in the registry)
+    let up = within(40, || {
+        carol.sg(1, "exec", &["p2", "--", "true"]).status.success()
+    });
+    assert!(up, "node1 never saw node2 back");
+    let mark = carol.ok(2, "exec", &["p2", "--", "cat", "/srv/mark"]);
+    assert_eq!(mark, "before\n");
+    carol.ok(2, "save", &["p2", "p2-a"]);
+    carol.ok(1, "spawn", &["p2-a", "--as", "p1b"]);
+    let mark = carol.ok(1, "exec", &["p1b", "--", "cat", "/srv/mark"]);
+    assert_eq!(mark, "before\n");
+    // And node 2 reads what node 1 saved while it was away.
+    carol.ok(2, "spawn", &["p1-a", "--as", "p2b"]);
+    assert_eq!(
+        carol.ok(2, "exec", &["p2b", "--", "cat", "/srv/f"]),
+        "on1\n"
+    );
 }

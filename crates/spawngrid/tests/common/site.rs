@@ -297,19 +297,20 @@ impl Client {
 
     /// `spawngrid [--json] CMD -h ADDR -u USER ARGS...` with this user's HOME.
     fn command(&self, json: bool, addr: &str, cmd: &str, args: &[&str]) -> Command {
-        let mut c = self.command_to(json, cmd, args);
-        c.args(["-h", addr]);
-        c
+        self.command_to(json, Some(addr), cmd, args)
     }
 
-    /// `spawngrid [--json] CMD -u USER ARGS...` with this user's HOME (no node named).
-    fn command_to(&self, json: bool, cmd: &str, args: &[&str]) -> Command {
+    /// `spawngrid [--json] CMD [-h ADDR] -u USER ARGS...` with this user's HOME.
+    fn command_to(&self, json: bool, addr: Option<&str>, cmd: &str, args: &[&str]) -> Command {
         let mut c = Command::new(common::bin());
         if json {
             c.arg("--json");
         }
-        c.arg(cmd)
-            .args(["-u", &self.name])
+        c.arg(cmd);
+        if let Some(addr) = addr {
+            c.args(["-h", addr]);
+        }
+        c.args(["-u", &self.name])
             .args(args)
             .env("HOME", &self.home)
             .env_remove("XDG_CONFIG_HOME");
@@ -324,7 +325,7 @@ impl Client {
     /// `spawngrid CMD -u USER ARGS...` with `addr` as the default node (`$SPAWNGRID_HOST`),
     /// not an explicit `-h`.
     pub fn sg_default(&self, addr: &str, cmd: &str, args: &[&str]) -> Output {
-        let mut c = self.command_to(false, cmd, args);
+        let mut c = self.command_to(false, None, cmd, args);
         run(c.env("SPAWNGRID_HOST", addr), None)
     }
 

@@ -25,6 +25,8 @@ pub mod export;
 pub mod file;
 #[cfg(test)]
 mod fixture;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gc;
 pub mod import;
 pub mod lease;

@@ -1,0 +1,3 @@
+//! Fuzz target `tree_decode`: see `library::fuzzing::tree_decode`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| library::fuzzing::tree_decode(data));

@@ -14,8 +14,11 @@ use crate::{Library, LocalBackend, Snapshot, Tree};
 use std::io::Read;
 use std::sync::{Arc, OnceLock};
 
+/// A harness: runs a parser on arbitrary bytes, panicking only on a broken property.
+pub type Harness = fn(&[u8]);
+
 /// The fuzz targets, by name (the `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME`).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Harness); 5] = [
     ("tar_import", tar_import),
     ("layers", layers),
     ("tree_decode", tree_decode),

@@ -853,12 +853,14 @@ fn gc_leases_exclude_only_gc(f: &Fixture) {
 
 /// condemn → (revive | claim → mark_swept → forget_swept), each only as the rules allow.
 fn packs_are_condemned_claimed_swept_and_forgotten(f: &Fixture) {
-    use crate::PackState::{Condemned, Swept, Sweeping};
+    use crate::PackState::{Condemned, Sweeping, Swept};
     let cat = f.open();
     let ttl = std::time::Duration::from_secs(60);
     let state = |p: Score| {
         let rows = cat.gc_packs().unwrap();
-        rows.into_iter().find(|r| r.pack == p).map(|r| (r.state, r.fence))
+        rows.into_iter()
+            .find(|r| r.pack == p)
+            .map(|r| (r.state, r.fence))
     };
     let (p1, p2) = (score(1), score(2));
     let gc = cat.take_lease(LeaseKind::Gc, "gc", ttl).unwrap();
@@ -872,7 +874,11 @@ fn packs_are_condemned_claimed_swept_and_forgotten(f: &Fixture) {
     assert!(cat.claim(&gc.id, &[(p1, fence + 100)]).unwrap().is_empty());
     assert_eq!(cat.claim(&gc.id, &[(p1, fence)]).unwrap(), [p1]);
     assert_eq!(state(p1).unwrap().0, Sweeping);
-    assert_eq!(cat.revive(&[p1]).unwrap(), 0, "a pack being swept stays claimed");
+    assert_eq!(
+        cat.revive(&[p1]).unwrap(),
+        0,
+        "a pack being swept stays claimed"
+    );
     cat.mark_swept(&[p1]).unwrap();
     let (s, swept) = state(p1).unwrap();
     assert!(s == Swept && swept > fence);
@@ -886,13 +892,20 @@ fn packs_are_condemned_claimed_swept_and_forgotten(f: &Fixture) {
     assert_eq!(cat.forget_swept(later).unwrap(), 1, "p1 goes, p2 stays");
     assert_eq!(state(p2).unwrap().0, Swept);
     cat.release_lease(&old.id).unwrap();
-    assert_eq!(cat.forget_swept(crate::unix_now() - 10).unwrap(), 0, "too recent");
+    assert_eq!(
+        cat.forget_swept(crate::unix_now() - 10).unwrap(),
+        0,
+        "too recent"
+    );
     assert_eq!(cat.forget_swept(later).unwrap(), 1);
     // Without a live gc lease nothing is condemned or claimed.
     cat.release_lease(&gc.id).unwrap();
     let err = cat.condemn(&gc.id, &[p1]).unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
-    assert!(matches!(cat.claim(&gc.id, &[]), Err(Error::LeaseLost { .. })));
+    assert!(matches!(
+        cat.claim(&gc.id, &[]),
+        Err(Error::LeaseLost { .. })
+    ));
     assert!(cat.gc_packs().unwrap().is_empty());
 }
 
@@ -908,7 +921,11 @@ fn gc_view_drops_expired_leases_and_lists_roots(f: &Fixture) {
         .take_lease(LeaseKind::Shared, "dead", std::time::Duration::ZERO)
         .unwrap();
     let live = cat
-        .take_lease(LeaseKind::Shared, "live", std::time::Duration::from_secs(60))
+        .take_lease(
+            LeaseKind::Shared,
+            "live",
+            std::time::Duration::from_secs(60),
+        )
         .unwrap();
     let view = cat.gc_view().unwrap();
     let mut roots = vec![score(1), score(2)];
@@ -917,7 +934,9 @@ fn gc_view_drops_expired_leases_and_lists_roots(f: &Fixture) {
     assert_eq!(view.leases, [live]);
     assert!(view.packs.is_empty() && view.now >= dead.taken);
     // The expired lease's row is gone: it can never bind.
-    let err = cat.bind_leased("a", "late", score(4), &dead.id, &[]).unwrap_err();
+    let err = cat
+        .bind_leased("a", "late", score(4), &dead.id, &[])
+        .unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
 }
 
@@ -929,8 +948,11 @@ fn leased_binds_check_the_lease_and_the_packs_written(f: &Fixture) {
     let ttl = std::time::Duration::from_secs(60);
     let gc = cat.take_lease(LeaseKind::Gc, "gc", ttl).unwrap();
     let (condemned, sweeping, swept_before) = (score(1), score(2), score(3));
-    let f1 = cat.condemn(&gc.id, &[condemned, sweeping, swept_before]).unwrap();
-    cat.claim(&gc.id, &[(sweeping, f1), (swept_before, f1)]).unwrap();
+    let f1 = cat
+        .condemn(&gc.id, &[condemned, sweeping, swept_before])
+        .unwrap();
+    cat.claim(&gc.id, &[(sweeping, f1), (swept_before, f1)])
+        .unwrap();
     cat.mark_swept(&[swept_before]).unwrap();
     let save = cat.take_lease(LeaseKind::Shared, "save", ttl).unwrap();
     let bound = |name: &str| cat.resolve("u", name).is_ok();
@@ -939,7 +961,11 @@ fn leased_binds_check_the_lease_and_the_packs_written(f: &Fixture) {
         .unwrap();
     assert!(bound("a"));
     let left: Vec<Score> = cat.gc_packs().unwrap().iter().map(|r| r.pack).collect();
-    assert_eq!(left, [sweeping], "revived, and a tombstone older than the lease dropped");
+    assert_eq!(
+        left,
+        [sweeping],
+        "revived, and a tombstone older than the lease dropped"
+    );
 
     let err = cat
         .bind_leased("u", "b", score(9), &save.id, &[sweeping])
@@ -954,13 +980,20 @@ fn leased_binds_check_the_lease_and_the_packs_written(f: &Fixture) {
     let err = cat
         .bind_leased("u", "c", score(9), &save.id, &[sweeping])
         .unwrap_err();
-    assert!(matches!(err, Error::PackSwept { .. }), "swept after the save began: {err}");
+    assert!(
+        matches!(err, Error::PackSwept { .. }),
+        "swept after the save began: {err}"
+    );
     assert!(!bound("c"));
 
-    let err = cat.bind_leased("u", "a", score(8), &save.id, &[]).unwrap_err();
+    let err = cat
+        .bind_leased("u", "a", score(8), &save.id, &[])
+        .unwrap_err();
     assert!(matches!(err, Error::AlreadyBound { .. }), "{err}");
     cat.release_lease(&save.id).unwrap();
-    let err = cat.bind_leased("u", "d", score(9), &save.id, &[]).unwrap_err();
+    let err = cat
+        .bind_leased("u", "d", score(9), &save.id, &[])
+        .unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
     assert!(!bound("d"));
 }

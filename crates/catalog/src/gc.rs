@@ -18,42 +18,8 @@
 use crate::engine::{Fault, Mode, Row};
 use crate::grid::{lease_of, next_fence, Lease};
 use crate::{check_name, check_owner, score_at, unix_now, Catalog, Db, Error, Result};
+pub use library::coord::{GcPack, PackState};
 use library::Score;
-
-/// Where a pack is on its way out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PackState {
-    /// A mark found nothing live in it; a later sweep may delete it.
-    Condemned,
-    /// A sweep claimed it and deletes it now.
-    Sweeping,
-    /// Deleted (a tombstone, forgotten after a while).
-    Swept,
-}
-
-impl PackState {
-    /// The word stored in the catalog.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PackState::Condemned => "condemned",
-            PackState::Sweeping => "sweeping",
-            PackState::Swept => "swept",
-        }
-    }
-}
-
-/// One row of `gc_packs`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GcPack {
-    /// The pack's name.
-    pub pack: Score,
-    /// Condemned, sweeping or swept.
-    pub state: PackState,
-    /// When it entered that state, seconds since the epoch.
-    pub since: i64,
-    /// The fence of the transaction that put it in that state.
-    pub fence: i64,
-}
 
 /// What a gc run sees at one instant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +59,10 @@ fn live_fence(db: &mut Db<'_>, what: &'static str, id: &str) -> Result<i64> {
         &[id.into(), unix_now().into()],
         |r| r.int(0),
     )?;
-    fence.first().copied().ok_or_else(|| Error::LeaseLost { id: id.into() })
+    fence
+        .first()
+        .copied()
+        .ok_or_else(|| Error::LeaseLost { id: id.into() })
 }
 
 impl Catalog {
@@ -154,7 +123,11 @@ impl Catalog {
         let what = "reading what gc needs";
         self.db(Mode::Serial, |db| {
             let now = unix_now();
-            db.execute(what, "DELETE FROM leases WHERE expires <= ?1", &[now.into()])?;
+            db.execute(
+                what,
+                "DELETE FROM leases WHERE expires <= ?1",
+                &[now.into()],
+            )?;
             let leases = db.rows(
                 what,
                 "SELECT id, kind, holder, taken, expires, fence FROM leases ORDER BY fence",

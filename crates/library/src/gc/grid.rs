@@ -134,7 +134,7 @@ pub fn collect(lib: &Library, grace: Duration, progress: &dyn Progress) -> Resul
     let token = gc
         .token()
         .cloned()
-        .ok_or_else(|| Error::Locked("the gc ledger gave a lease without a fence".into()))?;
+        .ok_or_else(|| Error::Coordination("the gc ledger gave a lease without a fence".into()))?;
     progress.phase("reading names, leases and condemned packs");
     let view = ledger.view()?;
     let named: HashSet<Score> = view.packs.iter().map(|p| p.pack).collect();

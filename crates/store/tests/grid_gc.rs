@@ -89,7 +89,11 @@ fn assert_exports(lib: &Library, score: &Score, src: &Path) {
     let dest = out.path().join("x");
     let snap = lib.snapshot(score).unwrap();
     library::export::dir::export_dir(lib, &snap, &dest, &Silent).unwrap();
-    assert!(listing(src) == listing(&dest), "export differs from {}", src.display());
+    assert!(
+        listing(src) == listing(&dest),
+        "export differs from {}",
+        src.display()
+    );
 }
 
 fn run(lib: &Library) -> GridReport {
@@ -125,7 +129,9 @@ fn an_older_write_keeps_what_it_deduped_into_then_revives_it() {
     assert_exports(&c.library().unwrap(), &y.score, &src);
     let roots = [("u/y".to_string(), y.score)];
     let lib_c = c.library().unwrap();
-    assert!(library::verify::verify(&lib_c, &roots, &Silent).unwrap().is_clean());
+    assert!(library::verify::verify(&lib_c, &roots, &Silent)
+        .unwrap()
+        .is_clean());
 }
 
 #[test]
@@ -153,7 +159,10 @@ fn a_frozen_writers_expired_lease_binds_nothing_and_its_packs_go() {
     std::thread::sleep(Duration::from_millis(2100));
     let lib_a = a.library().unwrap();
     let first = run(&lib_a);
-    assert!(first.marked >= 1 && first.kept_because_lease == 0, "{first}");
+    assert!(
+        first.marked >= 1 && first.kept_because_lease == 0,
+        "{first}"
+    );
     let err = bind_written(&cat_b, &lib_b, &lease, "u", "late", imported.score).unwrap_err();
     assert!(matches!(err, catalog::Error::LeaseLost { .. }), "{err}");
     assert!(!err.to_string().contains('\n'));
@@ -188,7 +197,11 @@ fn a_write_after_the_mark_stores_again_what_was_condemned() {
     let c = e.store(&t.path().join("c"));
     assert_exports(&c.library().unwrap(), &y.score, &src);
     assert!(run(&lib_a).revived == 0, "{sweep}");
-    assert_exports(&e.store(&t.path().join("d")).library().unwrap(), &y.score, &src);
+    assert_exports(
+        &e.store(&t.path().join("d")).library().unwrap(),
+        &y.score,
+        &src,
+    );
 }
 
 #[test]
@@ -234,7 +247,9 @@ fn one_gc_at_a_time_and_never_the_old_gc_on_s3() {
     assert!(err.contains("gc lease is held by gc by pid"), "{err}");
     drop(held);
     run(&lib_b);
-    let err = library::gc::gc(&lib_a, &[], &Silent).unwrap_err().to_string();
+    let err = library::gc::gc(&lib_a, &[], &Silent)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("shared by a grid"), "{err}");
     let err = lib_a
         .lease(LeaseKind::Exclusive, WAIT, &|_| {})
@@ -242,7 +257,10 @@ fn one_gc_at_a_time_and_never_the_old_gc_on_s3() {
         .unwrap()
         .to_string();
     assert!(err.contains("shared by a grid"), "{err}");
-    assert!(lib_a.backend().list("locks/").unwrap().is_empty(), "no lease files on S3");
+    assert!(
+        lib_a.backend().list("locks/").unwrap().is_empty(),
+        "no lease files on S3"
+    );
 }
 
 #[test]

@@ -32,7 +32,10 @@ pub fn engines(test: &str, lease_secs: u64) -> Option<Engines> {
         return None;
     };
     let admin: postgres::Config = url.parse().expect("SPAWNGRID_TEST_POSTGRES is a URL");
-    let ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let schema = format!("gc_{}_{ns}", std::process::id());
     let mut client = admin.connect(postgres::NoTls).unwrap();
     client

@@ -100,20 +100,7 @@ impl Catalog {
                 }
                 db.execute(what, "DELETE FROM gc_packs WHERE pack = ?1", &[hex.into()])?;
             }
-            db.insert(
-                what,
-                "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
-                &[
-                    owner.into(),
-                    name.into(),
-                    score.to_hex().into(),
-                    unix_now().into(),
-                ],
-                || Error::AlreadyBound {
-                    owner: owner.into(),
-                    name: name.into(),
-                },
-            )
+            db.insert_name(what, owner, name, score)
         })
     }
 

@@ -323,20 +323,7 @@ impl Catalog {
         check_owner(owner)?;
         check_name(name)?;
         self.db(Mode::Plain, |db| {
-            db.insert(
-                "binding a name",
-                "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
-                &[
-                    owner.into(),
-                    name.into(),
-                    score.to_hex().into(),
-                    unix_now().into(),
-                ],
-                || Error::AlreadyBound {
-                    owner: owner.into(),
-                    name: name.into(),
-                },
-            )
+            db.insert_name("binding a name", owner, name, score)
         })
     }
 
@@ -455,6 +442,30 @@ impl Db<'_> {
             Err(Fault::Unique(_)) => Err(exists()),
             Err(f) => Err(f.into_error(what, self.at)),
         }
+    }
+
+    /// Inserts the name row binding `name` of `owner` to `score` (now).
+    fn insert_name(
+        &mut self,
+        what: &'static str,
+        owner: &str,
+        name: &str,
+        score: Score,
+    ) -> Result<()> {
+        self.insert(
+            what,
+            "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
+            &[
+                owner.into(),
+                name.into(),
+                score.to_hex().into(),
+                unix_now().into(),
+            ],
+            || Error::AlreadyBound {
+                owner: owner.into(),
+                name: name.into(),
+            },
+        )
     }
 
     /// Runs one query; returns its rows, each made into a `T` by `f`.

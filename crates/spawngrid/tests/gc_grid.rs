@@ -8,8 +8,8 @@
 #[path = "../../store/tests/engines/mod.rs"]
 mod engines;
 
+use engines::{bytes, listing};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,19 +48,6 @@ fn lib_ok(data: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-/// Deterministic bytes.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A tree for round `r`: files shared with other rounds (by `r % 4`), and its own.
 fn round_tree(dir: &Path, r: u64) {
     use std::os::unix::fs::PermissionsExt;
@@ -81,29 +68,6 @@ fn round_tree(dir: &Path, r: u64) {
     std::fs::write(own.join("small"), format!("round {r}\n")).unwrap();
     let mode = std::fs::Permissions::from_mode(0o600 + (r as u32 % 2) * 0o155);
     std::fs::set_permissions(own.join("small"), mode).unwrap();
-}
-
-/// Every entry below `dir`: mode, modification time, and bytes for files, by path.
-fn listing(dir: &Path) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let body = if md.is_dir() {
-                todo.push(p.clone());
-                Vec::new()
-            } else {
-                std::fs::read(&p).unwrap()
-            };
-            let mtime = if md.is_dir() { 0 } else { md.mtime() };
-            out.insert(rel, (md.mode(), mtime, body));
-        }
-    }
-    out
 }
 
 /// Exports `name` from `data` and checks it against `src`.

@@ -5,6 +5,7 @@
 mod engines;
 
 use catalog::Catalog;
+use engines::{bytes, listing};
 use library::coord::{Lease, LeaseToken};
 use library::gc::grid::{collect, GridReport};
 use library::import::dir::import_dir;
@@ -12,7 +13,6 @@ use library::import::{ImportOptions, Imported};
 use library::lease::LeaseKind;
 use library::progress::Silent;
 use library::{Library, Score};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use store::bind_written;
@@ -24,45 +24,16 @@ const NO_GRACE: Duration = Duration::ZERO;
 /// Writes `n` files seeded by `seed` under `dir` (small ones and one of 600 kB, so both whole
 /// blobs and chunked files), in two subdirectories.
 fn tree(dir: &Path, seed: u64, n: usize) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut bytes = |len: usize| -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
     for i in 0..n {
         let sub = dir.join(if i % 2 == 0 { "even" } else { "odd" });
         std::fs::create_dir_all(&sub).unwrap();
         let len = if i == 0 { 600_000 } else { 3000 + i * 500 };
-        std::fs::write(sub.join(format!("f{i}")), bytes(len)).unwrap();
+        std::fs::write(
+            sub.join(format!("f{i}")),
+            bytes(seed * 1000 + i as u64, len),
+        )
+        .unwrap();
     }
-}
-
-/// Every file below `dir`: its bytes and mode, by relative path.
-fn listing(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let body = if md.is_dir() {
-                todo.push(p.clone());
-                Vec::new()
-            } else {
-                std::fs::read(&p).unwrap()
-            };
-            out.insert(rel, (md.permissions().mode(), body));
-        }
-    }
-    out
 }
 
 fn import(lib: &Library, src: &Path, parent: Option<Score>) -> Imported {

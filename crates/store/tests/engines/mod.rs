@@ -8,6 +8,7 @@
 #[path = "../../../s3/tests/garage/mod.rs"]
 mod garage;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 use store::{DataDir, Store, StoreConfig};
@@ -69,4 +70,40 @@ impl Drop for Engines {
             let _ = c.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema));
         }
     }
+}
+
+/// `len` deterministic pseudo-random bytes for `seed` (xorshift).
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Every entry below `dir` by relative path: its mode, its modification time (files) and its
+/// bytes (files), to compare an export with its source.
+pub fn listing(dir: &Path) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let (mtime, body) = if md.is_dir() {
+                todo.push(p.clone());
+                (0, Vec::new())
+            } else {
+                (md.mtime(), std::fs::read(&p).unwrap())
+            };
+            out.insert(rel, (md.mode(), mtime, body));
+        }
+    }
+    out
 }

@@ -160,6 +160,10 @@ conformance! {
     nodes_register_and_beat
     leases_exclude_each_other_and_expire
     racing_exclusive_leases_are_held_one_at_a_time
+    gc_leases_exclude_only_gc
+    packs_are_condemned_claimed_swept_and_forgotten
+    gc_view_drops_expired_leases_and_lists_roots
+    leased_binds_check_the_lease_and_the_packs_written
 }
 
 conformance! {
@@ -828,4 +832,168 @@ fn racing_exclusive_leases_are_held_one_at_a_time(f: &Fixture) {
     fences.sort();
     fences.dedup();
     assert_eq!(fences.len(), 24);
+}
+
+/// A gc lease excludes another gc (and exclusive) lease, never writers.
+fn gc_leases_exclude_only_gc(f: &Fixture) {
+    let cat = f.open();
+    let ttl = std::time::Duration::from_secs(60);
+    let save = cat.take_lease(LeaseKind::Shared, "save", ttl).unwrap();
+    let gc = cat.take_lease(LeaseKind::Gc, "gc on a", ttl).unwrap();
+    assert_eq!(gc.kind, LeaseKind::Gc);
+    let err = cat.take_lease(LeaseKind::Gc, "gc on b", ttl).unwrap_err();
+    assert!(err.to_string().contains("held by gc on a"), "{err}");
+    assert!(cat.take_lease(LeaseKind::Exclusive, "x", ttl).is_err());
+    cat.take_lease(LeaseKind::Shared, "import", ttl).unwrap();
+    assert_eq!(cat.live_leases().unwrap().len(), 3);
+    cat.release_lease(&gc.id).unwrap();
+    cat.release_lease(&save.id).unwrap();
+    cat.take_lease(LeaseKind::Gc, "gc on b", ttl).unwrap();
+}
+
+/// condemn → (revive | claim → mark_swept → forget_swept), each only as the rules allow.
+fn packs_are_condemned_claimed_swept_and_forgotten(f: &Fixture) {
+    use crate::PackState::{Condemned, Sweeping, Swept};
+    let cat = f.open();
+    let ttl = std::time::Duration::from_secs(60);
+    let state = |p: Score| {
+        let rows = cat.gc_packs().unwrap();
+        rows.into_iter()
+            .find(|r| r.pack == p)
+            .map(|r| (r.state, r.fence))
+    };
+    let (p1, p2) = (score(1), score(2));
+    let gc = cat.take_lease(LeaseKind::Gc, "gc", ttl).unwrap();
+    let fence = cat.condemn(&gc.id, &[p1, p2]).unwrap();
+    assert!(fence > gc.fence);
+    // Condemning again keeps the first mark.
+    assert!(cat.condemn(&gc.id, &[p1]).unwrap() > fence);
+    assert_eq!(state(p1), Some((Condemned, fence)));
+    assert_eq!(cat.revive(&[p2]).unwrap(), 1);
+    assert_eq!(state(p2), None);
+    assert!(cat.claim(&gc.id, &[(p1, fence + 100)]).unwrap().is_empty());
+    assert_eq!(cat.claim(&gc.id, &[(p1, fence)]).unwrap(), [p1]);
+    assert_eq!(state(p1).unwrap().0, Sweeping);
+    assert_eq!(
+        cat.revive(&[p1]).unwrap(),
+        0,
+        "a pack being swept stays claimed"
+    );
+    cat.mark_swept(&[p1]).unwrap();
+    let (s, swept) = state(p1).unwrap();
+    assert!(s == Swept && swept > fence);
+    // A tombstone stays while a lease older than it lives.
+    let old = cat.take_lease(LeaseKind::Shared, "old save", ttl).unwrap();
+    cat.condemn(&gc.id, &[p2]).unwrap();
+    let p2_fence = state(p2).unwrap().1;
+    cat.claim(&gc.id, &[(p2, p2_fence)]).unwrap();
+    cat.mark_swept(&[p2]).unwrap();
+    let later = crate::unix_now() + 10;
+    assert_eq!(cat.forget_swept(later).unwrap(), 1, "p1 goes, p2 stays");
+    assert_eq!(state(p2).unwrap().0, Swept);
+    cat.release_lease(&old.id).unwrap();
+    assert_eq!(
+        cat.forget_swept(crate::unix_now() - 10).unwrap(),
+        0,
+        "too recent"
+    );
+    assert_eq!(cat.forget_swept(later).unwrap(), 1);
+    // Without a live gc lease nothing is condemned or claimed.
+    cat.release_lease(&gc.id).unwrap();
+    let err = cat.condemn(&gc.id, &[p1]).unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert!(matches!(
+        cat.claim(&gc.id, &[]),
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(cat.gc_packs().unwrap().is_empty());
+}
+
+/// gc's view drops expired leases and lists each bound score once.
+fn gc_view_drops_expired_leases_and_lists_roots(f: &Fixture) {
+    let cat = f.open();
+    cat.bind("a", "x", score(1)).unwrap();
+    cat.bind("b", "y", score(1)).unwrap();
+    cat.bind("b", "z", score(2)).unwrap();
+    cat.bind("b", "old", score(3)).unwrap();
+    cat.retire("b", "old").unwrap();
+    let dead = cat
+        .take_lease(LeaseKind::Shared, "dead", std::time::Duration::ZERO)
+        .unwrap();
+    let live = cat
+        .take_lease(
+            LeaseKind::Shared,
+            "live",
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    let view = cat.gc_view().unwrap();
+    let mut roots = vec![score(1), score(2)];
+    roots.sort();
+    assert_eq!(view.roots, roots);
+    assert_eq!(view.leases, [live]);
+    assert!(view.packs.is_empty() && view.now >= dead.taken);
+    // The expired lease's row is gone: it can never bind.
+    let err = cat
+        .bind_leased("a", "late", score(4), &dead.id, &[])
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+}
+
+/// A leased bind binds only while the lease lives and no pack it wrote was swept after it
+/// began; a condemned pack it wrote is revived.
+fn leased_binds_check_the_lease_and_the_packs_written(f: &Fixture) {
+    use crate::PackState::Swept;
+    let cat = f.open();
+    let ttl = std::time::Duration::from_secs(60);
+    let gc = cat.take_lease(LeaseKind::Gc, "gc", ttl).unwrap();
+    let (condemned, sweeping, swept_before) = (score(1), score(2), score(3));
+    let f1 = cat
+        .condemn(&gc.id, &[condemned, sweeping, swept_before])
+        .unwrap();
+    cat.claim(&gc.id, &[(sweeping, f1), (swept_before, f1)])
+        .unwrap();
+    cat.mark_swept(&[swept_before]).unwrap();
+    let save = cat.take_lease(LeaseKind::Shared, "save", ttl).unwrap();
+    let bound = |name: &str| cat.resolve("u", name).is_ok();
+
+    cat.bind_leased("u", "a", score(9), &save.id, &[condemned, swept_before])
+        .unwrap();
+    assert!(bound("a"));
+    let left: Vec<Score> = cat.gc_packs().unwrap().iter().map(|r| r.pack).collect();
+    assert_eq!(
+        left,
+        [sweeping],
+        "revived, and a tombstone older than the lease dropped"
+    );
+
+    let err = cat
+        .bind_leased("u", "b", score(9), &save.id, &[sweeping])
+        .unwrap_err();
+    assert!(matches!(err, Error::PackSwept { .. }), "{err}");
+    assert!(err.to_string().contains("nothing was bound"), "{err}");
+    assert!(!bound("b"));
+
+    cat.mark_swept(&[sweeping]).unwrap();
+    let row = cat.gc_packs().unwrap().pop().unwrap();
+    assert!(row.state == Swept && row.fence > save.fence);
+    let err = cat
+        .bind_leased("u", "c", score(9), &save.id, &[sweeping])
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::PackSwept { .. }),
+        "swept after the save began: {err}"
+    );
+    assert!(!bound("c"));
+
+    let err = cat
+        .bind_leased("u", "a", score(8), &save.id, &[])
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyBound { .. }), "{err}");
+    cat.release_lease(&save.id).unwrap();
+    let err = cat
+        .bind_leased("u", "d", score(9), &save.id, &[])
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert!(!bound("d"));
 }

@@ -12,10 +12,12 @@
 //! cleared by the next taker. Taking is decided in one serial transaction, so two takers
 //! never both win. Each lease gets a fence: a number larger than every earlier lease's
 //! (kept in `lease_fence`), which a holder can show to prove its lease is the newest.
+//! Schema 6 adds the *gc* kind: the one gc that marks and sweeps holds it; it excludes other
+//! gc (and exclusive) leases but never writers (see [`crate::gc`]).
 
 use crate::engine::{Fault, Mode, Row};
 use crate::users::random_bytes;
-use crate::{check_name, unix_now, Catalog, Error, Result};
+use crate::{check_name, unix_now, Catalog, Db, Error, Result};
 use std::time::Duration;
 
 /// What a node tells the grid about itself.
@@ -48,13 +50,16 @@ pub struct Node {
     pub heartbeat: i64,
 }
 
-/// The two kinds of lease.
+/// The kinds of lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseKind {
     /// Held by many at once (imports and saves in progress); only excludes exclusive leases.
     Shared,
-    /// Held alone (gc): excludes every other lease.
+    /// Held alone (a gc that deletes at once): excludes every other lease.
     Exclusive,
+    /// Held by the one gc that marks and sweeps (schema 6): excludes other gc and exclusive
+    /// leases, never writers.
+    Gc,
 }
 
 impl LeaseKind {
@@ -63,6 +68,7 @@ impl LeaseKind {
         match self {
             LeaseKind::Shared => "shared",
             LeaseKind::Exclusive => "exclusive",
+            LeaseKind::Gc => "gc",
         }
     }
 }
@@ -108,10 +114,11 @@ fn int_as<T: TryFrom<i64>>(r: &Row, i: usize) -> Result<T, Fault> {
 }
 
 /// A lease from a row of the `leases` columns in table order.
-fn lease_of(r: &Row) -> Result<Lease, Fault> {
+pub(crate) fn lease_of(r: &Row) -> Result<Lease, Fault> {
     let kind = match r.text(1)?.as_str() {
         "shared" => LeaseKind::Shared,
         "exclusive" => LeaseKind::Exclusive,
+        "gc" => LeaseKind::Gc,
         other => return Err(Fault::Corrupt(format!("a lease of kind {other:?}"))),
     };
     Ok(Lease {
@@ -122,6 +129,14 @@ fn lease_of(r: &Row) -> Result<Lease, Fault> {
         expires: r.int(4)?,
         fence: r.int(5)?,
     })
+}
+
+/// The next fence: larger than every fence given out before (one counter for leases and gc).
+pub(crate) fn next_fence(db: &mut Db<'_>, what: &'static str) -> Result<i64> {
+    db.execute(what, "UPDATE lease_fence SET last = last + 1", &[])?;
+    db.rows(what, "SELECT last FROM lease_fence", &[], |r| r.int(0))?
+        .pop()
+        .ok_or_else(|| Fault::Corrupt("lease_fence is empty".into()).into_error(what, db.at))
 }
 
 /// Now plus `ttl`, seconds since the epoch.
@@ -192,7 +207,7 @@ impl Catalog {
             let held = db.rows(
                 what,
                 "SELECT holder FROM leases WHERE CAST(?1 AS TEXT) = 'exclusive' OR kind = 'exclusive' \
-                 ORDER BY fence",
+                 OR (CAST(?1 AS TEXT) = 'gc' AND kind = 'gc') ORDER BY fence",
                 &[kind.as_str().into()],
                 |r| r.text(0),
             )?;
@@ -202,11 +217,7 @@ impl Catalog {
                     holders: held.join(", "),
                 });
             }
-            db.execute(what, "UPDATE lease_fence SET last = last + 1", &[])?;
-            let fence = db
-                .rows(what, "SELECT last FROM lease_fence", &[], |r| r.int(0))?
-                .pop()
-                .ok_or_else(|| Fault::Corrupt("lease_fence is empty".into()).into_error(what, db.at))?;
+            let fence = next_fence(db, what)?;
             let lease = Lease {
                 id: id.clone(),
                 kind,

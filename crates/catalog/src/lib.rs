@@ -26,7 +26,7 @@
 //! Schema version 2 adds users and API tokens ([`users`]); version 3 adds SSH public keys
 //! ([`keys`]), names shared with other users ([`shares`]) and the names of deleted users
 //! (never reused); version 4 adds the envs nodes run ([`envs`]); version 5 the grid's nodes
-//! and leases ([`grid`]). Opening an older catalog
+//! and leases ([`grid`]); version 6 gc leases and the packs gc condemned ([`gc`]). Opening an older catalog
 //! migrates it in place, keeping everything.
 
 use engine::{Fault, Mode, Row, Value};
@@ -38,18 +38,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod conformance;
 mod engine;
 pub mod envs;
+pub mod gc;
 pub mod grid;
 pub mod keys;
 pub mod shares;
 pub mod users;
 pub use envs::EnvRecord;
+pub use gc::{GcPack, GcView, PackState};
 pub use grid::{Lease, LeaseKind, Node, NodeInfo};
 pub use keys::Key;
 pub use users::{Token, User};
 
 /// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens,
-/// 3 = + SSH keys, shares and deleted users, 4 = + envs, 5 = + the grid's nodes and leases.
-pub const SCHEMA_VERSION: i64 = 5;
+/// 3 = + SSH keys, shares and deleted users, 4 = + envs, 5 = + the grid's nodes and leases,
+/// 6 = + gc leases and the packs gc condemned ([`gc`]).
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The longest name or user name, in bytes.
 pub use library::names::MAX_NAME;
@@ -134,6 +137,19 @@ pub enum Error {
         kind: &'static str,
         /// Who holds the conflicting leases.
         holders: String,
+    },
+    /// A write's lease is no longer live (it expired: its node was frozen or cut off from the
+    /// catalog for longer than the lease lasts); nothing was bound.
+    #[error("the lease {id} of this write expired or was released before its name was bound; nothing was bound: save or import again")]
+    LeaseLost {
+        /// The lease's id.
+        id: String,
+    },
+    /// gc deleted (or is deleting) a pack this write stored; nothing was bound.
+    #[error("gc deleted pack {pack}, which this write stored, while the write ran; nothing was bound: save or import again")]
+    PackSwept {
+        /// The pack's name.
+        pack: String,
     },
     /// Hashing or random numbers failed.
     #[error("{0}")]
@@ -307,20 +323,7 @@ impl Catalog {
         check_owner(owner)?;
         check_name(name)?;
         self.db(Mode::Plain, |db| {
-            db.insert(
-                "binding a name",
-                "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
-                &[
-                    owner.into(),
-                    name.into(),
-                    score.to_hex().into(),
-                    unix_now().into(),
-                ],
-                || Error::AlreadyBound {
-                    owner: owner.into(),
-                    name: name.into(),
-                },
-            )
+            db.insert_name("binding a name", owner, name, score)
         })
     }
 
@@ -439,6 +442,30 @@ impl Db<'_> {
             Err(Fault::Unique(_)) => Err(exists()),
             Err(f) => Err(f.into_error(what, self.at)),
         }
+    }
+
+    /// Inserts the name row binding `name` of `owner` to `score` (now).
+    fn insert_name(
+        &mut self,
+        what: &'static str,
+        owner: &str,
+        name: &str,
+        score: Score,
+    ) -> Result<()> {
+        self.insert(
+            what,
+            "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
+            &[
+                owner.into(),
+                name.into(),
+                score.to_hex().into(),
+                unix_now().into(),
+            ],
+            || Error::AlreadyBound {
+                owner: owner.into(),
+                name: name.into(),
+            },
+        )
     }
 
     /// Runs one query; returns its rows, each made into a `T` by `f`.

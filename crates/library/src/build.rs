@@ -185,5 +185,6 @@ fn clone_err(e: &crate::Error) -> crate::Error {
         }
         crate::Error::BadInput(m) => crate::Error::BadInput(m.clone()),
         crate::Error::Locked(m) => crate::Error::Locked(m.clone()),
+        crate::Error::Coordination(m) => crate::Error::Coordination(m.clone()),
     }
 }

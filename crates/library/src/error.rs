@@ -34,6 +34,9 @@ pub enum Error {
     /// Another process holds a lock this operation needs.
     #[error("{0}")]
     Locked(String),
+    /// The coordinator (a grid's catalog) failed or refused.
+    #[error("{0}")]
+    Coordination(String),
 }
 
 impl Error {

@@ -1,4 +1,5 @@
-//! Leases: shared for writers, exclusive for gc, stored as backend files.
+//! Leases: shared for writers, exclusive for gc, stored as backend files ([`FileLeases`], the
+//! default [`Coordinator`] of a library on one machine; a grid's is the catalog's).
 //!
 //! The backend has no locking primitive (it may be an S3 bucket), so a lease is a file
 //! `locks/<host>-<pid>-<nanos>-<random>.<kind>` holding `{host, pid, time}` as JSON. To take
@@ -13,7 +14,10 @@
 //! node never looks stale to another. Host clocks are assumed to agree within minutes.
 
 use crate::backend::Backend;
-use crate::{Error, Library, Result};
+pub use crate::coord::Lease;
+use crate::coord::{Coordinator, Ledger};
+use crate::{Error, Library, Result, Score};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -67,22 +71,16 @@ impl LeaseKind {
     }
 }
 
-/// A held lease; dropping it removes its file (and stops its renewal).
-pub struct Lease {
-    kind: LeaseKind,
+/// A held lease file; dropping it removes the file (and stops its renewal).
+struct FileLease {
     backend: Arc<dyn Backend>,
     key: Arc<Mutex<String>>,
     stop: Option<Sender<()>>,
     renewer: Option<JoinHandle<()>>,
 }
 
-impl Lease {
-    /// The kind of this lease.
-    pub fn kind(&self) -> LeaseKind {
-        self.kind
-    }
-
-    fn start(backend: Arc<dyn Backend>, kind: LeaseKind, key: String) -> Lease {
+impl FileLease {
+    fn start(backend: Arc<dyn Backend>, kind: LeaseKind, key: String) -> FileLease {
         let key = Arc::new(Mutex::new(key));
         let (stop, stopped) = mpsc::channel::<()>();
         let (b, k) = (backend.clone(), key.clone());
@@ -94,8 +92,7 @@ impl Lease {
                 }
             })
             .ok();
-        Lease {
-            kind,
+        FileLease {
             backend,
             key,
             stop: Some(stop),
@@ -104,7 +101,7 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl Drop for FileLease {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.renewer.take() {
@@ -178,32 +175,36 @@ impl Holder {
     }
 }
 
-impl Library {
-    /// Takes a lease of `kind`, waiting up to `wait` for conflicting leases to go away.
-    ///
-    /// `on_wait` is called once, with a message naming the holder, if the lease is not free at
-    /// the first try. Fails with [`Error::Locked`] when `wait` runs out. Once the lease is held
-    /// the index is reloaded, so the caller sees every pack other processes wrote.
-    pub fn lease(&self, kind: LeaseKind, wait: Duration, on_wait: &dyn Fn(&str)) -> Result<Lease> {
+/// Leases as files on the library's backend; gc deletes at once under an exclusive lease.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileLeases;
+
+impl Coordinator for FileLeases {
+    fn lease(
+        &self,
+        backend: &Arc<dyn Backend>,
+        kind: LeaseKind,
+        wait: Duration,
+        on_wait: &dyn Fn(&str),
+    ) -> Result<Lease> {
         let deadline = Instant::now() + wait;
         let mut delay = FIRST_BACKOFF;
         let mut told = false;
         loop {
             let key = new_key(kind);
-            self.backend().put(&key, &body())?;
-            let conflict = first_conflict(&**self.backend(), &key, kind);
+            backend.put(&key, &body())?;
+            let conflict = first_conflict(&**backend, &key, kind);
             if conflict.is_err() {
-                let _ = self.backend().delete(&key);
+                let _ = backend.delete(&key);
             }
             let Some(holder) = conflict? else {
-                let lease = Lease::start(self.backend().clone(), kind, key);
-                self.reload_index()?;
-                return Ok(lease);
+                let held = FileLease::start(backend.clone(), kind, key);
+                return Ok(Lease::new(kind, None, held));
             };
-            self.backend().delete(&key)?;
+            backend.delete(&key)?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.locked(&holder));
+                return Err(locked(&**backend, &holder));
             }
             if !std::mem::replace(&mut told, true) {
                 on_wait(&format!("waiting for {} to finish", holder.describe()));
@@ -213,16 +214,61 @@ impl Library {
         }
     }
 
-    fn locked(&self, holder: &Holder) -> Error {
-        Error::Locked(format!(
-            "library is locked by {}, taken {}s ago; try again later or, if that process is \
-             gone, remove the stale lock {} from {}",
-            holder.describe(),
-            holder.age().as_secs(),
-            holder.key,
-            self.backend().describe()
-        ))
+    fn condemned(&self) -> Result<HashSet<Score>> {
+        Ok(HashSet::new())
     }
+
+    fn ledger(&self) -> Option<&dyn Ledger> {
+        None
+    }
+}
+
+impl Library {
+    /// Takes a lease of `kind` from the library's coordinator, waiting up to `wait` for
+    /// conflicting leases to go away.
+    ///
+    /// `on_wait` is called once, with a message naming the holder, if the lease is not free at
+    /// the first try. Fails with [`Error::Locked`] when `wait` runs out. Once the lease is held
+    /// the index is reloaded (with what gc condemned), so the caller sees every pack other
+    /// processes wrote, and [`Library::written_packs`] starts empty.
+    pub fn lease(&self, kind: LeaseKind, wait: Duration, on_wait: &dyn Fn(&str)) -> Result<Lease> {
+        let lease = self
+            .coordinator()
+            .lease(self.backend(), kind, wait, on_wait)?;
+        self.refresh()?;
+        Ok(lease)
+    }
+
+    /// Takes a shared lease for a write that builds on snapshot `base` (a save's parent, an
+    /// import's `--parent`), if any: [`Library::lease`], then, when gc has condemned packs,
+    /// stores again whatever of `base` only those hold, so the write references nothing gc
+    /// condemned before its lease (see `gc::grid`).
+    pub fn write_lease(
+        &self,
+        base: Option<&Score>,
+        wait: Duration,
+        on_wait: &dyn Fn(&str),
+    ) -> Result<Lease> {
+        let lease = self.lease(LeaseKind::Shared, wait, on_wait)?;
+        if let Some(base) = base.filter(|_| self.any_condemned()) {
+            let n = crate::reach::revive(self, base)?;
+            if n > 0 {
+                tracing::info!(%base, "stored again {n} objects of the base only condemned packs held");
+            }
+        }
+        Ok(lease)
+    }
+}
+
+fn locked(backend: &dyn Backend, holder: &Holder) -> Error {
+    Error::Locked(format!(
+        "library is locked by {}, taken {}s ago; try again later or, if that process is \
+         gone, remove the stale lock {} from {}",
+        holder.describe(),
+        holder.age().as_secs(),
+        holder.key,
+        backend.describe()
+    ))
 }
 
 /// The first live lease other than `ours` that conflicts with `kind`; deletes stale ones.
@@ -418,9 +464,11 @@ mod tests {
     #[test]
     fn renewal_replaces_the_file() {
         let (_d, lib) = fixture::library();
-        let lease = lib.lease(LeaseKind::Shared, SHORT, &|_| {}).unwrap();
+        let key = new_key(LeaseKind::Shared);
+        lib.backend().put(&key, &body()).unwrap();
+        let lease = FileLease::start(lib.backend().clone(), LeaseKind::Shared, key);
         let before = lock_files(&lib);
-        renew(&**lib.backend(), lease.kind, &lease.key);
+        renew(&**lib.backend(), LeaseKind::Shared, &lease.key);
         let after = lock_files(&lib);
         assert_eq!(after.len(), 1);
         assert_ne!(before, after);

@@ -19,6 +19,7 @@ pub mod backend;
 pub mod build;
 mod codec;
 pub mod config;
+pub mod coord;
 pub mod diff;
 mod error;
 pub mod export;

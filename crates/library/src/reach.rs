@@ -8,6 +8,7 @@ use crate::tree::{Content, FileData, Tree};
 use crate::{Error, Library, Result, Score};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Stack size of the threads that walk trees (one recursion per directory level).
@@ -23,6 +24,56 @@ pub(crate) fn mark(lib: &Library, roots: &[Score]) -> Result<HashSet<Score>> {
     match broken.into_iter().next() {
         Some((_, e)) => Err(e),
         None => Ok(seen.into_keys().collect()),
+    }
+}
+
+/// Stores again, outside condemned packs, every object reachable from `base` that only
+/// condemned packs hold (reading it from them while they exist); returns how many. A writer
+/// that builds on `base` (a save's parent) calls this under its lease, so that everything it
+/// references is in packs gc had not condemned when the lease was taken (see `gc::grid`).
+pub(crate) fn revive(lib: &Library, base: &Score) -> Result<usize> {
+    let source = ReviveSource {
+        lib,
+        stored: AtomicUsize::new(0),
+    };
+    let walk = Walk::new(&source);
+    walk.roots(&[*base]);
+    let (_, broken) = walk.finish();
+    match broken.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(source.stored.into_inner()),
+    }
+}
+
+/// Reads through the library's index and stores again what only condemned packs hold.
+struct ReviveSource<'a> {
+    lib: &'a Library,
+    stored: AtomicUsize,
+}
+
+impl ReviveSource<'_> {
+    fn keep(&self, score: &Score, kind: ObjectKind, plain: &[u8]) -> Result<()> {
+        if !self.lib.contains(score) {
+            self.lib.put_scored(kind, *score, plain)?;
+            self.stored.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl Source for ReviveSource<'_> {
+    fn read(&self, score: &Score, kind: ObjectKind) -> Result<Vec<u8>> {
+        let plain = self.lib.get_kind(score, kind)?;
+        self.keep(score, kind, &plain)?;
+        Ok(plain)
+    }
+
+    fn check_blob(&self, score: &Score) -> Result<()> {
+        if self.lib.contains(score) {
+            return Ok(());
+        }
+        let plain = self.lib.get_kind(score, ObjectKind::Blob)?;
+        self.keep(score, ObjectKind::Blob, &plain)
     }
 }
 

@@ -2,6 +2,8 @@
 
 use crate::backend::Backend;
 use crate::config::{Config, FORMAT, VERSION};
+use crate::coord::Coordinator;
+use crate::lease::FileLeases;
 use crate::pack::{self, EncodedFrame, Frame, ObjectKind, PackBuilder, PackEntry};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
@@ -44,23 +46,34 @@ struct Slot {
 }
 
 /// The in-memory index: every stored object's location, loaded from the packs' trailers.
+///
+/// Packs gc condemned (see [`crate::coord`]) are indexed too, so what only they hold stays
+/// readable until a sweep deletes them, but an object is located in a pack that is not
+/// condemned whenever one holds it, and dedup ([`Library::contains`]) counts only those.
 #[derive(Default)]
 pub(crate) struct Index {
     objects: HashMap<Score, Slot>,
     /// Pack names by number (numbers are never reused while the index lives).
     names: Vec<Score>,
+    /// Whether each pack (by number) is condemned.
+    doomed: Vec<bool>,
     /// Pack sizes and numbers by name.
     packs: HashMap<Score, (u64, u32)>,
+    /// The packs gc condemned, is deleting or deleted lately, when the index was loaded.
+    condemned: HashSet<Score>,
 }
 
 impl Index {
-    /// Adds a pack's entries; with `replace`, entries move to this pack even if known elsewhere.
+    /// Adds a pack's entries; with `replace`, entries move to this pack even if known elsewhere
+    /// (and, without, they move from a condemned pack to one that is not).
     fn add(&mut self, name: Score, size: u64, entries: &[PackEntry], replace: bool) {
         let next = self.names.len() as u32;
         let number = self.packs.entry(name).or_insert((size, next)).1;
         if number == next {
             self.names.push(name);
+            self.doomed.push(self.condemned.contains(&name));
         }
+        let doomed = self.doomed[number as usize];
         for e in entries {
             let slot = Slot {
                 pack: number,
@@ -72,12 +85,20 @@ impl Index {
                 kind: e.kind,
                 encoding: e.encoding,
             };
-            if replace {
-                self.objects.insert(e.score, slot);
-            } else {
-                self.objects.entry(e.score).or_insert(slot);
+            match self.objects.get(&e.score) {
+                Some(old) if !replace && (doomed || !self.doomed[old.pack as usize]) => {}
+                _ => {
+                    self.objects.insert(e.score, slot);
+                }
             }
         }
+    }
+
+    /// Whether `score` is stored in a pack that is not condemned.
+    fn holds(&self, score: &Score) -> bool {
+        self.objects
+            .get(score)
+            .is_some_and(|s| !self.doomed[s.pack as usize])
     }
 
     fn locate(&self, score: &Score) -> Option<Location> {
@@ -143,11 +164,23 @@ pub struct Library {
     /// the first version-2 pack is written into it).
     current: AtomicBool,
     frames: Mutex<FrameCache>,
+    coordinator: Arc<dyn Coordinator>,
+    /// Packs this library wrote since its last lease was taken.
+    written: Mutex<Vec<Score>>,
 }
 
 impl Library {
     /// Creates a new library on `backend` with `config`; fails if one already exists there.
     pub fn init(backend: Arc<dyn Backend>, config: Config) -> Result<Library> {
+        Library::init_with(backend, config, Arc::new(FileLeases))
+    }
+
+    /// [`Library::init`], coordinated by `coordinator`.
+    pub fn init_with(
+        backend: Arc<dyn Backend>,
+        config: Config,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Result<Library> {
         if backend.exists(CONFIG_KEY)? {
             return Err(Error::BadInput(format!(
                 "a library already exists at {}",
@@ -156,11 +189,19 @@ impl Library {
         }
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         backend.put(CONFIG_KEY, &json)?;
-        Library::open(backend)
+        Library::open_with(backend, coordinator)
     }
 
-    /// Opens an existing library and loads its index.
+    /// Opens an existing library and loads its index; leases are files on the backend.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Library> {
+        Library::open_with(backend, Arc::new(FileLeases))
+    }
+
+    /// Opens an existing library coordinated by `coordinator` and loads its index.
+    pub fn open_with(
+        backend: Arc<dyn Backend>,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Result<Library> {
         let raw = backend
             .get(CONFIG_KEY)
             .map_err(|e| Error::BadInput(format!("no library at {} ({e})", backend.describe())))?;
@@ -183,6 +224,8 @@ impl Library {
             open_pack: Mutex::default(),
             pending: Mutex::default(),
             frames: Mutex::default(),
+            coordinator,
+            written: Mutex::default(),
         };
         lib.reload_index()?;
         Ok(lib)
@@ -195,11 +238,24 @@ impl Library {
 
     /// Opens the library at `backend`, creating it with default parameters if there is none.
     pub fn open_or_init(backend: Arc<dyn Backend>) -> Result<Library> {
+        Library::open_or_init_with(backend, Arc::new(FileLeases))
+    }
+
+    /// [`Library::open_or_init`], coordinated by `coordinator`.
+    pub fn open_or_init_with(
+        backend: Arc<dyn Backend>,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Result<Library> {
         if backend.exists(CONFIG_KEY)? {
-            Library::open(backend)
+            Library::open_with(backend, coordinator)
         } else {
-            Library::init(backend, Config::default())
+            Library::init_with(backend, Config::default(), coordinator)
         }
+    }
+
+    /// What coordinates this library's writers and gc.
+    pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
+        &self.coordinator
     }
 
     /// The parameters this library was created with.
@@ -214,8 +270,44 @@ impl Library {
 
     /// Re-reads the list of packs and their indexes (after another process changed them).
     ///
-    /// A pack whose trailer is damaged is indexed by scanning its records.
+    /// A pack whose trailer is damaged is indexed by scanning its records. What gc condemned
+    /// is asked of the coordinator; if it cannot say, what it said last is used (a reader
+    /// goes on; a writer calls [`Library::refresh`], which fails instead).
     pub fn reload_index(&self) -> Result<()> {
+        let condemned = match self.coordinator.condemned() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("reading what gc condemned: {e}; using what was read before");
+                self.index.read().expect("index lock").condemned.clone()
+            }
+        };
+        self.load_index(condemned)
+    }
+
+    /// Re-reads what gc condemned, then the packs and their indexes; forgets the packs written
+    /// so far ([`Library::written_packs`]). Taking a lease does this.
+    pub fn refresh(&self) -> Result<()> {
+        self.load_index(self.coordinator.condemned()?)?;
+        self.written.lock().expect("written lock").clear();
+        Ok(())
+    }
+
+    /// The packs this library wrote since its last lease was taken (a bind shows them).
+    pub fn written_packs(&self) -> Vec<Score> {
+        self.written.lock().expect("written lock").clone()
+    }
+
+    /// Whether any pack in the index is condemned.
+    pub(crate) fn any_condemned(&self) -> bool {
+        self.index
+            .read()
+            .expect("index lock")
+            .doomed
+            .contains(&true)
+    }
+
+    /// Loads the index from a listing of the packs, with `condemned` the packs gc condemned.
+    pub(crate) fn load_index(&self, condemned: HashSet<Score>) -> Result<()> {
         let packs = self.backend.list(PACKS)?;
         let loaded: Vec<(Score, u64, Vec<PackEntry>)> = packs
             .par_iter()
@@ -225,7 +317,10 @@ impl Library {
             })
             .map(|(name, size)| Ok((name, size, self.read_pack_index(&name, size)?)))
             .collect::<Result<_>>()?;
-        let mut idx = Index::default();
+        let mut idx = Index {
+            condemned,
+            ..Index::default()
+        };
         for (name, size, entries) in loaded {
             idx.add(name, size, &entries, false);
         }
@@ -246,13 +341,10 @@ impl Library {
         Ok(entries)
     }
 
-    /// Whether an object is stored (or being stored by this process).
+    /// Whether an object is stored in a pack gc has not condemned (or is being stored by this
+    /// process): what a writer may dedup against.
     pub fn contains(&self, score: &Score) -> bool {
-        self.index
-            .read()
-            .expect("index lock")
-            .objects
-            .contains_key(score)
+        self.index.read().expect("index lock").holds(score)
             || self.pending.lock().expect("pending lock").contains(score)
     }
 
@@ -265,13 +357,7 @@ impl Library {
 
     /// Stores `plain` whose score the caller already computed.
     pub fn put_scored(&self, kind: ObjectKind, score: Score, plain: &[u8]) -> Result<()> {
-        if self
-            .index
-            .read()
-            .expect("index lock")
-            .objects
-            .contains_key(&score)
-        {
+        if self.index.read().expect("index lock").holds(&score) {
             return Ok(());
         }
         if !self.pending.lock().expect("pending lock").insert(score) {
@@ -326,6 +412,7 @@ impl Library {
         if result.is_ok() {
             let mut idx = self.index.write().expect("index lock");
             idx.add(name, data.len() as u64, &entries, false);
+            self.written.lock().expect("written lock").push(name);
         }
         for entry in &entries {
             pending.remove(&entry.score);

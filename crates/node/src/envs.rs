@@ -528,7 +528,8 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
     let start = Instant::now();
     let _busy = node.activity.session(&st.name);
     let imported = runtime::save::save(&node.rt, &st.name, &lib).and_then(|saved| {
-        node.cat.bind(user, name, saved.imported.score)?;
+        let score = saved.imported.score;
+        store::bind_written(&node.cat, &lib, &saved.lease, user, name, score)?;
         Ok(saved.imported)
     });
     let outcome = if imported.is_ok() { "ok" } else { "error" };

@@ -9,7 +9,7 @@ use crate::state;
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
 use library::import::{ImportOptions, Imported};
-use library::lease::{Lease, LeaseKind};
+use library::lease::Lease;
 use library::{Library, Score};
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use std::time::Duration;
 const LEASE_WAIT: Duration = Duration::from_secs(60);
 
 /// What a save stored, and the shared lease that keeps gc from reclaiming it: hold it until
-/// a name reaches the snapshot (then gc keeps it for the name's sake).
+/// a name reaches the snapshot (then gc keeps it for the name's sake). On a grid, bind with
+/// `store::bind_written`, which checks the lease is still live.
 pub struct Saved {
     /// The new snapshot and what the import noticed.
     pub imported: Imported,
@@ -40,7 +41,7 @@ pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
             "env {env} was spawned from a plain directory, not a snapshot: nothing to save against"
         ),
     };
-    let lease = lib.lease(LeaseKind::Shared, LEASE_WAIT, &|_| {})?;
+    let lease = lib.write_lease(Some(&parent), LEASE_WAIT, &|_| {})?;
     let cg = Cgroup::of_env(rt, env, Some(&st));
     cg.freeze()?;
     let captured = capture(rt, &st, lib, parent);

@@ -76,8 +76,22 @@ enum LibCommand {
     },
     /// Re-hash every stored object; exit non-zero and list damaged snapshots on corruption.
     Verify,
-    /// Delete what no name can reach (waits for in-progress imports and saves).
-    Gc,
+    /// Delete what no name can reach.
+    ///
+    /// On one machine (a local library, SQLite catalog) gc waits for in-progress imports and
+    /// saves, then deletes at once. On a grid (a library on S3 or a PostgreSQL catalog) one gc
+    /// runs at a time grid-wide (a second one says who runs) and never stops saves: each run
+    /// sweeps packs that an earlier run condemned at least --grace ago if they are still
+    /// unreachable and no write older than their condemnation is in progress, then condemns
+    /// (marks) what is unreachable now, copying the live objects of partly dead packs first.
+    /// The report (and --json) says how many packs were marked, swept, revived (found live
+    /// again) and kept because of a lease.
+    Gc {
+        /// On a grid: how long a condemned pack waits before a later run may delete it
+        /// (seconds, or with a unit: 90s, 15m, 2h).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        grace: Duration,
+    },
     /// Logical and stored bytes, dedup ratio, objects, packs.
     Stats,
     /// Mount snapshot NAME read-only at DIR (lazy: file data is fetched when first opened).
@@ -168,7 +182,7 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
         LibCommand::Diff { a, b } => ctx.diff(&a, &b),
         LibCommand::Retire { name } => ctx.retire(&name),
         LibCommand::Verify => ctx.verify(),
-        LibCommand::Gc => ctx.gc(),
+        LibCommand::Gc { grace } => ctx.gc(grace),
         LibCommand::Stats => ctx.stats(),
         LibCommand::Mount(m) => crate::mount_cmd::mount(&ctx.store, &ctx.owner, m),
         LibCommand::Umount(u) => crate::mount_cmd::umount(ctx.store.data().root(), u),
@@ -218,13 +232,22 @@ impl Ctx {
         self.store.catalog()
     }
 
-    fn lease(&self, lib: &Library, kind: LeaseKind) -> Result<Lease> {
+    /// Tells a human why we wait (not in --json mode).
+    fn on_wait(&self) -> impl Fn(&str) {
         let json = self.json;
-        Ok(lib.lease(kind, Duration::from_secs(600), &|msg: &str| {
+        move |msg: &str| {
             if !json {
                 eprintln!("spawngrid: {msg}");
             }
-        })?)
+        }
+    }
+
+    fn lease(&self, lib: &Library, kind: LeaseKind) -> Result<Lease> {
+        Ok(lib.lease(kind, LEASE_WAIT, &self.on_wait())?)
+    }
+
+    fn write_lease(&self, lib: &Library, base: Option<&Score>) -> Result<Lease> {
+        Ok(lib.write_lease(base, LEASE_WAIT, &self.on_wait())?)
     }
 
     /// A name of this owner, or a literal score.
@@ -255,7 +278,7 @@ impl Ctx {
         let parent = parent
             .map(|p| self.resolve(&cat, &lib, &p).map(|(s, _)| s))
             .transpose()?;
-        let _lease = self.lease(&lib, LeaseKind::Shared)?;
+        let lease = self.write_lease(&lib, parent.as_ref())?;
         let before = lib.stored_bytes();
         let bar = Bar::new("importing", self.json);
         let opts = ImportOptions {
@@ -266,7 +289,8 @@ impl Ctx {
         };
         let start = Instant::now();
         let imported = import_source(&lib, path, &opts)?;
-        cat.bind(&self.owner, name, imported.score)?;
+        store::bind_written(&cat, &lib, &lease, &self.owner, name, imported.score)?;
+        drop(lease);
         drop(bar);
         let secs = start.elapsed().as_secs_f64();
         self.report_import(name, &imported, lib.stored_bytes() - before, secs);
@@ -472,8 +496,11 @@ impl Ctx {
         })
     }
 
-    fn gc(&self) -> Result<ExitCode> {
+    fn gc(&self, grace: Duration) -> Result<ExitCode> {
         let lib = self.library(false)?;
+        if lib.coordinator().ledger().is_some() {
+            return self.grid_gc(&lib, grace);
+        }
         let _lease = self.lease(&lib, LeaseKind::Exclusive)?;
         let roots: Vec<Score> = self.roots()?.into_iter().map(|(_, s)| s).collect();
         let bar = Bar::new("collecting", self.json);
@@ -483,6 +510,25 @@ impl Ctx {
             print_json(serde_json::to_value(&report)?);
         } else {
             print!("{report}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// gc on a grid: one mark-and-sweep run (see `library::gc::grid`).
+    fn grid_gc(&self, lib: &Library, grace: Duration) -> Result<ExitCode> {
+        let bar = Bar::new("collecting", self.json);
+        let start = Instant::now();
+        let report = library::gc::grid::collect(lib, grace, &bar)?;
+        drop(bar);
+        let secs = start.elapsed().as_secs_f64();
+        if self.json {
+            let mut v = serde_json::to_value(&report)?;
+            v["seconds"] = json!(secs);
+            v["grace_seconds"] = json!(grace.as_secs());
+            print_json(v);
+        } else {
+            print!("{report}");
+            println!("({secs:.2} s; grace {} s)", grace.as_secs());
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -498,6 +544,28 @@ impl Ctx {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// How long a command waits for a conflicting lease.
+const LEASE_WAIT: Duration = Duration::from_secs(600);
+
+/// A duration: seconds, or a number with a unit `s`, `m`, `h` or `d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (write 90s, 15m, 2h or seconds)"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(unit)))
 }
 
 /// Imports `path`: a container image (docker-archive, oci-archive or OCI layout), a directory,

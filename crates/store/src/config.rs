@@ -5,6 +5,7 @@
 //! library = "file:/var/lib/spawngrid/library"      # or "s3://BUCKET/PREFIX"
 //! catalog = "sqlite:/var/lib/spawngrid/catalog.db" # or "postgres://USER:PASSWORD@HOST:PORT/DB"
 //! cache_bytes = 4294967296           # block cache of a remote library (DATA/cache/blocks)
+//! lease_secs = 60                    # a grid's write and gc leases last this long unrenewed
 //!
 //! [store.s3]                         # for an s3:// library; each key falls back to the
 //! endpoint = "http://127.0.0.1:3900" # environment: AWS_ENDPOINT_URL, AWS_REGION,
@@ -33,6 +34,9 @@ pub struct StoreConfig {
     pub catalog: Option<String>,
     /// Bytes of the node-local block cache of a remote library's packs (default 4 GiB).
     pub cache_bytes: Option<u64>,
+    /// Seconds a catalog lease (a write's or gc's, on a grid) lasts unless renewed (default 60;
+    /// renewed every third of that while held).
+    pub lease_secs: Option<u64>,
     /// How to reach an S3 library.
     #[serde(default, skip_serializing_if = "is_default")]
     pub s3: s3::S3Options,

@@ -8,16 +8,24 @@
 //! A node started with a `[store]` table records it in `DATA/store.toml` ([`Store::configure`]),
 //! so every local command and helper process on that data directory ([`Store::open`]: `lib`,
 //! `user`, the snapfs mount servers) reaches the same library and catalog as the node.
+//!
+//! A library on S3, or with a PostgreSQL catalog, is shared by a grid: it is coordinated by
+//! the catalog ([`CatalogCoordinator`]: leases, and gc by mark and sweep), never by lease
+//! files on the backend.
 
 pub mod config;
+pub mod coordinator;
 pub mod layout;
 
 pub use config::{CatalogAt, LibraryAt, StoreConfig};
+pub use coordinator::{bind_written, CatalogCoordinator};
 pub use layout::DataDir;
 
 use anyhow::{bail, Context, Result};
 use catalog::Catalog;
 use library::backend::cache::{CacheConfig, CachedBackend};
+use library::coord::Coordinator;
+use library::lease::FileLeases;
 use library::{Backend, Library, LocalBackend};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -181,12 +189,34 @@ impl Store {
                 self.library.describe()
             );
         }
-        Ok(Library::open(backend)?)
+        Ok(Library::open_with(backend, self.coordinator())?)
     }
 
     /// Opens the library, creating an empty one if there is none.
     pub fn library_or_init(&self) -> Result<Library> {
-        Ok(Library::open_or_init(self.backend()?)?)
+        Ok(Library::open_or_init_with(
+            self.backend()?,
+            self.coordinator(),
+        )?)
+    }
+
+    /// Whether the library is shared by a grid: on S3, or with a PostgreSQL catalog.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.library, LibraryAt::S3 { .. })
+            || matches!(self.catalog, CatalogAt::Postgres(_))
+    }
+
+    /// What coordinates the library's writers and gc: the catalog for a shared library, lease
+    /// files on the backend otherwise.
+    fn coordinator(&self) -> Arc<dyn Coordinator> {
+        if !self.is_shared() {
+            return Arc::new(FileLeases);
+        }
+        let ttl = self
+            .config
+            .lease_secs
+            .map_or(coordinator::DEFAULT_LEASE, std::time::Duration::from_secs);
+        Arc::new(CatalogCoordinator::new(self.clone(), ttl))
     }
 }
 
@@ -205,6 +235,7 @@ mod tests {
             library: Some("s3://grid/lib".into()),
             catalog: Some(format!("sqlite:{}", dir.path().join("shared.db").display())),
             cache_bytes: None,
+            lease_secs: None,
             s3: s3::S3Options {
                 secret_access_key: Some("k".into()),
                 ..s3::S3Options::default()

@@ -148,9 +148,22 @@ CREATE TABLE lease_fence (last BIGINT NOT NULL);
 INSERT INTO lease_fence (last) VALUES (0);
 "#;
 
+/// Schema version 6: gc leases (kind `gc`), and the packs gc condemned, is deleting or deleted.
+const GC: &str = r#"
+ALTER TABLE leases DROP CONSTRAINT leases_kind_check;
+ALTER TABLE leases ADD CONSTRAINT leases_kind_check
+    CHECK (kind IN ('shared', 'exclusive', 'gc'));
+CREATE TABLE gc_packs (
+    pack  TEXT COLLATE "C" PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('condemned', 'sweeping', 'swept')),
+    since BIGINT NOT NULL,
+    fence BIGINT NOT NULL
+);
+"#;
+
 /// Step `v` brings schema version `v` to `v + 1`.
 const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
-    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID];
+    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC];
 
 /// The advisory lock migrations hold ("SPAWNGRD" in ASCII), so two nodes never migrate at once.
 const MIGRATION_LOCK: i64 = 0x5350_4157_4e47_5244;

@@ -116,9 +116,30 @@ CREATE TABLE lease_fence (last INTEGER NOT NULL);
 INSERT INTO lease_fence (last) VALUES (0);
 ";
 
+/// Schema version 6: gc leases (kind `gc`), and the packs gc condemned, is deleting or deleted.
+const GC: &str = "
+CREATE TABLE leases6 (
+    id      TEXT PRIMARY KEY NOT NULL,
+    kind    TEXT NOT NULL CHECK (kind IN ('shared', 'exclusive', 'gc')),
+    holder  TEXT NOT NULL,
+    taken   INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    fence   INTEGER NOT NULL UNIQUE
+) WITHOUT ROWID;
+INSERT INTO leases6 SELECT id, kind, holder, taken, expires, fence FROM leases;
+DROP TABLE leases;
+ALTER TABLE leases6 RENAME TO leases;
+CREATE TABLE gc_packs (
+    pack  TEXT PRIMARY KEY NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('condemned', 'sweeping', 'swept')),
+    since INTEGER NOT NULL,
+    fence INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Step `v` brings schema version `v` to `v + 1`.
 const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
-    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID];
+    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC];
 
 /// A catalog in one SQLite file, used through one connection.
 pub(crate) struct Sqlite {

@@ -15,6 +15,12 @@
 //! A crash at any point leaves every live object readable: until step 4 all old packs exist,
 //! and a new pack is complete or absent. A pack gc cannot list (damaged trailer), or that holds
 //! a live object whose copy fails its check, is never deleted; verify reports those.
+//!
+//! This is gc for a library on one machine (coordinated by lease files). A library shared by
+//! a grid has a [`crate::coord::Ledger`]; there [`gc`] refuses, and [`grid::collect`] marks
+//! and sweeps across runs, with the same plan and copy steps, while writers go on.
+
+pub mod grid;
 
 use crate::pack::{self, EncodedFrame, Frame, PackBuilder, PackEntry};
 use crate::progress::Progress;
@@ -81,14 +87,22 @@ impl std::fmt::Display for GcReport {
 
 /// Collects garbage: keeps everything reachable from `roots`, deletes the rest.
 ///
-/// The caller must hold an exclusive lease and pass the score of every bound name.
+/// The caller must hold an exclusive lease and pass the score of every bound name. Refused
+/// for a library shared by a grid (one with a gc ledger): use [`grid::collect`] there.
 pub fn gc(lib: &Library, roots: &[Score], progress: &dyn Progress) -> Result<GcReport> {
+    if lib.coordinator().ledger().is_some() {
+        return Err(Error::BadInput(format!(
+            "the library at {} is shared by a grid: gc there marks and sweeps \
+             (spawngrid lib gc on a data directory of the grid), never deletes at once",
+            lib.backend().describe()
+        )));
+    }
     let packs_before = lib.packs();
     let objects_before = lib.object_count();
     progress.phase("marking live objects");
     let live = mark(lib, roots)?;
     progress.phase("planning");
-    let plan = Plan::make(lib, &live)?;
+    let plan = Plan::make(lib, &live, lib.packs())?;
     progress.phase("copying live objects");
     let copied = plan.copy(lib, progress)?;
     progress.phase("deleting old packs");
@@ -105,6 +119,18 @@ pub fn gc(lib: &Library, roots: &[Score], progress: &dyn Progress) -> Result<GcR
         objects_kept: live.iter().filter(|s| lib.locate(s).is_some()).count(),
         objects_removed: objects_before.saturating_sub(lib.object_count()),
     })
+}
+
+/// Whether pack `name` (of `size` bytes) holds the copy the index reads of an object in
+/// `live`; `None` when its trailer is unreadable, so that cannot be told.
+fn holds_live(
+    lib: &Library,
+    live: &HashSet<Score>,
+    name: Score,
+    size: u64,
+) -> Result<Option<bool>> {
+    let p = PackPlan::make(lib, live, name, size)?;
+    Ok((p.fate != Fate::Unlisted).then_some(!p.live.is_empty()))
 }
 
 /// What happens to one pack.
@@ -194,10 +220,13 @@ struct Deleted {
 }
 
 impl Plan {
-    /// Decides each pack's fate from its trailer and the live set.
-    pub(crate) fn make(lib: &Library, live: &HashSet<Score>) -> Result<Plan> {
-        let mut packs: Vec<PackPlan> = lib
-            .packs()
+    /// Decides the fate of each of `packs` (name, size) from its trailer and the live set.
+    pub(crate) fn make(
+        lib: &Library,
+        live: &HashSet<Score>,
+        packs: Vec<(Score, u64)>,
+    ) -> Result<Plan> {
+        let mut packs: Vec<PackPlan> = packs
             .into_par_iter()
             .map(|(name, size)| PackPlan::make(lib, live, name, size))
             .collect::<Result<_>>()?;
@@ -248,11 +277,27 @@ impl Plan {
     /// Deletes dead and rewritten packs, except any just written (same bytes, same name) and
     /// any holding a copy of a live object that could not be copied.
     fn delete(&self, lib: &Library, copied: &Copied) -> Result<Deleted> {
+        let (going, mut done) = self.going(copied);
+        for (name, fate) in going {
+            lib.backend().delete(&pack_key(&name))?;
+            match fate {
+                Fate::Delete => done.dead += 1,
+                _ => done.rewritten += 1,
+            }
+        }
+        Ok(done)
+    }
+
+    /// The dead and rewritten packs that may go (with their fate), and the kept damaged ones:
+    /// not a pack just written (same bytes, same name), nor one holding a copy of a live object
+    /// that could not be copied.
+    fn going(&self, copied: &Copied) -> (Vec<(Score, Fate)>, Deleted) {
         let mut done = Deleted {
             dead: 0,
             rewritten: 0,
             kept: self.of(Fate::Unlisted).map(|p| p.name).collect(),
         };
+        let mut going = Vec::new();
         for p in self.of(Fate::Delete).chain(self.of(Fate::Rewrite)) {
             if copied.written.contains(&p.name) {
                 continue;
@@ -261,14 +306,10 @@ impl Plan {
                 done.kept.push(p.name);
                 continue;
             }
-            lib.backend().delete(&pack_key(&p.name))?;
-            match p.fate {
-                Fate::Delete => done.dead += 1,
-                _ => done.rewritten += 1,
-            }
+            going.push((p.name, p.fate));
         }
         done.kept.sort();
-        Ok(done)
+        (going, done)
     }
 
     fn of(&self, fate: Fate) -> impl Iterator<Item = &PackPlan> {
@@ -382,7 +423,7 @@ mod tests {
         let (dir, lib) = fixture::library();
         let a = fixture::snapshots_in_one_pack(&lib, &[1, 2], 8)[0];
         let live = mark(&lib, &[a]).unwrap();
-        let plan = Plan::make(&lib, &live).unwrap();
+        let plan = Plan::make(&lib, &live, lib.packs()).unwrap();
         let copied = plan.copy(&lib, &Silent).unwrap();
         assert!(!copied.written.is_empty());
         drop(lib); // the crash: old packs were never deleted

@@ -60,7 +60,7 @@ pub fn apply_upper(
     let apply = Apply { lib, shift };
     let root_meta = apply.meta(&st, xattrs.clone(), &shown)?;
     opts.progress.phase("storing changes");
-    let (mut root, warnings) = ingest::run(lib, opts.progress, |ing| {
+    let (mut root, warnings) = ingest::run(lib, opts, |ing| {
         apply.dir(ing, Some(&base.root), &root_fd, &xattrs, &shown, 0)
     })?;
     root.meta = root_meta;

@@ -61,6 +61,9 @@ fn capture(rt: &Runtime, st: &state::EnvState, lib: &Library, parent: Score) -> 
         note: format!("saved from env {}", st.name),
         parent: None,
         progress: &library::progress::Silent,
+        // An env cannot make a device node; one in its upper is a copy-up of its snapshot's,
+        // which an import allowed.
+        allow_devices: true,
     };
     Ok(library::overlay::apply_upper(
         lib,

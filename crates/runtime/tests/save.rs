@@ -16,6 +16,7 @@ fn library_with_base(dir: &Path) -> (Library, Score) {
         note: "base".into(),
         parent: None,
         progress: &library::progress::Silent,
+        allow_devices: false,
     };
     let imported = library::import::dir::import_dir(&lib, &busybox(), &opts).unwrap();
     (lib, imported.score)

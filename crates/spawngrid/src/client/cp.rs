@@ -4,8 +4,9 @@
 //! Like `cp -r`: a destination that is a directory receives the source inside it under its
 //! own name; otherwise the destination's parent must be a directory and the source becomes
 //! the destination. A source ending in `/.` copies its contents. Modes and mtimes are kept
-//! both ways (directories' too), except setuid and setgid bits on the way out; symlinks are copied as symlinks; files copied in are owned by
-//! root inside the env, files copied out by whoever runs `cp`. `-` as the local side is a tar
+//! both ways (directories' too), except setuid and setgid bits on the way out; symlinks are
+//! copied as symlinks; files copied in are owned by root inside the env, files copied out by
+//! whoever runs `cp`. `-` as the local side is a tar
 //! stream on stdin or stdout.
 
 use super::{auth, decode, http, print_json, NodeArgs};

@@ -15,6 +15,7 @@ pub mod boom;
 pub mod cgroup;
 pub mod exec;
 pub mod fdpass;
+pub mod freeze;
 pub mod helper;
 pub mod ids;
 pub mod init;

@@ -5,6 +5,7 @@
 //! library lease that keeps gc away from it, and the caller binds a name before dropping it.
 
 use crate::cgroup::Cgroup;
+use crate::freeze::SaveLock;
 use crate::state;
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
@@ -42,6 +43,8 @@ pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
     };
     let lease = lib.lease(LeaseKind::Shared, LEASE_WAIT, &|_| {})?;
     let cg = Cgroup::of_env(rt, env, Some(&st));
+    // Held until thawed: a save that dies frozen is seen and undone (see crate::freeze).
+    let _frozen = SaveLock::acquire(rt, &st)?;
     cg.freeze()?;
     let captured = capture(rt, &st, lib, parent);
     let thawed = cg.thaw();

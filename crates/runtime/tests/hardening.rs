@@ -111,3 +111,27 @@ fn a_data_dir_under_a_parent_the_env_cannot_traverse_spawns() {
     let (code, out, _) = env.run_via_init(&["cat", "/etc/passwd"]);
     assert_eq!((code, out.starts_with("root:")), (0, true));
 }
+
+/// A frozen env never hangs an exec: while a save holds its lock, an exec waits a bounded
+/// time and then says why; once the save is gone (died, its lock released) with the env left
+/// frozen, the next exec thaws it and runs.
+#[test]
+fn a_frozen_env_never_hangs_an_exec() {
+    let node = TestNode::new();
+    let env = Env::spawn(&node.rt, &node.opts("frozen"));
+    let cg = runtime::cgroup::Cgroup::of_env(&node.rt, &env.state.name, Some(&env.state));
+    let lock = runtime::freeze::SaveLock::acquire(&node.rt, &env.state).unwrap();
+    cg.freeze().unwrap();
+    let wait = std::time::Duration::from_millis(100);
+    let err = runtime::freeze::wait_thawed(&node.rt, &env.state, wait).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is frozen by a save in progress"),
+        "{err:#}"
+    );
+    assert!(cg.frozen().unwrap());
+    drop(lock);
+    let (code, out, _) = env.run_via_init(&["echo", "thawed"]);
+    assert_eq!((code, out.as_str()), (0, "thawed\n"));
+    assert!(!cg.frozen().unwrap());
+    assert_eq!(env.ok("echo entered"), "entered\n");
+}

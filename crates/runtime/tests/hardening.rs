@@ -49,10 +49,13 @@ fn a_device_node_in_the_lower_opens_nothing_inside() {
     opts.lower = lower;
     let env = Env::spawn(&node.rt, &opts);
     // The node is there (a snapshot may hold one), but opening it is refused.
-    assert_eq!(env.ok("stat -c '%F %t:%T' /zero"), "character special file 1:5\n");
+    assert_eq!(
+        env.ok("stat -c '%F %t:%T' /zero"),
+        "character special file 1:5\n"
+    );
     let out = env.sh("head -c 4 /zero | od -An -tx1");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Permission denied"), "{text}");
     assert!(!text.contains("00 00 00 00"), "{text}");
     // The env's root and its lower are mounted nodev and nosuid.
@@ -84,12 +87,22 @@ fn host_users_reach_no_env_file() {
     // Host user nobody can neither read the env's files nor run its setuid program.
     let id = dir.join("root/root/id");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
-        .arg(format!("cat {0}/root/etc/passwd; {1} id", dir.display(), id.display()))
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "cat {0}/root/etc/passwd; {1} id",
+            dir.display(),
+            id.display()
+        ))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!text.contains("root:"), "{text}");
     assert!(!text.contains("euid="), "{text}");
     assert_eq!(text.matches("Permission denied").count(), 2, "{text}");

@@ -84,8 +84,13 @@ fn user_overlay_xattrs_set_by_an_env_are_saved_as_data() {
     env.ok("echo data > /root/f && echo new > /etc/new");
     let root = node.rt.env_dir(&env.state.name).unwrap().join("root");
     let set = |path: &str, name: &str, value: &[u8]| {
-        rustix::fs::setxattr(root.join(path), name, value, rustix::fs::XattrFlags::empty())
-            .unwrap()
+        rustix::fs::setxattr(
+            root.join(path),
+            name,
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap()
     };
     set("root/f", "user.overlay.redirect", b"/etc");
     set("root/f", "user.overlay.metacopy", b"");
@@ -95,9 +100,15 @@ fn user_overlay_xattrs_set_by_an_env_are_saved_as_data() {
         .imported;
     let saved = node.path().join("uxattr-export");
     export(&lib, imported.score, &saved);
-    assert_eq!(std::fs::read_to_string(saved.join("root/f")).unwrap(), "data\n");
+    assert_eq!(
+        std::fs::read_to_string(saved.join("root/f")).unwrap(),
+        "data\n"
+    );
     // /etc kept the parent's files besides the new one: the mark was not read as opaque.
-    assert_eq!(std::fs::read_to_string(saved.join("etc/new")).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(saved.join("etc/new")).unwrap(),
+        "new\n"
+    );
     assert!(saved.join("etc/passwd").exists());
     let get = |path: &str, name: &str| {
         let mut buf = [0u8; 64];

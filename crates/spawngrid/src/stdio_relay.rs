@@ -30,7 +30,13 @@ impl Out {
             Ok(0) | Err(_) => 0,
             Ok(n) => n,
         };
-        if n == 0 || self.to.write_all(&buf[..n]).and_then(|()| self.to.flush()).is_err() {
+        if n == 0
+            || self
+                .to
+                .write_all(&buf[..n])
+                .and_then(|()| self.to.flush())
+                .is_err()
+        {
             self.pipe = None;
             return None;
         }
@@ -64,7 +70,9 @@ pub fn exec(rt: &runtime::Runtime, st: &runtime::EnvState, argv: &[String]) -> R
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let mut fds = vec![PollFd::new(&started, PollFlags::IN)];
-        let open: Vec<usize> = (0..outs.len()).filter(|i| outs[*i].pipe.is_some()).collect();
+        let open: Vec<usize> = (0..outs.len())
+            .filter(|i| outs[*i].pipe.is_some())
+            .collect();
         for i in &open {
             fds.push(PollFd::new(outs[*i].pipe.as_ref().unwrap(), PollFlags::IN));
         }

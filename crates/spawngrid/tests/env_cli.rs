@@ -255,7 +255,10 @@ fn private_parent_spawns_and_a_failed_spawn_leaves_nothing() {
     let (tmp, data) = scratch("256m");
     let parent = tmp.0.path();
     ok(&data, &["lib", "import", "bb", &busybox()]);
-    let st = Command::new("chown").arg("65534:65534").arg(parent).status();
+    let st = Command::new("chown")
+        .arg("65534:65534")
+        .arg(parent)
+        .status();
     assert!(st.unwrap().success());
     std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).unwrap();
 
@@ -270,7 +273,10 @@ fn private_parent_spawns_and_a_failed_spawn_leaves_nothing() {
         "home\n"
     );
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!((mode(&data), mode(&data.join("catalog.db"))), (0o700, 0o600));
+    assert_eq!(
+        (mode(&data), mode(&data.join("catalog.db"))),
+        (0o700, 0o600)
+    );
     ok(&data, &["env", "boom", "home"]);
 }
 
@@ -280,7 +286,11 @@ fn private_parent_spawns_and_a_failed_spawn_leaves_nothing() {
 fn device_nodes_are_dropped_at_import_unless_allowed() {
     let (_tmp, data) = scratch("256m");
     let root = data.parent().unwrap().join("devroot");
-    let st = Command::new("cp").arg("-a").arg(busybox()).arg(&root).status();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox())
+        .arg(&root)
+        .status();
     assert!(st.unwrap().success());
     let st = Command::new("mknod")
         .args(["-m", "666"])
@@ -289,9 +299,11 @@ fn device_nodes_are_dropped_at_import_unless_allowed() {
         .status();
     assert!(st.unwrap().success());
 
-    let report: serde_json::Value =
-        serde_json::from_str(&ok(&data, &["lib", "import", "nodev", root.to_str().unwrap()]))
-            .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(
+        &data,
+        &["lib", "import", "nodev", root.to_str().unwrap()],
+    ))
+    .unwrap();
     let warnings = report["warnings"].to_string();
     assert!(
         warnings.contains("dropped character device") && warnings.contains("zero (1:5)"),
@@ -301,7 +313,13 @@ fn device_nodes_are_dropped_at_import_unless_allowed() {
     let out = sg(&data, &["env", "exec", "nodev", "--", "ls", "/zero"]);
     assert!(!out.status.success());
 
-    let args = ["lib", "import", "dev", root.to_str().unwrap(), "--allow-devices"];
+    let args = [
+        "lib",
+        "import",
+        "dev",
+        root.to_str().unwrap(),
+        "--allow-devices",
+    ];
     let report: serde_json::Value = serde_json::from_str(&ok(&data, &args)).unwrap();
     assert_eq!(report["warnings"], serde_json::json!([]));
     ok(&data, &["env", "spawn", "dev", "--as", "dev"]);
@@ -319,11 +337,13 @@ fn device_nodes_are_dropped_at_import_unless_allowed() {
     for m in mounted {
         let err = std::fs::File::open(Path::new(&m).join("zero")).err();
         if Path::new(&m).join("zero").exists() {
-            assert_eq!(err.map(|e| e.kind()), Some(std::io::ErrorKind::PermissionDenied));
+            assert_eq!(
+                err.map(|e| e.kind()),
+                Some(std::io::ErrorKind::PermissionDenied)
+            );
         }
     }
 }
-
 
 /// `env exec` on the admin's terminal: a process the command leaves behind (its own session,
 /// so the command's end does not kill it) cannot read what the admin types next.

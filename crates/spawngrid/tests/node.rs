@@ -575,7 +575,10 @@ fn a_node_killed_mid_save_leaves_no_env_frozen() {
     let save = std::thread::scope(|s| {
         let saving = s.spawn(|| client.sg_at(&addr, "save", &["big", "big-saved"], None));
         while !frozen(&env_dir) {
-            assert!(!saving.is_finished(), "the save ended before freezing was seen");
+            assert!(
+                !saving.is_finished(),
+                "the save ended before freezing was seen"
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
         // SAFETY: signalling our own child (the node), not yet reaped.
@@ -584,12 +587,18 @@ fn a_node_killed_mid_save_leaves_no_env_frozen() {
     });
     assert!(!save.status.success());
     site.stop();
-    assert!(frozen(&env_dir), "the save was over before the node was killed");
+    assert!(
+        frozen(&env_dir),
+        "the save was over before the node was killed"
+    );
 
     site.start(&addr);
     assert!(!frozen(&env_dir), "the restarted node left the env frozen");
     assert!(site.log().contains("left frozen by a save that died"));
-    assert_eq!(alice.exec("big", "echo alive"), (0, "alive\n".into(), "".into()));
+    assert_eq!(
+        alice.exec("big", "echo alive"),
+        (0, "alive\n".into(), "".into())
+    );
     alice.ok("save", &["big", "big-saved"]);
     alice.ok("boom", &["big"]);
 }

@@ -21,8 +21,7 @@ pub fn import_dir(lib: &Library, path: &Path, opts: &ImportOptions) -> Result<Im
         .map_err(|e| Error::io("reading metadata of", path, e.into()))?;
     let xattrs = walk::fd_xattrs(&*root_fd, &shown)?;
     opts.progress.phase("storing files");
-    let (mut root, warnings) =
-        ingest::run(lib, opts, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
+    let (mut root, warnings) = ingest::run(lib, opts, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
     root.meta = meta_of(&st, xattrs);
     super::commit(lib, &root, opts, opts.parent, warnings)
 }

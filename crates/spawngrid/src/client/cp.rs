@@ -293,7 +293,12 @@ mod tests {
                 & 0o7777
         };
         assert_eq!(
-            [mode("top"), mode("top/suid"), mode("top/sgid"), mode("top/sticky")],
+            [
+                mode("top"),
+                mode("top/suid"),
+                mode("top/sgid"),
+                mode("top/sticky")
+            ],
             [0o775, 0o755, 0o711, 0o1777]
         );
     }

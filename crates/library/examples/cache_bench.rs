@@ -63,6 +63,7 @@ fn main() {
         note: "bench".into(),
         parent: None,
         progress: &Silent,
+        allow_devices: false,
     };
     let lib = Library::open_or_init(local.clone()).unwrap();
     let snap = import_dir(&lib, &t.path().join("src"), &opts)

@@ -4,9 +4,13 @@
 //! each directory present in the upper is merged with the parent's tree for that directory,
 //! and every untouched subtree keeps its stored score. Overlay conventions:
 //! - a character device 0/0 is a whiteout: the name is removed;
-//! - a directory with `trusted.overlay.opaque=y` (or `user.overlay.opaque=y` for overlays
-//!   mounted with `userxattr`) replaces the parent's directory instead of merging with it;
-//! - `*.overlay.*` xattrs are overlay bookkeeping and are not stored;
+//! - a directory with `trusted.overlay.opaque=y` replaces the parent's directory instead of
+//!   merging with it;
+//! - `trusted.overlay.*` xattrs are overlay bookkeeping and are not stored. Environments'
+//!   overlays are mounted by host root without `userxattr`, so the kernel interprets only the
+//!   `trusted.` ones (which an environment cannot set); `user.overlay.*` xattrs an environment
+//!   sets on its files are plain data to the kernel, and so they are here: stored like any other
+//!   xattr, never read as a redirect, an opaque mark or a metacopy;
 //! - renamed directories (`redirect_dir`) and metadata-only copy-ups (`metacopy`) are refused:
 //!   environments mount their overlays with both off.
 //!
@@ -56,7 +60,7 @@ pub fn apply_upper(
     let apply = Apply { lib, shift };
     let root_meta = apply.meta(&st, xattrs.clone(), &shown)?;
     opts.progress.phase("storing changes");
-    let (mut root, warnings) = ingest::run(lib, opts.progress, |ing| {
+    let (mut root, warnings) = ingest::run(lib, opts, |ing| {
         apply.dir(ing, Some(&base.root), &root_fd, &xattrs, &shown, 0)
     })?;
     root.meta = root_meta;
@@ -68,18 +72,18 @@ struct Apply<'a> {
     shift: Option<IdShift>,
 }
 
+/// The prefix of the xattrs the kernel's overlayfs keeps its bookkeeping in (mounted without
+/// `userxattr`, as environments' overlays are).
+const OVERLAY_XATTRS: &[u8] = b"trusted.overlay.";
+
 fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    name.starts_with(OVERLAY_XATTRS)
 }
 
 fn overlay_xattr<'x>(xattrs: &'x [(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<&'x [u8]> {
     xattrs
         .iter()
-        .find(|(k, _)| {
-            is_overlay_xattr(k)
-                && k.ends_with(key)
-                && k[..k.len() - key.len()].ends_with(b"overlay.")
-        })
+        .find(|(k, _)| k.strip_prefix(OVERLAY_XATTRS) == Some(key))
         .map(|(_, v)| v.as_slice())
 }
 

@@ -140,6 +140,10 @@ pub fn run(config: Config) -> Result<()> {
     let node = Node::open(config)?;
     node.rt.keep_spare_helper();
     envs::reconcile(&node).context("matching the catalog's envs with this node's")?;
+    // A save cut short by a crash of this node left its env frozen.
+    for line in runtime::freeze::recover_all(&node.rt).context("thawing envs")? {
+        tracing::warn!("{line}");
+    }
     snapshots::upgrade_mounts(&node.rt);
     invite::sweep(&node);
     let mut names = vec![

@@ -120,7 +120,7 @@ pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
     if rt.ids.host_uid != rt.ids.host_gid {
         bail!("snapfs shifts uids and gids by one offset; the node's uid and gid ranges differ");
     }
-    let dir = rt.data.join("mounts").join(score.to_hex()).join("root");
+    let dir = mount_dir(rt, score);
     // Already served: no second process (what every spawn after the first one sees).
     let served = snapfs::mount::Registry::new(&rt.data)
         .get(&dir)
@@ -148,6 +148,28 @@ pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// Where [`mount`] mounts `score`.
+fn mount_dir(rt: &Runtime, score: Score) -> PathBuf {
+    rt.data.join("mounts").join(score.to_hex()).join("root")
+}
+
+/// Unmounts the mount of `score` made by [`mount`] unless an env of `rt` was spawned from it
+/// (what a failed spawn leaves). A busy mount stays (an idle sweep takes it later).
+pub fn unmount_unused(rt: &Runtime, score: Score) -> Result<()> {
+    let hex = score.to_hex();
+    if runtime::state::list(rt)?
+        .iter()
+        .any(|st| st.snapshot.as_deref() == Some(hex.as_str()))
+    {
+        return Ok(());
+    }
+    let registry = snapfs::mount::Registry::new(&rt.data);
+    match snapfs::mount::unmount(&registry, &mount_dir(rt, score), false) {
+        Ok(()) | Err(snapfs::mount::UnmountError::NotMounted(_)) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("unmounting snapshot {}", score.short())),
+    }
 }
 
 /// When each snapshot's mount was last asked for (by a spawn) or seen in use (by a sweep).
@@ -186,14 +208,7 @@ pub fn sweep_mounts(node: &Node) -> Result<()> {
             continue;
         };
         // Only the node's own mounts (`lib mount` elsewhere is an admin's business).
-        if rec.dir
-            != node
-                .rt
-                .data
-                .join("mounts")
-                .join(score.to_hex())
-                .join("root")
-        {
+        if rec.dir != mount_dir(&node.rt, score) {
             continue;
         }
         if live.contains(&score) {

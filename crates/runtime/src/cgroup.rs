@@ -279,6 +279,20 @@ impl Cgroup {
         self.set_frozen(false)
     }
 
+    /// Whether the env is frozen or being frozen (false if the cgroup does not exist).
+    pub fn frozen(&self) -> Result<bool> {
+        let d = self.main_dir();
+        let (file, thawed) = match self.layout.hierarchy {
+            Hierarchy::V2 => ("cgroup.freeze", "0"),
+            Hierarchy::V1 => ("freezer.state", "THAWED"),
+        };
+        match std::fs::read_to_string(d.join(file)) {
+            Ok(state) => Ok(state.trim() != thawed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("reading {}", d.join(file).display())),
+        }
+    }
+
     fn set_frozen(&self, frozen: bool) -> Result<()> {
         let d = self.main_dir();
         let (file, value, done_file) = match self.layout.hierarchy {

@@ -82,6 +82,8 @@ pub(crate) fn command_with(
             state.init_pid
         );
     }
+    // A helper joining a frozen cgroup would freeze too, and its caller wait forever.
+    crate::freeze::wait_thawed(rt, state, crate::freeze::FROZEN_WAIT)?;
     let cfg = EnterConfig {
         init_pid: state.init_pid,
         init_start: state.init_start,

@@ -7,12 +7,19 @@
 //! 1. the helper unshares a user namespace and prints `userns`;
 //! 2. the spawner writes the uid/gid maps, moves the helper into the env's cgroup, mounts the
 //!    overlay root (using the new user namespace for an id-mapped lower) and writes `go`;
-//! 3. the helper becomes root inside, unshares mount, uts, ipc, net, cgroup and pid namespaces,
-//!    sets the hostname and forks the init (PID 1 inside), prints `pid <host pid>` and exits;
+//! 3. the helper changes directory into the overlay root (see below), becomes root inside,
+//!    unshares mount, uts, ipc, net, cgroup and pid namespaces, sets the hostname and forks
+//!    the init (PID 1 inside), prints `pid <host pid>` and exits;
 //! 4. the init builds /dev and /proc, pivots into the overlay, brings up loopback, restricts
 //!    itself, prints `ready` (or `error <message>` at any failing step), closes its stdio and
 //!    from then on reaps orphans and serves exec requests ([`crate::service`]). It is no
 //!    child of the spawner, so it outlives it.
+//!
+//! The env's ids cannot traverse the data directory (mode 0700) or whatever is above it (a
+//! home directory, `mktemp -d`), so nothing after step 1 looks a host path up from `/`: the
+//! helper enters the env's directory while still host root, and the overlay root from there
+//! (still with host root's file ids) before it becomes root inside; the new mount namespace
+//! carries that working directory over, and the init builds the env from it.
 
 use crate::{net, rootfs, security};
 use anyhow::{bail, Context, Result};
@@ -61,6 +68,8 @@ fn run(config: &str) -> Result<()> {
         config
     };
     let cfg: InitConfig = serde_json::from_str(config).context("bad env-init config")?;
+    let env_dir = cfg.root.parent().context("the env's root has no parent")?;
+    rustix::process::chdir(env_dir).with_context(|| format!("entering {}", env_dir.display()))?;
     // Bound while still host root, so only host root can connect; the init inherits it.
     let listener = crate::service::listen(&cfg.exec_socket)?;
     unshare(UnshareFlags::NEWUSER).context("unsharing the user namespace")?;
@@ -72,6 +81,10 @@ fn run(config: &str) -> Result<()> {
     if line.trim() != "go" {
         bail!("spawner gave up");
     }
+    // From the env's directory (looked up as host root, above) into the overlay mounted on
+    // `root` meanwhile; the file ids are still host root's, the owner of the env's directory.
+    let root = cfg.root.file_name().context("the env's root has no name")?;
+    rustix::process::chdir(root).context("entering the env's root")?;
     security::become_root()?;
     let flags = UnshareFlags::NEWNS
         | UnshareFlags::NEWUTS
@@ -86,7 +99,7 @@ fn run(config: &str) -> Result<()> {
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()).context("forking init"),
         0 => {
-            let err = pid1(&cfg, listener).unwrap_err();
+            let err = pid1(listener).unwrap_err();
             report(&format!("error {err:#}"));
             std::process::exit(1)
         }
@@ -104,11 +117,12 @@ fn unshare(flags: UnshareFlags) -> std::io::Result<()> {
     Ok(unsafe { rustix::thread::unshare_unsafe(flags) }?)
 }
 
-/// The env's PID 1: finishes the environment, then reaps. Returns only on a setup error.
-fn pid1(cfg: &InitConfig, listener: rustix::fd::OwnedFd) -> Result<std::convert::Infallible> {
+/// The env's PID 1: finishes the environment (its root is the working directory), then reaps.
+/// Returns only on a setup error.
+fn pid1(listener: rustix::fd::OwnedFd) -> Result<std::convert::Infallible> {
     // Its own session and process group, so nothing aimed at the spawner's group reaches it.
     rustix::process::setsid().context("setsid")?;
-    rootfs::setup(&cfg.root)?;
+    rootfs::setup()?;
     net::loopback_up()?;
     security::restrict()?;
     security::restrict_init_capabilities()?;

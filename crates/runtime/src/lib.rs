@@ -13,6 +13,7 @@ pub mod boom;
 pub mod cgroup;
 pub mod exec;
 pub mod fdpass;
+pub mod freeze;
 pub mod helper;
 pub mod ids;
 pub mod init;
@@ -55,13 +56,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime on `data` (created if missing, and made canonical: mount points are matched
-    /// against `/proc/self/mountinfo`, which shows resolved paths) whose helper is `helper`,
-    /// with the node's default id range and the host's cgroup layout. Turns on the host's
-    /// cheap cgroup migrations ([`cgroup::favor_dynamic_moves`]).
+    /// A runtime on `data` (created if missing, made private: see [`private_data_dir`], and
+    /// made canonical: mount points are matched against `/proc/self/mountinfo`, which shows
+    /// resolved paths) whose helper is `helper`, with the node's default id range and the
+    /// host's cgroup layout. Turns on the host's cheap cgroup migrations
+    /// ([`cgroup::favor_dynamic_moves`]).
     pub fn new(data: impl Into<PathBuf>, helper: impl Into<PathBuf>) -> Result<Runtime> {
         let data = data.into();
-        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        private_data_dir(&data)?;
         let data = data
             .canonicalize()
             .with_context(|| format!("resolving {}", data.display()))?;
@@ -100,6 +102,28 @@ impl Runtime {
     pub fn envs_dir(&self) -> PathBuf {
         self.data.join("envs")
     }
+}
+
+/// Creates the data directory `data` (and its parents) if missing, and makes it mode 0700:
+/// it holds every env's files (setuid programs of an env's user included), its write layers'
+/// disk images and the catalog, none of them for host users other than root. Envs never
+/// need to traverse it (see [`crate::init`]).
+pub fn private_data_dir(data: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .with_context(|| format!("creating {}", data.display()))?;
+    let mode = std::fs::metadata(data)
+        .with_context(|| format!("reading {}", data.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (mode 0700)", data.display()))?;
+    }
+    Ok(())
 }
 
 /// The id of the node whose data directory is `data` (canonical): see [`Runtime::node_id`].

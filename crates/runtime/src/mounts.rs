@@ -31,11 +31,16 @@ pub fn mount_tmpfs(dir: &Path, size: u64, uid: u32, gid: u32) -> Result<()> {
     .with_context(|| format!("mounting a tmpfs on {}", dir.display()))
 }
 
-/// Creates a sparse ext4 image of `size` bytes at `image` (root owned by `uid:gid`) and mounts
-/// it at `dir` through a loop device that is freed when the mount goes (autoclear).
+/// Creates a sparse ext4 image of `size` bytes at `image` (mode 0600; root owned by `uid:gid`)
+/// and mounts it at `dir` through a loop device that is freed when the mount goes (autoclear).
 pub fn mount_disk(image: &Path, dir: &Path, size: u64, uid: u32, gid: u32) -> Result<()> {
-    let file =
-        std::fs::File::create(image).with_context(|| format!("creating {}", image.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(image)
+        .with_context(|| format!("creating {}", image.display()))?;
     file.set_len(size)
         .with_context(|| format!("sizing {}", image.display()))?;
     drop(file);
@@ -88,12 +93,15 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// `MOUNT_ATTR_RDONLY` and `MOUNT_ATTR_IDMAP` from linux/mount.h.
+/// `MOUNT_ATTR_RDONLY`, `_NOSUID`, `_NODEV` and `_IDMAP` from linux/mount.h.
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-/// Bind-mounts `src` read-only at `dst`, with ids mapped through the user namespace `userns`
-/// (an open `/proc/PID/ns/user`): in-snapshot id N is seen as host id N + range start.
+/// Bind-mounts `src` read-only, nosuid and nodev at `dst`, with ids mapped through the user
+/// namespace `userns` (an open `/proc/PID/ns/user`): in-snapshot id N is seen as host id N +
+/// range start.
 pub fn idmapped_bind(src: &Path, dst: &Path, userns: impl AsFd) -> Result<()> {
     use rustix::mount::{MoveMountFlags, OpenTreeFlags};
     let tree = rustix::mount::open_tree(
@@ -103,7 +111,7 @@ pub fn idmapped_bind(src: &Path, dst: &Path, userns: impl AsFd) -> Result<()> {
     )
     .with_context(|| format!("cloning mount of {}", src.display()))?;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_fd().as_raw_fd() as u64,
@@ -136,7 +144,9 @@ pub fn idmapped_bind(src: &Path, dst: &Path, userns: impl AsFd) -> Result<()> {
 }
 
 /// Mounts the overlay `root` = `lower` + `upper` (workdir `work`), with the options the
-/// library's diff-apply requires (no redirect_dir, no metacopy, no index, no xino).
+/// library's diff-apply requires (no redirect_dir, no metacopy, no index, no xino), `nodev`
+/// (a device node in a snapshot opens nothing, in the env or on the host) and `nosuid` (a
+/// setuid file of the env gives no host user its owner's id).
 pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, root: &Path) -> Result<()> {
     for p in [lower, upper, work] {
         let s = p.to_str().context("non-UTF-8 overlay path")?;
@@ -150,7 +160,8 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, root: &Path) -> Re
         upper.display(),
         work.display()
     );
-    mount("overlay", root, "overlay", MountFlags::empty(), &opts)
+    let flags = MountFlags::NOSUID | MountFlags::NODEV;
+    mount("overlay", root, "overlay", flags, &opts)
         .with_context(|| format!("mounting the overlay on {}", root.display()))
 }
 

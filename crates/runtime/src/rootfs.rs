@@ -1,6 +1,8 @@
 //! Inside a new mount namespace (as root of the env's user namespace): build the env's view
-//! on top of its overlay root — a minimal /dev, a fresh /proc with the usual masked paths, no
-//! /sys — then `pivot_root` into it and drop the host's tree.
+//! on top of its overlay root (the working directory: see [`crate::init`]) — a minimal /dev, a
+//! fresh /proc with the usual masked paths, no /sys — then `pivot_root` into it and drop the
+//! host's tree. Paths are relative to the working directory: the env's ids may not be allowed
+//! to look up the overlay's host path.
 
 use crate::mounts::mount;
 use anyhow::{Context, Result};
@@ -28,19 +30,36 @@ const MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 /// /proc directories that stay visible but read-only.
 const READ_ONLY: [&str; 4] = ["sys", "bus", "fs", "irq"];
 
-/// Builds /dev and /proc under `root` (the overlay, a mount point) and pivots into it.
-pub fn setup(root: &Path) -> Result<()> {
+/// Builds /dev and /proc under the working directory (the root of the overlay) and pivots
+/// into it.
+pub fn setup() -> Result<()> {
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
     )
     .context("making mounts private")?;
     // The overlay was copied from the host's namespace, so it is locked here and pivot_root
-    // refuses it; a bind mount of it made in this namespace is not.
-    rustix::mount::mount_bind(root, root).context("binding the root onto itself")?;
-    make_dev(&root.join("dev"))?;
-    make_proc(&root.join("proc"), &root.join("dev/null"))?;
-    pivot(root)
+    // refuses it; a bind mount of it made in this namespace is not. Made detached, attached
+    // on top of the overlay, then entered through its fd (`.` would stay below it).
+    let bind = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        ".",
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .context("binding the root onto itself")?;
+    rustix::mount::move_mount(
+        &bind,
+        "",
+        rustix::fs::CWD,
+        ".",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .context("attaching the root's bind")?;
+    rustix::process::fchdir(&bind).context("entering the root's bind")?;
+    make_dev(Path::new("dev"))?;
+    make_proc(Path::new("proc"), Path::new("dev/null"))?;
+    pivot()
 }
 
 /// A tmpfs /dev with bind-mounted host device nodes, a private devpts and /dev/shm.
@@ -137,9 +156,8 @@ fn remount_read_only(p: &Path) -> Result<()> {
         .with_context(|| format!("making {} read-only", p.display()))
 }
 
-/// `pivot_root` into `root` and detach the old root.
-fn pivot(root: &Path) -> Result<()> {
-    rustix::process::chdir(root).with_context(|| format!("chdir {}", root.display()))?;
+/// `pivot_root` into the working directory and detach the old root.
+fn pivot() -> Result<()> {
     rustix::process::pivot_root(".", ".").context("pivot_root")?;
     rustix::mount::unmount(".", UnmountFlags::DETACH).context("detaching the old root")?;
     rustix::process::chdir("/").context("chdir /")

@@ -5,6 +5,7 @@
 //! library lease that keeps gc away from it, and the caller binds a name before dropping it.
 
 use crate::cgroup::Cgroup;
+use crate::freeze::SaveLock;
 use crate::state;
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
@@ -43,6 +44,8 @@ pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
     };
     let lease = lib.write_lease(Some(&parent), LEASE_WAIT, &|_| {})?;
     let cg = Cgroup::of_env(rt, env, Some(&st));
+    // Held until thawed: a save that dies frozen is seen and undone (see crate::freeze).
+    let _frozen = SaveLock::acquire(rt, &st)?;
     cg.freeze()?;
     let captured = capture(rt, &st, lib, parent);
     let thawed = cg.thaw();
@@ -62,6 +65,9 @@ fn capture(rt: &Runtime, st: &state::EnvState, lib: &Library, parent: Score) -> 
         note: format!("saved from env {}", st.name),
         parent: None,
         progress: &library::progress::Silent,
+        // An env cannot make a device node; one in its upper is a copy-up of its snapshot's,
+        // which an import allowed.
+        allow_devices: true,
     };
     Ok(library::overlay::apply_upper(
         lib,

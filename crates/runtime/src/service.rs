@@ -157,6 +157,8 @@ pub fn start_as(
     if !state.alive() {
         bail!("env {} is not running; boom it", state.name);
     }
+    // A frozen init would take the request and never answer.
+    crate::freeze::wait_thawed(rt, state, crate::freeze::FROZEN_WAIT)?;
     let path = socket_path(&rt.env_dir(&state.name)?);
     let sock = rustix::net::socket_with(
         AddressFamily::UNIX,

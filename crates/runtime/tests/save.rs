@@ -16,6 +16,7 @@ fn library_with_base(dir: &Path) -> (Library, Score) {
         note: "base".into(),
         parent: None,
         progress: &library::progress::Silent,
+        allow_devices: false,
     };
     let imported = library::import::dir::import_dir(&lib, &busybox(), &opts).unwrap();
     (lib, imported.score)
@@ -65,6 +66,57 @@ fn save_boom_respawn_shows_the_saved_state() {
         stat,
         "640 1000 1001 5 1577934245\ndata\n../root/f\n1\n0 0\n"
     );
+}
+
+/// `user.overlay.*` xattrs an env sets on its files (through its overlay, as the env itself
+/// can: they are `user.` xattrs of files it owns) are data: the save neither fails on a
+/// "redirect" nor drops the parent's directory for an "opaque" mark, and keeps them.
+#[test]
+fn user_overlay_xattrs_set_by_an_env_are_saved_as_data() {
+    let node = TestNode::new();
+    let (lib, base) = library_with_base(node.path());
+    let lower = node.path().join("base");
+    export(&lib, base, &lower);
+    let mut opts = node.opts("uxattr");
+    opts.lower = lower;
+    opts.snapshot = Some(base);
+    let env = Env::spawn(&node.rt, &opts);
+    env.ok("echo data > /root/f && echo new > /etc/new");
+    let root = node.rt.env_dir(&env.state.name).unwrap().join("root");
+    let set = |path: &str, name: &str, value: &[u8]| {
+        rustix::fs::setxattr(
+            root.join(path),
+            name,
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap()
+    };
+    set("root/f", "user.overlay.redirect", b"/etc");
+    set("root/f", "user.overlay.metacopy", b"");
+    set("etc", "user.overlay.opaque", b"y");
+    let imported = runtime::save::save(&node.rt, &env.state.name, &lib)
+        .unwrap()
+        .imported;
+    let saved = node.path().join("uxattr-export");
+    export(&lib, imported.score, &saved);
+    assert_eq!(
+        std::fs::read_to_string(saved.join("root/f")).unwrap(),
+        "data\n"
+    );
+    // /etc kept the parent's files besides the new one: the mark was not read as opaque.
+    assert_eq!(
+        std::fs::read_to_string(saved.join("etc/new")).unwrap(),
+        "new\n"
+    );
+    assert!(saved.join("etc/passwd").exists());
+    let get = |path: &str, name: &str| {
+        let mut buf = [0u8; 64];
+        let n = rustix::fs::getxattr(saved.join(path), name, &mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    assert_eq!(get("root/f", "user.overlay.redirect"), b"/etc");
+    assert_eq!(get("etc", "user.overlay.opaque"), b"y");
 }
 
 #[test]

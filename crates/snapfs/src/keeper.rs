@@ -202,7 +202,12 @@ pub fn keep(
         opts.fsname.as_str(),
         &opts.dir,
         "fuse.snapfs",
-        rustix::mount::MountFlags::RDONLY | rustix::mount::MountFlags::NOATIME,
+        // nodev, nosuid: a snapshot's device nodes and setuid files are data, never devices
+        // or privileges, on the host or under an env's overlay.
+        rustix::mount::MountFlags::RDONLY
+            | rustix::mount::MountFlags::NOATIME
+            | rustix::mount::MountFlags::NODEV
+            | rustix::mount::MountFlags::NOSUID,
         data.as_c_str(),
     )
     .map_err(|e| std::io::Error::other(format!("mounting {}: {e}", opts.dir.display())))?;

@@ -48,7 +48,8 @@ enum EnvCommand {
         #[arg(long)]
         size: Option<String>,
     },
-    /// Run a command inside an env; its stdout, stderr and exit code are the command's.
+    /// Run a command inside an env; its stdout, stderr and exit code are the command's (relayed
+    /// through pipes: nothing in the env gets our terminal).
     Exec {
         /// The env.
         env: String,
@@ -110,13 +111,7 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
         }
         EnvCommand::Exec { env, cmd } => {
             let st = runtime::state::load(&rt, &env)?;
-            // Through the env's init: our own stdin, stdout and stderr are the command's.
-            let stdio = [
-                rustix::stdio::stdin(),
-                rustix::stdio::stdout(),
-                rustix::stdio::stderr(),
-            ];
-            let code = runtime::service::start(&rt, &st, &cmd, &[], stdio)?.wait()?;
+            let code = crate::stdio_relay::exec(&rt, &st, &cmd)?;
             Ok(ExitCode::from(code as u8))
         }
         EnvCommand::Cpu { env, cmd } => {
@@ -195,7 +190,18 @@ fn spawn(
         (opts, score.short())
     };
     shape(&mut opts);
-    let st = runtime::spawn::spawn(rt, &opts)?;
+    let st = match runtime::spawn::spawn(rt, &opts) {
+        Ok(st) => st,
+        Err(e) => {
+            // A failed spawn leaves nothing: not the snapshot mount it made either.
+            if let Some(score) = opts.snapshot {
+                if let Err(u) = node::snapshots::unmount_unused(rt, score) {
+                    eprintln!("spawngrid: {u:#}");
+                }
+            }
+            return Err(e);
+        }
+    };
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let data = rt.data.display();
     if json {

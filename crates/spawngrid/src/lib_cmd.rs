@@ -47,6 +47,10 @@ enum LibCommand {
         /// Record this name (or score) as the new snapshot's parent.
         #[arg(long)]
         parent: Option<String>,
+        /// Keep character and block device nodes (dropped by default, each named in the
+        /// report; envs and mounts never open them either way: they are mounted nodev).
+        #[arg(long)]
+        allow_devices: bool,
     },
     /// Write snapshot NAME to DEST: a new directory, a .tar/.tar.gz/.tar.zst file, or - (tar).
     ///
@@ -176,7 +180,8 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
             path,
             note,
             parent,
-        } => ctx.import(&name, &path, note, parent),
+            allow_devices,
+        } => ctx.import(&name, &path, note, parent, allow_devices),
         LibCommand::Export(a) => ctx.export(&a),
         LibCommand::Log { name } => ctx.log(&name),
         LibCommand::Diff { a, b } => ctx.diff(&a, &b),
@@ -191,7 +196,7 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
 }
 
 /// Imports `path` as `owner`'s name `name` in `store`'s library (what `lib import` does,
-/// with its progress bar and report; used by `spawngrid up`).
+/// with its progress bar and report, device nodes dropped; used by `spawngrid up`).
 pub fn import(store: &Store, owner: &str, name: &str, path: &Path, note: String) -> Result<()> {
     let ctx = Ctx {
         store: store.clone(),
@@ -201,7 +206,7 @@ pub fn import(store: &Store, owner: &str, name: &str, path: &Path, note: String)
     let path = path
         .to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))?;
-    ctx.import(name, path, Some(note), None)?;
+    ctx.import(name, path, Some(note), None, false)?;
     Ok(())
 }
 
@@ -268,6 +273,7 @@ impl Ctx {
         path: &str,
         note: Option<String>,
         parent: Option<String>,
+        allow_devices: bool,
     ) -> Result<ExitCode> {
         catalog::check_name(name)?;
         let cat = self.catalog()?;
@@ -286,6 +292,7 @@ impl Ctx {
             note: note.unwrap_or_else(|| format!("import of {path}")),
             parent,
             progress: &bar,
+            allow_devices,
         };
         let start = Instant::now();
         let imported = import_source(&lib, path, &opts)?;

@@ -7,6 +7,7 @@ mod env_cmd;
 mod lib_cmd;
 mod mount_cmd;
 mod progress;
+mod stdio_relay;
 mod term;
 mod up_cmd;
 mod user_cmd;

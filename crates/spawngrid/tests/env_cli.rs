@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn sg(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spawngrid"))
+    Command::new(common::bin())
         .arg("--json")
         .args(&args[..1])
         .arg("--data")
@@ -226,4 +226,162 @@ fn spawn_exec_ls_save_boom_through_the_cli() {
         !mountinfo.contains(data.join("envs").to_str().unwrap()),
         "{mountinfo}"
     );
+}
+
+/// The busybox root built by scripts/rootfs.sh.
+fn busybox() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rootfs.sh");
+    let root = Command::new(script).arg("busybox").output().unwrap();
+    String::from_utf8(root.stdout).unwrap().trim().to_string()
+}
+
+/// Mount points under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_str().unwrap();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A data directory whose parent the env's ids cannot traverse (another user's, mode 0700, as
+/// a home directory or `mktemp -d`) spawns; its failed spawn leaves nothing mounted; the data
+/// directory and the catalog (password hashes) are root's alone.
+#[test]
+fn private_parent_spawns_and_a_failed_spawn_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let (tmp, data) = scratch("256m");
+    let parent = tmp.0.path();
+    ok(&data, &["lib", "import", "bb", &busybox()]);
+    let st = Command::new("chown")
+        .arg("65534:65534")
+        .arg(parent)
+        .status();
+    assert!(st.unwrap().success());
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Fails after mounting the snapshot (the env name is refused): nothing is left.
+    let out = sg(&data, &["env", "spawn", "bb", "--as", "bad,name"]);
+    assert!(!out.status.success());
+    assert_eq!(mounts_under(&data), Vec::<String>::new());
+
+    ok(&data, &["env", "spawn", "bb", "--as", "home"]);
+    assert_eq!(
+        ok(&data, &["env", "exec", "home", "--", "hostname"]),
+        "home\n"
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (mode(&data), mode(&data.join("catalog.db"))),
+        (0o700, 0o600)
+    );
+    ok(&data, &["env", "boom", "home"]);
+}
+
+/// Device nodes are dropped at import (named in the report) unless `--allow-devices`; kept
+/// ones open nothing: the snapshot's mount and the env's root are nodev.
+#[test]
+fn device_nodes_are_dropped_at_import_unless_allowed() {
+    let (_tmp, data) = scratch("256m");
+    let root = data.parent().unwrap().join("devroot");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox())
+        .arg(&root)
+        .status();
+    assert!(st.unwrap().success());
+    let st = Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(root.join("zero"))
+        .args(["c", "1", "5"])
+        .status();
+    assert!(st.unwrap().success());
+
+    let report: serde_json::Value = serde_json::from_str(&ok(
+        &data,
+        &["lib", "import", "nodev", root.to_str().unwrap()],
+    ))
+    .unwrap();
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("dropped character device") && warnings.contains("zero (1:5)"),
+        "{warnings}"
+    );
+    ok(&data, &["env", "spawn", "nodev", "--as", "nodev"]);
+    let out = sg(&data, &["env", "exec", "nodev", "--", "ls", "/zero"]);
+    assert!(!out.status.success());
+
+    let args = [
+        "lib",
+        "import",
+        "dev",
+        root.to_str().unwrap(),
+        "--allow-devices",
+    ];
+    let report: serde_json::Value = serde_json::from_str(&ok(&data, &args)).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]));
+    ok(&data, &["env", "spawn", "dev", "--as", "dev"]);
+    let script = "stat -c '%t:%T' /zero; head -c 4 /zero | od -An -tx1";
+    let out = sg(&data, &["env", "exec", "dev", "--", "sh", "-c", script]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stdout.lines().next(), Some("1:5"), "{stdout}{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stdout}{stderr}");
+    // Even host root cannot open it through the snapshot's mount.
+    let mounted = mounts_under(&data.join("mounts"));
+    assert!(!mounted.is_empty());
+    for m in mounted {
+        let err = std::fs::File::open(Path::new(&m).join("zero")).err();
+        if Path::new(&m).join("zero").exists() {
+            assert_eq!(
+                err.map(|e| e.kind()),
+                Some(std::io::ErrorKind::PermissionDenied)
+            );
+        }
+    }
+}
+
+/// `env exec` on the admin's terminal: a process the command leaves behind (its own session,
+/// so the command's end does not kill it) cannot read what the admin types next.
+#[test]
+fn a_process_left_behind_by_exec_cannot_read_the_admins_terminal() {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let (_tmp, data) = scratch("256m");
+    ok(&data, &["lib", "import", "bb", &busybox()]);
+    ok(&data, &["env", "spawn", "bb", "--as", "tty"]);
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let daemon = "exec 3<&0; setsid sh -c 'read l <&3; echo \"got:$l\" > /stolen' & exit 0";
+    let st = Command::new(common::bin())
+        .args(["env", "--data", data.to_str().unwrap(), "exec", "tty", "--"])
+        .args(["sh", "-c", daemon])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The admin types a line at the shell prompt that follows.
+    rustix::io::write(&master, b"secret\n").unwrap();
+    let mut stolen = String::new();
+    for _ in 0..2000 {
+        let out = sg(&data, &["env", "exec", "tty", "--", "cat", "/stolen"]);
+        if out.status.success() {
+            stolen = String::from_utf8(out.stdout).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(stolen, "got:\n");
 }

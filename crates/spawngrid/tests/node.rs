@@ -536,3 +536,69 @@ fn logout_revokes_that_token_only() {
         .contains("nothing to log out of"));
     assert!(site.log().contains("logout"), "{}", site.log());
 }
+
+/// Whether env `dir`'s cgroup is frozen (its `state.json` names the cgroup directories).
+fn frozen(env_dir: &std::path::Path) -> bool {
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env_dir.join("state.json")).unwrap()).unwrap();
+    for dir in st["cgroups"].as_array().unwrap() {
+        let dir = std::path::Path::new(dir.as_str().unwrap());
+        for (file, thawed) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+            if let Ok(state) = std::fs::read_to_string(dir.join(file)) {
+                return state.trim() != thawed;
+            }
+        }
+    }
+    panic!("no freezer for {}", env_dir.display())
+}
+
+/// kill -9 of the node while a save has the env frozen: the restarted node thaws it, and
+/// exec, attach-like commands and saves work again.
+#[test]
+fn a_node_killed_mid_save_leaves_no_env_frozen() {
+    let site = Site::new("node-freeze");
+    site.start("127.0.0.1:0");
+    let addr = site.addr();
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "big", "--disk"]);
+    // Enough to store that the save is still running when the node is killed.
+    let (code, _, err) = alice.exec(
+        "big",
+        "head -c 400000000 /dev/urandom > /root/big && mkdir /root/many && \
+         for i in $(seq 3000); do echo $i > /root/many/$i; done",
+    );
+    assert_eq!(code, 0, "{err}");
+    let env_dir = site.data().join("envs").join(format!("big+{}", alice.name));
+    let pid = site.server.borrow().as_ref().unwrap().child.id() as i32;
+    let client = &alice.client;
+    let save = std::thread::scope(|s| {
+        let saving = s.spawn(|| client.sg_at(&addr, "save", &["big", "big-saved"], None));
+        while !frozen(&env_dir) {
+            assert!(
+                !saving.is_finished(),
+                "the save ended before freezing was seen"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: signalling our own child (the node), not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        saving.join().unwrap()
+    });
+    assert!(!save.status.success());
+    site.stop();
+    assert!(
+        frozen(&env_dir),
+        "the save was over before the node was killed"
+    );
+
+    site.start(&addr);
+    assert!(!frozen(&env_dir), "the restarted node left the env frozen");
+    assert!(site.log().contains("left frozen by a save that died"));
+    assert_eq!(
+        alice.exec("big", "echo alive"),
+        (0, "alive\n".into(), "".into())
+    );
+    alice.ok("save", &["big", "big-saved"]);
+    alice.ok("boom", &["big"]);
+}

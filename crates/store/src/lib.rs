@@ -137,7 +137,8 @@ impl Store {
         &self.config
     }
 
-    /// Opens the catalog (a SQLite catalog and its directory are created if missing).
+    /// Opens the catalog (a SQLite catalog and its directory are created if missing; its file
+    /// is made mode 0600, which SQLite gives its journal files too: it holds password hashes).
     pub fn catalog(&self) -> Result<Catalog> {
         match &self.catalog {
             CatalogAt::Sqlite(path) => {
@@ -145,6 +146,7 @@ impl Store {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
+                private_file(path)?;
                 Ok(Catalog::open(path)?)
             }
             CatalogAt::Postgres(url) => Ok(Catalog::connect(url)?),
@@ -266,4 +268,26 @@ mod tests {
         store.library_or_init().unwrap();
         store.library().unwrap();
     }
+}
+
+/// Creates `path` empty with mode 0600 if missing (an empty file is an empty SQLite database),
+/// or takes group and other access away from it.
+fn private_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mode = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("making {} private (mode 0600)", path.display()))?;
+    }
+    Ok(())
 }

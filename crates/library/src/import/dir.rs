@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 /// Imports the directory at `path` as a new snapshot, storing only objects not yet stored.
 ///
-/// Symlinks inside the tree are stored, never followed; sockets are skipped with a warning.
+/// Symlinks inside the tree are stored, never followed; sockets (and device nodes unless
+/// `opts.allow_devices`) are skipped with a warning.
 pub fn import_dir(lib: &Library, path: &Path, opts: &ImportOptions) -> Result<Imported> {
     let root_fd = Arc::new(walk::open_root(path)?);
     let shown = path.display().to_string();
@@ -20,8 +21,7 @@ pub fn import_dir(lib: &Library, path: &Path, opts: &ImportOptions) -> Result<Im
         .map_err(|e| Error::io("reading metadata of", path, e.into()))?;
     let xattrs = walk::fd_xattrs(&*root_fd, &shown)?;
     opts.progress.phase("storing files");
-    let (mut root, warnings) =
-        ingest::run(lib, opts.progress, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
+    let (mut root, warnings) = ingest::run(lib, opts, |ing| walk_dir(ing, &root_fd, &shown, 0))?;
     root.meta = meta_of(&st, xattrs);
     super::commit(lib, &root, opts, opts.parent, warnings)
 }

@@ -3,6 +3,7 @@
 //! non-directory entries into tree nodes.
 
 use crate::build::{FileSlot, Node};
+use crate::import::ImportOptions;
 use crate::progress::Progress;
 use crate::tree::{Content, Entry, FileData, Meta};
 use crate::walk::{self, RawEntry};
@@ -27,18 +28,22 @@ struct Job {
 pub(crate) struct Ingest {
     jobs: Sender<Job>,
     links: HashMap<(u64, u64), u64>,
+    /// Whether device nodes are kept ([`crate::import::ImportOptions::allow_devices`]).
+    allow_devices: bool,
     /// Lines for the user about skipped entries.
     pub(crate) warnings: Vec<String>,
 }
 
-/// Runs `walk` on the calling thread with a pool of workers storing the files it finds.
+/// Runs `walk` on the calling thread with a pool of workers storing the files it finds,
+/// reporting to `opts.progress` and keeping devices if `opts.allow_devices`.
 ///
 /// Returns once every file job has finished. If `walk` fails, queued jobs are dropped.
 pub(crate) fn run<R>(
     lib: &Library,
-    progress: &dyn Progress,
+    opts: &ImportOptions,
     walk: impl FnOnce(&mut Ingest) -> Result<R>,
 ) -> Result<(R, Vec<String>)> {
+    let progress = opts.progress;
     walk::raise_fd_limit();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (tx, rx) = bounded::<Job>(256);
@@ -61,6 +66,7 @@ pub(crate) fn run<R>(
         let mut ingest = Ingest {
             jobs: tx,
             links: HashMap::new(),
+            allow_devices: opts.allow_devices,
             warnings: Vec::new(),
         };
         let result = walk(&mut ingest);
@@ -83,7 +89,8 @@ fn store_job(lib: &Library, job: &Job, progress: &dyn Progress) -> Result<(u64, 
 impl Ingest {
     /// Turns a non-directory entry of `dir` into a node (queueing a file job for regular files).
     ///
-    /// Returns `None` for entries that are skipped with a warning (sockets).
+    /// Returns `None` for entries that are skipped with a warning (sockets; devices unless
+    /// allowed).
     /// `meta` is the entry's metadata as it is to be stored (the caller may have filtered it).
     pub(crate) fn leaf(
         &mut self,
@@ -111,6 +118,14 @@ impl Ingest {
                 return Ok(Some(Node::File { meta, slot, group }));
             }
             FileType::Symlink => Content::Symlink(walk::read_link(dir, &e.name, path)?),
+            FileType::CharacterDevice | FileType::BlockDevice if !self.allow_devices => {
+                let kind = match FileType::from_raw_mode(e.stat.st_mode) {
+                    FileType::BlockDevice => "block",
+                    _ => "character",
+                };
+                self.warn(crate::import::dropped_device(path, kind, e.stat.st_rdev));
+                return Ok(None);
+            }
             FileType::CharacterDevice => Content::CharDev(e.stat.st_rdev),
             FileType::BlockDevice => Content::BlockDev(e.stat.st_rdev),
             FileType::Fifo => Content::Fifo,

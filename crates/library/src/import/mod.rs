@@ -21,6 +21,15 @@ pub struct ImportOptions<'a> {
     pub parent: Option<Score>,
     /// Where progress goes.
     pub progress: &'a dyn Progress,
+    /// Keep character and block device nodes; otherwise each is dropped with a warning (a
+    /// snapshot is mounted `nodev` wherever it is used, but holds no devices unless asked).
+    pub allow_devices: bool,
+}
+
+/// The warning for a device node an import dropped (`kind`: "character" or "block").
+pub(crate) fn dropped_device(path: &str, kind: &str, rdev: u64) -> String {
+    let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    format!("dropped {kind} device {path} ({major}:{minor}); import with --allow-devices to keep device nodes")
 }
 
 /// What an import produced.

@@ -15,13 +15,15 @@ use library::import::ImportOptions;
 use library::progress::Silent;
 use library::{Library, LocalBackend};
 
-/// Import options for tests: author and note "test", no parent, no progress.
+/// Import options for tests: author and note "test", no parent, no progress, device nodes
+/// kept (round trips keep everything).
 pub fn opts() -> ImportOptions<'static> {
     ImportOptions {
         author: "test".into(),
         note: "test".into(),
         parent: None,
         progress: &Silent,
+        allow_devices: true,
     }
 }
 

@@ -4,8 +4,9 @@
 //! Like `cp -r`: a destination that is a directory receives the source inside it under its
 //! own name; otherwise the destination's parent must be a directory and the source becomes
 //! the destination. A source ending in `/.` copies its contents. Modes and mtimes are kept
-//! both ways (directories' too); symlinks are copied as symlinks; files copied in are owned by
-//! root inside the env, files copied out by whoever runs `cp`. `-` as the local side is a tar
+//! both ways (directories' too), except setuid and setgid bits on the way out; symlinks are
+//! copied as symlinks; files copied in are owned by root inside the env, files copied out by
+//! whoever runs `cp`. `-` as the local side is a tar
 //! stream on stdin or stdout.
 
 use super::{auth, decode, http, print_json, NodeArgs};
@@ -106,14 +107,19 @@ fn copy_out(node: &NodeArgs, env: &str, path: &str, dst: &str) -> Result<()> {
     Ok(())
 }
 
+/// Setuid and setgid bits, never unpacked: an env's archive must not give whoever runs `cp`
+/// (root, often) a program that runs as them.
+const SET_ID_BITS: u32 = 0o6000;
+
 /// Unpacks a tar stream into `into` with the tar crate's checks (entries with `..` are
-/// skipped, nothing is written through a symlink out of `into`), keeping modes and mtimes:
-/// directories' at the end, innermost first, as their entries change them meanwhile (and a
-/// read-only one would refuse them).
+/// skipped, nothing is written through a symlink out of `into`), keeping modes (but not
+/// [`SET_ID_BITS`]) and mtimes: directories' at the end, innermost first, as their entries
+/// change them meanwhile (and a read-only one would refuse them).
 fn unpack(body: &mut dyn std::io::Read, into: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut archive = tar::Archive::new(body);
     archive.set_preserve_permissions(true);
+    archive.set_mask(SET_ID_BITS);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
@@ -121,7 +127,8 @@ fn unpack(body: &mut dyn std::io::Read, into: &Path) -> Result<()> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
-        let (mode, mtime) = (entry.header().mode()? & 0o7777, entry.header().mtime()?);
+        let mode = entry.header().mode()? & 0o7777 & !SET_ID_BITS;
+        let mtime = entry.header().mtime()?;
         let is_dir = entry.header().entry_type().is_dir();
         if !entry.unpack_in(into)? || !is_dir {
             continue;
@@ -254,6 +261,46 @@ mod tests {
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         assert!(!tmp.path().join("escaped").exists() && !Path::new("/absolute").exists());
         assert!(into.join("top/ok").exists());
+    }
+
+    /// Run as root (as the tests are), `cp` out of a hostile env must not leave a setuid or
+    /// setgid file or directory on the host (owned by root, as everything unpacked is).
+    #[test]
+    fn setuid_and_setgid_bits_are_stripped() {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, mode) in [
+            ("top", tar::EntryType::Directory, 0o2775),
+            ("top/suid", tar::EntryType::Regular, 0o4755),
+            ("top/sgid", tar::EntryType::Regular, 0o2711),
+            ("top/sticky", tar::EntryType::Directory, 0o1777),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(0);
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            b.append(&h, &b""[..]).unwrap();
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        unpack(&mut &b.into_inner().unwrap()[..], tmp.path()).unwrap();
+        let mode = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::symlink_metadata(tmp.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(
+            [
+                mode("top"),
+                mode("top/suid"),
+                mode("top/sgid"),
+                mode("top/sticky")
+            ],
+            [0o775, 0o755, 0o711, 0o1777]
+        );
     }
 
     #[test]

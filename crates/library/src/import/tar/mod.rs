@@ -43,11 +43,12 @@ const NAME_MAX: usize = 255;
 /// Paths that are absolute or contain `..`, hardlinks to anything but an earlier
 /// non-directory entry, and truncated or corrupt streams are errors, and then no snapshot is
 /// committed. Duplicate entries are resolved as GNU tar extracts them (the last one wins) with
-/// a warning; entry types the library cannot hold are skipped with a warning.
+/// a warning; entry types the library cannot hold, and device nodes unless
+/// `opts.allow_devices`, are skipped with a warning.
 pub fn import_tar(lib: &Library, reader: impl Read, opts: &ImportOptions) -> Result<Imported> {
     let mut stream = Stream::new(decompressed(reader)?);
     let store = Store::new(lib, opts.progress);
-    let mut tree = TarTree::new();
+    let mut tree = TarTree::new(opts.allow_devices);
     opts.progress.phase("reading tar");
     rayon::in_place_scope(|scope| tree.read_all(&mut stream, &store, scope))?;
     super::commit(lib, &tree.root, opts, opts.parent, tree.warnings)
@@ -125,6 +126,8 @@ struct TarTree {
     /// Directories that had an entry of their own (not just implied by their children).
     explicit: HashSet<Vec<u8>>,
     groups: u64,
+    /// Whether device nodes are kept ([`ImportOptions::allow_devices`]).
+    allow_devices: bool,
     warnings: Vec<String>,
     /// When reading image layers: the paths the current layer made, and every directory above
     /// them (what a whiteout in this layer leaves alone, and where a second entry is a
@@ -141,11 +144,12 @@ fn implicit_dir() -> Dir {
 }
 
 impl TarTree {
-    fn new() -> TarTree {
+    fn new(allow_devices: bool) -> TarTree {
         TarTree {
             root: implicit_dir(),
             explicit: HashSet::new(),
             groups: 0,
+            allow_devices,
             warnings: Vec::new(),
             layer: None,
         }
@@ -221,6 +225,15 @@ impl TarTree {
             }
             EntryType::Symlink => leaf(Content::Symlink(m.link.clone())),
             EntryType::Link => Some(self.hardlink(m)?),
+            EntryType::Char | EntryType::Block if !self.allow_devices => {
+                let kind = match m.kind {
+                    EntryType::Block => "block",
+                    _ => "character",
+                };
+                let path = String::from_utf8_lossy(&m.path).into_owned();
+                self.warn(super::dropped_device(&path, kind, m.rdev));
+                None
+            }
             EntryType::Char => leaf(Content::CharDev(m.rdev)),
             EntryType::Block => leaf(Content::BlockDev(m.rdev)),
             EntryType::Fifo => leaf(Content::Fifo),

@@ -45,6 +45,7 @@ fn opts() -> ImportOptions<'static> {
         note: String::new(),
         parent: None,
         progress: &Silent,
+        allow_devices: false,
     }
 }
 

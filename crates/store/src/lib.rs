@@ -222,6 +222,28 @@ impl Store {
     }
 }
 
+/// Creates `path` empty with mode 0600 if missing (an empty file is an empty SQLite database),
+/// or takes group and other access away from it.
+fn private_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mode = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("making {} private (mode 0600)", path.display()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,26 +290,4 @@ mod tests {
         store.library_or_init().unwrap();
         store.library().unwrap();
     }
-}
-
-/// Creates `path` empty with mode 0600 if missing (an empty file is an empty SQLite database),
-/// or takes group and other access away from it.
-fn private_file(path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mode = file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
-            .with_context(|| format!("making {} private (mode 0600)", path.display()))?;
-    }
-    Ok(())
 }

@@ -42,6 +42,7 @@ fn import(lib: &Library, src: &Path, parent: Option<Score>) -> Imported {
         note: String::new(),
         parent,
         progress: &Silent,
+        allow_devices: false,
     };
     import_dir(lib, src, &opts).unwrap()
 }

@@ -68,8 +68,7 @@ impl Image {
         let opts = ImportOptions {
             author: opts.author.clone(),
             note,
-            parent: opts.parent,
-            progress: opts.progress,
+            ..*opts
         };
         let layers = self.layers.iter().enumerate().map(|(i, (name, diff_id))| {
             let what = format!("image layer {} ({name})", i + 1);

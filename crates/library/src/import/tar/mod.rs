@@ -66,7 +66,7 @@ pub fn import_layers<'r>(
     opts: &ImportOptions,
 ) -> Result<Imported> {
     let store = Store::new(lib, opts.progress);
-    let mut tree = TarTree::new();
+    let mut tree = TarTree::new(opts.allow_devices);
     for layer in layers {
         let (what, reader) = layer?;
         opts.progress.phase(&format!("reading {what}"));

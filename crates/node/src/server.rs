@@ -253,7 +253,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
                 packs as f64,
             ),
         ];
-        Ok(node.metrics.render(&gauges))
+        let mut text = node.metrics.render(&gauges);
+        if let Some(counts) = node.store.remote_counts()? {
+            text.push_str(&crate::metrics::remote_library(&counts));
+        }
+        Ok(text)
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

@@ -46,7 +46,8 @@ LOCK = "/run/lock/spawngrid-grid.lock"
 NODES = (1, 2, 3)
 SECTIONS = ["spawn", "read", "save", "api"]
 BIG_FILES, BIG_SIZE = 4, 64 * bl.MiB
-CASES = {"index_cached": "library index cached", "empty_cache": "empty node cache"}
+CASES = {"index_cached": "library index cached", "empty_cache": "empty node cache",
+         "data_cached": "its files' blocks cached (no S3 data reads: the floor)"}
 GOALS = {"first_command_p50_ms": 50, "fetched_percent": 5, "cold_read_MBps": 200,
          "save_to_spawnable_s": 1, "save_200MB_to_spawnable_s": 3}
 
@@ -132,7 +133,10 @@ class Grid:
     def cold(self, n, index=True):
         """Empties node n's block cache and file cache (the running processes refetch what
         they find missing); with index, then opens the library there (every pack's trailer
-        cached again, as on a node that has opened the library before)."""
+        cached again, as on a node that has opened the library before); index None: leaves
+        the caches as they are."""
+        if index is None:
+            return
         cache = os.path.join(self.data(n), "cache")
         for sub in ("blocks", "files"):
             top = os.path.join(cache, sub)
@@ -178,7 +182,7 @@ def spawn_section(g, a, work, key, tree, logical):
     """Cross-node spawns of never-seen snapshots on a node that has opened the library (its
     pack index cached) and on one with empty caches; the whole pull by export and restic."""
     result = {"s3_latency": s3_probe(g, a.rounds * 4)}
-    for case, index in (("index_cached", True), ("empty_cache", False)):
+    for case, index in (("index_cached", True), ("empty_cache", False), ("data_cached", None)):
         result[case] = spawn_rounds(g, a, work, key, tree, logical, case, index)
     result["export"] = whole_export(g, a.rounds, tree)
     result["restic"] = restic_restore(g, a, work, tree)

@@ -82,6 +82,8 @@ struct State {
     streams: HashMap<Score, Stream>,
     /// Blocks being fetched, and who waits for them.
     inflight: HashMap<BlockId, Arc<Flight>>,
+    /// Read-ahead requests running now (at most `read::MAX_AHEAD`).
+    ahead: usize,
 }
 
 impl CachedBackend {
@@ -116,6 +118,7 @@ impl CachedBackend {
                 sizes: HashMap::new(),
                 streams: HashMap::new(),
                 inflight: HashMap::new(),
+                ahead: 0,
             })),
         })
     }

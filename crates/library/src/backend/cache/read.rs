@@ -17,6 +17,10 @@ use std::sync::{Arc, Condvar, Mutex};
 /// Most blocks in one read-ahead request.
 const PIECE: u64 = 4;
 
+/// Most read-ahead requests running at once, over all readers (each has a thread): past
+/// this, a sequential reader gets no further read-ahead until some finish.
+pub(super) const MAX_AHEAD: usize = 32;
+
 /// Streams remembered at most (the map is cleared beyond this).
 const MAX_STREAMS: usize = 4096;
 
@@ -89,11 +93,11 @@ impl Drop for Owned {
 }
 
 /// What a read does: where each of its blocks comes from, the missing ones it fetches itself,
-/// and the blocks it has fetched ahead in the background.
+/// and the read-ahead requests (runs of at most [`PIECE`] blocks) to start in the background.
 struct Plan {
     sources: Vec<Source>,
     fetch: Vec<u64>,
-    ahead: Vec<u64>,
+    ahead: Vec<Range<u64>>,
 }
 
 /// One read-ahead request: blocks `piece` of a pack, fetched and cached on a thread of its own.
@@ -123,6 +127,12 @@ impl Ahead {
             Ok(data) => tracing::debug!("read-ahead of {len} bytes got {}", data.len()),
             Err(e) => tracing::debug!("read-ahead failed: {e}"),
         }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        lock(&self.owned.state).ahead -= 1;
     }
 }
 
@@ -235,15 +245,27 @@ impl CachedBackend {
             _ => last + 1,
         };
         let to = (last + 1 + stream.window).min(r.size.div_ceil(self.block));
-        stream.frontier = match sequential {
-            true => stream.frontier.max(to.checked_sub(1)),
-            false => fetch.last().copied(),
-        };
-        let ahead: Vec<u64> = (from..to)
+        let missing: Vec<u64> = (from..to)
             .filter(|&i| st.policy.hash(&(r.pack, i)).is_none())
             .filter(|&i| !st.inflight.contains_key(&(r.pack, i)))
             .collect();
-        for &i in fetch.iter().chain(&ahead) {
+        let pieces: Vec<Range<u64>> = runs(&missing).into_iter().flat_map(split).collect();
+        let room = MAX_AHEAD.saturating_sub(st.ahead);
+        let ahead: Vec<Range<u64>> = pieces.iter().take(room).cloned().collect();
+        st.ahead += ahead.len();
+        // The frontier is the last block fetched or on its way (not one left out for lack of
+        // room, so that the reader's miss there counts as sequential).
+        let stream = st.streams.get_mut(&r.pack).expect("added above");
+        stream.frontier = match (sequential, ahead.len() < pieces.len()) {
+            (true, false) => stream.frontier.max(to.checked_sub(1)),
+            (true, true) => stream.frontier.max(ahead.last().map(|p| p.end - 1)),
+            (false, _) => fetch.last().copied(),
+        };
+        for i in fetch
+            .iter()
+            .copied()
+            .chain(ahead.iter().flat_map(Range::clone))
+        {
             st.inflight.insert((r.pack, i), Arc::default());
         }
         Plan {
@@ -253,33 +275,28 @@ impl CachedBackend {
         }
     }
 
-    /// Starts the read-ahead of `blocks` (registered in flight): one thread per request of at
-    /// most [`PIECE`] adjacent blocks. A thread that cannot start fails its blocks at once.
-    fn fetch_ahead(&self, r: &Read, blocks: &[u64]) {
-        for run in runs(blocks) {
-            let mut start = run.start;
-            while start < run.end {
-                let piece = start..(start + PIECE).min(run.end);
-                start = piece.end;
-                let job = Ahead {
-                    inner: self.inner.clone(),
-                    disk: self.disk.clone(),
-                    key: r.key.to_owned(),
-                    size: r.size,
-                    block: self.block,
-                    owned: Owned {
-                        state: self.state.clone(),
-                        pack: r.pack,
-                        blocks: piece.clone().collect(),
-                    },
-                    piece,
-                };
-                let spawned = std::thread::Builder::new()
-                    .name("block-readahead".into())
-                    .spawn(move || job.run());
-                if let Err(e) = spawned {
-                    tracing::debug!("no read-ahead thread: {e}");
-                }
+    /// Starts the read-ahead requests `pieces` (their blocks registered in flight, counted in
+    /// `State::ahead`), one thread each. A thread that cannot start fails its blocks at once.
+    fn fetch_ahead(&self, r: &Read, pieces: Vec<Range<u64>>) {
+        for piece in pieces {
+            let job = Ahead {
+                inner: self.inner.clone(),
+                disk: self.disk.clone(),
+                key: r.key.to_owned(),
+                size: r.size,
+                block: self.block,
+                owned: Owned {
+                    state: self.state.clone(),
+                    pack: r.pack,
+                    blocks: piece.clone().collect(),
+                },
+                piece,
+            };
+            let spawned = std::thread::Builder::new()
+                .name("block-readahead".into())
+                .spawn(move || job.run());
+            if let Err(e) = spawned {
+                tracing::debug!("no read-ahead thread: {e}");
             }
         }
     }
@@ -291,7 +308,7 @@ impl CachedBackend {
             fetch,
             ahead,
         } = self.plan(r);
-        self.fetch_ahead(r, &ahead);
+        self.fetch_ahead(r, ahead);
         let first = r.offset / self.block;
         let mut owned = Owned {
             state: self.state.clone(),
@@ -342,6 +359,14 @@ impl CachedBackend {
         }
         Ok(Some(out))
     }
+}
+
+/// A run of blocks as read-ahead requests of at most [`PIECE`] blocks.
+fn split(run: Range<u64>) -> Vec<Range<u64>> {
+    (run.start..run.end)
+        .step_by(PIECE as usize)
+        .map(|s| s..(s + PIECE).min(run.end))
+        .collect()
 }
 
 /// Consecutive block indexes grouped into ranges.

@@ -151,6 +151,27 @@ pub fn node_gauge(out: &mut String, name: &str, help: &str, samples: &[(&str, f6
     }
 }
 
+/// A remote library's traffic (requests and bytes, summed over every process of the node's
+/// data directory: the node, its `lib` commands and snapfs mount servers) as counters.
+pub fn remote_library(c: &library::backend::cache::RemoteCounts) -> String {
+    let all = [
+        ("read_requests", "ranged and whole reads", c.read_requests),
+        ("read_bytes", "bytes read", c.read_bytes),
+        ("write_requests", "writes", c.write_requests),
+        ("write_bytes", "bytes written", c.write_bytes),
+    ];
+    let mut out = String::new();
+    for (what, help, v) in all {
+        let name = format!("spawngrid_library_remote_{what}_total");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help} from the remote library (S3) by this node's processes\n\
+             # TYPE {name} counter\n{name} {v}"
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +216,23 @@ mod tests {
             out,
             "# HELP g help\n# TYPE g gauge\ng{node=\"n1\"} 1\ng{node=\"n2\"} 0\n"
         );
+    }
+
+    #[test]
+    fn remote_library_traffic_is_four_counters() {
+        let c = library::backend::cache::RemoteCounts {
+            read_requests: 3,
+            read_bytes: 4096,
+            write_requests: 1,
+            write_bytes: 7,
+        };
+        let text = remote_library(&c);
+        assert!(text.contains(
+            "# TYPE spawngrid_library_remote_read_bytes_total counter\n\
+             spawngrid_library_remote_read_bytes_total 4096\n"
+        ));
+        assert!(text.contains("spawngrid_library_remote_read_requests_total 3\n"));
+        assert!(text.contains("spawngrid_library_remote_write_bytes_total 7\n"));
+        assert_eq!(text.lines().count(), 12);
     }
 }

@@ -268,6 +268,9 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
             Ok(grid) => text.push_str(&grid),
             Err(e) => tracing::warn!("grid gauges: {}", e.message),
         }
+        if let Some(counts) = node.store.remote_counts()? {
+            text.push_str(&crate::metrics::remote_library(&counts));
+        }
         Ok(text)
     })
     .await?;

@@ -6,7 +6,8 @@
 //!   library/      the local library's packs (embedded default; `[store] library = "file:…"`)
 //!   catalog.db    the SQLite catalog (embedded default; `[store] catalog = "sqlite:…"`)
 //!   cache/        decoded file contents read through snapfs, and blocks/ of a remote
-//!                 library's packs (node-local, rebuildable)
+//!                 library's packs (node-local, rebuildable), and remote-counts: the
+//!                 remote library's traffic, summed over the node's processes
 //!   mounts/       snapshot mounts (snapfs keepers and their journals)
 //!   envs/ net/    the runtime's envs and network leases (see the runtime crate)
 //!   tls/ ssh/     the node's certificate and SSH host key
@@ -57,6 +58,12 @@ impl DataDir {
     /// The block cache of a remote library's packs.
     pub fn blocks(&self) -> PathBuf {
         self.root.join("cache/blocks")
+    }
+
+    /// The counts of a remote library's traffic (requests and bytes), which every process on
+    /// this data directory adds to (`library::backend::cache::SharedMeter`).
+    pub fn remote_counts(&self) -> PathBuf {
+        self.root.join("cache/remote-counts")
     }
 
     /// Where snapshot mounts live.

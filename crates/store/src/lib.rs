@@ -23,7 +23,7 @@ pub use layout::DataDir;
 
 use anyhow::{bail, Context, Result};
 use catalog::Catalog;
-use library::backend::cache::{CacheConfig, CachedBackend};
+use library::backend::cache::{CacheConfig, CachedBackend, RemoteCounts, SharedMeter};
 use library::coord::Coordinator;
 use library::lease::FileLeases;
 use library::{Backend, Library, LocalBackend};
@@ -173,12 +173,25 @@ impl Store {
                 let url = self.library.describe();
                 let backend = s3::S3Backend::open(&url, &self.config.s3)
                     .with_context(|| format!("opening the library at {url}"))?;
-                // Remote packs are read lazily through a node-local block cache.
+                // Its traffic is counted for the node's /metrics; remote packs are read
+                // lazily through a node-local block cache.
+                let counts = self.data.remote_counts();
+                let metered = SharedMeter::open(Arc::new(backend), &counts)
+                    .with_context(|| format!("opening {}", counts.display()))?;
                 let cache = CacheConfig::new(self.data.blocks(), self.config.cache_bytes());
-                let cached = CachedBackend::open(Arc::new(backend), &cache)
+                let cached = CachedBackend::open(Arc::new(metered), &cache)
                     .with_context(|| format!("opening the block cache {}", cache.dir.display()))?;
                 Ok(Arc::new(cached))
             }
+        }
+    }
+
+    /// Requests and bytes this data directory's processes sent to a remote library so far
+    /// (`None` for a local library, which is not counted).
+    pub fn remote_counts(&self) -> Result<Option<RemoteCounts>> {
+        match self.library {
+            LibraryAt::Dir(_) => Ok(None),
+            LibraryAt::S3 { .. } => Ok(Some(RemoteCounts::read(&self.data.remote_counts())?)),
         }
     }
 

@@ -14,10 +14,12 @@ mod disk;
 mod metered;
 mod policy;
 mod read;
+mod shared;
 #[cfg(test)]
 mod tests;
 
 pub use metered::{MeteredBackend, RequestCounts};
+pub use shared::{RemoteCounts, SharedMeter};
 
 use super::Backend;
 use crate::store::{pack_key, PACKS};
@@ -32,8 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Default block size: 256 KiB (see `docs/architecture.md` for the measurements).
 pub const DEFAULT_BLOCK_SIZE: u64 = 256 << 10;
 
-/// Default read-ahead: up to 8 blocks past a sequential reader's request.
-pub const DEFAULT_READAHEAD: u64 = 8;
+/// Default read-ahead: up to 32 blocks (8 MiB) past a sequential reader's request, fetched
+/// in the background by requests of a few blocks at once (a remote store's latency, not its
+/// bandwidth, limits one stream: see `docs/architecture.md`, "Block cache").
+pub const DEFAULT_READAHEAD: u64 = 32;
 
 /// How a [`CachedBackend`] caches.
 #[derive(Clone, Debug)]
@@ -63,10 +67,10 @@ impl CacheConfig {
 /// A [`Backend`] that caches ranged reads of packs in a local directory (see the module docs).
 pub struct CachedBackend {
     inner: Arc<dyn Backend>,
-    disk: BlockDir,
+    disk: Arc<BlockDir>,
     block: u64,
     readahead: u64,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 /// What the cache knows, behind one lock (never held across I/O).
@@ -78,6 +82,8 @@ struct State {
     streams: HashMap<Score, Stream>,
     /// Blocks being fetched, and who waits for them.
     inflight: HashMap<BlockId, Arc<Flight>>,
+    /// Read-ahead requests running now (at most `read::MAX_AHEAD`).
+    ahead: usize,
 }
 
 impl CachedBackend {
@@ -104,15 +110,16 @@ impl CachedBackend {
         }
         Ok(CachedBackend {
             inner,
-            disk,
+            disk: Arc::new(disk),
             block,
             readahead: config.readahead,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 policy,
                 sizes: HashMap::new(),
                 streams: HashMap::new(),
                 inflight: HashMap::new(),
-            }),
+                ahead: 0,
+            })),
         })
     }
 
@@ -122,22 +129,13 @@ impl CachedBackend {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("block cache lock")
+        lock(&self.state)
     }
 
     /// Caches a block's bytes (`start`: where the read that wanted it starts; `None` for
     /// read-ahead and new packs), evicting others as the budget requires.
     fn keep(&self, id: BlockId, bytes: &[u8], start: Option<u32>) {
-        match self.disk.write(&id, bytes) {
-            Ok(hash) => {
-                let len = bytes.len() as u64;
-                let evicted = self.state().policy.insert(id, len, hash, start);
-                for (id, hash) in evicted {
-                    self.disk.remove(&id, &hash);
-                }
-            }
-            Err(e) => tracing::warn!("not caching a block: {e}"),
-        }
+        keep_block(&self.disk, &self.state, id, bytes, start);
     }
 
     /// Drops a block whose file is missing or bad (unless it was replaced meanwhile).
@@ -146,6 +144,30 @@ impl CachedBackend {
         if st.policy.hash(id).as_ref() == Some(hash) {
             st.policy.remove(id);
         }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().expect("block cache lock")
+}
+
+/// [`CachedBackend::keep`] for whoever holds the cache's parts (read-ahead threads too).
+fn keep_block(
+    disk: &BlockDir,
+    state: &Mutex<State>,
+    id: BlockId,
+    bytes: &[u8],
+    start: Option<u32>,
+) {
+    match disk.write(&id, bytes) {
+        Ok(hash) => {
+            let len = bytes.len() as u64;
+            let evicted = lock(state).policy.insert(id, len, hash, start);
+            for (id, hash) in evicted {
+                disk.remove(&id, &hash);
+            }
+        }
+        Err(e) => tracing::warn!("not caching a block: {e}"),
     }
 }
 

@@ -1,12 +1,25 @@
 //! Ranged reads of a pack through the block cache: which blocks a read needs, which of them to
-//! fetch (missing ones, merged into runs, plus read-ahead), one fetch per block however many
-//! readers want it, and the bytes put together.
+//! fetch (missing ones, merged into runs), one fetch per block however many readers want it,
+//! and the bytes put together. A sequential reader's read-ahead is fetched on threads of its
+//! own, in requests of [`PIECE`] blocks running at once, and extended while the reader is
+//! still inside the window fetched earlier: the reader waits for its own blocks only, and a
+//! store whose every request costs tens of milliseconds still streams.
 
-use super::policy::Hash;
-use super::CachedBackend;
+use super::disk::BlockDir;
+use super::policy::{BlockId, Hash};
+use super::{keep_block, lock, CachedBackend, State};
+use crate::backend::Backend;
 use crate::{Error, Result, Score};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
+
+/// Most blocks in one read-ahead request.
+const PIECE: u64 = 4;
+
+/// Most read-ahead requests running at once, over all readers (each has a thread): past
+/// this, a sequential reader gets no further read-ahead until some finish.
+pub(super) const MAX_AHEAD: usize = 32;
 
 /// Streams remembered at most (the map is cleared beyond this).
 const MAX_STREAMS: usize = 4096;
@@ -53,17 +66,17 @@ enum Source {
     Fetch,
 }
 
-/// The blocks this read fetches itself; whatever is left unfinished when it is dropped (an
-/// error, a panic) is finished as failed, so no waiter waits forever.
-struct Owned<'a> {
-    cache: &'a CachedBackend,
+/// The blocks a read (or a read-ahead thread) fetches itself; whatever is left unfinished when
+/// it is dropped (an error, a panic) is finished as failed, so no waiter waits forever.
+struct Owned {
+    state: Arc<Mutex<State>>,
     pack: Score,
     blocks: Vec<u64>,
 }
 
-impl Owned<'_> {
+impl Owned {
     fn finish(&mut self, index: u64, bytes: Option<Arc<Vec<u8>>>) {
-        let flight = self.cache.state().inflight.remove(&(self.pack, index));
+        let flight = lock(&self.state).inflight.remove(&(self.pack, index));
         if let Some(f) = flight {
             f.finish(bytes);
         }
@@ -71,11 +84,55 @@ impl Owned<'_> {
     }
 }
 
-impl Drop for Owned<'_> {
+impl Drop for Owned {
     fn drop(&mut self) {
         for index in std::mem::take(&mut self.blocks) {
             self.finish(index, None);
         }
+    }
+}
+
+/// What a read does: where each of its blocks comes from, the missing ones it fetches itself,
+/// and the read-ahead requests (runs of at most [`PIECE`] blocks) to start in the background.
+struct Plan {
+    sources: Vec<Source>,
+    fetch: Vec<u64>,
+    ahead: Vec<Range<u64>>,
+}
+
+/// One read-ahead request: blocks `piece` of a pack, fetched and cached on a thread of its own.
+struct Ahead {
+    inner: Arc<dyn Backend>,
+    disk: Arc<BlockDir>,
+    key: String,
+    size: u64,
+    block: u64,
+    piece: Range<u64>,
+    owned: Owned,
+}
+
+impl Ahead {
+    fn run(mut self) {
+        let start = self.piece.start * self.block;
+        let len = (self.piece.end * self.block).min(self.size) - start;
+        match self.inner.get_range(&self.key, start, len as usize) {
+            Ok(data) if data.len() as u64 == len => {
+                for (i, bytes) in self.piece.clone().zip(data.chunks(self.block as usize)) {
+                    let id: BlockId = (self.owned.pack, i);
+                    keep_block(&self.disk, &self.owned.state, id, bytes, None);
+                    self.owned.finish(i, Some(Arc::new(bytes.to_vec())));
+                }
+            }
+            // Readers waiting for these blocks try again, and fetch them themselves.
+            Ok(data) => tracing::debug!("read-ahead of {len} bytes got {}", data.len()),
+            Err(e) => tracing::debug!("read-ahead failed: {e}"),
+        }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        lock(&self.owned.state).ahead -= 1;
     }
 }
 
@@ -142,8 +199,9 @@ impl CachedBackend {
         ((offset.max(block_start) - block_start) * 64 / self.block) as u32
     }
 
-    /// Decides where each block of `r` comes from; registers the blocks to fetch as in flight.
-    fn plan(&self, r: &Read) -> (Vec<Source>, Vec<u64>) {
+    /// Decides where each block of `r` comes from and what to fetch ahead; registers the
+    /// blocks to fetch as in flight.
+    fn plan(&self, r: &Read) -> Plan {
         let (first, last) = (r.offset / self.block, (r.end - 1) / self.block);
         let mut st = self.state();
         let mut sources = Vec::new();
@@ -160,39 +218,100 @@ impl CachedBackend {
                 fetch.push(i);
             }
         }
-        let Some(&miss) = fetch.first() else {
-            return (sources, fetch);
-        };
-        if st.streams.len() >= MAX_STREAMS {
+        if st.streams.len() >= MAX_STREAMS && !st.streams.contains_key(&r.pack) {
             st.streams.clear();
         }
         let stream = st.streams.entry(r.pack).or_default();
-        let sequential = stream.frontier.is_some_and(|f| miss == f + 1);
+        let sequential = match (fetch.first(), stream.frontier) {
+            // A miss right past the blocks fetched so far.
+            (Some(&miss), Some(f)) => miss == f + 1,
+            // A hit in the second half of the window fetched ahead: time to fetch further.
+            (None, Some(f)) => stream.window > 0 && last <= f && f - last <= stream.window / 2,
+            (_, None) => false,
+        };
+        if fetch.is_empty() && !sequential {
+            return Plan {
+                sources,
+                fetch,
+                ahead: Vec::new(),
+            };
+        }
         stream.window = match sequential {
             true => (stream.window * 2).max(1).min(self.readahead),
             false => 0,
         };
-        let ahead = last + 1..(last + 1 + stream.window).min(r.size.div_ceil(self.block));
-        for i in ahead {
-            let id = (r.pack, i);
-            if st.policy.hash(&id).is_none() && !st.inflight.contains_key(&id) {
-                fetch.push(i);
-            }
-        }
-        let frontier = *fetch.last().expect("not empty");
-        st.streams.get_mut(&r.pack).expect("just added").frontier = Some(frontier);
-        for &i in &fetch {
+        let from = match (sequential, stream.frontier) {
+            (true, Some(f)) => (f + 1).max(last + 1),
+            _ => last + 1,
+        };
+        let to = (last + 1 + stream.window).min(r.size.div_ceil(self.block));
+        let missing: Vec<u64> = (from..to)
+            .filter(|&i| st.policy.hash(&(r.pack, i)).is_none())
+            .filter(|&i| !st.inflight.contains_key(&(r.pack, i)))
+            .collect();
+        let pieces: Vec<Range<u64>> = runs(&missing).into_iter().flat_map(split).collect();
+        let room = MAX_AHEAD.saturating_sub(st.ahead);
+        let ahead: Vec<Range<u64>> = pieces.iter().take(room).cloned().collect();
+        st.ahead += ahead.len();
+        // The frontier is the last block fetched or on its way (not one left out for lack of
+        // room, so that the reader's miss there counts as sequential).
+        let stream = st.streams.get_mut(&r.pack).expect("added above");
+        stream.frontier = match (sequential, ahead.len() < pieces.len()) {
+            (true, false) => stream.frontier.max(to.checked_sub(1)),
+            (true, true) => stream.frontier.max(ahead.last().map(|p| p.end - 1)),
+            (false, _) => fetch.last().copied(),
+        };
+        for i in fetch
+            .iter()
+            .copied()
+            .chain(ahead.iter().flat_map(Range::clone))
+        {
             st.inflight.insert((r.pack, i), Arc::default());
         }
-        (sources, fetch)
+        Plan {
+            sources,
+            fetch,
+            ahead,
+        }
+    }
+
+    /// Starts the read-ahead requests `pieces` (their blocks registered in flight, counted in
+    /// `State::ahead`), one thread each. A thread that cannot start fails its blocks at once.
+    fn fetch_ahead(&self, r: &Read, pieces: Vec<Range<u64>>) {
+        for piece in pieces {
+            let job = Ahead {
+                inner: self.inner.clone(),
+                disk: self.disk.clone(),
+                key: r.key.to_owned(),
+                size: r.size,
+                block: self.block,
+                owned: Owned {
+                    state: self.state.clone(),
+                    pack: r.pack,
+                    blocks: piece.clone().collect(),
+                },
+                piece,
+            };
+            let spawned = std::thread::Builder::new()
+                .name("block-readahead".into())
+                .spawn(move || job.run());
+            if let Err(e) = spawned {
+                tracing::debug!("no read-ahead thread: {e}");
+            }
+        }
     }
 
     /// One attempt at a read; `None` if a block vanished or was bad (try again).
     fn try_read(&self, r: &Read) -> Result<Option<Vec<u8>>> {
-        let (sources, fetch) = self.plan(r);
+        let Plan {
+            sources,
+            fetch,
+            ahead,
+        } = self.plan(r);
+        self.fetch_ahead(r, ahead);
         let first = r.offset / self.block;
         let mut owned = Owned {
-            cache: self,
+            state: self.state.clone(),
             pack: r.pack,
             blocks: fetch.clone(),
         };
@@ -206,14 +325,10 @@ impl CachedBackend {
                 return Err(Error::corrupt(format!("pack {}", r.pack), detail));
             }
             for (i, bytes) in (run.start..).zip(data.chunks(self.block as usize)) {
-                let wanted = i < first + sources.len() as u64;
-                let start = wanted.then(|| self.start_in(r.offset, i));
-                self.keep((r.pack, i), bytes, start);
+                self.keep((r.pack, i), bytes, Some(self.start_in(r.offset, i)));
                 let bytes = Arc::new(bytes.to_vec());
                 owned.finish(i, Some(bytes.clone()));
-                if wanted {
-                    fetched.insert(i, bytes);
-                }
+                fetched.insert(i, bytes);
             }
         }
         drop(owned);
@@ -244,6 +359,14 @@ impl CachedBackend {
         }
         Ok(Some(out))
     }
+}
+
+/// A run of blocks as read-ahead requests of at most [`PIECE`] blocks.
+fn split(run: Range<u64>) -> Vec<Range<u64>> {
+    (run.start..run.end)
+        .step_by(PIECE as usize)
+        .map(|s| s..(s + PIECE).min(run.end))
+        .collect()
 }
 
 /// Consecutive block indexes grouped into ranges.

@@ -132,7 +132,7 @@ fn tar_in_and_tar_out() {
 
     // A tar on stdin.
     let st = lib
-        .cmd(false, &["import", "stdin", "-"])
+        .cmd(false, &["import", "--allow-devices", "stdin", "-"])
         .stdin(std::fs::File::open(&tar).unwrap())
         .stdout(Stdio::null())
         .status()
@@ -296,7 +296,7 @@ fn kill_9_during_import_leaves_a_clean_library() {
         // Spread over the whole import, a little past its end.
         let delay = full.mul_f64(1.2 * rng.unit());
         let child = lib
-            .cmd(false, &["import", &name, s(base())])
+            .cmd(false, &["import", "--allow-devices", &name, s(base())])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -378,7 +378,7 @@ fn kill_9_during_import_leaves_a_clean_library() {
 
     // An import after a crash dedups against the packs the crash left: still exact.
     let mut victim = Bg(Some(
-        lib.cmd(false, &["import", "half", s(base())])
+        lib.cmd(false, &["import", "--allow-devices", "half", s(base())])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -506,7 +506,7 @@ fn gc_reclaims_space_and_loses_nothing() {
         lib.import(&bait, modified());
         lib.ok(false, &["retire", &bait]);
         let import = Bg(Some(
-            lib.cmd(true, &["import", &name, s(modified())])
+            lib.cmd(true, &["import", "--allow-devices", &name, s(modified())])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()

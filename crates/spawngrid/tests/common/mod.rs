@@ -344,10 +344,14 @@ impl Lib {
         r
     }
 
-    /// Imports a directory or tar file as `name`; returns the `--json` report.
+    /// Imports a directory or tar file as `name`, device nodes kept (`--allow-devices`: these
+    /// tests compare whole trees, devices included); returns the `--json` report.
     pub fn import(&self, name: &str, path: &Path) -> serde_json::Value {
-        self.ok(true, &["import", name, path.to_str().unwrap()])
-            .json()
+        self.ok(
+            true,
+            &["import", "--allow-devices", name, path.to_str().unwrap()],
+        )
+        .json()
     }
 
     /// The root tree score of a name (first row of `log --json`).

@@ -135,10 +135,14 @@ impl Overlay {
     }
 }
 
-/// A data directory with `src` imported as `name`.
+/// A data directory with `src` imported as `name`, device nodes kept (the mount is compared
+/// with the whole original tree).
 pub fn data_with(dir: &Path, name: &str, src: &Path) -> PathBuf {
     let data = dir.join("data");
-    lib_ok(&data, &["import", name, src.to_str().unwrap()]);
+    lib_ok(
+        &data,
+        &["import", "--allow-devices", name, src.to_str().unwrap()],
+    );
     data
 }
 

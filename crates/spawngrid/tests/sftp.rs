@@ -1,0 +1,156 @@
+//! The gateway's built-in SFTP server end to end (as root): the real OpenSSH `scp` and `sftp`
+//! against a busybox env, which has no sftp-server of its own.
+
+mod common;
+
+use common::site::*;
+use common::ssh::*;
+use std::os::unix::fs::PermissionsExt;
+
+/// Runs an `sftp` batch (commands on stdin: `-b` would forbid the password login); its
+/// output, after checking it succeeded.
+fn sftp(ssh: &SshClient, pw: &str, target: &str, batch: &str) -> String {
+    let out = run(&mut ssh.cmd("sftp", pw, &[target]), Some(batch));
+    assert!(out.status.success(), "sftp: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn scp_and_sftp_work_in_an_env_without_sftp_server() {
+    let site = Site::new("sftp-builtin");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let ssh = SshClient::new(&site);
+    let pw = password(&alice);
+    let target = format!("{}@127.0.0.1", login(&alice, "base"));
+    let scratch = site.scratch.path();
+    let payload: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let up = scratch.join("up.bin");
+    std::fs::write(&up, &payload).unwrap();
+    std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    // scp up (-p: mode and times too), then down; bytes and mode both ways.
+    let remote = format!("{target}:/root/up.bin");
+    let out = run(
+        &mut ssh.cmd("scp", &pw, &["-p", up.to_str().unwrap(), &remote]),
+        None,
+    );
+    assert!(out.status.success(), "scp up: {}", text(&out.stderr));
+    let (code, inside, _) = alice.exec(
+        "base",
+        "stat -c '%a %s %Y' /root/up.bin; sha256sum /root/up.bin",
+    );
+    assert_eq!(code, 0);
+    let mtime = std::fs::metadata(&up).unwrap().modified().unwrap();
+    let mtime = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sum = run(std::process::Command::new("sha256sum").arg(&up), None);
+    let sum = text(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        inside,
+        format!("640 {} {mtime}\n{sum}  /root/up.bin\n", payload.len())
+    );
+    let down = scratch.join("down.bin");
+    let out = run(
+        &mut ssh.cmd("scp", &pw, &[&remote, down.to_str().unwrap()]),
+        None,
+    );
+    assert!(out.status.success(), "scp down: {}", text(&out.stderr));
+    assert!(
+        std::fs::read(&down).unwrap() == payload,
+        "scp down: other bytes"
+    );
+    assert_eq!(
+        std::fs::metadata(&down).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+
+    // sftp: mkdir, put, rename, symlink, ls, get.
+    let got = scratch.join("got.bin");
+    let batch = format!(
+        "mkdir /root/d\nput {} /root/d/a.bin\nrename /root/d/a.bin /root/d/b.bin\n\
+         symlink /root/d/b.bin /root/d/link\nls -1 /root/d\nget /root/d/link {}\n",
+        up.display(),
+        got.display()
+    );
+    let listing = sftp(&ssh, &pw, &target, &batch);
+    assert!(
+        std::fs::read(&got).unwrap() == payload,
+        "sftp get: other bytes"
+    );
+    let names: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.starts_with("/root/d/"))
+        .collect();
+    assert_eq!(names, ["/root/d/b.bin", "/root/d/link"], "{listing}");
+    let (_, inside, _) = alice.exec("base", "ls /root/d; readlink /root/d/link");
+    assert_eq!(inside, "b.bin\nlink\n/root/d/b.bin\n");
+    // A failing request is an error line, and the session goes on.
+    let out = run(
+        &mut ssh.cmd("sftp", &pw, &[&target]),
+        Some("rename /root/nothing /root/x\nls /root/d/b.bin\n"),
+    );
+    assert!(
+        text(&out.stderr).contains("No such file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("/root/d/b.bin"));
+    alice.ok("boom", &["base"]);
+}
+
+/// Paths resolve inside the env: `..` stops at its `/`, a symlink to `/` is its `/`. The host's
+/// `/etc/shadow` exists, the env's does not; the env's `/etc/passwd` is not the host's.
+#[test]
+fn sftp_paths_never_leave_the_env() {
+    assert!(std::path::Path::new("/etc/shadow").exists());
+    let site = Site::new("sftp-escape");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    assert_eq!(alice.exec("base", "ln -s / /root/rootlink").0, 0);
+    let ssh = SshClient::new(&site);
+    let pw = password(&alice);
+    let target = format!("{}@127.0.0.1", login(&alice, "base"));
+    let out_dir = site.scratch.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for path in [
+        "../../../../etc/shadow",
+        "/root/rootlink/etc/shadow",
+        "/root/rootlink/../../etc/shadow",
+    ] {
+        let dest = out_dir.join("shadow");
+        let out = run(
+            &mut ssh.cmd("sftp", &pw, &[&target]),
+            Some(&format!("get {path} {}\n", dest.display())),
+        );
+        assert!(!dest.exists(), "{path} reached the host's /etc/shadow");
+        assert!(
+            text(&out.stderr).contains("not found"),
+            "{path}: {}",
+            text(&out.stderr)
+        );
+    }
+    let dest = out_dir.join("passwd");
+    sftp(
+        &ssh,
+        &pw,
+        &target,
+        &format!("get /root/rootlink/../../etc/passwd {}\n", dest.display()),
+    );
+    let (_, env_passwd, _) = alice.exec("base", "cat /etc/passwd");
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), env_passwd);
+    assert_ne!(env_passwd, std::fs::read_to_string("/etc/passwd").unwrap());
+    alice.ok("boom", &["base"]);
+}

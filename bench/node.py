@@ -84,7 +84,7 @@ def scp_times(ssh, remote, mnt, mb, rounds=3):
     src, back = os.path.join(mnt, "scp-src.bin"), os.path.join(mnt, "scp-back.bin")
     if not os.path.exists(src):
         with open(src, "wb") as f:
-            f.write(os.urandom(mb << 20))
+            f.write(os.urandom(mb * 10**6))
     i = ssh.index("-p")
     opts = ssh[1:i] + ["-P", ssh[i + 1]] + ssh[i + 2:-1]
     up, down = [], []

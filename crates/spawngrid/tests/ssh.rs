@@ -277,12 +277,7 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
     alice.login();
     alice.ok("spawn", &["base", "--as", "mine"]);
     let name = alice.name.clone();
-    let setup = format!(
-        "echo '{name}:x:1000:1000::/home/{name}:/bin/sh' >> /etc/passwd; \
-         echo 'staff:x:50:{name}' >> /etc/group; mkdir -p /home/{name}; \
-         chown 1000:1000 /home/{name}"
-    );
-    assert_eq!(alice.exec("mine", &setup).0, 0);
+    assert_eq!(alice.exec("mine", &add_env_user(&name)).0, 0);
     let ssh = SshClient::new(&site);
     let (a_login, a_pw) = (login(&alice, "mine"), password(&alice));
 

@@ -188,6 +188,30 @@ fn remote_forwards_listen_inside_the_env() {
     eventually("the listener to close", || {
         alice.exec("base", "nc 127.0.0.1 9000 </dev/null").0 != 0
     });
+
+    // A session user who is not root inside listens from port 1024 on only.
+    assert_eq!(alice.exec("base", &add_env_user(&alice.name)).0, 0);
+    let remote = |port: &str| {
+        let forward = format!("{port}:127.0.0.1:1");
+        let args = [
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &forward,
+            &target,
+            "--",
+            "id -u",
+        ];
+        run(&mut ssh.cmd("ssh", &pw, &args), None)
+    };
+    let out = remote("80");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("remote port forwarding failed for listen port 80"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&remote("8080").stdout), "1000\n");
     alice.ok("boom", &["base"]);
 }
 
@@ -310,6 +334,20 @@ fn agent_forwarding_answers_inside_the_env() {
         None,
     );
     assert_eq!(text(&out.stdout), "[]\n");
+    // As a user of the env who is not root: the directory and socket are theirs.
+    assert_eq!(alice.exec("base", &add_env_user(&alice.name)).0, 0);
+    let script = "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu ssh-add -l; \
+                  stat -c '%a %u' ${SSH_AUTH_SOCK%/*} $SSH_AUTH_SOCK";
+    let out = run(
+        ssh.cmd("ssh", &pw, &["-A", &target, "--", script])
+            .env("SSH_AUTH_SOCK", &sock),
+        None,
+    );
+    let seen = text(&out.stdout);
+    let mut lines = seen.lines();
+    assert_eq!(lines.next(), text(&want.stdout).lines().next(), "{seen}");
+    assert_eq!(lines.next(), Some("700 1000"), "{seen}");
+    assert!(lines.next().unwrap().ends_with(" 1000"), "{seen}");
     let _ = agent.kill();
     let _ = agent.wait();
     alice.ok("boom", &["base"]);

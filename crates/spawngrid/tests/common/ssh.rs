@@ -114,3 +114,13 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A script making `name` a user of an env (uid and gid 1000, home `/home/NAME`, in group
+/// `staff` (50)): the gateway then runs their sessions as that user.
+pub fn add_env_user(name: &str) -> String {
+    format!(
+        "echo '{name}:x:1000:1000::/home/{name}:/bin/sh' >> /etc/passwd; \
+         echo 'staff:x:50:{name}' >> /etc/group; mkdir -p /home/{name}; \
+         chown 1000:1000 /home/{name}"
+    )
+}

@@ -155,6 +155,16 @@ fn attrs(m: &fs::Metadata) -> FileAttributes {
     }
 }
 
+/// A directory entry as `readdir` answers it; its `ls -l` line marks symlinks with `l`
+/// (`russh-sftp` knows only `d` and `-`).
+fn listed(name: String, m: &fs::Metadata) -> File {
+    let mut f = File::new(name, attrs(m));
+    if m.file_type().is_symlink() {
+        f.longname.replace_range(..1, "l");
+    }
+    f
+}
+
 /// Applies the attributes a client set: size, owner, mode, times.
 fn set_attrs(path: &Path, a: &FileAttributes) -> std::io::Result<()> {
     if let Some(size) = a.size {
@@ -337,13 +347,13 @@ impl russh_sftp::server::Handler for Server {
         let mut files = Vec::new();
         for name in [".", ".."] {
             let m = fs::symlink_metadata(Path::new(&path).join(name)).map_err(fail)?;
-            files.push(File::new(name, attrs(&m)));
+            files.push(listed(name.into(), &m));
         }
         for entry in fs::read_dir(&path).map_err(fail)? {
             let entry = entry.map_err(fail)?;
             // An entry removed meanwhile is left out.
             if let Ok(m) = entry.metadata() {
-                files.push(File::new(entry.file_name().to_string_lossy(), attrs(&m)));
+                files.push(listed(entry.file_name().to_string_lossy().into(), &m));
             }
         }
         files.reverse();

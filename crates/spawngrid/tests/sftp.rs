@@ -75,6 +75,40 @@ fn scp_and_sftp_work_in_an_env_without_sftp_server() {
         0o640
     );
 
+    // scp -r of a tree of 300 files (several readdir answers) up and back down.
+    let tree = scratch.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    for i in 0..300 {
+        let dir = if i % 2 == 0 {
+            tree.clone()
+        } else {
+            tree.join("sub")
+        };
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let remote_tree = format!("{target}:/root/tree");
+    let out = run(
+        &mut ssh.cmd("scp", &pw, &["-r", tree.to_str().unwrap(), &remote_tree]),
+        None,
+    );
+    assert!(out.status.success(), "scp -r up: {}", text(&out.stderr));
+    let back = scratch.join("tree-back");
+    let out = run(
+        &mut ssh.cmd("scp", &pw, &["-r", &remote_tree, back.to_str().unwrap()]),
+        None,
+    );
+    assert!(out.status.success(), "scp -r down: {}", text(&out.stderr));
+    let diff = run(
+        std::process::Command::new("diff")
+            .arg("-r")
+            .arg(&tree)
+            .arg(&back),
+        None,
+    );
+    assert!(diff.status.success(), "{}", text(&diff.stdout));
+    let (_, count, _) = alice.exec("base", "find /root/tree -type f | wc -l");
+    assert_eq!(count.trim(), "300");
+
     // sftp: mkdir, put, rename, symlink, ls, get.
     let got = scratch.join("got.bin");
     let batch = format!(
@@ -93,6 +127,17 @@ fn scp_and_sftp_work_in_an_env_without_sftp_server() {
         .filter(|l| l.starts_with("/root/d/"))
         .collect();
     assert_eq!(names, ["/root/d/b.bin", "/root/d/link"], "{listing}");
+    let long = sftp(&ssh, &pw, &target, "ls -l /root/d\n");
+    assert!(
+        long.lines()
+            .any(|l| l.starts_with("l") && l.ends_with(" link")),
+        "{long}"
+    );
+    assert!(
+        long.lines()
+            .any(|l| l.starts_with("-rw-r-----") && l.ends_with(" b.bin")),
+        "{long}"
+    );
     let (_, inside, _) = alice.exec("base", "ls /root/d; readlink /root/d/link");
     assert_eq!(inside, "b.bin\nlink\n/root/d/b.bin\n");
     // A failing request is an error line, and the session goes on.

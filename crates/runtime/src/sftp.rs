@@ -13,8 +13,8 @@ use russh_sftp::protocol::{
 use russh_sftp::server::StatusReply;
 use std::collections::HashMap;
 use std::fs;
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// The most bytes one read answers (OpenSSH asks for 32 KiB; its limit is 256 KiB).
@@ -272,11 +272,17 @@ impl russh_sftp::server::Handler for Server {
         len: u32,
     ) -> Result<Data, StatusReply> {
         let f = self.file(&handle)?;
-        f.seek(SeekFrom::Start(offset)).map_err(fail)?;
-        let mut data = Vec::with_capacity(len.min(MAX_READ) as usize);
-        f.take(len.min(MAX_READ).into())
-            .read_to_end(&mut data)
-            .map_err(fail)?;
+        let mut data = vec![0; len.min(MAX_READ) as usize];
+        let mut got = 0;
+        while got < data.len() {
+            match f.read_at(&mut data[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        data.truncate(got);
         if data.is_empty() && len > 0 {
             return Err(StatusCode::Eof.into());
         }
@@ -290,9 +296,9 @@ impl russh_sftp::server::Handler for Server {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, StatusReply> {
-        let f = self.file(&handle)?;
-        f.seek(SeekFrom::Start(offset)).map_err(fail)?;
-        f.write_all(&data).map_err(fail)?;
+        self.file(&handle)?
+            .write_all_at(&data, offset)
+            .map_err(fail)?;
         ok(id)
     }
 

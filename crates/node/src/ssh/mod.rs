@@ -30,6 +30,9 @@ use tokio::net::TcpListener;
 /// How long a connection may take to log in (from its first byte).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The most remote forwards (listeners) one connection holds.
+const MAX_REMOTE_FORWARDS: usize = 64;
+
 /// The node config's `[ssh]` table: what an env's owner may forward through the gateway.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -244,7 +247,8 @@ impl russh::server::Handler for Conn {
             return Ok(false);
         };
         let key = (address.to_string(), *port);
-        if self.remote.contains_key(&key) {
+        if self.remote.contains_key(&key) || self.remote.len() >= MAX_REMOTE_FORWARDS {
+            tracing::info!(user = %login.user, address, port = *port, "ssh -R refused: a duplicate or too many");
             return Ok(false);
         }
         match forward::remote(&self.node, &login, session.handle(), address, *port).await {

@@ -15,6 +15,10 @@ use std::time::Duration;
 /// How long a forward's connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most of these threads at once (each may wait [`CONNECT_TIMEOUT`]); more wait their turn,
+/// so many forwards to an unanswering address cannot pile up threads.
+static THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+
 /// Runs `f` on a new thread inside env `st`'s network namespace; its result.
 async fn in_env<T: Send + 'static>(
     st: &EnvState,
@@ -22,9 +26,11 @@ async fn in_env<T: Send + 'static>(
 ) -> Result<T> {
     let (pid, start, env) = (st.init_pid, st.init_start, st.name.clone());
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let permit = THREADS.acquire().await?;
     std::thread::Builder::new()
         .name("ssh-netns".into())
         .spawn(move || {
+            let _permit = permit;
             let run = || -> Result<T> {
                 let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
                     .with_context(|| format!("env {env} is not running"))?;

@@ -199,3 +199,87 @@ fn sftp_paths_never_leave_the_env() {
     assert_ne!(env_passwd, std::fs::read_to_string("/etc/passwd").unwrap());
     alice.ok("boom", &["base"]);
 }
+
+/// `rsync -e ssh` (an exec of `rsync --server` in the env, not SFTP) into an env given rsync:
+/// a tree with modes and a symlink, up and back, identical.
+#[test]
+fn rsync_over_ssh_copies_a_tree_both_ways() {
+    let rsync = std::path::Path::new("/usr/bin/rsync");
+    assert!(
+        rsync.exists(),
+        "no rsync on this host: install it (scripts/deps.sh test)"
+    );
+    let site = Site::new("sftp-rsync");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    install_from_host(&alice, "base", "/usr/bin/rsync");
+    let ssh = SshClient::new(&site);
+    let pw = password(&alice);
+    let target = format!("{}@127.0.0.1", login(&alice, "base"));
+    let tree = site.scratch.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/run.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::fs::write(tree.join("data"), vec![7u8; 200_000]).unwrap();
+    std::os::unix::fs::symlink("sub/run.sh", tree.join("link")).unwrap();
+    // The ssh command line rsync runs (its environment carries the password).
+    let ssh_cmd = ssh.cmd("ssh", &pw, &[]);
+    let shell: Vec<String> = std::iter::once(ssh_cmd.get_program())
+        .chain(ssh_cmd.get_args())
+        .map(|a| a.to_str().unwrap().to_string())
+        .collect();
+    let rsync_cmd = |from: &str, to: &str| {
+        let mut c = std::process::Command::new("rsync");
+        c.args(["-a", "-e", &shell.join(" "), from, to]);
+        for (k, v) in ssh_cmd.get_envs() {
+            c.env(k, v.unwrap());
+        }
+        let out = run(&mut c, None);
+        assert!(
+            out.status.success(),
+            "rsync {from} {to}: {}",
+            text(&out.stderr)
+        );
+    };
+    rsync_cmd(
+        &format!("{}/", tree.display()),
+        &format!("{target}:/root/tree/"),
+    );
+    let (_, inside, _) = alice.exec(
+        "base",
+        "stat -c '%a %N' /root/tree/sub/run.sh /root/tree/link",
+    );
+    assert_eq!(
+        inside,
+        "750 /root/tree/sub/run.sh\n777 '/root/tree/link' -> 'sub/run.sh'\n"
+    );
+    let back = site.scratch.join("back");
+    rsync_cmd(
+        &format!("{target}:/root/tree/"),
+        &format!("{}/", back.display()),
+    );
+    let diff = run(
+        std::process::Command::new("diff")
+            .arg("-r")
+            .arg(&tree)
+            .arg(&back),
+        None,
+    );
+    assert!(diff.status.success(), "{}", text(&diff.stdout));
+    let mode = std::fs::metadata(back.join("sub/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750);
+    assert_eq!(
+        std::fs::read_link(back.join("link")).unwrap(),
+        std::path::Path::new("sub/run.sh")
+    );
+    alice.ok("boom", &["base"]);
+}

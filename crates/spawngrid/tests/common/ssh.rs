@@ -124,3 +124,27 @@ pub fn add_env_user(name: &str) -> String {
          chown 1000:1000 /home/{name}"
     )
 }
+
+/// Copies the host's program `path` (e.g. `/usr/bin/ssh-add`) and every library `ldd` names
+/// into `user`'s env `env` (the loader at its own path, the others in
+/// `/lib/x86_64-linux-gnu`), executable: for a busybox env that has neither.
+pub fn install_from_host(user: &User, env: &str, path: &str) {
+    let ldd = Command::new("ldd").arg(path).output().unwrap();
+    let libs = text(&ldd.stdout);
+    let dirs = "mkdir -p /lib64 /usr/bin /lib/x86_64-linux-gnu";
+    assert_eq!(user.exec(env, dirs).0, 0);
+    let mut dests = Vec::new();
+    for f in std::iter::once(path).chain(libs.split_whitespace().filter(|w| w.starts_with('/'))) {
+        let real = std::fs::canonicalize(f).unwrap();
+        let dest = match f.starts_with("/lib64/") || f == path {
+            true => f.to_string(),
+            false => format!("/lib/x86_64-linux-gnu/{}", f.rsplit('/').next().unwrap()),
+        };
+        user.ok("cp", &[real.to_str().unwrap(), &format!("{env}:{dest}")]);
+        dests.push(dest);
+    }
+    assert_eq!(
+        user.exec(env, &format!("chmod 755 {}", dests.join(" "))).0,
+        0
+    );
+}

@@ -165,30 +165,50 @@ fn listed(name: String, m: &fs::Metadata) -> File {
     f
 }
 
+/// What a `setstat` or `fsetstat` changes: a path's file, or an open handle's.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Path(&'a Path),
+    File(&'a fs::File),
+}
+
 /// Applies the attributes a client set: size, owner, mode, times.
-fn set_attrs(path: &Path, a: &FileAttributes) -> std::io::Result<()> {
+fn set_attrs(t: Target<'_>, a: &FileAttributes) -> std::io::Result<()> {
+    use std::os::unix::fs::{chown, fchown};
     if let Some(size) = a.size {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .set_len(size)?;
+        match t {
+            Target::Path(p) => fs::OpenOptions::new().write(true).open(p)?.set_len(size)?,
+            Target::File(f) => f.set_len(size)?,
+        }
     }
     if a.uid.is_some() || a.gid.is_some() {
-        std::os::unix::fs::chown(path, a.uid, a.gid)?;
+        match t {
+            Target::Path(p) => chown(p, a.uid, a.gid)?,
+            Target::File(f) => fchown(f, a.uid, a.gid)?,
+        }
     }
     if let Some(mode) = a.permissions {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
+        let mode = fs::Permissions::from_mode(mode & 0o7777);
+        match t {
+            Target::Path(p) => fs::set_permissions(p, mode)?,
+            Target::File(f) => f.set_permissions(mode)?,
+        }
     }
     if let (Some(atime), Some(mtime)) = (a.atime, a.mtime) {
-        let t = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.into());
-        let times = fs::FileTimes::new()
-            .set_accessed(t(atime))
-            .set_modified(t(mtime));
-        fs::File::options()
-            .write(true)
-            .open(path)
-            .or_else(|_| fs::File::open(path))?
-            .set_times(times)?;
+        let at = |s: u32| rustix::fs::Timespec {
+            tv_sec: s.into(),
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: at(atime),
+            last_modification: at(mtime),
+        };
+        match t {
+            Target::Path(p) => {
+                rustix::fs::utimensat(rustix::fs::CWD, p, &times, rustix::fs::AtFlags::empty())?
+            }
+            Target::File(f) => rustix::fs::futimens(f, &times)?,
+        }
     }
     Ok(())
 }
@@ -332,7 +352,7 @@ impl russh_sftp::server::Handler for Server {
         path: String,
         a: FileAttributes,
     ) -> Result<Status, StatusReply> {
-        set_attrs(Path::new(&path), &a).map_err(fail)?;
+        set_attrs(Target::Path(Path::new(&path)), &a).map_err(fail)?;
         ok(id)
     }
 
@@ -342,10 +362,7 @@ impl russh_sftp::server::Handler for Server {
         handle: String,
         a: FileAttributes,
     ) -> Result<Status, StatusReply> {
-        // Through the open file's own /proc link: the file the handle names, wherever it is now.
-        use rustix::fd::AsRawFd;
-        let fd = self.file(&handle)?.as_raw_fd();
-        set_attrs(Path::new(&format!("/proc/self/fd/{fd}")), &a).map_err(fail)?;
+        set_attrs(Target::File(self.file(&handle)?), &a).map_err(fail)?;
         ok(id)
     }
 
@@ -456,6 +473,36 @@ mod tests {
         assert_eq!(lexical(Path::new("/a/../b/./c")), PathBuf::from("/b/c"));
         assert_eq!(lexical(Path::new("/../../x")), PathBuf::from("/x"));
         assert_eq!(lexical(Path::new("new")), cwd.join("new"));
+    }
+
+    #[test]
+    fn attributes_are_set_by_path_and_by_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"0123456789").unwrap();
+        let a = FileAttributes {
+            size: Some(4),
+            permissions: Some(0o100640),
+            atime: Some(1_000_000),
+            mtime: Some(2_000_000),
+            ..Default::default()
+        };
+        set_attrs(Target::Path(&path), &a).unwrap();
+        let m = fs::metadata(&path).unwrap();
+        assert_eq!(
+            (m.len(), m.mode() & 0o7777, m.atime(), m.mtime()),
+            (4, 0o640, 1_000_000, 2_000_000)
+        );
+        let f = fs::File::open(&path).unwrap();
+        let a = FileAttributes {
+            permissions: Some(0o600),
+            atime: Some(3),
+            mtime: Some(4),
+            ..Default::default()
+        };
+        set_attrs(Target::File(&f), &a).unwrap();
+        let m = fs::metadata(&path).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.atime(), m.mtime()), (0o600, 3, 4));
     }
 
     #[test]

@@ -140,6 +140,15 @@ fn scp_and_sftp_work_in_an_env_without_sftp_server() {
     );
     let (_, inside, _) = alice.exec("base", "ls /root/d; readlink /root/d/link");
     assert_eq!(inside, "b.bin\nlink\n/root/d/b.bin\n");
+    // put -p keeps mode and mtime; chmod and chgrp by path.
+    let batch = format!(
+        "put -p {} /root/d/p.bin\nchmod 604 /root/d/b.bin\nchgrp 50 /root/d/b.bin\n",
+        up.display()
+    );
+    sftp(&ssh, &pw, &target, &batch);
+    let script = "stat -c '%a %Y' /root/d/p.bin; stat -c '%a %g' /root/d/b.bin";
+    let (_, inside, _) = alice.exec("base", script);
+    assert_eq!(inside, format!("640 {mtime}\n604 50\n"));
     // A failing request is an error line, and the session goes on.
     let out = run(
         &mut ssh.cmd("sftp", &pw, &[&target]),

@@ -382,17 +382,14 @@ struct Started {
 /// Starts the setup's program in the target env as its user.
 async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Started> {
     let Target { st, who, shell } = target;
+    let busy = node.activity.session(&st.name);
     let argv: Vec<String> = match setup.program {
         Program::Shell => vec![shell, "-l".into()],
         Program::Exec(cmd) => vec![shell, "-c".into(), cmd],
-        Program::Sftp => vec![],
+        Program::Sftp => return launch_sftp(node, st, who, busy).await,
     };
     let mut env = setup.env;
-    let busy = node.activity.session(&st.name);
     let node = node.clone();
-    if argv.is_empty() {
-        return launch_sftp(&node, st, who, busy).await;
-    }
     match setup.pty {
         Some(pty) => {
             env.retain(|(k, _)| k != "TERM");
@@ -422,10 +419,7 @@ async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Starte
             })
         }
         None => {
-            let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
-            let (in_r, in_w) = pipe().context("making a pipe")?;
-            let (out_r, out_w) = pipe().context("making a pipe")?;
-            let (err_r, err_w) = pipe().context("making a pipe")?;
+            let [(in_r, in_w), (out_r, out_w), (err_r, err_w)] = stdio_pipes()?;
             let started = tokio::task::spawn_blocking(move || {
                 let stdio = [in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
                 runtime::service::start_as(&node.rt, &st, &argv, &env, stdio, who.as_ref())
@@ -457,6 +451,13 @@ fn reg(fd: OwnedFd) -> Result<Fd> {
     bridge::register(fd).context("registering a pipe")
 }
 
+/// Three pipes (read end, write end) for a command's stdin, stdout and stderr.
+fn stdio_pipes() -> Result<[(OwnedFd, OwnedFd); 3]> {
+    let pipe =
+        || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("making a pipe");
+    Ok([pipe()?, pipe()?, pipe()?])
+}
+
 /// Starts the built-in SFTP server (`runtime::sftp`) inside the env as its user, through the
 /// env-enter helper, on pipes.
 async fn launch_sftp(
@@ -465,12 +466,9 @@ async fn launch_sftp(
     who: Option<Identity>,
     busy: crate::capacity::Session,
 ) -> Result<Started> {
-    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
-    let (in_r, in_w) = pipe().context("making a pipe")?;
-    let (out_r, out_w) = pipe().context("making a pipe")?;
-    let (err_r, err_w) = pipe().context("making a pipe")?;
+    let [(in_r, in_w), (out_r, out_w), (err_r, err_w)] = stdio_pipes()?;
     let node = node.clone();
-    let child = tokio::task::spawn_blocking(move || {
+    let mut child = tokio::task::spawn_blocking(move || {
         runtime::exec::builtin_command(&node.rt, &st, Builtin::Sftp, who.as_ref())?
             .stdin(in_r)
             .stdout(out_w)
@@ -480,7 +478,6 @@ async fn launch_sftp(
     })
     .await??;
     let pid = child.id();
-    let mut child = child;
     Ok(Started {
         input: reg(in_w)?,
         outputs: vec![(reg(out_r)?, None), (reg(err_r)?, Some(STDERR))],

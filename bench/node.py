@@ -13,12 +13,16 @@
 #   all started at once): the time until every one said "up", the host's MemAvailable drop
 #   per session (clients included: the same OpenSSH clients for both servers) and, for
 #   spawngrid, the daemon's RSS and threads with them; then the clients are killed and every
-#   `sleep` must be gone.
+#   `sleep` must be gone;
+# - scp: a file of M MB (100) up and down with OpenSSH's `scp` (the SFTP protocol): into an env
+#   (`--disk` write layer) through the gateway's built-in SFTP server, against sshd with
+#   OpenSSH's sftp-server into a directory of the same tmpfs (3 rounds each way, bytes checked).
 #
-#   python3 bench/node.py [--n 30] [--sessions 200] [--peers sshd] [--output FILE]
+#   python3 bench/node.py [--n 30] [--sessions 200] [--scp-mb 100] [--peers sshd] [--output FILE]
 #
 # As root, on a quiet machine; everything on a fresh tmpfs (busybox base snapshot). sshd comes
 # from openssh-server (installed if missing).
+import filecmp
 import json
 import os
 import re
@@ -72,6 +76,27 @@ def with_master(argv_of, n):
         return exec_latencies(control, n)
     finally:
         bl.run(control[:-1] + ["-O", "exit", control[-1]], 30, check=False)
+
+
+def scp_times(ssh, remote, mnt, mb, rounds=3):
+    """Seconds of `scp` of an MB-megabyte file up to `remote` (HOST:PATH) and back down, each
+    round; ssh is the ssh argv of the server (its options are reused)."""
+    src, back = os.path.join(mnt, "scp-src.bin"), os.path.join(mnt, "scp-back.bin")
+    if not os.path.exists(src):
+        with open(src, "wb") as f:
+            f.write(os.urandom(mb * 10**6))
+    i = ssh.index("-p")
+    opts = ssh[1:i] + ["-P", ssh[i + 1]] + ssh[i + 2:-1]
+    up, down = [], []
+    for _ in range(rounds):
+        for times, argv in ((up, [src, remote]), (down, [remote, back])):
+            t0 = time.perf_counter()
+            bl.run(["scp", "-q", *opts, *argv], 600)
+            times.append(time.perf_counter() - t0)
+        if not filecmp.cmp(src, back, shallow=False):
+            raise bl.StepFailed("scp: the file came back different")
+        os.unlink(back)
+    return {"mb": mb, "up": bl.summary_ms(up), "down": bl.summary_ms(down)}
 
 
 def mem_available():
@@ -220,7 +245,7 @@ class Sshd:
                     f"AuthorizedKeysFile {auth}\nPermitRootLogin prohibit-password\n"
                     "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                     "UsePAM no\nPidFile none\nStrictModes no\nPrintMotd no\n"
-                    "MaxStartups 10000\nSubsystem sftp internal-sftp\n")
+                    "MaxStartups 10000\nSubsystem sftp /usr/lib/openssh/sftp-server\n")
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         argv = self.ssh()
@@ -252,6 +277,7 @@ def main():
     ap.add_argument("--n", type=int, default=30, help="rounds of each measurement")
     ap.add_argument("--sessions", type=int, default=200,
                     help="concurrent sessions to hold (0: skip)")
+    ap.add_argument("--scp-mb", type=int, default=100, help="size of the scp file (0: skip)")
     ap.add_argument("--peers", default="sshd")
     bl.output_arg(ap, "node")
     a = ap.parse_args()
@@ -295,6 +321,12 @@ def main():
                     lambda: int(subprocess.run(node.ssh("base") + ["ps -o args | grep -c '^sleep 600'"],
                                                capture_output=True, text=True).stdout or 0))
             node.client("boom", "base")
+            if a.scp_mb:
+                bl.log(f"spawngrid: scp of {a.scp_mb} MB")
+                node.client("spawn", "base", "--as", "files", "--disk")
+                results["spawngrid"]["scp"] = scp_times(
+                    node.ssh("files"), f"files+{USER}@127.0.0.1:/root/f.bin", mnt, a.scp_mb)
+                node.client("boom", "files")
         except (bl.StepFailed, OSError, subprocess.SubprocessError) as e:
             bl.log(f"spawngrid: {e}")
             results["spawngrid"] = {"error": str(e)}
@@ -313,6 +345,11 @@ def main():
                 if a.sessions:
                     bl.log(f"sshd: {a.sessions} concurrent sessions")
                     results["sshd"]["sessions"] = hold_sessions(sshd.ssh(), a.sessions)
+                if a.scp_mb:
+                    bl.log(f"sshd: scp of {a.scp_mb} MB")
+                    os.makedirs(os.path.join(mnt, "sshd-files"), exist_ok=True)
+                    results["sshd"]["scp"] = scp_times(
+                        sshd.ssh(), f"root@127.0.0.1:{mnt}/sshd-files/f.bin", mnt, a.scp_mb)
             except (bl.StepFailed, OSError, subprocess.SubprocessError) as e:
                 bl.log(f"sshd: {e}")
                 results["sshd"] = {"error": str(e)}
@@ -323,8 +360,14 @@ def main():
         if "error" in r:
             rows.append([server, "failed: " + r["error"]])
             continue
+        if "scp" in r:
+            for way in ("up", "down"):
+                s = r["scp"][way]
+                rows.append([server, f"scp {r['scp']['mb']} MB {way}", str(s["n"]),
+                             bl.fmt(s["p50"], ".1f"), bl.fmt(s["p99"], ".1f"),
+                             bl.fmt(s["min"], ".1f")])
         for measure, s in r.items():
-            if measure != "sessions":
+            if measure not in ("sessions", "scp"):
                 rows.append([server, measure.replace("_", " "), str(s["n"]),
                              bl.fmt(s["p50"], ".1f"), bl.fmt(s["p99"], ".1f"),
                              bl.fmt(s["min"], ".1f")])

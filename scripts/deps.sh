@@ -7,7 +7,7 @@ set -euo pipefail
 want=(ca-certificates zstd attr acl iproute2 nftables)
 case "${1:-run}" in
   run) ;;
-  test) want+=(debootstrap busybox-static python3-venv openssh-client openssh-sftp-server chromium chromium-driver podman) ;;
+  test) want+=(debootstrap busybox-static python3-venv openssh-client openssh-sftp-server rsync chromium chromium-driver podman) ;;
   bench) want+=(debootstrap restic borgbackup) ;;
   *) echo "usage: scripts/deps.sh run|test|bench" >&2; exit 2 ;;
 esac

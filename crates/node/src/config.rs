@@ -26,6 +26,11 @@
 //! policy = "refuse"               # or "evict": boom the longest-idle env of the user most
 //!                                 # over their fair share
 //!
+//! [ssh]                           # the SSH gateway's forwarding, each on by default for the
+//! forward_local = true            # env's owner: `ssh -L` to addresses inside the env,
+//! forward_remote = true           # `ssh -R` listening inside the env,
+//! forward_agent = true            # `ssh -A` (SSH_AUTH_SOCK inside the env)
+//!
 //! [store]                         # where the library and catalog live (store::config);
 //! library = "s3://spawngrid/lib"  # default: DATA/library and DATA/catalog.db. Recorded in
 //!                                 # DATA/store.toml for local commands; without this table
@@ -70,6 +75,8 @@ pub struct Config {
     pub labels: Vec<String>,
     /// Capacity limits and the full-node policy.
     pub capacity: crate::capacity::CapacityConfig,
+    /// What the SSH gateway lets an env's owner forward.
+    pub ssh: crate::ssh::SshConfig,
     /// Where the library and the catalog live (`None`: as recorded in the data directory).
     pub store: Option<store::StoreConfig>,
 }
@@ -90,6 +97,7 @@ impl Default for Config {
             mount_idle_secs: 600,
             labels: Vec::new(),
             capacity: Default::default(),
+            ssh: Default::default(),
             store: Default::default(),
         }
     }
@@ -166,6 +174,15 @@ mod tests {
             (c.ssh_addr().to_string(), c.ssh_port),
             ("[::1]:3".into(), 16999)
         );
+    }
+
+    #[test]
+    fn ssh_forwarding_is_on_unless_turned_off() {
+        let c = Config::parse("").unwrap().ssh;
+        assert!(c.forward_local && c.forward_remote && c.forward_agent);
+        let c = Config::parse("[ssh]\nforward_agent = false\n").unwrap().ssh;
+        assert!(c.forward_local && c.forward_remote && !c.forward_agent);
+        assert!(Config::parse("[ssh]\nforward_x11 = true\n").is_err());
     }
 
     #[test]

@@ -45,12 +45,21 @@ pub fn login_shell() -> Vec<String> {
 /// The exit code of a terminal's command, awaited on a pidfd of its env-enter helper (opened
 /// now; no thread waits meanwhile). Used by [`Pty`] and the SSH gateway's terminals.
 pub fn exited(mut cmd: TtyCommand) -> Result<impl std::future::Future<Output = Result<i32>>> {
-    let pid = rustix::process::Pid::from_raw(cmd.id() as i32).context("env-enter has no pid")?;
+    exited_with(cmd.id(), move || cmd.wait())
+}
+
+/// The exit code of process `pid`, a child not reaped yet (so its pid is still its own),
+/// awaited on a pidfd; `wait` reaps it once it has exited and says its code.
+pub fn exited_with(
+    pid: u32,
+    wait: impl FnOnce() -> Result<i32> + Send,
+) -> Result<impl std::future::Future<Output = Result<i32>> + Send> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).context("env-enter has no pid")?;
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .context("opening a pidfd of env-enter")?;
     Ok(async move {
         crate::bridge::readable(pidfd).await?;
-        cmd.wait()
+        wait()
     })
 }
 

@@ -47,6 +47,28 @@ pub struct EnterConfig {
     /// Run as this user of the env instead of root.
     #[serde(default)]
     pub user: Option<Identity>,
+    /// Run this built-in server of the helper instead of `argv` (which is then empty).
+    #[serde(default)]
+    pub builtin: Option<Builtin>,
+}
+
+/// A server the env-enter helper runs itself, inside the env, on its stdin and stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Builtin {
+    /// SFTP ([`crate::sftp`]).
+    Sftp,
+}
+
+/// A `Command` that runs `builtin` inside env `state` as `user` (root if `None`), in their
+/// home, once spawned; its stdin and stdout are the server's connection.
+pub fn builtin_command(
+    rt: &Runtime,
+    state: &EnvState,
+    builtin: Builtin,
+    user: Option<&Identity>,
+) -> Result<Command> {
+    enter_command(rt, state, &[], &[], None, user, Some(builtin))
 }
 
 /// A `Command` that runs `argv` inside env `state` when spawned. Its stdin, stdout and stderr
@@ -75,6 +97,22 @@ pub(crate) fn command_with(
     if argv.is_empty() {
         bail!("no command to run");
     }
+    enter_command(rt, state, argv, env, tty, user, None)
+}
+
+/// The env-enter helper's command for `argv` or `builtin`.
+fn enter_command(
+    rt: &Runtime,
+    state: &EnvState,
+    argv: &[String],
+    env: &[(String, String)],
+    tty: Option<(u16, u16)>,
+    user: Option<&Identity>,
+    builtin: Option<Builtin>,
+) -> Result<Command> {
+    if argv.is_empty() && builtin.is_none() {
+        bail!("no command to run");
+    }
     if !state.alive() {
         bail!(
             "env {} is not running (its init {} is gone); boom it",
@@ -97,6 +135,7 @@ pub(crate) fn command_with(
         cwd: user.map_or("/root", |u| u.home.as_str()).into(),
         tty,
         user: user.cloned(),
+        builtin,
     };
     let mut cmd = Command::new(&rt.helper);
     cmd.arg(helper::ENTER).arg(serde_json::to_string(&cfg)?);
@@ -153,6 +192,11 @@ fn run(config: &str) -> Result<u8> {
     }
     if rustix::process::chdir(cfg.cwd.as_str()).is_err() {
         rustix::process::chdir("/").context("chdir / inside the env")?;
+    }
+    match cfg.builtin {
+        Some(Builtin::Sftp) => return Ok(crate::sftp::serve()),
+        None if cfg.argv.is_empty() => bail!("no command to run"),
+        None => {}
     }
     let mut cmd = Command::new(&cfg.argv[0]);
     cmd.args(&cfg.argv[1..])
@@ -263,6 +307,18 @@ impl Identity {
 /// `RESOLVE_IN_ROOT`), so a symlink in the env cannot point at a host file; only regular
 /// files are read (a FIFO cannot stall the caller), and at most 4 MiB of each.
 pub fn lookup_user(state: &EnvState, name: &str) -> Result<Option<Identity>> {
+    let root = env_root(state)?;
+    let Some(passwd) = read_account_file(&root, "etc/passwd")? else {
+        return Ok(None);
+    };
+    let group = read_account_file(&root, "etc/group")?.unwrap_or_default();
+    Ok(Identity::parse(name, &passwd, &group))
+}
+
+/// An `O_PATH` fd of the running env's root directory, seen from the host (its init's
+/// `/proc/PID/root`, checked to be that init's): paths opened under it with `openat2` and
+/// `RESOLVE_IN_ROOT` stay inside the env.
+pub fn env_root(state: &EnvState) -> Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags};
     let root_path = format!("/proc/{}/root", state.init_pid);
     let root = rustix::fs::open(
@@ -277,11 +333,7 @@ pub fn lookup_user(state: &EnvState, name: &str) -> Result<Option<Identity>> {
             state.name
         );
     }
-    let Some(passwd) = read_account_file(&root, "etc/passwd")? else {
-        return Ok(None);
-    };
-    let group = read_account_file(&root, "etc/group")?.unwrap_or_default();
-    Ok(Identity::parse(name, &passwd, &group))
+    Ok(root)
 }
 
 /// Reads `path` under `root` (an env's root), resolved inside it; `None` if missing.

@@ -24,6 +24,7 @@ pub mod save;
 pub mod seccomp;
 pub mod security;
 pub mod service;
+pub mod sftp;
 pub mod spawn;
 pub mod state;
 pub mod tty;

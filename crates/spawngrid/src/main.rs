@@ -108,8 +108,9 @@ pub struct ServeArgs {
     /// Address and port to listen on (overrides the configuration's `listen`).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<std::net::SocketAddr>,
-    /// Address and port of the SSH gateway (overrides the configuration's `ssh_listen`; port 0
-    /// picks a free one, printed at start).
+    /// Address and port of the SSH gateway: shells, commands, built-in SFTP (scp, sftp), and
+    /// `ssh -L`/`-R`/`-A` forwarding as the configuration's `[ssh]` table allows (overrides
+    /// the configuration's `ssh_listen`; port 0 picks a free one, printed at start).
     #[arg(long, value_name = "ADDR:PORT")]
     ssh_listen: Option<std::net::SocketAddr>,
 }

@@ -5,10 +5,10 @@
 mod common;
 
 use common::site::*;
+use common::ssh::*;
 use common::Bg;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Drives `ssh -tt` on a pseudo-terminal of 33 x 101: runs a line, checks `stty size`,
 /// resizes the terminal to 40 x 120 (ssh sends a window change) until `stty size` inside
@@ -65,108 +65,6 @@ sys.stdout.write(seen.decode(errors="replace"))
 print("\nEXIT %d" % os.waitstatus_to_exitcode(status))
 "##;
 
-/// OpenSSH client options for one test: its own known_hosts, no user config, password only.
-struct Client {
-    dir: PathBuf,
-    port: String,
-}
-
-impl Client {
-    fn new(site: &Site) -> Client {
-        let dir = site.scratch.join("ssh-client");
-        std::fs::create_dir_all(&dir).unwrap();
-        let askpass = dir.join("askpass");
-        std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$SG_PASSWORD\"\n").unwrap();
-        std::os::unix::fs::PermissionsExt::set_mode(
-            &mut std::fs::metadata(&askpass).unwrap().permissions(),
-            0o755,
-        );
-        Command::new("chmod")
-            .arg("755")
-            .arg(&askpass)
-            .status()
-            .unwrap();
-        let port = site.ssh_addr().rsplit_once(':').unwrap().1.to_string();
-        Client { dir, port }
-    }
-
-    /// `ssh` (or `sftp`) with this test's known_hosts and no user configuration.
-    fn base(&self, prog: &str) -> Command {
-        let mut c = Command::new(prog);
-        let port_flag = if prog == "ssh" { "-p" } else { "-P" };
-        c.args(["-F", "/dev/null", port_flag, &self.port])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.dir.join("known_hosts").display()
-            ))
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]);
-        c
-    }
-
-    /// `ssh` with the private key `key` only, never asking anything; `args` after the options.
-    fn with_key(&self, key: &std::path::Path, args: &[&str]) -> Command {
-        let mut c = self.base("ssh");
-        c.arg("-i")
-            .arg(key)
-            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-            .args(["-o", "PreferredAuthentications=publickey"])
-            .args(args);
-        c
-    }
-
-    /// `ssh` (or `sftp`) logging in with `password`, with `args` after the options.
-    fn cmd(&self, prog: &str, password: &str, args: &[&str]) -> Command {
-        let mut c = self.base(prog);
-        c.args(["-o", "PreferredAuthentications=password"])
-            .args(["-o", "NumberOfPasswordPrompts=1"])
-            .args(args)
-            .env("SSH_ASKPASS", self.dir.join("askpass"))
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("SG_PASSWORD", password)
-            .env("DISPLAY", ":0");
-        c
-    }
-
-    /// `ssh LOGIN@127.0.0.1 -- SCRIPT` with `stdin`; the output.
-    fn exec(&self, login: &str, password: &str, script: &str, stdin: &[u8]) -> Output {
-        let target = format!("{login}@127.0.0.1");
-        let mut child = self
-            .cmd("ssh", password, &[&target, "--", script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut w = child.stdin.take().unwrap();
-        let bytes = stdin.to_vec();
-        let feeder = std::thread::spawn(move || {
-            let _ = std::io::Write::write_all(&mut w, &bytes);
-        });
-        let out = child.wait_with_output().unwrap();
-        feeder.join().unwrap();
-        out
-    }
-}
-
-/// alice's login for her env `env`.
-fn login(user: &User, env: &str) -> String {
-    format!("{env}+{}", user.name)
-}
-
-fn password(user: &User) -> String {
-    format!("{}-pw", user.name)
-}
-
-/// Polls `check` until it holds (or fails after a minute).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn shell_exec_stdin_and_refusals() {
     let site = Site::new("ssh-main");
@@ -179,7 +77,7 @@ fn shell_exec_stdin_and_refusals() {
     let bob = site.user("bob");
     alice.login();
     alice.ok("spawn", &["base"]);
-    let ssh = Client::new(&site);
+    let ssh = SshClient::new(&site);
     let (a_login, a_pw) = (login(&alice, "base"), password(&alice));
 
     // A login shell on a terminal: output, terminal size, window change, exit status.
@@ -354,14 +252,13 @@ fn shell_exec_stdin_and_refusals() {
     let out = ssh.exec(&login(&alice, "second"), &a_pw, "hostname", b"");
     assert_eq!(text(&out.stdout), "second\n");
 
-    // sftp: the busybox env has no sftp-server, and says so.
+    // sftp: the built-in server, even though the busybox env has no sftp-server.
     let out = run(
         &mut ssh.cmd("sftp", &a_pw, &[&format!("{a_login}@127.0.0.1")]),
-        Some("ls\n"),
+        Some("pwd\n"),
     );
-    assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("this env has no sftp-server"),
+        text(&out.stdout).contains("Remote working directory: /root\n"),
         "{}",
         text(&out.stderr)
     );
@@ -380,13 +277,8 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
     alice.login();
     alice.ok("spawn", &["base", "--as", "mine"]);
     let name = alice.name.clone();
-    let setup = format!(
-        "echo '{name}:x:1000:1000::/home/{name}:/bin/sh' >> /etc/passwd; \
-         echo 'staff:x:50:{name}' >> /etc/group; mkdir -p /home/{name}; \
-         chown 1000:1000 /home/{name}"
-    );
-    assert_eq!(alice.exec("mine", &setup).0, 0);
-    let ssh = Client::new(&site);
+    assert_eq!(alice.exec("mine", &add_env_user(&name)).0, 0);
+    let ssh = SshClient::new(&site);
     let (a_login, a_pw) = (login(&alice, "mine"), password(&alice));
 
     // Commands run as the env's user of the same name, in their home.
@@ -483,22 +375,19 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
         });
     }
 
-    // The sftp subsystem runs the env's sftp-server as the user, on the channel's stdio (a
-    // stand-in server here: busybox has none).
-    let fake =
-        "mkdir -p /usr/lib && printf '#!/bin/sh\\necho \"sftp as $(whoami)\"\\nexec cat\\n' \
-                > /usr/lib/sftp-server && chmod 755 /usr/lib/sftp-server";
-    assert_eq!(alice.exec("mine", fake).0, 0);
+    // The built-in SFTP server runs as the user, in their home: what it writes is theirs.
     let out = run(
-        &mut ssh.cmd("ssh", &a_pw, &["-s", &target, "sftp"]),
-        Some("ping\n"),
+        &mut ssh.cmd("sftp", &a_pw, &[&target]),
+        Some("pwd\nmkdir made-by-sftp\n"),
     );
-    assert_eq!(
+    assert!(
+        text(&out.stdout).contains(&format!("Remote working directory: /home/{name}\n")),
+        "{}{}",
         text(&out.stdout),
-        format!("sftp as {name}\nping\n"),
-        "{}",
         text(&out.stderr)
     );
+    let (_, owner, _) = alice.exec("mine", &format!("stat -c %U /home/{name}/made-by-sftp"));
+    assert_eq!(owner, format!("{name}\n"));
 
     // A login shell the env lacks: one clear line, with and without a terminal.
     let broken =
@@ -544,7 +433,7 @@ fn a_boomed_env_ends_its_sessions() {
     let alice = site.user("alice");
     alice.login();
     alice.ok("spawn", &["base", "--as", "doomed"]);
-    let ssh = Client::new(&site);
+    let ssh = SshClient::new(&site);
     let target = format!("{}@127.0.0.1", login(&alice, "doomed"));
     // One session with a terminal, one without, both running when the env goes.
     let start = |tty: bool| {
@@ -584,7 +473,7 @@ fn an_invited_user_logs_in_as_themselves() {
     bob.login();
     alice.ok("invite", &[&bob.name, "base", "--as", "guestbox"]);
     bob.ok("spawn", &["guestbox"]);
-    let ssh = Client::new(&site);
+    let ssh = SshClient::new(&site);
     let target = format!("{}@127.0.0.1", login(&bob, "guestbox"));
     let b = &bob.name;
     let out = run(
@@ -621,7 +510,7 @@ fn repeated_bad_passwords_lock_the_user_and_the_address() {
     let bob = site.user("bob");
     bob.login();
     bob.ok("spawn", &["base", "--as", "patient"]);
-    let ssh = Client::new(&site);
+    let ssh = SshClient::new(&site);
     // Wrong passwords for alice from 127.0.0.1 until one locks alice and the address for 8 s
     // (node::auth: three free failures, then 1, 2, 4, 8 s; attempts made while locked are not
     // checked, so how many it takes depends on timing: the node's log says when).
@@ -654,7 +543,7 @@ fn alice_works_over_ssh_saves_and_finds_her_file_again() {
     alice.login();
     bob.login();
     alice.ok("spawn", &["base", "--as", "work"]);
-    let ssh = Client::new(&site);
+    let ssh = SshClient::new(&site);
     let out = ssh.exec(
         &login(&alice, "work"),
         &password(&alice),
@@ -689,86 +578,6 @@ fn alice_works_over_ssh_saves_and_finds_her_file_again() {
         text(&out.stderr)
     );
     alice.ok("boom", &["work-1"]);
-}
-
-/// Real sftp and scp: a Debian env (the cached debootstrap root) given the host's OpenSSH
-/// `sftp-server` with `spawngrid cp` (it needs only libc); a file put with sftp and copied
-/// with scp (the sftp protocol, OpenSSH's default) comes back byte for byte.
-#[test]
-fn sftp_and_scp_work_when_the_env_has_an_sftp_server() {
-    let server = std::path::Path::new("/usr/lib/openssh/sftp-server");
-    assert!(
-        server.exists(),
-        "no {} on this host: install openssh-sftp-server (scripts/deps.sh test)",
-        server.display()
-    );
-    let site = Site::new("ssh-sftp");
-    site.admin(
-        &[
-            "lib",
-            "--data",
-            site.data_str(),
-            "--owner",
-            &who("alice"),
-            "import",
-            "deb",
-            common::base().to_str().unwrap(),
-        ],
-        None,
-    );
-    site.start("127.0.0.1:0");
-    let alice = site.user("alice");
-    alice.login();
-    alice.ok("spawn", &["deb"]);
-    assert_eq!(alice.exec("deb", "mkdir -p /usr/lib/openssh").0, 0);
-    alice.ok(
-        "cp",
-        &[server.to_str().unwrap(), "deb:/usr/lib/openssh/sftp-server"],
-    );
-    let ssh = Client::new(&site);
-    let (pw, target) = (
-        password(&alice),
-        format!("{}@127.0.0.1", login(&alice, "deb")),
-    );
-    let scratch = site.scratch.path();
-    let payload: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    std::fs::write(scratch.join("up.bin"), &payload).unwrap();
-    let batch = format!(
-        "put {} /root/up.bin\nget /root/up.bin {}\n",
-        scratch.join("up.bin").display(),
-        scratch.join("down.bin").display()
-    );
-    // Commands on stdin (`-b` would forbid the password login).
-    let out = run(&mut ssh.cmd("sftp", &pw, &[&target]), Some(&batch));
-    assert!(out.status.success(), "sftp: {}", text(&out.stderr));
-    assert_eq!(std::fs::read(scratch.join("down.bin")).unwrap(), payload);
-    // scp both ways through the same subsystem.
-    let remote = format!("{target}:/root/scp.bin");
-    let up = scratch.join("up.bin");
-    let out = run(
-        &mut ssh.cmd("scp", &pw, &[up.to_str().unwrap(), &remote]),
-        None,
-    );
-    assert!(out.status.success(), "scp up: {}", text(&out.stderr));
-    let back = scratch.join("scp-back.bin");
-    let out = run(
-        &mut ssh.cmd("scp", &pw, &[&remote, back.to_str().unwrap()]),
-        None,
-    );
-    assert!(out.status.success(), "scp down: {}", text(&out.stderr));
-    assert_eq!(std::fs::read(back).unwrap(), payload);
-    assert_eq!(
-        alice
-            .exec("deb", "sha256sum < /root/up.bin; sha256sum < /root/scp.bin")
-            .1
-            .lines()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-        1
-    );
-    alice.ok("boom", &["deb"]);
 }
 
 /// What an SSH client saw of one channel: its output and exit status.
@@ -891,7 +700,7 @@ fn a_login_without_env_picks_from_a_menu_on_a_terminal() {
     alice.login();
     alice.ok("spawn", &["base", "--as", "first"]);
     alice.ok("spawn", &["base", "--as", "second"]);
-    let ssh = Client::new(&site);
+    let ssh = SshClient::new(&site);
     // Without a terminal there is nobody to ask: one line says how to pick.
     let out = ssh.exec(&alice.name, &password(&alice), "hostname", b"");
     let err = text(&out.stderr);

@@ -1,19 +1,25 @@
 //! The SSH gateway (`ssh -p 16999 ENV+USER@HOST`): the russh server side over the node's
 //! envs. A login is checked against the catalog ([`auth`]); each session channel then runs a
-//! login shell (on a terminal inside the env), a command, or the env's sftp server
-//! ([`session`]), its bytes moved by [`crate::bridge`]. The host key is [`keys`].
+//! login shell (on a terminal inside the env), a command, or the built-in SFTP server
+//! (`runtime::sftp`) ([`session`]), its bytes moved by [`crate::bridge`]. The host key is
+//! [`keys`]. Port forwards into the env ([`forward`], [`netns`]) and agent forwarding
+//! ([`agent`]) are allowed by the node's `[ssh]` table ([`SshConfig`]); no X11 forwarding.
 //!
 //! Many connections at once, many channels per connection; every channel is its own task.
-//! Only session channels are offered (no port forwarding, agent or X11 forwarding).
 
+pub mod agent;
 pub mod auth;
+pub mod forward;
 pub mod keys;
+pub mod netns;
 pub mod session;
 
 use crate::Node;
 use auth::Login;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet};
+use serde::Deserialize;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +29,31 @@ use tokio::net::TcpListener;
 
 /// How long a connection may take to log in (from its first byte).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most remote forwards (listeners) one connection holds.
+const MAX_REMOTE_FORWARDS: usize = 64;
+
+/// The node config's `[ssh]` table: what an env's owner may forward through the gateway.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// `ssh -L`: connections from the client to addresses inside the env.
+    pub forward_local: bool,
+    /// `ssh -R`: listeners inside the env whose connections go to the client.
+    pub forward_remote: bool,
+    /// `ssh -A`: a socket inside the env that the client's agent answers.
+    pub forward_agent: bool,
+}
+
+impl Default for SshConfig {
+    fn default() -> SshConfig {
+        SshConfig {
+            forward_local: true,
+            forward_remote: true,
+            forward_agent: true,
+        }
+    }
+}
 
 /// The russh server configuration: the host key, password logins, keepalives.
 pub fn config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
@@ -63,6 +94,7 @@ pub async fn serve(
             peer,
             login: None,
             logged_in: logged_in.clone(),
+            remote: HashMap::new(),
         };
         let config = config.clone();
         tokio::spawn(async move {
@@ -108,6 +140,15 @@ pub struct Conn {
     login: Option<Arc<Login>>,
     /// Whether it has (seen by the login timeout).
     logged_in: Arc<AtomicBool>,
+    /// Its remote forwards by (address, port) as the client named them: their accept tasks.
+    remote: HashMap<(String, u32), tokio::task::AbortHandle>,
+}
+
+impl Drop for Conn {
+    /// Remote forwards end with the connection.
+    fn drop(&mut self) {
+        self.remote.values().for_each(|t| t.abort());
+    }
 }
 
 impl Conn {
@@ -160,14 +201,92 @@ impl russh::server::Handler for Conn {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(login) = self.login.clone() else {
             return Ok(()); // dropping the reply refuses the channel
         };
         reply.accept().await;
-        tokio::spawn(session::run(self.node.clone(), login, channel));
+        let handle = session.handle();
+        tokio::spawn(session::run(self.node.clone(), login, channel, handle));
         Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(login) = self.login.clone() else {
+            return Ok(());
+        };
+        let (node, host) = (self.node.clone(), host_to_connect.to_string());
+        tokio::spawn(forward::direct(
+            node,
+            login,
+            channel,
+            host,
+            port_to_connect,
+            reply,
+        ));
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(login) = self.login.clone() else {
+            return Ok(false);
+        };
+        let key = (address.to_string(), *port);
+        if self.remote.contains_key(&key) || self.remote.len() >= MAX_REMOTE_FORWARDS {
+            tracing::info!(user = %login.user, address, port = *port, "ssh -R refused: a duplicate or too many");
+            return Ok(false);
+        }
+        match forward::remote(&self.node, &login, session.handle(), address, *port).await {
+            Ok((task, bound)) => {
+                tracing::info!(user = %login.user, address, port = bound, "ssh -R");
+                self.remote.insert(key, task);
+                *port = bound;
+                Ok(true)
+            }
+            Err(why) => {
+                tracing::info!(user = %login.user, address, port = *port, "ssh -R refused: {why}");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(match self.remote.remove(&(address.to_string(), port)) {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // The session's task makes the socket once it knows the env.
+        Ok(self.login.is_some() && self.node.config.ssh.forward_agent)
     }
 
     // Requests are answered here, in the order they came (the channel's task acts on them).

@@ -9,13 +9,14 @@
 //! `/etc/passwd` user of the same name if there is one (so an invited user is themselves),
 //! otherwise root.
 
+use super::agent::Agent;
 use super::auth::Login;
 use crate::bridge::{self, Fd};
 use crate::Node;
 use anyhow::{Context, Result};
-use runtime::exec::Identity;
+use runtime::exec::{Builtin, Identity};
 use runtime::EnvState;
-use russh::server::Msg;
+use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use rustix::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -32,13 +33,6 @@ const LOST: u32 = 255;
 /// How long a full input queue may stay full before the command is stopped (while it is full
 /// the connection is not read, so nothing else on it moves either).
 const STUCK: Duration = Duration::from_secs(60);
-
-/// The places an env's sftp server is found, first match wins.
-const SFTP_SERVERS: [&str; 3] = [
-    "/usr/lib/openssh/sftp-server",
-    "/usr/lib/sftp-server",
-    "/usr/libexec/sftp-server",
-];
 
 /// Whether a client may set environment variable `name` (`env` requests).
 pub fn allowed_env(name: &str) -> bool {
@@ -64,14 +58,18 @@ struct Setup {
     program: Program,
     pty: Option<PtyRequest>,
     env: Vec<(String, String)>,
+    /// The client asked for agent forwarding (and the node allows it).
+    agent: bool,
 }
 
-/// Serves session channel `channel` of `login` until it ends.
-pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>) {
+/// Serves session channel `channel` of `login` until it ends; `handle` opens the channels of
+/// a forwarded agent.
+pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>, handle: Handle) {
     let (mut rx, tx) = channel.split();
     let Some(mut setup) = setup(&mut rx).await else {
         return;
     };
+    setup.agent &= node.config.ssh.forward_agent;
     let env = match &login.env {
         Some(env) => env.clone(),
         None => {
@@ -98,8 +96,23 @@ pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>) {
         Ok(t) => t,
         Err(msg) => return fail(&tx, &msg).await,
     };
+    let agent = match setup.agent {
+        true => match Agent::start(&target.st, target.who.as_ref(), handle) {
+            Ok(a) => {
+                setup.env.push(("SSH_AUTH_SOCK".into(), a.path()));
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!(user = %login.user, "ssh agent forwarding: {e:#}");
+                let msg = format!("spawngrid: no agent forwarding: {e:#}\r\n");
+                let _ = tx.extended_data_bytes(STDERR, msg).await;
+                None
+            }
+        },
+        false => None,
+    };
     let started = match launch(&node, target, setup).await {
-        Ok(s) => s,
+        Ok(s) => Started { agent, ..s },
         Err(e) => {
             tracing::warn!(user = %login.user, "ssh session: {e:#}");
             return fail(&tx, &format!("spawngrid: {e:#}")).await;
@@ -108,10 +121,30 @@ pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>) {
     bridge_channel(rx, tx, started).await;
 }
 
+/// The env a forward of `login` goes to: its `ENV`, or the user's only env; an error is the
+/// one line for the client.
+pub(super) async fn forward_target(node: &Arc<Node>, login: &Login) -> Result<Target, String> {
+    let (n, user, env) = (node.clone(), login.user.clone(), login.env.clone());
+    tokio::task::spawn_blocking(move || {
+        let env = match env {
+            Some(env) => env,
+            None => match pick(&n, &user, user_envs(&n, &user)?, false) {
+                Pick::One(env) => env,
+                Pick::Menu(_) => unreachable!("no menu without a terminal"),
+                Pick::Refuse(msg) => return Err(msg),
+            },
+        };
+        resolve(&n, &user, &env)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("spawngrid: internal error: {e}")))
+}
+
 /// Reads requests until one says what to run; `None` if the channel closed first.
 async fn setup(rx: &mut ChannelReadHalf) -> Option<Setup> {
     let mut pty = None;
     let mut env = Vec::new();
+    let mut agent = false;
     loop {
         let program = match rx.wait().await? {
             ChannelMsg::RequestPty {
@@ -137,6 +170,10 @@ async fn setup(rx: &mut ChannelReadHalf) -> Option<Setup> {
                 }
                 continue;
             }
+            ChannelMsg::AgentForward { .. } => {
+                agent = true;
+                continue;
+            }
             ChannelMsg::RequestShell { .. } => Program::Shell,
             ChannelMsg::Exec { command, .. } => {
                 Program::Exec(String::from_utf8_lossy(&command).into_owned())
@@ -145,7 +182,12 @@ async fn setup(rx: &mut ChannelReadHalf) -> Option<Setup> {
             ChannelMsg::Close | ChannelMsg::Eof => return None,
             _ => continue,
         };
-        return Some(Setup { program, pty, env });
+        return Some(Setup {
+            program,
+            pty,
+            env,
+            agent,
+        });
     }
 }
 
@@ -184,10 +226,10 @@ fn resolve(node: &Node, user: &str, env: &str) -> Result<Target, String> {
 }
 
 /// Where a session runs: the env, who inside (root if `None`), and their login shell.
-struct Target {
-    st: EnvState,
-    who: Option<Identity>,
-    shell: String,
+pub(super) struct Target {
+    pub(super) st: EnvState,
+    pub(super) who: Option<Identity>,
+    pub(super) shell: String,
 }
 
 /// The names of `user`'s envs on this node; an error is the one line for the client.
@@ -315,7 +357,8 @@ async fn finish(tx: &ChannelWriteHalf<Msg>, code: u32) {
 enum Stop {
     /// Through the env's init (kills the process group).
     Service(Arc<runtime::service::Started>),
-    /// By closing the terminal's master (the session gets SIGHUP).
+    /// By closing its input: a terminal's master (the session gets SIGHUP), the SFTP
+    /// server's stdin (it ends).
     HangUp,
 }
 
@@ -332,18 +375,20 @@ struct Started {
     stop: Stop,
     /// The env counts as in use (never evicted) while this lives.
     _busy: crate::capacity::Session,
+    /// The session's forwarded agent, removed before the client hears the end.
+    agent: Option<Agent>,
 }
 
 /// Starts the setup's program in the target env as its user.
 async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Started> {
     let Target { st, who, shell } = target;
+    let busy = node.activity.session(&st.name);
     let argv: Vec<String> = match setup.program {
         Program::Shell => vec![shell, "-l".into()],
         Program::Exec(cmd) => vec![shell, "-c".into(), cmd],
-        Program::Sftp => vec!["/bin/sh".into(), "-c".into(), sftp_script()],
+        Program::Sftp => return launch_sftp(node, st, who, busy).await,
     };
     let mut env = setup.env;
-    let busy = node.activity.session(&st.name);
     let node = node.clone();
     match setup.pty {
         Some(pty) => {
@@ -370,13 +415,11 @@ async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Starte
                 wait: tokio::spawn(crate::pty::exited(cmd)?),
                 stop: Stop::HangUp,
                 _busy: busy,
+                agent: None,
             })
         }
         None => {
-            let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
-            let (in_r, in_w) = pipe().context("making a pipe")?;
-            let (out_r, out_w) = pipe().context("making a pipe")?;
-            let (err_r, err_w) = pipe().context("making a pipe")?;
+            let [(in_r, in_w), (out_r, out_w), (err_r, err_w)] = stdio_pipes()?;
             let started = tokio::task::spawn_blocking(move || {
                 let stdio = [in_r.as_fd(), out_w.as_fd(), err_w.as_fd()];
                 runtime::service::start_as(&node.rt, &st, &argv, &env, stdio, who.as_ref())
@@ -398,6 +441,7 @@ async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Starte
                 }),
                 stop: Stop::Service(started),
                 _busy: busy,
+                agent: None,
             })
         }
     }
@@ -407,15 +451,45 @@ fn reg(fd: OwnedFd) -> Result<Fd> {
     bridge::register(fd).context("registering a pipe")
 }
 
-/// The sftp subsystem: the env's sftp-server, or a clear error.
-fn sftp_script() -> String {
-    let tries: String = SFTP_SERVERS
-        .iter()
-        .map(|p| format!("[ -x {p} ] && exec {p}; "))
-        .collect();
-    format!(
-        "{tries}echo 'spawngrid: this env has no sftp-server (install it in the env, e.g. apt-get install openssh-sftp-server)' >&2; exit 1"
-    )
+/// Three pipes (read end, write end) for a command's stdin, stdout and stderr.
+fn stdio_pipes() -> Result<[(OwnedFd, OwnedFd); 3]> {
+    let pipe =
+        || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("making a pipe");
+    Ok([pipe()?, pipe()?, pipe()?])
+}
+
+/// Starts the built-in SFTP server (`runtime::sftp`) inside the env as its user, through the
+/// env-enter helper, on pipes.
+async fn launch_sftp(
+    node: &Arc<Node>,
+    st: EnvState,
+    who: Option<Identity>,
+    busy: crate::capacity::Session,
+) -> Result<Started> {
+    let [(in_r, in_w), (out_r, out_w), (err_r, err_w)] = stdio_pipes()?;
+    let node = node.clone();
+    let mut child = tokio::task::spawn_blocking(move || {
+        runtime::exec::builtin_command(&node.rt, &st, Builtin::Sftp, who.as_ref())?
+            .stdin(in_r)
+            .stdout(out_w)
+            .stderr(err_w)
+            .spawn()
+            .context("starting env-enter")
+    })
+    .await??;
+    let pid = child.id();
+    Ok(Started {
+        input: reg(in_w)?,
+        outputs: vec![(reg(out_r)?, None), (reg(err_r)?, Some(STDERR))],
+        master: None,
+        wait: tokio::spawn(crate::pty::exited_with(pid, move || {
+            let status = child.wait().context("waiting for env-enter")?;
+            Ok(status.code().unwrap_or(LOST as i32))
+        })?),
+        stop: Stop::HangUp,
+        _busy: busy,
+        agent: None,
+    })
 }
 
 /// How a channel's bridging ended.
@@ -489,6 +563,7 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
         wait,
         stop,
         _busy,
+        agent,
     } = started;
     let (exited_tx, exited) = watch::channel(false);
     let pumps: Vec<JoinHandle<()>> = outputs
@@ -566,6 +641,7 @@ async fn bridge_channel(mut rx: ChannelReadHalf, tx: ChannelWriteHalf<Msg>, star
             LOST
         }
     };
+    drop(agent);
     finish(&tx, code).await;
     drop(stop);
 }
@@ -589,18 +665,6 @@ mod tests {
         assert_eq!(
             (clamp(0, 24), clamp(50, 24), clamp(1 << 20, 80)),
             (24, 50, u16::MAX)
-        );
-    }
-
-    #[test]
-    fn the_sftp_script_tries_each_server_then_explains() {
-        let s = sftp_script();
-        for p in SFTP_SERVERS {
-            assert!(s.contains(&format!("[ -x {p} ] && exec {p};")), "{s}");
-        }
-        assert!(
-            s.ends_with(">&2; exit 1") && s.contains("has no sftp-server"),
-            "{s}"
         );
     }
 }

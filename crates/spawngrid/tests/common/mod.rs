@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod site;
+pub mod ssh;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,384 @@
+//! SSH forwarding end to end (as root): the real binary, the real OpenSSH client (`ssh -L`,
+//! `-R`, `-W`, `-A`), `ssh-agent` and `ssh-add`, and servers inside a busybox env
+//! (`httpd`, `wget`, `nc`).
+
+mod common;
+
+use common::site::*;
+use common::ssh::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+
+/// A free TCP port on the host's loopback (for `-L`).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP/1.0 GET of `/` from 127.0.0.1:`port` (the host's loopback); the whole answer.
+fn http_get(port: u16) -> String {
+    let mut answer = String::new();
+    eventually("the forwarded port to answer", || {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        answer.clear();
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+        s.read_to_string(&mut answer).is_ok() && !answer.is_empty()
+    });
+    answer
+}
+
+/// A VS Code Remote-SSH style session: one connection runs a script that starts a server
+/// inside the env and says so, and carries a `-L` forward to it; the server's bytes come
+/// through. A forward to a port only the host listens on does not reach the host; another
+/// user cannot forward into the env.
+#[test]
+fn local_forwards_reach_servers_inside_the_env_only() {
+    let site = Site::new("ssh-fwd-l");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let mut ssh = SshClient::new(&site);
+    ssh.log_level = "INFO";
+    let (a_login, pw) = (login(&alice, "base"), password(&alice));
+    let target = format!("{a_login}@127.0.0.1");
+
+    let local = free_port();
+    let forward = format!("{local}:127.0.0.1:8000");
+    let script = "mkdir -p /srv && echo hello-from-the-env > /srv/index.html && \
+                  httpd -p 127.0.0.1:8000 -h /srv && echo ready && exec sleep 600";
+    let mut session = ssh
+        .cmd("ssh", &pw, &["-L", &forward, &target, "--", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(session.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let answer = http_get(local);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nhello-from-the-env\n"), "{answer}");
+    let _ = session.kill();
+    let _ = session.wait();
+
+    // `-W` (stdio forwarding, a direct-tcpip channel too) to the same server.
+    let out = run(
+        &mut ssh.cmd("ssh", &pw, &["-W", "127.0.0.1:8000", &target]),
+        Some("GET /index.html HTTP/1.0\r\n\r\n"),
+    );
+    assert!(
+        text(&out.stdout).ends_with("\r\n\r\nhello-from-the-env\n"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The host's loopback is not the env's: a port only the host listens on is refused, and
+    // the host's listener never sees a connection.
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    host.set_nonblocking(true).unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let out = run(
+        &mut ssh.cmd(
+            "ssh",
+            &pw,
+            &["-W", &format!("127.0.0.1:{host_port}"), &target],
+        ),
+        Some("x"),
+    );
+    let err = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains(&format!(
+            "open failed: connect failed: spawngrid: connecting to 127.0.0.1:{host_port} in env base+alice"
+        )),
+        "{err}"
+    );
+    assert!(host.accept().is_err(), "the host's listener was reached");
+    // bob names alice's env: it is not his.
+    let bob = site.user("bob");
+    let out = run(
+        &mut ssh.cmd(
+            "ssh",
+            &password(&bob),
+            &[
+                "-W",
+                "127.0.0.1:8000",
+                &format!("{}@127.0.0.1", login(&bob, "base")),
+            ],
+        ),
+        Some(""),
+    );
+    assert!(
+        text(&out.stderr).contains("open failed: administratively prohibited: spawngrid: you have no env base on this node"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A host name is not resolved on the host's behalf.
+    let out = run(
+        &mut ssh.cmd("ssh", &pw, &["-W", "example.com:80", &target]),
+        Some(""),
+    );
+    assert!(
+        text(&out.stderr).contains("\"example.com\" is not an IP address"),
+        "{}",
+        text(&out.stderr)
+    );
+    alice.ok("boom", &["base"]);
+}
+
+/// `-R`: a port listened on inside the env whose connections reach a server on the client's
+/// side; it goes away with the connection.
+#[test]
+fn remote_forwards_listen_inside_the_env() {
+    let site = Site::new("ssh-fwd-r");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let mut ssh = SshClient::new(&site);
+    ssh.log_level = "INFO";
+    let (a_login, pw) = (login(&alice, "base"), password(&alice));
+    let target = format!("{a_login}@127.0.0.1");
+
+    // The client's side: answers one line with its reverse.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let answering = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let back: String = line.trim().chars().rev().collect();
+        s.write_all(format!("{back}\n").as_bytes()).unwrap();
+    });
+    let forward = format!("9000:127.0.0.1:{port}");
+    let out = run(
+        &mut ssh.cmd(
+            "ssh",
+            &pw,
+            &[
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &forward,
+                &target,
+                "--",
+                "echo spawngrid | nc 127.0.0.1 9000",
+            ],
+        ),
+        None,
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "dirgnwaps\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    answering.join().unwrap();
+    // The connection is gone, and its listener with it.
+    eventually("the listener to close", || {
+        alice.exec("base", "nc 127.0.0.1 9000 </dev/null").0 != 0
+    });
+
+    // A session user who is not root inside listens from port 1024 on only.
+    assert_eq!(alice.exec("base", &add_env_user(&alice.name)).0, 0);
+    let remote = |port: &str| {
+        let forward = format!("{port}:127.0.0.1:1");
+        let args = [
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &forward,
+            &target,
+            "--",
+            "id -u",
+        ];
+        run(&mut ssh.cmd("ssh", &pw, &args), None)
+    };
+    let out = remote("80");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("remote port forwarding failed for listen port 80"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&remote("8080").stdout), "1000\n");
+    alice.ok("boom", &["base"]);
+}
+
+/// `-A`: `ssh-add -l` inside the env lists the key of the client's agent; the socket is in a
+/// 0700 directory of the session's user and goes with the session.
+#[test]
+fn agent_forwarding_answers_inside_the_env() {
+    let site = Site::new("ssh-fwd-a");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let mut ssh = SshClient::new(&site);
+    ssh.log_level = "INFO";
+    let (a_login, pw) = (login(&alice, "base"), password(&alice));
+    let target = format!("{a_login}@127.0.0.1");
+
+    // ssh-add and what it links against, into the busybox env.
+    install_from_host(&alice, "base", "/usr/bin/ssh-add");
+
+    // An agent on the client's side holding one key.
+    let dir = site.scratch.join("agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("agent.sock");
+    let key = dir.join("id_ed25519");
+    let keygen = run(
+        Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "alice-agent-key",
+                "-f",
+            ])
+            .arg(&key),
+        None,
+    );
+    assert!(keygen.status.success());
+    let mut agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("ssh-agent to listen", || sock.exists());
+    let add = run(
+        Command::new("ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &sock),
+        None,
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let want = run(
+        Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &sock),
+        None,
+    );
+    assert!(text(&want.stdout).contains("alice-agent-key (ED25519)"));
+
+    let script = "ssh-add -l; d=${SSH_AUTH_SOCK%/*}; stat -c '%a %u %n' $d $SSH_AUTH_SOCK";
+    let out = run(
+        ssh.cmd("ssh", &pw, &["-A", &target, "--", script])
+            .env("SSH_AUTH_SOCK", &sock),
+        None,
+    );
+    let seen = text(&out.stdout);
+    assert!(out.status.success(), "{seen}{}", text(&out.stderr));
+    let mut lines = seen.lines();
+    assert_eq!(lines.next(), text(&want.stdout).lines().next());
+    let dir_line = lines.next().unwrap();
+    assert!(
+        dir_line.starts_with("700 0 /tmp/spawngrid-agent-"),
+        "{seen}"
+    );
+    assert!(lines.next().unwrap().ends_with("/agent.sock"), "{seen}");
+    // Gone with the session; without -A there is no socket.
+    let (_, left, _) = alice.exec("base", "ls /tmp");
+    assert!(!left.contains("spawngrid-agent-"), "{left}");
+    let out = run(
+        ssh.cmd("ssh", &pw, &[&target, "--", "echo \"[$SSH_AUTH_SOCK]\""])
+            .env("SSH_AUTH_SOCK", &sock),
+        None,
+    );
+    assert_eq!(text(&out.stdout), "[]\n");
+    // As a user of the env who is not root: the directory and socket are theirs.
+    assert_eq!(alice.exec("base", &add_env_user(&alice.name)).0, 0);
+    let script = "ssh-add -l; \
+                  stat -c '%a %u' ${SSH_AUTH_SOCK%/*} $SSH_AUTH_SOCK";
+    let out = run(
+        ssh.cmd("ssh", &pw, &["-A", &target, "--", script])
+            .env("SSH_AUTH_SOCK", &sock),
+        None,
+    );
+    let seen = text(&out.stdout);
+    let mut lines = seen.lines();
+    assert_eq!(lines.next(), text(&want.stdout).lines().next(), "{seen}");
+    assert_eq!(lines.next(), Some("700 1000"), "{seen}");
+    assert!(lines.next().unwrap().ends_with(" 1000"), "{seen}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    alice.ok("boom", &["base"]);
+}
+
+/// Each kind of forwarding is refused when the node's `[ssh]` table turns it off.
+#[test]
+fn forwarding_is_refused_when_disabled_or_not_the_owner() {
+    let site = Site::new("ssh-fwd-off");
+    let config = site
+        .config("[ssh]\nforward_local = false\nforward_remote = false\nforward_agent = false\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "work"]);
+    let mut ssh = SshClient::new(&site);
+    ssh.log_level = "INFO";
+    let pw = password(&alice);
+    let target = format!("{}@127.0.0.1", login(&alice, "work"));
+
+    let out = run(
+        &mut ssh.cmd("ssh", &pw, &["-W", "127.0.0.1:8000", &target]),
+        Some(""),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains(
+            "open failed: administratively prohibited: spawngrid: local port forwarding is disabled on this node"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &mut ssh.cmd(
+            "ssh",
+            &pw,
+            &[
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                "9000:127.0.0.1:1",
+                &target,
+                "--",
+                "echo ran",
+            ],
+        ),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("remote port forwarding failed for listen port 9000"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+    let out = run(
+        ssh.cmd(
+            "ssh",
+            &pw,
+            &["-A", &target, "--", "echo \"[$SSH_AUTH_SOCK]\""],
+        )
+        .env("SSH_AUTH_SOCK", "/nonexistent"),
+        None,
+    );
+    assert_eq!(text(&out.stdout), "[]\n", "{}", text(&out.stderr));
+
+    alice.ok("boom", &["work"]);
+}

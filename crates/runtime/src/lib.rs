@@ -11,6 +11,7 @@
 
 pub mod boom;
 pub mod cgroup;
+pub mod devices;
 pub mod exec;
 pub mod fdpass;
 pub mod helper;

@@ -146,6 +146,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     };
     state::store(dir, &state)?;
     cg.create(&opts.limits)?;
+    cg.restrict_devices()?;
     step("cgroup")?;
 
     let rw = dir.join("rw");

@@ -12,6 +12,7 @@
 pub mod boom;
 pub mod cgroup;
 pub mod devices;
+pub mod egress;
 pub mod exec;
 pub mod fdpass;
 pub mod helper;

@@ -509,3 +509,110 @@ fn a_255_byte_env_name_gets_nat_too() {
     drop(env);
     assert_no_network_left(&node, &link);
 }
+
+/// Runs `f` on a thread in the network namespace named `netns`.
+fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let ns = std::fs::File::open(Path::new("/run/netns").join(netns)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on a valid fd; network namespaces are per thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Network namespaces made by a test, removed on drop.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+#[test]
+fn a_node_that_turned_forwarding_on_routes_for_its_envs_only() {
+    let _serial = serial();
+    let node = TestNode::new();
+    // The node's host, with forwarding off, between a LAN neighbour (203.0.113.2, its
+    // default route through the host) and a far network (198.51.100.2).
+    let names = Namespaces(["host", "lan", "far"].map(unique).to_vec());
+    let [host, lan, far] = [&names.0[0], &names.0[1], &names.0[2]];
+    for n in &names.0 {
+        run("ip", &["netns", "add", n]);
+        run("ip", &["-n", n, "link", "set", "lo", "up"]);
+    }
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ],
+    );
+    for (peer, net, end) in [(lan, "203.0.113", "l0"), (far, "198.51.100", "f0")] {
+        let add = [
+            "-n", host, "link", "add", end, "type", "veth", "peer", "name", "eth0",
+        ];
+        run("ip", &[&add[..], &["netns", peer]].concat());
+        run(
+            "ip",
+            &[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{net}.1/24"),
+                "dev",
+                end,
+            ],
+        );
+        run("ip", &["-n", host, "link", "set", end, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                peer,
+                "addr",
+                "add",
+                &format!("{net}.2/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        run("ip", &["-n", peer, "link", "set", "eth0", "up"]);
+        let via = format!("{net}.1");
+        run("ip", &["-n", peer, "route", "add", "default", "via", &via]);
+    }
+    let far_addr = Ipv4Addr::new(198, 51, 100, 2);
+    let far_ns = Path::new("/run/netns").join(far);
+    in_netns(host, || {
+        let env = Env::spawn(&node.rt, &nat_opts(&node, "router"));
+        // The env goes out through the host.
+        assert!(reaches(&env, far_addr, Some(&far_ns)));
+        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        assert_eq!(forwarding.trim(), "1");
+        // The LAN neighbour does not.
+        let server = Server::start(far_addr, Some(&far_ns), Duration::from_secs(4));
+        let target = SocketAddr::from((far_addr, server.port));
+        let routed = in_netns(lan, || {
+            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)).is_ok()
+        });
+        let peer = server.peer();
+        assert!(
+            !routed && peer.is_none(),
+            "the host routed for its LAN: {peer:?}"
+        );
+        drop(env);
+    });
+}

@@ -31,6 +31,11 @@
 //! forward_remote = true           # `ssh -R` listening inside the env,
 //! forward_agent = true            # `ssh -A` (SSH_AUTH_SOCK inside the env)
 //!
+//! [nat]                           # what `--net nat` envs reach besides the internet
+//! allow = ["192.168.10.0/24"]     # destinations (a.b.c.d/len or one address) otherwise
+//!                                 # refused: private and link-local networks, the host's own
+//!                                 # addresses (the API, the SSH gateway); default: none
+//!
 //! [store]                         # where the library and catalog live (store::config);
 //! library = "s3://spawngrid/lib"  # default: DATA/library and DATA/catalog.db. Recorded in
 //!                                 # DATA/store.toml for local commands; without this table
@@ -43,6 +48,15 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// The `[nat]` table: destinations `nat` envs may reach besides the internet (see
+/// `runtime::egress`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatConfig {
+    /// Networks or addresses allowed (`a.b.c.d/len`, or `a.b.c.d`).
+    pub allow: Vec<runtime::egress::Cidr>,
+}
 
 /// The node's configuration (see the module documentation for the file format).
 #[derive(Clone, Debug, Deserialize)]
@@ -77,6 +91,8 @@ pub struct Config {
     pub capacity: crate::capacity::CapacityConfig,
     /// What the SSH gateway lets an env's owner forward.
     pub ssh: crate::ssh::SshConfig,
+    /// What `nat` envs may reach besides the internet.
+    pub nat: NatConfig,
     /// Where the library and the catalog live (`None`: as recorded in the data directory).
     pub store: Option<store::StoreConfig>,
 }
@@ -98,6 +114,7 @@ impl Default for Config {
             labels: Vec::new(),
             capacity: Default::default(),
             ssh: Default::default(),
+            nat: Default::default(),
             store: Default::default(),
         }
     }
@@ -208,6 +225,12 @@ mod tests {
         let c = Config::parse("labels = [\"rack=r1\"]").unwrap();
         assert_eq!(c.labels, ["rack=r1"]);
         assert!(Config::parse("labels = [\"rack\"]").is_err());
+        let c = Config::parse("[nat]\nallow = [\"192.168.10.0/24\", \"10.0.0.53\"]\n").unwrap();
+        let allow: Vec<String> = c.nat.allow.iter().map(|a| a.to_string()).collect();
+        assert_eq!(allow, ["192.168.10.0/24", "10.0.0.53/32"]);
+        let err = Config::parse("[nat]\nallow = [\"10.0.0.1/8\"]\n").unwrap_err();
+        assert!(err.to_string().contains("10.0.0.1/8"), "{err}");
+        assert!(Config::default().nat.allow.is_empty());
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
     opts.snapshot = Some(score);
     opts.lower_shifted = true;
     opts.disk = req.disk;
+    opts.nat_allow = node.config.nat.allow.clone();
     opts.network = match req.net {
         api::Net::None => runtime::Network::None,
         api::Net::Nat => runtime::Network::Nat,

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The v1 controllers an env uses.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+/// The v1 controllers an env uses. Envs spawned before the device allow-list have no
+/// `devices` directory ([`Cgroup::recorded`]).
+const V1_CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "freezer", "devices"];
 
 /// The parent of env cgroups spawned before node ids (`spawngrid/<env>`). Nodes on older
 /// versions share it and expect it to stay, so it is never removed.
@@ -122,6 +123,8 @@ pub struct Cgroup {
     layout: Layout,
     /// `PARENT/ENV`, the same under every hierarchy root.
     path: PathBuf,
+    /// Whether it has a v1 `devices` directory (all but envs spawned before it).
+    devices: bool,
 }
 
 impl Cgroup {
@@ -130,6 +133,7 @@ impl Cgroup {
         Cgroup {
             layout: layout.clone(),
             path: Path::new(&layout.parent).join(env),
+            devices: true,
         }
     }
 
@@ -139,16 +143,20 @@ impl Cgroup {
         let probe = Cgroup {
             layout: layout.clone(),
             path: PathBuf::new(),
+            devices: true,
         };
         let first = dirs
             .first()?
             .strip_prefix(probe.dir(V1_CONTROLLERS[0]))
             .ok()?;
-        let cg = Cgroup {
-            layout: layout.clone(),
-            path: first.to_path_buf(),
-        };
-        (first.components().count() == 2 && cg.dirs() == dirs).then_some(cg)
+        [true, false].into_iter().find_map(|devices| {
+            let cg = Cgroup {
+                layout: layout.clone(),
+                path: first.to_path_buf(),
+                devices,
+            };
+            (first.components().count() == 2 && cg.dirs() == dirs).then_some(cg)
+        })
     }
 
     /// The cgroup of env `name` of `rt`'s node: the one recorded in its `state` (an env keeps
@@ -173,7 +181,11 @@ impl Cgroup {
     pub fn dirs(&self) -> Vec<PathBuf> {
         match self.layout.hierarchy {
             Hierarchy::V2 => vec![self.main_dir()],
-            Hierarchy::V1 => V1_CONTROLLERS.iter().map(|c| self.dir(c)).collect(),
+            Hierarchy::V1 => V1_CONTROLLERS
+                .iter()
+                .filter(|&&c| c != "devices" || self.devices)
+                .map(|c| self.dir(c))
+                .collect(),
         }
     }
 
@@ -240,6 +252,15 @@ impl Cgroup {
                     return Err(e).with_context(|| format!("creating cgroup {}", dir.display()))
                 }
             }
+        }
+    }
+
+    /// Restricts the devices its processes may use to [`crate::devices::allowed`] (after
+    /// [`Cgroup::create`]): the v1 `devices` controller, or a v2 device program.
+    pub fn restrict_devices(&self) -> Result<()> {
+        match self.layout.hierarchy {
+            Hierarchy::V1 => crate::devices::restrict_v1(&self.dir("devices")),
+            Hierarchy::V2 => crate::devices::restrict_v2(&self.main_dir()),
         }
     }
 
@@ -474,7 +495,7 @@ mod tests {
         let dirs: Vec<String> = cg.dirs().iter().map(|d| d.display().to_string()).collect();
         assert_eq!(
             dirs,
-            ["memory", "pids", "cpu", "freezer"]
+            ["memory", "pids", "cpu", "freezer", "devices"]
                 .map(|c| format!("/sys/fs/cgroup/{c}/spawngrid-n2/e2+bob"))
         );
         assert_eq!(main_dir_of(&layout, &cg.dirs()), cg.main_dir());
@@ -494,6 +515,9 @@ mod tests {
             .collect();
         let main = main_dir_of(&v1, &legacy);
         assert_eq!(main, Path::new("/sys/fs/cgroup/freezer/spawngrid/old"));
+        // Envs spawned before the device allow-list have no `devices` directory.
+        let before_devices = Cgroup::recorded(&v1, &legacy[..4]).expect("four controllers");
+        assert_eq!(before_devices.dirs(), &legacy[..4]);
         let v2 = layout(Hierarchy::V2, Path::new("/sys/fs/cgroup"), "n3");
         let dirs = [PathBuf::from("/sys/fs/cgroup/spawngrid-n3/e3")];
         assert_eq!(main_dir_of(&v2, &dirs), dirs[0]);

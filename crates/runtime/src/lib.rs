@@ -11,6 +11,8 @@
 
 pub mod boom;
 pub mod cgroup;
+pub mod devices;
+pub mod egress;
 pub mod exec;
 pub mod fdpass;
 pub mod freeze;

@@ -5,8 +5,9 @@
 //! - `nat`: also a veth pair. The host end `sgv<N>` and the env's `eth0` get the two addresses
 //!   of a /30 from the host's pool ([`NAT_POOL`]); the env's default route is the host end;
 //!   the host forwards IPv4 and masquerades what the env sends elsewhere (nftables table
-//!   `ip spawngrid`). Set up from the host by the spawner once the init exists
-//!   ([`setup_nat`]), undone by boom ([`teardown_nat`]).
+//!   `ip spawngrid`), to the internet only unless the node allows more ([`crate::egress`]).
+//!   Set up from the host by the spawner once the init exists ([`setup_nat`]), undone by
+//!   boom ([`teardown_nat`]).
 //!
 //! The host side uses the iproute2 `ip` command (run inside the env's network namespace with
 //! util-linux `nsenter --net=/proc/PID/ns/net`) and the `nft` command.
@@ -41,6 +42,7 @@
 //! claims nothing host-wide: the interface names then still keep subnets apart (creating
 //! `sgv<N>` fails while it exists, and the spawner moves on).
 
+use crate::egress::{self, Cidr};
 use crate::Runtime;
 use anyhow::{bail, Context, Result};
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -158,6 +160,9 @@ struct Lease {
     /// Absent from leases made before host-wide claims (they never go stale).
     #[serde(default)]
     init: Option<(i32, u64)>,
+    /// Destinations the env may reach beyond the internet (its `allowed` elements).
+    #[serde(default)]
+    allow: Vec<Cidr>,
 }
 
 impl Lease {
@@ -199,10 +204,17 @@ fn tmp_is_stale(name: &str) -> bool {
 
 /// Gives env `env` (whose init, `init_pid`, started at `init_start`, has made its network
 /// namespace) a `nat` network: lease a subnet, create the veth pair with one end inside,
-/// address both ends, route, forward and masquerade. On error, what was made stays for
-/// [`teardown_nat`] (boom) to remove.
-pub fn setup_nat(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Result<NatLink> {
-    let (link, tag) = claim(rt, env, init_pid, init_start)?;
+/// address both ends, route, forward and masquerade, to the internet and the destinations
+/// `allow` only ([`crate::egress`]). On error, what was made stays for [`teardown_nat`]
+/// (boom) to remove.
+pub fn setup_nat(
+    rt: &Runtime,
+    env: &str,
+    init_pid: i32,
+    init_start: u64,
+    allow: &[Cidr],
+) -> Result<NatLink> {
+    let (link, tag) = claim(rt, env, init_pid, init_start, allow)?;
     // The init is alive until the spawn returns (nothing else runs in the env yet), so its pid
     // still names its namespace; check anyway that it was not reused.
     if crate::state::start_time(init_pid) != Some(init_start) {
@@ -228,31 +240,61 @@ pub fn setup_nat(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Res
         e = link.env_if
     );
     let netns = format!("--net=/proc/{init_pid}/ns/net");
-    sysctl("ipv4/ip_forward", "1")?;
+    enable_forwarding()?;
     // Independent of each other: run at the same time (each is a few ms of process start).
     let host = Tool::start("ip", &["-batch", "-"], Some(&host))?;
     let enter = [&netns, "--", "ip", "-batch", "-"];
     let inside = Tool::start("nsenter", &enter, Some(&inside))?;
-    // Usually the table exists and only the env's subnet is new (a rule change costs ~10 ms
-    // more); the whole table is (re)defined when it is missing.
-    let element = format!("add element ip {NFT_TABLE} envs {{ {} }}\n", link.cidr());
-    let rules = Tool::start("nft", &["-f", "-"], Some(&element))?;
+    // Usually the table exists and only the env's elements are new (a rule change costs ~10
+    // ms more); the whole table is (re)defined when it is missing or older than the egress
+    // rules (the probe fails).
+    let elements = env_elements(&link, allow);
+    let probe = format!("{}{elements}", egress::nft_probe(NFT_TABLE));
+    let rules = Tool::start("nft", &["-f", "-"], Some(&probe))?;
     let (host, inside, rules) = (host.finish()?, inside.finish()?, rules.finish()?);
     host.context("configuring the host end")?;
     inside.context("configuring the env's end")?;
     match rules {
         Err(e) if format!("{e}").contains("No such file or directory") => {
-            tool("nft", &["-f", "-"], Some(&nft_script(&link)))?.context("adding the nat rules")?
+            let script = format!("{}{elements}", nft_script());
+            tool("nft", &["-f", "-"], Some(&script))?.context("adding the nat rules")?
         }
         r => r.context("adding the env's subnet to the nat rules")?,
     }
     Ok(link)
 }
 
+/// The nft commands adding env `link`'s subnet, and its allowed destinations `allow`.
+fn env_elements(link: &NatLink, allow: &[Cidr]) -> String {
+    let mut s = format!("add element ip {NFT_TABLE} envs {{ {} }}\n", link.cidr());
+    if let Some(pairs) = egress::allowed_elements(&link.cidr(), allow) {
+        s += &format!("add element ip {NFT_TABLE} allowed {pairs}\n");
+    }
+    s
+}
+
+/// Turns IPv4 forwarding on. If it was off (the host routed for nobody), first adds the
+/// router guard ([`egress::nft_router_guard`]), so the host forwards only for env links.
+fn enable_forwarding() -> Result<()> {
+    let key = "ipv4/ip_forward";
+    if std::fs::read_to_string(format!("/proc/sys/net/{key}")).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    let guard = egress::nft_router_guard(NFT_TABLE, HOST_IF_PREFIX);
+    tool("nft", &["-f", "-"], Some(&guard))?.context("adding the router guard")?;
+    sysctl(key, "1")
+}
+
 /// Leases a free subnet for `env` (in the node's leases and host-wide) and creates its veth
 /// pair, the env end (`eth0`) directly in the network namespace of `init_pid` (started at
 /// `init_start`); returns the link and the host end's tag.
-fn claim(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Result<(NatLink, String)> {
+fn claim(
+    rt: &Runtime,
+    env: &str,
+    init_pid: i32,
+    init_start: u64,
+    allow: &[Cidr],
+) -> Result<(NatLink, String)> {
     let dir = leases_dir(rt);
     crate::ensure_dir(&dir)?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -286,6 +328,7 @@ fn claim(rt: &Runtime, env: &str, init_pid: i32, init_start: u64) -> Result<(Nat
             tag: tag.clone(),
             link: link.clone(),
             init: Some((init_pid, init_start)),
+            allow: allow.to_vec(),
         };
         std::fs::write(&tmp, serde_json::to_vec(&lease)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
@@ -457,10 +500,13 @@ fn release(path: &Path, lease: &Lease) -> Result<()> {
         true => Some(Tool::start("ip", &["link", "del", "dev", h], None)?),
         false => None,
     };
-    let del = format!(
+    let mut del = format!(
         "delete element ip {NFT_TABLE} envs {{ {} }}\n",
         lease.link.cidr()
     );
+    if let Some(pairs) = egress::allowed_elements(&lease.link.cidr(), &lease.allow) {
+        del += &format!("delete element ip {NFT_TABLE} allowed {pairs}\n");
+    }
     let del_element = match owned {
         true => Some(Tool::start("nft", &["-f", "-"], Some(&del))?),
         false => None,
@@ -488,10 +534,11 @@ fn release(path: &Path, lease: &Lease) -> Result<()> {
     unclaim(path, &lease.link)
 }
 
-/// The nft transaction that (re)defines the table, set and rules and adds the env's subnet.
-/// Idempotent and atomic, so concurrent spawns may run it at the same time (a spawn that finds
-/// the table missing runs it; a flushed ruleset loses the subnets of running envs, though).
-fn nft_script(link: &NatLink) -> String {
+/// The nft commands that (re)define the table, sets and rules (the env's elements follow in
+/// the same transaction). Idempotent and atomic, so concurrent spawns may run it at the same
+/// time (a spawn that finds the table missing or older runs it; a flushed ruleset loses the
+/// subnets of running envs, though).
+fn nft_script() -> String {
     let t = NFT_TABLE;
     format!(
         "add table ip {t}
@@ -499,12 +546,8 @@ add set ip {t} envs {{ type ipv4_addr; flags interval; }}
 add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 flush chain ip {t} postrouting
 add rule ip {t} postrouting ip saddr @envs ip daddr != @envs masquerade
-add chain ip {t} forward {{ type filter hook forward priority filter; policy accept; }}
-flush chain ip {t} forward
-add rule ip {t} forward ip saddr @envs ip daddr @envs drop
-add element ip {t} envs {{ {} }}
-",
-        link.cidr()
+{}",
+        egress::nft_rules(t, HOST_IF_PREFIX)
     )
 }
 
@@ -660,6 +703,7 @@ mod tests {
                 tag: "t".into(),
                 link: link.clone(),
                 init,
+                allow: Vec::new(),
             };
             std::fs::write(path, serde_json::to_vec(&lease).unwrap()).unwrap();
         };

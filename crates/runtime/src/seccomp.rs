@@ -1,161 +1,224 @@
-//! The seccomp filter of every process in an env: a deny list in classic BPF, built from a
-//! constant table (nothing to compile at run time), installed after no_new_privs.
+//! The seccomp filter of every process in an env: an allow list. The policy is data (the
+//! tables below: syscalls allowed whatever their arguments, and a few allowed only with some
+//! arguments), compiled into classic BPF by `seccompiler` (Firecracker's compiler), once per
+//! process that enters an env, and installed after no_new_privs.
 //!
-//! Denied with `EPERM`: kernel modules, kexec, reboot, swap, clocks, kernel logs, bpf, perf,
-//! userfaultfd, kernel keyrings, handle-based opens, quotas, raw I/O ports, io_uring, and every
-//! way to make or join namespaces or change mounts (`mount`, `umount2`, `pivot_root`,
-//! `unshare`, `setns`, the new mount API, `clone` with a `CLONE_NEW*` flag). `clone3` gets
-//! `ENOSYS`, so C libraries fall back to `clone`, whose flags the filter can see. A foreign
-//! architecture or an x32 syscall number is denied too.
+//! Every other syscall fails with `ENOSYS`, as on a kernel that lacks it, so programs take
+//! the fallback they have for older kernels (glibc goes from `clone3` to `clone`, from
+//! `fchmodat2` to `fchmodat`): a syscall newer than this list degrades, it does not break.
+//! Left out on purpose: kernel modules, kexec, reboot, swap, clocks, kernel logs, accounting,
+//! bpf, perf, userfaultfd, kernel keyrings, handle-based opens, quotas (`quotactl`,
+//! `quotactl_fd`), fanotify, raw I/O ports, io_uring, `vhangup`, and every way to make or
+//! join namespaces or change mounts (`mount`, `umount2`, `pivot_root`, `unshare`, `setns`,
+//! the new mount API, `clone` with a `CLONE_NEW*` flag, `clone3`, whose flags a filter cannot
+//! read). `socket` is allowed for every family but `AF_PACKET` (a raw view of the env's
+//! links, which nothing an env runs needs). A call from another architecture's table (i386
+//! `int 0x80` on x86_64) kills the process: its numbers mean other calls, and no program of
+//! the env's architecture makes one. x32 numbers (bit 30) are simply not in the list.
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+use std::collections::BTreeMap;
 
-/// Syscalls denied with EPERM (on every architecture libc knows them for).
-const DENIED: &[libc::c_long] = &[
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_reboot,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_acct,
-    libc::SYS_settimeofday,
-    libc::SYS_clock_settime,
-    libc::SYS_clock_adjtime,
-    libc::SYS_adjtimex,
-    libc::SYS_syslog,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_quotactl,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_mount_setattr,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_vhangup,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_iopl,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_ioperm,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_uselib,
+/// Syscalls allowed whatever their arguments, on every architecture.
+#[rustfmt::skip]
+const ALLOWED: &[libc::c_long] = {
+    use libc::*;
+    &[
+        // Files and directories.
+        SYS_read, SYS_write, SYS_readv, SYS_writev, SYS_pread64, SYS_pwrite64, SYS_preadv,
+        SYS_pwritev, SYS_preadv2, SYS_pwritev2, SYS_openat, SYS_openat2, SYS_close,
+        SYS_close_range, SYS_lseek, SYS_dup, SYS_dup3, SYS_pipe2, SYS_fcntl, SYS_ioctl,
+        SYS_flock, SYS_fsync, SYS_fdatasync, SYS_sync, SYS_syncfs, SYS_sync_file_range,
+        SYS_truncate, SYS_ftruncate, SYS_fallocate, SYS_fadvise64, SYS_readahead,
+        SYS_copy_file_range, SYS_sendfile, SYS_splice, SYS_tee, SYS_vmsplice, SYS_getdents64,
+        SYS_getcwd, SYS_chdir, SYS_fchdir, SYS_chroot, SYS_mkdirat, SYS_mknodat, SYS_unlinkat,
+        SYS_symlinkat, SYS_linkat, SYS_renameat, SYS_renameat2, SYS_readlinkat, SYS_faccessat,
+        SYS_faccessat2, SYS_fchmod, SYS_fchmodat, SYS_fchmodat2, SYS_fchown, SYS_fchownat,
+        SYS_utimensat, SYS_newfstatat, SYS_fstat, SYS_statx, SYS_statfs, SYS_fstatfs,
+        SYS_umask, SYS_setxattr, SYS_lsetxattr, SYS_fsetxattr, SYS_getxattr, SYS_lgetxattr,
+        SYS_fgetxattr, SYS_listxattr, SYS_llistxattr, SYS_flistxattr, SYS_removexattr,
+        SYS_lremovexattr, SYS_fremovexattr, SYS_inotify_init1, SYS_inotify_add_watch,
+        SYS_inotify_rm_watch, SYS_memfd_create, SYS_memfd_secret,
+        // Memory.
+        SYS_brk, SYS_mmap, SYS_munmap, SYS_mprotect, SYS_mremap, SYS_msync, SYS_mincore,
+        SYS_madvise, SYS_process_madvise, SYS_mlock, SYS_mlock2, SYS_munlock, SYS_mlockall,
+        SYS_munlockall, SYS_remap_file_pages, SYS_mbind, SYS_get_mempolicy, SYS_set_mempolicy,
+        SYS_set_mempolicy_home_node, SYS_pkey_alloc, SYS_pkey_free, SYS_pkey_mprotect,
+        SYS_mseal, SYS_membarrier,
+        // Processes, threads, signals.
+        SYS_execve, SYS_execveat, SYS_exit, SYS_exit_group, SYS_wait4, SYS_waitid, SYS_kill,
+        SYS_tkill, SYS_tgkill, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn,
+        SYS_rt_sigpending, SYS_rt_sigtimedwait, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo,
+        SYS_rt_sigsuspend, SYS_sigaltstack, SYS_signalfd4, SYS_pidfd_open,
+        SYS_pidfd_send_signal, SYS_pidfd_getfd, SYS_process_mrelease, SYS_set_tid_address,
+        SYS_set_robust_list, SYS_get_robust_list, SYS_futex, SYS_futex_waitv, SYS_rseq,
+        SYS_restart_syscall, SYS_prctl, SYS_seccomp, SYS_landlock_create_ruleset,
+        SYS_landlock_add_rule, SYS_landlock_restrict_self, SYS_ptrace, SYS_process_vm_readv,
+        SYS_process_vm_writev, SYS_kcmp, SYS_capget, SYS_capset, SYS_getpid, SYS_getppid,
+        SYS_gettid, SYS_getpgid, SYS_setpgid, SYS_getsid, SYS_setsid, SYS_getuid, SYS_geteuid,
+        SYS_getgid, SYS_getegid, SYS_getresuid, SYS_getresgid, SYS_getgroups, SYS_setuid,
+        SYS_setgid, SYS_setreuid, SYS_setregid, SYS_setresuid, SYS_setresgid, SYS_setfsuid,
+        SYS_setfsgid, SYS_setgroups, SYS_getrlimit, SYS_setrlimit, SYS_prlimit64,
+        SYS_getrusage, SYS_getpriority, SYS_setpriority, SYS_sched_yield, SYS_sched_getaffinity,
+        SYS_sched_setaffinity, SYS_sched_getparam, SYS_sched_setparam, SYS_sched_getscheduler,
+        SYS_sched_setscheduler, SYS_sched_getattr, SYS_sched_setattr,
+        SYS_sched_get_priority_max, SYS_sched_get_priority_min, SYS_sched_rr_get_interval,
+        SYS_ioprio_get, SYS_ioprio_set, SYS_getcpu, SYS_uname, SYS_sysinfo, SYS_sethostname,
+        SYS_setdomainname, SYS_getrandom,
+        // Time and waiting.
+        SYS_clock_gettime, SYS_clock_getres, SYS_clock_nanosleep, SYS_nanosleep,
+        SYS_gettimeofday, SYS_times, SYS_getitimer, SYS_setitimer, SYS_timer_create,
+        SYS_timer_settime, SYS_timer_gettime, SYS_timer_getoverrun, SYS_timer_delete,
+        SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime, SYS_eventfd2,
+        SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_pwait2, SYS_ppoll,
+        SYS_pselect6,
+        // Asynchronous I/O (the old interface; io_uring is left out).
+        SYS_io_setup, SYS_io_destroy, SYS_io_submit, SYS_io_cancel, SYS_io_getevents,
+        // System V and POSIX IPC (the env's own IPC namespace).
+        SYS_msgget, SYS_msgsnd, SYS_msgrcv, SYS_msgctl, SYS_semget, SYS_semop, SYS_semctl,
+        SYS_semtimedop, SYS_shmget, SYS_shmat, SYS_shmdt, SYS_shmctl, SYS_mq_open,
+        SYS_mq_unlink, SYS_mq_timedsend, SYS_mq_timedreceive, SYS_mq_notify,
+        SYS_mq_getsetattr,
+        // Sockets (`socket` itself is a rule: no AF_PACKET).
+        SYS_socketpair, SYS_bind, SYS_connect, SYS_listen, SYS_accept, SYS_accept4,
+        SYS_getsockname, SYS_getpeername, SYS_sendto, SYS_recvfrom, SYS_sendmsg, SYS_recvmsg,
+        SYS_sendmmsg, SYS_recvmmsg, SYS_shutdown, SYS_setsockopt, SYS_getsockopt,
+    ]
+};
+
+/// Syscalls allowed whatever their arguments that only x86_64 has (the older forms the
+/// generic table replaced).
+#[cfg(target_arch = "x86_64")]
+#[rustfmt::skip]
+const ALLOWED_X86_64: &[libc::c_long] = {
+    use libc::*;
+    &[
+        SYS_open, SYS_creat, SYS_stat, SYS_lstat, SYS_access, SYS_pipe, SYS_dup2, SYS_poll,
+        SYS_select, SYS_epoll_create, SYS_epoll_wait, SYS_eventfd, SYS_signalfd,
+        SYS_inotify_init, SYS_getdents, SYS_mkdir, SYS_rmdir, SYS_mknod, SYS_unlink,
+        SYS_symlink, SYS_link, SYS_rename, SYS_readlink, SYS_chmod, SYS_chown, SYS_lchown,
+        SYS_utime, SYS_utimes, SYS_futimesat, SYS_fork, SYS_vfork, SYS_alarm, SYS_pause,
+        SYS_time, SYS_getpgrp, SYS_arch_prctl, SYS_get_thread_area, SYS_set_thread_area,
+    ]
+};
+#[cfg(not(target_arch = "x86_64"))]
+const ALLOWED_X86_64: &[libc::c_long] = &[];
+
+/// Syscalls newer than the `libc` crate's tables, allowed whatever their arguments. From 424
+/// on, every architecture shares one numbering.
+const ALLOWED_NEWER: &[libc::c_long] = &[
+    451, // cachestat
+    453, // map_shadow_stack (x86_64 shadow stacks; ENOSYS elsewhere)
+    454, // futex_wake
+    455, // futex_wait
+    456, // futex_requeue
+    463, // setxattrat
+    464, // getxattrat
+    465, // listxattrat
+    466, // removexattrat
 ];
 
-/// `clone` flags that create namespaces.
-const CLONE_NEW_ANY: u32 = (libc::CLONE_NEWNS
+/// `clone` flags that create namespaces (a filter reads `clone`'s flags, not `clone3`'s).
+const CLONE_NEW_ANY: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWCGROUP
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET) as u32
+    | libc::CLONE_NEWNET) as u64
     | 0x80; // CLONE_NEWTIME
 
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+/// `personality` values allowed (Docker's list): Linux, with UNAME26 or 32-bit addresses,
+/// and the query. Not ADDR_NO_RANDOMIZE, which would switch address randomisation off.
+const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
-/// Offsets in `struct seccomp_data`: nr, arch, args[0] (low 32 bits, little-endian).
-const NR: u32 = 0;
-const ARCH: u32 = 4;
-const ARG0: u32 = 16;
-
-const RET_ALLOW: u32 = 0x7fff_0000;
-const RET_ERRNO: u32 = 0x0005_0000;
-const RET_KILL_PROCESS: u32 = 0x8000_0000;
-
-fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+/// One condition on argument `index` (its low 32 bits).
+fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
+        .map_err(|e| anyhow!("seccomp condition: {e}"))
 }
 
-fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
+/// A rule of one or more conditions, all of which must hold.
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule> {
+    SeccompRule::new(conditions).map_err(|e| anyhow!("seccomp rule: {e}"))
 }
 
-/// The filter program.
-pub fn program() -> Vec<libc::sock_filter> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let load = |off| stmt(BPF_LD | BPF_W | BPF_ABS, off);
-    let ret = |v| stmt(BPF_RET | BPF_K, v);
-    let eperm = RET_ERRNO | libc::EPERM as u32;
-    let mut p = vec![
-        load(ARCH),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 1, 0),
-        ret(RET_KILL_PROCESS),
-        load(NR),
-        // x32 numbers (bit 30) on x86_64: refuse rather than match them against the table.
-        jump(BPF_JMP | BPF_JGE | BPF_K, 0x4000_0000, 0, 1),
-        ret(eperm),
-    ];
-    for &nr in DENIED {
-        p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr as u32, 0, 1));
-        p.push(ret(eperm));
-    }
-    p.push(jump(
-        BPF_JMP | BPF_JEQ | BPF_K,
-        libc::SYS_clone3 as u32,
-        0,
-        1,
-    ));
-    p.push(ret(RET_ERRNO | libc::ENOSYS as u32));
-    p.extend([
-        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone as u32, 0, 3),
-        load(ARG0),
-        jump(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEW_ANY, 0, 1),
-        ret(eperm),
-        ret(RET_ALLOW),
-    ]);
-    p
+/// The policy: each allowed syscall with its rules (any one of which allows the call; none:
+/// always allowed).
+pub fn policy() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = [ALLOWED, ALLOWED_X86_64, ALLOWED_NEWER]
+        .concat()
+        .into_iter()
+        .map(|nr| (nr, Vec::new()))
+        .collect();
+    let no_new_ns = arg(0, SeccompCmpOp::MaskedEq(CLONE_NEW_ANY), 0)?;
+    rules.insert(libc::SYS_clone, vec![rule(vec![no_new_ns])?]);
+    let not_packet = arg(0, SeccompCmpOp::Ne, libc::AF_PACKET as u64)?;
+    rules.insert(libc::SYS_socket, vec![rule(vec![not_packet])?]);
+    let personalities = PERSONALITIES
+        .iter()
+        .map(|&p| rule(vec![arg(0, SeccompCmpOp::Eq, p)?]))
+        .collect::<Result<_>>()?;
+    rules.insert(libc::SYS_personality, personalities);
+    Ok(rules)
+}
+
+/// The filter program for this architecture.
+pub fn program() -> Result<BpfProgram> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| anyhow!("no seccomp filter for this architecture: {e}"))?;
+    let filter = SeccompFilter::new(
+        policy()?,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(|e| anyhow!("building the seccomp filter: {e}"))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| anyhow!("compiling the seccomp filter: {e}"))
 }
 
 /// Installs the filter on this thread (inherited by every child). Needs no_new_privs.
 pub fn install() -> Result<()> {
-    let prog = program();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the program.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            &fprog as *const libc::sock_fprog,
-            0,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("installing the seccomp filter");
+    let program = program()?;
+    seccompiler::apply_filter(&program).context("installing the seccomp filter")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_compiles_and_leaves_out_the_denied_classes() {
+        let rules = policy().unwrap();
+        let denied = [
+            libc::SYS_mount,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_clone3,
+            libc::SYS_bpf,
+            libc::SYS_io_uring_setup,
+            libc::SYS_userfaultfd,
+            libc::SYS_keyctl,
+            libc::SYS_open_by_handle_at,
+            libc::SYS_fsopen,
+            libc::SYS_open_tree,
+            libc::SYS_move_mount,
+            libc::SYS_quotactl_fd,
+            libc::SYS_fanotify_init,
+        ];
+        for nr in denied {
+            assert!(!rules.contains_key(&nr), "syscall {nr} is allowed");
+        }
+        assert!(rules[&libc::SYS_read].is_empty());
+        assert_eq!(rules[&libc::SYS_personality].len(), PERSONALITIES.len());
+        let program = program().unwrap();
+        assert!(program.len() < 4096, "{} instructions", program.len());
     }
-    Ok(())
 }

@@ -40,6 +40,9 @@ pub struct SpawnOptions {
     pub limits: Limits,
     /// The env's network: `none` (loopback only, the default) or `nat`.
     pub network: Network,
+    /// Destinations a `nat` env may reach beyond the internet (private networks, the host's
+    /// addresses): see [`crate::egress`].
+    pub nat_allow: Vec<crate::egress::Cidr>,
     /// For tests: fail right after the step of this name (see [`STEPS`]).
     pub fail_after: Option<String>,
 }
@@ -58,6 +61,7 @@ impl SpawnOptions {
             write_size: None,
             limits: Limits::default(),
             network: Network::None,
+            nat_allow: Vec::new(),
             fail_after: None,
         }
     }
@@ -146,6 +150,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     };
     state::store(dir, &state)?;
     cg.create(&opts.limits)?;
+    cg.restrict_devices()?;
     step("cgroup")?;
 
     let rw = dir.join("rw");
@@ -196,7 +201,8 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     result?;
     if opts.network == Network::Nat {
         // The init's network namespace exists (its pid is known); boom undoes this on failure.
-        let link = net::setup_nat(rt, &opts.name, state.init_pid, state.init_start)?;
+        let (pid, start) = (state.init_pid, state.init_start);
+        let link = net::setup_nat(rt, &opts.name, pid, start, &opts.nat_allow)?;
         state.nat = Some(link);
     }
     step("net")?;

@@ -153,7 +153,7 @@ fn assert_no_leases(node: &TestNode) {
 }
 
 #[test]
-fn a_nat_env_has_an_address_a_route_and_reaches_its_host_end() {
+fn a_nat_env_has_an_address_and_a_route_but_no_way_into_its_host() {
     let _serial = serial();
     let node = TestNode::new();
     let env = Env::spawn(&node.rt, &nat_opts(&node, "nat"));
@@ -176,15 +176,14 @@ fn a_nat_env_has_an_address_a_route_and_reaches_its_host_end() {
         ["all", "default", "eth0", "lo"]
     );
 
-    let server = Server::start(link.host_addr, None, Duration::from_secs(10));
+    // Its gateway is no way into the host: a listener on every host address (as the node's
+    // API and SSH gateway are) sees nothing of the env.
+    let server = Server::start(Ipv4Addr::UNSPECIFIED, None, Duration::from_secs(4));
     let (ok, reply) = connect(&env, link.host_addr, server.port);
-    let peer = server.peer().expect("the env connected");
-    assert!(ok, "nc failed; the server saw {peer}");
-    assert_eq!(reply, "ok\n");
-    assert_eq!(
-        peer.ip(),
-        IpAddr::V4(link.env_addr),
-        "the env's own address"
+    let peer = server.peer();
+    assert!(
+        !ok && reply.is_empty() && peer.is_none(),
+        "the env reached the host: nc ok={ok} {reply:?}, the server saw {peer:?}"
     );
 
     // The state file carries the network for a new process.
@@ -211,9 +210,9 @@ fn a_none_env_reaches_nothing() {
         !ok && reply.is_empty() && peer.is_none(),
         "a none env reached the host end: nc ok={ok} {reply:?}, server saw {peer:?}"
     );
-    // The host end is reachable all the same (from the nat env).
+    // The listener works all the same (for the host).
     let server = Server::start(link.host_addr, None, Duration::from_secs(10));
-    assert!(connect(&nat, link.host_addr, server.port).0);
+    std::net::TcpStream::connect((link.host_addr, server.port)).unwrap();
     assert!(server.peer().is_some());
 }
 
@@ -250,7 +249,7 @@ fn boom_and_failed_spawns_leave_no_link_rule_or_lease() {
     // So does a network setup that fails half-way: the veth cannot go into the namespace of
     // a process that does not exist, after the subnet was leased.
     let name = unique("half");
-    let err = runtime::net::setup_nat(&node.rt, &name, 0x3fff_fff0, 0).unwrap_err();
+    let err = runtime::net::setup_nat(&node.rt, &name, 0x3fff_fff0, 0, &[]).unwrap_err();
     assert!(format!("{err:#}").contains("veth"), "{err:#}");
     runtime::net::teardown_nat(&node.rt, &name).unwrap();
     assert_eq!(host_network(), before);
@@ -319,23 +318,40 @@ fn nat_envs_get_different_subnets_and_do_not_reach_each_other() {
     }
 }
 
-/// A network namespace standing for the outside world: `198.51.100.2/24` behind a veth whose
-/// host end is `198.51.100.1/24`. Removed on drop.
+/// A network namespace standing for a network beyond the host: `NET.2/24` behind a veth
+/// whose host end is `NET.1/24`. [`Outside::new`] is the internet (`198.51.100.0/24`, a
+/// documentation range). Removed on drop.
 struct Outside {
     name: String,
     host_if: String,
+    /// The host end's address.
+    host: Ipv4Addr,
+    /// The address in the namespace.
+    addr: Ipv4Addr,
 }
 
 impl Outside {
-    const HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-    const ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-
     fn new() -> Outside {
+        Outside::on([198, 51, 100])
+    }
+
+    /// A namespace on `NET.0/24`.
+    fn on(net: [u8; 3]) -> Outside {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let [a, b, c] = net;
         let name = unique("sg-outside");
-        let host_if = format!("sgo{}", std::process::id() % 100_000);
-        let o = Outside { name, host_if };
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host_if = format!("sgo{}-{n}", std::process::id() % 100_000);
+        let (host, addr) = (Ipv4Addr::new(a, b, c, 1), Ipv4Addr::new(a, b, c, 2));
+        let o = Outside {
+            name,
+            host_if,
+            host,
+            addr,
+        };
         let n = o.name.as_str();
         let h = o.host_if.as_str();
+        let (host, addr) = (format!("{host}/24"), format!("{addr}/24"));
         run("ip", &["netns", "add", n]);
         run(
             "ip",
@@ -343,12 +359,9 @@ impl Outside {
                 "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", n,
             ],
         );
-        run("ip", &["addr", "add", "198.51.100.1/24", "dev", h]);
+        run("ip", &["addr", "add", &host, "dev", h]);
         run("ip", &["link", "set", h, "up"]);
-        run(
-            "ip",
-            &["-n", n, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
-        );
+        run("ip", &["-n", n, "addr", "add", &addr, "dev", "eth0"]);
         run("ip", &["-n", n, "link", "set", "eth0", "up"]);
         run("ip", &["-n", n, "link", "set", "lo", "up"]);
         o
@@ -378,29 +391,85 @@ fn outbound_traffic_is_masqueraded_through_the_host() {
     let env = Env::spawn(&node.rt, &nat_opts(&node, "out"));
     let link = link_of(&env);
     let server = Server::start(
-        Outside::ADDR,
+        outside.addr,
         Some(&outside.netns()),
         Duration::from_secs(10),
     );
-    let (ok, reply) = connect(&env, Outside::ADDR, server.port);
+    let (ok, reply) = connect(&env, outside.addr, server.port);
     let peer = server.peer();
     assert!(
         ok && reply == "ok\n",
         "nc: ok={ok} {reply:?}, peer {peer:?}"
     );
     // The outside sees the host's address on its link, not the env's.
-    assert_eq!(peer.map(|p| p.ip()), Some(IpAddr::V4(Outside::HOST)));
+    assert_eq!(peer.map(|p| p.ip()), Some(IpAddr::V4(outside.host)));
     // A none env has no way out.
     let none = Env::spawn(&node.rt, &node.opts("none"));
-    let server = Server::start(
-        Outside::ADDR,
-        Some(&outside.netns()),
-        Duration::from_secs(4),
-    );
-    assert!(!connect(&none, Outside::ADDR, server.port).0);
+    let server = Server::start(outside.addr, Some(&outside.netns()), Duration::from_secs(4));
+    assert!(!connect(&none, outside.addr, server.port).0);
     assert!(server.peer().is_none());
     drop((env, none));
     assert_no_network_left(&node, &link);
+}
+
+/// Whether `env` reaches a listener on `addr` (in the namespace at `netns`, else on the
+/// host); `nc` and the listener must agree.
+fn reaches(env: &Env, addr: Ipv4Addr, netns: Option<&Path>) -> bool {
+    let server = Server::start(addr, netns, Duration::from_secs(4));
+    let (ok, reply) = connect(env, addr, server.port);
+    let peer = server.peer();
+    assert_eq!(
+        ok && reply == "ok\n",
+        peer.is_some(),
+        "nc ok={ok} {reply:?}, the server saw {peer:?}"
+    );
+    peer.is_some()
+}
+
+#[test]
+fn nat_envs_reach_the_internet_only_unless_the_node_allows_more() {
+    let _serial = serial();
+    let node = TestNode::new();
+    let internet = Outside::new();
+    let private = Outside::on([172, 31, 250]);
+    let link_local = Outside::on([169, 254, 169]);
+    let env = Env::spawn(&node.rt, &nat_opts(&node, "egress"));
+    assert!(reaches(&env, internet.addr, Some(&internet.netns())));
+    assert!(
+        !reaches(&env, private.addr, Some(&private.netns())),
+        "RFC 1918"
+    );
+    let metadata = Some(link_local.netns());
+    assert!(
+        !reaches(&env, link_local.addr, metadata.as_deref()),
+        "link-local"
+    );
+    // An address of the host that is not the env's gateway is the host all the same.
+    assert!(!reaches(&env, internet.host, None), "the host");
+
+    // The node allows a private network and one address of the host to another env.
+    let mut opts = nat_opts(&node, "allowed");
+    opts.nat_allow = vec![
+        "172.31.250.0/24".parse().unwrap(),
+        internet.host.to_string().parse().unwrap(),
+    ];
+    let allowed = Env::spawn(&node.rt, &opts);
+    assert!(reaches(&allowed, private.addr, Some(&private.netns())));
+    assert!(reaches(&allowed, internet.host, None));
+    assert!(!reaches(&allowed, link_local.addr, metadata.as_deref()));
+    let gateway = link_of(&allowed).host_addr;
+    assert!(
+        !reaches(&allowed, gateway, None),
+        "a host address it was not allowed"
+    );
+    // Allowances are the env's own.
+    assert!(!reaches(&env, private.addr, Some(&private.netns())));
+
+    let links = [link_of(&env), link_of(&allowed)];
+    drop((env, allowed));
+    for link in &links {
+        assert_no_network_left(&node, link);
+    }
 }
 
 #[test]
@@ -439,4 +508,111 @@ fn a_255_byte_env_name_gets_nat_too() {
     assert!(env.ok("ip route").contains("default via"));
     drop(env);
     assert_no_network_left(&node, &link);
+}
+
+/// Runs `f` on a thread in the network namespace named `netns`.
+fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let ns = std::fs::File::open(Path::new("/run/netns").join(netns)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on a valid fd; network namespaces are per thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Network namespaces made by a test, removed on drop.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+#[test]
+fn a_node_that_turned_forwarding_on_routes_for_its_envs_only() {
+    let _serial = serial();
+    let node = TestNode::new();
+    // The node's host, with forwarding off, between a LAN neighbour (203.0.113.2, its
+    // default route through the host) and a far network (198.51.100.2).
+    let names = Namespaces(["host", "lan", "far"].map(unique).to_vec());
+    let [host, lan, far] = [&names.0[0], &names.0[1], &names.0[2]];
+    for n in &names.0 {
+        run("ip", &["netns", "add", n]);
+        run("ip", &["-n", n, "link", "set", "lo", "up"]);
+    }
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ],
+    );
+    for (peer, net, end) in [(lan, "203.0.113", "l0"), (far, "198.51.100", "f0")] {
+        let add = [
+            "-n", host, "link", "add", end, "type", "veth", "peer", "name", "eth0",
+        ];
+        run("ip", &[&add[..], &["netns", peer]].concat());
+        run(
+            "ip",
+            &[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{net}.1/24"),
+                "dev",
+                end,
+            ],
+        );
+        run("ip", &["-n", host, "link", "set", end, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                peer,
+                "addr",
+                "add",
+                &format!("{net}.2/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        run("ip", &["-n", peer, "link", "set", "eth0", "up"]);
+        let via = format!("{net}.1");
+        run("ip", &["-n", peer, "route", "add", "default", "via", &via]);
+    }
+    let far_addr = Ipv4Addr::new(198, 51, 100, 2);
+    let far_ns = Path::new("/run/netns").join(far);
+    in_netns(host, || {
+        let env = Env::spawn(&node.rt, &nat_opts(&node, "router"));
+        // The env goes out through the host.
+        assert!(reaches(&env, far_addr, Some(&far_ns)));
+        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        assert_eq!(forwarding.trim(), "1");
+        // The LAN neighbour does not.
+        let server = Server::start(far_addr, Some(&far_ns), Duration::from_secs(4));
+        let target = SocketAddr::from((far_addr, server.port));
+        let routed = in_netns(lan, || {
+            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)).is_ok()
+        });
+        let peer = server.peer();
+        assert!(
+            !routed && peer.is_none(),
+            "the host routed for its LAN: {peer:?}"
+        );
+        drop(env);
+    });
 }

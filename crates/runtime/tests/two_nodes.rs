@@ -21,6 +21,15 @@ fn nat_opts(memory: u64) -> SpawnOptions {
 fn nat_opts_for(id: &str, memory: u64) -> SpawnOptions {
     let mut opts = SpawnOptions::new(id, "alice", &busybox());
     opts.network = Network::Nat;
+    // The pool's addresses allowed, so an env may ping its gateway (the host) to show its
+    // link works; traffic between envs is refused before allowances.
+    opts.nat_allow = vec![format!(
+        "{}/{}",
+        runtime::net::NAT_POOL,
+        runtime::net::NAT_POOL_PREFIX
+    )
+    .parse()
+    .unwrap()];
     opts.limits = Limits {
         memory,
         ..Limits::default()

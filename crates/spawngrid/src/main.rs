@@ -83,6 +83,16 @@ enum Command {
     /// Stop sharing one of your names with a user.
     #[command(disable_help_flag = true)]
     Unshare(client::share::ShareArgs),
+    /// Who commands to a node act as: the user (-u, else the node's last login, else $USER),
+    /// the node, and the stored token's age and expiry.
+    #[command(disable_help_flag = true)]
+    Whoami(client::account::WhoamiArgs),
+    /// Print a shell completion script for bash, zsh or fish (e.g.
+    /// `spawngrid completions bash > /etc/bash_completion.d/spawngrid`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Change your password on the node (admins: anyone's); you log in again afterwards.
     #[command(disable_help_flag = true)]
     Passwd(client::account::PasswdArgs),
@@ -158,6 +168,18 @@ impl DataDir {
     }
 }
 
+/// `spawngrid completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "spawngrid",
+        &mut std::io::stdout(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The command line, with `orc` put in front of the arguments when the binary runs under the
 /// name `gridorc` (the seed's name for the loop).
 fn args() -> Vec<std::ffi::OsString> {
@@ -218,6 +240,8 @@ fn main() -> ExitCode {
         Command::Invite(a) => client::invite::invite(a, json),
         Command::Share(a) => client::share::share(a, json),
         Command::Unshare(a) => client::share::unshare(a, json),
+        Command::Whoami(a) => client::account::whoami(a, json),
+        Command::Completions { shell } => completions(shell),
         Command::Passwd(a) => client::account::passwd(a, json),
         Command::Key(a) => client::account::key(a, json),
         Command::Orc(a) => client::orc::run(a, json),

@@ -536,3 +536,117 @@ fn logout_revokes_that_token_only() {
         .contains("nothing to log out of"));
     assert!(site.log().contains("logout"), "{}", site.log());
 }
+
+/// The client remembers who logged in where: without `-u`, commands act as the node's last
+/// login (not `$USER`, the "no user" after `login -u admin`); `-u` overrides;
+/// `whoami` says who and for how long; logging out falls back to the previous login.
+#[test]
+fn the_client_acts_as_the_last_login_of_each_node() {
+    let site = Site::new("whoami");
+    site.start("127.0.0.1:0");
+    let addr = site.addr();
+    let alice = site.user("alice");
+    alice.login();
+    // $USER is someone else: the login decides.
+    let out = alice.sg_unnamed(&addr, "not-a-user", "scores", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("base "), "{}", text(&out.stdout));
+    let out = alice.sg_unnamed(&addr, "not-a-user", "whoami", &[]);
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with(&format!("{} on {addr} (logged in ", alice.name))
+            && (said.contains("; token expires in 29d)")
+                || said.contains("; token expires in 30d)")),
+        "{said}{}",
+        text(&out.stderr)
+    );
+    let me = alice.json("whoami", &[]);
+    assert_eq!(
+        (me["user"].as_str(), me["host"].as_str()),
+        (Some(alice.name.as_str()), Some(addr.as_str()))
+    );
+    assert!(me["expires"].as_u64() > me["issued"].as_u64(), "{me}");
+    let tokens = alice.home.join(".config/spawngrid/tokens.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&tokens).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // bob logs in from alice's machine: he is now the default there; -u alice still works.
+    let bob = Client {
+        name: site.user("bob").name.clone(),
+        home: alice.home.clone(),
+    };
+    bob.login_at(&addr);
+    let mine = |unix: &str, args: &[&str]| {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = alice.sg_unnamed(&addr, unix, "whoami", &a);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["user"].as_str().unwrap().to_string()
+    };
+    assert_eq!(mine("not-a-user", &[]), bob.name);
+    assert_eq!(mine("not-a-user", &["-u", &alice.name]), alice.name);
+    let out = alice.sg_unnamed(
+        &addr,
+        "not-a-user",
+        "scores",
+        &["-u", &alice.name, "--json"],
+    );
+    let names: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        names[0]["owner"].as_str(),
+        Some(alice.name.as_str()),
+        "{names}"
+    );
+    // bob logs out: alice, the login before, is the default again.
+    let out = alice.sg_unnamed(&addr, "not-a-user", "logout", &[]);
+    assert!(
+        text(&out.stdout).contains(&format!("as {}", bob.name)),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(mine("not-a-user", &[]), alice.name);
+    // No login at all on a node: one line saying how to log in, as $USER.
+    let out = alice.sg_unnamed("127.0.0.1:9", "not-a-user", "whoami", &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        err.trim_end(),
+        "spawngrid: not logged in to 127.0.0.1:9 as not-a-user: run `spawngrid login -h 127.0.0.1:9`"
+    );
+}
+
+/// `completions` prints each shell's script naming the commands; an unknown shell is refused.
+#[test]
+fn completion_scripts_for_bash_zsh_and_fish() {
+    for (shell, mark) in [
+        ("bash", "complete -F _spawngrid"),
+        ("zsh", "#compdef spawngrid"),
+        ("fish", "complete -c spawngrid"),
+    ] {
+        let out = run(
+            Command::new(common::bin()).args(["completions", shell]),
+            None,
+        );
+        let script = text(&out.stdout);
+        assert!(
+            out.status.success() && script.contains(mark),
+            "{shell}: {script}"
+        );
+        assert!(
+            script.contains("whoami") && script.contains("spawn"),
+            "{shell}"
+        );
+    }
+    let out = run(
+        Command::new(common::bin()).args(["completions", "tcsh"]),
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("invalid value 'tcsh'"),
+        "{}",
+        text(&out.stderr)
+    );
+}

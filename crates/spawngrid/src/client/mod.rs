@@ -1,7 +1,8 @@
 //! The client commands: `login`, `scores`, `spawn`, `exec`, `save` (`savedisk`), `boom`,
 //! `status`, `nodes`. Each talks to one node's HTTPS API (`-h HOST`, default
-//! `$SPAWNGRID_HOST`, else `localhost:16998`) as one user (`-u USER`, default `$USER`) with
-//! the token `login` stored; that node sends requests for envs on other nodes on to them.
+//! `$SPAWNGRID_HOST`, else `localhost:16998`) as one user (`-u USER`, default: the user who
+//! logged in to that node last, else `$USER`) with the token `login` stored; that node sends
+//! requests for envs on other nodes on to them. `whoami` says who that is.
 
 pub mod account;
 pub mod cp;
@@ -34,7 +35,7 @@ pub struct NodeArgs {
     /// the node places the env on the grid.
     #[arg(short = 'h', long = "host")]
     pub host: Option<String>,
-    /// The user (default: $USER).
+    /// The user (default: the one who logged in to the node last, else $USER).
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
     /// Print help.
@@ -61,15 +62,26 @@ impl NodeArgs {
             .unwrap_or_else(|| DEFAULT_HOST.to_string())
     }
 
+    /// The user: `-u`, else the default ([`NodeArgs::default_user`]).
     fn user(&self) -> Result<String> {
-        let user = self
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-            .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()));
-        match user {
+        match &self.user {
+            Some(u) => Ok(u.clone()),
+            None => self.default_user(),
+        }
+    }
+
+    /// The user without `-u`: the one who logged in to the node last, else `$USER` (or
+    /// `$LOGNAME`).
+    fn default_user(&self) -> Result<String> {
+        if let Some(u) = Tokens::load()?.last_user(&self.host()?) {
+            return Ok(u.to_string());
+        }
+        let env = ["USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+        match env {
             Some(u) => Ok(u),
-            None => bail!("no user: pass -u USER (or set $USER)"),
+            None => bail!("no user: pass -u USER (or set $USER), or log in first"),
         }
     }
 
@@ -81,7 +93,7 @@ impl NodeArgs {
             s.push_str(&format!(" -h {host}"));
         }
         if let Some(u) = &self.user {
-            if std::env::var("USER").ok().as_deref() != Some(u.as_str()) {
+            if self.default_user().ok().as_deref() != Some(u.as_str()) {
                 s.push_str(&format!(" -u {u}"));
             }
         }
@@ -285,6 +297,7 @@ pub fn login(a: LoginArgs, json: bool) -> Result<ExitCode> {
         StoredToken {
             token: r.token,
             expires: r.expires,
+            issued: runtime::state::now(),
         },
     )?;
     if json {

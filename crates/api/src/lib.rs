@@ -281,6 +281,47 @@ pub struct SpawnRequest {
     /// Let the node place the env on the grid (absent: spawn on the node asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<Placement>,
+    /// Seconds the env may live; then the node ends it as `on_expire` says (absent: no
+    /// deadline but the node's idle timeout, if it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// What ends the env when its ttl or the node's idle timeout is up (absent: the node's
+    /// `on_expire`, by default boom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_expire: Option<Expire>,
+}
+
+/// What the node does to an env whose time is up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expire {
+    /// Boom it.
+    #[default]
+    Boom,
+    /// Save it as `ENV@TIME` (a new name of its owner), then boom it.
+    Save,
+}
+
+/// Why an env's time runs out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiryCause {
+    /// Its ttl (a fixed deadline).
+    Ttl,
+    /// The node's idle timeout (the deadline moves with each session in the env).
+    Idle,
+}
+
+/// When and how the node will end an env if nothing changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiry {
+    /// The deadline, seconds since the Unix epoch (an idle deadline while a session runs is
+    /// its end plus the timeout at the earliest: shown as if it ended now).
+    pub at: u64,
+    /// What sets it: the ttl, or the idle timeout (whichever comes first).
+    pub cause: ExpiryCause,
+    /// What happens then.
+    pub then: Expire,
 }
 
 /// Where on the grid a spawn goes: with nothing set, the up node with the most room.
@@ -386,6 +427,9 @@ pub struct EnvInfo {
     /// Whether its node is up (an env of a down node shows what the catalog knows of it).
     #[serde(default = "yes")]
     pub node_up: bool,
+    /// When the node will end it (ttl or idle timeout), if ever.
+    #[serde(default)]
+    pub expiry: Option<Expiry>,
 }
 
 /// `true`, the default of fields that older nodes did not send.
@@ -787,6 +831,11 @@ mod tests {
             write_size: 5,
             attach: attach.clone(),
             node_up: false,
+            expiry: Some(Expiry {
+                at: 6,
+                cause: ExpiryCause::Idle,
+                then: Expire::Boom,
+            }),
         };
         let v = |x: &dyn erased::Ser| x.value();
         check("Error", v(&ErrorBody { error: "x".into() }));
@@ -824,6 +873,8 @@ mod tests {
                 mem: Some(1),
                 net: Net::Nat,
                 place: Some(Placement::default()),
+                ttl: Some(60),
+                on_expire: Some(Expire::Save),
             }),
         );
         let placement = Placement {
@@ -851,6 +902,7 @@ mod tests {
         );
         check("Attach", v(&attach));
         check("EnvInfo", v(&info));
+        check("Expiry", v(&info.expiry.unwrap()));
         check(
             "ExecRequest",
             v(&ExecRequest {

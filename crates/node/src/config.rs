@@ -17,6 +17,11 @@
 //! default_mem = "512M"            # memory limit of an env spawned without --mem
 //! mount_idle_secs = 600           # unmount a snapshot no env has used for this long (0: never)
 //! labels = ["rack=r1", "zone=z1"] # this node's labels in the grid (`spawn --label k=v`, `--near`)
+//! idle_timeout = "2h"             # end an env after this long without a session (exec, cpu,
+//!                                 # SSH, cp); default: never (see crate::lifetime)
+//! on_expire = "boom"              # what ends an env whose ttl or idle timeout is up: "boom",
+//!                                 # or "save" (as ENV@TIME, then boom); `spawn --on-expire`
+//!                                 # overrides it per env
 //!
 //! [capacity]                      # see crate::capacity
 //! max_envs = 512                  # envs on this node
@@ -68,6 +73,11 @@ pub struct Config {
     pub mount_idle_secs: u64,
     /// This node's labels in the grid (`key=value`).
     pub labels: Vec<String>,
+    /// How long an env may go without a session before the node ends it (`30m`, `2h`;
+    /// default: forever).
+    pub idle_timeout: Option<String>,
+    /// What ends an env whose ttl or idle timeout is up, unless its spawn said.
+    pub on_expire: api::Expire,
     /// Capacity limits and the full-node policy.
     pub capacity: crate::capacity::CapacityConfig,
     /// Where the library and the catalog live (`None`: as recorded in the data directory).
@@ -89,6 +99,8 @@ impl Default for Config {
             default_mem: "512M".into(),
             mount_idle_secs: 600,
             labels: Vec::new(),
+            idle_timeout: None,
+            on_expire: api::Expire::Boom,
             capacity: Default::default(),
             store: Default::default(),
         }
@@ -119,6 +131,13 @@ impl Config {
         if parse_size(&config.default_mem).context("default_mem")? < api::MIN_MEM {
             bail!("default_mem must be at least 16M");
         }
+        if let Some(t) = &config.idle_timeout {
+            match humantime::parse_duration(t) {
+                Ok(d) if d.as_secs() > 0 => {}
+                Ok(_) => bail!("idle_timeout must be at least 1s"),
+                Err(e) => bail!("idle_timeout {t:?}: {e} (write e.g. \"30m\" or \"2h\")"),
+            }
+        }
         config.capacity.limits(1)?;
         for l in &config.labels {
             crate::place::check_label(l).map_err(anyhow::Error::msg)?;
@@ -135,6 +154,12 @@ impl Config {
     /// The most bytes one copy moves.
     pub fn max_copy_bytes(&self) -> u64 {
         parse_size(&self.max_copy).unwrap_or(api::MAX_COPY)
+    }
+
+    /// The idle timeout in seconds, if any.
+    pub fn idle_timeout_secs(&self) -> Option<u64> {
+        let t = self.idle_timeout.as_deref()?;
+        humantime::parse_duration(t).ok().map(|d| d.as_secs())
     }
 
     /// The default memory limit in bytes.
@@ -194,5 +219,17 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {}
+    fn idle_timeouts() {
+        assert_eq!(Config::parse("").unwrap().idle_timeout_secs(), None);
+        let c = Config::parse("idle_timeout = \"1h 30m\"\non_expire = \"save\"").unwrap();
+        assert_eq!(c.idle_timeout_secs(), Some(5400));
+        assert_eq!(c.on_expire, api::Expire::Save);
+        for bad in [
+            "idle_timeout = \"soon\"",
+            "idle_timeout = \"0s\"",
+            "on_expire = \"x\"",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -109,6 +109,9 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         api::Net::None => runtime::Network::None,
         api::Net::Nat => runtime::Network::Nat,
     };
+    if req.ttl == Some(0) {
+        return Err(Error::invalid("ttl must be at least 1 second"));
+    }
     let memory = req.mem.unwrap_or_else(|| node.config.default_mem_bytes());
     if memory < api::MIN_MEM {
         return Err(Error::invalid(format!(
@@ -140,12 +143,17 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
                 snapshot: st.snapshot.clone(),
                 created: st.created as i64,
             };
-            if let Err(e) = node.cat.record_env(&record) {
-                // Not half-done: an env the catalog does not know is boomed again.
+            let recorded = node
+                .cat
+                .record_env(&record)
+                .map_err(anyhow::Error::new)
+                .and_then(|()| keep_lifetime(node, &st, req));
+            if let Err(e) = recorded {
+                // Not half-done: an env the catalog does not know, or whose deadline could
+                // not be kept, is boomed again.
                 let _ = runtime::boom::boom(rt, &st.name);
-                return Err(Error::internal(
-                    &anyhow::Error::new(e).context(format!("recording env {env}")),
-                ));
+                forget(node, &st.name);
+                return Err(Error::internal(&e.context(format!("recording env {env}"))));
             }
             Ok(st)
         }
@@ -155,6 +163,15 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         ))),
         Err(e) => Err(Error::internal(&e.context(format!("spawning {env}")))),
     }
+}
+
+/// Records the ttl and `on_expire` a spawn asked for (nothing when it asked for neither).
+fn keep_lifetime(node: &Node, st: &EnvState, req: &SpawnRequest) -> Result<()> {
+    if req.ttl.is_none() && req.on_expire.is_none() {
+        return Ok(());
+    }
+    let lifetime = crate::lifetime::Lifetime::new(req.ttl, req.on_expire, st.created);
+    crate::lifetime::record(node, &st.name, &lifetime)
 }
 
 /// Spawns `opts` for `user` once the capacity policy admits it (evicting envs if it says so,
@@ -339,6 +356,11 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
         },
         write_size: st.write_size,
         node_up: true,
+        expiry: if running {
+            crate::lifetime::expiry(node, st)
+        } else {
+            None
+        },
     }
 }
 

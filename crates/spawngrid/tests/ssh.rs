@@ -8,7 +8,7 @@ use common::site::*;
 use common::Bg;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Drives `ssh -tt` on a pseudo-terminal of 33 x 101: runs a line, checks `stty size`,
 /// resizes the terminal to 40 x 120 (ssh sends a window change) until `stty size` inside
@@ -156,15 +156,6 @@ fn login(user: &User, env: &str) -> String {
 
 fn password(user: &User) -> String {
     format!("{}-pw", user.name)
-}
-
-/// Polls `check` until it holds (or fails after a minute).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

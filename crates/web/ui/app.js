@@ -111,6 +111,12 @@ function age(secs) {
   return `${Math.floor(secs / 86400)}d`;
 }
 
+// When and how the node ends an env, as `spawngrid status` prints it.
+function ends(expiry) {
+  if (!expiry) return '-';
+  return `in ${age(Math.max(0, expiry.at - now()))} (${expiry.cause}; ${expiry.then})`;
+}
+
 function now() {
   return Math.floor(Date.now() / 1000);
 }
@@ -210,6 +216,7 @@ function renderEnvs(envs, notices) {
       cell(age(e.age)),
       cell(megabytes(e.memory)),
       cell(`${megabytes(e.write_used)}/${megabytes(e.write_size)}${e.disk ? ' disk' : ''}`),
+      cell(ends(e.expiry)),
       cell(e.attach.ssh, e.attach.cpu),
       actions,
     );

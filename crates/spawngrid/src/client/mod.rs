@@ -156,6 +156,32 @@ pub struct SpawnArgs {
     /// Spawn only on a node with this label (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// End the env after this long (e.g. 30m, 2h, 1h30m), whatever it is doing.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    ttl: Option<u64>,
+    /// What ends the env when its ttl or the node's idle timeout is up: boom, or save (as
+    /// ENV@TIME, a new name of yours) then boom (default: the node's, normally boom).
+    #[arg(long, value_name = "WHAT", value_parser = parse_expire)]
+    on_expire: Option<api::Expire>,
+}
+
+/// `--ttl DURATION`, in seconds.
+fn parse_ttl(s: &str) -> Result<u64> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("{e}: write e.g. 30m, 2h or 1h30m"))?;
+    if d.as_secs() == 0 {
+        bail!("a ttl must be at least 1s");
+    }
+    Ok(d.as_secs())
+}
+
+/// `--on-expire boom|save`.
+fn parse_expire(s: &str) -> Result<api::Expire> {
+    match s {
+        "boom" => Ok(api::Expire::Boom),
+        "save" => Ok(api::Expire::Save),
+        _ => bail!("want boom or save"),
+    }
 }
 
 impl SpawnArgs {
@@ -376,6 +402,8 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
         mem,
         net: a.net,
         place: a.placement(),
+        ttl: a.ttl,
+        on_expire: a.on_expire,
     };
     let info: api::EnvInfo = call(&a.node, "POST", routes::ENVS, Some(&req))?;
     if json {
@@ -385,6 +413,9 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
     println!("spawned {} from {} on {}", info.env, a.name, info.node);
     println!("  {}", info.attach.ssh);
     println!("  {}{}", info.attach.cpu, a.node.flags());
+    if let Some(e) = &info.expiry {
+        println!("  ends {}", expiry_text(e, runtime::state::now()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -466,9 +497,10 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15}  ATTACH",
-        "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE"
+        "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15} {:<20}  ATTACH",
+        "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE", "ENDS"
     );
+    let now = runtime::state::now();
     for e in list {
         let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let state = match (e.node_up, e.running) {
@@ -477,7 +509,7 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
             (true, true) => "",
         };
         println!(
-            "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15}  {}{state}",
+            "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15} {:<20}  {}{state}",
             e.env,
             e.from.as_deref().unwrap_or("-"),
             snapshot,
@@ -489,14 +521,14 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
                 megabytes(e.write_used),
                 megabytes(Some(e.write_size))
             ),
+            e.expiry
+                .as_ref()
+                .map_or("-".to_string(), |x| expiry_text(x, now)),
             e.attach.ssh
         );
     }
     // What the node did unasked (evictions) in the last week.
     let notices: Vec<api::Notice> = call(&a.node, "GET", routes::NOTICES, None::<&()>)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     for n in notices {
         println!(
             "note ({} ago): {}",
@@ -548,6 +580,19 @@ pub fn nodes(a: NodesArgs, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When and how an env ends: `in 29m (ttl; boom)`, `in 2h (idle; save)`.
+fn expiry_text(e: &api::Expiry, now: u64) -> String {
+    let cause = match e.cause {
+        api::ExpiryCause::Ttl => "ttl",
+        api::ExpiryCause::Idle => "idle",
+    };
+    let then = match e.then {
+        api::Expire::Boom => "boom",
+        api::Expire::Save => "save",
+    };
+    format!("in {} ({cause}; {then})", age(e.at.saturating_sub(now)))
 }
 
 /// Bytes in MiB with one decimal (`12.3M`), or `-` when unknown.

@@ -448,6 +448,18 @@ impl User<'_> {
     }
 }
 
+/// Polls `check` until it holds (or fails after a minute).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A test user's name: NAME-PID.
 pub fn who(name: &str) -> String {
     format!("{name}-{}", std::process::id())

@@ -50,6 +50,9 @@ pub mod routes {
     pub const EXEC: &str = "/api/envs/{env}/exec";
     /// `POST`: [`SaveRequest`](crate::SaveRequest) → [`SaveResponse`](crate::SaveResponse).
     pub const SAVE: &str = "/api/envs/{env}/save";
+    /// `POST`: save the env once and spawn copies of the save ([`ForkRequest`](crate::ForkRequest)
+    /// → [`ForkResponse`](crate::ForkResponse)).
+    pub const FORK: &str = "/api/envs/{env}/fork";
     /// `GET`: the OpenAPI document ([`openapi`](crate::openapi)); no token needed.
     pub const OPENAPI: &str = "/api/openapi.json";
     /// `GET`: what the node did to the user's envs unasked → `Vec<`[`Notice`](crate::Notice)`>`.
@@ -148,6 +151,11 @@ pub mod routes {
     /// The save path of env `env` ([`SAVE`] filled in, percent-encoded).
     pub fn save(env: &str) -> String {
         SAVE.replace("{env}", &super::percent_encode(env))
+    }
+
+    /// The fork path of env `env` ([`FORK`] filled in, percent-encoded).
+    pub fn fork(env: &str) -> String {
+        FORK.replace("{env}", &super::percent_encode(env))
     }
 
     /// The scores path with an optional pattern, percent-encoded.
@@ -486,6 +494,32 @@ pub struct SaveResponse {
     pub warnings: Vec<String>,
 }
 
+/// The most copies one fork makes.
+pub const MAX_FORK: u32 = 64;
+
+/// `POST /api/envs/{env}/fork`: save the env once, then spawn `count` copies of that save.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// How many copies (1 to [`MAX_FORK`]).
+    pub count: u32,
+    /// The new name the save is bound to, and the copies' prefix: they are `PREFIX-1` …
+    /// `PREFIX-N` (default: `ENV-YYYYMMDDTHHMMSS`, the time of the fork in UTC).
+    #[serde(rename = "as", default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// The result of a fork: the one save and the copies spawned from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForkResponse {
+    /// The save (its `name` is the copies' prefix).
+    pub save: SaveResponse,
+    /// The copies, in order (`PREFIX-1` first).
+    pub envs: Vec<EnvInfo>,
+    /// How long the whole fork took.
+    pub seconds: f64,
+}
+
 /// The result of a boom.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoomResponse {
@@ -770,6 +804,7 @@ mod tests {
             (routes::ENV, &["delete"]),
             (routes::EXEC, &["post"]),
             (routes::SAVE, &["post"]),
+            (routes::FORK, &["post"]),
             (routes::OPENAPI, &["get"]),
             (routes::CPU, &["get"]),
             (routes::FILES, &["get", "put"]),
@@ -902,6 +937,13 @@ mod tests {
         );
         check("Attach", v(&attach));
         check("EnvInfo", v(&info));
+        check(
+            "ForkRequest",
+            v(&ForkRequest {
+                count: 2,
+                prefix: Some("p".into()),
+            }),
+        );
         check("Expiry", v(&info.expiry.unwrap()));
         check(
             "ExecRequest",
@@ -920,14 +962,20 @@ mod tests {
             }),
         );
         check("SaveRequest", v(&SaveRequest { name: "n".into() }));
+        let save = SaveResponse {
+            env: "e".into(),
+            name: "n".into(),
+            score: "s".into(),
+            seconds: 1.0,
+            warnings: vec![],
+        };
+        check("SaveResponse", v(&save));
         check(
-            "SaveResponse",
-            v(&SaveResponse {
-                env: "e".into(),
-                name: "n".into(),
-                score: "s".into(),
-                seconds: 1.0,
-                warnings: vec![],
+            "ForkResponse",
+            v(&ForkResponse {
+                save,
+                envs: vec![info.clone()],
+                seconds: 2.0,
             }),
         );
         check("BoomResponse", v(&BoomResponse { env: "e".into() }));

@@ -79,25 +79,33 @@ fn runs_on(node: &Node, user: &str, env: &str, on: &str) -> Error {
     Error::new(Kind::Misdirected, message)
 }
 
-/// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
-pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Error> {
-    let name = crate::snapshots::check_address(user, &req.name)?;
-    let env = req.as_env.as_deref().unwrap_or(name);
+/// The runtime id of `user`'s new env `env`, or why it cannot have that name (a bad name,
+/// or an env of theirs has it, here or on another node).
+pub fn free_env(node: &Node, user: &str, env: &str) -> Result<String, Error> {
     check_name("env name", env)?;
     let id = env_id(user, env);
     runtime::check_env_name(&id)
         .map_err(|e| Error::invalid(format!("{e:#} (choose another env name with --as)")))?;
-    let rt = &node.rt;
-    if rt.env_dir(&id)?.exists() {
+    if node.rt.env_dir(&id)?.exists() {
         return Err(Error::conflict(format!(
-            "you already have an env {env}: boom it, or spawn with --as ANOTHER"
+            "you already have an env {env}: boom it, or choose another name with --as"
         )));
     }
     if let Some(on) = elsewhere(node, &id)? {
         return Err(Error::conflict(format!(
-            "you already have an env {env} on node {on}: boom it there, or spawn with --as ANOTHER"
+            "you already have an env {env} on node {on}: boom it there, or choose another \
+             name with --as"
         )));
     }
+    Ok(id)
+}
+
+/// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
+pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Error> {
+    let name = crate::snapshots::check_address(user, &req.name)?;
+    let env = req.as_env.as_deref().unwrap_or(name);
+    let id = free_env(node, user, env)?;
+    let rt = &node.rt;
     let score = crate::snapshots::resolve(&node.cat, user, &req.name, false)?;
     let lower = crate::snapshots::mount_for(node, score)?;
     let mut opts = SpawnOptions::new(&id, user, &lower);
@@ -159,7 +167,7 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         }
         // Two spawns of one env at once: the runtime's create_dir decided.
         Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(Error::conflict(format!(
-            "you already have an env {env}: boom it, or spawn with --as ANOTHER"
+            "you already have an env {env}: boom it, or choose another name with --as"
         ))),
         Err(e) => Err(Error::internal(&e.context(format!("spawning {env}")))),
     }
@@ -205,7 +213,7 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), Error> {
                     .strip_suffix(crate::invite::OWNER_MARK)
                     .unwrap_or(&st.owner)
                     .to_string(),
-                mem: cgroup_number(st, &["memory.max", "memory.limit_in_bytes"]).unwrap_or(0),
+                mem: memory_limit(st).unwrap_or(0),
                 idle,
                 busy,
             }
@@ -305,7 +313,7 @@ pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, Error> {
 }
 
 /// The user's name of an env (its id without `+USER`).
-fn user_env_name<'a>(st: &'a EnvState, user: &str) -> &'a str {
+pub fn user_env_name<'a>(st: &'a EnvState, user: &str) -> &'a str {
     st.name
         .strip_suffix(user)
         .and_then(|s| s.strip_suffix('+'))
@@ -367,6 +375,11 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
 /// Memory charged to the env's cgroup: `memory.current` (v2) or `memory.usage_in_bytes` (v1).
 fn memory_used(st: &EnvState) -> Option<u64> {
     cgroup_number(st, &["memory.current", "memory.usage_in_bytes"])
+}
+
+/// The env's memory limit: `memory.max` (v2) or `memory.limit_in_bytes` (v1).
+pub fn memory_limit(st: &EnvState) -> Option<u64> {
+    cgroup_number(st, &["memory.max", "memory.limit_in_bytes"])
 }
 
 /// The first of `files` found in the env's cgroup directories, as a number.

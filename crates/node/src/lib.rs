@@ -13,6 +13,7 @@
 //! - [`users`]: password, SSH key and user deletion routes (yourself, or anyone for admins).
 //! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
 //! - [`lifetime`]: envs' ttl and the idle timeout (boom, or save then boom, when time is up).
+//! - [`fork`]: one save of an env, N copies spawned from it.
 //! - [`capacity`]: limits on envs and memory, refusal or eviction when the node is full.
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
@@ -35,6 +36,7 @@ pub mod cpu;
 pub mod envs;
 pub mod error;
 pub mod files;
+pub mod fork;
 pub mod forward;
 pub mod http;
 pub mod invite;

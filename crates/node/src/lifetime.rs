@@ -200,9 +200,16 @@ fn notify(node: &Node, st: &EnvState, message: &str) {
     }
 }
 
-/// The name an env is saved as when it expires: `ENV@2026-12-06T01:02:03Z`.
+/// The name an env is saved as when it expires: `ENV@20261206T010203Z`.
 pub fn save_name(env: &str, at: std::time::SystemTime) -> String {
-    format!("{env}@{}", humantime::format_rfc3339_seconds(at))
+    format!("{env}@{}Z", stamp(at))
+}
+
+/// A time in names: `20261206T010203` (UTC; ISO 8601's basic format, which has no `:`, so
+/// a name with it can also be an env's name).
+pub fn stamp(at: std::time::SystemTime) -> String {
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    text.trim_end_matches('Z').replace(['-', ':'], "")
 }
 
 /// A duration for messages: `90s`, `30m`, `2h 30m`.
@@ -218,8 +225,8 @@ mod tests {
     fn saved_names_follow_the_name_rule() {
         let at = std::time::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
         let name = save_name("web-1", at);
-        assert_eq!(name, "web-1@2026-11-30T00:53:20Z");
-        catalog::check_name(&name).unwrap();
+        assert_eq!(name, "web-1@20261130T005320Z");
+        runtime::check_env_name(&name).unwrap();
     }
 
     #[test]

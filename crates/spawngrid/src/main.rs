@@ -64,6 +64,10 @@ enum Command {
     /// Save an env's state as a new name (the env keeps running).
     #[command(disable_help_flag = true, visible_alias = "savedisk")]
     Save(client::SaveArgs),
+    /// Save a running env once as the new name PREFIX and spawn N copies of it, envs
+    /// PREFIX-1 … PREFIX-N (a copy that fails booms the ones before it; the save stays).
+    #[command(disable_help_flag = true)]
+    Fork(client::fork::ForkArgs),
     /// Destroy an env (its names stay).
     #[command(disable_help_flag = true)]
     Boom(client::BoomArgs),
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
         Command::Cpu(a) => client::cpu::cpu(a),
         Command::Cp(a) => client::cp::cp(a, json),
         Command::Save(a) => client::save(a, json),
+        Command::Fork(a) => client::fork::fork(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),
         Command::Nodes(a) => client::nodes(a, json),

@@ -1,5 +1,5 @@
 //! The client commands: `login`, `scores`, `spawn`, `exec`, `save` (`savedisk`), `boom`,
-//! `status`, `nodes`. Each talks to one node's HTTPS API (`-h HOST`, default
+//! `status`, `nodes` (and in submodules `fork`, `cp`, `cpu`, `whoami`, ...). Each talks to one node's HTTPS API (`-h HOST`, default
 //! `$SPAWNGRID_HOST`, else `localhost:16998`) as one user (`-u USER`, default: the user who
 //! logged in to that node last, else `$USER`) with the token `login` stored; that node sends
 //! requests for envs on other nodes on to them. `whoami` says who that is.
@@ -7,6 +7,7 @@
 pub mod account;
 pub mod cp;
 pub mod cpu;
+pub mod fork;
 pub mod grid;
 pub mod http;
 pub mod invite;

@@ -41,6 +41,8 @@ pub mod routes {
     pub const LOGOUT: &str = "/api/logout";
     /// `GET ?pattern=P`: the user's names → `Vec<`[`ScoreEntry`](crate::ScoreEntry)`>`.
     pub const SCORES: &str = "/api/scores";
+    /// `GET ?name=NAME`: a name's ancestry, newest first → `Vec<`[`LogEntry`](crate::LogEntry)`>`.
+    pub const LOG: &str = "/api/log";
     /// `POST`: [`SpawnRequest`](crate::SpawnRequest) → [`EnvInfo`](crate::EnvInfo);
     /// `GET`: the user's envs → `Vec<`[`EnvInfo`](crate::EnvInfo)`>`.
     pub const ENVS: &str = "/api/envs";
@@ -158,6 +160,11 @@ pub mod routes {
         FORK.replace("{env}", &super::percent_encode(env))
     }
 
+    /// The log path of name `name` (`NAME` or `OWNER/NAME`), percent-encoded.
+    pub fn log(name: &str) -> String {
+        format!("{LOG}?name={}", super::percent_encode(name))
+    }
+
     /// The scores path with an optional pattern, percent-encoded.
     pub fn scores(pattern: Option<&str>) -> String {
         match pattern {
@@ -251,6 +258,32 @@ impl std::fmt::Debug for LoginResponse {
 pub struct ScoresQuery {
     /// The pattern names must match.
     pub pattern: Option<String>,
+}
+
+/// `GET /api/log` query: the name (`NAME`, or `OWNER/NAME` shared with the user).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// The name whose ancestry is asked for.
+    pub name: String,
+}
+
+/// One snapshot of a name's ancestry (the name's own first, then each parent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The snapshot's score, 64 lowercase hex digits.
+    pub score: String,
+    /// The names the user may spawn that are bound to it, as the user spawns them (`NAME`,
+    /// `OWNER/NAME`).
+    pub names: Vec<String>,
+    /// Who made it.
+    pub author: String,
+    /// When it was made, seconds since the Unix epoch.
+    pub created: u64,
+    /// Its note (`saved from env ENV+USER`, `imported from PATH`).
+    pub note: String,
+    /// Logical bytes of its files.
+    pub bytes: u64,
 }
 
 /// One name the user may spawn.
@@ -800,6 +833,7 @@ mod tests {
             (routes::LOGIN, &["post"][..]),
             (routes::LOGOUT, &["post"]),
             (routes::SCORES, &["get"]),
+            (routes::LOG, &["get"]),
             (routes::ENVS, &["get", "post"]),
             (routes::ENV, &["delete"]),
             (routes::EXEC, &["post"]),
@@ -962,6 +996,17 @@ mod tests {
             }),
         );
         check("SaveRequest", v(&SaveRequest { name: "n".into() }));
+        check(
+            "LogEntry",
+            v(&LogEntry {
+                score: "s".into(),
+                names: vec!["n".into()],
+                author: "a".into(),
+                created: 1,
+                note: "x".into(),
+                bytes: 2,
+            }),
+        );
         let save = SaveResponse {
             env: "e".into(),
             name: "n".into(),

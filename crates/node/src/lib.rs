@@ -14,6 +14,7 @@
 //! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
 //! - [`lifetime`]: envs' ttl and the idle timeout (boom, or save then boom, when time is up).
 //! - [`fork`]: one save of an env, N copies spawned from it.
+//! - [`lineage`]: a name's ancestry (`GET /api/log`).
 //! - [`capacity`]: limits on envs and memory, refusal or eviction when the node is full.
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
@@ -41,6 +42,7 @@ pub mod forward;
 pub mod http;
 pub mod invite;
 pub mod lifetime;
+pub mod lineage;
 pub mod metrics;
 pub mod nodes;
 pub mod notices;

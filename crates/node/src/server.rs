@@ -386,6 +386,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::LOGIN, post(login))
         .route(routes::LOGOUT, post(logout))
         .route(routes::SCORES, get(scores))
+        .route(routes::LOG, get(crate::lineage::route))
         .route(routes::ENVS, get(list_envs).post(spawn_env))
         .merge(env_routes(node.clone()))
         .route(routes::NODES, get(nodes::list))

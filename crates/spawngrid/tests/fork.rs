@@ -111,6 +111,32 @@ fn fork_saves_once_spawns_n_copies_and_is_all_or_nothing() {
             format!("{me}/base")
         ]
     );
+    // The same through the API (the web UI's lineage), naming only what the asker may see.
+    let ask = |user: &User, name: &str| {
+        let auth = format!(r#"{{"Authorization": "Bearer {}"}}"#, user.token());
+        site.raw("GET", &format!("/api/log?name={name}"), &auth, b"", false)
+    };
+    let (code, body) = ask(&alice, "br-deeper");
+    let log: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["names"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (code, names),
+        (200, vec!["br-deeper", "br", "base"]),
+        "{body}"
+    );
+    assert_eq!(
+        log[0]["note"].as_str(),
+        Some(format!("saved from env br-1+{me}").as_str())
+    );
+    let bob = site.user("bob");
+    bob.login();
+    let (code, body) = ask(&bob, &format!("{me}%2Fbr-deeper"));
+    assert_eq!(code, 404, "{body}");
 
     // A copy's name taken: refused before anything is saved or spawned.
     let before = costs(&site);

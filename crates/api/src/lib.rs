@@ -501,6 +501,10 @@ pub struct ExecResponse {
     /// Whether stdout or stderr was longer than [`MAX_EXEC_OUTPUT`] and cut.
     #[serde(default)]
     pub truncated: bool,
+    /// The node's word on a failure it can explain: the env's write layer is full, and how to
+    /// get a bigger one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// `POST /api/envs/{env}/save`: store the env's state under a new name.
@@ -993,6 +997,7 @@ mod tests {
                 stdout: "".into(),
                 stderr: "".into(),
                 truncated: false,
+                hint: Some("h".into()),
             }),
         );
         check("SaveRequest", v(&SaveRequest { name: "n".into() }));

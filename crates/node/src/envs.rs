@@ -113,6 +113,7 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
     opts.snapshot = Some(score);
     opts.lower_shifted = true;
     opts.disk = req.disk;
+    opts.write_size = Some(node.config.write_layer_bytes(req.disk));
     opts.network = match req.net {
         api::Net::None => runtime::Network::None,
         api::Net::Nat => runtime::Network::Nat,
@@ -406,6 +407,30 @@ fn write_used(rt: &runtime::Runtime, st: &EnvState) -> Option<u64> {
     )
 }
 
+/// When env `st`'s write layer is full (less than 1 MiB, or 1 %, left): what that means and
+/// how to get a bigger one, for the answer to a command that failed (most likely of ENOSPC).
+pub fn full_write_layer(rt: &runtime::Runtime, st: &EnvState) -> Option<String> {
+    let rw = rt.env_dir(&st.name).ok()?.join("rw");
+    let s = rustix::fs::statvfs(&rw).ok()?;
+    let free = s.f_bavail.saturating_mul(s.f_frsize);
+    if free >= (st.write_size / 100).max(1 << 20) {
+        return None;
+    }
+    let size = crate::capacity::human(st.write_size);
+    Some(if st.disk {
+        format!(
+            "the env's write layer is full ({size} on disk, the node's disk_size): remove \
+             files, or ask the node's admin for a bigger disk_size"
+        )
+    } else {
+        format!(
+            "the env's write layer is full ({size} of RAM): spawn with --disk for a bigger \
+             one on disk (to keep this env's files: `spawngrid save ENV NEW`, then \
+             `spawngrid spawn NEW --disk`)"
+        )
+    })
+}
+
 /// Runs `argv` in the env through its init; collects stdout and stderr (each up to
 /// [`api::MAX_EXEC_OUTPUT`] bytes; more is read and dropped) and the exit code. Output that
 /// background processes keep writing after the command exits is read for at most 100 ms more.
@@ -465,6 +490,11 @@ pub fn exec(
         stdout: api::b64::encode(&stdout),
         stderr: api::b64::encode(&stderr),
         truncated,
+        hint: if code != 0 {
+            full_write_layer(rt, st)
+        } else {
+            None
+        },
     })
 }
 

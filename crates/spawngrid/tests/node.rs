@@ -650,3 +650,54 @@ fn completion_scripts_for_bash_zsh_and_fish() {
         text(&out.stderr)
     );
 }
+
+/// The write layer's size comes from the node's config and `spawn` says it; a command that
+/// fills it fails with ENOSPC and the node says why and what to do (`--disk`); a failure
+/// with room left gets no such word.
+#[test]
+fn a_full_write_layer_says_how_to_get_a_bigger_one() {
+    let site = Site::new("write-layer");
+    let config = site.config("write_size = \"8M\"\ndisk_size = \"32M\"\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    alice.login();
+    let out = alice.ok("spawn", &["base", "--as", "small"]);
+    assert!(
+        out.contains(
+            "  write layer: 8.0M of RAM (counts in its memory); a bigger one on disk: --disk\n"
+        ),
+        "{out}"
+    );
+    let (code, _, err) = alice.exec("small", "dd if=/dev/zero of=/big bs=1M count=20");
+    assert_ne!(code, 0);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.ends_with(
+            "spawngrid: the env's write layer is full (8M of RAM): spawn with --disk for a bigger \
+             one on disk (to keep this env's files: `spawngrid save ENV NEW`, then `spawngrid \
+             spawn NEW --disk`)\n"
+        ),
+        "{err}"
+    );
+    let auth = format!(r#"{{"Authorization": "Bearer {}"}}"#, alice.token());
+    let argv = br#"{"argv": ["sh", "-c", "echo x > /more"]}"#;
+    let (status, body) = site.raw("POST", "/api/envs/small/exec", &auth, argv, false);
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        r["hint"].as_str().unwrap().contains("write layer is full"),
+        "{r}"
+    );
+    let (code, _, err) = alice.exec("small", "rm /big; exit 3");
+    assert_eq!((code, err.as_str()), (3, ""));
+    let out = alice.ok("spawn", &["base", "--as", "big", "--disk"]);
+    assert!(out.contains("  write layer: 32.0M on disk\n"), "{out}");
+    let list = alice.json("status", &[]);
+    let sizes: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["write_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [32 << 20, 8 << 20]);
+}

@@ -414,6 +414,14 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
     println!("spawned {} from {} on {}", info.env, a.name, info.node);
     println!("  {}", info.attach.ssh);
     println!("  {}{}", info.attach.cpu, a.node.flags());
+    let size = megabytes(Some(info.write_size));
+    if info.disk {
+        println!("  write layer: {size} on disk");
+    } else {
+        println!(
+            "  write layer: {size} of RAM (counts in its memory); a bigger one on disk: --disk"
+        );
+    }
     if let Some(e) = &info.expiry {
         println!("  ends {}", expiry_text(e, runtime::state::now()));
     }
@@ -451,6 +459,9 @@ pub fn exec(a: ExecArgs, json: bool) -> Result<ExitCode> {
                 "spawngrid: output cut at {} bytes per stream",
                 api::MAX_EXEC_OUTPUT
             );
+        }
+        if let Some(hint) = &r.hint {
+            eprintln!("spawngrid: {hint}");
         }
     }
     Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8))

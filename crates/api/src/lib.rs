@@ -41,6 +41,8 @@ pub mod routes {
     pub const LOGOUT: &str = "/api/logout";
     /// `GET ?pattern=P`: the user's names → `Vec<`[`ScoreEntry`](crate::ScoreEntry)`>`.
     pub const SCORES: &str = "/api/scores";
+    /// `GET ?name=NAME`: a name's ancestry, newest first → `Vec<`[`LogEntry`](crate::LogEntry)`>`.
+    pub const LOG: &str = "/api/log";
     /// `POST`: [`SpawnRequest`](crate::SpawnRequest) → [`EnvInfo`](crate::EnvInfo);
     /// `GET`: the user's envs → `Vec<`[`EnvInfo`](crate::EnvInfo)`>`.
     pub const ENVS: &str = "/api/envs";
@@ -50,6 +52,9 @@ pub mod routes {
     pub const EXEC: &str = "/api/envs/{env}/exec";
     /// `POST`: [`SaveRequest`](crate::SaveRequest) → [`SaveResponse`](crate::SaveResponse).
     pub const SAVE: &str = "/api/envs/{env}/save";
+    /// `POST`: save the env once and spawn copies of the save ([`ForkRequest`](crate::ForkRequest)
+    /// → [`ForkResponse`](crate::ForkResponse)).
+    pub const FORK: &str = "/api/envs/{env}/fork";
     /// `GET`: the OpenAPI document ([`openapi`](crate::openapi)); no token needed.
     pub const OPENAPI: &str = "/api/openapi.json";
     /// `GET`: what the node did to the user's envs unasked → `Vec<`[`Notice`](crate::Notice)`>`.
@@ -150,6 +155,16 @@ pub mod routes {
         SAVE.replace("{env}", &super::percent_encode(env))
     }
 
+    /// The fork path of env `env` ([`FORK`] filled in, percent-encoded).
+    pub fn fork(env: &str) -> String {
+        FORK.replace("{env}", &super::percent_encode(env))
+    }
+
+    /// The log path of name `name` (`NAME` or `OWNER/NAME`), percent-encoded.
+    pub fn log(name: &str) -> String {
+        format!("{LOG}?name={}", super::percent_encode(name))
+    }
+
     /// The scores path with an optional pattern, percent-encoded.
     pub fn scores(pattern: Option<&str>) -> String {
         match pattern {
@@ -245,6 +260,32 @@ pub struct ScoresQuery {
     pub pattern: Option<String>,
 }
 
+/// `GET /api/log` query: the name (`NAME`, or `OWNER/NAME` shared with the user).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// The name whose ancestry is asked for.
+    pub name: String,
+}
+
+/// One snapshot of a name's ancestry (the name's own first, then each parent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The snapshot's score, 64 lowercase hex digits.
+    pub score: String,
+    /// The names the user may spawn that are bound to it, as the user spawns them (`NAME`,
+    /// `OWNER/NAME`).
+    pub names: Vec<String>,
+    /// Who made it.
+    pub author: String,
+    /// When it was made, seconds since the Unix epoch.
+    pub created: u64,
+    /// Its note (`saved from env ENV+USER`, `imported from PATH`).
+    pub note: String,
+    /// Logical bytes of its files.
+    pub bytes: u64,
+}
+
 /// One name the user may spawn.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScoreEntry {
@@ -281,6 +322,47 @@ pub struct SpawnRequest {
     /// Let the node place the env on the grid (absent: spawn on the node asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<Placement>,
+    /// Seconds the env may live; then the node ends it as `on_expire` says (absent: no
+    /// deadline but the node's idle timeout, if it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// What ends the env when its ttl or the node's idle timeout is up (absent: the node's
+    /// `on_expire`, by default boom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_expire: Option<Expire>,
+}
+
+/// What the node does to an env whose time is up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expire {
+    /// Boom it.
+    #[default]
+    Boom,
+    /// Save it as `ENV@TIME` (a new name of its owner), then boom it.
+    Save,
+}
+
+/// Why an env's time runs out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiryCause {
+    /// Its ttl (a fixed deadline).
+    Ttl,
+    /// The node's idle timeout (the deadline moves with each session in the env).
+    Idle,
+}
+
+/// When and how the node will end an env if nothing changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiry {
+    /// The deadline, seconds since the Unix epoch (an idle deadline while a session runs is
+    /// its end plus the timeout at the earliest: shown as if it ended now).
+    pub at: u64,
+    /// What sets it: the ttl, or the idle timeout (whichever comes first).
+    pub cause: ExpiryCause,
+    /// What happens then.
+    pub then: Expire,
 }
 
 /// Where on the grid a spawn goes: with nothing set, the up node with the most room.
@@ -386,6 +468,9 @@ pub struct EnvInfo {
     /// Whether its node is up (an env of a down node shows what the catalog knows of it).
     #[serde(default = "yes")]
     pub node_up: bool,
+    /// When the node will end it (ttl or idle timeout), if ever.
+    #[serde(default)]
+    pub expiry: Option<Expiry>,
 }
 
 /// `true`, the default of fields that older nodes did not send.
@@ -416,6 +501,10 @@ pub struct ExecResponse {
     /// Whether stdout or stderr was longer than [`MAX_EXEC_OUTPUT`] and cut.
     #[serde(default)]
     pub truncated: bool,
+    /// The node's word on a failure it can explain: the env's write layer is full, and how to
+    /// get a bigger one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// `POST /api/envs/{env}/save`: store the env's state under a new name.
@@ -440,6 +529,32 @@ pub struct SaveResponse {
     /// Things in the write layer that could not be saved exactly.
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// The most copies one fork makes.
+pub const MAX_FORK: u32 = 64;
+
+/// `POST /api/envs/{env}/fork`: save the env once, then spawn `count` copies of that save.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// How many copies (1 to [`MAX_FORK`]).
+    pub count: u32,
+    /// The new name the save is bound to, and the copies' prefix: they are `PREFIX-1` …
+    /// `PREFIX-N` (default: `ENV-YYYYMMDDTHHMMSS`, the time of the fork in UTC).
+    #[serde(rename = "as", default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// The result of a fork: the one save and the copies spawned from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForkResponse {
+    /// The save (its `name` is the copies' prefix).
+    pub save: SaveResponse,
+    /// The copies, in order (`PREFIX-1` first).
+    pub envs: Vec<EnvInfo>,
+    /// How long the whole fork took.
+    pub seconds: f64,
 }
 
 /// The result of a boom.
@@ -722,10 +837,12 @@ mod tests {
             (routes::LOGIN, &["post"][..]),
             (routes::LOGOUT, &["post"]),
             (routes::SCORES, &["get"]),
+            (routes::LOG, &["get"]),
             (routes::ENVS, &["get", "post"]),
             (routes::ENV, &["delete"]),
             (routes::EXEC, &["post"]),
             (routes::SAVE, &["post"]),
+            (routes::FORK, &["post"]),
             (routes::OPENAPI, &["get"]),
             (routes::CPU, &["get"]),
             (routes::FILES, &["get", "put"]),
@@ -787,6 +904,11 @@ mod tests {
             write_size: 5,
             attach: attach.clone(),
             node_up: false,
+            expiry: Some(Expiry {
+                at: 6,
+                cause: ExpiryCause::Idle,
+                then: Expire::Boom,
+            }),
         };
         let v = |x: &dyn erased::Ser| x.value();
         check("Error", v(&ErrorBody { error: "x".into() }));
@@ -824,6 +946,8 @@ mod tests {
                 mem: Some(1),
                 net: Net::Nat,
                 place: Some(Placement::default()),
+                ttl: Some(60),
+                on_expire: Some(Expire::Save),
             }),
         );
         let placement = Placement {
@@ -852,6 +976,14 @@ mod tests {
         check("Attach", v(&attach));
         check("EnvInfo", v(&info));
         check(
+            "ForkRequest",
+            v(&ForkRequest {
+                count: 2,
+                prefix: Some("p".into()),
+            }),
+        );
+        check("Expiry", v(&info.expiry.unwrap()));
+        check(
             "ExecRequest",
             v(&ExecRequest {
                 argv: vec!["a".into()],
@@ -865,17 +997,35 @@ mod tests {
                 stdout: "".into(),
                 stderr: "".into(),
                 truncated: false,
+                hint: Some("h".into()),
             }),
         );
         check("SaveRequest", v(&SaveRequest { name: "n".into() }));
         check(
-            "SaveResponse",
-            v(&SaveResponse {
-                env: "e".into(),
-                name: "n".into(),
+            "LogEntry",
+            v(&LogEntry {
                 score: "s".into(),
-                seconds: 1.0,
-                warnings: vec![],
+                names: vec!["n".into()],
+                author: "a".into(),
+                created: 1,
+                note: "x".into(),
+                bytes: 2,
+            }),
+        );
+        let save = SaveResponse {
+            env: "e".into(),
+            name: "n".into(),
+            score: "s".into(),
+            seconds: 1.0,
+            warnings: vec![],
+        };
+        check("SaveResponse", v(&save));
+        check(
+            "ForkResponse",
+            v(&ForkResponse {
+                save,
+                envs: vec![info.clone()],
+                seconds: 2.0,
             }),
         );
         check("BoomResponse", v(&BoomResponse { env: "e".into() }));

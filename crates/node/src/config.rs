@@ -15,8 +15,15 @@
 //! max_body = 1048576              # largest request body in bytes (413 beyond)
 //! max_copy = "1G"                 # most bytes one `spawngrid cp` moves (streamed)
 //! default_mem = "512M"            # memory limit of an env spawned without --mem
+//! write_size = "100M"             # an env's write layer in RAM (tmpfs; counts in its memory)
+//! disk_size = "1G"                # an env's write layer on disk (`spawn --disk`, ext4 image)
 //! mount_idle_secs = 600           # unmount a snapshot no env has used for this long (0: never)
 //! labels = ["rack=r1", "zone=z1"] # this node's labels in the grid (`spawn --label k=v`, `--near`)
+//! idle_timeout = "2h"             # end an env after this long without a session (exec, cpu,
+//!                                 # SSH, cp); default: never (see crate::lifetime)
+//! on_expire = "boom"              # what ends an env whose ttl or idle timeout is up: "boom",
+//!                                 # or "save" (as ENV@TIME, then boom); `spawn --on-expire`
+//!                                 # overrides it per env
 //!
 //! [capacity]                      # see crate::capacity
 //! max_envs = 512                  # envs on this node
@@ -82,11 +89,20 @@ pub struct Config {
     pub max_copy: String,
     /// Memory limit of an env spawned without one (bytes, or with K/M/G/T).
     pub default_mem: String,
+    /// Size of an env's write layer in RAM (a tmpfs).
+    pub write_size: String,
+    /// Size of an env's write layer on disk (`spawn --disk`).
+    pub disk_size: String,
     /// Seconds a snapshot's mount stays after its last env is gone (0: until the node is
     /// stopped and the mount unmounted by hand).
     pub mount_idle_secs: u64,
     /// This node's labels in the grid (`key=value`).
     pub labels: Vec<String>,
+    /// How long an env may go without a session before the node ends it (`30m`, `2h`;
+    /// default: forever).
+    pub idle_timeout: Option<String>,
+    /// What ends an env whose ttl or idle timeout is up, unless its spawn said.
+    pub on_expire: api::Expire,
     /// Capacity limits and the full-node policy.
     pub capacity: crate::capacity::CapacityConfig,
     /// What the SSH gateway lets an env's owner forward.
@@ -110,8 +126,12 @@ impl Default for Config {
             max_body: api::MAX_BODY,
             max_copy: api::MAX_COPY.to_string(),
             default_mem: "512M".into(),
+            write_size: "100M".into(),
+            disk_size: "1G".into(),
             mount_idle_secs: 600,
             labels: Vec::new(),
+            idle_timeout: None,
+            on_expire: api::Expire::Boom,
             capacity: Default::default(),
             ssh: Default::default(),
             nat: Default::default(),
@@ -144,6 +164,20 @@ impl Config {
         if parse_size(&config.default_mem).context("default_mem")? < api::MIN_MEM {
             bail!("default_mem must be at least 16M");
         }
+        if parse_size(&config.write_size).context("write_size")? < 1 << 20 {
+            bail!("write_size must be at least 1M");
+        }
+        // ext4 needs room for its own metadata.
+        if parse_size(&config.disk_size).context("disk_size")? < 16 << 20 {
+            bail!("disk_size must be at least 16M");
+        }
+        if let Some(t) = &config.idle_timeout {
+            match humantime::parse_duration(t) {
+                Ok(d) if d.as_secs() > 0 => {}
+                Ok(_) => bail!("idle_timeout must be at least 1s"),
+                Err(e) => bail!("idle_timeout {t:?}: {e} (write e.g. \"30m\" or \"2h\")"),
+            }
+        }
         config.capacity.limits(1)?;
         for l in &config.labels {
             crate::place::check_label(l).map_err(anyhow::Error::msg)?;
@@ -160,6 +194,22 @@ impl Config {
     /// The most bytes one copy moves.
     pub fn max_copy_bytes(&self) -> u64 {
         parse_size(&self.max_copy).unwrap_or(api::MAX_COPY)
+    }
+
+    /// The idle timeout in seconds, if any.
+    pub fn idle_timeout_secs(&self) -> Option<u64> {
+        let t = self.idle_timeout.as_deref()?;
+        humantime::parse_duration(t).ok().map(|d| d.as_secs())
+    }
+
+    /// The size of an env's write layer in bytes: on disk (`--disk`) or in RAM.
+    pub fn write_layer_bytes(&self, disk: bool) -> u64 {
+        let (text, default) = if disk {
+            (&self.disk_size, runtime::spawn::DISK_SIZE)
+        } else {
+            (&self.write_size, runtime::spawn::TMPFS_SIZE)
+        };
+        parse_size(text).unwrap_or(default)
     }
 
     /// The default memory limit in bytes.
@@ -234,5 +284,26 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {}
+    fn idle_timeouts() {
+        assert_eq!(Config::parse("").unwrap().idle_timeout_secs(), None);
+        let c = Config::parse("idle_timeout = \"1h 30m\"\non_expire = \"save\"").unwrap();
+        assert_eq!(c.idle_timeout_secs(), Some(5400));
+        assert_eq!(c.on_expire, api::Expire::Save);
+        assert_eq!(c.write_layer_bytes(false), 100 << 20);
+        assert_eq!(c.write_layer_bytes(true), 1 << 30);
+        let c = Config::parse("write_size = \"8M\"\ndisk_size = \"2G\"").unwrap();
+        assert_eq!(
+            (c.write_layer_bytes(false), c.write_layer_bytes(true)),
+            (8 << 20, 2 << 30)
+        );
+        for bad in [
+            "idle_timeout = \"soon\"",
+            "idle_timeout = \"0s\"",
+            "on_expire = \"x\"",
+            "write_size = \"10K\"",
+            "disk_size = \"1M\"",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -79,25 +79,33 @@ fn runs_on(node: &Node, user: &str, env: &str, on: &str) -> Error {
     Error::new(Kind::Misdirected, message)
 }
 
-/// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
-pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Error> {
-    let name = crate::snapshots::check_address(user, &req.name)?;
-    let env = req.as_env.as_deref().unwrap_or(name);
+/// The runtime id of `user`'s new env `env`, or why it cannot have that name (a bad name,
+/// or an env of theirs has it, here or on another node).
+pub fn free_env(node: &Node, user: &str, env: &str) -> Result<String, Error> {
     check_name("env name", env)?;
     let id = env_id(user, env);
     runtime::check_env_name(&id)
         .map_err(|e| Error::invalid(format!("{e:#} (choose another env name with --as)")))?;
-    let rt = &node.rt;
-    if rt.env_dir(&id)?.exists() {
+    if node.rt.env_dir(&id)?.exists() {
         return Err(Error::conflict(format!(
-            "you already have an env {env}: boom it, or spawn with --as ANOTHER"
+            "you already have an env {env}: boom it, or choose another name with --as"
         )));
     }
     if let Some(on) = elsewhere(node, &id)? {
         return Err(Error::conflict(format!(
-            "you already have an env {env} on node {on}: boom it there, or spawn with --as ANOTHER"
+            "you already have an env {env} on node {on}: boom it there, or choose another \
+             name with --as"
         )));
     }
+    Ok(id)
+}
+
+/// Spawns `user`'s env from one of their names (or `OWNER/NAME` shared with them).
+pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Error> {
+    let name = crate::snapshots::check_address(user, &req.name)?;
+    let env = req.as_env.as_deref().unwrap_or(name);
+    let id = free_env(node, user, env)?;
+    let rt = &node.rt;
     let score = crate::snapshots::resolve(&node.cat, user, &req.name, false)?;
     let lower = crate::snapshots::mount_for(node, score)?;
     let mut opts = SpawnOptions::new(&id, user, &lower);
@@ -106,10 +114,14 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
     opts.lower_shifted = true;
     opts.disk = req.disk;
     opts.nat_allow = node.config.nat.allow.clone();
+    opts.write_size = Some(node.config.write_layer_bytes(req.disk));
     opts.network = match req.net {
         api::Net::None => runtime::Network::None,
         api::Net::Nat => runtime::Network::Nat,
     };
+    if req.ttl == Some(0) {
+        return Err(Error::invalid("ttl must be at least 1 second"));
+    }
     let memory = req.mem.unwrap_or_else(|| node.config.default_mem_bytes());
     if memory < api::MIN_MEM {
         return Err(Error::invalid(format!(
@@ -141,21 +153,35 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
                 snapshot: st.snapshot.clone(),
                 created: st.created as i64,
             };
-            if let Err(e) = node.cat.record_env(&record) {
-                // Not half-done: an env the catalog does not know is boomed again.
+            let recorded = node
+                .cat
+                .record_env(&record)
+                .map_err(anyhow::Error::new)
+                .and_then(|()| keep_lifetime(node, &st, req));
+            if let Err(e) = recorded {
+                // Not half-done: an env the catalog does not know, or whose deadline could
+                // not be kept, is boomed again.
                 let _ = runtime::boom::boom(rt, &st.name);
-                return Err(Error::internal(
-                    &anyhow::Error::new(e).context(format!("recording env {env}")),
-                ));
+                forget(node, &st.name);
+                return Err(Error::internal(&e.context(format!("recording env {env}"))));
             }
             Ok(st)
         }
         // Two spawns of one env at once: the runtime's create_dir decided.
         Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(Error::conflict(format!(
-            "you already have an env {env}: boom it, or spawn with --as ANOTHER"
+            "you already have an env {env}: boom it, or choose another name with --as"
         ))),
         Err(e) => Err(Error::internal(&e.context(format!("spawning {env}")))),
     }
+}
+
+/// Records the ttl and `on_expire` a spawn asked for (nothing when it asked for neither).
+fn keep_lifetime(node: &Node, st: &EnvState, req: &SpawnRequest) -> Result<()> {
+    if req.ttl.is_none() && req.on_expire.is_none() {
+        return Ok(());
+    }
+    let lifetime = crate::lifetime::Lifetime::new(req.ttl, req.on_expire, st.created);
+    crate::lifetime::record(node, &st.name, &lifetime)
 }
 
 /// Spawns `opts` for `user` once the capacity policy admits it (evicting envs if it says so,
@@ -189,7 +215,7 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), Error> {
                     .strip_suffix(crate::invite::OWNER_MARK)
                     .unwrap_or(&st.owner)
                     .to_string(),
-                mem: cgroup_number(st, &["memory.max", "memory.limit_in_bytes"]).unwrap_or(0),
+                mem: memory_limit(st).unwrap_or(0),
                 idle,
                 busy,
             }
@@ -289,7 +315,7 @@ pub fn load_own(node: &Node, user: &str, env: &str) -> Result<EnvState, Error> {
 }
 
 /// The user's name of an env (its id without `+USER`).
-fn user_env_name<'a>(st: &'a EnvState, user: &str) -> &'a str {
+pub fn user_env_name<'a>(st: &'a EnvState, user: &str) -> &'a str {
     st.name
         .strip_suffix(user)
         .and_then(|s| s.strip_suffix('+'))
@@ -340,12 +366,22 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
         },
         write_size: st.write_size,
         node_up: true,
+        expiry: if running {
+            crate::lifetime::expiry(node, st)
+        } else {
+            None
+        },
     }
 }
 
 /// Memory charged to the env's cgroup: `memory.current` (v2) or `memory.usage_in_bytes` (v1).
 fn memory_used(st: &EnvState) -> Option<u64> {
     cgroup_number(st, &["memory.current", "memory.usage_in_bytes"])
+}
+
+/// The env's memory limit: `memory.max` (v2) or `memory.limit_in_bytes` (v1).
+pub fn memory_limit(st: &EnvState) -> Option<u64> {
+    cgroup_number(st, &["memory.max", "memory.limit_in_bytes"])
 }
 
 /// The first of `files` found in the env's cgroup directories, as a number.
@@ -370,6 +406,30 @@ fn write_used(rt: &runtime::Runtime, st: &EnvState) -> Option<u64> {
             .saturating_sub(s.f_bfree)
             .saturating_mul(s.f_frsize),
     )
+}
+
+/// When env `st`'s write layer is full (less than 1 MiB, or 1 %, left): what that means and
+/// how to get a bigger one, for the answer to a command that failed (most likely of ENOSPC).
+pub fn full_write_layer(rt: &runtime::Runtime, st: &EnvState) -> Option<String> {
+    let rw = rt.env_dir(&st.name).ok()?.join("rw");
+    let s = rustix::fs::statvfs(&rw).ok()?;
+    let free = s.f_bavail.saturating_mul(s.f_frsize);
+    if free >= (st.write_size / 100).max(1 << 20) {
+        return None;
+    }
+    let size = crate::capacity::human(st.write_size);
+    Some(if st.disk {
+        format!(
+            "the env's write layer is full ({size} on disk, the node's disk_size): remove \
+             files, or ask the node's admin for a bigger disk_size"
+        )
+    } else {
+        format!(
+            "the env's write layer is full ({size} of RAM): spawn with --disk for a bigger \
+             one on disk (to keep this env's files: `spawngrid save ENV NEW`, then \
+             `spawngrid spawn NEW --disk`)"
+        )
+    })
 }
 
 /// Runs `argv` in the env through its init; collects stdout and stderr (each up to
@@ -431,6 +491,11 @@ pub fn exec(
         stdout: api::b64::encode(&stdout),
         stderr: api::b64::encode(&stderr),
         truncated,
+        hint: if code != 0 {
+            full_write_layer(rt, st)
+        } else {
+            None
+        },
     })
 }
 

@@ -12,6 +12,9 @@
 //! - [`ssh`]: the SSH gateway (login shells, commands and sftp inside envs).
 //! - [`users`]: password, SSH key and user deletion routes (yourself, or anyone for admins).
 //! - [`invite`]: `invite USER NAME`, a copy of a name with USER added to its system.
+//! - [`lifetime`]: envs' ttl and the idle timeout (boom, or save then boom, when time is up).
+//! - [`fork`]: one save of an env, N copies spawned from it.
+//! - [`lineage`]: a name's ancestry (`GET /api/log`).
 //! - [`capacity`]: limits on envs and memory, refusal or eviction when the node is full.
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
@@ -34,9 +37,12 @@ pub mod cpu;
 pub mod envs;
 pub mod error;
 pub mod files;
+pub mod fork;
 pub mod forward;
 pub mod http;
 pub mod invite;
+pub mod lifetime;
+pub mod lineage;
 pub mod metrics;
 pub mod nodes;
 pub mod notices;
@@ -214,6 +220,7 @@ pub fn run(config: Config) -> Result<()> {
             .context("registering this node in the catalog")?;
         tokio::spawn(registry::heartbeat(node.clone()));
         snapshots::start_sweeping(node.clone());
+        lifetime::start_sweeping(node.clone());
         // One signal stops both listeners.
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut ssh_stop = stop.clone();

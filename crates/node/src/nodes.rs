@@ -73,6 +73,7 @@ fn recorded(n: &NodeEntry, r: catalog::EnvRecord) -> EnvInfo {
         write_used: None,
         write_size: 0,
         node_up: false,
+        expiry: None,
     }
 }
 

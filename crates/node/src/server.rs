@@ -206,6 +206,25 @@ async fn save_env(
     Ok(ok(&resp))
 }
 
+async fn fork_env(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    headers: axum::http::HeaderMap,
+    env: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(req): JsonBody<api::ForkRequest>,
+) -> Result<Response, Error> {
+    let env = env_param(env)?;
+    let host = public_host(&node, &headers);
+    let resp = blocking(move || {
+        let st = envs::load_own(&node, &user, &env)?;
+        let r = crate::fork::fork(&node, &user, &st, &req, &host)?;
+        tracing::info!(user = %user, env = %st.name, name = %r.save.name, copies = r.envs.len(), "forked");
+        Ok(r)
+    })
+    .await?;
+    Ok(ok(&resp))
+}
+
 async fn boom_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -355,6 +374,7 @@ fn env_routes(node: Arc<Node>) -> Router<Arc<Node>> {
         .route(routes::ENV, delete(boom_env))
         .route(routes::EXEC, post(exec_env))
         .route(routes::SAVE, post(save_env))
+        .route(routes::FORK, post(fork_env))
         .route(routes::CPU, get(crate::cpu::cpu))
         .route(routes::FILES, get(crate::files::get).put(crate::files::put))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -369,6 +389,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::LOGIN, post(login))
         .route(routes::LOGOUT, post(logout))
         .route(routes::SCORES, get(scores))
+        .route(routes::LOG, get(crate::lineage::route))
         .route(routes::ENVS, get(list_envs).post(spawn_env))
         .merge(env_routes(node.clone()))
         .route(routes::NODES, get(nodes::list))

@@ -65,6 +65,10 @@ enum Command {
     /// Save an env's state as a new name (the env keeps running).
     #[command(disable_help_flag = true, visible_alias = "savedisk")]
     Save(client::SaveArgs),
+    /// Save a running env once as the new name PREFIX and spawn N copies of it, envs
+    /// PREFIX-1 … PREFIX-N (a copy that fails booms the ones before it; the save stays).
+    #[command(disable_help_flag = true)]
+    Fork(client::fork::ForkArgs),
     /// Destroy an env (its names stay).
     #[command(disable_help_flag = true)]
     Boom(client::BoomArgs),
@@ -84,6 +88,16 @@ enum Command {
     /// Stop sharing one of your names with a user.
     #[command(disable_help_flag = true)]
     Unshare(client::share::ShareArgs),
+    /// Who commands to a node act as: the user (-u, else the node's last login, else $USER),
+    /// the node, and the stored token's age and expiry.
+    #[command(disable_help_flag = true)]
+    Whoami(client::account::WhoamiArgs),
+    /// Print a shell completion script for bash, zsh or fish (e.g.
+    /// `spawngrid completions bash > /etc/bash_completion.d/spawngrid`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Change your password on the node (admins: anyone's); you log in again afterwards.
     #[command(disable_help_flag = true)]
     Passwd(client::account::PasswdArgs),
@@ -160,6 +174,18 @@ impl DataDir {
     }
 }
 
+/// `spawngrid completions SHELL`: the completion script on stdout.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "spawngrid",
+        &mut std::io::stdout(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The command line, with `orc` put in front of the arguments when the binary runs under the
 /// name `gridorc` (the seed's name for the loop).
 fn args() -> Vec<std::ffi::OsString> {
@@ -214,12 +240,15 @@ fn main() -> ExitCode {
         Command::Cpu(a) => client::cpu::cpu(a),
         Command::Cp(a) => client::cp::cp(a, json),
         Command::Save(a) => client::save(a, json),
+        Command::Fork(a) => client::fork::fork(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),
         Command::Nodes(a) => client::nodes(a, json),
         Command::Invite(a) => client::invite::invite(a, json),
         Command::Share(a) => client::share::share(a, json),
         Command::Unshare(a) => client::share::unshare(a, json),
+        Command::Whoami(a) => client::account::whoami(a, json),
+        Command::Completions { shell } => completions(shell),
         Command::Passwd(a) => client::account::passwd(a, json),
         Command::Key(a) => client::account::key(a, json),
         Command::Orc(a) => client::orc::run(a, json),

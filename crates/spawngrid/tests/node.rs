@@ -602,3 +602,168 @@ fn a_node_killed_mid_save_leaves_no_env_frozen() {
     alice.ok("save", &["big", "big-saved"]);
     alice.ok("boom", &["big"]);
 }
+
+/// The client remembers who logged in where: without `-u`, commands act as the node's last
+/// login (not `$USER`, the issue's "no user" after `login -u admin`); `-u` overrides;
+/// `whoami` says who and for how long; logging out falls back to the previous login.
+#[test]
+fn the_client_acts_as_the_last_login_of_each_node() {
+    let site = Site::new("whoami");
+    site.start("127.0.0.1:0");
+    let addr = site.addr();
+    let alice = site.user("alice");
+    alice.login();
+    // $USER is someone else: the login decides.
+    let out = alice.sg_unnamed(&addr, "not-a-user", "scores", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("base "), "{}", text(&out.stdout));
+    let out = alice.sg_unnamed(&addr, "not-a-user", "whoami", &[]);
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with(&format!("{} on {addr} (logged in ", alice.name))
+            && (said.contains("; token expires in 29d)")
+                || said.contains("; token expires in 30d)")),
+        "{said}{}",
+        text(&out.stderr)
+    );
+    let me = alice.json("whoami", &[]);
+    assert_eq!(
+        (me["user"].as_str(), me["host"].as_str()),
+        (Some(alice.name.as_str()), Some(addr.as_str()))
+    );
+    assert!(me["expires"].as_u64() > me["issued"].as_u64(), "{me}");
+    let tokens = alice.home.join(".config/spawngrid/tokens.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&tokens).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // bob logs in from alice's machine: he is now the default there; -u alice still works.
+    let bob = Client {
+        name: site.user("bob").name.clone(),
+        home: alice.home.clone(),
+    };
+    bob.login_at(&addr);
+    let mine = |unix: &str, args: &[&str]| {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = alice.sg_unnamed(&addr, unix, "whoami", &a);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["user"].as_str().unwrap().to_string()
+    };
+    assert_eq!(mine("not-a-user", &[]), bob.name);
+    assert_eq!(mine("not-a-user", &["-u", &alice.name]), alice.name);
+    let out = alice.sg_unnamed(
+        &addr,
+        "not-a-user",
+        "scores",
+        &["-u", &alice.name, "--json"],
+    );
+    let names: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        names[0]["owner"].as_str(),
+        Some(alice.name.as_str()),
+        "{names}"
+    );
+    // bob logs out: alice, the login before, is the default again.
+    let out = alice.sg_unnamed(&addr, "not-a-user", "logout", &[]);
+    assert!(
+        text(&out.stdout).contains(&format!("as {}", bob.name)),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(mine("not-a-user", &[]), alice.name);
+    // No login at all on a node: one line saying how to log in, as $USER.
+    let out = alice.sg_unnamed("127.0.0.1:9", "not-a-user", "whoami", &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        err.trim_end(),
+        "spawngrid: not logged in to 127.0.0.1:9 as not-a-user: run `spawngrid login -h 127.0.0.1:9`"
+    );
+}
+
+/// `completions` prints each shell's script naming the commands; an unknown shell is refused.
+#[test]
+fn completion_scripts_for_bash_zsh_and_fish() {
+    for (shell, mark) in [
+        ("bash", "complete -F _spawngrid"),
+        ("zsh", "#compdef spawngrid"),
+        ("fish", "complete -c spawngrid"),
+    ] {
+        let out = run(
+            Command::new(common::bin()).args(["completions", shell]),
+            None,
+        );
+        let script = text(&out.stdout);
+        assert!(
+            out.status.success() && script.contains(mark),
+            "{shell}: {script}"
+        );
+        assert!(
+            script.contains("whoami") && script.contains("spawn"),
+            "{shell}"
+        );
+    }
+    let out = run(
+        Command::new(common::bin()).args(["completions", "tcsh"]),
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("invalid value 'tcsh'"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The write layer's size comes from the node's config and `spawn` says it; a command that
+/// fills it fails with ENOSPC and the node says why and what to do (`--disk`); a failure
+/// with room left gets no such word.
+#[test]
+fn a_full_write_layer_says_how_to_get_a_bigger_one() {
+    let site = Site::new("write-layer");
+    let config = site.config("write_size = \"8M\"\ndisk_size = \"32M\"\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    alice.login();
+    let out = alice.ok("spawn", &["base", "--as", "small"]);
+    assert!(
+        out.contains(
+            "  write layer: 8.0M of RAM (counts in its memory); a bigger one on disk: --disk\n"
+        ),
+        "{out}"
+    );
+    let (code, _, err) = alice.exec("small", "dd if=/dev/zero of=/big bs=1M count=20");
+    assert_ne!(code, 0);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.ends_with(
+            "spawngrid: the env's write layer is full (8M of RAM): spawn with --disk for a bigger \
+             one on disk (to keep this env's files: `spawngrid save ENV NEW`, then `spawngrid \
+             spawn NEW --disk`)\n"
+        ),
+        "{err}"
+    );
+    let auth = format!(r#"{{"Authorization": "Bearer {}"}}"#, alice.token());
+    let argv = br#"{"argv": ["sh", "-c", "echo x > /more"]}"#;
+    let (status, body) = site.raw("POST", "/api/envs/small/exec", &auth, argv, false);
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        r["hint"].as_str().unwrap().contains("write layer is full"),
+        "{r}"
+    );
+    let (code, _, err) = alice.exec("small", "rm /big; exit 3");
+    assert_eq!((code, err.as_str()), (3, ""));
+    let out = alice.ok("spawn", &["base", "--as", "big", "--disk"]);
+    assert!(out.contains("  write layer: 32.0M on disk\n"), "{out}");
+    let list = alice.json("status", &[]);
+    let sizes: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["write_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [32 << 20, 8 << 20]);
+}

@@ -111,6 +111,12 @@ function age(secs) {
   return `${Math.floor(secs / 86400)}d`;
 }
 
+// When and how the node ends an env, as `spawngrid status` prints it.
+function ends(expiry) {
+  if (!expiry) return '-';
+  return `in ${age(Math.max(0, expiry.at - now()))} (${expiry.cause}; ${expiry.then})`;
+}
+
 function now() {
   return Math.floor(Date.now() / 1000);
 }
@@ -169,11 +175,17 @@ function renderScores() {
     });
     const td = document.createElement('td');
     td.append(link);
+    const actions = document.createElement('td');
+    actions.className = 'actions';
+    const history = button('Lineage', () => showLineage(name));
+    history.className = 'lineage';
+    actions.append(history);
     tr.append(
       td,
       cell(s.score.slice(0, 12), s.score),
       cell(megabytes(s.size)),
       cell(age(Math.max(0, now() - s.created))),
+      actions,
     );
     body.append(tr);
   }
@@ -210,6 +222,7 @@ function renderEnvs(envs, notices) {
       cell(age(e.age)),
       cell(megabytes(e.memory)),
       cell(`${megabytes(e.write_used)}/${megabytes(e.write_size)}${e.disk ? ' disk' : ''}`),
+      cell(ends(e.expiry)),
       cell(e.attach.ssh, e.attach.cpu),
       actions,
     );
@@ -306,6 +319,28 @@ async function boomEnv(env) {
   const r = await api('DELETE', `/api/envs/${encodeURIComponent(env)}`);
   await refresh();
   showInfo(`boomed ${r.env}`);
+}
+
+// ---- lineage ----
+
+// Shows a name's ancestry (GET /api/log): its snapshot, then each parent, newest first.
+async function showLineage(name) {
+  const entries = await api('GET', `/api/log?name=${encodeURIComponent(name)}`);
+  $('lineage-name').textContent = name;
+  $('lineage').tBodies[0].replaceChildren(...entries.map((e) => {
+    const tr = document.createElement('tr');
+    tr.dataset.score = e.score;
+    tr.append(
+      cell(e.score.slice(0, 12), e.score),
+      cell(e.names.length ? e.names.join(' ') : '-'),
+      cell(e.author),
+      cell(age(Math.max(0, now() - e.created))),
+      cell(megabytes(e.bytes)),
+      cell(e.note),
+    );
+    return tr;
+  }));
+  $('lineage-panel').hidden = false;
 }
 
 // ---- terminal ----
@@ -448,6 +483,7 @@ function start() {
   });
   $('refresh').addEventListener('click', () => act($('refresh'), refresh));
   $('term-close').addEventListener('click', closeTerminal);
+  $('lineage-close').addEventListener('click', () => { $('lineage-panel').hidden = true; });
   const user = sessionStorage.getItem(USER);
   if (sessionStorage.getItem(TOKEN) && user) {
     showSignedIn(user);

@@ -1,13 +1,59 @@
+//! `spawngrid whoami` (who the client acts as on a node, from its stored login), and
 //! `spawngrid passwd [USER]` and `spawngrid key [--of USER] add|ls|rm`: your own password and
 //! SSH public keys on a node (admins: anyone's). Changing a password ends every session of
 //! that user, so you log in again after changing your own.
 
-use super::{call, print_json, NodeArgs};
+use super::store::Tokens;
+use super::{age, call, print_json, NodeArgs};
 use crate::user_cmd::{new_password, print_keys, KeyAction};
 use anyhow::Result;
 use api::routes;
 use clap::Args;
 use std::process::ExitCode;
+
+/// `spawngrid whoami`.
+#[derive(Args)]
+pub struct WhoamiArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// `spawngrid whoami`: the user commands to the node act as, and their token's age and
+/// expiry (read from the stored login; the node is not asked).
+pub fn whoami(a: WhoamiArgs, json: bool) -> Result<ExitCode> {
+    let (host, user) = (a.node.host()?, a.node.user()?);
+    let tokens = Tokens::load()?;
+    let Some(t) = tokens.get(&host, &user) else {
+        anyhow::bail!(
+            "not logged in to {host} as {user}: run `spawngrid login{}`",
+            a.node.flags()
+        );
+    };
+    if json {
+        print_json(&serde_json::json!({
+            "host": host,
+            "user": user,
+            "issued": (t.issued > 0).then_some(t.issued),
+            "expires": t.expires,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = runtime::state::now();
+    let issued = match t.issued {
+        0 => "logged in at an unknown time".to_string(),
+        at => format!("logged in {} ago", age(now.saturating_sub(at))),
+    };
+    let expiry = match t.expires.checked_sub(now) {
+        Some(left) if left > 0 => format!("token expires in {}", age(left)),
+        _ => format!(
+            "token expired {} ago: run `spawngrid login{}`",
+            age(now.saturating_sub(t.expires)),
+            a.node.flags()
+        ),
+    };
+    println!("{user} on {host} ({issued}; {expiry})");
+    Ok(ExitCode::SUCCESS)
+}
 
 /// `spawngrid passwd`.
 #[derive(Args)]

@@ -1,11 +1,13 @@
 //! The client commands: `login`, `scores`, `spawn`, `exec`, `save` (`savedisk`), `boom`,
-//! `status`, `nodes`. Each talks to one node's HTTPS API (`-h HOST`, default
-//! `$SPAWNGRID_HOST`, else `localhost:16998`) as one user (`-u USER`, default `$USER`) with
-//! the token `login` stored; that node sends requests for envs on other nodes on to them.
+//! `status`, `nodes` (and in submodules `fork`, `cp`, `cpu`, `whoami`, ...). Each talks to one node's HTTPS API (`-h HOST`, default
+//! `$SPAWNGRID_HOST`, else `localhost:16998`) as one user (`-u USER`, default: the user who
+//! logged in to that node last, else `$USER`) with the token `login` stored; that node sends
+//! requests for envs on other nodes on to them. `whoami` says who that is.
 
 pub mod account;
 pub mod cp;
 pub mod cpu;
+pub mod fork;
 pub mod grid;
 pub mod http;
 pub mod invite;
@@ -34,7 +36,7 @@ pub struct NodeArgs {
     /// the node places the env on the grid.
     #[arg(short = 'h', long = "host")]
     pub host: Option<String>,
-    /// The user (default: $USER).
+    /// The user (default: the one who logged in to the node last, else $USER).
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
     /// Print help.
@@ -61,15 +63,26 @@ impl NodeArgs {
             .unwrap_or_else(|| DEFAULT_HOST.to_string())
     }
 
+    /// The user: `-u`, else the default ([`NodeArgs::default_user`]).
     fn user(&self) -> Result<String> {
-        let user = self
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-            .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()));
-        match user {
+        match &self.user {
+            Some(u) => Ok(u.clone()),
+            None => self.default_user(),
+        }
+    }
+
+    /// The user without `-u`: the one who logged in to the node last, else `$USER` (or
+    /// `$LOGNAME`).
+    fn default_user(&self) -> Result<String> {
+        if let Some(u) = Tokens::load()?.last_user(&self.host()?) {
+            return Ok(u.to_string());
+        }
+        let env = ["USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+        match env {
             Some(u) => Ok(u),
-            None => bail!("no user: pass -u USER (or set $USER)"),
+            None => bail!("no user: pass -u USER (or set $USER), or log in first"),
         }
     }
 
@@ -81,7 +94,7 @@ impl NodeArgs {
             s.push_str(&format!(" -h {host}"));
         }
         if let Some(u) = &self.user {
-            if std::env::var("USER").ok().as_deref() != Some(u.as_str()) {
+            if self.default_user().ok().as_deref() != Some(u.as_str()) {
                 s.push_str(&format!(" -u {u}"));
             }
         }
@@ -144,6 +157,32 @@ pub struct SpawnArgs {
     /// Spawn only on a node with this label (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// End the env after this long (e.g. 30m, 2h, 1h30m), whatever it is doing.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    ttl: Option<u64>,
+    /// What ends the env when its ttl or the node's idle timeout is up: boom, or save (as
+    /// ENV@TIME, a new name of yours) then boom (default: the node's, normally boom).
+    #[arg(long, value_name = "WHAT", value_parser = parse_expire)]
+    on_expire: Option<api::Expire>,
+}
+
+/// `--ttl DURATION`, in seconds.
+fn parse_ttl(s: &str) -> Result<u64> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("{e}: write e.g. 30m, 2h or 1h30m"))?;
+    if d.as_secs() == 0 {
+        bail!("a ttl must be at least 1s");
+    }
+    Ok(d.as_secs())
+}
+
+/// `--on-expire boom|save`.
+fn parse_expire(s: &str) -> Result<api::Expire> {
+    match s {
+        "boom" => Ok(api::Expire::Boom),
+        "save" => Ok(api::Expire::Save),
+        _ => bail!("want boom or save"),
+    }
 }
 
 impl SpawnArgs {
@@ -285,6 +324,7 @@ pub fn login(a: LoginArgs, json: bool) -> Result<ExitCode> {
         StoredToken {
             token: r.token,
             expires: r.expires,
+            issued: runtime::state::now(),
         },
     )?;
     if json {
@@ -363,6 +403,8 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
         mem,
         net: a.net,
         place: a.placement(),
+        ttl: a.ttl,
+        on_expire: a.on_expire,
     };
     let info: api::EnvInfo = call(&a.node, "POST", routes::ENVS, Some(&req))?;
     if json {
@@ -372,6 +414,17 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
     println!("spawned {} from {} on {}", info.env, a.name, info.node);
     println!("  {}", info.attach.ssh);
     println!("  {}{}", info.attach.cpu, a.node.flags());
+    let size = megabytes(Some(info.write_size));
+    if info.disk {
+        println!("  write layer: {size} on disk");
+    } else {
+        println!(
+            "  write layer: {size} of RAM (counts in its memory); a bigger one on disk: --disk"
+        );
+    }
+    if let Some(e) = &info.expiry {
+        println!("  ends {}", expiry_text(e, runtime::state::now()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -406,6 +459,9 @@ pub fn exec(a: ExecArgs, json: bool) -> Result<ExitCode> {
                 "spawngrid: output cut at {} bytes per stream",
                 api::MAX_EXEC_OUTPUT
             );
+        }
+        if let Some(hint) = &r.hint {
+            eprintln!("spawngrid: {hint}");
         }
     }
     Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8))
@@ -453,9 +509,10 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15}  ATTACH",
-        "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE"
+        "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15} {:<20}  ATTACH",
+        "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE", "ENDS"
     );
+    let now = runtime::state::now();
     for e in list {
         let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let state = match (e.node_up, e.running) {
@@ -464,7 +521,7 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
             (true, true) => "",
         };
         println!(
-            "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15}  {}{state}",
+            "{:<20} {:<20} {:<12} {:<12} {:>7} {:>8} {:>15} {:<20}  {}{state}",
             e.env,
             e.from.as_deref().unwrap_or("-"),
             snapshot,
@@ -476,14 +533,14 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
                 megabytes(e.write_used),
                 megabytes(Some(e.write_size))
             ),
+            e.expiry
+                .as_ref()
+                .map_or("-".to_string(), |x| expiry_text(x, now)),
             e.attach.ssh
         );
     }
     // What the node did unasked (evictions) in the last week.
     let notices: Vec<api::Notice> = call(&a.node, "GET", routes::NOTICES, None::<&()>)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     for n in notices {
         println!(
             "note ({} ago): {}",
@@ -535,6 +592,19 @@ pub fn nodes(a: NodesArgs, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When and how an env ends: `in 29m (ttl; boom)`, `in 2h (idle; save)`.
+fn expiry_text(e: &api::Expiry, now: u64) -> String {
+    let cause = match e.cause {
+        api::ExpiryCause::Ttl => "ttl",
+        api::ExpiryCause::Idle => "idle",
+    };
+    let then = match e.then {
+        api::Expire::Boom => "boom",
+        api::Expire::Save => "save",
+    };
+    format!("in {} ({cause}; {then})", age(e.at.saturating_sub(now)))
 }
 
 /// Bytes in MiB with one decimal (`12.3M`), or `-` when unknown.

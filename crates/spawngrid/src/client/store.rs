@@ -1,6 +1,8 @@
 //! The client's files in `~/.config/spawngrid/` (or `$XDG_CONFIG_HOME/spawngrid/`):
 //! `known_nodes`, the pinned certificate fingerprint of each node (`HOST:PORT FINGERPRINT`
-//! lines, like ssh's known_hosts), and `tokens.json`, a token per node and user (mode 0600).
+//! lines, like ssh's known_hosts), and `tokens.json`, a token per node and user (mode 0600)
+//! with when it was issued: a node's most recently logged-in user is the client's default
+//! user there ([`Tokens::last_user`]).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -101,6 +103,9 @@ pub struct StoredToken {
     pub token: String,
     /// Expiry, seconds since the epoch.
     pub expires: u64,
+    /// When `login` stored it, seconds since the epoch (0 in files older than this field).
+    #[serde(default)]
+    pub issued: u64,
 }
 
 /// Tokens by node (HOST:PORT) then user.
@@ -130,6 +135,15 @@ impl Tokens {
     /// The token of `user` on `host`.
     pub fn get(&self, host: &str, user: &str) -> Option<&StoredToken> {
         self.nodes.get(host)?.get(user)
+    }
+
+    /// The user who logged in to `host` last (the newest stored token there; none when
+    /// several tokens predate `issued`).
+    pub fn last_user(&self, host: &str) -> Option<&str> {
+        let users = self.nodes.get(host)?;
+        let (user, newest) = users.iter().max_by_key(|(_, t)| t.issued)?;
+        // Tokens stored before `issued` existed do not say which came last.
+        (newest.issued > 0 || users.len() == 1).then_some(user.as_str())
     }
 
     /// Stores a token and writes the file (mode 0600).

@@ -302,7 +302,7 @@ impl Client {
 
     /// `spawngrid [--json] CMD [-h ADDR] -u USER ARGS...` with this user's HOME.
     fn command_to(&self, json: bool, addr: Option<&str>, cmd: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(common::bin());
+        let mut c = self.bare_command();
         if json {
             c.arg("--json");
         }
@@ -310,11 +310,23 @@ impl Client {
         if let Some(addr) = addr {
             c.args(["-h", addr]);
         }
-        c.args(["-u", &self.name])
-            .args(args)
-            .env("HOME", &self.home)
-            .env_remove("XDG_CONFIG_HOME");
+        c.args(["-u", &self.name]).args(args);
         c
+    }
+
+    /// `spawngrid` with this user's HOME (their token and pin files).
+    fn bare_command(&self) -> Command {
+        let mut c = Command::new(common::bin());
+        c.env("HOME", &self.home).env_remove("XDG_CONFIG_HOME");
+        c
+    }
+
+    /// `spawngrid CMD -h ADDR ARGS...` without `-u`, as Unix user `unix` (`$USER`): the
+    /// client picks the user.
+    pub fn sg_unnamed(&self, addr: &str, unix: &str, cmd: &str, args: &[&str]) -> Output {
+        let mut c = self.bare_command();
+        c.args([cmd, "-h", addr]).args(args).env("USER", unix);
+        run(&mut c, None)
     }
 
     /// `spawngrid CMD -h ADDR -u USER ARGS...`.
@@ -433,6 +445,18 @@ impl User<'_> {
             .as_str()
             .unwrap()
             .to_string()
+    }
+}
+
+/// Polls `check` until it holds (or fails after a minute).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -4,7 +4,6 @@
 use super::site::*;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 /// OpenSSH client options for one test: its own known_hosts, no user config, password only.
 pub struct SshClient {
@@ -104,15 +103,6 @@ pub fn login(user: &User, env: &str) -> String {
 
 pub fn password(user: &User) -> String {
     format!("{}-pw", user.name)
-}
-
-/// Polls `check` until it holds (or fails after a minute).
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A script making `name` a user of an env (uid and gid 1000, home `/home/NAME`, in group

@@ -9,7 +9,8 @@
 # env `web` lists it; its terminal runs `echo $((6*7)) > /tmp/x; cat /tmp/x` and shows 42;
 # `stty size` inside follows the terminal's size, before and after the window is resized;
 # `exit 3` shows exit code 3; saving `web` as `web-saved` lists that name in the scores;
-# saving under it again shows the node's error; inviting INVITEE to web-saved says so, and
+# saving under it again shows the node's error; its lineage lists web-saved then base
+# (with the save's note); inviting INVITEE to web-saved says so, and
 # inviting a user who does not exist shows the node's error; a boom cancelled at its confirmation keeps
 # the env, a confirmed one removes it; signing out shows the sign-in form, forgets the token,
 # and a reload stays signed out; the browser logged no Content-Security-Policy violation.
@@ -177,6 +178,16 @@ def story():
     assert "saved web as web-saved = " in text("info"), text("info")
     by_id("save-submit").click()
     error_line("web-saved")
+
+    step("the lineage of web-saved: itself, then base")
+    driver.find_element(By.CSS_SELECTOR, '#scores tr[data-name="web-saved"] button.lineage').click()
+    wait(lambda: shown("lineage-panel") and len(rows("lineage", "score")) == 2, "two snapshots in the lineage")
+    cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#lineage tbody tr td")]
+    assert text("lineage-name") == "web-saved", text("lineage-name")
+    assert cells[1] == "web-saved" and cells[5] == f"saved from env web+{user}", cells
+    assert cells[7] == "base", cells
+    by_id("lineage-close").click()
+    wait(lambda: not shown("lineage-panel"), "the lineage closed")
 
     step("invite")
     fill("invite-user", "no-such-user")

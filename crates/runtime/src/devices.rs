@@ -28,7 +28,7 @@ const FIXED: [(u32, u32); 7] = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), 
 /// Majors of the pseudo-terminal slaves (every minor allowed).
 const PTS_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
 
-/// The allow list: [`FIXED`], and every pseudo-terminal slave.
+/// The allow list: `FIXED`, and every pseudo-terminal slave.
 pub fn allowed() -> Vec<CharDevice> {
     let fixed = FIXED.iter().map(|&(major, minor)| CharDevice {
         major,

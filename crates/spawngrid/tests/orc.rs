@@ -231,9 +231,10 @@ fn orc_through_a_pipe_as_gridorc_and_hosts_from_the_grid_file() {
         "{stdout}"
     );
     assert!(lines[3].starts_with("spawned p1 from base on "), "{stdout}");
-    assert_eq!(lines[6], BANNER, "{stdout}");
-    assert!(lines[7].starts_with("saved p1 as p1saved = "), "{stdout}");
-    assert_eq!(&lines[8..], ["boomed p1"], "{stdout}");
+    assert!(lines[6].starts_with("  write layer: "), "{stdout}");
+    assert_eq!(lines[7], BANNER, "{stdout}");
+    assert!(lines[8].starts_with("saved p1 as p1saved = "), "{stdout}");
+    assert_eq!(&lines[9..], ["boomed p1"], "{stdout}");
     assert!(!stdout.contains("orc>"), "{stdout}");
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -156,14 +156,22 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    /// Writes the seed corpora to fuzz/corpus (run by hand after a format change:
-    /// `cargo test -p spawngrid-library --lib write_seed_corpora -- --ignored`).
+    /// The seed corpora, made from today's formats, each pass their target's harness; with
+    /// `SPAWNGRID_WRITE_CORPORA=1` they are also written to fuzz/corpus (after a format change:
+    /// `SPAWNGRID_WRITE_CORPORA=1 cargo test -p spawngrid-library --lib seed_corpora`).
     #[test]
-    #[ignore]
-    fn write_seed_corpora() {
+    fn seed_corpora_pass_their_harnesses() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+        let write = std::env::var_os("SPAWNGRID_WRITE_CORPORA").is_some();
         let put = |target: &str, name: &str, bytes: &[u8]| {
-            std::fs::write(root.join(target).join(name), bytes).unwrap();
+            let (_, harness) = super::TARGETS
+                .iter()
+                .find(|(t, _)| *t == target)
+                .expect("a fuzz target");
+            harness(bytes);
+            if write {
+                std::fs::write(root.join(target).join(name), bytes).unwrap();
+            }
         };
         let lower = seed_tar(&["d/a", "d/b", "top"]);
         let upper = seed_tar(&["d/.wh.a", "d/.wh..wh..opq", ".wh.top"]);

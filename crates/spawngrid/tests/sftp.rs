@@ -98,14 +98,7 @@ fn scp_and_sftp_work_in_an_env_without_sftp_server() {
         None,
     );
     assert!(out.status.success(), "scp -r down: {}", text(&out.stderr));
-    let diff = run(
-        std::process::Command::new("diff")
-            .arg("-r")
-            .arg(&tree)
-            .arg(&back),
-        None,
-    );
-    assert!(diff.status.success(), "{}", text(&diff.stdout));
+    assert_same_tree(&tree, &back);
     let (_, count, _) = alice.exec("base", "find /root/tree -type f | wc -l");
     assert_eq!(count.trim(), "300");
 
@@ -273,14 +266,7 @@ fn rsync_over_ssh_copies_a_tree_both_ways() {
         &format!("{target}:/root/tree/"),
         &format!("{}/", back.display()),
     );
-    let diff = run(
-        std::process::Command::new("diff")
-            .arg("-r")
-            .arg(&tree)
-            .arg(&back),
-        None,
-    );
-    assert!(diff.status.success(), "{}", text(&diff.stdout));
+    assert_same_tree(&tree, &back);
     let mode = std::fs::metadata(back.join("sub/run.sh"))
         .unwrap()
         .permissions()
@@ -291,4 +277,13 @@ fn rsync_over_ssh_copies_a_tree_both_ways() {
         std::path::Path::new("sub/run.sh")
     );
     alice.ok("boom", &["base"]);
+}
+
+/// Panics with `diff -r`'s output unless the trees `a` and `b` hold the same files and bytes.
+fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
+    let diff = run(
+        std::process::Command::new("diff").arg("-r").arg(a).arg(b),
+        None,
+    );
+    assert!(diff.status.success(), "{}", text(&diff.stdout));
 }

@@ -33,6 +33,31 @@ fn http_get(port: u16) -> String {
     answer
 }
 
+/// alice, logged in, with her env `base` spawned; an OpenSSH client that shows forwarding
+/// refusals (`INFO`), her password and her `base+alice@127.0.0.1` target.
+struct Session<'a> {
+    alice: User<'a>,
+    ssh: SshClient,
+    pw: String,
+    target: String,
+}
+
+fn session(site: &Site) -> Session<'_> {
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let mut ssh = SshClient::new(site);
+    ssh.log_level = "INFO";
+    let pw = password(&alice);
+    let target = format!("{}@127.0.0.1", login(&alice, "base"));
+    Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    }
+}
+
 /// A VS Code Remote-SSH style session: one connection runs a script that starts a server
 /// inside the env and says so, and carries a `-L` forward to it; the server's bytes come
 /// through. A forward to a port only the host listens on does not reach the host; another
@@ -41,13 +66,12 @@ fn http_get(port: u16) -> String {
 fn local_forwards_reach_servers_inside_the_env_only() {
     let site = Site::new("ssh-fwd-l");
     site.start("127.0.0.1:0");
-    let alice = site.user("alice");
-    alice.login();
-    alice.ok("spawn", &["base"]);
-    let mut ssh = SshClient::new(&site);
-    ssh.log_level = "INFO";
-    let (a_login, pw) = (login(&alice, "base"), password(&alice));
-    let target = format!("{a_login}@127.0.0.1");
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
 
     let local = free_port();
     let forward = format!("{local}:127.0.0.1:8000");
@@ -140,13 +164,12 @@ fn local_forwards_reach_servers_inside_the_env_only() {
 fn remote_forwards_listen_inside_the_env() {
     let site = Site::new("ssh-fwd-r");
     site.start("127.0.0.1:0");
-    let alice = site.user("alice");
-    alice.login();
-    alice.ok("spawn", &["base"]);
-    let mut ssh = SshClient::new(&site);
-    ssh.log_level = "INFO";
-    let (a_login, pw) = (login(&alice, "base"), password(&alice));
-    let target = format!("{a_login}@127.0.0.1");
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
 
     // The client's side: answers one line with its reverse.
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -221,13 +244,12 @@ fn remote_forwards_listen_inside_the_env() {
 fn agent_forwarding_answers_inside_the_env() {
     let site = Site::new("ssh-fwd-a");
     site.start("127.0.0.1:0");
-    let alice = site.user("alice");
-    alice.login();
-    alice.ok("spawn", &["base"]);
-    let mut ssh = SshClient::new(&site);
-    ssh.log_level = "INFO";
-    let (a_login, pw) = (login(&alice, "base"), password(&alice));
-    let target = format!("{a_login}@127.0.0.1");
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
 
     // ssh-add and what it links against, into the busybox env.
     install_from_host(&alice, "base", "/usr/bin/ssh-add");

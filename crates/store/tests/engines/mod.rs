@@ -10,6 +10,7 @@ mod garage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use store::{DataDir, Store, StoreConfig};
 
@@ -33,11 +34,15 @@ pub fn engines(test: &str, lease_secs: u64) -> Option<Engines> {
         return None;
     };
     let admin: postgres::Config = url.parse().expect("SPAWNGRID_TEST_POSTGRES is a URL");
+    // Tests of one binary run in parallel and the clock may not tick between two of them:
+    // the counter keeps their schemas apart, the time keeps runs apart.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let schema = format!("gc_{}_{ns}", std::process::id());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let schema = format!("gc_{}_{n}_{ns}", std::process::id());
     let mut client = admin.connect(postgres::NoTls).unwrap();
     client
         .batch_execute(&format!("CREATE SCHEMA {schema}"))

@@ -12,7 +12,8 @@
 # `nsenter --net` only (its mounts and cgroups are the host's). State under $SPAWNGRID_GRID_DIR
 # (default /var/lib/spawngrid-grid): garage/, pg/, nodeN/{config.toml,data,log,pid},
 # admin-password. The base snapshot is a cached debootstrap (scripts/rootfs.sh debian), or a
-# busybox root when that fails or SPAWNGRID_GRID_BASE=busybox. Run as root. `up` is idempotent.
+# busybox root when that fails or SPAWNGRID_GRID_BASE=busybox. Nodes take a node silent for
+# $SPAWNGRID_DOWN_AFTER (default 30s) for down. Run as root. `up` is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,6 +84,7 @@ listen = "$(addr "$n"):16998"
 public_host = "$(addr "$n")"
 data = "$d/data"
 labels = ["rack=r$n"]
+down_after = "${SPAWNGRID_DOWN_AFTER:-30s}"
 
 [store]
 library = "s3://$SPAWNGRID_S3_BUCKET/grid"

@@ -19,6 +19,8 @@
 //! disk_size = "1G"                # an env's write layer on disk (`spawn --disk`, ext4 image)
 //! mount_idle_secs = 600           # unmount a snapshot no env has used for this long (0: never)
 //! labels = ["rack=r1", "zone=z1"] # this node's labels in the grid (`spawn --label k=v`, `--near`)
+//! down_after = "30s"              # a grid node not heard from for this long is down; this
+//!                                 # node heartbeats three times as often (crate::registry)
 //! idle_timeout = "2h"             # end an env after this long without a session (exec, cpu,
 //!                                 # SSH, cp); default: never (see crate::lifetime)
 //! on_expire = "boom"              # what ends an env whose ttl or idle timeout is up: "boom",
@@ -98,6 +100,8 @@ pub struct Config {
     pub mount_idle_secs: u64,
     /// This node's labels in the grid (`key=value`).
     pub labels: Vec<String>,
+    /// How long a grid node may stay silent before this node takes it for down (`30s`).
+    pub down_after: String,
     /// How long an env may go without a session before the node ends it (`30m`, `2h`;
     /// default: forever).
     pub idle_timeout: Option<String>,
@@ -130,6 +134,7 @@ impl Default for Config {
             disk_size: "1G".into(),
             mount_idle_secs: 600,
             labels: Vec::new(),
+            down_after: "30s".into(),
             idle_timeout: None,
             on_expire: api::Expire::Boom,
             capacity: Default::default(),
@@ -171,6 +176,14 @@ impl Config {
         if parse_size(&config.disk_size).context("disk_size")? < 16 << 20 {
             bail!("disk_size must be at least 16M");
         }
+        match humantime::parse_duration(&config.down_after) {
+            Ok(d) if d.as_secs() >= 3 => {}
+            Ok(_) => bail!("down_after must be at least 3s (a node heartbeats every third of it)"),
+            Err(e) => bail!(
+                "down_after {:?}: {e} (write e.g. \"30s\")",
+                config.down_after
+            ),
+        }
         if let Some(t) = &config.idle_timeout {
             match humantime::parse_duration(t) {
                 Ok(d) if d.as_secs() > 0 => {}
@@ -194,6 +207,11 @@ impl Config {
     /// The most bytes one copy moves.
     pub fn max_copy_bytes(&self) -> u64 {
         parse_size(&self.max_copy).unwrap_or(api::MAX_COPY)
+    }
+
+    /// How long a grid node may stay silent before it is down.
+    pub fn down_after(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.down_after).unwrap_or(std::time::Duration::from_secs(30))
     }
 
     /// The idle timeout in seconds, if any.
@@ -281,6 +299,17 @@ mod tests {
         let err = Config::parse("[nat]\nallow = [\"10.0.0.1/8\"]\n").unwrap_err();
         assert!(err.to_string().contains("10.0.0.1/8"), "{err}");
         assert!(Config::default().nat.allow.is_empty());
+    }
+
+    #[test]
+    fn down_after_is_a_duration_of_at_least_three_seconds() {
+        assert_eq!(Config::parse("").unwrap().down_after().as_secs(), 30);
+        let c = Config::parse("down_after = \"1m\"").unwrap();
+        assert_eq!(c.down_after().as_secs(), 60);
+        for bad in ["down_after = \"2s\"", "down_after = \"soon\""] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("down_after"), "{e}");
+        }
     }
 
     #[test]

@@ -1,18 +1,12 @@
 //! The grid's node registry: this node registers itself in the shared catalog at start (name,
-//! HTTPS address, SSH port, certificate fingerprint, capacity) and heartbeats every
-//! [`HEARTBEAT`]; a node not heard from for [`DOWN_AFTER`] is down. [`grid`] is the grid as
-//! every node sees it: the registry and each node's load from the catalog's envs.
+//! HTTPS address, SSH port, certificate fingerprint, capacity) and heartbeats three times per
+//! `down_after` (the node's configuration, 30 s by default); a node not heard from for
+//! `down_after` is down. [`grid`] is the grid as every node sees it: the registry and each
+//! node's load from the catalog's envs.
 
 use crate::Node;
 use api::NodeEntry;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How often a node says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
-
-/// A node silent for this long is down.
-pub const DOWN_AFTER: Duration = Duration::from_secs(30);
 
 /// Registers `node`, reached at `address` (`host:port`) with certificate `fingerprint`.
 pub fn register(node: &Node, address: &str, fingerprint: &str) -> catalog::Result<()> {
@@ -30,7 +24,7 @@ pub fn register(node: &Node, address: &str, fingerprint: &str) -> catalog::Resul
 /// Heartbeats until the process ends; a failed heartbeat (the catalog unreachable) is logged
 /// and the next one tried, so the node comes back by itself when the catalog does.
 pub async fn heartbeat(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut tick = tokio::time::interval(node.config.down_after() / 3);
     loop {
         tick.tick().await;
         let n = node.clone();
@@ -58,6 +52,7 @@ pub fn grid(node: &Node) -> catalog::Result<Vec<NodeEntry>> {
     let envs = node.cat.envs_on(None)?;
     let per_env = node.config.default_mem_bytes();
     let now = now();
+    let down_after = node.config.down_after().as_secs();
     Ok(nodes
         .into_iter()
         .map(|n| {
@@ -65,7 +60,7 @@ pub fn grid(node: &Node) -> catalog::Result<Vec<NodeEntry>> {
             let silent = silent(&n, now);
             let i = n.info;
             NodeEntry {
-                up: silent <= DOWN_AFTER.as_secs(),
+                up: silent <= down_after,
                 silent,
                 envs: count,
                 room_envs: i.capacity_envs.saturating_sub(count),
@@ -90,7 +85,7 @@ fn silent(n: &catalog::Node, now: i64) -> u64 {
 }
 
 /// What node `name` said about itself and whether it is up (heard from within
-/// [`DOWN_AFTER`]), if it is registered.
+/// `down_after`), if it is registered.
 pub fn locate(node: &Node, name: &str) -> catalog::Result<Option<(catalog::NodeInfo, bool)>> {
     let now = now();
     Ok(node
@@ -99,7 +94,7 @@ pub fn locate(node: &Node, name: &str) -> catalog::Result<Option<(catalog::NodeI
         .into_iter()
         .find(|n| n.info.name == name)
         .map(|n| {
-            let up = silent(&n, now) <= DOWN_AFTER.as_secs();
+            let up = silent(&n, now) <= node.config.down_after().as_secs();
             (n.info, up)
         }))
 }

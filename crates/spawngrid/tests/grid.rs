@@ -12,6 +12,10 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// How long the test grid's nodes wait before taking a silent node for down (the default,
+/// 30 s, would make each fault test wait that long).
+const DOWN_AFTER: &str = "9s";
+
 /// A grid started by `scripts/grid.sh up` in a scratch directory, taken down on drop.
 struct Grid {
     scratch: Scratch,
@@ -42,6 +46,7 @@ impl Grid {
             .env("SPAWNGRID_GRID_DIR", self.dir())
             .env("SPAWNGRID_BIN", common::bin())
             .env("SPAWNGRID_GRID_BASE", "busybox")
+            .env("SPAWNGRID_DOWN_AFTER", DOWN_AFTER)
             .output()
             .expect("running scripts/grid.sh")
     }
@@ -458,7 +463,7 @@ fn browser_terminal(alice: &User, via: u8, env: &str) -> String {
     text(&out.stdout)
 }
 
-/// Node 2 stopped: once silent for 30 s it is down in `nodes`, its env is marked so in
+/// Node 2 stopped: once silent for [`DOWN_AFTER`] it is down in `nodes`, its env is marked so in
 /// `status`, and a request for it says so in one line.
 fn node2_seen_down(alice: &User) {
     let deadline = Instant::now() + std::time::Duration::from_secs(90);

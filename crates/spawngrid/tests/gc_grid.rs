@@ -2,6 +2,8 @@
 //! directories ("node A" and "node B") share one S3 prefix and one catalog schema.
 //! - gc loops on A while B imports and retires names, 50 rounds: every name still bound at
 //!   the end exports bit-exact (bytes, modes, times), from both nodes;
+//! - gc loops on A while a node serving B saves an env 50 times (each round's files copied in
+//!   with `cp`), and names are retired: every saved name exports bit-exact from A;
 //! - a process importing a large tree is killed -9: no name is bound, verify is clean, its
 //!   lease expires, one gc run marks its packs and a later one sweeps them.
 
@@ -10,6 +12,7 @@ mod common;
 mod engines;
 
 use common::bin;
+use common::site::{who, Site};
 use engines::{bytes, listing};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -95,19 +98,7 @@ fn gc_on_a_while_b_imports_and_retires_50_rounds_loses_nothing() {
     let stop = AtomicBool::new(false);
     let mut bound: Vec<(String, PathBuf)> = Vec::new();
     let reports: Vec<Value> = std::thread::scope(|s| {
-        let gc = s.spawn(|| {
-            let mut reports = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let out = lib(&a, &["gc", "--grace", "1s"]);
-                let err = String::from_utf8_lossy(&out.stderr);
-                if err.contains("no library in") {
-                    continue; // B has not imported anything yet
-                }
-                assert!(out.status.success(), "gc on A failed: {err}");
-                reports.push(serde_json::from_slice::<Value>(&out.stdout).unwrap());
-            }
-            reports
-        });
+        let gc = s.spawn(|| gc_loop(&a, &stop));
         for r in 0..50u64 {
             let src = srcs.join(format!("r{r}"));
             round_tree(&src, r);
@@ -163,6 +154,92 @@ fn gc_on_a_while_b_imports_and_retires_50_rounds_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+/// Runs `lib gc --grace 1s` on `a` until `stop`; its reports.
+fn gc_loop(a: &Path, stop: &AtomicBool) -> Vec<Value> {
+    let mut reports = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let out = lib(a, &["gc", "--grace", "1s"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("no library in") {
+            continue; // B has not written anything yet
+        }
+        assert!(out.status.success(), "gc on A failed: {err}");
+        reports.push(serde_json::from_slice::<Value>(&out.stdout).unwrap());
+    }
+    reports
+}
+
+#[test]
+fn gc_on_a_while_a_node_on_b_saves_50_rounds_loses_nothing() {
+    let Some(e) = engines::engines("gc_node_saves", 5) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    e.store(&a);
+    let site = Site::bare("gc-saves");
+    e.store(&site.data());
+    let site = site.populated();
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "w"]);
+    let srcs = t.path().join("src");
+    let stop = AtomicBool::new(false);
+    let mut bound: Vec<(String, PathBuf)> = Vec::new();
+    let mut reports = std::thread::scope(|s| {
+        let gc = s.spawn(|| gc_loop(&a, &stop));
+        for r in 0..50u64 {
+            let src = srcs.join(format!("r{r}"));
+            round_tree(&src, r);
+            alice.ok("exec", &["w", "--", "rm", "-rf", "/work"]);
+            alice.ok("cp", &[src.to_str().unwrap(), "w:/work"]);
+            let name = format!("saved-{r}");
+            alice.ok("save", &["w", &name]);
+            bound.push((name, src));
+            if r % 3 == 2 {
+                let (old, _) = bound.remove(bound.len() - 3);
+                let owner = who("alice");
+                lib_ok(&site.data(), &["--owner", &owner, "retire", &old]);
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        gc.join().unwrap()
+    });
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1100));
+        reports.push(lib_ok(&a, &["gc", "--grace", "1s"]));
+    }
+    let owner = who("alice");
+    for (name, src) in &bound {
+        let dest = t.path().join(format!("export-{name}"));
+        lib_ok(
+            &a,
+            &["--owner", &owner, "export", name, dest.to_str().unwrap()],
+        );
+        assert!(
+            listing(src) == listing(&dest.join("work")),
+            "{name} exported from A differs from what was copied into the env"
+        );
+        std::fs::remove_dir_all(&dest).unwrap();
+    }
+    let sum = |k: &str| {
+        reports
+            .iter()
+            .map(|r| r[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    println!(
+        "node saves under gc: {} gc runs, marked {}, swept {}, revived {}; {} names bound",
+        reports.len(),
+        sum("marked"),
+        sum("swept"),
+        sum("revived"),
+        bound.len()
+    );
+    assert!(sum("swept") > 0, "gc had real work");
 }
 
 #[test]

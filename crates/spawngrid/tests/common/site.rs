@@ -83,7 +83,13 @@ impl Site {
     }
 
     pub fn new(tag: &str) -> Site {
-        let site = Site::bare(tag);
+        Site::bare(tag).populated()
+    }
+
+    /// This site with the busybox `base` and the users alice and bob (see [`Site`]), made in
+    /// whatever store its data directory records (a [`Site::bare`] can be given one first).
+    pub fn populated(self) -> Site {
+        let site = self;
         let root = busybox();
         for owner in [who("alice"), who("bob")] {
             let owner = owner.as_str();

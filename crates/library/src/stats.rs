@@ -28,8 +28,8 @@ pub struct Stats {
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "snapshots: {}", self.snapshots)?;
-        writeln!(f, "logical:   {}", human(self.logical_bytes))?;
-        writeln!(f, "stored:    {}", human(self.stored_bytes))?;
+        writeln!(f, "logical:   {}", human::size(self.logical_bytes))?;
+        writeln!(f, "stored:    {}", human::size(self.stored_bytes))?;
         writeln!(f, "dedup:     {:.2}x", self.dedup_ratio)?;
         writeln!(f, "objects:   {} in {} packs", self.objects, self.packs)
     }
@@ -62,21 +62,6 @@ pub fn stats(lib: &Library, roots: &[Score]) -> Result<Stats> {
         packs: packs.len(),
         snapshots: distinct.len(),
     })
-}
-
-/// A byte count for people: "1.5 MiB".
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes} B"),
-        _ => format!("{v:.1} {}", UNITS[unit]),
-    }
 }
 
 /// Serializes scores as hex strings.
@@ -119,12 +104,5 @@ mod tests {
         let json = serde_json::to_value(&st).unwrap();
         assert_eq!(json["snapshots"], 2);
         assert!(st.to_string().contains("dedup"));
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(3 << 30), "3.0 GiB");
     }
 }

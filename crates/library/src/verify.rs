@@ -13,9 +13,10 @@
 use crate::pack::{self, ObjectKind, PackEntry};
 use crate::progress::Progress;
 use crate::reach::{Source, Walk};
-use crate::stats::{human, ser_scored, ser_scores};
+use crate::stats::{ser_scored, ser_scores};
 use crate::store::{pack_key, Location, PACKS};
 use crate::{Error, Library, Result, Score};
+use human::size as human;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};

@@ -7,8 +7,8 @@
 //! is active while a session (exec, cpu, SSH) runs in it ([`Activity::session`]); its idle time
 //! counts from the end of its last session, or from its spawn.
 
-use crate::units::parse_size;
 use anyhow::{bail, Result};
+use human::{parse_size, size as human};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -203,25 +203,6 @@ fn victim(limits: &Limits, live: &[Usage], user: &str, mem: u64) -> Result<usize
         .ok_or_else(|| {
             format!("{worst} is over their fair share but every env of theirs is in use: try again later")
         })
-}
-
-/// A byte count for messages: `512M`, `1.5G`.
-pub fn human(bytes: u64) -> String {
-    if bytes == u64::MAX {
-        return "unlimited".into();
-    }
-    let units = ["B", "K", "M", "G", "T"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if v.fract() == 0.0 || i == 0 {
-        format!("{v:.0}{}", units[i])
-    } else {
-        format!("{v:.1}{}", units[i])
-    }
 }
 
 /// Sessions running in each env and when each env was last active (in memory: after a daemon
@@ -433,7 +414,5 @@ mod tests {
         }
         let (busy, idle) = a.state("x", 0);
         assert!(!busy && idle <= 1);
-        assert_eq!(human(512 * M), "512M");
-        assert_eq!(human(1536 * M), "1.5G");
     }
 }

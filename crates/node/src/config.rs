@@ -52,8 +52,8 @@
 //! catalog = "postgres://spawngrid:PASSWORD@db:5432/spawngrid"
 //! ```
 
-use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
+use human::parse_size;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -176,19 +176,16 @@ impl Config {
         if parse_size(&config.disk_size).context("disk_size")? < 16 << 20 {
             bail!("disk_size must be at least 16M");
         }
-        match humantime::parse_duration(&config.down_after) {
+        match human::parse_duration(&config.down_after) {
             Ok(d) if d.as_secs() >= 3 => {}
             Ok(_) => bail!("down_after must be at least 3s (a node heartbeats every third of it)"),
-            Err(e) => bail!(
-                "down_after {:?}: {e} (write e.g. \"30s\")",
-                config.down_after
-            ),
+            Err(e) => bail!("down_after: {e}"),
         }
         if let Some(t) = &config.idle_timeout {
-            match humantime::parse_duration(t) {
+            match human::parse_duration(t) {
                 Ok(d) if d.as_secs() > 0 => {}
                 Ok(_) => bail!("idle_timeout must be at least 1s"),
-                Err(e) => bail!("idle_timeout {t:?}: {e} (write e.g. \"30m\" or \"2h\")"),
+                Err(e) => bail!("idle_timeout: {e}"),
             }
         }
         config.capacity.limits(1)?;
@@ -211,13 +208,13 @@ impl Config {
 
     /// How long a grid node may stay silent before it is down.
     pub fn down_after(&self) -> std::time::Duration {
-        humantime::parse_duration(&self.down_after).unwrap_or(std::time::Duration::from_secs(30))
+        human::parse_duration(&self.down_after).unwrap_or(std::time::Duration::from_secs(30))
     }
 
     /// The idle timeout in seconds, if any.
     pub fn idle_timeout_secs(&self) -> Option<u64> {
         let t = self.idle_timeout.as_deref()?;
-        humantime::parse_duration(t).ok().map(|d| d.as_secs())
+        human::parse_duration(t).ok().map(|d| d.as_secs())
     }
 
     /// The size of an env's write layer in bytes: on disk (`--disk`) or in RAM.

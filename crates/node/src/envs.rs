@@ -239,7 +239,7 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), Error> {
                     "env {} was evicted (boomed) after {} idle to make room for another user's \
                      spawn on a full node; its names are intact: spawn it again",
                     user_env_name(st, &st.owner),
-                    idle_text(idle)
+                    human::age(idle)
                 );
                 tracing::info!(env = %id, owner = %st.owner, for_user = %user, "evicted");
                 if let Err(e) = crate::notices::add(&node.rt.data, &st.owner, &message) {
@@ -287,15 +287,6 @@ pub fn reconcile(node: &Node) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// An idle time for messages: `42s`, `5m`, `3h`.
-fn idle_text(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s => format!("{}h", s / 3600),
-    }
 }
 
 /// `user`'s env `env`, or 404 (also for another user's env).
@@ -417,7 +408,7 @@ pub fn full_write_layer(rt: &runtime::Runtime, st: &EnvState) -> Option<String> 
     if free >= (st.write_size / 100).max(1 << 20) {
         return None;
     }
-    let size = crate::capacity::human(st.write_size);
+    let size = human::size(st.write_size);
     Some(if st.disk {
         format!(
             "the env's write layer is full ({size} on disk, the node's disk_size): remove \

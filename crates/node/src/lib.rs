@@ -25,7 +25,6 @@
 //! - [`pty`]: an async terminal session inside an env (for `cpu` and the SSH gateway).
 //! - [`cpu`]: `spawngrid cpu`'s WebSocket route (a terminal session).
 //! - [`files`]: `spawngrid cp`'s routes (tar streams in and out of an env).
-//! - [`units`]: sizes written as `512M` or `10G`.
 //! - [`bridge`]: bytes between fds and async streams (terminal sessions of SSH and `cpu`).
 //! - [`ui`]: the web UI's page and files (`/`, `/ui/...`; embedded by the `web` crate).
 
@@ -54,7 +53,6 @@ pub mod snapshots;
 pub mod ssh;
 pub mod tls;
 pub mod ui;
-pub mod units;
 pub mod users;
 
 use anyhow::{Context, Result};

@@ -96,11 +96,11 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             size,
         } => {
             let limits = Limits {
-                memory: node::units::parse_size(&mem)?,
+                memory: human::parse_size(&mem)?,
                 pids,
                 ..Limits::default()
             };
-            let write_size = size.as_deref().map(node::units::parse_size).transpose()?;
+            let write_size = size.as_deref().map(human::parse_size).transpose()?;
             let shape = |o: &mut SpawnOptions| {
                 o.write_size = write_size;
                 o.disk = disk;

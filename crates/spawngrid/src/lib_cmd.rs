@@ -93,7 +93,7 @@ enum LibCommand {
     Gc {
         /// On a grid: how long a condemned pack waits before a later run may delete it
         /// (seconds, or with a unit: 90s, 15m, 2h).
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = human::parse_duration)]
         grace: Duration,
     },
     /// Logical and stored bytes, dedup ratio, objects, packs.
@@ -216,11 +216,6 @@ struct Ctx {
     json: bool,
 }
 
-/// Megabytes (10^6 bytes) with one decimal, for humans.
-pub fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
 fn print_json(v: serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(&v).expect("json"));
 }
@@ -320,8 +315,8 @@ impl Ctx {
                 "imported {name} = {}: {} entries, {}, {} new in the library ({secs:.2} s, {:.0} MB/s)",
                 imp.score,
                 imp.snapshot.entries(),
-                mb(bytes),
-                mb(added),
+                human::size(bytes),
+                human::size(added),
                 bytes as f64 / 1e6 / secs.max(1e-9)
             );
         }
@@ -340,7 +335,7 @@ impl Ctx {
                 return Ok(None);
             }
         }
-        let limit = node::units::parse_size(&a.cache_size).context("--cache-size")?;
+        let limit = human::parse_size(&a.cache_size).context("--cache-size")?;
         let cache = Arc::new(
             snapfs::Cache::open(&dir, limit)
                 .with_context(|| format!("opening the file cache {}", dir.display()))?,
@@ -386,8 +381,8 @@ impl Ctx {
         } else if dest != "-" {
             println!(
                 "exported {name} to {dest}: {entries} entries, {} ({} from the file cache) ({secs:.2} s)",
-                mb(snap.bytes()),
-                mb(cached)
+                human::size(snap.bytes()),
+                human::size(cached)
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -426,7 +421,7 @@ impl Ctx {
                 r["score"].as_str().unwrap_or(""),
                 fmt_time(secs),
                 r["author"].as_str().unwrap_or(""),
-                mb(r["bytes"].as_u64().unwrap_or(0))
+                human::size(r["bytes"].as_u64().unwrap_or(0))
             );
             println!(
                 "    names: {}",
@@ -555,25 +550,6 @@ impl Ctx {
 
 /// How long a command waits for a conflicting lease.
 const LEASE_WAIT: Duration = Duration::from_secs(600);
-
-/// A duration: seconds, or a number with a unit `s`, `m`, `h` or `d`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (write 90s, 15m, 2h or seconds)"))?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
-    };
-    Ok(Duration::from_secs(n.saturating_mul(unit)))
-}
 
 /// Imports `path`: a container image (docker-archive, oci-archive or OCI layout), a directory,
 /// a tar file (any supported compression), or `-` for stdin.

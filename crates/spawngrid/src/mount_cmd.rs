@@ -86,7 +86,7 @@ pub struct RestartArgs {
 pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
     let data = store.data().root();
     let dir = mount_point(&a.dir)?;
-    let cache_size = node::units::parse_size(&a.cache_size)?;
+    let cache_size = human::parse_size(&a.cache_size)?;
     let cache_dir = a.cache.clone().unwrap_or_else(|| store.data().cache());
     if let (Some(fd), Some(ready)) = (a.serve_fd, a.ready_fd) {
         return serve_mount(store, &a, &dir, fd, ready, cache_dir, cache_size);

@@ -730,7 +730,7 @@ fn a_full_write_layer_says_how_to_get_a_bigger_one() {
     let out = alice.ok("spawn", &["base", "--as", "small"]);
     assert!(
         out.contains(
-            "  write layer: 8.0M of RAM (counts in its memory); a bigger one on disk: --disk\n"
+            "  write layer: 8M of RAM (counts in its memory); a bigger one on disk: --disk\n"
         ),
         "{out}"
     );

@@ -96,7 +96,7 @@ pub struct GridReport {
 
 impl std::fmt::Display for GridReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::stats::human;
+        use human::size as human;
         writeln!(
             f,
             "gc: {} -> {}; swept {} packs ({}), marked {} ({} rewritten into {} new)",

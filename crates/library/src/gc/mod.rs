@@ -63,7 +63,7 @@ pub struct GcReport {
 
 impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::stats::human;
+        use human::size as human;
         writeln!(
             f,
             "gc: {} -> {} ({} freed); {} objects kept, {} removed",

@@ -4,11 +4,12 @@
 //! that user, so you log in again after changing your own.
 
 use super::store::Tokens;
-use super::{age, call, print_json, NodeArgs};
+use super::{call, print_json, NodeArgs};
 use crate::user_cmd::{new_password, print_keys, KeyAction};
 use anyhow::Result;
 use api::routes;
 use clap::Args;
+use human::age;
 use std::process::ExitCode;
 
 /// `spawngrid whoami`.

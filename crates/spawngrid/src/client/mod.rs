@@ -18,6 +18,7 @@ pub mod store;
 use anyhow::{bail, Context, Result};
 use api::routes;
 use clap::Args;
+use human::age;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -168,8 +169,7 @@ pub struct SpawnArgs {
 
 /// `--ttl DURATION`, in seconds.
 fn parse_ttl(s: &str) -> Result<u64> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| anyhow::anyhow!("{e}: write e.g. 30m, 2h or 1h30m"))?;
+    let d = human::parse_duration(s)?;
     if d.as_secs() == 0 {
         bail!("a ttl must be at least 1s");
     }
@@ -395,7 +395,7 @@ pub fn scores(a: ScoresArgs, json: bool) -> Result<ExitCode> {
 
 /// `spawngrid spawn`.
 pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
-    let mem = a.mem.as_deref().map(node::units::parse_size).transpose()?;
+    let mem = a.mem.as_deref().map(human::parse_size).transpose()?;
     let req = api::SpawnRequest {
         name: a.name.clone(),
         disk: a.disk,
@@ -607,19 +607,9 @@ fn expiry_text(e: &api::Expiry, now: u64) -> String {
     format!("in {} ({cause}; {then})", age(e.at.saturating_sub(now)))
 }
 
-/// Bytes in MiB with one decimal (`12.3M`), or `-` when unknown.
+/// A size (`12.3M`), or `-` when unknown.
 fn megabytes(bytes: Option<u64>) -> String {
-    bytes.map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1048576.0))
-}
-
-/// A short age: 42s, 5m, 3h, 12d.
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
+    bytes.map_or("-".to_string(), human::size)
 }
 
 /// The first line of `r`, without its line ending.
@@ -655,14 +645,6 @@ pub fn prompt_password(prompt: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages() {
-        assert_eq!(
-            [5, 61, 7200, 90_000].map(age),
-            ["5s", "1m", "2h", "1d"].map(String::from)
-        );
-    }
 
     #[test]
     fn password_lines() {

@@ -215,6 +215,10 @@ pub struct ExecArgs {
     /// Send this command's stdin to the command (read to its end first; at most ~700 KiB).
     #[arg(long)]
     stdin: bool,
+    /// Kill the command (its process group) after this long (`30s`, `5m`); the node's own
+    /// timeout, if shorter, wins.
+    #[arg(long, value_parser = parse_timeout)]
+    timeout: Option<u64>,
     /// The env.
     env: String,
     /// The command and its arguments (after `--`).
@@ -444,6 +448,7 @@ pub fn exec(a: ExecArgs, json: bool) -> Result<ExitCode> {
     let req = api::ExecRequest {
         argv: a.cmd.clone(),
         stdin,
+        timeout: a.timeout,
     };
     let r: api::ExecResponse = call(&a.node, "POST", &routes::exec(&a.env), Some(&req))?;
     if json {
@@ -465,6 +470,15 @@ pub fn exec(a: ExecArgs, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8))
+}
+
+/// A duration of at least a second (`30s`, `5m`), in seconds.
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.as_secs() > 0 => Ok(d.as_secs()),
+        Ok(_) => Err("must be at least 1s".into()),
+        Err(e) => Err(format!("{e} (write e.g. \"30s\" or \"5m\")")),
+    }
 }
 
 /// `spawngrid save` / `savedisk`.

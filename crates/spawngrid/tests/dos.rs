@@ -84,7 +84,8 @@ fn execs_are_bounded_per_user_timed_out_and_killed_with_their_client() {
 /// `refused` for each (then holds them until stdin ends); `slow MODE` sends a request one
 /// byte a second (MODE `header`: its headers; `body`: a JSON body after complete headers)
 /// and prints `closed` once the node closes the connection (with what it answered), or
-/// `open` if it took all 300 bytes.
+/// `open` if it took all 300 bytes; `upload TOKEN` starts a `cp` upload into env `base` and
+/// stops sending, printing `closed` and the answer once the node closes.
 const RAW_TLS: &str = r#"
 import select, socket, ssl, sys
 host, port, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -110,6 +111,22 @@ if what == "hold":
     sys.exit(0)
 c = conn()
 head = b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+if what == "upload":
+    c.sendall(b"PUT /api/envs/base/files?path=/tmp HTTP/1.1\r\nHost: x\r\n"
+              b"Authorization: Bearer " + sys.argv[4].encode() + b"\r\n"
+              b"Content-Type: application/x-tar\r\nContent-Length: 100000\r\n\r\n" + bytes(512))
+    c.settimeout(120)
+    got = b""
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            got += d
+    except (OSError, ssl.SSLError):
+        pass
+    print("closed", got.decode(errors="replace"))
+    sys.exit(0)
 if what == "header":
     data = head + b"X-Pad: " + b"a" * 300
 else:
@@ -205,6 +222,15 @@ fn connections_are_capped_and_slow_senders_cut_off() {
             assert!(said.contains("did not arrive within 3 s"), "{said}");
         }
     }
+    // A cp upload that stops sending is answered and closed.
+    alice.ok("spawn", &["base"]);
+    let stalled = raw_tls(&addr, &["upload", &alice.token()]);
+    let said = text(&stalled.wait_with_output().unwrap().stdout);
+    assert!(
+        said.contains("the upload paused for more than 3 s"),
+        "{said}"
+    );
+    alice.ok("boom", &["base"]);
 }
 
 /// A GNU long-name header announcing 300 MiB, then the 300 MiB, `cp`'d into an env with a

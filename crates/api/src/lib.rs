@@ -67,6 +67,14 @@ pub mod routes {
     /// `POST`: [`InviteRequest`](crate::InviteRequest) →
     /// [`InviteResponse`](crate::InviteResponse).
     pub const INVITE: &str = "/api/invite";
+    /// `GET`: the caller's pending invites → `Vec<`[`PendingInvite`](crate::PendingInvite)`>`.
+    pub const INVITES: &str = "/api/invites";
+    /// `DELETE`: refuse the pending invite to your new name `{name}` →
+    /// [`PendingInvite`](crate::PendingInvite) (nothing is kept).
+    pub const PENDING: &str = "/api/invites/{name}";
+    /// `POST`: accept the pending invite to your new name `{name}` →
+    /// [`InviteResponse`](crate::InviteResponse).
+    pub const ACCEPT: &str = "/api/invites/{name}/accept";
     /// `POST`: [`ShareRequest`](crate::ShareRequest) → [`ShareResponse`](crate::ShareResponse).
     pub const SHARE: &str = "/api/share";
     /// `POST`: [`ShareRequest`](crate::ShareRequest) → [`ShareResponse`](crate::ShareResponse).
@@ -148,6 +156,16 @@ pub mod routes {
     /// The exec path of env `env` ([`EXEC`] filled in, percent-encoded).
     pub fn exec(env: &str) -> String {
         EXEC.replace("{env}", &super::percent_encode(env))
+    }
+
+    /// [`PENDING`] for the invite to `name`.
+    pub fn pending(name: &str) -> String {
+        PENDING.replace("{name}", &super::percent_encode(name))
+    }
+
+    /// [`ACCEPT`] for the invite to `name`.
+    pub fn accept(name: &str) -> String {
+        ACCEPT.replace("{name}", &super::percent_encode(name))
     }
 
     /// The save path of env `env` ([`SAVE`] filled in, percent-encoded).
@@ -487,6 +505,10 @@ pub struct ExecRequest {
     /// Bytes for the command's stdin, base64; none: stdin is `/dev/null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Seconds the command may run before the node kills it (its process group); the node's
+    /// own `[exec] timeout`, if shorter, wins. None: the node's timeout, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
 }
 
 /// The result of an exec.
@@ -596,6 +618,23 @@ pub struct InviteResponse {
     pub existed: bool,
     /// How long the invite took.
     pub seconds: f64,
+    /// Whether the invite waits for the user to accept it (`spawngrid invite accept NAME`):
+    /// then nothing is made yet (`score` is empty, `uid`, `gid` 0, `groups` empty).
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// An invite waiting for its user to accept or refuse it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInvite {
+    /// The new name it offers (yours once accepted).
+    pub name: String,
+    /// Who invited you.
+    pub inviter: String,
+    /// Their name copied, as they addressed it.
+    pub from: String,
+    /// When they invited you, seconds since the Unix epoch.
+    pub created: u64,
 }
 
 /// `POST /api/share` and `/api/unshare`: one of your names and another user.
@@ -847,6 +886,9 @@ mod tests {
             (routes::CPU, &["get"]),
             (routes::FILES, &["get", "put"]),
             (routes::INVITE, &["post"]),
+            (routes::INVITES, &["get"]),
+            (routes::PENDING, &["delete"]),
+            (routes::ACCEPT, &["post"]),
             (routes::SHARE, &["post"]),
             (routes::UNSHARE, &["post"]),
             (routes::USER, &["delete"]),
@@ -988,6 +1030,7 @@ mod tests {
             v(&ExecRequest {
                 argv: vec!["a".into()],
                 stdin: Some("".into()),
+                timeout: Some(1),
             }),
         );
         check(
@@ -1080,6 +1123,16 @@ mod tests {
                 groups: vec!["adm".into()],
                 existed: false,
                 seconds: 1.0,
+                pending: false,
+            }),
+        );
+        check(
+            "PendingInvite",
+            v(&PendingInvite {
+                name: "n".into(),
+                inviter: "i".into(),
+                from: "f".into(),
+                created: 1,
             }),
         );
         check(

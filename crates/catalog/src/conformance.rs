@@ -164,6 +164,7 @@ conformance! {
     packs_are_condemned_claimed_swept_and_forgotten
     gc_view_drops_expired_leases_and_lists_roots
     leased_binds_check_the_lease_and_the_packs_written
+    invites_wait_as_gc_roots_until_dropped
 }
 
 conformance! {
@@ -996,4 +997,47 @@ fn leased_binds_check_the_lease_and_the_packs_written(f: &Fixture) {
         .unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
     assert!(!bound("d"));
+}
+
+fn invites_wait_as_gc_roots_until_dropped(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "pw-a", false).unwrap();
+    cat.add_user("bob", "pw-b", false).unwrap();
+    cat.bind("alice", "base", score(1)).unwrap();
+    cat.add_invite("bob", "gift", "alice", "base", score(2))
+        .unwrap();
+    cat.add_invite("bob", "other", "alice", "base", score(1))
+        .unwrap();
+    let err = cat
+        .add_invite("bob", "gift", "alice", "base", score(3))
+        .unwrap_err();
+    assert!(matches!(err, Error::InviteExists { .. }), "{err}");
+    assert!(cat
+        .add_invite("bob", "../x", "alice", "base", score(3))
+        .is_err());
+    let pending = cat.invites_for("bob").unwrap();
+    let names: Vec<&str> = pending.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["gift", "other"]);
+    let gift = cat.invite("bob", "gift").unwrap().unwrap();
+    assert_eq!(
+        (gift.inviter.as_str(), gift.source.as_str(), gift.score),
+        ("alice", "base", score(2))
+    );
+    assert!(gift.created > 0);
+    assert!(cat.invites_for("alice").unwrap().is_empty());
+    // A pending invite's snapshot is a gc root (once, however many refer to it).
+    let mut roots = cat.gc_view().unwrap().roots;
+    roots.sort();
+    let mut want = vec![score(1), score(2)];
+    want.sort();
+    assert_eq!(roots, want);
+    // Dropped (accepted or refused): gone, and no longer a root; nothing was bound.
+    assert!(cat.drop_invite("bob", "gift").unwrap());
+    assert!(!cat.drop_invite("bob", "gift").unwrap());
+    assert_eq!(cat.invite("bob", "gift").unwrap(), None);
+    assert!(cat.resolve("bob", "gift").is_err());
+    assert_eq!(cat.gc_view().unwrap().roots, vec![score(1)]);
+    // Deleting a user drops the invites to and from them.
+    cat.delete_user("alice").unwrap();
+    assert!(cat.invites_for("bob").unwrap().is_empty());
 }

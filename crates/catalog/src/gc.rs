@@ -123,7 +123,8 @@ impl Catalog {
             )?;
             let roots = db.rows(
                 what,
-                "SELECT DISTINCT score FROM names WHERE retired IS NULL ORDER BY score",
+                "SELECT score FROM names WHERE retired IS NULL \
+                 UNION SELECT score FROM invites ORDER BY score",
                 &[],
                 |r| score_at(r, 0),
             )?;

@@ -26,7 +26,8 @@
 //! Schema version 2 adds users and API tokens ([`users`]); version 3 adds SSH public keys
 //! ([`keys`]), names shared with other users ([`shares`]) and the names of deleted users
 //! (never reused); version 4 adds the envs nodes run ([`envs`]); version 5 the grid's nodes
-//! and leases ([`grid`]); version 6 gc leases and the packs gc condemned ([`gc`]). Opening an older catalog
+//! and leases ([`grid`]); version 6 gc leases and the packs gc condemned ([`gc`]); version 7 pending invites
+//! ([`invites`]). Opening an older catalog
 //! migrates it in place, keeping everything.
 
 use engine::{Fault, Mode, Row, Value};
@@ -40,19 +41,21 @@ mod engine;
 pub mod envs;
 pub mod gc;
 pub mod grid;
+pub mod invites;
 pub mod keys;
 pub mod shares;
 pub mod users;
 pub use envs::EnvRecord;
 pub use gc::{GcPack, GcView, PackState};
 pub use grid::{Lease, LeaseKind, Node, NodeInfo};
+pub use invites::Invite;
 pub use keys::Key;
 pub use users::{Token, User};
 
 /// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens,
 /// 3 = + SSH keys, shares and deleted users, 4 = + envs, 5 = + the grid's nodes and leases,
-/// 6 = + gc leases and the packs gc condemned ([`gc`]).
-pub const SCHEMA_VERSION: i64 = 6;
+/// 6 = + gc leases and the packs gc condemned ([`gc`]), 7 = + pending invites ([`invites`]).
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The longest name or user name, in bytes.
 pub use library::names::MAX_NAME;
@@ -129,6 +132,14 @@ pub enum Error {
         user: String,
         /// The key's fingerprint.
         fingerprint: String,
+    },
+    /// The user has a pending invite to that name already.
+    #[error("{owner} has a pending invite to a name {name} already: invite with --as ANOTHER")]
+    InviteExists {
+        /// The user invited.
+        owner: String,
+        /// The name.
+        name: String,
     },
     /// A conflicting lease is live.
     #[error("a {kind} lease is held by {holders}; try again when it is released or expires")]

@@ -176,6 +176,7 @@ impl Catalog {
                 "DELETE FROM tokens WHERE \"user\" = ?1",
                 "DELETE FROM keys WHERE \"user\" = ?1",
                 "DELETE FROM shares WHERE \"user\" = ?1",
+                "DELETE FROM invites WHERE owner = ?1 OR inviter = ?1",
             ] {
                 db.execute(what, sql, &[name.into()])?;
             }

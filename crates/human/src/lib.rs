@@ -83,6 +83,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
     })
 }
 
+/// Parses a timeout or a lifetime: a duration (as [`parse_duration`]) of at least a second.
+pub fn parse_timeout(s: &str) -> Result<Duration, ParseError> {
+    let d = parse_duration(s)?;
+    if d.as_secs() == 0 {
+        return Err(ParseError(format!("{s:?} is too short: at least 1s")));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +154,10 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         let e = parse_duration("soon").unwrap_err().to_string();
         assert!(e.starts_with("bad duration \"soon\""), "{e}");
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        for short in ["0", "0s", "500ms"] {
+            let e = parse_timeout(short).unwrap_err().to_string();
+            assert!(e.ends_with("is too short: at least 1s"), "{e}");
+        }
     }
 }

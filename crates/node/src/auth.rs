@@ -6,7 +6,9 @@
 //! twice as long as the one before, from 1 s up to [`MAX_LOCK`]. A success clears the user's
 //! count, not the address's (one valid account must not reset an address guessing others).
 //! Attempts while the user or the address is locked are refused without checking the
-//! password (429 over HTTPS).
+//! password (429 over HTTPS). An address is an IPv4 address or an IPv6 /64
+//! ([`crate::conns::source`]). Only password logins are counted and locked: SSH key logins
+//! never are, so an attacker failing passwords for a user cannot lock them out of their keys.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -87,8 +89,9 @@ impl Attempt {
     pub fn new(user: &str, peer: Option<IpAddr>) -> Attempt {
         Attempt {
             user: user.to_string(),
-            // A space cannot start a user name: no user's key is an address's.
-            address: peer.map(|ip| format!(" addr {ip}")),
+            // A space cannot start a user name: no user's key is an address's. An IPv6
+            // client counts by its /64 (a host rotating addresses in it stays one client).
+            address: peer.map(|ip| format!(" addr {}", crate::conns::source(ip))),
         }
     }
 
@@ -159,6 +162,23 @@ mod tests {
         assert!(b.attempt_locked(&Attempt::new("carol", None)).is_none());
         b.attempt_succeeded(&carol);
         assert!(b.attempt_locked(&carol).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_address() {
+        let b = Backoff::default();
+        for i in 0..=FREE_FAILURES {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            b.attempt_failed(&Attempt::new(&format!("u{i}"), Some(ip)));
+        }
+        let same: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(b
+            .attempt_locked(&Attempt::new("carol", Some(same)))
+            .is_some());
+        assert!(b
+            .attempt_locked(&Attempt::new("carol", Some(other)))
+            .is_none());
     }
 
     #[test]

@@ -35,6 +35,25 @@
 //! policy = "refuse"               # or "evict": boom the longest-idle env of the user most
 //!                                 # over their fair share
 //!
+//! [exec]                          # `spawngrid exec` (see crate::exec)
+//! max_per_user = 16               # execs one user runs at once (429 beyond)
+//! timeout = "1h"                  # kill an exec's command after this long; default: never
+//!                                 # (`exec --timeout` asks for less)
+//!
+//! [quota]                         # per user, checked by saves (see crate::quota)
+//! names = 1000                    # names one user may have; default: no limit
+//! bytes = "50G"                   # bytes their names' snapshots may hold; default: no limit
+//!
+//! [invite]                        # see crate::invite
+//! accept_from = ["alice"]         # users whose invites are accepted at once ("*": anyone's);
+//!                                 # default: every invite waits for `invite accept`
+//!
+//! [connections]                   # see crate::conns
+//! max = 4096                      # connections open at once (API and SSH together)
+//! per_address = 256               # from one IPv4 address or IPv6 /64
+//! header_timeout = 30             # seconds to send a request's headers
+//! body_timeout = 60               # seconds to send a request's body (cp: between pieces)
+//!
 //! [ssh]                           # the SSH gateway's forwarding, each on by default for the
 //! forward_local = true            # env's owner: `ssh -L` to addresses inside the env,
 //! forward_remote = true           # `ssh -R` listening inside the env,
@@ -109,6 +128,14 @@ pub struct Config {
     pub on_expire: api::Expire,
     /// Capacity limits and the full-node policy.
     pub capacity: crate::capacity::CapacityConfig,
+    /// Library quotas per user.
+    pub quota: crate::quota::QuotaConfig,
+    /// Whose invites are accepted without asking.
+    pub invite: crate::invite::InviteConfig,
+    /// Connection caps and read timeouts.
+    pub connections: crate::conns::ConnConfig,
+    /// Limits on execs.
+    pub exec: crate::exec::ExecConfig,
     /// What the SSH gateway lets an env's owner forward.
     pub ssh: crate::ssh::SshConfig,
     /// What `nat` envs may reach besides the internet.
@@ -138,6 +165,10 @@ impl Default for Config {
             idle_timeout: None,
             on_expire: api::Expire::Boom,
             capacity: Default::default(),
+            exec: Default::default(),
+            connections: Default::default(),
+            invite: Default::default(),
+            quota: Default::default(),
             ssh: Default::default(),
             nat: Default::default(),
             store: Default::default(),
@@ -182,13 +213,14 @@ impl Config {
             Err(e) => bail!("down_after: {e}"),
         }
         if let Some(t) = &config.idle_timeout {
-            match human::parse_duration(t) {
-                Ok(d) if d.as_secs() > 0 => {}
-                Ok(_) => bail!("idle_timeout must be at least 1s"),
-                Err(e) => bail!("idle_timeout: {e}"),
+            if let Err(e) = human::parse_timeout(t) {
+                bail!("idle_timeout: {e}");
             }
         }
         config.capacity.limits(1)?;
+        config.exec.check()?;
+        config.connections.check()?;
+        config.quota.check()?;
         for l in &config.labels {
             crate::place::check_label(l).map_err(anyhow::Error::msg)?;
         }

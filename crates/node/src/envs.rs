@@ -1,4 +1,4 @@
-//! A user's envs on this node, over the runtime: spawn, list, exec, save, boom.
+//! A user's envs on this node, over the runtime: spawn, list, save, boom (exec: [`crate::exec`]).
 //!
 //! Env identity is per user: the user's env `ENV` is the runtime env `ENV+USER` ([`env_id`]),
 //! with hostname `ENV` inside. Every operation loads the env's recorded state and checks that
@@ -9,16 +9,12 @@
 use crate::capacity::{self, Decision, Usage};
 use crate::error::{Error, Kind};
 use crate::Node;
-use anyhow::{Context, Result};
-use api::{Attach, EnvInfo, ExecResponse, SaveResponse, SpawnRequest};
+use anyhow::Result;
+use api::{Attach, EnvInfo, SaveResponse, SpawnRequest};
 use library::Score;
 use runtime::cgroup::Limits;
 use runtime::{EnvState, SpawnOptions};
-use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsFd, OwnedFd};
-use std::io::Write;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The runtime env id of `user`'s env `env`.
 pub fn env_id(user: &str, env: &str) -> String {
@@ -133,6 +129,9 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         memory,
         ..Limits::default()
     };
+    if req.disk {
+        check_disk_room(node, opts.write_size.unwrap_or(runtime::spawn::DISK_SIZE))?;
+    }
     let start = Instant::now();
     let result = spawn_admitted(node, user, &opts)?;
     let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -173,6 +172,32 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         ))),
         Err(e) => Err(Error::internal(&e.context(format!("spawning {env}")))),
     }
+}
+
+/// Refuses a `--disk` spawn whose image (`size` bytes, sparse) the filesystem of the node's
+/// env directories could not hold as it fills.
+fn check_disk_room(node: &Node, size: u64) -> Result<(), Error> {
+    let envs = node.rt.data.join("envs");
+    let at = if envs.exists() {
+        envs
+    } else {
+        node.rt.data.clone()
+    };
+    let s = rustix::fs::statvfs(&at)
+        .map_err(|e| Error::internal(&anyhow::anyhow!("statvfs {}: {e}", at.display())))?;
+    let free = s.f_bavail.saturating_mul(s.f_frsize);
+    if free < size {
+        return Err(Error::new(
+            Kind::Unavailable,
+            format!(
+                "the node's disk has {} free, less than the {} an env's --disk write layer \
+                 needs: spawn without --disk, or ask the node's admin for room",
+                human::size(free),
+                human::size(size)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Records the ttl and `on_expire` a spawn asked for (nothing when it asked for neither).
@@ -423,150 +448,6 @@ pub fn full_write_layer(rt: &runtime::Runtime, st: &EnvState) -> Option<String> 
     })
 }
 
-/// Runs `argv` in the env through its init; collects stdout and stderr (each up to
-/// [`api::MAX_EXEC_OUTPUT`] bytes; more is read and dropped) and the exit code. Output that
-/// background processes keep writing after the command exits is read for at most 100 ms more.
-pub fn exec(
-    rt: &runtime::Runtime,
-    st: &EnvState,
-    argv: &[String],
-    stdin: Option<Vec<u8>>,
-) -> Result<ExecResponse, Error> {
-    if argv.is_empty() || argv[0].is_empty() {
-        return Err(Error::invalid("no command: argv must not be empty"));
-    }
-    if argv.iter().any(|a| a.contains('\0')) {
-        return Err(Error::invalid("argv must not contain NUL bytes"));
-    }
-    if !st.alive() {
-        return Err(Error::conflict(format!(
-            "env {} is not running: boom it",
-            st.name
-        )));
-    }
-    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
-    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
-    let (out_r, out_w) = pipe().context("making a pipe")?;
-    let (err_r, err_w) = pipe().context("making a pipe")?;
-    let stdin_pipe = match &stdin {
-        Some(_) => Some(pipe().context("making a pipe")?),
-        None => None,
-    };
-    let in_fd = match &stdin_pipe {
-        Some((r, _)) => r.as_fd(),
-        None => null.as_fd(),
-    };
-    let started = runtime::service::start(rt, st, argv, &[], [in_fd, out_w.as_fd(), err_w.as_fd()])
-        .map_err(|e| Error::internal(&e.context(format!("running {:?}", argv[0]))))?;
-    drop((out_w, err_w));
-    // Feed stdin from a thread (the command may not read it all, or read it late).
-    let feeder = stdin_pipe.map(|(r, w)| {
-        drop(r);
-        let bytes = stdin.unwrap_or_default();
-        std::thread::spawn(move || {
-            let _ = std::fs::File::from(w).write_all(&bytes);
-        })
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(started.wait());
-    });
-    let collected = collect(out_r, err_r, &rx);
-    if let Some(f) = feeder {
-        // The command has exited; its stdin's reader is gone, so the write ended.
-        let _ = f.join();
-    }
-    let (stdout, stderr, truncated, code) = collected?;
-    Ok(ExecResponse {
-        exit_code: code,
-        stdout: api::b64::encode(&stdout),
-        stderr: api::b64::encode(&stderr),
-        truncated,
-        hint: if code != 0 {
-            full_write_layer(rt, st)
-        } else {
-            None
-        },
-    })
-}
-
-/// Output collected: stdout, stderr, whether cut, exit code.
-type Collected = (Vec<u8>, Vec<u8>, bool, i32);
-
-/// Reads both pipes until both end, or until the command has exited and 100 ms more passed.
-fn collect(out: OwnedFd, err: OwnedFd, exited: &mpsc::Receiver<Result<i32>>) -> Result<Collected> {
-    let mut bufs = [Vec::new(), Vec::new()];
-    let mut open = [Some(out), Some(err)];
-    let mut truncated = false;
-    let mut code: Option<i32> = None;
-    let mut deadline: Option<Instant> = None;
-    let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        if code.is_none() {
-            match exited.try_recv() {
-                Ok(r) => {
-                    code = Some(r.context("waiting for the command")?);
-                    deadline = Some(Instant::now() + Duration::from_millis(100));
-                }
-                Err(mpsc::TryRecvError::Empty) => {}
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    anyhow::bail!("lost the command's exit status")
-                }
-            }
-        }
-        // Both streams ended (the exit status, if not in yet, is waited for below), or the
-        // command exited a while ago and something in the background holds them open.
-        if open.iter().all(|o| o.is_none()) || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let (idx, mut polls): (Vec<usize>, Vec<PollFd<'_>>) = open
-            .iter()
-            .enumerate()
-            .filter_map(|(i, o)| o.as_ref().map(|fd| (i, PollFd::new(fd, PollFlags::IN))))
-            .unzip();
-        let timeout = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 20_000_000,
-        };
-        match rustix::event::poll(&mut polls, Some(&timeout)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e).context("poll"),
-        }
-        let ready: Vec<(usize, bool)> = idx
-            .into_iter()
-            .zip(polls.iter().map(|p| !p.revents().is_empty()))
-            .collect();
-        drop(polls);
-        for (i, is_ready) in ready {
-            if !is_ready {
-                continue;
-            }
-            let Some(fd) = open[i].as_ref() else { continue };
-            match rustix::io::read(fd, &mut chunk) {
-                Ok(0) => open[i] = None,
-                Ok(n) => {
-                    let room = api::MAX_EXEC_OUTPUT.saturating_sub(bufs[i].len());
-                    if n > room {
-                        truncated = true;
-                    }
-                    bufs[i].extend_from_slice(&chunk[..n.min(room)]);
-                }
-                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
-                Err(_) => open[i] = None,
-            }
-        }
-    }
-    let code = match code {
-        Some(c) => c,
-        None => exited
-            .recv()
-            .context("lost the command's exit status")?
-            .context("waiting for the command")?,
-    };
-    let [stdout, stderr] = bufs;
-    Ok((stdout, stderr, truncated, code))
-}
-
 /// Saves `user`'s env as their new name `name`.
 pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveResponse, Error> {
     check_name("name", name)?;
@@ -581,18 +462,31 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
             user_env_name(st, user)
         )));
     }
+    crate::quota::admit(node, user, name, None)?;
     let lib = node.store.library()?;
     let start = Instant::now();
     let _busy = node.activity.session(&st.name);
+    // Past the bytes quota, the name is not bound (what was written is garbage for gc).
+    let mut refused = None;
     let imported = runtime::save::save(&node.rt, &st.name, &lib).and_then(|saved| {
         let score = saved.imported.score;
+        if let Err(e) = crate::quota::admit(node, user, name, Some(&score)) {
+            refused = Some(e);
+            return Ok(None);
+        }
         store::bind_written(&node.cat, &lib, &saved.lease, user, name, score)?;
-        Ok(saved.imported)
+        Ok(Some(saved.imported))
     });
-    let outcome = if imported.is_ok() { "ok" } else { "error" };
+    let outcome = if matches!(imported, Ok(Some(_))) {
+        "ok"
+    } else {
+        "error"
+    };
     node.metrics
         .inc("spawngrid_saves_total", &[("result", outcome)]);
-    let imported = imported?;
+    let Some(imported) = imported? else {
+        return Err(refused.unwrap_or_else(|| Error::internal(&anyhow::anyhow!("save refused"))));
+    };
     node.metrics
         .observe("spawngrid_save_seconds", &[], start.elapsed());
     Ok(SaveResponse {
@@ -620,29 +514,5 @@ mod tests {
     fn ids_join_env_and_user() {
         assert_eq!(env_id("alice", "base"), "base+alice");
         runtime::check_env_name(&env_id("alice", "base")).unwrap();
-    }
-
-    #[test]
-    fn collect_reads_both_streams_and_stops_after_exit() {
-        let (out_r, out_w) = rustix::pipe::pipe().unwrap();
-        let (err_r, err_w) = rustix::pipe::pipe().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let writer = std::thread::spawn(move || {
-            let mut o = std::fs::File::from(out_w);
-            o.write_all(b"out").unwrap();
-            std::fs::File::from(err_w).write_all(b"err").unwrap();
-            tx.send(Ok(3)).unwrap();
-            // A "background process" keeps stdout open after the exit.
-            std::thread::sleep(Duration::from_millis(500));
-            drop(o);
-        });
-        let start = Instant::now();
-        let (out, err, cut, code) = collect(out_r, err_r, &rx).unwrap();
-        assert_eq!(
-            (&out[..], &err[..], cut, code),
-            (&b"out"[..], &b"err"[..], false, 3)
-        );
-        assert!(start.elapsed() < Duration::from_millis(400));
-        writer.join().unwrap();
     }
 }

@@ -99,7 +99,9 @@ impl From<catalog::Error> for Error {
             }
             catalog::Error::Invalid { .. } => Kind::Invalid,
             catalog::Error::Unavailable { .. } => Kind::Unavailable,
-            catalog::Error::LeaseHeld { .. } => Kind::Conflict,
+            catalog::Error::LeaseHeld { .. } | catalog::Error::InviteExists { .. } => {
+                Kind::Conflict
+            }
             _ => Kind::Internal,
         };
         Error::new(kind, e.to_string())

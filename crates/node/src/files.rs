@@ -296,14 +296,8 @@ pub async fn put(
     let st = running_env(&node, user, env.clone()).await?;
     // Where the archive goes, decided before the body is read (so a client that sent
     // `Expect: 100-continue` hears of a bad destination before sending anything).
-    let probe = {
-        let (node, st, path, parent) = (node.clone(), st.clone(), path.clone(), parent.clone());
-        blocking(move || {
-            let argv = ["sh", "-c", PROBE, "sh", &path, &parent].map(String::from);
-            envs::exec(&node.rt, &st, &argv, None)
-        })
-        .await?
-    };
+    let argv = ["sh", "-c", PROBE, "sh", &path, &parent].map(String::from);
+    let probe = crate::exec::run(&node.rt, st.clone(), argv.to_vec(), None, None).await?;
     let (dir, rename) = match probe.exit_code {
         0 => (path.clone(), None),
         10 if path.ends_with('/') => {
@@ -340,7 +334,16 @@ pub async fn put(
     let limit = node.config.max_copy_bytes();
     let (mut received, mut refused, mut draining) = (0u64, None, false);
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    let pause = node.config.connections.body();
+    loop {
+        let Ok(next) = tokio::time::timeout(pause, body.frame()).await else {
+            refused = Some(Error::invalid(format!(
+                "the upload paused for more than {} s (the node's body_timeout)",
+                pause.as_secs()
+            )));
+            break;
+        };
+        let Some(frame) = next else { break };
         let data = match frame {
             Ok(f) => match f.into_data() {
                 Ok(d) => d,
@@ -497,9 +500,15 @@ pub fn filter(
         }
         Ok(mapped)
     };
-    for entry in archive.entries().map_err(malformed)? {
+    // Raw: long names and PAX records are read here, bounded, not whole by the tar crate.
+    let mut meta = Meta::default();
+    let mut kept = 0usize;
+    for entry in archive.entries().map_err(malformed)?.raw(true) {
         let mut entry = entry.map_err(malformed)?;
-        let raw = entry.path().map_err(malformed)?.into_owned();
+        if meta.take(&mut entry)? {
+            continue;
+        }
+        let (raw, link) = meta.names(&entry).map_err(malformed)?;
         let path = place(&raw, &symlinks)?;
         if path.as_os_str().is_empty() {
             continue;
@@ -517,13 +526,14 @@ pub fn filter(
         header.set_gid(0);
         header.set_size(0);
         let written = match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(entry.size());
                 out.append_data(&mut header, &path, &mut entry)
             }
             tar::EntryType::Directory => {
                 header.set_entry_type(tar::EntryType::Directory);
+                keep(&mut kept, &path)?;
                 dirs.push((path.clone(), mode, mtime));
                 out.append_data(&mut header, &path, io::empty())
             }
@@ -532,18 +542,17 @@ pub fn filter(
                 out.append_data(&mut header, &path, io::empty())
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name().map_err(malformed)?.unwrap_or_default();
+                let target = link.unwrap_or_default();
+                keep(&mut kept, &path)?;
                 symlinks.insert(path.clone());
                 header.set_entry_type(tar::EntryType::Symlink);
                 out.append_link(&mut header, &path, target)
             }
             tar::EntryType::Link => {
-                let target = entry.link_name().map_err(malformed)?.unwrap_or_default();
-                let target = place(&target, &symlinks)?;
+                let target = place(&link.unwrap_or_default(), &symlinks)?;
                 header.set_entry_type(tar::EntryType::Link);
                 out.append_link(&mut header, &path, target)
             }
-            tar::EntryType::XGlobalHeader => continue,
             other => {
                 return Err(refused(format!(
                     "entry {raw:?} of the archive is a {other:?}, which cp cannot copy (only files, directories, symlinks, hard links and FIFOs)"
@@ -566,6 +575,116 @@ pub fn filter(
             .map_err(FilterError::Output)?;
     }
     out.finish().map_err(FilterError::Output)
+}
+
+/// The longest GNU long name or link, or PAX header, an upload may have.
+pub const MAX_META: u64 = 64 << 10;
+
+/// Bytes of directory and symlink names an upload's [`filter`] keeps (to repeat directories
+/// at the end, and to refuse entries below symlinks).
+pub const MAX_KEPT: usize = 16 << 20;
+
+/// Counts `path` (and some overhead) against [`MAX_KEPT`].
+fn keep(kept: &mut usize, path: &std::path::Path) -> Result<(), FilterError> {
+    *kept += path.as_os_str().len() + 64;
+    if *kept > MAX_KEPT {
+        return Err(FilterError::Refused(format!(
+            "the archive has more directories and symlinks than cp keeps track of ({} MiB of \
+             names): copy it in parts",
+            MAX_KEPT >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// A GNU long name or link, or PAX path and linkpath, waiting for the entry they describe.
+#[derive(Default)]
+struct Meta {
+    name: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+impl Meta {
+    /// Takes in `entry` if it describes the next one (true), after checking its size
+    /// against [`MAX_META`]; refuses entry kinds a raw reading cannot follow.
+    fn take(&mut self, entry: &mut tar::Entry<'_, impl Read>) -> Result<bool, FilterError> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if kind == T::GNUSparse {
+            return Err(FilterError::Refused(
+                "the archive has a GNU sparse entry, which cp cannot copy: archive without \
+                 --sparse"
+                    .into(),
+            ));
+        }
+        if !matches!(
+            kind,
+            T::GNULongName | T::GNULongLink | T::XHeader | T::XGlobalHeader
+        ) {
+            return Ok(false);
+        }
+        if entry.size() > MAX_META {
+            return Err(FilterError::Refused(format!(
+                "the archive has a {kind:?} header of {} bytes, over cp's limit of {} KiB: \
+                 nothing more was extracted",
+                entry.size(),
+                MAX_META >> 10
+            )));
+        }
+        let mut data = Vec::new();
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| FilterError::Refused(format!("malformed tar archive: {e}")))?;
+        let trimmed = |mut d: Vec<u8>| {
+            while d.last() == Some(&0) {
+                d.pop();
+            }
+            d
+        };
+        match kind {
+            T::GNULongName => self.name = Some(trimmed(data)),
+            T::GNULongLink => self.link = Some(trimmed(data)),
+            T::XHeader => {
+                for ext in tar::PaxExtensions::new(&data) {
+                    let ext = ext.map_err(|e| {
+                        FilterError::Refused(format!("malformed PAX header in the archive: {e}"))
+                    })?;
+                    match ext.key_bytes() {
+                        b"path" => self.name = Some(ext.value_bytes().to_vec()),
+                        b"linkpath" => self.link = Some(ext.value_bytes().to_vec()),
+                        b"size" => {
+                            return Err(FilterError::Refused(
+                                "the archive has a PAX size record, which cp does not take: \
+                                 archive with a GNU or ustar tar"
+                                    .into(),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// The entry's name and link target, as the records before it said, else its header.
+    fn names(
+        &mut self,
+        entry: &tar::Entry<'_, impl Read>,
+    ) -> io::Result<(PathBuf, Option<PathBuf>)> {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = |b: Vec<u8>| PathBuf::from(OsString::from_vec(b));
+        let name = match self.name.take() {
+            Some(n) => bytes(n),
+            None => entry.path()?.into_owned(),
+        };
+        let link = match self.link.take() {
+            Some(l) => Some(bytes(l)),
+            None => entry.link_name()?.map(|l| l.into_owned()),
+        };
+        Ok((name, link))
+    }
 }
 
 #[cfg(test)]
@@ -709,5 +828,44 @@ mod tests {
         }
         let err = filter(&b"not a tar archive at all"[..], io::sink(), None).unwrap_err();
         assert!(matches!(err, FilterError::Refused(m) if m.starts_with("malformed")));
+    }
+
+    /// A GNU long-name header announcing `size` bytes of name.
+    fn long_name_header(size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn long_names_are_followed_and_bounded() {
+        let name = "d/".to_string() + &"n".repeat(300);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(F);
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &name, &b"x"[..]).unwrap();
+        let mut out = Vec::new();
+        filter(&b.into_inner().unwrap()[..], &mut out, None).unwrap();
+        assert_eq!(listing(&out), [(name, F, "x".to_string())]);
+        // A bomb: a long name bigger than the limit is refused from its header alone (the
+        // reader holds only that header).
+        let bomb = long_name_header(300 << 20);
+        let err = filter(&bomb[..], io::sink(), None).unwrap_err();
+        assert!(
+            matches!(&err, FilterError::Refused(m) if m.contains("over cp's limit of 64 KiB")),
+            "{err:?}"
+        );
+        let mut kept = 0;
+        let long = PathBuf::from("k".repeat(4000));
+        let refused = (0..MAX_KEPT / 4000 + 1).find_map(|_| keep(&mut kept, &long).err());
+        assert!(
+            matches!(&refused, Some(FilterError::Refused(m)) if m.contains("copy it in parts")),
+            "{refused:?}"
+        );
     }
 }

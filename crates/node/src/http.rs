@@ -65,8 +65,16 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_big());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
+        let wait = node.config.connections.body();
+        let read = tokio::time::timeout(wait, axum::body::to_bytes(req.into_body(), limit));
+        let bytes = read
             .await
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "the request body did not arrive within {} s (the node's body_timeout)",
+                    wait.as_secs()
+                ))
+            })?
             .map_err(|e| {
                 if e.into_inner().is::<http_body_util::LengthLimitError>() {
                     too_big()

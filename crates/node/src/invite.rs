@@ -1,6 +1,12 @@
 //! `invite USER NAME`: gives USER their own copy of NAME with an account for them inside.
 //!
-//! The node spawns NAME (the inviter's, or `OWNER/NAME` shared with them) as a private
+//! USER must accept it: the invite waits in the catalog (`catalog::invites`: the snapshot,
+//! the new name, the inviter) until USER accepts (`POST /api/invites/{name}/accept`, which
+//! makes the copy as below) or refuses it (`DELETE /api/invites/{name}`: the row goes, nothing
+//! was made or bound); `GET /api/invites` lists them. Only invites from users the node's
+//! `[invite] accept_from` names (or all, with `"*"`) are accepted at once.
+//!
+//! To make the copy, the node spawns NAME (the inviter's, or `OWNER/NAME` shared with them) as a private
 //! temporary env, runs [`ADD_USER`] in it (a POSIX `sh` script, so busybox roots work too: no
 //! `useradd` needed) to add USER to `/etc/passwd`, `/etc/shadow` (password `*`: they log in
 //! with the node's password or keys, never the env's), `/etc/group` and `/etc/gshadow` (a
@@ -10,7 +16,8 @@
 //! If the name's system has USER already, their entry (uid, home, shell) is kept and only the
 //! groups and a missing home are added.
 //!
-//! The temporary env is the runtime env `invite-N+INVITER` owned by `INVITER+invite`: user
+//! The temporary env is the runtime env `invite-N+PAYER` owned by `PAYER+invite` (the
+//! inviter for an invite accepted at once, else the user accepting): user
 //! names cannot contain `+`, so no user owns it, lists it, attaches to it or booms it. It does
 //! not count against the node's capacity (it lives for one invite); one left behind by a
 //! daemon that died mid-invite is boomed when the node starts ([`sweep`]).
@@ -19,10 +26,12 @@ use crate::error::{Error, Kind};
 use crate::http::{blocking, ok, AuthUser, JsonBody};
 use crate::{envs, snapshots, Node};
 use api::{InviteRequest, InviteResponse};
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::response::Response;
 use runtime::cgroup::Limits;
 use runtime::{EnvState, SpawnOptions};
+use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -118,6 +127,22 @@ sync
 echo "$uid $gid $existed$groups"
 "#;
 
+/// The `[invite]` table of the node's configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InviteConfig {
+    /// Users whose invites are accepted at once, without asking the invited user (`"*"`:
+    /// everyone's). Default: none; every invite waits to be accepted.
+    pub accept_from: Vec<String>,
+}
+
+impl InviteConfig {
+    /// Whether `inviter`'s invites are accepted at once.
+    pub fn trusts(&self, inviter: &str) -> bool {
+        self.accept_from.iter().any(|u| u == "*" || u == inviter)
+    }
+}
+
 /// `POST /api/invite`.
 pub async fn invite(
     State(node): State<Arc<Node>>,
@@ -127,14 +152,94 @@ pub async fn invite(
     let resp = blocking(move || {
         let r = run(&node, &inviter, &req)?;
         tracing::info!(user = %inviter, invited = %r.user, from = %req.name, name = %r.name,
-            score = %r.score, ms = r.seconds * 1e3, "invited");
+            pending = r.pending, score = %r.score, "invited");
         Ok(r)
     })
     .await?;
     Ok(ok(&resp))
 }
 
-/// Invites `req.user` to `inviter`'s name `req.name` (see the module documentation).
+/// `GET /api/invites`: the caller's pending invites.
+pub async fn pending(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+) -> Result<Response, Error> {
+    let list = blocking(move || Ok(node.cat.invites_for(&user)?)).await?;
+    Ok(ok(&list.iter().map(shown).collect::<Vec<_>>()))
+}
+
+/// `DELETE /api/invites/{name}`: refuses a pending invite (its row goes; nothing was made).
+pub async fn refuse(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, Error> {
+    let name = name_param(name)?;
+    let resp = blocking(move || {
+        let invite = pending_invite(&node, &user, &name)?;
+        node.cat.drop_invite(&user, &name)?;
+        tracing::info!(user = %user, name = %name, inviter = %invite.inviter, "invite refused");
+        Ok(shown(&invite))
+    })
+    .await?;
+    Ok(ok(&resp))
+}
+
+/// `POST /api/invites/{name}/accept`: makes the invite's copy, binds it, drops the invite.
+pub async fn accept(
+    State(node): State<Arc<Node>>,
+    AuthUser(user): AuthUser,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, Error> {
+    let name = name_param(name)?;
+    let resp = blocking(move || {
+        let invite = pending_invite(&node, &user, &name)?;
+        if node.cat.resolve(&user, &name).is_ok() {
+            return Err(Error::conflict(format!(
+                "you already have a name {name}: refuse this invite (`spawngrid invite refuse \
+                 {name}`)"
+            )));
+        }
+        let r = copy(&node, &user, &user, invite.score, &name)?;
+        node.cat.drop_invite(&user, &name)?;
+        tracing::info!(user = %user, name = %name, inviter = %invite.inviter, score = %r.score,
+            "invite accepted");
+        Ok(r)
+    })
+    .await?;
+    Ok(ok(&resp))
+}
+
+/// The path's name, or 400.
+fn name_param(p: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    let name = p
+        .map(|Path(n)| n)
+        .map_err(|e| Error::invalid(format!("bad name in the path: {e}")))?;
+    catalog::check_name(&name).map_err(|e| Error::invalid(format!("bad name: {e}")))?;
+    Ok(name)
+}
+
+/// `user`'s pending invite to `name`, or 404.
+fn pending_invite(node: &Node, user: &str, name: &str) -> Result<catalog::Invite, Error> {
+    node.cat.invite(user, name)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "you have no pending invite to a name {name} (list them with `spawngrid invite list`)"
+        ))
+    })
+}
+
+/// What the API shows of a pending invite.
+fn shown(i: &catalog::Invite) -> api::PendingInvite {
+    api::PendingInvite {
+        name: i.name.clone(),
+        inviter: i.inviter.clone(),
+        from: i.source.clone(),
+        created: i.created.max(0) as u64,
+    }
+}
+
+/// Invites `req.user` to `inviter`'s name `req.name` (see the module documentation): at once
+/// when the node's `[invite] accept_from` trusts the inviter, else as a pending invite.
 pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResponse, Error> {
     let start = Instant::now();
     let base = snapshots::check_address(inviter, &req.name)?;
@@ -162,14 +267,42 @@ pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResp
         )));
     }
     let score = snapshots::resolve(&node.cat, inviter, &req.name, false)?;
-    let (st, _busy) = spawn_private(node, inviter, score, target)?;
-    let result = add_and_save(node, &st, &req.user, target);
+    if node.config.invite.trusts(inviter) {
+        return copy(node, inviter, &req.user, score, target);
+    }
+    node.cat
+        .add_invite(&req.user, target, inviter, &req.name, score)?;
+    Ok(InviteResponse {
+        user: req.user.clone(),
+        name: target.to_string(),
+        score: String::new(),
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+        existed: false,
+        seconds: start.elapsed().as_secs_f64(),
+        pending: true,
+    })
+}
+
+/// Makes `user`'s copy of `score` with an account for them as their name `target`, in a
+/// temporary env counted as `payer`'s.
+fn copy(
+    node: &Node,
+    payer: &str,
+    user: &str,
+    score: library::Score,
+    target: &str,
+) -> Result<InviteResponse, Error> {
+    let start = Instant::now();
+    let (st, _busy) = spawn_private(node, payer, score, target)?;
+    let result = add_and_save(node, &st, user, target);
     if let Err(e) = envs::boom(node, &st) {
         tracing::error!(env = %st.name, "booming the invite's temporary env: {}", e.message);
     }
     let (account, score) = result?;
     Ok(InviteResponse {
-        user: req.user.clone(),
+        user: user.to_string(),
         name: target.to_string(),
         score,
         uid: account.uid,
@@ -177,6 +310,7 @@ pub fn run(node: &Node, inviter: &str, req: &InviteRequest) -> Result<InviteResp
         groups: account.groups,
         existed: account.existed,
         seconds: start.elapsed().as_secs_f64(),
+        pending: false,
     })
 }
 
@@ -242,7 +376,7 @@ fn add_and_save(
     target: &str,
 ) -> Result<(Account, String), Error> {
     let argv = ["/bin/sh", "-s", "--", user].map(String::from);
-    let out = envs::exec(&node.rt, st, &argv, Some(ADD_USER.as_bytes().to_vec()))?;
+    let out = crate::exec::run_blocking(&node.rt, st, &argv, Some(ADD_USER.as_bytes().to_vec()))?;
     let text = |b64: &str| {
         String::from_utf8_lossy(&api::b64::decode(b64).unwrap_or_default()).into_owned()
     };

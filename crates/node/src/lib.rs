@@ -2,9 +2,11 @@
 //! HTTPS API (types in the `api` crate) over the env runtime, which it calls in-process.
 //!
 //! - [`config`]: the TOML configuration.
+//! - [`conns`]: connection caps (in total, per source) and request read timeouts.
 //! - [`tls`]: the self-signed certificate made on first start (`DATA/tls/`).
 //! - [`auth`]: slowing down repeated bad passwords.
 //! - [`envs`]: a user's envs (`ENV+USER` in the runtime) — spawn, list, exec, save, boom.
+//! - [`exec`]: `exec` in an env: bounded per user, timed out, killed with its client.
 //! - [`snapshots`]: from a name to a mounted snapshot (shared with `spawngrid env spawn`).
 //! - [`error`]: the node's error (a kind and one line), what the service code returns.
 //! - [`http`]: JSON answers, extractors, the blocking pool, errors as HTTP statuses.
@@ -16,6 +18,7 @@
 //! - [`fork`]: one save of an env, N copies spawned from it.
 //! - [`lineage`]: a name's ancestry (`GET /api/log`).
 //! - [`capacity`]: limits on envs and memory, refusal or eviction when the node is full.
+//! - [`quota`]: names and library bytes per user, checked by every save.
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
 //! - [`registry`]: the grid's node registry (register, heartbeat, where a node is).
@@ -32,9 +35,11 @@ pub mod auth;
 pub mod bridge;
 pub mod capacity;
 pub mod config;
+pub mod conns;
 pub mod cpu;
 pub mod envs;
 pub mod error;
+pub mod exec;
 pub mod files;
 pub mod fork;
 pub mod forward;
@@ -47,6 +52,7 @@ pub mod nodes;
 pub mod notices;
 pub mod place;
 pub mod pty;
+pub mod quota;
 pub mod registry;
 pub mod server;
 pub mod snapshots;
@@ -86,6 +92,10 @@ pub struct Node {
     pub mount_uses: snapshots::MountUses,
     /// Counters and histograms for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Execs in progress per user.
+    pub execs: Arc<exec::Slots>,
+    /// Connections open (API and SSH), in total and per source.
+    pub gate: Arc<conns::Gate>,
 }
 
 impl Node {
@@ -112,6 +122,8 @@ impl Node {
             admission: std::sync::Mutex::new(()),
             mount_uses: snapshots::MountUses::default(),
             metrics: metrics::Metrics::default(),
+            execs: Arc::default(),
+            gate: Arc::default(),
         })
     }
 }

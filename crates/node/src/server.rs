@@ -167,28 +167,6 @@ async fn list_envs(
     Ok(ok(&list))
 }
 
-async fn exec_env(
-    State(node): State<Arc<Node>>,
-    AuthUser(user): AuthUser,
-    env: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    JsonBody(req): JsonBody<api::ExecRequest>,
-) -> Result<Response, Error> {
-    let env = env_param(env)?;
-    let stdin = match &req.stdin {
-        Some(text) => {
-            Some(api::b64::decode(text).map_err(|e| Error::invalid(format!("stdin: {e}")))?)
-        }
-        None => None,
-    };
-    let resp = blocking(move || {
-        let st = envs::load_own(&node, &user, &env)?;
-        let _busy = node.activity.session(&st.name);
-        envs::exec(&node.rt, &st, &req.argv, stdin)
-    })
-    .await?;
-    Ok(ok(&resp))
-}
-
 async fn save_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -372,7 +350,7 @@ async fn access_log(
 fn env_routes(node: Arc<Node>) -> Router<Arc<Node>> {
     Router::new()
         .route(routes::ENV, delete(boom_env))
-        .route(routes::EXEC, post(exec_env))
+        .route(routes::EXEC, post(crate::exec::route))
         .route(routes::SAVE, post(save_env))
         .route(routes::FORK, post(fork_env))
         .route(routes::CPU, get(crate::cpu::cpu))
@@ -395,6 +373,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::NODES, get(nodes::list))
         .route(routes::OPENAPI, get(openapi))
         .route(routes::INVITE, post(crate::invite::invite))
+        .route(routes::INVITES, get(crate::invite::pending))
+        .route(routes::PENDING, delete(crate::invite::refuse))
+        .route(routes::ACCEPT, post(crate::invite::accept))
         .route(routes::SHARE, post(crate::snapshots::share))
         .route(routes::UNSHARE, post(crate::snapshots::unshare))
         .route(routes::USER, delete(crate::users::delete))
@@ -420,9 +401,6 @@ pub fn router(node: Arc<Node>) -> Router {
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves HTTPS on `listener` until `shutdown` completes.
 pub async fn serve(
     node: Arc<Node>,
@@ -431,17 +409,27 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(node);
+    let app = router(node.clone());
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
             c = accept(&listener, "https") => c,
             _ = &mut shutdown => break,
         };
+        let permit = match node.gate.admit(peer.ip(), &node.config.connections) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(%peer, "connection refused: {why}");
+                node.metrics.inc("spawngrid_connections_refused_total", &[]);
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
+        let header_timeout = node.config.connections.header();
         // Each request knows its client's address (login backoff per address).
         let app = app.clone().layer(axum::Extension(ClientAddr(peer.ip())));
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -456,7 +444,7 @@ pub async fn serve(
             let service = hyper_util::service::TowerToHyperService::new(app);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 // `spawngrid cpu`'s WebSocket.
                 .with_upgrades();

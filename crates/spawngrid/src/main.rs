@@ -78,8 +78,9 @@ enum Command {
     /// List the grid's nodes: address, up or down, envs, room, labels, certificate.
     #[command(disable_help_flag = true)]
     Nodes(client::NodesArgs),
-    /// Give USER their own copy of NAME with an account for them inside (passwd, shadow,
-    /// group, home), bound to USER as their name.
+    /// Invite USER to their own copy of NAME with an account for them inside (passwd,
+    /// shadow, group, home), bound to USER as their name once they accept; `invite list`,
+    /// `invite accept NAME`, `invite refuse NAME`: the invites waiting for you.
     #[command(disable_help_flag = true)]
     Invite(client::invite::InviteArgs),
     /// Share one of your names with another user (they spawn it as YOU/NAME).

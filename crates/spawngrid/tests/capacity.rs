@@ -82,10 +82,13 @@ fn refusals_name_the_limit_and_change_nothing() {
     assert_eq!(alice.json("status", &[]).as_array().unwrap().len(), 1);
     assert_eq!(bob.json("status", &[]).as_array().unwrap().len(), 1);
     assert!(!alice.ok("status", &[]).contains("evicted"));
-    // An invite's temporary env is an env too: the full node refuses it, for alice's limit.
-    let err = alice.refused("invite", &[&bob.name, "base", "--as", "gift"]);
+    // An invite's temporary env is an env too, made when the invite is accepted and counted
+    // as the accepting user's: bob is over his limit, and nothing is bound.
+    alice.ok("invite", &[&bob.name, "base", "--as", "gift"]);
+    let err = bob.refused("invite", &["accept", "gift"]);
     assert!(err.contains("over your limit of 100M"), "{err}");
     assert!(!bob.ok("scores", &[]).contains("gift"));
+    bob.ok("invite", &["refuse", "gift"]);
     alice.ok("boom", &["base"]);
     bob.ok("spawn", &["base", "--as", "two", "--mem", "16M"]);
     bob.ok("boom", &["base"]);

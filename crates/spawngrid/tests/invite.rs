@@ -86,7 +86,20 @@ fn invite_gives_a_user_their_own_copy_with_an_account() {
     assert!(alice.refused("invite", &[b, "nothing"]).contains("nothing"));
     assert_eq!(env_dirs(&site), Vec::<String>::new());
 
-    let r = alice.json("invite", &[b, "tools"]);
+    // The invite waits for bob: nothing is made or bound until he accepts.
+    let p = alice.json("invite", &[b, "tools"]);
+    assert_eq!(
+        (p["pending"].as_bool(), p["score"].as_str()),
+        (Some(true), Some(""))
+    );
+    assert_eq!(env_dirs(&site), Vec::<String>::new());
+    assert!(!names(&bob).iter().any(|n| n.0 == "tools"));
+    let waiting = bob.json("invite", &["list"]);
+    assert_eq!(waiting[0]["name"], "tools", "{waiting}");
+    assert_eq!(waiting[0]["inviter"].as_str(), Some(alice.name.as_str()));
+    assert_eq!(waiting[0]["from"], "tools");
+    let r = bob.json("invite", &["accept", "tools"]);
+    assert!(bob.json("invite", &["list"]).as_array().unwrap().is_empty());
     assert_eq!(
         (
             r["user"].as_str(),
@@ -135,9 +148,11 @@ fn invite_gives_a_user_their_own_copy_with_an_account() {
     bob.ok("boom", &["tools"]);
 
     // Inviting again under another name: the account exists, nothing is doubled.
-    let again = alice.json("invite", &[b, "tools", "--as", "tools2"]);
+    alice.ok("invite", &[b, "tools", "--as", "tools2"]);
+    let again = bob.json("invite", &["accept", "tools2"]);
     assert_eq!(again["existed"], false, "alice's tools never had bob");
-    let r2 = bob.json("invite", &[b, "tools", "--as", "tools3"]);
+    bob.ok("invite", &[b, "tools", "--as", "tools3"]);
+    let r2 = bob.json("invite", &["accept", "tools3"]);
     assert_eq!(
         (r2["existed"].as_bool(), r2["uid"].as_u64()),
         (Some(true), Some(1000))
@@ -152,7 +167,8 @@ fn invite_gives_a_user_their_own_copy_with_an_account() {
     assert_eq!(alice.exec("d", "echo on-disk > /root/disk-mark; sync").0, 0);
     alice.ok("savedisk", &["d", "disky"]);
     alice.ok("boom", &["d"]);
-    let r = alice.json("invite", &[b, "disky"]);
+    alice.ok("invite", &[b, "disky"]);
+    let r = bob.json("invite", &["accept", "disky"]);
     assert_eq!(r["name"], "disky", "{r}");
     bob.ok("spawn", &["disky"]);
     let (_, out, _) = bob.exec(
@@ -162,6 +178,61 @@ fn invite_gives_a_user_their_own_copy_with_an_account() {
     assert_eq!(out, format!("on-disk\n/home/{b}\n"));
     bob.ok("boom", &["disky"]);
     assert_eq!(env_dirs(&site), Vec::<String>::new());
+}
+
+/// An invite leaves nothing until accepted, and nothing at all once refused; a second one to
+/// the same name waits for the first; users named in `[invite] accept_from` invite at once.
+#[test]
+fn invites_wait_for_acceptance_unless_the_inviter_is_trusted() {
+    let site = Site::new("invite-accept");
+    let config = site.config(&format!("[invite]\naccept_from = [\"{}\"]\n", who("alice")));
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let (alice, bob) = (site.user("alice"), site.user("bob"));
+    alice.login();
+    bob.login();
+    let a = alice.name.as_str();
+    let before = names(&alice);
+
+    let out = bob.ok("invite", &[a, "base", "--as", "frombob"]);
+    assert!(out.contains("waiting for them to accept"), "{out}");
+    let err = bob.refused("invite", &[a, "base", "--as", "frombob"]);
+    assert!(err.contains("pending invite to a name frombob"), "{err}");
+    let list = alice.ok("invite", &["list"]);
+    assert!(
+        list.starts_with(&format!("frombob from {}", bob.name)),
+        "{list}"
+    );
+    let out = alice.ok("invite", &["refuse", "frombob"]);
+    assert!(
+        out.starts_with(&format!("refused {}'s invite to frombob", bob.name)),
+        "{out}"
+    );
+    // Refused: no name bound, no invite left, nothing spawned; it can be sent again.
+    assert_eq!(names(&alice), before);
+    assert_eq!(
+        alice.ok("invite", &["list"]),
+        "no invites waiting for you\n"
+    );
+    assert_eq!(env_dirs(&site), Vec::<String>::new());
+    let err = alice.refused("invite", &["refuse", "frombob"]);
+    assert!(err.contains("no pending invite to a name frombob"), "{err}");
+    let err = alice.refused("invite", &["accept", "frombob"]);
+    assert!(err.contains("no pending invite to a name frombob"), "{err}");
+    bob.ok("invite", &[a, "base", "--as", "frombob"]);
+    // Accepting a name one has meanwhile is refused, keeping the invite.
+    alice.ok("spawn", &["base"]);
+    alice.ok("save", &["base", "frombob"]);
+    alice.ok("boom", &["base"]);
+    let err = alice.refused("invite", &["accept", "frombob"]);
+    assert!(err.contains("you already have a name frombob"), "{err}");
+    alice.ok("invite", &["refuse", "frombob"]);
+
+    // alice is trusted: her invite is made at once.
+    let r = alice.json("invite", &[&bob.name, "base", "--as", "direct"]);
+    assert_eq!(r["pending"], false, "{r}");
+    let direct = names(&bob).into_iter().find(|n| n.0 == "direct");
+    assert_eq!(direct.map(|n| n.2), r["score"].as_str().map(String::from));
+    assert!(bob.json("invite", &["list"]).as_array().unwrap().is_empty());
 }
 
 #[test]

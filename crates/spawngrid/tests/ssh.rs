@@ -472,6 +472,7 @@ fn an_invited_user_logs_in_as_themselves() {
     alice.login();
     bob.login();
     alice.ok("invite", &[&bob.name, "base", "--as", "guestbox"]);
+    bob.ok("invite", &["accept", "guestbox"]);
     bob.ok("spawn", &["guestbox"]);
     let ssh = SshClient::new(&site);
     let target = format!("{}@127.0.0.1", login(&bob, "guestbox"));
@@ -510,6 +511,8 @@ fn repeated_bad_passwords_lock_the_user_and_the_address() {
     let bob = site.user("bob");
     bob.login();
     bob.ok("spawn", &["base", "--as", "patient"]);
+    alice.login();
+    alice.ok("spawn", &["base"]);
     let ssh = SshClient::new(&site);
     // Wrong passwords for alice from 127.0.0.1 until one locks alice and the address for 8 s
     // (node::auth: three free failures, then 1, 2, 4, 8 s; attempts made while locked are not
@@ -530,6 +533,30 @@ fn repeated_bad_passwords_lock_the_user_and_the_address() {
     let log = site.log();
     assert!(log.contains("ssh login refused: locked"), "{log}");
     assert!(!log.contains(&password(&bob)));
+    // alice's key still logs her in: failed passwords never lock anyone out of their keys.
+    let key = site.scratch.join("alice-key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pubkey = format!("{}.pub", key.display());
+    site.admin(
+        &[
+            "user",
+            "--data",
+            site.data_str(),
+            "key",
+            &alice.name,
+            "add",
+            &pubkey,
+        ],
+        None,
+    );
+    let target = format!("{}@127.0.0.1", login(&alice, "base"));
+    let out = run(&mut ssh.with_key(&key, &[&target, "--", "echo in"]), None);
+    assert_eq!(text(&out.stdout), "in\n", "{}", text(&out.stderr));
 }
 
 /// The two-user story over SSH: alice ssh's in and writes, saves, booms, spawns the

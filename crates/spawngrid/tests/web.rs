@@ -243,7 +243,7 @@ fn a_user_story_in_a_real_browser() {
     );
 
     // What the browser did is what the node holds: the saved name (with the file the
-    // terminal wrote) and bob's invited copy, no env left, and no password in the log.
+    // terminal wrote) and bob's invited copy once he accepts it, no env left, and no password in the log.
     alice.login();
     let scores = alice.ok("scores", &[]);
     assert!(scores.contains("web-saved"), "{scores}");
@@ -253,6 +253,9 @@ fn a_user_story_in_a_real_browser() {
     assert_eq!((code, x.as_str()), (0, "42\n"), "{err}");
     alice.ok("boom", &["check"]);
     bob.login();
+    // The browser's invite waits for bob (nothing bound yet); he accepts it.
+    assert!(!bob.ok("scores", &[]).contains("web-saved"));
+    bob.ok("invite", &["accept", "web-saved"]);
     let scores = bob.ok("scores", &[]);
     assert!(scores.contains("web-saved"), "{scores}");
     assert!(!site.log().contains(&format!("{}-pw", alice.name)));

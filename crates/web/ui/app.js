@@ -310,6 +310,10 @@ async function invite() {
     user: $('invite-user').value.trim(),
     name: $('invite-name').value.trim(),
   });
+  if (r.pending) {
+    showInfo(`invited ${r.user}: ${r.name} waits for them to accept (spawngrid invite accept ${r.name})`);
+    return;
+  }
   showInfo(`invited ${r.user}: they have ${r.name} = ${r.score} (uid ${r.uid}, groups ${r.groups.join(',') || '-'})`);
 }
 

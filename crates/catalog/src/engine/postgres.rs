@@ -161,9 +161,22 @@ CREATE TABLE gc_packs (
 );
 "#;
 
+/// Schema version 7: pending invites.
+const INVITES: &str = r#"
+CREATE TABLE invites (
+    owner   TEXT COLLATE "C" NOT NULL,
+    name    TEXT COLLATE "C" NOT NULL,
+    inviter TEXT COLLATE "C" NOT NULL,
+    source  TEXT COLLATE "C" NOT NULL,
+    score   TEXT COLLATE "C" NOT NULL CHECK (length(score) = 64),
+    created BIGINT NOT NULL,
+    PRIMARY KEY (owner, name)
+);
+"#;
+
 /// Step `v` brings schema version `v` to `v + 1`.
 const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
-    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC];
+    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC, INVITES];
 
 /// The advisory lock migrations hold ("SPAWNGRD" in ASCII), so two nodes never migrate at once.
 const MIGRATION_LOCK: i64 = 0x5350_4157_4e47_5244;

@@ -137,9 +137,22 @@ CREATE TABLE gc_packs (
 ) WITHOUT ROWID;
 ";
 
+/// Schema version 7: pending invites.
+const INVITES: &str = "
+CREATE TABLE invites (
+    owner   TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    inviter TEXT NOT NULL,
+    source  TEXT NOT NULL,
+    score   TEXT NOT NULL CHECK (length(score) = 64),
+    created INTEGER NOT NULL,
+    PRIMARY KEY (owner, name)
+) WITHOUT ROWID;
+";
+
 /// Step `v` brings schema version `v` to `v + 1`.
 const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
-    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC];
+    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC, INVITES];
 
 /// A catalog in one SQLite file, used through one connection.
 pub(crate) struct Sqlite {

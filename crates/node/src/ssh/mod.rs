@@ -88,6 +88,14 @@ pub async fn serve(
             c = crate::http::accept(&listener, "ssh") => c,
             _ = &mut shutdown => break,
         };
+        let permit = match node.gate.admit(peer.ip(), &node.config.connections) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(%peer, "ssh connection refused: {why}");
+                node.metrics.inc("spawngrid_connections_refused_total", &[]);
+                continue;
+            }
+        };
         let logged_in = Arc::new(AtomicBool::new(false));
         let conn = Conn {
             node: node.clone(),
@@ -98,6 +106,7 @@ pub async fn serve(
         };
         let config = config.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let deadline = tokio::time::sleep(LOGIN_TIMEOUT);
             tokio::pin!(deadline);
             let session = tokio::select! {

@@ -172,6 +172,8 @@ fn copy_in(node: &NodeArgs, src: &str, env: &str, path: &str) -> Result<api::Fil
         http::upload(&host, "PUT", &route, &token, "application/x-tar", |w| {
             let mut archive = tar::Builder::new(w);
             archive.follow_symlinks(false);
+            // The node refuses GNU sparse entries (its filter reads archives raw, bounded).
+            archive.sparse(false);
             let added = match meta.is_dir() {
                 true => archive.append_dir_all(&name, src),
                 false => archive.append_path_with_name(src, &name),

@@ -159,7 +159,7 @@ pub struct SpawnArgs {
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
     /// End the env after this long (e.g. 30m, 2h, 1h30m), whatever it is doing.
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
     ttl: Option<u64>,
     /// What ends the env when its ttl or the node's idle timeout is up: boom, or save (as
     /// ENV@TIME, a new name of yours) then boom (default: the node's, normally boom).
@@ -167,13 +167,9 @@ pub struct SpawnArgs {
     on_expire: Option<api::Expire>,
 }
 
-/// `--ttl DURATION`, in seconds.
-fn parse_ttl(s: &str) -> Result<u64> {
-    let d = human::parse_duration(s)?;
-    if d.as_secs() == 0 {
-        bail!("a ttl must be at least 1s");
-    }
-    Ok(d.as_secs())
+/// `--ttl` and `--timeout`: a duration of at least a second (`30s`, `2h`), in seconds.
+fn seconds(s: &str) -> Result<u64, human::ParseError> {
+    human::parse_timeout(s).map(|d| d.as_secs())
 }
 
 /// `--on-expire boom|save`.
@@ -215,6 +211,10 @@ pub struct ExecArgs {
     /// Send this command's stdin to the command (read to its end first; at most ~700 KiB).
     #[arg(long)]
     stdin: bool,
+    /// Kill the command (its process group) after this long (`30s`, `5m`); the node's own
+    /// timeout, if shorter, wins.
+    #[arg(long, value_parser = seconds)]
+    timeout: Option<u64>,
     /// The env.
     env: String,
     /// The command and its arguments (after `--`).
@@ -444,6 +444,7 @@ pub fn exec(a: ExecArgs, json: bool) -> Result<ExitCode> {
     let req = api::ExecRequest {
         argv: a.cmd.clone(),
         stdin,
+        timeout: a.timeout,
     };
     let r: api::ExecResponse = call(&a.node, "POST", &routes::exec(&a.env), Some(&req))?;
     if json {

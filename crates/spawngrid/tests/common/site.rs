@@ -434,6 +434,18 @@ impl User<'_> {
         self.json_at(&self.site.addr(), cmd, args)
     }
 
+    /// `spawngrid CMD ARGS...` running in the background (killed on drop).
+    pub fn bg(&self, cmd: &str, args: &[&str]) -> common::Bg {
+        let child = self
+            .command(false, &self.site.addr(), cmd, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting spawngrid");
+        common::Bg(Some(child))
+    }
+
     /// Runs `sh -c script` in env `env`: (exit code, stdout, stderr).
     pub fn exec(&self, env: &str, script: &str) -> (i32, String, String) {
         let out = self.sg("exec", &[env, "--", "sh", "-c", script], None);

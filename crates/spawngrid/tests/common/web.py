@@ -196,7 +196,7 @@ def story():
     error_line("no user no-such-user")
     fill("invite-user", invitee)
     by_id("invite-submit").click()
-    wait(lambda: shown("info") and text("info").startswith(f"invited {invitee}: they have web-saved = "), "the invite's outcome")
+    wait(lambda: shown("info") and text("info").startswith(f"invited {invitee}: web-saved waits for them to accept"), "the invite's outcome")
 
     step("boom web, after its confirmation")
     boom = '#envs tr[data-env="web"] button.boom'

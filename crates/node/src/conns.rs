@@ -1,0 +1,156 @@
+//! Connection limits of the HTTPS API and the SSH gateway: at most `[connections] max` open
+//! at once, and `per_address` from one source (an IPv4 address, or an IPv6 /64: one host's
+//! addresses cost an attacker nothing); how long a client may take to send a request's
+//! headers and its body (slowloris).
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The `[connections]` table of the node's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnConfig {
+    /// Connections open at once (API and SSH together); more are closed at once.
+    pub max: usize,
+    /// Connections open at once from one source (IPv4 address or IPv6 /64).
+    pub per_address: usize,
+    /// Seconds a client may take to send a request's headers.
+    pub header_timeout: u64,
+    /// Seconds a client may take to send a request's body (JSON bodies; a `cp` upload's
+    /// body may not pause longer than this between pieces).
+    pub body_timeout: u64,
+}
+
+impl Default for ConnConfig {
+    fn default() -> ConnConfig {
+        ConnConfig {
+            max: 4096,
+            per_address: 256,
+            header_timeout: 30,
+            body_timeout: 60,
+        }
+    }
+}
+
+impl ConnConfig {
+    /// Checks the table (at load).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max == 0 || self.per_address == 0 {
+            anyhow::bail!("[connections] max and per_address must be at least 1");
+        }
+        if self.header_timeout == 0 || self.body_timeout == 0 {
+            anyhow::bail!("[connections] header_timeout and body_timeout must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// How long a client may take to send a request's headers.
+    pub fn header(&self) -> Duration {
+        Duration::from_secs(self.header_timeout)
+    }
+
+    /// How long a client may take to send a request's body.
+    pub fn body(&self) -> Duration {
+        Duration::from_secs(self.body_timeout)
+    }
+}
+
+/// Where a client comes from, for limits: its IPv4 address (also when mapped into IPv6), or
+/// the /64 network of its IPv6 address.
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// Connections open, in total and per source.
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open connection counted in its [`Gate`] until dropped.
+#[derive(Debug)]
+pub struct Permit {
+    gate: Arc<Gate>,
+    source: IpAddr,
+}
+
+impl Gate {
+    /// A permit for a new connection from `peer`, or why not (for the log).
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, c: &ConnConfig) -> Result<Permit, String> {
+        let source = source(peer);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= c.max {
+            return Err(format!("{} connections open (the node's max)", c.max));
+        }
+        let n = open.1.entry(source).or_insert(0);
+        if *n >= c.per_address {
+            return Err(format!(
+                "{} connections open from {source} (the node's per_address)",
+                c.per_address
+            ));
+        }
+        *n += 1;
+        open.0 += 1;
+        Ok(Permit {
+            gate: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = self.gate.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_are_their_64() {
+        let s = |a: &str| source(a.parse().unwrap()).to_string();
+        assert_eq!(s("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(s("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::");
+        assert_eq!(s("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(s("192.0.2.1"), "192.0.2.1");
+    }
+
+    #[test]
+    fn caps_per_source_and_in_total() {
+        let c = ConnConfig {
+            max: 3,
+            per_address: 2,
+            ..ConnConfig::default()
+        };
+        let gate = Arc::new(Gate::default());
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        let a1 = gate.admit(ip("2001:db8::1"), &c).unwrap();
+        let _a2 = gate.admit(ip("2001:db8::2"), &c).unwrap();
+        assert!(gate
+            .admit(ip("2001:db8::3"), &c)
+            .unwrap_err()
+            .contains("per_address"));
+        let _b = gate.admit(ip("192.0.2.1"), &c).unwrap();
+        assert!(gate.admit(ip("192.0.2.2"), &c).unwrap_err().contains("max"));
+        drop(a1);
+        let _a3 = gate.admit(ip("2001:db8::3"), &c).unwrap();
+    }
+}

@@ -26,7 +26,8 @@
 //! Schema version 2 adds users and API tokens ([`users`]); version 3 adds SSH public keys
 //! ([`keys`]), names shared with other users ([`shares`]) and the names of deleted users
 //! (never reused); version 4 adds the envs nodes run ([`envs`]); version 5 the grid's nodes
-//! and leases ([`grid`]); version 6 gc leases and the packs gc condemned ([`gc`]). Opening an older catalog
+//! and leases ([`grid`]); version 6 gc leases and the packs gc condemned ([`gc`]); version 7 the ports envs
+//! expose over HTTPS ([`exposures`]). Opening an older catalog
 //! migrates it in place, keeping everything.
 
 use engine::{Fault, Mode, Row, Value};
@@ -38,12 +39,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod conformance;
 mod engine;
 pub mod envs;
+pub mod exposures;
 pub mod gc;
 pub mod grid;
 pub mod keys;
 pub mod shares;
 pub mod users;
 pub use envs::EnvRecord;
+pub use exposures::Exposure;
 pub use gc::{GcPack, GcView, PackState};
 pub use grid::{Lease, LeaseKind, Node, NodeInfo};
 pub use keys::Key;
@@ -51,8 +54,9 @@ pub use users::{Token, User};
 
 /// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens,
 /// 3 = + SSH keys, shares and deleted users, 4 = + envs, 5 = + the grid's nodes and leases,
-/// 6 = + gc leases and the packs gc condemned ([`gc`]).
-pub const SCHEMA_VERSION: i64 = 6;
+/// 6 = + gc leases and the packs gc condemned ([`gc`]), 7 = + preview exposures
+/// ([`exposures`]).
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The longest name or user name, in bytes.
 pub use library::names::MAX_NAME;

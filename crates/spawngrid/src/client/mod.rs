@@ -7,6 +7,7 @@
 pub mod account;
 pub mod cp;
 pub mod cpu;
+pub mod expose;
 pub mod fork;
 pub mod grid;
 pub mod http;
@@ -167,7 +168,7 @@ pub struct SpawnArgs {
 }
 
 /// `--ttl DURATION`, in seconds.
-fn parse_ttl(s: &str) -> Result<u64> {
+pub(crate) fn parse_ttl(s: &str) -> Result<u64> {
     let d = humantime::parse_duration(s)
         .map_err(|e| anyhow::anyhow!("{e}: write e.g. 30m, 2h or 1h30m"))?;
     if d.as_secs() == 0 {
@@ -513,6 +514,7 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
         "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE", "ENDS"
     );
     let now = runtime::state::now();
+    let mut exposed = Vec::new();
     for e in list {
         let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let state = match (e.node_up, e.running) {
@@ -538,6 +540,14 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
                 .map_or("-".to_string(), |x| expiry_text(x, now)),
             e.attach.ssh
         );
+        exposed.extend(e.exposures);
+    }
+    if !exposed.is_empty() {
+        println!("\n{:<20} {:>5} {:<8} PREVIEW URL", "ENV", "PORT", "ACCESS");
+        for x in exposed {
+            let access = if x.public { "public" } else { "private" };
+            println!("{:<20} {:>5} {access:<8} {}", x.env, x.port, x.url);
+        }
     }
     // What the node did unasked (evictions) in the last week.
     let notices: Vec<api::Notice> = call(&a.node, "GET", routes::NOTICES, None::<&()>)?;
@@ -613,7 +623,7 @@ fn megabytes(bytes: Option<u64>) -> String {
 }
 
 /// A short age: 42s, 5m, 3h, 12d.
-fn age(secs: u64) -> String {
+pub(crate) fn age(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m", s / 60),

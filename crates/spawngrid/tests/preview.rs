@@ -1,0 +1,299 @@
+//! Preview URLs end to end (as root): the real binary serving HTTPS, `spawngrid expose` and
+//! `unexpose`, servers inside a busybox env (`httpd`; a WebSocket echo made of `nc` and a
+//! shell script), and a raw HTTPS client (Python's, certificate unchecked) that shows
+//! statuses, headers and bytes as they are.
+
+mod common;
+
+use common::site::*;
+use std::process::Command;
+
+/// One HTTPS request, or one WebSocket exchange: `preview.py ADDR METHOD PATH HEADERS-JSON`
+/// prints `{"status", "headers", "body"}`; `preview.py ADDR WS PATH HEADERS-JSON` does a
+/// WebSocket handshake, reads the server's first frame, sends one masked text frame and reads
+/// what comes back, and prints `{"status", "accept", "first", "echo"}` (frames in hex).
+const CLIENT: &str = r#"
+import http.client, json, socket, ssl, sys
+addr, method, path, headers = sys.argv[1:5]
+host, port = addr.rsplit(":", 1)
+ctx = ssl._create_unverified_context()
+headers = json.loads(headers)
+if method != "WS":
+    c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
+    c.request(method, path, headers=headers)
+    r = c.getresponse()
+    print(json.dumps({"status": r.status, "headers": {k.lower(): v for k, v in r.getheaders()},
+                      "body": r.read().decode()}))
+    sys.exit(0)
+s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=30))
+head = "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
+       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" % (path, addr)
+head += "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
+s.sendall(head.encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    buf += chunk
+resp, _, rest = buf.partition(b"\r\n\r\n")
+lines = resp.decode().split("\r\n")
+status = int(lines[0].split()[1])
+accept = [l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("sec-websocket-accept:")]
+def exactly(n, have):
+    while len(have) < n:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        have += chunk
+    return have[:n], have[n:]
+first, rest = exactly(7, rest)
+mask = b"\x01\x02\x03\x04"
+payload = b"ping!"
+frame = b"\x81" + bytes([0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+s.sendall(frame)
+echo, _ = exactly(len(frame), rest)
+print(json.dumps({"status": status, "accept": accept[0] if accept else "", "first": first.hex(), "echo": echo.hex(), "sent": frame.hex()}))
+"#;
+
+/// An answer as [`CLIENT`] prints it.
+struct Answer {
+    status: u16,
+    headers: serde_json::Value,
+    body: String,
+}
+
+/// `method` `path` on the node with `headers` (`[(name, value)]`).
+fn request(site: &Site, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    let out = run(
+        Command::new("python3").args([
+            "-c",
+            CLIENT,
+            &site.addr(),
+            method,
+            path,
+            &serde_json::Value::Object(headers).to_string(),
+        ]),
+        None,
+    );
+    assert!(out.status.success(), "request: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Answer {
+        status: v["status"].as_u64().unwrap() as u16,
+        headers: v["headers"].clone(),
+        body: v["body"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// `GET path`, with the bearer `token` if given.
+fn get(site: &Site, path: &str, token: Option<&str>) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    request(site, "GET", path, &headers)
+}
+
+/// The path and query of a URL the node printed (`https://HOST:PORT/PATH?QUERY`).
+fn path_of(url: &str) -> String {
+    let rest = url.strip_prefix("https://").unwrap();
+    rest[rest.find('/').unwrap()..].to_string()
+}
+
+/// Asserts `a` is a one-line refusal with `status` that contains `says`.
+fn refused(a: &Answer, status: u16, says: &str) {
+    assert_eq!(a.status, status, "{}", a.body);
+    assert!(a.body.starts_with("spawngrid: "), "{}", a.body);
+    assert_eq!(a.body.trim_end().lines().count(), 1, "{}", a.body);
+    assert!(a.body.contains(says), "{:?} not in {}", says, a.body);
+}
+
+/// alice's env `base` with busybox httpd on 127.0.0.1:8000 serving /srv (an index and a
+/// file below), logged in.
+fn serving(site: &Site) -> User<'_> {
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let (code, _, err) = alice.exec(
+        "base",
+        "mkdir -p /srv/sub && echo hello-from-the-env > /srv/index.html && \
+         printf 'deep\\n' > /srv/sub/file.txt && httpd -p 127.0.0.1:8000 -h /srv",
+    );
+    assert_eq!(code, 0, "{err}");
+    alice
+}
+
+/// A private preview: the owner's token gets the env's bytes (path below the prefix, query
+/// kept); no token, another user's, a bad link are refused in one line; a signed link sets a
+/// cookie that lets a browser in; it expires, and `--rotate` and `unexpose` revoke it. A
+/// port nothing listens on is a 502, and so is the node's own API port: a preview reaches
+/// the env's loopback, not the host's. `status` lists it; boom ends it.
+#[test]
+fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
+    let site = Site::new("preview");
+    site.start("127.0.0.1:0");
+    let alice = serving(&site);
+    let token = alice.token();
+    let r = alice.json("expose", &["base", "8000"]);
+    let url = r["exposure"]["url"].as_str().unwrap().to_string();
+    let id = r["exposure"]["id"].as_str().unwrap().to_string();
+    assert_eq!(path_of(&url), format!("/preview/{id}/"));
+    assert_eq!(r["exposure"]["public"], false);
+    let link = path_of(r["link"].as_str().unwrap());
+    let base = path_of(&url);
+
+    // The owner's token: the bytes of the env's server, the prefix stripped.
+    let a = get(&site, &base, Some(&token));
+    assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
+    let a = get(&site, &format!("{base}sub/file.txt?x=1"), Some(&token));
+    assert_eq!((a.status, a.body.as_str()), (200, "deep\n"));
+    // Without the slash: redirected to it (relative links need it).
+    let a = get(&site, base.trim_end_matches('/'), None);
+    assert_eq!(
+        (a.status, a.headers["location"].as_str()),
+        (308, Some(base.as_str()))
+    );
+
+    // Nobody else: no token, bob's token, a forged link.
+    refused(&get(&site, &base, None), 401, "is private");
+    let bob = site.user("bob");
+    bob.login();
+    refused(
+        &get(&site, &base, Some(&bob.token())),
+        403,
+        "belongs to another user",
+    );
+    let forged = format!("{base}?sg_exp=99999999999&sg_sig={}", "00".repeat(32));
+    refused(
+        &get(&site, &forged, None),
+        403,
+        "not valid (revoked or rotated)",
+    );
+
+    // The signed link: a cookie for this preview and a redirect without the signature; the
+    // cookie lets a browser in.
+    let a = get(&site, &link, None);
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(a.headers["location"].as_str(), Some(base.as_str()));
+    let set = a.headers["set-cookie"].as_str().unwrap().to_string();
+    assert!(set.contains(&format!("Path=/preview/{id}/")), "{set}");
+    assert!(set.contains("HttpOnly; Secure"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let a = request(&site, "GET", &base, &[("Cookie", &cookie)]);
+    assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
+
+    // A short link expires (410); a rotation revokes links and cookies given out (403).
+    let short = alice.json("expose", &["base", "8000", "--ttl", "1s"]);
+    assert_eq!(short["exposure"]["id"].as_str(), Some(id.as_str()));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let short = path_of(short["link"].as_str().unwrap());
+    refused(&get(&site, &short, None), 410, "expired");
+    let fresh = alice.json("expose", &["base", "8000", "--rotate"]);
+    refused(&get(&site, &link, None), 403, "revoked or rotated");
+    refused(
+        &request(&site, "GET", &base, &[("Cookie", &cookie)]),
+        403,
+        "revoked",
+    );
+    let fresh = path_of(fresh["link"].as_str().unwrap());
+    assert_eq!(get(&site, &fresh, None).status, 303);
+
+    // Nothing listens on the port: 502 in one line. The node's own API port is not the env's.
+    alice.ok("expose", &["base", "8001"]);
+    let api_port = site.addr().rsplit_once(':').unwrap().1.to_string();
+    let r = alice.json("expose", &["base", &api_port]);
+    let to_api = path_of(r["exposure"]["url"].as_str().unwrap());
+    let a = get(&site, &format!("{to_api}api/openapi.json"), Some(&token));
+    refused(
+        &a,
+        502,
+        &format!("nothing answers on port {api_port} in env base"),
+    );
+    let status = alice.ok("status", &[]);
+    for port in ["8000", "8001", api_port.as_str()] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("base") && l.contains(port) && l.contains("private")),
+            "{port}: {status}"
+        );
+    }
+    assert!(status.contains(&url), "{status}");
+
+    // A public preview: anyone.
+    alice.ok("expose", &["base", "8000", "--public"]);
+    let a = get(&site, &base, None);
+    assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
+
+    // unexpose (by URL): the URL and its links are gone; by port; then nothing left to end.
+    let out = alice.ok("unexpose", &["base", &url]);
+    assert!(out.starts_with("unexposed base:8000"), "{out}");
+    refused(&get(&site, &base, Some(&token)), 404, "no preview");
+    refused(&get(&site, &fresh, None), 404, "no preview");
+    alice.ok("unexpose", &["base", "8001"]);
+    let err = alice.refused("unexpose", &["base", "8001"]);
+    assert!(
+        err.contains("port 8001 of env base is not exposed"),
+        "{err}"
+    );
+    let err = bob.refused("expose", &["base", "8000"]);
+    assert!(err.contains("base"), "{err}");
+
+    // Boom ends the env's exposures with it.
+    alice.ok("boom", &["base"]);
+    refused(&get(&site, &to_api, Some(&token)), 404, "no preview");
+}
+
+/// A dev server's hot-reload socket: a WebSocket handshake through the preview reaches the
+/// server in the env (its `101` and accept key come back), and frames go both ways as they
+/// are.
+#[test]
+fn websockets_pass_through_a_preview() {
+    let site = Site::new("preview-ws");
+    site.start("127.0.0.1:0");
+    let alice = serving(&site);
+    // A one-connection WebSocket server: reads the request head, answers 101 with the RFC
+    // 6455 sample key's accept, sends a text frame "hello", then echoes what comes.
+    let script = r#"#!/bin/sh
+cr=$(printf '\r')
+while IFS= read -r line; do
+  case "$line" in "$cr"|"") break ;; esac
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n'
+printf '\201\005hello'
+exec cat
+"#;
+    let setup = format!(
+        "cat > /srv/ws.sh <<'EOF'\n{script}EOF\nchmod +x /srv/ws.sh && \
+         nc -l -p 9001 -e /srv/ws.sh </dev/null >/dev/null 2>&1 &"
+    );
+    let (code, _, err) = alice.exec("base", &setup);
+    assert_eq!(code, 0, "{err}");
+    let r = alice.json("expose", &["base", "9001"]);
+    let path = format!("{}hmr", path_of(r["exposure"]["url"].as_str().unwrap()));
+    let auth = format!("Bearer {}", alice.token());
+    let out = run(
+        Command::new("python3").args([
+            "-c",
+            CLIENT,
+            &site.addr(),
+            "WS",
+            &path,
+            &serde_json::json!({ "Authorization": auth }).to_string(),
+        ]),
+        None,
+    );
+    assert!(out.status.success(), "ws client: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 101, "{v}");
+    assert_eq!(v["accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_eq!(v["first"], hex(b"\x81\x05hello"));
+    assert_eq!(v["echo"], v["sent"]);
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

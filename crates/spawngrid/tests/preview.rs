@@ -8,28 +8,26 @@ mod common;
 use common::site::*;
 use std::process::Command;
 
-/// One HTTPS request, or one WebSocket exchange: `preview.py ADDR METHOD PATH HEADERS-JSON`
-/// prints `{"status", "headers", "body"}`; `preview.py ADDR WS PATH HEADERS-JSON` does a
-/// WebSocket handshake, reads the server's first frame, sends one masked text frame and reads
-/// what comes back, and prints `{"status", "accept", "first", "echo"}` (frames in hex).
-const CLIENT: &str = r#"
-import http.client, json, socket, ssl, sys
-addr, method, path, headers = sys.argv[1:5]
+/// A WebSocket exchange: `python3 -c WS ADDR PATH HEADERS-JSON` does a handshake, reads the
+/// server's first frame (7 bytes), sends one masked text frame and reads as many bytes back,
+/// and prints `{"status", "accept", "first", "echo", "sent"}` (frames in hex).
+const WS: &str = r#"
+import json, socket, ssl, sys
+addr, path, headers = sys.argv[1:4]
 host, port = addr.rsplit(":", 1)
 ctx = ssl._create_unverified_context()
-headers = json.loads(headers)
-if method != "WS":
-    c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
-    c.request(method, path, headers=headers)
-    r = c.getresponse()
-    print(json.dumps({"status": r.status, "headers": {k.lower(): v for k, v in r.getheaders()},
-                      "body": r.read().decode()}))
-    sys.exit(0)
 s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=30))
 head = "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" % (path, addr)
-head += "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
+head += "".join("%s: %s\r\n" % kv for kv in json.loads(headers).items()) + "\r\n"
 s.sendall(head.encode())
+def exactly(n, have):
+    while len(have) < n:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        have += chunk
+    return have[:n], have[n:]
 buf = b""
 while b"\r\n\r\n" not in buf:
     chunk = s.recv(4096)
@@ -38,62 +36,34 @@ while b"\r\n\r\n" not in buf:
     buf += chunk
 resp, _, rest = buf.partition(b"\r\n\r\n")
 lines = resp.decode().split("\r\n")
-status = int(lines[0].split()[1])
 accept = [l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("sec-websocket-accept:")]
-def exactly(n, have):
-    while len(have) < n:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        have += chunk
-    return have[:n], have[n:]
 first, rest = exactly(7, rest)
 mask = b"\x01\x02\x03\x04"
 payload = b"ping!"
 frame = b"\x81" + bytes([0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 s.sendall(frame)
 echo, _ = exactly(len(frame), rest)
-print(json.dumps({"status": status, "accept": accept[0] if accept else "", "first": first.hex(), "echo": echo.hex(), "sent": frame.hex()}))
+print(json.dumps({"status": int(lines[0].split()[1]), "accept": accept[0] if accept else "",
+                  "first": first.hex(), "echo": echo.hex(), "sent": frame.hex()}))
 "#;
-
-/// An answer as [`CLIENT`] prints it.
-struct Answer {
-    status: u16,
-    headers: serde_json::Value,
-    body: String,
-}
-
-/// `method` `path` on the node with `headers` (`[(name, value)]`).
-fn request(site: &Site, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let headers: serde_json::Map<String, serde_json::Value> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-        .collect();
-    let out = run(
-        Command::new("python3").args([
-            "-c",
-            CLIENT,
-            &site.addr(),
-            method,
-            path,
-            &serde_json::Value::Object(headers).to_string(),
-        ]),
-        None,
-    );
-    assert!(out.status.success(), "request: {}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    Answer {
-        status: v["status"].as_u64().unwrap() as u16,
-        headers: v["headers"].clone(),
-        body: v["body"].as_str().unwrap_or_default().to_string(),
-    }
-}
 
 /// `GET path`, with the bearer `token` if given.
 fn get(site: &Site, path: &str, token: Option<&str>) -> Answer {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-    request(site, "GET", path, &headers)
+    let headers = match token {
+        Some(t) => serde_json::json!({ "Authorization": format!("Bearer {t}") }),
+        None => serde_json::json!({}),
+    };
+    request(site, "GET", path, &headers.to_string())
+}
+
+/// `GET path` with cookie `cookie` (`NAME=VALUE`).
+fn with_cookie(site: &Site, path: &str, cookie: &str) -> Answer {
+    request(
+        site,
+        "GET",
+        path,
+        &serde_json::json!({ "Cookie": cookie }).to_string(),
+    )
 }
 
 /// The path and query of a URL the node printed (`https://HOST:PORT/PATH?QUERY`).
@@ -176,12 +146,12 @@ fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
     // cookie lets a browser in.
     let a = get(&site, &link, None);
     assert_eq!(a.status, 303, "{}", a.body);
-    assert_eq!(a.headers["location"].as_str(), Some(base.as_str()));
-    let set = a.headers["set-cookie"].as_str().unwrap().to_string();
+    assert_eq!(a.header("location"), base);
+    let set = a.header("set-cookie").to_string();
     assert!(set.contains(&format!("Path=/preview/{id}/")), "{set}");
     assert!(set.contains("HttpOnly; Secure"), "{set}");
     let cookie = set.split(';').next().unwrap().to_string();
-    let a = request(&site, "GET", &base, &[("Cookie", &cookie)]);
+    let a = with_cookie(&site, &base, &cookie);
     assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
 
     // A short link expires (410); a rotation revokes links and cookies given out (403).
@@ -192,11 +162,7 @@ fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
     refused(&get(&site, &short, None), 410, "expired");
     let fresh = alice.json("expose", &["base", "8000", "--rotate"]);
     refused(&get(&site, &link, None), 403, "revoked or rotated");
-    refused(
-        &request(&site, "GET", &base, &[("Cookie", &cookie)]),
-        403,
-        "revoked",
-    );
+    refused(&with_cookie(&site, &base, &cookie), 403, "revoked");
     let fresh = path_of(fresh["link"].as_str().unwrap());
     assert_eq!(get(&site, &fresh, None).status, 303);
 
@@ -246,6 +212,88 @@ fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
     refused(&get(&site, &to_api, Some(&token)), 404, "no preview");
 }
 
+/// Starts `script` (a request handler on stdin and stdout) in alice's env `base` as a
+/// server on `port`, for every connection (`nc -ll -e`).
+fn serve_script(alice: &User<'_>, port: u16, script: &str) {
+    let setup = format!(
+        "cat > /srv/{port}.sh <<'EOF'\n{script}EOF\nchmod +x /srv/{port}.sh && \
+         nc -ll -p {port} -e /srv/{port}.sh </dev/null >/dev/null 2>&1 &"
+    );
+    let (code, _, err) = alice.exec("base", &setup);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// What reaches the app: the path below the prefix and the query without the link's
+/// signature, `Host: localhost:PORT` (dev servers check it) and the forwarded headers; never
+/// the owner's token nor the preview's cookie (the app's own cookies do go).
+#[test]
+fn the_app_gets_the_request_without_the_owners_credentials() {
+    let site = Site::new("preview-head");
+    site.start("127.0.0.1:0");
+    let alice = serving(&site);
+    // Answers every request with its head.
+    let echo = r#"#!/bin/sh
+cr=$(printf '\r')
+head=""
+while IFS= read -r line; do
+  case "$line" in "$cr"|"") break ;; esac
+  head="$head$line
+"
+done
+printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s' "$head"
+"#;
+    serve_script(&alice, 9002, echo);
+    let r = alice.json("expose", &["base", "9002"]);
+    let id = r["exposure"]["id"].as_str().unwrap();
+    let base = path_of(r["exposure"]["url"].as_str().unwrap());
+    let link = path_of(r["link"].as_str().unwrap());
+    // A link to a deeper page keeps the app's query, without the signature.
+    let (_, signature) = link.split_once('?').unwrap();
+    let a = get(
+        &site,
+        &format!("{base}deep/page?a=1&{signature}&b=%20"),
+        None,
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(a.header("location"), format!("{base}deep/page?a=1&b=%20"));
+    let cookie = a
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let headers = serde_json::json!({
+        "Authorization": format!("Bearer {}", alice.token()),
+        "Cookie": format!("app=1; {cookie}"),
+    });
+    let a = request(
+        &site,
+        "GET",
+        &format!("{base}deep/page?a=1&b=%20"),
+        &headers.to_string(),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let head: Vec<String> = a
+        .body
+        .lines()
+        .map(|l| l.trim_end().to_lowercase())
+        .collect();
+    assert_eq!(head[0], "get /deep/page?a=1&b=%20 http/1.1", "{head:?}");
+    for want in [
+        "host: localhost:9002".to_string(),
+        format!("x-forwarded-prefix: /preview/{id}"),
+        "x-forwarded-proto: https".to_string(),
+        format!("x-forwarded-host: {}", site.addr()),
+        "cookie: app=1".to_string(),
+    ] {
+        assert!(head.contains(&want), "{want:?} not in {head:?}");
+    }
+    let leaked = head
+        .iter()
+        .any(|l| l.starts_with("authorization") || l.contains("sg_preview"));
+    assert!(!leaked, "credentials reached the app: {head:?}");
+}
+
 /// A dev server's hot-reload socket: a WebSocket handshake through the preview reaches the
 /// server in the env (its `101` and accept key come back), and frames go both ways as they
 /// are.
@@ -265,21 +313,15 @@ printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Up
 printf '\201\005hello'
 exec cat
 "#;
-    let setup = format!(
-        "cat > /srv/ws.sh <<'EOF'\n{script}EOF\nchmod +x /srv/ws.sh && \
-         nc -l -p 9001 -e /srv/ws.sh </dev/null >/dev/null 2>&1 &"
-    );
-    let (code, _, err) = alice.exec("base", &setup);
-    assert_eq!(code, 0, "{err}");
+    serve_script(&alice, 9001, script);
     let r = alice.json("expose", &["base", "9001"]);
     let path = format!("{}hmr", path_of(r["exposure"]["url"].as_str().unwrap()));
     let auth = format!("Bearer {}", alice.token());
     let out = run(
         Command::new("python3").args([
             "-c",
-            CLIENT,
+            WS,
             &site.addr(),
-            "WS",
             &path,
             &serde_json::json!({ "Authorization": auth }).to_string(),
         ]),

@@ -342,7 +342,7 @@ async fn proxy(
         Some(c) => h.insert(header::COOKIE, c),
         None => h.remove(header::COOKIE),
     };
-    let resp = forward::relay(sender, req).await.map_err(|err| {
+    let mut resp = forward::relay(sender, req).await.map_err(|err| {
         Error::new(
             Kind::BadGateway,
             format!(
@@ -351,7 +351,27 @@ async fn proxy(
             ),
         )
     })?;
+    confine(resp.headers_mut());
     Ok(resp.map(Body::new))
+}
+
+/// Drops what an app's answer could do to the node's origin beyond its own preview: a
+/// service worker scope wider than its path (`Service-Worker-Allowed`: one at `/` would
+/// control the web UI's pages), wiping the origin's storage (`Clear-Site-Data`: the UI's
+/// session), and cookies named as the node's preview cookies.
+fn confine(headers: &mut HeaderMap) {
+    headers.remove("service-worker-allowed");
+    headers.remove("clear-site-data");
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !v.as_bytes().trim_ascii_start().starts_with(b"sg_preview_"))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for c in cookies {
+        headers.append(header::SET_COOKIE, c);
+    }
 }
 
 /// A header value from text made here.
@@ -424,5 +444,17 @@ mod tests {
         h.append(header::COOKIE, "sg_preview_11=2".parse().unwrap());
         assert_eq!(app_cookies(&h), None);
         assert_eq!(app_query("a=%20&sg_exp=1&b&sg_sig=ff"), "a=%20&b");
+        let mut h = HeaderMap::new();
+        h.insert("service-worker-allowed", "/".parse().unwrap());
+        h.insert("clear-site-data", "\"storage\"".parse().unwrap());
+        h.append(
+            header::SET_COOKIE,
+            "sg_preview_00ff=1; Path=/".parse().unwrap(),
+        );
+        h.append(header::SET_COOKIE, "app=2".parse().unwrap());
+        h.insert("x-app", "1".parse().unwrap());
+        confine(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::SET_COOKIE], "app=2");
     }
 }

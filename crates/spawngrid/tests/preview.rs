@@ -114,6 +114,18 @@ fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
     let link = path_of(r["link"].as_str().unwrap());
     let base = path_of(&url);
 
+    // The node's own API port is not the env's: a preview reaches the env's loopback only;
+    // nothing listens there, so 502 in one line (so for any port nothing listens on).
+    alice.ok("expose", &["base", "8001"]);
+    let api_port = site.addr().rsplit_once(':').unwrap().1.to_string();
+    let r = alice.json("expose", &["base", &api_port]);
+    let to_api = path_of(r["exposure"]["url"].as_str().unwrap());
+    let a = get(&site, &format!("{to_api}api/openapi.json"), Some(&token));
+    refused(
+        &a,
+        502,
+        &format!("nothing answers on port {api_port} in env base"),
+    );
     // The owner's token: the bytes of the env's server, the prefix stripped.
     let a = get(&site, &base, Some(&token));
     assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
@@ -166,17 +178,6 @@ fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
     let fresh = path_of(fresh["link"].as_str().unwrap());
     assert_eq!(get(&site, &fresh, None).status, 303);
 
-    // Nothing listens on the port: 502 in one line. The node's own API port is not the env's.
-    alice.ok("expose", &["base", "8001"]);
-    let api_port = site.addr().rsplit_once(':').unwrap().1.to_string();
-    let r = alice.json("expose", &["base", &api_port]);
-    let to_api = path_of(r["exposure"]["url"].as_str().unwrap());
-    let a = get(&site, &format!("{to_api}api/openapi.json"), Some(&token));
-    refused(
-        &a,
-        502,
-        &format!("nothing answers on port {api_port} in env base"),
-    );
     let status = alice.ok("status", &[]);
     for port in ["8000", "8001", api_port.as_str()] {
         assert!(
@@ -225,7 +226,8 @@ fn serve_script(alice: &User<'_>, port: u16, script: &str) {
 
 /// What reaches the app: the path below the prefix and the query without the link's
 /// signature, `Host: localhost:PORT` (dev servers check it) and the forwarded headers; never
-/// the owner's token nor the preview's cookie (the app's own cookies do go).
+/// the owner's token nor the preview's cookie (the app's own cookies do go). The app's
+/// answer cannot widen a service worker's scope nor set a preview cookie.
 #[test]
 fn the_app_gets_the_request_without_the_owners_credentials() {
     let site = Site::new("preview-head");
@@ -240,7 +242,7 @@ while IFS= read -r line; do
   head="$head$line
 "
 done
-printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s' "$head"
+printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nService-Worker-Allowed: /\r\nSet-Cookie: sg_preview_0=1; Path=/\r\nX-App: 1\r\n\r\n%s' "$head"
 "#;
     serve_script(&alice, 9002, echo);
     let r = alice.json("expose", &["base", "9002"]);
@@ -288,6 +290,10 @@ printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s' "$head"
     ] {
         assert!(head.contains(&want), "{want:?} not in {head:?}");
     }
+    // The app's own headers come back; what would reach beyond its preview does not.
+    assert_eq!(a.header("x-app"), "1");
+    assert_eq!(a.header("service-worker-allowed"), "");
+    assert_eq!(a.header("set-cookie"), "");
     let leaked = head
         .iter()
         .any(|l| l.starts_with("authorization") || l.contains("sg_preview"));

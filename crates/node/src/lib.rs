@@ -190,6 +190,8 @@ pub fn run(config: Config) -> Result<()> {
         if node.config.ssh_listen.is_some() && node.config.ssh_port == api::SSH_PORT {
             node.config.ssh_port = ssh_addr.port();
         }
+        // Preview URLs name the HTTPS port bound (port 0: the one picked).
+        node.config.listen.set_port(addr.port());
         if host_key.generated {
             tracing::info!(
                 "made an SSH host key in {}",

@@ -109,7 +109,8 @@ fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
     let r = alice.json("expose", &["base", "8000"]);
     let url = r["exposure"]["url"].as_str().unwrap().to_string();
     let id = r["exposure"]["id"].as_str().unwrap().to_string();
-    assert_eq!(path_of(&url), format!("/preview/{id}/"));
+    // The URL names the node as the client reached it, on the port it listens on.
+    assert_eq!(url, format!("https://{}/preview/{id}/", site.addr()));
     assert_eq!(r["exposure"]["public"], false);
     let link = path_of(r["link"].as_str().unwrap());
     let base = path_of(&url);

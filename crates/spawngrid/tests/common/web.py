@@ -190,7 +190,11 @@ def story():
     driver.find_element(By.CSS_SELECTOR, preview).click()
     wait(lambda: len(driver.window_handles) == 2, "a new tab")
     driver.switch_to.window([h for h in driver.window_handles if h != main][0])
-    wait(lambda: "hello-preview" in driver.find_element(By.TAG_NAME, "body").text, "the env's page in the tab")
+    tab = lambda: driver.find_element(By.TAG_NAME, "body").text
+    try:
+        wait(lambda: "hello-preview" in tab(), "the env's page in the tab")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: the tab shows {tab()!r} at {driver.current_url}") from None
     assert "/preview/" in driver.current_url and "sg_sig" not in driver.current_url, driver.current_url
     driver.close()
     driver.switch_to.window(main)

@@ -119,6 +119,18 @@ pub mod routes {
     /// `GET ?path=P`: a tar stream of P in the env; `PUT ?path=P` with a tar body: extract it
     /// into the env → [`FilesResponse`](crate::FilesResponse).
     pub const FILES: &str = "/api/envs/{env}/files";
+    /// `GET`: the env's exposed ports → `[Exposure]`; `POST` [`ExposeRequest`](crate::ExposeRequest)
+    /// → [`ExposeResponse`](crate::ExposeResponse); `DELETE ?port=P` or `?id=ID` (query
+    /// [`UnexposeQuery`](crate::UnexposeQuery)) → [`Exposure`](crate::Exposure), the one ended.
+    pub const EXPOSURES: &str = "/api/envs/{env}/exposures";
+    /// Any method, any path below: the request goes to the exposed port inside the env, with
+    /// this prefix stripped (`/preview/ID/x` arrives as `/x`).
+    pub const PREVIEW: &str = "/preview/{id}";
+
+    /// The exposures path of env `env` ([`EXPOSURES`] filled in, percent-encoded).
+    pub fn exposures(env: &str) -> String {
+        EXPOSURES.replace("{env}", &super::percent_encode(env))
+    }
 
     /// The cpu path of env `env` with its query ([`CPU`] filled in, percent-encoded).
     pub fn cpu(env: &str, q: &crate::CpuQuery) -> String {
@@ -489,6 +501,9 @@ pub struct EnvInfo {
     /// When the node will end it (ttl or idle timeout), if ever.
     #[serde(default)]
     pub expiry: Option<Expiry>,
+    /// Its ports served at preview URLs.
+    #[serde(default)]
+    pub exposures: Vec<Exposure>,
 }
 
 /// `true`, the default of fields that older nodes did not send.
@@ -577,6 +592,67 @@ pub struct ForkResponse {
     pub envs: Vec<EnvInfo>,
     /// How long the whole fork took.
     pub seconds: f64,
+}
+
+/// `POST /api/envs/{env}/exposures`: serve a port of the env at a preview URL on the node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeRequest {
+    /// The port inside the env (its own network namespace: `127.0.0.1` is the env's).
+    pub port: u16,
+    /// Anyone with the URL gets in (default: the owner's token, or a signed link).
+    #[serde(default)]
+    pub public: bool,
+    /// How long the signed link in the answer works, in seconds (default
+    /// [`DEFAULT_LINK_TTL`]).
+    #[serde(default)]
+    pub ttl: Option<u64>,
+    /// Give the exposure a new signing key first: every link and browser cookie given out
+    /// before stops working.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+/// How long a signed preview link works when [`ExposeRequest::ttl`] is not given: 1 hour.
+pub const DEFAULT_LINK_TTL: u64 = 3600;
+
+/// A port of an env served at a preview URL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exposure {
+    /// Its id: the path of its URL (`/preview/ID/`).
+    pub id: String,
+    /// The env's name.
+    pub env: String,
+    /// The port inside the env.
+    pub port: u16,
+    /// Whether anyone with the URL gets in.
+    pub public: bool,
+    /// Its URL (the owner's token, a signed link's cookie, or `public`, let a request in).
+    pub url: String,
+    /// When it was made, seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// The answer to an expose: the exposure, and a signed link to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeResponse {
+    /// The exposure.
+    pub exposure: Exposure,
+    /// The URL with a signature: whoever opens it before `link_expires` gets in, and their
+    /// browser gets a cookie for the exposure (valid while the exposure and its key last).
+    pub link: String,
+    /// When the link stops working, seconds since the Unix epoch.
+    pub link_expires: u64,
+}
+
+/// `DELETE /api/envs/{env}/exposures`: which exposure to end (one of the two).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnexposeQuery {
+    /// The port exposed.
+    pub port: Option<u16>,
+    /// The exposure's id.
+    pub id: Option<String>,
 }
 
 /// The result of a boom.
@@ -885,6 +961,8 @@ mod tests {
             (routes::OPENAPI, &["get"]),
             (routes::CPU, &["get"]),
             (routes::FILES, &["get", "put"]),
+            (routes::EXPOSURES, &["get", "post", "delete"]),
+            ("/preview/{id}/", &["get"]),
             (routes::INVITE, &["post"]),
             (routes::INVITES, &["get"]),
             (routes::PENDING, &["delete"]),
@@ -932,6 +1010,14 @@ mod tests {
             ssh: "s".into(),
             cpu: "c".into(),
         };
+        let exposure = Exposure {
+            id: "i".into(),
+            env: "e".into(),
+            port: 1,
+            public: false,
+            url: "u".into(),
+            created: 2,
+        };
         let info = EnvInfo {
             env: "e".into(),
             node: "n".into(),
@@ -951,6 +1037,7 @@ mod tests {
                 cause: ExpiryCause::Idle,
                 then: Expire::Boom,
             }),
+            exposures: vec![exposure.clone()],
         };
         let v = |x: &dyn erased::Ser| x.value();
         check("Error", v(&ErrorBody { error: "x".into() }));
@@ -1072,6 +1159,31 @@ mod tests {
             }),
         );
         check("BoomResponse", v(&BoomResponse { env: "e".into() }));
+        check("Exposure", v(&exposure));
+        check(
+            "ExposeRequest",
+            v(&ExposeRequest {
+                port: 1,
+                public: true,
+                ttl: Some(2),
+                rotate: true,
+            }),
+        );
+        check(
+            "ExposeResponse",
+            v(&ExposeResponse {
+                exposure,
+                link: "l".into(),
+                link_expires: 3,
+            }),
+        );
+        check(
+            "UnexposeQuery",
+            v(&UnexposeQuery {
+                port: Some(1),
+                id: Some("i".into()),
+            }),
+        );
         check(
             "CpuQuery",
             v(&CpuQuery {

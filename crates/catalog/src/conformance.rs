@@ -156,6 +156,7 @@ conformance! {
     a_name_shared_with_everyone_is_seen_by_every_user_once
     only_owned_names_are_shared_with_real_other_users
     envs_are_recorded_listed_per_node_and_forgotten
+    exposures_are_made_found_rotated_and_go_with_their_env
     works_from_a_tokio_blocking_pool
     nodes_register_and_beat
     leases_exclude_each_other_and_expire
@@ -559,6 +560,44 @@ fn envs_are_recorded_listed_per_node_and_forgotten(f: &Fixture) {
     bad.snapshot = Some("short".into());
     assert!(cat.record_env(&bad).is_err());
     assert_eq!(cat.envs_on(None).unwrap().len(), 1);
+}
+
+fn exposures_are_made_found_rotated_and_go_with_their_env(f: &Fixture) {
+    let cat = f.open();
+    cat.record_env(&rec("web+alice", "alice", "n1")).unwrap();
+    let a = cat.expose("web+alice", "alice", 8000, false).unwrap();
+    assert_eq!(
+        (a.id.len(), a.key.len(), a.port, a.public),
+        (24, 64, 8000, false)
+    );
+    assert_eq!(cat.exposure(&a.id).unwrap().as_ref(), Some(&a));
+    // Exposing the same port again keeps its id and key; only `public` changes.
+    let again = cat.expose("web+alice", "alice", 8000, true).unwrap();
+    assert_eq!((&again.id, &again.key, again.public), (&a.id, &a.key, true));
+    let b = cat.expose("web+alice", "alice", 3000, false).unwrap();
+    assert_ne!(a.id, b.id);
+    let ports: Vec<u16> = cat
+        .exposures_of("web+alice")
+        .unwrap()
+        .iter()
+        .map(|e| e.port)
+        .collect();
+    assert_eq!(ports, [3000, 8000]);
+    // A new key, same exposure.
+    assert!(cat.rotate_exposure(&a.id).unwrap());
+    let rotated = cat.exposure(&a.id).unwrap().unwrap();
+    assert_ne!(rotated.key, a.key);
+    assert!(!cat.rotate_exposure("nope").unwrap());
+    // Bad input changes nothing.
+    assert!(cat.expose("web+alice", "alice", 0, false).is_err());
+    assert!(cat.expose("web+alice", "../x", 1, false).is_err());
+    assert!(cat.unexpose("web+alice", 3000).unwrap());
+    assert!(!cat.unexpose("web+alice", 3000).unwrap());
+    assert_eq!(cat.exposure(&b.id).unwrap(), None);
+    // Forgetting the env (boomed, evicted) forgets its exposures.
+    assert!(cat.forget_env("web+alice").unwrap());
+    assert_eq!(cat.exposure(&a.id).unwrap(), None);
+    assert!(cat.exposures_of("web+alice").unwrap().is_empty());
 }
 
 /// The node calls the catalog on tokio's blocking pool; the PostgreSQL client runs a

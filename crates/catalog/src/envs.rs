@@ -5,7 +5,7 @@
 //! reconciles its rows with the envs it finds at start. The runtime's `state.json` stays the
 //! truth about a running env on its node; this table is what the rest of a grid can see.
 
-use crate::engine::Row;
+use crate::engine::{Mode, Row};
 use crate::{check_name, check_owner, Catalog, Result};
 
 /// One env as the catalog knows it.
@@ -52,14 +52,22 @@ impl Catalog {
         Ok(())
     }
 
-    /// Forgets env `id` (boomed or evicted). Returns whether it was recorded.
+    /// Forgets env `id` (boomed or evicted) and the ports it exposed. Returns whether it
+    /// was recorded.
     pub fn forget_env(&self, id: &str) -> Result<bool> {
-        let n = self.execute(
-            "forgetting an env",
-            "DELETE FROM envs WHERE id = ?1",
-            &[id.into()],
-        )?;
-        Ok(n > 0)
+        self.db(Mode::Transaction, |db| {
+            db.execute(
+                "forgetting an env's exposures",
+                "DELETE FROM exposures WHERE env_id = ?1",
+                &[id.into()],
+            )?;
+            let n = db.execute(
+                "forgetting an env",
+                "DELETE FROM envs WHERE id = ?1",
+                &[id.into()],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     /// The record of env `id`, if any.

@@ -27,7 +27,7 @@
 //! ([`keys`]), names shared with other users ([`shares`]) and the names of deleted users
 //! (never reused); version 4 adds the envs nodes run ([`envs`]); version 5 the grid's nodes
 //! and leases ([`grid`]); version 6 gc leases and the packs gc condemned ([`gc`]); version 7 pending invites
-//! ([`invites`]). Opening an older catalog
+//! ([`invites`]); version 8 the ports envs expose over HTTPS ([`exposures`]). Opening an older catalog
 //! migrates it in place, keeping everything.
 
 use engine::{Fault, Mode, Row, Value};
@@ -39,6 +39,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod conformance;
 mod engine;
 pub mod envs;
+pub mod exposures;
 pub mod gc;
 pub mod grid;
 pub mod invites;
@@ -46,6 +47,7 @@ pub mod keys;
 pub mod shares;
 pub mod users;
 pub use envs::EnvRecord;
+pub use exposures::Exposure;
 pub use gc::{GcPack, GcView, PackState};
 pub use grid::{Lease, LeaseKind, Node, NodeInfo};
 pub use invites::Invite;
@@ -54,8 +56,9 @@ pub use users::{Token, User};
 
 /// The schema version this code creates and reads: 1 = names, 2 = names + users and tokens,
 /// 3 = + SSH keys, shares and deleted users, 4 = + envs, 5 = + the grid's nodes and leases,
-/// 6 = + gc leases and the packs gc condemned ([`gc`]), 7 = + pending invites ([`invites`]).
-pub const SCHEMA_VERSION: i64 = 7;
+/// 6 = + gc leases and the packs gc condemned ([`gc`]), 7 = + pending invites ([`invites`]),
+/// 8 = + preview exposures ([`exposures`]).
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The longest name or user name, in bytes.
 pub use library::names::MAX_NAME;

@@ -362,6 +362,7 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
     });
     let now = runtime::state::now();
     EnvInfo {
+        exposures: crate::exposures::of_env(node, st, &env, host),
         attach: Attach {
             ssh: format!("ssh -p {} {}@{host}", node.config.ssh_port, st.name),
             cpu: format!("spawngrid cpu {env}"),

@@ -25,6 +25,10 @@ pub enum Kind {
     Unprocessable,
     /// Too many attempts: wait.
     TooMany,
+    /// It was there and is no more (an expired link).
+    Gone,
+    /// What the request was sent on to (a server inside an env) did not answer.
+    BadGateway,
     /// The node (or the grid) has no room now, or a store is unreachable: try again later.
     Unavailable,
     /// An internal failure.

@@ -109,7 +109,7 @@ pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response,
         Ok(Err(e)) => return Err(unreachable(peer, e)),
         Err(_) => return Err(unreachable(peer, "connecting timed out")),
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(peer, e))?;
     tokio::spawn(async move {
@@ -117,6 +117,23 @@ pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response,
             tracing::debug!("forwarded connection: {e}");
         }
     });
+    let headers = req.headers_mut();
+    // The body goes at once (this node already answered the client's `Expect`).
+    headers.remove(header::EXPECT);
+    headers.insert(header::HOST, header_value(&peer.address)?);
+    headers.insert(FORWARDED, header_value(from)?);
+    relay(sender, req)
+        .await
+        .map_err(|e| unreachable(peer, e.message))
+}
+
+/// Sends `req` (its path and query only) on a client connection's `sender` and returns the
+/// answer, streamed; an upgrade the other side accepts (101) is joined to `req`'s, bytes
+/// copied both ways until either side ends. The connection must be driven `with_upgrades`.
+pub(crate) async fn relay(
+    mut sender: hyper::client::conn::http1::SendRequest<Body>,
+    mut req: Request,
+) -> Result<Response, Error> {
     let upgrade = req
         .headers()
         .contains_key(header::UPGRADE)
@@ -128,15 +145,10 @@ pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response,
         .parse()
         .map_err(|e| Error::invalid(format!("bad path: {e}")))?;
     *req.uri_mut() = path;
-    let headers = req.headers_mut();
-    // The body goes at once (this node already answered the client's `Expect`).
-    headers.remove(header::EXPECT);
-    headers.insert(header::HOST, header_value(&peer.address)?);
-    headers.insert(FORWARDED, header_value(from)?);
     let mut resp = sender
         .send_request(req)
         .await
-        .map_err(|e| unreachable(peer, e))?;
+        .map_err(|e| Error::new(Kind::BadGateway, e.to_string()))?;
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (resp.status(), upgrade) {
         let theirs = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -145,7 +157,7 @@ pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response,
                     let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
                     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
                 }
-                (Err(e), _) | (_, Err(e)) => tracing::debug!("forwarded upgrade: {e}"),
+                (Err(e), _) | (_, Err(e)) => tracing::debug!("relayed upgrade: {e}"),
             }
         });
     }
@@ -164,7 +176,12 @@ fn runs_elsewhere(node: &Node, user: &str, env: &str) -> Result<Option<Peer>, Er
     if catalog::check_name(env).is_err() || node.rt.env_dir(&id).is_ok_and(|d| d.exists()) {
         return Ok(None);
     }
-    let Some(record) = node.cat.env_record(&id)? else {
+    node_of(node, &id)
+}
+
+/// The node (up, not this one) the catalog says env `id` runs on, if another one.
+pub(crate) fn node_of(node: &Node, id: &str) -> Result<Option<Peer>, Error> {
+    let Some(record) = node.cat.env_record(id)? else {
         return Ok(None);
     };
     if record.node == node.name {

@@ -40,6 +40,7 @@ pub mod cpu;
 pub mod envs;
 pub mod error;
 pub mod exec;
+pub mod exposures;
 pub mod files;
 pub mod fork;
 pub mod forward;
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod notices;
 pub mod place;
+pub mod preview;
 pub mod pty;
 pub mod quota;
 pub mod registry;
@@ -198,6 +200,8 @@ pub fn run(config: Config) -> Result<()> {
         if node.config.ssh_listen.is_some() && node.config.ssh_port == api::SSH_PORT {
             node.config.ssh_port = ssh_addr.port();
         }
+        // Preview URLs name the HTTPS port bound (port 0: the one picked).
+        node.config.listen.set_port(addr.port());
         if host_key.generated {
             tracing::info!(
                 "made an SSH host key in {}",

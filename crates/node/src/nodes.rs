@@ -74,6 +74,8 @@ fn recorded(n: &NodeEntry, r: catalog::EnvRecord) -> EnvInfo {
         write_size: 0,
         node_up: false,
         expiry: None,
+        // Its previews do not answer while its node is down.
+        exposures: Vec::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use api::{routes, LoginRequest, LoginResponse, ScoreEntry, ScoresQuery};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// The host name clients reached us by (for attach commands), or the configured one.
-fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String {
+pub(crate) fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String {
     if let Some(h) = &node.config.public_host {
         return h.clone();
     }
@@ -355,6 +355,12 @@ fn env_routes(node: Arc<Node>) -> Router<Arc<Node>> {
         .route(routes::FORK, post(fork_env))
         .route(routes::CPU, get(crate::cpu::cpu))
         .route(routes::FILES, get(crate::files::get).put(crate::files::put))
+        .route(
+            routes::EXPOSURES,
+            get(crate::exposures::list)
+                .post(crate::exposures::expose)
+                .delete(crate::exposures::unexpose),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             node,
             forward::env_routes,
@@ -387,6 +393,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::KEY, delete(crate::users::remove_key))
         .route(routes::NOTICES, get(notices))
         .route(routes::METRICS, get(metrics))
+        .route(routes::PREVIEW, any(crate::preview::route))
+        .route(&format!("{}/", routes::PREVIEW), any(crate::preview::route))
+        .route(
+            &format!("{}/{{*rest}}", routes::PREVIEW),
+            any(crate::preview::route),
+        )
         .route(crate::ui::INDEX, get(crate::ui::index))
         .route(crate::ui::ASSETS, get(crate::ui::asset))
         .fallback(not_found)

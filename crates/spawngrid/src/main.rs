@@ -69,6 +69,13 @@ enum Command {
     /// PREFIX-1 … PREFIX-N (a copy that fails booms the ones before it; the save stays).
     #[command(disable_help_flag = true)]
     Fork(client::fork::ForkArgs),
+    /// Serve a port of an env at an HTTPS preview URL on its node (https://NODE/preview/ID/,
+    /// WebSockets too): private (your token, or the signed link printed) unless --public.
+    #[command(disable_help_flag = true)]
+    Expose(client::expose::ExposeArgs),
+    /// Stop serving a port of an env (PORT, or the preview's URL): its URL and links stop working.
+    #[command(disable_help_flag = true)]
+    Unexpose(client::expose::UnexposeArgs),
     /// Destroy an env (its names stay).
     #[command(disable_help_flag = true)]
     Boom(client::BoomArgs),
@@ -242,6 +249,8 @@ fn main() -> ExitCode {
         Command::Cp(a) => client::cp::cp(a, json),
         Command::Save(a) => client::save(a, json),
         Command::Fork(a) => client::fork::fork(a, json),
+        Command::Expose(a) => client::expose::expose(a, json),
+        Command::Unexpose(a) => client::expose::unexpose(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),
         Command::Nodes(a) => client::nodes(a, json),

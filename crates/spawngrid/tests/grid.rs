@@ -247,6 +247,7 @@ fn reached_from_any_node(alice: &User, sum: &str) {
     let out = alice.ok(3, "exec", &["work", "--", "cat", "/srv/up"]);
     assert_eq!(out, "up\n");
     alice.ok(1, "exec", &["work", "--", "rm", "/srv/up"]);
+    preview_from_any_node(alice);
     alice.ok(3, "save", &["work", "work-f"]);
     // Names are the grid's: node 2 lists the name node 1 just bound.
     assert!(alice.ok(2, "scores", &["work-f"]).contains("work-f "));
@@ -290,6 +291,37 @@ fn reached_from_any_node(alice: &User, sum: &str) {
         line.contains("node1") && line.contains("work+alice@10.231.0.11"),
         "{line}"
     );
+}
+
+/// A preview of a server in `work` (node 1), exposed through node 3 (the API route is
+/// forwarded), is served through node 2 (the preview request is forwarded) with the env's
+/// bytes; listed by `status` on any node; ended through node 2.
+fn preview_from_any_node(alice: &User) {
+    alice.ok(
+        1,
+        "exec",
+        &[
+            "work",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /srv/www && echo hi-from-node1 > /srv/www/index.html && \
+             httpd -p 127.0.0.1:8000 -h /srv/www",
+        ],
+    );
+    let r = alice.json(3, "expose", &["work", "8000"]);
+    let url = r["exposure"]["url"].as_str().unwrap();
+    let rest = url.strip_prefix("https://").unwrap();
+    let path = &rest[rest.find('/').unwrap()..];
+    assert_eq!(
+        raw(2, "GET", path, &alice.auth(), ""),
+        (200, "hi-from-node1\n".into())
+    );
+    let (status, body) = raw(2, "GET", path, "{}", "");
+    assert_eq!(status, 401, "{body}");
+    assert!(alice.ok(2, "status", &[]).contains(url));
+    alice.ok(2, "unexpose", &["work", "8000"]);
+    assert_eq!(raw(1, "GET", path, &alice.auth(), "").0, 404);
 }
 
 /// `ssh -p 16999 LOGIN@node(n) -- CMD` as `user` with their password (OpenSSH through

@@ -757,7 +757,7 @@ fn a_full_write_layer_says_how_to_get_a_bigger_one() {
     let (code, _, err) = alice.exec("small", "rm /big; exit 3");
     assert_eq!((code, err.as_str()), (3, ""));
     let out = alice.ok("spawn", &["base", "--as", "big", "--disk"]);
-    assert!(out.contains("  write layer: 32.0M on disk\n"), "{out}");
+    assert!(out.contains("  write layer: 32M on disk\n"), "{out}");
     let list = alice.json("status", &[]);
     let sizes: Vec<u64> = list
         .as_array()

@@ -185,7 +185,9 @@ fn orc_on_a_terminal_with_the_seeds_words_editing_and_history() {
         seg[11]
     );
     assert!(
-        seg[12].contains(&format!("invited {bob} to base2: their name base2 = ")),
+        seg[12].contains(&format!(
+            "invited {bob} to base2 as their base2: waiting for them to accept"
+        )),
         "{:?}",
         seg[12]
     );

@@ -224,6 +224,7 @@ function renderEnvs(envs, notices) {
       cell(`${megabytes(e.write_used)}/${megabytes(e.write_size)}${e.disk ? ' disk' : ''}`),
       cell(ends(e.expiry)),
       cell(e.attach.ssh, e.attach.cpu),
+      previews(e),
       actions,
     );
     body.append(tr);
@@ -242,6 +243,27 @@ function renderEnvs(envs, notices) {
     li.textContent = `note (${age(Math.max(0, now() - n.at))} ago): ${n.message}`;
     return li;
   }));
+}
+
+// The env's preview URLs (`spawngrid expose`): a button per port that asks the node for a
+// fresh signed link (a minute) and opens it in a new tab without this page as its opener; the
+// link sets the preview's cookie there. The token never goes into a URL.
+function previews(e) {
+  const td = document.createElement('td');
+  td.className = 'previews';
+  for (const x of e.exposures || []) {
+    const b = button(`:${x.port}${x.public ? ' (public)' : ''}`, () => openPreview(e.env, x));
+    b.title = x.url;
+    td.append(b);
+  }
+  if (!td.childElementCount) td.textContent = '-';
+  return td;
+}
+
+async function openPreview(env, x) {
+  const body = { port: x.port, public: x.public, ttl: 60 };
+  const r = await api('POST', `/api/envs/${encodeURIComponent(env)}/exposures`, body);
+  window.open(r.link, '_blank', 'noopener,noreferrer');
 }
 
 // ---- nodes ----

@@ -174,9 +174,31 @@ CREATE TABLE invites (
 );
 "#;
 
+/// Schema version 8: the ports envs expose over HTTPS.
+const EXPOSURES: &str = r#"
+CREATE TABLE exposures (
+    id      TEXT COLLATE "C" PRIMARY KEY,
+    env_id  TEXT COLLATE "C" NOT NULL,
+    owner   TEXT COLLATE "C" NOT NULL,
+    port    BIGINT NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    public  BIGINT NOT NULL CHECK (public IN (0, 1)),
+    key     TEXT NOT NULL CHECK (length(key) = 64),
+    created BIGINT NOT NULL,
+    UNIQUE (env_id, port)
+);
+"#;
+
 /// Step `v` brings schema version `v` to `v + 1`.
-const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
-    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC, INVITES];
+const STEPS: [&str; crate::SCHEMA_VERSION as usize] = [
+    NAMES,
+    USERS,
+    KEYS_SHARES_DELETED,
+    ENVS,
+    GRID,
+    GC,
+    INVITES,
+    EXPOSURES,
+];
 
 /// The advisory lock migrations hold ("SPAWNGRD" in ASCII), so two nodes never migrate at once.
 const MIGRATION_LOCK: i64 = 0x5350_4157_4e47_5244;

@@ -150,9 +150,31 @@ CREATE TABLE invites (
 ) WITHOUT ROWID;
 ";
 
+/// Schema version 8: the ports envs expose over HTTPS.
+const EXPOSURES: &str = "
+CREATE TABLE exposures (
+    id      TEXT PRIMARY KEY NOT NULL,
+    env_id  TEXT NOT NULL,
+    owner   TEXT NOT NULL,
+    port    INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    public  INTEGER NOT NULL CHECK (public IN (0, 1)),
+    key     TEXT NOT NULL CHECK (length(key) = 64),
+    created INTEGER NOT NULL,
+    UNIQUE (env_id, port)
+) WITHOUT ROWID;
+";
+
 /// Step `v` brings schema version `v` to `v + 1`.
-const STEPS: [&str; crate::SCHEMA_VERSION as usize] =
-    [NAMES, USERS, KEYS_SHARES_DELETED, ENVS, GRID, GC, INVITES];
+const STEPS: [&str; crate::SCHEMA_VERSION as usize] = [
+    NAMES,
+    USERS,
+    KEYS_SHARES_DELETED,
+    ENVS,
+    GRID,
+    GC,
+    INVITES,
+    EXPOSURES,
+];
 
 /// A catalog in one SQLite file, used through one connection.
 pub(crate) struct Sqlite {

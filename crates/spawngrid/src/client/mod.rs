@@ -7,6 +7,7 @@
 pub mod account;
 pub mod cp;
 pub mod cpu;
+pub mod expose;
 pub mod fork;
 pub mod grid;
 pub mod http;
@@ -168,7 +169,7 @@ pub struct SpawnArgs {
 }
 
 /// `--ttl` and `--timeout`: a duration of at least a second (`30s`, `2h`), in seconds.
-fn seconds(s: &str) -> Result<u64, human::ParseError> {
+pub(crate) fn seconds(s: &str) -> Result<u64, human::ParseError> {
     human::parse_timeout(s).map(|d| d.as_secs())
 }
 
@@ -514,6 +515,7 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
         "ENV", "FROM", "SNAPSHOT", "NODE", "AGE", "MEM", "WRITE", "ENDS"
     );
     let now = runtime::state::now();
+    let mut exposed = Vec::new();
     for e in list {
         let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let state = match (e.node_up, e.running) {
@@ -539,6 +541,14 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
                 .map_or("-".to_string(), |x| expiry_text(x, now)),
             e.attach.ssh
         );
+        exposed.extend(e.exposures);
+    }
+    if !exposed.is_empty() {
+        println!("\n{:<20} {:>5} {:<8} PREVIEW URL", "ENV", "PORT", "ACCESS");
+        for x in exposed {
+            let access = if x.public { "public" } else { "private" };
+            println!("{:<20} {:>5} {access:<8} {}", x.env, x.port, x.url);
+        }
     }
     // What the node did unasked (evictions) in the last week.
     let notices: Vec<api::Notice> = call(&a.node, "GET", routes::NOTICES, None::<&()>)?;

@@ -284,6 +284,53 @@ pub fn raw_https(
     (status.parse().unwrap(), body.to_string())
 }
 
+/// A GET with headers (JSON object) printing `{status, headers, body}` as JSON; the body of a
+/// 101 (a WebSocket upgrade) is not read.
+pub const GET: &str = r#"
+import http.client, json, ssl, sys
+host, port, path, headers = sys.argv[1:5]
+c = http.client.HTTPSConnection(host, int(port), context=ssl._create_unverified_context(), timeout=30)
+c.request(sys.argv[5] if len(sys.argv) > 5 else "GET", path, headers=json.loads(headers))
+r = c.getresponse()
+body = b"" if r.status == 101 else r.read()
+print(json.dumps({"status": r.status, "headers": {k.lower(): v for k, v in r.getheaders()},
+                  "body": body.decode("utf-8", "replace")}))
+"#;
+
+/// An answer: status, headers (lowercase names), body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: serde_json::Value,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers[name].as_str().unwrap_or("")
+    }
+}
+
+/// `METHOD path` on the site's node with `headers` (a JSON object).
+pub fn request(site: &Site, method: &str, path: &str, headers: &str) -> Answer {
+    let addr = site.addr();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = run(
+        Command::new("python3").args(["-c", GET, host, port, path, headers, method]),
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{method} {path}: {}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Answer {
+        status: v["status"].as_u64().unwrap() as u16,
+        headers: v["headers"].clone(),
+        body: v["body"].as_str().unwrap().to_string(),
+    }
+}
+
 /// A client user with their own HOME (token and pin files), talking to any node.
 pub struct Client {
     pub name: String,

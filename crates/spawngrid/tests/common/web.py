@@ -8,7 +8,10 @@
 # shows it; a spawn of a missing name shows the node's one-line error; spawning `base` as
 # env `web` lists it; its terminal runs `echo $((6*7)) > /tmp/x; cat /tmp/x` and shows 42;
 # `stty size` inside follows the terminal's size, before and after the window is resized;
-# `exit 3` shows exit code 3; saving `web` as `web-saved` lists that name in the scores;
+# `exit 3` shows exit code 3; a server started in the env (busybox httpd on port 8000) and
+# exposed through the API shows a Previews button, which opens the preview in a new tab through
+# a signed link (the cookie it sets lets the browser in; the URL left has no signature) with
+# the server's page; saving `web` as `web-saved` lists that name in the scores;
 # saving under it again shows the node's error; its lineage lists web-saved then base
 # (with the save's note); inviting INVITEE to web-saved says so, and
 # inviting a user who does not exist shows the node's error; a boom cancelled at its confirmation keeps
@@ -169,6 +172,32 @@ def story():
     step("exit 3 shows the exit code")
     type_in_terminal("exit 3\n")
     wait(lambda: text("term-status") == "exited with code 3", "exit code 3")
+
+    step("a preview of a server in the env opens in a new tab")
+    token = driver.execute_script("return sessionStorage.getItem('spawngrid.token')")
+    call = (
+        "const [m, p, b, t, done] = arguments; fetch(p, {method: m, body: JSON.stringify(b),"
+        " headers: {Authorization: 'Bearer ' + t, 'Content-Type': 'application/json'}})"
+        ".then(r => done(r.status))"
+    )
+    serve = "mkdir -p /srv && echo hello-preview > /srv/index.html && httpd -p 127.0.0.1:8000 -h /srv"
+    assert driver.execute_async_script(call, "POST", "/api/envs/web/exec", {"argv": ["sh", "-c", serve]}, token) == 200
+    assert driver.execute_async_script(call, "POST", "/api/envs/web/exposures", {"port": 8000}, token) == 200
+    by_id("refresh").click()
+    preview = '#envs tr[data-env="web"] td.previews button'
+    wait(lambda: [b.text for b in driver.find_elements(By.CSS_SELECTOR, preview)] == [":8000"], "a :8000 preview button")
+    main = driver.current_window_handle
+    driver.find_element(By.CSS_SELECTOR, preview).click()
+    wait(lambda: len(driver.window_handles) == 2, "a new tab")
+    driver.switch_to.window([h for h in driver.window_handles if h != main][0])
+    tab = lambda: driver.find_element(By.TAG_NAME, "body").text
+    try:
+        wait(lambda: "hello-preview" in tab(), "the env's page in the tab")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: the tab shows {tab()!r} at {driver.current_url}") from None
+    assert "/preview/" in driver.current_url and "sg_sig" not in driver.current_url, driver.current_url
+    driver.close()
+    driver.switch_to.window(main)
 
     step("save web as web-saved")
     Select(by_id("save-env")).select_by_value("web")

@@ -1,0 +1,348 @@
+//! Preview URLs end to end (as root): the real binary serving HTTPS, `spawngrid expose` and
+//! `unexpose`, servers inside a busybox env (`httpd`; a WebSocket echo made of `nc` and a
+//! shell script), and a raw HTTPS client (Python's, certificate unchecked) that shows
+//! statuses, headers and bytes as they are.
+
+mod common;
+
+use common::site::*;
+use std::process::Command;
+
+/// A WebSocket exchange: `python3 -c WS ADDR PATH HEADERS-JSON` does a handshake, reads the
+/// server's first frame (7 bytes), sends one masked text frame and reads as many bytes back,
+/// and prints `{"status", "accept", "first", "echo", "sent"}` (frames in hex).
+const WS: &str = r#"
+import json, socket, ssl, sys
+addr, path, headers = sys.argv[1:4]
+host, port = addr.rsplit(":", 1)
+ctx = ssl._create_unverified_context()
+s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=30))
+head = "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
+       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" % (path, addr)
+head += "".join("%s: %s\r\n" % kv for kv in json.loads(headers).items()) + "\r\n"
+s.sendall(head.encode())
+def exactly(n, have):
+    while len(have) < n:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        have += chunk
+    return have[:n], have[n:]
+buf = b""
+while b"\r\n\r\n" not in buf:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    buf += chunk
+resp, _, rest = buf.partition(b"\r\n\r\n")
+lines = resp.decode().split("\r\n")
+accept = [l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("sec-websocket-accept:")]
+first, rest = exactly(7, rest)
+mask = b"\x01\x02\x03\x04"
+payload = b"ping!"
+frame = b"\x81" + bytes([0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+s.sendall(frame)
+echo, _ = exactly(len(frame), rest)
+print(json.dumps({"status": int(lines[0].split()[1]), "accept": accept[0] if accept else "",
+                  "first": first.hex(), "echo": echo.hex(), "sent": frame.hex()}))
+"#;
+
+/// `GET path`, with the bearer `token` if given.
+fn get(site: &Site, path: &str, token: Option<&str>) -> Answer {
+    let headers = match token {
+        Some(t) => serde_json::json!({ "Authorization": format!("Bearer {t}") }),
+        None => serde_json::json!({}),
+    };
+    request(site, "GET", path, &headers.to_string())
+}
+
+/// `GET path` with cookie `cookie` (`NAME=VALUE`).
+fn with_cookie(site: &Site, path: &str, cookie: &str) -> Answer {
+    request(
+        site,
+        "GET",
+        path,
+        &serde_json::json!({ "Cookie": cookie }).to_string(),
+    )
+}
+
+/// The path and query of a URL the node printed (`https://HOST:PORT/PATH?QUERY`).
+fn path_of(url: &str) -> String {
+    let rest = url.strip_prefix("https://").unwrap();
+    rest[rest.find('/').unwrap()..].to_string()
+}
+
+/// Asserts `a` is a one-line refusal with `status` that contains `says`.
+fn refused(a: &Answer, status: u16, says: &str) {
+    assert_eq!(a.status, status, "{}", a.body);
+    assert!(a.body.starts_with("spawngrid: "), "{}", a.body);
+    assert_eq!(a.body.trim_end().lines().count(), 1, "{}", a.body);
+    assert!(a.body.contains(says), "{:?} not in {}", says, a.body);
+}
+
+/// alice's env `base` with busybox httpd on 127.0.0.1:8000 serving /srv (an index and a
+/// file below), logged in.
+fn serving(site: &Site) -> User<'_> {
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let (code, _, err) = alice.exec(
+        "base",
+        "mkdir -p /srv/sub && echo hello-from-the-env > /srv/index.html && \
+         printf 'deep\\n' > /srv/sub/file.txt && httpd -p 127.0.0.1:8000 -h /srv",
+    );
+    assert_eq!(code, 0, "{err}");
+    alice
+}
+
+/// A private preview: the owner's token gets the env's bytes (path below the prefix, query
+/// kept); no token, another user's, a bad link are refused in one line; a signed link sets a
+/// cookie that lets a browser in; it expires, and `--rotate` and `unexpose` revoke it. A
+/// port nothing listens on is a 502, and so is the node's own API port: a preview reaches
+/// the env's loopback, not the host's. `status` lists it; boom ends it.
+#[test]
+fn previews_serve_a_port_of_the_env_to_whom_its_owner_lets_in() {
+    let site = Site::new("preview");
+    site.start("127.0.0.1:0");
+    let alice = serving(&site);
+    let token = alice.token();
+    let r = alice.json("expose", &["base", "8000"]);
+    let url = r["exposure"]["url"].as_str().unwrap().to_string();
+    let id = r["exposure"]["id"].as_str().unwrap().to_string();
+    // The URL names the node as the client reached it, on the port it listens on.
+    assert_eq!(url, format!("https://{}/preview/{id}/", site.addr()));
+    assert_eq!(r["exposure"]["public"], false);
+    let link = path_of(r["link"].as_str().unwrap());
+    let base = path_of(&url);
+
+    // The node's own API port is not the env's: a preview reaches the env's loopback only;
+    // nothing listens there, so 502 in one line (so for any port nothing listens on).
+    alice.ok("expose", &["base", "8001"]);
+    let api_port = site.addr().rsplit_once(':').unwrap().1.to_string();
+    let r = alice.json("expose", &["base", &api_port]);
+    let to_api = path_of(r["exposure"]["url"].as_str().unwrap());
+    let a = get(&site, &format!("{to_api}api/openapi.json"), Some(&token));
+    refused(
+        &a,
+        502,
+        &format!("nothing answers on port {api_port} in env base"),
+    );
+    // The owner's token: the bytes of the env's server, the prefix stripped.
+    let a = get(&site, &base, Some(&token));
+    assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
+    let a = get(&site, &format!("{base}sub/file.txt?x=1"), Some(&token));
+    assert_eq!((a.status, a.body.as_str()), (200, "deep\n"));
+    // Without the slash: redirected to it (relative links need it).
+    let a = get(&site, base.trim_end_matches('/'), None);
+    assert_eq!(
+        (a.status, a.headers["location"].as_str()),
+        (308, Some(base.as_str()))
+    );
+
+    // Nobody else: no token, bob's token, a forged link.
+    refused(&get(&site, &base, None), 401, "is private");
+    let bob = site.user("bob");
+    bob.login();
+    refused(
+        &get(&site, &base, Some(&bob.token())),
+        403,
+        "belongs to another user",
+    );
+    let forged = format!("{base}?sg_exp=99999999999&sg_sig={}", "00".repeat(32));
+    refused(
+        &get(&site, &forged, None),
+        403,
+        "not valid (revoked or rotated)",
+    );
+
+    // The signed link: a cookie for this preview and a redirect without the signature; the
+    // cookie lets a browser in.
+    let a = get(&site, &link, None);
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(a.header("location"), base);
+    let set = a.header("set-cookie").to_string();
+    assert!(set.contains(&format!("Path=/preview/{id}/")), "{set}");
+    assert!(set.contains("HttpOnly; Secure"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let a = with_cookie(&site, &base, &cookie);
+    assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
+
+    // A short link expires (410); a rotation revokes links and cookies given out (403).
+    let short = alice.json("expose", &["base", "8000", "--ttl", "1s"]);
+    assert_eq!(short["exposure"]["id"].as_str(), Some(id.as_str()));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let short = path_of(short["link"].as_str().unwrap());
+    refused(&get(&site, &short, None), 410, "expired");
+    let fresh = alice.json("expose", &["base", "8000", "--rotate"]);
+    refused(&get(&site, &link, None), 403, "revoked or rotated");
+    refused(&with_cookie(&site, &base, &cookie), 403, "revoked");
+    let fresh = path_of(fresh["link"].as_str().unwrap());
+    assert_eq!(get(&site, &fresh, None).status, 303);
+
+    let status = alice.ok("status", &[]);
+    for port in ["8000", "8001", api_port.as_str()] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("base") && l.contains(port) && l.contains("private")),
+            "{port}: {status}"
+        );
+    }
+    assert!(status.contains(&url), "{status}");
+
+    // A public preview: anyone.
+    alice.ok("expose", &["base", "8000", "--public"]);
+    let a = get(&site, &base, None);
+    assert_eq!((a.status, a.body.as_str()), (200, "hello-from-the-env\n"));
+
+    // unexpose (by URL): the URL and its links are gone; by port; then nothing left to end.
+    let out = alice.ok("unexpose", &["base", &url]);
+    assert!(out.starts_with("unexposed base:8000"), "{out}");
+    refused(&get(&site, &base, Some(&token)), 404, "no preview");
+    refused(&get(&site, &fresh, None), 404, "no preview");
+    alice.ok("unexpose", &["base", "8001"]);
+    let err = alice.refused("unexpose", &["base", "8001"]);
+    assert!(
+        err.contains("port 8001 of env base is not exposed"),
+        "{err}"
+    );
+    let err = bob.refused("expose", &["base", "8000"]);
+    assert!(err.contains("base"), "{err}");
+
+    // Boom ends the env's exposures with it.
+    alice.ok("boom", &["base"]);
+    refused(&get(&site, &to_api, Some(&token)), 404, "no preview");
+}
+
+/// Starts `script` (a request handler on stdin and stdout) in alice's env `base` as a
+/// server on `port`, for every connection (`nc -ll -e`).
+fn serve_script(alice: &User<'_>, port: u16, script: &str) {
+    let setup = format!(
+        "cat > /srv/{port}.sh <<'EOF'\n{script}EOF\nchmod +x /srv/{port}.sh && \
+         nc -ll -p {port} -e /srv/{port}.sh </dev/null >/dev/null 2>&1 &"
+    );
+    let (code, _, err) = alice.exec("base", &setup);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// What reaches the app: the path below the prefix and the query without the link's
+/// signature, `Host: localhost:PORT` (dev servers check it) and the forwarded headers; never
+/// the owner's token nor the preview's cookie (the app's own cookies do go). The app's
+/// answer cannot widen a service worker's scope nor set a preview cookie.
+#[test]
+fn the_app_gets_the_request_without_the_owners_credentials() {
+    let site = Site::new("preview-head");
+    site.start("127.0.0.1:0");
+    let alice = serving(&site);
+    // Answers every request with its head.
+    let echo = r#"#!/bin/sh
+cr=$(printf '\r')
+head=""
+while IFS= read -r line; do
+  case "$line" in "$cr"|"") break ;; esac
+  head="$head$line
+"
+done
+printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nService-Worker-Allowed: /\r\nSet-Cookie: sg_preview_0=1; Path=/\r\nX-App: 1\r\n\r\n%s' "$head"
+"#;
+    serve_script(&alice, 9002, echo);
+    let r = alice.json("expose", &["base", "9002"]);
+    let id = r["exposure"]["id"].as_str().unwrap();
+    let base = path_of(r["exposure"]["url"].as_str().unwrap());
+    let link = path_of(r["link"].as_str().unwrap());
+    // A link to a deeper page keeps the app's query, without the signature.
+    let (_, signature) = link.split_once('?').unwrap();
+    let a = get(
+        &site,
+        &format!("{base}deep/page?a=1&{signature}&b=%20"),
+        None,
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(a.header("location"), format!("{base}deep/page?a=1&b=%20"));
+    let cookie = a
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let headers = serde_json::json!({
+        "Authorization": format!("Bearer {}", alice.token()),
+        "Cookie": format!("app=1; {cookie}"),
+    });
+    let a = request(
+        &site,
+        "GET",
+        &format!("{base}deep/page?a=1&b=%20"),
+        &headers.to_string(),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let head: Vec<String> = a
+        .body
+        .lines()
+        .map(|l| l.trim_end().to_lowercase())
+        .collect();
+    assert_eq!(head[0], "get /deep/page?a=1&b=%20 http/1.1", "{head:?}");
+    for want in [
+        "host: localhost:9002".to_string(),
+        format!("x-forwarded-prefix: /preview/{id}"),
+        "x-forwarded-proto: https".to_string(),
+        format!("x-forwarded-host: {}", site.addr()),
+        "cookie: app=1".to_string(),
+    ] {
+        assert!(head.contains(&want), "{want:?} not in {head:?}");
+    }
+    // The app's own headers come back; what would reach beyond its preview does not.
+    assert_eq!(a.header("x-app"), "1");
+    assert_eq!(a.header("service-worker-allowed"), "");
+    assert_eq!(a.header("set-cookie"), "");
+    let leaked = head
+        .iter()
+        .any(|l| l.starts_with("authorization") || l.contains("sg_preview"));
+    assert!(!leaked, "credentials reached the app: {head:?}");
+}
+
+/// A dev server's hot-reload socket: a WebSocket handshake through the preview reaches the
+/// server in the env (its `101` and accept key come back), and frames go both ways as they
+/// are.
+#[test]
+fn websockets_pass_through_a_preview() {
+    let site = Site::new("preview-ws");
+    site.start("127.0.0.1:0");
+    let alice = serving(&site);
+    // A one-connection WebSocket server: reads the request head, answers 101 with the RFC
+    // 6455 sample key's accept, sends a text frame "hello", then echoes what comes.
+    let script = r#"#!/bin/sh
+cr=$(printf '\r')
+while IFS= read -r line; do
+  case "$line" in "$cr"|"") break ;; esac
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n'
+printf '\201\005hello'
+exec cat
+"#;
+    serve_script(&alice, 9001, script);
+    let r = alice.json("expose", &["base", "9001"]);
+    let path = format!("{}hmr", path_of(r["exposure"]["url"].as_str().unwrap()));
+    let auth = format!("Bearer {}", alice.token());
+    let out = run(
+        Command::new("python3").args([
+            "-c",
+            WS,
+            &site.addr(),
+            &path,
+            &serde_json::json!({ "Authorization": auth }).to_string(),
+        ]),
+        None,
+    );
+    assert!(out.status.success(), "ws client: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 101, "{v}");
+    assert_eq!(v["accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_eq!(v["first"], hex(b"\x81\x05hello"));
+    assert_eq!(v["echo"], v["sent"]);
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -103,9 +103,10 @@ def checked(status, body, want=200):
 class Node:
     """A spawngrid node on a fresh tmpfs with user bench and env `base`."""
 
-    def __init__(self, sg, mnt):
+    def __init__(self, sg, mnt, extra_config=""):
         self.sg, self.mnt, self.proc = sg, mnt, None
         self.data = os.path.join(mnt, "data")
+        self.extra_config = extra_config
 
     def start(self):
         sg, mnt = self.sg, self.mnt
@@ -116,7 +117,7 @@ class Node:
                        input=PASSWORD + "\n", text=True, check=True, capture_output=True)
         cfg = os.path.join(mnt, "node.toml")
         with open(cfg, "w") as f:
-            f.write('default_mem = "64M"\n')
+            f.write('default_mem = "64M"\n' + self.extra_config)
         self.proc = subprocess.Popen(
             [sg, "serve", "--config", cfg, "--data", self.data, "--listen", "127.0.0.1:0",
              "--ssh-listen", "127.0.0.1:0"],

@@ -274,20 +274,24 @@ impl Library {
     /// is asked of the coordinator; if it cannot say, what it said last is used (a reader
     /// goes on; a writer calls [`Library::refresh`], which fails instead).
     pub fn reload_index(&self) -> Result<()> {
-        let condemned = match self.coordinator.condemned() {
+        let (condemned, packs) = rayon::join(|| self.coordinator.condemned(), || self.read_packs());
+        let condemned = match condemned {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("reading what gc condemned: {e}; using what was read before");
                 self.index.read().expect("index lock").condemned.clone()
             }
         };
-        self.load_index(condemned)
+        self.install_index(condemned, packs?);
+        Ok(())
     }
 
     /// Re-reads what gc condemned, then the packs and their indexes; forgets the packs written
     /// so far ([`Library::written_packs`]). Taking a lease does this.
     pub fn refresh(&self) -> Result<()> {
-        self.load_index(self.coordinator.condemned()?)?;
+        // Both at once: one waits on the catalog, the other on the backend.
+        let (condemned, packs) = rayon::join(|| self.coordinator.condemned(), || self.read_packs());
+        self.install_index(condemned?, packs?);
         self.written.lock().expect("written lock").clear();
         Ok(())
     }
@@ -308,24 +312,34 @@ impl Library {
 
     /// Loads the index from a listing of the packs, with `condemned` the packs gc condemned.
     pub(crate) fn load_index(&self, condemned: HashSet<Score>) -> Result<()> {
+        self.install_index(condemned, self.read_packs()?);
+        Ok(())
+    }
+
+    /// Every listed pack with its size and index (from its trailer).
+    fn read_packs(&self) -> Result<Vec<(Score, u64, Vec<PackEntry>)>> {
         let packs = self.backend.list(PACKS)?;
-        let loaded: Vec<(Score, u64, Vec<PackEntry>)> = packs
+        packs
             .par_iter()
             .filter_map(|(key, size)| {
                 let name = key.rsplit('/').next()?.parse::<Score>().ok()?;
                 Some((name, *size))
             })
             .map(|(name, size)| Ok((name, size, self.read_pack_index(&name, size)?)))
-            .collect::<Result<_>>()?;
+            .collect()
+    }
+
+    /// Makes `packs` ([`Library::read_packs`]) the index, with `condemned` the packs gc
+    /// condemned.
+    fn install_index(&self, condemned: HashSet<Score>, packs: Vec<(Score, u64, Vec<PackEntry>)>) {
         let mut idx = Index {
             condemned,
             ..Index::default()
         };
-        for (name, size, entries) in loaded {
+        for (name, size, entries) in packs {
             idx.add(name, size, &entries, false);
         }
         *self.index.write().expect("index lock") = idx;
-        Ok(())
     }
 
     fn read_pack_index(&self, name: &Score, size: u64) -> Result<Vec<PackEntry>> {

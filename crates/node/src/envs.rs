@@ -217,17 +217,29 @@ pub fn spawn_admitted(
     user: &str,
     opts: &SpawnOptions,
 ) -> Result<anyhow::Result<EnvState>, Error> {
-    let admitted = node.admission.lock().unwrap_or_else(|e| e.into_inner());
-    make_room(node, user, opts.limits.memory)?;
-    let result = runtime::spawn::spawn(&node.rt, opts);
-    drop(admitted);
-    Ok(result)
+    let held = node.admission.lock();
+    make_room(node, user, opts.limits.memory, &held)?;
+    let pending = crate::admission::Pending {
+        id: opts.name.clone(),
+        owner: user.to_string(),
+        mem: opts.limits.memory,
+        snapshot: opts.snapshot,
+    };
+    // Made outside the lock: other spawns are decided and made meanwhile.
+    let _ticket = node.admission.admit(held, pending);
+    Ok(runtime::spawn::spawn(&node.rt, opts))
 }
 
 /// Admits one more env of `user` reserving `mem` bytes, evicting envs if the capacity
 /// policy says so (each evicted owner gets a notice), or refuses with 503. An invite's
-/// temporary env counts as its inviter's.
-fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), Error> {
+/// temporary env counts as its inviter's; spawns admitted and still being made (`pending`)
+/// count too.
+fn make_room(
+    node: &Node,
+    user: &str,
+    mem: u64,
+    pending: &[crate::admission::Pending],
+) -> Result<(), Error> {
     let envs = runtime::state::list(&node.rt)?;
     let usage: Vec<Usage> = envs
         .iter()
@@ -246,6 +258,7 @@ fn make_room(node: &Node, user: &str, mem: u64) -> Result<(), Error> {
             }
         })
         .collect();
+    let usage = crate::admission::with_pending(usage, pending);
     match capacity::decide(&node.limits, &usage, user, mem) {
         Decision::Full(why) => Err(Error::new(Kind::Unavailable, why)),
         Decision::OverLimit(why) => Err(Error::conflict(why)),

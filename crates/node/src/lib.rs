@@ -19,6 +19,7 @@
 //! - [`lineage`]: a name's ancestry (`GET /api/log`).
 //! - [`capacity`]: limits on envs and memory, refusal or eviction when the node is full.
 //! - [`quota`]: names and library bytes per user, checked by every save.
+//! - [`admission`]: spawns admitted and still being made (counted, their mounts kept).
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
 //! - [`registry`]: the grid's node registry (register, heartbeat, where a node is).
@@ -31,6 +32,7 @@
 //! - [`bridge`]: bytes between fds and async streams (terminal sessions of SSH and `cpu`).
 //! - [`ui`]: the web UI's page and files (`/`, `/ui/...`; embedded by the `web` crate).
 
+pub mod admission;
 pub mod auth;
 pub mod bridge;
 pub mod capacity;
@@ -87,9 +89,9 @@ pub struct Node {
     pub limits: capacity::Limits,
     /// Sessions in progress and last activity of each env.
     pub activity: Arc<capacity::Activity>,
-    /// Held while a spawn decides and makes room, so two spawns cannot both take the last slot
-    /// (and while idle snapshot mounts are swept, so none goes under a spawn).
-    pub admission: std::sync::Mutex<()>,
+    /// Locked while a spawn decides and makes room, so two spawns cannot both take the last
+    /// slot (and while idle snapshot mounts are swept); holds the spawns being made.
+    pub admission: admission::Admission,
     /// When each snapshot mount was last asked for or seen in use.
     pub mount_uses: snapshots::MountUses,
     /// Counters and histograms for `/metrics`.
@@ -121,7 +123,7 @@ impl Node {
             sizes,
             limits,
             activity: Arc::default(),
-            admission: std::sync::Mutex::new(()),
+            admission: admission::Admission::default(),
             mount_uses: snapshots::MountUses::default(),
             metrics: metrics::Metrics::default(),
             execs: Arc::default(),

@@ -172,9 +172,10 @@ pub fn unmount_unused(rt: &Runtime, score: Score) -> Result<()> {
     }
 }
 
-/// When each snapshot's mount was last asked for (by a spawn) or seen in use (by a sweep).
+/// When each snapshot's mount was last asked for (by a spawn) or seen in use (by a sweep);
+/// and a lock that makes concurrent spawns of a snapshot not mounted yet mount it once.
 #[derive(Default)]
-pub struct MountUses(Mutex<HashMap<Score, Instant>>);
+pub struct MountUses(Mutex<HashMap<Score, Instant>>, Mutex<()>);
 
 impl MountUses {
     fn touch(&self, score: Score) {
@@ -187,19 +188,22 @@ impl MountUses {
 /// while the env is being made.
 pub fn mount_for(node: &Node, score: Score) -> Result<PathBuf> {
     node.mount_uses.touch(score);
+    let _one_at_a_time = node.mount_uses.1.lock().unwrap_or_else(|e| e.into_inner());
     mount(&node.rt, score)
 }
 
 /// Unmounts the node's snapshot mounts that no env has used for `mount_idle_secs` (a mount
 /// first seen unused starts its clock then, so a restarted node waits the whole time too).
-/// Runs under the admission lock; an unmount that finds the mount busy leaves it.
+/// Runs under the admission lock; the mounts of envs and of spawns being made are in use. An
+/// unmount that finds the mount busy leaves it.
 pub fn sweep_mounts(node: &Node) -> Result<()> {
     let idle = Duration::from_secs(node.config.mount_idle_secs);
-    let _admitted = node.admission.lock().unwrap_or_else(|e| e.into_inner());
-    let live: HashSet<Score> = runtime::state::list(&node.rt)?
+    let pending = node.admission.lock();
+    let mut live: HashSet<Score> = runtime::state::list(&node.rt)?
         .iter()
         .filter_map(|st| st.snapshot.as_deref()?.parse().ok())
         .collect();
+    live.extend(pending.iter().filter_map(|p| p.snapshot));
     let registry = snapfs::mount::Registry::new(&node.rt.data);
     let now = Instant::now();
     let mut uses = node.mount_uses.0.lock().unwrap_or_else(|e| e.into_inner());

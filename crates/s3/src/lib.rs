@@ -97,7 +97,10 @@ impl S3Backend {
         let client = ClientOptions::new()
             .with_timeout(options.request_timeout + Duration::from_secs(5))
             .with_connect_timeout(options.connect_timeout)
-            .with_allow_http(resolved.http);
+            .with_allow_http(resolved.http)
+            // Plain HTTP needs no trust roots: loading the system's costs every process that
+            // opens the library milliseconds (it reads and parses each file in /etc/ssl/certs).
+            .with_no_system_certificates(resolved.http);
         // Retries are ours (whole operations, one budget); object_store's are turned off.
         let no_retries = RetryConfig {
             max_retries: 0,

@@ -55,7 +55,7 @@ pub fn serve(
         Connection::Adopt(..) => Journal::adopt(&opts.journal)?,
     };
     let fs = SnapFs::new(
-        lib,
+        lib.clone(),
         snap.root.clone(),
         cache.clone(),
         FsOptions {
@@ -80,5 +80,6 @@ pub fn serve(
     };
     cache.start_scan();
     ready(offer, start.elapsed());
+    crate::warm::start(lib, snap.root.clone(), cache);
     session.run()
 }

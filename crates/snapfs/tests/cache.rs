@@ -133,3 +133,83 @@ fn corrupt_cache_file_is_detected_after_restart_and_fetched_again() {
         m.log()
     );
 }
+
+/// A new mount fetches the loader, its cache, libc and the shell into the file cache before
+/// anything opens them (symlinks followed inside the snapshot: `lib64` → `usr/lib64`, then an
+/// absolute link to `/lib/...` → `usr/lib`), with the bytes the rootfs has.
+#[test]
+fn a_new_mount_fetches_the_first_command_files_ahead() {
+    let Some((root, tmp, data)) = base_library() else {
+        return;
+    };
+    let backend = library::LocalBackend::open(data.join("library")).unwrap();
+    let lib = std::sync::Arc::new(library::Library::open(std::sync::Arc::new(backend)).unwrap());
+    let score = catalog::Catalog::open(data.join("catalog.db"))
+        .unwrap()
+        .resolve("admin", "base")
+        .unwrap();
+    let snap_root = lib.snapshot(&score).unwrap().root;
+    let nodes = snapfs::nodes::Nodes::new(lib, snap_root);
+    // Where each file is in the rootfs itself (its symlinks resolved by hand).
+    let expected = [
+        ("etc/ld.so.cache", "etc/ld.so.cache"),
+        (
+            "lib64/ld-linux-x86-64.so.2",
+            "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ),
+        (
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+        ),
+        ("bin/sh", "usr/bin/dash"),
+    ];
+    let mut scores = Vec::new();
+    for (path, real) in expected {
+        assert!(snapfs::warm::FIRST_FILES.contains(&path), "{path}");
+        let node = snapfs::warm::resolve(&nodes, path).unwrap_or_else(|| panic!("{path}"));
+        let library::Content::File { data: fd, size } = &node.entry.content else {
+            panic!("{path} is not a regular file");
+        };
+        assert_eq!(
+            *size,
+            std::fs::metadata(root.join(real)).unwrap().len(),
+            "{path}"
+        );
+        let (library::FileData::Blob(s) | library::FileData::Chunks(s)) = fd else {
+            panic!("{path} is empty");
+        };
+        scores.push((path, real, *s));
+    }
+    assert!(snapfs::warm::resolve(&nodes, "no/such/file").is_none());
+
+    let cache = tmp.path().join("cache");
+    let m = Mounted::new(
+        &data,
+        "base",
+        &tmp.path().join("mnt"),
+        &["--cache", cache.to_str().unwrap()],
+    );
+    for (path, real, s) in scores {
+        let hex = s.to_hex();
+        let file = cache.join("files").join(&hex[..2]).join(&hex);
+        eventually(path, || file.exists());
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            std::fs::read(root.join(real)).unwrap(),
+            "{path}"
+        );
+    }
+    drop(m);
+}
+
+/// Waits (up to a minute, polling) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never came into the cache"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

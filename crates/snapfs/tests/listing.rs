@@ -88,6 +88,19 @@ fn uid_offset_shifts_every_owner_and_errors_leave_nothing_mounted() {
         snapfs::mount::state(&other),
         snapfs::mount::State::NotMounted
     );
+    // A score the library does not hold (only the server opens the library): one line
+    // naming it, non-zero exit, nothing mounted, no keeper left.
+    let missing = "ab".repeat(32);
+    let out = lib(&data, &["mount", &missing, other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&missing[..12]), "{err}");
+    assert_eq!(
+        snapfs::mount::state(&other),
+        snapfs::mount::State::NotMounted
+    );
+    assert!(snapfs::mount::Registry::new(&data).get(&other).is_none());
     let out = lib(&data, &["umount", other.to_str().unwrap()]);
     assert!(!out.status.success());
 }

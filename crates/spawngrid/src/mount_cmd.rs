@@ -94,14 +94,12 @@ pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
     if a.keep {
         return keep_mount(data, owner, &a, &dir, &cache_dir);
     }
-    let lib = Arc::new(store.library()?);
+    // The library is opened by the server only (each open lists the packs and reads what gc
+    // condemned); a snapshot it cannot read makes the keeper fail with the server's error.
     let score = match a.name.parse::<Score>() {
         Ok(s) => s,
         Err(_) => store.catalog()?.resolve(owner, &a.name)?,
     };
-    let snap = lib
-        .snapshot(&score)
-        .with_context(|| format!("reading snapshot {}", a.name))?;
     let registry = Registry::new(data);
     match mount::state(&dir) {
         State::Live => {
@@ -135,7 +133,6 @@ pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
     if !dir.is_dir() {
         bail!("mount point {} is not a directory", dir.display());
     }
-    drop(snap);
     let mut keeper = spawngrid_mount(
         &runtime::helper::self_exe(),
         data,
@@ -292,6 +289,8 @@ fn spawn_keeper(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
+    // What this keeper and its server write starts here (the log is appended to).
+    let logged_before = log.metadata().map_or(0, |m| m.len());
     let start = Instant::now();
     let mut child = keeper
         .env(
@@ -307,9 +306,10 @@ fn spawn_keeper(
     let deadline = start + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait()? {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = text.lines().last().unwrap_or("no output").to_string();
-            bail!("mount keeper exited ({status}): {last}");
+            bail!(
+                "mount keeper exited ({status}): {}",
+                first_error(&log_path, logged_before)
+            );
         }
         let rec = registry.get(dir).filter(|r| r.pid == child.id());
         if let Some(r) = rec.filter(|_| mount::state(dir) == State::Live) {
@@ -335,6 +335,19 @@ fn spawn_keeper(
         }
         std::thread::sleep(Duration::from_micros(500));
     }
+}
+
+/// The first error line logged at or after byte `from` of the log at `path`: the cause (a
+/// server that could not start logs why before its keeper says that it failed).
+fn first_error(path: &Path, from: u64) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let ours = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+    let lines: Vec<&str> = ours.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines
+        .iter()
+        .find(|l| l.starts_with("spawngrid: "))
+        .or(lines.last())
+        .map_or_else(|| "no output".to_string(), |l| l.to_string())
 }
 
 /// Runs `lib umount`.

@@ -95,6 +95,59 @@ fn refusals_name_the_limit_and_change_nothing() {
     bob.ok("boom", &["two"]);
 }
 
+/// Spawns are made in parallel, but admitted one at a time: a burst of eight on a node with
+/// room for three makes exactly three envs (each runs a command), refuses five with the
+/// node-full line, and leaves nothing of the refused ones.
+#[test]
+fn a_burst_of_spawns_never_takes_more_than_the_free_slots() {
+    let site = Site::new("cap-burst");
+    let config = site.config("default_mem = \"64M\"\n[capacity]\nmax_envs = 3\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    alice.login();
+    let addr = site.addr();
+    let outs: Vec<(String, std::process::Output)> = std::thread::scope(|s| {
+        let (client, addr) = (&alice.client, &addr);
+        let spawns: Vec<_> = (0..8)
+            .map(|i| {
+                s.spawn(move || {
+                    let env = format!("b{i}");
+                    let out = client.sg_at(addr, "spawn", &["base", "--as", &env], None);
+                    (env, out)
+                })
+            })
+            .collect();
+        spawns.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let made: Vec<&str> = outs
+        .iter()
+        .filter(|(_, o)| o.status.success())
+        .map(|(env, _)| env.as_str())
+        .collect();
+    assert_eq!(made.len(), 3, "{outs:?}");
+    for (_, o) in outs.iter().filter(|(_, o)| !o.status.success()) {
+        let err = text(&o.stderr);
+        assert!(err.contains("node full: 3 envs of at most 3"), "{err}");
+    }
+    let mut listed: Vec<String> = alice
+        .json("status", &[])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["env"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = made.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    for env in &made {
+        assert_eq!(alice.exec(env, "hostname").1, format!("{env}\n"));
+        alice.ok("boom", &[env]);
+    }
+    let envs = std::fs::read_dir(site.data().join("envs")).unwrap().count();
+    assert_eq!(envs, 0, "refused spawns left env directories");
+}
+
 /// A snapshot's mount stays while an env uses it, goes once none has for `mount_idle_secs`
 /// (its keeper and server with it), and comes back with the next spawn.
 #[test]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod forward;
 pub mod keys;
 pub mod netns;
+pub mod quickack;
 pub mod session;
 
 use crate::Node;
@@ -110,7 +111,7 @@ pub async fn serve(
             let deadline = tokio::time::sleep(LOGIN_TIMEOUT);
             tokio::pin!(deadline);
             let session = tokio::select! {
-                s = russh::server::run_stream(config, tcp, conn) => match s {
+                s = russh::server::run_stream(config, quickack::QuickAck::new(tcp), conn) => match s {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::debug!(%peer, "ssh handshake: {e}");

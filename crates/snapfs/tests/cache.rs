@@ -142,13 +142,7 @@ fn a_new_mount_fetches_the_first_command_files_ahead() {
     let Some((root, tmp, data)) = base_library() else {
         return;
     };
-    let backend = library::LocalBackend::open(data.join("library")).unwrap();
-    let lib = std::sync::Arc::new(library::Library::open(std::sync::Arc::new(backend)).unwrap());
-    let score = catalog::Catalog::open(data.join("catalog.db"))
-        .unwrap()
-        .resolve("admin", "base")
-        .unwrap();
-    let snap_root = lib.snapshot(&score).unwrap().root;
+    let (lib, snap_root) = opened(&data, "base");
     let nodes = snapfs::nodes::Nodes::new(lib, snap_root);
     // Where each file is in the rootfs itself (its symlinks resolved by hand).
     let expected = [

@@ -112,14 +112,8 @@ fn node_ids_resolve_from_the_snapshot_alone() {
     let root = base_rootfs();
     let tmp = scratch();
     let data = data_with(tmp.path(), "base", &root);
-    let backend = library::LocalBackend::open(data.join("library")).unwrap();
-    let lib = std::sync::Arc::new(library::Library::open(std::sync::Arc::new(backend)).unwrap());
-    let score = catalog::Catalog::open(data.join("catalog.db"))
-        .unwrap()
-        .resolve("admin", "base")
-        .unwrap();
-    let snap = lib.snapshot(&score).unwrap();
-    let walker = snapfs::nodes::Nodes::new(lib.clone(), snap.root.clone());
+    let (lib, snap_root) = opened(&data, "base");
+    let walker = snapfs::nodes::Nodes::new(lib.clone(), snap_root.clone());
     let mut seen = Vec::new();
     let mut stack = vec![walker.root().clone()];
     while let Some(n) = stack.pop() {
@@ -132,7 +126,7 @@ fn node_ids_resolve_from_the_snapshot_alone() {
         }
     }
     assert_eq!(seen.len() as u64 + 1, walker.count());
-    let fresh = snapfs::nodes::Nodes::new(lib, snap.root);
+    let fresh = snapfs::nodes::Nodes::new(lib, snap_root);
     for (id, name) in &seen {
         if id & snapfs::nodes::LINK_BIT != 0 {
             continue; // hardlink groups are known once handed out (see nodes.rs)

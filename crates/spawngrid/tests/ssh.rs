@@ -309,32 +309,14 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
     assert_eq!(text(&out.stdout), format!("{name}\r\n1000\r\n"));
 
     // A registered public key logs in; an unregistered one does not.
-    let keygen = |name: &str, kind: &str| {
-        let path = site.scratch.join(name);
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", kind, "-N", "", "-C", name, "-f"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        path
-    };
-    let (mine, rsa) = (keygen("mine", "ed25519"), keygen("mine-rsa", "rsa"));
-    let other = keygen("other", "ed25519");
+    let dir = site.scratch.path();
+    let (mine, rsa) = (
+        keygen(dir, "mine", "ed25519"),
+        keygen(dir, "mine-rsa", "rsa"),
+    );
+    let other = keygen(dir, "other", "ed25519");
     for key in [&mine, &rsa] {
-        let pubkey = format!("{}.pub", key.display());
-        site.admin(
-            &[
-                "user",
-                "--data",
-                site.data_str(),
-                "key",
-                &name,
-                "add",
-                &pubkey,
-            ],
-            None,
-        );
+        add_key(&site, &name, key);
         let out = run(&mut ssh.with_key(key, &[&target, "--", "whoami"]), None);
         assert_eq!(
             text(&out.stdout),
@@ -534,26 +516,8 @@ fn repeated_bad_passwords_lock_the_user_and_the_address() {
     assert!(log.contains("ssh login refused: locked"), "{log}");
     assert!(!log.contains(&password(&bob)));
     // alice's key still logs her in: failed passwords never lock anyone out of their keys.
-    let key = site.scratch.join("alice-key");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let pubkey = format!("{}.pub", key.display());
-    site.admin(
-        &[
-            "user",
-            "--data",
-            site.data_str(),
-            "key",
-            &alice.name,
-            "add",
-            &pubkey,
-        ],
-        None,
-    );
+    let key = keygen(site.scratch.path(), "alice-key", "ed25519");
+    add_key(&site, &alice.name, &key);
     let target = format!("{}@127.0.0.1", login(&alice, "base"));
     let out = run(&mut ssh.with_key(&key, &[&target, "--", "echo in"]), None);
     assert_eq!(text(&out.stdout), "in\n", "{}", text(&out.stderr));

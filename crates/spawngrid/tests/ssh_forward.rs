@@ -258,23 +258,7 @@ fn agent_forwarding_answers_inside_the_env() {
     let dir = site.scratch.join("agent");
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("agent.sock");
-    let key = dir.join("id_ed25519");
-    let keygen = run(
-        Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "alice-agent-key",
-                "-f",
-            ])
-            .arg(&key),
-        None,
-    );
-    assert!(keygen.status.success());
+    let key = keygen(&dir, "alice-agent-key", "ed25519");
     let mut agent = Command::new("ssh-agent")
         .args(["-D", "-a"])
         .arg(&sock)

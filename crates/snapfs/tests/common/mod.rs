@@ -97,6 +97,18 @@ pub fn base_library() -> Option<(PathBuf, tempfile::TempDir, PathBuf)> {
     Some((root, tmp, data))
 }
 
+/// The library of data directory `data` and the root tree of admin's `name` in it.
+pub fn opened(data: &Path, name: &str) -> (std::sync::Arc<library::Library>, library::Entry) {
+    let backend = library::LocalBackend::open(data.join("library")).unwrap();
+    let lib = std::sync::Arc::new(library::Library::open(std::sync::Arc::new(backend)).unwrap());
+    let score = catalog::Catalog::open(data.join("catalog.db"))
+        .unwrap()
+        .resolve("admin", name)
+        .unwrap();
+    let root = lib.snapshot(&score).unwrap().root;
+    (lib, root)
+}
+
 /// An overlay with `lower` as its lower layer and a 100 MiB tmpfs for its upper, under `dir`;
 /// both mounts go when it is dropped.
 pub struct Overlay {

@@ -96,6 +96,35 @@ impl SshClient {
     }
 }
 
+/// `ssh-keygen -t KIND` without a passphrase into `dir/name` (the public key beside it, `.pub`).
+pub fn keygen(dir: &std::path::Path, name: &str, kind: &str) -> PathBuf {
+    let path = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen -t {kind}");
+    path
+}
+
+/// Registers the public key of `key` (made by [`keygen`]) for `user` (offline, as root).
+pub fn add_key(site: &Site, user: &str, key: &std::path::Path) {
+    let pubkey = format!("{}.pub", key.display());
+    site.admin(
+        &[
+            "user",
+            "--data",
+            site.data_str(),
+            "key",
+            user,
+            "add",
+            &pubkey,
+        ],
+        None,
+    );
+}
+
 /// alice's login for her env `env`.
 pub fn login(user: &User, env: &str) -> String {
     format!("{env}+{}", user.name)

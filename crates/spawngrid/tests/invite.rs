@@ -308,15 +308,10 @@ fn shares_lend_a_name_until_unshared() {
     assert!(alice.ok("unshare", &["lent", b]).contains("was not shared"));
 }
 
-/// `ssh-keygen -t ed25519` into `dir/name`: (public key file, `ssh-keygen -lf` fingerprint).
+/// An ed25519 key in `dir/name` ([`common::ssh::keygen`]): (public key file, its
+/// `ssh-keygen -lf` fingerprint).
 fn keygen(dir: &std::path::Path, name: &str) -> (String, String) {
-    let path = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let path = common::ssh::keygen(dir, name, "ed25519");
     let pubkey = format!("{}.pub", path.display());
     let out = Command::new("ssh-keygen")
         .args(["-lf", &pubkey])

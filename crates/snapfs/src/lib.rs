@@ -8,7 +8,6 @@
 //! - [`journal`]: the backing ids a server registered, kept for its successor;
 //! - [`adopt`]: a new server taking over a live FUSE connection;
 //! - [`serve`]: the server process of one mount;
-//! - [`warm`]: the loader, libc and shell fetched ahead when a mount goes live;
 //! - [`keeper`]: the process that makes a mount, holds its connection and restarts its server;
 //! - [`mount`]: the per-mount registry under `DATA/mounts/`, mount states, and unmounting.
 //!
@@ -23,7 +22,6 @@ pub mod keeper;
 pub mod mount;
 pub mod nodes;
 pub mod serve;
-pub mod warm;
 
 pub use cache::Cache;
 pub use fs::{FsOptions, SnapFs};

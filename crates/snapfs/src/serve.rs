@@ -80,6 +80,5 @@ pub fn serve(
     };
     cache.start_scan();
     ready(offer, start.elapsed());
-    crate::warm::start(lib, snap.root.clone(), cache);
     session.run()
 }

@@ -15,6 +15,7 @@
 //!
 //! The on-disk format is specified in `docs/architecture.md` and versioned by [`config::VERSION`].
 
+pub mod atomic;
 pub mod backend;
 pub mod build;
 mod codec;

@@ -49,12 +49,10 @@ fn file(node: &Node, id: &str) -> Result<PathBuf> {
     Ok(node.rt.env_dir(id)?.join("lifetime.json"))
 }
 
-/// Writes env `id`'s lifetime (atomically: temporary file, then rename).
+/// Writes env `id`'s lifetime (whole: [`library::atomic::replace`]).
 pub fn record(node: &Node, id: &str, lifetime: &Lifetime) -> Result<()> {
     let path = file(node, id)?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(lifetime)?)
-        .and_then(|_| std::fs::rename(&tmp, &path))
+    library::atomic::replace(&path, &serde_json::to_vec(lifetime)?)
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -82,13 +82,11 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(named)?;
         }
-        let tmp = path.with_extension("ids.tmp");
         let mut buf = Vec::with_capacity(live.len() * RECORD);
         for (&node, &id) in &live {
             buf.extend_from_slice(&record(node, id, true));
         }
-        std::fs::write(&tmp, &buf).map_err(named)?;
-        std::fs::rename(&tmp, path).map_err(named)?;
+        library::atomic::replace(path, &buf).map_err(named)?;
         let file = OpenOptions::new().append(true).open(path).map_err(named)?;
         Ok(Journal {
             path: path.to_path_buf(),

@@ -103,13 +103,11 @@ impl Registry {
             .collect()
     }
 
-    /// Writes a record (temp file + rename).
+    /// Writes a record (whole: [`library::atomic::replace`]).
     pub fn put(&self, rec: &Record) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.record_path(&rec.dir);
-        let tmp = path.with_extension(format!("json.{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("record json"))?;
-        std::fs::rename(tmp, path)
+        library::atomic::replace(&path, &serde_json::to_vec_pretty(rec).expect("record json"))
     }
 
     /// Removes a mount point's record if it still names `pid` (or unconditionally if `None`).

@@ -301,6 +301,38 @@ fn cp_trees_in_and_out_and_errors() {
     assert!(err.contains("you have no env files"), "{err}");
     let err = bob.refused("cp", &[&path(&file), "files:/root"]);
     assert!(err.contains("you have no env files"), "{err}");
+    // A refusal comes before the body (`Expect: 100-continue`): stdin, a pipe left open and
+    // never written, is not waited for.
+    let mut waiting = Command::new(common::bin())
+        .args([
+            "cp",
+            "-h",
+            &site.addr(),
+            "-u",
+            &bob.name,
+            "-",
+            "files:/root",
+        ])
+        .env("HOME", &bob.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let open_stdin = waiting.stdin.take();
+    let refused = eventually(|| matches!(waiting.try_wait(), Ok(Some(_))));
+    if !refused {
+        let _ = waiting.kill();
+    }
+    let out = waiting.wait_with_output().unwrap();
+    drop(open_stdin);
+    assert!(refused, "cp waited for stdin before the node's refusal");
+    assert!(!out.status.success(), "a refused upload exited 0");
+    assert!(
+        text(&out.stderr).contains("you have no env files"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!work.join("x").exists());
 
     // Hostile archives: refused, and nothing outside the destination changes in the env.

@@ -15,14 +15,10 @@ use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
-
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `spawngrid cpu`.
 #[derive(Args)]
@@ -72,18 +68,8 @@ async fn connect(
     host: &str,
     token: &str,
     path: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-> {
-    let tls = http::PinnedTls::new(host)?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(host))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to {host} timed out"))?
-        .with_context(|| format!("connecting to {host} (is `spawngrid serve` running there?)"))?;
-    let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    let handshake = connector.connect(tls.name.clone(), tcp).await;
-    let stream = tls.check(handshake)?;
+) -> Result<tokio_tungstenite::WebSocketStream<http::TlsStream>> {
+    let stream = http::connect_tls(host).await?;
     let mut request = format!("wss://{host}{path}")
         .into_client_request()
         .context("building the WebSocket request")?;

@@ -4,17 +4,26 @@
 //! one line saying what to do. The handshake signature is still verified against the pinned
 //! certificate's key, so only the holder of the node's private key passes.
 //!
-//! One request per connection (`Connection: close`); bodies by `Content-Length`, chunked, or
-//! up to the end of the stream.
+//! HTTP/1.1 is hyper's (`client::conn::http1`, as the node's forwarding uses): one request per
+//! connection, run on a small tokio runtime of its own behind blocking functions, since the
+//! rest of the client is blocking. Uploads are announced with `Expect: 100-continue` so that a
+//! refusal arrives before any of the body is read; downloads are streams that fail when the
+//! node cuts them short.
 
 use super::store::KnownNodes;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper_util::rt::TokioIo;
 use node::tls::PinVerifier;
 use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,22 +56,21 @@ pub struct Response {
 }
 
 /// TLS to one node with its certificate pinned (trust on first use): the rustls
-/// configuration for a handshake, then [`PinnedTls::check`] on its outcome. Shared by the
-/// blocking requests here and `spawngrid cpu`'s WebSocket (tokio-rustls).
-pub struct PinnedTls {
+/// configuration for a handshake, then [`PinnedTls::check`] on its outcome.
+struct PinnedTls {
     host: String,
     pins: KnownNodes,
     pinned: Option<String>,
     verifier: Arc<PinVerifier>,
     /// The configuration: only the pinned certificate passes (any, when none is pinned yet).
-    pub config: Arc<rustls::ClientConfig>,
+    config: Arc<rustls::ClientConfig>,
     /// The name the handshake sends and checks.
-    pub name: ServerName<'static>,
+    name: ServerName<'static>,
 }
 
 impl PinnedTls {
     /// The TLS settings for `host` (HOST:PORT) with its pin from `known_nodes`.
-    pub fn new(host: &str) -> Result<PinnedTls> {
+    fn new(host: &str) -> Result<PinnedTls> {
         let pins = KnownNodes::load()?;
         let pinned = pins.get(host).map(str::to_string);
         let verifier = PinVerifier::new(pinned.clone());
@@ -78,7 +86,7 @@ impl PinnedTls {
 
     /// Judges a finished handshake (`outcome`): a changed certificate is refused with one line
     /// saying what to do; a first one is pinned (and said so on stderr).
-    pub fn check<T>(mut self, outcome: std::io::Result<T>) -> Result<T> {
+    fn check<T>(mut self, outcome: std::io::Result<T>) -> Result<T> {
         let host = &self.host;
         let seen = self.verifier.seen();
         if let (Some(p), Some(s)) = (&self.pinned, &seen) {
@@ -103,37 +111,89 @@ impl PinnedTls {
 }
 
 /// A TLS stream to a node.
-pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// Connects to `host` (HOST:PORT) over TLS, its certificate checked against the pin.
-pub fn connect_tls(host: &str) -> Result<TlsStream> {
+/// Connects to `host` (HOST:PORT) over TLS, its certificate checked against the pin (shared
+/// with `spawngrid cpu`'s WebSocket).
+pub async fn connect_tls(host: &str) -> Result<TlsStream> {
     let tls = PinnedTls::new(host)?;
-    let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
-        .context("starting TLS")?;
-    let mut tcp = connect(host)?;
-    let handshake = (|| -> std::io::Result<()> {
-        while conn.is_handshaking() {
-            conn.complete_io(&mut tcp)?;
-        }
-        Ok(())
-    })();
-    tls.check(handshake)?;
-    Ok(rustls::StreamOwned::new(conn, tcp))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host))
+        .await
+        .map_err(|_| anyhow!("connecting to {host} timed out"))?
+        .with_context(|| format!("connecting to {host} (is `spawngrid serve` running there?)"))?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(tls.name.clone(), tcp))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    tls.check(handshake)
 }
 
-/// A request's head: request line, `Host`, `Connection: close`, the token, and `extra` lines
-/// (each ending in CRLF).
-fn head(host: &str, method: &str, path: &str, token: Option<&str>, extra: &str) -> String {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: spawngrid/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
+/// The runtime one call runs its connection on: one worker, so the calling thread can block
+/// on a body while the connection makes progress.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// A request to `host` for `path` with the client's headers and the token, if any.
+fn build<B>(
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: B,
+) -> Result<hyper::Request<B>> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, host)
+        .header(
+            header::USER_AGENT,
+            concat!("spawngrid/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(header::ACCEPT, "application/json")
+        .header(header::CONNECTION, "close");
     if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    head.push_str(extra);
-    head.push_str("\r\n");
-    head
+    req.body(body).with_context(|| {
+        format!("building the request for {path} (a token or path that is not valid in HTTP?)")
+    })
+}
+
+/// Sends `req` to `host` on a connection of its own; the answer's head and streamed body.
+async fn send<B>(host: &str, req: hyper::Request<B>) -> Result<hyper::Response<Incoming>>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = connect_tls(host).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .with_context(|| format!("talking HTTP to {host}"))?;
+    // The connection's own errors come back through the request's answer.
+    tokio::spawn(conn);
+    sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("reading the answer of {host}"))
+}
+
+/// The answer read whole (up to [`MAX_RESPONSE`]).
+async fn whole(host: &str, resp: hyper::Response<Incoming>) -> Result<Response> {
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the answer of {host}: {e}"))?
+        .to_bytes()
+        .to_vec();
+    Ok(Response { status, body })
 }
 
 /// Sends one request to `host` (HOST:PORT) and reads the answer.
@@ -144,22 +204,35 @@ pub fn request(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Result<Response> {
-    let mut tls = connect_tls(host)?;
     let body = body.unwrap_or_default();
-    let extra = if !body.is_empty() || method != "GET" {
-        format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        )
-    } else {
-        String::new()
-    };
-    tls.write_all(head(host, method, path, token, &extra).as_bytes())
-        .and_then(|_| tls.write_all(body))
-        .and_then(|_| tls.flush())
-        .with_context(|| format!("sending to {host}"))?;
-    read_response(&mut tls).with_context(|| format!("reading the answer of {host}"))
+    let mut req = build(
+        host,
+        method,
+        path,
+        token,
+        Full::new(Bytes::copy_from_slice(body)),
+    )?;
+    if !body.is_empty() || method != "GET" {
+        let h = req.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    runtime()?.block_on(async { whole(host, send(host, req).await?).await })
 }
+
+/// What an upload waits for before it sends its body.
+enum Go {
+    /// The node said `100 Continue`: send the body.
+    Continue,
+    /// The node answered (or the request failed) without asking for the body.
+    Answered,
+}
+
+/// The frames of a streamed request body.
+type Frames = mpsc::Sender<std::io::Result<Frame<Bytes>>>;
 
 /// Sends a request whose body `write_body` streams (chunked), announced with
 /// `Expect: 100-continue` so that a refusal (no such env, bad destination) arrives before any
@@ -172,30 +245,35 @@ pub fn upload(
     content_type: &str,
     write_body: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<Response> {
-    let mut tls = connect_tls(host)?;
-    let extra = format!(
-        "Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n"
-    );
-    tls.write_all(head(host, method, path, Some(token), &extra).as_bytes())
-        .and_then(|_| tls.flush())
-        .with_context(|| format!("sending to {host}"))?;
-    let (first, rest) =
-        read_head(&mut tls).with_context(|| format!("reading the answer of {host}"))?;
-    if first.status != 100 {
-        return read_body(first, rest, &mut tls)
-            .with_context(|| format!("reading the answer of {host}"));
-    }
-    let sent = (|| -> Result<()> {
-        let mut chunks = std::io::BufWriter::with_capacity(64 << 10, Chunked(&mut tls));
-        write_body(&mut chunks)?;
-        chunks.flush()?;
-        drop(chunks);
-        tls.write_all(b"0\r\n\r\n")?;
-        tls.flush()?;
-        Ok(())
-    })();
-    let answer = read_response(&mut std::io::Cursor::new(rest).chain(&mut tls))
-        .with_context(|| format!("reading the answer of {host}"));
+    let rt = runtime()?;
+    let (frames, rx) = mpsc::channel(8);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|f| (f, rx)) });
+    let mut req = build(host, method, path, Some(token), StreamBody::new(stream))?;
+    let h = req.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type)?);
+    h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+    let (go_tx, go) = std::sync::mpsc::sync_channel(2);
+    let on_continue = go_tx.clone();
+    hyper::ext::on_informational(&mut req, move |r| {
+        if r.status() == hyper::StatusCode::CONTINUE {
+            let _ = on_continue.try_send(Go::Continue);
+        }
+    });
+    let owned = host.to_string();
+    let answer = rt.spawn(async move {
+        let resp = send(&owned, req).await;
+        let _ = go_tx.try_send(Go::Answered);
+        whole(&owned, resp?).await
+    });
+    let sent = match go.recv() {
+        Ok(Go::Continue) => stream_body(frames, write_body),
+        _ => {
+            drop(frames);
+            return rt.block_on(answer)?;
+        }
+    };
+    let answer = rt.block_on(answer)?;
     match (sent, answer) {
         // The node's answer says more than a broken pipe does (e.g. it refused the body).
         (Err(_), Ok(r)) if !(200..300).contains(&r.status) => Ok(r),
@@ -208,6 +286,39 @@ pub fn upload(
     }
 }
 
+/// Runs `write_body` into `frames`; a failure ends the body with an error, so the node never
+/// takes a partial upload for a whole one.
+fn stream_body(
+    frames: Frames,
+    write_body: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, FrameWriter(frames.clone()));
+    let done = write_body(&mut out).and_then(|()| Ok(out.flush()?));
+    drop(out);
+    if let Err(e) = &done {
+        let _ = frames.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+    }
+    done
+}
+
+/// Writes each write as one body frame.
+struct FrameWriter(Frames);
+
+impl Write for FrameWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            self.0
+                .blocking_send(Ok(Frame::data(Bytes::copy_from_slice(buf))))
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Sends a GET and, when the answer is 2xx, gives its body to `consume` as a stream (which
 /// fails if the node cuts it short); another answer is returned whole for its error.
 pub fn download(
@@ -216,28 +327,34 @@ pub fn download(
     token: &str,
     consume: impl FnOnce(&mut dyn Read) -> Result<()>,
 ) -> Result<Response> {
-    let mut tls = connect_tls(host)?;
-    tls.write_all(head(host, "GET", path, Some(token), "").as_bytes())
-        .and_then(|_| tls.flush())
-        .with_context(|| format!("sending to {host}"))?;
-    let (h, rest) = read_head(&mut tls).with_context(|| format!("reading the answer of {host}"))?;
-    if !(200..300).contains(&h.status) {
-        return read_body(h, rest, &mut tls)
-            .with_context(|| format!("reading the answer of {host}"));
+    let rt = runtime()?;
+    let req = build(host, "GET", path, Some(token), Empty::<Bytes>::new())?;
+    let resp = rt.block_on(send(host, req))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return rt.block_on(whole(host, resp));
     }
-    let status = h.status;
-    let mut raw = std::io::BufReader::new(EofIsCut(std::io::Cursor::new(rest).chain(&mut tls)));
-    let mut body: Box<dyn Read + '_> = match (h.chunked, h.length) {
-        (true, _) => Box::new(Dechunk {
-            inner: &mut raw,
-            left: 0,
-            done: false,
-        }),
-        (false, Some(len)) => Box::new(Exact {
-            inner: (&mut raw).take(len as u64),
-            left: len as u64,
-        }),
-        (false, None) => Box::new(&mut raw),
+    let (tx, rx) = mpsc::channel(8);
+    let mut incoming = resp.into_body();
+    rt.spawn(async move {
+        while let Some(frame) = incoming.frame().await {
+            let data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => Ok(d),
+                    Err(_) => continue,
+                },
+                // The connection ended before the body's length or last chunk.
+                Err(_) => Err(cut_short()),
+            };
+            let failed = data.is_err();
+            if tx.send(data).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let mut body = Received {
+        rx,
+        data: Bytes::new(),
     };
     consume(&mut body)?;
     // Whatever the consumer left (padding after a tar's end) is read, so a cut stream shows.
@@ -246,6 +363,27 @@ pub fn download(
         status,
         body: Vec::new(),
     })
+}
+
+/// A streamed answer's body as a blocking reader.
+struct Received {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    /// What is left of the last frame.
+    data: Bytes,
+}
+
+impl Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.data.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(d) => self.data = d?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.data.len());
+        buf[..n].copy_from_slice(&self.data.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Whether `e` comes from the peer closing the connection (broken pipe, reset).
@@ -260,288 +398,12 @@ fn closed_on_us(e: &anyhow::Error) -> bool {
         })
 }
 
-/// Writes each write as one HTTP/1.1 chunk.
-struct Chunked<W: Write>(W);
-
-impl<W: Write> Write for Chunked<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        write!(self.0, "{:x}\r\n", buf.len())?;
-        self.0.write_all(buf)?;
-        self.0.write_all(b"\r\n")?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 /// The error of a body the node stopped sending before its end.
 fn cut_short() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::UnexpectedEof,
         "the node stopped sending before the end (over its max_copy limit, or tar failed in the env: see its log)",
     )
-}
-
-/// A reader whose unexpected end (a TLS stream closed without close_notify) is a body the
-/// node cut short.
-struct EofIsCut<R: Read>(R);
-
-impl<R: Read> Read for EofIsCut<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => cut_short(),
-            _ => e,
-        })
-    }
-}
-
-/// Reads a chunked body as a stream.
-struct Dechunk<R: std::io::BufRead> {
-    inner: R,
-    /// Bytes left in the current chunk.
-    left: u64,
-    done: bool,
-}
-
-impl<R: std::io::BufRead> Dechunk<R> {
-    /// One CRLF-terminated line, without its line end.
-    fn line(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        if self.inner.read_line(&mut line)? == 0 {
-            return Err(cut_short());
-        }
-        Ok(line.trim_end_matches(['\r', '\n']).to_string())
-    }
-}
-
-impl<R: std::io::BufRead> Read for Dechunk<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.left == 0 {
-            let line = self.line()?;
-            let size = line.split(';').next().unwrap_or("").trim();
-            self.left = u64::from_str_radix(size, 16).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
-            })?;
-            if self.left == 0 {
-                // Trailers, up to the empty line.
-                while !self.line()?.is_empty() {}
-                self.done = true;
-                return Ok(0);
-            }
-        }
-        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(cut_short());
-        }
-        self.left -= n as u64;
-        if self.left == 0 && !self.line()?.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "chunk not followed by CRLF",
-            ));
-        }
-        Ok(n)
-    }
-}
-
-/// Reads a body of known length as a stream; ending early is an error.
-struct Exact<R: Read> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && self.left > 0 && !buf.is_empty() {
-            return Err(cut_short());
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Connects to `host` (HOST:PORT), trying each address it resolves to.
-fn connect(host: &str) -> Result<TcpStream> {
-    let addrs: Vec<_> = host
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {host}"))?
-        .collect();
-    let mut last = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    match last {
-        Some(e) => Err(e)
-            .with_context(|| format!("connecting to {host} (is `spawngrid serve` running there?)")),
-        None => bail!("{host} resolves to no address"),
-    }
-}
-
-/// A response's status line and the headers that frame its body.
-struct Head {
-    status: u16,
-    length: Option<usize>,
-    chunked: bool,
-}
-
-/// Reads a response's head; returns it and the bytes read past it.
-fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 64 << 10 {
-            bail!("response headers too long");
-        }
-        let n = read_some(r, &mut chunk)?;
-        if n == 0 {
-            bail!("the connection closed before a response");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).context("response headers are not text")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let (mut length, mut chunked) = (None, false);
-    for line in lines {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        if k == "content-length" {
-            length = Some(v.parse::<usize>().context("bad Content-Length")?);
-        } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-            chunked = true;
-        }
-    }
-    let rest = buf[head_end + 4..].to_vec();
-    Ok((
-        Head {
-            status,
-            length,
-            chunked,
-        },
-        rest,
-    ))
-}
-
-/// Reads a whole HTTP/1.1 response.
-fn read_response(r: &mut impl Read) -> Result<Response> {
-    let (head, rest) = read_head(r)?;
-    read_body(head, rest, r)
-}
-
-/// Reads the body after `head` whole (`body` is what was read past the head).
-fn read_body(head: Head, mut body: Vec<u8>, r: &mut impl Read) -> Result<Response> {
-    let Head {
-        status,
-        length,
-        chunked,
-    } = head;
-    let mut chunk = [0u8; 16 << 10];
-    if chunked {
-        loop {
-            if let Some(done) = dechunk(&body)? {
-                return Ok(Response { status, body: done });
-            }
-            let n = read_some(r, &mut chunk)?;
-            if n == 0 {
-                bail!("the connection closed inside a chunked body");
-            }
-            body.extend_from_slice(&chunk[..n]);
-            if body.len() > MAX_RESPONSE {
-                bail!("response larger than {MAX_RESPONSE} bytes");
-            }
-        }
-    }
-    match length {
-        Some(len) => {
-            if len > MAX_RESPONSE {
-                bail!("response larger than {MAX_RESPONSE} bytes");
-            }
-            while body.len() < len {
-                let n = read_some(r, &mut chunk)?;
-                if n == 0 {
-                    bail!("the connection closed after {} of {len} bytes", body.len());
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body.truncate(len);
-        }
-        None => loop {
-            let n = read_some(r, &mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-            if body.len() > MAX_RESPONSE {
-                bail!("response larger than {MAX_RESPONSE} bytes");
-            }
-        },
-    }
-    Ok(Response { status, body })
-}
-
-/// One read; a TLS stream closed without close_notify counts as its end.
-fn read_some(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    loop {
-        match r.read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(0),
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// The decoded body if `raw` holds a complete chunked body, else `None`.
-fn dechunk(raw: &[u8]) -> Result<Option<Vec<u8>>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    loop {
-        let Some(eol) = find(&raw[at..], b"\r\n") else {
-            return Ok(None);
-        };
-        let size_text = std::str::from_utf8(&raw[at..at + eol]).context("bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).context("bad chunk size")?;
-        at += eol + 2;
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        if raw.len() < at + size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&raw[at..at + size]);
-        at += size + 2;
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -561,55 +423,9 @@ mod tests {
     }
 
     #[test]
-    fn streamed_bodies_are_chunked_and_checked() {
-        let mut out = Vec::new();
-        Chunked(&mut out).write_all(b"hello").unwrap();
-        assert_eq!(out, b"5\r\nhello\r\n");
-        let read = |raw: &[u8]| {
-            let mut body = Vec::new();
-            let mut d = Dechunk {
-                inner: std::io::BufReader::new(raw),
-                left: 0,
-                done: false,
-            };
-            d.read_to_end(&mut body).map(|_| body)
-        };
-        assert_eq!(
-            read(b"3\r\nabc\r\n2;x\r\nde\r\n0\r\nT: v\r\n\r\n").unwrap(),
-            b"abcde"
-        );
-        for cut in [&b"3\r\nab"[..], b"3\r\nabc\r\n", b"zz\r\n", b"3\r\nabcX"] {
-            assert!(read(cut).is_err(), "{:?}", String::from_utf8_lossy(cut));
-        }
-        let mut short = Exact {
-            inner: &b"abc"[..],
-            left: 5,
-        };
-        let mut buf = Vec::new();
-        assert_eq!(
-            short.read_to_end(&mut buf).unwrap_err().kind(),
-            std::io::ErrorKind::UnexpectedEof
-        );
+    fn a_closed_connection_is_told_apart() {
         let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
             .context("archiving x");
         assert!(closed_on_us(&pipe) && !closed_on_us(&anyhow::anyhow!("other")));
-    }
-
-    #[test]
-    fn responses_by_length_chunks_and_eof() {
-        let by_len = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiEXTRA";
-        let r = read_response(&mut &by_len[..]).unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"hi"[..]));
-        let chunked =
-            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n";
-        let r = read_response(&mut &chunked[..]).unwrap();
-        assert_eq!((r.status, &r.body[..]), (404, &b"abcde"[..]));
-        let eof = b"HTTP/1.1 500 X\r\n\r\nall of it";
-        let r = read_response(&mut &eof[..]).unwrap();
-        assert_eq!(&r.body[..], b"all of it");
-        assert!(
-            read_response(&mut &b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhi"[..]).is_err()
-        );
-        assert!(read_response(&mut &b"garbage"[..]).is_err());
     }
 }

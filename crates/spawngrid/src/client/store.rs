@@ -7,8 +7,7 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The client's configuration directory (created 0700 when first written to).
@@ -22,7 +21,7 @@ pub fn config_dir() -> Result<PathBuf> {
     }
 }
 
-/// Writes `path` atomically (temporary file, then rename), created with `mode`.
+/// Writes `path` whole and synced, with `mode`, making its directory (0700) if needed.
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
@@ -31,18 +30,8 @@ fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    library::atomic::replace_synced(path, bytes, mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The pinned certificate fingerprints.

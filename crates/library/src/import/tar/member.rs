@@ -221,52 +221,21 @@ pub(super) fn pax_time(s: &str) -> Why<(i64, u32)> {
     })
 }
 
+/// Standard base64 with padding optional, as libarchive writes xattr values.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// Decodes standard base64 (padding optional); `None` if it is not base64.
 pub(super) fn base64(v: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(v.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &c in v.strip_suffix(b"==").or(v.strip_suffix(b"=")).unwrap_or(v) {
-        let d = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6 | u32::from(d)) & 0xffff;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    base64::Engine::decode(&BASE64, v).ok()
 }
 
-/// Decodes `%XX` escapes (libarchive's encoding of xattr names in PAX keys).
+/// Decodes `%XX` escapes (libarchive's encoding of xattr names in PAX keys); others stay.
 pub(super) fn percent_decode(v: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len());
-    let mut i = 0;
-    while i < v.len() {
-        let hex = v
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-        match (
-            v[i],
-            hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()),
-        ) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
+    percent_encoding::percent_decode(v).collect()
 }
 
 /// One archive member with its extension headers applied; its body is the stream's current

@@ -1,7 +1,7 @@
 //! Node capacity end to end (as root): a full node refuses or evicts by policy, the evicted
 //! owner's `status` says what happened, per-user limits hold, and `/metrics` counts it all.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 

@@ -2,7 +2,7 @@
 //! streams through the node) end to end, as root: the real binary serving HTTPS on
 //! 127.0.0.1, a busybox base snapshot, users alice and bob (tests/common/site.rs).
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::io::Write;

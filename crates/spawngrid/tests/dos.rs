@@ -3,7 +3,7 @@
 //! per source and in total and cut when they send too slowly, and a `cp` tar bomb is refused
 //! without the node's memory growing.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::io::{BufRead, BufReader, Write};

@@ -1,7 +1,7 @@
 //! `spawngrid env` end to end through the binary (as root): a name spawned over its snapfs
 //! mount, exec with exit codes, ls from a fresh process, save, boom, spawn of the saved name.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

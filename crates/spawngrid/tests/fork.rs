@@ -2,7 +2,7 @@
 //! metrics), copies that start from the env's state and then live apart, all-or-nothing
 //! copies when one cannot be spawned, and the lineage `lib log` shows.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 

@@ -7,7 +7,7 @@
 //! - a process importing a large tree is killed -9: no name is bound, verify is clean, its
 //!   lease expires, one gc run marks its packs and a later one sweeps them.
 
-mod common;
+use crate::common;
 #[path = "../../store/tests/engines/mod.rs"]
 mod engines;
 

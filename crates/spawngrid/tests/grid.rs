@@ -4,7 +4,7 @@
 //! addresses and ports are fixed, so one grid at a time (a lock); `grid.sh down` runs whatever
 //! happens.
 
-mod common;
+use crate::common;
 use common::site::{raw_https, run, text, Client};
 use common::Scratch;
 use std::path::{Path, PathBuf};

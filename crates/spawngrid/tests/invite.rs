@@ -2,7 +2,7 @@
 //! their own copy of a name with an account inside; `share`/`unshare` lend a name; admins and
 //! users manage passwords, SSH keys and deletions (`user passwd|del|key`, `passwd`, `key`).
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! Trees are compared with scripts/fslist.py: every path with type, mode, owner, size, mtime in
 //! ns, link target, rdev, xattrs (ACLs and capabilities included), content hash and hardlink group.
 
-mod common;
+use crate::common;
 
 use common::{
     assert_same_listing, base, base_listing, changed_bytes, fslist, listing_entries, modified,

@@ -2,7 +2,7 @@
 //! an env (`on_expire`: boom, or save then boom), through the real node with short times;
 //! every outcome is polled for, never timed.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::time::Duration;

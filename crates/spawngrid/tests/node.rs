@@ -2,7 +2,7 @@
 //! port), a busybox base snapshot, users alice and bob, and the client commands. Every env,
 //! mount and server process is cleaned up whatever happens (Drop guards).
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! on a pseudo-terminal with the seed's command words, line editing and history; through a
 //! pipe; run as `gridorc`; and `-h` naming a node through a grid file in the seed's ndb format.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::path::Path;

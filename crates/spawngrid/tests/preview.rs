@@ -3,7 +3,7 @@
 //! shell script), and a raw HTTPS client (Python's, certificate unchecked) that shows
 //! statuses, headers and bytes as they are.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! fuzzes every route of the node's OpenAPI document as a logged-in user for a minute: no
 //! answer may be a server error (5xx). As root (the node runs envs).
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The gateway's built-in SFTP server end to end (as root): the real OpenSSH `scp` and `sftp`
 //! against a busybox env, which has no sftp-server of its own.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use common::ssh::*;

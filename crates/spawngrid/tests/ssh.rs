@@ -2,7 +2,7 @@
 //! the real OpenSSH client (`ssh`, `sftp`) logging in with a password through `SSH_ASKPASS`,
 //! a busybox base snapshot and users alice and bob (tests/common/site.rs).
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use common::ssh::*;

@@ -2,7 +2,7 @@
 //! `-R`, `-W`, `-A`), `ssh-agent` and `ssh-add`, and servers inside a busybox env
 //! (`httpd`, `wget`, `nc`).
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use common::ssh::*;

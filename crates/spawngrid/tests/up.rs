@@ -2,7 +2,7 @@
 //! admin user and a busybox `base` (debootstrap is skipped: `--busybox`), a login and a spawn;
 //! a second run keeps everything (no new password) and serves again.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::process::Command;

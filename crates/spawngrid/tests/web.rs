@@ -7,7 +7,7 @@
 //! Chromium, chromedriver and Selenium come from `scripts/deps.sh test`; without them the
 //! browser test fails and says so.
 
-mod common;
+use crate::common;
 
 use common::site::*;
 use std::path::{Path, PathBuf};

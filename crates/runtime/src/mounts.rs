@@ -1,4 +1,6 @@
-//! Host-side mounts of an env, all under its directory `DATA/envs/<env>/`:
+//! Mounts of an env, shared by both sides: [`mount`] and [`ensure_dir`] (which the init also
+//! uses inside, `inside::rootfs`), and the host side's mounts, all under the env's
+//! directory `DATA/envs/<env>/`:
 //!
 //! ```text
 //! rw/            the write layer: a tmpfs, or an ext4 image (disk.img) on a loop device
@@ -217,6 +219,17 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates `dir` (mode 0755) if it is missing.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("creating {}", dir.display()))
+            .into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,16 +246,5 @@ mod tests {
         let bad = Path::new("/x,upperdir=/etc");
         let ok = Path::new("/tmp");
         assert!(mount_overlay(bad, ok, ok, ok).is_err());
-    }
-}
-
-/// Creates `dir` (mode 0755) if it is missing.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e)
-            .context(format!("creating {}", dir.display()))
-            .into()),
     }
 }

@@ -331,8 +331,11 @@ fn claim(
             init: Some((init_pid, init_start)),
             allow: allow.to_vec(),
         };
-        std::fs::write(&tmp, serde_json::to_vec(&lease).context("encoding a lease")?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&lease).context("encoding a lease")?,
+        )
+        .with_context(|| format!("writing {}", tmp.display()))?;
         let path = lease_path(&dir, &link);
         match std::fs::hard_link(&tmp, &path) {
             Ok(()) => {}

@@ -194,7 +194,6 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         .context("helper stdin")?
         .write_all(&line)
         .context("configuring env-init")
-        .map_err(Error::from)
         .and_then(|()| start_init(rt, opts, dir, &cg, &mut child, &mut state, &step));
     if result.is_err() {
         let _ = child.kill();

@@ -227,7 +227,7 @@ pub fn spawn_admitted(
     };
     // Made outside the lock: other spawns are decided and made meanwhile.
     let _ticket = node.admission.admit(held, pending);
-    Ok(runtime::spawn::spawn(&node.rt, opts))
+    Ok(runtime::spawn::spawn(&node.rt, opts).map_err(Into::into))
 }
 
 /// Admits one more env of `user` reserving `mem` bytes, evicting envs if the capacity
@@ -269,8 +269,9 @@ fn make_room(
                     continue;
                 };
                 let idle = usage.iter().find(|u| u.id == id).map_or(0, |u| u.idle);
-                runtime::boom::boom(&node.rt, &id)
-                    .map_err(|e| Error::internal(&e.context(format!("evicting {id}"))))?;
+                runtime::boom::boom(&node.rt, &id).map_err(|e| {
+                    Error::internal(&anyhow::Error::new(e).context(format!("evicting {id}")))
+                })?;
                 forget(node, &id);
                 node.metrics.inc("spawngrid_evictions_total", &[]);
                 let message = format!(
@@ -482,7 +483,8 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
     let _busy = node.activity.session(&st.name);
     // Past the bytes quota, the name is not bound (what was written is garbage for gc).
     let mut refused = None;
-    let imported = runtime::save::save(&node.rt, &st.name, &lib).and_then(|saved| {
+    let saved = runtime::save::save(&node.rt, &st.name, &lib).map_err(anyhow::Error::from);
+    let imported = saved.and_then(|saved| {
         let score = saved.imported.score;
         if let Err(e) = crate::quota::admit(node, user, name, Some(&score)) {
             refused = Some(e);

@@ -112,6 +112,22 @@ impl From<catalog::Error> for Error {
     }
 }
 
+impl From<runtime::Error> for Error {
+    /// An env that is missing is 404, one that cannot do what was asked (not running, frozen
+    /// by a save, already there) 409, a refused name 400; anything else is internal.
+    fn from(e: runtime::Error) -> Error {
+        let kind = match &e {
+            runtime::Error::NoSuchEnv { .. } => Kind::NotFound,
+            runtime::Error::NotRunning { .. }
+            | runtime::Error::Exists { .. }
+            | runtime::Error::Frozen { .. } => Kind::Conflict,
+            runtime::Error::BadName { .. } => Kind::Invalid,
+            _ => return Error::internal(&e.into()),
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
 impl From<anyhow::Error> for Error {
     fn from(e: anyhow::Error) -> Error {
         match e.downcast::<catalog::Error>() {

@@ -183,7 +183,7 @@ impl Command {
         let _ready = self.conn.readable().await?;
         let code = self.conn.get_ref().0.wait();
         self.exited.store(true, Ordering::Relaxed);
-        code
+        Ok(code?)
     }
 
     /// Kills the command's process group.
@@ -246,8 +246,9 @@ pub async fn run(
         let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
         let in_fd = in_r.as_ref().map_or(null.as_fd(), |r| r.as_fd());
         let stdio = [in_fd, out_w.as_fd(), err_w.as_fd()];
-        runtime::service::start(&rt2, &env, &argv, &[], stdio)
-            .map_err(|e| Error::internal(&e.context(format!("running {:?}", argv[0]))))
+        runtime::service::start(&rt2, &env, &argv, &[], stdio).map_err(|e| {
+            Error::internal(&anyhow::Error::new(e).context(format!("running {:?}", argv[0])))
+        })
     })
     .await?;
     let cmd = Command::new(started).context("watching the command")?;

@@ -134,13 +134,13 @@ impl Started {
                 &[],
                 [stdin.as_fd(), out, err_w.as_fd()],
             )
-            .map_err(|e| Error::internal(&e.context("starting tar in the env")))
+            .map_err(|e| Error::internal(&anyhow::Error::new(e).context("starting tar in the env")))
         })
         .await?;
         // The env counts as in use until the copy's tar exits.
         let exit = tokio::task::spawn_blocking(move || {
             let _busy = busy;
-            started.wait()
+            Ok(started.wait()?)
         });
         let mut err = pipe::Receiver::from_owned_fd(err_r)
             .map_err(|e| Error::internal(&anyhow::anyhow!("watching tar's stderr: {e}")))?;

@@ -45,7 +45,7 @@ pub fn login_shell() -> Vec<String> {
 /// The exit code of a terminal's command, awaited on a pidfd of its env-enter helper (opened
 /// now; no thread waits meanwhile). Used by [`Pty`] and the SSH gateway's terminals.
 pub fn exited(mut cmd: TtyCommand) -> Result<impl std::future::Future<Output = Result<i32>>> {
-    exited_with(cmd.id(), move || cmd.wait())
+    exited_with(cmd.id(), move || Ok(cmd.wait()?))
 }
 
 /// The exit code of process `pid`, a child not reaped yet (so its pid is still its own),

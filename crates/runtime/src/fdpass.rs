@@ -1,13 +1,15 @@
-//! Passing open files between processes over Unix sockets (`SCM_RIGHTS`), with a payload.
+//! Unix sockets as both sides of the runtime use them: passing open files between processes
+//! (`SCM_RIGHTS`) with a payload, and addresses for socket paths of any length.
 
 use anyhow::{bail, Context, Result};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix,
 };
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::path::Path;
 
 /// Most fds one message carries.
 const MAX_FDS: usize = 3;
@@ -47,4 +49,23 @@ pub fn recv(sock: impl AsFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>)> {
         }
     }
     Ok((msg.bytes, fds))
+}
+
+/// A socket address for `path` that fits `sun_path` (108 bytes) however long the data dir:
+/// `/proc/self/fd/N/exec.sock` through an `O_PATH` fd of its directory, kept open meanwhile.
+pub fn address(path: &Path) -> Result<(OwnedFd, SocketAddrUnix)> {
+    let dir = path.parent().context("exec socket path has no directory")?;
+    let file = path
+        .file_name()
+        .context("exec socket path has no file name")?;
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", dir.display()))?;
+    let short = Path::new("/proc/self/fd")
+        .join(fd.as_raw_fd().to_string())
+        .join(file);
+    Ok((fd, SocketAddrUnix::new(&short)?))
 }

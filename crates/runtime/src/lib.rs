@@ -5,181 +5,44 @@
 //! memory, pids and cpu limits, with a small init as PID 1. Its state lives in
 //! `DATA/envs/<env>/state.json`, so a new process re-adopts running envs.
 //!
-//! Namespace setup never happens in the (possibly multithreaded) caller: the runtime re-executes
-//! a helper binary (`/proc/self/exe` for the `spawngrid` binary) with a hidden subcommand
-//! (`env-init`, `env-enter`, see [`helper`]), which is single-threaded when it forks.
+//! The code is in two halves around one wire ([`protocol`]):
+//!
+//! - [`host`]: what the caller's process does (spawn, exec, save, boom, state, cgroups,
+//!   networks); its public functions return the typed [`Error`].
+//! - `inside`: the processes that run in an env (the env-init helper and the init, the
+//!   env-enter helper, the init's exec service, terminals, SFTP). Namespace setup never
+//!   happens in the (possibly multithreaded) caller: the host re-executes a helper binary
+//!   (`/proc/self/exe` for the `spawngrid` binary) with a hidden subcommand, which is
+//!   single-threaded when it forks ([`helper::run_if_requested`]).
+//!
+//! Both use the shared [`identity`], [`mounts`], [`proc`] and socket plumbing; neither half's
+//! modules import each other in a circle (`tests/layers.rs` checks it).
 
-pub mod boom;
-pub mod cgroup;
-pub mod devices;
-pub mod egress;
-pub mod exec;
-pub mod fdpass;
-pub mod freeze;
-pub mod helper;
-pub mod ids;
-pub mod init;
+pub mod error;
+mod fdpass;
+pub mod host;
+pub mod identity;
+mod inside;
 pub mod mounts;
-pub mod net;
-pub mod rootfs;
-pub mod save;
-pub mod seccomp;
-pub mod security;
-pub mod service;
-pub mod sftp;
-pub mod spawn;
-pub mod state;
-pub mod tty;
+pub mod proc;
+pub mod protocol;
 
-pub use ids::IdRange;
-pub use net::Network;
-pub use spawn::SpawnOptions;
-pub use state::EnvState;
+// The paths callers have always used.
+pub use error::{Error, Result};
+pub use host::ids::IdRange;
+pub use host::net::Network;
+pub use host::runtime::{check_env_name, private_data_dir, Runtime};
+pub use host::spawn::SpawnOptions;
+pub use host::state::EnvState;
+pub use host::{
+    boom, cgroup, devices, egress, exec, freeze, ids, net, save, service, spawn, state, tty,
+};
+pub use inside::sftp;
 
-use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
-
-/// The runtime of one node: where env state lives and how helpers are started.
-#[derive(Clone, Debug)]
-pub struct Runtime {
-    /// The node's data directory; envs live in `DATA/envs/`.
-    pub data: PathBuf,
-    /// The node's id on this host: 12 hex digits of the BLAKE3 hash of the (canonical) data
-    /// directory. It names what the node makes in host-wide namespaces (its cgroups' parent),
-    /// so nodes with different data directories never collide there.
-    pub node_id: String,
-    /// An executable that runs [`helper::run_if_requested`] first thing in `main`.
-    pub helper: PathBuf,
-    /// The host uid/gid range that ids inside every env map to.
-    pub ids: IdRange,
-    /// Where env cgroups are created.
-    pub cgroups: cgroup::Layout,
-    /// The env-init helper started ahead of the next spawn, if kept (shared by clones).
-    spare: std::sync::Arc<helper::Spare>,
-}
-
-impl Runtime {
-    /// A runtime on `data` (created if missing, made private: see [`private_data_dir`], and
-    /// made canonical: mount points are matched against `/proc/self/mountinfo`, which shows
-    /// resolved paths) whose helper is `helper`, with the node's default id range and the
-    /// host's cgroup layout. Turns on the host's cheap cgroup migrations
-    /// ([`cgroup::favor_dynamic_moves`]).
-    pub fn new(data: impl Into<PathBuf>, helper: impl Into<PathBuf>) -> Result<Runtime> {
-        let data = data.into();
-        private_data_dir(&data)?;
-        let data = data
-            .canonicalize()
-            .with_context(|| format!("resolving {}", data.display()))?;
-        cgroup::favor_dynamic_moves();
-        let node_id = node_id(&data);
-        Ok(Runtime {
-            cgroups: cgroup::Layout::detect(&node_id),
-            node_id,
-            data,
-            helper: helper.into(),
-            ids: IdRange::node_default()?,
-            spare: Default::default(),
-        })
-    }
-
-    /// Keeps one env-init helper started ahead of the next spawn from now on, which takes the
-    /// helper's exec and start-up (about 1.5 ms) out of every spawn. For long-lived callers
-    /// (the node daemon); the spare is one idle process that exits with its caller.
-    pub fn keep_spare_helper(&self) {
-        self.spare.keep(&self.helper);
-    }
-
-    /// Starts the next spare helper on a thread of its own, if spares are kept.
-    pub(crate) fn refill_spare(&self) {
-        let (spare, helper) = (self.spare.clone(), self.helper.clone());
-        std::thread::spawn(move || spare.refill(&helper));
-    }
-
-    /// The directory of env `name` (which need not exist).
-    pub fn env_dir(&self, name: &str) -> Result<PathBuf> {
-        check_env_name(name)?;
-        Ok(self.envs_dir().join(name))
-    }
-
-    /// The directory holding every env's directory.
-    pub fn envs_dir(&self) -> PathBuf {
-        self.data.join("envs")
-    }
-}
-
-/// Creates the data directory `data` (and its parents) if missing, and makes it mode 0700:
-/// it holds every env's files (setuid programs of an env's user included), its write layers'
-/// disk images and the catalog, none of them for host users other than root. Envs never
-/// need to traverse it (see [`crate::init`]).
-pub fn private_data_dir(data: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data)
-        .with_context(|| format!("creating {}", data.display()))?;
-    let mode = std::fs::metadata(data)
-        .with_context(|| format!("reading {}", data.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private (mode 0700)", data.display()))?;
-    }
-    Ok(())
-}
-
-/// The id of the node whose data directory is `data` (canonical): see [`Runtime::node_id`].
-fn node_id(data: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    library::Score::of(data.as_os_str().as_bytes()).short()
-}
-
-/// Checks an env name: the catalog's name syntax (no `/`, no `..`), and nothing that overlayfs
-/// or mount options would misread; or two such names joined by one `+` (`ENV+USER`, how a node
-/// keeps each user's envs apart).
-pub fn check_env_name(name: &str) -> Result<()> {
-    if name.len() > 255 {
-        bail!("bad env name {name:?}: longer than 255 bytes");
-    }
-    let parts: Vec<&str> = name.split('+').collect();
-    if parts.len() > 2 {
-        bail!("bad env name {name:?}: at most one '+' (ENV+USER)");
-    }
-    for part in parts {
-        if let Some(rule) = library::names::rule_broken(part) {
-            bail!("bad env name {name:?}: invalid name {part:?}: {rule}");
-        }
-        if part.contains([',', ':']) {
-            bail!("bad env name {name:?}: no ',' or ':' (they separate overlay options)");
-        }
-    }
-    Ok(())
-}
-
-/// Creates `dir` (mode 0755) if it is missing.
-pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("creating {}", dir.display()))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_env_name;
-
-    #[test]
-    fn env_names_are_names_or_env_plus_user() {
-        for ok in ["base", "base+alice", "a.b-c_d@e+bob"] {
-            assert!(check_env_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "", "a+b+c", "+alice", "base+", "../x", "a/b+c", "a,b", "a:b+c", "x+..",
-        ] {
-            assert!(check_env_name(bad).is_err(), "{bad}");
-        }
-        assert!(check_env_name(&format!("{}+{}", "a".repeat(128), "b".repeat(128))).is_err());
-    }
+/// The helper processes: what a binary hosting the runtime calls first thing in `main`, and
+/// how the runtime names that binary.
+pub mod helper {
+    pub use crate::host::launch::self_exe;
+    pub use crate::inside::run_if_requested;
+    pub use crate::protocol::{ENTER, INIT};
 }

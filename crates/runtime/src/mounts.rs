@@ -1,4 +1,6 @@
-//! Host-side mounts of an env, all under its directory `DATA/envs/<env>/`:
+//! Mounts of an env, shared by both sides: [`mount`] and [`ensure_dir`] (which the init also
+//! uses inside, `inside::rootfs`), and the host side's mounts, all under the env's
+//! directory `DATA/envs/<env>/`:
 //!
 //! ```text
 //! rw/            the write layer: a tmpfs, or an ext4 image (disk.img) on a loop device
@@ -12,7 +14,7 @@
 //! bind-mounted with an id mapping (`mount_setattr(MOUNT_ATTR_IDMAP)`) taken from the env's
 //! user namespace, so nothing is copied or chowned.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
 use rustix::fd::{AsFd, AsRawFd};
 use rustix::mount::{MountFlags, UnmountFlags};
 use std::path::{Path, PathBuf};
@@ -76,7 +78,7 @@ pub fn mount(
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
+        fail!(
             "{cmd:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -151,7 +153,7 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, root: &Path) -> Re
     for p in [lower, upper, work] {
         let s = p.to_str().context("non-UTF-8 overlay path")?;
         if s.contains([',', ':', '\\']) {
-            bail!("overlay layer path {s:?} contains ',', ':' or '\\'");
+            fail!("overlay layer path {s:?} contains ',', ':' or '\\'");
         }
     }
     let opts = format!(
@@ -212,9 +214,20 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
     }
     let left = mounts_under(dir)?;
     if !left.is_empty() {
-        bail!("still mounted after unmounting: {left:?}");
+        fail!("still mounted after unmounting: {left:?}");
     }
     Ok(())
+}
+
+/// Creates `dir` (mode 0755) if it is missing.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("creating {}", dir.display()))
+            .into()),
+    }
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ fn spawn(
                     eprintln!("spawngrid: {u:#}");
                 }
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     let ms = start.elapsed().as_secs_f64() * 1e3;

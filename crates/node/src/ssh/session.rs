@@ -437,7 +437,7 @@ async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Starte
                 master: None,
                 wait: tokio::spawn(async move {
                     bridge::readable(conn).await?;
-                    s.wait()
+                    Ok(s.wait()?)
                 }),
                 stop: Stop::Service(started),
                 _busy: busy,
@@ -546,7 +546,7 @@ fn deliver(sig: &russh::Sig, master: Option<&Fd>, stop: &Stop) {
                     _ => Err(std::io::Error::last_os_error().into()),
                 }
             }),
-        (None, Stop::Service(s)) => s.signal(n),
+        (None, Stop::Service(s)) => s.signal(n).map_err(Into::into),
         (None, Stop::HangUp) => Ok(()),
     };
     if let Err(e) = sent {

@@ -1,6 +1,6 @@
 //! The built-in SFTP server: SFTP version 3 (what OpenSSH's `sftp` and `scp` speak) on stdin
 //! and stdout, for the SSH gateway's `sftp` subsystem. The `env-enter` helper runs it
-//! ([`crate::exec::Builtin::Sftp`]) after it has joined the env's namespaces and become the
+//! ([`crate::protocol::Builtin::Sftp`]) after it has joined the env's namespaces and become the
 //! session's user, so every path is resolved by the kernel inside the env, as that user: `..`
 //! stops at the env's `/`, a symlink to `/` is the env's `/`, and permissions are the env's.
 //!

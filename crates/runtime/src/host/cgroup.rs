@@ -10,9 +10,9 @@
 //! ([`Cgroup::of_env`]), so a node restarted on newer code still freezes, kills and removes
 //! them.
 
-use crate::state::EnvState;
-use crate::Runtime;
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
+use crate::host::devices;
+use crate::mounts::{ensure_dir, unescape_path};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ pub fn favor_dynamic_moves() {
             return;
         }
         let _ = rustix::mount::mount_remount(
-            crate::mounts::unescape_path(point),
+            unescape_path(point),
             rustix::mount::MountFlags::empty(),
             format!("{opts},favordynmods").as_str(),
         );
@@ -157,15 +157,6 @@ impl Cgroup {
             };
             (first.components().count() == 2 && cg.dirs() == dirs).then_some(cg)
         })
-    }
-
-    /// The cgroup of env `name` of `rt`'s node: the one recorded in its `state` (an env keeps
-    /// the name it was spawned with, also across an upgrade of the node), else the one the
-    /// node gives a new env.
-    pub fn of_env(rt: &Runtime, name: &str, state: Option<&EnvState>) -> Cgroup {
-        state
-            .and_then(|st| Cgroup::recorded(&rt.cgroups, &st.cgroups))
-            .unwrap_or_else(|| Cgroup::new(&rt.cgroups, name))
     }
 
     /// The cgroup's directory in `controller`'s hierarchy (v1) or in the unified one (v2).
@@ -241,7 +232,7 @@ impl Cgroup {
         loop {
             match self.layout.hierarchy {
                 Hierarchy::V2 => enable_v2_controllers(&self.layout.root, parent)?,
-                Hierarchy::V1 => crate::ensure_dir(parent)?,
+                Hierarchy::V1 => ensure_dir(parent)?,
             }
             match std::fs::create_dir(dir) {
                 Ok(()) => return Ok(()),
@@ -255,12 +246,12 @@ impl Cgroup {
         }
     }
 
-    /// Restricts the devices its processes may use to [`crate::devices::allowed`] (after
+    /// Restricts the devices its processes may use to [`devices::allowed`] (after
     /// [`Cgroup::create`]): the v1 `devices` controller, or a v2 device program.
     pub fn restrict_devices(&self) -> Result<()> {
         match self.layout.hierarchy {
-            Hierarchy::V1 => crate::devices::restrict_v1(&self.dir("devices")),
-            Hierarchy::V2 => crate::devices::restrict_v2(&self.main_dir()),
+            Hierarchy::V1 => devices::restrict_v1(&self.dir("devices")),
+            Hierarchy::V2 => devices::restrict_v2(&self.main_dir()),
         }
     }
 
@@ -343,7 +334,7 @@ impl Cgroup {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("cgroup {} did not reach {value} in 10 s", d.display());
+                fail!("cgroup {} did not reach {value} in 10 s", d.display());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -362,7 +353,7 @@ impl Cgroup {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
+                fail!(
                     "processes {pids:?} of cgroup {} survive SIGKILL",
                     self.main_dir().display()
                 );
@@ -416,7 +407,7 @@ impl Cgroup {
 /// Makes `parent` (a child of `root`) and enables memory, pids and cpu for its children on a
 /// v2 host.
 fn enable_v2_controllers(root: &Path, parent: &Path) -> Result<()> {
-    crate::ensure_dir(parent)?;
+    ensure_dir(parent)?;
     for dir in [root, parent] {
         write(&dir.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
     }

@@ -1,12 +1,16 @@
 //! Spawning an env: state directory, cgroup, write layer, overlay root, namespaces and init.
 //! A spawn that fails at any step removes everything it made (the same teardown as boom).
 
-use crate::cgroup::{Cgroup, Limits};
-use crate::init::InitConfig;
-use crate::net::{self, Network};
-use crate::state::{self, EnvState};
-use crate::{boom, mounts, Runtime};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{fail, Context, Error, Result};
+use crate::host::cgroup::{Cgroup, Limits};
+use crate::host::egress::Cidr;
+use crate::host::net::{self, Network};
+use crate::host::runtime::Runtime;
+use crate::host::state::{self, EnvState};
+use crate::host::{boom, service};
+use crate::mounts::{self, ensure_dir};
+use crate::proc::start_time;
+use crate::protocol::{Go, InitConfig, InitReport, Message};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -41,8 +45,8 @@ pub struct SpawnOptions {
     /// The env's network: `none` (loopback only, the default) or `nat`.
     pub network: Network,
     /// Destinations a `nat` env may reach beyond the internet (private networks, the host's
-    /// addresses): see [`crate::egress`].
-    pub nat_allow: Vec<crate::egress::Cidr>,
+    /// addresses): see [`crate::host::egress`].
+    pub nat_allow: Vec<Cidr>,
     /// For tests: fail right after the step of this name (see [`STEPS`]).
     pub fail_after: Option<String>,
 }
@@ -85,10 +89,9 @@ pub fn spawn(rt: &Runtime, opts: &SpawnOptions) -> Result<EnvState> {
         .with_context(|| format!("creating {}", rt.envs_dir().display()))?;
     match std::fs::create_dir(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            bail!(
-                "env {} exists (boom it, or spawn with --as ANOTHER)",
-                opts.name
-            )
+            return Err(Error::Exists {
+                name: opts.name.clone(),
+            })
         }
         r => r.with_context(|| format!("creating {}", dir.display()))?,
     }
@@ -124,7 +127,7 @@ impl Drop for Undo<'_> {
 
 fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     let step = |name: &str| match &opts.fail_after {
-        Some(f) if f == name => Err(anyhow!("injected failure after step {name}")),
+        Some(f) if f == name => Err(anyhow::anyhow!("injected failure after step {name}").into()),
         _ => Ok(()),
     };
     let cg = Cgroup::new(&rt.cgroups, &opts.name);
@@ -154,7 +157,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     step("cgroup")?;
 
     let rw = dir.join("rw");
-    crate::ensure_dir(&rw)?;
+    ensure_dir(&rw)?;
     if opts.disk {
         mounts::mount_disk(
             &dir.join("disk.img"),
@@ -176,20 +179,20 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     step("write-layer")?;
 
     let root = dir.join("root");
-    crate::ensure_dir(&root)?;
+    ensure_dir(&root)?;
     let cfg = InitConfig {
         hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
         root: root.clone(),
-        exec_socket: crate::service::socket_path(dir),
+        exec_socket: service::socket_path(dir),
     };
     let mut child = rt.spare.take(&rt.helper)?;
-    let mut line = serde_json::to_string(&cfg)?;
-    line.push('\n');
+    let mut line = cfg.encode();
+    line.push(b'\n');
     let result = child
         .stdin
         .as_mut()
         .context("helper stdin")?
-        .write_all(line.as_bytes())
+        .write_all(&line)
         .context("configuring env-init")
         .and_then(|()| start_init(rt, opts, dir, &cg, &mut child, &mut state, &step));
     if result.is_err() {
@@ -210,8 +213,8 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     Ok(state)
 }
 
-/// Drives the env-init helper through its protocol (see [`crate::init`]) and mounts the root
-/// while it waits; fills in the init's pid and the mounts.
+/// Drives the env-init helper through the spawn handshake (see `inside::init`) and
+/// mounts the root while it waits; fills in the init's pid and the mounts.
 fn start_init(
     rt: &Runtime,
     opts: &SpawnOptions,
@@ -222,13 +225,20 @@ fn start_init(
     step: &dyn Fn(&str) -> Result<()>,
 ) -> Result<()> {
     let mut lines = BufReader::new(child.stdout.take().context("helper stdout")?).lines();
-    let mut next = || -> Result<String> {
-        match lines.next() {
-            Some(line) => Ok(line.context("reading from env-init")?),
-            None => bail!("env-init exited early"),
+    let mut next = || -> Result<InitReport> {
+        let line = match lines.next() {
+            Some(line) => line.context("reading from env-init")?,
+            None => fail!("env-init exited early"),
+        };
+        match InitReport::decode(line.as_bytes()).context("reading from env-init")? {
+            InitReport::Error(e) => fail!("env-init: {e}"),
+            report => Ok(report),
         }
     };
-    expect(next()?, "userns")?;
+    match next()? {
+        InitReport::Userns => {}
+        other => fail!("env-init reported {other:?} before its user namespace"),
+    }
     let pid = child.id();
     std::fs::write(format!("/proc/{pid}/uid_map"), rt.ids.map_line(false))
         .context("writing uid_map")?;
@@ -241,7 +251,7 @@ fn start_init(
         opts.lower.clone()
     } else {
         let bind = dir.join("lower");
-        crate::ensure_dir(&bind)?;
+        ensure_dir(&bind)?;
         let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
             .context("opening the env's userns")?;
         mounts::idmapped_bind(&opts.lower, &bind, &userns)?;
@@ -254,24 +264,24 @@ fn start_init(
     state.mounts.push(root);
     step("overlay")?;
 
+    let mut go = Go.encode();
+    go.push(b'\n');
     child
         .stdin
         .take()
         .context("helper stdin")?
-        .write_all(b"go\n")
+        .write_all(&go)
         .context("starting env-init")?;
     let (mut init_pid, mut ready) = (None, false);
     while !(ready && init_pid.is_some()) {
-        let line = next()?;
-        if let Some(p) = line.strip_prefix("pid ") {
-            init_pid = Some(p.parse::<i32>().context("bad pid from env-init")?);
-            state.init_pid = init_pid.unwrap_or(0);
-            state.init_start = state::start_time(state.init_pid).unwrap_or(0);
-        } else if let Some(e) = line.strip_prefix("error ") {
-            bail!("env-init: {e}");
-        } else {
-            expect(line, "ready")?;
-            ready = true;
+        match next()? {
+            InitReport::Pid(pid) => {
+                init_pid = Some(pid);
+                state.init_pid = pid;
+                state.init_start = start_time(pid).unwrap_or(0);
+            }
+            InitReport::Ready => ready = true,
+            other => fail!("env-init reported {other:?} after the go-ahead"),
         }
     }
     step("init")
@@ -284,15 +294,6 @@ fn hostname(name: &str) -> String {
         end -= 1;
     }
     name[..end].to_string()
-}
-
-/// Checks a protocol line.
-fn expect(line: String, want: &str) -> Result<()> {
-    match line.strip_prefix("error ") {
-        Some(e) => bail!("env-init: {e}"),
-        None if line == want => Ok(()),
-        None => bail!("env-init said {line:?}, expected {want:?}"),
-    }
 }
 
 fn uid(n: u32) -> rustix::fs::Uid {

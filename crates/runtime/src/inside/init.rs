@@ -1,19 +1,21 @@
 //! The `env-init` helper and the env's init.
 //!
-//! Protocol with the spawning process (lines on the helper's stdout, one "go" on its stdin):
+//! The spawn handshake ([`crate::protocol`]: [`InitReport`] lines on the helper's stdout,
+//! one [`Go`] on its stdin), step by step:
 //!
-//! 0. with `-` for its config argument, the helper reads the config as the first line of its
-//!    stdin (so it can be started ahead of the spawn: [`crate::Runtime::keep_spare_helper`]);
-//! 1. the helper unshares a user namespace and prints `userns`;
-//! 2. the spawner writes the uid/gid maps, moves the helper into the env's cgroup, mounts the
-//!    overlay root (using the new user namespace for an id-mapped lower) and writes `go`;
+//! 0. with `-` for its config argument, the helper reads its [`InitConfig`] as the first line
+//!    of its stdin (so it can be started ahead of the spawn: [`crate::Runtime::keep_spare_helper`]);
+//! 1. the helper unshares a user namespace and reports [`InitReport::Userns`];
+//! 2. the spawner ([`crate::host::spawn`]) writes the uid/gid maps, moves the helper into the
+//!    env's cgroup, mounts the overlay root (using the new user namespace for an id-mapped
+//!    lower) and sends [`Go`];
 //! 3. the helper changes directory into the overlay root (see below), becomes root inside,
 //!    unshares mount, uts, ipc, net, cgroup and pid namespaces, sets the hostname and forks
-//!    the init (PID 1 inside), prints `pid <host pid>` and exits;
+//!    the init (PID 1 inside), reports [`InitReport::Pid`] and exits;
 //! 4. the init builds /dev and /proc, pivots into the overlay, brings up loopback, restricts
-//!    itself, prints `ready` (or `error <message>` at any failing step), closes its stdio and
-//!    from then on reaps orphans and serves exec requests ([`crate::service`]). It is no
-//!    child of the spawner, so it outlives it.
+//!    itself, reports [`InitReport::Ready`] (or [`InitReport::Error`] at any failing step),
+//!    closes its stdio and from then on reaps orphans and serves exec requests
+//!    ([`crate::inside::service`]). It is no child of the spawner, so it outlives it.
 //!
 //! The env's ids cannot traverse the data directory (mode 0700) or whatever is above it (a
 //! home directory, `mktemp -d`), so nothing after step 1 looks a host path up from `/`: the
@@ -21,27 +23,17 @@
 //! (still with host root's file ids) before it becomes root inside; the new mount namespace
 //! carries that working directory over, and the init builds the env from it.
 
-use crate::{net, rootfs, security};
-use anyhow::{bail, Context, Result};
+use crate::inside::{loopback, rootfs, security, service};
+use crate::protocol::{Go, InitConfig, InitReport, Message};
+use anyhow::{Context, Result};
 use rustix::thread::UnshareFlags;
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// What the env-init helper is told (its one JSON argument).
-#[derive(Serialize, Deserialize)]
-pub struct InitConfig {
-    /// The env's hostname (its name).
-    pub hostname: String,
-    /// The overlay root on the host.
-    pub root: PathBuf,
-    /// Where the init's exec service listens (see [`crate::service`]).
-    pub exec_socket: PathBuf,
-}
-
-/// Writes one protocol line to stdout, unbuffered (the process forks).
-fn report(line: &str) {
-    let _ = rustix::io::write(rustix::stdio::stdout(), format!("{line}\n").as_bytes());
+/// Writes one report line to stdout, unbuffered (the process forks).
+fn report(report: InitReport) {
+    let mut line = report.encode();
+    line.push(b'\n');
+    let _ = rustix::io::write(rustix::stdio::stdout(), &line);
 }
 
 /// Entry point of `env-init CONFIG`.
@@ -49,7 +41,7 @@ pub fn helper_main(config: &str) -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            report(&format!("error {e:#}"));
+            report(InitReport::Error(format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -67,20 +59,18 @@ fn run(config: &str) -> Result<()> {
     } else {
         config
     };
-    let cfg: InitConfig = serde_json::from_str(config).context("bad env-init config")?;
+    let cfg = InitConfig::decode(config.trim_end().as_bytes())?;
     let env_dir = cfg.root.parent().context("the env's root has no parent")?;
     rustix::process::chdir(env_dir).with_context(|| format!("entering {}", env_dir.display()))?;
     // Bound while still host root, so only host root can connect; the init inherits it.
-    let listener = crate::service::listen(&cfg.exec_socket)?;
+    let listener = service::listen(&cfg.exec_socket)?;
     unshare(UnshareFlags::NEWUSER).context("unsharing the user namespace")?;
-    report("userns");
+    report(InitReport::Userns);
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
         .context("waiting for the spawner")?;
-    if line.trim() != "go" {
-        bail!("spawner gave up");
-    }
+    Go::decode(line.trim_end().as_bytes()).context("the spawner gave up")?;
     // From the env's directory (looked up as host root, above) into the overlay mounted on
     // `root` meanwhile; the file ids are still host root's, the owner of the env's directory.
     let root = cfg.root.file_name().context("the env's root has no name")?;
@@ -100,11 +90,11 @@ fn run(config: &str) -> Result<()> {
         -1 => Err(std::io::Error::last_os_error()).context("forking init"),
         0 => {
             let err = pid1(listener).unwrap_err();
-            report(&format!("error {err:#}"));
+            report(InitReport::Error(format!("{err:#}")));
             std::process::exit(1)
         }
         pid => {
-            report(&format!("pid {pid}"));
+            report(InitReport::Pid(pid));
             Ok(())
         }
     }
@@ -123,10 +113,10 @@ fn pid1(listener: rustix::fd::OwnedFd) -> Result<std::convert::Infallible> {
     // Its own session and process group, so nothing aimed at the spawner's group reaches it.
     rustix::process::setsid().context("setsid")?;
     rootfs::setup()?;
-    net::loopback_up()?;
+    loopback::up()?;
     security::restrict()?;
     security::restrict_init_capabilities()?;
-    report("ready");
+    report(InitReport::Ready);
     security::stdio_to_null()?;
-    crate::service::serve(listener)
+    service::serve(listener)
 }

@@ -1,11 +1,11 @@
 //! Networking of an env. Every env has its own network namespace (unshared by the env-init
 //! helper).
 //!
-//! - `none` (the default): only loopback, brought up by the init ([`loopback_up`]).
+//! - `none` (the default): only loopback, brought up by the init (`inside::loopback`).
 //! - `nat`: also a veth pair. The host end `sgv<N>` and the env's `eth0` get the two addresses
 //!   of a /30 from the host's pool ([`NAT_POOL`]); the env's default route is the host end;
 //!   the host forwards IPv4 and masquerades what the env sends elsewhere (nftables table
-//!   `ip spawngrid`), to the internet only unless the node allows more ([`crate::egress`]).
+//!   `ip spawngrid`), to the internet only unless the node allows more ([`crate::host::egress`]).
 //!   Set up from the host by the spawner once the init exists ([`setup_nat`]), undone by
 //!   boom ([`teardown_nat`]).
 //!
@@ -42,10 +42,11 @@
 //! claims nothing host-wide: the interface names then still keep subnets apart (creating
 //! `sgv<N>` fails while it exists, and the spawner moves on).
 
-use crate::egress::{self, Cidr};
-use crate::Runtime;
-use anyhow::{bail, Context, Result};
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::error::{fail, Context, Error, Result};
+use crate::host::egress::{self, Cidr};
+use crate::host::runtime::Runtime;
+use crate::mounts::ensure_dir;
+use crate::proc::start_time;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::Write;
@@ -65,13 +66,13 @@ pub enum Network {
 }
 
 impl std::str::FromStr for Network {
-    type Err = anyhow::Error;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Network> {
         match s {
             "none" => Ok(Network::None),
             "nat" => Ok(Network::Nat),
-            _ => bail!("unknown network {s:?} (none or nat)"),
+            _ => fail!("unknown network {s:?} (none or nat)"),
         }
     }
 }
@@ -174,7 +175,7 @@ impl Lease {
     /// Whether the env that made it is gone (so its veth pair is too).
     fn stale(&self) -> bool {
         self.init
-            .is_some_and(|(pid, start)| crate::state::start_time(pid) != Some(start))
+            .is_some_and(|(pid, start)| start_time(pid) != Some(start))
     }
 }
 
@@ -205,7 +206,7 @@ fn tmp_is_stale(name: &str) -> bool {
 /// Gives env `env` (whose init, `init_pid`, started at `init_start`, has made its network
 /// namespace) a `nat` network: lease a subnet, create the veth pair with one end inside,
 /// address both ends, route, forward and masquerade, to the internet and the destinations
-/// `allow` only ([`crate::egress`]). On error, what was made stays for [`teardown_nat`]
+/// `allow` only ([`crate::host::egress`]). On error, what was made stays for [`teardown_nat`]
 /// (boom) to remove.
 pub fn setup_nat(
     rt: &Runtime,
@@ -217,8 +218,8 @@ pub fn setup_nat(
     let (link, tag) = claim(rt, env, init_pid, init_start, allow)?;
     // The init is alive until the spawn returns (nothing else runs in the env yet), so its pid
     // still names its namespace; check anyway that it was not reused.
-    if crate::state::start_time(init_pid) != Some(init_start) {
-        bail!("the env's init ({init_pid}) exited during network setup");
+    if start_time(init_pid) != Some(init_start) {
+        fail!("the env's init ({init_pid}) exited during network setup");
     }
     let h = &link.host_if;
     // Strict reverse-path filtering: the host accepts from the env only its own address (root
@@ -296,7 +297,7 @@ fn claim(
     allow: &[Cidr],
 ) -> Result<(NatLink, String)> {
     let dir = leases_dir(rt);
-    crate::ensure_dir(&dir)?;
+    ensure_dir(&dir)?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -330,8 +331,11 @@ fn claim(
             init: Some((init_pid, init_start)),
             allow: allow.to_vec(),
         };
-        std::fs::write(&tmp, serde_json::to_vec(&lease)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&lease).context("encoding a lease")?,
+        )
+        .with_context(|| format!("writing {}", tmp.display()))?;
         let path = lease_path(&dir, &link);
         match std::fs::hard_link(&tmp, &path) {
             Ok(()) => {}
@@ -362,7 +366,7 @@ fn claim(
         }
     }
     remove_file(&tmp)?;
-    bail!(
+    fail!(
         "no free subnet in the nat pool {NAT_POOL}/{NAT_POOL_PREFIX} ({} in use by this node, {} \
          claimed on the host)",
         taken.len(),
@@ -629,40 +633,13 @@ impl Tool {
             return Ok(Ok(()));
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        Ok(Err(anyhow::anyhow!(
+        Ok(Err(Error::Failed(anyhow::anyhow!(
             "{} failed ({}): {}",
             self.what,
             out.status,
             stderr.trim()
-        )))
+        ))))
     }
-}
-
-/// Brings `lo` up in the current network namespace.
-pub fn loopback_up() -> Result<()> {
-    // SAFETY: socket(2) with constant arguments; the returned fd is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for lo");
-    }
-    // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the `ifreq` we own, on a valid socket.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
-            return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS lo");
-        }
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
-            return Err(std::io::Error::last_os_error()).context("bringing lo up");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -708,7 +685,7 @@ mod tests {
             std::fs::write(path, serde_json::to_vec(&lease).unwrap()).unwrap();
         };
         let me = std::process::id() as i32;
-        let start = crate::state::start_time(me).unwrap();
+        let start = start_time(me).unwrap();
         let (live, dead) = (Some((me, start)), Some((me, 1)));
         write(&mine, live);
         // A claim whose lease is gone (with its data directory) is replaced.

@@ -4,7 +4,7 @@
 //! id no host account uses. It is `spawngrid:START:COUNT` from `/etc/subuid` and `/etc/subgid`
 //! when those lines exist, otherwise 100000 + 65536 (the usual first subordinate range).
 
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// A user-namespace mapping: ids `0..count` inside are `host_*..host_* + count` outside.
@@ -69,7 +69,7 @@ fn sub_range(path: &str) -> Result<Option<(u32, u32)>> {
             let (start, count) = (f[1].parse::<u32>(), f[2].parse::<u32>());
             match (start, count) {
                 (Ok(s), Ok(c)) if s > 0 && c > 0 => return Ok(Some((s, c))),
-                _ => bail!("{path}: bad line {line:?}"),
+                _ => fail!("{path}: bad line {line:?}"),
             }
         }
     }

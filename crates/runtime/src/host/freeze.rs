@@ -9,10 +9,10 @@
 //! attach passes first: it waits a bounded time for a save in progress, then fails with one
 //! clear line instead of hanging.
 
-use crate::cgroup::Cgroup;
-use crate::state::EnvState;
-use crate::Runtime;
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Error, Result};
+use crate::host::cgroup::Cgroup;
+use crate::host::runtime::Runtime;
+use crate::host::state::{self, EnvState};
 use rustix::fs::FlockOperation;
 use std::fs::File;
 use std::time::{Duration, Instant};
@@ -83,11 +83,10 @@ pub fn wait_thawed(rt: &Runtime, st: &EnvState, limit: Duration) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "env {} is frozen by a save in progress for more than {} s; try again once it is saved",
-                st.name,
-                limit.as_secs_f64()
-            );
+            return Err(Error::Frozen {
+                name: st.name.clone(),
+                secs: limit.as_secs(),
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -98,7 +97,7 @@ pub fn wait_thawed(rt: &Runtime, st: &EnvState, limit: Duration) -> Result<()> {
 /// crash); one line for each env thawed or that could not be checked.
 pub fn recover_all(rt: &Runtime) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    for st in crate::state::list(rt)?.iter().filter(|st| st.alive()) {
+    for st in state::list(rt)?.iter().filter(|st| st.alive()) {
         match recover(rt, st) {
             Ok(true) => lines.push(format!(
                 "thawed env {}, left frozen by a save that died",

@@ -1,70 +1,26 @@
-//! The exec service of an env's init: a command started by the init itself, already in the
-//! env's cgroup and every namespace, so an exec needs no helper process, no `setns` and no
-//! cgroup migration (which on cgroup v1 can wait for an RCU grace period, ~7 ms).
+//! The exec service of an env's init, inside: the init serves its exec socket between reaping
+//! children, forking each requested command (the client side is [`crate::host::service`];
+//! the messages are [`crate::protocol`]'s [`Request`], [`Reply`] and [`Control`]).
 //!
 //! The env-init helper binds `DATA/envs/<env>/exec.sock` (SOCK_SEQPACKET, mode 0600 root's,
-//! so only host root can connect) before it unshares anything; the init inherits the listener
-//! and serves it between reaping children. Protocol, one message each:
-//! client → `Request` as JSON with stdin, stdout, stderr attached (`SCM_RIGHTS`);
-//! init → `started` or `error MESSAGE`; later init → `exit CODE` (128 + N for signal N).
-//! Meanwhile a `kill` from the client, or the client closing its socket, makes the init
-//! SIGKILL the command's process group: a command outlives no caller that went away.
+//! so only host root can connect) before it unshares anything; the init inherits the listener.
 //! The command runs as root inside (or as the request's user) with the init's bounding set,
 //! no_new_privs and seccomp filter (inherited), in a new session (its own process group),
-//! with a clean environment like [`crate::exec`]'s.
+//! with a clean environment ([`DEFAULT_ENV`]).
 
-use crate::exec::{Identity, DEFAULT_ENV};
-use crate::state::EnvState;
-use crate::{fdpass, Runtime};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::fdpass;
+use crate::identity::{Identity, DEFAULT_ENV};
+use crate::protocol::{Control, Message, Reply, Request};
+use anyhow::{anyhow, Context, Result};
 use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use serde::{Deserialize, Serialize};
+use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::path::{Path, PathBuf};
-
-/// What a client asks the init to run.
-#[derive(Serialize, Deserialize)]
-pub struct Request {
-    /// The command and its arguments.
-    pub argv: Vec<String>,
-    /// Environment variables besides the defaults (which these override).
-    pub env: Vec<(String, String)>,
-    /// Working directory inside the env.
-    pub cwd: String,
-    /// Run as this user of the env instead of root.
-    #[serde(default)]
-    pub user: Option<Identity>,
-}
-
-/// The exec socket of the env whose directory is `env_dir`.
-pub fn socket_path(env_dir: &Path) -> PathBuf {
-    env_dir.join("exec.sock")
-}
-
-/// A socket address for `path` that fits `sun_path` (108 bytes) however long the data dir:
-/// `/proc/self/fd/N/exec.sock` through an `O_PATH` fd of its directory, kept open meanwhile.
-fn address(path: &Path) -> Result<(OwnedFd, SocketAddrUnix)> {
-    let dir = path.parent().context("exec socket path has no directory")?;
-    let file = path
-        .file_name()
-        .context("exec socket path has no file name")?;
-    let fd = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .with_context(|| format!("opening {}", dir.display()))?;
-    let short = Path::new("/proc/self/fd")
-        .join(fd.as_raw_fd().to_string())
-        .join(file);
-    Ok((fd, SocketAddrUnix::new(&short)?))
-}
+use std::path::Path;
 
 /// Binds and listens on `path` (called by the env-init helper while still host root).
-pub(crate) fn listen(path: &Path) -> Result<OwnedFd> {
+pub fn listen(path: &Path) -> Result<OwnedFd> {
     let sock = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -72,7 +28,7 @@ pub(crate) fn listen(path: &Path) -> Result<OwnedFd> {
         None,
     )
     .context("exec socket")?;
-    let (_dir, addr) = address(path)?;
+    let (_dir, addr) = fdpass::address(path)?;
     // Created 0600 from the start (the helper is single-threaded, so the umask is ours alone):
     // no moment in which another user could connect.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
@@ -83,118 +39,9 @@ pub(crate) fn listen(path: &Path) -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// A command started through the init. Dropping it (closing the connection) kills the
-/// command's process group, as [`Started::kill`] does.
-pub struct Started {
-    sock: OwnedFd,
-}
-
-impl Started {
-    /// Kills the command's process group (SIGKILL); [`Started::wait`] then reports 137. May be
-    /// called while another thread waits.
-    pub fn kill(&self) -> Result<()> {
-        fdpass::send(&self.sock, b"kill", &[]).context("asking the env's init to kill")
-    }
-
-    /// Sends signal `sig` (1–64) to the command's process group; the command keeps running
-    /// unless the signal ends it.
-    pub fn signal(&self, sig: i32) -> Result<()> {
-        if !(1..=64).contains(&sig) {
-            bail!("no signal {sig}");
-        }
-        fdpass::send(&self.sock, format!("signal {sig}").as_bytes(), &[])
-            .context("asking the env's init to signal")
-    }
-
-    /// Waits for the command's exit code (128 + N if killed by signal N). Returns at once
-    /// once the connection ([`AsFd`]) is readable, so async callers wait for that instead of
-    /// holding a thread.
-    pub fn wait(&self) -> Result<i32> {
-        let mut buf = [0u8; 256];
-        let (n, _) = fdpass::recv(&self.sock, &mut buf)?;
-        let reply = std::str::from_utf8(&buf[..n]).unwrap_or("");
-        match reply.strip_prefix("exit ") {
-            Some(code) => code.parse().context("bad exit code from the env's init"),
-            None if n == 0 => bail!("the env's init went away (was the env boomed?)"),
-            None => bail!("unexpected reply from the env's init: {reply:?}"),
-        }
-    }
-}
-
-/// The connection to the init: readable when the command's exit is reported (or the init went
-/// away).
-impl AsFd for Started {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
-    }
-}
-
-/// Starts `argv` in env `state` through its init as root, with the given stdin, stdout and
-/// stderr.
-pub fn start(
-    rt: &Runtime,
-    state: &EnvState,
-    argv: &[String],
-    env: &[(String, String)],
-    stdio: [BorrowedFd<'_>; 3],
-) -> Result<Started> {
-    start_as(rt, state, argv, env, stdio, None)
-}
-
-/// [`start`] as `user` of the env (root if `None`): in their home, with their groups and
-/// `HOME`, `USER`, `LOGNAME` and `SHELL`.
-pub fn start_as(
-    rt: &Runtime,
-    state: &EnvState,
-    argv: &[String],
-    env: &[(String, String)],
-    stdio: [BorrowedFd<'_>; 3],
-    user: Option<&Identity>,
-) -> Result<Started> {
-    if argv.is_empty() {
-        bail!("no command to run");
-    }
-    if !state.alive() {
-        bail!("env {} is not running; boom it", state.name);
-    }
-    // A frozen init would take the request and never answer.
-    crate::freeze::wait_thawed(rt, state, crate::freeze::FROZEN_WAIT)?;
-    let path = socket_path(&rt.env_dir(&state.name)?);
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let (_dir, addr) = address(&path)?;
-    rustix::net::connect(&sock, &addr)
-        .with_context(|| format!("connecting to {}", path.display()))?;
-    let req = Request {
-        argv: argv.to_vec(),
-        env: user
-            .iter()
-            .flat_map(|u| u.env())
-            .chain(env.iter().cloned())
-            .collect(),
-        cwd: user.map_or("/root", |u| u.home.as_str()).into(),
-        user: user.cloned(),
-    };
-    fdpass::send(&sock, &serde_json::to_vec(&req)?, &stdio)?;
-    let mut buf = [0u8; 4096];
-    let (n, _) = fdpass::recv(&sock, &mut buf)?;
-    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-    match reply.as_str() {
-        "started" => Ok(Started { sock }),
-        _ => match reply.strip_prefix("error ") {
-            Some(e) => bail!("env {}: {e}", state.name),
-            None => bail!("env {}: no answer from its init", state.name),
-        },
-    }
-}
-
 /// The init's loop: reap children (reporting the exit of requested commands) and serve
 /// requests. Never returns but on a setup error.
-pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
+pub fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
     let signals = sigchld_fd()?;
     let mut waiting: HashMap<i32, Waiting> = HashMap::new();
     loop {
@@ -250,7 +97,7 @@ pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
                     let code = status
                         .exit_status()
                         .unwrap_or_else(|| 128 + status.terminating_signal().unwrap_or(0));
-                    let _ = fdpass::send(&w.conn, format!("exit {code}").as_bytes(), &[]);
+                    let _ = fdpass::send(&w.conn, &Reply::Exit(code).encode(), &[]);
                 }
             }
         }
@@ -258,12 +105,13 @@ pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
             if let Ok(conn) = rustix::net::accept_with(&listener, SocketFlags::CLOEXEC) {
                 match run_request(&conn) {
                     Ok(pid) => {
-                        let _ = fdpass::send(&conn, b"started", &[]);
+                        let _ = fdpass::send(&conn, &Reply::Started.encode(), &[]);
                         let killed = false;
                         waiting.insert(pid, Waiting { conn, killed });
                     }
                     Err(e) => {
-                        let _ = fdpass::send(&conn, format!("error {e:#}").as_bytes(), &[]);
+                        let reply = Reply::Error(format!("{e:#}"));
+                        let _ = fdpass::send(&conn, &reply.encode(), &[]);
                     }
                 }
             }
@@ -271,13 +119,12 @@ pub(crate) fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
     }
 }
 
-/// The signal a `signal N` message asks for (1–64).
+/// The signal a [`Control::Signal`] message asks for (anything else kills).
 fn asked_signal(msg: &[u8]) -> Option<i32> {
-    let n: i32 = std::str::from_utf8(msg.strip_prefix(b"signal ")?)
-        .ok()?
-        .parse()
-        .ok()?;
-    (1..=64).contains(&n).then_some(n)
+    match Control::decode(msg) {
+        Ok(Control::Signal(sig)) => Some(sig),
+        _ => None,
+    }
 }
 
 /// Sends `sig` to process group `pgid` (a command of ours: an unreaped child, so its pid is
@@ -385,7 +232,7 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
     )?;
     let mut buf = vec![0u8; 65536];
     let (n, fds) = fdpass::recv(conn, &mut buf)?;
-    let req: Request = serde_json::from_slice(&buf[..n]).context("bad request")?;
+    let req = Request::decode(&buf[..n])?;
     let [stdin, stdout, stderr]: [OwnedFd; 3] =
         fds.try_into().map_err(|_| anyhow!("want 3 fds"))?;
     let cstr = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL in {s:?}"));

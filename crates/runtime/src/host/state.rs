@@ -1,10 +1,14 @@
 //! `DATA/envs/<env>/state.json`: what a new process needs to find, enter, save and boom a
 //! running env; and the liveness check that guards against pid reuse.
 
-use crate::ids::IdRange;
-use crate::net::{NatLink, Network};
-use crate::Runtime;
-use anyhow::{Context, Result};
+pub use crate::proc::start_time;
+
+use crate::error::{Context, Error, Result};
+use crate::host::cgroup::Cgroup;
+use crate::host::ids::IdRange;
+use crate::host::net::{NatLink, Network};
+use crate::host::runtime::Runtime;
+use crate::proc::proc_stat;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -59,6 +63,17 @@ impl EnvState {
     }
 }
 
+impl Cgroup {
+    /// The cgroup of env `name` of `rt`'s node: the one recorded in its `state` (an env keeps
+    /// the name it was spawned with, also across an upgrade of the node), else the one the
+    /// node gives a new env.
+    pub fn of_env(rt: &Runtime, name: &str, state: Option<&EnvState>) -> Cgroup {
+        state
+            .and_then(|st| Cgroup::recorded(&rt.cgroups, &st.cgroups))
+            .unwrap_or_else(|| Cgroup::new(&rt.cgroups, name))
+    }
+}
+
 /// The path of an env's state file.
 fn state_file(dir: &Path) -> PathBuf {
     dir.join("state.json")
@@ -67,17 +82,26 @@ fn state_file(dir: &Path) -> PathBuf {
 /// Writes the state atomically (temp file + rename).
 pub fn store(dir: &Path, state: &EnvState) -> Result<()> {
     let tmp = dir.join("state.json.tmp");
-    let text = serde_json::to_vec_pretty(state)?;
+    let text = serde_json::to_vec_pretty(state).context("encoding the env's state")?;
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, state_file(dir)).with_context(|| format!("renaming {}", tmp.display()))
+    std::fs::rename(&tmp, state_file(dir))
+        .with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
 }
 
 /// Reads env `name`'s state.
 pub fn load(rt: &Runtime, name: &str) -> Result<EnvState> {
     let file = state_file(&rt.env_dir(name)?);
-    let text = std::fs::read(&file)
-        .with_context(|| format!("no env {name} (reading {})", file.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("parsing {}", file.display()))
+    let text = match std::fs::read(&file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = name.into();
+            return Err(Error::NoSuchEnv { name, file });
+        }
+        r => r.with_context(|| format!("reading {}", file.display()))?,
+    };
+    let state =
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", file.display()))?;
+    Ok(state)
 }
 
 /// Every env with a state file, by name; unreadable ones are skipped.
@@ -86,7 +110,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<EnvState>> {
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("listing {}", dir.display()))?,
     };
     let mut out: Vec<EnvState> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -94,21 +118,6 @@ pub fn list(rt: &Runtime) -> Result<Vec<EnvState>> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Start time of process `pid` in clock ticks since boot, if it exists.
-pub fn start_time(pid: i32) -> Option<u64> {
-    proc_stat(pid).map(|(_, start)| start)
-}
-
-/// State letter and start time of process `pid` (fields 3 and 22 of `/proc/PID/stat`).
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip to its last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 /// Seconds since the Unix epoch.

@@ -1,6 +1,7 @@
 //! Process hardening shared by init and every process entering an env: identity inside,
 //! capability bounding set, no_new_privs, inherited file descriptors.
 
+use crate::inside::seccomp;
 use anyhow::{Context, Result};
 use rustix::fd::AsFd;
 
@@ -34,7 +35,7 @@ pub fn become_root() -> Result<()> {
 /// Reduces the capability bounding set to `KEEP`, sets no_new_privs and installs the seccomp
 /// filter, so every program executed from here on holds at most those capabilities (of the
 /// env's user namespace), cannot gain more through setuid or file capabilities, and cannot
-/// make the syscalls [`crate::seccomp`] denies.
+/// make the syscalls [`seccomp`] denies.
 pub fn restrict() -> Result<()> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -50,7 +51,7 @@ pub fn restrict() -> Result<()> {
         }
     }
     rustix::thread::set_no_new_privs(true).context("setting no_new_privs")?;
-    crate::seccomp::install()
+    seccomp::install()
 }
 
 /// For the init, which reaps and starts the commands of the exec service: keeps only the

@@ -1,5 +1,5 @@
 //! What a `nat` env may reach: the internet only, by default. In the nft table of
-//! [`crate::net`] (family `ip`, shared by the host's nodes):
+//! [`crate::host::net`] (family `ip`, shared by the host's nodes):
 //!
 //! - no host INPUT from an env (the node's API, its SSH gateway, anything listening on the
 //!   host's addresses, the env's own gateway included), but replies to connections the host
@@ -16,7 +16,7 @@
 //!   (bridged traffic that `br_netfilter` shows the IPv4 hook excepted), so the node does not
 //!   become a router for its neighbours. A host that already forwarded keeps its own policy.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -31,7 +31,7 @@ pub struct Cidr {
 }
 
 impl std::str::FromStr for Cidr {
-    type Err = anyhow::Error;
+    type Err = Error;
 
     /// `a.b.c.d/len`, or `a.b.c.d` for one address.
     fn from_str(s: &str) -> Result<Cidr> {
@@ -41,18 +41,18 @@ impl std::str::FromStr for Cidr {
             .with_context(|| format!("{s:?} is no IPv4 network (a.b.c.d/len)"))?;
         let prefix: u8 = match prefix.parse() {
             Ok(p) if p <= 32 => p,
-            _ => bail!("{s:?}: the prefix length must be 0 to 32"),
+            _ => fail!("{s:?}: the prefix length must be 0 to 32"),
         };
         let host_bits = u32::from(addr) & (u32::MAX.checked_shr(prefix.into()).unwrap_or(0));
         if host_bits != 0 {
-            bail!("{s:?} has bits set past its /{prefix} (the network address, please)");
+            fail!("{s:?} has bits set past its /{prefix} (the network address, please)");
         }
         Ok(Cidr { addr, prefix })
     }
 }
 
 impl TryFrom<String> for Cidr {
-    type Error = anyhow::Error;
+    type Error = Error;
 
     fn try_from(s: String) -> Result<Cidr> {
         s.parse()
@@ -119,7 +119,7 @@ pub fn nft_probe(t: &str) -> String {
 }
 
 /// The chain that keeps the host from routing for others, for a host on which a node turns
-/// IPv4 forwarding on ([`crate::net`] adds it before writing `ip_forward`).
+/// IPv4 forwarding on ([`crate::host::net`] adds it before writing `ip_forward`).
 pub fn nft_router_guard(t: &str, host_if_prefix: &str) -> String {
     format!(
         "add table ip {t}

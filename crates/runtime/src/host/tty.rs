@@ -1,5 +1,6 @@
-//! Interactive sessions: a command on a pseudo-terminal allocated inside the env (its own
-//! devpts, so `tty` names `/dev/pts/N` there), with the master handed to the caller.
+//! Interactive sessions, host side: a command on a pseudo-terminal allocated inside the env
+//! (its own devpts, so `tty` names `/dev/pts/N` there, by `inside::tty`), with the
+//! master handed to the caller.
 //!
 //! The caller gives the env-enter helper one end of a Unix socket pair as stdin; the helper
 //! opens `/dev/ptmx` inside the env, sends the master over the socket (`SCM_RIGHTS`) and runs
@@ -7,17 +8,16 @@
 //! and writes the master (the node bridges it to SSH or a WebSocket), resizes it, and gets the
 //! exit status from the helper. ^C and friends reach the command through the line discipline.
 
-use crate::exec::{self, Identity, ENTER_FAILED};
-use crate::state::EnvState;
-use crate::Runtime;
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
+use crate::fdpass;
+use crate::host::exec::{self, Identity};
+use crate::host::runtime::Runtime;
+use crate::host::state::EnvState;
+use crate::protocol::{winsize, ENTER_FAILED, TTY_MASTER};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 /// A command running on a terminal inside an env.
 pub struct Tty {
@@ -74,7 +74,7 @@ impl Tty {
                     let _ = err.read_to_string(&mut msg);
                 }
                 let _ = child.wait();
-                Err(e.context(msg.trim().to_string()))
+                Err(e).context(msg.trim().to_string())
             }
         }
     }
@@ -125,7 +125,7 @@ fn wait_child(child: &mut Child) -> Result<i32> {
         }
         let msg = msg.trim().trim_start_matches("spawngrid env-enter: ");
         if !msg.is_empty() {
-            bail!("{msg}");
+            fail!("{msg}");
         }
     }
     Ok(code)
@@ -136,56 +136,12 @@ pub fn resize(master: impl AsFd, rows: u16, cols: u16) -> Result<()> {
     rustix::termios::tcsetwinsize(master, winsize(rows, cols)).context("resizing the terminal")
 }
 
-fn winsize(rows: u16, cols: u16) -> rustix::termios::Winsize {
-    rustix::termios::Winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    }
-}
-
 /// Receives the terminal's master from the helper.
 fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
     let mut byte = [0u8; 1];
-    let (n, fds) = crate::fdpass::recv(sock, &mut byte).context("receiving the terminal")?;
+    let (n, fds) = fdpass::recv(sock, &mut byte).context("receiving the terminal")?;
     match fds.into_iter().next() {
-        Some(fd) if n > 0 => Ok(fd),
-        _ => bail!("env-enter exited before opening a terminal"),
+        Some(fd) if n > 0 && byte[..n] == *TTY_MASTER => Ok(fd),
+        _ => fail!("env-enter exited before opening a terminal"),
     }
-}
-
-/// Inside the env (env-enter, after setns): opens a terminal, sends its master to the caller
-/// over stdin (a Unix socket), points stdin at /dev/null, and prepares `cmd` to run as a
-/// session leader on the slave.
-pub(crate) fn attach(cmd: &mut Command, rows: u16, cols: u16) -> Result<()> {
-    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-        .context("opening /dev/ptmx")?;
-    grantpt(&master).context("grantpt")?;
-    unlockpt(&master).context("unlockpt")?;
-    rustix::termios::tcsetwinsize(&master, winsize(rows, cols)).context("sizing the terminal")?;
-    let name = ptsname(&master, Vec::new()).context("ptsname")?;
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))
-        .context("opening the terminal's slave")?;
-    crate::fdpass::send(rustix::stdio::stdin(), b"t", &[master.as_fd()])?;
-    drop(master);
-    crate::security::stdin_to_null()?;
-    cmd.stdin(slave.try_clone()?)
-        .stdout(slave.try_clone()?)
-        .stderr(slave);
-    // SAFETY: the closure runs in the forked child before exec and only makes two syscalls
-    // (setsid, ioctl TIOCSCTTY) that are async-signal-safe; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
-            Ok(())
-        });
-    }
-    Ok(())
 }

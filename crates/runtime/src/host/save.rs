@@ -4,11 +4,11 @@
 //! The runtime knows nothing of names: [`save`] returns what it stored together with the
 //! library lease that keeps gc away from it, and the caller binds a name before dropping it.
 
-use crate::cgroup::Cgroup;
-use crate::freeze::SaveLock;
-use crate::state;
-use crate::Runtime;
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, Context, Error, Result};
+use crate::host::cgroup::Cgroup;
+use crate::host::freeze::SaveLock;
+use crate::host::runtime::Runtime;
+use crate::host::state;
 use library::import::{ImportOptions, Imported};
 use library::lease::Lease;
 use library::{Library, Score};
@@ -32,19 +32,19 @@ pub struct Saved {
 pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
     let st = state::load(rt, env)?;
     if !st.alive() {
-        bail!("env {env} is not running; boom it");
+        return Err(Error::NotRunning { name: env.into() });
     }
     let parent = match &st.snapshot {
         Some(hex) => hex
             .parse::<Score>()
             .with_context(|| format!("bad snapshot score in env {env}"))?,
-        None => bail!(
+        None => fail!(
             "env {env} was spawned from a plain directory, not a snapshot: nothing to save against"
         ),
     };
     let lease = lib.write_lease(Some(&parent), LEASE_WAIT, &|_| {})?;
     let cg = Cgroup::of_env(rt, env, Some(&st));
-    // Held until thawed: a save that dies frozen is seen and undone (see crate::freeze).
+    // Held until thawed: a save that dies frozen is seen and undone (see crate::host::freeze).
     let _frozen = SaveLock::acquire(rt, &st)?;
     cg.freeze()?;
     let captured = capture(rt, &st, lib, parent);

@@ -1,7 +1,7 @@
 //! The devices an env may use: an allow list enforced by its cgroup, so a device node that
 //! reaches an env (from a snapshot, on a mount without `nodev`) opens only if it is one of
 //! these. Character devices only: the host's `null`, `zero`, `full`, `random`, `urandom` and
-//! `tty` that the init binds into `/dev` ([`crate::rootfs`]), and the env's own terminals
+//! `tty` that the init binds into `/dev` (`inside::rootfs`), and the env's own terminals
 //! (`ptmx` and the pseudo-terminals of its devpts). No block device, whatever its node says.
 //!
 //! On a v1 or hybrid host the env's `devices` cgroup denies everything (`devices.deny a`) and
@@ -9,7 +9,7 @@
 //! same table, is attached to the env's cgroup (with `BPF_F_ALLOW_MULTI`, so programs of
 //! parent cgroups still apply too).
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 

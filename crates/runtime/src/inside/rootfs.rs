@@ -1,10 +1,10 @@
 //! Inside a new mount namespace (as root of the env's user namespace): build the env's view
-//! on top of its overlay root (the working directory: see [`crate::init`]) — a minimal /dev, a
+//! on top of its overlay root (the working directory: see [`crate::inside::init`]) — a minimal /dev, a
 //! fresh /proc with the usual masked paths, no /sys — then `pivot_root` into it and drop the
 //! host's tree. Paths are relative to the working directory: the env's ids may not be allowed
 //! to look up the overlay's host path.
 
-use crate::mounts::mount;
+use crate::mounts::{ensure_dir, mount};
 use anyhow::{Context, Result};
 use rustix::fs::StatVfsMountFlags as St;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
@@ -64,7 +64,7 @@ pub fn setup() -> Result<()> {
 
 /// A tmpfs /dev with bind-mounted host device nodes, a private devpts and /dev/shm.
 fn make_dev(dev: &Path) -> Result<()> {
-    crate::ensure_dir(dev)?;
+    ensure_dir(dev)?;
     let nosuid_noexec = MountFlags::NOSUID | MountFlags::NOEXEC;
     mount("tmpfs", dev, "tmpfs", nosuid_noexec, "mode=0755,size=65536").context("mounting /dev")?;
     for name in DEVICES {
@@ -74,7 +74,7 @@ fn make_dev(dev: &Path) -> Result<()> {
             .with_context(|| format!("binding /dev/{name}"))?;
     }
     let pts = dev.join("pts");
-    crate::ensure_dir(&pts)?;
+    ensure_dir(&pts)?;
     mount(
         "devpts",
         &pts,
@@ -84,7 +84,7 @@ fn make_dev(dev: &Path) -> Result<()> {
     )
     .context("mounting /dev/pts")?;
     let shm = dev.join("shm");
-    crate::ensure_dir(&shm)?;
+    ensure_dir(&shm)?;
     mount(
         "tmpfs",
         &shm,
@@ -108,7 +108,7 @@ fn make_dev(dev: &Path) -> Result<()> {
 
 /// A fresh /proc of the env's pid namespace, with sensitive paths masked or read-only.
 fn make_proc(proc: &Path, null: &Path) -> Result<()> {
-    crate::ensure_dir(proc)?;
+    ensure_dir(proc)?;
     let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     mount("proc", proc, "proc", flags, "").context("mounting /proc")?;
     let masks = MASKED_FILES

@@ -3,10 +3,12 @@
 //! and the leases, not only from `state.json`, so it also cleans up after a spawn that failed
 //! or crashed half-way. Idempotent.
 
-use crate::cgroup::Cgroup;
-use crate::net::{self, Network};
-use crate::{mounts, state, Runtime};
-use anyhow::{bail, Context, Result};
+use crate::error::{fail, Context, Result};
+use crate::host::cgroup::Cgroup;
+use crate::host::net::{self, Network};
+use crate::host::runtime::Runtime;
+use crate::host::state;
+use crate::mounts;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -62,7 +64,7 @@ fn detach_loops(image: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!(
+            fail!(
                 "loop device {} of {} is still busy; run `losetup -d` on it once its users are gone",
                 devices.join(", "),
                 image.display()
@@ -75,7 +77,7 @@ fn detach_loops(image: &Path) -> Result<()> {
                     .output()
                     .context("running losetup -d")?;
                 if !out.status.success() {
-                    bail!(
+                    fail!(
                         "detaching {dev}: {}",
                         String::from_utf8_lossy(&out.stderr).trim()
                     );

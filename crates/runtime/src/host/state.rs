@@ -79,13 +79,12 @@ fn state_file(dir: &Path) -> PathBuf {
     dir.join("state.json")
 }
 
-/// Writes the state atomically (temp file + rename).
+/// Writes the state whole ([`library::atomic::replace`]: a reader sees the old or the new).
 pub fn store(dir: &Path, state: &EnvState) -> Result<()> {
-    let tmp = dir.join("state.json.tmp");
     let text = serde_json::to_vec_pretty(state).context("encoding the env's state")?;
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, state_file(dir))
-        .with_context(|| format!("renaming {}", tmp.display()))?;
+    let path = state_file(dir);
+    library::atomic::replace(&path, &text)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -430,6 +430,7 @@ pub struct NodeEntry {
     /// Its HTTPS address, `host:port`.
     pub address: String,
     /// The port of its SSH gateway.
+    #[schema(maximum = 65535)]
     pub ssh_port: u16,
     /// Its TLS certificate's SHA-256 fingerprint ([`format_fingerprint`]).
     pub fingerprint: String,
@@ -615,7 +616,7 @@ pub struct ForkResponse {
 #[serde(deny_unknown_fields)]
 pub struct ExposeRequest {
     /// The port inside the env (its own network namespace: `127.0.0.1` is the env's).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// Anyone with the URL gets in (default: the owner's token, or a signed link).
     #[serde(default)]
@@ -642,7 +643,7 @@ pub struct Exposure {
     /// The env's name.
     pub env: String,
     /// The port inside the env.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// Whether anyone with the URL gets in.
     pub public: bool,
@@ -670,7 +671,7 @@ pub struct ExposeResponse {
 #[serde(deny_unknown_fields)]
 pub struct UnexposeQuery {
     /// The port exposed.
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     /// The exposure's id.
     pub id: Option<String>,
@@ -807,9 +808,11 @@ pub struct KeyEntry {
 pub struct CpuQuery {
     /// Terminal rows (default 24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(maximum = 65535)]
     pub rows: Option<u16>,
     /// Terminal columns (default 80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(maximum = 65535)]
     pub cols: Option<u16>,
     /// The command: a JSON array of strings (default: root's login shell in the env).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -46,9 +46,13 @@ pub(crate) fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String 
 
 /// `POST /api/logout`: the token the request carries stops working (other tokens of the
 /// user, e.g. on other machines, do not).
-#[utoipa::path(post, path = routes::LOGOUT,
-    summary = "log out: the token this request carries stops working (the user's other tokens do not)",
-    responses((status = 200, description = "whose token was revoked", body = api::LogoutResponse)))]
+#[utoipa::path(
+    post,
+    path = routes::LOGOUT,
+    summary = "log out: the token this request carries stops working (the user's other tokens do \
+        not)",
+    responses((status = 200, description = "whose token was revoked", body = api::LogoutResponse)),
+)]
 async fn logout(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -61,14 +65,19 @@ async fn logout(
     Ok(ok(&api::LogoutResponse { user }))
 }
 
-#[utoipa::path(post, path = routes::LOGIN, security(),
+#[utoipa::path(
+    post,
+    path = routes::LOGIN,
+    security(),
     summary = "log in: a bearer token for the other routes",
     request_body = LoginRequest,
     responses(
         (status = 200, description = "a token", body = LoginResponse),
         (status = 401, description = "wrong user name or password"),
-        (status = 429, description = "too many failed logins for this user or from this address: wait"),
-    ))]
+        (status = 429, description = "too many failed logins for this user or from this address: \
+            wait"),
+    ),
+)]
 async fn login(
     State(node): State<Arc<Node>>,
     client: Option<axum::Extension<ClientAddr>>,
@@ -121,9 +130,13 @@ async fn login(
     }
 }
 
-#[utoipa::path(get, path = routes::SCORES, params(ScoresQuery),
+#[utoipa::path(
+    get,
+    path = routes::SCORES,
+    params(ScoresQuery),
     summary = "the names the user may spawn (their own, and OWNER/NAME shared with them)",
-    responses((status = 200, description = "names, sorted", body = [ScoreEntry])))]
+    responses((status = 200, description = "names, sorted", body = [ScoreEntry])),
+)]
 async fn scores(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -147,15 +160,20 @@ async fn scores(
     Ok(ok(&list))
 }
 
-#[utoipa::path(post, path = routes::ENVS,
+#[utoipa::path(
+    post,
+    path = routes::ENVS,
     summary = "spawn an env from one of the user's names (on this node, or placed on the grid)",
     request_body = api::SpawnRequest,
     responses(
         (status = 200, description = "the new env", body = api::EnvInfo),
         (status = 404, description = "the user has no such name"),
-        (status = 409, description = "the user already has an env of that name, or is over their limits"),
-        (status = 503, description = "no room on the node (or the grid), or the node placed on could not be reached"),
-    ))]
+        (status = 409, description = "the user already has an env of that name, or is over their \
+            limits"),
+        (status = 503, description = "no room on the node (or the grid), or the node placed on \
+            could not be reached"),
+    ),
+)]
 async fn spawn_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -179,9 +197,12 @@ async fn spawn_env(
     Ok(ok(&info))
 }
 
-#[utoipa::path(get, path = routes::ENVS,
+#[utoipa::path(
+    get,
+    path = routes::ENVS,
     summary = "the user's envs on every node of the grid",
-    responses((status = 200, description = "envs, sorted by name", body = [api::EnvInfo])))]
+    responses((status = 200, description = "envs, sorted by name", body = [api::EnvInfo])),
+)]
 async fn list_envs(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -194,14 +215,18 @@ async fn list_envs(
     Ok(ok(&list))
 }
 
-#[utoipa::path(post, path = routes::SAVE, params(api::openapi::EnvPath),
+#[utoipa::path(
+    post,
+    path = routes::SAVE,
+    params(api::openapi::EnvPath),
     summary = "save the env's state as a new name; the env keeps running",
     request_body = api::SaveRequest,
     responses(
         (status = 200, description = "saved", body = api::SaveResponse),
         (status = 404, description = "the user has no such env"),
         (status = 409, description = "the name is already bound, or the env is not running"),
-    ))]
+    ),
+)]
 async fn save_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -219,16 +244,24 @@ async fn save_env(
     Ok(ok(&resp))
 }
 
-#[utoipa::path(post, path = routes::FORK, params(api::openapi::EnvPath),
+#[utoipa::path(
+    post,
+    path = routes::FORK,
+    params(api::openapi::EnvPath),
     summary = "save the env once and spawn COUNT copies of that save",
-    description = "N spawns and one save; a copy that cannot be spawned booms the ones spawned before it (the save stays bound).",
+    description = "N spawns and one save; a copy that cannot be spawned booms the ones spawned \
+        before it (the save stays bound).",
     request_body = api::ForkRequest,
     responses(
         (status = 200, description = "forked", body = api::ForkResponse),
         (status = 404, description = "the user has no such env"),
-        (status = 409, description = "the prefix is already a name or a copy's env name is taken, the env is not running, or a copy is over the user's limits (the copies spawned are boomed)"),
-        (status = 503, description = "the node has no room for a copy (the copies spawned are boomed)"),
-    ))]
+        (status = 409, description = "the prefix is already a name or a copy's env name is taken, \
+            the env is not running, or a copy is over the user's limits (the copies spawned are \
+            boomed)"),
+        (status = 503, description = "the node has no room for a copy (the copies spawned are \
+            boomed)"),
+    ),
+)]
 async fn fork_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -248,12 +281,16 @@ async fn fork_env(
     Ok(ok(&resp))
 }
 
-#[utoipa::path(delete, path = routes::ENV, params(api::openapi::EnvPath),
+#[utoipa::path(
+    delete,
+    path = routes::ENV,
+    params(api::openapi::EnvPath),
     summary = "boom: destroy the env (its names stay)",
     responses(
         (status = 200, description = "destroyed", body = api::BoomResponse),
         (status = 404, description = "the user has no such env"),
-    ))]
+    ),
+)]
 async fn boom_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -270,9 +307,13 @@ async fn boom_env(
     Ok(ok(&resp))
 }
 
-#[utoipa::path(get, path = routes::NOTICES,
-    summary = "what the node did to the user's envs unasked (evictions, expiries), last 7 days, oldest first",
-    responses((status = 200, description = "notices", body = [api::Notice])))]
+#[utoipa::path(
+    get,
+    path = routes::NOTICES,
+    summary = "what the node did to the user's envs unasked (evictions, expiries), last 7 days, \
+        oldest first",
+    responses((status = 200, description = "notices", body = [api::Notice])),
+)]
 async fn notices(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -282,9 +323,14 @@ async fn notices(
 }
 
 /// Prometheus metrics: the recorded counters and histograms, and gauges read now.
-#[utoipa::path(get, path = routes::METRICS, security(),
+#[utoipa::path(
+    get,
+    path = routes::METRICS,
+    security(),
     summary = "Prometheus metrics: envs, spawns, saves, library bytes, request latencies, the grid",
-    responses((status = 200, description = "text exposition format 0.0.4", body = String, content_type = "text/plain")))]
+    responses((status = 200, body = String, content_type = "text/plain",
+        description = "text exposition format 0.0.4")),
+)]
 async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
     let text = blocking(move || {
         let envs = runtime::state::list(&node.rt)?;
@@ -331,9 +377,13 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-#[utoipa::path(get, path = routes::OPENAPI, security(),
+#[utoipa::path(
+    get,
+    path = routes::OPENAPI,
+    security(),
     summary = "this document",
-    responses((status = 200, description = "the OpenAPI document", body = Object)))]
+    responses((status = 200, description = "the OpenAPI document", body = Object)),
+)]
 async fn openapi(axum::Extension(Document(doc)): axum::Extension<Document>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],

@@ -144,14 +144,12 @@ pub fn complete(doc: &mut OpenApi) {
                 ),
                 (true, "500", "the node failed"),
             ];
-            let responses = &mut op.responses.responses;
             for (applies, status, description) in shared {
-                if applies && !responses.contains_key(status) {
-                    let r = ResponseBuilder::new().description(description).build();
-                    responses.insert(status.to_string(), RefOr::T(r));
+                if applies {
+                    add_response(op, status, description);
                 }
             }
-            for (status, response) in responses.iter_mut() {
+            for (status, response) in op.responses.responses.iter_mut() {
                 if let RefOr::T(r) = response {
                     let error = status.parse::<u16>().is_ok_and(|s| s >= 400);
                     if error && r.content.is_empty() {
@@ -163,6 +161,25 @@ pub fn complete(doc: &mut OpenApi) {
                 }
             }
         }
+    }
+}
+
+/// Adds the error `status` to every operation of `doc` that does not describe it itself
+/// (for errors a layer answers for a group of routes; [`complete`] gives it the error body).
+pub fn add_error(doc: &mut OpenApi, status: &str, description: &str) {
+    for item in doc.paths.paths.values_mut() {
+        for op in operations(item) {
+            add_response(op, status, description);
+        }
+    }
+}
+
+/// Adds response `status` to `op` unless it has one.
+fn add_response(op: &mut Operation, status: &str, description: &str) {
+    let responses = &mut op.responses.responses;
+    if !responses.contains_key(status) {
+        let r = ResponseBuilder::new().description(description).build();
+        responses.insert(status.to_string(), RefOr::T(r));
     }
 }
 

@@ -461,7 +461,7 @@ async fn access_log(
 
 /// The routes of one env, each sent on to the env's node when it runs on another one.
 fn env_routes(node: Arc<Node>) -> OpenApiRouter<Arc<Node>> {
-    OpenApiRouter::new()
+    let mut routes = OpenApiRouter::new()
         .routes(utoipa_axum::routes!(boom_env))
         .routes(utoipa_axum::routes!(crate::exec::route))
         .routes(utoipa_axum::routes!(save_env))
@@ -472,11 +472,17 @@ fn env_routes(node: Arc<Node>) -> OpenApiRouter<Arc<Node>> {
             crate::exposures::list,
             crate::exposures::expose,
             crate::exposures::unexpose
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            node,
-            forward::env_routes,
-        ))
+        ));
+    // What the forwarding layer may answer for any of them.
+    let doc = routes.get_openapi_mut();
+    let misdirected = "the env runs on another node that is down, or that this node cannot \
+                       send it to: the message names the node";
+    api::openapi::add_error(doc, "421", misdirected);
+    api::openapi::add_error(doc, "503", "the env's node could not be reached: try again");
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        node,
+        forward::env_routes,
+    ))
 }
 
 /// The API's routes, each registered with its OpenAPI operation (`#[utoipa::path]` on the
@@ -653,6 +659,9 @@ mod tests {
                 match item.get(method) {
                     Some(op) => {
                         operations += 1;
+                        // The forwarding layer's errors are on every env route.
+                        let forwarded = path.starts_with("/api/envs/{env}");
+                        assert_eq!(op["responses"].get("421").is_some(), forwarded, "{path}");
                         assert!(
                             !unrouted(&answer),
                             "{method} {path} is not routed: {answer:?}"

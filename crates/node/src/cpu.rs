@@ -116,6 +116,25 @@ impl Session {
 }
 
 /// The route: checks, then upgrades to the session.
+#[utoipa::path(
+    get,
+    path = api::routes::CPU,
+    params(api::openapi::EnvPath, api::CpuQuery),
+    summary = "an interactive terminal session in the env over a WebSocket",
+    description = "Upgrade to a WebSocket (RFC 6455). Binary frames carry terminal bytes both ways \
+        (keyboard in, screen out). Text frames carry CpuMessage JSON: {\"resize\":[rows,cols]} \
+        from the client; {\"exit\":code} from the node just before it closes. The session runs \
+        root's login shell in the env, or cmd. When the client goes away, every process of the \
+        session is killed.",
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol; then frames as \
+            described"),
+        (status = 400, description = "not a WebSocket upgrade, or a bad query (cmd not a JSON \
+            array of strings)"),
+        (status = 404, description = "the user has no such env"),
+        (status = 409, description = "the env is not running"),
+    ),
+)]
 pub async fn cpu(
     State(node): State<Arc<Node>>,
     CpuUser(user): CpuUser,

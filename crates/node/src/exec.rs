@@ -110,6 +110,21 @@ impl Drop for Slot {
 }
 
 /// The route.
+#[utoipa::path(
+    post,
+    path = api::routes::EXEC,
+    operation_id = "exec",
+    params(api::openapi::EnvPath),
+    summary = "run one command in the env, collect its output and exit code",
+    request_body = api::ExecRequest,
+    responses(
+        (status = 200, body = api::ExecResponse,
+            description = "the command ran (whatever its exit code)"),
+        (status = 404, description = "the user has no such env"),
+        (status = 409, description = "the env is not running"),
+        (status = 429, description = "the user runs the node's limit of execs at once already"),
+    ),
+)]
 pub async fn route(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,

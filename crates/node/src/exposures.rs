@@ -50,6 +50,22 @@ pub fn of_env(node: &Node, st: &runtime::EnvState, env: &str, host: &str) -> Vec
 }
 
 /// `POST`: exposes a port of the user's running env; the exposure and a signed link.
+#[utoipa::path(
+    post,
+    path = api::routes::EXPOSURES,
+    params(api::openapi::EnvPath),
+    summary = "expose: serve a port of the env at a preview URL",
+    description = "Exposing a port already exposed keeps its id and URL (public as asked now) and \
+        gives a new signed link; rotate first gives the exposure a new key, so every link and \
+        cookie given out before stops working. The port need not be listened on yet: a request \
+        finds out (502).",
+    request_body = ExposeRequest,
+    responses(
+        (status = 200, description = "exposed", body = api::ExposeResponse),
+        (status = 404, description = "the user has no such env"),
+        (status = 409, description = "the env is not running"),
+    ),
+)]
 pub async fn expose(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -90,6 +106,17 @@ pub async fn expose(
 }
 
 /// `GET`: the user's env's exposures.
+#[utoipa::path(
+    get,
+    path = api::routes::EXPOSURES,
+    operation_id = "exposures",
+    params(api::openapi::EnvPath),
+    summary = "the env's ports served at preview URLs",
+    responses(
+        (status = 200, description = "the exposures, by port", body = [api::Exposure]),
+        (status = 404, description = "the user has no such env"),
+    ),
+)]
 pub async fn list(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -111,6 +138,17 @@ pub async fn list(
 }
 
 /// `DELETE ?port=P` or `?id=ID`: ends an exposure of the user's env; the one ended.
+#[utoipa::path(
+    delete,
+    path = api::routes::EXPOSURES,
+    params(api::openapi::EnvPath, api::UnexposeQuery),
+    summary = "unexpose: end an exposure (its URL and links stop working)",
+    responses(
+        (status = 200, description = "the exposure ended", body = api::Exposure),
+        (status = 400, description = "neither port nor id, or both"),
+        (status = 404, description = "no such env, or no such exposure"),
+    ),
+)]
 pub async fn unexpose(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,

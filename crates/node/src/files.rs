@@ -188,6 +188,23 @@ fn tar_failed(env: &str, code: i32, stderr: &str) -> Error {
 }
 
 /// `GET /api/envs/{env}/files?path=P`: a tar of P, streamed.
+#[utoipa::path(
+    get,
+    path = api::routes::FILES,
+    operation_id = "copy_out",
+    params(api::openapi::EnvPath, api::FilesQuery),
+    summary = "a tar stream of a file or directory in the env",
+    description = "The archive holds one top-level entry, the path's last component (directories \
+        recursively; modes and mtimes kept; symlinks as symlinks). It is streamed as tar inside \
+        the env writes it; a failure after the first bytes (tar failing, or more than the node's \
+        max_copy bytes) ends the stream early, without the tar end blocks.",
+    responses(
+        (status = 200, body = api::openapi::Tar, content_type = "application/x-tar",
+            description = "the archive"),
+        (status = 404, description = "no such env, or no such file or directory in it"),
+        (status = 409, description = "the env is not running, or has no tar"),
+    ),
+)]
 pub async fn get(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -284,6 +301,30 @@ impl Download {
 }
 
 /// `PUT /api/envs/{env}/files?path=P`: extracts the body (a tar) into the env.
+#[utoipa::path(
+    put,
+    path = api::routes::FILES,
+    operation_id = "copy_in",
+    params(api::openapi::EnvPath, api::FilesQuery),
+    summary = "extract a tar stream into the env",
+    description = "If path is a directory, the archive's entries are extracted into it. Otherwise \
+        path's parent must be a directory and the archive must hold one top-level entry, which \
+        becomes path. Entries are checked as they stream: an absolute name, a .. component, or a \
+        name below a symlink of the archive ends the copy (400) and nothing more is extracted. \
+        Files are owned by root inside; modes and mtimes are kept (directories' too). At most the \
+        node's max_copy bytes (default 1 GiB). Send Expect: 100-continue to hear about a bad env \
+        or destination before sending the body.",
+    request_body(content = api::openapi::Tar, content_type = "application/x-tar"),
+    responses(
+        (status = 200, description = "extracted", body = api::FilesResponse),
+        (status = 400, description = "a bad query, a malformed archive, or an unsafe entry \
+            (absolute, .., below a symlink)"),
+        (status = 404, description = "no such env, or no such destination directory"),
+        (status = 409, description = "the env is not running or has no tar, the destination's \
+            parent is not a directory, or tar inside failed (its message)"),
+        (status = 413, description = "the archive is over the node's max_copy bytes"),
+    ),
+)]
 pub async fn put(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,

@@ -144,6 +144,24 @@ impl InviteConfig {
 }
 
 /// `POST /api/invite`.
+#[utoipa::path(
+    post,
+    path = api::routes::INVITE,
+    summary = "invite a user to a copy of a name",
+    description = "Unless the node's [invite] accept_from lets the caller's invites in at once, \
+        the invite waits (pending: true) for the user to accept or refuse it. Accepting spawns the \
+        name privately, adds the user to its /etc/passwd, /etc/shadow, /etc/group (sys, adm, sudo, \
+        wheel where they exist) with a home, saves it and binds the result to the user; the \
+        temporary env is always boomed.",
+    request_body = api::InviteRequest,
+    responses(
+        (status = 200, description = "invited", body = api::InviteResponse),
+        (status = 404, description = "no such user, or the caller has no such name"),
+        (status = 409, description = "the user already has the new name (choose another with as)"),
+        (status = 422, description = "the name's system could not take the user (no POSIX sh and \
+            tools)"),
+    ),
+)]
 pub async fn invite(
     State(node): State<Arc<Node>>,
     AuthUser(inviter): AuthUser,
@@ -160,6 +178,12 @@ pub async fn invite(
 }
 
 /// `GET /api/invites`: the caller's pending invites.
+#[utoipa::path(
+    get,
+    path = api::routes::INVITES,
+    summary = "the caller's pending invites, by name",
+    responses((status = 200, description = "pending invites", body = [api::PendingInvite])),
+)]
 pub async fn pending(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -169,6 +193,16 @@ pub async fn pending(
 }
 
 /// `DELETE /api/invites/{name}`: refuses a pending invite (its row goes; nothing was made).
+#[utoipa::path(
+    delete,
+    path = api::routes::PENDING,
+    params(api::openapi::InvitePath),
+    summary = "refuse a pending invite: it is dropped and nothing is kept",
+    responses(
+        (status = 200, description = "refused", body = api::PendingInvite),
+        (status = 404, description = "no pending invite to that name"),
+    ),
+)]
 pub async fn refuse(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -186,6 +220,19 @@ pub async fn refuse(
 }
 
 /// `POST /api/invites/{name}/accept`: makes the invite's copy, binds it, drops the invite.
+#[utoipa::path(
+    post,
+    path = api::routes::ACCEPT,
+    params(api::openapi::InvitePath),
+    summary = "accept a pending invite: the copy is made and bound to the caller as the name",
+    responses(
+        (status = 200, description = "accepted", body = api::InviteResponse),
+        (status = 404, description = "no pending invite to that name, or its snapshot is gone"),
+        (status = 409, description = "the caller has the name already (refuse the invite)"),
+        (status = 422, description = "the name's system could not take the user (no POSIX sh and \
+            tools)"),
+    ),
+)]
 pub async fn accept(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,

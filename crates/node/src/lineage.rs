@@ -43,6 +43,18 @@ pub fn log(node: &Node, user: &str, address: &str) -> Result<Vec<LogEntry>, Erro
 }
 
 /// `GET /api/log?name=NAME`.
+#[utoipa::path(
+    get,
+    path = api::routes::LOG,
+    operation_id = "log",
+    params(api::LogQuery),
+    summary = "a name's ancestry: its snapshot, then each parent (what it was spawned from when \
+        saved), newest first",
+    responses(
+        (status = 200, description = "the snapshots, newest first", body = [api::LogEntry]),
+        (status = 404, description = "the user has no such name"),
+    ),
+)]
 pub async fn route(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,

@@ -14,6 +14,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// `GET /api/nodes`: every registered node, up or down, with its load.
+#[utoipa::path(
+    get,
+    path = api::routes::NODES,
+    operation_id = "nodes",
+    summary = "the grid's nodes (from the shared catalog), up or down, with their address, \
+        certificate fingerprint, capacity, labels and load",
+    responses((status = 200, description = "nodes, by name", body = [api::NodeEntry])),
+)]
 pub async fn list(State(node): State<Arc<Node>>, AuthUser(_): AuthUser) -> Result<Response, Error> {
     let nodes = blocking(move || Ok(registry::grid(&node)?)).await?;
     Ok(ok(&nodes))

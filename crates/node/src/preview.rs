@@ -87,6 +87,35 @@ fn page(e: Error) -> Response {
 }
 
 /// The route: every method on every path under [`PREFIX`].
+#[utoipa::path(
+    method(get, post, put, delete, patch, head, options, trace),
+    path = api::routes::PREVIEW_ROOT,
+    operation_id = "preview",
+    params(api::openapi::PreviewPath),
+    security(("bearer" = []), ()),
+    summary = "a preview: the request goes to the exposed port inside the env",
+    description = "Any method and any path below /preview/{id}/ is proxied as HTTP/1.1 to the port \
+        inside the env, with the /preview/{id} prefix stripped and X-Forwarded-Prefix set; \
+        WebSocket upgrades pass through. A private exposure lets in the owner's token \
+        (Authorization: Bearer), the exposure's cookie, or a signed link (query sg_exp and sg_sig, \
+        which sets the cookie and redirects without them). Errors are one line of text.",
+    responses(
+        (status = 200, description = "what the server in the env answers (any status)"),
+        (status = 303, description = "a signed link was taken: the cookie is set, go to the URL \
+            without the signature"),
+        (status = 401, body = String, content_type = "text/plain",
+            description = "a private exposure and no token, cookie or signed link"),
+        (status = 403, body = String, content_type = "text/plain",
+            description = "a token of another user, or a link or cookie not signed with the \
+                exposure's key (revoked)"),
+        (status = 404, body = String, content_type = "text/plain",
+            description = "no such exposure (never made, or ended)"),
+        (status = 410, body = String, content_type = "text/plain",
+            description = "the signed link expired"),
+        (status = 502, body = String, content_type = "text/plain",
+            description = "nothing answers on the port inside the env"),
+    ),
+)]
 pub async fn route(State(node): State<Arc<Node>>, req: Request) -> Response {
     serve(node, req).await.unwrap_or_else(page)
 }

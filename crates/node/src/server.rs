@@ -8,14 +8,15 @@ use crate::http::{
 use crate::{envs, forward, nodes, Node};
 use api::{routes, LoginRequest, LoginResponse, ScoreEntry, ScoresQuery};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
 
 /// The host name clients reached us by (for attach commands), or the configured one.
 pub(crate) fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String {
@@ -45,6 +46,13 @@ pub(crate) fn public_host(node: &Node, parts: &axum::http::HeaderMap) -> String 
 
 /// `POST /api/logout`: the token the request carries stops working (other tokens of the
 /// user, e.g. on other machines, do not).
+#[utoipa::path(
+    post,
+    path = routes::LOGOUT,
+    summary = "log out: the token this request carries stops working (the user's other tokens do \
+        not)",
+    responses((status = 200, description = "whose token was revoked", body = api::LogoutResponse)),
+)]
 async fn logout(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -57,6 +65,19 @@ async fn logout(
     Ok(ok(&api::LogoutResponse { user }))
 }
 
+#[utoipa::path(
+    post,
+    path = routes::LOGIN,
+    security(),
+    summary = "log in: a bearer token for the other routes",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "a token", body = LoginResponse),
+        (status = 401, description = "wrong user name or password"),
+        (status = 429, description = "too many failed logins for this user or from this address: \
+            wait"),
+    ),
+)]
 async fn login(
     State(node): State<Arc<Node>>,
     client: Option<axum::Extension<ClientAddr>>,
@@ -109,6 +130,13 @@ async fn login(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = routes::SCORES,
+    params(ScoresQuery),
+    summary = "the names the user may spawn (their own, and OWNER/NAME shared with them)",
+    responses((status = 200, description = "names, sorted", body = [ScoreEntry])),
+)]
 async fn scores(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -132,6 +160,20 @@ async fn scores(
     Ok(ok(&list))
 }
 
+#[utoipa::path(
+    post,
+    path = routes::ENVS,
+    summary = "spawn an env from one of the user's names (on this node, or placed on the grid)",
+    request_body = api::SpawnRequest,
+    responses(
+        (status = 200, description = "the new env", body = api::EnvInfo),
+        (status = 404, description = "the user has no such name"),
+        (status = 409, description = "the user already has an env of that name, or is over their \
+            limits"),
+        (status = 503, description = "no room on the node (or the grid), or the node placed on \
+            could not be reached"),
+    ),
+)]
 async fn spawn_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -155,6 +197,12 @@ async fn spawn_env(
     Ok(ok(&info))
 }
 
+#[utoipa::path(
+    get,
+    path = routes::ENVS,
+    summary = "the user's envs on every node of the grid",
+    responses((status = 200, description = "envs, sorted by name", body = [api::EnvInfo])),
+)]
 async fn list_envs(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -167,6 +215,18 @@ async fn list_envs(
     Ok(ok(&list))
 }
 
+#[utoipa::path(
+    post,
+    path = routes::SAVE,
+    params(api::openapi::EnvPath),
+    summary = "save the env's state as a new name; the env keeps running",
+    request_body = api::SaveRequest,
+    responses(
+        (status = 200, description = "saved", body = api::SaveResponse),
+        (status = 404, description = "the user has no such env"),
+        (status = 409, description = "the name is already bound, or the env is not running"),
+    ),
+)]
 async fn save_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -184,6 +244,24 @@ async fn save_env(
     Ok(ok(&resp))
 }
 
+#[utoipa::path(
+    post,
+    path = routes::FORK,
+    params(api::openapi::EnvPath),
+    summary = "save the env once and spawn COUNT copies of that save",
+    description = "N spawns and one save; a copy that cannot be spawned booms the ones spawned \
+        before it (the save stays bound).",
+    request_body = api::ForkRequest,
+    responses(
+        (status = 200, description = "forked", body = api::ForkResponse),
+        (status = 404, description = "the user has no such env"),
+        (status = 409, description = "the prefix is already a name or a copy's env name is taken, \
+            the env is not running, or a copy is over the user's limits (the copies spawned are \
+            boomed)"),
+        (status = 503, description = "the node has no room for a copy (the copies spawned are \
+            boomed)"),
+    ),
+)]
 async fn fork_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -203,6 +281,16 @@ async fn fork_env(
     Ok(ok(&resp))
 }
 
+#[utoipa::path(
+    delete,
+    path = routes::ENV,
+    params(api::openapi::EnvPath),
+    summary = "boom: destroy the env (its names stay)",
+    responses(
+        (status = 200, description = "destroyed", body = api::BoomResponse),
+        (status = 404, description = "the user has no such env"),
+    ),
+)]
 async fn boom_env(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -219,6 +307,13 @@ async fn boom_env(
     Ok(ok(&resp))
 }
 
+#[utoipa::path(
+    get,
+    path = routes::NOTICES,
+    summary = "what the node did to the user's envs unasked (evictions, expiries), last 7 days, \
+        oldest first",
+    responses((status = 200, description = "notices", body = [api::Notice])),
+)]
 async fn notices(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -228,6 +323,14 @@ async fn notices(
 }
 
 /// Prometheus metrics: the recorded counters and histograms, and gauges read now.
+#[utoipa::path(
+    get,
+    path = routes::METRICS,
+    security(),
+    summary = "Prometheus metrics: envs, spawns, saves, library bytes, request latencies, the grid",
+    responses((status = 200, body = String, content_type = "text/plain",
+        description = "text exposition format 0.0.4")),
+)]
 async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
     let text = blocking(move || {
         let envs = runtime::state::list(&node.rt)?;
@@ -274,14 +377,24 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, Error> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-async fn openapi() -> Response {
-    let mut r = api::openapi().into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+#[utoipa::path(
+    get,
+    path = routes::OPENAPI,
+    security(),
+    summary = "this document",
+    responses((status = 200, description = "the OpenAPI document", body = Object)),
+)]
+async fn openapi(axum::Extension(Document(doc)): axum::Extension<Document>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.to_string(),
+    )
+        .into_response()
 }
+
+/// The OpenAPI document as JSON, made once from the router's routes.
+#[derive(Clone)]
+struct Document(Arc<str>);
 
 async fn not_found(req: Request) -> Error {
     Error::not_found(format!(
@@ -347,54 +460,74 @@ async fn access_log(
 }
 
 /// The routes of one env, each sent on to the env's node when it runs on another one.
-fn env_routes(node: Arc<Node>) -> Router<Arc<Node>> {
-    Router::new()
-        .route(routes::ENV, delete(boom_env))
-        .route(routes::EXEC, post(crate::exec::route))
-        .route(routes::SAVE, post(save_env))
-        .route(routes::FORK, post(fork_env))
-        .route(routes::CPU, get(crate::cpu::cpu))
-        .route(routes::FILES, get(crate::files::get).put(crate::files::put))
-        .route(
-            routes::EXPOSURES,
-            get(crate::exposures::list)
-                .post(crate::exposures::expose)
-                .delete(crate::exposures::unexpose),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            node,
-            forward::env_routes,
-        ))
+fn env_routes(node: Arc<Node>) -> OpenApiRouter<Arc<Node>> {
+    let mut routes = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(boom_env))
+        .routes(utoipa_axum::routes!(crate::exec::route))
+        .routes(utoipa_axum::routes!(save_env))
+        .routes(utoipa_axum::routes!(fork_env))
+        .routes(utoipa_axum::routes!(crate::cpu::cpu))
+        .routes(utoipa_axum::routes!(crate::files::get, crate::files::put))
+        .routes(utoipa_axum::routes!(
+            crate::exposures::list,
+            crate::exposures::expose,
+            crate::exposures::unexpose
+        ));
+    // What the forwarding layer may answer for any of them.
+    let doc = routes.get_openapi_mut();
+    let misdirected = "the env runs on another node that is down, or that this node cannot \
+                       send it to: the message names the node";
+    api::openapi::add_error(doc, "421", misdirected);
+    api::openapi::add_error(doc, "503", "the env's node could not be reached: try again");
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        node,
+        forward::env_routes,
+    ))
 }
 
-/// The API's router.
+/// The API's routes, each registered with its OpenAPI operation (`#[utoipa::path]` on the
+/// handler): the one list of routes, from which both the router and the document are made.
+fn api_routes(node: Arc<Node>) -> OpenApiRouter<Arc<Node>> {
+    use crate::{invite, snapshots, users};
+    let (schemas, paths, preview) = utoipa_axum::routes!(crate::preview::route);
+    OpenApiRouter::with_openapi(api::openapi::header())
+        .routes(utoipa_axum::routes!(login))
+        .routes(utoipa_axum::routes!(logout))
+        .routes(utoipa_axum::routes!(scores))
+        .routes(utoipa_axum::routes!(crate::lineage::route))
+        .routes(utoipa_axum::routes!(list_envs, spawn_env))
+        .merge(env_routes(node))
+        .routes(utoipa_axum::routes!(nodes::list))
+        .routes(utoipa_axum::routes!(openapi))
+        .routes(utoipa_axum::routes!(invite::invite))
+        .routes(utoipa_axum::routes!(invite::pending))
+        .routes(utoipa_axum::routes!(invite::refuse))
+        .routes(utoipa_axum::routes!(invite::accept))
+        .routes(utoipa_axum::routes!(snapshots::share))
+        .routes(utoipa_axum::routes!(snapshots::unshare))
+        .routes(utoipa_axum::routes!(users::delete))
+        .routes(utoipa_axum::routes!(users::password))
+        .routes(utoipa_axum::routes!(users::keys, users::add_key))
+        .routes(utoipa_axum::routes!(users::remove_key))
+        .routes(utoipa_axum::routes!(notices))
+        .routes(utoipa_axum::routes!(metrics))
+        // A preview takes every method (WebDAV's too), not only those OpenAPI can name.
+        .routes((schemas, paths, preview.fallback(crate::preview::route)))
+}
+
+/// The API's router, and the web UI's pages.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route(routes::LOGIN, post(login))
-        .route(routes::LOGOUT, post(logout))
-        .route(routes::SCORES, get(scores))
-        .route(routes::LOG, get(crate::lineage::route))
-        .route(routes::ENVS, get(list_envs).post(spawn_env))
-        .merge(env_routes(node.clone()))
-        .route(routes::NODES, get(nodes::list))
-        .route(routes::OPENAPI, get(openapi))
-        .route(routes::INVITE, post(crate::invite::invite))
-        .route(routes::INVITES, get(crate::invite::pending))
-        .route(routes::PENDING, delete(crate::invite::refuse))
-        .route(routes::ACCEPT, post(crate::invite::accept))
-        .route(routes::SHARE, post(crate::snapshots::share))
-        .route(routes::UNSHARE, post(crate::snapshots::unshare))
-        .route(routes::USER, delete(crate::users::delete))
-        .route(routes::PASSWORD, post(crate::users::password))
-        .route(
-            routes::KEYS,
-            get(crate::users::keys).post(crate::users::add_key),
-        )
-        .route(routes::KEY, delete(crate::users::remove_key))
-        .route(routes::NOTICES, get(notices))
-        .route(routes::METRICS, get(metrics))
+    let (api, mut doc) = api_routes(node.clone()).split_for_parts();
+    api::openapi::complete(&mut doc);
+    let doc = Document(
+        doc.to_json()
+            .expect("the OpenAPI document serializes")
+            .into(),
+    );
+    api
+        // The preview's root is in the document; its bare form and the paths below it
+        // (which OpenAPI cannot template) go to the same handler.
         .route(routes::PREVIEW, any(crate::preview::route))
-        .route(&format!("{}/", routes::PREVIEW), any(crate::preview::route))
         .route(
             &format!("{}/{{*rest}}", routes::PREVIEW),
             any(crate::preview::route),
@@ -403,6 +536,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(crate::ui::ASSETS, get(crate::ui::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(doc))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             access_log,
@@ -464,5 +598,84 @@ pub async fn serve(
                 tracing::debug!(%peer, "connection: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use hyper::service::Service;
+    use hyper_util::service::TowerToHyperService;
+
+    /// The methods an OpenAPI path item can name.
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    /// Sends `method path` (no token, empty body) through the router: status and body.
+    async fn call(app: &TowerToHyperService<Router>, method: &str, path: &str) -> (u16, String) {
+        let req = axum::http::Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.call(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Whether the router answered from its fallbacks: no such route, or no such method.
+    fn unrouted((status, body): &(u16, String)) -> bool {
+        (*status == 404 && body.contains("no route")) || *status == 405
+    }
+
+    /// The document the router serves and the router are one list of routes: every (method,
+    /// path) the document names is routed (the answer is not the router's "no route" or
+    /// "not allowed"), every other method on its paths is not allowed (HEAD aside where GET
+    /// is named: axum answers it with GET's handler), and no two paths share an operation id.
+    #[tokio::test]
+    async fn the_document_names_exactly_the_routes_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config {
+            data: dir.path().join("data"),
+            ..Default::default()
+        };
+        let app = TowerToHyperService::new(router(Arc::new(Node::open(config).unwrap())));
+        let (status, body) = call(&app, "get", routes::OPENAPI).await;
+        assert_eq!(status, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(unrouted(&call(&app, "get", "/api/no-such-route").await));
+        let mut ids = std::collections::BTreeMap::new();
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let filled = ["env", "user", "key", "name", "id"]
+                .iter()
+                .fold(path.clone(), |p, v| p.replace(&format!("{{{v}}}"), "x"));
+            for method in METHODS {
+                let answer = call(&app, method, &filled).await;
+                match item.get(method) {
+                    Some(op) => {
+                        operations += 1;
+                        // The forwarding layer's errors are on every env route.
+                        let forwarded = path.starts_with("/api/envs/{env}");
+                        assert_eq!(op["responses"].get("421").is_some(), forwarded, "{path}");
+                        assert!(
+                            !unrouted(&answer),
+                            "{method} {path} is not routed: {answer:?}"
+                        );
+                        // One id per handler: the preview's one handler takes every method.
+                        let id = op["operationId"].as_str().unwrap().to_string();
+                        let first = ids.entry(id.clone()).or_insert(path);
+                        assert_eq!(*first, path, "operation id {id} on two paths");
+                    }
+                    None if method == "head" && item.get("get").is_some() => {}
+                    None => assert_eq!(answer.0, 405, "{method} {path} is routed, not documented"),
+                }
+            }
+        }
+        assert!(operations > 30, "only {operations} operations");
     }
 }

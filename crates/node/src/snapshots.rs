@@ -49,6 +49,19 @@ pub fn check_address<'a>(user: &str, address: &'a str) -> Result<&'a str, Error>
 }
 
 /// `POST /api/share`: shares one of the caller's names with another user.
+#[utoipa::path(
+    post,
+    path = api::routes::SHARE,
+    summary = "share one of the caller's names with another user, who then sees it in scores and \
+        spawns it as OWNER/NAME",
+    request_body = api::ShareRequest,
+    responses(
+        (status = 200, body = api::ShareResponse,
+            description = "shared (changed is false if it was already)"),
+        (status = 403, description = "the name is shared with the caller, not theirs"),
+        (status = 404, description = "no such user, or the caller has no such name"),
+    ),
+)]
 pub async fn share(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,
@@ -58,6 +71,18 @@ pub async fn share(
 }
 
 /// `POST /api/unshare`: stops sharing one of the caller's names with a user.
+#[utoipa::path(
+    post,
+    path = api::routes::UNSHARE,
+    summary = "stop sharing one of the caller's names with a user",
+    request_body = api::ShareRequest,
+    responses(
+        (status = 200, body = api::ShareResponse,
+            description = "unshared (changed is false if it was not shared)"),
+        (status = 403, description = "the name is shared with the caller, not theirs"),
+        (status = 404, description = "no such user, or the caller has no such name"),
+    ),
+)]
 pub async fn unshare(
     State(node): State<Arc<Node>>,
     AuthUser(user): AuthUser,

@@ -55,6 +55,21 @@ fn conflict_or(e: catalog::Error) -> Error {
 
 /// `POST /api/users/{user}/password`: sets the password; every token of the user is revoked
 /// (the caller's too, when it is their own: they log in again).
+#[utoipa::path(
+    post,
+    path = api::routes::PASSWORD,
+    params(api::openapi::UserPath),
+    summary = "set a user's password (your own with the current one, or anyone's for admins); \
+        every token of the user is revoked",
+    request_body = api::PasswordRequest,
+    responses(
+        (status = 200, description = "changed; log in again", body = api::UserResponse),
+        (status = 403, description = "only admins manage other users; or the current password is \
+            wrong"),
+        (status = 404, description = "no such user"),
+        (status = 429, description = "too many wrong current passwords: try again later"),
+    ),
+)]
 pub async fn password(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,
@@ -95,6 +110,20 @@ pub async fn password(
 }
 
 /// `DELETE /api/users/{user}` (admins): deletes a user with no envs on this node.
+#[utoipa::path(
+    delete,
+    path = api::routes::USER,
+    operation_id = "delete_user",
+    params(api::openapi::UserPath),
+    summary = "delete a user (admins): their tokens, keys and shares to them go; their names stay \
+        theirs; refused while they have envs on this node; the user name is never reused",
+    responses(
+        (status = 200, description = "deleted", body = api::UserResponse),
+        (status = 403, description = "only admins manage other users"),
+        (status = 404, description = "no such user"),
+        (status = 409, description = "the user still has envs, or is the caller"),
+    ),
+)]
 pub async fn delete(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,
@@ -152,6 +181,17 @@ pub fn delete_user(
 }
 
 /// `GET /api/users/{user}/keys`: the user's SSH public keys.
+#[utoipa::path(
+    get,
+    path = api::routes::KEYS,
+    params(api::openapi::UserPath),
+    summary = "a user's SSH public keys",
+    responses(
+        (status = 200, description = "the keys, oldest first", body = [api::KeyEntry]),
+        (status = 403, description = "only admins manage other users"),
+        (status = 404, description = "no such user"),
+    ),
+)]
 pub async fn keys(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,
@@ -172,6 +212,19 @@ pub async fn keys(
 }
 
 /// `POST /api/users/{user}/keys`: registers an SSH public key.
+#[utoipa::path(
+    post,
+    path = api::routes::KEYS,
+    params(api::openapi::UserPath),
+    summary = "register an SSH public key for a user",
+    request_body = api::KeyRequest,
+    responses(
+        (status = 200, description = "added", body = api::KeyEntry),
+        (status = 403, description = "only admins manage other users"),
+        (status = 404, description = "no such user"),
+        (status = 409, description = "the user has this key already"),
+    ),
+)]
 pub async fn add_key(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,
@@ -191,6 +244,17 @@ pub async fn add_key(
 
 /// `DELETE /api/users/{user}/keys/{key}`: removes the keys whose fingerprint or comment is
 /// `{key}`; 404 if none is.
+#[utoipa::path(
+    delete,
+    path = api::routes::KEY,
+    params(api::openapi::KeyPath),
+    summary = "remove a user's keys whose fingerprint or comment is key",
+    responses(
+        (status = 200, description = "removed", body = api::UserResponse),
+        (status = 403, description = "only admins manage other users"),
+        (status = 404, description = "no such user or key"),
+    ),
+)]
 pub async fn remove_key(
     State(node): State<Arc<Node>>,
     AuthUser(caller): AuthUser,

@@ -24,8 +24,11 @@ fn schemathesis() -> String {
 fn schemathesis_finds_no_server_error() {
     let st = schemathesis();
     let site = Site::new("schemathesis");
-    // Fuzzed spawns may succeed (`base` exists): keep them few and small.
-    let config = site.config("default_mem = \"64M\"\n[capacity]\nuser_max_envs = 6\n");
+    // Fuzzed spawns may succeed (`base` exists): keep them few and small. A user's memory is
+    // capped too: one fuzzed `mem` of the host's size would fill the node, and every later
+    // spawn and fork would get the node's (documented, correct) 503 "node full".
+    let config = site
+        .config("default_mem = \"64M\"\n[capacity]\nuser_max_envs = 6\nuser_max_mem = \"1G\"\n");
     site.start_with("127.0.0.1:0", &["--config", &config]);
     let alice = site.user("alice");
     alice.login();

@@ -2,7 +2,9 @@
 # bench/runtime.py: the environment-runtime benchmark (issue 4). Measures `spawngrid env ...`
 # (spawn, exec, save, boom) on a ~300 MB snapshot, and runs bubblewrap, crun, systemd-nspawn,
 # LXC and podman on the same root filesystem side by side; everything on a fresh tmpfs. Prints
-# one report and writes JSON to bench/results/runtime-<date>.json. Run as root:
+# one report and writes JSON to bench/results/runtime-<date>.json. Each peer's commands are in
+# its module under bench/peers/ (bwrap, crun, nspawn, lxc, podman; shared parts in base). Run
+# as root:
 #
 #   python3 bench/runtime.py [--spawngrid target/release/spawngrid] [--n 50] [--repeat 5]
 #                            [--density 100] [--peers bwrap,crun,nspawn,lxc,podman]
@@ -23,87 +25,36 @@
 # - density: K idle envs: host MemAvailable delta / K and the envs' memory cgroups, then boom.
 # All spawngrid times are wall times of the CLI commands (process start, library/catalog open
 # included); the JSON also has spawngrid's own in-process spawn and save times.
-import ctypes
 import json
 import os
 import platform
 import re
 import random
-import resource
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (MB, REPO, StepFailed, arg_parser, comma_list, du_bytes,  # noqa: E402
-                      ensure_tool, exit_on_sigterm, fmt, host_info, last_line, log, mount_tmpfs,
+                      ensure_tool, exit_on_sigterm, fmt, host_info, log, mount_tmpfs,
                       output_arg, remove_dir, result_path, rootfs_tree, run, summary_ms,
                       table_lines, tree_stats, unmount_tree, utc_now, version_of, write_json)
+from peers import podman  # noqa: E402
+from peers.base import MS_SHARED, PeerNs, Unavailable, Variant, cgroup_v2, mount  # noqa: E402
+from peers.bwrap import Bwrap  # noqa: E402
+from peers.crun import Crun, attach_crun  # noqa: E402
+from peers.lxc import Lxc, attach_lxc, session_lxc  # noqa: E402
+from peers.nspawn import Nspawn  # noqa: E402
+from peers.podman import Podman, attach_podman, session_podman  # noqa: E402
 
 ALL_PEERS = ["bwrap", "crun", "nspawn", "lxc", "podman"]
 ALL_SECTIONS = ["api", "latency", "attach", "save", "session", "density"]
 SNAP = "bench-base"                      # the ~300 MB snapshot's name
 DEFAULT_SESSION_DEBS = "make,python3-minimal"
 DEB_CACHE = "/var/cache/spawngrid/debs"
-MEM_LIMIT = "512M"                       # spawngrid's default; applied to peers that take one
-MEM_LIMIT_BYTES = 512 << 20
-PIDS_LIMIT = 1024
-
-CLONE_NEWNS = 0x00020000
-MS_REC = 0x4000
-MS_SHARED = 1 << 20
-MNT_DETACH = 2
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                       ctypes.c_char_p]
-libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-
-
-def mount(src, target, fstype, flags=0, data=None):
-    enc = lambda s: s.encode() if s is not None else None
-    if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
-        e = ctypes.get_errno()
-        raise StepFailed(f"mount {fstype or ''} {target}: {os.strerror(e)}")
-
-
-def umount(target, flags=0):
-    if libc.umount2(target.encode(), flags) != 0:
-        e = ctypes.get_errno()
-        raise StepFailed(f"umount {target}: {os.strerror(e)}")
-
-
-class Overlay:
-    """A fresh tmpfs write layer + overlay on `lower` at DIR/root, made with mount(2) by the
-    bench (no process start) for tools that do not make one themselves; timed with the tool."""
-
-    def __init__(self, dir_, lower):
-        self.dir, self.lower = dir_, lower
-        self.root = os.path.join(dir_, "root")
-
-    def __enter__(self):
-        rw = os.path.join(self.dir, "rw")
-        os.makedirs(rw, exist_ok=True)
-        os.makedirs(self.root, exist_ok=True)
-        mount("tmpfs", rw, "tmpfs", 0, "size=100m,mode=0755")
-        os.mkdir(os.path.join(rw, "upper"))
-        os.mkdir(os.path.join(rw, "work"))
-        mount("overlay", self.root, "overlay", 0,
-              f"lowerdir={self.lower},upperdir={rw}/upper,workdir={rw}/work")
-        return self
-
-    def __exit__(self, *exc):
-        for m in (self.root, os.path.join(self.dir, "rw")):
-            try:
-                umount(m)
-            except StepFailed:
-                umount(m, MNT_DETACH)
-        return False
 
 
 def meminfo():
@@ -126,62 +77,12 @@ def os_codename(root):
     return None
 
 
-def cgroup_v2():
-    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-
-
 def json_field(out, key):
     """out[key] of a command's --json output, or None."""
     try:
         return json.loads(out)[key]
     except (ValueError, KeyError):
         return None
-
-
-# -- the peers' private mount namespace -------------------------------------------------------
-
-class PeerNs:
-    """crun 1.8 refuses this host's hybrid cgroup layout ("cgroups in hybrid mode not supported,
-    drop all controllers from cgroupv2": cgroup2 at /sys/fs/cgroup/unified has a controller,
-    hugetlb), even with --cgroup-manager=disabled. In a private mount namespace without that
-    cgroup2 mount it sees a plain cgroup v1 host and works. A holder process keeps the namespace;
-    commands enter it with setns(2) between fork and exec (no extra process). Mounts the bench
-    makes under `shared_dir` (a shared mount) propagate into it; its own mounts stay inside."""
-
-    def __init__(self, shared_dir):
-        self.shared_dir = shared_dir
-        self.proc = None
-        self.fd = None
-
-    def start(self):
-        if self.proc:
-            return
-        self.proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "slave", "sh", "-c",
-             "umount -l /sys/fs/cgroup/unified 2>/dev/null; echo ready; exec sleep 1000000"],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        if self.proc.stdout.readline().strip() != b"ready":
-            raise StepFailed("unshare -m: the namespace holder did not start")
-        self.fd = os.open(f"/proc/{self.proc.pid}/ns/mnt", os.O_RDONLY)
-
-    def preexec(self):
-        """A preexec_fn that enters the namespace (started first if it is not yet)."""
-        self.start()
-        fd = self.fd
-
-        def enter():
-            if libc.setns(fd, CLONE_NEWNS) != 0:
-                os._exit(121)
-        return enter
-
-    def stop(self):
-        if self.proc:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 # -- the bench --------------------------------------------------------------------------------
@@ -242,30 +143,6 @@ class Bench:
 
     def upper(self, env):
         return os.path.join(self.data, "envs", env, "rw", "upper")
-
-    def podman(self, *args):
-        p = os.path.join(self.peers_dir, "podman")
-        return ["podman", "--root", f"{p}/root", "--runroot", f"{p}/run", "--storage-driver",
-                "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none",
-                "--tmpdir", f"{p}/tmp", *args]
-
-    def podman_import(self, preexec):
-        """Imports the rootfs as the image localhost/bench-base (once; its time goes to notes)."""
-        if self.notes.get("podman_import_s"):
-            return
-        dt, _, _ = run(f"tar -C {shlex.quote(self.root)} --numeric-owner -cf - . | "
-                       + " ".join(shlex.quote(x) for x in self.podman(
-                           "import", "-q", "-", "localhost/bench-base")),
-                       self.t, preexec_fn=preexec, what="tar | podman import")
-        self.notes["podman_import_s"] = dt
-
-    def podman_run_opts(self):
-        # This host's root lacks CAP_SYS_RESOURCE, so podman's default rlimits (nofile 1048576,
-        # nproc 4194304) fail in crun with EPERM; podman also lowers its own nproc to 32768.
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
-        return ["--network", "none", "--memory", MEM_LIMIT.lower(), "--pids-limit", str(PIDS_LIMIT),
-                "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -414,57 +291,6 @@ class Bench:
         return vs
 
 
-class Variant:
-    name = "?"
-    layer = ""
-    kind = "peer"
-
-    def __init__(self, b=None, name=None, layer=None):
-        self.b = b
-        if name:
-            self.name = name
-        if layer:
-            self.layer = layer
-        self.error = None
-        self.samples = []
-        self.notes = []
-
-    def setup(self):
-        pass
-
-    def sample(self, i):
-        raise NotImplementedError
-
-    def teardown(self):
-        pass
-
-    def configure(self, setting):
-        pass
-
-    def probe(self, attempts):
-        """Tries (label, in_ns, setting) in turn: self.preexec enters the peers' namespace if
-        in_ns, configure(setting), then a probe sample; notes what ran and what failed.
-        Returns [] once one ran, else every failure as (label, error)."""
-        failed = []
-        for label, in_ns, setting in attempts:
-            self.preexec = self.b.ns.preexec() if in_ns else None
-            self.configure(setting)
-            try:
-                self.sample("probe")
-                self.notes.append(f"ran: {label}")
-                return []
-            except StepFailed as e:
-                self.notes.append(f"{label}: {e}")
-                failed.append((label, str(e)))
-        return failed
-
-
-class Unavailable(Variant):
-    def __init__(self, name, why):
-        super().__init__(None, name)
-        self.error = why
-
-
 class SgVariant(Variant):
     kind = "spawngrid"
 
@@ -474,184 +300,6 @@ class SgVariant(Variant):
 
     def sample(self, i):
         return self.b.cycle(f"lat-{'n' if self.source == SNAP else 'd'}-{i}", self.source)
-
-
-class Bwrap(Variant):
-    def __init__(self, b, overlay):
-        super().__init__(b, "bwrap+overlay" if overlay else "bwrap",
-                         "overlay + fresh 100M tmpfs upper, mounted by the bench (bwrap 0.8 has "
-                         "no --overlay)" if overlay else "read-only root, tmpfs /tmp")
-        self.overlay = overlay
-        self.ns_args = ["--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]
-
-    def sample(self, i):
-        if not self.overlay:
-            return {"total": run(["bwrap", "--ro-bind", self.b.root, "/", *self.ns_args, "--tmpfs",
-                                  "/tmp", "true"], 120)[0]}
-        t0 = time.perf_counter()
-        with Overlay(os.path.join(self.b.w, "ovl-bwrap"), self.b.root) as o:
-            run(["bwrap", "--bind", o.root, "/", *self.ns_args, "true"], 120)
-        return {"total": time.perf_counter() - t0}
-
-
-def crun_bundle(bundle, root, args):
-    """`crun spec`'s default rootful config (pid, net, ipc, uts, mount namespaces) + a cgroup
-    namespace, spawngrid's memory and pids limits, no terminal."""
-    os.makedirs(bundle, exist_ok=True)
-    cfg_path = os.path.join(bundle, "config.json")
-    if os.path.exists(cfg_path):
-        os.unlink(cfg_path)
-    run(["crun", "spec"], 60, cwd=bundle)
-    with open(cfg_path) as f:
-        c = json.load(f)
-    c["root"] = {"path": root, "readonly": False}
-    c["process"]["args"] = args
-    c["process"]["terminal"] = False
-    c["hostname"] = "crun"
-    c["linux"]["namespaces"].append({"type": "cgroup"})
-    c["linux"].setdefault("resources", {})
-    c["linux"]["resources"]["memory"] = {"limit": MEM_LIMIT_BYTES}
-    c["linux"]["resources"]["pids"] = {"limit": PIDS_LIMIT}
-    with open(cfg_path, "w") as f:
-        json.dump(c, f, indent=1)
-
-
-class Crun(Variant):
-    name = "crun+overlay"
-    layer = "overlay + fresh 100M tmpfs upper, mounted by the bench; cgroup limits"
-
-    def __init__(self, b):
-        super().__init__(b)
-        self.bundle = os.path.join(b.peers_dir, "crun")
-        self.ovl = os.path.join(b.peers_dir, "crun-ovl")
-        self.prefix = None
-        self.preexec = None
-
-    def configure(self, prefix):
-        self.prefix = prefix
-
-    def setup(self):
-        crun_bundle(self.bundle, os.path.join(self.ovl, "root"), ["true"])
-        failed = self.probe([
-            ("host, cgroup manager cgroupfs", False, ["crun"]),
-            ("host, --cgroup-manager=disabled", False, ["crun", "--cgroup-manager=disabled"]),
-            ("private mount namespace without /sys/fs/cgroup/unified, cgroupfs", True, ["crun"])])
-        if failed:
-            raise StepFailed("; ".join(f"{label}: {e}" for label, e in failed))
-
-    def sample(self, i):
-        t0 = time.perf_counter()
-        with Overlay(self.ovl, self.b.root):
-            run([*self.prefix, "run", "-b", self.bundle, f"bench-{os.getpid()}-{i}"], 120,
-                preexec_fn=self.preexec)
-        return {"total": time.perf_counter() - t0}
-
-
-class Nspawn(Variant):
-    name = "systemd-nspawn"
-    layer = "--volatile=overlay (tmpfs upper)"
-
-    def argv(self):
-        return ["systemd-nspawn", "-q", "-D", self.b.root, "--volatile=overlay", "--register=no",
-                "--keep-unit", "--private-network", "--machine", "bench", "true"]
-
-    def setup(self):
-        _, _, err = run(self.argv(), 120)
-        if err.strip():
-            self.notes.append(f"stderr (exit 0): {last_line(err)}")
-
-    def sample(self, i):
-        return {"total": run(self.argv(), 120)[0]}
-
-
-LXC_COMMON = """\
-lxc.net.0.type = empty
-lxc.apparmor.profile = unconfined
-lxc.include = /usr/share/lxc/config/common.conf
-# common.conf.d/00-lxcfs.conf (installed with lxc) adds lxcfs hooks; its post-stop hook sleeps
-# 0.5 s after every container. Cleared: lxcfs is not in use here.
-lxc.hook.mount =
-lxc.hook.post-stop =
-"""
-
-
-def lxc_limits():
-    if cgroup_v2():
-        return f"lxc.cgroup2.memory.max = {MEM_LIMIT_BYTES}\nlxc.cgroup2.pids.max = {PIDS_LIMIT}\n"
-    return (f"lxc.cgroup.memory.limit_in_bytes = {MEM_LIMIT_BYTES}\n"
-            f"lxc.cgroup.pids.max = {PIDS_LIMIT}\n")
-
-
-def lxc_config(path, name, rootfs, extra=""):
-    """Writes PATH/NAME/config: container NAME on `rootfs` (an lxc.rootfs.path value), with
-    LXC_COMMON, spawngrid's limits and the `extra` lines."""
-    os.makedirs(os.path.join(path, name), exist_ok=True)
-    with open(os.path.join(path, name, "config"), "w") as f:
-        f.write(f"lxc.uts.name = {name}\nlxc.rootfs.path = {rootfs}\n" + LXC_COMMON + lxc_limits()
-                + extra)
-
-
-def lxc_overlay(b, name):
-    """Container NAME under b.w/lxc on an overlay of the rootfs, its upper directory (returned)
-    b.w/lxc-upper/NAME."""
-    upper = os.path.join(b.w, "lxc-upper", name)
-    os.makedirs(upper)
-    lxc_config(os.path.join(b.w, "lxc"), name, f"overlay:{b.root}:{upper}")
-    return upper
-
-
-class Lxc(Variant):
-    name = "lxc-execute"
-    layer = "overlay rootfs (upper on the bench tmpfs, emptied between runs)"
-
-    def setup(self):
-        self.path = os.path.join(self.b.w, "lxc")
-        self.upper = lxc_overlay(self.b, "lat")
-        self.sample("probe")
-
-    def sample(self, i):
-        dt = run(["lxc-execute", "-n", "lat", "-P", self.path, "--", "true"], 120)[0]
-        for e in os.listdir(self.upper):   # a fresh write layer per run, untimed
-            p = os.path.join(self.upper, e)
-            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
-        return {"total": dt}
-
-
-class Podman(Variant):
-    def __init__(self, b, image):
-        super().__init__(b, "podman-image" if image else "podman-rootfs",
-                         "image imported from the rootfs, overlay driver" if image
-                         else "--rootfs DIR:O (overlay on the directory)")
-        self.image = image
-        self.preexec = None
-        self.opts = []
-
-    def target(self):
-        return ["localhost/bench-base"] if self.image else ["--rootfs", f"{self.b.root}:O"]
-
-    def configure(self, opts):
-        self.opts = opts
-
-    def setup(self):
-        b = self.b
-        if self.image:
-            self.preexec = b.ns.preexec()
-            self.opts = b.podman_run_opts()
-            b.podman_import(self.preexec)
-            self.sample("probe")
-            self.notes.append("ran in the private mount namespace (see crun), with --ulimit")
-            return
-        failed = self.probe([
-            ("host, defaults", False, ["--network", "none"]),
-            ("host, --ulimit nofile/nproc within the hard limits", False, b.podman_run_opts()),
-            ("private mount namespace without /sys/fs/cgroup/unified", True,
-             b.podman_run_opts())])
-        if failed:
-            raise StepFailed("; ".join(e for _, e in failed))
-
-    def sample(self, i):
-        return {"total": run(self.b.podman("run", "--rm", *self.opts, *self.target(), "true"),
-                             120, preexec_fn=self.preexec)[0]}
 
 
 # -- sections ---------------------------------------------------------------------------------
@@ -754,44 +402,6 @@ def attach_times(a, one):
     return {"warm": summary_ms(warm), "after_idle_0_5s": summary_ms(idle)}
 
 
-# Each starts a container of the peer running `sleeper` and returns (one attach -> seconds,
-# stop); the attach commands run `true` in it.
-
-def attach_crun(b, sleeper):
-    pre = b.ns.preexec()
-    bundle = os.path.join(b.peers_dir, "crun-attach")
-    ovl = Overlay(os.path.join(b.peers_dir, "crun-attach-ovl"), b.root).__enter__()
-    crun_bundle(bundle, ovl.root, sleeper)
-    cid = f"bench-{os.getpid()}-attach"
-    run(["crun", "run", "-d", "-b", bundle, cid], 120, preexec_fn=pre)
-
-    def stop():
-        run(["crun", "delete", "-f", cid], 120, preexec_fn=pre, check=False)
-        ovl.__exit__(None, None, None)
-    return lambda: run(["crun", "exec", cid, "true"], 120, preexec_fn=pre)[0], stop
-
-
-def attach_lxc(b, sleeper):
-    path = os.path.join(b.w, "lxc")
-    lxc_overlay(b, "att")
-    run(["lxc-start", "-n", "att", "-P", path, "-d", "--", *sleeper], 120)
-    run(["lxc-wait", "-n", "att", "-P", path, "-s", "RUNNING", "-t", "10"], 120)
-
-    def stop():
-        run(["lxc-stop", "-k", "-n", "att", "-P", path], 120, check=False)
-    return lambda: run(["lxc-attach", "-n", "att", "-P", path, "--", "true"], 120)[0], stop
-
-
-def attach_podman(b, sleeper):
-    pre = b.ns.preexec()
-    run(b.podman("run", "-d", "--name", "attach", *b.podman_run_opts(), "--rootfs",
-                 f"{b.root}:O", *sleeper), 120, preexec_fn=pre)
-
-    def stop():
-        run(b.podman("rm", "-f", "-t", "0", "attach"), 120, preexec_fn=pre, check=False)
-    return lambda: run(b.podman("exec", "attach", "true"), 120, preexec_fn=pre)[0], stop
-
-
 ATTACH = {"crun": ("crun exec", attach_crun), "lxc": ("lxc-attach", attach_lxc),
           "podman": ("podman exec", attach_podman)}
 
@@ -889,48 +499,6 @@ def session_spawngrid(b, debs, add):
             os.unlink(out_tar)
         finally:
             b.boom(env)
-
-
-def session_podman(b, debs, add):
-    """dpkg -i in a container of the imported image (in the peers' namespace), podman commit."""
-    pre = b.ns.preexec()
-    b.podman_import(pre)
-    for r in range(b.a.repeat):
-        c = f"sess-{r}"
-        run(b.podman("run", "--name", c, *b.podman_run_opts(), "-v", f"{debs['dir']}:/debs:ro",
-                     "localhost/bench-base", "sh", "-c", b.install_script("/debs")), b.t,
-            preexec_fn=pre, what="podman run (dpkg -i)")
-        dt, _, _ = run(b.podman("commit", "-q", c, f"localhost/sess-{r}"), b.t, preexec_fn=pre,
-                       what="podman commit")
-        add("podman commit", "s", dt)
-        run(b.podman("rm", c), b.t, preexec_fn=pre)
-        run(b.podman("rmi", f"localhost/sess-{r}"), b.t, preexec_fn=pre)
-
-
-def session_lxc(b, debs, add):
-    """dpkg -i in a dir-backed container, then lxc-snapshot and lxc-copy of it."""
-    u = ensure_tool("rsync", "rsync")
-    if u:
-        return f"{u} (lxc-snapshot of a dir rootfs uses rsync)"
-    path = os.path.join(b.w, "lxc-sess")
-    try:
-        for r in range(b.a.repeat):
-            c = f"sess{r}"
-            d = os.path.join(path, c)
-            os.makedirs(d)
-            run(["cp", "-a", b.root, os.path.join(d, "rootfs")], b.t)
-            lxc_config(path, c, f"dir:{d}/rootfs",
-                       f"lxc.mount.entry = {debs['dir']} debs none bind,ro,create=dir 0 0\n")
-            run(["lxc-execute", "-n", c, "-P", path, "--", "sh", "-c",
-                 b.install_script("/debs")], b.t, what="lxc-execute (dpkg -i)")
-            dt, _, _ = run(["lxc-snapshot", "-n", c, "-P", path], b.t)
-            add("lxc-snapshot", "s", dt)
-            dt, _, _ = run(["lxc-copy", "-n", c, "-N", f"{c}copy", "-P", path], b.t)
-            add("lxc-copy", "s", dt)
-            shutil.rmtree(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-    return None
 
 
 # (label in logs, peer it needs or None, its row, the function: returns None, or why it could
@@ -1089,7 +657,7 @@ def cleanup(b, mnt, cgroups_before):
                 pass
         if b.ns.proc and shutil.which("podman"):
             try:
-                run(b.podman("rm", "-af", "-t", "0"), 120, preexec_fn=b.ns.preexec(), check=False)
+                run(podman.podman(b, "rm", "-af", "-t", "0"), 120, preexec_fn=b.ns.preexec(), check=False)
             except StepFailed:
                 pass
         b.ns.stop()

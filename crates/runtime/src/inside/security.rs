@@ -4,24 +4,23 @@
 use crate::inside::seccomp;
 use anyhow::{Context, Result};
 use rustix::fd::AsFd;
+use rustix::thread::CapabilitySet;
 
 /// Capabilities kept in the bounding set (Docker's default set).
-const KEEP: [u32; 14] = [
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    3,  // CAP_FOWNER
-    4,  // CAP_FSETID
-    5,  // CAP_KILL
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
-    8,  // CAP_SETPCAP
-    10, // CAP_NET_BIND_SERVICE
-    13, // CAP_NET_RAW
-    18, // CAP_SYS_CHROOT
-    27, // CAP_MKNOD
-    29, // CAP_AUDIT_WRITE
-    31, // CAP_SETFCAP
-];
+const KEEP: CapabilitySet = CapabilitySet::CHOWN
+    .union(CapabilitySet::DAC_OVERRIDE)
+    .union(CapabilitySet::FOWNER)
+    .union(CapabilitySet::FSETID)
+    .union(CapabilitySet::KILL)
+    .union(CapabilitySet::SETGID)
+    .union(CapabilitySet::SETUID)
+    .union(CapabilitySet::SETPCAP)
+    .union(CapabilitySet::NET_BIND_SERVICE)
+    .union(CapabilitySet::NET_RAW)
+    .union(CapabilitySet::SYS_CHROOT)
+    .union(CapabilitySet::MKNOD)
+    .union(CapabilitySet::AUDIT_WRITE)
+    .union(CapabilitySet::SETFCAP);
 
 /// Becomes root of the user namespace just entered (uid/gid 0 inside, no supplementary groups).
 pub fn become_root() -> Result<()> {
@@ -41,7 +40,7 @@ pub fn restrict() -> Result<()> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(63);
-    for cap in (0..=last).filter(|c| !KEEP.contains(c)) {
+    for cap in (0..=last).filter(|&c| !KEEP.contains(CapabilitySet::from_bits_retain(1 << c))) {
         // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes plain integers and touches no memory.
         // (rustix only takes its own `Capability` enum, which cannot be iterated by number.)
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
@@ -60,7 +59,7 @@ pub fn restrict() -> Result<()> {
 /// (empty effective and inheritable sets), and becomes non-dumpable, so a process of the env
 /// that could reach PID 1 would find nothing to borrow.
 pub fn restrict_init_capabilities() -> Result<()> {
-    use rustix::thread::{CapabilitySet, CapabilitySets};
+    use rustix::thread::CapabilitySets;
     let current = rustix::thread::capabilities(None).context("reading the init's capabilities")?;
     let mut bounding = CapabilitySet::empty();
     for cap in 0..64 {

@@ -236,7 +236,7 @@ fn serve_mount(
     // SAFETY: the keeper hands these descriptors over to this process alone.
     let (fuse, ready) = unsafe { (OwnedFd::from_raw_fd(fd), OwnedFd::from_raw_fd(ready)) };
     let data = store.data().root();
-    let lib = Arc::new(store.library()?);
+    let lib = Arc::new(store.library_reader()?);
     let score: Score = a
         .name
         .parse()

@@ -101,11 +101,14 @@ enum Step {
     Stored,
 }
 
+/// What a unit test runs at each [`Step`].
+#[cfg(test)]
+type StepHook = Box<dyn FnMut(Step)>;
+
 #[cfg(test)]
 thread_local! {
     /// What a unit test runs at each [`Step`] of this thread's acquires.
-    static AT_STEP: std::cell::RefCell<Option<Box<dyn FnMut(Step)>>> =
-        const { std::cell::RefCell::new(None) };
+    static AT_STEP: std::cell::RefCell<Option<StepHook>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs the test's code for `step`, if any (nothing outside unit tests).

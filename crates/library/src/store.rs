@@ -202,6 +202,27 @@ impl Library {
         backend: Arc<dyn Backend>,
         coordinator: Arc<dyn Coordinator>,
     ) -> Result<Library> {
+        let lib = Library::configured(backend, coordinator)?;
+        lib.reload_index()?;
+        Ok(lib)
+    }
+
+    /// Opens an existing library to read from it (a snapfs mount server): its index is loaded
+    /// from the packs without asking `coordinator` which packs gc condemned (for a grid, a
+    /// catalog connection before the first read). A reader may then read an object from a
+    /// condemned pack; once gc sweeps that pack the read fails, and [`Library::get`] reloads
+    /// the index, condemned packs included, and reads the copy gc made.
+    pub fn open_reader(
+        backend: Arc<dyn Backend>,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Result<Library> {
+        let lib = Library::configured(backend, coordinator)?;
+        lib.load_index(HashSet::new())?;
+        Ok(lib)
+    }
+
+    /// A library over `backend` with the stored config checked, and no index yet.
+    fn configured(backend: Arc<dyn Backend>, coordinator: Arc<dyn Coordinator>) -> Result<Library> {
         let raw = backend
             .get(CONFIG_KEY)
             .map_err(|e| Error::BadInput(format!("no library at {} ({e})", backend.describe())))?;
@@ -215,7 +236,7 @@ impl Library {
                 config.version
             )));
         }
-        let lib = Library {
+        Ok(Library {
             backend,
             current: AtomicBool::new(config.version == VERSION),
             config,
@@ -226,9 +247,7 @@ impl Library {
             frames: Mutex::default(),
             coordinator,
             written: Mutex::default(),
-        };
-        lib.reload_index()?;
-        Ok(lib)
+        })
     }
 
     /// Whether `backend` holds a library (its configuration).
@@ -586,6 +605,54 @@ mod tests {
     use super::*;
     use crate::pack::tests::v1_pack;
     use crate::LocalBackend;
+
+    /// Leases as files, counting the times it is asked what gc condemned.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Coordinator for Counting {
+        fn lease(
+            &self,
+            backend: &Arc<dyn Backend>,
+            kind: crate::lease::LeaseKind,
+            wait: std::time::Duration,
+            on_wait: &dyn Fn(&str),
+        ) -> Result<crate::coord::Lease> {
+            FileLeases.lease(backend, kind, wait, on_wait)
+        }
+
+        fn condemned(&self) -> Result<HashSet<Score>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(HashSet::new())
+        }
+
+        fn ledger(&self) -> Option<&dyn crate::coord::Ledger> {
+            None
+        }
+    }
+
+    /// A reader opens and reads without asking what gc condemned; a read that fails reloads
+    /// the index and asks then. A writer's open asks at once.
+    #[test]
+    fn a_reader_asks_what_gc_condemned_only_when_a_read_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let lib = Library::open_or_init(backend.clone()).unwrap();
+        let score = lib.put(ObjectKind::Blob, b"some bytes").unwrap();
+        lib.flush().unwrap();
+        let counting = Arc::new(Counting::default());
+        let asked = || counting.0.load(Ordering::Relaxed);
+        let reader = Library::open_reader(backend.clone(), counting.clone()).unwrap();
+        assert_eq!(
+            reader.get_kind(&score, ObjectKind::Blob).unwrap(),
+            b"some bytes"
+        );
+        assert_eq!(asked(), 0);
+        assert!(reader.get(&Score::of(b"never stored")).is_err());
+        assert_eq!(asked(), 1);
+        Library::open_with(backend, counting.clone()).unwrap();
+        assert_eq!(asked(), 2);
+    }
 
     /// A library written by the first format (version-1 config and pack) opens, reads, takes
     /// new objects (upgrading its config to version 2 first) and reads both afterwards.

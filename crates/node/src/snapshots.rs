@@ -139,39 +139,34 @@ async fn set_share(
 }
 
 /// Mounts `score` once per node at `DATA/mounts/<score>/root` with snapfs, owners shifted into
-/// the node's id range (`spawngrid lib mount ... --uid-offset`); an existing live mount is
-/// reused. The mount server is this executable (`spawngrid lib mount`), detached.
+/// the node's id range; an existing live mount is reused. The mount's keeper is this
+/// executable (`spawngrid lib mount SCORE DIR --keep`), started detached by this process
+/// (`snapfs::launch`), which waits until the mount is live.
 pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
     if rt.ids.host_uid != rt.ids.host_gid {
         bail!("snapfs shifts uids and gids by one offset; the node's uid and gid ranges differ");
     }
     let dir = mount_dir(rt, score);
-    // Already served: no second process (what every spawn after the first one sees).
-    let served = snapfs::mount::Registry::new(&rt.data)
-        .get(&dir)
-        .filter(|r| {
-            r.score == score.to_hex()
-                && r.id_offset == rt.ids.host_uid
-                && snapfs::mount::running(r.pid)
-        });
-    if served.is_some() && snapfs::mount::state(&dir) == snapfs::mount::State::Live {
+    let hex = score.to_hex();
+    let offset = rt.ids.host_uid;
+    let registry = snapfs::mount::Registry::new(&rt.data);
+    let mounting = || format!("mounting snapshot {score}");
+    // Already served: no process started (what every spawn after the first one sees).
+    if snapfs::launch::existing(&registry, &dir, &hex, offset)
+        .with_context(mounting)?
+        .is_some()
+    {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = Command::new(runtime::helper::self_exe())
+    let mut keeper = Command::new(runtime::helper::self_exe());
+    keeper
         .args(["lib", "--data"])
         .arg(&rt.data)
-        .args(["mount", &score.to_hex()])
+        .args(["mount", &hex])
         .arg(&dir)
-        .args(["--uid-offset", &rt.ids.host_uid.to_string()])
-        .output()
-        .context("running spawngrid lib mount")?;
-    if !out.status.success() {
-        bail!(
-            "mounting snapshot {score}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .args(["--uid-offset", &offset.to_string(), "--keep"]);
+    snapfs::launch::start(&registry, &dir, keeper).with_context(mounting)?;
     Ok(dir)
 }
 

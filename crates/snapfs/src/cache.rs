@@ -19,7 +19,7 @@ use library::pack::ObjectKind;
 use library::{FileData, Library, Score};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +89,38 @@ pub struct Cache {
 
 fn io(what: &'static str, path: &Path, e: std::io::Error) -> library::Error {
     library::Error::io(what, path, e)
+}
+
+/// Points inside [`Cache::acquire`] between which another process sharing the directory may
+/// act; unit tests run code there (on the acquiring thread) to make such a race happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// A cache file is open, not verified yet.
+    Opened,
+    /// A fetched file has just been renamed into place.
+    Stored,
+}
+
+/// What a unit test runs at each [`Step`].
+#[cfg(test)]
+type StepHook = Box<dyn FnMut(Step)>;
+
+#[cfg(test)]
+thread_local! {
+    /// What a unit test runs at each [`Step`] of this thread's acquires.
+    static AT_STEP: std::cell::RefCell<Option<StepHook>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs the test's code for `step`, if any (nothing outside unit tests).
+fn at_step(step: Step) {
+    #[cfg(test)]
+    AT_STEP.with(|f| {
+        if let Some(f) = f.borrow_mut().as_mut() {
+            f(step)
+        }
+    });
+    #[cfg(not(test))]
+    let _ = step;
 }
 
 impl Cache {
@@ -230,8 +262,13 @@ impl Cache {
             .map(|s| s.verified)
             .or_else(|| path.exists().then_some(false));
         if let Some(verified) = known {
-            match File::open(&path) {
-                Ok(f) if verified || self.check(lib, &score, data, &path)? => {
+            // From here on only this descriptor is read, never the path again: an eviction
+            // (by this process, or by another sharing the directory) may unlink the path at
+            // any moment, and an open file stays readable.
+            let opened = File::open(&path);
+            at_step(Step::Opened);
+            match opened {
+                Ok(f) if verified || self.check(lib, &score, data, &f, &path)? => {
                     let mut st = self.state.lock().expect("cache state");
                     if !st.files.contains_key(&score) {
                         let size = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -252,8 +289,8 @@ impl Cache {
             self.state.lock().expect("cache state").remove(&score);
             let _ = std::fs::remove_file(&path);
         }
-        let size = self.fetch(lib, &score, data, &path)?;
-        let f = File::open(&path).map_err(|e| io("opening", &path, e))?;
+        let (f, size) = self.fetch(lib, &score, data, &path)?;
+        at_step(Step::Stored);
         {
             let mut st = self.state.lock().expect("cache state");
             st.insert(score, size, true);
@@ -263,20 +300,22 @@ impl Cache {
         Ok(f)
     }
 
-    /// Writes the file's bytes (verified by the library) to a temporary file, then renames it.
+    /// Writes the file's bytes (verified by the library) to a temporary file, then renames it;
+    /// returns the file, opened for reading before the rename (so an eviction that unlinks
+    /// the path right after cannot take it away), and its size.
     fn fetch(
         &self,
         lib: &Library,
         score: &Score,
         data: &FileData,
         path: &Path,
-    ) -> library::Result<u64> {
+    ) -> library::Result<(File, u64)> {
         let tmp = self.dir.join("tmp").join(format!(
             "{}.{}",
             std::process::id(),
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
-        let write = || -> library::Result<u64> {
+        let write = || -> library::Result<(File, u64)> {
             let f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
             let n = match data {
                 FileData::Chunks(_) => fetch_chunks(lib, &blobs(lib, data)?, &f, &tmp)?,
@@ -287,49 +326,51 @@ impl Cache {
                     n
                 }
             };
+            let done = File::open(&tmp).map_err(|e| io("opening", &tmp, e))?;
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
             }
             std::fs::rename(&tmp, path).map_err(|e| io("renaming", &tmp, e))?;
-            Ok(n)
+            Ok((done, n))
         };
         write().inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
     }
 
-    /// Whether the cache file at `path` holds exactly the bytes `score` names.
+    /// Whether `f` (the cache file at `path`) holds exactly the bytes `score` names.
     fn check(
         &self,
         lib: &Library,
         score: &Score,
         data: &FileData,
+        f: &File,
         path: &Path,
     ) -> library::Result<bool> {
-        let mut f = File::open(path).map_err(|e| io("opening", path, e))?;
         let pieces = match data {
             FileData::Blob(_) => vec![(*score, u32::MAX)],
             _ => blobs(lib, data)?,
         };
         let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        let read = |buf: &mut [u8], at: u64| f.read_at(buf, at).map_err(|e| io("reading", path, e));
         for (want, len) in pieces {
             let mut h = blake3::Hasher::new();
             let mut left = u64::from(len);
             while left > 0 {
-                let n = f
-                    .read(&mut buf[..left.min(1 << 20) as usize])
-                    .map_err(|e| io("reading", path, e))?;
+                let n = read(&mut buf[..left.min(1 << 20) as usize], at)?;
                 if n == 0 {
                     break;
                 }
                 h.update(&buf[..n]);
                 left -= n as u64;
+                at += n as u64;
             }
             if (len != u32::MAX && left != 0) || Score(*h.finalize().as_bytes()) != want {
                 return Ok(false);
             }
         }
-        Ok(f.read(&mut buf[..1]).map_err(|e| io("reading", path, e))? == 0)
+        Ok(read(&mut buf[..1], at)? == 0)
     }
 
     /// Marks `score` as just used (for LRU order) without pinning it.
@@ -432,6 +473,7 @@ fn fetch_chunks(
 mod tests {
     use super::*;
     use library::LocalBackend;
+    use std::io::Read;
 
     fn setup(dir: &Path, n: usize) -> (Library, Vec<(Score, FileData, Vec<u8>)>) {
         let lib =
@@ -474,6 +516,92 @@ mod tests {
         cache.release(&c.0);
         assert_eq!(read(cache.acquire(&lib, a.0, &a.1).unwrap()), a.2);
         assert!(!cache.path(&c.0).exists() && cache.path(&b.0).exists());
+    }
+
+    /// Runs `acquire` with `act` run once when it reaches `step` (on this thread).
+    fn with_step<T>(step: Step, act: impl FnOnce() + 'static, acquire: impl FnOnce() -> T) -> T {
+        let mut act = Some(act);
+        AT_STEP.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move |at| {
+                if at == step {
+                    if let Some(act) = act.take() {
+                        act();
+                    }
+                }
+            }))
+        });
+        let out = acquire();
+        AT_STEP.with(|f| f.borrow_mut().take());
+        out
+    }
+
+    /// Another process sharing the cache directory (a second `Cache` on it, on its own
+    /// thread) evicts a file in the middle of this one's acquire of it: once between opening
+    /// a cached file and verifying it, once between storing a fetched file and serving it.
+    /// Either way this one serves the file's bytes (it used to fail, an EIO at the mount).
+    #[test]
+    fn a_file_evicted_by_another_process_mid_acquire_is_still_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lib, files) = setup(tmp.path(), 6);
+        let dir = tmp.path().join("cache");
+        // Room for two of the 1000-byte files in each process.
+        let mine = Cache::open(&dir, 2500).unwrap();
+        let other = Cache::open(&dir, 2500).unwrap();
+        let use_files = |cache: &Cache, which: &[usize]| {
+            for &i in which {
+                let (s, data, bytes) = &files[i];
+                assert_eq!(read(cache.acquire(&lib, *s, data).unwrap()), *bytes);
+                cache.release(s);
+            }
+        };
+        std::thread::scope(|scope| {
+            let (ask, asked) = std::sync::mpsc::channel::<Vec<usize>>();
+            let (tell, done) = std::sync::mpsc::sync_channel::<()>(0);
+            let other = &other;
+            scope.spawn(move || {
+                for which in asked {
+                    use_files(other, &which);
+                    tell.send(()).unwrap();
+                }
+            });
+            // The other process acts, and this thread waits for it.
+            let (ask, done) = (Arc::new(Mutex::new(ask)), Arc::new(Mutex::new(done)));
+            let act = |which: Vec<usize>, gone: PathBuf| {
+                let (ask, done) = (ask.clone(), done.clone());
+                move || {
+                    ask.lock().unwrap().send(which).unwrap();
+                    done.lock().unwrap().recv().unwrap();
+                    assert!(
+                        !gone.exists(),
+                        "the other process evicted {}",
+                        gone.display()
+                    );
+                }
+            };
+            let run = |which: Vec<usize>| act(which, PathBuf::from("/nonexistent"))();
+
+            // 0 is cached by the other process; it evicts 0 once this one has opened it.
+            run(vec![0]);
+            let (s, data, bytes) = &files[0];
+            let f = with_step(Step::Opened, act(vec![1, 2], mine.path(s)), || {
+                mine.acquire(&lib, *s, data)
+            });
+            assert_eq!(read(f.unwrap()), *bytes);
+            mine.release(s);
+
+            // The other process still lists 3 after this one evicted it; when this one
+            // fetches 3 again, the other evicts it as the new file lands.
+            run(vec![3]);
+            use_files(&mine, &[3, 4, 5]);
+            assert!(!mine.path(&files[3].0).exists());
+            let (s, data, bytes) = &files[3];
+            let f = with_step(Step::Stored, act(vec![2, 0], mine.path(s)), || {
+                mine.acquire(&lib, *s, data)
+            });
+            assert_eq!(read(f.unwrap()), *bytes);
+            mine.release(s);
+            drop(ask);
+        });
     }
 
     #[test]

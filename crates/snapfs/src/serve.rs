@@ -80,5 +80,6 @@ pub fn serve(
     };
     cache.start_scan();
     ready(offer, start.elapsed());
+    crate::warm::start(lib, snap.root.clone(), cache);
     session.run()
 }

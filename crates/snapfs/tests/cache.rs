@@ -133,3 +133,44 @@ fn corrupt_cache_file_is_detected_after_restart_and_fetched_again() {
         m.log()
     );
 }
+
+/// The fetch-ahead brings the loader, its cache, libc and the shell into the file cache
+/// (symlinks followed inside the snapshot: `lib64` → `usr/lib64`, then an absolute link to
+/// `/lib/...` → `usr/lib`), with the bytes the rootfs has; a path the snapshot lacks is none.
+#[test]
+fn the_fetch_ahead_brings_the_first_command_files() {
+    let Some((root, tmp, data)) = base_library() else {
+        return;
+    };
+    let (lib, snap_root) = opened(&data, "base");
+    let nodes = snapfs::nodes::Nodes::new(lib.clone(), snap_root.clone());
+    // Where each file is in the rootfs itself (its symlinks resolved by hand).
+    let expected = [
+        ("etc/ld.so.cache", "etc/ld.so.cache"),
+        (
+            "lib64/ld-linux-x86-64.so.2",
+            "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ),
+        (
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+        ),
+        ("bin/sh", "usr/bin/dash"),
+    ];
+    assert!(snapfs::warm::resolve(&nodes, "no/such/file").is_none());
+    let cache = snapfs::Cache::open(&tmp.path().join("cache"), 1 << 30).unwrap();
+    snapfs::warm::fetch(&lib, snap_root, &cache);
+    for (path, real) in expected {
+        assert!(snapfs::warm::FIRST_FILES.contains(&path), "{path}");
+        let node = snapfs::warm::resolve(&nodes, path).unwrap_or_else(|| panic!("{path}"));
+        let library::Content::File {
+            data: library::FileData::Blob(s) | library::FileData::Chunks(s),
+            ..
+        } = &node.entry.content
+        else {
+            panic!("{path} is not a regular file with contents");
+        };
+        let want = std::fs::read(root.join(real)).unwrap();
+        assert_eq!(std::fs::read(cache.path(s)).unwrap(), want, "{path}");
+    }
+}

@@ -8,15 +8,15 @@ use clap::Args;
 use library::Score;
 use snapfs::adopt::Offer;
 use snapfs::keeper::{self, Handoff, KeepOptions};
-use snapfs::mount::{self, Registry, State};
+use snapfs::launch;
+use snapfs::mount::{self, Registry};
 use snapfs::serve::{self, Connection, ServeOptions};
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use store::Store;
 
 /// Arguments of `lib mount`.
@@ -101,34 +101,14 @@ pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
         Err(_) => store.catalog()?.resolve(owner, &a.name)?,
     };
     let registry = Registry::new(data);
-    match mount::state(&dir) {
-        State::Live => {
-            let same = registry.get(&dir).filter(|r| {
-                r.score == score.to_hex() && r.id_offset == a.uid_offset && mount::running(r.pid)
-            });
-            if let Some(r) = same {
-                println!(
-                    "{} is already mounted at {} (pid {})",
-                    a.name,
-                    dir.display(),
-                    r.pid
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            bail!(
-                "{} is already a mount point of something else; umount it first",
-                dir.display()
-            );
-        }
-        State::Dead => {
-            eprintln!(
-                "spawngrid: the server of {} is gone; mounting again",
-                dir.display()
-            );
-            let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
-            registry.remove(&dir, None);
-        }
-        State::NotMounted => {}
+    if let Some(r) = launch::existing(&registry, &dir, &score.to_hex(), a.uid_offset)? {
+        println!(
+            "{} is already mounted at {} (pid {})",
+            a.name,
+            dir.display(),
+            r.pid
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     if !dir.is_dir() {
         bail!("mount point {} is not a directory", dir.display());
@@ -148,7 +128,17 @@ pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
         let err = keeper.exec();
         bail!("starting the keeper: {err}");
     }
-    spawn_keeper(keeper, &a, &dir, &registry)
+    let (r, took) = launch::start(&registry, &dir, keeper)?;
+    println!(
+        "mounted {} at {} (keeper pid {}, server pid {}, log {}, {:.1} ms)",
+        a.name,
+        dir.display(),
+        r.pid,
+        r.server,
+        registry.log_path(&dir).display(),
+        took.as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `EXE lib --data DATA --owner OWNER mount SCORE DIR` with the mount's options.
@@ -246,7 +236,7 @@ fn serve_mount(
     // SAFETY: the keeper hands these descriptors over to this process alone.
     let (fuse, ready) = unsafe { (OwnedFd::from_raw_fd(fd), OwnedFd::from_raw_fd(ready)) };
     let data = store.data().root();
-    let lib = Arc::new(store.library()?);
+    let lib = Arc::new(store.library_reader()?);
     let score: Score = a
         .name
         .parse()
@@ -273,81 +263,6 @@ fn serve_mount(
     })
     .with_context(|| format!("serving {} at {}", score, dir.display()))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Starts the keeper detached and waits until its mount is live.
-fn spawn_keeper(
-    mut keeper: Command,
-    a: &MountArgs,
-    dir: &Path,
-    registry: &Registry,
-) -> Result<ExitCode> {
-    let log_path = registry.log_path(dir);
-    std::fs::create_dir_all(log_path.parent().expect("log dir"))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    // What this keeper and its server write starts here (the log is appended to).
-    let logged_before = log.metadata().map_or(0, |m| m.len());
-    let start = Instant::now();
-    let mut child = keeper
-        .env(
-            "SPAWNGRID_LOG",
-            std::env::var("SPAWNGRID_LOG").unwrap_or_else(|_| "info,fuser=error".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting the mount keeper")?;
-    let deadline = start + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "mount keeper exited ({status}): {}",
-                first_error(&log_path, logged_before)
-            );
-        }
-        let rec = registry.get(dir).filter(|r| r.pid == child.id());
-        if let Some(r) = rec.filter(|_| mount::state(dir) == State::Live) {
-            println!(
-                "mounted {} at {} (keeper pid {}, server pid {}, log {}, {:.1} ms)",
-                a.name,
-                dir.display(),
-                r.pid,
-                r.server,
-                log_path.display(),
-                start.elapsed().as_secs_f64() * 1e3
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
-            bail!(
-                "mount keeper did not come up within 30 s (see {})",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-}
-
-/// The first error line logged at or after byte `from` of the log at `path`: the cause (a
-/// server that could not start logs why before its keeper says that it failed).
-fn first_error(path: &Path, from: u64) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let ours = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
-    let lines: Vec<&str> = ours.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines
-        .iter()
-        .find(|l| l.starts_with("spawngrid: "))
-        .or(lines.last())
-        .map_or_else(|| "no output".to_string(), |l| l.to_string())
 }
 
 /// Runs `lib umount`.

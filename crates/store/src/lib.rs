@@ -207,6 +207,12 @@ impl Store {
         Ok(Library::open_with(backend, self.coordinator())?)
     }
 
+    /// Opens the existing library to read from it (a snapfs mount server): one request for its
+    /// config, no catalog connection before the first read ([`Library::open_reader`]).
+    pub fn library_reader(&self) -> Result<Library> {
+        Ok(Library::open_reader(self.backend()?, self.coordinator())?)
+    }
+
     /// Opens the library, creating an empty one if there is none.
     pub fn library_or_init(&self) -> Result<Library> {
         Ok(Library::open_or_init_with(

@@ -21,6 +21,18 @@ fn others(user: &User<'_>) -> String {
     out
 }
 
+/// `spawngrid cp - DST` as `user`, its stdin, stdout and stderr piped.
+fn cp_from_stdin(site: &Site, user: &User<'_>, dst: &str) -> std::process::Child {
+    Command::new(common::bin())
+        .args(["cp", "-h", &site.addr(), "-u", &user.name, "-", dst])
+        .env("HOME", &user.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits (polling) until `f` holds; false if it never did.
 fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..300 {
@@ -303,22 +315,7 @@ fn cp_trees_in_and_out_and_errors() {
     assert!(err.contains("you have no env files"), "{err}");
     // A refusal comes before the body (`Expect: 100-continue`): stdin, a pipe left open and
     // never written, is not waited for.
-    let mut waiting = Command::new(common::bin())
-        .args([
-            "cp",
-            "-h",
-            &site.addr(),
-            "-u",
-            &bob.name,
-            "-",
-            "files:/root",
-        ])
-        .env("HOME", &bob.home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut waiting = cp_from_stdin(&site, &bob, "files:/root");
     let open_stdin = waiting.stdin.take();
     let refused = eventually(|| matches!(waiting.try_wait(), Ok(Some(_))));
     if !refused {
@@ -352,22 +349,7 @@ fn cp_trees_in_and_out_and_errors() {
             .output()
             .unwrap();
         assert!(hostile.status.success(), "{}", text(&hostile.stderr));
-        let mut client = Command::new(common::bin())
-            .args([
-                "cp",
-                "-h",
-                &site.addr(),
-                "-u",
-                &alice.name,
-                "-",
-                "files:/root/dst",
-            ])
-            .env("HOME", &alice.home)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut client = cp_from_stdin(&site, &alice, "files:/root/dst");
         client
             .stdin
             .take()

@@ -46,6 +46,9 @@ pub mod routes {
     pub const SCORES: &str = "/api/scores";
     /// `GET ?name=NAME`: a name's ancestry, newest first → `Vec<`[`LogEntry`](crate::LogEntry)`>`.
     pub const LOG: &str = "/api/log";
+    /// `GET ?name=NAME[&score=SCORE]`: what one save in a name's ancestry changed, against its
+    /// parent → [`Diff`](crate::Diff).
+    pub const DIFF: &str = "/api/diff";
     /// `POST`: [`SpawnRequest`](crate::SpawnRequest) → [`EnvInfo`](crate::EnvInfo);
     /// `GET`: the user's envs → `Vec<`[`EnvInfo`](crate::EnvInfo)`>`.
     pub const ENVS: &str = "/api/envs";
@@ -201,6 +204,14 @@ pub mod routes {
         format!("{LOG}?name={}", super::percent_encode(name))
     }
 
+    /// The diff path: what the save `score` (default: the name's own snapshot) changed.
+    pub fn diff(name: &str, score: Option<&str>) -> String {
+        match score {
+            None => format!("{DIFF}?name={}", super::percent_encode(name)),
+            Some(s) => format!("{DIFF}?name={}&score={s}", super::percent_encode(name)),
+        }
+    }
+
     /// The scores path with an optional pattern, percent-encoded.
     pub fn scores(pattern: Option<&str>) -> String {
         match pattern {
@@ -304,6 +315,44 @@ pub struct LogQuery {
     /// The name whose ancestry is asked for.
     #[param(min_length = 1)]
     pub name: String,
+}
+
+/// `GET /api/diff` query: a name the user may spawn, and one snapshot of its ancestry.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    /// The name (`NAME`, or `OWNER/NAME` shared with the user).
+    pub name: String,
+    /// A snapshot in the name's ancestry (as `GET /api/log` lists it); default: the name's own.
+    pub score: Option<String>,
+}
+
+/// What one save changed: the paths that differ between a snapshot and its parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Diff {
+    /// The snapshot, 64 lowercase hex digits.
+    pub score: String,
+    /// Its parent, or none for an imported snapshot (then every path is added).
+    pub parent: Option<String>,
+    /// The paths that differ, in canonical order, at most [`Diff::MAX_CHANGES`].
+    pub changes: Vec<Change>,
+    /// Whether more paths differ than `changes` lists.
+    pub truncated: bool,
+}
+
+impl Diff {
+    /// The most paths one answer lists.
+    pub const MAX_CHANGES: usize = 10_000;
+}
+
+/// One path that differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Change {
+    /// `added`, `removed` or `changed` (content, type or metadata).
+    pub change: String,
+    /// The path in the snapshot (`/etc/passwd`; bytes that are not UTF-8 as U+FFFD).
+    pub path: String,
 }
 
 /// One snapshot of a name's ancestry (the name's own first, then each parent).

@@ -495,6 +495,7 @@ fn api_routes(node: Arc<Node>) -> OpenApiRouter<Arc<Node>> {
         .routes(utoipa_axum::routes!(logout))
         .routes(utoipa_axum::routes!(scores))
         .routes(utoipa_axum::routes!(crate::lineage::route))
+        .routes(utoipa_axum::routes!(crate::lineage::diff_route))
         .routes(utoipa_axum::routes!(list_envs, spawn_env))
         .merge(env_routes(node))
         .routes(utoipa_axum::routes!(nodes::list))

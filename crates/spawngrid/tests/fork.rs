@@ -138,6 +138,70 @@ fn fork_saves_once_spawns_n_copies_and_is_all_or_nothing() {
     let (code, body) = ask(&bob, &format!("{me}%2Fbr-deeper"));
     assert_eq!(code, 404, "{body}");
 
+    // What each save changed (the web UI's diff): br-deeper's save wrote /f in br-1; br's
+    // save is the env's state against base; scores outside the lineage are not shown.
+    let diff = |user: &User, query: &str| {
+        let auth = format!(r#"{{"Authorization": "Bearer {}"}}"#, user.token());
+        let (code, body) = site.raw("GET", &format!("/api/diff?{query}"), &auth, b"", false);
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let (code, d) = diff(&alice, "name=br-deeper");
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["score"], log[0]["score"]);
+    assert_eq!(d["parent"], log[1]["score"]);
+    // (The root's own metadata counts too: the write layer's root is the env's, with its times.)
+    let changed: Vec<&serde_json::Value> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] != "/")
+        .collect();
+    assert_eq!(
+        changed,
+        [&serde_json::json!({"change": "changed", "path": "/f"})],
+        "{d}"
+    );
+    let (code, d) = diff(
+        &alice,
+        &format!("name=br-deeper&score={}", log[1]["score"].as_str().unwrap()),
+    );
+    assert_eq!(code, 200, "{d}");
+    assert!(
+        d["changes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"change": "added", "path": "/f"})),
+        "{d}"
+    );
+    let (code, d) = diff(
+        &alice,
+        &format!("name=br-deeper&score={}", log[2]["score"].as_str().unwrap()),
+    );
+    assert_eq!(
+        (code, &d["parent"], &d["changes"]),
+        (200, &serde_json::Value::Null, &serde_json::json!([])),
+        "{d}"
+    );
+    let (code, d) = diff(
+        &alice,
+        &format!("name=br&score={}", log[0]["score"].as_str().unwrap()),
+    );
+    assert_eq!(code, 404, "{d}");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the ancestry of br"),
+        "{d}"
+    );
+    let (code, d) = diff(&alice, "name=br&score=nope");
+    assert_eq!(code, 400, "{d}");
+    let (code, d) = diff(&bob, &format!("name={me}%2Fbr-deeper"));
+    assert_eq!(code, 404, "{d}");
+
     // A copy's name taken: refused before anything is saved or spawned.
     let before = costs(&site);
     let err = alice.refused("fork", &["web", "--as", "br"]);

@@ -353,7 +353,7 @@ async function boomEnv(env) {
 async function showLineage(name) {
   const entries = await api('GET', `/api/log?name=${encodeURIComponent(name)}`);
   $('lineage-name').textContent = name;
-  $('lineage').tBodies[0].replaceChildren(...entries.map((e) => {
+  $('lineage').tBodies[0].replaceChildren(...entries.map((e, i) => {
     const tr = document.createElement('tr');
     tr.dataset.score = e.score;
     tr.append(
@@ -364,9 +364,40 @@ async function showLineage(name) {
       cell(megabytes(e.bytes)),
       cell(e.note),
     );
+    const actions = document.createElement('td');
+    actions.className = 'actions';
+    if (i + 1 < entries.length) {
+      const changes = button('Changes', () => showDiff(name, e.score));
+      changes.className = 'changes';
+      actions.append(changes);
+    }
+    tr.append(actions);
     return tr;
   }));
   $('lineage-panel').hidden = false;
+}
+
+// The marks of a diff's changes, as `spawngrid lib diff` prints them.
+const MARKS = { added: '+', removed: '-', changed: 'M' };
+
+// Shows what one save changed against its parent (GET /api/diff).
+async function showDiff(name, score) {
+  const d = await api('GET', `/api/diff?name=${encodeURIComponent(name)}&score=${score}`);
+  $('diff-score').textContent = `${score.slice(0, 12)} (${name})`;
+  $('diff-score').title = score;
+  const counts = { added: 0, removed: 0, changed: 0 };
+  for (const c of d.changes) counts[c.change] += 1;
+  $('diff-summary').textContent = d.parent
+    ? `against its parent ${d.parent.slice(0, 12)}: ${counts.added} added, ${counts.changed} changed, ` +
+      `${counts.removed} removed${d.truncated ? ` (the first ${d.changes.length} paths shown)` : ''}`
+    : 'an imported snapshot: it has no parent to compare with';
+  $('diff').tBodies[0].replaceChildren(...d.changes.map((c) => {
+    const tr = document.createElement('tr');
+    tr.className = c.change;
+    tr.append(cell(MARKS[c.change] || '?', c.change), cell(c.path));
+    return tr;
+  }));
+  $('diff-panel').hidden = false;
 }
 
 // ---- terminal ----
@@ -510,6 +541,7 @@ function start() {
   $('refresh').addEventListener('click', () => act($('refresh'), refresh));
   $('term-close').addEventListener('click', closeTerminal);
   $('lineage-close').addEventListener('click', () => { $('lineage-panel').hidden = true; });
+  $('diff-close').addEventListener('click', () => { $('diff-panel').hidden = true; });
   const user = sessionStorage.getItem(USER);
   if (sessionStorage.getItem(TOKEN) && user) {
     showSignedIn(user);

@@ -214,7 +214,20 @@ def story():
     cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#lineage tbody tr td")]
     assert text("lineage-name") == "web-saved", text("lineage-name")
     assert cells[1] == "web-saved" and cells[5] == f"saved from env web+{user}", cells
-    assert cells[7] == "base", cells
+    assert cells[8] == "base", cells
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#lineage tbody tr:last-child button.changes")) == 0, \
+        "the imported snapshot has no parent to compare with"
+
+    step("the changes web-saved made: the preview's page added")
+    driver.find_element(By.CSS_SELECTOR, "#lineage tbody tr:first-child button.changes").click()
+    wait(lambda: shown("diff-panel") and driver.find_elements(By.CSS_SELECTOR, "#diff tbody tr"), "the changes listed")
+    changes = [[c.text for c in r.find_elements(By.TAG_NAME, "td")]
+               for r in driver.find_elements(By.CSS_SELECTOR, "#diff tbody tr")]
+    assert ["+", "/srv/index.html"] in changes, changes
+    assert ["+", "/srv"] in changes or ["M", "/srv"] in changes, changes
+    assert "added" in text("diff-summary") and "against its parent" in text("diff-summary"), text("diff-summary")
+    by_id("diff-close").click()
+    wait(lambda: not shown("diff-panel"), "the changes closed")
     by_id("lineage-close").click()
     wait(lambda: not shown("lineage-panel"), "the lineage closed")
 

@@ -40,3 +40,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test" >&2
 cargo build --release -p spawngrid
 cargo test --workspace --release
+echo "== crash points (tests/faults.rs with the test-only faults feature)" >&2
+cargo test --release -p spawngrid --features faults --test faults a_crash_at_every_point

@@ -80,6 +80,9 @@ impl Backend for LocalBackend {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io("writing", &dest, e));
         }
+        if key.starts_with(crate::store::PACKS) {
+            crate::faults::point(crate::faults::PACK_TEMP);
+        }
         fs::rename(&tmp, &dest).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io("renaming into", &dest, e)

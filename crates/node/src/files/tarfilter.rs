@@ -1,7 +1,7 @@
 //! The `cp` upload filter ([`filter`]): a tar archive copied entry by entry into a fresh one
 //! that the env's tar may extract, with names checked, headers bounded and owners dropped.
 //! Only `std` and `tar`, so the fuzz target `cp_filter` (fuzz/) compiles this file as it is;
-//! [`fuzz`] is its harness (replayed over `fuzz/corpus/cp_filter` by the tests).
+//! `fuzz` is its harness (replayed over `fuzz/corpus/cp_filter` by the tests).
 
 use std::collections::HashSet;
 use std::ffi::OsString;

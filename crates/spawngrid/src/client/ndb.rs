@@ -1,6 +1,6 @@
 //! The ndb(6) text format of the grid file ([`super::grid`]): [`parse`] turns text into
 //! entries of attribute/value pairs. Only `std`, so the fuzz target `ndb` (fuzz/) compiles
-//! this file as it is, and [`fuzz`] is its harness (replayed over `fuzz/corpus/ndb` by the
+//! this file as it is, and `fuzz` is its harness (replayed over `fuzz/corpus/ndb` by the
 //! tests).
 //!
 //! An entry starts on a line that does not begin with white space and goes on over the lines

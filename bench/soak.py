@@ -49,7 +49,9 @@ def residue(data, user):
             cgroups += [os.path.join(root, d) for d in dirs if d.endswith(tag)]
     out["cgroups"] = cgroups
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    out["links"] = [l.split(":")[1].strip() for l in links.splitlines() if "sg" in l.split(":")[1]]
+    # Env veths are sgvN on the host (runtime::net).
+    out["links"] = [l.split(":")[1].strip() for l in links.splitlines()
+                    if l.split(":")[1].strip().startswith("sgv")]
     procs = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -155,6 +157,7 @@ def main():
             lat, errors, done = soak(node, None if a.until_deadline else a.envs, a.clients,
                                      time.monotonic() + a.minutes * 60)
             wall = time.perf_counter() - t0
+            threads_fds = (len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd")))
             stop.set()
             sampler.join()
             time.sleep(2)  # booms end their last cleanup steps
@@ -172,7 +175,7 @@ def main():
         "steps": {k: {"n": len(v), **(bl.summary_ms(v) or {})} for k, v in lat.items()},
         "rss_kib": {"first_quarter_max": first, "last_quarter_max": last,
                     "max": max(samples or [0]), "flat": flat, "every_s": samples},
-        "leaks": leaks, "residue_before": {k: len(v) for k, v in before.items()},
+        "node_threads_fds_at_end": threads_fds, "leaks": leaks, "residue_before": {k: len(v) for k, v in before.items()},
         "residue_after": {k: len(v) for k, v in after.items()},
     }
     for k in lat:

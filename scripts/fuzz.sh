@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Fuzzes the library's parsers: `scripts/fuzz.sh [SECONDS] [TARGET...]` runs each target
-# (default: all; see fuzz/Cargo.toml) for SECONDS (default 60) with cargo-fuzz (libFuzzer,
+# Fuzzes the parsers (the library's, the grid file's, the API's JSON bodies, cp's tar
+# filter): `scripts/fuzz.sh [SECONDS] [TARGET...]` runs each target (default: all; see
+# fuzz/Cargo.toml) for SECONDS (default 60) with cargo-fuzz (libFuzzer,
 # AddressSanitizer) on the nightly toolchain. Seeds are the committed corpora in
 # fuzz/corpus/TARGET; inputs the fuzzer finds go to fuzz/work/TARGET (not committed). A crash
 # stops the run with its input in fuzz/artifacts/TARGET: fix the bug, then copy the input into
-# fuzz/corpus/TARGET so the library's tests (`fuzz_corpora_replay`) keep it fixed.
+# fuzz/corpus/TARGET so the tests (`fuzz_corpora_replay`, `fuzz_corpus_replays`) keep it fixed.
 # cargo-fuzz is built once and cached. Not part of scripts/test.sh (it needs nightly and time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(tar_import layers tree_decode snapshot_decode pack_parse)
+[ ${#targets[@]} -gt 0 ] || targets=(tar_import layers tree_decode snapshot_decode pack_parse ndb api_json cp_filter)
 
 root=${SPAWNGRID_CACHE:-/var/cache/spawngrid}/cargo-fuzz
 if ! "$root/bin/cargo-fuzz" --version 2>/dev/null | grep -q "0.13.2"; then

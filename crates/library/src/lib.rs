@@ -24,6 +24,7 @@ pub mod coord;
 pub mod diff;
 mod error;
 pub mod export;
+pub mod faults;
 pub mod file;
 #[cfg(test)]
 mod fixture;

@@ -446,6 +446,7 @@ impl Library {
             let mut idx = self.index.write().expect("index lock");
             idx.add(name, data.len() as u64, &entries, false);
             self.written.lock().expect("written lock").push(name);
+            crate::faults::point(crate::faults::PACK_WRITTEN);
         }
         for entry in &entries {
             pending.remove(&entry.score);
@@ -542,6 +543,7 @@ impl Library {
     pub fn commit(&self, snapshot: &Snapshot) -> Result<Score> {
         let score = self.put(ObjectKind::Snapshot, &snapshot.encode())?;
         self.flush()?;
+        crate::faults::point(crate::faults::SNAPSHOT_COMMITTED);
         Ok(score)
     }
 

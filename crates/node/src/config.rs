@@ -36,7 +36,7 @@
 //!                                 # over their fair share
 //!
 //! [exec]                          # `spawngrid exec` (see crate::exec)
-//! max_per_user = 16               # execs one user runs at once (429 beyond)
+//! max_per_user = 16               # execs + SSH sessions one user runs at once
 //! timeout = "1h"                  # kill an exec's command after this long; default: never
 //!                                 # (`exec --timeout` asks for less)
 //!

@@ -490,6 +490,7 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
             refused = Some(e);
             return Ok(None);
         }
+        library::faults::point(library::faults::BEFORE_BIND);
         store::bind_written(&node.cat, &lib, &saved.lease, user, name, score)?;
         Ok(Some(saved.imported))
     });
@@ -500,7 +501,11 @@ pub fn save(node: &Node, user: &str, st: &EnvState, name: &str) -> Result<SaveRe
     };
     node.metrics
         .inc("spawngrid_saves_total", &[("result", outcome)]);
-    let Some(imported) = imported? else {
+    let imported = imported.map_err(|e| {
+        let what = "the save bound nothing and the env runs on";
+        crate::error::disk_full(&e, what).unwrap_or_else(|| e.into())
+    })?;
+    let Some(imported) = imported else {
         return Err(refused.unwrap_or_else(|| Error::internal(&anyhow::anyhow!("save refused"))));
     };
     node.metrics

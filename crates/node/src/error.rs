@@ -86,12 +86,35 @@ impl std::fmt::Display for Error {
     }
 }
 
-/// An error's context chain joined with `: `.
+/// An error's context chain joined with `: `, leaving out a cause the message before it
+/// already ends with (errors that print their source, as the library's I/O errors do).
 pub fn chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut out: Vec<String> = Vec::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !out.last().is_some_and(|last| last.ends_with(&cause)) {
+            out.push(cause);
+        }
+    }
+    out.join(": ")
+}
+
+/// When `e` failed for lack of space (ENOSPC somewhere in its chain): a [`Kind::Unavailable`]
+/// error saying that `what` stored nothing, and what to do.
+pub fn disk_full(e: &anyhow::Error, what: &str) -> Option<Error> {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+    });
+    full.then(|| {
+        Error::new(
+            Kind::Unavailable,
+            format!(
+                "the library's disk is full ({}): {what}; free space there (`spawngrid lib \
+                 gc` reclaims unbound data, or give it a bigger disk) and try again",
+                chain(e)
+            ),
+        )
+    })
 }
 
 impl From<catalog::Error> for Error {

@@ -28,7 +28,8 @@ const LINGER: Duration = Duration::from_millis(100);
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecConfig {
-    /// Execs one user may run at once (each further one is refused with 429).
+    /// Execs and SSH session channels (shell, exec, sftp) one user may run at once (each
+    /// further exec is refused with 429, each further channel with one line).
     pub max_per_user: usize,
     /// How long an exec may run before its command is killed (`30s`, `1h`); default: no limit.
     pub timeout: Option<String>,
@@ -65,7 +66,7 @@ impl ExecConfig {
     }
 }
 
-/// Execs in progress, per user.
+/// Execs and SSH session channels in progress, per user.
 #[derive(Default)]
 pub struct Slots(Mutex<HashMap<String, usize>>);
 
@@ -84,8 +85,8 @@ impl Slots {
             return Err(Error::new(
                 Kind::TooMany,
                 format!(
-                    "you run {max} execs at once already (the node's limit): wait for one to \
-                     end, or end one"
+                    "you run {max} execs and SSH sessions at once already (the node's limit): \
+                     wait for one to end, or end one"
                 ),
             ));
         }

@@ -291,6 +291,7 @@ impl Ctx {
         };
         let start = Instant::now();
         let imported = import_source(&lib, path, &opts)?;
+        library::faults::point(library::faults::BEFORE_BIND);
         store::bind_written(&cat, &lib, &lease, &self.owner, name, imported.score)?;
         drop(lease);
         drop(bar);

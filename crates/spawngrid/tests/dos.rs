@@ -1,11 +1,14 @@
 //! Denial of service end to end (as root, issue 11): one user's execs cannot starve the node
-//! (a per-user limit, a timeout, a dropped client's command killed), connections are capped
+//! (a per-user limit shared with SSH sessions, a timeout, a dropped client's command killed),
+//! connections are capped
 //! per source and in total and cut when they send too slowly, and a `cp` tar bomb is refused
 //! without the node's memory growing.
 
 use crate::common;
 
 use common::site::*;
+use common::ssh::{login, password, SshClient};
+use common::Bg;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
@@ -51,7 +54,10 @@ fn execs_are_bounded_per_user_timed_out_and_killed_with_their_client() {
         .collect();
     eventually("alice's two sleeps", || sleepers(&secs).len() == 2);
     let err = alice.refused("exec", &["base", "--", "true"]);
-    assert!(err.contains("you run 2 execs at once already"), "{err}");
+    assert!(
+        err.contains("you run 2 execs and SSH sessions at once already"),
+        "{err}"
+    );
     alice.login();
     bob.ok("spawn", &["base"]);
     assert_eq!(bob.exec("base", "echo bob").1, "bob\n");
@@ -76,6 +82,62 @@ fn execs_are_bounded_per_user_timed_out_and_killed_with_their_client() {
         text(&out.stderr)
     );
     eventually("the timed-out command gone", || sleepers(&secs).is_empty());
+    alice.ok("boom", &["base"]);
+    bob.ok("boom", &["base"]);
+}
+
+/// alice's SSH sessions count with her execs: holding two (a command, and one on a
+/// terminal), a third SSH session and an API exec are refused with one line while her logins
+/// and bob's sessions are served; killing her ssh clients kills their commands and frees her
+/// slots.
+#[test]
+fn ssh_sessions_count_with_execs_and_die_with_their_client() {
+    let site = node_with("dos-ssh", "[exec]\nmax_per_user = 2\n");
+    let (alice, bob) = (site.user("alice"), site.user("bob"));
+    alice.login();
+    bob.login();
+    alice.ok("spawn", &["base"]);
+    bob.ok("spawn", &["base"]);
+    let ssh = SshClient::new(&site);
+    let (a_login, a_pw) = (login(&alice, "base"), password(&alice));
+    let target = format!("{a_login}@127.0.0.1");
+    let secs = unique_secs(2);
+    let script = format!("exec sleep {secs}");
+    let held: Vec<Bg> = [&[][..], &["-tt"][..]]
+        .iter()
+        .map(|flags| {
+            let mut args = flags.to_vec();
+            args.extend([target.as_str(), "--", script.as_str()]);
+            let child = ssh
+                .cmd("ssh", &a_pw, &args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            Bg(Some(child))
+        })
+        .collect();
+    eventually("alice's two ssh sleeps", || sleepers(&secs).len() == 2);
+    let out = ssh.exec(&a_login, &a_pw, "echo ran", b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(1), String::new())
+    );
+    let want = "you run 2 execs and SSH sessions at once already";
+    assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    let err = alice.refused("exec", &["base", "--", "true"]);
+    assert!(err.contains(want), "{err}");
+    alice.login();
+    let out = ssh.exec(&login(&bob, "base"), &password(&bob), "echo bob", b"");
+    assert_eq!(text(&out.stdout), "bob\n", "{}", text(&out.stderr));
+
+    drop(held);
+    eventually("the dropped ssh clients' commands gone", || {
+        sleepers(&secs).is_empty()
+    });
+    let out = ssh.exec(&a_login, &a_pw, "echo free", b"");
+    assert_eq!(text(&out.stdout), "free\n", "{}", text(&out.stderr));
     alice.ok("boom", &["base"]);
     bob.ok("boom", &["base"]);
 }

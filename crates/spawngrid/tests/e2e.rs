@@ -9,6 +9,7 @@ mod capacity;
 mod cpu;
 mod dos;
 mod env_cli;
+mod faults;
 mod fork;
 mod gc_grid;
 mod grid;

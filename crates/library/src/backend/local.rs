@@ -80,6 +80,9 @@ impl Backend for LocalBackend {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io("writing", &dest, e));
         }
+        if key.starts_with(crate::store::PACKS) {
+            crate::faults::point(crate::faults::PACK_TEMP);
+        }
         fs::rename(&tmp, &dest).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io("renaming into", &dest, e)
@@ -114,9 +117,12 @@ impl Backend for LocalBackend {
             };
             for ent in rd {
                 let ent = ent.map_err(|e| Error::io("listing", &d, e))?;
-                let md = ent
-                    .metadata()
-                    .map_err(|e| Error::io("listing", ent.path(), e))?;
+                let md = match ent.metadata() {
+                    Ok(md) => md,
+                    // Deleted since the directory was read (a lease that ended): not listed.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("listing", ent.path(), e)),
+                };
                 if md.is_dir() {
                     stack.push(ent.path());
                     continue;
@@ -150,5 +156,38 @@ impl Backend for LocalBackend {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Keys put and deleted while another process lists (leases of concurrent saves): the
+    /// listing never fails on a key gone between the directory read and its size.
+    #[test]
+    fn listing_survives_keys_deleted_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(dir.path().join("lib")).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("locks/k{}", n % 64);
+                    b.put(&key, b"x").unwrap();
+                    b.delete(&key).unwrap();
+                    n += 1;
+                }
+            });
+            for _ in 0..20_000 {
+                if let Err(e) = b.list("locks/") {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("listing while keys go: {e}");
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
     }
 }

@@ -1,6 +1,8 @@
 //! One SSH session channel: its setup requests (`pty-req`, `env`), then one of `shell`,
 //! `exec` or `subsystem sftp`, run inside the user's env and bridged to the channel until the
 //! command ends (exit status, EOF, close) or the client goes away (the command is killed).
+//! Each such channel counts against the user's `[exec] max_per_user` (with their API execs)
+//! while it lives; one past it gets one line and exit status 1.
 //!
 //! Requests are answered by the connection's handler ([`super::Conn`]), in order; this task
 //! only acts on them. Which env: the login's `ENV`, or, for a bare `USER`, their only env; with
@@ -70,6 +72,11 @@ pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>, hand
         return;
     };
     setup.agent &= node.config.ssh.forward_agent;
+    // Counted with the user's API execs until the channel ends.
+    let _slot = match node.execs.take(&login.user, node.config.exec.max_per_user) {
+        Ok(slot) => slot,
+        Err(e) => return fail(&tx, &format!("spawngrid: {}", e.message)).await,
+    };
     let env = match &login.env {
         Some(env) => env.clone(),
         None => {

@@ -47,6 +47,7 @@ pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
     // Held until thawed: a save that dies frozen is seen and undone (see crate::host::freeze).
     let _frozen = SaveLock::acquire(rt, &st)?;
     cg.freeze()?;
+    library::faults::point(library::faults::SAVE_FROZEN);
     let captured = capture(rt, &st, lib, parent);
     let thawed = cg.thaw();
     let imported = captured?;

@@ -8,15 +8,13 @@
 //!     dom=node.example.org               # a line starting with white space continues the entry
 //! ```
 //!
-//! As in Plan 9's ndb: an entry starts on a line that does not begin with white space and
-//! goes on over the lines that do; `#` starts a comment; empty lines are ignored; a pair is
-//! `attr=value`, `attr=` or `attr` alone; a value with white space or any of `#'"=` is quoted
-//! with `"` or `'`, a doubled quote standing for itself. `-h NAME` uses the first entry with
-//! `sys=NAME`: its `ip=` (else `dom=`) and `port=` (else 16998).
+//! As in Plan 9's ndb (the text format is [`super::ndb`]). `-h NAME` uses the first entry
+//! with `sys=NAME`: its `ip=` (else `dom=`) and `port=` (else 16998).
 //!
 //! The file is `$SPAWNGRID_GRID`, else `~/.config/spawngrid/grid` (or
 //! `$XDG_CONFIG_HOME/spawngrid/grid`), else `/etc/spawngrid/grid`: the first that exists.
 
+use super::ndb::{self, Entry};
 use anyhow::{bail, Context, Result};
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -31,48 +29,11 @@ pub struct Grid {
     entries: Vec<Entry>,
 }
 
-/// One entry: its attribute/value pairs in order, and the line it starts on.
-#[derive(Debug, PartialEq)]
-pub struct Entry {
-    /// The 1-based line of the entry's first line.
-    pub line: usize,
-    /// `(attribute, value)` pairs; a pair written without `=` has an empty value.
-    pub pairs: Vec<(String, String)>,
-}
-
-impl Entry {
-    /// The value of the first pair named `attr`.
-    pub fn get(&self, attr: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(a, _)| a == attr)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 impl Grid {
     /// Parses `text`, read from `path` (named in errors as `PATH:LINE: what is wrong`).
     pub fn parse(path: &Path, text: &str) -> Result<Grid> {
-        let mut entries: Vec<Entry> = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            let pairs =
-                parse_line(raw).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", path.display()))?;
-            if pairs.is_empty() {
-                continue;
-            }
-            if raw.starts_with([' ', '\t']) {
-                match entries.last_mut() {
-                    Some(entry) => entry.pairs.extend(pairs),
-                    None => bail!(
-                        "{}:{line}: a continuation line (it starts with white space) with no entry before it",
-                        path.display()
-                    ),
-                }
-            } else {
-                entries.push(Entry { line, pairs });
-            }
-        }
+        let entries = ndb::parse(text)
+            .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", path.display()))?;
         Ok(Grid {
             path: path.to_path_buf(),
             entries,
@@ -123,75 +84,6 @@ impl Grid {
             (None, None) => api::DEFAULT_PORT,
         };
         Ok(Some(join(host, port)))
-    }
-}
-
-/// The pairs of one line (none for an empty or comment line).
-fn parse_line(line: &str) -> Result<Vec<(String, String)>, String> {
-    let mut pairs = Vec::new();
-    let mut rest = line;
-    loop {
-        rest = rest.trim_start_matches([' ', '\t', '\r']);
-        if rest.is_empty() || rest.starts_with('#') {
-            return Ok(pairs);
-        }
-        let end = rest
-            .find(|c: char| c.is_whitespace() || c == '=' || c == '#')
-            .unwrap_or(rest.len());
-        let attr = &rest[..end];
-        if attr.is_empty() {
-            return Err("an attribute name is missing before '='".into());
-        }
-        if attr.contains(['"', '\'']) {
-            return Err(format!("attribute {attr} has a quote in its name"));
-        }
-        rest = &rest[end..];
-        let value = match rest.strip_prefix('=') {
-            None => String::new(),
-            Some(after) => {
-                let (value, after) = parse_value(attr, after)?;
-                rest = after;
-                value
-            }
-        };
-        if !(rest.is_empty() || rest.starts_with(|c: char| c.is_whitespace() || c == '#')) {
-            return Err(format!(
-                "{attr}= is followed by {rest:?} without white space between"
-            ));
-        }
-        pairs.push((attr.to_string(), value));
-    }
-}
-
-/// A value at the start of `s` (quoted or not) and what follows it.
-fn parse_value<'a>(attr: &str, s: &'a str) -> Result<(String, &'a str), String> {
-    let Some(quote) = s.chars().next().filter(|c| *c == '"' || *c == '\'') else {
-        let end = s
-            .find(|c: char| c.is_whitespace() || c == '#')
-            .unwrap_or(s.len());
-        let value = &s[..end];
-        if value.contains(['=', '"', '\'']) {
-            return Err(format!(
-                "the value of {attr} ({value}) has '=' or a quote in it: quote the whole value"
-            ));
-        }
-        return Ok((value.to_string(), &s[end..]));
-    };
-    let mut value = String::new();
-    let mut rest = &s[1..];
-    loop {
-        let Some(i) = rest.find(quote) else {
-            return Err(format!("the value of {attr} has no closing {quote}"));
-        };
-        value.push_str(&rest[..i]);
-        rest = &rest[i + 1..];
-        match rest.strip_prefix(quote) {
-            Some(after) => {
-                value.push(quote);
-                rest = after;
-            }
-            None => return Ok((value, rest)),
-        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod fork;
 pub mod grid;
 pub mod http;
 pub mod invite;
+pub mod ndb;
 pub mod orc;
 pub mod share;
 pub mod store;

@@ -1,0 +1,42 @@
+//! Named crash points on the write path (pack written, snapshot committed, env frozen, name
+//! about to be bound), for the crash tests of `crates/spawngrid/tests/faults.rs`.
+//!
+//! Built with the test-only `faults` feature, [`point`] kills its own process with SIGKILL
+//! (as `kill -9` or a power cut would: no destructor, no buffered write, no unlock) when the
+//! environment variable `SPAWNGRID_FAULT` names that point. Without the feature it does
+//! nothing and costs nothing.
+
+/// Every point, in the order a save passes them.
+pub const POINTS: &[&str] = &[
+    SAVE_FROZEN,
+    PACK_TEMP,
+    PACK_WRITTEN,
+    SNAPSHOT_COMMITTED,
+    BEFORE_BIND,
+];
+
+/// A save has frozen the env and not yet read its write layer (`runtime::save`).
+pub const SAVE_FROZEN: &str = "save-frozen";
+/// A pack's temporary file is written and synced, not yet renamed into `packs/`
+/// ([`crate::LocalBackend`]).
+pub const PACK_TEMP: &str = "pack-temp";
+/// A pack is in `packs/` and indexed; the snapshot may need more.
+pub const PACK_WRITTEN: &str = "pack-written";
+/// The snapshot object is durable ([`crate::Library::commit`]), no name bound yet.
+pub const SNAPSHOT_COMMITTED: &str = "snapshot-committed";
+/// A save or an import is done and thawed, its name about to be bound (the node's save,
+/// `lib import`).
+pub const BEFORE_BIND: &str = "before-bind";
+
+/// Crashes here if this is the point `SPAWNGRID_FAULT` names (with the `faults` feature).
+#[inline]
+pub fn point(name: &'static str) {
+    #[cfg(feature = "faults")]
+    if std::env::var_os("SPAWNGRID_FAULT").is_some_and(|v| v == name) {
+        eprintln!("spawngrid: fault point {name}: killing this process");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    #[cfg(not(feature = "faults"))]
+    let _ = name;
+}

@@ -168,15 +168,17 @@ fn a_save_onto_a_full_disk_fails_in_one_line_and_loses_nothing() {
     assert_eq!(code, 0, "{err}");
     alice.ok("save", &["base", "after"]);
     verify_clean(&site, "after the next save");
-    alice.ok("spawn", &["after", "--as", "copy"]);
-    assert_eq!(
-        sum(&alice, "copy", "/root/small"),
-        sum(&alice, "base", "/root/small")
-    );
-    alice.ok("boom", &["copy"]);
-    alice.ok("boom", &["base"]);
+    next_save_is_exact(&alice, "after", "/root/small");
     drop(site);
     drop(disk);
+}
+
+/// `saved` (just saved from env base) spawns with `path` as base has it; then both are boomed.
+fn next_save_is_exact(alice: &User, saved: &str, path: &str) {
+    alice.ok("spawn", &[saved, "--as", "copy"]);
+    assert_eq!(sum(alice, "copy", path), sum(alice, "base", path));
+    alice.ok("boom", &["copy"]);
+    alice.ok("boom", &["base"]);
 }
 
 /// The node's pid.
@@ -300,19 +302,6 @@ fn a_crash_at_every_point_binds_nothing_and_loses_nothing() {
     alice.ok("boom", &["base"]);
 }
 
-/// The seed of the random kills: `SPAWNGRID_TEST_SEED`, else the clock (printed to repeat).
-fn seed() -> u64 {
-    std::env::var("SPAWNGRID_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
 /// `SPAWNGRID_KILL_ROUNDS` rounds (default 6; run once with 1000, see docs/status.md), each
 /// a kill -9 at a random moment of either a save through the node (the node is killed) or a
 /// `lib import` (the command is killed), spread over a little more than one takes. After
@@ -325,7 +314,7 @@ fn kill_9_at_random_moments_of_saves_and_imports() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(6);
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = common::Rng::new(seed);
     let site = Site::new("kill9");
     site.start("127.0.0.1:0");
@@ -434,11 +423,5 @@ fn kill_9_at_random_moments_of_saves_and_imports() {
     println!("kill -9 loop: gc freed {freed} bytes");
     verify_clean(&site, "after gc");
     alice.ok("save", &["base", "last"]);
-    alice.ok("spawn", &["last", "--as", "copy"]);
-    assert_eq!(
-        sum(&alice, "copy", "/root/r"),
-        sum(&alice, "base", "/root/r")
-    );
-    alice.ok("boom", &["copy"]);
-    alice.ok("boom", &["base"]);
+    next_save_is_exact(&alice, "last", "/root/r");
 }

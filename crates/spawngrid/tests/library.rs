@@ -275,15 +275,7 @@ fn kill_9_during_import_leaves_a_clean_library() {
     let full = start.elapsed();
     sh(&format!("rm -rf {}", q(&probe.data)));
 
-    let seed = std::env::var("SPAWNGRID_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::seed();
     println!(
         "crash test: one import takes {full:?}; seed {seed} (set SPAWNGRID_TEST_SEED to repeat)"
     );

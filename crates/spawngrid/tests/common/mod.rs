@@ -407,6 +407,20 @@ pub fn sh(script: &str) {
     assert!(st.success(), "failed: {script}");
 }
 
+/// The seed of a test's random choices: `SPAWNGRID_TEST_SEED`, else the clock (print it, so
+/// a failing run can be repeated).
+pub fn seed() -> u64 {
+    std::env::var("SPAWNGRID_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
 /// splitmix64: a small deterministic PRNG for reproducible random kill points.
 pub struct Rng(u64);
 

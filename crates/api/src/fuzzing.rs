@@ -44,19 +44,27 @@ pub fn fuzz(data: &[u8]) {
     }
 }
 
+/// Runs `harness` on every input of the committed corpus `fuzz/corpus/TARGET`, so the crates'
+/// tests keep a fixed crash fixed on stable; panics if the corpus is missing or empty.
+pub fn replay_corpus(target: &str, harness: impl Fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut n = 0;
+    for f in files {
+        let path = f.unwrap().path();
+        harness(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+        n += 1;
+    }
+    assert!(n > 0, "no corpus in {}", dir.display());
+}
+
 #[cfg(test)]
 mod tests {
     /// Every input of the committed corpus passes the harness.
     #[test]
     fn fuzz_corpus_replays() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/api_json");
-        let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let mut n = 0;
-        for f in files {
-            super::fuzz(&std::fs::read(f.unwrap().path()).unwrap());
-            n += 1;
-        }
-        assert!(n > 0, "no corpus in {}", dir.display());
+        super::replay_corpus("api_json", super::fuzz);
     }
 }

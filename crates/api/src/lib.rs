@@ -36,7 +36,7 @@ pub const MAX_COPY: u64 = 1 << 30;
 /// The token lifetime when the node's configuration does not set one: 30 days.
 pub const DEFAULT_TOKEN_DAYS: u64 = 30;
 
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, fuzzing, feature = "fuzzing"))]
 pub mod fuzzing;
 
 /// Route paths. Templates with `{env}` are for the server's router; the functions fill them.

@@ -176,6 +176,32 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         rustix::fs::chown(d, Some(uid(ids.host_uid)), Some(gid(ids.host_gid)))
             .with_context(|| format!("chown {}", d.display()))?;
     }
+    // The merged root shows the upper's own mode and times: the lower root's, so an env's `/`
+    // is its snapshot's until the env changes it (and a save records no change it did not make).
+    let top = rustix::fs::stat(&opts.lower)
+        .with_context(|| format!("reading the root of {}", opts.lower.display()))?;
+    rustix::fs::chmod(
+        &upper,
+        rustix::fs::Mode::from_raw_mode(top.st_mode & 0o7777),
+    )
+    .with_context(|| format!("chmod {}", upper.display()))?;
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: top.st_atime,
+            tv_nsec: top.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: top.st_mtime,
+            tv_nsec: top.st_mtime_nsec as _,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        &upper,
+        &times,
+        rustix::fs::AtFlags::empty(),
+    )
+    .with_context(|| format!("setting the times of {}", upper.display()))?;
     step("write-layer")?;
 
     let root = dir.join("root");

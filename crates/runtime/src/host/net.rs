@@ -519,8 +519,13 @@ fn release(path: &Path, lease: &Lease) -> Result<()> {
         del_link.map(Tool::finish).transpose()?,
         del_element.map(Tool::finish).transpose()?,
     );
+    // Gone already is what we want: the link dies with the env's network namespace, and that
+    // may happen between reading its alias and deleting it ("No such device").
     match link_done {
-        Some(Err(e)) if !format!("{e}").contains("Cannot find device") => {
+        Some(Err(e))
+            if !format!("{e}").contains("Cannot find device")
+                && !format!("{e}").contains("No such device") =>
+        {
             return Err(e).with_context(|| format!("deleting {h}"))
         }
         _ => {}

@@ -13,9 +13,11 @@
 //!   master of the terminal it opened inside. Its exit code is the command's, or
 //!   [`ENTER_FAILED`].
 //! - **Exec service** (the init's SOCK_SEQPACKET socket, one message a packet): the client
-//!   sends a [`Request`] with stdin, stdout and stderr attached; the init answers
-//!   [`Reply::Started`] or [`Reply::Error`], later [`Reply::Exit`]; meanwhile the client may
-//!   send [`Control`] (and closing its socket kills the command, like [`Control::Kill`]).
+//!   sends a [`Request`] with stdin, stdout and stderr attached (or, for a command on a
+//!   terminal the init opens, none); the init answers [`Reply::Started`] (carrying the
+//!   terminal's master, if any) or [`Reply::Error`], later [`Reply::Exit`]; meanwhile the
+//!   client may send [`Control`] (and closing its socket kills the command, like
+//!   [`Control::Kill`]).
 
 use crate::identity::Identity;
 use serde::{Deserialize, Serialize};
@@ -125,6 +127,10 @@ pub struct Request {
     /// Run as this user of the env instead of root.
     #[serde(default)]
     pub user: Option<Identity>,
+    /// Run on a new terminal of (rows, cols) that the init opens; its master comes back with
+    /// [`Reply::Started`], and the request carries no fds.
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
 }
 
 /// The JSON messages.
@@ -326,6 +332,7 @@ mod tests {
             env: Vec::new(),
             cwd: "/".into(),
             user: Some(user),
+            tty: Some((24, 80)),
         });
         for m in [
             InitReport::Userns,

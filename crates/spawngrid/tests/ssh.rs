@@ -307,6 +307,17 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
         None,
     );
     assert_eq!(text(&out.stdout), format!("{name}\r\n1000\r\n"));
+    // The env's init opened that terminal and forked the shell (no env-enter helper between,
+    // whose pid the env's pid namespace would show as 0).
+    let out = run(
+        &mut ssh.cmd(
+            "ssh",
+            &a_pw,
+            &["-tt", &target, "--", "grep PPid /proc/$$/status"],
+        ),
+        None,
+    );
+    assert_eq!(text(&out.stdout), "PPid:\t1\r\n", "{}", text(&out.stderr));
 
     // A registered public key logs in; an unregistered one does not.
     let dir = site.scratch.path();
@@ -390,10 +401,12 @@ fn a_user_of_the_env_is_themselves_and_a_dropped_client_kills_its_command() {
         &mut ssh.cmd("ssh", &a_pw, &["-tt", &target, "--", "true"]),
         None,
     );
-    assert_eq!(out.status.code(), Some(255));
-    assert!(
-        text(&out.stderr)
-            .starts_with("spawngrid: running \"/bin/nosuch\": No such file or directory"),
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (
+            Some(127),
+            "spawngrid: /bin/nosuch: not found or not executable in the env\r\n".to_string()
+        ),
         "{}",
         text(&out.stderr)
     );

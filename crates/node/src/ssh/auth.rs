@@ -82,11 +82,16 @@ pub async fn password(
     }
 }
 
-/// Whether `key` is one of `login`'s user's registered keys; the parsed login if so. Key
-/// refusals are not counted by the backoff: clients offer every key they hold in turn.
-pub async fn key(node: &Arc<Node>, login: &str, key: &russh::keys::PublicKey) -> Option<Login> {
+/// A public key's SHA-256 fingerprint as the catalog keeps it (`SHA256:...`).
+pub fn fingerprint(key: &russh::keys::PublicKey) -> String {
+    key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
+}
+
+/// Whether the key of `fingerprint` is one of `login`'s user's registered keys; the parsed
+/// login if so. Key refusals are not counted by the backoff: clients offer every key they
+/// hold in turn.
+pub async fn key(node: &Arc<Node>, login: &str, fingerprint: &str) -> Option<Login> {
     let parsed = Login::parse(login)?;
-    let fingerprint = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
     let n = node.clone();
     let user = parsed.user.clone();
     let keys = tokio::task::spawn_blocking(move || n.cat.keys(&user))

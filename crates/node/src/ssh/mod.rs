@@ -25,7 +25,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// How long a connection may take to log in (from its first byte).
@@ -101,6 +101,8 @@ pub async fn serve(
         let conn = Conn {
             node: node.clone(),
             peer,
+            steps: Steps::new(),
+            offered: None,
             login: None,
             logged_in: logged_in.clone(),
             remote: HashMap::new(),
@@ -142,10 +144,36 @@ pub async fn serve(
     }
 }
 
+/// When a connection reached its steps before its sessions: what a session's debug line
+/// (`SPAWNGRID_LOG=node::ssh=debug`) reports of where a new connection's time went.
+#[derive(Clone, Copy, Debug)]
+pub struct Steps {
+    /// The TCP connection was accepted.
+    pub accepted: Instant,
+    /// Key exchange done: the client asked to authenticate.
+    pub kex: Option<Instant>,
+    /// The client logged in.
+    pub login: Option<Instant>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            accepted: Instant::now(),
+            kex: None,
+            login: None,
+        }
+    }
+}
+
 /// One client connection.
 pub struct Conn {
     node: Arc<Node>,
     peer: SocketAddr,
+    steps: Steps,
+    /// The login and key fingerprint last accepted in a key offer (the signed request that
+    /// follows is then not looked up again).
+    offered: Option<(String, String, Login)>,
     /// Set once the client has logged in.
     login: Option<Arc<Login>>,
     /// Whether it has (seen by the login timeout).
@@ -164,12 +192,33 @@ impl Drop for Conn {
 impl Conn {
     fn logged_in(&mut self, login: Login) {
         self.login = Some(Arc::new(login));
+        self.steps.login = Some(Instant::now());
         self.logged_in.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `key` may log in as `user` (a [`auth::key`] lookup, or the answer to the
+    /// offer of the same key a moment ago).
+    async fn key_login(&mut self, user: &str, key: &russh::keys::PublicKey) -> Option<Login> {
+        let fingerprint = auth::fingerprint(key);
+        if let Some((u, f, login)) = &self.offered {
+            if u == user && *f == fingerprint {
+                return Some(login.clone());
+            }
+        }
+        let login = auth::key(&self.node, user, &fingerprint).await?;
+        self.offered = Some((user.to_string(), fingerprint, login.clone()));
+        Some(login)
     }
 }
 
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
+
+    /// Called once the key exchange is done and the client asks to authenticate.
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        self.steps.kex.get_or_insert_with(Instant::now);
+        Ok(None)
+    }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         match auth::password(&self.node, Some(self.peer.ip()), user, password).await {
@@ -186,7 +235,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(match auth::key(&self.node, user, offer.public_key).await {
+        Ok(match self.key_login(user, offer.public_key).await {
             Some(_) => Auth::Accept,
             None => Auth::reject(),
         })
@@ -197,7 +246,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match auth::key(&self.node, user, key.public_key).await {
+        match self.key_login(user, key.public_key).await {
             Some(login) => {
                 tracing::info!(user = %login.user, peer = %self.peer, "ssh login (key)");
                 self.logged_in(login);
@@ -218,7 +267,14 @@ impl russh::server::Handler for Conn {
         };
         reply.accept().await;
         let handle = session.handle();
-        tokio::spawn(session::run(self.node.clone(), login, channel, handle));
+        let steps = self.steps;
+        tokio::spawn(session::run(
+            self.node.clone(),
+            login,
+            steps,
+            channel,
+            handle,
+        ));
         Ok(())
     }
 

@@ -13,16 +13,18 @@
 
 use super::agent::Agent;
 use super::auth::Login;
+use super::Steps;
 use crate::bridge::{self, Fd};
 use crate::Node;
 use anyhow::{Context, Result};
 use runtime::exec::{Builtin, Identity};
+use runtime::tty::Tty;
 use runtime::EnvState;
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use rustix::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -65,12 +67,20 @@ struct Setup {
 }
 
 /// Serves session channel `channel` of `login` until it ends; `handle` opens the channels of
-/// a forwarded agent.
-pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>, handle: Handle) {
+/// a forwarded agent. `steps` are the connection's, for the debug line once the command runs.
+pub async fn run(
+    node: Arc<Node>,
+    login: Arc<Login>,
+    steps: Steps,
+    channel: Channel<Msg>,
+    handle: Handle,
+) {
+    let opened = Instant::now();
     let (mut rx, tx) = channel.split();
     let Some(mut setup) = setup(&mut rx).await else {
         return;
     };
+    let requested = Instant::now();
     setup.agent &= node.config.ssh.forward_agent;
     // Counted with the user's API execs until the channel ends.
     let _slot = match node.execs.take(&login.user, node.config.exec.max_per_user) {
@@ -95,6 +105,7 @@ pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>, hand
             }
         }
     };
+    let picked = Instant::now();
     let (n, user) = (node.clone(), login.user.clone());
     let target = tokio::task::spawn_blocking(move || resolve(&n, &user, &env))
         .await
@@ -118,6 +129,7 @@ pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>, hand
         },
         false => None,
     };
+    let resolved = Instant::now();
     let started = match launch(&node, target, setup).await {
         Ok(s) => Started { agent, ..s },
         Err(e) => {
@@ -125,6 +137,23 @@ pub async fn run(node: Arc<Node>, login: Arc<Login>, channel: Channel<Msg>, hand
             return fail(&tx, &format!("spawngrid: {e:#}")).await;
         }
     };
+    let ms = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64() * 1e3,
+        _ => f64::NAN,
+    };
+    let now = Some(Instant::now());
+    tracing::debug!(
+        user = %login.user,
+        kex_ms = ms(Some(steps.accepted), steps.kex),
+        auth_ms = ms(steps.kex, steps.login),
+        open_ms = ms(steps.login, Some(opened)),
+        requests_ms = ms(Some(opened), Some(requested)),
+        pick_ms = ms(Some(requested), Some(picked)),
+        resolve_ms = ms(Some(picked), Some(resolved)),
+        start_ms = ms(Some(resolved), now),
+        total_ms = ms(Some(steps.accepted), now),
+        "ssh session started"
+    );
     bridge_channel(rx, tx, started).await;
 }
 
@@ -401,25 +430,32 @@ async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Starte
         Some(pty) => {
             env.retain(|(k, _)| k != "TERM");
             env.push(("TERM".into(), pty.term));
-            let tty = tokio::task::spawn_blocking(move || {
-                runtime::tty::Tty::spawn_as(
-                    &node.rt,
-                    &st,
-                    &argv,
-                    &env,
-                    who.as_ref(),
-                    pty.rows,
-                    pty.cols,
-                )
+            // The env's init opens the terminal and forks the command: no helper process.
+            // An init older than terminal requests refuses; env-enter then does it.
+            let started = tokio::task::spawn_blocking(move || {
+                let (rt, who, (rows, cols)) = (&node.rt, who.as_ref(), (pty.rows, pty.cols));
+                runtime::service::start_tty_as(rt, &st, &argv, &env, who, rows, cols)
+                    .map(|(started, master)| (master, Ok(started)))
+                    .or_else(|e| {
+                        tracing::debug!("a terminal from the env's init: {e:#}; trying env-enter");
+                        let tty = Tty::spawn_as(rt, &st, &argv, &env, who, rows, cols)?;
+                        let (master, cmd) = tty.into_parts();
+                        anyhow::Ok((master, Err(cmd)))
+                    })
             })
             .await??;
-            let (master, cmd) = tty.into_parts();
-            let master = bridge::register(master).context("registering the terminal")?;
+            let master = bridge::register(started.0).context("registering the terminal")?;
+            let wait = match started.1 {
+                Ok(started) => exit_code(started)?.1,
+                Err(cmd) => tokio::spawn(crate::pty::exited(cmd)?),
+            };
             Ok(Started {
                 input: master.clone(),
                 outputs: vec![(master.clone(), None)],
                 master: Some(master),
-                wait: tokio::spawn(crate::pty::exited(cmd)?),
+                // The command's exit is awaited on the init's connection, which the wait
+                // task holds: the command is left to its terminal's hang-up.
+                wait,
                 stop: Stop::HangUp,
                 _busy: busy,
                 agent: None,
@@ -432,26 +468,36 @@ async fn launch(node: &Arc<Node>, target: Target, setup: Setup) -> Result<Starte
                 runtime::service::start_as(&node.rt, &st, &argv, &env, stdio, who.as_ref())
             })
             .await??;
-            let conn = started
-                .as_fd()
-                .try_clone_to_owned()
-                .context("duplicating the exec connection")?;
-            let started = Arc::new(started);
-            let s = started.clone();
+            let (started, wait) = exit_code(started)?;
             Ok(Started {
                 input: reg(in_w)?,
                 outputs: vec![(reg(out_r)?, None), (reg(err_r)?, Some(STDERR))],
                 master: None,
-                wait: tokio::spawn(async move {
-                    bridge::readable(conn).await?;
-                    Ok(s.wait()?)
-                }),
+                wait,
                 stop: Stop::Service(started),
                 _busy: busy,
                 agent: None,
             })
         }
     }
+}
+
+/// A command started through the env's init, shared, and the task that awaits its exit code
+/// (on its connection to the init: no thread waits meanwhile).
+fn exit_code(
+    started: runtime::service::Started,
+) -> Result<(Arc<runtime::service::Started>, JoinHandle<Result<i32>>)> {
+    let conn = started
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating the exec connection")?;
+    let started = Arc::new(started);
+    let s = started.clone();
+    let wait = tokio::spawn(async move {
+        bridge::readable(conn).await?;
+        Ok(s.wait()?)
+    });
+    Ok((started, wait))
 }
 
 fn reg(fd: OwnedFd) -> Result<Fd> {

@@ -3,8 +3,10 @@
 //! needs no helper process, no `setns` and no cgroup migration (which on cgroup v1 can wait for
 //! an RCU grace period, ~7 ms).
 //!
-//! The client sends a [`Request`] with stdin, stdout and stderr attached (`SCM_RIGHTS`); the
-//! init answers [`Reply::Started`] or [`Reply::Error`], later [`Reply::Exit`]. Meanwhile a
+//! The client sends a [`Request`] with stdin, stdout and stderr attached (`SCM_RIGHTS`), or
+//! asks for a terminal ([`start_tty_as`]: the init opens it inside and sends its master back,
+//! so an interactive session needs no helper either); the init answers [`Reply::Started`] or
+//! [`Reply::Error`], later [`Reply::Exit`]. Meanwhile a
 //! [`Control`] from the client, or the client closing its socket, makes the init signal or
 //! SIGKILL the command's process group: a command outlives no caller that went away.
 
@@ -96,6 +98,39 @@ pub fn start_as(
     stdio: [BorrowedFd<'_>; 3],
     user: Option<&Identity>,
 ) -> Result<Started> {
+    let (started, _) = request(rt, state, argv, env, user, None, &stdio)?;
+    Ok(started)
+}
+
+/// [`start_as`] on a new terminal of `rows` x `cols` that the env's init opens in the env's
+/// devpts (owned by `user`, if any): the command is a session leader with it as its
+/// controlling terminal. Returns the terminal's master with the command; closing the master
+/// hangs the terminal up (the session gets SIGHUP).
+pub fn start_tty_as(
+    rt: &Runtime,
+    state: &EnvState,
+    argv: &[String],
+    env: &[(String, String)],
+    user: Option<&Identity>,
+    rows: u16,
+    cols: u16,
+) -> Result<(Started, OwnedFd)> {
+    match request(rt, state, argv, env, user, Some((rows, cols)), &[])? {
+        (started, Some(master)) => Ok((started, master)),
+        (_, None) => fail!("env {}: its init sent no terminal", state.name),
+    }
+}
+
+/// Sends one request with `fds` to the init; the command and the fd that came back, if any.
+fn request(
+    rt: &Runtime,
+    state: &EnvState,
+    argv: &[String],
+    env: &[(String, String)],
+    user: Option<&Identity>,
+    tty: Option<(u16, u16)>,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(Started, Option<OwnedFd>)> {
     if argv.is_empty() {
         fail!("no command to run");
     }
@@ -125,12 +160,13 @@ pub fn start_as(
             .collect(),
         cwd: user.map_or("/root", |u| u.home.as_str()).into(),
         user: user.cloned(),
+        tty,
     };
-    fdpass::send(&sock, &req.encode(), &stdio)?;
+    fdpass::send(&sock, &req.encode(), fds)?;
     let mut buf = [0u8; 4096];
-    let (n, _) = fdpass::recv(&sock, &mut buf)?;
+    let (n, back) = fdpass::recv(&sock, &mut buf)?;
     match Reply::decode(&buf[..n]) {
-        Ok(Reply::Started) => Ok(Started { sock }),
+        Ok(Reply::Started) => Ok((Started { sock }, back.into_iter().next())),
         Ok(Reply::Error(e)) => fail!("env {}: {e}", state.name),
         _ => fail!("env {}: no answer from its init", state.name),
     }

@@ -6,14 +6,16 @@
 //! so only host root can connect) before it unshares anything; the init inherits the listener.
 //! The command runs as root inside (or as the request's user) with the init's bounding set,
 //! no_new_privs and seccomp filter (inherited), in a new session (its own process group),
-//! with a clean environment ([`DEFAULT_ENV`]).
+//! with a clean environment ([`DEFAULT_ENV`]); on the client's stdio, or on a terminal the
+//! init opens in the env's devpts (the session's controlling terminal, owned by the request's
+//! user), whose master goes back with the reply.
 
 use crate::fdpass;
 use crate::identity::{Identity, DEFAULT_ENV};
 use crate::protocol::{Control, Message, Reply, Request};
 use anyhow::{anyhow, Context, Result};
 use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -104,8 +106,9 @@ pub fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
         if conn_ready {
             if let Ok(conn) = rustix::net::accept_with(&listener, SocketFlags::CLOEXEC) {
                 match run_request(&conn) {
-                    Ok(pid) => {
-                        let _ = fdpass::send(&conn, &Reply::Started.encode(), &[]);
+                    Ok((pid, master)) => {
+                        let master: Vec<_> = master.iter().map(|m| m.as_fd()).collect();
+                        let _ = fdpass::send(&conn, &Reply::Started.encode(), &master);
                         let killed = false;
                         waiting.insert(pid, Waiting { conn, killed });
                     }
@@ -175,16 +178,17 @@ impl UserSwitch {
         })
     }
 
-    /// In the forked child: sets groups, gid and uid (which drops every capability), or
-    /// reports on `stderr` and exits 126.
+    /// In the forked child: gives the terminal `tty` (if any) to the user, sets groups, gid
+    /// and uid (which drops every capability), or reports on `stderr` and exits 126.
     ///
     /// # Safety
     /// Only raw syscalls on data prepared before the fork: safe between fork and exec.
-    unsafe fn apply_or_exit(&self, stderr: libc::c_int) {
+    unsafe fn apply_or_exit(&self, stderr: libc::c_int, tty: Option<libc::c_int>) {
         // SAFETY: raw syscalls on memory prepared before the fork (the groups vector, the
         // message), with no allocation or lock: what the caller's contract allows.
         unsafe {
             let ok = rustix::thread::set_capabilities(None, self.caps).is_ok()
+                && tty.is_none_or(|t| libc::fchown(t, self.uid, libc::gid_t::MAX) == 0)
                 && libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) == 0
                 && libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) == 0
                 && libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) == 0;
@@ -222,8 +226,9 @@ fn sigchld_fd() -> Result<OwnedFd> {
     }
 }
 
-/// Reads a request from `conn` and forks its command; returns its pid.
-fn run_request(conn: &OwnedFd) -> Result<i32> {
+/// Reads a request from `conn` and forks its command; returns its pid and the master of its
+/// terminal, if it asked for one.
+fn run_request(conn: &OwnedFd) -> Result<(i32, Option<OwnedFd>)> {
     // A client that connects and sends nothing must not stall the init (and every exec).
     rustix::net::sockopt::set_socket_timeout(
         conn,
@@ -233,8 +238,19 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
     let mut buf = vec![0u8; 65536];
     let (n, fds) = fdpass::recv(conn, &mut buf)?;
     let req = Request::decode(&buf[..n])?;
-    let [stdin, stdout, stderr]: [OwnedFd; 3] =
-        fds.try_into().map_err(|_| anyhow!("want 3 fds"))?;
+    let (master, [stdin, stdout, stderr]): (_, [OwnedFd; 3]) = match req.tty {
+        None => (None, fds.try_into().map_err(|_| anyhow!("want 3 fds"))?),
+        Some(_) if !fds.is_empty() => return Err(anyhow!("a terminal request carries no fds")),
+        Some((rows, cols)) => {
+            let (master, slave) = crate::inside::tty::open(rows, cols)?;
+            let slave = OwnedFd::from(slave);
+            (
+                Some(master),
+                [slave.try_clone()?, slave.try_clone()?, slave],
+            )
+        }
+    };
+    let tty = req.tty.map(|_| stdin.as_raw_fd());
     let cstr = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL in {s:?}"));
     let argv: Vec<CString> = req.argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
     let mut vars: Vec<(String, String)> = DEFAULT_ENV
@@ -287,12 +303,16 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::setsid();
             if let Some(sw) = &switch {
-                sw.apply_or_exit(raw[2]);
+                sw.apply_or_exit(raw[2], tty);
             }
             // The received fds are above 2 (0-2 are the init's /dev/null), so dup2 cannot
             // clobber one before it is copied.
             for (i, fd) in raw.iter().enumerate() {
                 libc::dup2(*fd, i as libc::c_int);
+            }
+            // A terminal of ours becomes the new session's controlling terminal.
+            if tty.is_some() {
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             if libc::chdir(cwd.as_ptr()) != 0 {
@@ -306,7 +326,7 @@ fn run_request(conn: &OwnedFd) -> Result<i32> {
         },
         pid => {
             drop((stdin, stdout, stderr));
-            Ok(pid)
+            Ok((pid, master))
         }
     }
 }

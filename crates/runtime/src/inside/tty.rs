@@ -1,11 +1,12 @@
-//! Interactive sessions, inside: env-enter opens a terminal in the env's own devpts, sends its
-//! master to the host ([`crate::host::tty`]) and runs the command on it.
+//! Interactive sessions, inside: a terminal opened in the env's own devpts ([`open`]), by
+//! env-enter, which sends its master to the host ([`crate::host::tty`]) and runs the command
+//! on it ([`attach`]), or by the init's exec service (`inside::service`).
 
 use crate::fdpass;
 use crate::inside::security;
 use crate::protocol::{winsize, TTY_MASTER};
 use anyhow::{Context, Result};
-use rustix::fd::AsFd;
+use rustix::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -15,19 +16,7 @@ use std::process::Command;
 /// over stdin (a Unix socket), points stdin at /dev/null, and prepares `cmd` to run as a
 /// session leader on the slave.
 pub fn attach(cmd: &mut Command, rows: u16, cols: u16) -> Result<()> {
-    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-        .context("opening /dev/ptmx")?;
-    grantpt(&master).context("grantpt")?;
-    unlockpt(&master).context("unlockpt")?;
-    rustix::termios::tcsetwinsize(&master, winsize(rows, cols)).context("sizing the terminal")?;
-    let name = ptsname(&master, Vec::new()).context("ptsname")?;
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))
-        .context("opening the terminal's slave")?;
+    let (master, slave) = open(rows, cols)?;
     fdpass::send(rustix::stdio::stdin(), TTY_MASTER, &[master.as_fd()])?;
     drop(master);
     security::stdin_to_null()?;
@@ -44,4 +33,23 @@ pub fn attach(cmd: &mut Command, rows: u16, cols: u16) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A new terminal of `rows` x `cols` in the devpts at /dev: its master and its slave (neither
+/// the caller's controlling terminal; both close on exec).
+pub fn open(rows: u16, cols: u16) -> Result<(OwnedFd, std::fs::File)> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .context("opening /dev/ptmx")?;
+    grantpt(&master).context("grantpt")?;
+    unlockpt(&master).context("unlockpt")?;
+    rustix::termios::tcsetwinsize(&master, winsize(rows, cols)).context("sizing the terminal")?;
+    let name = ptsname(&master, Vec::new()).context("ptsname")?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))
+        .context("opening the terminal's slave")?;
+    Ok((master, slave))
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 # bench/node.py: the node's SSH gateway (issue 5). Measures, with the real OpenSSH client and
 # key logins (no password hashing in the way):
+# - spawn alone: `spawngrid spawn base --as ENV` (the client over HTTPS, to its exit);
 # - spawn to shell: from the start of `spawngrid spawn base --as ENV` (client over HTTPS) to
 #   the first output of `ssh -p PORT ENV+USER@127.0.0.1 echo ready` (p50/p99 of N rounds;
 #   each env is boomed after its round, untimed), and the same with `spawngrid cpu ENV -- echo
-#   ready` (a WebSocket terminal over the HTTPS port) instead of ssh;
+#   ready` (a WebSocket terminal over the HTTPS port) instead of ssh; and spawn to prompt:
+#   the same to the first byte of `ssh -tt` (a login shell on a terminal: its prompt);
 # - exec: `ssh ... true` on a new connection each time (key exchange, login, channel, exec,
 #   exit status), and on an open connection (OpenSSH's ControlMaster: channel + exec only),
 #   against OpenSSH's own sshd on the same machine (a private sshd on a loopback port with its
@@ -18,7 +20,12 @@
 #   (`--disk` write layer) through the gateway's built-in SFTP server, against sshd with
 #   OpenSSH's sftp-server into a directory of the same tmpfs (3 rounds each way, bytes checked).
 #
-#   python3 bench/node.py [--n 30] [--sessions 200] [--scp-mb 100] [--peers sshd] [--output FILE]
+#   python3 bench/node.py [--n 30] [--sessions 200] [--scp-mb 100] [--peers sshd]
+#                         [--baseline BIN] [--output FILE]
+#
+# --baseline BIN: a second node of another binary on the same tmpfs; the spawn measures
+# alternate between the two, round by round, so both see the same load ("baseline" in the
+# JSON and the table).
 #
 # As root, on a quiet machine; everything on a fresh tmpfs (busybox base snapshot). sshd comes
 # from openssh-server (installed if missing).
@@ -59,6 +66,50 @@ def time_to_output(argv):
         raise bl.StepFailed(f"{' '.join(argv[-3:])}: exit {p.returncode}: "
                             f"{bl.last_line(err.decode(errors='replace'))}")
     return dt
+
+
+def time_to_prompt(argv):
+    """Seconds from now until argv (an interactive session) prints its first byte; then it is
+    killed."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        first = p.stdout.read(1)
+        dt = time.perf_counter() - t0
+    finally:
+        p.kill()
+        _, err = p.communicate(timeout=120)
+    if not first:
+        raise bl.StepFailed(f"{' '.join(argv[-3:])}: no prompt: "
+                            f"{bl.last_line(err.decode(errors='replace'))}")
+    return dt
+
+
+def spawn_round(node, env, out):
+    """One round of the spawn measures on `node` (env named `env`, boomed after each): each
+    appended to its list in `out`."""
+    def add(k, dt):
+        out.setdefault(k, []).append(dt)
+    t0 = time.perf_counter()
+    node.client("spawn", "base", "--as", env)
+    add("spawn_alone", time.perf_counter() - t0)
+    time_to_output(node.ssh(env) + ["echo", "ready"])
+    add("spawn_to_shell", time.perf_counter() - t0)
+    node.client("boom", env)
+    # A login shell on a terminal: to its prompt.
+    t0 = time.perf_counter()
+    node.client("spawn", "base", "--as", env)
+    ssh = node.ssh(env)
+    time_to_prompt(ssh[:1] + ["-tt"] + ssh[1:])
+    add("spawn_to_prompt", time.perf_counter() - t0)
+    node.client("boom", env)
+    # The same through `spawngrid cpu` (HTTPS + WebSocket terminal).
+    t0 = time.perf_counter()
+    node.client("spawn", "base", "--as", env)
+    time_to_output(node.cpu(env) + ["echo", "ready"])
+    add("spawn_to_shell_cpu", time.perf_counter() - t0)
+    node.client("boom", env)
 
 
 def exec_latencies(argv, n):
@@ -171,10 +222,12 @@ class Node:
         self.home = os.path.join(mnt, "home")
         os.makedirs(self.home, exist_ok=True)
 
-    def start(self):
+    def start(self, root=None):
+        """Starts the node, its `base` imported from `root` (default: the busybox tree)."""
         sg = self.sg
-        bb = bl.run([os.path.join(bl.REPO, "scripts/rootfs.sh"), "busybox"], 600)[1].strip()
-        bl.run([sg, "lib", "--data", self.data, "--owner", USER, "import", "base", bb], 300)
+        root = root or bl.run([os.path.join(bl.REPO, "scripts/rootfs.sh"), "busybox"],
+                              600)[1].strip()
+        bl.run([sg, "lib", "--data", self.data, "--owner", USER, "import", "base", root], 600)
         subprocess.run([sg, "user", "--data", self.data, "add", USER, "--password-stdin"],
                        input=PASSWORD + "\n", text=True, check=True, capture_output=True)
         bl.run([sg, "user", "--data", self.data, "key", USER, "add", self.key + ".pub"], 60)
@@ -279,6 +332,8 @@ def main():
                     help="concurrent sessions to hold (0: skip)")
     ap.add_argument("--scp-mb", type=int, default=100, help="size of the scp file (0: skip)")
     ap.add_argument("--peers", default="sshd")
+    ap.add_argument("--baseline", help="another spawngrid binary (e.g. main's) whose spawn "
+                    "measures run interleaved with this one's, round by round")
     bl.output_arg(ap, "node")
     a = ap.parse_args()
     peers = bl.subset(ap, a.peers, ["sshd"], "peer")
@@ -291,25 +346,23 @@ def main():
         try:
             bl.log("starting the node")
             node.start()
-            spawn, spawn_cpu = [], []
+            baseline = None
+            if a.baseline:
+                baseline = Node(a.baseline, os.path.join(mnt, "baseline"), key)
+                bl.log("starting the baseline node")
+                baseline.start()
+            rounds = {"spawngrid": {}, "baseline": {}}
             for i in range(a.n):
-                env = f"s{i}"
-                t0 = time.perf_counter()
-                node.client("spawn", "base", "--as", env)
-                time_to_output(node.ssh(env) + ["echo", "ready"])
-                spawn.append(time.perf_counter() - t0)
-                node.client("boom", env)
-                # The same through `spawngrid cpu` (HTTPS + WebSocket terminal).
-                t0 = time.perf_counter()
-                node.client("spawn", "base", "--as", env)
-                time_to_output(node.cpu(env) + ["echo", "ready"])
-                spawn_cpu.append(time.perf_counter() - t0)
-                node.client("boom", env)
+                spawn_round(node, f"s{i}", rounds["spawngrid"])
+                if baseline:
+                    spawn_round(baseline, f"b{i}", rounds["baseline"])
+            if baseline:
+                baseline.close()
+                results["baseline"] = {k: bl.summary_ms(v) for k, v in rounds["baseline"].items()}
             node.client("spawn", "base")
             bl.log("spawngrid exec")
             results["spawngrid"] = {
-                "spawn_to_shell": bl.summary_ms(spawn),
-                "spawn_to_shell_cpu": bl.summary_ms(spawn_cpu),
+                **{k: bl.summary_ms(v) for k, v in rounds["spawngrid"].items()},
                 "exec_new_connection": bl.summary_ms(exec_latencies(node.ssh("base"), a.n)),
                 "exec_open_connection": bl.summary_ms(with_master(
                     lambda c: node.ssh("base", os.path.join(mnt, "cm-sg") if c else None), a.n)),

@@ -18,6 +18,9 @@
 #                                    static busybox (installs busybox-static if needed):
 #                                    /bin/busybox, applet symlinks, /etc/passwd, /etc/group, /tmp,
 #                                    /root (the fallback of scripts/up.sh when debootstrap fails)
+#   scripts/rootfs.sh sshd           prints the path of a cached copy of debian with
+#                                    openssh-server and busybox installed (bench/flow.py: the
+#                                    same tree is the env's snapshot and the sshd container)
 #
 # Run as root. Environment: SPAWNGRID_CACHE (default /var/cache/spawngrid),
 # SPAWNGRID_MIRROR (default http://deb.debian.org/debian).
@@ -26,6 +29,7 @@
 #         $SPAWNGRID_CACHE/rootfs/busybox/root              (printed for `busybox`)
 #         $SPAWNGRID_CACHE/rootfs/bookworm-minbase/root     (printed for `base`)
 #         $SPAWNGRID_CACHE/rootfs/bookworm-modified/root    (printed for `modified`)
+#         $SPAWNGRID_CACHE/rootfs/bookworm-sshd/root        (printed for `sshd`)
 #         $SPAWNGRID_CACHE/rootfs/bookworm-modified/.changed-bytes   (one integer)
 #         $SPAWNGRID_CACHE/rootfs/bookworm-modified/.changes.json    (details)
 # Each cache entry is built in a temporary directory beside it and renamed into place only when
@@ -43,6 +47,7 @@ base_dir="$cache/$suite-minbase"
 debian_dir="$cache/$suite-debian"
 busybox_dir="$cache/busybox"
 mod_dir="$cache/$suite-modified"
+sshd_dir="$cache/$suite-sshd"
 log="$cache/build.log"
 extra_packages=(make python3-minimal)
 
@@ -269,6 +274,24 @@ chroot_mounts() { # chroot_mounts ROOT
   mounts+=("$r/sys")
 }
 
+chroot_install() { # chroot_install ROOT PACKAGE...: apt-get install inside ROOT, no daemons
+  local r="$1"
+  shift
+  say "installing $* inside the copy (apt-get in chroot)"
+  [ -s "$r/etc/resolv.conf" ] || cp /etc/resolv.conf "$r/etc/resolv.conf"
+  printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d" && chmod 755 "$r/usr/sbin/policy-rc.d"
+  chroot_mounts "$r"
+  local apt=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C
+    chroot "$r" apt-get -q -o Dpkg::Options::=--force-unsafe-io -o APT::Sandbox::User=root)
+  "${apt[@]}" update >>"$log" 2>&1
+  "${apt[@]}" install -y --no-install-recommends "$@" >>"$log" 2>&1
+  "${apt[@]}" clean >>"$log" 2>&1
+  unmount_all
+  rm -f "$r/usr/sbin/policy-rc.d"
+  rm -rf --one-file-system "$r/var/lib/apt/lists/"* "$r/var/cache/apt/"*.bin
+  mkdir -p "$r/var/lib/apt/lists/partial"
+}
+
 build_modified() {
   [ -d "$mod_dir/root" ] && return 0
   build_base
@@ -280,19 +303,7 @@ build_modified() {
   local r="$tmp/root"
 
   step="installing ${extra_packages[*]} in the modified copy"
-  say "installing ${extra_packages[*]} inside the copy (apt-get in chroot)"
-  [ -s "$r/etc/resolv.conf" ] || cp /etc/resolv.conf "$r/etc/resolv.conf"
-  printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d" && chmod 755 "$r/usr/sbin/policy-rc.d"
-  chroot_mounts "$r"
-  local apt=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C
-    chroot "$r" apt-get -q -o Dpkg::Options::=--force-unsafe-io -o APT::Sandbox::User=root)
-  "${apt[@]}" update >>"$log" 2>&1
-  "${apt[@]}" install -y --no-install-recommends "${extra_packages[@]}" >>"$log" 2>&1
-  "${apt[@]}" clean >>"$log" 2>&1
-  unmount_all
-  rm -f "$r/usr/sbin/policy-rc.d"
-  rm -rf --one-file-system "$r/var/lib/apt/lists/"* "$r/var/cache/apt/"*.bin
-  mkdir -p "$r/var/lib/apt/lists/partial"
+  chroot_install "$r" "${extra_packages[@]}"
 
   step="deleting files in the modified copy"
   say "deleting /usr/share/doc/*"
@@ -389,12 +400,30 @@ EOF
   say "modified ready: $mod_dir/root"
 }
 
+# --- sshd: debian with an SSH server, for bench/flow.py's container peer -------------------
+
+build_sshd() {
+  [ -d "$sshd_dir/root" ] && return 0
+  build_debian
+  new_tmp "$suite-sshd"
+  step="copying debian (cp -a)"
+  say "copying the plain debootstrap"
+  cp -a "$debian_dir/root" "$tmp/root"
+  step="installing openssh-server and busybox in the sshd copy"
+  chroot_install "$tmp/root" openssh-server busybox
+  # Host keys are per machine: the bench makes its own; none is kept in the cache.
+  rm -f "$tmp/root/etc/ssh/ssh_host_"*
+  step="committing sshd"
+  commit_tmp "$sshd_dir"
+  say "sshd ready: $sshd_dir/root"
+}
+
 # --- main -----------------------------------------------------------------------------------
 
 what="${1:-}"
 case "$what" in
-  base | modified | changed-bytes | debian | busybox) ;;
-  *) echo "usage: $prog base|modified|changed-bytes|debian|busybox" >&2; trap - EXIT; exit 2 ;;
+  base | modified | changed-bytes | debian | busybox | sshd) ;;
+  *) echo "usage: $prog base|modified|changed-bytes|debian|busybox|sshd" >&2; trap - EXIT; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { step="checking for root"; echo "$prog: run as root (debootstrap, chroot, mknod, security.* xattrs)" >&2; trap - EXIT; exit 1; }
 
@@ -415,5 +444,6 @@ case "$what" in
   changed-bytes) build_modified; cat "$mod_dir/.changed-bytes" ;;
   debian) build_debian; echo "$debian_dir/root" ;;
   busybox) build_busybox; echo "$busybox_dir/root" ;;
+  sshd) build_sshd; echo "$sshd_dir/root" ;;
 esac
 step="done"

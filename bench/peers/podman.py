@@ -11,7 +11,11 @@ from peers.base import MEM_LIMIT, PIDS_LIMIT, Variant
 
 def podman(b, *args):
     """podman with its storage on the peers' tmpfs, cgroupfs, no events."""
-    p = os.path.join(b.peers_dir, "podman")
+    return podman_in(os.path.join(b.peers_dir, "podman"), *args)
+
+
+def podman_in(p, *args):
+    """podman with its storage under directory p, cgroupfs, no events."""
     return ["podman", "--root", f"{p}/root", "--runroot", f"{p}/run", "--storage-driver",
             "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none",
             "--tmpdir", f"{p}/tmp", *args]
@@ -30,12 +34,17 @@ def podman_import(b, preexec):
 
 def podman_run_opts():
     """podman run options: spawngrid's limits, and rlimits within this host's hard limits."""
+    return ["--network", "none", "--memory", MEM_LIMIT.lower(), "--pids-limit", str(PIDS_LIMIT),
+            *ulimit_opts()]
+
+
+def ulimit_opts():
+    """podman run options for rlimits within this host's hard limits."""
     # This host's root lacks CAP_SYS_RESOURCE, so podman's default rlimits (nofile 1048576,
     # nproc 4194304) fail in crun with EPERM; podman also lowers its own nproc to 32768.
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
-    return ["--network", "none", "--memory", MEM_LIMIT.lower(), "--pids-limit", str(PIDS_LIMIT),
-            "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+    return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
 
 
 class Podman(Variant):

@@ -68,6 +68,9 @@ pub struct InitConfig {
     pub root: PathBuf,
     /// Where the init's exec service listens.
     pub exec_socket: PathBuf,
+    /// The host uid and gid that own the env's user namespace (its root's: see
+    /// `inside::init`).
+    pub owner: (u32, u32),
 }
 
 /// What the env-enter helper is told.
@@ -309,6 +312,7 @@ mod tests {
             hostname: "e".into(),
             root: "/data/envs/e/root".into(),
             exec_socket: "/data/envs/e/exec.sock".into(),
+            owner: (100_000, 100_000),
         });
         round_trip(EnterConfig {
             init_pid: 42,

@@ -210,6 +210,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
         root: root.clone(),
         exec_socket: service::socket_path(dir),
+        owner: (ids.host_uid, ids.host_gid),
     };
     let mut child = rt.spare.take(&rt.helper)?;
     let mut line = cfg.encode();

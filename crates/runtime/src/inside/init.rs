@@ -5,7 +5,9 @@
 //!
 //! 0. with `-` for its config argument, the helper reads its [`InitConfig`] as the first line
 //!    of its stdin (so it can be started ahead of the spawn: [`crate::Runtime::keep_spare_helper`]);
-//! 1. the helper unshares a user namespace and reports [`InitReport::Userns`];
+//! 1. the helper unshares a user namespace owned by the env's root (host uid
+//!    [`InitConfig::owner`], not host root: see
+//!    [`security::own_next_user_namespace`]) and reports [`InitReport::Userns`];
 //! 2. the spawner ([`crate::host::spawn`]) writes the uid/gid maps, moves the helper into the
 //!    env's cgroup, mounts the overlay root (using the new user namespace for an id-mapped
 //!    lower) and sends [`Go`];
@@ -64,6 +66,7 @@ fn run(config: &str) -> Result<()> {
     rustix::process::chdir(env_dir).with_context(|| format!("entering {}", env_dir.display()))?;
     // Bound while still host root, so only host root can connect; the init inherits it.
     let listener = service::listen(&cfg.exec_socket)?;
+    security::own_next_user_namespace(cfg.owner.0, cfg.owner.1)?;
     unshare(UnshareFlags::NEWUSER).context("unsharing the user namespace")?;
     report(InitReport::Userns);
     let mut line = String::new();

@@ -427,11 +427,13 @@ impl Cgroup {
 /// The CFS period of an env's cpu quota (the kernel's default), in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
+/// The smallest cpu limit: the kernel's smallest quota is 1 ms per period.
+pub const MIN_CPUS: f64 = 0.01;
+
 /// The CFS quota (µs per [`CPU_PERIOD_US`]) of a limit of `cpus` cpus.
 fn cpu_quota(cpus: f64) -> Result<u64> {
-    // The kernel's smallest quota is 1 ms.
-    if !(cpus.is_finite() && cpus >= 0.01) {
-        fail!("a cpu limit of {cpus} is not possible: give at least 0.01 cpus");
+    if !(cpus.is_finite() && cpus >= MIN_CPUS) {
+        fail!("a cpu limit of {cpus} is not possible: give at least {MIN_CPUS} cpus");
     }
     Ok((cpus * CPU_PERIOD_US as f64).round() as u64)
 }

@@ -5,6 +5,7 @@
 use crate::common;
 
 use common::site::*;
+use std::process::Command;
 
 /// The host file that `path` resolves to (a library's versioned name).
 fn real(path: &str) -> String {
@@ -13,6 +14,26 @@ fn real(path: &str) -> String {
         .to_str()
         .unwrap()
         .to_string()
+}
+
+/// Writes host file `from` to `to` in env `env` (mode 755), through `exec --stdin`.
+fn put(user: &User, env: &str, from: &str, to: &str) {
+    let b64 = Command::new("base64").args(["-w0", from]).output().unwrap();
+    let script = format!("base64 -d > {to} && chmod 755 {to}");
+    let out = user.sg(
+        "exec",
+        &["--stdin", env, "--", "sh", "-c", &script],
+        Some(&text(&b64.stdout)),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Puts the host's procps `free` (and its library) into env `env` (the Debian root has no
+/// procps).
+fn with_free(user: &User, env: &str) {
+    put(user, env, "/usr/bin/free", "/usr/local/bin/free");
+    let lib = real("/lib/x86_64-linux-gnu/libproc2.so.0");
+    put(user, env, &lib, "/usr/lib/x86_64-linux-gnu/libproc2.so.0");
 }
 
 /// `free -b`'s `Mem:` line in env `env`: (total, used).
@@ -47,9 +68,7 @@ fn free_and_nproc_show_the_envs_limits() {
     let alice = site.user("alice");
     alice.login();
     alice.ok("spawn", &["deb", "--mem", "200M", "--cpus", "1"]);
-    alice.ok("cp", &["/usr/bin/free", "deb:/usr/local/bin/free"]);
-    let lib = "deb:/usr/lib/x86_64-linux-gnu/libproc2.so.0";
-    alice.ok("cp", &[&real("/lib/x86_64-linux-gnu/libproc2.so.0"), lib]);
+    with_free(&alice, "deb");
 
     let (total, used) = free(&alice, "deb");
     assert_eq!(total, 200 << 20);
@@ -65,6 +84,7 @@ fn free_and_nproc_show_the_envs_limits() {
 
     // Without limits: the node's default memory, every cpu of the host.
     alice.ok("spawn", &["deb", "--as", "plain"]);
+    with_free(&alice, "plain");
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(alice.exec("plain", "nproc").1.trim(), cpus.to_string());
     assert_eq!(free(&alice, "plain").0, 512 << 20);

@@ -409,6 +409,11 @@ pub struct SpawnRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 16777216)]
     pub mem: Option<u64>,
+    /// Cpu limit: at most this many cpus' worth of time, on as many of the node's cpus
+    /// rounded up (what `nproc` and `/proc/cpuinfo` show inside); absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01)]
+    pub cpus: Option<f64>,
     /// The env's network (default: loopback only).
     #[serde(default)]
     pub net: Net,

@@ -125,8 +125,17 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
             api::MIN_MEM
         )));
     }
+    if let Some(cpus) = req.cpus {
+        if !(cpus.is_finite() && cpus >= runtime::cgroup::MIN_CPUS) {
+            return Err(Error::invalid(format!(
+                "cpus {cpus} is not possible: give at least {}",
+                runtime::cgroup::MIN_CPUS
+            )));
+        }
+    }
     opts.limits = Limits {
         memory,
+        cpus: req.cpus,
         ..Limits::default()
     };
     if req.disk {
@@ -413,6 +422,26 @@ fn memory_used(st: &EnvState) -> Option<u64> {
 /// The env's memory limit: `memory.max` (v2) or `memory.limit_in_bytes` (v1).
 pub fn memory_limit(st: &EnvState) -> Option<u64> {
     cgroup_number(st, &["memory.max", "memory.limit_in_bytes"])
+}
+
+/// The env's cpu limit (its CFS quota over its period), if it has one.
+pub fn cpu_limit(st: &EnvState) -> Option<f64> {
+    let quota = |dir: &std::path::Path| -> Option<f64> {
+        // v2: `cpu.max` is "QUOTA PERIOD" or "max PERIOD"; v1: the two files, -1 for none.
+        let (q, p) = match std::fs::read_to_string(dir.join("cpu.max")) {
+            Ok(max) => {
+                let (q, p) = max.trim().split_once(' ')?;
+                (q.to_string(), p.to_string())
+            }
+            Err(_) => (
+                std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).ok()?,
+                std::fs::read_to_string(dir.join("cpu.cfs_period_us")).ok()?,
+            ),
+        };
+        let (q, p): (f64, f64) = (q.trim().parse().ok()?, p.trim().parse().ok()?);
+        (q > 0.0 && p > 0.0).then_some(q / p)
+    };
+    st.cgroups.iter().find_map(|dir| quota(dir))
 }
 
 /// The first of `files` found in the env's cgroup directories, as a number.

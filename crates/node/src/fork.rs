@@ -44,6 +44,7 @@ pub fn fork(
         name: prefix.clone(),
         disk: st.disk,
         mem: envs::memory_limit(st),
+        cpus: envs::cpu_limit(st),
         net: match st.network {
             runtime::Network::None => api::Net::None,
             runtime::Network::Nat => api::Net::Nat,

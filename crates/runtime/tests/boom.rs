@@ -2,27 +2,7 @@
 //! outlive the process that spawned them.
 
 mod common;
-use common::{unique, Env, TestNode};
-
-/// Asserts that nothing of env `name` remains on the host.
-fn assert_gone(node: &TestNode, name: &str, init_pid: i32) {
-    let dir = node.rt.env_dir(name).unwrap();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mountinfo.contains(name), "mounts left:\n{mountinfo}");
-    let cg = runtime::cgroup::Cgroup::new(&node.rt.cgroups, name);
-    for d in cg.dirs() {
-        assert!(!d.exists(), "cgroup {} left", d.display());
-    }
-    assert!(!dir.exists(), "{} left", dir.display());
-    if init_pid > 0 {
-        // Gone, or a zombie waiting for the host's init (its parent) to reap it.
-        let stat = std::fs::read_to_string(format!("/proc/{init_pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty() || stat.contains(") Z "),
-            "init {init_pid} left: {stat}"
-        );
-    }
-}
+use common::{assert_gone, unique, Env, TestNode};
 
 #[test]
 fn boom_leaves_nothing_and_is_idempotent() {

@@ -5,40 +5,10 @@
 
 mod common;
 use common::{Env, TestNode};
-use std::path::Path;
-use std::process::Stdio;
 
-/// Builds the probe into `dir`; its path.
-fn build_probe(dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes/syscalls.c");
-    let out = dir.join("probe");
-    let status = std::process::Command::new("cc")
-        .args(["-static", "-O", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running cc (the seccomp tests need a C compiler and a static libc)");
-    assert!(status.success(), "building {}", src.display());
-    out
-}
-
-/// An env with the probe at `/probe`.
-fn env_with_probe<'a>(node: &'a TestNode) -> Env<'a> {
-    let env = Env::spawn(&node.rt, &node.opts("seccomp"));
-    let probe = build_probe(node.path());
-    let argv = ["sh", "-c", "cat > /probe && chmod 755 /probe"].map(String::from);
-    let out = runtime::exec::command(&node.rt, &env.state, &argv, &[])
-        .unwrap()
-        .stdin(std::fs::File::open(probe).unwrap())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env
+/// An env with the syscall probe at `/probe`.
+fn env_with_probe(node: &TestNode) -> Env<'_> {
+    common::env_with_probe(node, &node.opts("seccomp"), "syscalls")
 }
 
 /// Runs the probe for `calls`; its lines.

@@ -37,6 +37,10 @@ enum EnvCommand {
         /// Memory limit (e.g. 512M, 2G).
         #[arg(long, default_value = "512M")]
         mem: String,
+        /// Cpu limit: this many cpus' worth of time, on as many cpus rounded up (e.g. 0.5, 2;
+        /// default: none).
+        #[arg(long, value_name = "N")]
+        cpus: Option<f64>,
         /// Maximum number of processes.
         #[arg(long, default_value_t = 1024)]
         pids: u64,
@@ -91,6 +95,7 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             disk,
             as_env,
             mem,
+            cpus,
             pids,
             net,
             size,
@@ -98,6 +103,7 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             let limits = Limits {
                 memory: human::parse_size(&mem)?,
                 pids,
+                cpus,
                 ..Limits::default()
             };
             let write_size = size.as_deref().map(human::parse_size).transpose()?;

@@ -24,4 +24,5 @@ mod sftp;
 mod ssh;
 mod ssh_forward;
 mod up;
+mod views;
 mod web;

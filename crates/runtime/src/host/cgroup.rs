@@ -105,6 +105,10 @@ pub struct Limits {
     pub pids: u64,
     /// Relative cpu weight, 1..=10000, 100 = an ordinary share.
     pub cpu_weight: u64,
+    /// At most this many cpus' worth of time (a CFS quota per 100 ms period), on as many
+    /// host cpus rounded up ([`crate::host::cpus`]); `None`: all of the host's.
+    #[serde(default)]
+    pub cpus: Option<f64>,
 }
 
 impl Default for Limits {
@@ -113,6 +117,7 @@ impl Default for Limits {
             memory: 512 << 20,
             pids: 1024,
             cpu_weight: 100,
+            cpus: None,
         }
     }
 }
@@ -180,6 +185,11 @@ impl Cgroup {
         }
     }
 
+    /// The directory with the memory controller's files, and whether it is cgroup v2's.
+    pub fn memory_dir(&self) -> (PathBuf, bool) {
+        (self.dir("memory"), self.layout.hierarchy == Hierarchy::V2)
+    }
+
     /// The directory whose `cgroup.procs` lists every process (and that freezes them).
     fn main_dir(&self) -> PathBuf {
         self.dir("freezer")
@@ -191,7 +201,7 @@ impl Cgroup {
             self.create_dir(&dir)?;
         }
         let shares = (limits.cpu_weight.clamp(1, 10000) * 1024 / 100).max(2);
-        let settings: Vec<(PathBuf, String)> = match self.layout.hierarchy {
+        let mut settings: Vec<(PathBuf, String)> = match self.layout.hierarchy {
             Hierarchy::V2 => {
                 let d = self.main_dir();
                 vec![
@@ -213,6 +223,16 @@ impl Cgroup {
                 (self.dir("cpu").join("cpu.shares"), shares.to_string()),
             ],
         };
+        if let Some(cpus) = limits.cpus {
+            let quota = cpu_quota(cpus)?;
+            settings.push(match self.layout.hierarchy {
+                Hierarchy::V2 => (
+                    self.main_dir().join("cpu.max"),
+                    format!("{quota} {CPU_PERIOD_US}"),
+                ),
+                Hierarchy::V1 => (self.dir("cpu").join("cpu.cfs_quota_us"), quota.to_string()),
+            });
+        }
         for (file, value) in settings {
             // memory.swap.max is absent without swap accounting: not an error.
             if file.ends_with("memory.swap.max") && !file.exists() {
@@ -404,6 +424,20 @@ impl Cgroup {
     }
 }
 
+/// The CFS period of an env's cpu quota (the kernel's default), in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The smallest cpu limit: the kernel's smallest quota is 1 ms per period.
+pub const MIN_CPUS: f64 = 0.01;
+
+/// The CFS quota (µs per [`CPU_PERIOD_US`]) of a limit of `cpus` cpus.
+fn cpu_quota(cpus: f64) -> Result<u64> {
+    if !(cpus.is_finite() && cpus >= MIN_CPUS) {
+        fail!("a cpu limit of {cpus} is not possible: give at least {MIN_CPUS} cpus");
+    }
+    Ok((cpus * CPU_PERIOD_US as f64).round() as u64)
+}
+
 /// Makes `parent` (a child of `root`) and enables memory, pids and cpu for its children on a
 /// v2 host.
 fn enable_v2_controllers(root: &Path, parent: &Path) -> Result<()> {
@@ -448,6 +482,7 @@ mod tests {
             memory: 64 << 20,
             pids: 99,
             cpu_weight: 250,
+            cpus: Some(1.5),
         })
         .unwrap();
         assert_eq!(
@@ -461,6 +496,7 @@ mod tests {
         assert_eq!(read(&dir.join("memory.max")), (64u64 << 20).to_string());
         assert_eq!(read(&dir.join("pids.max")), "99");
         assert_eq!(read(&dir.join("cpu.weight")), "250");
+        assert_eq!(read(&dir.join("cpu.max")), "150000 100000");
         assert!(
             cg.create(&Limits::default()).is_err(),
             "a second create must fail"

@@ -4,6 +4,7 @@
 
 pub mod boom;
 pub mod cgroup;
+pub mod cpus;
 pub mod devices;
 pub mod egress;
 pub mod exec;

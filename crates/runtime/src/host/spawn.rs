@@ -7,10 +7,10 @@ use crate::host::egress::Cidr;
 use crate::host::net::{self, Network};
 use crate::host::runtime::Runtime;
 use crate::host::state::{self, EnvState};
-use crate::host::{boom, service};
+use crate::host::{boom, cpus, service};
 use crate::mounts::{self, ensure_dir};
 use crate::proc::start_time;
-use crate::protocol::{Go, InitConfig, InitReport, Message};
+use crate::protocol::{Go, InitConfig, InitReport, Message, ViewConfig};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -206,10 +206,17 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
 
     let root = dir.join("root");
     ensure_dir(&root)?;
+    let (memory_cgroup, cgroup_v2) = cg.memory_dir();
     let cfg = InitConfig {
         hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
         root: root.clone(),
         exec_socket: service::socket_path(dir),
+        owner: (ids.host_uid, ids.host_gid),
+        views: ViewConfig {
+            memory_cgroup,
+            cgroup_v2,
+            cpus: cpus::for_env(&opts.name, opts.limits.cpus)?,
+        },
     };
     let mut child = rt.spare.take(&rt.helper)?;
     let mut line = cfg.encode();

@@ -5,7 +5,7 @@
 //! [`crate::host::exec`].
 
 use crate::identity::{Identity, DEFAULT_ENV};
-use crate::inside::{security, sftp, tty};
+use crate::inside::{security, sftp, tty, views};
 use crate::proc::start_time;
 use crate::protocol::{Builtin, EnterConfig, Message, ENTER_FAILED};
 use anyhow::{bail, Context, Result};
@@ -52,6 +52,7 @@ fn run(config: &str) -> Result<u8> {
     for f in &cfg.procs_files {
         std::fs::write(f, &me).with_context(|| format!("joining cgroup {}", f.display()))?;
     }
+    views::follow(cfg.init_pid)?;
     for (fd, kind) in &fds {
         rustix::thread::move_into_link_name_space(fd.as_fd(), Some(*kind))
             .with_context(|| format!("setns {kind:?}"))?;

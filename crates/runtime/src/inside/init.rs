@@ -5,7 +5,9 @@
 //!
 //! 0. with `-` for its config argument, the helper reads its [`InitConfig`] as the first line
 //!    of its stdin (so it can be started ahead of the spawn: [`crate::Runtime::keep_spare_helper`]);
-//! 1. the helper unshares a user namespace and reports [`InitReport::Userns`];
+//! 1. the helper unshares a user namespace owned by the env's root (host uid
+//!    [`InitConfig::owner`], not host root: see
+//!    [`security::own_next_user_namespace`]) and reports [`InitReport::Userns`];
 //! 2. the spawner ([`crate::host::spawn`]) writes the uid/gid maps, moves the helper into the
 //!    env's cgroup, mounts the overlay root (using the new user namespace for an id-mapped
 //!    lower) and sends [`Go`];
@@ -23,7 +25,7 @@
 //! (still with host root's file ids) before it becomes root inside; the new mount namespace
 //! carries that working directory over, and the init builds the env from it.
 
-use crate::inside::{loopback, rootfs, security, service};
+use crate::inside::{loopback, rootfs, security, service, views};
 use crate::protocol::{Go, InitConfig, InitReport, Message};
 use anyhow::{Context, Result};
 use rustix::thread::UnshareFlags;
@@ -64,6 +66,9 @@ fn run(config: &str) -> Result<()> {
     rustix::process::chdir(env_dir).with_context(|| format!("entering {}", env_dir.display()))?;
     // Bound while still host root, so only host root can connect; the init inherits it.
     let listener = service::listen(&cfg.exec_socket)?;
+    let sources = views::open(&cfg.views)?;
+    views::pin(&cfg.views.cpus)?;
+    security::own_next_user_namespace(cfg.owner.0, cfg.owner.1)?;
     unshare(UnshareFlags::NEWUSER).context("unsharing the user namespace")?;
     report(InitReport::Userns);
     let mut line = String::new();
@@ -89,7 +94,7 @@ fn run(config: &str) -> Result<()> {
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()).context("forking init"),
         0 => {
-            let err = pid1(listener).unwrap_err();
+            let err = pid1(listener, sources).unwrap_err();
             report(InitReport::Error(format!("{err:#}")));
             std::process::exit(1)
         }
@@ -109,14 +114,18 @@ fn unshare(flags: UnshareFlags) -> std::io::Result<()> {
 
 /// The env's PID 1: finishes the environment (its root is the working directory), then reaps.
 /// Returns only on a setup error.
-fn pid1(listener: rustix::fd::OwnedFd) -> Result<std::convert::Infallible> {
+fn pid1(
+    listener: rustix::fd::OwnedFd,
+    sources: views::Sources,
+) -> Result<std::convert::Infallible> {
     // Its own session and process group, so nothing aimed at the spawner's group reaches it.
     rustix::process::setsid().context("setsid")?;
     rootfs::setup()?;
+    let views = views::mount(sources)?;
     loopback::up()?;
     security::restrict()?;
     security::restrict_init_capabilities()?;
     report(InitReport::Ready);
     security::stdio_to_null()?;
-    service::serve(listener)
+    service::serve(listener, views)
 }

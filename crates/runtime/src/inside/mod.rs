@@ -17,6 +17,7 @@ pub mod security;
 pub mod service;
 pub mod sftp;
 pub mod tty;
+pub mod views;
 
 use crate::protocol::{ENTER, INIT};
 use std::process::ExitCode;

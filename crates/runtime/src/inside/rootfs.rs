@@ -137,7 +137,7 @@ fn make_proc(proc: &Path, null: &Path) -> Result<()> {
 
 /// Remounts the bind mount at `p` read-only, keeping the flags the kernel locks in a user
 /// namespace (nosuid, nodev, noexec, atime).
-fn remount_read_only(p: &Path) -> Result<()> {
+pub(crate) fn remount_read_only(p: &Path) -> Result<()> {
     let st = rustix::fs::statvfs(p).with_context(|| format!("statvfs {}", p.display()))?;
     let mut flags = MountFlags::BIND | MountFlags::RDONLY;
     for (s, m) in [

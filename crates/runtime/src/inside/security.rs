@@ -31,6 +31,34 @@ pub fn become_root() -> Result<()> {
     Ok(())
 }
 
+/// Makes `uid` and `gid` (host ids) the owner of the user namespace this process unshares
+/// next, instead of host root: the kernel charges a user namespace's per-user counts
+/// (inotify instances and watches, user namespaces, ...) to its owner in the parent
+/// namespace, so an env owned by root would spend host root's. Only the effective ids change:
+/// the real and saved ids stay root, so the file-system ids are set back to root (lookups of
+/// the env's host paths go on as before) and the capabilities stay effective (a kernel that
+/// refuses unprivileged user namespaces still lets this one be made).
+pub fn own_next_user_namespace(uid: u32, gid: u32) -> Result<()> {
+    use rustix::thread::{set_thread_res_gid, set_thread_res_uid, Gid, Uid};
+    let caps = rustix::thread::capabilities(None).context("reading the helper's capabilities")?;
+    set_thread_res_gid(Gid::ROOT, Gid::from_raw(gid), Gid::ROOT)
+        .with_context(|| format!("setting the effective gid to {gid}"))?;
+    set_thread_res_uid(Uid::ROOT, Uid::from_raw(uid), Uid::ROOT)
+        .with_context(|| format!("setting the effective uid to {uid}"))?;
+    // setfsuid/setfsgid report the previous id, not errors: read the result back.
+    // SAFETY: plain integer syscalls on this (single) thread's credentials.
+    let (fsuid, fsgid) = unsafe {
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+        (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX))
+    };
+    if (fsuid, fsgid) != (0, 0) {
+        anyhow::bail!("setting the file-system ids back to root: they are {fsuid}:{fsgid}");
+    }
+    // Changing the effective uid from 0 cleared the effective set; the permitted one is kept.
+    rustix::thread::set_capabilities(None, caps).context("restoring the helper's capabilities")
+}
+
 /// Reduces the capability bounding set to `KEEP`, sets no_new_privs and installs the seccomp
 /// filter, so every program executed from here on holds at most those capabilities (of the
 /// env's user namespace), cannot gain more through setuid or file capabilities, and cannot

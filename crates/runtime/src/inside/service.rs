@@ -12,6 +12,7 @@
 
 use crate::fdpass;
 use crate::identity::{Identity, DEFAULT_ENV};
+use crate::inside::views::Views;
 use crate::protocol::{Control, Message, Reply, Request};
 use anyhow::{anyhow, Context, Result};
 use rustix::event::{PollFd, PollFlags};
@@ -41,9 +42,9 @@ pub fn listen(path: &Path) -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// The init's loop: reap children (reporting the exit of requested commands) and serve
-/// requests. Never returns but on a setup error.
-pub fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
+/// The init's loop: reap children (reporting the exit of requested commands), serve
+/// requests and keep the env's `/proc` views current. Never returns but on a setup error.
+pub fn serve(listener: OwnedFd, mut views: Views) -> Result<std::convert::Infallible> {
     let signals = sigchld_fd()?;
     let mut waiting: HashMap<i32, Waiting> = HashMap::new();
     loop {
@@ -62,7 +63,14 @@ pub fn serve(listener: OwnedFd) -> Result<std::convert::Infallible> {
                 .iter()
                 .map(|pid| PollFd::new(&waiting[pid].conn, PollFlags::IN)),
         );
-        match rustix::event::poll(&mut fds, None) {
+        let due = views.until_due();
+        let timeout = rustix::event::Timespec {
+            tv_sec: due.as_secs() as _,
+            tv_nsec: due.subsec_nanos() as _,
+        };
+        let polled = rustix::event::poll(&mut fds, Some(&timeout));
+        views.refresh_if_due();
+        match polled {
             Err(rustix::io::Errno::INTR) => continue,
             r => r.context("poll in init")?,
         };

@@ -169,3 +169,56 @@ pub fn run(program: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Builds `tests/probes/NAME.c` static with the host's C compiler into `dir`; its path.
+pub fn build_probe(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/probes/{name}.c"));
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-static", "-O", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("running cc (the probe tests need a C compiler and a static libc)");
+    assert!(status.success(), "building {}", src.display());
+    out
+}
+
+/// An env spawned with `opts` with probe `NAME` ([`build_probe`]) at `/probe`.
+pub fn env_with_probe<'a>(node: &'a TestNode, opts: &SpawnOptions, name: &str) -> Env<'a> {
+    let env = Env::spawn(&node.rt, opts);
+    let probe = build_probe(node.path(), name);
+    let argv = ["sh", "-c", "cat > /probe && chmod 755 /probe"].map(String::from);
+    let out = runtime::exec::command(&node.rt, &env.state, &argv, &[])
+        .unwrap()
+        .stdin(std::fs::File::open(probe).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env
+}
+
+/// Asserts that nothing of env `name` remains on the host.
+pub fn assert_gone(node: &TestNode, name: &str, init_pid: i32) {
+    let dir = node.rt.env_dir(name).unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(name), "mounts left:\n{mountinfo}");
+    let cg = runtime::cgroup::Cgroup::new(&node.rt.cgroups, name);
+    for d in cg.dirs() {
+        assert!(!d.exists(), "cgroup {} left", d.display());
+    }
+    assert!(!dir.exists(), "{} left", dir.display());
+    if init_pid > 0 {
+        // Gone, or a zombie waiting for the host's init (its parent) to reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{init_pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "init {init_pid} left: {stat}"
+        );
+    }
+}

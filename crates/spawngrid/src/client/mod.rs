@@ -147,6 +147,10 @@ pub struct SpawnArgs {
     /// Memory limit (e.g. 512M, 2G; default: the node's).
     #[arg(long, value_name = "SIZE")]
     mem: Option<String>,
+    /// Cpu limit: this many cpus' worth of time, on as many cpus rounded up (e.g. 0.5, 2;
+    /// default: none).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
     /// The env's network: none (loopback only) or nat (its own address, outbound through the
     /// node).
     #[arg(long, default_value = "none", value_parser = parse_net)]
@@ -403,6 +407,7 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
         disk: a.disk,
         as_env: a.as_env.clone(),
         mem,
+        cpus: a.cpus,
         net: a.net,
         place: a.placement(),
         ttl: a.ttl,

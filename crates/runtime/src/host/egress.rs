@@ -463,6 +463,67 @@ mod tests {
     }
 
     #[test]
+    fn policies_parse_entries_and_refuse_bad_ones_in_one_line() {
+        let p = Policy::parse(
+            "none",
+            &["PyPI.org.".into(), "10.0.0.53".into(), "pypi.org".into()],
+            &["0.0.0.0/0".into()],
+        )
+        .unwrap();
+        assert_eq!(p.default, Reach::None);
+        assert_eq!(
+            p.to_string(),
+            "default none; allow pypi.org, 10.0.0.53/32; deny 0.0.0.0/0"
+        );
+        assert!(p.has_domains());
+        assert!(!Policy::default().has_domains());
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), p);
+        for (bad, says) in [
+            ("10.0.0.1/8", "past its /8"),
+            ("*.example.com", "wildcards"),
+            ("::1", "IPv4 only"),
+            ("a..b", "neither"),
+            ("-a.com", "neither"),
+            ("10.0.0", "no IPv4 network"),
+        ] {
+            let err = Policy::parse("internet", &[], &[bad.into()]).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.starts_with("deny: ") && err.contains(says),
+                "{bad}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1);
+        }
+        assert!(Policy::parse("sideways", &[], &[]).is_err());
+        let many: Vec<String> = (0..=MAX_ENTRIES)
+            .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+            .collect();
+        assert!(Policy::parse("internet", &many, &[]).is_err());
+    }
+
+    #[test]
+    fn the_env_script_returns_for_allowed_drops_denied_and_seals_none() {
+        let rules = |default: &str| Rules {
+            policy: Policy::parse(default, &[], &[]).unwrap(),
+            allow: vec!["192.0.2.0/24".parse().unwrap()],
+            deny: vec![],
+        };
+        let open = env_script("t", "sgv1", "10.88.0.4/30", &rules("internet"));
+        assert!(open.contains("add rule ip t sgv1 ip daddr @sgv1_allow return\n"));
+        assert!(open.contains("add rule ip t sgv1 ip daddr @sgv1_deny drop\n"));
+        assert!(open.contains("add element ip t sgv1_allow { 192.0.2.0/24 }\n"));
+        assert!(!open.contains("sgv1_deny {"));
+        assert!(open.contains("add element ip t egress { 10.88.0.4/30 : jump sgv1 }\n"));
+        assert!(!open.contains("add rule ip t sgv1 drop\n"));
+        let sealed = env_script("t", "sgv1", "10.88.0.4/30", &rules("none"));
+        assert!(sealed
+            .ends_with("add rule ip t sgv1 drop\nadd element ip t sgv1_allow { 192.0.2.0/24 }\n"));
+        let gone = env_teardown("t", "sgv1", "10.88.0.4/30");
+        assert!(gone.ends_with("delete set ip t sgv1_deny\n"));
+    }
+
+    #[test]
     fn allowed_elements_pair_the_env_with_each_destination() {
         let allow = [
             "192.168.1.0/24".parse().unwrap(),

@@ -137,7 +137,10 @@ mod tests {
         };
         let resolved = rules(&e).unwrap();
         assert_eq!(to_api(&resolved.policy), e);
-        assert!(resolved.allow.iter().any(|c| c.to_string() == "127.0.0.1/32"));
+        assert!(resolved
+            .allow
+            .iter()
+            .any(|c| c.to_string() == "127.0.0.1/32"));
         let bad = Egress {
             deny: vec!["10.0.0.1/8".into()],
             ..Egress::default()

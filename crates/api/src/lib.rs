@@ -133,11 +133,19 @@ pub mod routes {
     /// → [`ExposeResponse`](crate::ExposeResponse); `DELETE ?port=P` or `?id=ID` (query
     /// [`UnexposeQuery`](crate::UnexposeQuery)) → [`Exposure`](crate::Exposure), the one ended.
     pub const EXPOSURES: &str = "/api/envs/{env}/exposures";
+    /// `PUT`: [`Egress`](crate::Egress) → the policy now in force (`Egress`): replaces a
+    /// running `nat` env's egress policy.
+    pub const EGRESS: &str = "/api/envs/{env}/egress";
     /// Any method, any path below: the request goes to the exposed port inside the env, with
     /// this prefix stripped (`/preview/ID/x` arrives as `/x`).
     pub const PREVIEW: &str = "/preview/{id}";
     /// [`PREVIEW`]'s root, `/preview/{id}/` (the path the OpenAPI document describes it by).
     pub const PREVIEW_ROOT: &str = "/preview/{id}/";
+
+    /// The egress path of env `env` ([`EGRESS`] filled in, percent-encoded).
+    pub fn egress(env: &str) -> String {
+        EGRESS.replace("{env}", &super::percent_encode(env))
+    }
 
     /// The exposures path of env `env` ([`EXPOSURES`] filled in, percent-encoded).
     pub fn exposures(env: &str) -> String {
@@ -417,6 +425,9 @@ pub struct SpawnRequest {
     /// The env's network (default: loopback only).
     #[serde(default)]
     pub net: Net,
+    /// A `nat` env's egress policy (absent: the internet, as the node allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
     /// Let the node place the env on the grid (absent: spawn on the node asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<Placement>,
@@ -520,6 +531,41 @@ pub enum Net {
     Nat,
 }
 
+/// What a `nat` env may connect to. A destination in `allow` is reached (as far as the
+/// node lets any env reach it: never the node itself or private networks it does not allow),
+/// else one in `deny` is not, else `default` decides. Entries are IPv4 networks
+/// (`a.b.c.d/len`), addresses, or domain names (the node resolves them to their IPv4
+/// addresses and refreshes them every minute).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// Where connections go when neither list names the destination.
+    #[serde(default)]
+    pub default: EgressDefault,
+    /// Destinations always reached (at most 256).
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub allow: Vec<String>,
+    /// Destinations not reached unless allowed (at most 256).
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub deny: Vec<String>,
+}
+
+/// Most entries an [`Egress`] list may have.
+pub const MAX_EGRESS_ENTRIES: usize = 256;
+
+/// What an env reaches when no list names the destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressDefault {
+    /// The internet (what the node lets envs reach).
+    #[default]
+    Internet,
+    /// Nothing: only the allow list.
+    None,
+}
+
 /// How to get a shell in an env.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Attach {
@@ -574,6 +620,12 @@ pub struct EnvInfo {
     /// Its ports served at preview URLs.
     #[serde(default)]
     pub exposures: Vec<Exposure>,
+    /// Its network.
+    #[serde(default)]
+    pub net: Net,
+    /// A `nat` env's egress policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
 }
 
 /// `true`, the default of fields that older nodes did not send.

@@ -219,6 +219,11 @@ mod tests {
             fork["properties"]["count"]["maximum"],
             json!(crate::MAX_FORK)
         );
+        let egress = schema::<crate::Egress>();
+        for list in ["allow", "deny"] {
+            let max = &egress["properties"][list]["maxItems"];
+            assert_eq!(max, &json!(crate::MAX_EGRESS_ENTRIES), "{list}");
+        }
         // `deny_unknown_fields` is in the document, and `as` keeps its JSON name.
         assert_eq!(spawn["additionalProperties"], json!(false));
         assert!(spawn["properties"].get("as").is_some());

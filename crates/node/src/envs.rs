@@ -115,6 +115,14 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         api::Net::None => runtime::Network::None,
         api::Net::Nat => runtime::Network::Nat,
     };
+    if let Some(egress) = &req.egress {
+        if req.net != api::Net::Nat {
+            return Err(Error::invalid(
+                "an egress policy needs a network: spawn with --net nat",
+            ));
+        }
+        opts.egress = crate::egress::rules(egress)?;
+    }
     if req.ttl == Some(0) {
         return Err(Error::invalid("ttl must be at least 1 second"));
     }
@@ -411,6 +419,11 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
         } else {
             None
         },
+        net: match st.network {
+            runtime::Network::None => api::Net::None,
+            runtime::Network::Nat => api::Net::Nat,
+        },
+        egress: st.nat.is_some().then(|| crate::egress::to_api(&st.egress)),
     }
 }
 

@@ -49,6 +49,8 @@ pub fn fork(
             runtime::Network::None => api::Net::None,
             runtime::Network::Nat => api::Net::Nat,
         },
+        // The copies are held to the env's policy as it is now.
+        egress: st.nat.is_some().then(|| crate::egress::to_api(&st.egress)),
         ..SpawnRequest::default()
     };
     let mut spawned: Vec<EnvState> = Vec::new();

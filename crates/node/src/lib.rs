@@ -6,6 +6,7 @@
 //! - [`tls`]: the self-signed certificate made on first start (`DATA/tls/`).
 //! - [`auth`]: slowing down repeated bad passwords.
 //! - [`envs`]: a user's envs (`ENV+USER` in the runtime) — spawn, list, exec, save, boom.
+//! - [`egress`]: envs' egress policies: the change route, applied at start, domains refreshed.
 //! - [`exec`]: `exec` in an env: bounded per user, timed out, killed with its client.
 //! - [`snapshots`]: from a name to a mounted snapshot (shared with `spawngrid env spawn`).
 //! - [`error`]: the node's error (a kind and one line), what the service code returns.
@@ -39,6 +40,7 @@ pub mod capacity;
 pub mod config;
 pub mod conns;
 pub mod cpu;
+pub mod egress;
 pub mod envs;
 pub mod error;
 pub mod exec;
@@ -237,6 +239,7 @@ pub fn run(config: Config) -> Result<()> {
         tokio::spawn(registry::heartbeat(node.clone()));
         snapshots::start_sweeping(node.clone());
         lifetime::start_sweeping(node.clone());
+        egress::start_refreshing(node.clone());
         // One signal stops both listeners.
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut ssh_stop = stop.clone();

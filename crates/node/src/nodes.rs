@@ -84,6 +84,8 @@ fn recorded(n: &NodeEntry, r: catalog::EnvRecord) -> EnvInfo {
         expiry: None,
         // Its previews do not answer while its node is down.
         exposures: Vec::new(),
+        net: api::Net::default(),
+        egress: None,
     }
 }
 

@@ -467,6 +467,7 @@ fn env_routes(node: Arc<Node>) -> OpenApiRouter<Arc<Node>> {
         .routes(utoipa_axum::routes!(save_env))
         .routes(utoipa_axum::routes!(fork_env))
         .routes(utoipa_axum::routes!(crate::cpu::cpu))
+        .routes(utoipa_axum::routes!(crate::egress::put))
         .routes(utoipa_axum::routes!(crate::files::get, crate::files::put))
         .routes(utoipa_axum::routes!(
             crate::exposures::list,

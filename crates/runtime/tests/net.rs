@@ -249,7 +249,8 @@ fn boom_and_failed_spawns_leave_no_link_rule_or_lease() {
     // So does a network setup that fails half-way: the veth cannot go into the namespace of
     // a process that does not exist, after the subnet was leased.
     let name = unique("half");
-    let err = runtime::net::setup_nat(&node.rt, &name, 0x3fff_fff0, 0, &[]).unwrap_err();
+    let err = runtime::net::setup_nat(&node.rt, &name, 0x3fff_fff0, 0, &[], &Default::default())
+        .unwrap_err();
     assert!(format!("{err:#}").contains("veth"), "{err:#}");
     runtime::net::teardown_nat(&node.rt, &name).unwrap();
     assert_eq!(host_network(), before);
@@ -615,4 +616,124 @@ fn a_node_that_turned_forwarding_on_routes_for_its_envs_only() {
         );
         drop(env);
     });
+}
+
+/// The nft objects of env `link` (its chain, its sets, its `egress` map entry) in the table.
+fn egress_objects(link: &NatLink) -> Vec<String> {
+    let table = run("nft", &["list", "table", "ip", runtime::net::NFT_TABLE]);
+    let name = &link.host_if;
+    let mut found = Vec::new();
+    for line in table.lines() {
+        let words: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
+            .collect();
+        if words.iter().any(|w| {
+            *w == name.as_str() || *w == format!("{name}_allow") || *w == format!("{name}_deny")
+        }) || line.contains(&format!("{} : jump", link.cidr()))
+        {
+            found.push(line.trim().to_string());
+        }
+    }
+    found
+}
+
+fn policy(default: &str, allow: &[&str], deny: &[&str]) -> runtime::egress::Rules {
+    let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let p = runtime::egress::Policy::parse(default, &list(allow), &list(deny)).unwrap();
+    runtime::egress::Rules::resolve(&p).unwrap()
+}
+
+/// Per-env policies narrow the node's floor: a deny of a destination holds for its env only;
+/// an allow-only env reaches its list and nothing else (not a private network the node does
+/// not allow); a change applies to the running env at once; boom leaves no object of it.
+#[test]
+fn per_env_egress_policies_deny_allow_and_change_live() {
+    let _serial = serial();
+    let node = TestNode::new();
+    let a = Outside::new();
+    let b = Outside::on([203, 0, 113]);
+    let private = Outside::on([172, 31, 251]);
+    let (a_ns, b_ns) = (Some(a.netns()), Some(b.netns()));
+
+    let mut opts = nat_opts(&node, "deny");
+    opts.egress = policy("internet", &[], &["203.0.113.0/24", "localhost"]);
+    let denying = Env::spawn(&node.rt, &opts);
+    let open = Env::spawn(&node.rt, &nat_opts(&node, "open"));
+    assert!(!reaches(&denying, b.addr, b_ns.as_deref()), "denied");
+    assert!(reaches(&denying, a.addr, a_ns.as_deref()));
+    assert!(reaches(&open, b.addr, b_ns.as_deref()), "another env");
+    // The domain's addresses are in its deny set; the state records the policy.
+    let link = link_of(&denying);
+    let deny_set = run(
+        "nft",
+        &[
+            "list",
+            "set",
+            "ip",
+            runtime::net::NFT_TABLE,
+            &format!("{}_deny", link.host_if),
+        ],
+    );
+    assert!(deny_set.contains("127.0.0.1"), "{deny_set}");
+    let st = runtime::state::load(&node.rt, &denying.state.name).unwrap();
+    assert_eq!(
+        st.egress.to_string(),
+        "default internet; deny 203.0.113.0/24, localhost"
+    );
+
+    let mut opts = nat_opts(&node, "sealed");
+    opts.egress = policy("none", &["198.51.100.0/24", "172.31.251.2"], &[]);
+    let sealed = Env::spawn(&node.rt, &opts);
+    assert!(reaches(&sealed, a.addr, a_ns.as_deref()), "allowed");
+    assert!(
+        !reaches(&sealed, b.addr, b_ns.as_deref()),
+        "not in its list"
+    );
+    let p_ns = Some(private.netns());
+    assert!(
+        !reaches(&sealed, private.addr, p_ns.as_deref()),
+        "below the floor"
+    );
+
+    // Changed while running: the denied destination is reached, then nothing is.
+    runtime::policy::set(&node.rt, &denying.state.name, &policy("internet", &[], &[])).unwrap();
+    assert!(reaches(&denying, b.addr, b_ns.as_deref()), "deny lifted");
+    runtime::policy::set(&node.rt, &denying.state.name, &policy("none", &[], &[])).unwrap();
+    assert!(
+        !reaches(&denying, a.addr, a_ns.as_deref()),
+        "sealed while running"
+    );
+    // A refresh of a policy that is no longer the env's changes nothing.
+    let stale = policy("internet", &[], &[]);
+    assert!(
+        runtime::policy::refresh(&node.rt, &denying.state.name, &stale)
+            .unwrap()
+            .is_none()
+    );
+    assert!(!reaches(&denying, a.addr, a_ns.as_deref()));
+
+    let links = [link, link_of(&open), link_of(&sealed)];
+    assert!(!egress_objects(&links[0]).is_empty());
+    drop((denying, open, sealed));
+    for link in &links {
+        assert_eq!(
+            egress_objects(link),
+            Vec::<String>::new(),
+            "{}",
+            link.host_if
+        );
+        assert_no_network_left(&node, link);
+    }
+}
+
+/// A policy is a `nat` env's: a `none` env with one is refused, naming what to do.
+#[test]
+fn an_egress_policy_needs_a_nat_network() {
+    let _serial = serial();
+    let node = TestNode::new();
+    let mut opts = node.opts("nonet");
+    opts.egress = policy("none", &[], &[]);
+    let err = runtime::spawn::spawn(&node.rt, &opts).unwrap_err();
+    assert!(format!("{err:#}").contains("--net nat"), "{err:#}");
+    assert_no_leases(&node);
 }

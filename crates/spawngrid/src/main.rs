@@ -76,6 +76,11 @@ enum Command {
     /// Stop serving a port of an env (PORT, or the preview's URL): its URL and links stop working.
     #[command(disable_help_flag = true)]
     Unexpose(client::expose::UnexposeArgs),
+    /// Show or change what a running env (spawned with --net nat) may connect to: DEFAULT
+    /// internet or none, and --allow/--deny lists of networks and domain names. Replaced
+    /// whole; new connections follow it at once.
+    #[command(disable_help_flag = true)]
+    Egress(client::egress::EgressArgs),
     /// Destroy an env (its names stay).
     #[command(disable_help_flag = true)]
     Boom(client::BoomArgs),
@@ -250,6 +255,7 @@ fn main() -> ExitCode {
         Command::Save(a) => client::save(a, json),
         Command::Fork(a) => client::fork::fork(a, json),
         Command::Expose(a) => client::expose::expose(a, json),
+        Command::Egress(a) => client::egress::egress(a, json),
         Command::Unexpose(a) => client::expose::unexpose(a, json),
         Command::Boom(a) => client::boom(a, json),
         Command::Status(a) => client::status(a, json),

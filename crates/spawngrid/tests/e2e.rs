@@ -8,6 +8,7 @@ mod common;
 mod capacity;
 mod cpu;
 mod dos;
+mod egress;
 mod env_cli;
 mod faults;
 mod fork;

@@ -12,6 +12,7 @@ pub mod freeze;
 pub mod ids;
 pub mod launch;
 pub mod net;
+pub mod policy;
 pub mod runtime;
 pub mod save;
 pub mod service;

@@ -206,14 +206,15 @@ fn tmp_is_stale(name: &str) -> bool {
 /// Gives env `env` (whose init, `init_pid`, started at `init_start`, has made its network
 /// namespace) a `nat` network: lease a subnet, create the veth pair with one end inside,
 /// address both ends, route, forward and masquerade, to the internet and the destinations
-/// `allow` only ([`crate::host::egress`]). On error, what was made stays for [`teardown_nat`]
-/// (boom) to remove.
+/// `allow` only, narrowed by the env's policy `rules` ([`crate::host::egress`]). On error,
+/// what was made stays for [`teardown_nat`] (boom) to remove.
 pub fn setup_nat(
     rt: &Runtime,
     env: &str,
     init_pid: i32,
     init_start: u64,
     allow: &[Cidr],
+    rules: &egress::Rules,
 ) -> Result<NatLink> {
     let (link, tag) = claim(rt, env, init_pid, init_start, allow)?;
     // The init is alive until the spawn returns (nothing else runs in the env yet), so its pid
@@ -248,8 +249,8 @@ pub fn setup_nat(
     let inside = Tool::start("nsenter", &enter, Some(&inside))?;
     // Usually the table exists and only the env's elements are new (a rule change costs ~10
     // ms more); the whole table is (re)defined when it is missing or older than the egress
-    // rules (the probe fails).
-    let elements = env_elements(&link, allow);
+    // rules (the probe, or the env's entry in the `egress` map, fails).
+    let elements = env_elements(&link, allow, rules);
     let probe = format!("{}{elements}", egress::nft_probe(NFT_TABLE));
     let rules = Tool::start("nft", &["-f", "-"], Some(&probe))?;
     let (host, inside, rules) = (host.finish()?, inside.finish()?, rules.finish()?);
@@ -257,21 +258,76 @@ pub fn setup_nat(
     inside.context("configuring the env's end")?;
     match rules {
         Err(e) if format!("{e}").contains("No such file or directory") => {
-            let script = format!("{}{elements}", nft_script());
-            tool("nft", &["-f", "-"], Some(&script))?.context("adding the nat rules")?
+            // Two transactions: nft cannot add a map element jumping to a chain of a table
+            // made in the same one.
+            tool("nft", &["-f", "-"], Some(&nft_script()))?.context("adding the nat rules")?;
+            tool("nft", &["-f", "-"], Some(&elements))?
+                .context("adding the env's subnet to the nat rules")?
         }
         r => r.context("adding the env's subnet to the nat rules")?,
     }
     Ok(link)
 }
 
-/// The nft commands adding env `link`'s subnet, and its allowed destinations `allow`.
-fn env_elements(link: &NatLink, allow: &[Cidr]) -> String {
+/// The nft commands adding env `link`'s subnet, its allowed destinations `allow` (the
+/// node's), and its policy's objects for `rules`.
+fn env_elements(link: &NatLink, allow: &[Cidr], rules: &egress::Rules) -> String {
+    subnet_elements(link, allow)
+        + &egress::env_script(NFT_TABLE, &link.host_if, &link.cidr(), rules)
+}
+
+/// The nft commands adding env `link`'s subnet and its allowed destinations `allow`.
+fn subnet_elements(link: &NatLink, allow: &[Cidr]) -> String {
     let mut s = format!("add element ip {NFT_TABLE} envs {{ {} }}\n", link.cidr());
     if let Some(pairs) = egress::allowed_elements(&link.cidr(), allow) {
         s += &format!("add element ip {NFT_TABLE} allowed {pairs}\n");
     }
     s
+}
+
+/// Replaces the egress policy of env `env`'s `nat` network `link` with `rules` (one nft
+/// transaction), holding its lease's lock, so a boom (which takes it too) never runs
+/// between the check that the env still holds its subnet and the change. `check` runs under
+/// the lock first and may refuse (an error) or skip (`None`); `then` runs after the change
+/// with what `check` gave, which is returned.
+pub fn change_egress<T>(
+    rt: &Runtime,
+    env: &str,
+    link: &NatLink,
+    rules: &egress::Rules,
+    check: impl FnOnce() -> Result<Option<T>>,
+    then: impl FnOnce(&mut T) -> Result<()>,
+) -> Result<Option<T>> {
+    let path = lease_path(&leases_dir(rt), link);
+    let _lock = lock_lease(&path)?
+        .filter(|_| Lease::read(&path).is_some_and(|l| l.env == env))
+        .with_context(|| format!("env {env} no longer has its network (it is being boomed)"))?;
+    let Some(mut checked) = check()? else {
+        return Ok(None);
+    };
+    let script = egress::env_script(NFT_TABLE, &link.host_if, &link.cidr(), rules);
+    tool("nft", &["-f", "-"], Some(&script))?.context("changing the env's egress policy")?;
+    then(&mut checked)?;
+    Ok(Some(checked))
+}
+
+/// Locks the lease at `path` (exclusive, until the file returned is dropped), if it still
+/// exists once locked.
+fn lock_lease(path: &Path) -> Result<Option<std::fs::File>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", path.display()))?;
+    // Released meanwhile: the file is no longer the lease at `path`.
+    let same =
+        |a: rustix::fs::Stat, b: rustix::fs::Stat| a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+    match (rustix::fs::fstat(&file), rustix::fs::stat(path)) {
+        (Ok(a), Ok(b)) if same(a, b) => Ok(Some(file)),
+        _ => Ok(None),
+    }
 }
 
 /// Turns IPv4 forwarding on. If it was off (the host routed for nobody), first adds the
@@ -496,6 +552,8 @@ pub fn teardown_nat(rt: &Runtime, env: &str) -> Result<()> {
 /// now is; a lease without a claim, made by an older version, takes it first), the claim, the
 /// file.
 fn release(path: &Path, lease: &Lease) -> Result<()> {
+    // Not while a policy change is under way (it holds the lock; it finds the lease gone after).
+    let _lock = lock_lease(path)?;
     let owned = host_claim(path, &lease.link)?;
     let h = &lease.link.host_if;
     let alias = std::fs::read_to_string(format!("/sys/class/net/{h}/ifalias")).unwrap_or_default();
@@ -504,15 +562,20 @@ fn release(path: &Path, lease: &Lease) -> Result<()> {
         true => Some(Tool::start("ip", &["link", "del", "dev", h], None)?),
         false => None,
     };
-    let mut del = format!(
-        "delete element ip {NFT_TABLE} envs {{ {} }}\n",
-        lease.link.cidr()
-    );
-    if let Some(pairs) = egress::allowed_elements(&lease.link.cidr(), &lease.allow) {
+    let cidr = lease.link.cidr();
+    let mut del = format!("delete element ip {NFT_TABLE} envs {{ {cidr} }}\n");
+    if let Some(pairs) = egress::allowed_elements(&cidr, &lease.allow) {
         del += &format!("delete element ip {NFT_TABLE} allowed {pairs}\n");
     }
+    // Made first, so the one transaction succeeds whichever of them exist (a table of an
+    // older version has no `egress` map: that fails, and the old way follows below).
+    let all = format!(
+        "{}{}{del}",
+        subnet_elements(&lease.link, &lease.allow),
+        egress::env_teardown(NFT_TABLE, h, &cidr)
+    );
     let del_element = match owned {
-        true => Some(Tool::start("nft", &["-f", "-"], Some(&del))?),
+        true => Some(Tool::start("nft", &["-f", "-"], Some(&all))?),
         false => None,
     };
     let (link_done, element_done) = (
@@ -530,15 +593,22 @@ fn release(path: &Path, lease: &Lease) -> Result<()> {
         }
         _ => {}
     }
-    match element_done {
-        // A missing element (or table) is what we want.
-        Some(Err(e))
-            if !format!("{e}").contains("does not exist")
-                && !format!("{e}").contains("No such file or directory") =>
-        {
-            return Err(e).context("removing the env's subnet from the nat rules")
+    let missing = |e: &Error| {
+        let e = format!("{e}");
+        e.contains("does not exist") || e.contains("No such file or directory")
+    };
+    if let Some(Err(e)) = element_done {
+        if !missing(&e) {
+            return Err(e).context("removing the env's subnet from the nat rules");
         }
-        _ => {}
+        // A table without the egress objects, or no table: what it has goes.
+        match tool("nft", &["-f", "-"], Some(&del))? {
+            // A missing element (or table) is what we want.
+            Err(e) if !missing(&e) => {
+                return Err(e).context("removing the env's subnet from the nat rules")
+            }
+            _ => {}
+        }
     }
     unclaim(path, &lease.link)
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{fail, Context, Error, Result};
 use crate::host::cgroup::{Cgroup, Limits};
-use crate::host::egress::Cidr;
+use crate::host::egress::{Cidr, Rules};
 use crate::host::net::{self, Network};
 use crate::host::runtime::Runtime;
 use crate::host::state::{self, EnvState};
@@ -47,6 +47,8 @@ pub struct SpawnOptions {
     /// Destinations a `nat` env may reach beyond the internet (private networks, the host's
     /// addresses): see [`crate::host::egress`].
     pub nat_allow: Vec<Cidr>,
+    /// A `nat` env's egress policy, its domain names resolved (default: the internet).
+    pub egress: Rules,
     /// For tests: fail right after the step of this name (see [`STEPS`]).
     pub fail_after: Option<String>,
 }
@@ -66,6 +68,7 @@ impl SpawnOptions {
             limits: Limits::default(),
             network: Network::None,
             nat_allow: Vec::new(),
+            egress: Rules::default(),
             fail_after: None,
         }
     }
@@ -150,7 +153,11 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         created: state::now(),
         network: opts.network,
         nat: None,
+        egress: opts.egress.policy.clone(),
     };
+    if opts.network != Network::Nat && opts.egress.policy != Default::default() {
+        fail!("an egress policy needs a nat network (--net nat)");
+    }
     state::store(dir, &state)?;
     cg.create(&opts.limits)?;
     cg.restrict_devices()?;
@@ -238,7 +245,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     if opts.network == Network::Nat {
         // The init's network namespace exists (its pid is known); boom undoes this on failure.
         let (pid, start) = (state.init_pid, state.init_start);
-        let link = net::setup_nat(rt, &opts.name, pid, start, &opts.nat_allow)?;
+        let link = net::setup_nat(rt, &opts.name, pid, start, &opts.nat_allow, &opts.egress)?;
         state.nat = Some(link);
     }
     step("net")?;

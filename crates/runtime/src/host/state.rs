@@ -5,6 +5,7 @@ pub use crate::proc::start_time;
 
 use crate::error::{Context, Error, Result};
 use crate::host::cgroup::Cgroup;
+use crate::host::egress::Policy;
 use crate::host::ids::IdRange;
 use crate::host::net::{NatLink, Network};
 use crate::host::runtime::Runtime;
@@ -45,6 +46,9 @@ pub struct EnvState {
     /// The `nat` network's veth pair and addresses, once set up.
     #[serde(default)]
     pub nat: Option<NatLink>,
+    /// The `nat` network's egress policy (absent from older state files: the default).
+    #[serde(default)]
+    pub egress: Policy,
 }
 
 impl EnvState {

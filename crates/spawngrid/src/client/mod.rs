@@ -7,6 +7,7 @@
 pub mod account;
 pub mod cp;
 pub mod cpu;
+pub mod egress;
 pub mod expose;
 pub mod fork;
 pub mod grid;
@@ -151,10 +152,17 @@ pub struct SpawnArgs {
     /// default: none).
     #[arg(long, value_name = "N")]
     cpus: Option<f64>,
-    /// The env's network: none (loopback only) or nat (its own address, outbound through the
-    /// node).
-    #[arg(long, default_value = "none", value_parser = parse_net)]
-    net: api::Net,
+    /// The env's network: none (loopback only, the default) or nat (its own address,
+    /// outbound through the node; implied by --egress, --allow and --deny).
+    #[arg(long, value_parser = parse_net)]
+    net: Option<api::Net>,
+    /// Where the env's connections go that neither --allow nor --deny names: internet (what
+    /// the node lets envs reach, the default) or none (only the allow list). Change it later
+    /// with `spawngrid egress`.
+    #[arg(long, value_name = "DEFAULT", value_parser = egress::parse_default)]
+    egress: Option<api::EgressDefault>,
+    #[command(flatten)]
+    lists: egress::Lists,
     /// Spawn on this node of the grid (by name).
     #[arg(long = "node", value_name = "NODE")]
     on: Option<String>,
@@ -402,13 +410,24 @@ pub fn scores(a: ScoresArgs, json: bool) -> Result<ExitCode> {
 /// `spawngrid spawn`.
 pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
     let mem = a.mem.as_deref().map(human::parse_size).transpose()?;
+    let egress = (a.egress.is_some() || a.lists.given())
+        .then(|| a.lists.policy(a.egress.unwrap_or_default()));
+    let net = match (a.net, &egress) {
+        (Some(api::Net::None), Some(_)) => {
+            bail!("--egress, --allow and --deny filter a network: spawn with --net nat")
+        }
+        (Some(net), _) => net,
+        (None, Some(_)) => api::Net::Nat,
+        (None, None) => api::Net::None,
+    };
     let req = api::SpawnRequest {
         name: a.name.clone(),
         disk: a.disk,
         as_env: a.as_env.clone(),
         mem,
         cpus: a.cpus,
-        net: a.net,
+        net,
+        egress,
         place: a.placement(),
         ttl: a.ttl,
         on_expire: a.on_expire,
@@ -431,6 +450,9 @@ pub fn spawn(a: SpawnArgs, json: bool) -> Result<ExitCode> {
     }
     if let Some(e) = &info.expiry {
         println!("  ends {}", expiry_text(e, runtime::state::now()));
+    }
+    if let Some(e) = &info.egress {
+        println!("  egress: {}", egress::text(e));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -522,6 +544,7 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
     );
     let now = runtime::state::now();
     let mut exposed = Vec::new();
+    let mut policies = Vec::new();
     for e in list {
         let snapshot = e.snapshot.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let state = match (e.node_up, e.running) {
@@ -548,6 +571,15 @@ pub fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
             e.attach.ssh
         );
         exposed.extend(e.exposures);
+        if let Some(p) = e.egress.filter(|p| *p != api::Egress::default()) {
+            policies.push((e.env, p));
+        }
+    }
+    if !policies.is_empty() {
+        println!("\n{:<20} EGRESS", "ENV");
+        for (env, p) in policies {
+            println!("{env:<20} {}", egress::text(&p));
+        }
     }
     if !exposed.is_empty() {
         println!("\n{:<20} {:>5} {:<8} PREVIEW URL", "ENV", "PORT", "ACCESS");

@@ -173,6 +173,9 @@ pub struct Library {
     local: Option<PackIndexFile>,
     /// How many times a failed read reloaded the index: concurrent failed reads reload once.
     reloads: Mutex<u64>,
+    /// Opened by [`Library::open_reader`]: an object it does not locate lists the packs
+    /// again without asking the coordinator what gc condemned.
+    reader: bool,
 }
 
 impl Library {
@@ -246,14 +249,16 @@ impl Library {
         let local = index.map(PackIndexFile::new);
         let loaded = local.as_ref().and_then(PackIndexFile::load);
         if let Some(contents) = loaded {
-            let lib = Library::with_config(backend, coordinator, &contents.config, local)?;
+            let mut lib = Library::with_config(backend, coordinator, &contents.config, local)?;
+            lib.reader = true;
             for p in &contents.packs {
                 lib.backend.note_size(&pack_key(&p.name), p.size);
             }
             lib.install_index(HashSet::new(), contents.packs);
             return Ok(lib);
         }
-        let lib = Library::configured(backend, coordinator, local)?;
+        let mut lib = Library::configured(backend, coordinator, local)?;
+        lib.reader = true;
         lib.load_index(HashSet::new())?;
         Ok(lib)
     }
@@ -300,6 +305,7 @@ impl Library {
             written: Mutex::default(),
             local,
             reloads: Mutex::default(),
+            reader: false,
         })
     }
 
@@ -551,24 +557,36 @@ impl Library {
     ///
     /// An object the index does not locate, or whose pack cannot be read, makes the index
     /// reload once (another process may have written it, or gc moved it and deleted the
-    /// pack); reads failing at the same time share that one reload.
+    /// pack); reads failing at the same time share that one reload. A reader's reload for an
+    /// object it does not locate only lists the packs (no catalog connection on the way to a
+    /// snapshot saved elsewhere).
     pub fn get(&self, score: &Score) -> Result<(ObjectKind, Vec<u8>)> {
         let seen = *self.reloads.lock().expect("reloads lock");
         match self.read_located(score) {
-            Err(Error::Missing(_)) | Err(Error::Io { .. }) if self.reload_after(seen).is_ok() => {
-                self.read_located(score)
+            Err(e @ (Error::Missing(_) | Error::Io { .. })) => {
+                let packs_only = self.reader && matches!(e, Error::Missing(_));
+                match self.reload_after(seen, packs_only) {
+                    Ok(()) => self.read_located(score),
+                    Err(_) => Err(e),
+                }
             }
             other => other,
         }
     }
 
-    /// Reloads the index unless it was reloaded since the reload count was `seen`.
-    fn reload_after(&self, seen: u64) -> Result<()> {
+    /// Reloads the index (with `packs_only`, keeping what gc condemned as last known) unless
+    /// it was reloaded since the reload count was `seen`.
+    fn reload_after(&self, seen: u64, packs_only: bool) -> Result<()> {
         let mut reloads = self.reloads.lock().expect("reloads lock");
         if *reloads != seen {
             return Ok(());
         }
-        self.reload_index()?;
+        if packs_only {
+            let condemned = self.index.read().expect("index lock").condemned.clone();
+            self.load_index(condemned)?;
+        } else {
+            self.reload_index()?;
+        }
         *reloads += 1;
         Ok(())
     }
@@ -720,14 +738,16 @@ mod tests {
         }
     }
 
-    /// A reader opens and reads without asking what gc condemned; a read that fails reloads
-    /// the index and asks then. A writer's open asks at once.
+    /// A reader opens and reads without asking what gc condemned, and an object it does not
+    /// locate only makes it list the packs again; a read of a pack that fails (gc deleted
+    /// it) reloads the index and asks then. A writer's open asks at once.
     #[test]
-    fn a_reader_asks_what_gc_condemned_only_when_a_read_fails() {
+    fn a_reader_asks_what_gc_condemned_only_when_a_pack_read_fails() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
         let lib = Library::open_or_init(backend.clone()).unwrap();
         let score = lib.put(ObjectKind::Blob, b"some bytes").unwrap();
+        let big = lib.put(ObjectKind::Blob, &[7u8; 300 << 10]).unwrap();
         lib.flush().unwrap();
         let counting = Arc::new(Counting::default());
         let asked = || counting.0.load(Ordering::Relaxed);
@@ -738,6 +758,11 @@ mod tests {
         );
         assert_eq!(asked(), 0);
         assert!(reader.get(&Score::of(b"never stored")).is_err());
+        assert_eq!(asked(), 0);
+        backend
+            .delete(&pack_key(&reader.locate(&big).unwrap().pack))
+            .unwrap();
+        assert!(reader.get(&big).is_err());
         assert_eq!(asked(), 1);
         Library::open_with(backend, counting.clone()).unwrap();
         assert_eq!(asked(), 2);

@@ -5,8 +5,9 @@
 #
 # - spawn: a never-seen ~200 MB snapshot (the debootstrap tree of scripts/rootfs.sh base:
 #   6700 files of mixed sizes and a 32 MiB file), imported on node1, spawned on node2 or node3
-#   with an empty block and file cache (with the library's pack index cached again, and
-#   without), plus the latency of Garage itself (curl): time to the first command (`POST /api/envs`, then
+#   with an empty block and file cache (with the library's pack index cached again, with the
+#   node's pack index file one pack behind: the new one, and without any), plus the latency of
+#   Garage itself (curl): time to the first command (`POST /api/envs`, then
 #   `exec true`) and, on another never-seen snapshot, to a shell over SSH (OpenSSH client,
 #   `ssh ENV+USER@NODE echo ready`); bytes read from S3 by then (the node's
 #   spawngrid_library_remote_read_bytes_total). Against pulling the whole snapshot: `spawngrid
@@ -46,7 +47,9 @@ LOCK = "/run/lock/spawngrid-grid.lock"
 NODES = (1, 2, 3)
 SECTIONS = ["spawn", "read", "save", "api"]
 BIG_FILES, BIG_SIZE = 4, 64 * bl.MiB
-CASES = {"index_cached": "library index cached", "empty_cache": "empty node cache",
+CASES = {"index_cached": "library index cached",
+         "index_behind": "pack index file one pack behind (a save elsewhere)",
+         "empty_cache": "empty node cache (no pack index file)",
          "data_cached": "its files' blocks cached (no S3 data reads: the floor)"}
 GOALS = {"first_command_p50_ms": 50, "fetched_percent": 5, "cold_read_MBps": 200,
          "save_to_spawnable_s": 1, "save_200MB_to_spawnable_s": 3}
@@ -130,11 +133,13 @@ class Grid:
             raise bl.StepFailed(f"node{n}'s /metrics has no spawngrid_library_remote_* counters")
         return got
 
-    def cold(self, n, index=True):
+    def cold(self, n, index="cached"):
         """Empties node n's block cache and file cache (the running processes refetch what
-        they find missing); with index, then opens the library there (every pack's trailer
-        cached again, as on a node that has opened the library before); index None: leaves
-        the caches as they are."""
+        they find missing). index "cached": then opens the library there (the pack index
+        file and every pack's trailer cached again, as on a node that has opened the library
+        since the snapshot was made); "behind": keeps the node's pack index file as it is
+        (it lacks the packs made since the node last opened the library); "empty": removes
+        it too; None: leaves the caches as they are."""
         if index is None:
             return
         cache = os.path.join(self.data(n), "cache")
@@ -146,7 +151,10 @@ class Grid:
                 p = os.path.join(top, d)
                 if os.path.isdir(p) and d != "tmp":
                     shutil.rmtree(p)
-        if index:
+        if index == "empty":
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(cache, "packs.idx"))
+        if index == "cached":
             self.admin("lib", "--owner", USER, "log", "tree", n=n)
 
     def import_tree(self, name, tree):
@@ -179,10 +187,12 @@ def mounts_of(g, n):
 
 
 def spawn_section(g, a, work, key, tree, logical):
-    """Cross-node spawns of never-seen snapshots on a node that has opened the library (its
-    pack index cached) and on one with empty caches; the whole pull by export and restic."""
+    """Cross-node spawns of never-seen snapshots on a node that has opened the library since
+    (its pack index cached), on one whose pack index file lacks the new pack, and on one with
+    empty caches; the whole pull by export and restic."""
     result = {"s3_latency": s3_probe(g, a.rounds * 4)}
-    for case, index in (("index_cached", True), ("empty_cache", False), ("data_cached", None)):
+    for case, index in (("index_cached", "cached"), ("index_behind", "behind"),
+                        ("empty_cache", "empty"), ("data_cached", None)):
         result[case] = spawn_rounds(g, a, work, key, tree, logical, case, index)
     result["export"] = whole_export(g, a.rounds, tree)
     result["restic"] = restic_restore(g, a, work, tree)
@@ -239,7 +249,7 @@ def whole_export(g, rounds, tree):
     times, fetched = [], []
     for r in range(min(rounds, 3)):
         dest = os.path.join(os.path.dirname(tree), f"export-{r}")
-        g.cold(3, index=False)
+        g.cold(3, index="empty")
         before = g.remote(3)
         t0 = time.perf_counter()
         g.admin("lib", "--owner", USER, "export", "tree", dest, "--no-cache", n=3)

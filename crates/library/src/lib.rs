@@ -36,6 +36,7 @@ pub mod lease;
 pub mod names;
 pub mod overlay;
 pub mod pack;
+mod packindex;
 pub mod progress;
 mod reach;
 mod score;

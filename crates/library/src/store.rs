@@ -5,11 +5,13 @@ use crate::config::{Config, FORMAT, VERSION};
 use crate::coord::Coordinator;
 use crate::lease::FileLeases;
 use crate::pack::{self, EncodedFrame, Frame, ObjectKind, PackBuilder, PackEntry};
+use crate::packindex::{KnownPack, PackIndexFile};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Error, Result, Score};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -167,6 +169,13 @@ pub struct Library {
     coordinator: Arc<dyn Coordinator>,
     /// Packs this library wrote since its last lease was taken.
     written: Mutex<Vec<Score>>,
+    /// The node-local pack index file, if this library keeps one (see [`crate::packindex`]).
+    local: Option<PackIndexFile>,
+    /// How many times a failed read reloaded the index: concurrent failed reads reload once.
+    reloads: Mutex<u64>,
+    /// Opened by [`Library::open_reader`]: an object it does not locate lists the packs
+    /// again without asking the coordinator what gc condemned.
+    reader: bool,
 }
 
 impl Library {
@@ -202,7 +211,23 @@ impl Library {
         backend: Arc<dyn Backend>,
         coordinator: Arc<dyn Coordinator>,
     ) -> Result<Library> {
-        let lib = Library::configured(backend, coordinator)?;
+        Library::open_indexed(backend, coordinator, None)
+    }
+
+    /// [`Library::open_with`], keeping the node-local pack index file `index` (when given):
+    /// the packs are listed, but only the trailers of packs the file does not know are read,
+    /// and the file is updated to the listing (see [`crate::packindex`]).
+    pub fn open_indexed(
+        backend: Arc<dyn Backend>,
+        coordinator: Arc<dyn Coordinator>,
+        index: Option<PathBuf>,
+    ) -> Result<Library> {
+        let local = index.map(PackIndexFile::new);
+        if let Some(l) = &local {
+            // What the file knows; the config is the backend's (a writer may upgrade it).
+            l.load();
+        }
+        let lib = Library::configured(backend, coordinator, local)?;
         lib.reload_index()?;
         Ok(lib)
     }
@@ -212,21 +237,52 @@ impl Library {
     /// catalog connection before the first read). A reader may then read an object from a
     /// condemned pack; once gc sweeps that pack the read fails, and [`Library::get`] reloads
     /// the index, condemned packs included, and reads the copy gc made.
+    ///
+    /// With a node-local pack index file `index` that is valid, nothing is asked of the
+    /// backend: the config and the index come from the file, and an object it does not
+    /// locate makes [`Library::get`] list the packs and read the trailers of the new ones.
     pub fn open_reader(
         backend: Arc<dyn Backend>,
         coordinator: Arc<dyn Coordinator>,
+        index: Option<PathBuf>,
     ) -> Result<Library> {
-        let lib = Library::configured(backend, coordinator)?;
+        let local = index.map(PackIndexFile::new);
+        let loaded = local.as_ref().and_then(PackIndexFile::load);
+        if let Some(contents) = loaded {
+            let mut lib = Library::with_config(backend, coordinator, &contents.config, local)?;
+            lib.reader = true;
+            for p in &contents.packs {
+                lib.backend.note_size(&pack_key(&p.name), p.size);
+            }
+            lib.install_index(HashSet::new(), contents.packs);
+            return Ok(lib);
+        }
+        let mut lib = Library::configured(backend, coordinator, local)?;
+        lib.reader = true;
         lib.load_index(HashSet::new())?;
         Ok(lib)
     }
 
     /// A library over `backend` with the stored config checked, and no index yet.
-    fn configured(backend: Arc<dyn Backend>, coordinator: Arc<dyn Coordinator>) -> Result<Library> {
+    fn configured(
+        backend: Arc<dyn Backend>,
+        coordinator: Arc<dyn Coordinator>,
+        local: Option<PackIndexFile>,
+    ) -> Result<Library> {
         let raw = backend
             .get(CONFIG_KEY)
             .map_err(|e| Error::BadInput(format!("no library at {} ({e})", backend.describe())))?;
-        let config: Config = serde_json::from_slice(&raw)
+        Library::with_config(backend, coordinator, &raw, local)
+    }
+
+    /// A library over `backend` whose stored config is `raw`, checked; no index yet.
+    fn with_config(
+        backend: Arc<dyn Backend>,
+        coordinator: Arc<dyn Coordinator>,
+        raw: &[u8],
+        local: Option<PackIndexFile>,
+    ) -> Result<Library> {
+        let config: Config = serde_json::from_slice(raw)
             .map_err(|e| Error::corrupt("library config", e.to_string()))?;
         if config.format != FORMAT || config.version > VERSION {
             return Err(Error::BadInput(format!(
@@ -247,6 +303,9 @@ impl Library {
             frames: Mutex::default(),
             coordinator,
             written: Mutex::default(),
+            local,
+            reloads: Mutex::default(),
+            reader: false,
         })
     }
 
@@ -257,16 +316,18 @@ impl Library {
 
     /// Opens the library at `backend`, creating it with default parameters if there is none.
     pub fn open_or_init(backend: Arc<dyn Backend>) -> Result<Library> {
-        Library::open_or_init_with(backend, Arc::new(FileLeases))
+        Library::open_or_init_with(backend, Arc::new(FileLeases), None)
     }
 
-    /// [`Library::open_or_init`], coordinated by `coordinator`.
+    /// [`Library::open_or_init`], coordinated by `coordinator`, keeping the pack index file
+    /// `index` when given ([`Library::open_indexed`]).
     pub fn open_or_init_with(
         backend: Arc<dyn Backend>,
         coordinator: Arc<dyn Coordinator>,
+        index: Option<PathBuf>,
     ) -> Result<Library> {
         if backend.exists(CONFIG_KEY)? {
-            Library::open_with(backend, coordinator)
+            Library::open_indexed(backend, coordinator, index)
         } else {
             Library::init_with(backend, Config::default(), coordinator)
         }
@@ -335,28 +396,45 @@ impl Library {
         Ok(())
     }
 
-    /// Every listed pack with its size and index (from its trailer).
-    fn read_packs(&self) -> Result<Vec<(Score, u64, Vec<PackEntry>)>> {
-        let packs = self.backend.list(PACKS)?;
-        packs
+    /// Every listed pack with its size and index: from the pack index file when it knows the
+    /// pack, else from the pack's trailer (and the file is then updated to the listing).
+    fn read_packs(&self) -> Result<Vec<KnownPack>> {
+        let listed = self.backend.list(PACKS)?;
+        let packs = listed
             .par_iter()
             .filter_map(|(key, size)| {
                 let name = key.rsplit('/').next()?.parse::<Score>().ok()?;
                 Some((name, *size))
             })
-            .map(|(name, size)| Ok((name, size, self.read_pack_index(&name, size)?)))
-            .collect()
+            .map(|(name, size)| {
+                let known = self.local.as_ref().and_then(|l| l.get(&name, size));
+                let entries = match known {
+                    Some(entries) => entries,
+                    None => Arc::new(self.read_pack_index(&name, size)?),
+                };
+                Ok(KnownPack {
+                    name,
+                    size,
+                    entries,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(local) = &self.local {
+            let config = serde_json::to_vec(&self.config).expect("config serializes");
+            local.store(&config, &packs);
+        }
+        Ok(packs)
     }
 
     /// Makes `packs` ([`Library::read_packs`]) the index, with `condemned` the packs gc
     /// condemned.
-    fn install_index(&self, condemned: HashSet<Score>, packs: Vec<(Score, u64, Vec<PackEntry>)>) {
+    fn install_index(&self, condemned: HashSet<Score>, packs: Vec<KnownPack>) {
         let mut idx = Index {
             condemned,
             ..Index::default()
         };
-        for (name, size, entries) in packs {
-            idx.add(name, size, &entries, false);
+        for p in packs {
+            idx.add(p.name, p.size, &p.entries, false);
         }
         *self.index.write().expect("index lock") = idx;
     }
@@ -476,14 +554,41 @@ impl Library {
     }
 
     /// Reads an object, checking its bytes against its score.
+    ///
+    /// An object the index does not locate, or whose pack cannot be read, makes the index
+    /// reload once (another process may have written it, or gc moved it and deleted the
+    /// pack); reads failing at the same time share that one reload. A reader's reload for an
+    /// object it does not locate only lists the packs (no catalog connection on the way to a
+    /// snapshot saved elsewhere).
     pub fn get(&self, score: &Score) -> Result<(ObjectKind, Vec<u8>)> {
+        let seen = *self.reloads.lock().expect("reloads lock");
         match self.read_located(score) {
-            // Another process (gc) may have moved it to a new pack: look again once.
-            Err(Error::Missing(_)) | Err(Error::Io { .. }) if self.reload_index().is_ok() => {
-                self.read_located(score)
+            Err(e @ (Error::Missing(_) | Error::Io { .. })) => {
+                let packs_only = self.reader && matches!(e, Error::Missing(_));
+                match self.reload_after(seen, packs_only) {
+                    Ok(()) => self.read_located(score),
+                    Err(_) => Err(e),
+                }
             }
             other => other,
         }
+    }
+
+    /// Reloads the index (with `packs_only`, keeping what gc condemned as last known) unless
+    /// it was reloaded since the reload count was `seen`.
+    fn reload_after(&self, seen: u64, packs_only: bool) -> Result<()> {
+        let mut reloads = self.reloads.lock().expect("reloads lock");
+        if *reloads != seen {
+            return Ok(());
+        }
+        if packs_only {
+            let condemned = self.index.read().expect("index lock").condemned.clone();
+            self.load_index(condemned)?;
+        } else {
+            self.reload_index()?;
+        }
+        *reloads += 1;
+        Ok(())
     }
 
     fn read_located(&self, score: &Score) -> Result<(ObjectKind, Vec<u8>)> {
@@ -633,24 +738,31 @@ mod tests {
         }
     }
 
-    /// A reader opens and reads without asking what gc condemned; a read that fails reloads
-    /// the index and asks then. A writer's open asks at once.
+    /// A reader opens and reads without asking what gc condemned, and an object it does not
+    /// locate only makes it list the packs again; a read of a pack that fails (gc deleted
+    /// it) reloads the index and asks then. A writer's open asks at once.
     #[test]
-    fn a_reader_asks_what_gc_condemned_only_when_a_read_fails() {
+    fn a_reader_asks_what_gc_condemned_only_when_a_pack_read_fails() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
         let lib = Library::open_or_init(backend.clone()).unwrap();
         let score = lib.put(ObjectKind::Blob, b"some bytes").unwrap();
+        let big = lib.put(ObjectKind::Blob, &[7u8; 300 << 10]).unwrap();
         lib.flush().unwrap();
         let counting = Arc::new(Counting::default());
         let asked = || counting.0.load(Ordering::Relaxed);
-        let reader = Library::open_reader(backend.clone(), counting.clone()).unwrap();
+        let reader = Library::open_reader(backend.clone(), counting.clone(), None).unwrap();
         assert_eq!(
             reader.get_kind(&score, ObjectKind::Blob).unwrap(),
             b"some bytes"
         );
         assert_eq!(asked(), 0);
         assert!(reader.get(&Score::of(b"never stored")).is_err());
+        assert_eq!(asked(), 0);
+        backend
+            .delete(&pack_key(&reader.locate(&big).unwrap().pack))
+            .unwrap();
+        assert!(reader.get(&big).is_err());
         assert_eq!(asked(), 1);
         Library::open_with(backend, counting.clone()).unwrap();
         assert_eq!(asked(), 2);

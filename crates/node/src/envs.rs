@@ -102,8 +102,11 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
     let env = req.as_env.as_deref().unwrap_or(name);
     let id = free_env(node, user, env)?;
     let rt = &node.rt;
+    let began = Instant::now();
     let score = crate::snapshots::resolve(&node.cat, user, &req.name, false)?;
+    let resolved = began.elapsed();
     let lower = crate::snapshots::mount_for(node, score)?;
+    let mounted = began.elapsed();
     let mut opts = SpawnOptions::new(&id, user, &lower);
     opts.hostname = Some(env.to_string());
     opts.snapshot = Some(score);
@@ -151,6 +154,14 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
     }
     let start = Instant::now();
     let result = spawn_admitted(node, user, &opts)?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    tracing::info!(
+        "spawning {id} from {}: name {:.1} ms, mount {:.1} ms, env {:.1} ms",
+        score.short(),
+        ms(resolved),
+        ms(mounted - resolved),
+        ms(start.elapsed())
+    );
     let outcome = if result.is_ok() { "ok" } else { "error" };
     node.metrics
         .inc("spawngrid_spawns_total", &[("result", outcome)]);

@@ -17,6 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use store::Store;
 
 /// Arguments of `lib mount`.
@@ -236,7 +237,11 @@ fn serve_mount(
     // SAFETY: the keeper hands these descriptors over to this process alone.
     let (fuse, ready) = unsafe { (OwnedFd::from_raw_fd(fd), OwnedFd::from_raw_fd(ready)) };
     let data = store.data().root();
+    let began = Instant::now();
+    store.backend()?;
+    let backend = began.elapsed();
     let lib = Arc::new(store.library_reader()?);
+    let opened = began.elapsed();
     let score: Score = a
         .name
         .parse()
@@ -244,6 +249,7 @@ fn serve_mount(
     let snap = lib
         .snapshot(&score)
         .with_context(|| format!("reading snapshot {score}"))?;
+    let read = began.elapsed();
     let conn = match a.adopt {
         Some(offer) => Connection::Adopt(fuse, offer),
         None => Connection::Fresh(fuse),
@@ -256,6 +262,15 @@ fn serve_mount(
         journal: Registry::new(data).journal_path(dir),
     };
     serve::serve(lib, &snap, conn, &opts, |offer, took| {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            "serving {}: backend {:.1} ms, library {:.1} ms, snapshot {:.1} ms, handshake {:.1} ms",
+            score.short(),
+            ms(backend),
+            ms(opened - backend),
+            ms(read - opened),
+            ms(took)
+        );
         let mut ready = std::fs::File::from(ready);
         if let Err(e) = writeln!(ready, "{offer} {}", took.as_micros()) {
             tracing::error!("telling the keeper the mount is served: {e}");

@@ -6,7 +6,8 @@
 //!   library/      the local library's packs (embedded default; `[store] library = "file:…"`)
 //!   catalog.db    the SQLite catalog (embedded default; `[store] catalog = "sqlite:…"`)
 //!   cache/        decoded file contents read through snapfs, and blocks/ of a remote
-//!                 library's packs (node-local, rebuildable), and remote-counts: the
+//!                 library's packs (node-local, rebuildable), packs.idx: the remote
+//!                 library's pack index (`library::packindex`), and remote-counts: the
 //!                 remote library's traffic, summed over the node's processes
 //!   mounts/       snapshot mounts (snapfs keepers and their journals)
 //!   envs/ net/    the runtime's envs and network leases (see the runtime crate)
@@ -58,6 +59,11 @@ impl DataDir {
     /// The block cache of a remote library's packs.
     pub fn blocks(&self) -> PathBuf {
         self.root.join("cache/blocks")
+    }
+
+    /// The node-local index of a remote library's packs, shared by the node's processes.
+    pub fn pack_index(&self) -> PathBuf {
+        self.root.join("cache/packs.idx")
     }
 
     /// The counts of a remote library's traffic (requests and bytes), which every process on

@@ -204,13 +204,22 @@ impl Store {
                 self.library.describe()
             );
         }
-        Ok(Library::open_with(backend, self.coordinator())?)
+        Ok(Library::open_indexed(
+            backend,
+            self.coordinator(),
+            self.pack_index(),
+        )?)
     }
 
-    /// Opens the existing library to read from it (a snapfs mount server): one request for its
-    /// config, no catalog connection before the first read ([`Library::open_reader`]).
+    /// Opens the existing library to read from it (a snapfs mount server): no catalog
+    /// connection before the first read, and for a remote library whose pack index this node
+    /// already keeps, no request at all ([`Library::open_reader`]).
     pub fn library_reader(&self) -> Result<Library> {
-        Ok(Library::open_reader(self.backend()?, self.coordinator())?)
+        Ok(Library::open_reader(
+            self.backend()?,
+            self.coordinator(),
+            self.pack_index(),
+        )?)
     }
 
     /// Opens the library, creating an empty one if there is none.
@@ -218,7 +227,17 @@ impl Store {
         Ok(Library::open_or_init_with(
             self.backend()?,
             self.coordinator(),
+            self.pack_index(),
         )?)
+    }
+
+    /// The node-local pack index file of a remote library (`None` for a library in a local
+    /// directory, whose listing and trailers are local reads already).
+    fn pack_index(&self) -> Option<std::path::PathBuf> {
+        match self.library {
+            LibraryAt::Dir(_) => None,
+            LibraryAt::S3 { .. } => Some(self.data.pack_index()),
+        }
     }
 
     /// Whether the library is shared by a grid: on S3, or with a PostgreSQL catalog.

@@ -47,4 +47,8 @@ pub trait Backend: Send + Sync {
     fn exists(&self, key: &str) -> Result<bool>;
     /// Where this backend keeps its data, for messages.
     fn describe(&self) -> String;
+    /// Tells the backend that the immutable `key` is `size` bytes long, as learned elsewhere
+    /// than from its own listing (a node-local pack index), so that a caching backend need not
+    /// ask. Ignored by default.
+    fn note_size(&self, _key: &str, _size: u64) {}
 }

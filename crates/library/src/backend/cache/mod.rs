@@ -6,7 +6,8 @@
 //! read-ahead when a pack is read sequentially, and concurrent misses on one block fetch it
 //! once. Blocks are verified by BLAKE3 on every read, the cache is bounded by a byte budget
 //! with S3-FIFO eviction (a scan cannot flush it), and it survives restarts. Everything else
-//! passes through: whole-object `get`s, `list`s (never cached; pack sizes are noted from them),
+//! passes through: whole-object `get`s, `list`s (never cached; pack sizes are noted from them
+//! and from [`Backend::note_size`]),
 //! `put`s (written through; a new pack's blocks are also cached) and `delete`s (which drop the
 //! key's blocks). See `docs/architecture.md`, "Block cache".
 
@@ -244,5 +245,11 @@ impl Backend for CachedBackend {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    fn note_size(&self, key: &str, size: u64) {
+        if let Some(pack) = pack_of(key) {
+            self.state().sizes.insert(pack, size);
+        }
     }
 }

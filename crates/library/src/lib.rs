@@ -52,5 +52,5 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use score::{ParseScoreError, Score};
 pub use snapshot::Snapshot;
-pub use store::Library;
+pub use store::{Library, SharedIndex};
 pub use tree::{Content, Entry, FileData, Meta, Tree};

@@ -63,7 +63,14 @@ pub(crate) struct Index {
     packs: HashMap<Score, (u64, u32)>,
     /// The packs gc condemned, is deleting or deleted lately, when the index was loaded.
     condemned: HashSet<Score>,
+    /// How many times the index was loaded whole (while it stays the same, pack numbers only
+    /// grow).
+    generation: u64,
 }
+
+/// What an index held before a listing of the packs began: its generation and its number of
+/// packs (the packs it may call gone if the listing lacks them; later ones were written since).
+type Before = (u64, usize);
 
 impl Index {
     /// Adds a pack's entries; with `replace`, entries move to this pack even if known elsewhere
@@ -122,6 +129,13 @@ impl Index {
     }
 }
 
+/// An index shared by the [`Library`] values one process opens on one backend (a node's
+/// saves, reads and listings: [`Library::open_shared`]). Loaded once; a reload then reads only
+/// the trailers of packs it has not seen, so opening a library costs one listing, not a read
+/// of every pack, and concurrent writers hold one index between them, not one each.
+#[derive(Clone, Default)]
+pub struct SharedIndex(Arc<RwLock<Index>>);
+
 /// How many decoded shared frames a library keeps for reads of their other objects.
 const FRAME_CACHE: usize = 64;
 
@@ -158,7 +172,7 @@ impl FrameCache {
 pub struct Library {
     backend: Arc<dyn Backend>,
     config: Config,
-    index: RwLock<Index>,
+    index: Arc<RwLock<Index>>,
     open_frame: Mutex<Frame>,
     open_pack: Mutex<PackBuilder>,
     pending: Mutex<HashSet<Score>>,
@@ -232,6 +246,19 @@ impl Library {
         Ok(lib)
     }
 
+    /// [`Library::open_with`], with the index `shared` with other libraries of this process
+    /// on the same backend (only packs it has not seen yet are read).
+    pub fn open_shared(
+        backend: Arc<dyn Backend>,
+        coordinator: Arc<dyn Coordinator>,
+        shared: &SharedIndex,
+    ) -> Result<Library> {
+        let mut lib = Library::configured(backend, coordinator, None)?;
+        lib.index = shared.0.clone();
+        lib.reload_index()?;
+        Ok(lib)
+    }
+
     /// Opens an existing library to read from it (a snapfs mount server): its index is loaded
     /// from the packs without asking `coordinator` which packs gc condemned (for a grid, a
     /// catalog connection before the first read). A reader may then read an object from a
@@ -296,7 +323,7 @@ impl Library {
             backend,
             current: AtomicBool::new(config.version == VERSION),
             config,
-            index: RwLock::default(),
+            index: Arc::default(),
             open_frame: Mutex::default(),
             open_pack: Mutex::default(),
             pending: Mutex::default(),
@@ -354,7 +381,8 @@ impl Library {
     /// is asked of the coordinator; if it cannot say, what it said last is used (a reader
     /// goes on; a writer calls [`Library::refresh`], which fails instead).
     pub fn reload_index(&self) -> Result<()> {
-        let (condemned, packs) = rayon::join(|| self.coordinator.condemned(), || self.read_packs());
+        let before = self.before();
+        let (condemned, packs) = rayon::join(|| self.coordinator.condemned(), || self.list_packs());
         let condemned = match condemned {
             Ok(c) => c,
             Err(e) => {
@@ -362,16 +390,16 @@ impl Library {
                 self.index.read().expect("index lock").condemned.clone()
             }
         };
-        self.install_index(condemned, packs?);
-        Ok(())
+        self.update_index(before, condemned, packs?)
     }
 
     /// Re-reads what gc condemned, then the packs and their indexes; forgets the packs written
     /// so far ([`Library::written_packs`]). Taking a lease does this.
     pub fn refresh(&self) -> Result<()> {
         // Both at once: one waits on the catalog, the other on the backend.
-        let (condemned, packs) = rayon::join(|| self.coordinator.condemned(), || self.read_packs());
-        self.install_index(condemned?, packs?);
+        let before = self.before();
+        let (condemned, packs) = rayon::join(|| self.coordinator.condemned(), || self.list_packs());
+        self.update_index(before, condemned?, packs?)?;
         self.written.lock().expect("written lock").clear();
         Ok(())
     }
@@ -392,20 +420,16 @@ impl Library {
 
     /// Loads the index from a listing of the packs, with `condemned` the packs gc condemned.
     pub(crate) fn load_index(&self, condemned: HashSet<Score>) -> Result<()> {
-        self.install_index(condemned, self.read_packs()?);
-        Ok(())
+        let before = self.before();
+        let packs = self.list_packs()?;
+        self.update_index(before, condemned, packs)
     }
 
-    /// Every listed pack with its size and index: from the pack index file when it knows the
+    /// The packs `listed` with their entries: from the pack index file when it knows the
     /// pack, else from the pack's trailer (and the file is then updated to the listing).
-    fn read_packs(&self) -> Result<Vec<KnownPack>> {
-        let listed = self.backend.list(PACKS)?;
+    fn read_packs(&self, listed: Vec<(Score, u64)>) -> Result<Vec<KnownPack>> {
         let packs = listed
-            .par_iter()
-            .filter_map(|(key, size)| {
-                let name = key.rsplit('/').next()?.parse::<Score>().ok()?;
-                Some((name, *size))
-            })
+            .into_par_iter()
             .map(|(name, size)| {
                 let known = self.local.as_ref().and_then(|l| l.get(&name, size));
                 let entries = match known {
@@ -429,14 +453,87 @@ impl Library {
     /// Makes `packs` ([`Library::read_packs`]) the index, with `condemned` the packs gc
     /// condemned.
     fn install_index(&self, condemned: HashSet<Score>, packs: Vec<KnownPack>) {
-        let mut idx = Index {
+        let mut fresh = Index {
             condemned,
             ..Index::default()
         };
         for p in packs {
-            idx.add(p.name, p.size, &p.entries, false);
+            fresh.add(p.name, p.size, &p.entries, false);
         }
-        *self.index.write().expect("index lock") = idx;
+        let mut idx = self.index.write().expect("index lock");
+        fresh.generation = idx.generation + 1;
+        *idx = fresh;
+    }
+
+    /// What the index holds now, taken before a listing (see [`Before`]).
+    fn before(&self) -> Before {
+        let idx = self.index.read().expect("index lock");
+        (idx.generation, idx.names.len())
+    }
+
+    /// Every pack listed by the backend, with its size.
+    fn list_packs(&self) -> Result<Vec<(Score, u64)>> {
+        let packs = self.backend.list(PACKS)?;
+        Ok(packs
+            .iter()
+            .filter_map(|(key, size)| Some((key.rsplit('/').next()?.parse::<Score>().ok()?, *size)))
+            .collect())
+    }
+
+    /// Brings the index up to `listed` (the packs in the backend) with `condemned` the packs
+    /// gc condemned. Packs are immutable and named by their contents, so while no indexed pack
+    /// is gone and gc condemned nothing new, only the packs not indexed yet are read;
+    /// otherwise the index is loaded again from every pack (where an object is depends on
+    /// which copies are condemned).
+    fn update_index(
+        &self,
+        (generation, held): Before,
+        condemned: HashSet<Score>,
+        listed: Vec<(Score, u64)>,
+    ) -> Result<()> {
+        if self.local.is_some() {
+            // The pack index file is rewritten from the whole listing: load it whole.
+            let packs = self.read_packs(listed)?;
+            self.install_index(condemned, packs);
+            return Ok(());
+        }
+        let (unseen, rebuild) = {
+            let idx = self.index.read().expect("index lock");
+            let names: HashSet<Score> = listed.iter().map(|(name, _)| *name).collect();
+            // A pack indexed since the listing began may be missing from it and is not gone:
+            // only the packs the index held before count (all of them if it was reloaded
+            // whole meanwhile: at worst one load too many).
+            let held = if idx.generation == generation {
+                held
+            } else {
+                idx.names.len()
+            };
+            let gone = idx.names[..held].iter().any(|name| !names.contains(name));
+            let rebuild = gone || condemned != idx.condemned;
+            let unseen: Vec<(Score, u64)> = listed
+                .into_iter()
+                .filter(|(name, _)| rebuild || !idx.packs.contains_key(name))
+                .collect();
+            (unseen, rebuild)
+        };
+        let read: Vec<(Score, u64, Vec<PackEntry>)> = unseen
+            .par_iter()
+            .map(|&(name, size)| Ok((name, size, self.read_pack_index(&name, size)?)))
+            .collect::<Result<_>>()?;
+        let mut idx = self.index.write().expect("index lock");
+        if rebuild {
+            *idx = Index {
+                condemned,
+                generation: idx.generation + 1,
+                ..Index::default()
+            };
+        }
+        for (name, size, entries) in read {
+            if !idx.packs.contains_key(&name) {
+                idx.add(name, size, &entries, false);
+            }
+        }
+        Ok(())
     }
 
     fn read_pack_index(&self, name: &Score, size: u64) -> Result<Vec<PackEntry>> {
@@ -832,5 +929,68 @@ mod tests {
                 assert_eq!(&lib.get(s).unwrap().1, o);
             }
         }
+    }
+
+    /// Libraries opened on a shared index read only the packs it has not seen: a second open
+    /// costs one listing, a pack another library wrote is seen without a reload, and a new
+    /// pack written elsewhere is read once.
+    #[test]
+    fn a_shared_index_reads_each_pack_once() {
+        use crate::backend::cache::MeteredBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let elsewhere = Library::open_or_init(local.clone()).unwrap();
+        let first = elsewhere.put(ObjectKind::Blob, b"first").unwrap();
+        elsewhere.flush().unwrap();
+        let metered = Arc::new(MeteredBackend::new(local, std::time::Duration::ZERO));
+        let backend: Arc<dyn Backend> = metered.clone();
+        let shared = SharedIndex::default();
+        let a = Library::open_shared(backend.clone(), Arc::new(FileLeases), &shared).unwrap();
+        let after_a = metered.counts();
+        assert!(after_a.ranges > 0, "the first open reads the trailer");
+        let b = Library::open_shared(backend.clone(), Arc::new(FileLeases), &shared).unwrap();
+        assert_eq!(
+            metered.counts().ranges,
+            after_a.ranges,
+            "no trailer read again"
+        );
+        let by_b = b.put(ObjectKind::Blob, b"by b").unwrap();
+        b.flush().unwrap();
+        assert!(a.contains(&by_b), "a sees b's pack at once");
+        assert_eq!(a.get_kind(&by_b, ObjectKind::Blob).unwrap(), b"by b");
+        let later = elsewhere.put(ObjectKind::Blob, b"later").unwrap();
+        elsewhere.flush().unwrap();
+        let before = metered.counts().ranges;
+        assert_eq!(a.get_kind(&later, ObjectKind::Blob).unwrap(), b"later");
+        // The miss reloads: two ranged reads for the new pack's tail and trailer, one for
+        // the object; none for the packs already indexed.
+        assert_eq!(metered.counts().ranges - before, 3);
+        assert_eq!(b.object_count(), 3);
+        assert!(b.contains(&first) && b.contains(&later));
+    }
+
+    /// Where an object is depends on which packs gc condemned and which are gone: when either
+    /// changes, a shared index is loaded whole again (no stale location survives).
+    #[test]
+    fn a_shared_index_reloads_whole_when_a_pack_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let shared = SharedIndex::default();
+        Library::open_or_init(backend.clone()).unwrap();
+        let a = Library::open_shared(backend.clone(), Arc::new(FileLeases), &shared).unwrap();
+        let gone = a.put(ObjectKind::Blob, b"in a pack gc deletes").unwrap();
+        a.flush().unwrap();
+        let kept = a.put(ObjectKind::Blob, b"kept").unwrap();
+        a.flush().unwrap();
+        let pack = a.locate(&gone).unwrap().pack;
+        backend.delete(&pack_key(&pack)).unwrap();
+        let b = Library::open_shared(backend, Arc::new(FileLeases), &shared).unwrap();
+        assert!(
+            !b.contains(&gone) && !a.contains(&gone),
+            "the deleted pack is forgotten"
+        );
+        assert!(matches!(a.get(&gone), Err(Error::Missing(_))));
+        assert_eq!(b.get_kind(&kept, ObjectKind::Blob).unwrap(), b"kept");
+        assert_eq!(a.packs().len(), 1);
     }
 }

@@ -26,13 +26,14 @@ use catalog::Catalog;
 use library::backend::cache::{CacheConfig, CachedBackend, RemoteCounts, SharedMeter};
 use library::coord::Coordinator;
 use library::lease::FileLeases;
-use library::{Backend, Library, LocalBackend};
+use library::{Backend, Library, LocalBackend, SharedIndex};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, OnceLock};
 
 /// A node's data directory and where its library and catalog live. Clones share the
-/// library's backend, opened once (an S3 client and its block cache are not made per call).
+/// library's backend, opened once (an S3 client and its block cache are not made per call),
+/// and the library's index (every [`Store::library`] after the first reads only new packs).
 #[derive(Clone)]
 pub struct Store {
     data: DataDir,
@@ -40,6 +41,7 @@ pub struct Store {
     catalog: CatalogAt,
     config: StoreConfig,
     backend: Arc<OnceLock<Arc<dyn Backend>>>,
+    index: SharedIndex,
 }
 
 impl std::fmt::Debug for Store {
@@ -70,6 +72,7 @@ impl Store {
             catalog,
             config: config.clone(),
             backend: Arc::default(),
+            index: SharedIndex::default(),
         })
     }
 
@@ -204,11 +207,12 @@ impl Store {
                 self.library.describe()
             );
         }
-        Ok(Library::open_indexed(
-            backend,
-            self.coordinator(),
-            self.pack_index(),
-        )?)
+        // A remote library keeps its pack index file (no trailer read twice across
+        // processes); a local one shares this process's index between its opens.
+        Ok(match self.pack_index() {
+            Some(file) => Library::open_indexed(backend, self.coordinator(), Some(file))?,
+            None => Library::open_shared(backend, self.coordinator(), &self.index)?,
+        })
     }
 
     /// Opens the existing library to read from it (a snapfs mount server): no catalog

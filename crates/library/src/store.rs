@@ -183,7 +183,7 @@ pub struct Library {
     coordinator: Arc<dyn Coordinator>,
     /// Packs this library wrote since its last lease was taken.
     written: Mutex<Vec<Score>>,
-    /// The node-local pack index file, if this library keeps one (see [`crate::packindex`]).
+    /// The node-local pack index file, if this library keeps one (the node-local pack index file: docs/architecture.md, "Pack index file").
     local: Option<PackIndexFile>,
     /// How many times a failed read reloaded the index: concurrent failed reads reload once.
     reloads: Mutex<u64>,
@@ -230,7 +230,7 @@ impl Library {
 
     /// [`Library::open_with`], keeping the node-local pack index file `index` (when given):
     /// the packs are listed, but only the trailers of packs the file does not know are read,
-    /// and the file is updated to the listing (see [`crate::packindex`]).
+    /// and the file is updated to the listing (the node-local pack index file: docs/architecture.md, "Pack index file").
     pub fn open_indexed(
         backend: Arc<dyn Backend>,
         coordinator: Arc<dyn Coordinator>,

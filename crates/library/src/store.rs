@@ -230,7 +230,7 @@ impl Library {
 
     /// [`Library::open_with`], keeping the node-local pack index file `index` (when given):
     /// the packs are listed, but only the trailers of packs the file does not know are read,
-    /// and the file is updated to the listing (the node-local pack index file: docs/architecture.md, "Pack index file").
+    /// and the file is updated to the listing (docs/architecture.md, "Pack index file").
     pub fn open_indexed(
         backend: Arc<dyn Backend>,
         coordinator: Arc<dyn Coordinator>,

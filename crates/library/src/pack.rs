@@ -257,17 +257,23 @@ impl PackBuilder {
         self.buf
             .reserve(self.entries.len() * PackVersion::V2.trailer_entry() + TAIL_LEN);
         for e in &self.entries {
-            self.buf.extend_from_slice(e.score.as_bytes());
-            self.buf.push(e.kind as u8);
-            self.buf.push(e.encoding as u8);
-            for v in [e.offset, e.stored_len, e.frame_len, e.start, e.plain_len] {
-                self.buf.extend_from_slice(&v.to_le_bytes());
-            }
+            put_v2_entry(&mut self.buf, e);
         }
         self.buf
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(PackVersion::V2.end_magic());
         (Score::of_large(&self.buf), self.buf, self.entries)
+    }
+}
+
+/// Appends `e` as a version-2 trailer entry (54 bytes: score, kind, encoding, then offset,
+/// stored, frame, start and plain lengths as u32le); the pack index file uses it too.
+pub(crate) fn put_v2_entry(out: &mut Vec<u8>, e: &PackEntry) {
+    out.extend_from_slice(e.score.as_bytes());
+    out.push(e.kind as u8);
+    out.push(e.encoding as u8);
+    for v in [e.offset, e.stored_len, e.frame_len, e.start, e.plain_len] {
+        out.extend_from_slice(&v.to_le_bytes());
     }
 }
 

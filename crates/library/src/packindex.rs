@@ -150,12 +150,7 @@ fn encode(config: &[u8], packs: &[KnownPack]) -> Vec<u8> {
         out.extend_from_slice(&(p.entries.len() as u32).to_le_bytes());
     }
     for e in packs.iter().flat_map(|p| p.entries.iter()) {
-        out.extend_from_slice(e.score.as_bytes());
-        out.push(e.kind as u8);
-        out.push(e.encoding as u8);
-        for v in [e.offset, e.stored_len, e.frame_len, e.start, e.plain_len] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        crate::pack::put_v2_entry(&mut out, e);
     }
     let check = blake3::hash(&out);
     out.extend_from_slice(check.as_bytes());

@@ -63,7 +63,12 @@ def load(make_conn, op, clients, seconds):
     def worker():
         conn = make_conn()
         mine, bad = [], []
-        op(conn)  # warm the connection (TLS handshake) before the clock starts
+        try:
+            op(conn)  # warm the connection (TLS handshake) before the clock starts
+        except Exception as e:  # noqa: BLE001 (counted; the barrier must still be reached)
+            bad.append(f"warm-up: {str(e)[:200]}")
+            conn.close()
+            conn = make_conn()
         start.wait()
         while time.perf_counter() < stop_at[0]:
             t0 = time.perf_counter()

@@ -73,11 +73,13 @@ def grid_lock():
 class Grid:
     """The demo grid in DIR: scripts/grid.sh, the nodes' APIs and data directories."""
 
-    def __init__(self, sg, work):
+    def __init__(self, sg, work, clients):
         self.sg, self.work = sg, work
         self.dir = os.path.join(work, "grid")
+        # One bench user runs every client's exec at once (the api section).
         self.env = {**os.environ, "SPAWNGRID_GRID_DIR": self.dir, "SPAWNGRID_BIN": sg,
-                    "SPAWNGRID_GRID_BASE": "busybox"}
+                    "SPAWNGRID_GRID_BASE": "busybox",
+                    "SPAWNGRID_EXEC_MAX_PER_USER": str(2 * clients + 16)}
         self.ctx = ssl._create_unverified_context()
         self.auth = None
 
@@ -639,7 +641,7 @@ def main():
     bl.exit_on_sigterm()
     load_before = os.getloadavg()
     with grid_lock(), bl.fresh_tmpfs("sg-bench-grid-", a.tmpfs_size) as work:
-        g = Grid(sg, work)
+        g = Grid(sg, work, max(int(k) for k in bl.comma_list(a.clients)))
         try:
             bl.log("scripts/grid.sh up")
             g.script("up")

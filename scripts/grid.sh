@@ -13,7 +13,8 @@
 # (default /var/lib/spawngrid-grid): garage/, pg/, nodeN/{config.toml,data,log,pid},
 # admin-password. The base snapshot is a cached debootstrap (scripts/rootfs.sh debian), or a
 # busybox root when that fails or SPAWNGRID_GRID_BASE=busybox. Nodes take a node silent for
-# $SPAWNGRID_DOWN_AFTER (default 30s) for down. Run as root. `up` is idempotent.
+# $SPAWNGRID_DOWN_AFTER (default 30s) for down; a user runs $SPAWNGRID_EXEC_MAX_PER_USER (default
+# 16) execs and SSH sessions at once on a node. Run as root. `up` is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,6 +86,9 @@ public_host = "$(addr "$n")"
 data = "$d/data"
 labels = ["rack=r$n"]
 down_after = "${SPAWNGRID_DOWN_AFTER:-30s}"
+
+[exec]
+max_per_user = ${SPAWNGRID_EXEC_MAX_PER_USER:-16}
 
 [store]
 library = "s3://$SPAWNGRID_S3_BUCKET/grid"

@@ -216,8 +216,9 @@ def hold_sessions(argv, k, server_pid=None, count_sleeps=None):
 class Node:
     """spawngrid serve on a fresh data dir with user bench (key registered) and a base name."""
 
-    def __init__(self, sg, mnt, key):
+    def __init__(self, sg, mnt, key, sessions=0):
         self.sg, self.mnt, self.key, self.proc = sg, mnt, key, None
+        self.sessions = sessions
         self.data = os.path.join(mnt, "data")
         self.home = os.path.join(mnt, "home")
         os.makedirs(self.home, exist_ok=True)
@@ -231,8 +232,12 @@ class Node:
         subprocess.run([sg, "user", "--data", self.data, "add", USER, "--password-stdin"],
                        input=PASSWORD + "\n", text=True, check=True, capture_output=True)
         bl.run([sg, "user", "--data", self.data, "key", USER, "add", self.key + ".pub"], 60)
+        # The sessions measure holds that many SSH sessions of one user at once.
+        cfg = os.path.join(self.mnt, "node.toml")
+        with open(cfg, "w") as f:
+            f.write(f"[exec]\nmax_per_user = {self.sessions + 16}\n")
         self.proc = subprocess.Popen(
-            [sg, "serve", "--data", self.data, "--listen", "127.0.0.1:0",
+            [sg, "serve", "--config", cfg, "--data", self.data, "--listen", "127.0.0.1:0",
              "--ssh-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "SPAWNGRID_LOG": "warn"})
@@ -342,13 +347,13 @@ def main():
     with bl.fresh_tmpfs("sg-bench-node-", "2g") as mnt:
         key = os.path.join(mnt, "id_ed25519")
         bl.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], 30)
-        node = Node(a.spawngrid, mnt, key)
+        node = Node(a.spawngrid, mnt, key, a.sessions)
         try:
             bl.log("starting the node")
             node.start()
             baseline = None
             if a.baseline:
-                baseline = Node(a.baseline, os.path.join(mnt, "baseline"), key)
+                baseline = Node(a.baseline, os.path.join(mnt, "baseline"), key, a.sessions)
                 bl.log("starting the baseline node")
                 baseline.start()
             rounds = {"spawngrid": {}, "baseline": {}}

@@ -6,7 +6,8 @@
 #   the first output of `ssh -p PORT ENV+USER@127.0.0.1 echo ready` (p50/p99 of N rounds;
 #   each env is boomed after its round, untimed), and the same with `spawngrid cpu ENV -- echo
 #   ready` (a WebSocket terminal over the HTTPS port) instead of ssh; and spawn to prompt:
-#   the same to the first byte of `ssh -tt` (a login shell on a terminal: its prompt);
+#   the same to the first byte of `ssh -tt` (a login shell on a terminal: its prompt); and
+#   both in one connection from nothing, `ssh ENV=base+USER@...` spawning the env at login;
 # - exec: `ssh ... true` on a new connection each time (key exchange, login, channel, exec,
 #   exit status), and on an open connection (OpenSSH's ControlMaster: channel + exec only),
 #   against OpenSSH's own sshd on the same machine (a private sshd on a loopback port with its
@@ -86,9 +87,10 @@ def time_to_prompt(argv):
     return dt
 
 
-def spawn_round(node, env, out):
+def spawn_round(node, env, out, at_login=True):
     """One round of the spawn measures on `node` (env named `env`, boomed after each): each
-    appended to its list in `out`."""
+    appended to its list in `out`; `at_login`: also spawning at an SSH login (`ENV=NAME+USER`,
+    which older binaries lack)."""
     def add(k, dt):
         out.setdefault(k, []).append(dt)
     t0 = time.perf_counter()
@@ -109,6 +111,18 @@ def spawn_round(node, env, out):
     node.client("spawn", "base", "--as", env)
     time_to_output(node.cpu(env) + ["echo", "ready"])
     add("spawn_to_shell_cpu", time.perf_counter() - t0)
+    node.client("boom", env)
+    if not at_login:
+        return
+    # One connection from nothing: `ssh ENV=base+USER` spawns the env at login.
+    t0 = time.perf_counter()
+    time_to_output(node.ssh(env, spawn_from="base") + ["echo", "ready"])
+    add("login_spawn_to_shell", time.perf_counter() - t0)
+    node.client("boom", env)
+    ssh = node.ssh(env, spawn_from="base")
+    t0 = time.perf_counter()
+    time_to_prompt(ssh[:1] + ["-tt"] + ssh[1:])
+    add("login_spawn_to_prompt", time.perf_counter() - t0)
     node.client("boom", env)
 
 
@@ -262,9 +276,10 @@ class Node:
         return ["env", f"HOME={self.home}", self.sg, "cpu", "-h", self.addr, "-u", USER, env,
                 "--"]
 
-    def ssh(self, env, control=None):
+    def ssh(self, env, control=None, spawn_from=None):
+        login = f"{env}={spawn_from}" if spawn_from else env
         return ssh_argv(self.ssh_port, self.key, os.path.join(self.mnt, "known_hosts"),
-                        f"{env}+{USER}@127.0.0.1", control)
+                        f"{login}+{USER}@127.0.0.1", control)
 
     def close(self):
         if not self.proc:
@@ -360,7 +375,7 @@ def main():
             for i in range(a.n):
                 spawn_round(node, f"s{i}", rounds["spawngrid"])
                 if baseline:
-                    spawn_round(baseline, f"b{i}", rounds["baseline"])
+                    spawn_round(baseline, f"b{i}", rounds["baseline"], at_login=False)
             if baseline:
                 baseline.close()
                 results["baseline"] = {k: bl.summary_ms(v) for k, v in rounds["baseline"].items()}

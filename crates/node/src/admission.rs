@@ -5,7 +5,7 @@
 
 use crate::capacity::Usage;
 use library::Score;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// One admitted spawn.
 #[derive(Clone, Debug)]
@@ -22,12 +22,25 @@ pub struct Pending {
 
 /// The node's admitted spawns; its lock is the admission lock.
 #[derive(Default)]
-pub struct Admission(Mutex<Vec<Pending>>);
+pub struct Admission {
+    pending: Mutex<Vec<Pending>>,
+    /// Signalled whenever an admitted spawn is made (or failed).
+    made: Condvar,
+}
 
 impl Admission {
     /// Takes the admission lock (deciding a spawn, or sweeping mounts).
     pub fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no admitted spawn of env `id` is being made (returns at once if none is).
+    pub fn wait_made(&self, id: &str) {
+        let held = self.lock();
+        let _held = self
+            .made
+            .wait_while(held, |pending| pending.iter().any(|p| p.id == id))
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     /// Records `pending` (under `held`, the lock this admission decided it under) until the
@@ -58,6 +71,7 @@ impl Drop for Ticket<'_> {
         if let Some(i) = pending.iter().position(|p| p.id == self.id) {
             pending.swap_remove(i);
         }
+        self.admission.made.notify_all();
     }
 }
 

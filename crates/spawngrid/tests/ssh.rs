@@ -747,3 +747,77 @@ fn a_login_without_env_picks_from_a_menu_on_a_terminal() {
     assert!(seen.contains("on-second"), "{seen:?}");
     assert_eq!(status, Some(5), "{seen:?}");
 }
+
+#[test]
+fn a_login_of_env_from_name_spawns_the_env_once_then_enters_it() {
+    let site = Site::new("ssh-spawn");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    let bob = site.user("bob");
+    alice.login();
+    bob.login();
+    let ssh = SshClient::new(&site);
+    let (a_pw, b_pw) = (password(&alice), password(&bob));
+    let spawning = |env: &str, from: &str, user: &User| format!("{env}={from}+{}", user.name);
+    let envs = || -> Vec<String> {
+        let list = alice.json("status", &[]);
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["env"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(envs().is_empty());
+
+    // From nothing to a command in one connection: the env is spawned from `base`.
+    let out = ssh.exec(
+        &spawning("work", "base", &alice),
+        &a_pw,
+        "echo kept > /root/f; hostname",
+        b"",
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "work\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(envs(), ["work"]);
+    assert_eq!(alice.exec("work", "cat /root/f").1, "kept\n");
+    // Again: the same env is entered (its file is there), nothing new is spawned.
+    let out = ssh.exec(&spawning("work", "base", &alice), &a_pw, "cat /root/f", b"");
+    assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
+    assert_eq!(envs(), ["work"]);
+
+    // Two connections at once for a new env: one spawns, both run in the same env.
+    let both: Vec<_> = (0..2)
+        .map(|i| {
+            let target = format!("{}@127.0.0.1", spawning("twin", "base", &alice));
+            let mut c = ssh.cmd("ssh", &a_pw, &[&target, "--", &format!("touch /root/{i}")]);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for child in both {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    assert_eq!(envs(), ["twin", "work"]);
+    assert_eq!(alice.exec("twin", "ls /root").1, "0\n1\n");
+
+    // Refusals are one line; nothing is spawned.
+    let out = ssh.exec(&spawning("x", "nosuch", &alice), &a_pw, "true", b"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nosuch"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let from = format!("{}/base", alice.name);
+    let out = ssh.exec(&spawning("y", &from, &bob), &b_pw, "true", b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(envs(), ["twin", "work"]);
+    let bob_envs = bob.json("status", &[]);
+    assert_eq!(bob_envs.as_array().map(Vec::len), Some(0), "{bob_envs}");
+}

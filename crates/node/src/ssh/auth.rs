@@ -1,35 +1,49 @@
-//! Who is logging in: the SSH user name is `ENV+USER` (or `USER`, see
+//! Who is logging in: the SSH user name is `ENV+USER`, `ENV=NAME+USER` (spawn first, see
+//! [`super::spawn`]) or `USER` (see
 //! [`super::session`] for the env picker), checked by password against the catalog with the
 //! node's login backoff ([`crate::auth::Backoff`]), per user and per client address, or by
 //! one of the user's registered public keys (`spawngrid user key`), matched by fingerprint.
 
+use super::spawn::SpawnAtLogin;
 use crate::Node;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// A parsed SSH login name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Login {
     /// The Spawngrid user.
     pub user: String,
     /// Their env to enter, if named.
     pub env: Option<String>,
+    /// `ENV=NAME+USER`: the env is spawned from NAME first unless it exists.
+    pub spawn: Option<SpawnAtLogin>,
 }
 
 impl Login {
-    /// Parses `ENV+USER` or `USER`; `None` if a part is not a possible name.
+    /// Parses `ENV+USER`, `ENV=NAME+USER` (NAME may be `OWNER/NAME`) or `USER`; `None` if a
+    /// part is not a possible name.
     pub fn parse(login: &str) -> Option<Login> {
         let (env, user) = match login.split_once('+') {
             Some((env, user)) => (Some(env), user),
             None => (None, login),
         };
+        let (env, from) = match env.map(|e| e.split_once('=')) {
+            Some(Some((env, from))) => (Some(env), Some(from)),
+            Some(None) => (env, None),
+            None => (None, None),
+        };
         catalog::check_owner(user).ok()?;
         if let Some(e) = env {
             catalog::check_name(e).ok()?;
         }
+        if let Some(from) = from {
+            crate::snapshots::check_address(user, from).ok()?;
+        }
         Some(Login {
             user: user.to_string(),
             env: env.map(str::to_string),
+            spawn: from.map(SpawnAtLogin::new),
         })
     }
 }
@@ -112,9 +126,23 @@ mod tests {
     fn logins_name_a_user_and_maybe_an_env() {
         let l = Login::parse("base+alice").unwrap();
         assert_eq!((l.user.as_str(), l.env.as_deref()), ("alice", Some("base")));
+        assert!(l.spawn.is_none());
         let l = Login::parse("alice").unwrap();
         assert_eq!((l.user.as_str(), l.env), ("alice", None));
-        for bad in ["", "+alice", "base+", "../x+alice", "base+a/b"] {
+        let l = Login::parse("work=bob/base+alice").unwrap();
+        assert_eq!((l.user.as_str(), l.env.as_deref()), ("alice", Some("work")));
+        assert_eq!(l.spawn.map(|s| s.name).as_deref(), Some("bob/base"));
+        for bad in [
+            "",
+            "+alice",
+            "base+",
+            "../x+alice",
+            "base+a/b",
+            "=base+alice",
+            "work=+alice",
+            "work=a/b/c+alice",
+            "work=../x+alice",
+        ] {
             assert!(Login::parse(bad).is_none(), "{bad}");
         }
     }

@@ -1,7 +1,8 @@
 //! The SSH gateway (`ssh -p 16999 ENV+USER@HOST`): the russh server side over the node's
 //! envs. A login is checked against the catalog ([`auth`]); each session channel then runs a
 //! login shell (on a terminal inside the env), a command, or the built-in SFTP server
-//! (`runtime::sftp`) ([`session`]), its bytes moved by [`crate::bridge`]. The host key is
+//! (`runtime::sftp`) ([`session`]), its bytes moved by [`crate::bridge`]; `ENV=NAME+USER`
+//! spawns the env at login ([`spawn`]). The host key is
 //! [`keys`]. Port forwards into the env ([`forward`], [`netns`]) and agent forwarding
 //! ([`agent`]) are allowed by the node's `[ssh]` table ([`SshConfig`]); no X11 forwarding.
 //!
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod netns;
 pub mod quickack;
 pub mod session;
+pub mod spawn;
 
 use crate::Node;
 use auth::Login;
@@ -191,6 +193,9 @@ impl Drop for Conn {
 
 impl Conn {
     fn logged_in(&mut self, login: Login) {
+        if let (Some(spawn), Some(env)) = (&login.spawn, &login.env) {
+            spawn.start(&self.node, &login.user, env);
+        }
         self.login = Some(Arc::new(login));
         self.steps.login = Some(Instant::now());
         self.logged_in.store(true, Ordering::Relaxed);

@@ -5,9 +5,10 @@
 //! while it lives; one past it gets one line and exit status 1.
 //!
 //! Requests are answered by the connection's handler ([`super::Conn`]), in order; this task
-//! only acts on them. Which env: the login's `ENV`, or, for a bare `USER`, their only env; with
-//! several, a shell on a terminal shows a numbered menu to pick from, anything else gets a
-//! one-line message saying how to pick (as it does with none). Who runs inside: the env's
+//! only acts on them. Which env: the login's `ENV` (spawned first for `ENV=NAME+USER`), or,
+//! for a bare `USER`, their only env; with several, a shell on a terminal shows a numbered
+//! menu to pick from, anything else gets a one-line message saying how to pick (as it does
+//! with none). Who runs inside: the env's
 //! `/etc/passwd` user of the same name if there is one (so an invited user is themselves),
 //! otherwise root.
 
@@ -87,6 +88,9 @@ pub async fn run(
         Ok(slot) => slot,
         Err(e) => return fail(&tx, &format!("spawngrid: {}", e.message)).await,
     };
+    if let Err(msg) = spawned(&node, &login).await {
+        return fail(&tx, &msg).await;
+    }
     let env = match &login.env {
         Some(env) => env.clone(),
         None => {
@@ -160,6 +164,7 @@ pub async fn run(
 /// The env a forward of `login` goes to: its `ENV`, or the user's only env; an error is the
 /// one line for the client.
 pub(super) async fn forward_target(node: &Arc<Node>, login: &Login) -> Result<Target, String> {
+    spawned(node, login).await?;
     let (n, user, env) = (node.clone(), login.user.clone(), login.env.clone());
     tokio::task::spawn_blocking(move || {
         let env = match env {
@@ -174,6 +179,15 @@ pub(super) async fn forward_target(node: &Arc<Node>, login: &Login) -> Result<Ta
     })
     .await
     .unwrap_or_else(|e| Err(format!("spawngrid: internal error: {e}")))
+}
+
+/// Waits for the env the login spawns (`ENV=NAME+USER`), if it does; an error is the one
+/// line for the client.
+async fn spawned(node: &Arc<Node>, login: &Login) -> Result<(), String> {
+    match (&login.spawn, &login.env) {
+        (Some(spawn), Some(env)) => spawn.wait(node, &login.user, env).await,
+        _ => Ok(()),
+    }
 }
 
 /// Reads requests until one says what to run; `None` if the channel closed first.

@@ -392,8 +392,7 @@ pub fn list(node: &Node, user: &str, host: &str) -> Result<Vec<EnvInfo>, Error> 
 
 /// What the API shows of an env.
 pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
-    let env = user_env_name(st, user).to_string();
-    let running = st.alive();
+    let env = user_env_name(st, user);
     // The name it was spawned from as the user addressed it (the catalog's record), else one
     // of the user's names for its snapshot (an env the node found at start).
     let recorded = node.cat.env_record(&st.name).ok().flatten();
@@ -402,9 +401,30 @@ pub fn info(node: &Node, st: &EnvState, user: &str, host: &str) -> EnvInfo {
         let names = node.cat.names_of(&score).ok()?;
         names.into_iter().find(|(o, _)| o == user).map(|(_, n)| n)
     });
+    let exposures = crate::exposures::of_env(node, st, env, host);
+    described(node, st, user, host, from, exposures)
+}
+
+/// What the API shows of an env just spawned from `from`: as [`info`], without asking the
+/// catalog what the spawn knows (its name; no exposures yet). The answer to a spawn.
+pub fn info_spawned(node: &Node, st: &EnvState, user: &str, host: &str, from: &str) -> EnvInfo {
+    described(node, st, user, host, Some(from.to_string()), Vec::new())
+}
+
+/// [`info`] of `st`, spawned from `from`, with `exposures`.
+fn described(
+    node: &Node,
+    st: &EnvState,
+    user: &str,
+    host: &str,
+    from: Option<String>,
+    exposures: Vec<api::Exposure>,
+) -> EnvInfo {
+    let env = user_env_name(st, user).to_string();
+    let running = st.alive();
     let now = runtime::state::now();
     EnvInfo {
-        exposures: crate::exposures::of_env(node, st, &env, host),
+        exposures,
         attach: Attach {
             ssh: format!("ssh -p {} {}@{host}", node.config.ssh_port, st.name),
             cpu: format!("spawngrid cpu {env}"),

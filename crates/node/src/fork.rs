@@ -79,7 +79,7 @@ pub fn fork(
         save,
         envs: spawned
             .iter()
-            .map(|s| envs::info(node, s, user, host))
+            .map(|s| envs::info_spawned(node, s, user, host, &prefix))
             .collect(),
         seconds: start.elapsed().as_secs_f64(),
     })

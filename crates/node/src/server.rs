@@ -191,7 +191,7 @@ async fn spawn_env(
     let info = blocking(move || {
         let st = envs::spawn(&node, &user, &req)?;
         tracing::info!(user = %user, env = %st.name, "spawned");
-        Ok(envs::info(&node, &st, &user, &host))
+        Ok(envs::info_spawned(&node, &st, &user, &host, &req.name))
     })
     .await?;
     Ok(ok(&info))

@@ -86,6 +86,30 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
         e["memory"].as_u64().unwrap() > 0 && e["write_used"].is_u64(),
         "{e}"
     );
+    // The spawn's answer (made without asking the catalog) says what status says.
+    let answer = alice.json("spawn", &["base", "--as", "second"]);
+    let status = alice.json("status", &[]);
+    let listed = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["env"] == "second")
+        .unwrap();
+    for field in [
+        "env",
+        "from",
+        "snapshot",
+        "running",
+        "net",
+        "exposures",
+        "attach",
+    ] {
+        assert_eq!(
+            answer[field], listed[field],
+            "{field}: {answer} vs {listed}"
+        );
+    }
+    alice.ok("boom", &["second"]);
     let id = format!("base+{}", alice.name);
     assert!(e["attach"]["ssh"]
         .as_str()

@@ -28,8 +28,8 @@ pub const DEFAULT: IdRange = IdRange {
 impl IdRange {
     /// The node's range: the `spawngrid` lines of `/etc/subuid` and `/etc/subgid`, or [`DEFAULT`].
     pub fn node_default() -> Result<IdRange> {
-        let uid = sub_range("/etc/subuid")?;
-        let gid = sub_range("/etc/subgid")?;
+        let uid = sub_range("/etc/subuid", "spawngrid")?;
+        let gid = sub_range("/etc/subgid", "spawngrid")?;
         Ok(match (uid, gid) {
             (Some((u, n)), Some((g, m))) => IdRange {
                 host_uid: u,
@@ -56,8 +56,8 @@ impl IdRange {
     }
 }
 
-/// The `spawngrid:START:COUNT` line of a subordinate id file, if any.
-fn sub_range(path: &str) -> Result<Option<(u32, u32)>> {
+/// The `NAME:START:COUNT` line of a subordinate id file, if any.
+pub(crate) fn sub_range(path: &str, name: &str) -> Result<Option<(u32, u32)>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -65,10 +65,12 @@ fn sub_range(path: &str) -> Result<Option<(u32, u32)>> {
     };
     for line in text.lines() {
         let f: Vec<&str> = line.trim().split(':').collect();
-        if f.len() == 3 && f[0] == "spawngrid" {
+        if f.len() == 3 && f[0] == name {
             let (start, count) = (f[1].parse::<u32>(), f[2].parse::<u32>());
             match (start, count) {
-                (Ok(s), Ok(c)) if s > 0 && c > 0 => return Ok(Some((s, c))),
+                (Ok(s), Ok(c)) if s > 0 && c > 0 && s.checked_add(c).is_some() => {
+                    return Ok(Some((s, c)))
+                }
                 _ => fail!("{path}: bad line {line:?}"),
             }
         }

@@ -225,6 +225,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         owner: (owner_uid, ids.host_gid),
         views: ViewConfig {
             memory_cgroup,
+            cpu_cgroup: cg.cpu_usage_dir(),
             cgroup_v2,
             cpus: cpus::for_env(&opts.name, opts.limits.cpus)?,
         },

@@ -125,8 +125,8 @@ fn owner_uids_are_leased_refused_when_all_are_held_and_recovered_from_dead_envs(
     let _serial = serial();
     let mut node = TestNode::new();
     // One uid, outside the default range (so no other test's env holds it).
-    let only = runtime::owners::DEFAULT.start + runtime::owners::DEFAULT.count;
-    node.rt.owners = runtime::owners::OwnerRange {
+    let only = runtime::ids::OWNERS_DEFAULT.start + runtime::ids::OWNERS_DEFAULT.count;
+    node.rt.owners = runtime::ids::OwnerRange {
         start: only,
         count: 1,
     };

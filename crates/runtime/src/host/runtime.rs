@@ -3,9 +3,8 @@
 
 use crate::error::{Context, Error, Result};
 use crate::host::cgroup::{favor_dynamic_moves, Layout};
-use crate::host::ids::IdRange;
+use crate::host::ids::{IdRange, OwnerRange};
 use crate::host::launch::Spare;
-use crate::host::owners::OwnerRange;
 use std::path::{Path, PathBuf};
 
 /// The runtime of one node: where env state lives and how helpers are started.

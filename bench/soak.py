@@ -4,7 +4,8 @@
 # from the busybox base snapshot, attaches (an exec writing a file, then one reading it back),
 # saves it under a new name, and booms it; all within M minutes (10) at most. Then nothing of
 # the envs may be left: mounts under the data directory, env cgroups, veth links, processes in
-# env cgroups, files under DATA/envs and DATA/net (leases of addresses), library lease files;
+# env cgroups, files under DATA/envs and DATA/net (leases of addresses), library lease files,
+# owner uid leases (/run/spawngrid/owners);
 # and the node's resident memory, sampled every second, must be flat (the last quarter's peak
 # within 20 % + 16 MiB of the first quarter's).
 #
@@ -67,6 +68,16 @@ def residue(data, user):
         if os.path.isdir(d):
             files += [os.path.join(sub, n) for n in os.listdir(d)]
     out["files"] = files
+    # Owner uid leases of envs (runtime::owners): symlinks to the envs' directories.
+    owners = "/run/spawngrid/owners"
+    held = []
+    for uid in os.listdir(owners) if os.path.isdir(owners) else []:
+        try:
+            if os.readlink(os.path.join(owners, uid)).startswith(data):
+                held.append(uid)
+        except OSError:
+            pass  # released meanwhile (another node's env)
+    out["owner_uids"] = held
     return out
 
 

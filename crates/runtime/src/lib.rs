@@ -35,8 +35,8 @@ pub use host::runtime::{check_env_name, private_data_dir, Runtime};
 pub use host::spawn::SpawnOptions;
 pub use host::state::EnvState;
 pub use host::{
-    boom, cgroup, cpus, devices, egress, exec, freeze, ids, net, policy, save, service, spawn,
-    state, tty,
+    boom, cgroup, cpus, devices, egress, exec, freeze, ids, net, owners, policy, save, service,
+    spawn, state, tty,
 };
 pub use inside::sftp;
 

@@ -70,21 +70,22 @@ pub struct InitConfig {
     pub root: PathBuf,
     /// Where the init's exec service listens.
     pub exec_socket: PathBuf,
-    /// The host uid and gid that own the env's user namespace (its root's: see
-    /// `inside::init`).
+    /// The host uid and gid that own the env's user namespace (the env's own uid:
+    /// [`crate::host::owners`]; its root's gid).
     pub owner: (u32, u32),
     /// What the env's `/proc` views show: see [`ViewConfig`].
     pub views: ViewConfig,
 }
 
-/// Where the env's `/proc/meminfo` and `/proc/cpuinfo` views and its cpus come from
-/// (`inside::views`).
+/// Where the env's `/proc` views and its cpus come from (`inside::views`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewConfig {
     /// The env's memory cgroup directory on the host (in the v1 `memory` hierarchy, or the v2
     /// one).
     pub memory_cgroup: PathBuf,
-    /// Whether that directory is cgroup v2's (`memory.max`, `memory.current`) or v1's.
+    /// The env's cgroup directory with its cpu time (v1 `cpuacct`, or the v2 one).
+    pub cpu_cgroup: PathBuf,
+    /// Whether those directories are cgroup v2's (`memory.max`, `cpu.stat`) or v1's.
     pub cgroup_v2: bool,
     /// The host cpus the env runs on (its cpu limit, rounded up); empty: all of the host's.
     pub cpus: Vec<usize>,
@@ -336,6 +337,7 @@ mod tests {
             owner: (100_000, 100_000),
             views: ViewConfig {
                 memory_cgroup: "/sys/fs/cgroup/memory/spawngrid-n/e".into(),
+                cpu_cgroup: "/sys/fs/cgroup/cpuacct/spawngrid-n/e".into(),
                 cgroup_v2: false,
                 cpus: vec![1, 2],
             },

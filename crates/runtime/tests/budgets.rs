@@ -1,7 +1,8 @@
-//! The kernel's per-user budgets: an env spends its own, never host root's. A user namespace's
-//! counts (inotify instances and watches among them) are charged to its owner in the parent
-//! namespace, so each test lets an env take all it can through `probes/inotify.c`, then checks
-//! that host root can still take one.
+//! The kernel's per-user budgets: an env spends its own, never host root's nor another env's.
+//! A user namespace's counts (inotify instances and watches among them) are charged to its
+//! owner in the parent namespace, so each test lets an env take all it can through
+//! `probes/inotify.c`, then checks that host root, or a second env, can still take as much; and
+//! the owner uids are leased one per env (`runtime::owners`).
 
 mod common;
 use common::{env_with_probe, serial, TestNode};
@@ -88,4 +89,81 @@ fn an_env_spends_none_of_host_roots_inotify_watches() {
     if let Err(e) = host {
         panic!("host root's inotify_add_watch failed ({e}) while an env held {n} watches");
     }
+}
+
+#[test]
+fn each_env_has_inotify_instances_of_its_own() {
+    let _serial = serial();
+    let node = TestNode::new();
+    let (a, a_child, (n, errno)) = exhaust(&node, &["instances"]);
+    assert_eq!(errno, libc::EMFILE, "env A stopped after {n} instances");
+    // Env B of the same node, while A holds all it could take, gets as many.
+    let (b, b_child, (m, _)) = exhaust(&node, &["instances"]);
+    release(a_child);
+    release(b_child);
+    assert_eq!(
+        m, n,
+        "env B took {m} inotify instances while env A held {n}"
+    );
+    assert_ne!(a.state.owner_uid, b.state.owner_uid);
+}
+
+/// The host uid that owns the user namespace of process `pid` (`NS_GET_OWNER_UID`).
+fn userns_owner(pid: i32) -> u32 {
+    use std::os::fd::AsRawFd;
+    const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+    let mut uid: libc::uid_t = u32::MAX;
+    // SAFETY: a namespace fd and a pointer to a uid_t the ioctl fills in.
+    let rc = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_OWNER_UID, &mut uid) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    uid
+}
+
+#[test]
+fn owner_uids_are_leased_refused_when_all_are_held_and_recovered_from_dead_envs() {
+    let _serial = serial();
+    let mut node = TestNode::new();
+    // One uid, outside the default range (so no other test's env holds it).
+    let only = runtime::ids::OWNERS_DEFAULT.start + runtime::ids::OWNERS_DEFAULT.count;
+    node.rt.owners = runtime::ids::OwnerRange {
+        start: only,
+        count: 1,
+    };
+    let claim = std::path::Path::new(runtime::owners::HOST_OWNERS).join(only.to_string());
+    let a = runtime::spawn::spawn(&node.rt, &node.opts("owner-a")).unwrap();
+    assert_eq!(a.owner_uid, Some(only));
+    assert_eq!(userns_owner(a.init_pid), only);
+    // Files made inside still belong to the env's root (the node's id range), not the owner.
+    let made = runtime::exec::command(&node.rt, &a, &["touch".into(), "/made".into()], &[])
+        .unwrap()
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let upper = a.upper(&node.rt).unwrap().join("made");
+    let meta = std::fs::metadata(&upper).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), node.rt.ids.host_uid);
+
+    let opts_b = node.opts("owner-b");
+    let err = runtime::spawn::spawn(&node.rt, &opts_b).unwrap_err();
+    assert!(
+        err.to_string().contains("no free env owner uid"),
+        "a spawn with every owner uid held: {err}"
+    );
+    assert!(!node.rt.env_dir(&opts_b.name).unwrap().exists());
+    // Env A dies with its node (no boom): its uid is free for the next spawn.
+    let pid = rustix::process::Pid::from_raw(a.init_pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    while a.alive() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let b = runtime::spawn::spawn(&node.rt, &opts_b).unwrap();
+    assert_eq!(b.owner_uid, Some(only));
+    // Booming the dead env leaves B's claim; booming B gives it up.
+    runtime::boom::boom(&node.rt, &a.name).unwrap();
+    let holder = std::fs::read_link(&claim).unwrap();
+    assert_eq!(holder, node.rt.env_dir(&b.name).unwrap());
+    runtime::boom::boom(&node.rt, &b.name).unwrap();
+    assert!(!claim.exists(), "{} left after boom", claim.display());
 }

@@ -1,6 +1,8 @@
 //! An env's `/proc` shows its limits end to end (issue 11): spawned through the node with
 //! `--mem` and `--cpus` from the Debian root, procps' `free` (the host's, copied in) shows its
-//! memory limit and the memory it uses, coreutils' `nproc` and `/proc/cpuinfo` its cpus.
+//! memory limit and the memory it uses, coreutils' `nproc`, glibc's `getconf
+//! _NPROCESSORS_ONLN` (what `os.cpu_count()` asks), `/proc/cpuinfo` and `/proc/stat` its cpus;
+//! `/proc/uptime` counts from its start and `/proc/loadavg` its own tasks.
 
 use crate::common;
 
@@ -75,6 +77,30 @@ fn free_and_nproc_show_the_envs_limits() {
     assert_eq!(alice.exec("deb", "nproc").1.trim(), "1");
     let (_, processors, _) = alice.exec("deb", "grep -c ^processor /proc/cpuinfo");
     assert_eq!(processors.trim(), "1");
+    let (_, stat_cpus, _) = alice.exec("deb", "grep -c '^cpu[0-9]' /proc/stat");
+    assert_eq!(stat_cpus.trim(), "1");
+    assert_eq!(alice.exec("deb", "getconf _NPROCESSORS_ONLN").1.trim(), "1");
+    let first = |text: &str, n: usize| text.split_whitespace().nth(n).unwrap().to_string();
+    let host_uptime: f64 = first(&std::fs::read_to_string("/proc/uptime").unwrap(), 0)
+        .parse()
+        .unwrap();
+    let uptime: f64 = first(&alice.exec("deb", "cat /proc/uptime").1, 0)
+        .parse()
+        .unwrap();
+    assert!(
+        uptime < 120.0 && uptime < host_uptime,
+        "the env is up {uptime} s, the host {host_uptime} s"
+    );
+    let tasks = |loadavg: &str| -> u64 {
+        let field = first(loadavg, 3);
+        field.split_once('/').unwrap().1.parse().unwrap()
+    };
+    let env_tasks = tasks(&alice.exec("deb", "cat /proc/loadavg").1);
+    let host_tasks = tasks(&std::fs::read_to_string("/proc/loadavg").unwrap());
+    assert!(
+        env_tasks <= 10 && env_tasks < host_tasks,
+        "the env's loadavg counts {env_tasks} tasks (the host {host_tasks})"
+    );
     // 64 MiB in a tmpfs of the env: `free` sees it within the view's refresh.
     let (code, _, err) = alice.exec("deb", "head -c 64M /dev/zero > /dev/shm/fill");
     assert_eq!(code, 0, "{err}");
@@ -87,6 +113,8 @@ fn free_and_nproc_show_the_envs_limits() {
     with_free(&alice, "plain");
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(alice.exec("plain", "nproc").1.trim(), cpus.to_string());
+    let online = alice.exec("plain", "getconf _NPROCESSORS_ONLN").1;
+    assert_eq!(online.trim(), cpus.to_string());
     assert_eq!(free(&alice, "plain").0, 512 << 20);
 
     alice.ok("boom", &["deb"]);

@@ -1,11 +1,12 @@
-//! Boom: destroy an env — every process, mount, loop device, cgroup and file of it, and its
-//! `nat` network (veth pair, nft set element, subnet lease). Works from the directory layout
-//! and the leases, not only from `state.json`, so it also cleans up after a spawn that failed
-//! or crashed half-way. Idempotent.
+//! Boom: destroy an env — every process, mount, loop device, cgroup and file of it, its `nat`
+//! network (veth pair, nft set element, subnet lease) and its owner uid's lease. Works from
+//! the directory layout and the leases, not only from `state.json`, so it also cleans up after
+//! a spawn that failed or crashed half-way. Idempotent.
 
 use crate::error::{fail, Context, Result};
 use crate::host::cgroup::Cgroup;
 use crate::host::net::{self, Network};
+use crate::host::owners;
 use crate::host::runtime::Runtime;
 use crate::host::state;
 use crate::mounts;
@@ -18,6 +19,8 @@ pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
     let recorded = state::load(rt, name).ok();
     // The subnet leases are searched unless the state says the env has no `nat` network.
     let network = recorded.as_ref().map(|st| st.network);
+    // The owner uid is given up last, when nothing of the env holds it any more.
+    let owner = recorded.as_ref().map(|st| st.owner_uid);
     let cg = Cgroup::of_env(rt, name, recorded.as_ref());
     let st = recorded.filter(|st| st.alive());
     if let Some(pid) = st
@@ -43,9 +46,16 @@ pub fn boom(rt: &Runtime, name: &str) -> Result<()> {
     cg.remove()?;
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", dir.display()))
+            return Err(e).with_context(|| format!("removing {}", dir.display()))
         }
-        _ => Ok(()),
+        _ => {}
+    }
+    match owner {
+        // Recorded before per-env owners: it holds none.
+        Some(None) => Ok(()),
+        Some(Some(uid)) => owners::release(&dir, Some(uid)),
+        // No state (a spawn that died before recording one): whichever it holds.
+        None => owners::release(&dir, None),
     }
 }
 

@@ -17,9 +17,13 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The v1 controllers an env uses. Envs spawned before the device allow-list have no
-/// `devices` directory ([`Cgroup::recorded`]).
-const V1_CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "freezer", "devices"];
+/// The v1 controllers an env uses, in the order they were added: an env spawned by an older
+/// version has a prefix of them ([`Cgroup::recorded`]): the first four before the device
+/// allow-list, five before the `/proc/stat` view (which reads `cpuacct`).
+const V1_CONTROLLERS: [&str; 6] = ["memory", "pids", "cpu", "freezer", "devices", "cpuacct"];
+
+/// The fewest v1 controllers a recorded env has.
+const V1_OLDEST: usize = 4;
 
 /// The parent of env cgroups spawned before node ids (`spawngrid/<env>`). Nodes on older
 /// versions share it and expect it to stay, so it is never removed.
@@ -128,8 +132,9 @@ pub struct Cgroup {
     layout: Layout,
     /// `PARENT/ENV`, the same under every hierarchy root.
     path: PathBuf,
-    /// Whether it has a v1 `devices` directory (all but envs spawned before it).
-    devices: bool,
+    /// How many of [`V1_CONTROLLERS`] it has a directory in (all but envs spawned before
+    /// some were added).
+    v1_controllers: usize,
 }
 
 impl Cgroup {
@@ -138,7 +143,7 @@ impl Cgroup {
         Cgroup {
             layout: layout.clone(),
             path: Path::new(&layout.parent).join(env),
-            devices: true,
+            v1_controllers: V1_CONTROLLERS.len(),
         }
     }
 
@@ -148,20 +153,22 @@ impl Cgroup {
         let probe = Cgroup {
             layout: layout.clone(),
             path: PathBuf::new(),
-            devices: true,
+            v1_controllers: V1_CONTROLLERS.len(),
         };
         let first = dirs
             .first()?
             .strip_prefix(probe.dir(V1_CONTROLLERS[0]))
             .ok()?;
-        [true, false].into_iter().find_map(|devices| {
-            let cg = Cgroup {
-                layout: layout.clone(),
-                path: first.to_path_buf(),
-                devices,
-            };
-            (first.components().count() == 2 && cg.dirs() == dirs).then_some(cg)
-        })
+        (V1_OLDEST..=V1_CONTROLLERS.len())
+            .rev()
+            .find_map(|v1_controllers| {
+                let cg = Cgroup {
+                    layout: layout.clone(),
+                    path: first.to_path_buf(),
+                    v1_controllers,
+                };
+                (first.components().count() == 2 && cg.dirs() == dirs).then_some(cg)
+            })
     }
 
     /// The cgroup's directory in `controller`'s hierarchy (v1) or in the unified one (v2).
@@ -177,9 +184,8 @@ impl Cgroup {
     pub fn dirs(&self) -> Vec<PathBuf> {
         match self.layout.hierarchy {
             Hierarchy::V2 => vec![self.main_dir()],
-            Hierarchy::V1 => V1_CONTROLLERS
+            Hierarchy::V1 => V1_CONTROLLERS[..self.v1_controllers]
                 .iter()
-                .filter(|&&c| c != "devices" || self.devices)
                 .map(|c| self.dir(c))
                 .collect(),
         }
@@ -190,6 +196,11 @@ impl Cgroup {
         (self.dir("memory"), self.layout.hierarchy == Hierarchy::V2)
     }
 
+    /// The directory with the env's cpu time (v1 `cpuacct.stat`, v2 `cpu.stat`).
+    pub fn cpu_usage_dir(&self) -> PathBuf {
+        self.dir("cpuacct")
+    }
+
     /// The directory whose `cgroup.procs` lists every process (and that freezes them).
     fn main_dir(&self) -> PathBuf {
         self.dir("freezer")
@@ -197,8 +208,19 @@ impl Cgroup {
 
     /// Creates the directories and sets `limits`. Fails if the cgroup already exists.
     pub fn create(&self, limits: &Limits) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        // v1 hosts often mount `cpu` and `cpuacct` together (`cpu,cpuacct`, each name a
+        // symbolic link to it): then two of the directories are one, made once.
+        let mut made = Vec::new();
         for dir in self.dirs() {
+            let same = |m: std::fs::Metadata| made.contains(&(m.dev(), m.ino()));
+            if std::fs::metadata(&dir).is_ok_and(same) {
+                continue;
+            }
             self.create_dir(&dir)?;
+            let m =
+                std::fs::metadata(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            made.push((m.dev(), m.ino()));
         }
         let shares = (limits.cpu_weight.clamp(1, 10000) * 1024 / 100).max(2);
         let mut settings: Vec<(PathBuf, String)> = match self.layout.hierarchy {
@@ -522,7 +544,7 @@ mod tests {
         let dirs: Vec<String> = cg.dirs().iter().map(|d| d.display().to_string()).collect();
         assert_eq!(
             dirs,
-            ["memory", "pids", "cpu", "freezer", "devices"]
+            ["memory", "pids", "cpu", "freezer", "devices", "cpuacct"]
                 .map(|c| format!("/sys/fs/cgroup/{c}/spawngrid-n2/e2+bob"))
         );
         assert_eq!(main_dir_of(&layout, &cg.dirs()), cg.main_dir());
@@ -542,9 +564,12 @@ mod tests {
             .collect();
         let main = main_dir_of(&v1, &legacy);
         assert_eq!(main, Path::new("/sys/fs/cgroup/freezer/spawngrid/old"));
-        // Envs spawned before the device allow-list have no `devices` directory.
-        let before_devices = Cgroup::recorded(&v1, &legacy[..4]).expect("four controllers");
-        assert_eq!(before_devices.dirs(), &legacy[..4]);
+        // Envs spawned before the device allow-list have no `devices` directory, those
+        // spawned before the /proc/stat view no `cpuacct` one.
+        for n in [4, 5] {
+            let older = Cgroup::recorded(&v1, &legacy[..n]).expect("older controllers");
+            assert_eq!(older.dirs(), &legacy[..n]);
+        }
         let v2 = layout(Hierarchy::V2, Path::new("/sys/fs/cgroup"), "n3");
         let dirs = [PathBuf::from("/sys/fs/cgroup/spawngrid-n3/e3")];
         assert_eq!(main_dir_of(&v2, &dirs), dirs[0]);

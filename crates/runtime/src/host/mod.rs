@@ -4,6 +4,7 @@
 
 pub mod boom;
 pub mod cgroup;
+pub(crate) mod claims;
 pub mod cpus;
 pub mod devices;
 pub mod egress;
@@ -12,6 +13,7 @@ pub mod freeze;
 pub mod ids;
 pub mod launch;
 pub mod net;
+pub mod owners;
 pub mod policy;
 pub mod runtime;
 pub mod save;

@@ -43,6 +43,7 @@
 //! `sgv<N>` fails while it exists, and the spawner moves on).
 
 use crate::error::{fail, Context, Error, Result};
+use crate::host::claims::{remove as remove_file, Claims};
 use crate::host::egress::{self, Cidr};
 use crate::host::runtime::Runtime;
 use crate::mounts::ensure_dir;
@@ -430,71 +431,23 @@ fn claim(
     )
 }
 
-/// The host-wide claim on `link`'s subnet.
-fn claim_path(link: &NatLink) -> PathBuf {
-    Path::new(HOST_CLAIMS).join(link.subnet.to_string())
-}
+/// The host-wide claims on subnets ([`HOST_CLAIMS`], keyed by subnet address).
+const SUBNET_CLAIMS: Claims = Claims { dir: HOST_CLAIMS };
 
-/// Claims `link`'s subnet host-wide for the lease at `lease` (a symbolic link to it, made
-/// atomically): true if the claim is the lease's (now, or already). A stale claim (its lease
-/// is gone with its data directory, or its env is dead) is replaced.
+/// Claims `link`'s subnet host-wide for the lease at `lease`: true if the claim is the
+/// lease's (now, or already). A stale claim (its lease is gone with its data directory, or
+/// its env is dead) is replaced.
 fn host_claim(lease: &Path, link: &NatLink) -> Result<bool> {
-    std::fs::create_dir_all(HOST_CLAIMS).with_context(|| format!("creating {HOST_CLAIMS}"))?;
-    let claim = claim_path(link);
-    for _ in 0..3 {
-        match std::os::unix::fs::symlink(lease, &claim) {
-            Ok(()) => return Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("creating {}", claim.display())),
-        }
-        let verdict = claims_locked(|| {
-            let Some(holder) = holder(&claim)? else {
-                return Ok(None);
-            };
-            if holder == lease {
-                return Ok(Some(true));
-            }
-            if Lease::read(&holder).is_none_or(|l| l.stale()) {
-                remove_file(&claim)?;
-                return Ok(None);
-            }
-            Ok(Some(false))
-        })?;
-        if let Some(ours) = verdict {
-            return Ok(ours);
-        }
-    }
-    Ok(false)
+    SUBNET_CLAIMS.claim(&link.subnet.to_string(), lease, |holder| {
+        Lease::read(holder).is_none_or(|l| l.stale())
+    })
 }
 
 /// Gives up the host-wide claim on `link`'s subnet if the lease at `lease` holds it, then the
 /// lease.
 fn unclaim(lease: &Path, link: &NatLink) -> Result<()> {
-    let claim = claim_path(link);
-    claims_locked(|| match holder(&claim)? {
-        Some(holder) if holder == lease => remove_file(&claim),
-        _ => Ok(()),
-    })?;
+    SUBNET_CLAIMS.unclaim(&link.subnet.to_string(), lease)?;
     remove_file(lease)
-}
-
-/// The lease a host-wide claim points to, if the claim exists.
-fn holder(claim: &Path) -> Result<Option<PathBuf>> {
-    match std::fs::read_link(claim) {
-        Ok(holder) => Ok(Some(holder)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", claim.display())),
-    }
-}
-
-/// Runs `f` holding an exclusive lock on the claims directory. Claims are made without it
-/// (`symlink` is atomic) but removed only under it, after reading their holder again, so a
-/// claim made meanwhile by another node is never removed in place of a stale one.
-fn claims_locked<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let dir = std::fs::File::open(HOST_CLAIMS).with_context(|| format!("opening {HOST_CLAIMS}"))?;
-    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
-        .with_context(|| format!("locking {HOST_CLAIMS}"))?;
-    f()
 }
 
 /// Every readable lease in `dir`, with its pool index.
@@ -639,16 +592,6 @@ fn sysctl(key: &str, value: &str) -> Result<()> {
     std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))
 }
 
-/// Removes a file; a missing one is fine.
-fn remove_file(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Runs a host tool with `input` on its stdin. The outer error: it could not be run; the inner:
 /// it failed (with its stderr).
 fn tool(program: &str, args: &[&str], input: Option<&str>) -> Result<Result<()>> {
@@ -746,7 +689,9 @@ mod tests {
     #[test]
     fn stale_host_claims_are_replaced_live_ones_kept() {
         let link = NatLink::nth(pool_size() - 1);
-        let claim = claim_path(&link);
+        let key = link.subnet.to_string();
+        let holder = || SUBNET_CLAIMS.holder(&key).unwrap();
+        let claim = SUBNET_CLAIMS.path(&key);
         let tmp = tempfile::tempdir().unwrap();
         let (mine, theirs) = (tmp.path().join("mine"), tmp.path().join("theirs"));
         let write = |path: &Path, init| {
@@ -767,21 +712,21 @@ mod tests {
         std::fs::create_dir_all(HOST_CLAIMS).unwrap();
         std::os::unix::fs::symlink(&theirs, &claim).unwrap();
         assert!(host_claim(&mine, &link).unwrap());
-        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&mine));
+        assert_eq!(holder().as_ref(), Some(&mine));
         assert!(host_claim(&mine, &link).unwrap(), "already ours");
         // A live claim is kept, also when another lease gives up the subnet.
         write(&theirs, live);
         assert!(!host_claim(&theirs, &link).unwrap());
         unclaim(&theirs, &link).unwrap();
         assert!(!theirs.exists());
-        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&mine));
+        assert_eq!(holder().as_ref(), Some(&mine));
         // The claim of a dead env is replaced; its holder then leaves it alone.
         write(&mine, dead);
         write(&theirs, live);
         assert!(host_claim(&theirs, &link).unwrap());
         unclaim(&mine, &link).unwrap();
-        assert_eq!(holder(&claim).unwrap().as_ref(), Some(&theirs));
+        assert_eq!(holder().as_ref(), Some(&theirs));
         unclaim(&theirs, &link).unwrap();
-        assert_eq!(holder(&claim).unwrap(), None);
+        assert_eq!(holder(), None);
     }
 }

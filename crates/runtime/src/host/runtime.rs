@@ -3,7 +3,7 @@
 
 use crate::error::{Context, Error, Result};
 use crate::host::cgroup::{favor_dynamic_moves, Layout};
-use crate::host::ids::IdRange;
+use crate::host::ids::{IdRange, OwnerRange};
 use crate::host::launch::Spare;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,8 @@ pub struct Runtime {
     pub helper: PathBuf,
     /// The host uid/gid range that ids inside every env map to.
     pub ids: IdRange,
+    /// The host uids that own envs' user namespaces, one per env ([`crate::host::owners`]).
+    pub owners: OwnerRange,
     /// Where env cgroups are created.
     pub cgroups: Layout,
     /// The env-init helper started ahead of the next spawn, if kept (shared by clones).
@@ -31,7 +33,7 @@ impl Runtime {
     /// made canonical: mount points are matched against `/proc/self/mountinfo`, which shows
     /// resolved paths) whose helper is `helper`, with the node's default id range and the
     /// host's cgroup layout. Turns on the host's cheap cgroup migrations
-    /// ([`favor_dynamic_moves`]).
+    /// ([`favor_dynamic_moves`]). Fails if the env owner uids overlap the mapped ids.
     pub fn new(data: impl Into<PathBuf>, helper: impl Into<PathBuf>) -> Result<Runtime> {
         let data = data.into();
         private_data_dir(&data)?;
@@ -40,12 +42,14 @@ impl Runtime {
             .with_context(|| format!("resolving {}", data.display()))?;
         favor_dynamic_moves();
         let node_id = node_id(&data);
+        let ids = IdRange::node_default()?;
         Ok(Runtime {
             cgroups: Layout::detect(&node_id),
             node_id,
             data,
             helper: helper.into(),
-            ids: IdRange::node_default()?,
+            ids,
+            owners: OwnerRange::node_default(&ids)?,
             spare: Default::default(),
         })
     }

@@ -7,7 +7,7 @@ use crate::host::egress::{Cidr, Rules};
 use crate::host::net::{self, Network};
 use crate::host::runtime::Runtime;
 use crate::host::state::{self, EnvState};
-use crate::host::{boom, cpus, service};
+use crate::host::{boom, cpus, owners, service};
 use crate::mounts::{self, ensure_dir};
 use crate::proc::start_time;
 use crate::protocol::{Go, InitConfig, InitReport, Message, ViewConfig};
@@ -150,6 +150,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         cgroups: cg.dirs(),
         mounts: Vec::new(),
         ids,
+        owner_uid: None,
         created: state::now(),
         network: opts.network,
         nat: None,
@@ -158,6 +159,9 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     if opts.network != Network::Nat && opts.egress.policy != Default::default() {
         fail!("an egress policy needs a nat network (--net nat)");
     }
+    // Recorded at once: the claim is stale for a state that records another owner.
+    let owner_uid = owners::lease(&rt.owners, dir)?;
+    state.owner_uid = Some(owner_uid);
     state::store(dir, &state)?;
     cg.create(&opts.limits)?;
     cg.restrict_devices()?;
@@ -218,9 +222,10 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
         root: root.clone(),
         exec_socket: service::socket_path(dir),
-        owner: (ids.host_uid, ids.host_gid),
+        owner: (owner_uid, ids.host_gid),
         views: ViewConfig {
             memory_cgroup,
+            cpu_cgroup: cg.cpu_usage_dir(),
             cgroup_v2,
             cpus: cpus::for_env(&opts.name, opts.limits.cpus)?,
         },

@@ -38,6 +38,10 @@ pub struct EnvState {
     pub mounts: Vec<PathBuf>,
     /// The id range root inside maps to.
     pub ids: IdRange,
+    /// The host uid that owns the env's user namespace ([`crate::host::owners`]); absent from
+    /// envs spawned before per-env owners (theirs is `ids.host_uid`).
+    #[serde(default)]
+    pub owner_uid: Option<u32>,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
     /// The env's network (absent from state files older than networks: `none`).
@@ -94,10 +98,15 @@ pub fn store(dir: &Path, state: &EnvState) -> Result<()> {
 
 /// Reads env `name`'s state.
 pub fn load(rt: &Runtime, name: &str) -> Result<EnvState> {
-    let file = state_file(&rt.env_dir(name)?);
+    load_dir(&rt.env_dir(name)?)
+}
+
+/// Reads the state in env directory `dir`.
+pub fn load_dir(dir: &Path) -> Result<EnvState> {
+    let file = state_file(dir);
     let text = match std::fs::read(&file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let name = name.into();
+            let name = dir.file_name().unwrap_or_default().to_string_lossy().into();
             return Err(Error::NoSuchEnv { name, file });
         }
         r => r.with_context(|| format!("reading {}", file.display()))?,

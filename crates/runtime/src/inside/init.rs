@@ -5,15 +5,17 @@
 //!
 //! 0. with `-` for its config argument, the helper reads its [`InitConfig`] as the first line
 //!    of its stdin (so it can be started ahead of the spawn: [`crate::Runtime::keep_spare_helper`]);
-//! 1. the helper unshares a user namespace owned by the env's root (host uid
-//!    [`InitConfig::owner`], not host root: see
-//!    [`security::own_next_user_namespace`]) and reports [`InitReport::Userns`];
+//! 1. the helper opens what the env's `/proc` views read (`inside::views`), then unshares a
+//!    user namespace owned by the env's own host uid ([`InitConfig::owner`], neither host
+//!    root nor another env's: see [`security::own_next_user_namespace`]) and reports
+//!    [`InitReport::Userns`];
 //! 2. the spawner ([`crate::host::spawn`]) writes the uid/gid maps, moves the helper into the
 //!    env's cgroup, mounts the overlay root (using the new user namespace for an id-mapped
 //!    lower) and sends [`Go`];
 //! 3. the helper changes directory into the overlay root (see below), becomes root inside,
-//!    unshares mount, uts, ipc, net, cgroup and pid namespaces, sets the hostname and forks
-//!    the init (PID 1 inside), reports [`InitReport::Pid`] and exits;
+//!    unshares mount, uts, ipc, net, cgroup, pid and time namespaces (the env's clock:
+//!    `inside::clock`), sets the hostname and forks the init (PID 1 inside), reports
+//!    [`InitReport::Pid`] and exits;
 //! 4. the init builds /dev and /proc, pivots into the overlay, brings up loopback, restricts
 //!    itself, reports [`InitReport::Ready`] (or [`InitReport::Error`] at any failing step),
 //!    closes its stdio and from then on reaps orphans and serves exec requests
@@ -66,7 +68,7 @@ fn run(config: &str) -> Result<()> {
     rustix::process::chdir(env_dir).with_context(|| format!("entering {}", env_dir.display()))?;
     // Bound while still host root, so only host root can connect; the init inherits it.
     let listener = service::listen(&cfg.exec_socket)?;
-    let sources = views::open(&cfg.views)?;
+    let mut sources = views::open(&cfg.views)?;
     views::pin(&cfg.views.cpus)?;
     security::own_next_user_namespace(cfg.owner.0, cfg.owner.1)?;
     unshare(UnshareFlags::NEWUSER).context("unsharing the user namespace")?;
@@ -88,6 +90,7 @@ fn run(config: &str) -> Result<()> {
         | UnshareFlags::NEWCGROUP
         | UnshareFlags::NEWPID;
     unshare(flags).context("unsharing namespaces")?;
+    sources.start_clock()?;
     rustix::system::sethostname(cfg.hostname.as_bytes()).context("setting the hostname")?;
     // SAFETY: this helper was just exec'd and never starts a thread, so the child of fork is a
     // complete copy that may run arbitrary code (allocate, take locks).

@@ -8,8 +8,11 @@
 //! process makes `fork` and `setns(CLONE_NEWUSER)` safe, whatever threads the caller (a tokio
 //! daemon, rayon pools) runs. Nothing here imports [`crate::host`].
 
+pub mod clock;
+pub mod cpustat;
 pub mod enter;
 pub mod init;
+pub mod load;
 pub mod loopback;
 pub mod rootfs;
 pub mod seccomp;

@@ -1,18 +1,32 @@
-//! The env's own view of its limits in `/proc`, as LXCFS gives LXC and Incus containers, with
-//! no daemon: `/proc/meminfo` shows the env's memory cgroup (MemTotal its limit, MemFree what
-//! the cgroup leaves, Cached, Shmem, the LRU lists from its `memory.stat`; no swap) and, for an
-//! env with a cpu limit, `/proc/cpuinfo` lists only its cpus (numbered from 0), which are also
-//! its processes' affinity (what `nproc` counts: [`crate::host::cpus`]).
+//! The env's own view of itself in `/proc`, as LXCFS gives LXC and Incus containers, with no
+//! daemon:
 //!
-//! The env-init helper opens the env's memory cgroup directory while still host root
+//! - `/proc/meminfo` shows the env's memory cgroup (MemTotal its limit, MemFree what the
+//!   cgroup leaves, Cached, Shmem, the LRU lists from its `memory.stat`; no swap);
+//! - `/proc/stat` and `/proc/uptime` the env's cpus, cpu time and uptime
+//!   ([`crate::inside::cpustat`], with the env's clock: [`crate::inside::clock`]);
+//! - `/proc/loadavg` the env's load ([`crate::inside::load`]);
+//! - for an env with a cpu limit, `/proc/cpuinfo` lists only its cpus (numbered from 0), which
+//!   are also its processes' affinity (what `nproc` counts: [`crate::host::cpus`]).
+//!
+//! `sysinfo(2)` (busybox `free` and `uptime`'s load) is a system call, not a file: it keeps the
+//! host's memory and load (its uptime is the env's, from the env's clock); only intercepting the
+//! call (seccomp user notification, as Incus does) could change that.
+//!
+//! The env-init helper opens the env's memory and cpu cgroup directories while still host root
 //! ([`open`]) and pins itself to the env's cpus ([`pin`]); the init inherits both. After the
 //! pivot the init writes the views into a small tmpfs, binds them read-only over the `/proc`
 //! files and detaches the tmpfs ([`mount`]): only the bind mounts (in the env's mount
-//! namespace, gone with it) and the init's open file reach it. The init rewrites the meminfo
-//! view every [`REFRESH`] between its other work ([`Views::refresh_if_due`]); it keeps the
-//! length of the file while the numbers keep their widths (the kernel's 8-digit kB columns),
-//! so a reader racing a rewrite still reads whole lines.
+//! namespace, gone with it) and the init's open files reach it. The init rewrites the views
+//! every [`REFRESH`] between its other work ([`Views::refresh_if_due`]), each file with one
+//! write. The meminfo view keeps its length while the numbers keep their widths (the kernel's
+//! 8-digit kB columns), so a reader racing a rewrite still reads whole lines; the others may
+//! grow by a digit, and a reader racing that rewrite may read a line of the old text and one of
+//! the new.
 
+use crate::inside::clock::Clock;
+use crate::inside::cpustat::{self, CpuTime};
+use crate::inside::load::{self, Load, Tasks};
 use crate::inside::rootfs::remount_read_only;
 use crate::mounts::{ensure_dir, mount as mount_fs};
 use crate::protocol::ViewConfig;
@@ -27,33 +41,49 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// How often the init rewrites the meminfo view.
+/// How often the init rewrites the views.
 pub const REFRESH: Duration = Duration::from_secs(1);
 
-/// Where the init finds the env's limits: opened by the helper as host root.
+/// Where the init finds the env's limits and use: opened by the helper as host root.
 pub struct Sources {
     /// The env's memory cgroup directory (`O_PATH`).
     memory: OwnedFd,
-    /// Whether it is cgroup v2's.
+    /// The env's cgroup directory with its cpu time (`O_PATH`).
+    cpu: OwnedFd,
+    /// Whether they are cgroup v2's.
     v2: bool,
     /// The env's cpus (empty: the host's).
     cpus: Vec<usize>,
+    /// The env's boot clock.
+    clock: Clock,
 }
 
-/// Opens the env's memory cgroup directory (in the helper, as host root, before anything is
-/// unshared: its path need not be reachable by the env's ids).
+/// Opens the env's cgroup directories and the helper's time offsets (in the helper, as host
+/// root, before anything is unshared: the cgroups' paths need not be reachable by the env's
+/// ids).
 pub fn open(cfg: &ViewConfig) -> Result<Sources> {
-    let memory = rustix::fs::open(
-        &cfg.memory_cgroup,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("opening {}", cfg.memory_cgroup.display()))?;
+    let dir = |path: &Path| {
+        rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening {}", path.display()))
+    };
     Ok(Sources {
-        memory,
+        memory: dir(&cfg.memory_cgroup)?,
+        cpu: dir(&cfg.cpu_cgroup)?,
         v2: cfg.cgroup_v2,
         cpus: cfg.cpus.clone(),
+        clock: Clock::open()?,
     })
+}
+
+impl Sources {
+    /// Starts the env's clock for the helper's next child, the init ([`Clock::start`]).
+    pub fn start_clock(&mut self) -> Result<()> {
+        self.clock.start()
+    }
 }
 
 /// Restricts this process (and so everything it starts) to `cpus`, if any.
@@ -75,21 +105,36 @@ pub fn follow(pid: i32) -> Result<()> {
     rustix::thread::sched_setaffinity(None, &set).context("taking the env's cpus")
 }
 
+/// The `/proc` files the views rewrite, in the order [`Views`] keeps them.
+const REWRITTEN: [&str; 4] = ["meminfo", "stat", "uptime", "loadavg"];
+
 /// The views of a running env, kept by its init.
 pub struct Views {
     sources: Sources,
-    /// The real `/proc/meminfo` (the host's numbers the view starts from).
+    /// The kernel's `/proc/meminfo`, `/proc/stat` and `/proc/loadavg` as the env sees them
+    /// (the numbers the views start from), opened before the views cover them.
     host_meminfo: File,
-    /// The meminfo view, open for writing.
-    meminfo: File,
-    /// When to rewrite it next.
+    host_stat: File,
+    host_loadavg: File,
+    /// The views of [`REWRITTEN`], open for writing.
+    files: Vec<File>,
+    /// The env's load averages.
+    load: Load,
+    /// The idle ticks of each env cpu last shown (they never go back).
+    idle: u64,
+    /// When to rewrite them next.
     due: Instant,
 }
 
-/// Writes the views and binds them over `/proc/meminfo` and (with a cpu limit)
-/// `/proc/cpuinfo`. Called by the init after the pivot, with /proc and /dev in place.
+/// Writes the views and binds them over their `/proc` files (`/proc/cpuinfo` only with a cpu
+/// limit). Called by the init after the pivot, with /proc and /dev in place.
 pub fn mount(sources: Sources) -> Result<Views> {
-    let host_meminfo = File::open("/proc/meminfo").context("opening /proc/meminfo")?;
+    let open = |name: &str| File::open(name).with_context(|| format!("opening {name}"));
+    let (host_meminfo, host_stat, host_loadavg) = (
+        open("/proc/meminfo")?,
+        open("/proc/stat")?,
+        open("/proc/loadavg")?,
+    );
     let mut host_cpuinfo = String::new();
     if !sources.cpus.is_empty() {
         File::open("/proc/cpuinfo")
@@ -105,19 +150,29 @@ pub fn mount(sources: Sources) -> Result<Views> {
         dir,
         "tmpfs",
         flags,
-        "mode=0755,size=4m,nr_inodes=8",
+        "mode=0755,size=4m,nr_inodes=16",
     )
     .context("mounting the views' tmpfs")?;
     let made = (|| {
-        let meminfo = make(dir, "meminfo", b"")?;
+        let files = REWRITTEN
+            .iter()
+            .map(|name| make(dir, name, b""))
+            .collect::<Result<Vec<File>>>()?;
+        let now = Instant::now();
         let mut views = Views {
             sources,
             host_meminfo,
-            meminfo,
-            due: Instant::now(),
+            host_stat,
+            host_loadavg,
+            files,
+            load: Load::new(now),
+            idle: 0,
+            due: now,
         };
         views.refresh()?;
-        bind(dir, "meminfo")?;
+        for name in REWRITTEN {
+            bind(dir, name)?;
+        }
         if !views.sources.cpus.is_empty() {
             let text = cpuinfo(&host_cpuinfo, &views.sources.cpus);
             make(dir, "cpuinfo", text.as_bytes())?;
@@ -154,14 +209,22 @@ fn bind(dir: &Path, name: &str) -> Result<()> {
     remount_read_only(&target)
 }
 
+/// The whole text of `file` (a `/proc` file: read again from the start).
+fn reread(file: &mut File) -> Result<String> {
+    let mut text = String::new();
+    file.rewind()?;
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 impl Views {
     /// How long until the next rewrite.
     pub fn until_due(&self) -> Duration {
         self.due.saturating_duration_since(Instant::now())
     }
 
-    /// Rewrites the meminfo view if it is due. A failed rewrite (the cgroup unreadable for a
-    /// moment) keeps the last view; the init never stops for it.
+    /// Rewrites the views if they are due. A failed rewrite (the cgroup unreadable for a
+    /// moment) keeps the last views; the init never stops for it.
     pub fn refresh_if_due(&mut self) {
         if self.until_due().is_zero() {
             let _ = self.refresh();
@@ -169,14 +232,31 @@ impl Views {
     }
 
     fn refresh(&mut self) -> Result<()> {
-        self.due = Instant::now() + REFRESH;
-        let mut host = String::new();
-        self.host_meminfo.rewind()?;
-        self.host_meminfo.read_to_string(&mut host)?;
+        let now = Instant::now();
+        self.due = now + REFRESH;
         let memory = Memory::read(&self.sources.memory, self.sources.v2)?;
-        let text = meminfo(&host, &memory);
-        self.meminfo.write_all_at(text.as_bytes(), 0)?;
-        self.meminfo.set_len(text.len() as u64)?;
+        let meminfo = meminfo(&reread(&mut self.host_meminfo)?, &memory);
+
+        let tasks = Tasks::scan();
+        self.load.sample(&tasks, now);
+        let loadavg = reread(&mut self.host_loadavg)?;
+        let loadavg = self.load.text(&tasks, load::last_pid(&loadavg));
+
+        let host_stat = reread(&mut self.host_stat)?;
+        let cpus = match self.sources.cpus.len() {
+            0 => cpustat::cpu_lines(&host_stat),
+            n => n,
+        };
+        let used = CpuTime::read(&self.sources.cpu, self.sources.v2)?;
+        let uptime = self.sources.clock.uptime();
+        self.idle = cpustat::idle_per_cpu(uptime, used, cpus, self.idle);
+        let stat = cpustat::stat(&host_stat, cpus, used, self.idle, &tasks);
+        let uptime = cpustat::uptime(uptime, cpus, self.idle);
+
+        for (file, text) in self.files.iter().zip([meminfo, stat, uptime, loadavg]) {
+            file.write_all_at(text.as_bytes(), 0)?;
+            file.set_len(text.len() as u64)?;
+        }
         Ok(())
     }
 }

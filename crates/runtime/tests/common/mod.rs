@@ -213,6 +213,13 @@ pub fn assert_gone(node: &TestNode, name: &str, init_pid: i32) {
         assert!(!d.exists(), "cgroup {} left", d.display());
     }
     assert!(!dir.exists(), "{} left", dir.display());
+    let owners = std::fs::read_dir(runtime::owners::HOST_OWNERS)
+        .into_iter()
+        .flatten();
+    for claim in owners.flatten() {
+        let holder = std::fs::read_link(claim.path()).unwrap_or_default();
+        assert_ne!(holder, dir, "owner uid {:?} left", claim.file_name());
+    }
     if init_pid > 0 {
         // Gone, or a zombie waiting for the host's init (its parent) to reap it.
         let stat = std::fs::read_to_string(format!("/proc/{init_pid}/stat")).unwrap_or_default();

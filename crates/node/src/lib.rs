@@ -22,6 +22,7 @@
 //! - [`quota`]: names and library bytes per user, checked by every save.
 //! - [`admission`]: spawns admitted and still being made (counted, their mounts kept).
 //! - [`notices`]: what the node did to a user's envs unasked (evictions).
+//! - [`malloc`]: the allocator's arenas, capped at one per CPU.
 //! - [`metrics`]: Prometheus counters, histograms and gauges (`GET /metrics`).
 //! - [`registry`]: the grid's node registry (register, heartbeat, where a node is).
 //! - [`place`]: where on the grid a spawn goes (most room, `--near`, labels).
@@ -52,6 +53,7 @@ pub mod http;
 pub mod invite;
 pub mod lifetime;
 pub mod lineage;
+pub mod malloc;
 pub mod metrics;
 pub mod nodes;
 pub mod notices;
@@ -159,6 +161,7 @@ pub fn run(config: Config) -> Result<()> {
     // A pipe whose reader is gone (an exec's stdin) must be an error, not the daemon's death.
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    malloc::cap_arenas();
     let node = Node::open(config)?;
     node.rt.keep_spare_helper();
     envs::reconcile(&node).context("matching the catalog's envs with this node's")?;

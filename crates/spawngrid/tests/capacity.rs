@@ -129,14 +129,7 @@ fn a_burst_of_spawns_never_takes_more_than_the_free_slots() {
         let err = text(&o.stderr);
         assert!(err.contains("node full: 3 envs of at most 3"), "{err}");
     }
-    let mut listed: Vec<String> = alice
-        .json("status", &[])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["env"].as_str().unwrap().to_string())
-        .collect();
-    listed.sort();
+    let listed = alice.env_names();
     let mut want: Vec<String> = made.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(listed, want);

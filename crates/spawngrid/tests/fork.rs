@@ -24,18 +24,6 @@ fn costs(site: &Site) -> (u64, u64) {
     )
 }
 
-fn envs(user: &User) -> Vec<String> {
-    let list = user.json("status", &[]);
-    let mut names: Vec<String> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["env"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn fork_saves_once_spawns_n_copies_and_is_all_or_nothing() {
     let site = Site::new("fork");
@@ -213,7 +201,7 @@ fn fork_saves_once_spawns_n_copies_and_is_all_or_nothing() {
         "{err}"
     );
     assert_eq!(costs(&site), (before.0 + 1, before.1 + 2));
-    assert_eq!(envs(&alice), ["br-1", "web"]);
+    assert_eq!(alice.env_names(), ["br-1", "web"]);
     let scores = alice.ok("scores", &["more"]);
     assert!(scores.contains("more "), "{scores}");
 

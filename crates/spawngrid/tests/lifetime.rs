@@ -14,16 +14,6 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// The user's env names in `status --json`.
-fn envs(user: &User) -> Vec<String> {
-    let list = user.json("status", &[]);
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["env"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The user's notices, as `status` prints them.
 fn notes(user: &User) -> String {
     user.ok("status", &[])
@@ -72,7 +62,7 @@ fn a_ttl_ends_the_env_even_across_a_node_restart() {
     site.start("127.0.0.1:0");
     alice.login();
     eventually("the env past its ttl to end", || !state.exists());
-    assert_eq!(envs(&alice), ["keep"]);
+    assert_eq!(alice.env_names(), ["keep"]);
     let notes = notes(&alice);
     assert!(
         notes.contains(
@@ -101,7 +91,7 @@ fn a_ttl_ends_the_env_even_across_a_node_restart() {
         (400, true),
         "{body}"
     );
-    assert_eq!(envs(&alice), ["keep"]);
+    assert_eq!(alice.env_names(), ["keep"]);
 }
 
 /// The node's idle timeout: an env with a session running past it is not ended; idle envs
@@ -129,7 +119,7 @@ fn the_idle_timeout_spares_busy_envs_and_saves_idle_ones() {
     // A session twice as long as the timeout: the env is busy, not idle.
     let (code, stdout, stderr) = alice.exec("work", "echo kept > /f; sleep 8; echo alive");
     assert_eq!((code, stdout.as_str()), (0, "alive\n"), "{stderr}");
-    eventually("the idle envs to end", || envs(&alice).is_empty());
+    eventually("the idle envs to end", || alice.env_names().is_empty());
     let notes = notes(&alice);
     assert!(
         notes.contains(

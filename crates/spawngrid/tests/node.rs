@@ -65,17 +65,9 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
     // bob: same env name, his own env; neither sees the other's.
     bob.ok("spawn", &["base"]);
     assert_eq!(bob.exec("base", "test -e /root/file; echo $?").1, "1\n");
-    let mine = |u: &User| -> Vec<String> {
-        u.json("status", &[])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["env"].as_str().unwrap().to_string())
-            .collect()
-    };
     bob.ok("boom", &["base"]);
-    assert!(mine(&bob).is_empty());
-    assert_eq!(mine(&alice), ["base"]);
+    assert!(bob.env_names().is_empty());
+    assert_eq!(alice.env_names(), ["base"]);
     let status = alice.json("status", &[]);
     let e = &status[0];
     assert_eq!(
@@ -144,7 +136,7 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
         .refused("save", &["base", "base-work"])
         .contains("already"));
     alice.ok("boom", &["base"]);
-    assert!(mine(&alice).is_empty());
+    assert!(alice.env_names().is_empty());
     alice.ok("spawn", &["base-work", "--as", "w2", "--mem", "256M"]);
     assert_eq!(alice.exec("w2", "cat /root/file").1, "kept\n");
     assert_eq!(alice.exec("w2", "hostname").1, "w2\n");
@@ -162,7 +154,7 @@ fn two_users_spawn_exec_save_boom_and_stay_apart() {
         .contains("--as"));
 
     alice.ok("boom", &["w2"]);
-    assert!(mine(&alice).is_empty());
+    assert!(alice.env_names().is_empty());
     assert!(!mounted_under(&site.data().join("envs")));
 
     // Nothing secret reached the log, which did record the requests.

@@ -759,18 +759,7 @@ fn a_login_of_env_from_name_spawns_the_env_once_then_enters_it() {
     let ssh = SshClient::new(&site);
     let (a_pw, b_pw) = (password(&alice), password(&bob));
     let spawning = |env: &str, from: &str, user: &User| format!("{env}={from}+{}", user.name);
-    let envs = || -> Vec<String> {
-        let list = alice.json("status", &[]);
-        let mut names: Vec<String> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["env"].as_str().unwrap().to_string())
-            .collect();
-        names.sort();
-        names
-    };
-    assert!(envs().is_empty());
+    assert!(alice.env_names().is_empty());
 
     // From nothing to a command in one connection: the env is spawned from `base`.
     let out = ssh.exec(
@@ -785,12 +774,12 @@ fn a_login_of_env_from_name_spawns_the_env_once_then_enters_it() {
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(envs(), ["work"]);
+    assert_eq!(alice.env_names(), ["work"]);
     assert_eq!(alice.exec("work", "cat /root/f").1, "kept\n");
     // Again: the same env is entered (its file is there), nothing new is spawned.
     let out = ssh.exec(&spawning("work", "base", &alice), &a_pw, "cat /root/f", b"");
     assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
-    assert_eq!(envs(), ["work"]);
+    assert_eq!(alice.env_names(), ["work"]);
 
     // Two connections at once for a new env: one spawns, both run in the same env.
     let both: Vec<_> = (0..2)
@@ -805,7 +794,7 @@ fn a_login_of_env_from_name_spawns_the_env_once_then_enters_it() {
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
-    assert_eq!(envs(), ["twin", "work"]);
+    assert_eq!(alice.env_names(), ["twin", "work"]);
     assert_eq!(alice.exec("twin", "ls /root").1, "0\n1\n");
 
     // Refusals are one line; nothing is spawned.
@@ -817,7 +806,7 @@ fn a_login_of_env_from_name_spawns_the_env_once_then_enters_it() {
     let from = format!("{}/base", alice.name);
     let out = ssh.exec(&spawning("y", &from, &bob), &b_pw, "true", b"");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert_eq!(envs(), ["twin", "work"]);
+    assert_eq!(alice.env_names(), ["twin", "work"]);
     let bob_envs = bob.json("status", &[]);
     assert_eq!(bob_envs.as_array().map(Vec::len), Some(0), "{bob_envs}");
 }

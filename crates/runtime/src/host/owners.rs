@@ -14,7 +14,7 @@
 //! that env's namespaces: the range must be no host account's.
 //!
 //! Owner uids are host-wide (the nodes of one host draw from the same range) and leased per env
-//! like `nat` subnets: a claim [`HOST_OWNERS`]`/<uid>` ([`crate::host::claims`]), a symbolic
+//! like `nat` subnets: a claim [`HOST_OWNERS`]`/<uid>` (`host::claims`), a symbolic
 //! link to the env's directory, made before the env's helper starts and recorded in its state
 //! ([`crate::EnvState::owner_uid`]); boom gives it up. A claim is stale once its env directory is
 //! gone or records another owner, or its init is dead: a restarted node's running envs keep

@@ -481,6 +481,19 @@ impl User<'_> {
         self.json_at(&self.site.addr(), cmd, args)
     }
 
+    /// The names of the user's envs (`status`), sorted.
+    pub fn env_names(&self) -> Vec<String> {
+        let list = self.json("status", &[]);
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["env"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// `spawngrid CMD ARGS...` running in the background (killed on drop).
     pub fn bg(&self, cmd: &str, args: &[&str]) -> common::Bg {
         let child = self

@@ -55,6 +55,23 @@ impl Error {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 
+    /// A copy of this error, for errors that are shared (a file job's slot, a failed
+    /// background pack upload) and reported to more than one caller.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { what, path, source } => Error::Io {
+                what,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Missing(s) => Error::Missing(*s),
+            Error::Corrupt { what, detail } => Error::corrupt(what.clone(), detail.clone()),
+            Error::BadInput(m) => Error::BadInput(m.clone()),
+            Error::Locked(m) => Error::Locked(m.clone()),
+            Error::Coordination(m) => Error::Coordination(m.clone()),
+        }
+    }
+
     /// Shorthand for an [`Error::Corrupt`].
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
         Error::Corrupt {

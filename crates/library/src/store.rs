@@ -1041,6 +1041,33 @@ mod tests {
         assert!(lib.flush().is_err());
     }
 
+    /// A large file's chunks are put by rayon's workers, which wait for an upload slot when
+    /// packs fill faster than they upload; the uploads must then finish without rayon (a pack
+    /// named on rayon's pool deadlocked here).
+    #[test]
+    fn packs_filled_by_rayon_workers_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let config = Config {
+            chunk_threshold: 16 << 10,
+            chunk_min: 2 << 10,
+            chunk_avg: 4 << 10,
+            chunk_max: 8 << 10,
+            pack_target: 32 << 10,
+            ..Config::default()
+        };
+        let lib = Library::init(backend, config).unwrap();
+        let data = crate::fixture::bytes("big", 16 << 20);
+        let (len, file) = crate::file::store_bytes(&lib, &data).unwrap();
+        lib.flush().unwrap();
+        assert_eq!(len, data.len() as u64);
+        assert!(lib.upload_stats().packs > 100);
+        let mut out = Vec::new();
+        crate::file::write_file(&crate::fixture::reopen(dir.path()), &file, &mut out, "big")
+            .unwrap();
+        assert!(out == data);
+    }
+
     /// Small objects share frames, large ones get their own; every one reads back, also from
     /// a fresh process (no frame cache).
     #[test]

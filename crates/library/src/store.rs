@@ -632,18 +632,19 @@ impl Library {
         );
         self.uploads.start(move || {
             let (name, data, entries) = builder.finish();
-            let result = backend.put(&pack_key(&name), &data);
+            let size = data.len() as u64;
+            let result = backend.put_bytes(&pack_key(&name), data.into());
             let mut pending = pending.lock().expect("pending lock");
             if result.is_ok() {
                 let mut idx = index.write().expect("index lock");
-                idx.add(name, data.len() as u64, &entries, false);
+                idx.add(name, size, &entries, false);
                 written.lock().expect("written lock").push(name);
                 crate::faults::point(crate::faults::PACK_WRITTEN);
             }
             for entry in &entries {
                 pending.remove(&entry.score);
             }
-            result.map(|()| data.len() as u64)
+            result.map(|()| size)
         })
     }
 

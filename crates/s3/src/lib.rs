@@ -25,6 +25,7 @@ mod retry;
 pub use config::{S3Location, S3Options};
 
 use bridge::Bridge;
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 use library::{Backend, Error, Result};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -210,8 +211,13 @@ impl S3Backend {
 
 impl Backend for S3Backend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.put_bytes(key, Bytes::copy_from_slice(data))
+    }
+
+    fn put_bytes(&self, key: &str, data: Bytes) -> Result<()> {
         self.checked(key)?;
-        let payload = PutPayload::from(data.to_vec());
+        // Retries send the same bytes again: the payload shares them, it does not copy.
+        let payload = PutPayload::from(data);
         self.call(Op::Put, key, move |s, p| {
             let payload = payload.clone();
             async move { s.put(&p, payload).await.map(drop) }

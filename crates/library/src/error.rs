@@ -62,7 +62,12 @@ impl Error {
             Error::Io { what, path, source } => Error::Io {
                 what,
                 path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
+                // The OS error itself when there is one (callers look for ENOSPC), else its
+                // kind and words.
+                source: source.raw_os_error().map_or_else(
+                    || std::io::Error::new(source.kind(), source.to_string()),
+                    std::io::Error::from_raw_os_error,
+                ),
             },
             Error::Missing(s) => Error::Missing(*s),
             Error::Corrupt { what, detail } => Error::corrupt(what.clone(), detail.clone()),
@@ -83,3 +88,23 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A duplicated I/O error keeps its OS error (the node tells a full disk by ENOSPC).
+    #[test]
+    fn a_duplicate_keeps_the_os_error() {
+        let e = Error::io(
+            "writing",
+            "packs/x",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let Error::Io { source, .. } = e.duplicate() else {
+            panic!("not an I/O error");
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(e.to_string(), e.duplicate().to_string());
+    }
+}

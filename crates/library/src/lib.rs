@@ -44,7 +44,6 @@ pub mod snapshot;
 pub mod stats;
 mod store;
 pub mod tree;
-pub mod upload;
 pub mod verify;
 mod walk;
 

@@ -253,10 +253,6 @@ impl PackBuilder {
     }
 
     /// Appends the trailer; returns the pack's name (its score), bytes and entries.
-    ///
-    /// The name is hashed on the calling thread, never on rayon's pool: packs are finished on
-    /// upload threads ([`crate::upload`]) while rayon's workers may be waiting for an upload
-    /// to end.
     pub fn finish(mut self) -> (Score, Vec<u8>, Vec<PackEntry>) {
         self.buf
             .reserve(self.entries.len() * PackVersion::V2.trailer_entry() + TAIL_LEN);
@@ -266,7 +262,7 @@ impl PackBuilder {
         self.buf
             .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(PackVersion::V2.end_magic());
-        (Score::of(&self.buf), self.buf, self.entries)
+        (Score::of_large(&self.buf), self.buf, self.entries)
     }
 }
 

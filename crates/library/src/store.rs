@@ -8,7 +8,6 @@ use crate::pack::{self, EncodedFrame, Frame, ObjectKind, PackBuilder, PackEntry}
 use crate::packindex::{KnownPack, PackIndexFile};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
-use crate::upload::{UploadStats, Uploads};
 use crate::{Error, Result, Score};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -167,27 +166,23 @@ impl FrameCache {
 /// A content-addressed, deduplicating object store over a [`Backend`].
 ///
 /// Objects are immutable byte strings named by their [`Score`]. `put` is safe to call from many
-/// threads at once; objects become readable once the pack holding them is written: a pack
-/// that reaches `pack_target` bytes is uploaded in the background ([`crate::upload`]), and
-/// [`Library::flush`] writes the rest and waits for every upload. Small objects are gathered
-/// into shared frames of `frame_target` bytes before they are compressed.
+/// threads at once; objects become readable once the pack holding them is written (every
+/// `pack_target` bytes, and on [`Library::flush`]). Small objects are gathered into shared
+/// frames of `frame_target` bytes before they are compressed.
 pub struct Library {
     backend: Arc<dyn Backend>,
     config: Config,
-    /// Shared with upload threads, which add the packs they wrote (and, opened shared, with
-    /// the other libraries of this process: [`SharedIndex`]).
     index: Arc<RwLock<Index>>,
     open_frame: Mutex<Frame>,
     open_pack: Mutex<PackBuilder>,
-    /// Objects put but not yet in a written pack (shared with upload threads).
-    pending: Arc<Mutex<HashSet<Score>>>,
+    pending: Mutex<HashSet<Score>>,
     /// Whether the stored config is at [`VERSION`] (a version-1 library is upgraded before
     /// the first version-2 pack is written into it).
     current: AtomicBool,
     frames: Mutex<FrameCache>,
     coordinator: Arc<dyn Coordinator>,
-    /// Packs this library wrote since its last lease was taken (shared with upload threads).
-    written: Arc<Mutex<Vec<Score>>>,
+    /// Packs this library wrote since its last lease was taken.
+    written: Mutex<Vec<Score>>,
     /// The node-local pack index file, if this library keeps one (the node-local pack index file: docs/architecture.md, "Pack index file").
     local: Option<PackIndexFile>,
     /// How many times a failed read reloaded the index: concurrent failed reads reload once.
@@ -195,8 +190,6 @@ pub struct Library {
     /// Opened by [`Library::open_reader`]: an object it does not locate lists the packs
     /// again without asking the coordinator what gc condemned.
     reader: bool,
-    /// This library's pack uploads in the background.
-    uploads: Uploads,
 }
 
 impl Library {
@@ -333,14 +326,13 @@ impl Library {
             index: Arc::default(),
             open_frame: Mutex::default(),
             open_pack: Mutex::default(),
-            pending: Arc::default(),
+            pending: Mutex::default(),
             frames: Mutex::default(),
             coordinator,
-            written: Arc::default(),
+            written: Mutex::default(),
             local,
             reloads: Mutex::default(),
             reader: false,
-            uploads: Uploads::default(),
         })
     }
 
@@ -620,41 +612,25 @@ impl Library {
         Ok(())
     }
 
-    /// Starts the upload of a filled pack: named (hashed whole), written, then indexed, on an
-    /// upload thread. [`Library::flush`] waits for it and reports its failure.
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
         self.upgrade_config()?;
-        let backend = self.backend.clone();
-        let (index, pending, written) = (
-            self.index.clone(),
-            self.pending.clone(),
-            self.written.clone(),
-        );
-        self.uploads.start(move || {
-            let (name, data, entries) = builder.finish();
-            let size = data.len() as u64;
-            let result = backend.put_bytes(&pack_key(&name), data.into());
-            let mut pending = pending.lock().expect("pending lock");
-            if result.is_ok() {
-                let mut idx = index.write().expect("index lock");
-                idx.add(name, size, &entries, false);
-                written.lock().expect("written lock").push(name);
-                crate::faults::point(crate::faults::PACK_WRITTEN);
-            }
-            for entry in &entries {
-                pending.remove(&entry.score);
-            }
-            result.map(|()| size)
-        })
+        let (name, data, entries) = builder.finish();
+        let size = data.len() as u64;
+        let result = self.backend.put_bytes(&pack_key(&name), data.into());
+        let mut pending = self.pending.lock().expect("pending lock");
+        if result.is_ok() {
+            let mut idx = self.index.write().expect("index lock");
+            idx.add(name, size, &entries, false);
+            self.written.lock().expect("written lock").push(name);
+            crate::faults::point(crate::faults::PACK_WRITTEN);
+        }
+        for entry in &entries {
+            pending.remove(&entry.score);
+        }
+        result
     }
 
-    /// What this library's pack uploads did so far: packs, bytes, time.
-    pub fn upload_stats(&self) -> UploadStats {
-        self.uploads.stats()
-    }
-
-    /// Writes out the partly filled frame and pack and waits for every pack upload, making
-    /// every object put so far readable. Fails if any pack upload of this library failed.
+    /// Writes out the partly filled frame and pack, making every object put so far readable.
     pub fn flush(&self) -> Result<()> {
         let frame = std::mem::take(&mut *self.open_frame.lock().expect("frame lock"));
         let frame = (!frame.is_empty()).then(|| frame.encode(self.config.zstd_level));
@@ -665,10 +641,10 @@ impl Library {
             }
             std::mem::take(&mut *open)
         };
-        if !open.is_empty() {
-            self.write_pack(open)?;
+        if open.is_empty() {
+            return Ok(());
         }
-        self.uploads.wait()
+        self.write_pack(open)
     }
 
     pub(crate) fn locate(&self, score: &Score) -> Option<Location> {
@@ -922,151 +898,6 @@ mod tests {
             assert_eq!(&lib.get(&Score::of(o)).unwrap().1, o);
         }
         assert_eq!(lib.object_count(), 4);
-    }
-
-    /// A backend whose pack writes wait for the test to open a gate (other keys pass), or
-    /// fail when `fail` is set.
-    struct Gated {
-        inner: LocalBackend,
-        open: std::sync::Mutex<bool>,
-        opened: std::sync::Condvar,
-        fail: bool,
-    }
-
-    impl Gated {
-        fn new(dir: &std::path::Path, fail: bool) -> Gated {
-            Gated {
-                inner: LocalBackend::open(dir).unwrap(),
-                open: std::sync::Mutex::new(false),
-                opened: std::sync::Condvar::new(),
-                fail,
-            }
-        }
-
-        fn open_gate(&self) {
-            *self.open.lock().unwrap() = true;
-            self.opened.notify_all();
-        }
-    }
-
-    impl Backend for Gated {
-        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-            if key.starts_with(PACKS) {
-                if self.fail {
-                    return Err(Error::BadInput("the store refused the pack".into()));
-                }
-                let wait = std::time::Duration::from_secs(60);
-                let open = self.open.lock().unwrap();
-                let (open, _) = self.opened.wait_timeout_while(open, wait, |o| !*o).unwrap();
-                if !*open {
-                    return Err(Error::BadInput(
-                        "the pack write was never let through".into(),
-                    ));
-                }
-            }
-            self.inner.put(key, data)
-        }
-        fn get(&self, key: &str) -> Result<Vec<u8>> {
-            self.inner.get(key)
-        }
-        fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-            self.inner.get_range(key, offset, len)
-        }
-        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-            self.inner.list(prefix)
-        }
-        fn delete(&self, key: &str) -> Result<()> {
-            self.inner.delete(key)
-        }
-        fn exists(&self, key: &str) -> Result<bool> {
-            self.inner.exists(key)
-        }
-        fn describe(&self) -> String {
-            "a gated test backend".into()
-        }
-    }
-
-    /// A library whose packs fill every two 40 KiB objects.
-    fn small_packs(backend: Arc<dyn Backend>) -> Library {
-        let config = Config {
-            pack_target: 64 << 10,
-            frame_target: 0,
-            ..Config::default()
-        };
-        Library::init(backend, config).unwrap()
-    }
-
-    /// Filled packs upload in the background: puts go on while the backend has not yet
-    /// written one, and flush waits for every upload; then everything reads back.
-    #[test]
-    fn puts_go_on_while_packs_upload() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = Arc::new(Gated::new(dir.path(), false));
-        let lib = small_packs(backend.clone());
-        // Two packs: as many as may upload at once.
-        let objects: Vec<Vec<u8>> = (0..2 * crate::upload::IN_FLIGHT)
-            .map(|i| crate::fixture::bytes(&format!("o{i}"), 40 << 10))
-            .collect();
-        let scores: Vec<Score> = objects
-            .iter()
-            .map(|o| lib.put(ObjectKind::Blob, o).unwrap())
-            .collect();
-        assert!(backend.list(PACKS).unwrap().is_empty());
-        backend.open_gate();
-        lib.flush().unwrap();
-        assert_eq!(backend.list(PACKS).unwrap().len(), crate::upload::IN_FLIGHT);
-        assert_eq!(lib.written_packs().len(), crate::upload::IN_FLIGHT);
-        for lib in [lib, crate::fixture::reopen(dir.path())] {
-            for (s, o) in scores.iter().zip(&objects) {
-                assert_eq!(&lib.get(s).unwrap().1, o);
-            }
-        }
-    }
-
-    /// A pack upload that fails fails the flush (and so the commit): nothing claims the lost
-    /// objects are stored, and every later flush fails too.
-    #[test]
-    fn a_failed_upload_fails_the_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let lib = small_packs(Arc::new(Gated::new(dir.path(), true)));
-        let objects: Vec<Vec<u8>> = (0..2)
-            .map(|i| crate::fixture::bytes(&format!("o{i}"), 40 << 10))
-            .collect();
-        let mut scores = Vec::new();
-        for o in &objects {
-            scores.push(lib.put(ObjectKind::Blob, o).unwrap());
-        }
-        let e = lib.flush().unwrap_err();
-        assert!(e.to_string().contains("the store refused the pack"), "{e}");
-        assert!(scores.iter().all(|s| !lib.contains(s)));
-        assert!(lib.flush().is_err());
-    }
-
-    /// A large file's chunks are put by rayon's workers, which wait for an upload slot when
-    /// packs fill faster than they upload; the uploads must then finish without rayon (a pack
-    /// named on rayon's pool deadlocked here).
-    #[test]
-    fn packs_filled_by_rayon_workers_upload() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
-        let config = Config {
-            chunk_threshold: 16 << 10,
-            chunk_min: 2 << 10,
-            chunk_avg: 4 << 10,
-            chunk_max: 8 << 10,
-            pack_target: 32 << 10,
-            ..Config::default()
-        };
-        let lib = Library::init(backend, config).unwrap();
-        let data = crate::fixture::bytes("big", 16 << 20);
-        let (len, file) = crate::file::store_bytes(&lib, &data).unwrap();
-        lib.flush().unwrap();
-        assert_eq!(len, data.len() as u64);
-        assert!(lib.upload_stats().packs > 100);
-        let mut out = Vec::new();
-        crate::file::write_file(&crate::fixture::reopen(dir.path()), &file, &mut out, "big")
-            .unwrap();
-        assert!(out == data);
     }
 
     /// Small objects share frames, large ones get their own; every one reads back, also from

@@ -12,7 +12,7 @@ use crate::host::state;
 use library::import::{ImportOptions, Imported};
 use library::lease::Lease;
 use library::{Library, Score};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a save waits for a running gc to finish.
 const LEASE_WAIT: Duration = Duration::from_secs(60);
@@ -55,16 +55,12 @@ pub fn save(rt: &Runtime, env: &str, lib: &Library) -> Result<Saved> {
     Ok(Saved { imported, lease })
 }
 
-/// Syncs and reads the (frozen) env's upper into a child snapshot of `parent`; logs where the
-/// time went (sync, storing, and the pack uploads it waited for).
+/// Syncs and reads the (frozen) env's upper into a child snapshot of `parent`.
 fn capture(rt: &Runtime, st: &state::EnvState, lib: &Library, parent: Score) -> Result<Imported> {
     let upper = st.upper(rt)?;
     let dir =
         std::fs::File::open(&upper).with_context(|| format!("opening {}", upper.display()))?;
-    let start = Instant::now();
     rustix::fs::syncfs(&dir).with_context(|| format!("syncfs {}", upper.display()))?;
-    let synced = start.elapsed();
-    let before = lib.upload_stats();
     let opts = ImportOptions {
         author: st.owner.clone(),
         note: format!("saved from env {}", st.name),
@@ -74,21 +70,11 @@ fn capture(rt: &Runtime, st: &state::EnvState, lib: &Library, parent: Score) -> 
         // which an import allowed.
         allow_devices: true,
     };
-    let imported = library::overlay::apply_upper(lib, parent, &upper, &opts, Some(st.ids.shift()))?;
-    let up = lib.upload_stats();
-    tracing::info!(
-        env = %st.name,
-        "save: syncfs {:.0} ms, stored in {:.0} ms ({:.0} ms of it waiting for uploads); {} packs, {:.1} MB uploaded in {:.0} ms of upload time",
-        ms(synced),
-        ms(start.elapsed() - synced),
-        ms(up.waited - before.waited),
-        up.packs - before.packs,
-        (up.bytes - before.bytes) as f64 / 1e6,
-        ms(up.busy - before.busy),
-    );
-    Ok(imported)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+    Ok(library::overlay::apply_upper(
+        lib,
+        parent,
+        &upper,
+        &opts,
+        Some(st.ids.shift()),
+    )?)
 }

@@ -137,7 +137,7 @@ impl Dir {
                 Node::File { meta, slot, group } => {
                     let (size, data) = match slot.get() {
                         Some(Ok(v)) => *v,
-                        Some(Err(e)) => return Err(clone_err(e)),
+                        Some(Err(e)) => return Err(e.duplicate()),
                         None => unreachable!("file jobs finish before store"),
                     };
                     let content = Content::File { size, data };
@@ -168,23 +168,5 @@ impl Dir {
             bytes,
             entries: n,
         })
-    }
-}
-
-/// Errors from file jobs are shared through slots; re-create them for the caller.
-fn clone_err(e: &crate::Error) -> crate::Error {
-    match e {
-        crate::Error::Io { what, path, source } => crate::Error::Io {
-            what,
-            path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        crate::Error::Missing(s) => crate::Error::Missing(*s),
-        crate::Error::Corrupt { what, detail } => {
-            crate::Error::corrupt(what.clone(), detail.clone())
-        }
-        crate::Error::BadInput(m) => crate::Error::BadInput(m.clone()),
-        crate::Error::Locked(m) => crate::Error::Locked(m.clone()),
-        crate::Error::Coordination(m) => crate::Error::Coordination(m.clone()),
     }
 }

@@ -55,6 +55,28 @@ impl Error {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 
+    /// A copy of this error, for errors that are shared (a file job's slot, a failed
+    /// background pack upload) and reported to more than one caller.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { what, path, source } => Error::Io {
+                what,
+                path: path.clone(),
+                // The OS error itself when there is one (callers look for ENOSPC), else its
+                // kind and words.
+                source: source.raw_os_error().map_or_else(
+                    || std::io::Error::new(source.kind(), source.to_string()),
+                    std::io::Error::from_raw_os_error,
+                ),
+            },
+            Error::Missing(s) => Error::Missing(*s),
+            Error::Corrupt { what, detail } => Error::corrupt(what.clone(), detail.clone()),
+            Error::BadInput(m) => Error::BadInput(m.clone()),
+            Error::Locked(m) => Error::Locked(m.clone()),
+            Error::Coordination(m) => Error::Coordination(m.clone()),
+        }
+    }
+
     /// Shorthand for an [`Error::Corrupt`].
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
         Error::Corrupt {
@@ -66,3 +88,23 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A duplicated I/O error keeps its OS error (the node tells a full disk by ENOSPC).
+    #[test]
+    fn a_duplicate_keeps_the_os_error() {
+        let e = Error::io(
+            "writing",
+            "packs/x",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let Error::Io { source, .. } = e.duplicate() else {
+            panic!("not an I/O error");
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(e.to_string(), e.duplicate().to_string());
+    }
+}

@@ -615,11 +615,12 @@ impl Library {
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
         self.upgrade_config()?;
         let (name, data, entries) = builder.finish();
-        let result = self.backend.put(&pack_key(&name), &data);
+        let size = data.len() as u64;
+        let result = self.backend.put_bytes(&pack_key(&name), data.into());
         let mut pending = self.pending.lock().expect("pending lock");
         if result.is_ok() {
             let mut idx = self.index.write().expect("index lock");
-            idx.add(name, data.len() as u64, &entries, false);
+            idx.add(name, size, &entries, false);
             self.written.lock().expect("written lock").push(name);
             crate::faults::point(crate::faults::PACK_WRITTEN);
         }

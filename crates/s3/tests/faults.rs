@@ -134,3 +134,99 @@ fn missing_keys_are_not_retried() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(!b.exists("nothing/here").unwrap());
 }
+
+/// A TCP proxy in front of an S3 endpoint that flips the last byte of every occurrence of
+/// `MARK` in what clients send (request bodies), and passes answers through unchanged.
+struct Damaging {
+    addr: std::net::SocketAddr,
+}
+
+/// What [`Damaging`] damages.
+const MARK: &[u8] = b"DAMAGE-ME";
+
+impl Damaging {
+    fn start(endpoint: &str) -> Damaging {
+        let upstream = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || damage(client, server));
+                std::thread::spawn(move || pass(server2, client2));
+            }
+        });
+        Damaging { addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Copies `from` to `to`, flipping the last byte of each `MARK` (it has no repeated prefix,
+/// so counting matched bytes finds every occurrence, also across reads).
+fn damage(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let (mut buf, mut matched) = (vec![0u8; 64 << 10], 0);
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        for b in &mut buf[..n] {
+            matched = if *b == MARK[matched] {
+                matched + 1
+            } else {
+                usize::from(*b == MARK[0])
+            };
+            if matched == MARK.len() {
+                *b ^= 1;
+                matched = 0;
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Copies `from` to `to` unchanged.
+fn pass(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Bodies are not signed, but the store checks each PUT's CRC-64: a body damaged on the way
+/// is refused in one line and not stored, while an intact one through the same proxy is.
+#[test]
+fn a_body_damaged_in_transit_is_refused() {
+    let Some(g) = garage::garage("a_body_damaged_in_transit_is_refused") else {
+        return;
+    };
+    let proxy = Damaging::start(&g.options().endpoint.unwrap());
+    let options = S3Options {
+        endpoint: Some(proxy.url()),
+        retry_budget: Duration::from_secs(2),
+        ..g.options()
+    };
+    let url = g.url("damaged");
+    let through = S3Backend::open(&url, &options).unwrap();
+    let intact = conformance::data("intact", 1 << 20);
+    through.put("packs/intact", &intact).unwrap();
+    let mut data = conformance::data("damaged", 1 << 20);
+    data[300_000..300_000 + MARK.len()].copy_from_slice(MARK);
+    let err = through.put("packs/damaged", &data).unwrap_err().to_string();
+    println!("{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert!(
+        err.contains("writing") && err.contains("packs/damaged"),
+        "{err}"
+    );
+    let direct = S3Backend::open(&url, &g.options()).unwrap();
+    assert!(!direct.exists("packs/damaged").unwrap());
+    assert_eq!(direct.get("packs/intact").unwrap(), intact);
+}

@@ -57,7 +57,8 @@ fn assert_not_found<T: std::fmt::Debug>(b: &dyn Backend, what: &str, r: Result<T
     }
 }
 
-/// Put then get is byte-exact for an empty object, one byte and 8 MiB, and the key exists.
+/// Put then get is byte-exact for an empty object, one byte and 8 MiB, and the key exists;
+/// the same through `put_bytes`.
 pub fn round_trip(b: &dyn Backend) {
     for (name, bytes) in [
         ("empty", Vec::new()),
@@ -75,6 +76,20 @@ pub fn round_trip(b: &dyn Backend) {
             bytes.len()
         );
         assert!(ok(b, &format!("exists {k}"), b.exists(&k)));
+        let given = key("round-trip", &format!("{name}-given"));
+        ok(
+            b,
+            &format!("put_bytes {given}"),
+            b.put_bytes(&given, bytes.clone().into()),
+        );
+        let back = ok(b, &format!("get {given}"), b.get(&given));
+        assert!(
+            back == bytes,
+            "{}: get {given} after put_bytes returned {} bytes that differ from the {} given",
+            b.describe(),
+            back.len(),
+            bytes.len()
+        );
     }
 }
 

@@ -11,6 +11,7 @@ mod local;
 pub use local::LocalBackend;
 
 use crate::{Error, Result};
+use bytes::Bytes;
 
 /// Checks that `key` is a valid backend key: non-empty `/`-separated components, none of them
 /// empty, `.` or `..` (so a key never escapes a backend's root or prefix).
@@ -33,6 +34,11 @@ pub trait Backend: Send + Sync {
     /// The library writes content-named, write-once keys (packs); the only keys it rewrites
     /// are its `config` (on upgrade) and lease files, always with a plain overwrite.
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// [`Backend::put`] of bytes the caller gives away (a whole pack): a backend that hands
+    /// them to a client (S3) sends them without copying them first. By default, `put`.
+    fn put_bytes(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put(key, &data)
+    }
     /// Reads the whole of `key`. A missing key is an error for which
     /// [`Error::is_not_found`] holds.
     fn get(&self, key: &str) -> Result<Vec<u8>>;

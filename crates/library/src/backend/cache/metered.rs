@@ -3,6 +3,7 @@
 
 use crate::backend::Backend;
 use crate::Result;
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +66,11 @@ impl Backend for MeteredBackend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         self.count(&self.others);
         self.inner.put(key, data)
+    }
+
+    fn put_bytes(&self, key: &str, data: Bytes) -> Result<()> {
+        self.count(&self.others);
+        self.inner.put_bytes(key, data)
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {

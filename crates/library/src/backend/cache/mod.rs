@@ -25,6 +25,7 @@ pub use shared::{RemoteCounts, SharedMeter};
 use super::Backend;
 use crate::store::{pack_key, PACKS};
 use crate::{Error, Result, Score};
+use bytes::Bytes;
 use disk::BlockDir;
 use policy::{BlockId, Policy};
 use read::{Flight, Stream};
@@ -139,6 +140,24 @@ impl CachedBackend {
         keep_block(&self.disk, &self.state, id, bytes, start);
     }
 
+    /// Caches the blocks of `data` just written under `key`, if it is a pack.
+    fn cache_new(&self, key: &str, data: &[u8]) {
+        let Some(pack) = pack_of(key) else {
+            return;
+        };
+        self.state().sizes.insert(pack, data.len() as u64);
+        for (i, bytes) in data.chunks(self.block as usize).enumerate() {
+            let id = (pack, i as u64);
+            let busy = {
+                let st = self.state();
+                st.policy.hash(&id).is_some() || st.inflight.contains_key(&id)
+            };
+            if !busy {
+                self.keep(id, bytes, None);
+            }
+        }
+    }
+
     /// Drops a block whose file is missing or bad (unless it was replaced meanwhile).
     fn forget(&self, id: &BlockId, hash: &policy::Hash) {
         let mut st = self.state();
@@ -181,19 +200,13 @@ fn pack_of(key: &str) -> Option<Score> {
 impl Backend for CachedBackend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         self.inner.put(key, data)?;
-        if let Some(pack) = pack_of(key) {
-            self.state().sizes.insert(pack, data.len() as u64);
-            for (i, bytes) in data.chunks(self.block as usize).enumerate() {
-                let id = (pack, i as u64);
-                let busy = {
-                    let st = self.state();
-                    st.policy.hash(&id).is_some() || st.inflight.contains_key(&id)
-                };
-                if !busy {
-                    self.keep(id, bytes, None);
-                }
-            }
-        }
+        self.cache_new(key, data);
+        Ok(())
+    }
+
+    fn put_bytes(&self, key: &str, data: Bytes) -> Result<()> {
+        self.inner.put_bytes(key, data.clone())?;
+        self.cache_new(key, &data);
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 
 use crate::backend::Backend;
 use crate::{Error, Result};
+use bytes::Bytes;
 use rustix::fs::{flock, FlockOperation};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -128,6 +129,15 @@ impl SharedMeter {
         let _ = flock(&*f, FlockOperation::Unlock);
     }
 
+    /// Counts one write of `len` bytes.
+    fn wrote(&self, len: usize) {
+        self.add(RemoteCounts {
+            write_requests: 1,
+            write_bytes: len as u64,
+            ..RemoteCounts::default()
+        });
+    }
+
     fn read<T: AsRef<[u8]>>(&self, got: Result<T>) -> Result<T> {
         if let Ok(data) = &got {
             self.add(RemoteCounts {
@@ -143,11 +153,14 @@ impl SharedMeter {
 impl Backend for SharedMeter {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         self.inner.put(key, data)?;
-        self.add(RemoteCounts {
-            write_requests: 1,
-            write_bytes: data.len() as u64,
-            ..RemoteCounts::default()
-        });
+        self.wrote(data.len());
+        Ok(())
+    }
+
+    fn put_bytes(&self, key: &str, data: Bytes) -> Result<()> {
+        let len = data.len();
+        self.inner.put_bytes(key, data)?;
+        self.wrote(len);
         Ok(())
     }
 

@@ -55,8 +55,8 @@ impl Error {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 
-    /// A copy of this error, for errors that are shared (a file job's slot, a failed
-    /// background pack upload) and reported to more than one caller.
+    /// A copy of this error, for errors that are shared (a file job's slot) and reported to
+    /// more than one caller.
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Io { what, path, source } => Error::Io {

@@ -27,6 +27,7 @@
 # does) from `up` to `down`, and `scripts/grid.sh down` runs whatever happens.
 import base64
 import contextlib
+import glob
 import fcntl
 import http.client
 import json
@@ -627,6 +628,16 @@ def big_tree(work):
     return root
 
 
+def keep_logs(g, dest):
+    """Copies the nodes' logs (nodeN/log) and their mounts' (nodeN/data/mounts/*.log) to dest."""
+    for f in glob.glob(os.path.join(g.dir, "node*", "log")) + \
+            glob.glob(os.path.join(g.dir, "node*", "data", "mounts", "*.log")):
+        to = os.path.join(dest, os.path.dirname(os.path.relpath(f, g.dir)))
+        os.makedirs(to, exist_ok=True)
+        shutil.copy(f, to)
+    bl.log(f"logs copied to {dest}")
+
+
 def main():
     ap = bl.arg_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=5, help="rounds of each measurement")
@@ -634,6 +645,8 @@ def main():
     ap.add_argument("--clients", default="1,10,50", help="API clients (api section)")
     ap.add_argument("--seconds", type=float, default=5, help="per API run")
     ap.add_argument("--tmpfs-size", default="8g")
+    ap.add_argument("--keep-logs", metavar="DIR",
+                    help="copy the nodes' and their mounts' logs into DIR before the grid goes")
     bl.output_arg(ap, "grid")
     a = ap.parse_args()
     sections = bl.subset(ap, a.sections, SECTIONS, "section")
@@ -647,6 +660,8 @@ def main():
             g.script("up")
             results = run_sections(g, a, work, sections)
         finally:
+            if a.keep_logs:
+                keep_logs(g, a.keep_logs)
             bl.log("scripts/grid.sh down")
             try:
                 g.script("down", timeout=600)

@@ -139,6 +139,12 @@ pub struct SharedIndex(Arc<RwLock<Index>>);
 /// How many decoded shared frames a library keeps for reads of their other objects.
 const FRAME_CACHE: usize = 64;
 
+/// Most stored bytes [`Library::get_run`] reads with one request.
+pub const RUN_BYTES: u64 = 1 << 20;
+
+/// Most bytes between two objects of one run of [`Library::runs`]: a gap is read with them.
+pub const RUN_GAP: u64 = 256 << 10;
+
 /// Recently decoded shared frames (pack, offset → plain bytes), most recent first: reading the
 /// small files of one directory one by one decodes each of their frames once, not once per file.
 #[derive(Default)]
@@ -727,6 +733,80 @@ impl Library {
         Ok(data)
     }
 
+    /// Groups `scores` into runs that [`Library::get_run`] reads with one request each:
+    /// objects of one pack lying within [`RUN_BYTES`] of stored bytes, at most [`RUN_GAP`]
+    /// bytes apart (reading a gap costs less than another request). Each run lists indexes
+    /// into `scores`, in pack order; an object the index does not locate is a run of its own.
+    pub fn runs(&self, scores: &[Score]) -> Vec<Vec<usize>> {
+        let index = self.index.read().expect("index lock");
+        let mut placed: Vec<(Score, u64, u64, usize)> = Vec::new();
+        let mut runs = Vec::new();
+        for (i, score) in scores.iter().enumerate() {
+            match index.locate(score) {
+                Some(l) => {
+                    let at = u64::from(l.entry.offset);
+                    placed.push((l.pack, at, at + u64::from(l.entry.stored_len), i));
+                }
+                None => runs.push(vec![i]),
+            }
+        }
+        placed.sort_unstable();
+        let mut open: Option<(Score, u64, u64)> = None; // pack, run start, run end
+        for (pack, at, end, i) in placed {
+            match (&mut open, runs.last_mut()) {
+                (Some((p, start, last)), Some(run))
+                    if *p == pack && at <= *last + RUN_GAP && end - *start <= RUN_BYTES =>
+                {
+                    *last = (*last).max(end);
+                    run.push(i);
+                }
+                _ => {
+                    runs.push(vec![i]);
+                    open = Some((pack, at, end));
+                }
+            }
+        }
+        runs
+    }
+
+    /// Reads the objects `scores`, all of `kind`, each checked against its score: a run from
+    /// [`Library::runs`] with one ranged read of its pack. Objects not stored together (any
+    /// more: gc may have moved them) are read one by one.
+    pub fn get_run(&self, scores: &[Score], kind: ObjectKind) -> Result<Vec<Vec<u8>>> {
+        let one_by_one = || scores.iter().map(|s| self.get_kind(s, kind)).collect();
+        let locs: Option<Vec<Location>> = scores.iter().map(|s| self.locate(s)).collect();
+        let Some(locs) = locs.filter(|l| l.len() > 1) else {
+            return one_by_one();
+        };
+        let span = |l: &Location| {
+            let at = u64::from(l.entry.offset);
+            (at, at + u64::from(l.entry.stored_len))
+        };
+        let start = locs.iter().map(|l| span(l).0).min().unwrap_or(0);
+        let end = locs.iter().map(|l| span(l).1).max().unwrap_or(0);
+        let together = locs.iter().all(|l| l.pack == locs[0].pack) && end - start <= RUN_BYTES;
+        if !together
+            || locs
+                .iter()
+                .any(|l| !l.entry.whole_frame() || l.entry.kind != kind)
+        {
+            return one_by_one();
+        }
+        let key = pack_key(&locs[0].pack);
+        let Ok(stored) = self.backend.get_range(&key, start, (end - start) as usize) else {
+            return one_by_one();
+        };
+        locs.iter()
+            .map(|l| {
+                let (at, to) = span(l);
+                pack::decode_object(
+                    &l.entry,
+                    &stored[(at - start) as usize..(to - start) as usize],
+                )
+            })
+            .collect()
+    }
+
     /// Reads and decodes a tree object.
     pub fn tree(&self, score: &Score) -> Result<Tree> {
         Tree::decode(&self.get_kind(score, ObjectKind::Tree)?)
@@ -864,6 +944,59 @@ mod tests {
         assert_eq!(asked(), 1);
         Library::open_with(backend, counting.clone()).unwrap();
         assert_eq!(asked(), 2);
+    }
+
+    /// Objects stored near one another are read with one request, in whatever order they are
+    /// asked for, each checked; an object of another pack or an unknown one is a run of its own.
+    #[test]
+    fn a_run_of_nearby_objects_is_read_with_one_request() {
+        use crate::backend::cache::MeteredBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let metered = Arc::new(MeteredBackend::new(local, std::time::Duration::ZERO));
+        let lib = Library::open_or_init(metered.clone()).unwrap();
+        // Incompressible objects, each big enough to be a frame of its own.
+        let noise = |seed: u8| {
+            let mut out = vec![0u8; 200 << 10];
+            blake3::Hasher::new()
+                .update(&[seed])
+                .finalize_xof()
+                .fill(&mut out);
+            out
+        };
+        let objects: Vec<Vec<u8>> = (0..3).map(noise).collect();
+        let put = |o: &Vec<u8>| lib.put(ObjectKind::Blob, o).unwrap();
+        let scores: Vec<Score> = objects.iter().map(put).collect();
+        lib.flush().unwrap();
+        let elsewhere = put(&noise(9));
+        lib.flush().unwrap();
+        let lib = Library::open(metered.clone()).unwrap();
+
+        let asked = [
+            scores[2],
+            elsewhere,
+            scores[0],
+            Score::of(b"nowhere"),
+            scores[1],
+        ];
+        let mut runs = lib.runs(&asked);
+        runs.iter_mut().for_each(|r| r.sort());
+        runs.sort();
+        assert_eq!(runs, vec![vec![0, 2, 4], vec![1], vec![3]]);
+
+        let before = metered.counts();
+        let got = lib
+            .get_run(&[scores[2], scores[0], scores[1]], ObjectKind::Blob)
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![objects[2].clone(), objects[0].clone(), objects[1].clone()]
+        );
+        let after = metered.counts();
+        assert_eq!(
+            (after.ranges - before.ranges, after.gets - before.gets),
+            (1, 0)
+        );
     }
 
     /// A library written by the first format (version-1 config and pack) opens, reads, takes

@@ -168,8 +168,11 @@ impl S3Backend {
             self.location.url_of(key),
             self.endpoint
         );
+        let began = std::time::Instant::now();
         let outcome = self.bridge.run(async move {
-            retry::run(policy, &what, || attempt(store.clone(), path.clone())).await
+            let out = retry::run(policy, &what, || attempt(store.clone(), path.clone())).await;
+            tracing::trace!("{what}: {:.2} ms", began.elapsed().as_secs_f64() * 1e3);
+            out
         });
         let Some(outcome) = outcome else {
             let e = std::io::Error::other(format!("S3 {} task panicked", op.request()));
@@ -254,6 +257,7 @@ impl Backend for S3Backend {
                 .map(|()| Vec::new());
         }
         let end = offset + len as u64;
+        tracing::trace!("S3 range {offset}..{end} of {key}");
         let got = self.call(Op::GetRange, key, move |s, p| async move {
             Ok(Vec::from(s.get_range(&p, offset..end).await?))
         })?;

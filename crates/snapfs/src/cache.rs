@@ -6,7 +6,12 @@
 //! CACHE/VERSION                 "spawngrid-snapfs-cache 1"
 //! CACHE/files/<xx>/<score hex>  one file's bytes; score = the FileData score (blob or chunk list)
 //! CACHE/tmp/<pid>.<n>           files being written (renamed into files/ when complete)
+//! CACHE/fetching.lock           empty; a byte locked per file being fetched (see below)
 //! ```
+//! Processes sharing the directory (the mount servers of a node's snapshots, which share
+//! most files) fetch a file once: a fetch holds an open-file-description lock on one byte of `fetching.lock` chosen by
+//! the score, and an acquire of the same file in another process waits for it, then finds the
+//! file in place. The kernel drops the lock when its holder dies (`kill -9` mid-fetch).
 //! A file is written from objects the library verifies as it reads them, under a temporary
 //! name, then renamed: a cache file is either complete and correct or absent. Files found at
 //! start (left by an earlier process) are re-verified against their score the first time this
@@ -84,6 +89,7 @@ pub struct Cache {
     limit: u64,
     state: Mutex<State>,
     fetching: Mutex<HashMap<Score, Arc<Mutex<()>>>>,
+    fetch_lock: File,
     tmp_seq: AtomicU64,
 }
 
@@ -97,6 +103,8 @@ fn io(what: &'static str, path: &Path, e: std::io::Error) -> library::Error {
 enum Step {
     /// A cache file is open, not verified yet.
     Opened,
+    /// This process holds the file's fetch lock and is about to fetch it.
+    Fetching,
     /// A fetched file has just been renamed into place.
     Stored,
 }
@@ -142,11 +150,20 @@ impl Cache {
             std::fs::write(&version, format!("{VERSION}\n"))
                 .map_err(|e| io("writing", &version, e))?;
         }
+        let lock_path = dir.join("fetching.lock");
+        let fetch_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("opening", &lock_path, e))?;
         let cache = Cache {
             dir: dir.to_path_buf(),
             limit,
             state: Mutex::default(),
             fetching: Mutex::default(),
+            fetch_lock,
             tmp_seq: AtomicU64::new(0),
         };
         Ok(cache)
@@ -237,6 +254,8 @@ impl Cache {
             .clone();
         let result = {
             let _one_fetch = lock.lock().expect("fetch lock");
+            let _one_process = FetchLock::take(&self.fetch_lock, &score)
+                .map_err(|e| io("locking", &self.dir.join("fetching.lock"), e))?;
             self.acquire_locked(lib, score, data)
         };
         let mut f = self.fetching.lock().expect("fetching");
@@ -289,6 +308,7 @@ impl Cache {
             self.state.lock().expect("cache state").remove(&score);
             let _ = std::fs::remove_file(&path);
         }
+        at_step(Step::Fetching);
         let (f, size) = self.fetch(lib, &score, data, &path)?;
         at_step(Step::Stored);
         {
@@ -422,8 +442,58 @@ impl Cache {
     }
 }
 
+/// The byte of `fetching.lock` standing for one file, write-locked (an open-file-description
+/// lock: it conflicts with every other open of the file, in this process or another, and the
+/// kernel drops it with its last descriptor) until dropped.
+struct FetchLock<'a> {
+    file: &'a File,
+    at: i64,
+}
+
+impl<'a> FetchLock<'a> {
+    /// Waits for and takes the lock of `score` on `file`.
+    fn take(file: &'a File, score: &Score) -> std::io::Result<FetchLock<'a>> {
+        let first: [u8; 8] = score.0[..8].try_into().expect("8 bytes");
+        let lock = FetchLock {
+            file,
+            at: (u64::from_le_bytes(first) >> 1) as i64,
+        };
+        while let Err(e) = lock.set(libc::F_WRLCK, libc::F_OFD_SETLKW) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(lock)
+    }
+
+    fn set(&self, kind: i32, cmd: i32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a zeroed flock is valid; the fields the call reads are set below.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = self.at;
+        fl.l_len = 1;
+        // SAFETY: fcntl on an open descriptor with a pointer to a live flock.
+        if unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &fl) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FetchLock<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.set(libc::F_UNLCK, libc::F_OFD_SETLK) {
+            tracing::warn!("releasing a cache fetch lock: {e}");
+        }
+    }
+}
+
 /// Writes a chunked file's chunks at their offsets, fetched and verified by one worker per
-/// core (reading, decompressing and hashing dominate a first open).
+/// core (reading, decompressing and hashing dominate a first open). Chunks stored near one
+/// another are read together ([`Library::runs`]): a file of a remote library costs a request
+/// per megabyte or so, not one per chunk.
 fn fetch_chunks(
     lib: &Library,
     chunks: &[(Score, u32)],
@@ -436,28 +506,35 @@ fn fetch_chunks(
         offsets.push(total);
         total += u64::from(*len);
     }
+    let scores: Vec<Score> = chunks.iter().map(|(s, _)| *s).collect();
+    let runs = lib.runs(&scores);
     let next = AtomicU64::new(0);
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
-        .min(8);
+        .min(8)
+        .min(runs.len());
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| -> library::Result<()> {
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some((score, len)) = chunks.get(i) else {
+                        let Some(run) = runs.get(next.fetch_add(1, Ordering::Relaxed) as usize)
+                        else {
                             return Ok(());
                         };
-                        let b = lib.get_kind(score, ObjectKind::Blob)?;
-                        if b.len() != *len as usize {
-                            return Err(library::Error::corrupt(
-                                format!("object {score}"),
-                                format!("is {} bytes, its chunk list says {len}", b.len()),
-                            ));
+                        let want: Vec<Score> = run.iter().map(|&i| scores[i]).collect();
+                        let got = lib.get_run(&want, ObjectKind::Blob)?;
+                        for (&i, b) in run.iter().zip(got) {
+                            let len = chunks[i].1;
+                            if b.len() != len as usize {
+                                return Err(library::Error::corrupt(
+                                    format!("object {}", chunks[i].0),
+                                    format!("is {} bytes, its chunk list says {len}", b.len()),
+                                ));
+                            }
+                            f.write_all_at(&b, offsets[i])
+                                .map_err(|e| io("writing", path, e))?;
                         }
-                        f.write_all_at(&b, offsets[i])
-                            .map_err(|e| io("writing", path, e))?;
                     }
                 })
             })
@@ -602,6 +679,56 @@ mod tests {
             mine.release(s);
             drop(ask);
         });
+    }
+
+    /// Two processes sharing the directory (two `Cache`s, each with its own lock descriptor)
+    /// want the same file at once: the second waits for the first one's fetch and reads the
+    /// file it stored, so the library is read once (it was read twice: two new mounts of
+    /// snapshots sharing libc each fetched it).
+    #[test]
+    fn a_file_another_process_is_fetching_is_waited_for_not_fetched_again() {
+        use library::backend::cache::MeteredBackend;
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, files) = setup(tmp.path(), 1);
+        let local: Arc<dyn library::Backend> =
+            Arc::new(LocalBackend::open(tmp.path().join("lib")).unwrap());
+        let metered = Arc::new(MeteredBackend::new(local, std::time::Duration::ZERO));
+        let lib = Arc::new(Library::open(metered.clone()).unwrap());
+        let dir = tmp.path().join("cache");
+        let mine = Cache::open(&dir, 1 << 20).unwrap();
+        let other = Arc::new(Cache::open(&dir, 1 << 20).unwrap());
+        let (s, data, bytes) = files[0].clone();
+        let before = metered.counts();
+        let theirs = Arc::new(Mutex::new(None));
+        // When this one is about to fetch, the other process asks for the same file; it is
+        // given time to finish (what it does without the lock: fetch the file itself).
+        let act = {
+            let (lib, theirs) = (lib.clone(), theirs.clone());
+            move || {
+                let (done, finished) = std::sync::mpsc::channel();
+                let t = std::thread::spawn(move || {
+                    let f = other.acquire(&lib, s, &data).map(read);
+                    let _ = done.send(());
+                    f
+                });
+                let _ = finished.recv_timeout(std::time::Duration::from_millis(300));
+                *theirs.lock().unwrap() = Some(t);
+            }
+        };
+        let f = with_step(Step::Fetching, act, || mine.acquire(&lib, s, &data));
+        assert_eq!(read(f.unwrap()), bytes);
+        let t = theirs
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the other process asked");
+        assert_eq!(t.join().unwrap().unwrap(), bytes);
+        let after = metered.counts();
+        assert_eq!(
+            (after.gets + after.ranges) - (before.gets + before.ranges),
+            1,
+            "the file's object is read from the library once"
+        );
     }
 
     #[test]

@@ -230,9 +230,11 @@ def hold_sessions(argv, k, server_pid=None, count_sleeps=None):
 class Node:
     """spawngrid serve on a fresh data dir with user bench (key registered) and a base name."""
 
-    def __init__(self, sg, mnt, key, sessions=0):
+    def __init__(self, sg, mnt, key, sessions=0, log=None, config=""):
+        """`log`: a SPAWNGRID_LOG filter whose lines go to MNT/node.log (default: warnings,
+        dropped); `config`: more lines for the node's config file."""
         self.sg, self.mnt, self.key, self.proc = sg, mnt, key, None
-        self.sessions = sessions
+        self.sessions, self.log, self.config = sessions, log, config
         self.data = os.path.join(mnt, "data")
         self.home = os.path.join(mnt, "home")
         os.makedirs(self.home, exist_ok=True)
@@ -249,12 +251,17 @@ class Node:
         # The sessions measure holds that many SSH sessions of one user at once.
         cfg = os.path.join(self.mnt, "node.toml")
         with open(cfg, "w") as f:
-            f.write(f"[exec]\nmax_per_user = {self.sessions + 16}\n")
+            f.write(f"[exec]\nmax_per_user = {self.sessions + 16}\n{self.config}")
+        stderr = subprocess.DEVNULL
+        if self.log:
+            stderr = open(os.path.join(self.mnt, "node.log"), "a")
         self.proc = subprocess.Popen(
             [sg, "serve", "--config", cfg, "--data", self.data, "--listen", "127.0.0.1:0",
              "--ssh-listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**os.environ, "SPAWNGRID_LOG": "warn"})
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, "SPAWNGRID_LOG": self.log or "warn"})
+        if self.log:
+            stderr.close()
         line = self.proc.stdout.readline()
         https = re.search(r"https://(\S+)", line)
         ssh = re.search(r"ssh://[\d.]+:(\d+)", line)

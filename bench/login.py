@@ -4,13 +4,14 @@
 # a terminal; measured to the first byte of its prompt (wall) and the OpenSSH client's CPU
 # (user + sys from wait4), each env boomed after its round, untimed.
 #
-#   python3 bench/login.py [--n 20] [--bin LABEL=PATH]... [--host-keys ed25519,ecdsa]
+#   python3 bench/login.py [--n 20] [--bin LABEL=PATH]... [--host-keys made,ed25519,ecdsa]
 #                          [--kex default,ecdh-sha2-nistp256] [--output FILE]
 #
 # Variants are every (binary, host key type, client kex) combination: one node per binary and
-# host key type (its host key file made with ssh-keygen before its first start), the kex a
-# client option (`-o KexAlgorithms=...`; `default` leaves OpenSSH's own order, whose first
-# common choice with the gateway is curve25519-sha256). Every round runs each variant once, in
+# host key type (`made`: the one the node makes itself, its default; `ed25519`, `ecdsa`: made
+# with ssh-keygen before its first start as DATA/ssh/host_ed25519, which every binary loads
+# whatever its type), the kex a client option (`-o KexAlgorithms=...`; `default` leaves
+# OpenSSH's own order, whose first common choice with the gateway is curve25519-sha256). Every round runs each variant once, in
 # a rotating order, so all see the same load (this machine's timings drift between runs
 # minutes apart). Each node logs `node::ssh::session=debug` and `node::envs=info` to
 # MNT/node.log; the p50 of the gateway's per-session steps (kex, auth, channel open,
@@ -74,8 +75,8 @@ def main():
     ap.add_argument("--n", type=int, default=20, help="rounds")
     ap.add_argument("--bin", action="append", default=[],
                     help="LABEL=PATH: a spawngrid binary (default: this=--spawngrid)")
-    ap.add_argument("--host-keys", default="ed25519", type=bl.comma_list,
-                    help="host key types (ed25519, ecdsa)")
+    ap.add_argument("--host-keys", default="made", type=bl.comma_list,
+                    help="host key types (made: the node's own; ed25519, ecdsa)")
     ap.add_argument("--kex", default="default", type=bl.comma_list,
                     help="client KexAlgorithms (default: OpenSSH's own)")
     bl.output_arg(ap, "login")
@@ -91,9 +92,10 @@ def main():
                 for hk in a.host_keys:
                     d = os.path.join(mnt, f"{label}-{hk}")
                     os.makedirs(os.path.join(d, "data/ssh"))
-                    kt = {"ed25519": ["-t", "ed25519"], "ecdsa": ["-t", "ecdsa", "-b", "256"]}[hk]
-                    bl.run(["ssh-keygen", "-q", *kt, "-N", "", "-C", "bench host key",
-                            "-f", os.path.join(d, "data/ssh/host_ed25519")], 30)
+                    kt = {"ed25519": ["-t", "ed25519"], "ecdsa": ["-t", "ecdsa", "-b", "256"]}
+                    if hk != "made":
+                        bl.run(["ssh-keygen", "-q", *kt[hk], "-N", "", "-C", "bench host key",
+                                "-f", os.path.join(d, "data/ssh/host_ed25519")], 30)
                     n = Node(path, d, key, log=LOG)
                     bl.log(f"starting node {label} ({hk} host key)")
                     n.start()

@@ -22,7 +22,7 @@
 #   OpenSSH's sftp-server into a directory of the same tmpfs (3 rounds each way, bytes checked).
 #
 #   python3 bench/node.py [--n 30] [--sessions 200] [--scp-mb 100] [--peers sshd]
-#                         [--baseline BIN] [--output FILE]
+#                         [--baseline BIN] [--host-key ecdsa|ed25519] [--output FILE]
 #
 # --baseline BIN: a second node of another binary on the same tmpfs; the spawn measures
 # alternate between the two, round by round, so both see the same load ("baseline" in the
@@ -359,6 +359,8 @@ def main():
                     help="concurrent sessions to hold (0: skip)")
     ap.add_argument("--scp-mb", type=int, default=100, help="size of the scp file (0: skip)")
     ap.add_argument("--peers", default="sshd")
+    ap.add_argument("--host-key", help="the node's `[ssh] host_key` (ecdsa, ed25519; default: "
+                    "none in its config, the binary's default)")
     ap.add_argument("--baseline", help="another spawngrid binary (e.g. main's) whose spawn "
                     "measures run interleaved with this one's, round by round")
     bl.output_arg(ap, "node")
@@ -369,7 +371,8 @@ def main():
     with bl.fresh_tmpfs("sg-bench-node-", "2g") as mnt:
         key = os.path.join(mnt, "id_ed25519")
         bl.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], 30)
-        node = Node(a.spawngrid, mnt, key, a.sessions)
+        config = f'[ssh]\nhost_key = "{a.host_key}"\n' if a.host_key else ""
+        node = Node(a.spawngrid, mnt, key, a.sessions, config=config)
         try:
             bl.log("starting the node")
             node.start()

@@ -22,7 +22,7 @@
 #   OpenSSH's sftp-server into a directory of the same tmpfs (3 rounds each way, bytes checked).
 #
 #   python3 bench/node.py [--n 30] [--sessions 200] [--scp-mb 100] [--peers sshd]
-#                         [--baseline BIN] [--output FILE]
+#                         [--baseline BIN] [--host-key ecdsa|ed25519] [--output FILE]
 #
 # --baseline BIN: a second node of another binary on the same tmpfs; the spawn measures
 # alternate between the two, round by round, so both see the same load ("baseline" in the
@@ -230,9 +230,11 @@ def hold_sessions(argv, k, server_pid=None, count_sleeps=None):
 class Node:
     """spawngrid serve on a fresh data dir with user bench (key registered) and a base name."""
 
-    def __init__(self, sg, mnt, key, sessions=0):
+    def __init__(self, sg, mnt, key, sessions=0, log=None, config=""):
+        """`log`: a SPAWNGRID_LOG filter whose lines go to MNT/node.log (default: warnings,
+        dropped); `config`: more lines for the node's config file."""
         self.sg, self.mnt, self.key, self.proc = sg, mnt, key, None
-        self.sessions = sessions
+        self.sessions, self.log, self.config = sessions, log, config
         self.data = os.path.join(mnt, "data")
         self.home = os.path.join(mnt, "home")
         os.makedirs(self.home, exist_ok=True)
@@ -249,12 +251,17 @@ class Node:
         # The sessions measure holds that many SSH sessions of one user at once.
         cfg = os.path.join(self.mnt, "node.toml")
         with open(cfg, "w") as f:
-            f.write(f"[exec]\nmax_per_user = {self.sessions + 16}\n")
+            f.write(f"[exec]\nmax_per_user = {self.sessions + 16}\n{self.config}")
+        stderr = subprocess.DEVNULL
+        if self.log:
+            stderr = open(os.path.join(self.mnt, "node.log"), "a")
         self.proc = subprocess.Popen(
             [sg, "serve", "--config", cfg, "--data", self.data, "--listen", "127.0.0.1:0",
              "--ssh-listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**os.environ, "SPAWNGRID_LOG": "warn"})
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, "SPAWNGRID_LOG": self.log or "warn"})
+        if self.log:
+            stderr.close()
         line = self.proc.stdout.readline()
         https = re.search(r"https://(\S+)", line)
         ssh = re.search(r"ssh://[\d.]+:(\d+)", line)
@@ -352,6 +359,8 @@ def main():
                     help="concurrent sessions to hold (0: skip)")
     ap.add_argument("--scp-mb", type=int, default=100, help="size of the scp file (0: skip)")
     ap.add_argument("--peers", default="sshd")
+    ap.add_argument("--host-key", help="the node's `[ssh] host_key` (ecdsa, ed25519; default: "
+                    "none in its config, the binary's default)")
     ap.add_argument("--baseline", help="another spawngrid binary (e.g. main's) whose spawn "
                     "measures run interleaved with this one's, round by round")
     bl.output_arg(ap, "node")
@@ -362,7 +371,8 @@ def main():
     with bl.fresh_tmpfs("sg-bench-node-", "2g") as mnt:
         key = os.path.join(mnt, "id_ed25519")
         bl.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], 30)
-        node = Node(a.spawngrid, mnt, key, a.sessions)
+        config = f'[ssh]\nhost_key = "{a.host_key}"\n' if a.host_key else ""
+        node = Node(a.spawngrid, mnt, key, a.sessions, config=config)
         try:
             bl.log("starting the node")
             node.start()

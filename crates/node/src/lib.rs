@@ -182,7 +182,7 @@ pub fn run(config: Config) -> Result<()> {
     }
     names.dedup();
     let id = tls::load_or_create(&node.rt.data, &names)?;
-    let host_key = ssh::keys::load_or_create(&node.rt.data)?;
+    let host_key = ssh::keys::load_or_create(&node.rt.data, node.config.ssh.host_key)?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("spawngrid-node")
@@ -210,10 +210,7 @@ pub fn run(config: Config) -> Result<()> {
         // Preview URLs name the HTTPS port bound (port 0: the one picked).
         node.config.listen.set_port(addr.port());
         if host_key.generated {
-            tracing::info!(
-                "made an SSH host key in {}",
-                ssh::keys::host_key_path(&node.rt.data).display()
-            );
+            tracing::info!("made an SSH host key in {}", host_key.path.display());
         }
         if id.generated {
             tracing::info!(

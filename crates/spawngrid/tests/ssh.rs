@@ -70,9 +70,11 @@ fn shell_exec_stdin_and_refusals() {
     let site = Site::new("ssh-main");
     site.start("127.0.0.1:0");
     assert!(
-        site.data.join("ssh/host_ed25519").exists(),
+        site.data.join("ssh/host_ecdsa").exists(),
         "no host key made"
     );
+    let shown = shown_host_key(&SshClient::new(&site));
+    assert!(shown.starts_with("ecdsa-sha2-nistp256 "), "{shown}");
     let alice = site.user("alice");
     let bob = site.user("bob");
     alice.login();
@@ -809,4 +811,57 @@ fn a_login_of_env_from_name_spawns_the_env_once_then_enters_it() {
     assert_eq!(alice.env_names(), ["twin", "work"]);
     let bob_envs = bob.json("status", &[]);
     assert_eq!(bob_envs.as_array().map(Vec::len), Some(0), "{bob_envs}");
+}
+
+/// The host key the gateway of `ssh` shows (`TYPE BASE64`, `ssh-keyscan`: all it offers).
+fn shown_host_key(ssh: &SshClient) -> String {
+    let out = Command::new("ssh-keyscan")
+        .args(["-p", &ssh.port, "127.0.0.1"])
+        .output()
+        .unwrap();
+    let keys: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?} {}", text(&out.stderr));
+    keys[0].clone()
+}
+
+#[test]
+fn the_host_key_type_is_configured_for_a_new_node_and_an_existing_key_is_kept() {
+    let site = Site::new("ssh-hostkey");
+    let ed25519 = site.config("[ssh]\nhost_key = \"ed25519\"\n");
+    site.start_with("127.0.0.1:0", &["--config", &ed25519]);
+    assert!(site.data.join("ssh/host_ed25519").exists());
+    assert!(!site.data.join("ssh/host_ecdsa").exists());
+    let made = shown_host_key(&SshClient::new(&site));
+    assert!(made.starts_with("ssh-ed25519 "), "{made}");
+
+    // Restarted with the default type (ECDSA): the key clients know is kept.
+    site.stop();
+    site.start("127.0.0.1:0");
+    assert!(!site.data.join("ssh/host_ecdsa").exists());
+    let ssh = SshClient::new(&site);
+    assert_eq!(shown_host_key(&ssh), made);
+
+    // A client may choose the P-256 key exchange (the gateway offers it after curve25519).
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let target = format!("{}@127.0.0.1", login(&alice, "base"));
+    let kex = [
+        "-o",
+        "KexAlgorithms=ecdh-sha2-nistp256",
+        &target,
+        "echo",
+        "ok",
+    ];
+    let out = ssh.cmd("ssh", &password(&alice), &kex).output().unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "ok\n"),
+        "{}",
+        text(&out.stderr)
+    );
 }

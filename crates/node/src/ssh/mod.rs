@@ -36,7 +36,8 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most remote forwards (listeners) one connection holds.
 const MAX_REMOTE_FORWARDS: usize = 64;
 
-/// The node config's `[ssh]` table: what an env's owner may forward through the gateway.
+/// The node config's `[ssh]` table: what an env's owner may forward through the gateway, and
+/// the type of host key a new node makes.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SshConfig {
@@ -46,6 +47,8 @@ pub struct SshConfig {
     pub forward_remote: bool,
     /// `ssh -A`: a socket inside the env that the client's agent answers.
     pub forward_agent: bool,
+    /// The type of host key made on the node's first start (a node keeps the key it has).
+    pub host_key: keys::HostKeyType,
 }
 
 impl Default for SshConfig {
@@ -54,13 +57,28 @@ impl Default for SshConfig {
             forward_local: true,
             forward_remote: true,
             forward_agent: true,
+            host_key: keys::HostKeyType::default(),
         }
     }
 }
 
-/// The russh server configuration: the host key, password logins, keepalives.
+/// The russh server configuration: the host key, password logins, keepalives, and russh's
+/// key exchanges plus `ecdh-sha2-nistp256`, which a client may prefer (OpenSSH's own
+/// curve25519 code costs its client more CPU than OpenSSL's P-256; its default order still
+/// picks curve25519).
 pub fn config(host_key: russh::keys::PrivateKey) -> Arc<russh::server::Config> {
+    let defaults = russh::Preferred::default();
+    let mut kex = defaults.kex.to_vec();
+    let after = kex
+        .iter()
+        .rposition(|k| k.as_ref().starts_with("curve25519"))
+        .map_or(0, |i| i + 1);
+    kex.insert(after, russh::kex::ECDH_SHA2_NISTP256);
     Arc::new(russh::server::Config {
+        preferred: russh::Preferred {
+            kex: kex.into(),
+            ..defaults
+        },
         server_id: russh::SshId::Standard(
             concat!("SSH-2.0-spawngrid_", env!("CARGO_PKG_VERSION")).into(),
         ),

@@ -68,7 +68,9 @@ impl SpawnAtLogin {
 fn ensure(node: &Node, user: &str, env: &str, name: &str) -> Result<(), String> {
     let id = crate::envs::env_id(user, env);
     node.admission.wait_made(&id);
-    if crate::envs::load_own(node, user, env).is_ok() {
+    // Here already? Only this node's state is read: the spawn asks the catalog whether the
+    // env is on another node (`envs::load_own` would ask it first, a query more per spawn).
+    if matches!(runtime::state::load(&node.rt, &id), Ok(st) if st.owner == user) {
         return Ok(());
     }
     let req = api::SpawnRequest {

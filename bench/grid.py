@@ -21,6 +21,9 @@
 # - api: 1, 10 and 50 concurrent clients (bench/api.py's load) listing envs and running `exec
 #   true`, all on one node and spread over the three.
 #
+# Per section also: the host's free memory and the run's tmpfs use before it, what Garage's
+# background workers had queued, and Garage's and the nodes' CPU (user + system, and system).
+#
 #   python3 bench/grid.py [--rounds 5] [--sections spawn,read,save,api] [--output FILE]
 #
 # As root. The grid is host-global: the run holds /run/lock/spawngrid-grid.lock (as `flock`
@@ -45,6 +48,7 @@ import node as node_bench  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-pw"
 LOCK = "/run/lock/spawngrid-grid.lock"
+GARAGE = "/var/cache/spawngrid/garage/bin/garage"  # scripts/garage.sh install
 NODES = (1, 2, 3)
 SECTIONS = ["spawn", "read", "save", "api"]
 BIG_FILES, BIG_SIZE = 4, 64 * bl.MiB
@@ -348,12 +352,12 @@ def read_all(path):
 
 
 def cpu_ticks(patterns):
-    """Busy and total jiffies of the host, and CPU jiffies (user + system) of the processes
-    whose command line contains each pattern: {pattern: ticks}."""
+    """Busy and total jiffies of the host, and the user and system CPU jiffies of the
+    processes whose command line contains each pattern: {pattern: (user, system)}."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     busy, total = sum(fields) - fields[3] - fields[4], sum(fields)
-    per = dict.fromkeys(patterns, 0)
+    per = {p: (0, 0) for p in patterns}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -364,18 +368,39 @@ def cpu_ticks(patterns):
             continue
         for p in patterns:
             if p in cmd:
-                per[p] += int(st[11]) + int(st[12])
+                user, system = per[p]
+                per[p] = (user + int(st[11]), system + int(st[12]))
     return busy, total, per
 
 
 def cpu_share(before, after, names):
     """Host CPU busy (percent of all cores) between two cpu_ticks, and each pattern's CPU
-    seconds (named by `names`)."""
+    seconds, and of those its system (kernel) seconds (named by `names`)."""
     hz = os.sysconf("SC_CLK_TCK")
     out = {"host_busy_percent": 100 * (after[0] - before[0]) / max(1, after[1] - before[1])}
     for p, name in names.items():
-        out[f"{name}_cpu_s"] = (after[2][p] - before[2][p]) / hz
+        user, system = (a - b for a, b in zip(after[2][p], before[2][p]))
+        out[f"{name}_cpu_s"] = (user + system) / hz
+        out[f"{name}_sys_cpu_s"] = system / hz
     return out
+
+
+def memory(work):
+    """The host's free and available memory, the run's tmpfs use and the part of it in each
+    directory of the grid (blocks allocated), in MB: on this VM first writes to new pages get
+    slow when little memory is free (bench/README.md, "Grid benchmark")."""
+    with open("/proc/meminfo") as f:
+        info = {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in f)}
+    st = os.statvfs(work)
+    grid = os.path.join(work, "grid")
+    parts = {}
+    for d in sorted(os.listdir(grid)):
+        if os.path.isdir(os.path.join(grid, d)):
+            _, out, _ = bl.run(["du", "-sx", "-B1", os.path.join(grid, d)], 600, what="du")
+            parts[d] = int(out.split()[0]) / bl.MB
+    return {"free_MB": info["MemFree"] / bl.MB, "available_MB": info["MemAvailable"] / bl.MB,
+            "run_tmpfs_MB": (st.f_blocks - st.f_bfree) * st.f_frsize / bl.MB,
+            "grid_MB": parts}
 
 
 def read_files(root):
@@ -423,7 +448,7 @@ def save_section(g, a, base_name):
     for case, disk, cmd in [
             ("small", False, "date +%s%N > /root/changed"),
             ("200MB", True, "dd if=/dev/urandom of=/root/new bs=1M count=200 status=none")]:
-        total, save, spawn, cpu = [], [], [], []
+        total, save, spawn, cpu, mem = [], [], [], [], []
         rounds = a.rounds if case == "small" else max(1, min(a.rounds, 3))
         for r in range(rounds):
             env = f"w{case}{r}"
@@ -432,6 +457,7 @@ def save_section(g, a, base_name):
             name = f"saved-{case}-{r}"
             names = {os.path.join(g.dir, "garage"): "garage",
                      os.path.join(g.dir, "node1", "config.toml"): "node1"}
+            mem.append(memory(g.work))
             c0 = cpu_ticks(list(names))
             t0 = time.perf_counter()
             g.call(a_conn, "POST", f"/api/envs/{env}/save", {"name": name})
@@ -449,11 +475,13 @@ def save_section(g, a, base_name):
                 if size != "209715200":
                     raise bl.StepFailed(f"node2 sees /root/new as {size!r} bytes")
             bl.log(f"save {case} round {r}: save {1e3 * (t1 - t0):.0f} ms, spawn+exec on "
-                   f"node2 {1e3 * (t2 - t1):.0f} ms; during the save {cpu[-1]}")
+                   f"node2 {1e3 * (t2 - t1):.0f} ms; during the save {cpu[-1]}; before it "
+                   f"{mem[-1]['free_MB']:.0f} MB free")
             g.boom(a_conn, env)
             g.boom(b_conn, f"v{case}{r}")
         out[case] = {"save_to_spawnable": bl.summary_ms(total), "save": bl.summary_ms(save),
-                     "spawn_first_command_on_b": bl.summary_ms(spawn), "cpu_during_save": cpu}
+                     "spawn_first_command_on_b": bl.summary_ms(spawn), "cpu_during_save": cpu,
+                     "memory_before_save": mem}
     return out
 
 
@@ -548,6 +576,13 @@ def report(results, logical):
                          f"(max {c['fetched_percent_max']:.2f}%)")
         lines.append(f"lib export fetched {sp['export']['fetched'][0]['read_bytes'] / bl.MB:.1f}"
                      f" MB; restic's repository {fmt_mb(sp['restic'].get('repo_bytes'))}")
+    if sv and "200MB" in sv:
+        c, m = sv["200MB"]["cpu_during_save"], sv["200MB"]["memory_before_save"]
+        cpu = ", ".join(f"{x['garage_cpu_s']:.2f} ({x['garage_sys_cpu_s']:.2f})" for x in c)
+        free = ", ".join(f"{x['free_MB']:.0f}" for x in m)
+        lines.append(f"save 200MB, each round: Garage CPU s (of it system) {cpu}; "
+                     f"MB free before it {free}")
+    lines += [""] + section_lines(results.get("sections", {}))
     ap = results.get("api")
     if ap and "error" not in ap:
         rows = [["api", "op", "clients", "req/s", "p50 ms", "p99 ms", "errors"]]
@@ -559,6 +594,24 @@ def report(results, logical):
                                  str(r["errors"])])
         lines += [""] + bl.table_lines(rows)
     return lines
+
+
+def section_lines(sections):
+    """Per section: its time, Garage's CPU (and of it system), the memory free and the
+    Garage background work queued when it began."""
+    rows = [["section", "s", "Garage CPU s", "of it system", "MB free before",
+             "Garage workers queued before (node1/2/3)"]]
+    for sec, r in sections.items():
+        w = r["before"]["garage_workers"]
+        names = sorted({k for q in w.values() for k in q})
+        queued = ", ".join(
+            f"{k} " + "/".join(" ".join(q[k]).removeprefix("Idle ") if k in q else "-"
+                               for q in w.values())
+            for k in names)
+        rows.append([sec, bl.fmt(r["seconds"]), bl.fmt(r["cpu"]["garage_cpu_s"], ".2f"),
+                     bl.fmt(r["cpu"]["garage_sys_cpu_s"], ".2f"),
+                     bl.fmt(r["before"]["memory"]["free_MB"], ".0f"), queued or "none"])
+    return bl.table_lines(rows)
 
 
 def fmt_mb(b):
@@ -583,8 +636,10 @@ def goals(results):
         out["save_to_spawnable_le_1s"] = {"met": s <= GOALS["save_to_spawnable_s"], "s": s}
         if "200MB" in sv:
             s = sv["200MB"]["save_to_spawnable"]["p50"] / 1e3
+            free = min(m["free_MB"] for m in sv["200MB"]["memory_before_save"])
             out["save_200MB_to_spawnable_le_3s"] = {
-                "met": s <= GOALS["save_200MB_to_spawnable_s"], "s": s}
+                "met": s <= GOALS["save_200MB_to_spawnable_s"], "s": s,
+                "least_MB_free_before_a_round": free}
     return out
 
 
@@ -609,14 +664,46 @@ def run_sections(g, a, work, sections):
         "save": lambda: save_section(g, a, "tree"),
         "api": lambda: api_section(g, a, "tree"),
     }
+    names = {os.path.join(g.dir, "garage"): "garage",
+             **{os.path.join(g.dir, f"node{n}", "config.toml"): f"node{n}" for n in NODES}}
+    results["sections"] = {}
     for sec in sections:
         bl.log(f"section {sec}")
+        before = {"memory": memory(work), "garage_workers": garage_workers(g)}
+        c0, t0 = cpu_ticks(list(names)), time.perf_counter()
         try:
             results[sec] = steps[sec]()
         except (bl.StepFailed, OSError, RuntimeError, http.client.HTTPException) as e:
             bl.log(f"{sec}: {e}")
             results[sec] = {"error": str(e)}
+        results["sections"][sec] = {"seconds": time.perf_counter() - t0, "before": before,
+                                    "cpu": cpu_share(c0, cpu_ticks(list(names)), names)}
+    results["memory_at_end"] = memory(work)
     return results
+
+
+def garage_workers(g):
+    """What each Garage node's background workers have to do (`garage worker list`): the
+    workers that are busy or have a queue, as {node: {worker: [state, queue]}}."""
+    out = {}
+    for n in NODES:
+        conf = os.path.join(g.dir, "garage", f"node{n}", "garage.toml")
+        _, text, _ = bl.run([GARAGE, "-c", conf, "worker", "list"], 60,
+                            what=f"garage worker list (node {n})")
+        lines = text.splitlines()
+        # Columns TID State Name Tranq Done Queue Errors Consec Last, aligned under the header.
+        head = lines[0] if lines else ""
+        at = {c: head.find(c) for c in ("State", "Name", "Tranq", "Queue", "Errors")}
+        if min(at.values()) < 0:
+            raise bl.StepFailed(f"garage worker list (node {n}): unknown header {head!r}")
+        busy = {}
+        for line in lines[1:]:
+            state = line[at["State"]:at["Name"]].strip()
+            queue = line[at["Queue"]:at["Errors"]].strip()
+            if state != "Idle" or queue not in ("-", "0"):
+                busy[line[at["Name"]:at["Tranq"]].strip()] = [state, queue]
+        out[f"node{n}"] = busy
+    return out
 
 
 def big_tree(work):

@@ -274,9 +274,7 @@ def main():
            "seconds_per_run": a.seconds,
            "note": "client threads (Python, TLS) share the 2 cores with the node",
            "results": results}
-    out = a.output or bl.result_path("api")
-    bl.write_json(out, doc)
-    bl.log(f"wrote {out}")
+    bl.save_result("api", a.output, doc)
 
 
 if __name__ == "__main__":

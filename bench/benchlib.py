@@ -356,6 +356,14 @@ def result_path(name, unique=True):
     return out
 
 
+def save_result(name, output, doc):
+    """Writes doc to output (given with --output) or to result_path(name); returns the path."""
+    out = output or result_path(name)
+    write_json(out, doc)
+    log(f"wrote {out}")
+    return out
+
+
 def write_json(path, doc):
     d = os.path.dirname(path)
     if d:

@@ -178,9 +178,7 @@ def main():
            "goal_le_1s": goal,
            "note": "clients are threads of one Python process on the same cores",
            "results": results}
-    out = a.output or bl.result_path("burst")
-    bl.write_json(out, doc)
-    bl.log(f"wrote {out}")
+    bl.save_result("burst", a.output, doc)
 
 
 if __name__ == "__main__":

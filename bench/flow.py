@@ -208,9 +208,7 @@ def main():
            "note": "same tree (scripts/rootfs.sh sshd) for the env and the container; "
                    "key logins as root; podman bridge network, port published on loopback",
            "results": results}
-    out = a.output or bl.result_path("flow")
-    bl.write_json(out, doc)
-    bl.log(f"wrote {out}")
+    bl.save_result("flow", a.output, doc)
 
 
 if __name__ == "__main__":

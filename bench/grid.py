@@ -769,9 +769,7 @@ def main():
            "note": "one machine: Garage, PostgreSQL, 3 nodes and the Python client share "
                    f"{os.cpu_count()} cores; S3 over the grid's bridge (loopback speed)",
            "results": results}
-    out = a.output or bl.result_path("grid")
-    bl.write_json(out, doc)
-    bl.log(f"wrote {out}")
+    bl.save_result("grid", a.output, doc)
 
 
 if __name__ == "__main__":

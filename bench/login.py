@@ -142,9 +142,7 @@ def main():
     doc = {"bench": "login", "date": bl.utc_now(), "host": bl.host_info("tmpfs"),
            "load_avg": os.getloadavg(), "ssh_client": bl.version_of(["ssh", "-V"]),
            "results": results}
-    out = a.output or bl.result_path("login")
-    bl.write_json(out, doc)
-    bl.log(f"wrote {out}")
+    bl.save_result("login", a.output, doc)
 
 
 if __name__ == "__main__":

@@ -470,9 +470,7 @@ def main():
            "ssh_client": bl.version_of(["ssh", "-V"]),
            "note": "key logins; sshd runs `true` on the host as root, spawngrid inside an env",
            "results": results}
-    out = a.output or bl.result_path("node")
-    bl.write_json(out, doc)
-    bl.log(f"wrote {out}")
+    bl.save_result("node", a.output, doc)
 
 
 if __name__ == "__main__":

@@ -191,8 +191,7 @@ def main():
     }
     for k in lat:
         doc["steps"][k].pop("all", None)
-    out = a.output or bl.result_path("soak")
-    bl.write_json(out, doc)
+    out = bl.save_result("soak", a.output, doc)
     bl.log(f"soak: {done}/{a.envs} envs by {a.clients} clients in {wall:.1f} s, "
            f"{len(errors)} errors; node RSS {first} -> {last} KiB (flat: {flat}); "
            f"leaks: {leaks or 'none'}; {out}")

@@ -140,10 +140,10 @@ pub struct SharedIndex(Arc<RwLock<Index>>);
 const FRAME_CACHE: usize = 64;
 
 /// Most stored bytes [`Library::get_run`] reads with one request.
-pub const RUN_BYTES: u64 = 1 << 20;
+const RUN_BYTES: u64 = 1 << 20;
 
 /// Most bytes between two objects of one run of [`Library::runs`]: a gap is read with them.
-pub const RUN_GAP: u64 = 256 << 10;
+const RUN_GAP: u64 = 256 << 10;
 
 /// Recently decoded shared frames (pack, offset → plain bytes), most recent first: reading the
 /// small files of one directory one by one decodes each of their frames once, not once per file.
@@ -734,8 +734,8 @@ impl Library {
     }
 
     /// Groups `scores` into runs that [`Library::get_run`] reads with one request each:
-    /// objects of one pack lying within [`RUN_BYTES`] of stored bytes, at most [`RUN_GAP`]
-    /// bytes apart (reading a gap costs less than another request). Each run lists indexes
+    /// objects of one pack lying within 1 MiB of stored bytes (`RUN_BYTES`), at most 256 KiB
+    /// apart (`RUN_GAP`: reading a gap costs less than another request). Each run lists indexes
     /// into `scores`, in pack order; an object the index does not locate is a run of its own.
     pub fn runs(&self, scores: &[Score]) -> Vec<Vec<usize>> {
         let index = self.index.read().expect("index lock");

@@ -35,6 +35,7 @@
 //! - [`ui`]: the web UI's page and files (`/`, `/ui/...`; embedded by the `web` crate).
 
 pub mod admission;
+pub mod ahead;
 pub mod auth;
 pub mod bridge;
 pub mod capacity;

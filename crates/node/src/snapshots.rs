@@ -141,8 +141,9 @@ async fn set_share(
 /// Mounts `score` once per node at `DATA/mounts/<score>/root` with snapfs, owners shifted into
 /// the node's id range; an existing live mount is reused. The mount's keeper is this
 /// executable (`spawngrid lib mount SCORE DIR --keep`), started detached by this process
-/// (`snapfs::launch`), which waits until the mount is live.
-pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
+/// (`snapfs::launch`), which waits until the mount is live; `starting` is called just before
+/// the keeper starts (not when a live mount is reused).
+pub fn mount(rt: &Runtime, score: Score, starting: impl FnOnce()) -> Result<PathBuf> {
     if rt.ids.host_uid != rt.ids.host_gid {
         bail!("snapfs shifts uids and gids by one offset; the node's uid and gid ranges differ");
     }
@@ -159,6 +160,7 @@ pub fn mount(rt: &Runtime, score: Score) -> Result<PathBuf> {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    starting();
     let mut keeper = Command::new(runtime::helper::self_exe());
     keeper
         .args(["lib", "--data"])
@@ -205,11 +207,11 @@ impl MountUses {
 }
 
 /// [`mount`] for a spawn of the node: the mount counts as used now, so a sweep leaves it
-/// while the env is being made.
+/// while the env is being made; a new mount's snapshot is read ahead ([`crate::ahead`]).
 pub fn mount_for(node: &Node, score: Score) -> Result<PathBuf> {
     node.mount_uses.touch(score);
     let _one_at_a_time = node.mount_uses.1.lock().unwrap_or_else(|e| e.into_inner());
-    mount(&node.rt, score)
+    mount(&node.rt, score, || crate::ahead::start(&node.store, score))
 }
 
 /// Unmounts the node's snapshot mounts that no env has used for `mount_idle_secs` (a mount

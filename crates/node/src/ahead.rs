@@ -1,6 +1,6 @@
 //! Reading ahead on the node: when a spawn needs a new mount of a snapshot in a remote
-//! library, the node reads the snapshot and its root tree into the node's block cache while
-//! the mount's keeper and server processes start; the server, which needs both before it
+//! library and no mount keeper waits on standby, the node reads the snapshot and its root tree
+//! into the node's block cache while the mount's keeper and server processes start; the server, which needs both before it
 //! answers the kernel, then finds them there instead of asking the library's store in turn.
 //! (Fetching the first command's files from here too was measured slower on two cores: see
 //! bench/README.md, "Grid benchmark".)

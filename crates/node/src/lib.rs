@@ -171,6 +171,7 @@ pub fn run(config: Config) -> Result<()> {
         tracing::warn!("{line}");
     }
     snapshots::upgrade_mounts(&node.rt);
+    snapshots::refill_standby(&node, std::time::Duration::ZERO);
     invite::sweep(&node);
     let mut names = vec![
         "localhost".to_string(),

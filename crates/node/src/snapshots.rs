@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::response::Response;
 use library::{Library, Score};
 use runtime::Runtime;
+use snapfs::launch::Standby;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
@@ -142,8 +143,13 @@ async fn set_share(
 /// the node's id range; an existing live mount is reused. The mount's keeper is this
 /// executable (`spawngrid lib mount SCORE DIR --keep`), started detached by this process
 /// (`snapfs::launch`), which waits until the mount is live; `starting` is called just before
-/// the keeper starts (not when a live mount is reused).
-pub fn mount(rt: &Runtime, score: Score, starting: impl FnOnce()) -> Result<PathBuf> {
+/// a keeper is needed (not when a live mount is reused) and may return a keeper started ahead
+/// ([`refill_standby`]), which is then told the mount instead.
+pub fn mount(
+    rt: &Runtime,
+    score: Score,
+    starting: impl FnOnce() -> Option<Standby>,
+) -> Result<PathBuf> {
     if rt.ids.host_uid != rt.ids.host_gid {
         bail!("snapfs shifts uids and gids by one offset; the node's uid and gid ranges differ");
     }
@@ -160,16 +166,34 @@ pub fn mount(rt: &Runtime, score: Score, starting: impl FnOnce()) -> Result<Path
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    starting();
-    let mut keeper = Command::new(runtime::helper::self_exe());
+    if let Some(standby) = starting() {
+        standby
+            .mount(&registry, &dir, &hex)
+            .with_context(mounting)?;
+        return Ok(dir);
+    }
+    let mut keeper = spawngrid_lib(rt);
     keeper
-        .args(["lib", "--data"])
-        .arg(&rt.data)
         .args(["mount", &hex])
         .arg(&dir)
         .args(["--uid-offset", &offset.to_string(), "--keep"]);
     snapfs::launch::start(&registry, &dir, keeper).with_context(mounting)?;
     Ok(dir)
+}
+
+/// `spawngrid lib --data DATA` for `rt`'s data dir.
+fn spawngrid_lib(rt: &Runtime) -> Command {
+    let mut cmd = Command::new(runtime::helper::self_exe());
+    cmd.args(["lib", "--data"]).arg(&rt.data);
+    cmd
+}
+
+/// `spawngrid lib standby` for `rt`: a mount keeper on standby for [`mount`] (its two process
+/// starts are then behind the next spawn of a snapshot not mounted yet).
+fn standby_command(rt: &Runtime) -> Command {
+    let mut cmd = spawngrid_lib(rt);
+    cmd.args(["standby", "--uid-offset", &rt.ids.host_uid.to_string()]);
+    cmd
 }
 
 /// Where [`mount`] mounts `score`.
@@ -195,9 +219,15 @@ pub fn unmount_unused(rt: &Runtime, score: Score) -> Result<()> {
 }
 
 /// When each snapshot's mount was last asked for (by a spawn) or seen in use (by a sweep);
-/// and a lock that makes concurrent spawns of a snapshot not mounted yet mount it once.
+/// and, behind a lock that makes concurrent spawns of a snapshot not mounted yet mount it
+/// once, the mount keeper on standby ([`refill_standby`]), if there is one.
 #[derive(Default)]
-pub struct MountUses(Mutex<HashMap<Score, Instant>>, Mutex<()>);
+pub struct MountUses(Mutex<HashMap<Score, Instant>>, Arc<Mutex<Option<Standby>>>);
+
+/// How long after a new mount the next keeper on standby is started: not while the spawn that
+/// took the last one is still making its env and running its first command (the two process
+/// starts compete with them for CPU).
+const STANDBY_AFTER: Duration = Duration::from_millis(250);
 
 impl MountUses {
     fn touch(&self, score: Score) {
@@ -207,11 +237,50 @@ impl MountUses {
 }
 
 /// [`mount`] for a spawn of the node: the mount counts as used now, so a sweep leaves it
-/// while the env is being made; a new mount's snapshot is read ahead ([`crate::ahead`]).
+/// while the env is being made; a new mount is made by the keeper on standby if one waits
+/// (another is started a moment later), else by a new keeper while the node reads the
+/// snapshot ahead ([`crate::ahead`]).
 pub fn mount_for(node: &Node, score: Score) -> Result<PathBuf> {
     node.mount_uses.touch(score);
-    let _one_at_a_time = node.mount_uses.1.lock().unwrap_or_else(|e| e.into_inner());
-    mount(&node.rt, score, || crate::ahead::start(&node.store, score))
+    let mut standby = node.mount_uses.1.lock().unwrap_or_else(|e| e.into_inner());
+    let mut took = false;
+    let dir = mount(&node.rt, score, || {
+        took = true;
+        let waiting = standby.take().and_then(|mut s| s.waiting().then_some(s));
+        // A server on standby reads the snapshot as soon as this node would.
+        if waiting.is_none() {
+            crate::ahead::start(&node.store, score);
+        }
+        waiting
+    });
+    drop(standby);
+    if took {
+        refill_standby(node, STANDBY_AFTER);
+    }
+    dir
+}
+
+/// Starts the next mount keeper on standby for the node's spawns after `delay`, on a thread
+/// of its own, unless one waits by then. Failures are logged (spawns then start keepers).
+pub fn refill_standby(node: &Node, delay: Duration) {
+    let slot = node.mount_uses.1.clone();
+    let keeper = standby_command(&node.rt);
+    let spawned = std::thread::Builder::new()
+        .name("mount-standby".into())
+        .spawn(move || {
+            std::thread::sleep(delay);
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.as_mut().is_some_and(|s| s.waiting()) {
+                return;
+            }
+            match Standby::start(keeper) {
+                Ok(s) => *slot = Some(s),
+                Err(e) => tracing::warn!("starting a mount keeper on standby: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("starting a mount keeper on standby: {e}");
+    }
 }
 
 /// Unmounts the node's snapshot mounts that no env has used for `mount_idle_secs` (a mount

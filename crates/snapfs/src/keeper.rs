@@ -9,16 +9,20 @@
 //! stop. If the keeper itself is killed, its server is killed with it (`PR_SET_PDEATHSIG`) and
 //! the mount answers `ENOTCONN` until mounted again.
 //!
+//! A keeper may also be started on standby ([`standby`]), before its mount is known: it opens
+//! `/dev/fuse` and starts its server at once, and both wait; once told the snapshot and the
+//! mount point they mount and serve, with the two process starts already behind them.
+//!
 //! The keeper must be single-threaded (it waits for signals with `sigwaitinfo`): run it in a
 //! freshly executed process.
 
 use crate::adopt::Offer;
 use crate::mount::{Record, Registry};
 use std::collections::VecDeque;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -48,6 +52,9 @@ pub struct Handoff {
     pub ready: RawFd,
     /// `None` for the first server; the kernel's offer for every later one.
     pub adopt: Option<Offer>,
+    /// For a server started on standby: where it reads its mount, one line `SCORE DIR`
+    /// (see [`read_work`]), once the connection is mounted.
+    pub work: Option<RawFd>,
 }
 
 /// Signals the keeper waits for.
@@ -130,13 +137,27 @@ fn start(
     fuse: &OwnedFd,
     adopt: Option<Offer>,
 ) -> std::io::Result<Started> {
+    let (child, ready) = spawn(server, fuse, adopt, None)?;
+    wait_ready(child, ready)
+}
+
+/// Starts a server on `fuse` (and `work`, for one on standby); returns it and the pipe on
+/// which it says it answers the kernel.
+fn spawn(
+    server: &impl Fn(&Handoff) -> Command,
+    fuse: &OwnedFd,
+    adopt: Option<Offer>,
+    work: Option<&OwnedFd>,
+) -> std::io::Result<(Child, std::io::PipeReader)> {
     let (r, w) = std::io::pipe()?;
     let w = OwnedFd::from(w);
     let (f, wfd) = (fuse.as_raw_fd(), w.as_raw_fd());
+    let work = work.map(|w| w.as_raw_fd());
     let mut cmd = server(&Handoff {
         fuse: f,
         ready: wfd,
         adopt,
+        work,
     });
     // SAFETY: only async-signal-safe calls between fork and exec.
     let keeper = std::process::id() as libc::pid_t;
@@ -144,6 +165,9 @@ fn start(
         cmd.pre_exec(move || {
             clear_cloexec(f)?;
             clear_cloexec(wfd)?;
+            if let Some(fd) = work {
+                clear_cloexec(fd)?;
+            }
             // The server dies with its keeper: a mount has one keeper, or none.
             // (No allocation here: errors are plain errno values.)
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != keeper
@@ -153,10 +177,14 @@ fn start(
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
-    drop(w);
+    let child = cmd.spawn()?;
+    Ok((child, r))
+}
+
+/// Waits until `child` says on `ready` that it answers the kernel.
+fn wait_ready(mut child: Child, ready: std::io::PipeReader) -> std::io::Result<Started> {
     let mut line = String::new();
-    std::io::BufReader::new(r).read_line(&mut line)?;
+    std::io::BufReader::new(ready).read_line(&mut line)?;
     let mut words = line.split_whitespace();
     let offer = words.next().and_then(|w| w.parse::<Offer>().ok());
     let took_us = words.next().and_then(|w| w.parse::<u64>().ok());
@@ -175,21 +203,32 @@ fn start(
     }
 }
 
-/// Mounts a FUSE connection at `opts.dir`, keeps a server (made by `server`) answering it, and
-/// returns when the mount is gone. `ready` is called once the mount is live and registered.
-pub fn keep(
-    opts: &KeepOptions,
-    registry: &Registry,
-    server: impl Fn(&Handoff) -> Command,
-    ready: impl FnOnce(&Record),
-) -> std::io::Result<()> {
-    let signals = Signals::block()?;
-    let fuse = rustix::fs::open(
+/// Reads a standby server's mount from its `work` descriptor: the snapshot's score (hex) and
+/// the mount point, or `None` if its keeper ended without one.
+pub fn read_work(work: OwnedFd) -> std::io::Result<Option<(String, PathBuf)>> {
+    let mut line = String::new();
+    std::io::BufReader::new(std::fs::File::from(work)).read_line(&mut line)?;
+    Ok(parse_work(&line))
+}
+
+/// A work line `SCORE DIR` (the directory may hold spaces; the line ends with a newline).
+pub fn parse_work(line: &str) -> Option<(String, PathBuf)> {
+    let (score, dir) = line.strip_suffix('\n')?.split_once(' ')?;
+    (!score.is_empty() && dir.starts_with('/')).then(|| (score.to_string(), PathBuf::from(dir)))
+}
+
+/// Opens a new FUSE connection (not mounted yet).
+fn open_fuse() -> std::io::Result<OwnedFd> {
+    rustix::fs::open(
         "/dev/fuse",
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| std::io::Error::other(format!("opening /dev/fuse: {e}")))?;
+    .map_err(|e| std::io::Error::other(format!("opening /dev/fuse: {e}")))
+}
+
+/// Mounts the connection `fuse` at `opts.dir`; returns the microseconds it took.
+fn mount_fuse(opts: &KeepOptions, fuse: &OwnedFd) -> std::io::Result<u64> {
     let data = std::ffi::CString::new(format!(
         "fd={},rootmode=40000,user_id={},group_id={},default_permissions,allow_other",
         fuse.as_raw_fd(),
@@ -211,21 +250,110 @@ pub fn keep(
         data.as_c_str(),
     )
     .map_err(|e| std::io::Error::other(format!("mounting {}: {e}", opts.dir.display())))?;
-    let mount_us = begin.elapsed().as_micros() as u64;
-    let detach = || {
-        let _ = rustix::mount::unmount(&opts.dir, rustix::mount::UnmountFlags::DETACH);
+    Ok(begin.elapsed().as_micros() as u64)
+}
+
+/// Detaches the mount at `dir` (lazily: its users keep it until they go).
+fn detach_at(dir: &Path) {
+    let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+}
+
+/// Mounts a FUSE connection at `opts.dir`, keeps a server (made by `server`) answering it, and
+/// returns when the mount is gone. `ready` is called once the mount is live and registered.
+pub fn keep(
+    opts: &KeepOptions,
+    registry: &Registry,
+    server: impl Fn(&Handoff) -> Command,
+    ready: impl FnOnce(&Record),
+) -> std::io::Result<()> {
+    let signals = Signals::block()?;
+    let fuse = open_fuse()?;
+    let mount_us = mount_fuse(opts, &fuse)?;
+    let first = start(&server, &fuse, None).inspect_err(|_| detach_at(&opts.dir))?;
+    keep_serving(
+        opts, registry, &signals, &fuse, first, mount_us, server, ready,
+    )
+}
+
+/// [`keep`] for a mount not known yet: opens the connection and starts its server at once
+/// (the server waits for its [`Handoff::work`]), then asks `work` for the mount (`None`: there
+/// is none, the server is stopped and this returns). `prepare` is called with the mount before
+/// it is made (to send this process's output to the mount's log).
+pub fn standby(
+    registry: &Registry,
+    server: impl Fn(&Handoff) -> Command,
+    work: impl FnOnce() -> std::io::Result<Option<KeepOptions>>,
+    prepare: impl FnOnce(&KeepOptions) -> std::io::Result<()>,
+    ready: impl FnOnce(&Record),
+) -> std::io::Result<()> {
+    let signals = Signals::block()?;
+    let fuse = open_fuse()?;
+    let (from_keeper, to_server) = std::io::pipe()?;
+    let (mut child, ready_pipe) = spawn(&server, &fuse, None, Some(&from_keeper.into()))?;
+    let stop = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
     };
+    let opts = match work().and_then(|o| prepare_some(o, prepare)) {
+        Ok(Some(opts)) => opts,
+        Ok(None) => {
+            stop(&mut child);
+            return Ok(());
+        }
+        Err(e) => {
+            stop(&mut child);
+            return Err(e);
+        }
+    };
+    let mount_us = match mount_fuse(&opts, &fuse) {
+        Ok(us) => us,
+        Err(e) => {
+            stop(&mut child);
+            return Err(e);
+        }
+    };
+    let told = {
+        let mut to_server = to_server;
+        writeln!(to_server, "{} {}", opts.score, opts.dir.display())
+    };
+    let first = told
+        .and_then(|()| wait_ready(child, ready_pipe))
+        .inspect_err(|_| detach_at(&opts.dir))?;
+    keep_serving(
+        &opts, registry, &signals, &fuse, first, mount_us, server, ready,
+    )
+}
+
+/// Calls `prepare` on the mount there is, if any.
+fn prepare_some(
+    opts: Option<KeepOptions>,
+    prepare: impl FnOnce(&KeepOptions) -> std::io::Result<()>,
+) -> std::io::Result<Option<KeepOptions>> {
+    if let Some(o) = &opts {
+        prepare(o)?;
+    }
+    Ok(opts)
+}
+
+/// Registers the mount at `opts.dir`, now served by `first`, and keeps a server answering it
+/// until it is gone (see [`keep`]).
+#[allow(clippy::too_many_arguments)]
+fn keep_serving(
+    opts: &KeepOptions,
+    registry: &Registry,
+    signals: &Signals,
+    fuse: &OwnedFd,
+    first: Started,
+    mount_us: u64,
+    server: impl Fn(&Handoff) -> Command,
+    ready: impl FnOnce(&Record),
+) -> std::io::Result<()> {
+    let detach = || detach_at(&opts.dir);
     let Started {
         mut child,
         offer,
         took_us,
-    } = match start(&server, &fuse, None) {
-        Ok(x) => x,
-        Err(e) => {
-            detach();
-            return Err(e);
-        }
-    };
+    } = first;
     let mut rec = Record {
         dir: opts.dir.clone(),
         score: opts.score.clone(),
@@ -246,7 +374,7 @@ pub fn keep(
         let replace = match signals.wait()? {
             libc::SIGCHLD => match child.try_wait()? {
                 None => continue,
-                Some(_) if disconnected(&fuse) => break Ok(()),
+                Some(_) if disconnected(fuse) => break Ok(()),
                 Some(status) => {
                     tracing::warn!(
                         pid = child.id(),
@@ -273,7 +401,7 @@ pub fn keep(
         let mut crashed = replace;
         let started = loop {
             // Unmounted meanwhile: nothing left to serve.
-            if disconnected(&fuse) {
+            if disconnected(fuse) {
                 break Replacement::Unmounted;
             }
             if crashed {
@@ -286,7 +414,7 @@ pub fn keep(
                     break Replacement::GaveUp;
                 }
             }
-            match start(&server, &fuse, Some(offer)) {
+            match start(&server, fuse, Some(offer)) {
                 Ok(s) => break Replacement::Started(s.child),
                 Err(e) => {
                     tracing::error!("starting a server: {e}");

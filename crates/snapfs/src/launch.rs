@@ -1,12 +1,16 @@
 //! Making a mount from another process (`lib mount`, a node's spawn): the keeper
 //! ([`crate::keeper`]) is started detached, its output appended to the mount's log, and the
 //! caller waits until the mount is live and registered. No process sits between the caller
-//! and the keeper.
+//! and the keeper. A keeper may be started ahead, on standby ([`Standby`]), and told its
+//! mount when one is needed.
 
 use crate::mount::{self, Record, Registry, State};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a keeper may take to make its mount live.
@@ -70,32 +74,130 @@ pub fn existing(
 pub fn start(
     registry: &Registry,
     dir: &Path,
-    mut keeper: Command,
+    keeper: Command,
 ) -> Result<(Record, Duration), LaunchError> {
+    let (log, log_path, logged_before) = open_log(registry, dir)?;
+    let start = Instant::now();
+    let child = detached(keeper, log.try_clone()?.into(), log.into())?;
+    wait_live(registry, dir, child, &log_path, logged_before, start)
+}
+
+/// A keeper started on standby ([`crate::keeper::standby`]): its server runs too, and both
+/// wait to be told a mount. It ends, with its server, when this value is dropped unused.
+pub struct Standby {
+    /// The keeper and its stdin; taken by [`Standby::mount`].
+    keeper: Option<(Child, ChildStdin)>,
+}
+
+impl Standby {
+    /// Starts `keeper` (a command that runs [`crate::keeper::standby`] reading its mount from
+    /// its stdin) detached, in a process group of its own; its output goes nowhere until it
+    /// knows its mount, then to the mount's log.
+    pub fn start(mut keeper: Command) -> std::io::Result<Standby> {
+        keeper.stdin(Stdio::piped());
+        let mut child = detached(keeper, Stdio::null(), Stdio::null())?;
+        let work = child.stdin.take().expect("stdin is piped");
+        Ok(Standby {
+            keeper: Some((child, work)),
+        })
+    }
+
+    /// Whether the keeper still waits (it has not exited).
+    pub fn waiting(&mut self) -> bool {
+        let keeper = self.keeper.as_mut().map(|(child, _)| child.try_wait());
+        matches!(keeper, Some(Ok(None)))
+    }
+
+    /// Tells the keeper to mount snapshot `score` (hex) at `dir`, and waits as [`start`] does.
+    pub fn mount(
+        mut self,
+        registry: &Registry,
+        dir: &Path,
+        score: &str,
+    ) -> Result<(Record, Duration), LaunchError> {
+        let (child, mut work) = self.keeper.take().expect("a standby is used once");
+        let (_, log_path, logged_before) = open_log(registry, dir)?;
+        let start = Instant::now();
+        let line = format!("{score} {}\n", dir.display());
+        if crate::keeper::parse_work(&line).is_none() {
+            return Err(LaunchError::Start(std::io::Error::other(format!(
+                "cannot tell a keeper the mount point {}",
+                dir.display()
+            ))));
+        }
+        work.write_all(line.as_bytes())?;
+        drop(work);
+        wait_live(registry, dir, child, &log_path, logged_before, start)
+    }
+}
+
+impl Drop for Standby {
+    /// An unused keeper reads the end of its stdin and exits: reaped by a thread of its own.
+    fn drop(&mut self) {
+        if let Some((mut child, work)) = self.keeper.take() {
+            drop(work);
+            let reaper = std::thread::Builder::new()
+                .name("snapfs-standby-reaper".into())
+                .spawn(move || child.wait());
+            if let Err(e) = reaper {
+                tracing::warn!("cannot wait for a standby mount keeper: {e}");
+            }
+        }
+    }
+}
+
+/// Opens (appending) the log of the mount at `dir`; returns it, its path and its length.
+fn open_log(registry: &Registry, dir: &Path) -> std::io::Result<(File, PathBuf, u64)> {
     let log_path = registry.log_path(dir);
     std::fs::create_dir_all(log_path.parent().expect("the log is in the registry"))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
+    let log = File::options().create(true).append(true).open(&log_path)?;
     // What this keeper and its server write starts here (the log is appended to).
     let logged_before = log.metadata().map_or(0, |m| m.len());
-    let start = Instant::now();
-    let mut child = keeper
+    Ok((log, log_path, logged_before))
+}
+
+/// Sends this process's output (stdout and stderr) to the end of the log at `path` (a keeper
+/// or server started on standby, once it knows its mount).
+pub fn log_to(path: &Path) -> std::io::Result<()> {
+    let log = File::options().create(true).append(true).open(path)?;
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto a standard descriptor number from an open file.
+        if unsafe { libc::dup2(log.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Starts `keeper` in a process group of its own (signals to the caller's group do not reach
+/// it) with `out` and `err`, its log level from `SPAWNGRID_LOG` as the caller's.
+fn detached(mut keeper: Command, out: Stdio, err: Stdio) -> std::io::Result<Child> {
+    keeper
         .env(
             "SPAWNGRID_LOG",
             std::env::var("SPAWNGRID_LOG").unwrap_or_else(|_| "info,fuser=error".into()),
         )
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()?;
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    keeper.spawn()
+}
+
+/// Waits until `child`, a keeper started at `start`, has made the mount at `dir` live and
+/// registered it (see [`start`]); what it logs from `logged_before` on explains a failure.
+fn wait_live(
+    registry: &Registry,
+    dir: &Path,
+    mut child: Child,
+    log_path: &Path,
+    logged_before: u64,
+    start: Instant,
+) -> Result<(Record, Duration), LaunchError> {
     loop {
         if let Some(status) = child.try_wait()? {
             return Err(LaunchError::Exited {
                 status,
-                cause: first_error(&log_path, logged_before),
+                cause: first_error(log_path, logged_before),
             });
         }
         let rec = registry.get(dir).filter(|r| r.pid == child.id());
@@ -114,7 +216,7 @@ pub fn start(
             let _ = child.kill();
             let _ = child.wait();
             let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
-            return Err(LaunchError::Timeout(log_path));
+            return Err(LaunchError::Timeout(log_path.to_path_buf()));
         }
         std::thread::sleep(Duration::from_micros(500));
     }

@@ -189,7 +189,7 @@ fn spawn(
         let score = node::snapshots::resolve(&cat, owner, source, true).with_context(|| {
             format!("{source} is neither a directory nor a name or score of {owner}")
         })?;
-        let lower = node::snapshots::mount(rt, score, || {})?;
+        let lower = node::snapshots::mount(rt, score, || None)?;
         let mut opts = SpawnOptions::new(as_env.as_deref().unwrap_or(source), owner, &lower);
         opts.snapshot = Some(score);
         opts.lower_shifted = true;

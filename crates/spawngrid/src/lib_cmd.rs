@@ -105,6 +105,9 @@ enum LibCommand {
     /// Replace the server of a mount with one started from the spawngrid binary now on disk
     /// (after an upgrade); the mount, its envs and their open files carry on.
     Restart(crate::mount_cmd::RestartArgs),
+    /// A mount keeper started before its mount is known (internal: a node keeps one ahead).
+    #[command(hide = true)]
+    Standby(crate::mount_cmd::StandbyArgs),
 }
 
 /// Arguments of `lib export`.
@@ -192,6 +195,7 @@ pub fn run(args: LibArgs, json: bool) -> Result<ExitCode> {
         LibCommand::Mount(m) => crate::mount_cmd::mount(&ctx.store, &ctx.owner, m),
         LibCommand::Umount(u) => crate::mount_cmd::umount(ctx.store.data().root(), u),
         LibCommand::Restart(r) => crate::mount_cmd::restart(ctx.store.data().root(), r),
+        LibCommand::Standby(s) => crate::mount_cmd::standby(&ctx.store, &ctx.owner, s),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `spawngrid lib mount NAME DIR`, `lib umount DIR` and `lib restart DIR`: a snapshot as a
 //! lazy, read-only filesystem. A detached keeper process (`lib mount --keep`, see
 //! snapfs::keeper) makes the mount and runs its server (`lib mount --serve-fd`), replacing the
-//! server if it dies or when asked to.
+//! server if it dies or when asked to. A node starts its next keeper ahead (`lib standby`, see
+//! snapfs::keeper::standby) and tells it the snapshot and mount point when a spawn needs them.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -27,15 +28,8 @@ pub struct MountArgs {
     name: String,
     /// The mount point (an existing directory).
     dir: PathBuf,
-    /// Present every uid and gid plus N (for envs whose user namespace maps root to N).
-    #[arg(long, default_value_t = 0)]
-    uid_offset: u32,
-    /// Limit of the node-local file cache (e.g. 500M, 10G).
-    #[arg(long, default_value = "10G")]
-    cache_size: String,
-    /// The file cache directory (default DATA/cache).
-    #[arg(long)]
-    cache: Option<PathBuf>,
+    #[command(flatten)]
+    opts: MountOptions,
     /// Keep the mount in this process (its keeper) instead of a detached one.
     #[arg(long)]
     foreground: bool,
@@ -51,6 +45,38 @@ pub struct MountArgs {
     /// The kernel's offer when the connection was made: adopt it (internal).
     #[arg(long, hide = true)]
     adopt: Option<Offer>,
+}
+
+/// How a mount is served (`lib mount` and `lib standby`).
+#[derive(Args, Clone)]
+pub struct MountOptions {
+    /// Present every uid and gid plus N (for envs whose user namespace maps root to N).
+    #[arg(long, default_value_t = 0)]
+    uid_offset: u32,
+    /// Limit of the node-local file cache (e.g. 500M, 10G).
+    #[arg(long, default_value = "10G")]
+    cache_size: String,
+    /// The file cache directory (default DATA/cache).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+/// Arguments of `lib standby`: a mount keeper started before its mount is known, which reads
+/// `SCORE DIR` (one line) from stdin, then mounts as `lib mount SCORE DIR --keep` would; at
+/// the end of stdin it exits (internal: a node keeps one ahead).
+#[derive(Args)]
+pub struct StandbyArgs {
+    #[command(flatten)]
+    opts: MountOptions,
+    /// Be the keeper's server on this inherited FUSE connection, not mounted yet (internal).
+    #[arg(long, requires_all = ["ready_fd", "work_fd"])]
+    serve_fd: Option<i32>,
+    /// Where the server reports it is answering (internal).
+    #[arg(long)]
+    ready_fd: Option<i32>,
+    /// Where the server reads its mount once it is made (internal).
+    #[arg(long)]
+    work_fd: Option<i32>,
 }
 
 /// Arguments of `lib umount`.
@@ -87,13 +113,22 @@ pub struct RestartArgs {
 pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
     let data = store.data().root();
     let dir = mount_point(&a.dir)?;
-    let cache_size = human::parse_size(&a.cache_size)?;
-    let cache_dir = a.cache.clone().unwrap_or_else(|| store.data().cache());
     if let (Some(fd), Some(ready)) = (a.serve_fd, a.ready_fd) {
-        return serve_mount(store, &a, &dir, fd, ready, cache_dir, cache_size);
+        let score = a
+            .name
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--serve-fd takes a score, not {:?}", a.name))?;
+        // SAFETY: the keeper hands these descriptors over to this process alone.
+        let (fuse, ready) = unsafe { (OwnedFd::from_raw_fd(fd), OwnedFd::from_raw_fd(ready)) };
+        let conn = match a.adopt {
+            Some(offer) => Connection::Adopt(fuse, offer),
+            None => Connection::Fresh(fuse),
+        };
+        return serve_mount(store, &a.opts, score, &dir, conn, ready);
     }
+    let cache_dir = a.opts.cache_dir(store);
     if a.keep {
-        return keep_mount(data, owner, &a, &dir, &cache_dir);
+        return keep_mount(data, owner, &a.opts, &a.name, &dir, &cache_dir);
     }
     // The library is opened by the server only (each open lists the packs and reads what gc
     // condemned); a snapshot it cannot read makes the keeper fail with the server's error.
@@ -102,7 +137,7 @@ pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
         Err(_) => store.catalog()?.resolve(owner, &a.name)?,
     };
     let registry = Registry::new(data);
-    if let Some(r) = launch::existing(&registry, &dir, &score.to_hex(), a.uid_offset)? {
+    if let Some(r) = launch::existing(&registry, &dir, &score.to_hex(), a.opts.uid_offset)? {
         println!(
             "{} is already mounted at {} (pid {})",
             a.name,
@@ -114,15 +149,9 @@ pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
     if !dir.is_dir() {
         bail!("mount point {} is not a directory", dir.display());
     }
-    let mut keeper = spawngrid_mount(
-        &runtime::helper::self_exe(),
-        data,
-        owner,
-        &score.to_hex(),
-        &dir,
-        &a,
-        &cache_dir,
-    );
+    let mut keeper = spawngrid_lib(&runtime::helper::self_exe(), data, owner);
+    keeper.args(["mount", &score.to_hex()]).arg(&dir);
+    a.opts.add_to(&mut keeper, &cache_dir);
     keeper.arg("--keep");
     if a.foreground {
         // The keeper waits for signals: it must be a fresh, single-threaded process.
@@ -142,27 +171,29 @@ pub fn mount(store: &Store, owner: &str, a: MountArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `EXE lib --data DATA --owner OWNER mount SCORE DIR` with the mount's options.
-fn spawngrid_mount(
-    exe: &Path,
-    data: &Path,
-    owner: &str,
-    score: &str,
-    dir: &Path,
-    a: &MountArgs,
-    cache_dir: &Path,
-) -> Command {
+/// `EXE lib --data DATA --owner OWNER`.
+fn spawngrid_lib(exe: &Path, data: &Path, owner: &str) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("lib")
         .arg("--data")
         .arg(data)
-        .args(["--owner", owner, "mount", score])
-        .arg(dir)
-        .args(["--uid-offset", &a.uid_offset.to_string()])
-        .args(["--cache-size", &a.cache_size])
-        .arg("--cache")
-        .arg(cache_dir);
+        .args(["--owner", owner]);
     cmd
+}
+
+impl MountOptions {
+    /// The file cache directory: `--cache`, else the data dir's.
+    fn cache_dir(&self, store: &Store) -> PathBuf {
+        self.cache.clone().unwrap_or_else(|| store.data().cache())
+    }
+
+    /// Adds these options to `cmd` (a keeper's or a server's), the cache at `cache_dir`.
+    fn add_to(&self, cmd: &mut Command, cache_dir: &Path) {
+        cmd.args(["--uid-offset", &self.uid_offset.to_string()])
+            .args(["--cache-size", &self.cache_size])
+            .arg("--cache")
+            .arg(cache_dir);
+    }
 }
 
 /// The spawngrid binary on disk: the file this process was started from if it is still there
@@ -183,81 +214,162 @@ fn exe_on_disk() -> PathBuf {
     }
 }
 
+/// The command of a server for the mount of `score` (hex) at `dir` handed `h` by its keeper.
+fn server_command(
+    data: &Path,
+    owner: &str,
+    opts: &MountOptions,
+    cache_dir: &Path,
+    (score, dir): (&str, &Path),
+    h: &Handoff,
+) -> Command {
+    let mut cmd = spawngrid_lib(&exe_on_disk(), data, owner);
+    cmd.args(["mount", score]).arg(dir);
+    opts.add_to(&mut cmd, cache_dir);
+    cmd.args(["--serve-fd", &h.fuse.to_string()])
+        .args(["--ready-fd", &h.ready.to_string()]);
+    if let Some(offer) = h.adopt {
+        cmd.args(["--adopt", &offer.to_string()]);
+    }
+    cmd
+}
+
+/// Prints the line a keeper prints once its mount is live.
+fn mounted(score: &Score, dir: &Path, r: &mount::Record) {
+    println!(
+        "mounted {} at {} (keeper pid {}, server pid {}, {} us)",
+        score,
+        dir.display(),
+        r.pid,
+        r.server,
+        r.mount_us
+    );
+}
+
 /// The keeper (`lib mount --keep`): mounts, runs servers, returns when the mount is gone.
 fn keep_mount(
     data: &Path,
     owner: &str,
-    a: &MountArgs,
+    mopts: &MountOptions,
+    name: &str,
     dir: &Path,
     cache_dir: &Path,
 ) -> Result<ExitCode> {
-    let score: Score = a
-        .name
+    let score: Score = name
         .parse()
-        .map_err(|_| anyhow::anyhow!("--keep takes a score, not {:?}", a.name))?;
-    let opts = KeepOptions {
-        dir: dir.to_path_buf(),
-        fsname: format!("spawngrid:{}", score.short()),
-        score: score.to_hex(),
-        id_offset: a.uid_offset,
-    };
-    let server = |h: &Handoff| {
-        let mut cmd = spawngrid_mount(&exe_on_disk(), data, owner, &opts.score, dir, a, cache_dir);
-        cmd.args(["--serve-fd", &h.fuse.to_string()])
-            .args(["--ready-fd", &h.ready.to_string()]);
-        if let Some(offer) = h.adopt {
-            cmd.args(["--adopt", &offer.to_string()]);
-        }
-        cmd
-    };
+        .map_err(|_| anyhow::anyhow!("--keep takes a score, not {name:?}"))?;
+    let opts = keep_options(score, dir, mopts);
+    let server = |h: &Handoff| server_command(data, owner, mopts, cache_dir, (&opts.score, dir), h);
     keeper::keep(&opts, &Registry::new(data), server, |r| {
-        println!(
-            "mounted {} at {} (keeper pid {}, server pid {}, {} us)",
-            score,
-            dir.display(),
-            r.pid,
-            r.server,
-            r.mount_us
-        );
+        mounted(&score, dir, r)
     })
     .with_context(|| format!("keeping the mount at {}", dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The server (`lib mount --serve-fd N --ready-fd M [--adopt OFFER]`), started by a keeper.
+/// What a keeper of `score` at `dir` mounts.
+fn keep_options(score: Score, dir: &Path, mopts: &MountOptions) -> KeepOptions {
+    KeepOptions {
+        dir: dir.to_path_buf(),
+        fsname: format!("spawngrid:{}", score.short()),
+        score: score.to_hex(),
+        id_offset: mopts.uid_offset,
+    }
+}
+
+/// Runs `lib standby`: the keeper on standby, or (`--serve-fd`) its server.
+pub fn standby(store: &Store, owner: &str, a: StandbyArgs) -> Result<ExitCode> {
+    let data = store.data().root();
+    if let (Some(fd), Some(ready), Some(work)) = (a.serve_fd, a.ready_fd, a.work_fd) {
+        // SAFETY: the keeper hands these descriptors over to this process alone.
+        let (fuse, ready, work) = unsafe {
+            (
+                OwnedFd::from_raw_fd(fd),
+                OwnedFd::from_raw_fd(ready),
+                OwnedFd::from_raw_fd(work),
+            )
+        };
+        // The backend is made while the keeper waits; its error, if any, is reported once
+        // the mount is known (this process's output goes to the mount's log only then).
+        let backend = store.backend().map(|_| ());
+        let Some((score, dir)) = keeper::read_work(work)? else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        launch::log_to(&Registry::new(data).log_path(&dir))?;
+        backend?;
+        let score = score
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the keeper sent a bad score {score:?}"))?;
+        return serve_mount(store, &a.opts, score, &dir, Connection::Fresh(fuse), ready);
+    }
+    let cache_dir = a.opts.cache_dir(store);
+    let registry = Registry::new(data);
+    let known: std::cell::RefCell<Option<(Score, PathBuf)>> = Default::default();
+    let server = |h: &Handoff| match &*known.borrow() {
+        // A replacement, after the mount was made.
+        Some((score, dir)) => {
+            server_command(data, owner, &a.opts, &cache_dir, (&score.to_hex(), dir), h)
+        }
+        None => {
+            let mut cmd = spawngrid_lib(&exe_on_disk(), data, owner);
+            cmd.arg("standby");
+            a.opts.add_to(&mut cmd, &cache_dir);
+            cmd.args(["--serve-fd", &h.fuse.to_string()])
+                .args(["--ready-fd", &h.ready.to_string()]);
+            if let Some(w) = h.work {
+                cmd.args(["--work-fd", &w.to_string()]);
+            }
+            cmd
+        }
+    };
+    let work = || {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let Some((score, dir)) = keeper::parse_work(&line) else {
+            return Ok(None);
+        };
+        let score: Score = score
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("bad score {score:?}")))?;
+        let opts = keep_options(score, &dir, &a.opts);
+        *known.borrow_mut() = Some((score, dir));
+        Ok(Some(opts))
+    };
+    let prepare = |o: &KeepOptions| launch::log_to(&registry.log_path(&o.dir));
+    let ready = |r: &mount::Record| {
+        if let Some((score, dir)) = &*known.borrow() {
+            mounted(score, dir, r);
+        }
+    };
+    keeper::standby(&registry, server, work, prepare, ready)
+        .context("keeping a mount on standby")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server (`lib mount --serve-fd N --ready-fd M [--adopt OFFER]`, or a standby's server
+/// once told its mount): serves snapshot `score` at `dir` on `conn`, and says so on `ready`.
 fn serve_mount(
     store: &Store,
-    a: &MountArgs,
+    mopts: &MountOptions,
+    score: Score,
     dir: &Path,
-    fd: i32,
-    ready: i32,
-    cache_dir: PathBuf,
-    cache_size: u64,
+    conn: Connection,
+    ready: OwnedFd,
 ) -> Result<ExitCode> {
-    // SAFETY: the keeper hands these descriptors over to this process alone.
-    let (fuse, ready) = unsafe { (OwnedFd::from_raw_fd(fd), OwnedFd::from_raw_fd(ready)) };
     let data = store.data().root();
     let began = Instant::now();
     store.backend()?;
     let backend = began.elapsed();
     let lib = Arc::new(store.library_reader()?);
     let opened = began.elapsed();
-    let score: Score = a
-        .name
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--serve-fd takes a score, not {:?}", a.name))?;
     let snap = lib
         .snapshot(&score)
         .with_context(|| format!("reading snapshot {score}"))?;
     let read = began.elapsed();
-    let conn = match a.adopt {
-        Some(offer) => Connection::Adopt(fuse, offer),
-        None => Connection::Fresh(fuse),
-    };
     let opts = ServeOptions {
-        id_offset: a.uid_offset,
-        cache_dir,
-        cache_size,
+        id_offset: mopts.uid_offset,
+        cache_dir: mopts.cache_dir(store),
+        cache_size: human::parse_size(&mopts.cache_size)?,
         threads: 4,
         journal: Registry::new(data).journal_path(dir),
     };

@@ -783,3 +783,54 @@ fn a_full_write_layer_says_how_to_get_a_bigger_one() {
         .collect();
     assert_eq!(sizes, [32 << 20, 8 << 20]);
 }
+
+/// Pids of the live (not zombie) processes of `site` started as `lib standby`: a mount keeper
+/// on standby and its server, or a mount made by them.
+fn standby_processes(site: &Site) -> Vec<u32> {
+    let data = site.data_str().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let zombie = stat.rsplit(')').next()?.trim_start().starts_with('Z');
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let ours = args.contains(&data) && args.contains(&&b"standby"[..]);
+            (ours && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+/// A node keeps a mount keeper and its server started ahead: the spawn of a snapshot not
+/// mounted yet is served by them, another pair is started a moment later, and the pair
+/// waiting ends when the node stops (the mount stays, as every mount does).
+#[test]
+fn a_new_mount_is_made_by_the_keeper_on_standby_which_ends_with_the_node() {
+    let site = Site::new("standby");
+    site.start("127.0.0.1:0");
+    eventually("a keeper and its server on standby", || {
+        standby_processes(&site).len() == 2
+    });
+    let mut waiting = standby_processes(&site);
+    waiting.sort();
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "one"]);
+    assert_eq!(alice.exec("one", "hostname").1, "one\n");
+    let records = snapfs::mount::Registry::new(&site.data()).records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let mut made_by = vec![records[0].pid, records[0].server];
+    made_by.sort();
+    assert_eq!(made_by, waiting, "the mount was not made by the keeper on standby");
+    eventually("the next keeper and server on standby", || {
+        standby_processes(&site).len() == 4
+    });
+    alice.ok("boom", &["one"]);
+    site.stop();
+    eventually("only the mount's keeper and server left", || {
+        let mut left = standby_processes(&site);
+        left.sort();
+        left == made_by
+    });
+}

@@ -290,26 +290,21 @@ pub fn standby(
     let fuse = open_fuse()?;
     let (from_keeper, to_server) = std::io::pipe()?;
     let (mut child, ready_pipe) = spawn(&server, &fuse, None, Some(&from_keeper.into()))?;
-    let stop = |child: &mut Child| {
-        let _ = child.kill();
-        let _ = child.wait();
-    };
-    let opts = match work().and_then(|o| prepare_some(o, prepare)) {
-        Ok(Some(opts)) => opts,
-        Ok(None) => {
-            stop(&mut child);
-            return Ok(());
-        }
-        Err(e) => {
-            stop(&mut child);
-            return Err(e);
-        }
-    };
-    let mount_us = match mount_fuse(&opts, &fuse) {
-        Ok(us) => us,
-        Err(e) => {
-            stop(&mut child);
-            return Err(e);
+    let made = (|| {
+        let Some(opts) = work()? else {
+            return Ok(None);
+        };
+        prepare(&opts)?;
+        let mount_us = mount_fuse(&opts, &fuse)?;
+        Ok(Some((opts, mount_us)))
+    })();
+    let (opts, mount_us) = match made {
+        Ok(Some(made)) => made,
+        // No mount (or none made): the server waiting for one goes too.
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return other.map(|_| ());
         }
     };
     let told = {
@@ -322,17 +317,6 @@ pub fn standby(
     keep_serving(
         &opts, registry, &signals, &fuse, first, mount_us, server, ready,
     )
-}
-
-/// Calls `prepare` on the mount there is, if any.
-fn prepare_some(
-    opts: Option<KeepOptions>,
-    prepare: impl FnOnce(&KeepOptions) -> std::io::Result<()>,
-) -> std::io::Result<Option<KeepOptions>> {
-    if let Some(o) = &opts {
-        prepare(o)?;
-    }
-    Ok(opts)
 }
 
 /// Registers the mount at `opts.dir`, now served by `first`, and keeps a server answering it

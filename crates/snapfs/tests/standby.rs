@@ -152,7 +152,10 @@ fn a_keeper_on_standby_told_a_missing_snapshot_fails_and_leaves_nothing() {
     let LaunchError::Exited { cause, .. } = &err else {
         panic!("want the keeper's exit, got {err}");
     };
-    assert!(cause.contains(&format!("reading snapshot {missing}")), "{cause}");
+    assert!(
+        cause.contains(&format!("reading snapshot {missing}")),
+        "{cause}"
+    );
     assert_eq!(snapfs::mount::state(&at), State::NotMounted);
     assert!(registry.get(&at).is_none());
     eventually("the keeper and its server gone", || {

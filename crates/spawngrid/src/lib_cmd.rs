@@ -27,6 +27,18 @@ pub struct LibArgs {
     command: LibCommand,
 }
 
+impl LibArgs {
+    /// Whether this command is a mount's keeper or server: a long-lived process whose log
+    /// (the mount's) is read later, so its lines carry the time.
+    pub fn keeps_a_mount(&self) -> bool {
+        match &self.command {
+            LibCommand::Mount(m) => m.is_keeper_or_server(),
+            LibCommand::Standby(_) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum LibCommand {
     /// Store a directory, a tar (.tar, .tar.gz, .tar.zst, or - for stdin) or a container image

@@ -233,7 +233,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if matches!(cli.command, Command::Serve(_) | Command::Up(_)) {
+    let daemon = match &cli.command {
+        Command::Serve(_) | Command::Up(_) => true,
+        Command::Lib(args) => args.keeps_a_mount(),
+        _ => false,
+    };
+    if daemon {
         subscriber.init();
     } else {
         subscriber.without_time().init();

@@ -47,8 +47,15 @@ pub struct MountArgs {
     adopt: Option<Offer>,
 }
 
+impl MountArgs {
+    /// Whether this is a keeper (`--keep`) or a server (`--serve-fd`), not the user's command.
+    pub fn is_keeper_or_server(&self) -> bool {
+        self.keep || self.serve_fd.is_some()
+    }
+}
+
 /// How a mount is served (`lib mount` and `lib standby`).
-#[derive(Args, Clone)]
+#[derive(Args)]
 pub struct MountOptions {
     /// Present every uid and gid plus N (for envs whose user namespace maps root to N).
     #[arg(long, default_value_t = 0)]

@@ -822,7 +822,10 @@ fn a_new_mount_is_made_by_the_keeper_on_standby_which_ends_with_the_node() {
     assert_eq!(records.len(), 1, "{records:?}");
     let mut made_by = vec![records[0].pid, records[0].server];
     made_by.sort();
-    assert_eq!(made_by, waiting, "the mount was not made by the keeper on standby");
+    assert_eq!(
+        made_by, waiting,
+        "the mount was not made by the keeper on standby"
+    );
     eventually("the next keeper and server on standby", || {
         standby_processes(&site).len() == 4
     });

@@ -115,9 +115,6 @@ impl Standby {
         dir: &Path,
         score: &str,
     ) -> Result<(Record, Duration), LaunchError> {
-        let (child, mut work) = self.keeper.take().expect("a standby is used once");
-        let (_, log_path, logged_before) = open_log(registry, dir)?;
-        let start = Instant::now();
         let line = format!("{score} {}\n", dir.display());
         if crate::keeper::parse_work(&line).is_none() {
             return Err(LaunchError::Start(std::io::Error::other(format!(
@@ -125,8 +122,16 @@ impl Standby {
                 dir.display()
             ))));
         }
-        work.write_all(line.as_bytes())?;
+        let (_, log_path, logged_before) = open_log(registry, dir)?;
+        let (mut child, mut work) = self.keeper.take().expect("a standby is used once");
+        let start = Instant::now();
+        let told = work.write_all(line.as_bytes());
         drop(work);
+        if let Err(e) = told {
+            // It has exited (its stdin is closed), or exits at the end of its stdin.
+            let _ = child.wait();
+            return Err(e.into());
+        }
         wait_live(registry, dir, child, &log_path, logged_before, start)
     }
 }

@@ -277,13 +277,12 @@ pub fn keep(
 
 /// [`keep`] for a mount not known yet: opens the connection and starts its server at once
 /// (the server waits for its [`Handoff::work`]), then asks `work` for the mount (`None`: there
-/// is none, the server is stopped and this returns). `prepare` is called with the mount before
-/// it is made (to send this process's output to the mount's log).
+/// is none, the server is stopped and this returns). Once it knows the mount, this process's
+/// output goes to the mount's log.
 pub fn standby(
     registry: &Registry,
     server: impl Fn(&Handoff) -> Command,
     work: impl FnOnce() -> std::io::Result<Option<KeepOptions>>,
-    prepare: impl FnOnce(&KeepOptions) -> std::io::Result<()>,
     ready: impl FnOnce(&Record),
 ) -> std::io::Result<()> {
     let signals = Signals::block()?;
@@ -294,7 +293,7 @@ pub fn standby(
         let Some(opts) = work()? else {
             return Ok(None);
         };
-        prepare(&opts)?;
+        crate::launch::log_to(&registry.log_path(&opts.dir))?;
         let mount_us = mount_fuse(&opts, &fuse)?;
         Ok(Some((opts, mount_us)))
     })();

@@ -342,14 +342,12 @@ pub fn standby(store: &Store, owner: &str, a: StandbyArgs) -> Result<ExitCode> {
         *known.borrow_mut() = Some((score, dir));
         Ok(Some(opts))
     };
-    let prepare = |o: &KeepOptions| launch::log_to(&registry.log_path(&o.dir));
     let ready = |r: &mount::Record| {
         if let Some((score, dir)) = &*known.borrow() {
             mounted(score, dir, r);
         }
     };
-    keeper::standby(&registry, server, work, prepare, ready)
-        .context("keeping a mount on standby")?;
+    keeper::standby(&registry, server, work, ready).context("keeping a mount on standby")?;
     Ok(ExitCode::SUCCESS)
 }
 

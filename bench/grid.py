@@ -24,7 +24,10 @@
 # Per section also: the host's free memory and the run's tmpfs use before it, what Garage's
 # background workers had queued, and Garage's and the nodes' CPU (user + system, and system).
 #
-#   python3 bench/grid.py [--rounds 5] [--sections spawn,read,save,api] [--output FILE]
+# With --perf, `perf record -a` runs through the spawn section and each first command's CPU
+# is charged to the parts of the grid (Garage, node, mount servers, ...; bench/cpuwin.py).
+#
+#   python3 bench/grid.py [--rounds 5] [--sections spawn,read,save,api] [--perf] [--output FILE]
 #
 # As root. The grid is host-global: the run holds /run/lock/spawngrid-grid.lock (as `flock`
 # does) from `up` to `down`, and `scripts/grid.sh down` runs whatever happens.
@@ -44,6 +47,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as bl  # noqa: E402
 import api  # noqa: E402
+import cpuwin  # noqa: E402
 import node as node_bench  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-pw"
@@ -206,8 +210,25 @@ def spawn_section(g, a, work, key, tree, logical):
     return result
 
 
+def profiled(a, work, section):
+    """Runs the spawn section, under `perf record -a` with --perf: then each case's mean CPU
+    ms per part of the grid, during the spawn (request to answer) and the first command."""
+    if not a.perf:
+        return section()
+    data = os.path.join(work, "perf.data")
+    with cpuwin.Recorder(data):
+        result = section()
+    recorded = cpuwin.samples(data)
+    result["cpu_ms_per_round"] = {
+        case: {"spawn": cpuwin.attribute(recorded, [(w[0], w[1]) for w in result[case]["windows"]]),
+               "first_command": cpuwin.attribute(
+                   recorded, [(w[1], w[2]) for w in result[case]["windows"]])}
+        for case in CASES}
+    return result
+
+
 def spawn_rounds(g, a, work, key, tree, logical, case, index):
-    first, shell, spawn_only, fetched, fetched_shell = [], [], [], [], []
+    first, shell, spawn_only, fetched, fetched_shell, windows = [], [], [], [], [], []
     targets = [2, 3]
     for r in range(a.rounds):
         n = targets[r % len(targets)]
@@ -226,6 +247,7 @@ def spawn_rounds(g, a, work, key, tree, logical, case, index):
         d = delta(g.remote(n), before)
         first.append(t2 - t0)
         spawn_only.append(t1 - t0)
+        windows.append((t0, t1, t2))
         fetched.append(d)
         bl.log(f"spawn ({case}) round {r} on node{n}: first command {1e3 * (t2 - t0):.1f} ms, "
                f"{d['read_bytes'] / bl.MB:.2f} MB in {d['read_requests']} requests from S3")
@@ -248,6 +270,7 @@ def spawn_rounds(g, a, work, key, tree, logical, case, index):
     return {"first_command": bl.summary_ms(first), "spawn": bl.summary_ms(spawn_only),
             "ssh_shell": bl.summary_ms(shell),
             "fetched_first_command": fetched, "fetched_ssh_shell": fetched_shell,
+            "windows": windows,
             "fetched_percent_p50": bl.med(pct), "fetched_percent_max": max(pct)}
 
 
@@ -576,6 +599,11 @@ def report(results, logical):
                          f"(max {c['fetched_percent_max']:.2f}%)")
         lines.append(f"lib export fetched {sp['export']['fetched'][0]['read_bytes'] / bl.MB:.1f}"
                      f" MB; restic's repository {fmt_mb(sp['restic'].get('repo_bytes'))}")
+        for case, parts in sp.get("cpu_ms_per_round", {}).items():
+            for step, ms in parts.items():
+                spent = ", ".join(f"{part} {v:.1f}" for part, v in ms.items())
+                lines.append(f"CPU ms per round during the {step.replace('_', ' ')} "
+                             f"({CASES[case]}): {spent}")
     if sv and "200MB" in sv:
         c, m = sv["200MB"]["cpu_during_save"], sv["200MB"]["memory_before_save"]
         cpu = ", ".join(f"{x['garage_cpu_s']:.2f} ({x['garage_sys_cpu_s']:.2f})" for x in c)
@@ -659,7 +687,7 @@ def run_sections(g, a, work, sections):
     mark(tree, "base")
     g.import_tree("tree", tree)
     steps = {
-        "spawn": lambda: spawn_section(g, a, work, key, tree, logical),
+        "spawn": lambda: profiled(a, work, lambda: spawn_section(g, a, work, key, tree, logical)),
         "read": lambda: read_section(g, a, big_tree(work)),
         "save": lambda: save_section(g, a, "tree"),
         "api": lambda: api_section(g, a, "tree"),
@@ -732,6 +760,8 @@ def main():
     ap.add_argument("--clients", default="1,10,50", help="API clients (api section)")
     ap.add_argument("--seconds", type=float, default=5, help="per API run")
     ap.add_argument("--tmpfs-size", default="8g")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record -a through the spawn section: CPU per part of the grid")
     ap.add_argument("--keep-logs", metavar="DIR",
                     help="copy the nodes' and their mounts' logs into DIR before the grid goes")
     bl.output_arg(ap, "grid")

@@ -166,18 +166,16 @@ pub fn mount(
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Some(standby) = starting() {
-        standby
-            .mount(&registry, &dir, &hex)
-            .with_context(mounting)?;
-        return Ok(dir);
-    }
     let mut keeper = spawngrid_lib(rt);
     keeper
         .args(["mount", &hex])
         .arg(&dir)
         .args(["--uid-offset", &offset.to_string(), "--keep"]);
-    snapfs::launch::start(&registry, &dir, keeper).with_context(mounting)?;
+    match starting() {
+        Some(standby) => standby.mount_or_start(&registry, &dir, &hex, keeper),
+        None => snapfs::launch::start(&registry, &dir, keeper),
+    }
+    .with_context(mounting)?;
     Ok(dir)
 }
 

@@ -33,6 +33,10 @@ pub enum LaunchError {
         /// The first error line of its log (or its last line).
         cause: String,
     },
+    /// A keeper on standby had exited before it could be told its mount (nothing was
+    /// started for it: [`Standby::mount_or_start`] starts a keeper instead).
+    #[error("the mount keeper on standby had exited before it was told its mount: {0}")]
+    Gone(std::io::Error),
     /// The mount was not live within [`START_TIMEOUT`] (the keeper was killed).
     #[error("mount keeper did not come up within {} s (see {})", START_TIMEOUT.as_secs(), .0.display())]
     Timeout(PathBuf),
@@ -130,9 +134,27 @@ impl Standby {
         if let Err(e) = told {
             // It has exited (its stdin is closed), or exits at the end of its stdin.
             let _ = child.wait();
-            return Err(e.into());
+            return Err(LaunchError::Gone(e));
         }
         wait_live(registry, dir, child, &log_path, logged_before, start)
+    }
+
+    /// [`Standby::mount`], or, if the keeper had exited before it was told (killed from
+    /// outside between a [`Standby::waiting`] check and this call), [`start`] of `keeper`.
+    pub fn mount_or_start(
+        self,
+        registry: &Registry,
+        dir: &Path,
+        score: &str,
+        keeper: Command,
+    ) -> Result<(Record, Duration), LaunchError> {
+        match self.mount(registry, dir, score) {
+            Err(LaunchError::Gone(e)) => {
+                tracing::warn!("the mount keeper on standby is gone ({e}); starting another");
+                start(registry, dir, keeper)
+            }
+            told => told,
+        }
     }
 }
 

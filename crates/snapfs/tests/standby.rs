@@ -2,7 +2,8 @@
 //! snapshot it is told and serves it as any keeper does (a killed server is replaced, the
 //! output goes to the mount's log); one never told ends with its server when its stdin
 //! closes; one told a snapshot its server cannot read fails with the server's error and
-//! leaves nothing mounted, registered or running.
+//! leaves nothing mounted, registered or running; one gone before it is told is replaced by a
+//! keeper started then.
 
 mod common;
 
@@ -159,6 +160,65 @@ fn a_keeper_on_standby_told_a_missing_snapshot_fails_and_leaves_nothing() {
     assert_eq!(snapfs::mount::state(&at), State::NotMounted);
     assert!(registry.get(&at).is_none());
     eventually("the keeper and its server gone", || {
+        processes_of(&data).is_empty()
+    });
+}
+
+#[test]
+fn a_keeper_on_standby_gone_before_it_is_told_is_replaced_by_a_new_keeper() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = scratch();
+    let data = small_library(tmp.path());
+    let at = mount_point(tmp.path());
+    let registry = Registry::new(&data);
+    let score = catalog::Catalog::open(data.join("catalog.db"))
+        .unwrap()
+        .resolve("admin", "small")
+        .unwrap()
+        .to_hex();
+    // Killed from outside after the node saw it waiting, before it was told its mount.
+    let kill_standby = || {
+        let s = standby(&data);
+        eventually("a keeper and a server on standby", || {
+            processes_of(&data).len() == 2
+        });
+        for pid in processes_of(&data) {
+            sh(&format!("kill -9 {pid}"));
+        }
+        eventually("the keeper and its server gone", || {
+            processes_of(&data).is_empty()
+        });
+        s
+    };
+
+    let err = kill_standby().mount(&registry, &at, &score).unwrap_err();
+    assert!(matches!(err, LaunchError::Gone(_)), "{err}");
+    assert_eq!(snapfs::mount::state(&at), State::NotMounted);
+    assert!(registry.get(&at).is_none());
+
+    // What the node calls: a keeper is started instead, and the mount is whole.
+    let mut keeper = Command::new(bin());
+    keeper
+        .arg("lib")
+        .arg("--data")
+        .arg(&data)
+        .args(["mount", &score])
+        .arg(&at)
+        .args(["--uid-offset", "0", "--keep"]);
+    let (rec, _) = kill_standby()
+        .mount_or_start(&registry, &at, &score, keeper)
+        .unwrap();
+    let _m = Mounted {
+        data: data.clone(),
+        dir: at.clone(),
+    };
+    assert_eq!(rec.score, score);
+    assert_eq!(snapfs::mount::state(&at), State::Live);
+    assert_eq!(fslist(&at), fslist(&tmp.path().join("src")));
+    lib_ok(&data, &["umount", at.to_str().unwrap()]);
+    eventually("the keeper and its server gone after the unmount", || {
         processes_of(&data).is_empty()
     });
 }

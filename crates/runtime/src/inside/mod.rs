@@ -8,6 +8,7 @@
 //! process makes `fork` and `setns(CLONE_NEWUSER)` safe, whatever threads the caller (a tokio
 //! daemon, rayon pools) runs. Nothing here imports [`crate::host`].
 
+pub mod bpf;
 pub mod clock;
 pub mod cpustat;
 pub mod enter;

@@ -70,11 +70,12 @@ fn ret(action: u32) -> sock_filter {
     stmt(libc::BPF_RET | libc::BPF_K, action)
 }
 
-/// The block of a syscall with a condition: loads its first argument, returns the answer.
-fn condition(arg: Arg0) -> Vec<sock_filter> {
+/// The block of a syscall with a condition (none for [`Arg0::Any`]): loads its first
+/// argument, returns the answer.
+fn condition(arg: Arg0) -> Option<Vec<sock_filter>> {
     let mut block = vec![load(ARG0_LOW)];
     match arg {
-        Arg0::Any => block = vec![ret(ALLOW)],
+        Arg0::Any => return None,
         Arg0::MaskedZero(mask) => {
             block.extend([jump(libc::BPF_JSET, mask, 1, 0), ret(ALLOW), ret(DENY)])
         }
@@ -88,7 +89,7 @@ fn condition(arg: Arg0) -> Vec<sock_filter> {
             block.extend([ret(DENY), ret(ALLOW)]);
         }
     }
-    block
+    Some(block)
 }
 
 /// The runs of consecutive numbers in `sorted` (ascending, no duplicates), as (first, last).
@@ -114,11 +115,10 @@ pub fn program(arch: u32, policy: &[(u32, Arg0)]) -> Result<BpfProgram, String> 
     ];
     let mut plain: Vec<u32> = Vec::new();
     for &(nr, arg) in policy {
-        if arg == Arg0::Any {
+        let Some(block) = condition(arg) else {
             plain.push(nr);
             continue;
-        }
-        let block = condition(arg);
+        };
         let skip =
             u8::try_from(block.len()).map_err(|_| format!("syscall {nr}: too many values"))?;
         prog.push(jump(libc::BPF_JEQ, nr, 0, skip));

@@ -418,7 +418,8 @@ pub struct SpawnRequest {
     #[schema(minimum = 16777216)]
     pub mem: Option<u64>,
     /// Cpu limit: at most this many cpus' worth of time, on as many of the node's cpus
-    /// rounded up (what `nproc` and `/proc/cpuinfo` show inside); absent: no limit.
+    /// rounded up (what `nproc` and `/proc/cpuinfo` show inside); from 0.01 to the node's
+    /// cpus (more is refused with 400); absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0.01)]
     pub cpus: Option<f64>,

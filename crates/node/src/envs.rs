@@ -137,12 +137,7 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         )));
     }
     if let Some(cpus) = req.cpus {
-        if !(cpus.is_finite() && cpus >= runtime::cgroup::MIN_CPUS) {
-            return Err(Error::invalid(format!(
-                "cpus {cpus} is not possible: give at least {}",
-                runtime::cgroup::MIN_CPUS
-            )));
-        }
+        runtime::cgroup::check_cpus(cpus).map_err(Error::invalid)?;
     }
     opts.limits = Limits {
         memory,

@@ -116,6 +116,17 @@ fn free_and_nproc_show_the_envs_limits() {
     let online = alice.exec("plain", "getconf _NPROCESSORS_ONLN").1;
     assert_eq!(online.trim(), cpus.to_string());
     assert_eq!(free(&alice, "plain").0, 512 << 20);
+    // More cpus than the node has (or a number past any quota): one line, nothing spawned.
+    for too_many in [format!("{}", cpus + 1), "3.6e306".to_string()] {
+        let err = alice.refused("spawn", &["deb", "--as", "big", "--cpus", &too_many]);
+        assert!(
+            err.contains(&format!(
+                "is not possible on this node: give from 0.01 to {cpus} cpus"
+            )),
+            "{err}"
+        );
+    }
+    assert!(!alice.env_names().contains(&"big".to_string()));
 
     alice.ok("boom", &["deb"]);
     alice.ok("boom", &["plain"]);

@@ -452,10 +452,23 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// The smallest cpu limit: the kernel's smallest quota is 1 ms per period.
 pub const MIN_CPUS: f64 = 0.01;
 
+/// Why a cpu limit of `cpus` is not possible on this node, if it is not: it must be from
+/// [`MIN_CPUS`] to the node's own cpus (more would be no limit, and past `u64` a quota the
+/// kernel refuses).
+pub fn check_cpus(cpus: f64) -> std::result::Result<(), String> {
+    let most = crate::host::cpus::node_cpus().map_or(0, |c| c.len());
+    if cpus.is_finite() && cpus >= MIN_CPUS && cpus <= most as f64 {
+        return Ok(());
+    }
+    Err(format!(
+        "a cpu limit of {cpus} is not possible on this node: give from {MIN_CPUS} to {most} cpus"
+    ))
+}
+
 /// The CFS quota (µs per [`CPU_PERIOD_US`]) of a limit of `cpus` cpus.
 fn cpu_quota(cpus: f64) -> Result<u64> {
-    if !(cpus.is_finite() && cpus >= MIN_CPUS) {
-        fail!("a cpu limit of {cpus} is not possible: give at least {MIN_CPUS} cpus");
+    if let Err(why) = check_cpus(cpus) {
+        fail!("{why}");
     }
     Ok((cpus * CPU_PERIOD_US as f64).round() as u64)
 }
@@ -477,9 +490,36 @@ fn write(file: &Path, value: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
     //! The v2 layout on a fake cgroup root (a plain directory): file names and values. (The v1
     //! layout is what the integration tests exercise on this hybrid host.)
     use super::*;
+
+    #[test]
+    fn a_cpu_limit_is_from_the_least_quota_to_the_nodes_cpus() {
+        let most = crate::host::cpus::node_cpus().unwrap().len() as f64;
+        for ok in [MIN_CPUS, 0.5, 1.0, most] {
+            assert_eq!(check_cpus(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            0.0,
+            0.001,
+            -1.0,
+            most + 0.5,
+            3.6e306,
+            f64::INFINITY,
+            f64::NAN,
+        ] {
+            let why = check_cpus(bad).unwrap_err();
+            assert!(
+                why.contains(&format!("give from 0.01 to {most} cpus")),
+                "{why}"
+            );
+        }
+        // A limit past the node's cpus never reaches the kernel as a quota it refuses.
+        assert!(cpu_quota(3.6e306).is_err());
+        assert_eq!(cpu_quota(1.5).unwrap(), 150_000);
+    }
 
     fn layout(hierarchy: Hierarchy, root: &Path, node_id: &str) -> Layout {
         Layout {

@@ -18,11 +18,15 @@ pub fn for_env(env: &str, cpus: Option<f64>) -> Result<Vec<usize>> {
     let Some(limit) = cpus else {
         return Ok(Vec::new());
     };
+    Ok(pick(&node_cpus()?, limit, env))
+}
+
+/// The host cpus this node may run envs on (its own affinity).
+pub fn node_cpus() -> Result<Vec<usize>> {
     let mine = rustix::thread::sched_getaffinity(None).context("reading the node's cpus")?;
-    let online: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
         .filter(|&c| mine.is_set(c))
-        .collect();
-    Ok(pick(&online, limit, env))
+        .collect())
 }
 
 /// `limit` rounded up (at least 1, at most all of `online`) consecutive cpus of `online`,

@@ -148,8 +148,8 @@ pub struct SpawnArgs {
     /// Memory limit (e.g. 512M, 2G; default: the node's).
     #[arg(long, value_name = "SIZE")]
     mem: Option<String>,
-    /// Cpu limit: this many cpus' worth of time, on as many cpus rounded up (e.g. 0.5, 2;
-    /// default: none).
+    /// Cpu limit: this many cpus' worth of time, on as many cpus rounded up (e.g. 0.5, 2; from
+    /// 0.01 to the node's cpus; default: none).
     #[arg(long, value_name = "N")]
     cpus: Option<f64>,
     /// The env's network: none (loopback only, the default) or nat (its own address,

@@ -68,6 +68,15 @@ fn small_library(tmp: &Path) -> PathBuf {
     data_with(tmp, "small", &src)
 }
 
+/// The score (hex) of `admin`'s name `name` in `data`'s catalog.
+fn score_of(data: &Path, name: &str) -> String {
+    catalog::Catalog::open(data.join("catalog.db"))
+        .unwrap()
+        .resolve("admin", name)
+        .unwrap()
+        .to_hex()
+}
+
 #[test]
 fn a_keeper_on_standby_mounts_what_it_is_told_and_keeps_serving_it() {
     let Some((root, tmp, data)) = base_library() else {
@@ -82,11 +91,7 @@ fn a_keeper_on_standby_mounts_what_it_is_told_and_keeps_serving_it() {
     assert!(s.waiting());
     assert_eq!(snapfs::mount::state(&at), State::NotMounted);
 
-    let score = catalog::Catalog::open(data.join("catalog.db"))
-        .unwrap()
-        .resolve("admin", "base")
-        .unwrap()
-        .to_hex();
+    let score = score_of(&data, "base");
     let registry = Registry::new(&data);
     let (rec, _) = s.mount(&registry, &at, &score).unwrap();
     let m = Mounted {
@@ -173,11 +178,7 @@ fn a_keeper_on_standby_gone_before_it_is_told_is_replaced_by_a_new_keeper() {
     let data = small_library(tmp.path());
     let at = mount_point(tmp.path());
     let registry = Registry::new(&data);
-    let score = catalog::Catalog::open(data.join("catalog.db"))
-        .unwrap()
-        .resolve("admin", "small")
-        .unwrap()
-        .to_hex();
+    let score = score_of(&data, "small");
     // Killed from outside after the node saw it waiting, before it was told its mount.
     let kill_standby = || {
         let s = standby(&data);

@@ -17,7 +17,8 @@
 # binds the cluster to its bridge). Replication factor 3, LMDB metadata. The tests talk to
 # node 1, so fault tests stop node 2 or 3. s3.env holds AWS_ENDPOINT_URL, AWS_REGION,
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and SPAWNGRID_S3_BUCKET (`set -a; . DIR/s3.env`),
-# and is readable by root only.
+# and is readable by root only. Garage's data block size is 512 KiB ($SPAWNGRID_GARAGE_BLOCK_SIZE
+# bytes, for benchmarks; it applies to objects written after the node starts with it).
 set -euo pipefail
 
 GARAGE_ROOT=/var/cache/spawngrid/garage
@@ -58,6 +59,9 @@ lmdb_map_size = "4G"
 replication_factor = 3
 # Packs are zstd-compressed already.
 compression_level = "none"
+# Garage reads and BLAKE2-checks the whole block a ranged GET falls in: 512 KiB blocks halve
+# that work for a lazy mount's 256 KiB reads, at ~0.1-0.2 s more per 200 MB save (bench/README.md).
+block_size = ${SPAWNGRID_GARAGE_BLOCK_SIZE:-524288}
 rpc_bind_addr = "$ADDR:$(port "$n" 1)"
 rpc_public_addr = "$ADDR:$(port "$n" 1)"
 rpc_secret_file = "$DIR/rpc_secret"

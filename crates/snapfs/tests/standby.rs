@@ -68,6 +68,19 @@ fn small_library(tmp: &Path) -> PathBuf {
     data_with(tmp, "small", &src)
 }
 
+/// When this machine can mount: a scratch directory, a [`small_library`] in it, a mount
+/// point and the library's mount registry.
+fn small_mount() -> Option<(tempfile::TempDir, PathBuf, PathBuf, Registry)> {
+    if !can_mount() {
+        return None;
+    }
+    let tmp = scratch();
+    let data = small_library(tmp.path());
+    let at = mount_point(tmp.path());
+    let registry = Registry::new(&data);
+    Some((tmp, data, at, registry))
+}
+
 /// The score (hex) of `admin`'s name `name` in `data`'s catalog.
 fn score_of(data: &Path, name: &str) -> String {
     catalog::Catalog::open(data.join("catalog.db"))
@@ -145,14 +158,10 @@ fn a_keeper_on_standby_never_told_ends_with_its_server() {
 
 #[test]
 fn a_keeper_on_standby_told_a_missing_snapshot_fails_and_leaves_nothing() {
-    if !can_mount() {
+    let Some((_tmp, data, at, registry)) = small_mount() else {
         return;
-    }
-    let tmp = scratch();
-    let data = small_library(tmp.path());
-    let at = mount_point(tmp.path());
+    };
     let s = standby(&data);
-    let registry = Registry::new(&data);
     let missing = "ab".repeat(32);
     let err = s.mount(&registry, &at, &missing).unwrap_err();
     let LaunchError::Exited { cause, .. } = &err else {
@@ -171,13 +180,9 @@ fn a_keeper_on_standby_told_a_missing_snapshot_fails_and_leaves_nothing() {
 
 #[test]
 fn a_keeper_on_standby_gone_before_it_is_told_is_replaced_by_a_new_keeper() {
-    if !can_mount() {
+    let Some((tmp, data, at, registry)) = small_mount() else {
         return;
-    }
-    let tmp = scratch();
-    let data = small_library(tmp.path());
-    let at = mount_point(tmp.path());
-    let registry = Registry::new(&data);
+    };
     let score = score_of(&data, "small");
     // Killed from outside after the node saw it waiting, before it was told its mount.
     let kill_standby = || {

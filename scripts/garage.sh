@@ -27,8 +27,12 @@ VERSION=2.5.0
 BASE=${SPAWNGRID_GARAGE_PORT:-3900}
 ADDR=${SPAWNGRID_GARAGE_ADDR:-127.0.0.1}
 NODES=(1 2 3)
+BLOCK_SIZE=${SPAWNGRID_GARAGE_BLOCK_SIZE:-524288}
 
 die() { echo "scripts/garage.sh: $*" >&2; exit 1; }
+
+[[ $BLOCK_SIZE =~ ^[1-9][0-9]*$ ]] ||
+  die "SPAWNGRID_GARAGE_BLOCK_SIZE must be a number of bytes (e.g. 524288), not '$BLOCK_SIZE'"
 
 install() {
   if [ -x "$GARAGE" ] && "$GARAGE" --version 2>/dev/null | grep -q "cargo:$VERSION "; then
@@ -61,7 +65,7 @@ replication_factor = 3
 compression_level = "none"
 # Garage reads and BLAKE2-checks the whole block a ranged GET falls in: 512 KiB blocks halve
 # that work for a lazy mount's 256 KiB reads, at ~0.1-0.2 s more per 200 MB save (bench/README.md).
-block_size = ${SPAWNGRID_GARAGE_BLOCK_SIZE:-524288}
+block_size = $BLOCK_SIZE
 rpc_bind_addr = "$ADDR:$(port "$n" 1)"
 rpc_public_addr = "$ADDR:$(port "$n" 1)"
 rpc_secret_file = "$DIR/rpc_secret"

@@ -2,11 +2,11 @@
 //! inside an env (`inside`): every message either side sends, typed, each with its one
 //! encoding ([`Message`]). Neither side spells a message any other way.
 //!
-//! - **Helpers.** The host re-executes its binary as `BIN` [`INIT`] `CONFIG` or `BIN`
-//!   [`ENTER`] `CONFIG`; CONFIG is an [`InitConfig`] or an [`EnterConfig`] (JSON, one argument),
-//!   or for `env-init` `-`, and then the first line of its stdin.
+//! - **Helpers.** The host re-executes its binary as `BIN` [`INIT`] [`Owner`] or `BIN`
+//!   [`ENTER`] `CONFIG`; CONFIG is an [`EnterConfig`] (JSON, one argument).
 //! - **Spawn handshake** (env-init's stdout and stdin, one message a line): the helper sends
-//!   [`InitReport::Userns`]; the host maps its ids, mounts the root and sends [`Go`]; the
+//!   [`InitReport::Userns`] (it may be made ahead of its spawn and wait here); the host maps
+//!   its ids, and at the spawn sends an [`InitConfig`], mounts the root and sends [`Go`]; the
 //!   helper sends [`InitReport::Pid`] and the init [`InitReport::Ready`], or either
 //!   [`InitReport::Error`] at the step that failed.
 //! - **Terminal** (env-enter's stdin, a Unix socket): one [`TTY_MASTER`] byte carrying the
@@ -25,6 +25,38 @@ use std::path::PathBuf;
 
 /// First argument of the env-init helper.
 pub const INIT: &str = "env-init";
+
+/// The host uid and gid that own an env's user namespace (the env's own uid:
+/// [`crate::host::owners`]; its root's gid): env-init's argument, `UID:GID`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The owner uid.
+    pub uid: u32,
+    /// The owner gid.
+    pub gid: u32,
+}
+
+impl Message for Owner {
+    fn encode(&self) -> Vec<u8> {
+        format!("{}:{}", self.uid, self.gid).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
+        const WHAT: &str = "env-init owner";
+        let (uid, gid) = text(WHAT, bytes)?
+            .split_once(':')
+            .ok_or_else(|| Malformed::got(WHAT, bytes))?;
+        let id = |s: &str| match s.bytes().all(|b| b.is_ascii_digit()) {
+            true => s.parse().map_err(|_| Malformed::got(WHAT, bytes)),
+            false => Err(Malformed::got(WHAT, bytes)),
+        };
+        Ok(Owner {
+            uid: id(uid)?,
+            gid: id(gid)?,
+        })
+    }
+}
+
 /// First argument of the env-enter helper.
 pub const ENTER: &str = "env-enter";
 /// Exit code of env-enter when it could not start the command (like `env`'s 125).
@@ -70,9 +102,6 @@ pub struct InitConfig {
     pub root: PathBuf,
     /// Where the init's exec service listens.
     pub exec_socket: PathBuf,
-    /// The host uid and gid that own the env's user namespace (the env's own uid:
-    /// [`crate::host::owners`]; its root's gid).
-    pub owner: (u32, u32),
     /// What the env's `/proc` views show: see [`ViewConfig`].
     pub views: ViewConfig,
 }
@@ -334,7 +363,6 @@ mod tests {
             hostname: "e".into(),
             root: "/data/envs/e/root".into(),
             exec_socket: "/data/envs/e/exec.sock".into(),
-            owner: (100_000, 100_000),
             views: ViewConfig {
                 memory_cgroup: "/sys/fs/cgroup/memory/spawngrid-n/e".into(),
                 cpu_cgroup: "/sys/fs/cgroup/cpuacct/spawngrid-n/e".into(),
@@ -369,6 +397,10 @@ mod tests {
             round_trip(m);
         }
         round_trip(Go);
+        round_trip(Owner {
+            uid: 200_000,
+            gid: 100_000,
+        });
         for m in [
             Reply::Started,
             Reply::Error("fork: out of memory".into()),
@@ -399,6 +431,7 @@ mod tests {
             b"Ready", b"\xff",
         ]);
         refused::<Go>(&[b"", b"go ", b"stop", b"\xff"]);
+        refused::<Owner>(&[b"", b"1", b"1:", b":1", b"1:2:3", b"-1:2", b"+1:2", b"1:x"]);
         refused::<Reply>(&[
             b"", b"start", b"exit", b"exit -1", b"exit 1x", b"err x", b"\xff",
         ]);

@@ -132,7 +132,7 @@ fn a_per_user_env_id_with_its_own_hostname() {
     assert!(node.rt.env_dir(&opts.name).unwrap().is_dir());
 }
 
-/// Our children running `env-init -` (spare helpers waiting for a config).
+/// Our children running `env-init UID:GID` (spare helpers waiting for a config).
 fn spare_helpers() -> Vec<i32> {
     let me = std::process::id().to_string();
     std::fs::read_dir("/proc")
@@ -145,7 +145,8 @@ fn spare_helpers() -> Vec<i32> {
                 .rsplit_once(") ")
                 .map(|(_, r)| r.split(' ').nth(1) == Some(&me));
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            ppid == Some(true) && cmd.ends_with(b"env-init\0-\0")
+            let arg = cmd.split(|&b| b == 0).nth(1);
+            ppid == Some(true) && arg == Some(runtime::helper::INIT.as_bytes())
         })
         .collect()
 }

@@ -167,3 +167,64 @@ fn owner_uids_are_leased_refused_when_all_are_held_and_recovered_from_dead_envs(
     runtime::boom::boom(&node.rt, &b.name).unwrap();
     assert!(!claim.exists(), "{} left after boom", claim.display());
 }
+
+#[test]
+fn a_spare_helper_leases_an_owner_uid_hands_it_to_its_env_and_gives_it_back_when_dropped() {
+    use std::path::Path;
+    let _serial = serial();
+    let mut node = TestNode::new();
+    // One uid of its own, outside the default range and the other test's.
+    let only = runtime::ids::OWNERS_DEFAULT.start + runtime::ids::OWNERS_DEFAULT.count + 1;
+    node.rt.owners = runtime::ids::OwnerRange {
+        start: only,
+        count: 1,
+    };
+    let claim = Path::new(runtime::owners::HOST_OWNERS).join(only.to_string());
+    let helpers = node.rt.data.join("helpers");
+    // A claim left by a helper whose node died (its pid is gone) is stale: taken over.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    std::fs::create_dir_all(runtime::owners::HOST_OWNERS).unwrap();
+    let _ = std::fs::remove_file(&claim);
+    std::os::unix::fs::symlink(helpers.join(format!("{dead}-1-0")), &claim).unwrap();
+
+    node.rt.keep_spare_helper();
+    let held = std::fs::read_link(&claim).unwrap();
+    assert_eq!(held.parent(), Some(helpers.as_path()), "held by {held:?}");
+    let ours = format!("{}-", std::process::id());
+    assert!(held
+        .file_name()
+        .unwrap()
+        .as_bytes()
+        .starts_with(ours.as_bytes()));
+
+    let a = runtime::spawn::spawn(&node.rt, &node.opts("spare-a")).unwrap();
+    assert_eq!(a.owner_uid, Some(only));
+    assert_eq!(userns_owner(a.init_pid), only);
+    assert_eq!(
+        std::fs::read_link(&claim).unwrap(),
+        node.rt.env_dir(&a.name).unwrap()
+    );
+    // Its only uid held, the node has no spare and says why a spawn fails.
+    let err = runtime::spawn::spawn(&node.rt, &node.opts("spare-b")).unwrap_err();
+    assert!(err.to_string().contains("no free env owner uid"), "{err}");
+    runtime::boom::boom(&node.rt, &a.name).unwrap();
+    // Free again (or taken by a spare prepared meanwhile): dropping the node's runtime, and
+    // with it its spare, gives it back.
+    if let Ok(holder) = std::fs::read_link(&claim) {
+        assert_eq!(
+            holder.parent(),
+            Some(helpers.as_path()),
+            "held by {holder:?}"
+        );
+    }
+    drop(node);
+    for _ in 0..1000 {
+        if !claim.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} left by a dropped spare", claim.display());
+}

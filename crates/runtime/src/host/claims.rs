@@ -68,6 +68,23 @@ impl Claims {
         })
     }
 
+    /// Moves the claim on `key` from `from` to `to`, atomically (a new link renamed over the
+    /// claim); fails if `from` does not hold it.
+    pub fn hand_over(&self, key: &str, from: &Path, to: &Path) -> Result<()> {
+        let claim = self.path(key);
+        self.locked(|| {
+            if self.holder(key)?.as_deref() != Some(from) {
+                crate::error::fail!("{} is not held by {}", claim.display(), from.display());
+            }
+            // A name `keys` skips, made and renamed under the lock.
+            let next = Path::new(self.dir).join(format!(".{key}.next"));
+            remove(&next)?;
+            std::os::unix::fs::symlink(to, &next)
+                .with_context(|| format!("creating {}", next.display()))?;
+            std::fs::rename(&next, &claim).with_context(|| format!("replacing {}", claim.display()))
+        })
+    }
+
     /// What holds `key`, if it is claimed.
     pub fn holder(&self, key: &str) -> Result<Option<PathBuf>> {
         let claim = self.path(key);
@@ -87,6 +104,7 @@ impl Claims {
         };
         Ok(entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|key| !key.starts_with('.'))
             .collect())
     }
 

@@ -6,6 +6,7 @@
 //! when those lines exist, otherwise 100000 + 65536 (the usual first subordinate range).
 
 use crate::error::{fail, Context, Result};
+use crate::host::claims::Claims;
 use serde::{Deserialize, Serialize};
 
 /// A user-namespace mapping: ids `0..count` inside are `host_*..host_* + count` outside.
@@ -66,6 +67,12 @@ pub struct OwnerRange {
     /// How many (at most this many envs live on the host at once).
     pub count: u32,
 }
+
+/// Where the host-wide claims on owner uids live: `HOST_OWNERS/<uid>` ([`crate::host::owners`]).
+pub const HOST_OWNERS: &str = "/run/spawngrid/owners";
+
+/// The claims on owner uids.
+pub(crate) const OWNER_CLAIMS: Claims = Claims { dir: HOST_OWNERS };
 
 /// The owner range used when `/etc/subuid` has no `spawngrid-owners` line: 65536 uids from
 /// 1879048192 (0x70000000), a range that systemd leaves unused (its container ranges end

@@ -1,11 +1,15 @@
 //! Starting the env-init helper: the runtime re-executes its own binary
-//! ([`self_exe`]) as `BIN env-init -` ([`crate::protocol::INIT`]), whose inside half is
-//! `inside::init`; one may be started ahead of the next spawn (`Spare`).
+//! ([`self_exe`]) as `BIN env-init UID:GID` ([`crate::protocol::INIT`], [`Owner`]), whose
+//! inside half is `inside::init`. A helper is *prepared* before its spawn configures it: owner
+//! uid leased, exec'd, in its own user, uts, ipc, net and pid namespaces with its ids mapped
+//! ([`Prepared`]). Long-lived callers keep one prepared ahead of the next spawn (`Spare`).
 
-use crate::error::{Context, Result};
-use crate::protocol::INIT;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use crate::error::{fail, Context, Result};
+use crate::host::ids::{IdRange, OWNER_CLAIMS};
+use crate::protocol::{InitReport, Message, Owner, INIT};
+use std::io::{BufRead, BufReader, Lines};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -16,64 +20,160 @@ pub fn self_exe() -> std::path::PathBuf {
     std::path::PathBuf::from("/proc/self/exe")
 }
 
-/// An env-init helper started ahead of the next spawn: exec'd and waiting for its config on
-/// stdin, so a spawn does not wait for the exec and start-up of this (large) binary, about
-/// 1.5 ms. Only long-lived callers keep one ([`crate::Runtime::keep_spare_helper`]); a spare
-/// whose caller dies reads end-of-file and exits.
-#[derive(Debug, Default)]
-pub(crate) struct Spare {
-    keep: AtomicBool,
-    child: Mutex<Option<Child>>,
+/// An env-init helper waiting for its env's config (`inside::init`'s step 1 done). Dropped,
+/// it is killed and reaped, and gives its owner uid back unless it was handed over.
+pub(crate) struct Prepared {
+    /// The helper; its stdin takes the config and the go-ahead.
+    pub child: Child,
+    /// Its reports, a line each.
+    reports: Lines<BufReader<ChildStdout>>,
+    /// The owner of its user namespace: the env's owner uid, once handed over.
+    pub owner: Owner,
+    /// What holds the owner uid's claim until [`Prepared::hand_over`].
+    holder: Option<PathBuf>,
 }
 
-/// Starts an env-init helper that reads its config from stdin (`env-init -`).
-fn start_init(helper: &Path) -> Result<Child> {
-    let child = Command::new(helper)
-        .args([INIT, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", helper.display()))?;
-    Ok(child)
+impl Prepared {
+    /// Starts `helper` owned by `owner` (whose uid's claim `holder` holds: see
+    /// `host::owners`) in the node's envs directory `envs`, and waits until it is in its
+    /// namespaces, its ids mapped to `ids`. The claim is given up if that fails.
+    pub fn start(
+        helper: &Path,
+        envs: &Path,
+        ids: IdRange,
+        owner: Owner,
+        holder: PathBuf,
+    ) -> Result<Prepared> {
+        let arg = String::from_utf8(owner.encode()).expect("digits and a colon");
+        // Its working directory: it enters its env's directory from there (`inside::init`).
+        let child = std::fs::create_dir_all(envs)
+            .with_context(|| format!("creating {}", envs.display()))
+            .and_then(|()| {
+                let started = Command::new(helper)
+                    .args([INIT, &arg])
+                    .current_dir(envs)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn();
+                started.with_context(|| format!("starting {}", helper.display()))
+            });
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = OWNER_CLAIMS.unclaim(&owner.uid.to_string(), &holder);
+                return Err(e);
+            }
+        };
+        let stdout = child.stdout.take().expect("piped");
+        let mut helper = Prepared {
+            child,
+            reports: BufReader::new(stdout).lines(),
+            owner,
+            holder: Some(holder),
+        };
+        match helper.next()? {
+            InitReport::Userns => {}
+            other => fail!("env-init reported {other:?} before its user namespace"),
+        }
+        let pid = helper.child.id();
+        std::fs::write(format!("/proc/{pid}/uid_map"), ids.map_line(false))
+            .context("writing uid_map")?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), ids.map_line(true))
+            .context("writing gid_map")?;
+        Ok(helper)
+    }
+
+    /// The helper's next report; its [`InitReport::Error`] or an early end as an error.
+    pub fn next(&mut self) -> Result<InitReport> {
+        let line = match self.reports.next() {
+            Some(line) => line.context("reading from env-init")?,
+            None => fail!("env-init exited early"),
+        };
+        match InitReport::decode(line.as_bytes()).context("reading from env-init")? {
+            InitReport::Error(e) => fail!("env-init: {e}"),
+            report => Ok(report),
+        }
+    }
+
+    /// Hands the owner uid's claim over to the env whose directory is `dir` (which records it
+    /// and gives it up when boomed).
+    pub fn hand_over(&mut self, dir: &Path) -> Result<()> {
+        if let Some(holder) = &self.holder {
+            OWNER_CLAIMS.hand_over(&self.owner.uid.to_string(), holder, dir)?;
+            self.holder = None;
+        }
+        Ok(())
+    }
+
+    /// Whether the helper still waits (it was not killed from outside).
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(holder) = &self.holder {
+            let _ = OWNER_CLAIMS.unclaim(&self.owner.uid.to_string(), holder);
+        }
+    }
+}
+
+/// A helper prepared ahead of the next spawn, so a spawn waits neither for the exec and
+/// start-up of this (large) binary, about 1.5 ms, nor for the making of its namespaces. Only
+/// long-lived callers keep one ([`crate::Runtime::keep_spare_helper`]); a spare whose caller
+/// dies reads end-of-file and exits, and its owner uid's claim goes stale.
+#[derive(Default)]
+pub(crate) struct Spare {
+    keep: AtomicBool,
+    helper: Mutex<Option<Prepared>>,
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spare")
+            .field("keep", &self.keep.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Spare {
-    /// An env-init helper waiting for its config: the spare if one is alive, else a new one.
-    pub(crate) fn take(&self, helper: &Path) -> Result<Child> {
-        let spare = match self.child.try_lock() {
+    /// A prepared helper: the spare if one is alive, else one from `prepare`.
+    pub(crate) fn take(&self, prepare: impl FnOnce() -> Result<Prepared>) -> Result<Prepared> {
+        let spare = match self.helper.try_lock() {
             Ok(mut slot) => slot.take(),
-            // A refill is starting one right now: do not wait for it.
+            // A refill is preparing one right now: do not wait for it.
             Err(_) => None,
         };
         match spare {
-            Some(mut c) => match c.try_wait() {
-                Ok(None) => Ok(c),
-                // It died (killed from outside): reap it and start another.
-                _ => {
-                    let _ = c.wait();
-                    start_init(helper)
-                }
+            Some(mut h) => match h.alive() {
+                true => Ok(h),
+                // It died (killed from outside): dropping it reaps it.
+                false => prepare(),
             },
-            None => start_init(helper),
+            None => prepare(),
         }
     }
 
-    /// Keeps a spare from now on, and starts it.
-    pub(crate) fn keep(&self, helper: &Path) {
+    /// Keeps a spare from now on, and prepares it with `prepare`.
+    pub(crate) fn keep(&self, prepare: impl FnOnce() -> Result<Prepared>) {
         self.keep.store(true, Ordering::Relaxed);
-        self.refill(helper);
+        self.refill(prepare);
     }
 
-    /// Starts a spare if spares are kept and there is none (after a spawn took it).
-    pub(crate) fn refill(&self, helper: &Path) {
+    /// Prepares a spare with `prepare` if spares are kept and there is none (after a spawn
+    /// took it).
+    pub(crate) fn refill(&self, prepare: impl FnOnce() -> Result<Prepared>) {
         if !self.keep.load(Ordering::Relaxed) {
             return;
         }
-        // Blocks only another refill (a spawn that finds no spare starts its own helper).
-        let mut slot = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        // Blocks only another refill (a spawn that finds no spare prepares its own helper).
+        let mut slot = self.helper.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            // No spare is no error: the next spawn starts its own helper.
-            *slot = start_init(helper).ok();
+            // No spare is no error: the next spawn prepares its own helper.
+            *slot = prepare().ok();
         }
     }
 }

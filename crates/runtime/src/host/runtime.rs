@@ -24,7 +24,8 @@ pub struct Runtime {
     pub owners: OwnerRange,
     /// Where env cgroups are created.
     pub cgroups: Layout,
-    /// The env-init helper started ahead of the next spawn, if kept (shared by clones).
+    /// The env-init helper prepared ahead of the next spawn, if kept (shared by clones; see
+    /// [`Runtime::keep_spare_helper`], with the spawn that prepares it).
     pub(crate) spare: std::sync::Arc<Spare>,
 }
 
@@ -52,19 +53,6 @@ impl Runtime {
             owners: OwnerRange::node_default(&ids)?,
             spare: Default::default(),
         })
-    }
-
-    /// Keeps one env-init helper started ahead of the next spawn from now on, which takes the
-    /// helper's exec and start-up (about 1.5 ms) out of every spawn. For long-lived callers
-    /// (the node daemon); the spare is one idle process that exits with its caller.
-    pub fn keep_spare_helper(&self) {
-        self.spare.keep(&self.helper);
-    }
-
-    /// Starts the next spare helper on a thread of its own, if spares are kept.
-    pub(crate) fn refill_spare(&self) {
-        let (spare, helper) = (self.spare.clone(), self.helper.clone());
-        std::thread::spawn(move || spare.refill(&helper));
     }
 
     /// The directory of env `name` (which need not exist).

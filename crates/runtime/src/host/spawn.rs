@@ -4,16 +4,16 @@
 use crate::error::{fail, Context, Error, Result};
 use crate::host::cgroup::{Cgroup, Limits};
 use crate::host::egress::{Cidr, Rules};
+use crate::host::launch::Prepared;
 use crate::host::net::{self, Network};
 use crate::host::runtime::Runtime;
 use crate::host::state::{self, EnvState};
 use crate::host::{boom, cpus, owners, service};
 use crate::mounts::{self, ensure_dir};
 use crate::proc::start_time;
-use crate::protocol::{Go, InitConfig, InitReport, Message, ViewConfig};
-use std::io::{BufRead, BufReader, Write};
+use crate::protocol::{Go, InitConfig, InitReport, Message, Owner, ViewConfig};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 
 /// Size of a RAM-backed write layer (`spawn`).
 pub const TMPFS_SIZE: u64 = 100 << 20;
@@ -108,6 +108,28 @@ pub fn spawn(rt: &Runtime, opts: &SpawnOptions) -> Result<EnvState> {
     Ok(state)
 }
 
+impl Runtime {
+    /// Keeps one env-init helper prepared ahead of the next spawn from now on (exec'd, in its
+    /// own namespaces: `host::launch`), which takes the helper's exec and start-up and the
+    /// making of most of its namespaces out of every spawn. For long-lived callers (the node
+    /// daemon); the spare is one idle process holding one owner uid, and it exits with its
+    /// caller.
+    pub fn keep_spare_helper(&self) {
+        self.spare.keep(|| prepare(self));
+    }
+}
+
+/// A helper prepared for the next spawn, with an owner uid leased for it.
+fn prepare(rt: &Runtime) -> Result<Prepared> {
+    let holder = owners::helper_holder(&rt.data);
+    let uid = owners::lease(&rt.owners, &holder)?;
+    let owner = Owner {
+        uid,
+        gid: rt.ids.host_gid,
+    };
+    Prepared::start(&rt.helper, &rt.envs_dir(), rt.ids, owner, holder)
+}
+
 /// Booms a half-made env when dropped armed.
 struct Undo<'a> {
     rt: &'a Runtime,
@@ -159,14 +181,118 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     if opts.network != Network::Nat && opts.egress.policy != Default::default() {
         fail!("an egress policy needs a nat network (--net nat)");
     }
-    // Recorded at once: the claim is stale for a state that records another owner.
-    let owner_uid = owners::lease(&rt.owners, dir)?;
-    state.owner_uid = Some(owner_uid);
+    let mut helper = rt.spare.take(|| prepare(rt))?;
+    let result = configure(opts, dir, &cg, &mut helper, &mut state, &step);
+    if result.is_ok() {
+        // It exits once it forked the init (dropping it then kills nothing).
+        let _ = helper.child.wait();
+    }
+    drop(helper);
+    // The next spawn's helper is prepared now, beside this spawn's caller.
+    let next = rt.clone();
+    std::thread::spawn(move || next.spare.refill(|| prepare(&next)));
+    result?;
+    if opts.network == Network::Nat {
+        // The init's network namespace exists (its pid is known); boom undoes this on failure.
+        let (pid, start) = (state.init_pid, state.init_start);
+        let link = net::setup_nat(rt, &opts.name, pid, start, &opts.nat_allow, &opts.egress)?;
+        state.nat = Some(link);
+    }
+    step("net")?;
     state::store(dir, &state)?;
+    Ok(state)
+}
+
+/// Makes the env's cgroup and write layer around the prepared `helper` and drives it through
+/// the rest of the spawn handshake (see `inside::init`): its config, then the go-ahead once the
+/// root is mounted; fills in the init's pid and the mounts.
+fn configure(
+    opts: &SpawnOptions,
+    dir: &Path,
+    cg: &Cgroup,
+    helper: &mut Prepared,
+    state: &mut EnvState,
+    step: &dyn Fn(&str) -> Result<()>,
+) -> Result<()> {
+    // Recorded at once: the claim is stale for a state that records another owner.
+    helper.hand_over(dir)?;
+    state.owner_uid = Some(helper.owner.uid);
+    state::store(dir, state)?;
     cg.create(&opts.limits)?;
     cg.restrict_devices()?;
     step("cgroup")?;
 
+    // The helper binds the exec socket and opens its views while the write layer is made.
+    let root = dir.join("root");
+    let (memory_cgroup, cgroup_v2) = cg.memory_dir();
+    let cfg = InitConfig {
+        hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
+        root: root.clone(),
+        exec_socket: service::socket_path(dir),
+        views: ViewConfig {
+            memory_cgroup,
+            cpu_cgroup: cg.cpu_usage_dir(),
+            cgroup_v2,
+            cpus: cpus::for_env(&opts.name, opts.limits.cpus)?,
+        },
+    };
+    send(helper, &cfg.encode()).context("configuring env-init")?;
+    write_layer(opts, dir, state)?;
+    step("write-layer")?;
+
+    let pid = helper.child.id();
+    cg.add(pid as i32)?;
+    step("helper")?;
+    let lower = if opts.lower_shifted {
+        opts.lower.clone()
+    } else {
+        let bind = dir.join("lower");
+        ensure_dir(&bind)?;
+        let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .context("opening the env's userns")?;
+        mounts::idmapped_bind(&opts.lower, &bind, &userns)?;
+        state.mounts.push(bind.clone());
+        bind
+    };
+    step("lower")?;
+    let rw = dir.join("rw");
+    ensure_dir(&root)?;
+    mounts::mount_overlay(&lower, &rw.join("upper"), &rw.join("work"), &root)?;
+    state.mounts.push(root);
+    step("overlay")?;
+
+    if let Err(e) = send(helper, &Go.encode()) {
+        // It stopped reading: its own report says why, if it made one.
+        helper.next()?;
+        return Err(e).context("starting env-init");
+    }
+    let (mut init_pid, mut ready) = (None, false);
+    while !(ready && init_pid.is_some()) {
+        match helper.next()? {
+            InitReport::Pid(pid) => {
+                init_pid = Some(pid);
+                state.init_pid = pid;
+                state.init_start = start_time(pid).unwrap_or(0);
+            }
+            InitReport::Ready => ready = true,
+            other => fail!("env-init reported {other:?} after the go-ahead"),
+        }
+    }
+    step("init")
+}
+
+/// Writes one line to the helper's stdin.
+fn send(helper: &mut Prepared, msg: &[u8]) -> Result<()> {
+    let mut line = msg.to_vec();
+    line.push(b'\n');
+    let stdin = helper.child.stdin.as_mut().context("helper stdin")?;
+    Ok(stdin.write_all(&line)?)
+}
+
+/// Mounts the env's write layer (a tmpfs, or an ext4 image with `--disk`) on `DIR/rw` with
+/// its `upper` and `work` directories; the upper shows the lower root's own mode and times.
+fn write_layer(opts: &SpawnOptions, dir: &Path, state: &mut EnvState) -> Result<()> {
+    let (ids, write_size) = (state.ids, state.write_size);
     let rw = dir.join("rw");
     ensure_dir(&rw)?;
     if opts.disk {
@@ -213,123 +339,7 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         rustix::fs::AtFlags::empty(),
     )
     .with_context(|| format!("setting the times of {}", upper.display()))?;
-    step("write-layer")?;
-
-    let root = dir.join("root");
-    ensure_dir(&root)?;
-    let (memory_cgroup, cgroup_v2) = cg.memory_dir();
-    let cfg = InitConfig {
-        hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
-        root: root.clone(),
-        exec_socket: service::socket_path(dir),
-        owner: (owner_uid, ids.host_gid),
-        views: ViewConfig {
-            memory_cgroup,
-            cpu_cgroup: cg.cpu_usage_dir(),
-            cgroup_v2,
-            cpus: cpus::for_env(&opts.name, opts.limits.cpus)?,
-        },
-    };
-    let mut child = rt.spare.take(&rt.helper)?;
-    let mut line = cfg.encode();
-    line.push(b'\n');
-    let result = child
-        .stdin
-        .as_mut()
-        .context("helper stdin")?
-        .write_all(&line)
-        .context("configuring env-init")
-        .and_then(|()| start_init(rt, opts, dir, &cg, &mut child, &mut state, &step));
-    if result.is_err() {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    // The next spawn's helper starts now, beside this spawn's caller.
-    rt.refill_spare();
-    result?;
-    if opts.network == Network::Nat {
-        // The init's network namespace exists (its pid is known); boom undoes this on failure.
-        let (pid, start) = (state.init_pid, state.init_start);
-        let link = net::setup_nat(rt, &opts.name, pid, start, &opts.nat_allow, &opts.egress)?;
-        state.nat = Some(link);
-    }
-    step("net")?;
-    state::store(dir, &state)?;
-    Ok(state)
-}
-
-/// Drives the env-init helper through the spawn handshake (see `inside::init`) and
-/// mounts the root while it waits; fills in the init's pid and the mounts.
-fn start_init(
-    rt: &Runtime,
-    opts: &SpawnOptions,
-    dir: &Path,
-    cg: &Cgroup,
-    child: &mut Child,
-    state: &mut EnvState,
-    step: &dyn Fn(&str) -> Result<()>,
-) -> Result<()> {
-    let mut lines = BufReader::new(child.stdout.take().context("helper stdout")?).lines();
-    let mut next = || -> Result<InitReport> {
-        let line = match lines.next() {
-            Some(line) => line.context("reading from env-init")?,
-            None => fail!("env-init exited early"),
-        };
-        match InitReport::decode(line.as_bytes()).context("reading from env-init")? {
-            InitReport::Error(e) => fail!("env-init: {e}"),
-            report => Ok(report),
-        }
-    };
-    match next()? {
-        InitReport::Userns => {}
-        other => fail!("env-init reported {other:?} before its user namespace"),
-    }
-    let pid = child.id();
-    std::fs::write(format!("/proc/{pid}/uid_map"), rt.ids.map_line(false))
-        .context("writing uid_map")?;
-    std::fs::write(format!("/proc/{pid}/gid_map"), rt.ids.map_line(true))
-        .context("writing gid_map")?;
-    cg.add(pid as i32)?;
-    step("helper")?;
-
-    let lower = if opts.lower_shifted {
-        opts.lower.clone()
-    } else {
-        let bind = dir.join("lower");
-        ensure_dir(&bind)?;
-        let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
-            .context("opening the env's userns")?;
-        mounts::idmapped_bind(&opts.lower, &bind, &userns)?;
-        state.mounts.push(bind.clone());
-        bind
-    };
-    step("lower")?;
-    let (rw, root) = (dir.join("rw"), dir.join("root"));
-    mounts::mount_overlay(&lower, &rw.join("upper"), &rw.join("work"), &root)?;
-    state.mounts.push(root);
-    step("overlay")?;
-
-    let mut go = Go.encode();
-    go.push(b'\n');
-    child
-        .stdin
-        .take()
-        .context("helper stdin")?
-        .write_all(&go)
-        .context("starting env-init")?;
-    let (mut init_pid, mut ready) = (None, false);
-    while !(ready && init_pid.is_some()) {
-        match next()? {
-            InitReport::Pid(pid) => {
-                init_pid = Some(pid);
-                state.init_pid = pid;
-                state.init_start = start_time(pid).unwrap_or(0);
-            }
-            InitReport::Ready => ready = true,
-            other => fail!("env-init reported {other:?} after the go-ahead"),
-        }
-    }
-    step("init")
+    Ok(())
 }
 
 /// The hostname for env `name`: the name, cut to the kernel's 64 bytes.

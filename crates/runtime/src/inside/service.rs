@@ -3,7 +3,8 @@
 //! the messages are [`crate::protocol`]'s [`Request`], [`Reply`] and [`Control`]).
 //!
 //! The env-init helper binds `DATA/envs/<env>/exec.sock` (SOCK_SEQPACKET, mode 0600 root's,
-//! so only host root can connect) before it unshares anything; the init inherits the listener.
+//! so only host root can connect) with host root's file ids, before it becomes root inside;
+//! the init inherits the listener.
 //! The command runs as root inside (or as the request's user) with the init's bounding set,
 //! no_new_privs and seccomp filter (inherited), in a new session (its own process group),
 //! with a clean environment ([`DEFAULT_ENV`]); on the client's stdio, or on a terminal the
@@ -22,8 +23,9 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::Path;
 
-/// Binds and listens on `path` (called by the env-init helper while still host root).
-pub fn listen(path: &Path) -> Result<OwnedFd> {
+/// Binds and listens on `name` in the working directory (called by the env-init helper with
+/// host root's file ids, in the env's directory).
+pub fn listen(name: &Path) -> Result<OwnedFd> {
     let sock = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -31,13 +33,13 @@ pub fn listen(path: &Path) -> Result<OwnedFd> {
         None,
     )
     .context("exec socket")?;
-    let (_dir, addr) = fdpass::address(path)?;
+    let addr = rustix::net::SocketAddrUnix::new(name).context("exec socket address")?;
     // Created 0600 from the start (the helper is single-threaded, so the umask is ours alone):
     // no moment in which another user could connect.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let bound = rustix::net::bind(&sock, &addr);
     rustix::process::umask(old);
-    bound.with_context(|| format!("binding {}", path.display()))?;
+    bound.with_context(|| format!("binding {}", name.display()))?;
     rustix::net::listen(&sock, 64).context("listening on the exec socket")?;
     Ok(sock)
 }

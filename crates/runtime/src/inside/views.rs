@@ -13,8 +13,8 @@
 //! host's memory and load (its uptime is the env's, from the env's clock); only intercepting the
 //! call (seccomp user notification, as Incus does) could change that.
 //!
-//! The env-init helper opens the env's memory and cpu cgroup directories while still host root
-//! ([`open`]) and pins itself to the env's cpus ([`pin`]); the init inherits both. After the
+//! The env-init helper opens the env's memory and cpu cgroup directories with host root's file
+//! ids ([`open`]) and pins itself to the env's cpus ([`pin`]); the init inherits both. After the
 //! pivot the init writes the views into a small tmpfs, binds them read-only over the `/proc`
 //! files and detaches the tmpfs ([`mount`]): only the bind mounts (in the env's mount
 //! namespace, gone with it) and the init's open files reach it. The init rewrites the views
@@ -58,10 +58,10 @@ pub struct Sources {
     clock: Clock,
 }
 
-/// Opens the env's cgroup directories and the helper's time offsets (in the helper, as host
-/// root, before anything is unshared: the cgroups' paths need not be reachable by the env's
-/// ids).
-pub fn open(cfg: &ViewConfig) -> Result<Sources> {
+/// Opens the env's cgroup directories (in the helper, with host root's file ids: the cgroups'
+/// paths need not be reachable by the env's ids), keeping the helper's time offsets (opened
+/// as host root, before anything was unshared).
+pub fn open(cfg: &ViewConfig, clock: Clock) -> Result<Sources> {
     let dir = |path: &Path| {
         rustix::fs::open(
             path,
@@ -75,7 +75,7 @@ pub fn open(cfg: &ViewConfig) -> Result<Sources> {
         cpu: dir(&cfg.cpu_cgroup)?,
         v2: cfg.cgroup_v2,
         cpus: cfg.cpus.clone(),
-        clock: Clock::open()?,
+        clock,
     })
 }
 

@@ -180,8 +180,25 @@ fn a_spare_helper_is_used_replaced_and_survives_being_killed() {
     assert!(eventually(|| spare_helpers().len() == 1), "no new spare");
     let next = spare_helpers()[0];
     assert_ne!(next, spare);
+    // Prepared at the lowest priority, so it yields to the env just spawned...
+    let nice = |stat: &str| {
+        stat.rsplit_once(") ")
+            .unwrap()
+            .1
+            .split(' ')
+            .nth(16)
+            .map(str::to_owned)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{next}/stat")).unwrap();
+    assert_eq!(nice(&stat).as_deref(), Some("19"), "{stat}");
+    // ...but the env it becomes runs at its spawner's.
     let env2 = Env::spawn(&node.rt, &node.opts("spare2"));
     assert_eq!(env2.ok("hostname").trim(), env2.state.name);
+    let ours = rustix::process::getpriority_process(None)
+        .unwrap()
+        .to_string();
+    let inside = env2.ok("cat /proc/self/stat");
+    assert_eq!(nice(&inside), Some(ours), "{inside}");
     assert!(eventually(|| !spare_helpers().contains(&next)));
     assert!(eventually(|| spare_helpers().len() == 1));
 }

@@ -105,6 +105,14 @@ impl Prepared {
         Ok(())
     }
 
+    /// Gives the helper (and so the env it becomes) the calling thread's niceness.
+    fn renice_as_caller(&self) -> Result<()> {
+        let nice = rustix::process::getpriority_process(None).context("reading our niceness")?;
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
+        rustix::process::setpriority_process(pid, nice).context("renicing the env-init helper")?;
+        Ok(())
+    }
+
     /// Whether the helper still waits (it was not killed from outside).
     fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -149,7 +157,8 @@ impl Spare {
         };
         match spare {
             Some(mut h) => match h.alive() {
-                true => Ok(h),
+                // It may have been prepared at a lower priority than its env should run at.
+                true => h.renice_as_caller().map(|()| h),
                 // It died (killed from outside): dropping it reaps it.
                 false => prepare(),
             },

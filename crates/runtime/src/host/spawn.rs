@@ -74,6 +74,10 @@ impl SpawnOptions {
     }
 }
 
+/// The niceness at which the next spare helper is prepared (the lowest priority); a spawn
+/// that takes it gives it its caller's.
+const SPARE_NICE: i32 = 19;
+
 /// The steps of a spawn, in order (names for [`SpawnOptions::fail_after`]).
 pub const STEPS: [&str; 7] = [
     "cgroup",
@@ -188,9 +192,14 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
         let _ = helper.child.wait();
     }
     drop(helper);
-    // The next spawn's helper is prepared now, beside this spawn's caller.
+    // The next spawn's helper is prepared now, beside this spawn's caller, but at the lowest
+    // priority: the env just made (its first command, a login's shell) goes first.
     let next = rt.clone();
-    std::thread::spawn(move || next.spare.refill(|| prepare(&next)));
+    std::thread::spawn(move || {
+        // Linux's nice is per thread: this one's, inherited by the helper it starts.
+        let _ = rustix::process::setpriority_process(None, SPARE_NICE);
+        next.spare.refill(|| prepare(&next))
+    });
     result?;
     if opts.network == Network::Nat {
         // The init's network namespace exists (its pid is known); boom undoes this on failure.

@@ -2,7 +2,7 @@
 //! ([`self_exe`]) as `BIN env-init UID:GID` ([`crate::protocol::INIT`], [`Owner`]), whose
 //! inside half is `inside::init`. A helper is *prepared* before its spawn configures it: owner
 //! uid leased, exec'd, in its own user, uts, ipc, net and pid namespaces with its ids mapped
-//! ([`Prepared`]). Long-lived callers keep one prepared ahead of the next spawn (`Spare`).
+//! (`Prepared`). Long-lived callers keep one prepared ahead of the next spawn (`Spare`).
 
 use crate::error::{fail, Context, Result};
 use crate::host::ids::{IdRange, OWNER_CLAIMS};

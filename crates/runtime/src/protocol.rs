@@ -4,11 +4,14 @@
 //!
 //! - **Helpers.** The host re-executes its binary as `BIN` [`INIT`] [`Owner`] or `BIN`
 //!   [`ENTER`] `CONFIG`; CONFIG is an [`EnterConfig`] (JSON, one argument).
-//! - **Spawn handshake** (env-init's stdout and stdin, one message a line): the helper sends
-//!   [`InitReport::Userns`] (it may be made ahead of its spawn and wait here); the host maps
-//!   its ids, and at the spawn sends an [`InitConfig`], mounts the root and sends [`Go`]; the
-//!   helper sends [`InitReport::Pid`] and the init [`InitReport::Ready`], or either
-//!   [`InitReport::Error`] at the step that failed.
+//! - **Spawn handshake** (env-init's stdout, one report a line; its stdin, a SOCK_SEQPACKET
+//!   Unix socket, one message a packet): the helper sends [`InitReport::Userns`]; the host
+//!   maps its ids and sends [`Mapped`] (a helper may be made ahead of its spawn and wait after
+//!   this); at the spawn the host sends an [`InitConfig`] with the env's exec listener and
+//!   its memory and cpu cgroup directories (`O_PATH`) attached, mounts the root and sends
+//!   [`Go`] with the root attached (a detached `open_tree` clone); the helper sends
+//!   [`InitReport::Pid`] and the init [`InitReport::Ready`], or either [`InitReport::Error`] at
+//!   the step that failed.
 //! - **Terminal** (env-enter's stdin, a Unix socket): one [`TTY_MASTER`] byte carrying the
 //!   master of the terminal it opened inside. Its exit code is the command's, or
 //!   [`ENTER_FAILED`].
@@ -93,28 +96,27 @@ impl Malformed {
     }
 }
 
-/// What the env-init helper is told.
+/// What the env-init helper is told at its spawn (with the fds of [`InitConfig::FDS`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitConfig {
     /// The env's hostname (its name).
     pub hostname: String,
-    /// The overlay root on the host.
-    pub root: PathBuf,
-    /// Where the init's exec service listens.
-    pub exec_socket: PathBuf,
     /// What the env's `/proc` views show: see [`ViewConfig`].
     pub views: ViewConfig,
+}
+
+impl InitConfig {
+    /// The fds attached, in order: the exec service's listener, the env's memory cgroup
+    /// directory (in the v1 `memory` hierarchy, or the v2 one) and its cgroup directory with
+    /// its cpu time (v1 `cpuacct`, or the v2 one), both `O_PATH`.
+    pub const FDS: usize = 3;
 }
 
 /// Where the env's `/proc` views and its cpus come from (`inside::views`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewConfig {
-    /// The env's memory cgroup directory on the host (in the v1 `memory` hierarchy, or the v2
-    /// one).
-    pub memory_cgroup: PathBuf,
-    /// The env's cgroup directory with its cpu time (v1 `cpuacct`, or the v2 one).
-    pub cpu_cgroup: PathBuf,
-    /// Whether those directories are cgroup v2's (`memory.max`, `cpu.stat`) or v1's.
+    /// Whether the cgroup directories sent with the config are cgroup v2's (`memory.max`,
+    /// `cpu.stat`) or v1's.
     pub cgroup_v2: bool,
     /// The host cpus the env runs on (its cpu limit, rounded up); empty: all of the host's.
     pub cpus: Vec<usize>,
@@ -204,7 +206,7 @@ json_message!(Request, "exec request");
 /// What env-init tells the host during a spawn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InitReport {
-    /// It is in its new user namespace, waiting for its id maps and root (then [`Go`]).
+    /// It is in its new namespaces, waiting for its id maps ([`Mapped`]).
     Userns,
     /// It forked the init, whose host pid this is.
     Pid(i32),
@@ -214,7 +216,11 @@ pub enum InitReport {
     Error(String),
 }
 
-/// The host's go-ahead to env-init: ids mapped, root mounted.
+/// The host's word to env-init that its ids are mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapped;
+
+/// The host's go-ahead to env-init, with the env's root attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Go;
 
@@ -277,6 +283,19 @@ impl Message for InitReport {
                 (None, Some(pid)) => Ok(InitReport::Pid(pid)),
                 _ => Err(Malformed::got(WHAT, bytes)),
             },
+        }
+    }
+}
+
+impl Message for Mapped {
+    fn encode(&self) -> Vec<u8> {
+        b"mapped".to_vec()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
+        match bytes {
+            b"mapped" => Ok(Mapped),
+            _ => Err(Malformed::got("word from the spawner", bytes)),
         }
     }
 }
@@ -361,11 +380,7 @@ mod tests {
         };
         round_trip(InitConfig {
             hostname: "e".into(),
-            root: "/data/envs/e/root".into(),
-            exec_socket: "/data/envs/e/exec.sock".into(),
             views: ViewConfig {
-                memory_cgroup: "/sys/fs/cgroup/memory/spawngrid-n/e".into(),
-                cpu_cgroup: "/sys/fs/cgroup/cpuacct/spawngrid-n/e".into(),
                 cgroup_v2: false,
                 cpus: vec![1, 2],
             },
@@ -397,6 +412,7 @@ mod tests {
             round_trip(m);
         }
         round_trip(Go);
+        round_trip(Mapped);
         round_trip(Owner {
             uid: 200_000,
             gid: 100_000,
@@ -431,6 +447,7 @@ mod tests {
             b"Ready", b"\xff",
         ]);
         refused::<Go>(&[b"", b"go ", b"stop", b"\xff"]);
+        refused::<Mapped>(&[b"", b"mapped ", b"go", b"\xff"]);
         refused::<Owner>(&[b"", b"1", b"1:", b":1", b"1:2:3", b"-1:2", b"+1:2", b"1:x"]);
         refused::<Reply>(&[
             b"", b"start", b"exit", b"exit -1", b"exit 1x", b"err x", b"\xff",
@@ -449,7 +466,7 @@ mod tests {
         refused::<InitConfig>(&[
             b"",
             b"{}",
-            b"{\"hostname\":1,\"root\":\"/\",\"exec_socket\":\"/\"}",
+            b"{\"hostname\":1,\"views\":{\"cgroup_v2\":false,\"cpus\":[]}}",
         ]);
         refused::<EnterConfig>(&[b"[]", b"{\"init_pid\":1}"]);
         refused::<Request>(&[b"null", b"{\"argv\":\"sh\",\"env\":[],\"cwd\":\"/\"}"]);

@@ -191,6 +191,17 @@ fn a_spare_helper_is_used_replaced_and_survives_being_killed() {
     };
     let stat = std::fs::read_to_string(format!("/proc/{next}/stat")).unwrap();
     assert_eq!(nice(&stat).as_deref(), Some("19"), "{stat}");
+    // Its mount namespace is staged: the env's /dev and the host's /proc, none of the host's
+    // other mounts (they cost every spawn a copy and a drop otherwise).
+    // (Once it is prepared: the refill may still be at it.)
+    let mounts = || std::fs::read_to_string(format!("/proc/{next}/mountinfo")).unwrap();
+    let staged = || {
+        let info = mounts();
+        let points: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+        let ours = |p: &&str| *p == "/" || p.starts_with("/dev") || p.starts_with("/proc");
+        points.contains(&"/dev/pts") && points.iter().all(ours)
+    };
+    assert!(eventually(staged), "{}", mounts());
     // ...but the env it becomes runs at its spawner's.
     let env2 = Env::spawn(&node.rt, &node.opts("spare2"));
     assert_eq!(env2.ok("hostname").trim(), env2.state.name);

@@ -1,12 +1,16 @@
 //! Starting the env-init helper: the runtime re-executes its own binary
 //! ([`self_exe`]) as `BIN env-init UID:GID` ([`crate::protocol::INIT`], [`Owner`]), whose
 //! inside half is `inside::init`. A helper is *prepared* before its spawn configures it: owner
-//! uid leased, exec'd, in its own user, uts, ipc, net and pid namespaces with its ids mapped
-//! (`Prepared`). Long-lived callers keep one prepared ahead of the next spawn (`Spare`).
+//! uid leased, exec'd, in its own user, uts, ipc, net, pid and mount namespaces with its ids
+//! mapped and the env's `/dev` staged (`Prepared`). Long-lived callers keep one prepared ahead
+//! of the next spawn (`Spare`).
 
 use crate::error::{fail, Context, Result};
+use crate::fdpass;
 use crate::host::ids::{IdRange, OWNER_CLAIMS};
-use crate::protocol::{InitReport, Message, Owner, INIT};
+use crate::protocol::{InitReport, Mapped, Message, Owner, INIT};
+use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -23,8 +27,10 @@ pub fn self_exe() -> std::path::PathBuf {
 /// An env-init helper waiting for its env's config (`inside::init`'s step 1 done). Dropped,
 /// it is killed and reaped, and gives its owner uid back unless it was handed over.
 pub(crate) struct Prepared {
-    /// The helper; its stdin takes the config and the go-ahead.
+    /// The helper.
     pub child: Child,
+    /// The host's end of its stdin, a SOCK_SEQPACKET socket: [`Prepared::send`].
+    control: OwnedFd,
     /// Its reports, a line each.
     reports: Lines<BufReader<ChildStdout>>,
     /// The owner of its user namespace: the env's owner uid, once handed over.
@@ -46,18 +52,27 @@ impl Prepared {
     ) -> Result<Prepared> {
         let arg = String::from_utf8(owner.encode()).expect("digits and a colon");
         // Its working directory: it enters its env's directory from there (`inside::init`).
+        let pair = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .context("a socket pair for env-init");
         let child = std::fs::create_dir_all(envs)
             .with_context(|| format!("creating {}", envs.display()))
-            .and_then(|()| {
+            .and(pair)
+            .and_then(|(control, theirs)| {
                 let started = Command::new(helper)
                     .args([INIT, &arg])
                     .current_dir(envs)
-                    .stdin(Stdio::piped())
+                    .stdin(Stdio::from(theirs))
                     .stdout(Stdio::piped())
                     .spawn();
-                started.with_context(|| format!("starting {}", helper.display()))
+                let started = started.with_context(|| format!("starting {}", helper.display()));
+                started.map(|child| (child, control))
             });
-        let mut child = match child {
+        let (mut child, control) = match child {
             Ok(c) => c,
             Err(e) => {
                 let _ = OWNER_CLAIMS.unclaim(&owner.uid.to_string(), &holder);
@@ -67,6 +82,7 @@ impl Prepared {
         let stdout = child.stdout.take().expect("piped");
         let mut helper = Prepared {
             child,
+            control,
             reports: BufReader::new(stdout).lines(),
             owner,
             holder: Some(holder),
@@ -80,7 +96,18 @@ impl Prepared {
             .context("writing uid_map")?;
         std::fs::write(format!("/proc/{pid}/gid_map"), ids.map_line(true))
             .context("writing gid_map")?;
+        helper.send(&Mapped.encode(), &[])?;
         Ok(helper)
+    }
+
+    /// Sends the helper one message with `fds` attached; if it stopped reading, the error is
+    /// its own report of why, if it made one.
+    pub fn send(&mut self, msg: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if let Err(e) = fdpass::send(&self.control, msg, fds) {
+            self.next()?;
+            return Err(e).context("writing to env-init");
+        }
+        Ok(())
     }
 
     /// The helper's next report; its [`InitReport::Error`] or an early end as an error.

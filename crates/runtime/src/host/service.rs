@@ -26,6 +26,25 @@ pub fn socket_path(env_dir: &Path) -> PathBuf {
     env_dir.join("exec.sock")
 }
 
+/// Binds and listens on the exec socket of the env whose directory is `env_dir`, for its init
+/// (which inherits nothing of the host's: the spawn sends it this listener). Made by host root,
+/// mode 0600: only host root can connect.
+pub(crate) fn listen(env_dir: &Path) -> Result<OwnedFd> {
+    let path = socket_path(env_dir);
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let (_dir, addr) = fdpass::address(&path)?;
+    rustix::net::bind(&sock, &addr).with_context(|| format!("binding {}", path.display()))?;
+    let private = rustix::fs::Mode::from_raw_mode(0o600);
+    rustix::fs::chmod(&path, private).with_context(|| format!("chmod {}", path.display()))?;
+    rustix::net::listen(&sock, 64).context("listening on the exec socket")?;
+    Ok(sock)
+}
+
 /// A command started through the init. Dropping it (closing the connection) kills the
 /// command's process group, as [`Started::kill`] does.
 pub struct Started {

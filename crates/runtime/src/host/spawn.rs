@@ -12,7 +12,9 @@ use crate::host::{boom, cpus, owners, service};
 use crate::mounts::{self, ensure_dir};
 use crate::proc::start_time;
 use crate::protocol::{Go, InitConfig, InitReport, Message, Owner, ViewConfig};
-use std::io::Write;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::OpenTreeFlags;
 use std::path::{Path, PathBuf};
 
 /// Size of a RAM-backed write layer (`spawn`).
@@ -231,21 +233,24 @@ fn configure(
     cg.restrict_devices()?;
     step("cgroup")?;
 
-    // The helper binds the exec socket and opens its views while the write layer is made.
+    // The helper takes its config (while the write layer is made) with what it cannot reach
+    // itself: the exec socket's listener and the cgroup directories its views read.
     let root = dir.join("root");
     let (memory_cgroup, cgroup_v2) = cg.memory_dir();
     let cfg = InitConfig {
         hostname: hostname(opts.hostname.as_deref().unwrap_or(&opts.name)),
-        root: root.clone(),
-        exec_socket: service::socket_path(dir),
         views: ViewConfig {
-            memory_cgroup,
-            cpu_cgroup: cg.cpu_usage_dir(),
             cgroup_v2,
             cpus: cpus::for_env(&opts.name, opts.limits.cpus)?,
         },
     };
-    send(helper, &cfg.encode()).context("configuring env-init")?;
+    let listener = service::listen(dir)?;
+    let (memory, cpu) = (open_dir(&memory_cgroup)?, open_dir(&cg.cpu_usage_dir())?);
+    let fds = [listener.as_fd(), memory.as_fd(), cpu.as_fd()];
+    helper
+        .send(&cfg.encode(), &fds)
+        .context("configuring env-init")?;
+    drop((listener, memory, cpu));
     write_layer(opts, dir, state)?;
     step("write-layer")?;
 
@@ -267,14 +272,21 @@ fn configure(
     let rw = dir.join("rw");
     ensure_dir(&root)?;
     mounts::mount_overlay(&lower, &rw.join("upper"), &rw.join("work"), &root)?;
-    state.mounts.push(root);
+    state.mounts.push(root.clone());
     step("overlay")?;
 
-    if let Err(e) = send(helper, &Go.encode()) {
-        // It stopped reading: its own report says why, if it made one.
-        helper.next()?;
-        return Err(e).context("starting env-init");
-    }
+    // A detached copy of the root for the helper's mount namespace (made ahead, so the
+    // overlay mounted since is not in it).
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        &root,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .with_context(|| format!("cloning {}", root.display()))?;
+    helper
+        .send(&Go.encode(), &[tree.as_fd()])
+        .context("starting env-init")?;
+    drop(tree);
     let (mut init_pid, mut ready) = (None, false);
     while !(ready && init_pid.is_some()) {
         match helper.next()? {
@@ -290,12 +302,11 @@ fn configure(
     step("init")
 }
 
-/// Writes one line to the helper's stdin.
-fn send(helper: &mut Prepared, msg: &[u8]) -> Result<()> {
-    let mut line = msg.to_vec();
-    line.push(b'\n');
-    let stdin = helper.child.stdin.as_mut().context("helper stdin")?;
-    Ok(stdin.write_all(&line)?)
+/// An `O_PATH` fd of directory `path`.
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::open(path, flags, Mode::empty())
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 /// Mounts the env's write layer (a tmpfs, or an ext4 image with `--disk`) on `DIR/rw` with

@@ -1,40 +1,41 @@
 //! The `env-init` helper and the env's init.
 //!
-//! The spawn handshake ([`crate::protocol`]: [`InitReport`] lines on the helper's stdout,
-//! an [`InitConfig`] and a [`Go`] line on its stdin), step by step:
+//! The spawn handshake ([`crate::protocol`]: [`InitReport`] lines on the helper's stdout;
+//! [`Mapped`], an [`InitConfig`] and a [`Go`] as packets on its stdin, a Unix socket), step by
+//! step:
 //!
 //! 1. the helper, started as `env-init UID:GID` ([`Owner`]) perhaps well ahead of its spawn
 //!    ([`crate::Runtime::keep_spare_helper`]), opens its time offsets (`inside::clock`),
 //!    unshares a user namespace owned by the env's own host uid ([`Owner`], neither host
 //!    root nor another env's: see [`security::own_next_user_namespace`]), then the uts, ipc,
 //!    net and pid namespaces (owned by it), brings up loopback and reports
-//!    [`InitReport::Userns`]; the host writes its uid/gid maps, and it waits;
-//! 2. at the spawn, the host sends the env's [`InitConfig`]: the helper binds the env's exec
-//!    socket and opens what the env's `/proc` views read (`inside::views`) while the host
-//!    moves it into the env's cgroup and mounts the overlay root (using its user namespace
-//!    for an id-mapped lower), then the host sends [`Go`];
-//! 3. the helper changes directory into the overlay root (see below), becomes root inside,
-//!    unshares the mount and cgroup namespaces (the cgroup one now that it is in the env's
-//!    cgroup) and the time namespace (the env's clock: `inside::clock`, which starts now),
-//!    sets the hostname and forks the init (PID 1 inside), reports [`InitReport::Pid`] and
-//!    exits;
-//! 4. the init builds /dev and /proc, pivots into the overlay, restricts itself, reports
-//!    [`InitReport::Ready`] (or [`InitReport::Error`] at any failing step), closes its stdio
-//!    and from then on reaps orphans and serves exec requests ([`crate::inside::service`]).
-//!    It is no child of the spawner, so it outlives it.
+//!    [`InitReport::Userns`]; once the host has written its uid/gid maps ([`Mapped`]) it
+//!    becomes root inside, unshares its mount namespace and stages it ([`rootfs::stage`]:
+//!    `/dev` built, the host's mounts dropped), and waits;
+//! 2. at the spawn, the host sends the env's [`InitConfig`] with the exec socket's listener
+//!    and the env's cgroup directories (what the views read: `inside::views`) attached, moves
+//!    the helper into the env's cgroup, mounts the overlay root and sends [`Go`] with a
+//!    detached copy of it attached;
+//! 3. the helper attaches the root and enters it ([`rootfs::attach`]), unshares the cgroup
+//!    namespace (now that it is in the env's cgroup) and the time namespace (the env's clock,
+//!    which starts now), sets the hostname and forks the init (PID 1 inside), reports
+//!    [`InitReport::Pid`] and exits;
+//! 4. the init moves `/dev` onto the root, mounts /proc, pivots into it ([`rootfs::setup`]),
+//!    restricts itself, reports [`InitReport::Ready`] (or [`InitReport::Error`] at any failing
+//!    step), closes its stdio and from then on reaps orphans and serves exec requests
+//!    ([`crate::inside::service`]). It is no child of the spawner, so it outlives it.
 //!
-//! Nothing after step 1 looks a host path up from `/`: the env's ids cannot traverse the data
-//! directory (mode 0700) or whatever is above it (a home directory, `mktemp -d`), and the
-//! helper, in its own user namespace, has lost host root's capabilities to pass another
-//! user's directory. The host starts it in the node's envs directory; it enters the env's
-//! directory from there with host root's file ids (which it keeps until it becomes root
-//! inside, and which own that directory), and the overlay root from that; the new mount
-//! namespace carries that working directory over, and the init builds the env from it.
+//! The helper looks up no host path of the env's: the env's ids cannot traverse the data
+//! directory (mode 0700) or whatever is above it (a home directory, `mktemp -d`), and its
+//! mount namespace no longer holds the host's mounts by the spawn. What it needs comes as open
+//! files.
 
+use crate::fdpass;
 use crate::inside::clock::Clock;
 use crate::inside::{loopback, rootfs, security, service, views};
-use crate::protocol::{Go, InitConfig, InitReport, Message, Owner};
+use crate::protocol::{Go, InitConfig, InitReport, Mapped, Message, Owner};
 use anyhow::{Context, Result};
+use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::thread::UnshareFlags;
 use std::process::ExitCode;
 
@@ -67,41 +68,21 @@ fn run(owner: &str) -> Result<()> {
     unshare(ahead | UnshareFlags::NEWPID).context("unsharing namespaces")?;
     loopback::up()?;
     report(InitReport::Userns);
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("waiting for a spawn")?;
-    // Step 2: the env's own.
-    let cfg = InitConfig::decode(line.trim_end().as_bytes())?;
-    // Entered from the working directory the host started us in, the node's envs directory:
-    // no lookup from `/`, which the namespace's lost host capabilities might not pass.
-    let env_dir = cfg.root.parent().context("the env's root has no parent")?;
-    let name = env_dir
-        .file_name()
-        .context("the env's directory has no name")?;
-    rustix::process::chdir(name).with_context(|| format!("entering {}", env_dir.display()))?;
-    // Bound with host root's file ids, so only host root can connect; the init inherits it.
-    let socket = match cfg.exec_socket.parent() == Some(env_dir) {
-        true => cfg
-            .exec_socket
-            .file_name()
-            .context("the exec socket has no name")?,
-        false => anyhow::bail!("the exec socket is not in the env's directory"),
-    };
-    let listener = service::listen(std::path::Path::new(socket))?;
-    let mut sources = views::open(&cfg.views, clock)?;
-    views::pin(&cfg.views.cpus)?;
-    line.clear();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("waiting for the spawner")?;
-    Go::decode(line.trim_end().as_bytes()).context("the spawner gave up")?;
-    // Step 3. From the env's directory into the overlay mounted on `root` meanwhile; the file
-    // ids are still host root's, the owner of the env's directory.
-    let root = cfg.root.file_name().context("the env's root has no name")?;
-    rustix::process::chdir(root).context("entering the env's root")?;
+    let spawner = rustix::stdio::stdin();
+    let (Mapped, _) = receive::<Mapped>(spawner, 0).context("waiting for the id maps")?;
     security::become_root()?;
-    unshare(UnshareFlags::NEWNS | UnshareFlags::NEWCGROUP).context("unsharing namespaces")?;
+    unshare(UnshareFlags::NEWNS).context("unsharing the mount namespace")?;
+    rootfs::stage()?;
+    // Step 2, the spawn: the env's own.
+    let (cfg, fds) =
+        receive::<InitConfig>(spawner, InitConfig::FDS).context("waiting for a spawn")?;
+    let [listener, memory, cpu] = <[OwnedFd; InitConfig::FDS]>::try_from(fds).expect("counted");
+    let mut sources = views::Sources::new(memory, cpu, &cfg.views, clock);
+    views::pin(&cfg.views.cpus)?;
+    let (Go, fds) = receive::<Go>(spawner, 1).context("waiting for the spawner")?;
+    // Step 3.
+    rootfs::attach(fds.into_iter().next().expect("counted"))?;
+    unshare(UnshareFlags::NEWCGROUP).context("unsharing the cgroup namespace")?;
     sources.start_clock()?;
     rustix::system::sethostname(cfg.hostname.as_bytes()).context("setting the hostname")?;
     // SAFETY: this helper was just exec'd and never starts a thread, so the child of fork is a
@@ -120,6 +101,20 @@ fn run(owner: &str) -> Result<()> {
     }
 }
 
+/// The spawner's next message, an `M` with `fds` fds attached.
+fn receive<M: Message>(spawner: BorrowedFd<'_>, fds: usize) -> Result<(M, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 64 << 10];
+    let (n, got) = fdpass::recv(spawner, &mut buf)?;
+    if n == 0 {
+        anyhow::bail!("the spawner went away");
+    }
+    let msg = M::decode(&buf[..n])?;
+    if got.len() != fds {
+        anyhow::bail!("the spawner sent {} fds, not {fds}", got.len());
+    }
+    Ok((msg, got))
+}
+
 /// unshare(2) of namespaces only.
 fn unshare(flags: UnshareFlags) -> std::io::Result<()> {
     // SAFETY: `unshare_unsafe` is unsafe because CLONE_FILES/CLONE_FS would change what fds
@@ -129,10 +124,7 @@ fn unshare(flags: UnshareFlags) -> std::io::Result<()> {
 
 /// The env's PID 1: finishes the environment (its root is the working directory), then reaps.
 /// Returns only on a setup error.
-fn pid1(
-    listener: rustix::fd::OwnedFd,
-    sources: views::Sources,
-) -> Result<std::convert::Infallible> {
+fn pid1(listener: OwnedFd, sources: views::Sources) -> Result<std::convert::Infallible> {
     // Its own session and process group, so nothing aimed at the spawner's group reaches it.
     rustix::process::setsid().context("setsid")?;
     rootfs::setup()?;

@@ -1,11 +1,16 @@
-//! Inside a new mount namespace (as root of the env's user namespace): build the env's view
-//! on top of its overlay root (the working directory: see [`crate::inside::init`]) — a minimal /dev, a
-//! fresh /proc with the usual masked paths, no /sys — then `pivot_root` into it and drop the
-//! host's tree. Paths are relative to the working directory: the env's ids may not be allowed
-//! to look up the overlay's host path.
+//! The env's mount namespace, made in two parts (as root of the env's user namespace). Ahead
+//! of the spawn, [`stage`]: a new mount namespace, a staging tmpfs with the env's minimal
+//! `/dev` built on it, pivoted into, so the host's mounts are gone from the namespace before
+//! the env needs it (copying them into a new namespace and dropping them again costs ~1 µs a
+//! host mount each way). At the spawn, [`attach`] mounts the overlay root the spawner sent (a
+//! detached `open_tree` clone) on the staging root's `/root`, and the init's [`setup`] moves
+//! `/dev` onto it, mounts a fresh /proc with the usual masked paths (no /sys) and pivots into
+//! it. Paths are relative to the working directory where they can be: the env's ids may not be
+//! allowed to look up host paths.
 
 use crate::mounts::{ensure_dir, mount};
 use anyhow::{Context, Result};
+use rustix::fd::OwnedFd;
 use rustix::fs::StatVfsMountFlags as St;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use std::path::Path;
@@ -30,34 +35,65 @@ const MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 /// /proc directories that stay visible but read-only.
 const READ_ONLY: [&str; 4] = ["sys", "bus", "fs", "irq"];
 
-/// Builds /dev and /proc under the working directory (the root of the overlay) and pivots
-/// into it.
-pub fn setup() -> Result<()> {
-    use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+/// Where the overlay root is attached under the staging root.
+const ROOT: &str = "/root";
+
+/// Ahead of the spawn, in a new mount namespace: makes its mounts private, mounts a staging
+/// tmpfs on the working directory (any directory of the host's), builds `/dev` on it, makes
+/// [`ROOT`] and pivots into it, dropping every host mount from the namespace but `/proc`.
+pub fn stage() -> Result<()> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
+        FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    };
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
     )
     .context("making mounts private")?;
-    // The overlay was copied from the host's namespace, so it is locked here and pivot_root
-    // refuses it; a bind mount of it made in this namespace is not. Made detached, attached
-    // on top of the overlay, then entered through its fd (`.` would stay below it).
-    let bind = rustix::mount::open_tree(
-        rustix::fs::CWD,
-        ".",
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )
-    .context("binding the root onto itself")?;
-    rustix::mount::move_mount(
-        &bind,
-        "",
-        rustix::fs::CWD,
-        ".",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .context("attaching the root's bind")?;
-    rustix::process::fchdir(&bind).context("entering the root's bind")?;
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).context("a staging tmpfs")?;
+    fsconfig_set_string(&fs, "mode", "0755").context("a staging tmpfs")?;
+    fsconfig_set_string(&fs, "size", "65536").context("a staging tmpfs")?;
+    fsconfig_create(&fs).context("a staging tmpfs")?;
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
+        | MountAttrFlags::MOUNT_ATTR_NODEV
+        | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    let stage = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).context("a staging tmpfs")?;
+    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH;
+    move_mount(&stage, "", rustix::fs::CWD, ".", flags).context("attaching the staging tmpfs")?;
+    rustix::process::fchdir(&stage).context("entering the staging tmpfs")?;
     make_dev(Path::new("dev"))?;
+    // The kernel lets a user namespace mount a proc only where one is fully visible already:
+    // the host's, until the init's pivot drops the staging root with it.
+    let proc = Path::new("proc");
+    ensure_dir(proc)?;
+    rustix::mount::mount_bind_recursive("/proc", proc).context("binding the host's /proc")?;
+    ensure_dir(Path::new(ROOT.trim_start_matches('/')))?;
+    pivot()
+}
+
+/// At the spawn: attaches the env's root `tree` (a detached mount) on [`ROOT`] and enters it.
+pub fn attach(tree: OwnedFd) -> Result<()> {
+    use rustix::mount::{move_mount, MoveMountFlags};
+    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH;
+    move_mount(&tree, "", rustix::fs::CWD, ROOT, flags).context("attaching the env's root")?;
+    rustix::process::fchdir(&tree).context("entering the env's root")
+}
+
+/// In the init (its root is the working directory, [`attach`]ed): moves the staged `/dev`
+/// onto the root, mounts /proc and pivots into it.
+pub fn setup() -> Result<()> {
+    use rustix::mount::{move_mount, MoveMountFlags};
+    let dev = Path::new("dev");
+    ensure_dir(dev)?;
+    move_mount(
+        rustix::fs::CWD,
+        "/dev",
+        rustix::fs::CWD,
+        dev,
+        MoveMountFlags::empty(),
+    )
+    .context("moving /dev onto the env's root")?;
     make_proc(Path::new("proc"), Path::new("dev/null"))?;
     pivot()
 }

@@ -2,9 +2,9 @@
 //! children, forking each requested command (the client side is [`crate::host::service`];
 //! the messages are [`crate::protocol`]'s [`Request`], [`Reply`] and [`Control`]).
 //!
-//! The env-init helper binds `DATA/envs/<env>/exec.sock` (SOCK_SEQPACKET, mode 0600 root's,
-//! so only host root can connect) with host root's file ids, before it becomes root inside;
-//! the init inherits the listener.
+//! The spawner binds `DATA/envs/<env>/exec.sock` (SOCK_SEQPACKET, mode 0600 root's, so only
+//! host root can connect: `host::service`) and sends the listener to the env-init helper; the
+//! init inherits it.
 //! The command runs as root inside (or as the request's user) with the init's bounding set,
 //! no_new_privs and seccomp filter (inherited), in a new session (its own process group),
 //! with a clean environment ([`DEFAULT_ENV`]); on the client's stdio, or on a terminal the
@@ -18,31 +18,9 @@ use crate::protocol::{Control, Message, Reply, Request};
 use anyhow::{anyhow, Context, Result};
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::net::SocketFlags;
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::path::Path;
-
-/// Binds and listens on `name` in the working directory (called by the env-init helper with
-/// host root's file ids, in the env's directory).
-pub fn listen(name: &Path) -> Result<OwnedFd> {
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .context("exec socket")?;
-    let addr = rustix::net::SocketAddrUnix::new(name).context("exec socket address")?;
-    // Created 0600 from the start (the helper is single-threaded, so the umask is ours alone):
-    // no moment in which another user could connect.
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = rustix::net::bind(&sock, &addr);
-    rustix::process::umask(old);
-    bound.with_context(|| format!("binding {}", name.display()))?;
-    rustix::net::listen(&sock, 64).context("listening on the exec socket")?;
-    Ok(sock)
-}
 
 /// The init's loop: reap children (reporting the exit of requested commands), serve
 /// requests and keep the env's `/proc` views current. Never returns but on a setup error.

@@ -13,8 +13,9 @@
 //! host's memory and load (its uptime is the env's, from the env's clock); only intercepting the
 //! call (seccomp user notification, as Incus does) could change that.
 //!
-//! The env-init helper opens the env's memory and cpu cgroup directories with host root's file
-//! ids ([`open`]) and pins itself to the env's cpus ([`pin`]); the init inherits both. After the
+//! The spawner sends the env-init helper `O_PATH` fds of the env's memory and cpu cgroup
+//! directories ([`Sources::new`]) and the helper pins itself to the env's cpus ([`pin`]); the
+//! init inherits both. After the
 //! pivot the init writes the views into a small tmpfs, binds them read-only over the `/proc`
 //! files and detaches the tmpfs ([`mount`]): only the bind mounts (in the env's mount
 //! namespace, gone with it) and the init's open files reach it. The init rewrites the views
@@ -58,28 +59,20 @@ pub struct Sources {
     clock: Clock,
 }
 
-/// Opens the env's cgroup directories (in the helper, with host root's file ids: the cgroups'
-/// paths need not be reachable by the env's ids), keeping the helper's time offsets (opened
-/// as host root, before anything was unshared).
-pub fn open(cfg: &ViewConfig, clock: Clock) -> Result<Sources> {
-    let dir = |path: &Path| {
-        rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| format!("opening {}", path.display()))
-    };
-    Ok(Sources {
-        memory: dir(&cfg.memory_cgroup)?,
-        cpu: dir(&cfg.cpu_cgroup)?,
-        v2: cfg.cgroup_v2,
-        cpus: cfg.cpus.clone(),
-        clock,
-    })
-}
-
 impl Sources {
+    /// The sources of an env's views: its `memory` and `cpu` cgroup directories (`O_PATH`,
+    /// opened by the spawner: the helper's mount namespace no longer holds the host's cgroup
+    /// file systems) as `cfg` describes them, and the helper's time offsets.
+    pub fn new(memory: OwnedFd, cpu: OwnedFd, cfg: &ViewConfig, clock: Clock) -> Sources {
+        Sources {
+            memory,
+            cpu,
+            v2: cfg.cgroup_v2,
+            cpus: cfg.cpus.clone(),
+            clock,
+        }
+    }
+
     /// Starts the env's clock for the helper's next child, the init ([`Clock::start`]).
     pub fn start_clock(&mut self) -> Result<()> {
         self.clock.start()

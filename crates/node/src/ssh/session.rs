@@ -264,13 +264,15 @@ fn resolve(node: &Node, user: &str, env: &str) -> Result<Target, String> {
             "spawngrid: env {env} is not running: boom it (`spawngrid boom {env}`) and spawn again"
         ));
     }
-    let lookup = |name: &str| {
-        runtime::exec::lookup_user(&st, name).map_err(|e| format!("spawngrid: env {env}: {e:#}"))
-    };
-    let who = lookup(user)?;
+    // Read once: a user the env has no account for runs as its root, with root's shell.
+    let accounts =
+        runtime::exec::Accounts::read(&st).map_err(|e| format!("spawngrid: env {env}: {e:#}"))?;
+    let who = accounts.user(user);
     let shell = match &who {
         Some(id) => id.shell.clone(),
-        None => lookup("root")?.map_or_else(|| "/bin/sh".to_string(), |root| root.shell),
+        None => accounts
+            .user("root")
+            .map_or_else(|| "/bin/sh".to_string(), |root| root.shell),
     };
     Ok(Target { st, who, shell })
 }

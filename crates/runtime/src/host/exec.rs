@@ -1,6 +1,6 @@
 //! Commands inside an env, host side: the `Command` that starts the env-enter helper
 //! (`inside::enter`) with its [`EnterConfig`], and the lookup of a user of the env
-//! ([`Identity`], from the env's own `/etc/passwd` and `/etc/group`: [`lookup_user`]).
+//! ([`Identity`], from the env's own `/etc/passwd` and `/etc/group`: [`Accounts`]).
 
 pub use crate::identity::Identity;
 pub use crate::protocol::{Builtin, ENTER_FAILED};
@@ -99,18 +99,34 @@ fn enter_command(
 /// The largest `/etc/passwd` or `/etc/group` read.
 const MAX_ACCOUNT_FILE: u64 = 4 << 20;
 
-/// Looks up user `name` in the running env's `/etc/passwd` and `/etc/group`; `None` if the env
-/// has no such user (or no `/etc/passwd`). The files are opened from the host through the
-/// init's root directory with every path resolved inside it (`openat2` with
-/// `RESOLVE_IN_ROOT`), so a symlink in the env cannot point at a host file; only regular
-/// files are read (a FIFO cannot stall the caller), and at most 4 MiB of each.
-pub fn lookup_user(state: &EnvState, name: &str) -> Result<Option<Identity>> {
-    let root = env_root(state)?;
-    let Some(passwd) = read_account_file(&root, "etc/passwd")? else {
-        return Ok(None);
-    };
-    let group = read_account_file(&root, "etc/group")?.unwrap_or_default();
-    Ok(Identity::parse(name, &passwd, &group))
+/// A running env's `/etc/passwd` and `/etc/group`, read once for any number of lookups. The
+/// files are opened from the host through the init's root directory with every path resolved
+/// inside it (`openat2` with `RESOLVE_IN_ROOT`), so a symlink in the env cannot point at a host
+/// file; only regular files are read (a FIFO cannot stall the caller), and at most 4 MiB of
+/// each.
+pub struct Accounts {
+    /// `/etc/passwd`, if the env has one.
+    passwd: Option<String>,
+    /// `/etc/group` (empty if the env has none).
+    group: String,
+}
+
+impl Accounts {
+    /// Reads env `state`'s account files.
+    pub fn read(state: &EnvState) -> Result<Accounts> {
+        let root = env_root(state)?;
+        let passwd = read_account_file(&root, "etc/passwd")?;
+        let group = match passwd {
+            Some(_) => read_account_file(&root, "etc/group")?.unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(Accounts { passwd, group })
+    }
+
+    /// User `name` of the env; `None` if it has no such user (or no `/etc/passwd`).
+    pub fn user(&self, name: &str) -> Option<Identity> {
+        Identity::parse(name, self.passwd.as_deref()?, &self.group)
+    }
 }
 
 /// An `O_PATH` fd of the running env's root directory, seen from the host (its init's

@@ -287,31 +287,24 @@ impl Message for InitReport {
     }
 }
 
-impl Message for Mapped {
-    fn encode(&self) -> Vec<u8> {
-        b"mapped".to_vec()
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
-        match bytes {
-            b"mapped" => Ok(Mapped),
-            _ => Err(Malformed::got("word from the spawner", bytes)),
+/// A [`Message`] that is one fixed word (a unit struct).
+macro_rules! word_message {
+    ($type:ident, $word:literal, $what:literal) => {
+        impl Message for $type {
+            fn encode(&self) -> Vec<u8> {
+                $word.to_vec()
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
+                match bytes {
+                    $word => Ok($type),
+                    _ => Err(Malformed::got($what, bytes)),
+                }
+            }
         }
-    }
+    };
 }
-
-impl Message for Go {
-    fn encode(&self) -> Vec<u8> {
-        b"go".to_vec()
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
-        match bytes {
-            b"go" => Ok(Go),
-            _ => Err(Malformed::got("go-ahead from the spawner", bytes)),
-        }
-    }
-}
+word_message!(Mapped, b"mapped", "word from the spawner");
+word_message!(Go, b"go", "go-ahead from the spawner");
 
 impl Message for Reply {
     fn encode(&self) -> Vec<u8> {

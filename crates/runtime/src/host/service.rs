@@ -18,7 +18,7 @@ use crate::host::state::EnvState;
 use crate::identity::Identity;
 use crate::protocol::{Control, Message, Reply, Request};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::path::{Path, PathBuf};
 
 /// The exec socket of the env whose directory is `env_dir`.
@@ -31,18 +31,25 @@ pub fn socket_path(env_dir: &Path) -> PathBuf {
 /// mode 0600: only host root can connect.
 pub(crate) fn listen(env_dir: &Path) -> Result<OwnedFd> {
     let path = socket_path(env_dir);
+    let (sock, _dir, addr) = seqpacket_for(&path)?;
+    rustix::net::bind(&sock, &addr).with_context(|| format!("binding {}", path.display()))?;
+    let private = rustix::fs::Mode::from_raw_mode(0o600);
+    rustix::fs::chmod(&path, private).with_context(|| format!("chmod {}", path.display()))?;
+    rustix::net::listen(&sock, 64).context("listening on the exec socket")?;
+    Ok(sock)
+}
+
+/// A new SOCK_SEQPACKET socket and the address of `path` for it, with the directory fd the
+/// address reaches it through ([`fdpass::address`]: keep it until bound or connected).
+fn seqpacket_for(path: &Path) -> Result<(OwnedFd, OwnedFd, SocketAddrUnix)> {
     let sock = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
     )?;
-    let (_dir, addr) = fdpass::address(&path)?;
-    rustix::net::bind(&sock, &addr).with_context(|| format!("binding {}", path.display()))?;
-    let private = rustix::fs::Mode::from_raw_mode(0o600);
-    rustix::fs::chmod(&path, private).with_context(|| format!("chmod {}", path.display()))?;
-    rustix::net::listen(&sock, 64).context("listening on the exec socket")?;
-    Ok(sock)
+    let (dir, addr) = fdpass::address(path)?;
+    Ok((sock, dir, addr))
 }
 
 /// A command started through the init. Dropping it (closing the connection) kills the
@@ -161,13 +168,7 @@ fn request(
     // A frozen init would take the request and never answer.
     freeze::wait_thawed(rt, state, freeze::FROZEN_WAIT)?;
     let path = socket_path(&rt.env_dir(&state.name)?);
-    let sock = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let (_dir, addr) = fdpass::address(&path)?;
+    let (sock, _dir, addr) = seqpacket_for(&path)?;
     rustix::net::connect(&sock, &addr)
         .with_context(|| format!("connecting to {}", path.display()))?;
     let req = Request {

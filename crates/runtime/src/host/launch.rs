@@ -51,7 +51,8 @@ impl Prepared {
         holder: PathBuf,
     ) -> Result<Prepared> {
         let arg = String::from_utf8(owner.encode()).expect("digits and a colon");
-        // Its working directory: it enters its env's directory from there (`inside::init`).
+        // Its working directory, where its staging tmpfs is mounted (`inside::rootfs::stage`),
+        // must exist: the node's envs directory does.
         let pair = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -197,6 +198,11 @@ impl Spare {
     pub(crate) fn keep(&self, prepare: impl FnOnce() -> Result<Prepared>) {
         self.keep.store(true, Ordering::Relaxed);
         self.refill(prepare);
+    }
+
+    /// Whether spares are kept.
+    pub(crate) fn kept(&self) -> bool {
+        self.keep.load(Ordering::Relaxed)
     }
 
     /// Prepares a spare with `prepare` if spares are kept and there is none (after a spawn

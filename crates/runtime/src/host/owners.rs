@@ -40,10 +40,14 @@ const HELPERS: &str = "helpers";
 /// start time, so a claim left by a process that died is stale.
 pub fn helper_holder(data: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let pid = std::process::id();
-    let start = start_time(pid as i32).unwrap_or(0);
+    // This process's "PID-START", read once (not on every spawn).
+    static US: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let us = US.get_or_init(|| {
+        let pid = std::process::id();
+        format!("{pid}-{}", start_time(pid as i32).unwrap_or(0))
+    });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    data.join(HELPERS).join(format!("{pid}-{start}-{n}"))
+    data.join(HELPERS).join(format!("{us}-{n}"))
 }
 
 /// Whether the process that made helper holder `holder` ([`helper_holder`]) still runs, or

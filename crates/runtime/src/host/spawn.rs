@@ -196,12 +196,15 @@ fn build(rt: &Runtime, opts: &SpawnOptions, dir: &Path) -> Result<EnvState> {
     drop(helper);
     // The next spawn's helper is prepared now, beside this spawn's caller, but at the lowest
     // priority: the env just made (its first command, a login's shell) goes first.
-    let next = rt.clone();
-    std::thread::spawn(move || {
-        // Linux's nice is per thread: this one's, inherited by the helper it starts.
-        let _ = rustix::process::setpriority_process(None, SPARE_NICE);
-        next.spare.refill(|| prepare(&next))
-    });
+    // (No thread at all for a caller that keeps no spare: a one-shot CLI spawn.)
+    if rt.spare.kept() {
+        let next = rt.clone();
+        std::thread::spawn(move || {
+            // Linux's nice is per thread: this one's, inherited by the helper it starts.
+            let _ = rustix::process::setpriority_process(None, SPARE_NICE);
+            next.spare.refill(|| prepare(&next))
+        });
+    }
     result?;
     if opts.network == Network::Nat {
         // The init's network namespace exists (its pid is known); boom undoes this on failure.

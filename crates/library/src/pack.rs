@@ -95,7 +95,7 @@ impl ObjectKind {
 }
 
 /// How a frame's bytes are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Encoding {
     /// Stored as is (compression did not pay).
@@ -105,7 +105,7 @@ pub enum Encoding {
 }
 
 /// Where one object lives inside a pack, as listed in the trailer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PackEntry {
     /// The object's score.
     pub score: Score,

@@ -215,13 +215,13 @@ fn trailer_of(data: &[u8]) -> Option<Vec<PackEntry>> {
     pack::parse_trailer(body, len, t.version)
 }
 
-/// Scanned records plus any the trailer lists that the scan did not reach.
+/// Scanned records plus every trailer entry the scan did not find as it is. A damaged frame
+/// header (a flipped score, kind or length) makes the scan's entry and the trailer's differ for
+/// the same place: both are checked, so an object whose bytes are intact keeps its good copy
+/// (readers locate objects by the trailer) while the pack is still reported.
 fn union(scanned: Vec<PackEntry>, trailer: Vec<PackEntry>) -> Vec<PackEntry> {
-    let places: HashSet<(u32, u32)> = scanned.iter().map(|e| (e.offset, e.start)).collect();
-    let extra: Vec<PackEntry> = trailer
-        .into_iter()
-        .filter(|e| !places.contains(&(e.offset, e.start)))
-        .collect();
+    let found: HashSet<PackEntry> = scanned.iter().copied().collect();
+    let extra: Vec<PackEntry> = trailer.into_iter().filter(|e| !found.contains(e)).collect();
     scanned.into_iter().chain(extra).collect()
 }
 
@@ -407,6 +407,34 @@ mod tests {
         assert_eq!(report.damaged_packs[0].0, damaged_pack, "{report}");
         assert_eq!(report.damaged_objects.len(), 1);
         assert!(report.damaged_snapshots.is_empty(), "{report}");
+    }
+
+    #[test]
+    fn a_flipped_score_in_a_frame_header_damages_the_pack_not_the_snapshot() {
+        let (dir, lib) = fixture::library();
+        let a = fixture::snapshot(&lib, 1, 5);
+        let blob = fixture::blob_of(1, 5, 2);
+        let loc = lib.locate(&blob).unwrap();
+        let path = fixture::pack_file(dir.path(), &lib, &blob);
+        let mut data = std::fs::read(&path).unwrap();
+        let header = &data[..loc.entry.offset as usize];
+        let at = header
+            .windows(32)
+            .rposition(|w| w == blob.as_bytes())
+            .expect("the blob's score in its frame header");
+        data[at + 7] ^= 0x01;
+        std::fs::write(&path, data).unwrap();
+        let lib = fixture::reopen(dir.path());
+        check(&lib, &a, 1, 5);
+        let report = verify(&lib, &named(&[("a", a)]), &Silent).unwrap();
+        assert_eq!(report.damaged_packs.len(), 1, "{report}");
+        assert_eq!(report.damaged_packs[0].0, loc.pack);
+        assert!(
+            report.damaged_packs[0].1.contains("trailer disagrees"),
+            "{report}"
+        );
+        assert!(report.damaged_snapshots.is_empty(), "{report}");
+        assert!(report.missing.is_empty(), "{report}");
     }
 
     #[test]

@@ -414,13 +414,18 @@ fn a_flipped_byte_is_found_and_named() {
     );
     lib.verify_clean();
 
-    // Flip one byte in the middle of the biggest of base's packs.
+    // Flip one byte in the middle of the stored bytes of the biggest frame of base's biggest
+    // pack: an object's own bytes, not a frame header (the trailer still locates an object
+    // whose header is damaged, so that damages the pack, not the snapshot).
     let victim = base_packs
         .iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
     let mut bytes = std::fs::read(victim).unwrap();
-    let mid = bytes.len() / 2;
+    let (entries, err) = library::pack::scan(&bytes);
+    assert!(err.is_none(), "a fresh pack does not scan: {err:?}");
+    let frame = entries.iter().max_by_key(|e| e.stored_len).unwrap();
+    let mid = (frame.offset + frame.stored_len / 2) as usize;
     bytes[mid] ^= 0x01;
     std::fs::write(victim, &bytes).unwrap();
     println!("flipped byte {mid} of {}", victim.display());

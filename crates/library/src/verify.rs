@@ -2,9 +2,10 @@
 //!
 //! Every pack is read whole (in parallel): its BLAKE3 must equal its name, its records are
 //! scanned, every object is decoded and re-hashed against its score, and the trailer must agree
-//! with the records. Then every root snapshot is walked (parent chain, trees, chunk lists,
-//! blobs; shared subtrees once) against the good copies found, and a root is damaged when
-//! something it reaches has no good copy. A damaged copy of an object that also has a good copy
+//! with the records. A good copy is an intact object where readers find it: by the trailer,
+//! or by the frames' own headers when the trailer is unreadable. Then every root snapshot is
+//! walked (parent chain, trees, chunk lists, blobs; shared subtrees once) against the good
+//! copies found, and a root is damaged when something it reaches has no good copy. A damaged copy of an object that also has a good copy
 //! elsewhere is reported (its pack needs attention) but damages no snapshot.
 //!
 //! Verify only reads. A caller that must not see gc delete packs under it (and report them as
@@ -163,18 +164,29 @@ impl PackCheck {
                 .push("trailer disagrees with the records".into()),
             Some(_) => {}
         }
+        // Readers locate objects by the trailer, by the frames only when it is unreadable: only
+        // those entries can be good copies. The others are checked too, for the report.
+        let readers: HashSet<PackEntry> = trailer
+            .as_ref()
+            .unwrap_or(&scanned)
+            .iter()
+            .copied()
+            .collect();
         let mut decoded = None;
         for e in union(scanned, trailer.unwrap_or_default()) {
-            self.check_object(data, e, &mut decoded);
+            let located = readers.contains(&e);
+            self.check_object(data, e, located, &mut decoded);
         }
     }
 
-    /// Checks one object; `decoded` keeps the last shared frame decoded (offset, plain bytes or
-    /// why not), so the objects of one frame decode it once.
+    /// Checks one object, a good copy if intact and `located` by readers; `decoded` keeps the
+    /// last shared frame decoded (offset, plain bytes or why not), so the objects of one frame
+    /// decode it once.
     fn check_object(
         &mut self,
         data: &[u8],
         e: PackEntry,
+        located: bool,
         decoded: &mut Option<(FrameKey, std::result::Result<Vec<u8>, String>)>,
     ) {
         let start = e.offset as usize;
@@ -195,7 +207,8 @@ impl PackCheck {
             None => Err(Error::corrupt("", "record out of bounds")),
         };
         match result {
-            Ok(()) => self.good.push(e),
+            Ok(()) if located => self.good.push(e),
+            Ok(()) => {}
             Err(err) => self
                 .bad
                 .push((e.score, format!("in pack {}: {}", self.name, reason(&err)))),
@@ -216,9 +229,8 @@ fn trailer_of(data: &[u8]) -> Option<Vec<PackEntry>> {
 }
 
 /// Scanned records plus every trailer entry the scan did not find as it is. A damaged frame
-/// header (a flipped score, kind or length) makes the scan's entry and the trailer's differ for
-/// the same place: both are checked, so an object whose bytes are intact keeps its good copy
-/// (readers locate objects by the trailer) while the pack is still reported.
+/// header or trailer entry (a flipped score, kind or length) makes the scan's entry and the
+/// trailer's differ for the same place: both are checked, and the one readers use decides.
 fn union(scanned: Vec<PackEntry>, trailer: Vec<PackEntry>) -> Vec<PackEntry> {
     let found: HashSet<PackEntry> = scanned.iter().copied().collect();
     let extra: Vec<PackEntry> = trailer.into_iter().filter(|e| !found.contains(e)).collect();
@@ -328,7 +340,12 @@ impl Source for Copies<'_> {
     }
 
     fn check_blob(&self, score: &Score) -> Result<()> {
-        self.location(score).map(drop)
+        let kind = self.location(score)?.entry.kind;
+        if kind != ObjectKind::Blob {
+            let detail = format!("is a {kind:?}, expected a Blob");
+            return Err(Error::corrupt(format!("object {score}"), detail));
+        }
+        Ok(())
     }
 }
 
@@ -435,6 +452,37 @@ mod tests {
         );
         assert!(report.damaged_snapshots.is_empty(), "{report}");
         assert!(report.missing.is_empty(), "{report}");
+    }
+
+    /// Flips `mask` into the byte `at` bytes into the trailer entry of `blob` (snapshot 1, 5
+    /// files): readers no longer find it as it was, so verify must name the snapshot.
+    fn damage_trailer_entry(at: usize, mask: u8) {
+        let (dir, lib) = fixture::library();
+        let a = fixture::snapshot(&lib, 1, 5);
+        let blob = fixture::blob_of(1, 5, 2);
+        let path = fixture::pack_file(dir.path(), &lib, &blob);
+        let mut data = std::fs::read(&path).unwrap();
+        let entry = data
+            .windows(32)
+            .rposition(|w| w == blob.as_bytes())
+            .expect("the blob's trailer entry");
+        data[entry + at] ^= mask;
+        std::fs::write(&path, data).unwrap();
+        let lib = fixture::reopen(dir.path());
+        assert!(lib.get_kind(&blob, ObjectKind::Blob).is_err());
+        let report = verify(&lib, &named(&[("a", a)]), &Silent).unwrap();
+        assert_eq!(report.damaged_snapshots, ["a"], "{report}");
+        assert_eq!(report.damaged_packs.len(), 1, "{report}");
+    }
+
+    #[test]
+    fn a_flipped_score_in_the_trailer_damages_the_snapshot() {
+        damage_trailer_entry(7, 0x01);
+    }
+
+    #[test]
+    fn a_blob_the_trailer_calls_a_tree_damages_the_snapshot() {
+        damage_trailer_entry(32, 0x02);
     }
 
     #[test]

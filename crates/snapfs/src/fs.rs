@@ -44,6 +44,8 @@ pub struct FsOptions {
 }
 
 struct Handle {
+    /// The node it was opened on (the kernel names it again in every call on the handle).
+    node: u64,
     file: Option<Arc<File>>,
     score: Option<Score>,
     _backing: Option<Arc<Backing>>,
@@ -105,6 +107,15 @@ fn errno(e: NodeError) -> Errno {
     }
 }
 
+/// The number just before this server's first file handle: the wall clock in nanoseconds. A
+/// server taking over a connection must not hand out a number its predecessor did (the kernel
+/// still holds those handles), and no server opens more than a file per nanosecond.
+fn first_handle() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 impl SnapFs {
     /// A filesystem showing the tree under `root` (a snapshot's root entry), journaling its
     /// backing ids in `journal`; `inherited` are the ids a previous server of the same
@@ -125,6 +136,7 @@ impl SnapFs {
             passthrough: AtomicBool::new(false),
             no_opendir: false,
             handles: Mutex::new(Handles {
+                next: first_handle(),
                 inherited,
                 ..Handles::default()
             }),
@@ -232,6 +244,7 @@ impl SnapFs {
         let score = match data {
             FileData::Empty => {
                 let fh = self.add_handle(Handle {
+                    node: node.id,
                     file: None,
                     score: None,
                     _backing: None,
@@ -248,6 +261,7 @@ impl SnapFs {
                 // Open before, or recently: the kernel holds the cache file; no fetch, no pin.
                 self.cache.touch(&score);
                 let fh = self.add_handle(Handle {
+                    node: node.id,
                     file: None,
                     score: None,
                     _backing: Some(b.clone()),
@@ -276,6 +290,7 @@ impl SnapFs {
             None
         };
         let fh = self.add_handle(Handle {
+            node: node.id,
             file: Some(file),
             score: Some(score),
             _backing: backing.clone(),
@@ -365,12 +380,15 @@ impl Filesystem for SnapFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // A handle this server did not give out on this node (a predecessor's, which the
+        // kernel kept) is read by its node.
         let file = self
             .handles
             .lock()
             .expect("handles")
             .open
             .get(&fh.0)
+            .filter(|h| h.node == ino.0)
             .map(|h| h.file.clone());
         let file = match file {
             Some(f) => f,
@@ -401,14 +419,20 @@ impl Filesystem for SnapFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let h = self.handles.lock().expect("handles").open.remove(&fh.0);
+        let mut hs = self.handles.lock().expect("handles");
+        // A handle of another node is a predecessor's (the kernel kept it): nothing of ours.
+        let h = match hs.open.get(&fh.0) {
+            Some(h) if h.node == ino.0 => hs.open.remove(&fh.0),
+            _ => None,
+        };
+        drop(hs);
         if let Some(score) = h.and_then(|h| h.score) {
             self.cache.release(&score);
         }

@@ -128,6 +128,42 @@ fn killed_server_is_replaced_and_its_users_carry_on() {
 }
 
 #[test]
+fn without_passthrough_a_files_reads_stay_its_own_across_a_restart() {
+    let Some((root, tmp, data)) = base_library() else {
+        return;
+    };
+    // A file cache on an overlay: the kernel refuses it as a passthrough backing file, so
+    // reads come to the server, by the file handle the kernel keeps across servers.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let cache = Overlay::new(&empty, &tmp.path().join("cache"));
+    let m = Mounted::new(
+        &data,
+        "base",
+        &tmp.path().join("mnt"),
+        &["--cache", cache.merged.to_str().unwrap()],
+    );
+    let want_big = std::fs::read(root.join(BIG)).unwrap();
+    let big = std::fs::File::open(m.dir.join(BIG)).unwrap();
+    let mut head = vec![0u8; 4096];
+    big.read_exact_at(&mut head, 0).unwrap();
+    assert!(m.log().contains("passthrough refused"), "{}", m.log());
+    kill_server(&m);
+    // The new server opens another file; its handle must not be mistaken for the old one's.
+    let other = std::fs::File::open(m.dir.join("bin/bash")).unwrap();
+    let mut some = vec![0u8; 4096];
+    other.read_exact_at(&mut some, 0).unwrap();
+    let at = 1 << 20;
+    let mut got = vec![0u8; 4096];
+    big.read_exact_at(&mut got, at).unwrap();
+    assert!(
+        got == want_big[at as usize..at as usize + 4096],
+        "the file open across the restart read another file's bytes"
+    );
+    drop((big, other));
+}
+
+#[test]
 fn an_overlay_on_the_mount_keeps_working_across_server_deaths() {
     let Some((_, tmp, data)) = base_library() else {
         return;

@@ -35,7 +35,9 @@ pub const VERSION: &str = "spawngrid-snapfs-cache 1";
 
 struct Slot {
     size: u64,
-    tick: u64,
+    /// Its place in the eviction order: files this process used count up from 1, files
+    /// found on disk down from -1, so they go first.
+    tick: i64,
     pins: u32,
     verified: bool,
 }
@@ -43,8 +45,10 @@ struct Slot {
 #[derive(Default)]
 struct State {
     files: HashMap<Score, Slot>,
-    lru: BTreeMap<u64, Score>,
-    tick: u64,
+    lru: BTreeMap<i64, Score>,
+    tick: i64,
+    /// The tick of the last file found on disk (counting down).
+    found: i64,
     total: u64,
 }
 
@@ -60,18 +64,28 @@ impl State {
     }
 
     fn insert(&mut self, s: Score, size: u64, verified: bool) {
-        self.remove(&s);
         self.tick += 1;
+        self.place(s, size, verified, self.tick);
+    }
+
+    /// Adds a file an earlier process left, as older than every file this process used.
+    fn insert_found(&mut self, s: Score, size: u64) {
+        self.found -= 1;
+        self.place(s, size, false, self.found);
+    }
+
+    fn place(&mut self, s: Score, size: u64, verified: bool, tick: i64) {
+        self.remove(&s);
         self.files.insert(
             s,
             Slot {
                 size,
-                tick: self.tick,
+                tick,
                 pins: 0,
                 verified,
             },
         );
-        self.lru.insert(self.tick, s);
+        self.lru.insert(tick, s);
         self.total += size;
     }
 
@@ -198,7 +212,9 @@ impl Cache {
         }
     }
 
-    /// Indexes files left by earlier processes, oldest first (by modification time).
+    /// Indexes files left by earlier processes, as older than every file this process used
+    /// (the scan runs after the mount went live and the first files were fetched), among
+    /// themselves by modification time.
     fn scan(&self) {
         let mut found = Vec::new();
         for sub in std::fs::read_dir(self.dir.join("files"))
@@ -222,9 +238,9 @@ impl Cache {
         }
         found.sort();
         let mut st = self.state.lock().expect("cache state");
-        for (_, score, size) in found {
+        for (_, score, size) in found.into_iter().rev() {
             if !st.files.contains_key(&score) {
-                st.insert(score, size, false);
+                st.insert_found(score, size);
             }
         }
         drop(st);
@@ -573,6 +589,37 @@ mod tests {
         let mut v = Vec::new();
         f.read_to_end(&mut v).unwrap();
         v
+    }
+
+    #[test]
+    fn files_found_on_disk_go_before_the_files_this_process_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lib, files) = setup(tmp.path(), 3);
+        let dir = tmp.path().join("cache");
+        {
+            let earlier = Cache::open(&dir, 1 << 20).unwrap();
+            for f in &files {
+                earlier.acquire(&lib, f.0, &f.1).unwrap();
+                earlier.release(&f.0);
+            }
+        }
+        // A new process uses the oldest file on disk first (a mount's first command), then
+        // finds the others: the limit holds two, and the one it used must stay.
+        let cache = Cache::open(&dir, 2500).unwrap();
+        let used = &files[0];
+        assert_eq!(read(cache.acquire(&lib, used.0, &used.1).unwrap()), used.2);
+        cache.release(&used.0);
+        cache.scan();
+        assert!(
+            cache.path(&used.0).exists(),
+            "the file just used was evicted"
+        );
+        assert!(cache.total() <= 2500);
+        let kept = files[1..]
+            .iter()
+            .filter(|f| cache.path(&f.0).exists())
+            .count();
+        assert_eq!(kept, 1);
     }
 
     #[test]

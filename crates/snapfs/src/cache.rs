@@ -104,8 +104,11 @@ pub struct Cache {
     state: Mutex<State>,
     fetching: Mutex<HashMap<Score, Arc<Mutex<()>>>>,
     fetch_lock: File,
-    tmp_seq: AtomicU64,
 }
+
+/// Numbers this process's temporary files (named `PID.N`), across every [`Cache`] it opens:
+/// two caches on one directory must not write one file.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn io(what: &'static str, path: &Path, e: std::io::Error) -> library::Error {
     library::Error::io(what, path, e)
@@ -178,7 +181,6 @@ impl Cache {
             state: Mutex::default(),
             fetching: Mutex::default(),
             fetch_lock,
-            tmp_seq: AtomicU64::new(0),
         };
         Ok(cache)
     }
@@ -349,10 +351,15 @@ impl Cache {
         let tmp = self.dir.join("tmp").join(format!(
             "{}.{}",
             std::process::id(),
-            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let write = || -> library::Result<(File, u64)> {
-            let f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+            // Never another writer's file: a name in use is an error, not a shared inode.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| io("creating", &tmp, e))?;
             let n = match data {
                 FileData::Chunks(_) => fetch_chunks(lib, &blobs(lib, data)?, &f, &tmp)?,
                 _ => {
@@ -589,6 +596,32 @@ mod tests {
         let mut v = Vec::new();
         f.read_to_end(&mut v).unwrap();
         v
+    }
+
+    #[test]
+    fn two_caches_on_one_directory_write_their_own_temporary_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lib, files) = setup(tmp.path(), 64);
+        let dir = tmp.path().join("cache");
+        let caches = [
+            Cache::open(&dir, 1 << 30).unwrap(),
+            Cache::open(&dir, 1 << 30).unwrap(),
+        ];
+        std::thread::scope(|s| {
+            for (half, cache) in files.chunks(32).zip(&caches) {
+                let lib = &lib;
+                s.spawn(move || {
+                    for f in half {
+                        assert_eq!(read(cache.acquire(lib, f.0, &f.1).unwrap()), f.2);
+                        cache.release(&f.0);
+                    }
+                });
+            }
+        });
+        for f in &files {
+            assert_eq!(std::fs::read(caches[0].path(&f.0)).unwrap(), f.2);
+        }
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -36,6 +36,30 @@ pub struct Config {
     pub frame_target: u32,
 }
 
+/// The most any size in a [`Config`] may be: a pack is written once it holds `pack_target`
+/// bytes, so it may hold up to that plus one object or frame, and a pack's offsets are `u32`.
+pub const MAX_SIZE: u32 = 1 << 30;
+
+impl Config {
+    /// Refuses sizes a pack's `u32` offsets cannot reach (each at most [`MAX_SIZE`]), or
+    /// chunk sizes out of order.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let sizes = [
+            ("chunk_threshold", self.chunk_threshold),
+            ("chunk_max", self.chunk_max),
+            ("pack_target", self.pack_target),
+            ("frame_target", self.frame_target),
+        ];
+        if let Some((name, n)) = sizes.iter().find(|(_, n)| *n > MAX_SIZE) {
+            return Err(format!("{name} is {n} bytes; at most {MAX_SIZE} (1 GiB)"));
+        }
+        if !(self.chunk_min <= self.chunk_avg && self.chunk_avg <= self.chunk_max) {
+            return Err("chunk sizes must be chunk_min <= chunk_avg <= chunk_max".into());
+        }
+        Ok(())
+    }
+}
+
 fn default_frame_target() -> u32 {
     128 << 10
 }

@@ -216,6 +216,9 @@ impl Library {
                 backend.describe()
             )));
         }
+        config
+            .check()
+            .map_err(|e| Error::BadInput(format!("library config: {e}")))?;
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         backend.put(CONFIG_KEY, &json)?;
         Library::open_with(backend, coordinator)
@@ -325,6 +328,9 @@ impl Library {
                 config.version
             )));
         }
+        config
+            .check()
+            .map_err(|e| Error::corrupt(format!("library config at {}", backend.describe()), e))?;
         Ok(Library {
             backend,
             current: AtomicBool::new(config.version == VERSION),
@@ -1031,6 +1037,26 @@ mod tests {
             assert_eq!(&lib.get(&Score::of(o)).unwrap().1, o);
         }
         assert_eq!(lib.object_count(), 4);
+    }
+
+    /// Sizes a pack's u32 offsets cannot reach are refused at init (nothing written) and in
+    /// a stored config.
+    #[test]
+    fn sizes_past_a_packs_offsets_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(t.path()).unwrap());
+        let huge = Config {
+            pack_target: u32::MAX,
+            ..Config::default()
+        };
+        let err = Library::init(backend.clone(), huge.clone()).err().unwrap();
+        assert!(err.to_string().contains("pack_target"), "{err}");
+        assert!(!backend.exists(CONFIG_KEY).unwrap());
+        backend
+            .put(CONFIG_KEY, &serde_json::to_vec(&huge).unwrap())
+            .unwrap();
+        let err = Library::open(backend).err().unwrap();
+        assert!(err.to_string().contains("at most"), "{err}");
     }
 
     /// Small objects share frames, large ones get their own; every one reads back, also from

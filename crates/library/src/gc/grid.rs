@@ -24,8 +24,9 @@
 //! can never bind), and reads the live leases, every bound name and the ledger. It lists the
 //! packs and marks what the names reach. Then:
 //! 1. *sweep* each condemned pack `P` (fence `F_P`, condemned by an earlier run): if it holds
-//!    the copy of a live object the index reads, it is *revived* (a save that began before the
-//!    mark and deduped into it has since bound its name); else if the grace has not passed it
+//!    the copy of a live object the index reads (or any copy of one the index reads from a
+//!    pack being deleted: the index prefers no condemned pack to another), it is *revived* (a
+//!    save that began before the mark and deduped into it has since bound its name); else if the grace has not passed it
 //!    waits; else if a lease live in the view has a fence below `F_P` it is kept for that
 //!    lease; else it is *claimed* (condemned → sweeping, in a transaction that requires the gc
 //!    lease live and `P` still condemned with `F_P`), deleted, and recorded swept (a tombstone
@@ -152,6 +153,14 @@ pub fn collect(lib: &Library, grace: Duration, progress: &dyn Progress) -> Resul
     let mut revive = Vec::new();
     let mut claim = Vec::new();
     let mut again = Vec::new();
+    // Packs being deleted: the index prefers none of the ledger's packs to another, so a live
+    // object's indexed copy may be in one of these while a condemned pack holds it too.
+    let going: HashSet<Score> = view
+        .packs
+        .iter()
+        .filter(|p| p.state != PackState::Condemned)
+        .map(|p| p.pack)
+        .collect();
     for p in &view.packs {
         match p.state {
             PackState::Condemned => {}
@@ -162,7 +171,7 @@ pub fn collect(lib: &Library, grace: Duration, progress: &dyn Progress) -> Resul
             }
             PackState::Swept => continue,
         }
-        match fate(lib, &live, &listed, p)? {
+        match fate(lib, &live, &listed, p, &going)? {
             None => report.damaged_packs_kept.push(p.pack),
             Some(true) => revive.push(p.pack),
             Some(false) if view.now.saturating_sub(p.since) < grace => report.in_grace += 1,
@@ -215,16 +224,18 @@ pub fn collect(lib: &Library, grace: Duration, progress: &dyn Progress) -> Resul
     Ok(report)
 }
 
-/// Whether condemned pack `p` holds a live object's copy (is reachable again); `None` when
-/// its trailer cannot be read. A pack no longer listed holds nothing.
+/// Whether condemned pack `p` holds a live object's copy (is reachable again): the one the
+/// index reads, or any when the index reads it from a pack of `going`; `None` when its trailer
+/// cannot be read. A pack no longer listed holds nothing.
 fn fate(
     lib: &Library,
     live: &HashSet<Score>,
     listed: &HashMap<Score, u64>,
     p: &GcPack,
+    going: &HashSet<Score>,
 ) -> Result<Option<bool>> {
     match listed.get(&p.pack) {
-        Some(size) => holds_live(lib, live, p.pack, *size),
+        Some(size) => holds_live(lib, live, p.pack, *size, going),
         None => Ok(Some(false)),
     }
 }

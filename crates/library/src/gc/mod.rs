@@ -122,14 +122,16 @@ pub fn gc(lib: &Library, roots: &[Score], progress: &dyn Progress) -> Result<GcR
 }
 
 /// Whether pack `name` (of `size` bytes) holds the copy the index reads of an object in
-/// `live`; `None` when its trailer is unreadable, so that cannot be told.
+/// `live`, or a copy of one whose indexed copy is in a pack of `going` (being deleted); `None`
+/// when its trailer is unreadable, so that cannot be told.
 fn holds_live(
     lib: &Library,
     live: &HashSet<Score>,
     name: Score,
     size: u64,
+    going: &HashSet<Score>,
 ) -> Result<Option<bool>> {
-    let p = PackPlan::make(lib, live, name, size)?;
+    let p = PackPlan::make(lib, live, name, size, going)?;
     Ok((p.fate != Fate::Unlisted).then_some(!p.live.is_empty()))
 }
 
@@ -155,7 +157,15 @@ struct PackPlan {
 }
 
 impl PackPlan {
-    fn make(lib: &Library, live: &HashSet<Score>, name: Score, size: u64) -> Result<PackPlan> {
+    /// The plan of pack `name`; a live object whose indexed copy is in a pack of `going` counts
+    /// as this pack's when it holds a copy too.
+    fn make(
+        lib: &Library,
+        live: &HashSet<Score>,
+        name: Score,
+        size: u64,
+        going: &HashSet<Score>,
+    ) -> Result<PackPlan> {
         let Some(entries) = lib.read_trailer(&name, size)? else {
             let (entries, live) = (Vec::new(), Vec::new());
             let fate = Fate::Unlisted;
@@ -167,7 +177,10 @@ impl PackPlan {
                 fate,
             });
         };
-        let home = |e: &&PackEntry| lib.locate(&e.score).is_some_and(|l| l.pack == name);
+        let home = |e: &&PackEntry| {
+            lib.locate(&e.score)
+                .is_some_and(|l| l.pack == name || going.contains(&l.pack))
+        };
         let live: Vec<PackEntry> = entries
             .iter()
             .filter(|e| live.contains(&e.score))
@@ -228,7 +241,7 @@ impl Plan {
     ) -> Result<Plan> {
         let mut packs: Vec<PackPlan> = packs
             .into_par_iter()
-            .map(|(name, size)| PackPlan::make(lib, live, name, size))
+            .map(|(name, size)| PackPlan::make(lib, live, name, size, &HashSet::new()))
             .collect::<Result<_>>()?;
         let small = packs.iter().filter(|p| p.small(lib)).count();
         let rewrites = packs.iter().any(|p| p.fate == Fate::Rewrite);
@@ -383,6 +396,40 @@ mod tests {
     use crate::progress::Silent;
     use crate::tree::{Content, Tree};
     use crate::Snapshot;
+
+    /// On a grid's sweep, a condemned pack holding a live object counts as holding it when
+    /// the index reads that object from a pack being deleted: both are condemned, so the index
+    /// prefers neither, and deleting both loses the object.
+    #[test]
+    fn a_copy_counts_when_the_indexed_copy_is_going() {
+        use crate::pack::{EncodedFrame, ObjectKind, PackBuilder};
+        use crate::store::pack_key;
+        let (_dir, lib) = fixture::library();
+        fixture::snapshot(&lib, 1, 4);
+        let blob = fixture::blob_of(1, 4, 2);
+        let plain = lib.get(&blob).unwrap().1;
+        let mut b = PackBuilder::default();
+        b.add(&EncodedFrame::single(blob, ObjectKind::Blob, &plain, 3));
+        let (second, data, _) = b.finish();
+        lib.backend().put(&pack_key(&second), &data).unwrap();
+        let first = lib.locate(&blob).unwrap().pack;
+        lib.load_index([first, second].into()).unwrap();
+        let indexed = lib.locate(&blob).unwrap().pack;
+        let other = if indexed == first { second } else { first };
+        let size = lib.packs().into_iter().find(|p| p.0 == other).unwrap().1;
+        let live: HashSet<Score> = [blob].into();
+        let none = HashSet::new();
+        assert_eq!(
+            holds_live(&lib, &live, other, size, &none).unwrap(),
+            Some(false)
+        );
+        let going: HashSet<Score> = [indexed].into();
+        assert_eq!(
+            holds_live(&lib, &live, other, size, &going).unwrap(),
+            Some(true),
+            "the only copy left after the sweep would be deleted"
+        );
+    }
 
     #[test]
     fn gc_reclaims_dropped_roots_and_keeps_the_rest() {

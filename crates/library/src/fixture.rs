@@ -178,3 +178,16 @@ pub(crate) fn damage(dir: &Path, lib: &Library, score: &Score) {
 pub(crate) fn blob_of(seed: u32, n: usize, i: usize) -> Score {
     Score::of(&files(seed, n)[&format!("own/f{i}")])
 }
+
+/// Stores another copy of `blob` in a pack of its own; returns that pack's name.
+pub(crate) fn second_copy(lib: &Library, blob: &Score) -> Score {
+    use crate::pack::{EncodedFrame, ObjectKind, PackBuilder};
+    let plain = lib.get(blob).unwrap().1;
+    let mut b = PackBuilder::default();
+    b.add(&EncodedFrame::single(*blob, ObjectKind::Blob, &plain, 3));
+    let (name, data, _) = b.finish();
+    lib.backend()
+        .put(&crate::store::pack_key(&name), &data)
+        .unwrap();
+    name
+}

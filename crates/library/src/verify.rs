@@ -345,7 +345,6 @@ impl Source for Copies<'_> {
 mod tests {
     use super::*;
     use crate::fixture::{self, check};
-    use crate::pack::{EncodedFrame, PackBuilder};
     use crate::progress::Silent;
 
     fn named(roots: &[(&str, Score)]) -> Vec<(String, Score)> {
@@ -405,12 +404,8 @@ mod tests {
         let (dir, lib) = fixture::library();
         let a = fixture::snapshot(&lib, 1, 4);
         let blob = fixture::blob_of(1, 4, 2);
-        let plain = lib.get(&blob).unwrap().1;
-        let mut b = PackBuilder::default();
-        b.add(&EncodedFrame::single(blob, ObjectKind::Blob, &plain, 3));
-        let (name, data, _) = b.finish();
-        lib.backend().put(&pack_key(&name), &data).unwrap();
         let damaged_pack = lib.locate(&blob).unwrap().pack;
+        fixture::second_copy(&lib, &blob);
         fixture::damage(dir.path(), &lib, &blob);
         let report = verify(&lib, &named(&[("a", a)]), &Silent).unwrap();
         assert_eq!(report.damaged_packs[0].0, damaged_pack, "{report}");

@@ -402,17 +402,11 @@ mod tests {
     /// prefers neither, and deleting both loses the object.
     #[test]
     fn a_copy_counts_when_the_indexed_copy_is_going() {
-        use crate::pack::{EncodedFrame, ObjectKind, PackBuilder};
-        use crate::store::pack_key;
         let (_dir, lib) = fixture::library();
         fixture::snapshot(&lib, 1, 4);
         let blob = fixture::blob_of(1, 4, 2);
-        let plain = lib.get(&blob).unwrap().1;
-        let mut b = PackBuilder::default();
-        b.add(&EncodedFrame::single(blob, ObjectKind::Blob, &plain, 3));
-        let (second, data, _) = b.finish();
-        lib.backend().put(&pack_key(&second), &data).unwrap();
         let first = lib.locate(&blob).unwrap().pack;
+        let second = fixture::second_copy(&lib, &blob);
         lib.load_index([first, second].into()).unwrap();
         let indexed = lib.locate(&blob).unwrap().pack;
         let other = if indexed == first { second } else { first };

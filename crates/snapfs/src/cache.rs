@@ -40,6 +40,9 @@ struct Slot {
     tick: i64,
     pins: u32,
     verified: bool,
+    /// Whether the bytes verified are a chunked file's (else a blob's): one score may name
+    /// both, a blob whose bytes equal a chunk list's, with other contents.
+    chunked: bool,
 }
 
 #[derive(Default)]
@@ -83,6 +86,7 @@ impl State {
                 tick,
                 pins: 0,
                 verified,
+                chunked: false,
             },
         );
         self.lru.insert(tick, s);
@@ -290,13 +294,14 @@ impl Cache {
         data: &FileData,
     ) -> library::Result<File> {
         let path = self.path(&score);
+        let chunked = matches!(data, FileData::Chunks(_));
         let known = self
             .state
             .lock()
             .expect("cache state")
             .files
             .get(&score)
-            .map(|s| s.verified)
+            .map(|s| s.verified && s.chunked == chunked)
             .or_else(|| path.exists().then_some(false));
         if let Some(verified) = known {
             // From here on only this descriptor is read, never the path again: an eviction
@@ -314,6 +319,7 @@ impl Cache {
                     if let Some(slot) = st.files.get_mut(&score) {
                         slot.pins += 1;
                         slot.verified = true;
+                        slot.chunked = chunked;
                     }
                     st.touch(&score);
                     return Ok(f);
@@ -332,7 +338,9 @@ impl Cache {
         {
             let mut st = self.state.lock().expect("cache state");
             st.insert(score, size, true);
-            st.files.get_mut(&score).expect("just inserted").pins = 1;
+            let slot = st.files.get_mut(&score).expect("just inserted");
+            slot.pins = 1;
+            slot.chunked = chunked;
         }
         self.evict();
         Ok(f)
@@ -596,6 +604,35 @@ mod tests {
         let mut v = Vec::new();
         f.read_to_end(&mut v).unwrap();
         v
+    }
+
+    /// A blob whose bytes equal a chunk list's has that list's score: the cache must not
+    /// serve one file's contents for the other's.
+    #[test]
+    fn a_blob_and_a_chunked_file_of_one_score_each_read_their_own_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = Library::open_or_init(Arc::new(
+            LocalBackend::open(tmp.path().join("lib")).unwrap(),
+        ))
+        .unwrap();
+        let mut big = vec![0u8; 3 << 20];
+        blake3::Hasher::new().finalize_xof().fill(&mut big);
+        let (_, chunked) = library::file::store_bytes(&lib, &big).unwrap();
+        let FileData::Chunks(s) = chunked else {
+            panic!("a 3 MiB file is chunked");
+        };
+        lib.flush().unwrap();
+        let list = lib.get(&s).unwrap().1;
+        let (_, blob) = library::file::store_bytes(&lib, &list).unwrap();
+        assert_eq!(blob, FileData::Blob(s));
+        lib.flush().unwrap();
+        let cache = Cache::open(&tmp.path().join("cache"), 1 << 30).unwrap();
+        for _ in 0..2 {
+            assert_eq!(read(cache.acquire(&lib, s, &blob).unwrap()), list);
+            cache.release(&s);
+            assert!(read(cache.acquire(&lib, s, &chunked).unwrap()) == big);
+            cache.release(&s);
+        }
     }
 
     #[test]

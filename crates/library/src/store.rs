@@ -328,9 +328,9 @@ impl Library {
                 config.version
             )));
         }
-        config
-            .check()
-            .map_err(|e| Error::corrupt(format!("library config at {}", backend.describe()), e))?;
+        config.check().map_err(|e| {
+            Error::BadInput(format!("library config at {}: {e}", backend.describe()))
+        })?;
         Ok(Library {
             backend,
             current: AtomicBool::new(config.version == VERSION),
@@ -792,11 +792,7 @@ impl Library {
         let start = locs.iter().map(|l| span(l).0).min().unwrap_or(0);
         let end = locs.iter().map(|l| span(l).1).max().unwrap_or(0);
         let together = locs.iter().all(|l| l.pack == locs[0].pack) && end - start <= RUN_BYTES;
-        if !together
-            || locs
-                .iter()
-                .any(|l| !l.entry.whole_frame() || l.entry.kind != kind)
-        {
+        if !together || locs.iter().any(|l| !l.entry.whole_frame()) {
             return one_by_one();
         }
         let key = pack_key(&locs[0].pack);

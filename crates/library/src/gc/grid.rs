@@ -26,8 +26,8 @@
 //! 1. *sweep* each condemned pack `P` (fence `F_P`, condemned by an earlier run): if it holds
 //!    the copy of a live object the index reads (or any copy of one the index reads from a
 //!    pack being deleted: the index prefers no condemned pack to another), it is *revived* (a
-//!    save that began before the mark and deduped into it has since bound its name); else if the grace has not passed it
-//!    waits; else if a lease live in the view has a fence below `F_P` it is kept for that
+//!    save that began before the mark and deduped into it has since bound its name); else if
+//!    the grace has not passed it waits; else if a lease live in the view has a fence below `F_P` it is kept for that
 //!    lease; else it is *claimed* (condemned → sweeping, in a transaction that requires the gc
 //!    lease live and `P` still condemned with `F_P`), deleted, and recorded swept (a tombstone
 //!    with a new fence, forgotten after the grace once no write lease is older);

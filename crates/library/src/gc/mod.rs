@@ -131,8 +131,19 @@ fn holds_live(
     size: u64,
     going: &HashSet<Score>,
 ) -> Result<Option<bool>> {
-    let p = PackPlan::make(lib, live, name, size, going)?;
-    Ok((p.fate != Fate::Unlisted).then_some(!p.live.is_empty()))
+    let p = PackPlan::make(lib, live, name, size)?;
+    if p.fate == Fate::Unlisted {
+        return Ok(None);
+    }
+    let indexed_going = |e: &PackEntry| {
+        live.contains(&e.score)
+            && lib
+                .locate(&e.score)
+                .is_some_and(|l| going.contains(&l.pack))
+    };
+    Ok(Some(
+        !p.live.is_empty() || p.entries.iter().any(indexed_going),
+    ))
 }
 
 /// What happens to one pack.
@@ -157,15 +168,7 @@ struct PackPlan {
 }
 
 impl PackPlan {
-    /// The plan of pack `name`; a live object whose indexed copy is in a pack of `going` counts
-    /// as this pack's when it holds a copy too.
-    fn make(
-        lib: &Library,
-        live: &HashSet<Score>,
-        name: Score,
-        size: u64,
-        going: &HashSet<Score>,
-    ) -> Result<PackPlan> {
+    fn make(lib: &Library, live: &HashSet<Score>, name: Score, size: u64) -> Result<PackPlan> {
         let Some(entries) = lib.read_trailer(&name, size)? else {
             let (entries, live) = (Vec::new(), Vec::new());
             let fate = Fate::Unlisted;
@@ -177,10 +180,7 @@ impl PackPlan {
                 fate,
             });
         };
-        let home = |e: &&PackEntry| {
-            lib.locate(&e.score)
-                .is_some_and(|l| l.pack == name || going.contains(&l.pack))
-        };
+        let home = |e: &&PackEntry| lib.locate(&e.score).is_some_and(|l| l.pack == name);
         let live: Vec<PackEntry> = entries
             .iter()
             .filter(|e| live.contains(&e.score))
@@ -241,7 +241,7 @@ impl Plan {
     ) -> Result<Plan> {
         let mut packs: Vec<PackPlan> = packs
             .into_par_iter()
-            .map(|(name, size)| PackPlan::make(lib, live, name, size, &HashSet::new()))
+            .map(|(name, size)| PackPlan::make(lib, live, name, size))
             .collect::<Result<_>>()?;
         let small = packs.iter().filter(|p| p.small(lib)).count();
         let rewrites = packs.iter().any(|p| p.fate == Fate::Rewrite);

@@ -81,14 +81,15 @@ pub struct S3Options {
     pub secret_access_key: Option<String>,
     /// Longest one attempt of a request may take, request and answer bodies included
     /// (default 30 s): a whole pack (32 MiB) must go through in it at the slowest bandwidth
-    /// expected.
+    /// expected. A listing is timed page by page (1000 keys), not as a whole.
     #[serde(rename = "request_timeout_secs", with = "secs")]
     pub request_timeout: Duration,
     /// Longest a TCP (and TLS) connect may take (default 5 s).
     #[serde(rename = "connect_timeout_secs", with = "secs")]
     pub connect_timeout: Duration,
     /// How long failing attempts of one operation are retried before it fails (default
-    /// 3 min: longer than the 70-90 s a partitioned Garage node can stall requests).
+    /// 3 min: longer than the 70-90 s a partitioned Garage node can stall requests). A
+    /// listing's budget counts from its last page received.
     #[serde(rename = "retry_budget_secs", with = "secs")]
     pub retry_budget: Duration,
     /// Allow plain `http` to any endpoint (a private network the operator trusts, e.g. the

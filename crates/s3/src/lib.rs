@@ -15,7 +15,8 @@
 //!   PUT (`If-None-Match`/`If-Match`) is ever sent and nothing relies on one: Garage ignores
 //!   them, so S3 is never a lock.
 //! - Every attempt has a timeout; failures are retried with exponential backoff within a total
-//!   budget (see [`S3Options`]); past it the call fails with one line naming the operation,
+//!   budget (see [`S3Options`]); a listing is timed and retried page by page, resuming at the
+//!   page that failed, so a big bucket lists over a slow link; past it the call fails with one line naming the operation,
 //!   the key, the endpoint, the last cause and what to do. A missing key is not retried and is
 //!   reported as the library's not-found error ([`library::Error::is_not_found`]).
 //! - The trait is blocking; requests run on the backend's own small tokio runtime, so it can be
@@ -32,12 +33,12 @@ pub use config::{S3Location, S3Options};
 
 use bridge::Bridge;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use library::{Backend, Error, Result};
 use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
 use retry::{Failure, Policy};
 use std::future::Future;
 use std::io::ErrorKind;
@@ -49,6 +50,8 @@ type Store = Arc<PrefixStore<AmazonS3>>;
 /// A library backend on an S3 bucket, below a key prefix.
 pub struct S3Backend {
     store: Store,
+    /// The bucket without the prefix, for listings (which page through it by full keys).
+    bucket: AmazonS3,
     policy: Policy,
     location: S3Location,
     endpoint: String,
@@ -138,7 +141,8 @@ impl S3Backend {
                 })?
         };
         Ok(S3Backend {
-            store: Arc::new(PrefixStore::new(s3, location.prefix.as_str())),
+            store: Arc::new(PrefixStore::new(s3.clone(), location.prefix.as_str())),
+            bucket: s3,
             policy: Policy {
                 request_timeout: options.request_timeout,
                 budget: options.retry_budget,
@@ -161,7 +165,20 @@ impl S3Backend {
         F: Fn(Store, Path) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = object_store::Result<T>> + Send,
     {
-        let (store, path, policy) = (self.store.clone(), Path::from(key), self.policy);
+        let (store, path) = (self.store.clone(), Path::from(key));
+        self.drive(op, key, move |policy, what| async move {
+            retry::run(policy, &what, || attempt(store.clone(), path.clone())).await
+        })
+    }
+
+    /// Runs `work` (given the retry policy and the operation's name for warnings) on the
+    /// backend's runtime, waits for it and words its failure.
+    fn drive<T, W, Fut>(&self, op: Op, key: &str, work: W) -> Result<T>
+    where
+        T: Send + 'static,
+        W: FnOnce(Policy, String) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>> + Send + 'static,
+    {
         let what = format!(
             "S3 {} {} at {}",
             op.request(),
@@ -169,8 +186,9 @@ impl S3Backend {
             self.endpoint
         );
         let began = std::time::Instant::now();
+        let work = work(self.policy, what.clone());
         let outcome = self.bridge.run(async move {
-            let out = retry::run(policy, &what, || attempt(store.clone(), path.clone())).await;
+            let out = work.await;
             tracing::trace!("{what}: {:.2} ms", began.elapsed().as_secs_f64() * 1e3);
             out
         });
@@ -204,8 +222,9 @@ impl S3Backend {
             } => (
                 ErrorKind::TimedOut,
                 format!(
-                    "S3 {req} at {at} failed {attempts} times in {elapsed:.1?} (retry budget {:?}); last error: {last}; \
+                    "S3 {req} at {at} failed {attempts} {} in {elapsed:.1?} (retry budget {:?}); last error: {last}; \
                      check that the endpoint is reachable and its cluster healthy (has quorum), or raise the retry budget",
+                    if attempts == 1 { "time" } else { "times" },
                     self.policy.budget
                 ),
             ),
@@ -278,22 +297,30 @@ impl Backend for S3Backend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        // S3 lists whole path components: list the directory holding the prefix, then filter.
-        let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d).to_string();
-        let wanted = prefix.to_string();
-        let mut keys = self.call(Op::List, prefix, move |s, _| {
-            let (dir, wanted) = (dir.clone(), wanted.clone());
-            async move {
-                let dir = (!dir.is_empty()).then(|| Path::from(dir));
-                s.list(dir.as_ref())
-                    .try_filter_map(|meta| {
-                        let key = meta.location.to_string();
-                        let keep = key.starts_with(&wanted);
-                        async move { Ok(keep.then_some((key, meta.size))) }
-                    })
-                    .try_collect::<Vec<_>>()
-                    .await
-            }
+        // Paged by hand (not `ObjectStore::list`, one stream) so each page is one attempt.
+        // An S3 prefix is a plain string prefix, as the trait's is.
+        let under = match self.location.prefix.as_str() {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let (bucket, full) = (self.bucket.clone(), format!("{under}{prefix}"));
+        let mut keys = self.drive(Op::List, prefix, move |policy, what| async move {
+            retry::pages(policy, &what, |page_token| {
+                let (bucket, full, under) = (bucket.clone(), full.clone(), under.clone());
+                async move {
+                    let options = PaginatedListOptions {
+                        page_token,
+                        ..PaginatedListOptions::default()
+                    };
+                    let page = bucket.list_paginated(Some(&full), options).await?;
+                    let keys = page.result.objects.into_iter().filter_map(|meta| {
+                        let key = meta.location.as_ref().strip_prefix(under.as_str())?;
+                        Some((key.to_string(), meta.size))
+                    });
+                    Ok((keys.collect(), page.page_token))
+                }
+            })
+            .await
         })?;
         keys.sort();
         Ok(keys)

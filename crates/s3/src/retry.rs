@@ -46,29 +46,99 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = object_store::Result<T>>,
 {
-    let start = Instant::now();
-    let mut delay = FIRST_DELAY;
-    let mut attempts = 0;
+    let mut backoff = Backoff::new(policy);
     loop {
-        attempts += 1;
-        let last = match tokio::time::timeout(policy.request_timeout, attempt()).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if !retryable(&e) => return Err(Failure::Permanent(e)),
-            Ok(Err(e)) => cause(&e),
-            Err(_) => format!("no answer within {:?}", policy.request_timeout),
-        };
-        let pause = jitter(delay);
-        let elapsed = start.elapsed();
-        if elapsed + pause >= policy.budget {
+        match once(policy, attempt()).await? {
+            Ok(v) => return Ok(v),
+            Err(last) => backoff.failed(what, last).await?,
+        }
+    }
+}
+
+/// Runs a paged operation (a listing) and collects its items. `page` is called with the token
+/// of the page to fetch (`None` for the first) and returns that page's items and the next
+/// page's token (`None` after the last). Each page is one attempt with its own timeout; a
+/// failed page is retried as [`run`] retries, and the budget counts from the last page
+/// received: a long listing over a slow link completes as long as each page comes in time.
+pub(crate) async fn pages<T, F, Fut>(
+    policy: Policy,
+    what: &str,
+    mut page: F,
+) -> Result<Vec<T>, Failure>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = object_store::Result<(Vec<T>, Option<String>)>>,
+{
+    let (mut all, mut token, mut backoff) = (Vec::new(), None, Backoff::new(policy));
+    loop {
+        match once(policy, page(token.clone())).await? {
+            Ok((items, next)) => {
+                all.extend(items);
+                match next {
+                    None => return Ok(all),
+                    Some(next) => token = Some(next),
+                }
+                backoff = Backoff::new(policy);
+            }
+            Err(last) => backoff.failed(what, last).await?,
+        }
+    }
+}
+
+/// One attempt within the request timeout: its value, or (inner `Err`) why it failed when
+/// retrying may help; an answer retrying cannot change ends the operation (outer `Err`).
+async fn once<T>(
+    policy: Policy,
+    attempt: impl Future<Output = object_store::Result<T>>,
+) -> Result<Result<T, String>, Failure> {
+    match tokio::time::timeout(policy.request_timeout, attempt).await {
+        Ok(Ok(v)) => Ok(Ok(v)),
+        Ok(Err(e)) if !retryable(&e) => Err(Failure::Permanent(e)),
+        Ok(Err(e)) => Ok(Err(cause(&e))),
+        Err(_) => Ok(Err(format!(
+            "no answer within {:?}",
+            policy.request_timeout
+        ))),
+    }
+}
+
+/// The retries of one operation (of one page, for a paged one): attempts failed so far, the
+/// next pause, and when the budget started counting.
+struct Backoff {
+    policy: Policy,
+    start: Instant,
+    delay: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    fn new(policy: Policy) -> Backoff {
+        Backoff {
+            policy,
+            start: Instant::now(),
+            delay: FIRST_DELAY,
+            attempts: 0,
+        }
+    }
+
+    /// Counts a failed attempt (`last` says why) and pauses before the next one, or says the
+    /// budget is spent.
+    async fn failed(&mut self, what: &str, last: String) -> Result<(), Failure> {
+        self.attempts += 1;
+        let pause = jitter(self.delay);
+        let elapsed = self.start.elapsed();
+        if elapsed + pause >= self.policy.budget {
             return Err(Failure::Exhausted {
-                attempts,
+                attempts: self.attempts,
                 elapsed,
                 last,
             });
         }
+        let attempts = self.attempts;
         tracing::warn!("{what}: attempt {attempts} failed ({last}); retrying in {pause:.1?}");
         tokio::time::sleep(pause).await;
-        delay = (delay * 2).min(MAX_DELAY);
+        self.delay = (self.delay * 2).min(MAX_DELAY);
+        Ok(())
     }
 }
 
@@ -190,5 +260,50 @@ mod tests {
         })
         .await;
         assert!(matches!(r, Err(Failure::Permanent(_))) && n == 1);
+    }
+
+    /// A listing longer than one request timeout and than the whole budget completes when each
+    /// page comes in time; a failed page is fetched again (same token), not the listing.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_listing_is_timed_and_retried_page_by_page() {
+        let policy = Policy {
+            request_timeout: Duration::from_secs(1),
+            budget: Duration::from_secs(5),
+        };
+        let mut asked = Vec::new();
+        let began = Instant::now();
+        let keys = pages(policy, "test", |token: Option<String>| {
+            let n: u32 = token.as_deref().map_or(0, |t| t.parse().unwrap());
+            asked.push(n);
+            // Page 3 fails on its first two attempts; every page takes 0.9 s.
+            let fails = n == 3 && asked.iter().filter(|&&a| a == 3).count() <= 2;
+            async move {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if fails {
+                    return Err(generic("connection reset"));
+                }
+                let next = (n < 9).then(|| (n + 1).to_string());
+                Ok((vec![n * 10, n * 10 + 1], next))
+            }
+        })
+        .await
+        .unwrap();
+        assert!(began.elapsed() > policy.budget * 2, "{:?}", began.elapsed());
+        assert_eq!(
+            keys,
+            (0..10)
+                .flat_map(|n| [n * 10, n * 10 + 1])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(asked, [0, 1, 2, 3, 3, 3, 4, 5, 6, 7, 8, 9]);
+        let r = pages(policy, "test", |_| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok((vec![1], None))
+        })
+        .await;
+        match r {
+            Err(Failure::Exhausted { last, .. }) => assert_eq!(last, "no answer within 1s"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Faults: a Garage node stopped under the backend, and an endpoint that never answers.
+//! Faults: a Garage node stopped under the backend, an endpoint that never answers, and a link
+//! that damages or delays what the backend sends.
 
 mod garage;
 
@@ -135,18 +136,15 @@ fn missing_keys_are_not_retried() {
     assert!(!b.exists("nothing/here").unwrap());
 }
 
-/// A TCP proxy in front of an S3 endpoint that flips the last byte of every occurrence of
-/// `MARK` in what clients send (request bodies), and passes answers through unchanged.
-struct Damaging {
+/// A TCP proxy in front of an S3 endpoint: what clients send goes through `upstream` (which
+/// may damage or delay it), answers come back unchanged.
+struct Proxy {
     addr: std::net::SocketAddr,
 }
 
-/// What [`Damaging`] damages.
-const MARK: &[u8] = b"DAMAGE-ME";
-
-impl Damaging {
-    fn start(endpoint: &str) -> Damaging {
-        let upstream = endpoint
+impl Proxy {
+    fn start(endpoint: &str, upstream: fn(std::net::TcpStream, std::net::TcpStream)) -> Proxy {
+        let server_addr = endpoint
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_string();
@@ -154,21 +152,24 @@ impl Damaging {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                let Ok(server) = std::net::TcpStream::connect(&server_addr) else {
                     continue;
                 };
                 let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || damage(client, server));
+                std::thread::spawn(move || upstream(client, server));
                 std::thread::spawn(move || pass(server2, client2));
             }
         });
-        Damaging { addr }
+        Proxy { addr }
     }
 
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
+
+/// What [`damage`] damages.
+const MARK: &[u8] = b"DAMAGE-ME";
 
 /// Copies `from` to `to`, flipping the last byte of each `MARK` (it has no repeated prefix,
 /// so counting matched bytes finds every occurrence, also across reads).
@@ -207,7 +208,7 @@ fn a_body_damaged_in_transit_is_refused() {
     let Some(g) = garage::garage("a_body_damaged_in_transit_is_refused") else {
         return;
     };
-    let proxy = Damaging::start(&g.options().endpoint.unwrap());
+    let proxy = Proxy::start(&g.options().endpoint.unwrap(), damage);
     let options = S3Options {
         endpoint: Some(proxy.url()),
         retry_budget: Duration::from_secs(2),
@@ -229,4 +230,64 @@ fn a_body_damaged_in_transit_is_refused() {
     let direct = S3Backend::open(&url, &g.options()).unwrap();
     assert!(!direct.exists("packs/damaged").unwrap());
     assert_eq!(direct.get("packs/intact").unwrap(), intact);
+}
+
+/// The delay [`slow`] adds to every request.
+const SLOW_LINK: Duration = Duration::from_millis(400);
+
+/// Copies `from` to `to`, each read [`SLOW_LINK`] late (a request comes in one read).
+fn slow(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        std::thread::sleep(SLOW_LINK);
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// A listing of three pages (S3 pages hold 1000 keys) over a link that delays every request
+/// by 0.4 s takes longer than the request timeout of one second, and lists every key:
+/// the timeout is per page. (Timed as one request, it could never complete.)
+#[test]
+fn a_listing_longer_than_the_request_timeout_completes() {
+    let Some(g) = garage::garage("a_listing_longer_than_the_request_timeout_completes") else {
+        return;
+    };
+    // Timed pages: not while another test stalls a node.
+    let _healthy = NODE_FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let url = g.url("long-listing");
+    let direct = S3Backend::open(&url, &g.options()).unwrap();
+    let keys: Vec<String> = (0..2500).map(|i| format!("leases/k{i:05}")).collect();
+    std::thread::scope(|s| {
+        for part in keys.chunks(keys.len().div_ceil(8)) {
+            let direct = &direct;
+            s.spawn(move || {
+                part.iter()
+                    .for_each(|k| direct.put(k, k.as_bytes()).unwrap())
+            });
+        }
+    });
+    direct.put("packs/other", b"not listed").unwrap();
+    let proxy = Proxy::start(&g.options().endpoint.unwrap(), slow);
+    let options = S3Options {
+        endpoint: Some(proxy.url()),
+        request_timeout: Duration::from_secs(1),
+        retry_budget: Duration::from_secs(1),
+        ..g.options()
+    };
+    let through = S3Backend::open(&url, &options).unwrap();
+    let t = Instant::now();
+    let listed = through.list("leases/k").unwrap();
+    let took = t.elapsed();
+    println!(
+        "{} keys listed in {took:?} through a slow link",
+        listed.len()
+    );
+    assert!(took > options.request_timeout, "{took:?}");
+    let expected: Vec<(String, u64)> = keys.iter().map(|k| (k.clone(), k.len() as u64)).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(through.list("leases/k0249").unwrap().len(), 10);
 }

@@ -103,6 +103,40 @@ impl Index {
         }
     }
 
+    /// The packs numbered from `held` on that `listed` lacks, with the entries the index
+    /// locates in them: packs this process wrote or adopted while a listing ran.
+    fn written_since(&self, held: usize, listed: &HashSet<Score>) -> Vec<KnownPack> {
+        let numbers: HashMap<u32, Score> = (held..self.names.len())
+            .map(|n| (n as u32, self.names[n]))
+            .filter(|(_, name)| !listed.contains(name))
+            .collect();
+        let mut entries: HashMap<u32, Vec<PackEntry>> = HashMap::new();
+        if !numbers.is_empty() {
+            for (score, slot) in &self.objects {
+                if numbers.contains_key(&slot.pack) {
+                    entries.entry(slot.pack).or_default().push(PackEntry {
+                        score: *score,
+                        kind: slot.kind,
+                        encoding: slot.encoding,
+                        offset: slot.offset,
+                        stored_len: slot.stored_len,
+                        frame_len: slot.frame_len,
+                        start: slot.start,
+                        plain_len: slot.plain_len,
+                    });
+                }
+            }
+        }
+        numbers
+            .into_iter()
+            .map(|(n, name)| KnownPack {
+                name,
+                size: self.packs[&name].0,
+                entries: Arc::new(entries.remove(&n).unwrap_or_default()),
+            })
+            .collect()
+    }
+
     /// Whether `score` is stored in a pack that is not condemned.
     fn holds(&self, score: &Score) -> bool {
         self.objects
@@ -290,7 +324,8 @@ impl Library {
             for p in &contents.packs {
                 lib.backend.note_size(&pack_key(&p.name), p.size);
             }
-            lib.install_index(HashSet::new(), contents.packs);
+            let before = lib.before();
+            lib.install_index(before, HashSet::new(), contents.packs);
             return Ok(lib);
         }
         let mut lib = Library::configured(backend, coordinator, local)?;
@@ -462,17 +497,30 @@ impl Library {
         Ok(packs)
     }
 
-    /// Makes `packs` ([`Library::read_packs`]) the index, with `condemned` the packs gc
-    /// condemned.
-    fn install_index(&self, condemned: HashSet<Score>, packs: Vec<KnownPack>) {
+    /// Makes `packs` ([`Library::read_packs`], from a listing begun `before`) the index, with
+    /// `condemned` the packs gc condemned. Packs the index gained since the listing began were
+    /// written by this process meanwhile and may be missing from it: they are kept.
+    fn install_index(
+        &self,
+        (generation, held): Before,
+        condemned: HashSet<Score>,
+        packs: Vec<KnownPack>,
+    ) {
         let mut fresh = Index {
             condemned,
             ..Index::default()
         };
+        let listed: HashSet<Score> = packs.iter().map(|p| p.name).collect();
         for p in packs {
             fresh.add(p.name, p.size, &p.entries, false);
         }
         let mut idx = self.index.write().expect("index lock");
+        // Reloaded whole meanwhile: what was gained since is not known (at worst a reload).
+        if idx.generation == generation {
+            for p in idx.written_since(held, &listed) {
+                fresh.add(p.name, p.size, &p.entries, false);
+            }
+        }
         fresh.generation = idx.generation + 1;
         *idx = fresh;
     }
@@ -506,7 +554,7 @@ impl Library {
         if self.local.is_some() {
             // The pack index file is rewritten from the whole listing: load it whole.
             let packs = self.read_packs(listed)?;
-            self.install_index(condemned, packs);
+            self.install_index((generation, held), condemned, packs);
             return Ok(());
         }
         let (unseen, rebuild) = {

@@ -9,6 +9,7 @@ use crate::lease::{FileLeases, LeaseKind};
 use crate::pack::{Encoding, ObjectKind};
 use crate::{fixture, Library, LocalBackend};
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::Duration;
 
 fn entry(i: u8) -> PackEntry {
@@ -231,4 +232,72 @@ fn a_pack_gc_deleted_is_refreshed_away() {
     assert_eq!(fresh.packs(), listed);
     fixture::check(&fresh, &a, 1, 3);
     assert_eq!(lists(&m), 0);
+}
+
+/// A backend whose next listing, once armed, is held after it was read until the test says
+/// go: what is written meanwhile is missing from it.
+struct HeldListing {
+    inner: Arc<dyn Backend>,
+    armed: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
+impl Backend for HeldListing {
+    fn put(&self, key: &str, data: &[u8]) -> crate::Result<()> {
+        self.inner.put(key, data)
+    }
+    fn get(&self, key: &str) -> crate::Result<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> crate::Result<Vec<u8>> {
+        self.inner.get_range(key, offset, len)
+    }
+    fn list(&self, prefix: &str) -> crate::Result<Vec<(String, u64)>> {
+        let listed = self.inner.list(prefix);
+        let armed = self.armed.lock().unwrap().take();
+        if let Some((read, go)) = armed {
+            read.send(()).unwrap();
+            go.recv().unwrap();
+        }
+        listed
+    }
+    fn delete(&self, key: &str) -> crate::Result<()> {
+        self.inner.delete(key)
+    }
+    fn exists(&self, key: &str) -> crate::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn describe(&self) -> String {
+        "a held listing".into()
+    }
+}
+
+/// A writer with the pack index file refreshes while it writes a snapshot: the packs it wrote
+/// after the listing was read stay in its index (reading them needs no listing again).
+#[test]
+fn packs_written_during_a_refresh_stay_indexed() {
+    let s = Setup::new();
+    let a = fixture::snapshot(&s.lib, 1, 3);
+    let local: Arc<dyn Backend> = Arc::new(LocalBackend::open(s.dir.path()).unwrap());
+    let metered = Arc::new(MeteredBackend::new(local, Duration::ZERO));
+    let held = Arc::new(HeldListing {
+        inner: metered.clone(),
+        armed: Mutex::default(),
+    });
+    let writer =
+        Library::open_indexed(held.clone(), Arc::new(FileLeases), Some(s.index())).unwrap();
+    let (read, listing_read) = mpsc::channel();
+    let (go, wait) = mpsc::channel();
+    *held.armed.lock().unwrap() = Some((read, wait));
+    let b = std::thread::scope(|scope| {
+        let refresh = scope.spawn(|| writer.refresh());
+        listing_read.recv().unwrap();
+        let b = fixture::snapshot(&writer, 2, 3);
+        go.send(()).unwrap();
+        refresh.join().unwrap().unwrap();
+        b
+    });
+    let listed = lists(&metered);
+    fixture::check(&writer, &b, 2, 3);
+    fixture::check(&writer, &a, 1, 3);
+    assert_eq!(lists(&metered), listed, "no listing to find what it wrote");
 }

@@ -256,3 +256,98 @@ fn a_reader_whose_index_names_a_rewritten_pack_recovers() {
     assert!(sweep.swept >= 1, "{sweep}");
     assert_exports(&reader, &y.score, &src.join("odd"));
 }
+
+/// A condemned pack holds the only copy that survives of live objects whose other copy the
+/// index reads from a pack a crashed sweep was deleting: the next run finishes that sweep and
+/// revives the condemned pack instead of deleting both.
+///
+/// x's pack is condemned; z (x's files and one more) stores them again; B's save of x's files
+/// dedups into z's pack; z's pack is condemned before B binds; a sweep of x's pack is claimed
+/// and never finished. The index prefers no condemned pack to another, so it reads the shared
+/// objects from whichever pack lists first: the test takes seeds until x's does.
+#[test]
+fn a_live_copy_in_a_condemned_pack_outlives_its_twin_being_swept() {
+    for seed in 7.. {
+        assert!(seed < 40, "no seed listed x's pack before z's");
+        let Some(e) = engines::engines(&format!("gc_twin_sweeping_{seed}"), 60) else {
+            return;
+        };
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (e.store(&t.path().join("a")), e.store(&t.path().join("b")));
+        let (src, more) = (t.path().join("src"), t.path().join("more"));
+        tree(&src, seed, 10);
+        tree(&more, seed, 11);
+        let (lib_a, cat) = (a.library_or_init().unwrap(), a.catalog().unwrap());
+        import_bound(&lib_a, &cat, "x", &src);
+        let x_pack = largest(&lib_a, &lib_a.written_packs());
+        cat.retire("u", "x").unwrap();
+        assert!(run(&lib_a).marked >= 1);
+        import_bound(&lib_a, &cat, "z", &more);
+        let z_pack = largest(&lib_a, &lib_a.written_packs());
+        cat.retire("u", "z").unwrap();
+        if x_pack > z_pack {
+            continue;
+        }
+        let lib_b = b.library().unwrap();
+        let lease = lib_b.write_lease(None, WAIT, &|_| {}).unwrap();
+        let y = import(&lib_b, &src, None);
+        assert!(
+            !lib_b.written_packs().contains(&z_pack),
+            "y dedups into z's pack"
+        );
+        let hold = collect(&lib_a, Duration::from_secs(3600), &Silent).unwrap();
+        assert!(hold.marked >= 1 && hold.in_grace >= 1, "{hold}");
+        // A sweep of x's pack claims it, then its node dies before the delete.
+        let ledger = lib_a.coordinator().ledger().unwrap();
+        let gc = ledger.begin().unwrap();
+        let fence = ledger
+            .view()
+            .unwrap()
+            .packs
+            .iter()
+            .find(|p| p.pack == x_pack)
+            .unwrap()
+            .fence;
+        let claimed = ledger
+            .claim(gc.token().unwrap(), &[(x_pack, fence)])
+            .unwrap();
+        assert_eq!(claimed, [x_pack]);
+        drop(gc);
+        bind_written(&b.catalog().unwrap(), &lib_b, &lease, "u", "y", y.score).unwrap();
+        drop(lease);
+        let sweep = run(&lib_a);
+        assert!(sweep.swept >= 1 && sweep.revived >= 1, "{sweep}");
+        let listed = packs(&lib_a);
+        assert!(!listed.contains_key(&x_pack) && listed.contains_key(&z_pack));
+        let lib_c = e.store(&t.path().join("c")).library().unwrap();
+        assert_exports(&lib_c, &y.score, &src);
+        let roots = [("u/y".to_string(), y.score)];
+        let report = library::verify::verify(&lib_c, &roots, &Silent).unwrap();
+        assert!(report.is_clean(), "{report}");
+        run(&lib_a);
+        assert_exports(
+            &e.store(&t.path().join("d")).library().unwrap(),
+            &y.score,
+            &src,
+        );
+        return;
+    }
+}
+
+/// The packs in `lib`'s backend, with their sizes.
+fn packs(lib: &Library) -> std::collections::HashMap<Score, u64> {
+    let listed = lib.backend().list("packs/").unwrap();
+    listed
+        .into_iter()
+        .map(|(key, size)| (key.rsplit('/').next().unwrap().parse().unwrap(), size))
+        .collect()
+}
+
+/// The largest of `written` (an import's data pack, beside its small commit pack).
+fn largest(lib: &Library, written: &[Score]) -> Score {
+    let sizes = packs(lib);
+    *written
+        .iter()
+        .max_by_key(|p| sizes[*p])
+        .expect("the import wrote packs")
+}

@@ -810,7 +810,10 @@ mod tests {
         cache.release(&a.0);
         assert_eq!(read(cache.acquire(&lib, d.0, &d.1).unwrap()), d.2);
         cache.release(&d.0);
-        assert!(!cache.path(&a.0).exists(), "the last release left it pinned");
+        assert!(
+            !cache.path(&a.0).exists(),
+            "the last release left it pinned"
+        );
         assert_eq!(cache.total(), 2000);
     }
 
@@ -823,7 +826,10 @@ mod tests {
         let (lib, files) = setup(tmp.path(), 4);
         let dir = tmp.path().join("cache");
         let [a, b, c, d] = [&files[0], &files[1], &files[2], &files[3]];
-        Cache::open(&dir, 1 << 20).unwrap().acquire(&lib, a.0, &a.1).unwrap();
+        Cache::open(&dir, 1 << 20)
+            .unwrap()
+            .acquire(&lib, a.0, &a.1)
+            .unwrap();
         let cache = Arc::new(Cache::open(&dir, 2500).unwrap());
         let on_disk = cache.pin(a.0, 1000);
         let gone = cache.pin(d.0, 1000);
@@ -833,7 +839,10 @@ mod tests {
             cache.release(&f.0);
         }
         assert!(cache.path(&a.0).exists(), "a pinned file was evicted");
-        assert!(!cache.path(&c.0).exists(), "the pinned files left room for one");
+        assert!(
+            !cache.path(&c.0).exists(),
+            "the pinned files left room for one"
+        );
         assert_eq!(cache.total(), 2000);
         let (f, pin) = cache.hold(&lib, a.0, &a.1).unwrap();
         assert_eq!(read(f), a.2);

@@ -18,6 +18,11 @@
 //! process opens them; a mismatch logs a warning naming the score and the file is fetched again.
 //! Indexing those files (for the size limit and LRU order, oldest modification time first)
 //! runs on a background thread so that opening the cache costs the same whatever it holds.
+//!
+//! A pinned file is never evicted by this process and always counted in its total: whoever
+//! still holds a cache file (an open handle, a passthrough backing id the kernel keeps) holds a
+//! pin on it ([`Pin`]), so the bytes the limit bounds are the bytes on disk. Pins count per
+//! holder and survive a file being fetched again (each holder releases exactly its own).
 
 use library::file::blobs;
 use library::pack::ObjectKind;
@@ -77,20 +82,33 @@ impl State {
         self.place(s, size, false, self.found);
     }
 
+    /// Adds (or replaces) the slot of `s`, keeping the pins of a replaced slot: its holders
+    /// each release once.
     fn place(&mut self, s: Score, size: u64, verified: bool, tick: i64) {
-        self.remove(&s);
+        let pins = self.remove(&s).map_or(0, |old| old.pins);
         self.files.insert(
             s,
             Slot {
                 size,
                 tick,
-                pins: 0,
+                pins,
                 verified,
                 chunked: false,
             },
         );
         self.lru.insert(tick, s);
         self.total += size;
+    }
+
+    /// Drops the slot of a file found bad or gone, unless it is pinned: then it only stops
+    /// being trusted (and still counts, as what its holders keep).
+    fn forget(&mut self, s: &Score) {
+        match self.files.get_mut(s) {
+            Some(slot) if slot.pins > 0 => slot.verified = false,
+            _ => {
+                self.remove(s);
+            }
+        }
     }
 
     fn remove(&mut self, s: &Score) -> Option<Slot> {
@@ -108,6 +126,19 @@ pub struct Cache {
     state: Mutex<State>,
     fetching: Mutex<HashMap<Score, Arc<Mutex<()>>>>,
     fetch_lock: File,
+}
+
+/// One pin on a cache file, released when dropped: the file stays on disk (as far as this
+/// process is concerned) and counted in [`Cache::total`] as long as the pin lives.
+pub struct Pin {
+    cache: Arc<Cache>,
+    score: Score,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.cache.release(&self.score);
+    }
 }
 
 /// Numbers this process's temporary files (named `PID.N`), across every [`Cache`] it opens:
@@ -264,6 +295,44 @@ impl Cache {
         self.state.lock().expect("cache state").total
     }
 
+    /// The size limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// [`Cache::acquire`] with its pin as a value: unpinned when the [`Pin`] is dropped.
+    pub fn hold(
+        self: &Arc<Self>,
+        lib: &Library,
+        score: Score,
+        data: &FileData,
+    ) -> library::Result<(File, Pin)> {
+        let file = self.acquire(lib, score, data)?;
+        Ok((file, self.pinned(score)))
+    }
+
+    /// Pins `score` without opening it, for a holder of a cache file this process did not
+    /// acquire (a backing id a previous server registered): a file the cache does not list
+    /// is added as `size` bytes, to be verified before it is served.
+    pub fn pin(self: &Arc<Self>, score: Score, size: u64) -> Pin {
+        let mut st = self.state.lock().expect("cache state");
+        if !st.files.contains_key(&score) {
+            st.insert(score, size, false);
+        }
+        st.files.get_mut(&score).expect("just listed").pins += 1;
+        drop(st);
+        self.evict();
+        self.pinned(score)
+    }
+
+    /// The [`Pin`] for a pin of `score` already taken.
+    fn pinned(self: &Arc<Self>, score: Score) -> Pin {
+        Pin {
+            cache: self.clone(),
+            score,
+        }
+    }
+
     /// Opens file data `data` (score `score`) for reading, fetching it from `lib` if needed,
     /// and pins it against eviction until [`Cache::release`].
     pub fn acquire(&self, lib: &Library, score: Score, data: &FileData) -> library::Result<File> {
@@ -329,7 +398,7 @@ impl Cache {
                 }
                 Err(e) => tracing::debug!(%score, "cached file gone ({e}); fetching it again"),
             }
-            self.state.lock().expect("cache state").remove(&score);
+            self.state.lock().expect("cache state").forget(&score);
             let _ = std::fs::remove_file(&path);
         }
         at_step(Step::Fetching);
@@ -339,7 +408,7 @@ impl Cache {
             let mut st = self.state.lock().expect("cache state");
             st.insert(score, size, true);
             let slot = st.files.get_mut(&score).expect("just inserted");
-            slot.pins = 1;
+            slot.pins += 1;
             slot.chunked = chunked;
         }
         self.evict();
@@ -429,11 +498,15 @@ impl Cache {
         self.state.lock().expect("cache state").touch(score);
     }
 
-    /// Unpins file data acquired with [`Cache::acquire`].
+    /// Unpins file data acquired with [`Cache::acquire`] (or pinned by [`Cache::pin`]). A
+    /// pinned file never verified here that is gone from disk stops counting with its last pin.
     pub fn release(&self, score: &Score) {
         let mut st = self.state.lock().expect("cache state");
         if let Some(slot) = st.files.get_mut(score) {
             slot.pins = slot.pins.saturating_sub(1);
+            if slot.pins == 0 && !slot.verified && !self.path(score).exists() {
+                st.remove(score);
+            }
         }
         drop(st);
         self.evict();
@@ -710,6 +783,74 @@ mod tests {
         cache.release(&c.0);
         assert_eq!(read(cache.acquire(&lib, a.0, &a.1).unwrap()), a.2);
         assert!(!cache.path(&c.0).exists() && cache.path(&b.0).exists());
+    }
+
+    /// A file fetched again while pinned (another process evicted it) keeps its holders'
+    /// pins: each release takes back one, and the file stays until the last (the refetch used
+    /// to reset the count to one, so the first release made a file still open evictable).
+    #[test]
+    fn pins_outlive_a_fetch_again_and_each_holder_releases_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lib, files) = setup(tmp.path(), 4);
+        let cache = Cache::open(&tmp.path().join("cache"), 2500).unwrap();
+        let [a, b, c, d] = [&files[0], &files[1], &files[2], &files[3]];
+        for _ in 0..2 {
+            assert_eq!(read(cache.acquire(&lib, a.0, &a.1).unwrap()), a.2);
+        }
+        std::fs::remove_file(cache.path(&a.0)).unwrap();
+        assert_eq!(read(cache.acquire(&lib, a.0, &a.1).unwrap()), a.2);
+        cache.release(&a.0);
+        cache.release(&a.0);
+        for f in [b, c] {
+            assert_eq!(read(cache.acquire(&lib, f.0, &f.1).unwrap()), f.2);
+            cache.release(&f.0);
+        }
+        assert!(cache.path(&a.0).exists(), "a file still held was evicted");
+        assert_eq!(cache.total(), 2000);
+        cache.release(&a.0);
+        assert_eq!(read(cache.acquire(&lib, d.0, &d.1).unwrap()), d.2);
+        cache.release(&d.0);
+        assert!(
+            !cache.path(&a.0).exists(),
+            "the last release left it pinned"
+        );
+        assert_eq!(cache.total(), 2000);
+    }
+
+    /// A pin on a file the cache does not list (a previous server's backing file) counts it,
+    /// keeps it, lets an acquire verify and serve it, and is given back when dropped; a pin
+    /// on a file gone from disk counts what the kernel still holds until it is dropped.
+    #[test]
+    fn a_pin_on_an_unlisted_file_counts_and_keeps_it_until_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lib, files) = setup(tmp.path(), 4);
+        let dir = tmp.path().join("cache");
+        let [a, b, c, d] = [&files[0], &files[1], &files[2], &files[3]];
+        Cache::open(&dir, 1 << 20)
+            .unwrap()
+            .acquire(&lib, a.0, &a.1)
+            .unwrap();
+        let cache = Arc::new(Cache::open(&dir, 2500).unwrap());
+        let on_disk = cache.pin(a.0, 1000);
+        let gone = cache.pin(d.0, 1000);
+        assert_eq!(cache.total(), 2000);
+        for f in [b, c] {
+            assert_eq!(read(cache.acquire(&lib, f.0, &f.1).unwrap()), f.2);
+            cache.release(&f.0);
+        }
+        assert!(cache.path(&a.0).exists(), "a pinned file was evicted");
+        assert!(
+            !cache.path(&c.0).exists(),
+            "the pinned files left room for one"
+        );
+        assert_eq!(cache.total(), 2000);
+        let (f, pin) = cache.hold(&lib, a.0, &a.1).unwrap();
+        assert_eq!(read(f), a.2);
+        drop((on_disk, pin, gone));
+        assert_eq!(cache.total(), 1000, "only the file on disk counts");
+        assert_eq!(read(cache.acquire(&lib, b.0, &b.1).unwrap()), b.2);
+        cache.release(&b.0);
+        assert_eq!(cache.total(), 2000);
     }
 
     /// Runs `acquire` with `act` run once when it reaches `step` (on this thread).

@@ -8,6 +8,12 @@
 //! kernel supports `FUSE_NO_OPENDIR_SUPPORT` (it then never sends opendir/releasedir and caches
 //! listings), else it returns `FOPEN_CACHE_DIR`.
 //!
+//! Every holder of a cache file holds a cache pin on it ([`Pin`]): a handle that opened the
+//! file, and each backing id (for as long as the kernel has it registered, open handles or
+//! not). So the cache never unlinks a file the kernel still holds, and counts it against its
+//! limit; the backing ids kept after their files close are bounded by bytes as well as by
+//! count ([`RECENT`], [`RECENT_SHARE`]), so that their pins leave the cache most of its room.
+//!
 //! Backing ids are journaled ([`Journal`]) and a restarted server reuses the ones its
 //! predecessor left registered, since the kernel allows one backing file per inode at a time.
 //! State a predecessor held and this process lacks is rebuilt on demand: handles of files it
@@ -15,7 +21,7 @@
 
 use crate::adopt::Offer;
 use crate::attr::{attr, kind};
-use crate::cache::Cache;
+use crate::cache::{Cache, Pin};
 use crate::journal::Journal;
 use crate::nodes::{Node, NodeError, Nodes};
 use fuser::{
@@ -47,16 +53,22 @@ struct Handle {
     /// The node it was opened on (the kernel names it again in every call on the handle).
     node: u64,
     file: Option<Arc<File>>,
-    score: Option<Score>,
+    /// The pin of `file` (a handle on a live backing id has neither: the backing's pin
+    /// covers it). Released with the handle.
+    _pin: Option<Pin>,
     _backing: Option<Arc<Backing>>,
 }
 
-/// A backing id registered for one node. Dropping it journals the close, then closes it.
+/// A backing id registered for one node, pinning its cache file. Dropping it journals the
+/// close, then closes it, then unpins the file (fields drop in order).
 struct Backing {
     node: u64,
     raw: u32,
     id: BackingId,
     journal: Arc<Mutex<Journal>>,
+    /// The file's size: what keeping the id costs the cache.
+    bytes: u64,
+    _pin: Pin,
 }
 
 impl Drop for Backing {
@@ -72,14 +84,44 @@ impl Drop for Backing {
 /// re-opening a recently used file costs one map lookup here.
 const RECENT: usize = 1024;
 
+/// The share of the cache's limit the recently used backing ids may pin, as a divisor: their
+/// files are counted and never evicted while registered, so without a byte bound they could
+/// fill the cache (or, when they did not pin, keep unlinked files the cache no longer counted
+/// on disk). A quarter leaves most of the cache to other files; a file bigger than that is
+/// not kept after it closes.
+const RECENT_SHARE: u64 = 4;
+
 #[derive(Default)]
 struct Handles {
     next: u64,
     open: HashMap<u64, Handle>,
     backing: HashMap<u64, Weak<Backing>>,
     recent: VecDeque<Arc<Backing>>,
+    /// The bytes of the files of `recent`.
+    recent_bytes: u64,
     /// Ids a previous server of this connection left registered, by node.
     inherited: HashMap<u64, u32>,
+}
+
+impl Handles {
+    /// Keeps `b` as `node`'s backing id; the last [`RECENT`] ids, up to `budget` bytes of
+    /// files, stay registered after their files are closed.
+    fn remember(&mut self, node: u64, b: Arc<Backing>, budget: u64) {
+        self.recent_bytes += b.bytes;
+        self.recent.push_back(b.clone());
+        self.backing.insert(node, Arc::downgrade(&b));
+        let mut dropped = false;
+        while self.recent.len() > RECENT || self.recent_bytes > budget {
+            let Some(old) = self.recent.pop_front() else {
+                break;
+            };
+            self.recent_bytes -= old.bytes;
+            dropped = true;
+        }
+        if dropped {
+            self.backing.retain(|_, w| w.strong_count() > 0);
+        }
+    }
 }
 
 /// The snapshot filesystem served to the kernel.
@@ -167,58 +209,65 @@ impl SnapFs {
         fh
     }
 
-    /// Keeps `b` as `node`'s backing id; the last [`RECENT`] ids stay registered after their
-    /// files are closed.
-    fn remember(hs: &mut Handles, node: u64, b: Arc<Backing>) {
-        if hs.recent.len() >= RECENT {
-            hs.recent.pop_front();
-            hs.backing.retain(|_, w| w.strong_count() > 0);
-        }
-        hs.recent.push_back(b.clone());
-        hs.backing.insert(node, Arc::downgrade(&b));
-    }
-
-    /// The backing id for `node`'s cache file: shared by every open handle of that inode.
-    fn backing(&self, reply: &ReplyOpen, node: u64, file: &File) -> std::io::Result<Arc<Backing>> {
+    /// The backing id for `file`, the cache file of `node` (score `score`): shared by every
+    /// open handle of that inode.
+    fn backing(
+        &self,
+        reply: &ReplyOpen,
+        node: &Node,
+        score: Score,
+        file: &File,
+    ) -> std::io::Result<Arc<Backing>> {
         let mut hs = self.handles.lock().expect("handles");
-        if let Some(b) = hs.backing.get(&node).and_then(Weak::upgrade) {
+        if let Some(b) = hs.backing.get(&node.id).and_then(Weak::upgrade) {
             return Ok(b);
         }
         let raw = reply.open_backing(file)?.into_raw();
-        self.journal.lock().expect("journal").opened(node, raw);
+        self.journal.lock().expect("journal").opened(node.id, raw);
         // SAFETY: `raw` was just registered on this connection and is owned by nothing else.
-        Ok(unsafe { self.own(&mut hs, reply, node, raw) })
+        Ok(unsafe { self.own(&mut hs, reply, node, score, raw) })
     }
 
-    /// Takes ownership of backing id `raw` of `node` (closed when the last handle and the
-    /// recent list let go of it).
+    /// Takes ownership of backing id `raw` of `node`, whose cache file is `score`: pins the
+    /// file until the id is closed (when the last handle and the recent list let go of it).
     ///
     /// # Safety
     ///
     /// `raw` must be registered on this connection and owned by nothing else in this process.
-    unsafe fn own(&self, hs: &mut Handles, reply: &ReplyOpen, node: u64, raw: u32) -> Arc<Backing> {
+    unsafe fn own(
+        &self,
+        hs: &mut Handles,
+        reply: &ReplyOpen,
+        node: &Node,
+        score: Score,
+        raw: u32,
+    ) -> Arc<Backing> {
+        let bytes = node.entry.content.bytes();
         let b = Arc::new(Backing {
-            node,
+            node: node.id,
             raw,
             // SAFETY: the caller's contract: `raw` is registered here and owned by nothing else.
             id: unsafe { reply.wrap_backing(raw) },
             journal: self.journal.clone(),
+            bytes,
+            _pin: self.cache.pin(score, bytes),
         });
-        SnapFs::remember(hs, node, b.clone());
+        hs.remember(node.id, b.clone(), self.cache.limit() / RECENT_SHARE);
         b
     }
 
-    /// A backing id of `node` the kernel still has registered: one this process holds, or one
-    /// its predecessor left (which must be reused while the inode has files open on it).
-    fn live_backing(&self, reply: &ReplyOpen, node: u64) -> Option<Arc<Backing>> {
+    /// A backing id of `node` (cache file `score`) the kernel still has registered: one this
+    /// process holds, or one its predecessor left (which must be reused while the inode has
+    /// files open on it, and is pinned from now on: it was the predecessor's to count).
+    fn live_backing(&self, reply: &ReplyOpen, node: &Node, score: Score) -> Option<Arc<Backing>> {
         let mut hs = self.handles.lock().expect("handles");
-        if let Some(b) = hs.backing.get(&node).and_then(Weak::upgrade) {
+        if let Some(b) = hs.backing.get(&node.id).and_then(Weak::upgrade) {
             return Some(b);
         }
-        let raw = hs.inherited.remove(&node)?;
+        let raw = hs.inherited.remove(&node.id)?;
         // SAFETY: the journal says the previous server registered `raw` for this node and never
         // closed it (closes are journaled first); nothing else here holds it.
-        Some(unsafe { self.own(&mut hs, reply, node, raw) })
+        Some(unsafe { self.own(&mut hs, reply, node, score, raw) })
     }
 
     /// The cache file of node `ino`, for a handle this process did not open (its predecessor
@@ -246,7 +295,7 @@ impl SnapFs {
                 let fh = self.add_handle(Handle {
                     node: node.id,
                     file: None,
-                    score: None,
+                    _pin: None,
                     _backing: None,
                 });
                 return reply.opened(
@@ -257,27 +306,28 @@ impl SnapFs {
             FileData::Blob(s) | FileData::Chunks(s) => *s,
         };
         if self.passthrough.load(Ordering::Relaxed) {
-            if let Some(b) = self.live_backing(&reply, node.id) {
-                // Open before, or recently: the kernel holds the cache file; no fetch, no pin.
+            if let Some(b) = self.live_backing(&reply, node, score) {
+                // Open before, or recently: the kernel holds the cache file, pinned by the
+                // backing id this handle keeps; no fetch.
                 self.cache.touch(&score);
                 let fh = self.add_handle(Handle {
                     node: node.id,
                     file: None,
-                    score: None,
+                    _pin: None,
                     _backing: Some(b.clone()),
                 });
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b.id);
             }
         }
-        let file = match self.cache.acquire(&self.lib, score, data) {
-            Ok(f) => Arc::new(f),
+        let (file, pin) = match self.cache.hold(&self.lib, score, data) {
+            Ok((f, pin)) => (Arc::new(f), pin),
             Err(e) => {
                 tracing::error!(%score, node = node.id, "cannot open file: {e}");
                 return reply.error(Errno::EIO);
             }
         };
         let backing = if self.passthrough.load(Ordering::Relaxed) {
-            match self.backing(&reply, node.id, &file) {
+            match self.backing(&reply, node, score, &file) {
                 Ok(id) => Some(id),
                 Err(e) => {
                     if self.passthrough.swap(false, Ordering::Relaxed) {
@@ -292,7 +342,7 @@ impl SnapFs {
         let fh = self.add_handle(Handle {
             node: node.id,
             file: Some(file),
-            score: Some(score),
+            _pin: Some(pin),
             _backing: backing.clone(),
         });
         match backing {
@@ -433,9 +483,8 @@ impl Filesystem for SnapFs {
             _ => None,
         };
         drop(hs);
-        if let Some(score) = h.and_then(|h| h.score) {
-            self.cache.release(&score);
-        }
+        // Unpins its file (and its backing id's, if it was the last holder), unlocked.
+        drop(h);
         reply.ok();
     }
 

@@ -109,6 +109,25 @@ pub fn opened(data: &Path, name: &str) -> (std::sync::Arc<library::Library>, lib
     (lib, root)
 }
 
+/// A library in `dir/lib` with `src` imported as a snapshot in this process (no CLI, no
+/// catalog), and the snapshot's root.
+pub fn imported(dir: &Path, src: &Path) -> (std::sync::Arc<library::Library>, library::Entry) {
+    let backend = library::LocalBackend::open(dir.join("lib")).unwrap();
+    let lib = library::Library::open_or_init(std::sync::Arc::new(backend)).unwrap();
+    let opts = library::import::ImportOptions {
+        author: "test".into(),
+        note: String::new(),
+        parent: None,
+        progress: &library::progress::Silent,
+        allow_devices: false,
+    };
+    let root = library::import::dir::import_dir(&lib, src, &opts)
+        .unwrap()
+        .snapshot
+        .root;
+    (std::sync::Arc::new(lib), root)
+}
+
 /// An overlay with `lower` as its lower layer and a 100 MiB tmpfs for its upper, under `dir`;
 /// both mounts go when it is dropped.
 pub struct Overlay {

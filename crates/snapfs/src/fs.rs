@@ -12,7 +12,7 @@
 //! file, and each backing id (for as long as the kernel has it registered, open handles or
 //! not). So the cache never unlinks a file the kernel still holds, and counts it against its
 //! limit; the backing ids kept after their files close are bounded by bytes as well as by
-//! count ([`RECENT`], [`RECENT_SHARE`]), so that their pins leave the cache most of its room.
+//! count (`RECENT`, `RECENT_SHARE`), so that their pins leave the cache most of its room.
 //!
 //! Backing ids are journaled ([`Journal`]) and a restarted server reuses the ones its
 //! predecessor left registered, since the kernel allows one backing file per inode at a time.
@@ -101,6 +101,10 @@ struct Handles {
     recent_bytes: u64,
     /// Ids a previous server of this connection left registered, by node.
     inherited: HashMap<u64, u32>,
+    /// Pins on the cache files of `inherited` ids (the kernel holds those files), taken in
+    /// the background after adoption ([`SnapFs::inherited_pins`]); an id taken over is pinned
+    /// by its [`Backing`] instead.
+    inherited_pins: HashMap<u64, Pin>,
 }
 
 impl Handles {
@@ -127,12 +131,12 @@ impl Handles {
 /// The snapshot filesystem served to the kernel.
 pub struct SnapFs {
     lib: Arc<Library>,
-    nodes: Nodes,
+    nodes: Arc<Nodes>,
     cache: Arc<Cache>,
     opts: FsOptions,
     passthrough: AtomicBool,
     no_opendir: bool,
-    handles: Mutex<Handles>,
+    handles: Arc<Mutex<Handles>>,
     journal: Arc<Mutex<Journal>>,
     offer: Arc<OnceLock<Offer>>,
 }
@@ -171,20 +175,62 @@ impl SnapFs {
         inherited: HashMap<u64, u32>,
     ) -> SnapFs {
         SnapFs {
-            nodes: Nodes::new(lib.clone(), root),
+            nodes: Arc::new(Nodes::new(lib.clone(), root)),
             lib,
             cache,
             opts,
             passthrough: AtomicBool::new(false),
             no_opendir: false,
-            handles: Mutex::new(Handles {
+            handles: Arc::new(Mutex::new(Handles {
                 next: first_handle(),
                 inherited,
                 ..Handles::default()
-            }),
+            })),
             journal: Arc::new(Mutex::new(journal)),
             offer: Arc::default(),
         }
+    }
+
+    /// The work of pinning the cache files of the backing ids a previous server left
+    /// registered, to run on a thread of its own once the connection is served (`None` when
+    /// there are none). The kernel holds those files, so the cache must count them and not
+    /// unlink them; their nodes are resolved from the snapshot, which may read trees. Ids
+    /// taken over meanwhile are pinned by their backing already.
+    pub fn inherited_pins(&self) -> Option<impl FnOnce() + Send + 'static> {
+        let ids: Vec<u64> = {
+            let hs = self.handles.lock().expect("handles");
+            hs.inherited.keys().copied().collect()
+        };
+        if ids.is_empty() {
+            return None;
+        }
+        let (nodes, cache, handles) =
+            (self.nodes.clone(), self.cache.clone(), self.handles.clone());
+        Some(move || {
+            let mut pinned = 0;
+            for id in ids {
+                let node = match nodes.get(id) {
+                    Ok(node) => node,
+                    Err(e) => {
+                        tracing::warn!(node = id, "a backing id left registered: {e}");
+                        continue;
+                    }
+                };
+                let Content::File {
+                    data: FileData::Blob(score) | FileData::Chunks(score),
+                    size,
+                } = &node.entry.content
+                else {
+                    continue;
+                };
+                let mut hs = handles.lock().expect("handles");
+                if hs.inherited.contains_key(&id) {
+                    hs.inherited_pins.insert(id, cache.pin(*score, *size));
+                    pinned += 1;
+                }
+            }
+            tracing::info!("pinned {pinned} cache files the previous server's backing ids hold");
+        })
     }
 
     /// Where `init` records what the kernel offered (needed to restart the server later).
@@ -267,7 +313,10 @@ impl SnapFs {
         let raw = hs.inherited.remove(&node.id)?;
         // SAFETY: the journal says the previous server registered `raw` for this node and never
         // closed it (closes are journaled first); nothing else here holds it.
-        Some(unsafe { self.own(&mut hs, reply, node, score, raw) })
+        let b = unsafe { self.own(&mut hs, reply, node, score, raw) };
+        // The backing pins the file now.
+        hs.inherited_pins.remove(&node.id);
+        Some(b)
     }
 
     /// The cache file of node `ino`, for a handle this process did not open (its predecessor

@@ -66,6 +66,7 @@ pub fn serve(
     );
     // A server fails early on a damaged snapshot: the root tree is the only one decoded now.
     fs.load_root().map_err(std::io::Error::other)?;
+    let pins = fs.inherited_pins();
     let seen = fs.offer();
     let mut cfg = Config::default();
     cfg.acl = SessionACL::All;
@@ -79,6 +80,14 @@ pub fn serve(
         Connection::Adopt(fd, offer) => (adopt::session(fs, fd, offer, cfg)?, offer),
     };
     cache.start_scan();
+    if let Some(pins) = pins {
+        if let Err(e) = std::thread::Builder::new()
+            .name("inherited-pins".into())
+            .spawn(pins)
+        {
+            tracing::warn!("cannot pin the previous server's cache files: {e}");
+        }
+    }
     ready(offer, start.elapsed());
     crate::warm::start(lib, snap.root.clone(), cache);
     session.run()

@@ -389,3 +389,116 @@ fn a_foreground_mount_serves_until_unmounted() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("mounted"));
 }
+
+/// Regular, non-empty files of `root` under `under` with their sizes, in a stable order.
+fn sized_files(root: &Path, under: &str) -> Vec<(PathBuf, u64)> {
+    let out = sh(&format!(
+        "cd '{}' && find {under} -type f -size +0 -size -1024k -printf '%s %p\\n' | sort -k2",
+        root.display()
+    ));
+    out.lines()
+        .map(|l| {
+            let (size, path) = l.split_once(' ').unwrap();
+            (PathBuf::from(path), size.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Bytes the files under `dir` have allocated (directories not counted: tmpfs gives them
+/// no pages).
+fn allocated(dir: &Path) -> u64 {
+    let out = sh(&format!(
+        "find '{}' -type f -printf '%b\\n' | awk '{{s += $1}} END {{print s * 512}}'",
+        dir.display()
+    ));
+    out.trim().parse().unwrap()
+}
+
+/// A restarted server counts the cache files its predecessor's backing ids still hold (the
+/// kernel keeps those registered until they are reused or the mount goes): it pins them once
+/// adopted, so reading twice the cache's limit afterwards evicts other files, and every byte
+/// the cache's own tmpfs has in use is in a file the cache still lists. It used to evict
+/// those files first (as files found on disk): unlinked, still held, uncounted.
+#[test]
+fn a_restarted_server_counts_the_files_its_predecessors_ids_hold() {
+    let Some((root, tmp, data)) = base_library() else {
+        return;
+    };
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size=256M,huge=never tmpfs '{}'",
+        cache.display()
+    ));
+    let _tmpfs = Guard(cache.clone());
+    let limit: u64 = 8 << 20;
+    let m = Mounted::new(
+        &data,
+        "base",
+        &tmp.path().join("mnt"),
+        &["--cache", cache.to_str().unwrap(), "--cache-size", "8M"],
+    );
+    let read = |path: &Path| {
+        let got = std::fs::read(m.dir.join(path)).unwrap();
+        assert!(got == std::fs::read(root.join(path)).unwrap(), "{path:?}");
+    };
+    // Below a quarter of the limit: the recent backing ids keep them all.
+    let mut held = 0;
+    let mut held_bytes = 0;
+    for (path, size) in sized_files(&root, "etc") {
+        if held_bytes + size > limit / 8 {
+            break;
+        }
+        read(&path);
+        held += 1;
+        held_bytes += size;
+    }
+    assert!(held > 10, "{held} files in etc");
+    kill_server(&m);
+    let waited = std::time::Instant::now();
+    let pinned = loop {
+        let log = m.log();
+        // Not a speed check: a server that never pins would leave this waiting forever.
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the new server never said it pinned the files: {log}"
+        );
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("cache files the previous server"));
+        if let Some(line) = line {
+            let n = line
+                .split("pinned ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            break n.parse::<usize>().unwrap();
+        }
+        assert!(!log.contains("ERROR"), "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(pinned >= held, "pinned {pinned} of the {held} files read");
+    let mut pressure = 0;
+    for (path, size) in sized_files(&root, "usr") {
+        if pressure > 2 * limit {
+            break;
+        }
+        read(&path);
+        pressure += size;
+    }
+    assert!(pressure > 2 * limit, "only {pressure} bytes in usr");
+    let st = rustix::fs::statfs(&cache).unwrap();
+    let used = (st.f_blocks - st.f_bfree) * st.f_bsize as u64;
+    let listed = allocated(&cache);
+    assert_eq!(
+        used, listed,
+        "the cache's tmpfs has {used} bytes in use, its files {listed}"
+    );
+    assert!(
+        listed <= limit + held_bytes + (4 << 20),
+        "{listed} bytes in the cache"
+    );
+}

@@ -3,8 +3,9 @@
 //!
 //! Built with the test-only `faults` feature, [`point`] kills its own process with SIGKILL
 //! (as `kill -9` or a power cut would: no destructor, no buffered write, no unlock) when the
-//! environment variable `SPAWNGRID_FAULT` names that point. Without the feature it does
-//! nothing and costs nothing.
+//! environment variable `SPAWNGRID_FAULT` names that point, and stops it with SIGSTOP (a
+//! frozen process: its leases go unrenewed until a test sends SIGCONT) when
+//! `SPAWNGRID_FAULT_STOP` does. Without the feature it does nothing and costs nothing.
 
 /// Every point, in the order a save passes them.
 pub const POINTS: &[&str] = &[
@@ -25,17 +26,26 @@ pub const PACK_WRITTEN: &str = "pack-written";
 /// The snapshot object is durable ([`crate::Library::commit`]), no name bound yet.
 pub const SNAPSHOT_COMMITTED: &str = "snapshot-committed";
 /// A save or an import is done and thawed, its name about to be bound (the node's save,
-/// `lib import`).
+/// `env save`, `lib import`).
 pub const BEFORE_BIND: &str = "before-bind";
 
-/// Crashes here if this is the point `SPAWNGRID_FAULT` names (with the `faults` feature).
+/// Crashes here if this is the point `SPAWNGRID_FAULT` names, stops here if it is the one
+/// `SPAWNGRID_FAULT_STOP` names (with the `faults` feature).
 #[inline]
 pub fn point(name: &'static str) {
     #[cfg(feature = "faults")]
-    if std::env::var_os("SPAWNGRID_FAULT").is_some_and(|v| v == name) {
-        eprintln!("spawngrid: fault point {name}: killing this process");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    for (var, signal, doing) in [
+        ("SPAWNGRID_FAULT", rustix::process::Signal::KILL, "killing"),
+        (
+            "SPAWNGRID_FAULT_STOP",
+            rustix::process::Signal::STOP,
+            "stopping",
+        ),
+    ] {
+        if std::env::var_os(var).is_some_and(|v| v == name) {
+            eprintln!("spawngrid: fault point {name}: {doing} this process");
+            let _ = rustix::process::kill_process(rustix::process::getpid(), signal);
+        }
     }
     #[cfg(not(feature = "faults"))]
     let _ = name;

@@ -133,7 +133,11 @@ pub fn run(args: EnvArgs, json: bool) -> Result<ExitCode> {
             }
             let start = Instant::now();
             let saved = runtime::save::save(&rt, &env, &lib)?;
-            cat.bind(&args.owner, &new_name, saved.imported.score)?;
+            library::faults::point(library::faults::BEFORE_BIND);
+            // On a grid, under the save's lease: refused if it expired or a pack it wrote
+            // was swept meanwhile.
+            let score = saved.imported.score;
+            store::bind_written(&cat, &lib, &saved.lease, &args.owner, &new_name, score)?;
             let imp = saved.imported;
             let secs = start.elapsed().as_secs_f64();
             if json {

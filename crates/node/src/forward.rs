@@ -36,6 +36,10 @@ pub const FORWARDED: &str = "x-spawngrid-forwarded";
 /// How long connecting to another node (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long another node's listing of a user's envs may take, connecting included: a node
+/// that connects and then says nothing must not hold up a grid-wide `status`.
+const LIST_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Whether a request was forwarded by another node (it is then served here, whatever it asks).
 pub fn forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
@@ -264,19 +268,26 @@ pub async fn list_on(
     peer: &Peer,
     headers: &HeaderMap,
 ) -> Result<Vec<api::EnvInfo>, Error> {
-    let resp = send(
-        &node.name,
-        peer,
-        request(headers, Method::GET, api::routes::ENVS, None)?,
-    )
-    .await?;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
+    list_within(&node.name, peer, headers, LIST_TIMEOUT).await
+}
+
+/// [`list_on`] from node `from`, given up after `limit`.
+async fn list_within(
+    from: &str,
+    peer: &Peer,
+    headers: &HeaderMap,
+    limit: Duration,
+) -> Result<Vec<api::EnvInfo>, Error> {
+    let ask = async {
+        let req = request(headers, Method::GET, api::routes::ENVS, None)?;
+        let resp = send(from, peer, req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await;
+        Ok::<_, Error>((status, body.map_err(|e| unreachable(peer, e))?.to_bytes()))
+    };
+    let (status, bytes) = tokio::time::timeout(limit, ask)
         .await
-        .map_err(|e| unreachable(peer, e))?
-        .to_bytes();
+        .map_err(|_| unreachable(peer, format!("no answer within {limit:?}")))??;
     if !status.is_success() {
         let why = serde_json::from_slice::<api::ErrorBody>(&bytes)
             .map_or_else(|_| format!("HTTP {status}"), |b| b.error);
@@ -290,8 +301,9 @@ mod tests {
     use super::*;
 
     /// An HTTPS server on 127.0.0.1 with a certificate made in `dir`, answering every request
-    /// with `FORWARDED HOST PATH` as it got them; its address and certificate fingerprint.
-    async fn echo_server(dir: &std::path::Path) -> (String, String) {
+    /// with `FORWARDED HOST PATH` as it got them, or (`silent`) never answering once the TLS
+    /// handshake is done; its address and certificate fingerprint.
+    async fn echo_server(dir: &std::path::Path, silent: bool) -> (String, String) {
         let id = crate::tls::load_or_create(dir, &["127.0.0.1".into()]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -303,6 +315,9 @@ mod tests {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    if silent {
+                        std::future::pending::<()>().await;
+                    }
                     let echo = hyper::service::service_fn(
                         |req: hyper::Request<hyper::body::Incoming>| async move {
                             let h = |name| {
@@ -326,7 +341,7 @@ mod tests {
     #[tokio::test]
     async fn requests_reach_only_the_registered_certificate() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (addr, fingerprint) = echo_server(a.path()).await;
+        let (addr, fingerprint) = echo_server(a.path(), false).await;
         let peer = Peer {
             name: "n2".into(),
             address: addr.clone(),
@@ -366,6 +381,29 @@ mod tests {
         assert!(
             err.message
                 .starts_with("node n2 (127.0.0.1:1) did not take the request"),
+            "{}",
+            err.message
+        );
+    }
+
+    /// A node that takes the connection and then says nothing is given up on: its listing
+    /// fails in one line instead of holding up the grid's.
+    #[tokio::test]
+    async fn a_peer_that_never_answers_is_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (address, fingerprint) = echo_server(dir.path(), true).await;
+        let peer = Peer {
+            name: "n2".into(),
+            address,
+            fingerprint,
+        };
+        let limit = Duration::from_millis(500);
+        let err = list_within("n1", &peer, &HeaderMap::new(), limit)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, Kind::Unavailable);
+        assert!(
+            err.message.contains("node n2") && err.message.contains("no answer within 500ms"),
             "{}",
             err.message
         );

@@ -174,6 +174,7 @@ conformance! {
     catalogs_migrating_one_database_at_once_both_work
     a_restarted_server_is_used_again
     truncating_names_is_refused
+    a_transaction_left_open_fails_lease_takers_instead_of_hanging
 }
 
 /// A made-up score, distinct for each `n`.
@@ -759,6 +760,38 @@ fn a_restarted_server_is_used_again(f: &Fixture) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     cat.bind("alice", "after", score(2)).unwrap();
     assert_eq!(cat.resolve("alice", "after").unwrap(), score(2));
+}
+
+/// A transaction left open on the lease fence (a `spawngrid lib gc` stopped mid-transaction)
+/// costs a lease taker a clear error after the lock wait, not a hang; once the transaction
+/// ends, leases are taken again.
+fn a_transaction_left_open_fails_lease_takers_instead_of_hanging(f: &Fixture) {
+    /// Far longer than the lock wait: a taker still waiting then would wait forever.
+    const HUNG: std::time::Duration = std::time::Duration::from_secs(150);
+    let ttl = std::time::Duration::from_secs(60);
+    let cat = Arc::new(f.open());
+    let config: postgres::Config = f.url.parse().unwrap();
+    let mut stopped = config.connect(postgres::NoTls).unwrap();
+    stopped
+        .batch_execute("BEGIN; UPDATE lease_fence SET last = last + 1")
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let taker = cat.clone();
+    std::thread::spawn(move || tx.send(taker.take_lease(LeaseKind::Shared, "node", ttl)));
+    let waited = rx.recv_timeout(HUNG);
+    // Ended before any assertion, so a failure leaves no lock behind (and a hung taker ends).
+    stopped.batch_execute("ROLLBACK").unwrap();
+    drop(stopped);
+    let err = waited
+        .expect("take_lease hung behind a transaction left open")
+        .expect_err("take_lease got a fence another transaction holds");
+    assert!(matches!(err, Error::Busy { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("taking a lease") && message.contains("timed out"),
+        "{message}"
+    );
+    cat.take_lease(LeaseKind::Shared, "node", ttl).unwrap();
 }
 
 fn nodes_register_and_beat(f: &Fixture) {

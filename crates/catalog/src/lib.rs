@@ -110,6 +110,20 @@ pub enum Error {
         /// Why it cannot be reached.
         detail: String,
     },
+    /// A wait ran out: another client held a lock this needed for longer than the catalog
+    /// waits for a lock (30 s, on both engines), or every connection stayed busy.
+    #[error(
+        "{what} in catalog {at} timed out: {detail}; another client holds what this needs \
+         (a transaction left open, such as a stopped `spawngrid lib gc`): try again shortly"
+    )]
+    Busy {
+        /// What was being done.
+        what: &'static str,
+        /// The database: its file, or its URL without the password.
+        at: String,
+        /// What ran out.
+        detail: String,
+    },
     /// A user of that name exists already.
     #[error("user {name} exists already")]
     UserExists {

@@ -125,7 +125,7 @@ impl From<catalog::Error> for Error {
                 Kind::Conflict
             }
             catalog::Error::Invalid { .. } => Kind::Invalid,
-            catalog::Error::Unavailable { .. } => Kind::Unavailable,
+            catalog::Error::Unavailable { .. } | catalog::Error::Busy { .. } => Kind::Unavailable,
             catalog::Error::LeaseHeld { .. } | catalog::Error::InviteExists { .. } => {
                 Kind::Conflict
             }

@@ -151,6 +151,7 @@ conformance! {
     tokens_are_stored_hashed_expire_and_revoke
     deleting_a_user_revokes_everything_and_keeps_names
     a_new_password_revokes_tokens
+    a_login_racing_a_password_change_keeps_no_token
     keys_are_added_listed_and_removed
     shared_names_are_visible_and_resolve_only_while_shared
     a_name_shared_with_everyone_is_seen_by_every_user_once
@@ -421,6 +422,37 @@ fn a_new_password_revokes_tokens(f: &Fixture) {
         cat.set_password("bob", "x"),
         Err(Error::NoUser { .. })
     ));
+}
+
+/// Logins with the old password, one after the other while the password changes: each
+/// either ended before the change (which revoked its token) or failed; none keeps a token.
+fn a_login_racing_a_password_change_keeps_no_token(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "old", false).unwrap();
+    assert_eq!(cat.login("alice", "wrong", 60).unwrap(), None);
+    let (started, logging_in) = std::sync::mpsc::channel();
+    let tokens = std::thread::scope(|s| {
+        let logins = s.spawn(|| {
+            let mut got = Vec::new();
+            while let Some(t) = cat.login("alice", "old", 3600).unwrap() {
+                got.push(t);
+                let _ = started.send(());
+            }
+            got
+        });
+        logging_in.recv().unwrap();
+        cat.set_password("alice", "new").unwrap();
+        logins.join().unwrap()
+    });
+    for t in &tokens {
+        assert_eq!(
+            cat.token_user(&t.secret).unwrap(),
+            None,
+            "a login with the old password kept a token past the change ({} logins)",
+            tokens.len()
+        );
+    }
+    assert!(cat.login("alice", "new", 60).unwrap().is_some());
 }
 
 fn keys_are_added_listed_and_removed(f: &Fixture) {

@@ -157,6 +157,7 @@ conformance! {
     a_name_shared_with_everyone_is_seen_by_every_user_once
     only_owned_names_are_shared_with_real_other_users
     envs_are_recorded_listed_per_node_and_forgotten
+    an_env_of_one_node_is_neither_taken_over_nor_forgotten_by_another
     exposures_are_made_found_rotated_and_go_with_their_env
     works_from_a_tokio_blocking_pool
     nodes_register_and_beat
@@ -583,8 +584,8 @@ fn envs_are_recorded_listed_per_node_and_forgotten(f: &Fixture) {
     again.created = 9;
     cat.record_env(&again).unwrap();
     assert_eq!(cat.envs_on(Some("n1")).unwrap()[0].created, 9);
-    assert!(cat.forget_env("web+alice").unwrap());
-    assert!(!cat.forget_env("web+alice").unwrap());
+    assert!(cat.forget_env("n1", "web+alice").unwrap());
+    assert!(!cat.forget_env("n1", "web+alice").unwrap());
     assert!(cat.envs_on(Some("n1")).unwrap().is_empty());
     // Bad input changes nothing.
     let mut bad = rec("x+y", "../y", "n1");
@@ -593,6 +594,57 @@ fn envs_are_recorded_listed_per_node_and_forgotten(f: &Fixture) {
     bad.snapshot = Some("short".into());
     assert!(cat.record_env(&bad).is_err());
     assert_eq!(cat.envs_on(None).unwrap().len(), 1);
+}
+
+/// Two nodes spawning one user's env of one name at once: the node that records it second
+/// fails and changes nothing; undoing its spawn there forgets neither the first node's row
+/// nor its exposures, which go only when the first node forgets the env.
+fn an_env_of_one_node_is_neither_taken_over_nor_forgotten_by_another(f: &Fixture) {
+    let cat = f.open();
+    let first = rec("web+alice", "alice", "n1");
+    cat.record_env(&first).unwrap();
+    let exposed = cat.expose("web+alice", "alice", 8000, false).unwrap();
+    let err = cat
+        .record_env(&rec("web+alice", "alice", "n2"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::EnvElsewhere { id, node } if id == "web+alice" && node == "n1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("node n1"), "{err}");
+    assert_eq!(cat.env_record("web+alice").unwrap(), Some(first.clone()));
+    assert!(!cat.forget_env("n2", "web+alice").unwrap());
+    assert_eq!(cat.env_record("web+alice").unwrap(), Some(first));
+    assert_eq!(cat.exposure(&exposed.id).unwrap(), Some(exposed.clone()));
+    assert!(cat.forget_env("n1", "web+alice").unwrap());
+    assert_eq!(cat.exposure(&exposed.id).unwrap(), None);
+    // At the same instant, one node wins and the other is told where the env runs.
+    let start = Barrier::new(2);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let spawns: Vec<_> = ["n1", "n2"]
+            .map(|node| {
+                let (cat, start) = (&cat, &start);
+                s.spawn(move || {
+                    start.wait();
+                    cat.record_env(&rec("db+bob", "bob", node))
+                })
+            })
+            .into_iter()
+            .collect();
+        spawns.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winner = cat.env_record("db+bob").unwrap().unwrap().node;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::EnvElsewhere { node, .. }) if *node == winner)),
+        "{results:?}"
+    );
 }
 
 fn exposures_are_made_found_rotated_and_go_with_their_env(f: &Fixture) {
@@ -628,7 +680,7 @@ fn exposures_are_made_found_rotated_and_go_with_their_env(f: &Fixture) {
     assert!(!cat.unexpose("web+alice", 3000).unwrap());
     assert_eq!(cat.exposure(&b.id).unwrap(), None);
     // Forgetting the env (boomed, evicted) forgets its exposures.
-    assert!(cat.forget_env("web+alice").unwrap());
+    assert!(cat.forget_env("n1", "web+alice").unwrap());
     assert_eq!(cat.exposure(&a.id).unwrap(), None);
     assert!(cat.exposures_of("web+alice").unwrap().is_empty());
 }

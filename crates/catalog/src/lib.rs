@@ -158,6 +158,17 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// The env's id is recorded for another node (both spawned it at once; the other first).
+    #[error(
+        "env {id} runs on node {node} already (spawned there at the same time): boom it \
+         there, or choose another name with --as"
+    )]
+    EnvElsewhere {
+        /// The env's id (`ENV+USER`).
+        id: String,
+        /// The node it is recorded for.
+        node: String,
+    },
     /// A conflicting lease is live.
     #[error("a {kind} lease is held by {holders}; try again when it is released or expires")]
     LeaseHeld {

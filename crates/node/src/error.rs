@@ -126,9 +126,9 @@ impl From<catalog::Error> for Error {
             }
             catalog::Error::Invalid { .. } => Kind::Invalid,
             catalog::Error::Unavailable { .. } | catalog::Error::Busy { .. } => Kind::Unavailable,
-            catalog::Error::LeaseHeld { .. } | catalog::Error::InviteExists { .. } => {
-                Kind::Conflict
-            }
+            catalog::Error::LeaseHeld { .. }
+            | catalog::Error::InviteExists { .. }
+            | catalog::Error::EnvElsewhere { .. } => Kind::Conflict,
             _ => Kind::Internal,
         };
         Error::new(kind, e.to_string())

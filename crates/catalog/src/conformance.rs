@@ -151,11 +151,13 @@ conformance! {
     tokens_are_stored_hashed_expire_and_revoke
     deleting_a_user_revokes_everything_and_keeps_names
     a_new_password_revokes_tokens
+    a_login_racing_a_password_change_keeps_no_token
     keys_are_added_listed_and_removed
     shared_names_are_visible_and_resolve_only_while_shared
     a_name_shared_with_everyone_is_seen_by_every_user_once
     only_owned_names_are_shared_with_real_other_users
     envs_are_recorded_listed_per_node_and_forgotten
+    an_env_of_one_node_is_neither_taken_over_nor_forgotten_by_another
     exposures_are_made_found_rotated_and_go_with_their_env
     works_from_a_tokio_blocking_pool
     nodes_register_and_beat
@@ -174,6 +176,7 @@ conformance! {
     catalogs_migrating_one_database_at_once_both_work
     a_restarted_server_is_used_again
     truncating_names_is_refused
+    a_transaction_left_open_fails_lease_takers_instead_of_hanging
 }
 
 /// A made-up score, distinct for each `n`.
@@ -422,6 +425,37 @@ fn a_new_password_revokes_tokens(f: &Fixture) {
     ));
 }
 
+/// Logins with the old password, one after the other while the password changes: each
+/// either ended before the change (which revoked its token) or failed; none keeps a token.
+fn a_login_racing_a_password_change_keeps_no_token(f: &Fixture) {
+    let cat = f.open();
+    cat.add_user("alice", "old", false).unwrap();
+    assert_eq!(cat.login("alice", "wrong", 60).unwrap(), None);
+    let (started, logging_in) = std::sync::mpsc::channel();
+    let tokens = std::thread::scope(|s| {
+        let logins = s.spawn(|| {
+            let mut got = Vec::new();
+            while let Some(t) = cat.login("alice", "old", 3600).unwrap() {
+                got.push(t);
+                let _ = started.send(());
+            }
+            got
+        });
+        logging_in.recv().unwrap();
+        cat.set_password("alice", "new").unwrap();
+        logins.join().unwrap()
+    });
+    for t in &tokens {
+        assert_eq!(
+            cat.token_user(&t.secret).unwrap(),
+            None,
+            "a login with the old password kept a token past the change ({} logins)",
+            tokens.len()
+        );
+    }
+    assert!(cat.login("alice", "new", 60).unwrap().is_some());
+}
+
 fn keys_are_added_listed_and_removed(f: &Fixture) {
     let cat = f.open();
     cat.add_user("alice", "pw", false).unwrap();
@@ -550,8 +584,8 @@ fn envs_are_recorded_listed_per_node_and_forgotten(f: &Fixture) {
     again.created = 9;
     cat.record_env(&again).unwrap();
     assert_eq!(cat.envs_on(Some("n1")).unwrap()[0].created, 9);
-    assert!(cat.forget_env("web+alice").unwrap());
-    assert!(!cat.forget_env("web+alice").unwrap());
+    assert!(cat.forget_env("n1", "web+alice").unwrap());
+    assert!(!cat.forget_env("n1", "web+alice").unwrap());
     assert!(cat.envs_on(Some("n1")).unwrap().is_empty());
     // Bad input changes nothing.
     let mut bad = rec("x+y", "../y", "n1");
@@ -560,6 +594,57 @@ fn envs_are_recorded_listed_per_node_and_forgotten(f: &Fixture) {
     bad.snapshot = Some("short".into());
     assert!(cat.record_env(&bad).is_err());
     assert_eq!(cat.envs_on(None).unwrap().len(), 1);
+}
+
+/// Two nodes spawning one user's env of one name at once: the node that records it second
+/// fails and changes nothing; undoing its spawn there forgets neither the first node's row
+/// nor its exposures, which go only when the first node forgets the env.
+fn an_env_of_one_node_is_neither_taken_over_nor_forgotten_by_another(f: &Fixture) {
+    let cat = f.open();
+    let first = rec("web+alice", "alice", "n1");
+    cat.record_env(&first).unwrap();
+    let exposed = cat.expose("web+alice", "alice", 8000, false).unwrap();
+    let err = cat
+        .record_env(&rec("web+alice", "alice", "n2"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::EnvElsewhere { id, node } if id == "web+alice" && node == "n1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("node n1"), "{err}");
+    assert_eq!(cat.env_record("web+alice").unwrap(), Some(first.clone()));
+    assert!(!cat.forget_env("n2", "web+alice").unwrap());
+    assert_eq!(cat.env_record("web+alice").unwrap(), Some(first));
+    assert_eq!(cat.exposure(&exposed.id).unwrap(), Some(exposed.clone()));
+    assert!(cat.forget_env("n1", "web+alice").unwrap());
+    assert_eq!(cat.exposure(&exposed.id).unwrap(), None);
+    // At the same instant, one node wins and the other is told where the env runs.
+    let start = Barrier::new(2);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let spawns: Vec<_> = ["n1", "n2"]
+            .map(|node| {
+                let (cat, start) = (&cat, &start);
+                s.spawn(move || {
+                    start.wait();
+                    cat.record_env(&rec("db+bob", "bob", node))
+                })
+            })
+            .into_iter()
+            .collect();
+        spawns.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winner = cat.env_record("db+bob").unwrap().unwrap().node;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::EnvElsewhere { node, .. }) if *node == winner)),
+        "{results:?}"
+    );
 }
 
 fn exposures_are_made_found_rotated_and_go_with_their_env(f: &Fixture) {
@@ -595,7 +680,7 @@ fn exposures_are_made_found_rotated_and_go_with_their_env(f: &Fixture) {
     assert!(!cat.unexpose("web+alice", 3000).unwrap());
     assert_eq!(cat.exposure(&b.id).unwrap(), None);
     // Forgetting the env (boomed, evicted) forgets its exposures.
-    assert!(cat.forget_env("web+alice").unwrap());
+    assert!(cat.forget_env("n1", "web+alice").unwrap());
     assert_eq!(cat.exposure(&a.id).unwrap(), None);
     assert!(cat.exposures_of("web+alice").unwrap().is_empty());
 }
@@ -759,6 +844,38 @@ fn a_restarted_server_is_used_again(f: &Fixture) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     cat.bind("alice", "after", score(2)).unwrap();
     assert_eq!(cat.resolve("alice", "after").unwrap(), score(2));
+}
+
+/// A transaction left open on the lease fence (a `spawngrid lib gc` stopped mid-transaction)
+/// costs a lease taker a clear error after the lock wait, not a hang; once the transaction
+/// ends, leases are taken again.
+fn a_transaction_left_open_fails_lease_takers_instead_of_hanging(f: &Fixture) {
+    /// Far longer than the lock wait: a taker still waiting then would wait forever.
+    const HUNG: std::time::Duration = std::time::Duration::from_secs(150);
+    let ttl = std::time::Duration::from_secs(60);
+    let cat = Arc::new(f.open());
+    let config: postgres::Config = f.url.parse().unwrap();
+    let mut stopped = config.connect(postgres::NoTls).unwrap();
+    stopped
+        .batch_execute("BEGIN; UPDATE lease_fence SET last = last + 1")
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let taker = cat.clone();
+    std::thread::spawn(move || tx.send(taker.take_lease(LeaseKind::Shared, "node", ttl)));
+    let waited = rx.recv_timeout(HUNG);
+    // Ended before any assertion, so a failure leaves no lock behind (and a hung taker ends).
+    stopped.batch_execute("ROLLBACK").unwrap();
+    drop(stopped);
+    let err = waited
+        .expect("take_lease hung behind a transaction left open")
+        .expect_err("take_lease got a fence another transaction holds");
+    assert!(matches!(err, Error::Busy { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("taking a lease") && message.contains("timed out"),
+        "{message}"
+    );
+    cat.take_lease(LeaseKind::Shared, "node", ttl).unwrap();
 }
 
 fn nodes_register_and_beat(f: &Fixture) {

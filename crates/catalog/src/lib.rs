@@ -110,6 +110,20 @@ pub enum Error {
         /// Why it cannot be reached.
         detail: String,
     },
+    /// A wait ran out: another client held a lock this needed for longer than the catalog
+    /// waits for a lock (30 s, on both engines), or every connection stayed busy.
+    #[error(
+        "{what} in catalog {at} timed out: {detail}; another client holds what this needs \
+         (a transaction left open, such as a stopped `spawngrid lib gc`): try again shortly"
+    )]
+    Busy {
+        /// What was being done.
+        what: &'static str,
+        /// The database: its file, or its URL without the password.
+        at: String,
+        /// What ran out.
+        detail: String,
+    },
     /// A user of that name exists already.
     #[error("user {name} exists already")]
     UserExists {
@@ -143,6 +157,17 @@ pub enum Error {
         owner: String,
         /// The name.
         name: String,
+    },
+    /// The env's id is recorded for another node (both spawned it at once; the other first).
+    #[error(
+        "env {id} runs on node {node} already (spawned there at the same time): boom it \
+         there, or choose another name with --as"
+    )]
+    EnvElsewhere {
+        /// The env's id (`ENV+USER`).
+        id: String,
+        /// The node it is recorded for.
+        node: String,
     },
     /// A conflicting lease is live.
     #[error("a {kind} lease is held by {holders}; try again when it is released or expires")]

@@ -14,7 +14,7 @@
 //! otherwise inherit the old owner's names.
 
 use crate::engine::{Mode, Row};
-use crate::{unix_now, Catalog, Error, Result};
+use crate::{unix_now, Catalog, Db, Error, Result};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
@@ -216,6 +216,12 @@ impl Catalog {
     /// Whether `password` is user `name`'s. An unknown user is `false`, after the same work
     /// as a known one. Deliberately slow (Argon2id): call it off any async executor.
     pub fn check_password(&self, name: &str, password: &str) -> Result<bool> {
+        Ok(self.verified_hash(name, password)?.is_some())
+    }
+
+    /// User `name`'s stored password hash if `password` matches it; `None` for a wrong
+    /// password or an unknown user (after the same work as a known one).
+    fn verified_hash(&self, name: &str, password: &str) -> Result<Option<String>> {
         let stored = self.row(
             "reading a user",
             "SELECT hash FROM users WHERE name = ?1",
@@ -223,33 +229,49 @@ impl Catalog {
             |r| r.text(0),
         )?;
         Ok(match stored {
-            Some(hash) => password_matches(password, &hash),
+            Some(hash) => password_matches(password, &hash).then_some(hash),
             None => {
                 password_matches(password, decoy_hash());
-                false
+                None
             }
         })
     }
 
-    /// Issues a token for user `name` valid for `ttl_secs` seconds.
+    /// Logs user `name` in: a token valid for `ttl_secs` seconds if `password` is theirs,
+    /// `None` for a wrong password or an unknown user. The token is stored only while the
+    /// hash the password was checked against is still the user's, so a login racing a
+    /// password change ([`Catalog::set_password`], which revokes the user's tokens) either
+    /// ends before the change (which then revokes its token) or fails as a wrong password;
+    /// it never keeps a token the change missed. Deliberately slow (Argon2id): call it off
+    /// any async executor.
+    pub fn login(&self, name: &str, password: &str, ttl_secs: u64) -> Result<Option<Token>> {
+        let Some(hash) = self.verified_hash(name, password)? else {
+            return Ok(None);
+        };
+        self.db(Mode::Transaction, |db| {
+            // Locks the user's row, as a password change does, until the token is stored: a
+            // change that committed first left another hash, so no row matches (PostgreSQL
+            // checks the row again once the change's lock is gone); one that comes after
+            // sees the token and revokes it.
+            let n = db.execute(
+                "logging in",
+                "UPDATE users SET hash = hash WHERE name = ?1 AND hash = ?2",
+                &[name.into(), (&hash).into()],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            store_token(db, name, ttl_secs).map(Some)
+        })
+    }
+
+    /// Issues a token for user `name` valid for `ttl_secs` seconds, with no password (an
+    /// admin's doing; a user logs in with [`Catalog::login`]).
     pub fn issue_token(&self, name: &str, ttl_secs: u64) -> Result<Token> {
         if self.user(name)?.is_none() {
             return Err(Error::NoUser { name: name.into() });
         }
-        let secret = format!("{TOKEN_PREFIX}{}", hex::encode(random_bytes::<32>()?));
-        let now = unix_now();
-        let expires = now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
-        self.execute(
-            "storing a token",
-            "INSERT INTO tokens (hash, \"user\", created, expires) VALUES (?1, ?2, ?3, ?4)",
-            &[
-                token_hash(&secret).into(),
-                name.into(),
-                now.into(),
-                expires.into(),
-            ],
-        )?;
-        Ok(Token { secret, expires })
+        self.db(Mode::Plain, |db| store_token(db, name, ttl_secs))
     }
 
     /// The user a token belongs to, if it is one of ours, unexpired and not revoked.
@@ -274,6 +296,24 @@ impl Catalog {
         )?;
         Ok(n > 0)
     }
+}
+
+/// Stores a new token for user `name` valid for `ttl_secs` seconds, and returns it.
+fn store_token(db: &mut Db<'_>, name: &str, ttl_secs: u64) -> Result<Token> {
+    let secret = format!("{TOKEN_PREFIX}{}", hex::encode(random_bytes::<32>()?));
+    let now = unix_now();
+    let expires = now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
+    db.execute(
+        "storing a token",
+        "INSERT INTO tokens (hash, \"user\", created, expires) VALUES (?1, ?2, ?3, ?4)",
+        &[
+            token_hash(&secret).into(),
+            name.into(),
+            now.into(),
+            expires.into(),
+        ],
+    )?;
+    Ok(Token { secret, expires })
 }
 
 /// Passwords: 1 to 1024 bytes (Argon2 takes any bytes; the bound keeps hashing cheap to refuse).

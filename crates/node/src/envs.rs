@@ -182,9 +182,13 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
                 .and_then(|()| keep_lifetime(node, &st, req));
             if let Err(e) = recorded {
                 // Not half-done: an env the catalog does not know, or whose deadline could
-                // not be kept, is boomed again.
+                // not be kept, is boomed again (forgetting only this node's record: the id
+                // may be another node's, which spawned the env of that name first).
                 let _ = runtime::boom::boom(rt, &st.name);
                 forget(node, &st.name);
+                if let Some(elsewhere @ catalog::Error::EnvElsewhere { .. }) = e.downcast_ref() {
+                    return Err(Error::conflict(elsewhere.to_string()));
+                }
                 return Err(Error::internal(&e.context(format!("recording env {env}"))));
             }
             Ok(st)
@@ -317,7 +321,7 @@ fn make_room(
 /// dropped at the next start, so a failure here is only logged).
 fn forget(node: &Node, id: &str) {
     node.activity.forget(id);
-    if let Err(e) = node.cat.forget_env(id) {
+    if let Err(e) = node.cat.forget_env(&node.name, id) {
         tracing::warn!(env = %id, "forgetting the env in the catalog: {e}");
     }
 }
@@ -329,7 +333,7 @@ pub fn reconcile(node: &Node) -> Result<()> {
     let live = runtime::state::list(&node.rt)?;
     for r in node.cat.envs_on(Some(&node.name))? {
         if !live.iter().any(|st| st.name == r.id) {
-            node.cat.forget_env(&r.id)?;
+            node.cat.forget_env(&node.name, &r.id)?;
         }
     }
     for st in &live {

@@ -125,10 +125,10 @@ impl From<catalog::Error> for Error {
                 Kind::Conflict
             }
             catalog::Error::Invalid { .. } => Kind::Invalid,
-            catalog::Error::Unavailable { .. } => Kind::Unavailable,
-            catalog::Error::LeaseHeld { .. } | catalog::Error::InviteExists { .. } => {
-                Kind::Conflict
-            }
+            catalog::Error::Unavailable { .. } | catalog::Error::Busy { .. } => Kind::Unavailable,
+            catalog::Error::LeaseHeld { .. }
+            | catalog::Error::InviteExists { .. }
+            | catalog::Error::EnvElsewhere { .. } => Kind::Conflict,
             _ => Kind::Internal,
         };
         Error::new(kind, e.to_string())

@@ -106,10 +106,9 @@ async fn login(
     let user = req.user.clone();
     let ttl = node.config.token_days.saturating_mul(86_400);
     let token = blocking(move || {
-        if !n.cat.check_password(&req.user, &req.password)? {
-            return Ok(None);
-        }
-        Ok(Some(n.cat.issue_token(&req.user, ttl)?))
+        n.cat
+            .login(&req.user, &req.password, ttl)
+            .map_err(Error::from)
     })
     .await?;
     match token {

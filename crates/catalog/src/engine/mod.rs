@@ -8,9 +8,14 @@
 //! unavailable catalog).
 
 use crate::{Error, Result};
+use std::time::Duration;
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+
+/// How long a statement waits for a lock another connection holds before it fails with
+/// [`Error::Busy`], on both engines: SQLite's busy timeout, PostgreSQL's `lock_timeout`.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// One SQL value, as a parameter or a column: both engines store only text and integers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +112,9 @@ pub(crate) enum Fault {
     Unavailable(String),
     /// Two transactions collided; running the transaction again may succeed.
     Conflict(String),
+    /// A wait ran out: for a lock another connection holds, for a statement, for a free
+    /// connection.
+    Timeout(String),
     /// The database holds something the catalog cannot use.
     Corrupt(String),
     /// Anything else.
@@ -123,6 +131,11 @@ impl Fault {
             },
             Fault::Corrupt(detail) => Error::Corrupt {
                 path: at.to_string(),
+                detail,
+            },
+            Fault::Timeout(detail) => Error::Busy {
+                what,
+                at: at.to_string(),
                 detail,
             },
             Fault::Unique(detail) | Fault::Conflict(detail) | Fault::Other(detail) => Error::Db {

@@ -11,8 +11,16 @@
 //! A connection that broke (PostgreSQL restarted, the network dropped it) is dropped from the
 //! pool, and one idle for a while is checked before use, so the catalog carries on when
 //! PostgreSQL is back without restarting the process.
+//!
+//! Every wait is bounded, so a transaction left open elsewhere (a stopped `spawngrid lib gc`
+//! holding the lease fence, a client cut off mid-transaction) costs the other clients an error
+//! ([`Error::Busy`]), never a hang: each session waits at most [`LOCK_WAIT`] for a lock (as
+//! SQLite's busy timeout), runs a statement at most [`STATEMENT_LIMIT`], and is ended by the
+//! server when it sits in a transaction idle for [`IDLE_IN_TRANSACTION`] (freeing its locks);
+//! a caller waits at most [`POOL_WAIT`] for a free connection; TCP keepalives and a user
+//! timeout notice a server gone silent within about a minute.
 
-use super::{dollar_placeholders, steps_from, Engine, Fault, Mode, Row, Session, Value};
+use super::{dollar_placeholders, steps_from, Engine, Fault, Mode, Row, Session, Value, LOCK_WAIT};
 use crate::{Error, Result};
 use bytes::BytesMut;
 use postgres::error::SqlState;
@@ -212,6 +220,24 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How often a serial transaction runs again after colliding with another.
 const SERIAL_ATTEMPTS: usize = 20;
 
+/// The longest one statement runs, its lock waits included (`statement_timeout`): twice
+/// [`LOCK_WAIT`], so a statement that waited out a lock still has time to run.
+const STATEMENT_LIMIT: Duration = Duration::from_secs(2 * LOCK_WAIT.as_secs());
+
+/// How long a session may sit idle inside a transaction before the server ends it and frees
+/// its locks (`idle_in_transaction_session_timeout`). The catalog's transactions run their
+/// statements back to back, so only a stopped or cut-off client is idle that long; as long
+/// as [`LOCK_WAIT`], so the clients it blocks wait about one lock wait for it.
+const IDLE_IN_TRANSACTION: Duration = LOCK_WAIT;
+
+/// How long a caller waits for a free connection while [`POOL_SIZE`] are in use; a
+/// connection in use is given back within [`STATEMENT_LIMIT`] of each of its statements.
+const POOL_WAIT: Duration = STATEMENT_LIMIT;
+
+/// How long unacknowledged data or keepalive probes may go unanswered before the connection
+/// is given up as lost (`TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A catalog in a PostgreSQL database.
 pub(crate) struct Postgres {
     config: Config,
@@ -237,6 +263,9 @@ impl Postgres {
         })?;
         config.connect_timeout(Duration::from_secs(10));
         config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         let at = describe(&config);
         Ok(Postgres {
             config,
@@ -254,8 +283,9 @@ impl Postgres {
     }
 
     /// A connection for one caller: an idle one that still works, else a new one (waiting
-    /// while [`POOL_SIZE`] are in use).
+    /// up to [`POOL_WAIT`] while [`POOL_SIZE`] are in use).
     fn take(&self) -> Result<Pooled<'_>> {
+        let deadline = Instant::now() + POOL_WAIT;
         let mut pool = self.pool();
         loop {
             if let Some(mut conn) = pool.idle.pop() {
@@ -276,7 +306,7 @@ impl Postgres {
             if pool.open < POOL_SIZE {
                 pool.open += 1;
                 drop(pool);
-                return match self.config.connect(NoTls) {
+                return match self.connect() {
                     Ok(client) => Ok(Pooled {
                         engine: self,
                         conn: Some(Conn {
@@ -294,8 +324,33 @@ impl Postgres {
                     }
                 };
             }
-            pool = self.freed.wait(pool).unwrap_or_else(|e| e.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Fault::Timeout(format!(
+                    "all {POOL_SIZE} connections of this process stayed in use for {} s",
+                    POOL_WAIT.as_secs()
+                ))
+                .into_error("waiting for a free connection", &self.at));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+    }
+
+    /// A new connection, its session's waits bounded (see the module documentation).
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        let mut client = self.config.connect(NoTls)?;
+        client.batch_execute(&format!(
+            "SET lock_timeout = '{}s'; SET statement_timeout = '{}s'; \
+             SET idle_in_transaction_session_timeout = '{}s'",
+            LOCK_WAIT.as_secs(),
+            STATEMENT_LIMIT.as_secs(),
+            IDLE_IN_TRANSACTION.as_secs()
+        ))?;
+        Ok(client)
     }
 
     /// Runs `f` on `conn` in a transaction begun with `begin`: committed if `f` returns
@@ -581,6 +636,14 @@ fn fault(e: postgres::Error) -> Fault {
         {
             Fault::Conflict(detail)
         }
+        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => Fault::Timeout(format!(
+            "{detail} (waited {} s for a lock another transaction holds)",
+            LOCK_WAIT.as_secs()
+        )),
+        Some(c) if *c == SqlState::QUERY_CANCELED => Fault::Timeout(format!(
+            "{detail} (a statement may run {} s, its lock waits included)",
+            STATEMENT_LIMIT.as_secs()
+        )),
         Some(c)
             if c.code().starts_with("08")
                 || [

@@ -4,7 +4,7 @@
 //! The DDL below is the catalog's schema since version 1, step by step, unchanged: existing
 //! catalogs open as they are and are migrated in place, in one transaction.
 
-use super::{steps_from, Engine, Fault, Mode, Row, Session, Value};
+use super::{steps_from, Engine, Fault, Mode, Row, Session, Value, LOCK_WAIT};
 use crate::Result;
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
@@ -182,14 +182,11 @@ pub(crate) struct Sqlite {
     at: String,
 }
 
-/// How long a statement waits for another connection's lock before failing.
-const BUSY_WAIT: Duration = Duration::from_secs(30);
-
 /// Switches the database to WAL mode. Of several connections switching a new database at the
 /// same instant, SQLite fails the losers at once with "database is locked" (waiting could
-/// deadlock, so the busy handler is not called): try again until [`BUSY_WAIT`] is spent.
+/// deadlock, so the busy handler is not called): try again until [`LOCK_WAIT`] is spent.
 fn wal(conn: &Connection) -> rusqlite::Result<()> {
-    let deadline = Instant::now() + BUSY_WAIT;
+    let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
             Err(e) if is_busy(&e) && Instant::now() < deadline => {
@@ -214,7 +211,7 @@ impl Sqlite {
             move |e: rusqlite::Error| fault(e).into_error(what, &at)
         };
         let conn = Connection::open(path).map_err(fail("opening"))?;
-        conn.busy_timeout(BUSY_WAIT).map_err(fail("configuring"))?;
+        conn.busy_timeout(LOCK_WAIT).map_err(fail("configuring"))?;
         wal(&conn).map_err(fail("enabling WAL"))?;
         Ok(Sqlite {
             conn: Mutex::new(conn),
@@ -348,6 +345,10 @@ fn fault(e: rusqlite::Error) -> Fault {
         {
             Fault::Unique(e.to_string())
         }
+        _ if is_busy(&e) => Fault::Timeout(format!(
+            "{e} (another connection held the catalog's write lock for {} s)",
+            LOCK_WAIT.as_secs()
+        )),
         _ => Fault::Other(e.to_string()),
     }
 }

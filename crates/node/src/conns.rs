@@ -1,7 +1,9 @@
 //! Connection limits of the HTTPS API and the SSH gateway: at most `[connections] max` open
 //! at once, and `per_address` from one source (an IPv4 address, or an IPv6 /64: one host's
 //! addresses cost an attacker nothing); how long a client may take to send a request's
-//! headers and its body (slowloris).
+//! headers and its body (slowloris). A connection stays counted for as long as any part of it
+//! lives: an HTTPS connection upgraded to another protocol (a WebSocket, relayed or served)
+//! outlives the task that accepted it and keeps its [`Permit`] until the stream ends.
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -76,9 +78,17 @@ pub struct Gate {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
-/// One open connection counted in its [`Gate`] until dropped.
-#[derive(Debug)]
+/// One open connection counted in its [`Gate`] until dropped. A clone counts the same
+/// connection, which stays counted until the last clone is dropped: the HTTPS server puts one
+/// in every request's extensions, for what takes the connection over (an upgrade).
+#[derive(Clone, Debug)]
 pub struct Permit {
+    _counted: Arc<Counted>,
+}
+
+/// What a [`Permit`] and its clones share: the count they hold.
+#[derive(Debug)]
+struct Counted {
     gate: Arc<Gate>,
     source: IpAddr,
 }
@@ -101,13 +111,15 @@ impl Gate {
         *n += 1;
         open.0 += 1;
         Ok(Permit {
-            gate: self.clone(),
-            source,
+            _counted: Arc::new(Counted {
+                gate: self.clone(),
+                source,
+            }),
         })
     }
 }
 
-impl Drop for Permit {
+impl Drop for Counted {
     fn drop(&mut self) {
         let mut open = self.gate.open.lock().unwrap_or_else(|e| e.into_inner());
         open.0 -= 1;
@@ -150,7 +162,11 @@ mod tests {
             .contains("per_address"));
         let _b = gate.admit(ip("192.0.2.1"), &c).unwrap();
         assert!(gate.admit(ip("192.0.2.2"), &c).unwrap_err().contains("max"));
+        // A clone holds the connection as the permit does, until both are gone.
+        let a1_upgraded = a1.clone();
         drop(a1);
+        assert!(gate.admit(ip("2001:db8::3"), &c).is_err());
+        drop(a1_upgraded);
         let _a3 = gate.admit(ip("2001:db8::3"), &c).unwrap();
     }
 }

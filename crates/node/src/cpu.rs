@@ -13,13 +13,15 @@
 //!
 //! When the command exits, its last output is sent (what it wrote up to 100 ms after its
 //! exit), then the exit code, then a close frame. When the client goes away first (closes,
-//! or its connection drops), the command's whole session is killed.
+//! or its connection drops), the command's whole session is killed. The connection counts in
+//! the node's caps ([`crate::conns`]) until then.
 //!
 //! The token comes in the `Authorization` header as on every route, or — from browsers, which
 //! cannot set that header on a WebSocket — as the subprotocol [`BEARER_PROTOCOL`]`TOKEN`
 //! offered beside [`PROTOCOL`], which the node answers with (never in the URL: URLs end up
 //! in logs).
 
+use crate::conns::Permit;
 use crate::error::{chain, Error};
 use crate::http::{blocking, env_param, AuthUser};
 use crate::pty::{self, Pty};
@@ -32,6 +34,7 @@ use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, request::Parts, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +144,7 @@ pub async fn cpu(
     env: Result<Path<String>, PathRejection>,
     query: Result<Query<api::CpuQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    permit: Option<Extension<Permit>>,
 ) -> Result<Response, Error> {
     let env = env_param(env)?;
     let Query(q) = query.map_err(|e| Error::invalid(format!("bad query: {e}")))?;
@@ -167,7 +171,11 @@ pub async fn cpu(
         .protocols([PROTOCOL])
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| run(node, st, session, socket))
+        .on_upgrade(move |socket| async move {
+            // The connection counts in the node's caps until the session ends.
+            let _permit = permit;
+            run(node, st, session, socket).await
+        })
         .into_response())
 }
 

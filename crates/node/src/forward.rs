@@ -14,7 +14,8 @@
 //! as if the client had come directly; [`FORWARDED`] names the sending node and makes the
 //! receiver serve the request itself (never forward it again). Answers are streamed back as
 //! they are, errors included; an upgrade (the `cpu` WebSocket, the web terminal) is carried
-//! through by copying bytes both ways.
+//! through by copying bytes both ways, the client's connection counted in the caps
+//! ([`crate::conns`]) until the copy ends.
 
 use crate::error::{Error, Kind};
 use crate::http::blocking;
@@ -126,7 +127,7 @@ pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response,
     headers.remove(header::EXPECT);
     headers.insert(header::HOST, header_value(&peer.address)?);
     headers.insert(FORWARDED, header_value(from)?);
-    relay(sender, req)
+    relay(sender, req, ())
         .await
         .map_err(|e| unreachable(peer, e.message))
 }
@@ -134,14 +135,19 @@ pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response,
 /// Sends `req` (its path and query only) on a client connection's `sender` and returns the
 /// answer, streamed; an upgrade the other side accepts (101) is joined to `req`'s, bytes
 /// copied both ways until either side ends. The connection must be driven `with_upgrades`.
+/// The joined stream holds, until it ends, the permit of the connection `req` came on (it
+/// stays counted in the node's connection caps) and `hold`; without an upgrade, `hold` is
+/// dropped when the answer's head is in.
 pub(crate) async fn relay(
     mut sender: hyper::client::conn::http1::SendRequest<Body>,
     mut req: Request,
+    hold: impl Send + 'static,
 ) -> Result<Response, Error> {
     let upgrade = req
         .headers()
         .contains_key(header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut req));
+    let permit = req.extensions().get::<crate::conns::Permit>().cloned();
     let path = req
         .uri()
         .path_and_query()
@@ -156,6 +162,7 @@ pub(crate) async fn relay(
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (resp.status(), upgrade) {
         let theirs = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            let _held = (permit, hold);
             match (client.await, theirs.await) {
                 (Ok(a), Ok(b)) => {
                     let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));

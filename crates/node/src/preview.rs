@@ -12,7 +12,9 @@
 //!   preview's own cookie (the owner's credentials never reach the app), `Host:
 //!   localhost:PORT` (dev servers refuse unknown hosts; `X-Forwarded-Host` keeps the
 //!   client's). Bodies stream both ways; an upgrade (a dev server's hot-reload WebSocket) is
-//!   joined and bytes copied. hyper bounds header sizes both ways.
+//!   joined and bytes copied, and until it ends the client's connection counts in the
+//!   node's caps ([`crate::conns`]) and the env is in use (never idle). hyper bounds header
+//!   sizes both ways.
 //! - **Who**: a public exposure lets anyone in. A private one lets in the owner's token
 //!   (`Authorization: Bearer`), or the preview's cookie, or a signed link: `?sg_exp=T&sg_sig=S`,
 //!   S an HMAC-SHA256 with the exposure's key over its id and T; a link sets the cookie (its
@@ -341,8 +343,11 @@ async fn proxy(
         .handshake(TokioIo::new(tcp))
         .await
         .map_err(|err| Error::new(Kind::BadGateway, format!("port {}: {err}", e.port)))?;
-    // The env is in use while the connection lasts (a hot-reload socket, a slow download).
+    // The env is in use while the connection lasts (a slow download) and, once upgraded,
+    // while the relayed stream does (a hot-reload socket): the connection's task ends at the
+    // upgrade, the relay's copy holds its own mark.
     let busy = node.activity.session(&st.name);
+    let upgraded = node.activity.session(&st.name);
     tokio::spawn(async move {
         let _busy = busy;
         if let Err(err) = conn.with_upgrades().await {
@@ -371,7 +376,7 @@ async fn proxy(
         Some(c) => h.insert(header::COOKIE, c),
         None => h.remove(header::COOKIE),
     };
-    let mut resp = forward::relay(sender, req).await.map_err(|err| {
+    let mut resp = forward::relay(sender, req, upgraded).await.map_err(|err| {
         Error::new(
             Kind::BadGateway,
             format!(

@@ -573,8 +573,13 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let header_timeout = node.config.connections.header();
-        // Each request knows its client's address (login backoff per address).
-        let app = app.clone().layer(axum::Extension(ClientAddr(peer.ip())));
+        // Each request knows its client's address (login backoff per address), and carries
+        // the connection's permit for what takes the connection over: an upgraded stream
+        // outlives this task and keeps the connection counted until it ends.
+        let app = app
+            .clone()
+            .layer(axum::Extension(ClientAddr(peer.ip())))
+            .layer(axum::Extension(permit.clone()));
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -593,7 +598,7 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                // `spawngrid cpu`'s WebSocket.
+                // `spawngrid cpu`'s WebSocket, and those a preview or another node relays.
                 .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection: {e}");

@@ -6,46 +6,89 @@
 use crate::common;
 
 use common::site::*;
-use std::process::Command;
+use common::Bg;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
-/// A WebSocket exchange: `python3 -c WS ADDR PATH HEADERS-JSON` does a handshake, reads the
-/// server's first frame (7 bytes), sends one masked text frame and reads as many bytes back,
-/// and prints `{"status", "accept", "first", "echo", "sent"}` (frames in hex).
+/// WebSockets: `python3 -c WS ADDR PATH HEADERS-JSON SRC N` opens N, one after the other,
+/// from address SRC: each does a handshake and reads the server's first frame (7 bytes), and
+/// prints `{"status", "accept", "first"}` (frames in hex), or `"refused"` when the node closes
+/// the connection first; once stdin ends, sends one masked text frame on each socket still
+/// open, reads as many bytes back and prints `{"echo", "sent"}`.
 const WS: &str = r#"
 import json, socket, ssl, sys
-addr, path, headers = sys.argv[1:4]
+addr, path, headers, src, n = sys.argv[1:6]
 host, port = addr.rsplit(":", 1)
 ctx = ssl._create_unverified_context()
-s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=30))
 head = "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" % (path, addr)
 head += "".join("%s: %s\r\n" % kv for kv in json.loads(headers).items()) + "\r\n"
-s.sendall(head.encode())
-def exactly(n, have):
+def exactly(s, n, have):
     while len(have) < n:
         chunk = s.recv(4096)
         if not chunk:
             break
         have += chunk
     return have[:n], have[n:]
-buf = b""
-while b"\r\n\r\n" not in buf:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    buf += chunk
-resp, _, rest = buf.partition(b"\r\n\r\n")
-lines = resp.decode().split("\r\n")
-accept = [l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("sec-websocket-accept:")]
-first, rest = exactly(7, rest)
+def handshake():
+    tcp = socket.create_connection((host, int(port)), source_address=(src, 0), timeout=30)
+    s = ctx.wrap_socket(tcp)
+    s.sendall(head.encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise OSError("closed")
+        buf += chunk
+    resp, _, rest = buf.partition(b"\r\n\r\n")
+    lines = resp.decode().split("\r\n")
+    accept = [l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("sec-websocket-accept:")]
+    first, rest = exactly(s, 7, rest)
+    return (s, rest), {"status": int(lines[0].split()[1]), "accept": accept[0] if accept else "",
+                       "first": first.hex()}
+held = []
+for _ in range(int(n)):
+    try:
+        sock, said = handshake()
+        held.append(sock)
+    except (OSError, ssl.SSLError):
+        said = "refused"
+    print(json.dumps(said), flush=True)
+sys.stdin.read()
 mask = b"\x01\x02\x03\x04"
 payload = b"ping!"
 frame = b"\x81" + bytes([0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-s.sendall(frame)
-echo, _ = exactly(len(frame), rest)
-print(json.dumps({"status": int(lines[0].split()[1]), "accept": accept[0] if accept else "",
-                  "first": first.hex(), "echo": echo.hex(), "sent": frame.hex()}))
+for s, rest in held:
+    s.sendall(frame)
+    echo, _ = exactly(s, len(frame), rest)
+    print(json.dumps({"echo": echo.hex(), "sent": frame.hex()}), flush=True)
 "#;
+
+/// [`WS`] opening `n` WebSockets to `path` with `headers` from address `src`, not waited
+/// for (its stdin piped, its stdout read with [`said`]).
+fn websockets(site: &Site, path: &str, headers: &str, src: &str, n: usize) -> Bg {
+    let child = Command::new("python3")
+        .args(["-c", WS, &site.addr(), path, headers, src, &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Bg(Some(child))
+}
+
+/// The next `n` lines a [`websockets`] client printed.
+fn said(ws: &mut Bg, n: usize) -> Vec<serde_json::Value> {
+    let out = BufReader::new(ws.0.as_mut().unwrap().stdout.as_mut().unwrap());
+    out.lines()
+        .take(n)
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect()
+}
+
+/// Ends a [`websockets`] client's stdin: it echoes a frame on each socket still open.
+fn echo(ws: &mut Bg) {
+    drop(ws.0.as_mut().unwrap().stdin.take());
+}
 
 /// `GET path`, with the bearer `token` if given.
 fn get(site: &Site, path: &str, token: Option<&str>) -> Answer {
@@ -301,17 +344,10 @@ printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nService-Worker-Allowed: /
     assert!(!leaked, "credentials reached the app: {head:?}");
 }
 
-/// A dev server's hot-reload socket: a WebSocket handshake through the preview reaches the
-/// server in the env (its `101` and accept key come back), and frames go both ways as they
-/// are.
-#[test]
-fn websockets_pass_through_a_preview() {
-    let site = Site::new("preview-ws");
-    site.start("127.0.0.1:0");
-    let alice = serving(&site);
-    // A one-connection WebSocket server: reads the request head, answers 101 with the RFC
-    // 6455 sample key's accept, sends a text frame "hello", then echoes what comes.
-    let script = r#"#!/bin/sh
+/// A one-connection WebSocket server (run for each connection by [`serve_script`]): reads
+/// the request head, answers 101 with the RFC 6455 sample key's accept, sends a text frame
+/// "hello", then echoes what comes.
+const WS_SERVER: &str = r#"#!/bin/sh
 cr=$(printf '\r')
 while IFS= read -r line; do
   case "$line" in "$cr"|"") break ;; esac
@@ -320,26 +356,99 @@ printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Up
 printf '\201\005hello'
 exec cat
 "#;
-    serve_script(&alice, 9001, script);
-    let r = alice.json("expose", &["base", "9001"]);
-    let path = format!("{}hmr", path_of(r["exposure"]["url"].as_str().unwrap()));
-    let auth = format!("Bearer {}", alice.token());
-    let out = run(
-        Command::new("python3").args([
-            "-c",
-            WS,
-            &site.addr(),
-            &path,
-            &serde_json::json!({ "Authorization": auth }).to_string(),
-        ]),
-        None,
+
+/// Serves [`WS_SERVER`] on port 9001 of alice's env `base` and exposes it (`flags`): the
+/// path of a hot-reload socket through its preview.
+fn hot_reload(alice: &User<'_>, flags: &[&str]) -> String {
+    serve_script(alice, 9001, WS_SERVER);
+    let r = alice.json("expose", &[&["base", "9001"][..], flags].concat());
+    format!("{}hmr", path_of(r["exposure"]["url"].as_str().unwrap()))
+}
+
+/// Asserts a [`websockets`] client's line says the handshake reached [`WS_SERVER`].
+fn upgraded(said: &serde_json::Value) {
+    assert_eq!(said["status"], 101, "{said}");
+    assert_eq!(said["accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_eq!(said["first"], hex(b"\x81\x05hello"));
+}
+
+/// Asserts a [`websockets`] client's echo lines came back as sent.
+fn echoed(said: &[serde_json::Value]) {
+    for e in said {
+        assert_eq!(e["echo"], e["sent"], "{e}");
+    }
+}
+
+/// A dev server's hot-reload socket: a WebSocket handshake through the preview reaches the
+/// server in the env (its `101` and accept key come back), and frames go both ways as they
+/// are.
+#[test]
+fn websockets_pass_through_a_preview() {
+    let site = Site::new("preview-ws");
+    site.start("127.0.0.1:0");
+    let alice = serving(&site);
+    let path = hot_reload(&alice, &[]);
+    let auth = serde_json::json!({ "Authorization": format!("Bearer {}", alice.token()) });
+    let mut ws = websockets(&site, &path, &auth.to_string(), "127.0.0.1", 1);
+    upgraded(&said(&mut ws, 1)[0]);
+    echo(&mut ws);
+    echoed(&said(&mut ws, 1));
+    assert!(ws.wait().status.success());
+}
+
+/// An upgraded connection counts in the node's connection caps until it ends: with
+/// `per_address = 4`, four WebSockets through a public preview from one address are taken
+/// and held, and the next ones are closed at accept like any connection over the cap; the
+/// four still relay, and once they end, the address is let in again.
+#[test]
+fn preview_websockets_count_in_the_connection_caps() {
+    let site = Site::new("preview-ws-caps");
+    let config = site.config("[connections]\nper_address = 4\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = serving(&site);
+    let path = hot_reload(&alice, &["--public"]);
+    let mut ws = websockets(&site, &path, "{}", "127.0.0.2", 8);
+    let first = said(&mut ws, 8);
+    first[..4].iter().for_each(upgraded);
+    assert_eq!(first[4..], ["refused"; 4], "{first:?}");
+    echo(&mut ws);
+    echoed(&said(&mut ws, 4));
+    assert!(ws.wait().status.success());
+    eventually("the ended WebSockets' connections to be freed", || {
+        let mut again = websockets(&site, &path, "{}", "127.0.0.2", 4);
+        let ok = said(&mut again, 4).iter().all(|s| s["status"] == 101);
+        echo(&mut again);
+        ok
+    });
+    let log = site.log();
+    assert!(
+        log.contains("connection refused: 4 connections open from 127.0.0.2"),
+        "{log}"
     );
-    assert!(out.status.success(), "ws client: {}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["status"], 101, "{v}");
-    assert_eq!(v["accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    assert_eq!(v["first"], hex(b"\x81\x05hello"));
-    assert_eq!(v["echo"], v["sent"]);
+}
+
+/// An open preview WebSocket keeps its env in use: with a short `idle_timeout`, an env
+/// whose only session is a hot-reload socket outlives envs spawned after the socket opened
+/// and ended by that timeout, one after the other, and the socket still relays.
+#[test]
+fn an_open_preview_websocket_keeps_its_env_from_going_idle() {
+    let site = Site::new("preview-ws-idle");
+    let config = site.config("idle_timeout = \"3s\"\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = serving(&site);
+    let path = hot_reload(&alice, &["--public"]);
+    let mut ws = websockets(&site, &path, "{}", "127.0.0.1", 1);
+    upgraded(&said(&mut ws, 1)[0]);
+    for idle in ["idle1", "idle2"] {
+        alice.ok("spawn", &["base", "--as", idle]);
+        eventually("the idle env to be ended", || {
+            !alice.env_names().iter().any(|e| e == idle)
+        });
+    }
+    assert_eq!(alice.env_names(), ["base"]);
+    echo(&mut ws);
+    echoed(&said(&mut ws, 1));
+    assert!(ws.wait().status.success());
 }
 
 /// Lowercase hex of `bytes`.

@@ -6,6 +6,7 @@ use crate::common;
 
 use common::site::*;
 use common::ssh::*;
+use common::Bg;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -235,6 +236,74 @@ fn remote_forwards_listen_inside_the_env() {
         text(&out.stderr)
     );
     assert_eq!(text(&remote("8080").stdout), "1000\n");
+    alice.ok("boom", &["base"]);
+}
+
+/// `-R 0:...` twice on one connection: each gets a port the node picks (OpenSSH asks for
+/// port 0 on the same address both times), and both listen inside the env; `ssh -O cancel`
+/// of one (OpenSSH cancels with the port it was given) closes that port inside the env while
+/// the connection lives, and leaves the other.
+#[test]
+fn dynamic_remote_forwards_get_ports_and_are_cancelled_by_them() {
+    let site = Site::new("ssh-fwd-r0");
+    site.start("127.0.0.1:0");
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
+    let control = site.scratch.join("mux");
+    let control = control.to_str().unwrap();
+    let mux = ["-S", control];
+    let forwards = ["-R", "0:127.0.0.1:1", "-R", "0:127.0.0.1:2"];
+    let args = [
+        &["-o", "ExitOnForwardFailure=yes", "-M", "-N"][..],
+        &mux,
+        &forwards,
+        &[&target],
+    ];
+    let mut master = Bg(Some(
+        ssh.cmd("ssh", &pw, &args.concat())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    // "Allocated port N for remote forward to 127.0.0.1:C", one line each.
+    let stderr = BufReader::new(master.0.as_mut().unwrap().stderr.take().unwrap());
+    let mut said = Vec::new();
+    let mut ports = std::collections::BTreeMap::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Allocated port ") {
+            let (port, to) = rest.split_once(" for remote forward to ").unwrap();
+            ports.insert(to.to_string(), port.to_string());
+        }
+        said.push(line);
+        if ports.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(ports.len(), 2, "{said:?}");
+    let (one, two) = (&ports["127.0.0.1:1"], &ports["127.0.0.1:2"]);
+    let listening = |port: &str| {
+        alice
+            .exec("base", &format!("nc 127.0.0.1 {port} </dev/null"))
+            .0
+            == 0
+    };
+    assert!(listening(one) && listening(two), "{ports:?}");
+    let cancel = [&mux[..], &["-O", "cancel", "-R", "0:127.0.0.1:1", &target]].concat();
+    let out = run(&mut ssh.cmd("ssh", &pw, &cancel), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eventually("the cancelled port to close inside the env", || {
+        !listening(one)
+    });
+    assert!(listening(two));
+    assert!(master.0.as_mut().unwrap().try_wait().unwrap().is_none());
+    drop(master);
     alice.ok("boom", &["base"]);
 }
 

@@ -198,7 +198,8 @@ pub struct Conn {
     login: Option<Arc<Login>>,
     /// Whether it has (seen by the login timeout).
     logged_in: Arc<AtomicBool>,
-    /// Its remote forwards by (address, port) as the client named them: their accept tasks.
+    /// Its remote forwards by the address the client named and the port bound (the one a
+    /// client cancels with, also when it asked for port 0): their accept tasks.
     remote: HashMap<(String, u32), tokio::task::AbortHandle>,
 }
 
@@ -335,15 +336,18 @@ impl russh::server::Handler for Conn {
         let Some(login) = self.login.clone() else {
             return Ok(false);
         };
-        let key = (address.to_string(), *port);
-        if self.remote.contains_key(&key) || self.remote.len() >= MAX_REMOTE_FORWARDS {
+        // Keys are bound ports, so port 0 (a port the node picks, as `-R 0:...` asks) is
+        // never a duplicate.
+        if self.remote.contains_key(&(address.to_string(), *port))
+            || self.remote.len() >= MAX_REMOTE_FORWARDS
+        {
             tracing::info!(user = %login.user, address, port = *port, "ssh -R refused: a duplicate or too many");
             return Ok(false);
         }
         match forward::remote(&self.node, &login, session.handle(), address, *port).await {
             Ok((task, bound)) => {
                 tracing::info!(user = %login.user, address, port = bound, "ssh -R");
-                self.remote.insert(key, task);
+                self.remote.insert((address.to_string(), bound), task);
                 *port = bound;
                 Ok(true)
             }

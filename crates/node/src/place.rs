@@ -42,8 +42,10 @@ fn fits(n: &NodeEntry, mem: u64) -> bool {
 }
 
 /// The node a spawn reserving `mem` bytes goes to, by `want`, among `nodes`. `Ok(None)`:
-/// no node is known to have room (the node asked spawns it, and its admission policy
-/// evicts or refuses); `Err`: the request cannot be met (one line).
+/// no node is known to have room and no label was asked (the node asked spawns it, and its
+/// admission policy evicts or refuses); with labels, the labelled node that would be chosen
+/// if all had room (its admission decides: the node asked may lack the labels); `Err`: the
+/// request cannot be met (one line).
 pub fn choose(nodes: &[NodeEntry], want: &Placement, mem: u64) -> Result<Option<String>, String> {
     for l in &want.labels {
         check_label(l)?;
@@ -81,16 +83,20 @@ pub fn choose(nodes: &[NodeEntry], want: &Placement, mem: u64) -> Result<Option<
         Some(m) => n.labels.iter().filter(|l| m.labels.contains(l)).count(),
         None => 0,
     };
+    let order = |a: &&NodeEntry, b: &&NodeEntry| {
+        closeness(a)
+            .cmp(&closeness(b))
+            .then(share(a).total_cmp(&share(b)))
+            .then(a.room_envs.cmp(&b.room_envs))
+            .then(b.name.cmp(&a.name))
+    };
     let best = labelled
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|n| fits(n, mem))
-        .max_by(|a, b| {
-            closeness(a)
-                .cmp(&closeness(b))
-                .then(share(a).total_cmp(&share(b)))
-                .then(a.room_envs.cmp(&b.room_envs))
-                .then(b.name.cmp(&a.name))
-        });
+        .max_by(order);
+    let full = || labelled.iter().copied().max_by(order);
+    let best = best.or_else(|| full().filter(|_| !want.labels.is_empty()));
     Ok(best.map(|n| n.name.clone()))
 }
 
@@ -180,6 +186,12 @@ mod tests {
             pick(&nodes, labels(&["zone=z1", "rack=r1"])),
             Ok(Some("a".into()))
         );
+        // The labelled nodes are full: one of them decides, not the node asked.
+        let full = [
+            node("a", true, (2, 16 * G), 2, &["rack=r1"]),
+            node("b", true, (10, 16 * G), 0, &["rack=r2"]),
+        ];
+        assert_eq!(pick(&full, labels(&["rack=r1"])), Ok(Some("a".into())));
         let err = pick(&nodes, labels(&["rack=r4"])).unwrap_err();
         assert!(err.contains("no up node has the labels rack=r4"), "{err}");
         assert!(pick(&nodes, labels(&["rack"]))

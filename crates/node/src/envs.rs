@@ -147,8 +147,20 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
     if req.disk {
         check_disk_room(node, opts.write_size.unwrap_or(runtime::spawn::DISK_SIZE))?;
     }
+    // Recorded while the env is made (a catalog write is a commit, milliseconds on
+    // PostgreSQL): the row says what the env will be; the spawn's outcome decides whether it
+    // stays.
+    let record = catalog::EnvRecord {
+        id: id.clone(),
+        owner: user.to_string(),
+        env: env.to_string(),
+        node: node.name.clone(),
+        name: Some(req.name.clone()),
+        snapshot: Some(score.to_hex()),
+        created: runtime::state::now() as i64,
+    };
     let start = Instant::now();
-    let result = spawn_admitted(node, user, &opts)?;
+    let (result, recorded) = spawn_admitted(node, user, &opts, || node.cat.record_env(&record))?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     tracing::info!(
         "spawning {id} from {}: name {:.1} ms, mount {:.1} ms, env {:.1} ms",
@@ -164,41 +176,30 @@ pub fn spawn(node: &Node, user: &str, req: &SpawnRequest) -> Result<EnvState, Er
         node.metrics
             .observe("spawngrid_spawn_seconds", &[], start.elapsed());
     }
-    match result {
-        Ok(st) => {
-            let record = catalog::EnvRecord {
-                id: st.name.clone(),
-                owner: user.to_string(),
-                env: env.to_string(),
-                node: node.name.clone(),
-                name: Some(req.name.clone()),
-                snapshot: st.snapshot.clone(),
-                created: st.created as i64,
-            };
-            let recorded = node
-                .cat
-                .record_env(&record)
-                .map_err(anyhow::Error::new)
-                .and_then(|()| keep_lifetime(node, &st, req));
-            if let Err(e) = recorded {
-                // Not half-done: an env the catalog does not know, or whose deadline could
-                // not be kept, is boomed again (forgetting only this node's record: the id
-                // may be another node's, which spawned the env of that name first).
-                let _ = runtime::boom::boom(rt, &st.name);
-                forget(node, &st.name);
-                if let Some(elsewhere @ catalog::Error::EnvElsewhere { .. }) = e.downcast_ref() {
-                    return Err(Error::conflict(elsewhere.to_string()));
-                }
-                return Err(Error::internal(&e.context(format!("recording env {env}"))));
+    let st = match result {
+        Ok(st) => st,
+        Err(e) => {
+            if recorded.is_ok() {
+                forget(node, &id);
             }
-            Ok(st)
+            return Err(Error::internal(&e.context(format!("spawning {env}"))));
         }
-        // Two spawns of one env at once: the runtime's create_dir decided.
-        Err(_) if rt.env_dir(&id)?.join("state.json").exists() => Err(Error::conflict(format!(
-            "you already have an env {env}: boom it, or choose another name with --as"
-        ))),
-        Err(e) => Err(Error::internal(&e.context(format!("spawning {env}")))),
+    };
+    let kept = recorded
+        .map_err(anyhow::Error::new)
+        .and_then(|()| keep_lifetime(node, &st, req));
+    if let Err(e) = kept {
+        // Not half-done: an env the catalog does not know, or whose deadline could not be
+        // kept, is boomed again (forgetting only this node's record: the id may be another
+        // node's, which spawned the env of that name first).
+        let _ = runtime::boom::boom(rt, &st.name);
+        forget(node, &st.name);
+        if let Some(elsewhere @ catalog::Error::EnvElsewhere { .. }) = e.downcast_ref() {
+            return Err(Error::conflict(elsewhere.to_string()));
+        }
+        return Err(Error::internal(&e.context(format!("recording env {env}"))));
     }
+    Ok(st)
 }
 
 /// Refuses a `--disk` spawn whose image (`size` bytes, sparse) the filesystem of the node's
@@ -238,13 +239,26 @@ fn keep_lifetime(node: &Node, st: &EnvState, req: &SpawnRequest) -> Result<()> {
 
 /// Spawns `opts` for `user` once the capacity policy admits it (evicting envs if it says so,
 /// or refusing): deciding, evicting and spawning under one lock, so two spawns never take one
-/// free slot. The outer error is the refusal; the inner one the runtime's.
-pub fn spawn_admitted(
+/// free slot. A spawn of an env that exists or is being spawned is refused under that lock
+/// too, so `beside`, run on a thread of its own while the env is made, runs for one spawn of
+/// an env at a time. The outer error is the refusal; the inner one the runtime's; with
+/// `beside`'s result.
+pub fn spawn_admitted<R: Send>(
     node: &Node,
     user: &str,
     opts: &SpawnOptions,
-) -> Result<anyhow::Result<EnvState>, Error> {
+    beside: impl FnOnce() -> R + Send,
+) -> Result<(anyhow::Result<EnvState>, R), Error> {
     let held = node.admission.lock();
+    if held.iter().any(|p| p.id == opts.name) || node.rt.env_dir(&opts.name)?.exists() {
+        let env = opts
+            .name
+            .strip_suffix(&format!("+{user}"))
+            .unwrap_or(&opts.name);
+        return Err(Error::conflict(format!(
+            "you already have an env {env}: boom it, or choose another name with --as"
+        )));
+    }
     make_room(node, user, opts.limits.memory, &held)?;
     let pending = crate::admission::Pending {
         id: opts.name.clone(),
@@ -254,7 +268,14 @@ pub fn spawn_admitted(
     };
     // Made outside the lock: other spawns are decided and made meanwhile.
     let _ticket = node.admission.admit(held, pending);
-    Ok(runtime::spawn::spawn(&node.rt, opts).map_err(Into::into))
+    Ok(std::thread::scope(|s| {
+        let beside = s.spawn(beside);
+        let made = runtime::spawn::spawn(&node.rt, opts).map_err(Into::into);
+        let beside = beside
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (made, beside)
+    }))
 }
 
 /// Admits one more env of `user` reserving `mem` bytes, evicting envs if the capacity

@@ -390,7 +390,8 @@ fn spawn_private(
         ..Limits::default()
     };
     let busy = node.activity.session(&id);
-    let st = envs::spawn_admitted(node, inviter, &opts)?
+    let st = envs::spawn_admitted(node, inviter, &opts, || ())?
+        .0
         .map_err(|e| Error::internal(&e.context("spawning the invite's temporary env")))?;
     Ok((st, busy))
 }

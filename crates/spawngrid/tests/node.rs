@@ -489,6 +489,57 @@ fn the_catalog_records_envs_and_the_node_reconciles_them_at_start() {
     assert!(catalog_envs(&site).is_empty());
 }
 
+/// The catalog records an env while the env is made: of many spawns of one env at once, from
+/// two names, one is made and the record names its name; the others are refused with one
+/// line and leave that record alone. A spawn the runtime fails after the record was written
+/// (the node's env directory made immutable) leaves no record behind.
+#[test]
+fn spawns_of_one_env_at_once_keep_the_made_ones_record_and_a_failed_one_none() {
+    let site = Site::new("node-env-race");
+    site.start("127.0.0.1:0");
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "w"]);
+    alice.ok("save", &["w", "other"]);
+    alice.ok("boom", &["w"]);
+    let (client, addr) = (&alice.client, &site.addr());
+    let outs: Vec<(&str, std::process::Output)> = std::thread::scope(|s| {
+        let spawns: Vec<_> = ["base", "other", "base", "other", "base", "other"]
+            .into_iter()
+            .map(|from| {
+                s.spawn(move || (from, client.sg_at(addr, "spawn", &[from, "--as", "x"], None)))
+            })
+            .collect();
+        spawns.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let made: Vec<&str> = outs
+        .iter()
+        .filter(|(_, out)| out.status.success())
+        .map(|(from, _)| *from)
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    for (_, out) in outs.iter().filter(|(_, out)| !out.status.success()) {
+        let err = text(&out.stderr);
+        assert!(err.contains("you already have an env x"), "{err}");
+    }
+    let x = format!("x+{}", alice.name);
+    assert_eq!(catalog_envs(&site), [format!("{x} {}", made[0])]);
+    assert_eq!(alice.json("status", &[])[0]["from"], made[0]);
+    alice.ok("boom", &["x"]);
+    let envs = site.data().join("envs");
+    let chattr = |flag: &str| {
+        let st = Command::new("chattr").arg(flag).arg(&envs).status().unwrap();
+        assert!(st.success(), "chattr {flag} {}", envs.display());
+    };
+    chattr("+i");
+    let err = alice.refused("spawn", &["base", "--as", "y"]);
+    chattr("-i");
+    assert!(err.contains("spawning y"), "{err}");
+    assert!(catalog_envs(&site).is_empty(), "{:?}", catalog_envs(&site));
+    alice.ok("spawn", &["base", "--as", "y"]);
+    alice.ok("boom", &["y"]);
+}
+
 /// Wrong passwords for many user names from one address lock the address: then even a right
 /// password is not checked from it (429), while the users themselves were never locked.
 #[test]

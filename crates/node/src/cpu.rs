@@ -23,7 +23,7 @@
 
 use crate::conns::Permit;
 use crate::error::{chain, Error};
-use crate::http::{blocking, env_param, AuthUser};
+use crate::http::{blocking, env_param, AuthUser, Checked};
 use crate::pty::{self, Pty};
 use crate::{envs, Node};
 use api::CpuMessage;
@@ -56,8 +56,13 @@ impl FromRequestParts<Arc<Node>> for CpuUser {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Error> {
         let user = match protocol_token(&parts.headers) {
-            Some(token) if !parts.headers.contains_key(header::AUTHORIZATION) => {
-                AuthUser::of_token(node, token).await?
+            Some(token)
+                if !parts.headers.contains_key(header::AUTHORIZATION)
+                    && parts.extensions.get::<Checked>().is_none() =>
+            {
+                let user = AuthUser::of_token(node, token).await?;
+                parts.extensions.insert(Checked(user.0.clone()));
+                user
             }
             _ => AuthUser::from_request_parts(parts, node).await?,
         };

@@ -91,11 +91,21 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
 /// The user a request's bearer token belongs to.
 pub struct AuthUser(pub String);
 
+/// A request's user once its token was looked up (kept in the request's extensions, so a
+/// route behind the env routes' middleware, which looked it up already, does not again).
+#[derive(Clone)]
+pub(crate) struct Checked(pub(crate) String);
+
 impl FromRequestParts<Arc<Node>> for AuthUser {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Error> {
-        AuthUser::of_token(node, bearer(&parts.headers)?).await
+        if let Some(Checked(user)) = parts.extensions.get() {
+            return Ok(AuthUser(user.clone()));
+        }
+        let user = AuthUser::of_token(node, bearer(&parts.headers)?).await?;
+        parts.extensions.insert(Checked(user.0.clone()));
+        Ok(user)
     }
 }
 

@@ -161,6 +161,7 @@ conformance! {
     exposures_are_made_found_rotated_and_go_with_their_env
     works_from_a_tokio_blocking_pool
     nodes_register_and_beat
+    a_live_node_name_is_not_taken_by_another_identity
     leases_exclude_each_other_and_expire
     racing_exclusive_leases_are_held_one_at_a_time
     gc_leases_exclude_only_gc
@@ -177,6 +178,7 @@ conformance! {
     a_restarted_server_is_used_again
     truncating_names_is_refused
     a_transaction_left_open_fails_lease_takers_instead_of_hanging
+    a_node_whose_clock_runs_ahead_changes_nothing
 }
 
 /// A made-up score, distinct for each `n`.
@@ -193,6 +195,12 @@ fn raw(cat: &Catalog, sql: &str) -> crate::Result<u64> {
 fn text(cat: &Catalog, sql: &str) -> String {
     cat.row("testing", sql, &[], |r| r.text(0))
         .unwrap()
+        .unwrap()
+}
+
+/// The catalog's clock.
+fn now(cat: &Catalog) -> i64 {
+    cat.db(crate::engine::Mode::Plain, |db| db.now("testing"))
         .unwrap()
 }
 
@@ -878,38 +886,173 @@ fn a_transaction_left_open_fails_lease_takers_instead_of_hanging(f: &Fixture) {
     cat.take_lease(LeaseKind::Shared, "node", ttl).unwrap();
 }
 
-fn nodes_register_and_beat(f: &Fixture) {
-    let cat = f.open();
-    let mut info = NodeInfo {
-        name: "n1".into(),
-        address: "10.0.0.1:8443".into(),
+/// How long a node is taken for live after its last heartbeat, as a node's `down_after`.
+const LIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A node's registration as node `name` at `address` with certificate `fingerprint`.
+fn node_info(name: &str, address: &str, fingerprint: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        address: address.into(),
         ssh_port: 2222,
-        fingerprint: "SHA256:abc".into(),
+        fingerprint: fingerprint.into(),
         capacity_envs: 64,
         capacity_mem: 64 << 30,
         labels: "zone=a".into(),
+    }
+}
+
+/// The server's clock in PostgreSQL's words, for rows written behind the catalog's back as
+/// another node writes them.
+const SERVER_NOW: &str = "CAST(floor(extract(epoch FROM now())) AS BIGINT)";
+
+/// This process is a node whose clock runs an hour ahead of the rest of the grid: the test
+/// schema's `now()`, an hour behind, comes before PostgreSQL's own on the catalog's search path,
+/// so the server's clock (the grid's) is an hour behind this host's. A lease and a heartbeat
+/// another node wrote by the grid's clock look to this node as they look to everyone: the
+/// lease live (not cleared, not overruled by gc), the other node just heard from; and what
+/// this node stamps is on the grid's clock, so it is not judged by its own.
+fn a_node_whose_clock_runs_ahead_changes_nothing(f: &Fixture) {
+    let (config, schema) = f.postgres.as_ref().expect("a PostgreSQL fixture");
+    let mut admin = config.connect(postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION {schema}.now() RETURNS timestamptz LANGUAGE sql STABLE \
+             AS $$ SELECT pg_catalog.now() - interval '1 hour' $$"
+        ))
+        .unwrap();
+    let (host, port) = server(config);
+    let cat = Catalog::connect(&pg_url(
+        config,
+        &host,
+        port,
+        &format!("{schema},pg_catalog"),
+    ))
+    .unwrap();
+    let grid_now = || {
+        cat.row("testing", &format!("SELECT {SERVER_NOW}"), &[], |r| {
+            r.int(0)
+        })
+        .unwrap()
+        .unwrap()
     };
-    cat.register_node(&info).unwrap();
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - grid_now();
+    assert!(
+        (3599..=3601).contains(&ahead),
+        "this host is {ahead} s ahead"
+    );
+    // Another node saves under a lease for a minute, and beats.
+    raw(&cat, "UPDATE lease_fence SET last = last + 1").unwrap();
+    raw(
+        &cat,
+        &format!(
+            "INSERT INTO leases (id, kind, holder, taken, expires, fence) SELECT 'n2-save', \
+             'shared', 'save on n2', {SERVER_NOW}, {SERVER_NOW} + 60, last FROM lease_fence"
+        ),
+    )
+    .unwrap();
+    raw(
+        &cat,
+        &format!(
+            "INSERT INTO nodes (name, address, ssh_port, fingerprint, capacity_envs, \
+             capacity_mem, labels, registered, heartbeat) VALUES ('n2', '10.0.0.2:8443', 22, \
+             'SHA256:n2', 1, 1, '', {SERVER_NOW}, {SERVER_NOW})"
+        ),
+    )
+    .unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    let err = cat
+        .take_lease(LeaseKind::Exclusive, "gc on n1", ttl)
+        .unwrap_err();
+    assert!(err.to_string().contains("save on n2"), "{err}");
+    assert_eq!(cat.live_leases().unwrap()[0].id, "n2-save");
+    assert_eq!(cat.gc_view().unwrap().leases[0].id, "n2-save");
+    assert!(cat.renew_lease("n2-save", ttl).unwrap());
+    let n2 = cat.nodes().unwrap().pop().unwrap();
+    assert!(n2.silent <= 1, "n2 is silent for {} s to n1", n2.silent);
+    // What this node stamps is on the grid's clock.
+    let mine = cat
+        .take_lease(LeaseKind::Shared, "save on n1", ttl)
+        .unwrap();
+    assert!((mine.taken - grid_now()).abs() <= 1, "{mine:?}");
+    cat.register_node(&node_info("n1", "10.0.0.1:8443", "SHA256:n1"), LIVE)
+        .unwrap();
+    assert!(cat.heartbeat("n1").unwrap());
+    let n1 = &cat.nodes().unwrap()[0];
+    assert!((n1.heartbeat - grid_now()).abs() <= 1, "{n1:?}");
+}
+
+fn nodes_register_and_beat(f: &Fixture) {
+    let cat = f.open();
+    let mut info = node_info("n1", "10.0.0.1:8443", "SHA256:abc");
+    cat.register_node(&info, LIVE).unwrap();
     let mut two = info.clone();
     two.name = "n0".into();
-    cat.register_node(&two).unwrap();
+    cat.register_node(&two, LIVE).unwrap();
     let nodes = cat.nodes().unwrap();
     assert_eq!(nodes.len(), 2);
     assert_eq!((nodes[0].info.name.as_str(), &nodes[1].info), ("n0", &info));
     assert!(nodes[1].registered > 1_600_000_000 && nodes[1].heartbeat >= nodes[1].registered);
-    // Registering again updates what the node says, not when it first came.
-    info.address = "10.0.0.9:8443".into();
+    assert!(nodes[1].silent <= 1, "{:?}", nodes[1]);
+    // Registering again (a restart) updates what the node says, not when it first came.
     info.capacity_mem = u64::from(u32::MAX) * 4;
-    cat.register_node(&info).unwrap();
+    info.labels = "zone=b".into();
+    cat.register_node(&info, LIVE).unwrap();
     let again = cat.nodes().unwrap().pop().unwrap();
     assert_eq!(
         (&again.info, again.registered),
         (&info, nodes[1].registered)
     );
+    // A node silent for a while is seen so; a heartbeat makes it live again.
+    raw(
+        &cat,
+        "UPDATE nodes SET heartbeat = heartbeat - 100 WHERE name = 'n1'",
+    )
+    .unwrap();
+    assert!(cat.nodes().unwrap()[1].silent >= 100);
     assert!(cat.heartbeat("n1").unwrap());
+    assert!(cat.nodes().unwrap()[1].silent <= 1);
     assert!(!cat.heartbeat("nope").unwrap());
     info.name = "../x".into();
-    assert!(cat.register_node(&info).is_err());
+    assert!(cat.register_node(&info, LIVE).is_err());
+}
+
+/// Two hosts given one node name: while the first is live, the second (another certificate,
+/// or another address) is refused in one line naming the name, the holder and what to do, and
+/// changes nothing; once the first is silent past the threshold (it moved), the name is taken.
+fn a_live_node_name_is_not_taken_by_another_identity(f: &Fixture) {
+    let cat = f.open();
+    let first = node_info("n1", "10.0.0.1:8443", "SHA256:first");
+    cat.register_node(&first, LIVE).unwrap();
+    for other in [
+        node_info("n1", "10.0.0.2:8443", "SHA256:second"),
+        node_info("n1", "10.0.0.1:8443", "SHA256:second"),
+        node_info("n1", "10.0.0.2:8443", "SHA256:first"),
+    ] {
+        let err = cat.register_node(&other, LIVE).unwrap_err();
+        assert!(matches!(err, Error::NodeNameHeld { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("node name n1 is held by a live node at 10.0.0.1:8443")
+                && message.contains("give this node another name")
+                && message.contains("silent for 30 s")
+                && !message.contains('\n'),
+            "{message}"
+        );
+        assert_eq!(cat.nodes().unwrap()[0].info, first);
+    }
+    // Silent past the threshold: the node moved to another host, which takes the name.
+    raw(&cat, "UPDATE nodes SET heartbeat = heartbeat - 31").unwrap();
+    let moved = node_info("n1", "10.0.0.2:8443", "SHA256:second");
+    cat.register_node(&moved, LIVE).unwrap();
+    assert_eq!(cat.nodes().unwrap()[0].info, moved);
+    // And the first host, back, is now the one refused.
+    let err = cat.register_node(&first, LIVE).unwrap_err();
+    assert!(err.to_string().contains("at 10.0.0.2:8443"), "{err}");
 }
 
 fn leases_exclude_each_other_and_expire(f: &Fixture) {
@@ -1045,15 +1188,11 @@ fn packs_are_condemned_claimed_swept_and_forgotten(f: &Fixture) {
     let p2_fence = state(p2).unwrap().1;
     cat.claim(&gc.id, &[(p2, p2_fence)]).unwrap();
     cat.mark_swept(&[p2]).unwrap();
-    let later = crate::unix_now() + 10;
+    let later = now(&cat) + 10;
     assert_eq!(cat.forget_swept(later).unwrap(), 1, "p1 goes, p2 stays");
     assert_eq!(state(p2).unwrap().0, Swept);
     cat.release_lease(&old.id).unwrap();
-    assert_eq!(
-        cat.forget_swept(crate::unix_now() - 10).unwrap(),
-        0,
-        "too recent"
-    );
+    assert_eq!(cat.forget_swept(now(&cat) - 10).unwrap(), 0, "too recent");
     assert_eq!(cat.forget_swept(later).unwrap(), 1);
     // Without a live gc lease nothing is condemned or claimed.
     cat.release_lease(&gc.id).unwrap();

@@ -20,7 +20,7 @@
 //! a caller waits at most [`POOL_WAIT`] for a free connection; TCP keepalives and a user
 //! timeout notice a server gone silent within about a minute.
 
-use super::{dollar_placeholders, steps_from, Engine, Fault, Mode, Row, Session, Value, LOCK_WAIT};
+use super::{steps_from, Engine, Fault, Mode, Row, Session, Value, LOCK_WAIT, NOW};
 use crate::{Error, Result};
 use bytes::BytesMut;
 use postgres::error::SqlState;
@@ -519,7 +519,7 @@ impl Conn {
         }
         let s = self
             .client
-            .prepare(&dollar_placeholders(sql))
+            .prepare(&dialect(sql))
             .map_err(|e| self.fault(e))?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
@@ -659,6 +659,40 @@ fn fault(e: postgres::Error) -> Fault {
     }
 }
 
+/// [`NOW`] in PostgreSQL's words: the server's clock, in whole seconds (`now()`: when the
+/// transaction began, so one instant for all of a transaction's statements).
+const SERVER_NOW: &str = "CAST(floor(extract(epoch FROM now())) AS BIGINT)";
+
+/// `sql` in the shared dialect as PostgreSQL takes it: SQLite's `?N` placeholders spelled
+/// `$N`, and [`NOW`] as [`SERVER_NOW`] (outside quotes).
+fn dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote: Option<char> = None;
+    let mut rest = sql;
+    while let Some(c) = rest.chars().next() {
+        let after = &rest[c.len_utf8()..];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '?' && after.starts_with(|d: char| d.is_ascii_digit()) => {
+                out.push('$');
+                rest = after;
+                continue;
+            }
+            None if rest.starts_with(NOW) => {
+                out.push_str(SERVER_NOW);
+                rest = &rest[NOW.len()..];
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        rest = after;
+    }
+    out
+}
+
 /// The database `config` names, as `postgres://USER@HOST:PORT/DB`: never the password.
 fn describe(config: &Config) -> String {
     let hosts: Vec<String> = config
@@ -705,6 +739,19 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dialect_has_dollar_placeholders_and_the_servers_clock_outside_quotes() {
+        assert_eq!(
+            dialect("SELECT \"user\" FROM t WHERE a = ?1 AND b = '?2' OR c=?12"),
+            "SELECT \"user\" FROM t WHERE a = $1 AND b = '?2' OR c=$12"
+        );
+        assert_eq!(dialect("a ? b"), "a ? b");
+        assert_eq!(
+            dialect("SET t = unixepoch() + ?1 WHERE x = 'unixepoch()'"),
+            format!("SET t = {SERVER_NOW} + $1 WHERE x = 'unixepoch()'")
+        );
+    }
 
     #[test]
     fn descriptions_never_show_the_password() {

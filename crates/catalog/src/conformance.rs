@@ -5,6 +5,7 @@
 //! skipping them (`scripts/test.sh` sets both). Below the shared suite are the tests only
 //! PostgreSQL needs: several connections and nodes at once, and a server that goes away.
 
+use crate::engine::postgres::{Limits, Postgres};
 use crate::keys::tests::keygen;
 use crate::shares::{address, EVERYONE};
 use crate::{check_name, check_owner, Catalog, EnvRecord, Error, SCHEMA_VERSION};
@@ -71,6 +72,11 @@ impl Fixture {
     /// Opens the catalog.
     pub(crate) fn open(&self) -> Catalog {
         Catalog::connect(&self.url).unwrap()
+    }
+
+    /// Opens the catalog on PostgreSQL with a pool and waits of `limits`.
+    fn open_within(&self, limits: Limits) -> Catalog {
+        Catalog::with(Box::new(Postgres::new(&self.url, limits).unwrap())).unwrap()
     }
 
     /// The URL of this fixture's PostgreSQL schema through another host and port.
@@ -179,6 +185,8 @@ conformance! {
     truncating_names_is_refused
     a_transaction_left_open_fails_lease_takers_instead_of_hanging
     a_node_whose_clock_runs_ahead_changes_nothing
+    a_caller_waits_for_a_free_connection_only_so_long
+    a_statement_past_its_limit_ends_and_its_connection_works_on
 }
 
 /// A made-up score, distinct for each `n`.
@@ -984,6 +992,84 @@ fn a_node_whose_clock_runs_ahead_changes_nothing(f: &Fixture) {
     assert!(cat.heartbeat("n1").unwrap());
     let n1 = &cat.nodes().unwrap()[0];
     assert!((n1.heartbeat - grid_now()).abs() <= 1, "{n1:?}");
+}
+
+/// Waits up to a minute for `n` sessions of the fixture's database to wait for a lock.
+fn sessions_waiting_for_a_lock(f: &Fixture, n: i64) {
+    let (config, _) = f.postgres.as_ref().expect("a PostgreSQL fixture");
+    let mut admin = config.connect(postgres::NoTls).unwrap();
+    for _ in 0..600 {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%pg_advisory_xact_lock(7)%'",
+                &[],
+            )
+            .unwrap();
+        if row.get::<_, i64>(0) >= n {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{n} sessions never waited for the lock");
+}
+
+/// Every connection of the pool busy (waiting for a lock the test holds): a caller gets
+/// [`Error::Busy`] once the pool wait is over, not a hang; the pool works again afterwards.
+fn a_caller_waits_for_a_free_connection_only_so_long(f: &Fixture) {
+    let cat = f.open_within(Limits {
+        pool_size: 2,
+        pool_wait: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    });
+    let (config, _) = f.postgres.as_ref().expect("a PostgreSQL fixture");
+    let mut holder = config.connect(postgres::NoTls).unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7)")
+        .unwrap();
+    std::thread::scope(|s| {
+        let busy: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| raw(&cat, "SELECT pg_advisory_xact_lock(7)")))
+            .collect();
+        sessions_waiting_for_a_lock(f, 2);
+        let waited = cat.resolve("alice", "nothing");
+        // Released before any assertion, so a failure leaves no caller waiting.
+        holder.batch_execute("COMMIT").unwrap();
+        for b in busy {
+            b.join().unwrap().unwrap();
+        }
+        let err = waited.expect_err("a caller got a connection while every one was in use");
+        assert!(matches!(err, Error::Busy { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("waiting for a free connection")
+                && message.contains("all 2 connections of this process stayed in use for 1 s"),
+            "{message}"
+        );
+    });
+    cat.bind("alice", "after", score(1)).unwrap();
+    assert_eq!(cat.resolve("alice", "after").unwrap(), score(1));
+}
+
+/// A statement that runs past the statement limit is ended by the server with
+/// [`Error::Busy`] saying so; its connection (the pool's only one) serves the next caller.
+fn a_statement_past_its_limit_ends_and_its_connection_works_on(f: &Fixture) {
+    let cat = f.open_within(Limits {
+        pool_size: 1,
+        statement: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    });
+    let err = raw(&cat, "SELECT pg_sleep(120)").unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("(a statement may run 1 s, its lock waits included)"),
+        "{err}"
+    );
+    cat.bind("alice", "after", score(1)).unwrap();
+    assert_eq!(cat.list(Some("alice"), None).unwrap().len(), 1);
+    let ttl = std::time::Duration::from_secs(60);
+    cat.take_lease(LeaseKind::Shared, "save", ttl).unwrap();
 }
 
 fn nodes_register_and_beat(f: &Fixture) {

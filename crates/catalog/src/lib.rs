@@ -320,7 +320,8 @@ impl Catalog {
             || url.starts_with("postgresql://")
             || url.contains("host=")
         {
-            return Catalog::with(Box::new(engine::postgres::Postgres::new(url)?));
+            let limits = engine::postgres::Limits::default();
+            return Catalog::with(Box::new(engine::postgres::Postgres::new(url, limits)?));
         }
         Err(Error::Invalid {
             what: "catalog URL",

@@ -7,6 +7,7 @@
 
 use crate::engine::postgres::{Limits, Postgres};
 use crate::keys::tests::keygen;
+use crate::testing::Schema;
 use crate::shares::{address, EVERYONE};
 use crate::{check_name, check_owner, Catalog, EnvRecord, Error, SCHEMA_VERSION};
 use crate::{LeaseKind, NodeInfo};
@@ -19,8 +20,8 @@ use std::sync::{Arc, Barrier};
 pub(crate) struct Fixture {
     url: String,
     _dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL server's address and the test's schema, dropped at the end.
-    postgres: Option<(postgres::Config, String)>,
+    /// The test's PostgreSQL schema, dropped at the end.
+    postgres: Option<Schema>,
 }
 
 impl Fixture {
@@ -37,35 +38,11 @@ impl Fixture {
     /// A new empty schema in the test PostgreSQL database, or `None` (the test is skipped)
     /// when none is configured and none is required.
     fn postgres() -> Option<Fixture> {
-        let Ok(url) = std::env::var("SPAWNGRID_TEST_POSTGRES") else {
-            assert!(
-                std::env::var("SPAWNGRID_REQUIRE_ENGINES").as_deref() != Ok("1"),
-                "SPAWNGRID_REQUIRE_ENGINES=1 but SPAWNGRID_TEST_POSTGRES is not set \
-                 (start one with `scripts/postgres.sh up` and export its URL)"
-            );
-            eprintln!("skipped: SPAWNGRID_TEST_POSTGRES is not set");
-            return None;
-        };
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let config: postgres::Config = url.parse().expect("SPAWNGRID_TEST_POSTGRES is a URL");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let schema = format!(
-            "test_{}_{}_{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut admin = config.connect(postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .unwrap();
-        let (host, port) = server(&config);
+        let schema = Schema::new("test")?;
         Some(Fixture {
-            url: pg_url(&config, &host, port, &schema),
+            url: schema.url().to_string(),
             _dir: None,
-            postgres: Some((config, schema)),
+            postgres: Some(schema),
         })
     }
 
@@ -79,21 +56,16 @@ impl Fixture {
         Catalog::with(Box::new(Postgres::new(&self.url, limits).unwrap())).unwrap()
     }
 
+    /// The test PostgreSQL's settings and this fixture's schema in it.
+    fn pg(&self) -> (&postgres::Config, &str) {
+        let schema = self.postgres.as_ref().expect("a PostgreSQL fixture");
+        (schema.admin(), schema.name())
+    }
+
     /// The URL of this fixture's PostgreSQL schema through another host and port.
     fn via(&self, host: &str, port: u16) -> String {
-        let (config, schema) = self.postgres.as_ref().expect("a PostgreSQL fixture");
+        let (config, schema) = self.pg();
         pg_url(config, host, port, schema)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some((config, schema)) = &self.postgres {
-            if let Ok(mut admin) = config.connect(postgres::NoTls) {
-                // Best effort: a leftover schema only takes a little room.
-                let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
-            }
-        }
     }
 }
 
@@ -826,7 +798,7 @@ impl Proxy {
 }
 
 fn a_restarted_server_is_used_again(f: &Fixture) {
-    let (config, _) = f.postgres.as_ref().unwrap();
+    let (config, _) = f.pg();
     let proxy = Proxy::new(server(config));
     let url = f.via("127.0.0.1", proxy.port);
     let cat = Catalog::connect(&url).unwrap();
@@ -921,7 +893,7 @@ const SERVER_NOW: &str = "CAST(floor(extract(epoch FROM now())) AS BIGINT)";
 /// lease live (not cleared, not overruled by gc), the other node just heard from; and what
 /// this node stamps is on the grid's clock, so it is not judged by its own.
 fn a_node_whose_clock_runs_ahead_changes_nothing(f: &Fixture) {
-    let (config, schema) = f.postgres.as_ref().expect("a PostgreSQL fixture");
+    let (config, schema) = f.pg();
     let mut admin = config.connect(postgres::NoTls).unwrap();
     admin
         .batch_execute(&format!(
@@ -996,7 +968,7 @@ fn a_node_whose_clock_runs_ahead_changes_nothing(f: &Fixture) {
 
 /// Waits up to a minute for `n` sessions of the fixture's database to wait for a lock.
 fn sessions_waiting_for_a_lock(f: &Fixture, n: i64) {
-    let (config, _) = f.postgres.as_ref().expect("a PostgreSQL fixture");
+    let (config, _) = f.pg();
     let mut admin = config.connect(postgres::NoTls).unwrap();
     for _ in 0..600 {
         let row = admin
@@ -1022,7 +994,7 @@ fn a_caller_waits_for_a_free_connection_only_so_long(f: &Fixture) {
         pool_wait: std::time::Duration::from_secs(1),
         ..Limits::default()
     });
-    let (config, _) = f.postgres.as_ref().expect("a PostgreSQL fixture");
+    let (config, _) = f.pg();
     let mut holder = config.connect(postgres::NoTls).unwrap();
     holder
         .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7)")

@@ -44,6 +44,8 @@ pub mod grid;
 pub mod invites;
 pub mod keys;
 pub mod shares;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod users;
 pub use envs::EnvRecord;
 pub use exposures::Exposure;

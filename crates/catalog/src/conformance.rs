@@ -7,8 +7,8 @@
 
 use crate::engine::postgres::{Limits, Postgres};
 use crate::keys::tests::keygen;
-use crate::testing::Schema;
 use crate::shares::{address, EVERYONE};
+use crate::testing::Schema;
 use crate::{check_name, check_owner, Catalog, EnvRecord, Error, SCHEMA_VERSION};
 use crate::{LeaseKind, NodeInfo};
 use library::Score;
@@ -961,7 +961,7 @@ fn a_node_whose_clock_runs_ahead_changes_nothing(f: &Fixture) {
     assert!((mine.taken - grid_now()).abs() <= 1, "{mine:?}");
     cat.register_node(&node_info("n1", "10.0.0.1:8443", "SHA256:n1"), LIVE)
         .unwrap();
-    assert!(cat.heartbeat("n1").unwrap());
+    assert!(cat.heartbeat("n1", "SHA256:n1").unwrap());
     let n1 = &cat.nodes().unwrap()[0];
     assert!((n1.heartbeat - grid_now()).abs() <= 1, "{n1:?}");
 }
@@ -1072,9 +1072,9 @@ fn nodes_register_and_beat(f: &Fixture) {
     )
     .unwrap();
     assert!(cat.nodes().unwrap()[1].silent >= 100);
-    assert!(cat.heartbeat("n1").unwrap());
+    assert!(cat.heartbeat("n1", "SHA256:abc").unwrap());
     assert!(cat.nodes().unwrap()[1].silent <= 1);
-    assert!(!cat.heartbeat("nope").unwrap());
+    assert!(!cat.heartbeat("nope", "SHA256:abc").unwrap());
     info.name = "../x".into();
     assert!(cat.register_node(&info, LIVE).is_err());
 }
@@ -1108,9 +1108,13 @@ fn a_live_node_name_is_not_taken_by_another_identity(f: &Fixture) {
     let moved = node_info("n1", "10.0.0.2:8443", "SHA256:second");
     cat.register_node(&moved, LIVE).unwrap();
     assert_eq!(cat.nodes().unwrap()[0].info, moved);
-    // And the first host, back, is now the one refused.
+    // And the first host, back, is now the one refused; its heartbeats keep nothing alive.
     let err = cat.register_node(&first, LIVE).unwrap_err();
     assert!(err.to_string().contains("at 10.0.0.2:8443"), "{err}");
+    raw(&cat, "UPDATE nodes SET heartbeat = heartbeat - 31").unwrap();
+    assert!(!cat.heartbeat("n1", "SHA256:first").unwrap());
+    assert!(cat.nodes().unwrap()[0].silent >= 31);
+    assert!(cat.heartbeat("n1", "SHA256:second").unwrap());
 }
 
 fn leases_exclude_each_other_and_expire(f: &Fixture) {

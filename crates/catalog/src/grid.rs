@@ -214,12 +214,14 @@ impl Catalog {
         })
     }
 
-    /// Records that node `name` is alive now. Returns whether it is registered.
-    pub fn heartbeat(&self, name: &str) -> Result<bool> {
+    /// Records that node `name`, with certificate `fingerprint`, is alive now. Returns whether
+    /// it is registered so: `false` when the name is not registered, or is another node's (it
+    /// took the name while this one was silent), whose row this node leaves alone.
+    pub fn heartbeat(&self, name: &str, fingerprint: &str) -> Result<bool> {
         let n = self.execute(
             "recording a heartbeat",
-            "UPDATE nodes SET heartbeat = unixepoch() WHERE name = ?1",
-            &[name.into()],
+            "UPDATE nodes SET heartbeat = unixepoch() WHERE name = ?1 AND fingerprint = ?2",
+            &[name.into(), fingerprint.into()],
         )?;
         Ok(n > 0)
     }

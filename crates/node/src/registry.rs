@@ -24,16 +24,21 @@ pub fn register(node: &Node, address: &str, fingerprint: &str) -> catalog::Resul
     node.cat.register_node(&info, node.config.down_after())
 }
 
-/// Heartbeats until the process ends; a failed heartbeat (the catalog unreachable) is logged
-/// and the next one tried, so the node comes back by itself when the catalog does.
-pub async fn heartbeat(node: Arc<Node>) {
+/// Heartbeats (as the node with certificate `fingerprint`) until the process ends; a failed
+/// heartbeat (the catalog unreachable) is logged and the next one tried, so the node comes
+/// back by itself when the catalog does.
+pub async fn heartbeat(node: Arc<Node>, fingerprint: String) {
     let mut tick = tokio::time::interval(node.config.down_after() / 3);
     loop {
         tick.tick().await;
-        let n = node.clone();
-        match tokio::task::spawn_blocking(move || n.cat.heartbeat(&n.name)).await {
+        let (n, fp) = (node.clone(), fingerprint.clone());
+        match tokio::task::spawn_blocking(move || n.cat.heartbeat(&n.name, &fp)).await {
             Ok(Ok(true)) => {}
-            Ok(Ok(false)) => tracing::warn!("heartbeat: this node is not registered"),
+            Ok(Ok(false)) => tracing::warn!(
+                "heartbeat: node {} is not registered with this node's certificate (another \
+                 node took the name while this one was silent): restart it with another name",
+                node.name
+            ),
             Ok(Err(e)) => tracing::warn!("heartbeat: {e}"),
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }

@@ -8,9 +8,9 @@
 #[path = "../../../s3/tests/garage/mod.rs"]
 mod garage;
 
+use catalog::testing::Schema;
 use std::collections::BTreeMap;
 use std::path::Path;
-use catalog::testing::Schema;
 use store::{DataDir, Store, StoreConfig};
 
 /// One test's S3 prefix and PostgreSQL schema.

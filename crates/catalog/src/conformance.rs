@@ -5,8 +5,10 @@
 //! skipping them (`scripts/test.sh` sets both). Below the shared suite are the tests only
 //! PostgreSQL needs: several connections and nodes at once, and a server that goes away.
 
+use crate::engine::postgres::{Limits, Postgres};
 use crate::keys::tests::keygen;
 use crate::shares::{address, EVERYONE};
+use crate::testing::Schema;
 use crate::{check_name, check_owner, Catalog, EnvRecord, Error, SCHEMA_VERSION};
 use crate::{LeaseKind, NodeInfo};
 use library::Score;
@@ -18,8 +20,8 @@ use std::sync::{Arc, Barrier};
 pub(crate) struct Fixture {
     url: String,
     _dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL server's address and the test's schema, dropped at the end.
-    postgres: Option<(postgres::Config, String)>,
+    /// The test's PostgreSQL schema, dropped at the end.
+    postgres: Option<Schema>,
 }
 
 impl Fixture {
@@ -36,35 +38,11 @@ impl Fixture {
     /// A new empty schema in the test PostgreSQL database, or `None` (the test is skipped)
     /// when none is configured and none is required.
     fn postgres() -> Option<Fixture> {
-        let Ok(url) = std::env::var("SPAWNGRID_TEST_POSTGRES") else {
-            assert!(
-                std::env::var("SPAWNGRID_REQUIRE_ENGINES").as_deref() != Ok("1"),
-                "SPAWNGRID_REQUIRE_ENGINES=1 but SPAWNGRID_TEST_POSTGRES is not set \
-                 (start one with `scripts/postgres.sh up` and export its URL)"
-            );
-            eprintln!("skipped: SPAWNGRID_TEST_POSTGRES is not set");
-            return None;
-        };
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let config: postgres::Config = url.parse().expect("SPAWNGRID_TEST_POSTGRES is a URL");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let schema = format!(
-            "test_{}_{}_{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut admin = config.connect(postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .unwrap();
-        let (host, port) = server(&config);
+        let schema = Schema::new("test")?;
         Some(Fixture {
-            url: pg_url(&config, &host, port, &schema),
+            url: schema.url().to_string(),
             _dir: None,
-            postgres: Some((config, schema)),
+            postgres: Some(schema),
         })
     }
 
@@ -73,21 +51,21 @@ impl Fixture {
         Catalog::connect(&self.url).unwrap()
     }
 
+    /// Opens the catalog on PostgreSQL with a pool and waits of `limits`.
+    fn open_within(&self, limits: Limits) -> Catalog {
+        Catalog::with(Box::new(Postgres::new(&self.url, limits).unwrap())).unwrap()
+    }
+
+    /// The test PostgreSQL's settings and this fixture's schema in it.
+    fn pg(&self) -> (&postgres::Config, &str) {
+        let schema = self.postgres.as_ref().expect("a PostgreSQL fixture");
+        (schema.admin(), schema.name())
+    }
+
     /// The URL of this fixture's PostgreSQL schema through another host and port.
     fn via(&self, host: &str, port: u16) -> String {
-        let (config, schema) = self.postgres.as_ref().expect("a PostgreSQL fixture");
+        let (config, schema) = self.pg();
         pg_url(config, host, port, schema)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some((config, schema)) = &self.postgres {
-            if let Ok(mut admin) = config.connect(postgres::NoTls) {
-                // Best effort: a leftover schema only takes a little room.
-                let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
-            }
-        }
     }
 }
 
@@ -161,6 +139,7 @@ conformance! {
     exposures_are_made_found_rotated_and_go_with_their_env
     works_from_a_tokio_blocking_pool
     nodes_register_and_beat
+    a_live_node_name_is_not_taken_by_another_identity
     leases_exclude_each_other_and_expire
     racing_exclusive_leases_are_held_one_at_a_time
     gc_leases_exclude_only_gc
@@ -177,6 +156,9 @@ conformance! {
     a_restarted_server_is_used_again
     truncating_names_is_refused
     a_transaction_left_open_fails_lease_takers_instead_of_hanging
+    a_node_whose_clock_runs_ahead_changes_nothing
+    a_caller_waits_for_a_free_connection_only_so_long
+    a_statement_past_its_limit_ends_and_its_connection_works_on
 }
 
 /// A made-up score, distinct for each `n`.
@@ -193,6 +175,12 @@ fn raw(cat: &Catalog, sql: &str) -> crate::Result<u64> {
 fn text(cat: &Catalog, sql: &str) -> String {
     cat.row("testing", sql, &[], |r| r.text(0))
         .unwrap()
+        .unwrap()
+}
+
+/// The catalog's clock.
+fn now(cat: &Catalog) -> i64 {
+    cat.db(crate::engine::Mode::Plain, |db| db.now("testing"))
         .unwrap()
 }
 
@@ -810,7 +798,7 @@ impl Proxy {
 }
 
 fn a_restarted_server_is_used_again(f: &Fixture) {
-    let (config, _) = f.postgres.as_ref().unwrap();
+    let (config, _) = f.pg();
     let proxy = Proxy::new(server(config));
     let url = f.via("127.0.0.1", proxy.port);
     let cat = Catalog::connect(&url).unwrap();
@@ -878,38 +866,255 @@ fn a_transaction_left_open_fails_lease_takers_instead_of_hanging(f: &Fixture) {
     cat.take_lease(LeaseKind::Shared, "node", ttl).unwrap();
 }
 
-fn nodes_register_and_beat(f: &Fixture) {
-    let cat = f.open();
-    let mut info = NodeInfo {
-        name: "n1".into(),
-        address: "10.0.0.1:8443".into(),
+/// How long a node is taken for live after its last heartbeat, as a node's `down_after`.
+const LIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A node's registration as node `name` at `address` with certificate `fingerprint`.
+fn node_info(name: &str, address: &str, fingerprint: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        address: address.into(),
         ssh_port: 2222,
-        fingerprint: "SHA256:abc".into(),
+        fingerprint: fingerprint.into(),
         capacity_envs: 64,
         capacity_mem: 64 << 30,
         labels: "zone=a".into(),
+    }
+}
+
+/// The server's clock in PostgreSQL's words, for rows written behind the catalog's back as
+/// another node writes them.
+const SERVER_NOW: &str = "CAST(floor(extract(epoch FROM now())) AS BIGINT)";
+
+/// This process is a node whose clock runs an hour ahead of the rest of the grid: the test
+/// schema's `now()`, an hour behind, comes before PostgreSQL's own on the catalog's search path,
+/// so the server's clock (the grid's) is an hour behind this host's. A lease and a heartbeat
+/// another node wrote by the grid's clock look to this node as they look to everyone: the
+/// lease live (not cleared, not overruled by gc), the other node just heard from; and what
+/// this node stamps is on the grid's clock, so it is not judged by its own.
+fn a_node_whose_clock_runs_ahead_changes_nothing(f: &Fixture) {
+    let (config, schema) = f.pg();
+    let mut admin = config.connect(postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION {schema}.now() RETURNS timestamptz LANGUAGE sql STABLE \
+             AS $$ SELECT pg_catalog.now() - interval '1 hour' $$"
+        ))
+        .unwrap();
+    let (host, port) = server(config);
+    let cat = Catalog::connect(&pg_url(
+        config,
+        &host,
+        port,
+        &format!("{schema},pg_catalog"),
+    ))
+    .unwrap();
+    let grid_now = || {
+        cat.row("testing", &format!("SELECT {SERVER_NOW}"), &[], |r| {
+            r.int(0)
+        })
+        .unwrap()
+        .unwrap()
     };
-    cat.register_node(&info).unwrap();
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - grid_now();
+    assert!(
+        (3599..=3601).contains(&ahead),
+        "this host is {ahead} s ahead"
+    );
+    // Another node saves under a lease for a minute, and beats.
+    raw(&cat, "UPDATE lease_fence SET last = last + 1").unwrap();
+    raw(
+        &cat,
+        &format!(
+            "INSERT INTO leases (id, kind, holder, taken, expires, fence) SELECT 'n2-save', \
+             'shared', 'save on n2', {SERVER_NOW}, {SERVER_NOW} + 60, last FROM lease_fence"
+        ),
+    )
+    .unwrap();
+    raw(
+        &cat,
+        &format!(
+            "INSERT INTO nodes (name, address, ssh_port, fingerprint, capacity_envs, \
+             capacity_mem, labels, registered, heartbeat) VALUES ('n2', '10.0.0.2:8443', 22, \
+             'SHA256:n2', 1, 1, '', {SERVER_NOW}, {SERVER_NOW})"
+        ),
+    )
+    .unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    let err = cat
+        .take_lease(LeaseKind::Exclusive, "gc on n1", ttl)
+        .unwrap_err();
+    assert!(err.to_string().contains("save on n2"), "{err}");
+    assert_eq!(cat.live_leases().unwrap()[0].id, "n2-save");
+    assert_eq!(cat.gc_view().unwrap().leases[0].id, "n2-save");
+    assert!(cat.renew_lease("n2-save", ttl).unwrap());
+    let n2 = cat.nodes().unwrap().pop().unwrap();
+    assert!(n2.silent <= 1, "n2 is silent for {} s to n1", n2.silent);
+    // What this node stamps is on the grid's clock.
+    let mine = cat
+        .take_lease(LeaseKind::Shared, "save on n1", ttl)
+        .unwrap();
+    assert!((mine.taken - grid_now()).abs() <= 1, "{mine:?}");
+    cat.register_node(&node_info("n1", "10.0.0.1:8443", "SHA256:n1"), LIVE)
+        .unwrap();
+    assert!(cat.heartbeat("n1", "SHA256:n1").unwrap());
+    let n1 = &cat.nodes().unwrap()[0];
+    assert!((n1.heartbeat - grid_now()).abs() <= 1, "{n1:?}");
+}
+
+/// Waits up to a minute for `n` sessions of the fixture's database to wait for a lock.
+fn sessions_waiting_for_a_lock(f: &Fixture, n: i64) {
+    let (config, _) = f.pg();
+    let mut admin = config.connect(postgres::NoTls).unwrap();
+    for _ in 0..600 {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%pg_advisory_xact_lock(7)%'",
+                &[],
+            )
+            .unwrap();
+        if row.get::<_, i64>(0) >= n {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{n} sessions never waited for the lock");
+}
+
+/// Every connection of the pool busy (waiting for a lock the test holds): a caller gets
+/// [`Error::Busy`] once the pool wait is over, not a hang; the pool works again afterwards.
+fn a_caller_waits_for_a_free_connection_only_so_long(f: &Fixture) {
+    let cat = f.open_within(Limits {
+        pool_size: 2,
+        pool_wait: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    });
+    let (config, _) = f.pg();
+    let mut holder = config.connect(postgres::NoTls).unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7)")
+        .unwrap();
+    std::thread::scope(|s| {
+        let busy: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| raw(&cat, "SELECT pg_advisory_xact_lock(7)")))
+            .collect();
+        sessions_waiting_for_a_lock(f, 2);
+        let waited = cat.resolve("alice", "nothing");
+        // Released before any assertion, so a failure leaves no caller waiting.
+        holder.batch_execute("COMMIT").unwrap();
+        for b in busy {
+            b.join().unwrap().unwrap();
+        }
+        let err = waited.expect_err("a caller got a connection while every one was in use");
+        assert!(matches!(err, Error::Busy { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("waiting for a free connection")
+                && message.contains("all 2 connections of this process stayed in use for 1 s"),
+            "{message}"
+        );
+    });
+    cat.bind("alice", "after", score(1)).unwrap();
+    assert_eq!(cat.resolve("alice", "after").unwrap(), score(1));
+}
+
+/// A statement that runs past the statement limit is ended by the server with
+/// [`Error::Busy`] saying so; its connection (the pool's only one) serves the next caller.
+fn a_statement_past_its_limit_ends_and_its_connection_works_on(f: &Fixture) {
+    let cat = f.open_within(Limits {
+        pool_size: 1,
+        statement: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    });
+    let err = raw(&cat, "SELECT pg_sleep(120)").unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("(a statement may run 1 s, its lock waits included)"),
+        "{err}"
+    );
+    cat.bind("alice", "after", score(1)).unwrap();
+    assert_eq!(cat.list(Some("alice"), None).unwrap().len(), 1);
+    let ttl = std::time::Duration::from_secs(60);
+    cat.take_lease(LeaseKind::Shared, "save", ttl).unwrap();
+}
+
+fn nodes_register_and_beat(f: &Fixture) {
+    let cat = f.open();
+    let mut info = node_info("n1", "10.0.0.1:8443", "SHA256:abc");
+    cat.register_node(&info, LIVE).unwrap();
     let mut two = info.clone();
     two.name = "n0".into();
-    cat.register_node(&two).unwrap();
+    cat.register_node(&two, LIVE).unwrap();
     let nodes = cat.nodes().unwrap();
     assert_eq!(nodes.len(), 2);
     assert_eq!((nodes[0].info.name.as_str(), &nodes[1].info), ("n0", &info));
     assert!(nodes[1].registered > 1_600_000_000 && nodes[1].heartbeat >= nodes[1].registered);
-    // Registering again updates what the node says, not when it first came.
-    info.address = "10.0.0.9:8443".into();
+    assert!(nodes[1].silent <= 1, "{:?}", nodes[1]);
+    // Registering again (a restart) updates what the node says, not when it first came.
     info.capacity_mem = u64::from(u32::MAX) * 4;
-    cat.register_node(&info).unwrap();
+    info.labels = "zone=b".into();
+    cat.register_node(&info, LIVE).unwrap();
     let again = cat.nodes().unwrap().pop().unwrap();
     assert_eq!(
         (&again.info, again.registered),
         (&info, nodes[1].registered)
     );
-    assert!(cat.heartbeat("n1").unwrap());
-    assert!(!cat.heartbeat("nope").unwrap());
+    // A node silent for a while is seen so; a heartbeat makes it live again.
+    raw(
+        &cat,
+        "UPDATE nodes SET heartbeat = heartbeat - 100 WHERE name = 'n1'",
+    )
+    .unwrap();
+    assert!(cat.nodes().unwrap()[1].silent >= 100);
+    assert!(cat.heartbeat("n1", "SHA256:abc").unwrap());
+    assert!(cat.nodes().unwrap()[1].silent <= 1);
+    assert!(!cat.heartbeat("nope", "SHA256:abc").unwrap());
     info.name = "../x".into();
-    assert!(cat.register_node(&info).is_err());
+    assert!(cat.register_node(&info, LIVE).is_err());
+}
+
+/// Two hosts given one node name: while the first is live, the second (another certificate,
+/// or another address) is refused in one line naming the name, the holder and what to do, and
+/// changes nothing; once the first is silent past the threshold (it moved), the name is taken.
+fn a_live_node_name_is_not_taken_by_another_identity(f: &Fixture) {
+    let cat = f.open();
+    let first = node_info("n1", "10.0.0.1:8443", "SHA256:first");
+    cat.register_node(&first, LIVE).unwrap();
+    for other in [
+        node_info("n1", "10.0.0.2:8443", "SHA256:second"),
+        node_info("n1", "10.0.0.1:8443", "SHA256:second"),
+        node_info("n1", "10.0.0.2:8443", "SHA256:first"),
+    ] {
+        let err = cat.register_node(&other, LIVE).unwrap_err();
+        assert!(matches!(err, Error::NodeNameHeld { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("node name n1 is held by a live node at 10.0.0.1:8443")
+                && message.contains("give this node another name")
+                && message.contains("silent for 30 s")
+                && !message.contains('\n'),
+            "{message}"
+        );
+        assert_eq!(cat.nodes().unwrap()[0].info, first);
+    }
+    // Silent past the threshold: the node moved to another host, which takes the name.
+    raw(&cat, "UPDATE nodes SET heartbeat = heartbeat - 31").unwrap();
+    let moved = node_info("n1", "10.0.0.2:8443", "SHA256:second");
+    cat.register_node(&moved, LIVE).unwrap();
+    assert_eq!(cat.nodes().unwrap()[0].info, moved);
+    // And the first host, back, is now the one refused; its heartbeats keep nothing alive.
+    let err = cat.register_node(&first, LIVE).unwrap_err();
+    assert!(err.to_string().contains("at 10.0.0.2:8443"), "{err}");
+    raw(&cat, "UPDATE nodes SET heartbeat = heartbeat - 31").unwrap();
+    assert!(!cat.heartbeat("n1", "SHA256:first").unwrap());
+    assert!(cat.nodes().unwrap()[0].silent >= 31);
+    assert!(cat.heartbeat("n1", "SHA256:second").unwrap());
 }
 
 fn leases_exclude_each_other_and_expire(f: &Fixture) {
@@ -1045,15 +1250,11 @@ fn packs_are_condemned_claimed_swept_and_forgotten(f: &Fixture) {
     let p2_fence = state(p2).unwrap().1;
     cat.claim(&gc.id, &[(p2, p2_fence)]).unwrap();
     cat.mark_swept(&[p2]).unwrap();
-    let later = crate::unix_now() + 10;
+    let later = now(&cat) + 10;
     assert_eq!(cat.forget_swept(later).unwrap(), 1, "p1 goes, p2 stays");
     assert_eq!(state(p2).unwrap().0, Swept);
     cat.release_lease(&old.id).unwrap();
-    assert_eq!(
-        cat.forget_swept(crate::unix_now() - 10).unwrap(),
-        0,
-        "too recent"
-    );
+    assert_eq!(cat.forget_swept(now(&cat) - 10).unwrap(), 0, "too recent");
     assert_eq!(cat.forget_swept(later).unwrap(), 1);
     // Without a live gc lease nothing is condemned or claimed.
     cat.release_lease(&gc.id).unwrap();

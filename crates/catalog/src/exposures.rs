@@ -7,7 +7,7 @@
 
 use crate::engine::{Mode, Row};
 use crate::users::random_bytes;
-use crate::{check_owner, unix_now, Catalog, Error, Result};
+use crate::{check_owner, Catalog, Error, Result};
 
 /// One exposed port of an env.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl Catalog {
             db.execute(
                 "exposing a port",
                 "INSERT INTO exposures (id, env_id, owner, port, public, key, created) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, unixepoch()) \
                  ON CONFLICT (env_id, port) DO UPDATE SET public = excluded.public",
                 &[
                     (&id).into(),
@@ -58,7 +58,6 @@ impl Catalog {
                     i64::from(port).into(),
                     public.into(),
                     (&key).into(),
-                    unix_now().into(),
                 ],
             )?;
             db.rows(

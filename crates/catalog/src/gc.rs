@@ -17,7 +17,7 @@
 
 use crate::engine::{Fault, Mode, Row};
 use crate::grid::{lease_of, next_fence, Lease};
-use crate::{check_name, check_owner, score_at, unix_now, Catalog, Db, Error, Result};
+use crate::{check_name, check_owner, score_at, Catalog, Db, Error, Result};
 pub use library::coord::{GcPack, PackState};
 use library::Score;
 
@@ -30,7 +30,7 @@ pub struct GcView {
     pub leases: Vec<Lease>,
     /// Every row of `gc_packs`.
     pub packs: Vec<GcPack>,
-    /// That instant, seconds since the epoch.
+    /// That instant, seconds since the epoch, by the catalog's clock (the database's).
     pub now: i64,
 }
 
@@ -55,8 +55,8 @@ const GC_PACKS: &str = "SELECT pack, state, since, fence FROM gc_packs ORDER BY 
 fn live_fence(db: &mut Db<'_>, what: &'static str, id: &str) -> Result<i64> {
     let fence = db.rows(
         what,
-        "SELECT fence FROM leases WHERE id = ?1 AND expires > ?2",
-        &[id.into(), unix_now().into()],
+        "SELECT fence FROM leases WHERE id = ?1 AND expires > unixepoch()",
+        &[id.into()],
         |r| r.int(0),
     )?;
     fence
@@ -109,7 +109,7 @@ impl Catalog {
     pub fn gc_view(&self) -> Result<GcView> {
         let what = "reading what gc needs";
         self.db(Mode::Serial, |db| {
-            let now = unix_now();
+            let now = db.now(what)?;
             db.execute(
                 what,
                 "DELETE FROM leases WHERE expires <= ?1",
@@ -151,7 +151,7 @@ impl Catalog {
         self.db(Mode::Serial, |db| {
             live_fence(db, what, gc)?;
             let fence = next_fence(db, what)?;
-            let now = unix_now();
+            let now = db.now(what)?;
             for pack in packs {
                 db.execute(
                     what,
@@ -187,14 +187,13 @@ impl Catalog {
         let what = "claiming packs to sweep";
         self.db(Mode::Serial, |db| {
             live_fence(db, what, gc)?;
-            let now = unix_now();
             let mut claimed = Vec::new();
             for (pack, fence) in packs {
                 let n = db.execute(
                     what,
-                    "UPDATE gc_packs SET state = 'sweeping', since = ?3 \
+                    "UPDATE gc_packs SET state = 'sweeping', since = unixepoch() \
                      WHERE pack = ?1 AND state = 'condemned' AND fence = ?2",
-                    &[pack.to_hex().into(), (*fence).into(), now.into()],
+                    &[pack.to_hex().into(), (*fence).into()],
                 )?;
                 if n > 0 {
                     claimed.push(*pack);
@@ -212,23 +211,25 @@ impl Catalog {
             for pack in packs {
                 db.execute(
                     what,
-                    "UPDATE gc_packs SET state = 'swept', since = ?2, fence = ?3 \
+                    "UPDATE gc_packs SET state = 'swept', since = unixepoch(), fence = ?2 \
                      WHERE pack = ?1 AND state = 'sweeping'",
-                    &[pack.to_hex().into(), unix_now().into(), fence.into()],
+                    &[pack.to_hex().into(), fence.into()],
                 )?;
             }
             Ok(())
         })
     }
 
-    /// Forgets tombstones swept before `before` (seconds since the epoch) and before every
-    /// live write (shared) lease was taken; returns how many.
+    /// Forgets tombstones swept before `before` (seconds since the epoch by the catalog's
+    /// clock: [`GcView::now`] less a grace) and before every live write (shared) lease was
+    /// taken; returns how many.
     pub fn forget_swept(&self, before: i64) -> Result<usize> {
         let n = self.execute(
             "forgetting swept packs",
             "DELETE FROM gc_packs WHERE state = 'swept' AND since < ?1 AND fence < \
-             COALESCE((SELECT MIN(fence) FROM leases WHERE expires > ?2 AND kind = 'shared'), ?3)",
-            &[before.into(), unix_now().into(), i64::MAX.into()],
+             COALESCE((SELECT MIN(fence) FROM leases WHERE expires > unixepoch() \
+             AND kind = 'shared'), ?2)",
+            &[before.into(), i64::MAX.into()],
         )?;
         Ok(n as usize)
     }

@@ -3,7 +3,13 @@
 //! `nodes(name, address, ssh_port, fingerprint, capacity_envs, capacity_mem, labels,
 //! registered, heartbeat)`: each node registers itself when it starts (again on every start:
 //! its address or capacity may have changed; its first registration time stays) and beats
-//! every few seconds; the rest of the grid reads the table to find nodes and their room.
+//! every few seconds; the rest of the grid reads the table to find nodes and their room. A
+//! name whose node is live is not taken by a node with another certificate or address.
+//!
+//! Every time here (a heartbeat, a lease's expiry) is stamped and compared by the catalog's
+//! clock, the database's (`unixepoch()`; PostgreSQL's server clock), never a node's own: a
+//! node whose clock runs ahead neither makes others' leases look expired nor others silent,
+//! and is not judged by its own clock.
 //!
 //! `leases(id, kind, holder, taken, expires, fence)`: a lease keeps gc away while an import
 //! or a save is under way (*shared*: many at once), or keeps everything else away while gc
@@ -17,7 +23,7 @@
 
 use crate::engine::{Fault, Mode, Row};
 use crate::users::random_bytes;
-use crate::{check_name, unix_now, Catalog, Db, Error, Result};
+use crate::{check_name, Catalog, Db, Error, Result};
 use std::time::Duration;
 
 /// What a node tells the grid about itself.
@@ -48,6 +54,9 @@ pub struct Node {
     pub registered: i64,
     /// Its last heartbeat (or registration), seconds since the epoch.
     pub heartbeat: i64,
+    /// Seconds since its last heartbeat, by the catalog's clock (the database's, as every
+    /// stamp: a node whose own clock is off is judged by the same clock as the others).
+    pub silent: u64,
 }
 
 /// The kinds of lease.
@@ -104,6 +113,7 @@ fn node_of(r: &Row) -> Result<Node, Fault> {
         },
         registered: r.int(7)?,
         heartbeat: r.int(8)?,
+        silent: u64::try_from(r.int(9)?).unwrap_or(0),
     })
 }
 
@@ -141,55 +151,88 @@ pub(crate) fn next_fence(db: &mut Db<'_>, what: &'static str) -> Result<i64> {
 
 /// Now plus `ttl`, seconds since the epoch.
 fn expiry(now: i64, ttl: Duration) -> i64 {
-    now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+    now.saturating_add(secs(ttl))
 }
+
+/// `d` in whole seconds, as the catalog stores times (a century at most: past that, a lease
+/// or a threshold is as good as forever, and `unixepoch() + ?` cannot overflow).
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).map_or(CENTURY, |s| s.min(CENTURY))
+}
+
+/// A hundred years, in seconds.
+const CENTURY: i64 = 100 * 366 * 24 * 3600;
 
 impl Catalog {
     /// Registers node `info.name`, or updates what it said about itself; either way counts
-    /// as a heartbeat.
-    pub fn register_node(&self, info: &NodeInfo) -> Result<()> {
+    /// as a heartbeat. Refuses ([`Error::NodeNameHeld`]) a name whose node is live (heard
+    /// from within `live_within`) with another identity (certificate fingerprint or address):
+    /// two hosts given one name would take each other's row, envs and traffic. A name whose
+    /// node is silent (it moved to another host) or that says the same (a restart) is taken.
+    pub fn register_node(&self, info: &NodeInfo, live_within: Duration) -> Result<()> {
         check_name(&info.name)?;
-        let now = unix_now();
-        self.execute(
-            "registering a node",
-            "INSERT INTO nodes (name, address, ssh_port, fingerprint, capacity_envs, \
-             capacity_mem, labels, registered, heartbeat) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
-             ON CONFLICT (name) DO UPDATE SET address = excluded.address, \
-             ssh_port = excluded.ssh_port, fingerprint = excluded.fingerprint, \
-             capacity_envs = excluded.capacity_envs, capacity_mem = excluded.capacity_mem, \
-             labels = excluded.labels, heartbeat = excluded.heartbeat",
-            &[
-                (&info.name).into(),
-                (&info.address).into(),
-                i64::from(info.ssh_port).into(),
-                (&info.fingerprint).into(),
-                i64::from(info.capacity_envs).into(),
-                i64::try_from(info.capacity_mem).unwrap_or(i64::MAX).into(),
-                (&info.labels).into(),
-                now.into(),
-            ],
-        )?;
-        Ok(())
+        let what = "registering a node";
+        self.db(Mode::Serial, |db| {
+            let holder = db.rows(
+                what,
+                "SELECT address, fingerprint, unixepoch() - heartbeat FROM nodes WHERE name = ?1",
+                &[(&info.name).into()],
+                |r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)),
+            )?;
+            if let Some((address, fingerprint, silent)) = holder.into_iter().next() {
+                let live = silent <= secs(live_within);
+                if live && (address != info.address || fingerprint != info.fingerprint) {
+                    return Err(Error::NodeNameHeld {
+                        name: info.name.clone(),
+                        address,
+                        fingerprint,
+                        silent,
+                        live_within: secs(live_within),
+                    });
+                }
+            }
+            db.execute(
+                what,
+                "INSERT INTO nodes (name, address, ssh_port, fingerprint, capacity_envs, \
+                 capacity_mem, labels, registered, heartbeat) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, unixepoch(), unixepoch()) \
+                 ON CONFLICT (name) DO UPDATE SET address = excluded.address, \
+                 ssh_port = excluded.ssh_port, fingerprint = excluded.fingerprint, \
+                 capacity_envs = excluded.capacity_envs, capacity_mem = excluded.capacity_mem, \
+                 labels = excluded.labels, heartbeat = excluded.heartbeat",
+                &[
+                    (&info.name).into(),
+                    (&info.address).into(),
+                    i64::from(info.ssh_port).into(),
+                    (&info.fingerprint).into(),
+                    i64::from(info.capacity_envs).into(),
+                    i64::try_from(info.capacity_mem).unwrap_or(i64::MAX).into(),
+                    (&info.labels).into(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
-    /// Records that node `name` is alive now. Returns whether it is registered.
-    pub fn heartbeat(&self, name: &str) -> Result<bool> {
+    /// Records that node `name`, with certificate `fingerprint`, is alive now. Returns whether
+    /// it is registered so: `false` when the name is not registered, or is another node's (it
+    /// took the name while this one was silent), whose row this node leaves alone.
+    pub fn heartbeat(&self, name: &str, fingerprint: &str) -> Result<bool> {
         let n = self.execute(
             "recording a heartbeat",
-            "UPDATE nodes SET heartbeat = ?2 WHERE name = ?1",
-            &[name.into(), unix_now().into()],
+            "UPDATE nodes SET heartbeat = unixepoch() WHERE name = ?1 AND fingerprint = ?2",
+            &[name.into(), fingerprint.into()],
         )?;
         Ok(n > 0)
     }
 
-    /// Every registered node, sorted by name (whether it is alive is for the caller to judge
-    /// from its heartbeat).
+    /// Every registered node, sorted by name, with how long it has been silent by the
+    /// catalog's clock (whether that makes it down is for the caller to judge).
     pub fn nodes(&self) -> Result<Vec<Node>> {
         self.rows(
             "listing nodes",
             "SELECT name, address, ssh_port, fingerprint, capacity_envs, capacity_mem, labels, \
-             registered, heartbeat FROM nodes ORDER BY name",
+             registered, heartbeat, unixepoch() - heartbeat FROM nodes ORDER BY name",
             &[],
             node_of,
         )
@@ -202,7 +245,7 @@ impl Catalog {
         let id = hex::encode(random_bytes::<16>()?);
         let what = "taking a lease";
         self.db(Mode::Serial, |db| {
-            let now = unix_now();
+            let now = db.now(what)?;
             db.execute(what, "DELETE FROM leases WHERE expires <= ?1", &[now.into()])?;
             let held = db.rows(
                 what,
@@ -246,11 +289,10 @@ impl Catalog {
     /// Extends live lease `id` to `ttl` from now. Returns `false` if it is no longer live
     /// (released or expired): its holder must stop relying on it.
     pub fn renew_lease(&self, id: &str, ttl: Duration) -> Result<bool> {
-        let now = unix_now();
         let n = self.execute(
             "renewing a lease",
-            "UPDATE leases SET expires = ?2 WHERE id = ?1 AND expires > ?3",
-            &[id.into(), expiry(now, ttl).into(), now.into()],
+            "UPDATE leases SET expires = unixepoch() + ?2 WHERE id = ?1 AND expires > unixepoch()",
+            &[id.into(), secs(ttl).into()],
         )?;
         Ok(n > 0)
     }
@@ -270,8 +312,8 @@ impl Catalog {
         self.rows(
             "listing leases",
             "SELECT id, kind, holder, taken, expires, fence FROM leases \
-             WHERE expires > ?1 ORDER BY fence",
-            &[unix_now().into()],
+             WHERE expires > unixepoch() ORDER BY fence",
+            &[],
             lease_of,
         )
     }

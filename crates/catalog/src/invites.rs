@@ -5,7 +5,7 @@
 //! row; refusing deletes it, leaving nothing. While pending, the score is a gc root.
 
 use crate::engine::Row;
-use crate::{check_name, check_owner, score_at, unix_now, Catalog, Error, Result};
+use crate::{check_name, check_owner, score_at, Catalog, Error, Result};
 use library::Score;
 
 /// One pending invite.
@@ -43,14 +43,13 @@ impl Catalog {
             db.insert(
                 "recording an invite",
                 "INSERT INTO invites (owner, name, inviter, source, score, created) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, unixepoch())",
                 &[
                     owner.into(),
                     name.into(),
                     inviter.into(),
                     source.into(),
                     score.to_hex().into(),
-                    unix_now().into(),
                 ],
                 || Error::InviteExists {
                     owner: owner.into(),

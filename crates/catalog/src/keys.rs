@@ -7,7 +7,7 @@
 //! `ecdsa-sha2-nistp256`/`384`/`521` and `ssh-rsa`; anything else is refused.
 
 use crate::engine::Mode;
-use crate::{unix_now, Catalog, Error, Result};
+use crate::{Catalog, Error, Result};
 use base64::Engine;
 
 /// The longest key line accepted (an 16384-bit RSA key is about 2.8 kB of base64).
@@ -191,14 +191,15 @@ impl Catalog {
         if self.user(user)?.is_none() {
             return Err(Error::NoUser { name: user.into() });
         }
-        let key = Key {
-            fingerprint: parsed.fingerprint,
-            line: parsed.line,
-            added: unix_now(),
-        };
+        let what = "adding a key";
         self.db(Mode::Plain, |db| {
+            let key = Key {
+                fingerprint: parsed.fingerprint.clone(),
+                line: parsed.line.clone(),
+                added: db.now(what)?,
+            };
             db.insert(
-                "adding a key",
+                what,
                 "INSERT INTO keys (\"user\", fingerprint, line, added) VALUES (?1, ?2, ?3, ?4)",
                 &[
                     user.into(),
@@ -210,9 +211,9 @@ impl Catalog {
                     user: user.into(),
                     fingerprint: key.fingerprint.clone(),
                 },
-            )
-        })?;
-        Ok(key)
+            )?;
+            Ok(key)
+        })
     }
 
     /// User `user`'s keys in the order they were added (empty for an unknown user).

@@ -33,7 +33,6 @@
 use engine::{Fault, Mode, Row, Value};
 use library::Score;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[cfg(test)]
 mod conformance;
@@ -45,6 +44,8 @@ pub mod grid;
 pub mod invites;
 pub mod keys;
 pub mod shares;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod users;
 pub use envs::EnvRecord;
 pub use exposures::Exposure;
@@ -168,6 +169,24 @@ pub enum Error {
         id: String,
         /// The node it is recorded for.
         node: String,
+    },
+    /// Another live node holds this node name: two hosts were given one name.
+    #[error(
+        "node name {name} is held by a live node at {address} (certificate {fingerprint}, \
+         heard from {silent} s ago): give this node another name in its configuration, or \
+         stop that node and start this one once it has been silent for {live_within} s"
+    )]
+    NodeNameHeld {
+        /// The node name.
+        name: String,
+        /// The address the live node registered.
+        address: String,
+        /// Its certificate's fingerprint.
+        fingerprint: String,
+        /// Seconds since it was last heard from.
+        silent: i64,
+        /// How long a node is taken for live after its last heartbeat, in seconds.
+        live_within: i64,
     },
     /// A conflicting lease is live.
     #[error("a {kind} lease is held by {holders}; try again when it is released or expires")]
@@ -303,7 +322,8 @@ impl Catalog {
             || url.starts_with("postgresql://")
             || url.contains("host=")
         {
-            return Catalog::with(Box::new(engine::postgres::Postgres::new(url)?));
+            let limits = engine::postgres::Limits::default();
+            return Catalog::with(Box::new(engine::postgres::Postgres::new(url, limits)?));
         }
         Err(Error::Invalid {
             what: "catalog URL",
@@ -372,8 +392,8 @@ impl Catalog {
         let score = self.resolve(owner, name)?;
         let n = self.execute(
             "retiring a name",
-            "UPDATE names SET retired = ?3 WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
-            &[owner.into(), name.into(), unix_now().into()],
+            "UPDATE names SET retired = unixepoch() WHERE owner = ?1 AND name = ?2 AND retired IS NULL",
+            &[owner.into(), name.into()],
         )?;
         if n == 0 {
             return Err(Error::NotFound {
@@ -493,18 +513,22 @@ impl Db<'_> {
     ) -> Result<()> {
         self.insert(
             what,
-            "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, ?4)",
-            &[
-                owner.into(),
-                name.into(),
-                score.to_hex().into(),
-                unix_now().into(),
-            ],
+            "INSERT INTO names (owner, name, score, created) VALUES (?1, ?2, ?3, unixepoch())",
+            &[owner.into(), name.into(), score.to_hex().into()],
             || Error::AlreadyBound {
                 owner: owner.into(),
                 name: name.into(),
             },
         )
+    }
+
+    /// The database's clock, seconds since the epoch ([`engine::NOW`]): every stamp the
+    /// catalog writes, and every comparison with one, uses it, so hosts whose clocks disagree
+    /// still agree on what expired and who is silent.
+    fn now(&mut self, what: &'static str) -> Result<i64> {
+        let sql = format!("SELECT {}", engine::NOW);
+        let now = self.rows(what, &sql, &[], |r| r.int(0))?.pop();
+        now.ok_or_else(|| Fault::Corrupt("the clock read no row".into()).into_error(what, self.at))
     }
 
     /// Runs one query; returns its rows, each made into a `T` by `f`.
@@ -520,12 +544,6 @@ impl Db<'_> {
             .and_then(|rows| rows.iter().map(f).collect())
             .map_err(|f| f.into_error(what, self.at))
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! one without is always the caller's own. A share of a retired name stays in the table but no
 //! longer resolves, like the name itself.
 
-use crate::{check_name, check_owner, unix_now, Catalog, Error, Record, Result};
+use crate::{check_name, check_owner, Catalog, Error, Record, Result};
 use library::Score;
 
 /// The user a name is shared with to share it with every user, present and future (admins
@@ -35,9 +35,9 @@ impl Catalog {
         self.check_share(owner, name, to)?;
         let n = self.execute(
             "sharing a name",
-            "INSERT INTO shares (owner, name, \"user\", created) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO shares (owner, name, \"user\", created) VALUES (?1, ?2, ?3, unixepoch()) \
              ON CONFLICT (owner, name, \"user\") DO NOTHING",
-            &[owner.into(), name.into(), to.into(), unix_now().into()],
+            &[owner.into(), name.into(), to.into()],
         )?;
         Ok(n > 0)
     }

@@ -14,7 +14,7 @@
 //! otherwise inherit the old owner's names.
 
 use crate::engine::{Mode, Row};
-use crate::{unix_now, Catalog, Db, Error, Result};
+use crate::{Catalog, Db, Error, Result};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
@@ -125,8 +125,8 @@ impl Catalog {
         self.db(Mode::Plain, |db| {
             db.insert(
                 "adding a user",
-                "INSERT INTO users (name, hash, admin, created) VALUES (?1, ?2, ?3, ?4)",
-                &[name.into(), (&hash).into(), admin.into(), unix_now().into()],
+                "INSERT INTO users (name, hash, admin, created) VALUES (?1, ?2, ?3, unixepoch())",
+                &[name.into(), (&hash).into(), admin.into()],
                 || Error::UserExists { name: name.into() },
             )
         })
@@ -147,8 +147,8 @@ impl Catalog {
             }
             db.execute(
                 "revoking tokens",
-                "UPDATE tokens SET revoked = ?2 WHERE \"user\" = ?1 AND revoked IS NULL",
-                &[name.into(), unix_now().into()],
+                "UPDATE tokens SET revoked = unixepoch() WHERE \"user\" = ?1 AND revoked IS NULL",
+                &[name.into()],
             )?;
             Ok(())
         })
@@ -186,8 +186,8 @@ impl Catalog {
             }
             db.execute(
                 what,
-                "INSERT INTO deleted_users (name, deleted) VALUES (?1, ?2)",
-                &[name.into(), unix_now().into()],
+                "INSERT INTO deleted_users (name, deleted) VALUES (?1, unixepoch())",
+                &[name.into()],
             )?;
             Ok(())
         })
@@ -281,8 +281,9 @@ impl Catalog {
         }
         self.row(
             "checking a token",
-            "SELECT \"user\" FROM tokens WHERE hash = ?1 AND revoked IS NULL AND expires > ?2",
-            &[token_hash(secret).into(), unix_now().into()],
+            "SELECT \"user\" FROM tokens WHERE hash = ?1 AND revoked IS NULL \
+             AND expires > unixepoch()",
+            &[token_hash(secret).into()],
             |r| r.text(0),
         )
     }
@@ -291,8 +292,8 @@ impl Catalog {
     pub fn revoke_token(&self, secret: &str) -> Result<bool> {
         let n = self.execute(
             "revoking a token",
-            "UPDATE tokens SET revoked = ?2 WHERE hash = ?1 AND revoked IS NULL",
-            &[token_hash(secret).into(), unix_now().into()],
+            "UPDATE tokens SET revoked = unixepoch() WHERE hash = ?1 AND revoked IS NULL",
+            &[token_hash(secret).into()],
         )?;
         Ok(n > 0)
     }
@@ -301,7 +302,7 @@ impl Catalog {
 /// Stores a new token for user `name` valid for `ttl_secs` seconds, and returns it.
 fn store_token(db: &mut Db<'_>, name: &str, ttl_secs: u64) -> Result<Token> {
     let secret = format!("{TOKEN_PREFIX}{}", hex::encode(random_bytes::<32>()?));
-    let now = unix_now();
+    let now = db.now("storing a token")?;
     let expires = now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
     db.execute(
         "storing a token",

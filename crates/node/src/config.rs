@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! name = "node1"                  # this node's name in the grid (the seed's `sys`); default:
-//!                                 # the host name
+//!                                 # the host name; one node's while it is up (another host
+//!                                 # given it is refused at start)
 //! listen = "0.0.0.0:16998"        # address and port of the HTTPS API
 //! data = "/var/lib/spawngrid"     # library, catalog.db, envs/, mounts/, tls/
 //! public_host = "node1.example"   # the host name put in attach commands (default: the
@@ -90,7 +91,8 @@ pub struct NatConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// This node's name in the grid; default: the host name.
+    /// This node's name in the grid; default: the host name. While a node of that name with
+    /// another certificate or address is up, this node does not start.
     pub name: Option<String>,
     /// Address and port of the HTTPS API.
     pub listen: SocketAddr,

@@ -238,7 +238,7 @@ pub fn run(config: Config) -> Result<()> {
             .await
             .context("registering this node in the catalog")?
             .context("registering this node in the catalog")?;
-        tokio::spawn(registry::heartbeat(node.clone()));
+        tokio::spawn(registry::heartbeat(node.clone(), id.fingerprint.clone()));
         snapshots::start_sweeping(node.clone());
         lifetime::start_sweeping(node.clone());
         egress::start_refreshing(node.clone());

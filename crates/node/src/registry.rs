@@ -1,16 +1,18 @@
 //! The grid's node registry: this node registers itself in the shared catalog at start (name,
 //! HTTPS address, SSH port, certificate fingerprint, capacity) and heartbeats three times per
 //! `down_after` (the node's configuration, 30 s by default); a node not heard from for
-//! `down_after` is down. [`grid`] is the grid as every node sees it: the registry and each
+//! `down_after` is down, as the catalog's clock says (the database's: never this node's own
+//! clock, which may be off). [`grid`] is the grid as every node sees it: the registry and each
 //! node's load from the catalog's envs.
 
 use crate::Node;
 use api::NodeEntry;
 use std::sync::Arc;
 
-/// Registers `node`, reached at `address` (`host:port`) with certificate `fingerprint`.
+/// Registers `node`, reached at `address` (`host:port`) with certificate `fingerprint`;
+/// refused while another node of the same name, with another certificate or address, is up.
 pub fn register(node: &Node, address: &str, fingerprint: &str) -> catalog::Result<()> {
-    node.cat.register_node(&catalog::NodeInfo {
+    let info = catalog::NodeInfo {
         name: node.name.clone(),
         address: address.to_string(),
         ssh_port: node.config.ssh_port,
@@ -18,30 +20,29 @@ pub fn register(node: &Node, address: &str, fingerprint: &str) -> catalog::Resul
         capacity_envs: node.limits.max_envs.min(u32::MAX as usize) as u32,
         capacity_mem: node.limits.max_mem,
         labels: node.config.labels.join(","),
-    })
+    };
+    node.cat.register_node(&info, node.config.down_after())
 }
 
-/// Heartbeats until the process ends; a failed heartbeat (the catalog unreachable) is logged
-/// and the next one tried, so the node comes back by itself when the catalog does.
-pub async fn heartbeat(node: Arc<Node>) {
+/// Heartbeats (as the node with certificate `fingerprint`) until the process ends; a failed
+/// heartbeat (the catalog unreachable) is logged and the next one tried, so the node comes
+/// back by itself when the catalog does.
+pub async fn heartbeat(node: Arc<Node>, fingerprint: String) {
     let mut tick = tokio::time::interval(node.config.down_after() / 3);
     loop {
         tick.tick().await;
-        let n = node.clone();
-        match tokio::task::spawn_blocking(move || n.cat.heartbeat(&n.name)).await {
+        let (n, fp) = (node.clone(), fingerprint.clone());
+        match tokio::task::spawn_blocking(move || n.cat.heartbeat(&n.name, &fp)).await {
             Ok(Ok(true)) => {}
-            Ok(Ok(false)) => tracing::warn!("heartbeat: this node is not registered"),
+            Ok(Ok(false)) => tracing::warn!(
+                "heartbeat: node {} is not registered with this node's certificate (another \
+                 node took the name while this one was silent): restart it with another name",
+                node.name
+            ),
             Ok(Err(e)) => tracing::warn!("heartbeat: {e}"),
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }
     }
-}
-
-/// Seconds since the epoch.
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Every registered node, by name, with whether it is up and its load: the envs the catalog
@@ -51,17 +52,15 @@ pub fn grid(node: &Node) -> catalog::Result<Vec<NodeEntry>> {
     let nodes = node.cat.nodes()?;
     let envs = node.cat.envs_on(None)?;
     let per_env = node.config.default_mem_bytes();
-    let now = now();
     let down_after = node.config.down_after().as_secs();
     Ok(nodes
         .into_iter()
         .map(|n| {
             let count = envs.iter().filter(|e| e.node == n.info.name).count() as u32;
-            let silent = silent(&n, now);
             let i = n.info;
             NodeEntry {
-                up: silent <= down_after,
-                silent,
+                up: n.silent <= down_after,
+                silent: n.silent,
                 envs: count,
                 room_envs: i.capacity_envs.saturating_sub(count),
                 room_mem: i
@@ -79,22 +78,16 @@ pub fn grid(node: &Node) -> catalog::Result<Vec<NodeEntry>> {
         .collect())
 }
 
-/// Seconds since `n` was last heard from, at `now`.
-fn silent(n: &catalog::Node, now: i64) -> u64 {
-    now.saturating_sub(n.heartbeat).max(0) as u64
-}
-
 /// What node `name` said about itself and whether it is up (heard from within
 /// `down_after`), if it is registered.
 pub fn locate(node: &Node, name: &str) -> catalog::Result<Option<(catalog::NodeInfo, bool)>> {
-    let now = now();
     Ok(node
         .cat
         .nodes()?
         .into_iter()
         .find(|n| n.info.name == name)
         .map(|n| {
-            let up = silent(&n, now) <= node.config.down_after().as_secs();
+            let up = n.silent <= node.config.down_after().as_secs();
             (n.info, up)
         }))
 }

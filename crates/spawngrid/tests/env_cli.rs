@@ -386,48 +386,6 @@ fn a_process_left_behind_by_exec_cannot_read_the_admins_terminal() {
     assert_eq!(stolen, "got:\n");
 }
 
-/// A fresh schema in the test PostgreSQL (`SPAWNGRID_TEST_POSTGRES`), dropped with it; `None`
-/// (the test skips, saying so) when there is none, unless `SPAWNGRID_REQUIRE_ENGINES=1`.
-#[cfg(feature = "faults")]
-struct Schema {
-    admin: postgres::Config,
-    name: String,
-    /// A catalog URL whose search path is the schema.
-    url: String,
-}
-
-#[cfg(feature = "faults")]
-impl Schema {
-    fn new(test: &str) -> Option<Schema> {
-        let Ok(url) = std::env::var("SPAWNGRID_TEST_POSTGRES") else {
-            assert!(
-                std::env::var("SPAWNGRID_REQUIRE_ENGINES").as_deref() != Ok("1"),
-                "{test}: SPAWNGRID_TEST_POSTGRES is not set but SPAWNGRID_REQUIRE_ENGINES=1"
-            );
-            println!("skipping {test}: SPAWNGRID_TEST_POSTGRES is not set");
-            return None;
-        };
-        let admin: postgres::Config = url.parse().expect("SPAWNGRID_TEST_POSTGRES is a URL");
-        let name = format!("{test}_{}", std::process::id());
-        let mut client = admin.connect(postgres::NoTls).unwrap();
-        client
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .unwrap();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let url = format!("{url}{sep}options=-csearch_path%3D{name}");
-        Some(Schema { admin, name, url })
-    }
-}
-
-#[cfg(feature = "faults")]
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.admin.connect(postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name));
-        }
-    }
-}
-
 /// On a store whose catalog is PostgreSQL (a grid's), `env save` binds under its lease: a
 /// save stopped just before its bind (`SPAWNGRID_FAULT_STOP=before-bind`, as a frozen process
 /// or a long catalog outage leaves it) until its lease expired fails in one line and binds
@@ -436,14 +394,14 @@ impl Drop for Schema {
 #[cfg(feature = "faults")]
 #[test]
 fn env_save_on_a_grid_store_binds_nothing_once_its_lease_expired() {
-    let Some(schema) = Schema::new("envsave_lease") else {
+    let Some(schema) = catalog::testing::Schema::new("envsave_lease") else {
         return;
     };
     let (_tmp, data) = scratch("512m");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(
         data.join("store.toml"),
-        format!("catalog = \"{}\"\nlease_secs = 1\n", schema.url),
+        format!("catalog = \"{}\"\nlease_secs = 1\n", schema.url()),
     )
     .unwrap();
     ok(&data, &["lib", "import", "bb", &busybox()]);

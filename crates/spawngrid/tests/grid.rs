@@ -741,3 +741,126 @@ fn a_partitioned_node_is_reported_down_and_heals() {
         "on1\n"
     );
 }
+
+/// The `spawngrid-*` cgroup parents (one per node) holding a cgroup of env `id`, or a
+/// process in one: the cgroup tree and every process's `/proc/PID/cgroup`.
+fn cgroup_parents_of(id: &str) -> std::collections::BTreeSet<String> {
+    let mut parents = std::collections::BTreeSet::new();
+    let mut note = |path: &str| {
+        let parts: Vec<&str> = path.split('/').collect();
+        for w in parts.windows(2) {
+            if w[1] == id && w[0].starts_with("spawngrid") {
+                parents.insert(w[0].to_string());
+            }
+        }
+    };
+    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = todo.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if depth < 3 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                note(&e.path().display().to_string());
+                todo.push((e.path(), depth + 1));
+            }
+        }
+    }
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cgroups) = std::fs::read_to_string(p.path().join("cgroup")) {
+            cgroups.lines().for_each(&mut note);
+        }
+    }
+    parents
+}
+
+/// Env names and node names are had once across the grid.
+/// - Node 1 and node 2 both get `spawn NAME` for one user at the same moment, five times:
+///   each time exactly one env of that name exists afterwards (`status` on either node lists
+///   one), the other spawn fails in one line naming the node that has it, and its node keeps
+///   nothing of it: no env directory, mount, cgroup or process.
+/// - A second host started with node 1's name (its own certificate and address) does not
+///   start while node 1 is up: one line naming the name and what to do; node 1's row stays.
+#[test]
+fn one_env_name_and_one_node_name_at_a_time() {
+    let grid = Grid::up();
+    grid.add_user("dave");
+    let dave = grid.user("dave");
+    for n in [1, 2] {
+        dave.login(n);
+    }
+    let mut raced = 0;
+    for round in 0..5 {
+        let env = format!("race{round}");
+        let id = format!("{env}+dave");
+        let start = std::sync::Barrier::new(2);
+        let outs: Vec<Output> = std::thread::scope(|s| {
+            let spawns: Vec<_> = [1, 2]
+                .map(|n| {
+                    let (dave, start, env) = (&dave, &start, &env);
+                    s.spawn(move || {
+                        start.wait();
+                        dave.sg(n, "spawn", &["admin/base", "--as", env])
+                    })
+                })
+                .into_iter()
+                .collect();
+            spawns.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<u8> = [1, 2]
+            .into_iter()
+            .filter(|&n| outs[usize::from(n) - 1].status.success())
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {outs:?}");
+        let (winner, loser) = (won[0], 3 - won[0]);
+        let err = text(&outs[usize::from(loser) - 1].stderr);
+        assert!(
+            err.trim().lines().count() == 1
+                && err.contains(&format!("on node node{winner}"))
+                && (err.contains(&format!("you already have an env {env}"))
+                    || err.contains(&format!("env {id} runs on node node{winner} already"))),
+            "round {round}, node{loser}: {err}"
+        );
+        raced += usize::from(err.contains("spawned there at the same time"));
+        let dir = grid.data(loser).join("envs").join(&id);
+        assert!(!dir.exists(), "{} is left", dir.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");
+        assert_eq!(cgroup_parents_of(&id).len(), 1, "round {round}: {id}");
+        for n in [1, 2] {
+            let listed: Vec<_> = dave.envs(n).into_iter().filter(|e| e.0 == env).collect();
+            assert_eq!(listed, [(env.clone(), format!("node{winner}"), true)]);
+        }
+    }
+    eprintln!("{raced} of 5 rounds were decided by the catalog's env row (both spawned)");
+
+    let impostor = grid.dir().join("impostor");
+    std::fs::create_dir_all(&impostor).unwrap();
+    let config = impostor.join("config.toml");
+    std::fs::copy(grid.dir().join("node1/config.toml"), &config).unwrap();
+    let data = impostor.join("data");
+    let mut serve = Command::new(common::bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--data", data.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = within(60, || serve.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = serve.kill();
+    }
+    let out = serve.wait_with_output().unwrap();
+    assert!(ended, "a second node1 started: {}", text(&out.stderr));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "spawngrid: registering this node in the catalog: node name node1 is held by a \
+             live node at 10.231.0.11:16998"
+        ) && last.contains("give this node another name"),
+        "{err}"
+    );
+    let nodes = dave.json(2, "nodes", &[]);
+    assert_eq!(nodes[0]["address"], "10.231.0.11:16998", "{nodes}");
+    assert_eq!(nodes[0]["up"], true, "{nodes}");
+}

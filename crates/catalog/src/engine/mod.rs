@@ -6,6 +6,10 @@
 //! sorts its failures into a few [`Fault`]s the catalog gives meaning to (a unique-key
 //! violation is a name already bound, a user or key that exists; a lost connection is an
 //! unavailable catalog).
+//!
+//! The shared SQL reads the time only from the database, as [`NOW`]: stamps written and the
+//! comparisons with them (a lease's expiry, a node's heartbeat, a token's) use one clock, the
+//! database server's, never the clocks of the hosts the catalog's clients run on.
 
 use crate::{Error, Result};
 use std::time::Duration;
@@ -16,6 +20,11 @@ pub(crate) mod sqlite;
 /// How long a statement waits for a lock another connection holds before it fails with
 /// [`Error::Busy`], on both engines: SQLite's busy timeout, PostgreSQL's `lock_timeout`.
 pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The database's clock in the shared SQL: whole seconds since the epoch, now. SQLite's
+/// built-in (the file's one host's clock); the PostgreSQL engine spells it in its own words
+/// (the server's clock).
+pub(crate) const NOW: &str = "unixepoch()";
 
 /// One SQL value, as a parameter or a column: both engines store only text and integers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,39 +210,9 @@ pub(crate) fn steps_from<'a>(
     }
 }
 
-/// `sql` with SQLite's `?N` placeholders spelled as PostgreSQL's `$N` (outside quotes).
-pub(crate) fn dollar_placeholders(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut quote: Option<char> = None;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '\'' || c == '"' => quote = Some(c),
-            None if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) => {
-                out.push('$');
-                continue;
-            }
-            None => {}
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_become_dollars_outside_quotes() {
-        assert_eq!(
-            dollar_placeholders("SELECT \"user\" FROM t WHERE a = ?1 AND b = '?2' OR c=?12"),
-            "SELECT \"user\" FROM t WHERE a = $1 AND b = '?2' OR c=$12"
-        );
-        assert_eq!(dollar_placeholders("a ? b"), "a ? b");
-    }
 
     #[test]
     fn migration_steps() {

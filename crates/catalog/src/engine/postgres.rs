@@ -20,7 +20,7 @@
 //! a caller waits at most [`POOL_WAIT`] for a free connection; TCP keepalives and a user
 //! timeout notice a server gone silent within about a minute.
 
-use super::{dollar_placeholders, steps_from, Engine, Fault, Mode, Row, Session, Value, LOCK_WAIT};
+use super::{steps_from, Engine, Fault, Mode, Row, Session, Value, LOCK_WAIT, NOW};
 use crate::{Error, Result};
 use bytes::BytesMut;
 use postgres::error::SqlState;
@@ -234,6 +234,28 @@ const IDLE_IN_TRANSACTION: Duration = LOCK_WAIT;
 /// connection in use is given back within [`STATEMENT_LIMIT`] of each of its statements.
 const POOL_WAIT: Duration = STATEMENT_LIMIT;
 
+/// The pool's size and the waits an engine bounds: [`POOL_SIZE`], [`POOL_WAIT`] and
+/// [`STATEMENT_LIMIT`] by default (tests make them small, to reach them quickly).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The most connections open at once.
+    pub(crate) pool_size: usize,
+    /// How long a caller waits for a free connection.
+    pub(crate) pool_wait: Duration,
+    /// The longest one statement runs (`statement_timeout`).
+    pub(crate) statement: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            pool_size: POOL_SIZE,
+            pool_wait: POOL_WAIT,
+            statement: STATEMENT_LIMIT,
+        }
+    }
+}
+
 /// How long unacknowledged data or keepalive probes may go unanswered before the connection
 /// is given up as lost (`TCP_USER_TIMEOUT`).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -242,6 +264,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Postgres {
     config: Config,
     at: String,
+    limits: Limits,
     pool: Mutex<Pool>,
     freed: Condvar,
 }
@@ -254,8 +277,9 @@ struct Pool {
 
 impl Postgres {
     /// The engine for the database at `url` (`postgres://USER:PASSWORD@HOST:PORT/DB`,
-    /// `postgresql://...`, or `host=... dbname=...` key-value pairs); connects on first use.
-    pub(crate) fn new(url: &str) -> Result<Postgres> {
+    /// `postgresql://...`, or `host=... dbname=...` key-value pairs) within `limits`; connects
+    /// on first use.
+    pub(crate) fn new(url: &str, limits: Limits) -> Result<Postgres> {
         let mut config: Config = url.parse().map_err(|e| Error::Invalid {
             what: "catalog URL",
             value: redact(url),
@@ -270,6 +294,7 @@ impl Postgres {
         Ok(Postgres {
             config,
             at,
+            limits,
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
                 open: 0,
@@ -283,9 +308,14 @@ impl Postgres {
     }
 
     /// A connection for one caller: an idle one that still works, else a new one (waiting
-    /// up to [`POOL_WAIT`] while [`POOL_SIZE`] are in use).
+    /// up to the pool wait while the pool's size are in use).
     fn take(&self) -> Result<Pooled<'_>> {
-        let deadline = Instant::now() + POOL_WAIT;
+        let Limits {
+            pool_size,
+            pool_wait,
+            statement,
+        } = self.limits;
+        let deadline = Instant::now() + pool_wait;
         let mut pool = self.pool();
         loop {
             if let Some(mut conn) = pool.idle.pop() {
@@ -303,7 +333,7 @@ impl Postgres {
                 pool.open -= 1;
                 continue;
             }
-            if pool.open < POOL_SIZE {
+            if pool.open < pool_size {
                 pool.open += 1;
                 drop(pool);
                 return match self.connect() {
@@ -315,20 +345,21 @@ impl Postgres {
                             used: Instant::now(),
                             broken: false,
                             collided: false,
+                            statement_limit: statement,
                         }),
                     }),
                     Err(e) => {
                         self.pool().open -= 1;
                         self.freed.notify_one();
-                        Err(fault(e).into_error("connecting", &self.at))
+                        Err(fault(e, statement).into_error("connecting", &self.at))
                     }
                 };
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Fault::Timeout(format!(
-                    "all {POOL_SIZE} connections of this process stayed in use for {} s",
-                    POOL_WAIT.as_secs()
+                    "all {pool_size} connections of this process stayed in use for {} s",
+                    pool_wait.as_secs()
                 ))
                 .into_error("waiting for a free connection", &self.at));
             }
@@ -347,7 +378,7 @@ impl Postgres {
             "SET lock_timeout = '{}s'; SET statement_timeout = '{}s'; \
              SET idle_in_transaction_session_timeout = '{}s'",
             LOCK_WAIT.as_secs(),
-            STATEMENT_LIMIT.as_secs(),
+            self.limits.statement.as_secs(),
             IDLE_IN_TRANSACTION.as_secs()
         ))?;
         Ok(client)
@@ -493,12 +524,14 @@ struct Conn {
     broken: bool,
     /// A statement of the current transaction collided with another transaction's.
     collided: bool,
+    /// Its session's `statement_timeout`, for messages.
+    statement_limit: Duration,
 }
 
 impl Conn {
     /// Notes what `e` says about this connection and classifies it.
     fn fault(&mut self, e: postgres::Error) -> Fault {
-        let f = fault(e);
+        let f = fault(e, self.statement_limit);
         match f {
             Fault::Unavailable(_) => self.broken = true,
             Fault::Conflict(_) => self.collided = true,
@@ -519,7 +552,7 @@ impl Conn {
         }
         let s = self
             .client
-            .prepare(&dollar_placeholders(sql))
+            .prepare(&dialect(sql))
             .map_err(|e| self.fault(e))?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
@@ -603,8 +636,8 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
-/// The fault a `postgres` error is.
-fn fault(e: postgres::Error) -> Fault {
+/// The fault a `postgres` error is, on a session whose statements may run `statement_limit`.
+fn fault(e: postgres::Error, statement_limit: Duration) -> Fault {
     let detail = match e.as_db_error() {
         Some(db) => db.message().to_string(),
         None => {
@@ -642,7 +675,7 @@ fn fault(e: postgres::Error) -> Fault {
         )),
         Some(c) if *c == SqlState::QUERY_CANCELED => Fault::Timeout(format!(
             "{detail} (a statement may run {} s, its lock waits included)",
-            STATEMENT_LIMIT.as_secs()
+            statement_limit.as_secs()
         )),
         Some(c)
             if c.code().starts_with("08")
@@ -657,6 +690,40 @@ fn fault(e: postgres::Error) -> Fault {
         }
         _ => Fault::Other(detail),
     }
+}
+
+/// [`NOW`] in PostgreSQL's words: the server's clock, in whole seconds (`now()`: when the
+/// transaction began, so one instant for all of a transaction's statements).
+const SERVER_NOW: &str = "CAST(floor(extract(epoch FROM now())) AS BIGINT)";
+
+/// `sql` in the shared dialect as PostgreSQL takes it: SQLite's `?N` placeholders spelled
+/// `$N`, and [`NOW`] as [`SERVER_NOW`] (outside quotes).
+fn dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote: Option<char> = None;
+    let mut rest = sql;
+    while let Some(c) = rest.chars().next() {
+        let after = &rest[c.len_utf8()..];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '?' && after.starts_with(|d: char| d.is_ascii_digit()) => {
+                out.push('$');
+                rest = after;
+                continue;
+            }
+            None if rest.starts_with(NOW) => {
+                out.push_str(SERVER_NOW);
+                rest = &rest[NOW.len()..];
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        rest = after;
+    }
+    out
 }
 
 /// The database `config` names, as `postgres://USER@HOST:PORT/DB`: never the password.
@@ -707,12 +774,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_dialect_has_dollar_placeholders_and_the_servers_clock_outside_quotes() {
+        assert_eq!(
+            dialect("SELECT \"user\" FROM t WHERE a = ?1 AND b = '?2' OR c=?12"),
+            "SELECT \"user\" FROM t WHERE a = $1 AND b = '?2' OR c=$12"
+        );
+        assert_eq!(dialect("a ? b"), "a ? b");
+        assert_eq!(
+            dialect("SET t = unixepoch() + ?1 WHERE x = 'unixepoch()'"),
+            format!("SET t = {SERVER_NOW} + $1 WHERE x = 'unixepoch()'")
+        );
+    }
+
+    #[test]
     fn descriptions_never_show_the_password() {
-        let pg = Postgres::new("postgres://sg:s3cret@db.example:5433/cat").unwrap();
+        let pg = Postgres::new(
+            "postgres://sg:s3cret@db.example:5433/cat",
+            Limits::default(),
+        )
+        .unwrap();
         assert_eq!(pg.at(), "postgres://sg@db.example:5433/cat");
-        let pg = Postgres::new("host=/run/postgresql user=sg password=s3cret dbname=cat").unwrap();
+        let pg = Postgres::new(
+            "host=/run/postgresql user=sg password=s3cret dbname=cat",
+            Limits::default(),
+        )
+        .unwrap();
         assert_eq!(pg.at(), "postgres://sg@/run/postgresql/cat");
-        let err = Postgres::new("postgres://sg:s3cret@db:notaport/cat")
+        let err = Postgres::new("postgres://sg:s3cret@db:notaport/cat", Limits::default())
             .err()
             .unwrap()
             .to_string();

@@ -1,6 +1,6 @@
 //! The real engines a grid test runs on: a fresh prefix in the Garage test bucket
 //! (`SPAWNGRID_TEST_S3`) and a fresh schema in the test PostgreSQL (`SPAWNGRID_TEST_POSTGRES`),
-//! dropped at the end. Without them a test is skipped, saying so, unless
+//! dropped at the end (`catalog::testing`). Without them a test is skipped, saying so, unless
 //! `SPAWNGRID_REQUIRE_ENGINES=1`, when it fails.
 
 #![allow(dead_code)]
@@ -8,72 +8,38 @@
 #[path = "../../../s3/tests/garage/mod.rs"]
 mod garage;
 
+use catalog::testing::Schema;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 use store::{DataDir, Store, StoreConfig};
 
 /// One test's S3 prefix and PostgreSQL schema.
 pub struct Engines {
     /// The `[store]` table every node of the test's grid uses.
     pub config: StoreConfig,
-    admin: postgres::Config,
-    schema: String,
+    _schema: Schema,
 }
 
 /// The engines for `test`, with catalog leases lasting `lease_secs`, or `None` (skipped).
 pub fn engines(test: &str, lease_secs: u64) -> Option<Engines> {
     let g = garage::garage(test)?;
-    let Ok(url) = std::env::var("SPAWNGRID_TEST_POSTGRES") else {
-        assert!(
-            std::env::var("SPAWNGRID_REQUIRE_ENGINES").as_deref() != Ok("1"),
-            "{test}: SPAWNGRID_TEST_POSTGRES is not set but SPAWNGRID_REQUIRE_ENGINES=1"
-        );
-        println!("skipping {test}: SPAWNGRID_TEST_POSTGRES is not set");
-        return None;
-    };
-    let admin: postgres::Config = url.parse().expect("SPAWNGRID_TEST_POSTGRES is a URL");
-    // Tests of one binary run in parallel and the clock may not tick between two of them:
-    // the counter keeps their schemas apart, the time keeps runs apart.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let schema = format!("gc_{}_{n}_{ns}", std::process::id());
-    let mut client = admin.connect(postgres::NoTls).unwrap();
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
+    let schema = Schema::new(test)?;
     let config = StoreConfig {
         library: Some(g.url(test)),
-        catalog: Some(format!("{url}{sep}options=-csearch_path%3D{schema}")),
+        catalog: Some(schema.url().to_string()),
         cache_bytes: Some(256 << 20),
         lease_secs: Some(lease_secs),
         s3: g.options(),
     };
     Some(Engines {
         config,
-        admin,
-        schema,
+        _schema: schema,
     })
 }
-
 impl Engines {
     /// A node's store over the data directory `dir`.
     pub fn store(&self, dir: &Path) -> Store {
         Store::configure(DataDir::new(dir), &self.config).unwrap()
-    }
-}
-
-impl Drop for Engines {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.admin.connect(postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema));
-        }
     }
 }
 

@@ -114,6 +114,9 @@ fn page(e: Error) -> Response {
             description = "no such exposure (never made, or ended)"),
         (status = 410, body = String, content_type = "text/plain",
             description = "the signed link expired"),
+        (status = 429, body = String, content_type = "text/plain",
+            description = "the owner's envs already have their share of the node's connects in \
+                progress (to addresses slow to answer): try again in a few seconds"),
         (status = 502, body = String, content_type = "text/plain",
             description = "nothing answers on the port inside the env"),
     ),
@@ -329,6 +332,9 @@ async fn proxy(
     let env = crate::envs::user_env_name(&st, &e.owner).to_string();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, e.port));
     let tcp = crate::ssh::netns::connect(&st, addr).await.map_err(|err| {
+        if let Some(busy) = err.downcast_ref::<crate::ssh::netns::Busy>() {
+            return Error::new(Kind::TooMany, busy.to_string());
+        }
         Error::new(
             Kind::BadGateway,
             format!(

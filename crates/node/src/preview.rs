@@ -158,7 +158,7 @@ async fn serve(node: Arc<Node>, req: Request) -> Result<Response, Error> {
     })
     .await?;
     if let Some(peer) = elsewhere.filter(|_| !forward::forwarded(req.headers())) {
-        return forward::send(&node.name, &peer, req).await;
+        return forward::send(&node, &peer, req).await;
     }
     let now = runtime::state::now();
     if let Some(to) = admit(&node, &exposure, req.headers(), req.uri(), now).await? {
@@ -382,15 +382,17 @@ async fn proxy(
         Some(c) => h.insert(header::COOKIE, c),
         None => h.remove(header::COOKIE),
     };
-    let mut resp = forward::relay(sender, req, upgraded).await.map_err(|err| {
-        Error::new(
-            Kind::BadGateway,
-            format!(
-                "the server on port {} in env {env} failed: {}",
-                e.port, err.message
-            ),
-        )
-    })?;
+    let mut resp = forward::relay(sender, req, upgraded, node.config.connections.stream_idle())
+        .await
+        .map_err(|err| {
+            Error::new(
+                Kind::BadGateway,
+                format!(
+                    "the server on port {} in env {env} failed: {}",
+                    e.port, err.message
+                ),
+            )
+        })?;
     confine(resp.headers_mut());
     Ok(resp.map(Body::new))
 }

@@ -136,3 +136,84 @@ pub async fn vouch(
     permit.vouch();
     Some(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{load_or_create, PinVerifier};
+    use axum::body::Body;
+    use hyper::client::conn::http1::SendRequest;
+    use hyper_util::rt::TokioIo;
+
+    /// A connection to `addr` with TLS configuration `tls` that got an answer to a request (it
+    /// stays open, and counted), or `None` when the node closed it (refused).
+    async fn open(addr: &str, tls: Arc<rustls::ClientConfig>) -> Option<SendRequest<Body>> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = crate::tls::server_name(addr).unwrap();
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = axum::http::Request::get(api::routes::NODES)
+            .body(Body::empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.ok()?;
+        assert_eq!(resp.status(), 401);
+        Some(sender)
+    }
+
+    /// With `per_address = 2`, a node takes more connections than that from the address of
+    /// a registered node presenting that node's certificate, while plain clients from the
+    /// same address, and a certificate the registry does not name, are still capped.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_registered_nodes_connections_count_in_the_max_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::Config {
+            data: dir.path().join("b"),
+            name: Some("b".into()),
+            ..Default::default()
+        };
+        config.connections.per_address = 2;
+        let b = Arc::new(Node::open(config).unwrap());
+        let id = load_or_create(&b.rt.data, &["127.0.0.1".into()]).unwrap();
+        let (a, stranger) = (dir.path().join("a"), dir.path().join("stranger"));
+        let (a, stranger) = (
+            load_or_create(&a, &["127.0.0.1".into()]).unwrap(),
+            load_or_create(&stranger, &["127.0.0.1".into()]).unwrap(),
+        );
+        b.cat
+            .register_node(&catalog::NodeInfo {
+                name: "a".into(),
+                address: "127.0.0.1:1".into(),
+                ssh_port: 22,
+                fingerprint: a.fingerprint.clone(),
+                capacity_envs: 1,
+                capacity_mem: 1,
+                labels: String::new(),
+            })
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let tls = (id.config, id.peers);
+        tokio::spawn(crate::server::serve(b, listener, tls, std::future::pending()));
+        let verifier = PinVerifier::new(Some(id.fingerprint));
+        let (peer, plain) = (
+            verifier.peer_config(&a.card).unwrap(),
+            verifier.client_config().unwrap(),
+        );
+        let mut held = Vec::new();
+        for i in 0..6 {
+            let c = open(&addr, peer.clone()).await;
+            held.push(c.unwrap_or_else(|| panic!("node a's connection {i} refused")));
+        }
+        held.push(open(&addr, plain.clone()).await.expect("a client's first"));
+        let strangers = verifier.peer_config(&stranger.card).unwrap();
+        held.push(open(&addr, strangers.clone()).await.expect("its second"));
+        assert!(open(&addr, plain).await.is_none());
+        assert!(open(&addr, strangers).await.is_none());
+    }
+}

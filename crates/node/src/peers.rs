@@ -199,7 +199,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let tls = (id.config, id.peers);
-        tokio::spawn(crate::server::serve(b, listener, tls, std::future::pending()));
+        tokio::spawn(crate::server::serve(
+            b,
+            listener,
+            tls,
+            std::future::pending(),
+        ));
         let verifier = PinVerifier::new(Some(id.fingerprint));
         let (peer, plain) = (
             verifier.peer_config(&a.card).unwrap(),

@@ -456,6 +456,26 @@ fn an_open_preview_websocket_keeps_its_env_from_going_idle() {
     assert!(ws.wait().status.success());
 }
 
+/// A WebSocket through a preview whose two ends went silent is closed after `[connections]
+/// stream_idle_timeout`, its connection no longer held: the node says so in its log, and a
+/// frame sent afterwards is not echoed.
+#[test]
+fn a_silent_preview_websocket_is_closed() {
+    let site = Site::new("preview-ws-silent");
+    let config = site.config("[connections]\nstream_idle_timeout = 2\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = serving(&site);
+    let path = hot_reload(&alice, &["--public"]);
+    let mut ws = websockets(&site, &path, "{}", "127.0.0.1", 1);
+    upgraded(&said(&mut ws, 1)[0]);
+    eventually("the silent WebSocket to be closed", || {
+        site.log().contains("relayed upgrade closed: silent for 2s")
+    });
+    echo(&mut ws);
+    let after = said(&mut ws, 1);
+    assert!(after.iter().all(|e| e["echo"] != e["sent"]), "{after:?}");
+}
+
 /// A listener on 127.0.0.1:7000 whose queue is full (backlog 0, filled by itself, never
 /// accepting): the kernel drops further connects, which wait for their timeout. Prints
 /// `ready` once full.

@@ -573,7 +573,11 @@ fn one_users_unanswered_previews_leave_others_served() {
     assert_eq!(served.status, 200, "{}", served.body);
     assert_eq!(served.body, "hello-from-the-env\n");
     let answered = std::fs::read_to_string(&out).unwrap_or_default();
-    assert_eq!(answered, "", "alice's requests were answered before bob's");
+    assert!(
+        answered.is_empty(),
+        "{} of alice's requests were answered before bob's",
+        answered.lines().count()
+    );
     assert!(flood.wait().status.success());
     let answered = std::fs::read_to_string(&out).unwrap();
     let busy = answered.lines().filter(|l| l.starts_with("429 ")).count();

@@ -15,7 +15,9 @@
 //! receiver serve the request itself (never forward it again). Answers are streamed back as
 //! they are, errors included; an upgrade (the `cpu` WebSocket, the web terminal) is carried
 //! through by copying bytes both ways, the client's connection counted in the caps
-//! ([`crate::conns`]) until the copy ends.
+//! ([`crate::conns`]) until the copy ends (or both sides are silent, [`crate::idle`]). The
+//! sending node presents its own certificate, so the receiver counts the forwarded
+//! connection in its node-wide cap only ([`crate::peers`]).
 
 use crate::error::{Error, Kind};
 use crate::http::blocking;

@@ -14,7 +14,8 @@
 # admin-password. The base snapshot is a cached debootstrap (scripts/rootfs.sh debian), or a
 # busybox root when that fails or SPAWNGRID_GRID_BASE=busybox. Nodes take a node silent for
 # $SPAWNGRID_DOWN_AFTER (default 30s) for down; a user runs $SPAWNGRID_EXEC_MAX_PER_USER (default
-# 16) execs and SSH sessions at once on a node. Run as root. `up` is idempotent.
+# 16) execs and SSH sessions at once on a node, and $SPAWNGRID_PER_ADDRESS (default 256)
+# connections are taken from one address. Run as root. `up` is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,6 +90,9 @@ down_after = "${SPAWNGRID_DOWN_AFTER:-30s}"
 
 [exec]
 max_per_user = ${SPAWNGRID_EXEC_MAX_PER_USER:-16}
+
+[connections]
+per_address = ${SPAWNGRID_PER_ADDRESS:-256}
 
 [store]
 library = "s3://$SPAWNGRID_S3_BUCKET/grid"

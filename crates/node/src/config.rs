@@ -54,6 +54,7 @@
 //! per_address = 256               # from one IPv4 address or IPv6 /64
 //! header_timeout = 30             # seconds to send a request's headers
 //! body_timeout = 60               # seconds to send a request's body (cp: between pieces)
+//! stream_idle_timeout = 3600      # seconds a WebSocket may carry nothing (cpu: no pongs)
 //!
 //! [ssh]                           # the SSH gateway's forwarding, each on by default for the
 //! forward_local = true            # env's owner: `ssh -L` to addresses inside the env,

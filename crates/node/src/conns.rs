@@ -1,8 +1,9 @@
 //! Connection limits of the HTTPS API and the SSH gateway: at most `[connections] max` open
 //! at once, and `per_address` from one source (an IPv4 address, or an IPv6 /64: one host's
 //! addresses cost an attacker nothing); how long a client may take to send a request's
-//! headers and its body (slowloris). A connection stays counted for as long as any part of it
-//! lives: an HTTPS connection upgraded to another protocol (a WebSocket, relayed or served)
+//! headers and its body (slowloris), and how long an upgraded stream may stay silent
+//! ([`crate::idle`]). A connection stays counted for as long as any part of it lives: an
+//! HTTPS connection upgraded to another protocol (a WebSocket, relayed or served)
 //! outlives the task that accepted it and keeps its [`Permit`] until the stream ends.
 
 use serde::Deserialize;
@@ -24,6 +25,10 @@ pub struct ConnConfig {
     /// Seconds a client may take to send a request's body (JSON bodies; a `cp` upload's
     /// body may not pause longer than this between pieces).
     pub body_timeout: u64,
+    /// Seconds an upgraded stream (a WebSocket through a preview or relayed from another
+    /// node, a cpu terminal) may carry nothing before it is closed (a cpu terminal whose
+    /// client still answers the node's pings is never idle).
+    pub stream_idle_timeout: u64,
 }
 
 impl Default for ConnConfig {
@@ -33,6 +38,7 @@ impl Default for ConnConfig {
             per_address: 256,
             header_timeout: 30,
             body_timeout: 60,
+            stream_idle_timeout: 3600,
         }
     }
 }
@@ -43,8 +49,11 @@ impl ConnConfig {
         if self.max == 0 || self.per_address == 0 {
             anyhow::bail!("[connections] max and per_address must be at least 1");
         }
-        if self.header_timeout == 0 || self.body_timeout == 0 {
-            anyhow::bail!("[connections] header_timeout and body_timeout must be at least 1");
+        if self.header_timeout == 0 || self.body_timeout == 0 || self.stream_idle_timeout == 0 {
+            anyhow::bail!(
+                "[connections] header_timeout, body_timeout and stream_idle_timeout must be at \
+                 least 1"
+            );
         }
         Ok(())
     }
@@ -57,6 +66,11 @@ impl ConnConfig {
     /// How long a client may take to send a request's body.
     pub fn body(&self) -> Duration {
         Duration::from_secs(self.body_timeout)
+    }
+
+    /// How long an upgraded stream may carry nothing.
+    pub fn stream_idle(&self) -> Duration {
+        Duration::from_secs(self.stream_idle_timeout)
     }
 }
 
@@ -90,7 +104,25 @@ pub struct Permit {
 #[derive(Debug)]
 struct Counted {
     gate: Arc<Gate>,
-    source: IpAddr,
+    /// The source whose share it counts in; none once vouched for ([`Permit::vouch`]).
+    source: Mutex<Option<IpAddr>>,
+}
+
+impl Permit {
+    /// Counts the connection in the node's max only, no longer in its source's share: a
+    /// connection from another node of the grid ([`crate::peers`]), which counts its clients
+    /// in its own caps.
+    pub fn vouch(&self) {
+        let source = self
+            ._counted
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(source) = source {
+            self._counted.gate.release(source);
+        }
+    }
 }
 
 impl Gate {
@@ -113,22 +145,36 @@ impl Gate {
         Ok(Permit {
             _counted: Arc::new(Counted {
                 gate: self.clone(),
-                source,
+                source: Mutex::new(Some(source)),
             }),
         })
     }
 }
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let mut open = self.gate.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.source) {
+impl Gate {
+    /// One connection fewer from `source` (still counted in the total).
+    fn release(&self, source: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.1.get_mut(&source) {
             *n -= 1;
             if *n == 0 {
-                open.1.remove(&self.source);
+                open.1.remove(&source);
             }
         }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let source = self
+            .source
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(source) = source {
+            self.gate.release(source);
+        }
+        self.gate.open.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
     }
 }
 
@@ -160,13 +206,29 @@ mod tests {
             .admit(ip("2001:db8::3"), &c)
             .unwrap_err()
             .contains("per_address"));
-        let _b = gate.admit(ip("192.0.2.1"), &c).unwrap();
+        let b = gate.admit(ip("192.0.2.1"), &c).unwrap();
         assert!(gate.admit(ip("192.0.2.2"), &c).unwrap_err().contains("max"));
         // A clone holds the connection as the permit does, until both are gone.
         let a1_upgraded = a1.clone();
         drop(a1);
         assert!(gate.admit(ip("2001:db8::3"), &c).is_err());
         drop(a1_upgraded);
-        let _a3 = gate.admit(ip("2001:db8::3"), &c).unwrap();
+        let a3 = gate.admit(ip("2001:db8::3"), &c).unwrap();
+        // Vouched for: counted in the max only, so the source's share is free again.
+        drop(b);
+        a3.vouch();
+        a3.vouch();
+        let _a4 = gate.admit(ip("2001:db8::4"), &c).unwrap();
+        assert!(gate
+            .admit(ip("2001:db8::5"), &c)
+            .unwrap_err()
+            .contains("max"));
+        // Once gone, it leaves the total, and the source's share as it was.
+        drop(a3);
+        assert!(gate
+            .admit(ip("2001:db8::5"), &c)
+            .unwrap_err()
+            .contains("per_address"));
+        let _c = gate.admit(ip("192.0.2.9"), &c).unwrap();
     }
 }

@@ -13,8 +13,10 @@
 //!
 //! When the command exits, its last output is sent (what it wrote up to 100 ms after its
 //! exit), then the exit code, then a close frame. When the client goes away first (closes,
-//! or its connection drops), the command's whole session is killed. The connection counts in
-//! the node's caps ([`crate::conns`]) until then.
+//! or its connection drops), the command's whole session is killed. The node pings the client
+//! every 30 s; a client that sends nothing, not even the pongs, for `[connections]
+//! stream_idle_timeout` is taken as gone (a shell left idle is not: its client answers the
+//! pings). The connection counts in the node's caps ([`crate::conns`]) until then.
 //!
 //! The token comes in the `Authorization` header as on every route, or — from browsers, which
 //! cannot set that header on a WebSocket — as the subprotocol [`BEARER_PROTOCOL`]`TOKEN`
@@ -87,6 +89,11 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// How long output is still read after the command exits (background writers may hold the
 /// terminal open for ever).
 const LAST_OUTPUT: Duration = Duration::from_millis(100);
+
+/// How often the node pings a session's client (a quarter of `[connections]
+/// stream_idle_timeout` if that is shorter): its pongs keep an idle terminal's session, and
+/// any relay on the way, from being silent.
+const PING_EVERY: Duration = Duration::from_secs(30);
 
 /// What a session runs: the command and its terminal (`TERM` is `xterm-256color`).
 struct Session {
@@ -199,11 +206,17 @@ async fn run(node: Arc<Node>, st: runtime::EnvState, s: Session, socket: WebSock
             return;
         }
     };
-    // Keyboard and resizes in; ends only when the client is gone (a terminal that stopped
-    // taking input is no reason to stop watching for that).
+    let idle = node.config.connections.stream_idle();
+    // Keyboard, resizes and pongs in; ends only when the client is gone or silent for `idle`
+    // (true), never for a terminal that stopped taking input.
     let input = async {
         let mut writable = true;
-        while let Some(Ok(msg)) = rx.next().await {
+        loop {
+            let msg = match tokio::time::timeout(idle, rx.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(_) => return false,
+                Err(_) => return true,
+            };
             match msg {
                 Message::Binary(bytes) if writable => {
                     writable = pty.write_all(&bytes).await.is_ok();
@@ -214,16 +227,23 @@ async fn run(node: Arc<Node>, st: runtime::EnvState, s: Session, socket: WebSock
                     }
                     _ => tracing::debug!(env = %st.name, "cpu: ignored control message"),
                 },
-                Message::Close(_) => break,
+                Message::Close(_) => return false,
                 _ => {}
             }
         }
     };
-    // Screen out, then the exit code.
+    // Screen out and pings, then the exit code.
     let output = async {
         let mut buf = vec![0u8; 16 << 10];
+        let every = (idle / 4).min(PING_EVERY);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let code = loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if tx.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
                 r = pty.read(&mut buf) => match r {
                     Ok(n @ 1..) => {
                         if tx.send(Message::binary(buf[..n].to_vec())).await.is_err() {
@@ -254,7 +274,10 @@ async fn run(node: Arc<Node>, st: runtime::EnvState, s: Session, socket: WebSock
         let _ = tx.send(close(close_code::NORMAL)).await;
     };
     tokio::select! {
-        _ = input => tracing::info!(env = %st.name, "cpu client went away: ending its session"),
+        silent = input => match silent {
+            true => tracing::info!(env = %st.name, "cpu client silent for {idle:?}: ending its session"),
+            false => tracing::info!(env = %st.name, "cpu client went away: ending its session"),
+        },
         _ = output => {}
     }
     // Dropping the terminal kills what is left of the session if the command still runs.

@@ -15,7 +15,9 @@
 //! receiver serve the request itself (never forward it again). Answers are streamed back as
 //! they are, errors included; an upgrade (the `cpu` WebSocket, the web terminal) is carried
 //! through by copying bytes both ways, the client's connection counted in the caps
-//! ([`crate::conns`]) until the copy ends.
+//! ([`crate::conns`]) until the copy ends (or both sides are silent, [`crate::idle`]). The
+//! sending node presents its own certificate, so the receiver counts the forwarded
+//! connection in its node-wide cap only ([`crate::peers`]).
 
 use crate::error::{Error, Kind};
 use crate::http::blocking;
@@ -89,12 +91,16 @@ fn unreachable(peer: &Peer, what: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Sends `req` from node `from` to node `peer` over HTTPS (its registered certificate
-/// pinned) and returns its answer, streamed; an upgrade it accepts is joined to this
-/// request's.
-pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response, Error> {
+/// Sends `req` from `node` to node `peer` over HTTPS (its registered certificate pinned;
+/// presenting this node's, [`crate::peers`]) and returns its answer, streamed; an upgrade
+/// it accepts is joined to this request's.
+pub async fn send(node: &Node, peer: &Peer, mut req: Request) -> Result<Response, Error> {
     let verifier = crate::tls::PinVerifier::new(Some(peer.fingerprint.clone()));
-    let tls = verifier.client_config().map_err(|e| Error::internal(&e))?;
+    let tls = match &node.card {
+        Some(card) => verifier.peer_config(card),
+        None => verifier.client_config(),
+    }
+    .map_err(|e| Error::internal(&e))?;
     let name = crate::tls::server_name(&peer.address).map_err(|e| unreachable(peer, e))?;
     let connect = async {
         let tcp = tokio::net::TcpStream::connect(&peer.address).await?;
@@ -126,15 +132,16 @@ pub async fn send(from: &str, peer: &Peer, mut req: Request) -> Result<Response,
     // The body goes at once (this node already answered the client's `Expect`).
     headers.remove(header::EXPECT);
     headers.insert(header::HOST, header_value(&peer.address)?);
-    headers.insert(FORWARDED, header_value(from)?);
-    relay(sender, req, ())
+    headers.insert(FORWARDED, header_value(&node.name)?);
+    relay(sender, req, (), node.config.connections.stream_idle())
         .await
         .map_err(|e| unreachable(peer, e.message))
 }
 
 /// Sends `req` (its path and query only) on a client connection's `sender` and returns the
 /// answer, streamed; an upgrade the other side accepts (101) is joined to `req`'s, bytes
-/// copied both ways until either side ends. The connection must be driven `with_upgrades`.
+/// copied both ways until either side ends or neither sends anything for `idle`
+/// ([`crate::idle`]). The connection must be driven `with_upgrades`.
 /// The joined stream holds, until it ends, the permit of the connection `req` came on (it
 /// stays counted in the node's connection caps) and `hold`; without an upgrade, `hold` is
 /// dropped when the answer's head is in.
@@ -142,6 +149,7 @@ pub(crate) async fn relay(
     mut sender: hyper::client::conn::http1::SendRequest<Body>,
     mut req: Request,
     hold: impl Send + 'static,
+    idle: Duration,
 ) -> Result<Response, Error> {
     let upgrade = req
         .headers()
@@ -165,8 +173,9 @@ pub(crate) async fn relay(
             let _held = (permit, hold);
             match (client.await, theirs.await) {
                 (Ok(a), Ok(b)) => {
-                    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    if crate::idle::copy(TokioIo::new(a), TokioIo::new(b), idle).await {
+                        tracing::info!("relayed upgrade closed: silent for {idle:?}");
+                    }
                 }
                 (Err(e), _) | (_, Err(e)) => tracing::debug!("relayed upgrade: {e}"),
             }
@@ -227,7 +236,7 @@ pub async fn env_routes(
     };
     let n = node.clone();
     match blocking(move || runs_elsewhere(&n, &user, &env)).await {
-        Ok(Some(peer)) => send(&node.name, &peer, req)
+        Ok(Some(peer)) => send(&node, &peer, req)
             .await
             .unwrap_or_else(IntoResponse::into_response),
         Ok(None) => next.run(req).await,
@@ -262,7 +271,7 @@ pub async fn spawn_on(
 ) -> Result<Response, Error> {
     let body = serde_json::to_vec(req).map_err(|e| Error::internal(&e.into()))?;
     send(
-        &node.name,
+        node,
         peer,
         request(headers, Method::POST, api::routes::ENVS, Some(body))?,
     )
@@ -275,19 +284,19 @@ pub async fn list_on(
     peer: &Peer,
     headers: &HeaderMap,
 ) -> Result<Vec<api::EnvInfo>, Error> {
-    list_within(&node.name, peer, headers, LIST_TIMEOUT).await
+    list_within(node, peer, headers, LIST_TIMEOUT).await
 }
 
-/// [`list_on`] from node `from`, given up after `limit`.
+/// [`list_on`], given up after `limit`.
 async fn list_within(
-    from: &str,
+    node: &Node,
     peer: &Peer,
     headers: &HeaderMap,
     limit: Duration,
 ) -> Result<Vec<api::EnvInfo>, Error> {
     let ask = async {
         let req = request(headers, Method::GET, api::routes::ENVS, None)?;
-        let resp = send(from, peer, req).await?;
+        let resp = send(node, peer, req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await;
         Ok::<_, Error>((status, body.map_err(|e| unreachable(peer, e))?.to_bytes()))
@@ -345,9 +354,20 @@ mod tests {
         (addr, id.fingerprint)
     }
 
+    /// Node `n1` on `dir`, not serving (so without a certificate to present).
+    fn n1(dir: &std::path::Path) -> Node {
+        Node::open(crate::Config {
+            data: dir.join("data"),
+            name: Some("n1".into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn requests_reach_only_the_registered_certificate() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let n1 = n1(b.path());
         let (addr, fingerprint) = echo_server(a.path(), false).await;
         let peer = Peer {
             name: "n2".into(),
@@ -361,7 +381,7 @@ mod tests {
                 .unwrap()
         };
         // The path and query go as they came, to the peer's address, marked as forwarded.
-        let resp = send("n1", &peer, get()).await.unwrap();
+        let resp = send(&n1, &peer, get()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, format!("n1 {addr} /api/envs?x=1"));
@@ -371,7 +391,7 @@ mod tests {
             fingerprint: other.fingerprint,
             ..peer.clone()
         };
-        let err = send("n1", &impostor, get()).await.unwrap_err();
+        let err = send(&n1, &impostor, get()).await.unwrap_err();
         assert_eq!(err.kind, Kind::Unavailable);
         assert!(
             err.message
@@ -384,7 +404,7 @@ mod tests {
             address: "127.0.0.1:1".into(),
             ..peer
         };
-        let err = send("n1", &gone, get()).await.unwrap_err();
+        let err = send(&n1, &gone, get()).await.unwrap_err();
         assert!(
             err.message
                 .starts_with("node n2 (127.0.0.1:1) did not take the request"),
@@ -399,13 +419,14 @@ mod tests {
     async fn a_peer_that_never_answers_is_given_up_on() {
         let dir = tempfile::tempdir().unwrap();
         let (address, fingerprint) = echo_server(dir.path(), true).await;
+        let n1 = n1(dir.path());
         let peer = Peer {
             name: "n2".into(),
             address,
             fingerprint,
         };
         let limit = Duration::from_millis(500);
-        let err = list_within("n1", &peer, &HeaderMap::new(), limit)
+        let err = list_within(&n1, &peer, &HeaderMap::new(), limit)
             .await
             .unwrap_err();
         assert_eq!(err.kind, Kind::Unavailable);

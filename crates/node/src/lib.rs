@@ -51,6 +51,7 @@ pub mod files;
 pub mod fork;
 pub mod forward;
 pub mod http;
+pub mod idle;
 pub mod invite;
 pub mod lifetime;
 pub mod lineage;
@@ -58,6 +59,7 @@ pub mod malloc;
 pub mod metrics;
 pub mod nodes;
 pub mod notices;
+pub mod peers;
 pub mod place;
 pub mod preview;
 pub mod pty;
@@ -105,6 +107,9 @@ pub struct Node {
     pub execs: Arc<exec::Slots>,
     /// Connections open (API and SSH), in total and per source.
     pub gate: Arc<conns::Gate>,
+    /// The node's certificate and key, presented to the nodes it forwards requests to (set
+    /// when it starts serving; without it, it forwards as a client would).
+    pub card: Option<tls::Card>,
 }
 
 impl Node {
@@ -133,6 +138,7 @@ impl Node {
             metrics: metrics::Metrics::default(),
             execs: Arc::default(),
             gate: Arc::default(),
+            card: None,
         })
     }
 }
@@ -227,6 +233,7 @@ pub fn run(config: Config) -> Result<()> {
             id.fingerprint,
             host_key.fingerprint
         );
+        node.card = Some(id.card);
         let public = format!(
             "{}:{}",
             node.config.public_host.as_deref().unwrap_or(&node.name),
@@ -253,7 +260,7 @@ pub fn run(config: Config) -> Result<()> {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         };
-        server::serve(node, listener, id.config, stopping).await;
+        server::serve(node, listener, (id.config, id.peers), stopping).await;
         let _ = ssh.await;
         tracing::info!("shutting down (envs keep running)");
         Ok(())

@@ -114,6 +114,9 @@ fn page(e: Error) -> Response {
             description = "no such exposure (never made, or ended)"),
         (status = 410, body = String, content_type = "text/plain",
             description = "the signed link expired"),
+        (status = 429, body = String, content_type = "text/plain",
+            description = "the owner's envs already have their share of the node's connects in \
+                progress (to addresses slow to answer): try again in a few seconds"),
         (status = 502, body = String, content_type = "text/plain",
             description = "nothing answers on the port inside the env"),
     ),
@@ -155,7 +158,7 @@ async fn serve(node: Arc<Node>, req: Request) -> Result<Response, Error> {
     })
     .await?;
     if let Some(peer) = elsewhere.filter(|_| !forward::forwarded(req.headers())) {
-        return forward::send(&node.name, &peer, req).await;
+        return forward::send(&node, &peer, req).await;
     }
     let now = runtime::state::now();
     if let Some(to) = admit(&node, &exposure, req.headers(), req.uri(), now).await? {
@@ -329,6 +332,9 @@ async fn proxy(
     let env = crate::envs::user_env_name(&st, &e.owner).to_string();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, e.port));
     let tcp = crate::ssh::netns::connect(&st, addr).await.map_err(|err| {
+        if let Some(busy) = err.downcast_ref::<crate::ssh::netns::Busy>() {
+            return Error::new(Kind::TooMany, busy.to_string());
+        }
         Error::new(
             Kind::BadGateway,
             format!(
@@ -376,15 +382,17 @@ async fn proxy(
         Some(c) => h.insert(header::COOKIE, c),
         None => h.remove(header::COOKIE),
     };
-    let mut resp = forward::relay(sender, req, upgraded).await.map_err(|err| {
-        Error::new(
-            Kind::BadGateway,
-            format!(
-                "the server on port {} in env {env} failed: {}",
-                e.port, err.message
-            ),
-        )
-    })?;
+    let mut resp = forward::relay(sender, req, upgraded, node.config.connections.stream_idle())
+        .await
+        .map_err(|err| {
+            Error::new(
+                Kind::BadGateway,
+                format!(
+                    "the server on port {} in env {env} failed: {}",
+                    e.port, err.message
+                ),
+            )
+        })?;
     confine(resp.headers_mut());
     Ok(resp.map(Body::new))
 }

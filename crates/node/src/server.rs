@@ -548,14 +548,14 @@ pub fn router(node: Arc<Node>) -> Router {
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTPS on `listener` until `shutdown` completes.
+/// Serves HTTPS on `listener` until `shutdown` completes, with TLS configuration `tls`: the
+/// one for clients, and the one for other nodes ([`crate::peers`]).
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>),
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(node.clone());
     tokio::pin!(shutdown);
     loop {
@@ -571,7 +571,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        let (plain, peers) = tls.clone();
+        let node = node.clone();
         let header_timeout = node.config.connections.header();
         // Each request knows its client's address (login backoff per address), and carries
         // the connection's permit for what takes the connection over: an upgraded stream
@@ -581,8 +582,9 @@ pub async fn serve(
             .layer(axum::Extension(ClientAddr(peer.ip())))
             .layer(axum::Extension(permit.clone()));
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            // `permit` lives as long as this task: the connection stays counted.
+            let handshake = crate::peers::handshake(tcp, plain, peers);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake: {e}");
@@ -593,6 +595,9 @@ pub async fn serve(
                     return;
                 }
             };
+            if let Some(name) = crate::peers::vouch(&node, &tls, &permit).await {
+                tracing::debug!(%peer, "node {name}: its connection counts in the max only");
+            }
             let service = hyper_util::service::TowerToHyperService::new(app);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,10 @@ use std::sync::{Arc, Mutex};
 pub struct Identity {
     /// The rustls configuration (HTTP/1.1 over TLS 1.2/1.3, ring crypto).
     pub config: Arc<rustls::ServerConfig>,
+    /// The same, asking the client for a certificate: for other nodes ([`crate::peers`]).
+    pub peers: Arc<rustls::ServerConfig>,
+    /// The certificate and key, which the node presents to the nodes it forwards requests to.
+    pub card: Card,
     /// The SHA-256 fingerprint of the leaf certificate ([`api::format_fingerprint`]).
     pub fingerprint: String,
     /// Whether this start generated the certificate.
@@ -70,18 +75,38 @@ pub fn load_or_create(data: &Path, names: &[String]) -> Result<Identity> {
     let fingerprint = fingerprint(leaf);
     let key_der =
         PrivateKeyDer::from_pem_file(&key).with_context(|| format!("reading {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .with_context(|| format!("{} does not fit {}", key.display(), cert.display()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let card = Card {
+        chain,
+        key: key_der,
+    };
+    let serving = |verifier: Option<Arc<dyn ClientCertVerifier>>| {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(card.chain.clone(), card.key.clone_key())
+            .with_context(|| format!("{} does not fit {}", key.display(), cert.display()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        anyhow::Ok(Arc::new(config))
+    };
     Ok(Identity {
-        config: Arc::new(config),
+        config: serving(None)?,
+        peers: serving(Some(crate::peers::AnyCert::new()))?,
+        card,
         fingerprint,
         generated,
     })
+}
+
+/// A certificate chain and its key, presented as a TLS client's.
+#[derive(Debug)]
+pub struct Card {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
 }
 
 /// Accepts exactly the pinned certificate (any, when none is pinned) and remembers the one
@@ -112,13 +137,31 @@ impl PinVerifier {
 
     /// A TLS client configuration trusting only what this verifier accepts.
     pub fn client_config(self: &Arc<Self>) -> Result<Arc<rustls::ClientConfig>> {
-        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .dangerous()
-            .with_custom_certificate_verifier(self.clone())
-            .with_no_client_auth();
+        Ok(Arc::new(self.builder()?.with_no_client_auth()))
+    }
+
+    /// [`PinVerifier::client_config`] for a node forwarding a request: offering
+    /// [`crate::peers::PEER_ALPN`] and presenting `card`, its own certificate.
+    pub fn peer_config(self: &Arc<Self>, card: &Card) -> Result<Arc<rustls::ClientConfig>> {
+        let mut config = self
+            .builder()?
+            .with_client_auth_cert(card.chain.clone(), card.key.clone_key())
+            .context("the node's certificate as a client's")?;
+        config.alpn_protocols = vec![crate::peers::PEER_ALPN.to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// A client configuration's builder trusting only what this verifier accepts.
+    fn builder(
+        self: &Arc<Self>,
+    ) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+        Ok(
+            rustls::ClientConfig::builder_with_provider(self.provider.clone())
+                .with_safe_default_protocol_versions()
+                .context("TLS protocol versions")?
+                .dangerous()
+                .with_custom_certificate_verifier(self.clone()),
+        )
     }
 }
 

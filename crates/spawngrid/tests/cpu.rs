@@ -130,6 +130,76 @@ fn cpu_on_a_terminal_through_pipes_and_refusals() {
     alice.ok("boom", &["sess"]);
 }
 
+/// `python3 -c SILENT ADDR PATH TOKEN`: a WebSocket handshake, then nothing: it never reads
+/// (so never answers a ping) nor sends. Prints the status line's start.
+const SILENT: &str = r#"
+import socket, ssl, sys, time
+addr, path, token = sys.argv[1:4]
+host, port = addr.rsplit(":", 1)
+s = ssl._create_unverified_context().wrap_socket(socket.create_connection((host, int(port))))
+s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+           "Authorization: Bearer %s\r\n\r\n" % (path, addr, token)).encode())
+print(s.recv(12).decode(), flush=True)
+time.sleep(3600)
+"#;
+
+/// An idle terminal is not a dead client: with `stream_idle_timeout = 2`, a `spawngrid cpu`
+/// session left without input for several times that still runs what is typed next (its
+/// client answers the node's pings), while a client that sends nothing, not even pongs, has
+/// its session ended and its processes killed.
+#[test]
+fn silent_cpu_clients_are_dropped_idle_terminals_kept() {
+    let site = Site::new("cpu-idle");
+    let config = site.config("[connections]\nstream_idle_timeout = 2\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base", "--as", "sess"]);
+
+    let mut idle = Command::new(common::bin())
+        .args(["cpu", "sess", "-h", &site.addr(), "-u", &alice.name])
+        .env("HOME", &alice.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = idle.stdin.take().unwrap();
+    input.write_all(b"echo one\n").unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    input.write_all(b"echo two\nexit 5\n").unwrap();
+    drop(input);
+    let out = idle.wait_with_output().unwrap();
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{screen}");
+    assert!(screen.lines().any(|l| l.trim_end() == "two"), "{screen}");
+
+    let path = "/api/envs/sess/cpu?cmd=%5B%22sleep%22%2C%221000%22%5D";
+    let mut silent = Command::new("python3")
+        .args(["-c", SILENT, &site.addr(), path, &alice.token()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = [0u8; 12];
+    std::io::Read::read_exact(silent.stdout.as_mut().unwrap(), &mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 101");
+    assert!(
+        eventually(|| others(&alice).contains("sleep")),
+        "the session did not start: {}",
+        site.log()
+    );
+    assert!(
+        eventually(|| others(&alice).is_empty()),
+        "the silent client's session was left: {}",
+        others(&alice)
+    );
+    assert!(site
+        .log()
+        .contains("cpu client silent for 2s: ending its session"));
+    silent.kill().unwrap();
+    silent.wait().unwrap();
+}
+
 /// A file's (bytes, mode, mtime), or a symlink's target, or a directory's (mode, mtime).
 fn describe(p: &Path) -> String {
     let m = std::fs::symlink_metadata(p).unwrap();

@@ -19,16 +19,25 @@ const DOWN_AFTER: &str = "9s";
 /// A grid started by `scripts/grid.sh up` in a scratch directory, taken down on drop.
 struct Grid {
     scratch: Scratch,
+    /// Each node's `[connections] per_address`.
+    per_address: &'static str,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
 
 impl Grid {
+    /// A grid of nodes with the default `per_address` (256).
     fn up() -> Grid {
+        Grid::taking("256")
+    }
+
+    /// A grid whose nodes take `per_address` connections from one address.
+    fn taking(per_address: &'static str) -> Grid {
         static LOCK: Mutex<()> = Mutex::new(());
         let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = Scratch::new("grid");
         let grid = Grid {
             scratch,
+            per_address,
             _one_at_a_time: guard,
         };
         let out = grid.script(&["up"]);
@@ -47,6 +56,7 @@ impl Grid {
             .env("SPAWNGRID_BIN", common::bin())
             .env("SPAWNGRID_GRID_BASE", "busybox")
             .env("SPAWNGRID_DOWN_AFTER", DOWN_AFTER)
+            .env("SPAWNGRID_PER_ADDRESS", self.per_address)
             .output()
             .expect("running scripts/grid.sh")
     }
@@ -863,4 +873,76 @@ fn one_env_name_and_one_node_name_at_a_time() {
     let nodes = dave.json(2, "nodes", &[]);
     assert_eq!(nodes[0]["address"], "10.231.0.11:16998", "{nodes}");
     assert_eq!(nodes[0]["up"], true, "{nodes}");
+}
+
+/// `python3 -c TERMINALS HOST PATH TOKEN SRC...`: a terminal WebSocket to `HOST:16998` from
+/// each address SRC in turn, each printing its status (`refused` when the node closes the
+/// connection first), all held open until stdin ends.
+const TERMINALS: &str = r#"
+import socket, ssl, sys
+host, path, token = sys.argv[1:4]
+held = []
+for src in sys.argv[4:]:
+    try:
+        tcp = socket.create_connection((host, 16998), 30, source_address=(src, 0))
+        s = ssl._create_unverified_context().wrap_socket(tcp)
+        s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\n"
+                   "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Protocol: spawngrid, bearer.%s\r\n\r\n" % (path, host, token)).encode())
+        line = s.makefile("rb").readline().split()
+        said = line[1].decode() if line else "refused"
+        held.append(s)
+    except (OSError, ssl.SSLError):
+        said = "refused"
+    print(said, flush=True)
+sys.stdin.read()
+"#;
+
+/// [`TERMINALS`] to node `n` from `sources`: what each said, and the process holding them.
+fn terminals(n: u8, path: &str, token: &str, sources: &[&str]) -> (Vec<String>, common::Bg) {
+    let mut child = Command::new("python3")
+        .args(["-c", TERMINALS, &node(n), path, token])
+        .args(sources)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let said = std::io::BufRead::lines(out)
+        .take(sources.len())
+        .map(Result::unwrap)
+        .collect();
+    (said, common::Bg(Some(child)))
+}
+
+/// Requests a node forwards count in the receiving node's `max` only, not in the
+/// `per_address` share of the forwarding node's address: with `per_address = 2` on every node,
+/// four terminals of an env on node 2 opened through node 1, by clients from four addresses,
+/// are all taken (node 2 sees each from node 1's address), while a client opening three
+/// straight to node 2 from one address has its third closed at accept.
+#[test]
+fn forwarded_connections_count_per_client_not_per_forwarding_node() {
+    let grid = Grid::taking("2");
+    grid.add_user("alice");
+    let alice = grid.user("alice");
+    alice.login(2);
+    alice.ok(2, "spawn", &["admin/base", "--as", "t"]);
+    let sources = ["10.231.0.2", "10.231.0.3", "10.231.0.4", "10.231.0.5"];
+    for a in sources {
+        // The bridge goes with the grid, and these addresses with it.
+        let out = run(
+            Command::new("ip").args(["addr", "add", &format!("{a}/24"), "dev", "sggrid0"]),
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let (token, path) = (
+        alice.token(),
+        "/api/envs/t/cpu?cmd=%5B%22sleep%22%2C%22600%22%5D",
+    );
+    let (through_1, _held) = terminals(1, path, &token, &sources);
+    assert_eq!(through_1, ["101"; 4]);
+    let (straight, _held) = terminals(2, path, &token, &[sources[0]; 3]);
+    assert_eq!(straight, ["101", "101", "refused"]);
 }

@@ -126,7 +126,12 @@ fn refused(a: &Answer, status: u16, says: &str) {
 /// alice's env `base` with busybox httpd on 127.0.0.1:8000 serving /srv (an index and a
 /// file below), logged in.
 fn serving(site: &Site) -> User<'_> {
-    let alice = site.user("alice");
+    serving_as(site, "alice")
+}
+
+/// [`serving`] for user `name`.
+fn serving_as<'a>(site: &'a Site, name: &str) -> User<'a> {
+    let alice = site.user(name);
     alice.login();
     alice.ok("spawn", &["base"]);
     let (code, _, err) = alice.exec(
@@ -449,6 +454,147 @@ fn an_open_preview_websocket_keeps_its_env_from_going_idle() {
     echo(&mut ws);
     echoed(&said(&mut ws, 1));
     assert!(ws.wait().status.success());
+}
+
+/// A WebSocket through a preview whose two ends went silent is closed after `[connections]
+/// stream_idle_timeout`, its connection no longer held: the node says so in its log, and a
+/// frame sent afterwards is not echoed.
+#[test]
+fn a_silent_preview_websocket_is_closed() {
+    let site = Site::new("preview-ws-silent");
+    let config = site.config("[connections]\nstream_idle_timeout = 2\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let alice = serving(&site);
+    let path = hot_reload(&alice, &["--public"]);
+    let mut ws = websockets(&site, &path, "{}", "127.0.0.1", 1);
+    upgraded(&said(&mut ws, 1)[0]);
+    eventually("the silent WebSocket to be closed", || {
+        site.log().contains("relayed upgrade closed: silent for 2s")
+    });
+    echo(&mut ws);
+    let after = said(&mut ws, 1);
+    assert!(after.iter().all(|e| e["echo"] != e["sent"]), "{after:?}");
+}
+
+/// A listener on 127.0.0.1:7000 whose queue is full (backlog 0, filled by itself, never
+/// accepting): the kernel drops further connects, which wait for their timeout. Prints
+/// `ready` once full.
+const STUCK: &str = r#"
+import socket, time
+l = socket.socket()
+l.bind(("127.0.0.1", 7000))
+l.listen(0)
+fill = [socket.socket() for _ in range(3)]
+for f in fill:
+    f.setblocking(False)
+    f.connect_ex(("127.0.0.1", 7000))
+time.sleep(1)
+print("ready", flush=True)
+time.sleep(3600)
+"#;
+
+/// `python3 -c FLOOD ADDR PATH N OUT`: N GETs of PATH at once, each appending
+/// `STATUS FIRST-LINE-OF-BODY` to file OUT once answered.
+const FLOOD: &str = r#"
+import http.client, ssl, sys, threading
+host, port = sys.argv[1].rsplit(":", 1)
+path, n, out = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+lock = threading.Lock()
+def get():
+    c = http.client.HTTPSConnection(host, int(port), context=ssl._create_unverified_context(), timeout=120)
+    c.request("GET", path)
+    r = c.getresponse()
+    line = "%d %s\n" % (r.status, r.read().decode().split("\n")[0])
+    with lock, open(out, "a") as f:
+        f.write(line)
+threads = [threading.Thread(target=get) for _ in range(n)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+"#;
+
+/// The threads of the node's process that are opening sockets inside envs.
+fn netns_threads(site: &Site) -> usize {
+    let pid = site.server.borrow().as_ref().unwrap().child.id();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == "ssh-netns")
+        .count()
+}
+
+/// One user's connects to an address in their env that never answers take a share of the
+/// node's threads for them, not all: while 80 requests to alice's preview of a port whose
+/// listener never accepts wait on their connects, bob's preview is served before any of
+/// alice's is answered; alice's requests past her share wait a bounded time and are told to
+/// try again (429), the others get the 502 of a port that does not answer.
+#[test]
+fn one_users_unanswered_previews_leave_others_served() {
+    let site = Site::new("preview-slots");
+    site.start("127.0.0.1:0");
+    let bob = serving_as(&site, "bob");
+    let bobs = bob.json("expose", &["base", "8000", "--public"]);
+    let bobs = path_of(bobs["exposure"]["url"].as_str().unwrap());
+    let alice = site.user("alice");
+    alice.login();
+    alice.ok("spawn", &["base"]);
+    let state = site
+        .data()
+        .join(format!("envs/base+{}/state.json", alice.name));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    let pid = state["init_pid"].to_string();
+    let mut stuck = Bg(Some(
+        Command::new("nsenter")
+            .args(["-t", &pid, "-n", "python3", "-c", STUCK])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut ready = String::new();
+    BufReader::new(stuck.0.as_mut().unwrap().stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    let alices = alice.json("expose", &["base", "7000", "--public"]);
+    let alices = path_of(alices["exposure"]["url"].as_str().unwrap());
+    let out = site.scratch.path().join("flood.txt");
+    let flood = Bg(Some(
+        Command::new("python3")
+            .args(["-c", FLOOD, &site.addr(), &alices, "80"])
+            .arg(&out)
+            .spawn()
+            .unwrap(),
+    ));
+    eventually("alice's connects to be waiting", || {
+        netns_threads(&site) >= 16
+    });
+    // The rest of alice's requests come in meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let served = get(&site, &bobs, None);
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.body, "hello-from-the-env\n");
+    let answered = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        answered.is_empty(),
+        "{} of alice's requests were answered before bob's",
+        answered.lines().count()
+    );
+    assert!(flood.wait().status.success());
+    let answered = std::fs::read_to_string(&out).unwrap();
+    let busy = answered.lines().filter(|l| l.starts_with("429 ")).count();
+    assert!(busy > 0, "{answered}");
+    for line in answered.lines() {
+        match &line[..4] {
+            "429 " => assert!(
+                line.ends_with(
+                    "spawngrid: too many connections are being opened in your envs at \
+                     once; try again in a few seconds"
+                ),
+                "{line}"
+            ),
+            "502 " => assert!(line.contains("nothing answers on port 7000"), "{line}"),
+            _ => panic!("{answered}"),
+        }
+    }
 }
 
 /// Lowercase hex of `bytes`.

@@ -294,7 +294,11 @@ impl Drop for Session {
             .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = m.envs.get_mut(&self.id).filter(|e| e.number == self.instance) {
+        if let Some(e) = m
+            .envs
+            .get_mut(&self.id)
+            .filter(|e| e.number == self.instance)
+        {
             e.sessions = e.sessions.saturating_sub(1);
             e.last = now();
         }

@@ -58,6 +58,8 @@
 //! forward_local = true            # env's owner: `ssh -L` to addresses inside the env,
 //! forward_remote = true           # `ssh -R` listening inside the env,
 //! forward_agent = true            # `ssh -A` (SSH_AUTH_SOCK inside the env)
+//! max_forwards = 64               # forwards one SSH connection holds at once (-L/-W
+//!                                 # channels, -R listeners and their connections)
 //!
 //! [nat]                           # what `--net nat` envs reach besides the internet
 //! allow = ["192.168.10.0/24"]     # destinations (a.b.c.d/len or one address) otherwise

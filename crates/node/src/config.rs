@@ -296,6 +296,7 @@ mod tests {
     fn ssh_forwarding_is_on_unless_turned_off() {
         let c = Config::parse("").unwrap().ssh;
         assert!(c.forward_local && c.forward_remote && c.forward_agent);
+        assert_eq!(c.max_forwards, 64);
         let c = Config::parse("[ssh]\nforward_agent = false\n").unwrap().ssh;
         assert!(c.forward_local && c.forward_remote && !c.forward_agent);
         assert!(Config::parse("[ssh]\nforward_x11 = true\n").is_err());

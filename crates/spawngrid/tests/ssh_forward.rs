@@ -469,12 +469,13 @@ fn httpd_then(user: &User, env: &str, then: &str) {
     assert_eq!(code, 0, "{err}");
 }
 
-/// How many connections to the env's port 8000 are open from its side of a forward (their
-/// remote address is 127.0.0.1:8000, as `/proc/net/tcp` inside the env lists them).
+/// How many connections to the env's port 8000 the node's forwards hold open (their remote
+/// address is 127.0.0.1:8000 and they are established, or closed by the server only, as
+/// `/proc/net/tcp` inside the env lists them).
 fn forwarded_to_8000(user: &User, env: &str) -> usize {
     let (_, out, _) = user.exec(
         env,
-        "awk '$3 == \"0100007F:1F40\" && $4 == \"01\"' /proc/net/tcp | wc -l",
+        "awk '$3 == \"0100007F:1F40\" && ($4 == \"01\" || $4 == \"08\")' /proc/net/tcp | wc -l",
     );
     out.trim().parse().unwrap()
 }
@@ -496,15 +497,20 @@ fn local_forwards_need_only_the_env_and_are_capped_per_connection() {
     httpd_then(&alice, "base", "rm /etc/passwd && mkdir /etc/passwd");
     let local = free_port();
     let forward = format!("{local}:127.0.0.1:8000");
-    let mut tunnel = Bg(Some(
+    // Its refusals go to a file (a pipe left unread would stop the client once full).
+    let said = site.scratch.join("ssh-stderr");
+    let tunnel = Bg(Some(
         ssh.cmd("ssh", &pw, &["-N", "-L", &forward, &target])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&said).unwrap())
             .spawn()
             .unwrap(),
     ));
     assert!(http_get(local).ends_with("hello-from-the-env\n"));
+    eventually("that forward to end", || {
+        forwarded_to_8000(&alice, "base") == 0
+    });
 
     // Two connections that send nothing hold both forwards (httpd waits for their requests).
     let held: Vec<TcpStream> = (0..2)
@@ -516,13 +522,11 @@ fn local_forwards_need_only_the_env_and_are_capped_per_connection() {
     let mut third = TcpStream::connect(("127.0.0.1", local)).unwrap();
     let mut got = Vec::new();
     third.read_to_end(&mut got).unwrap();
-    assert!(got.is_empty(), "{got:?}");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
     drop(held);
     assert!(http_get(local).ends_with("hello-from-the-env\n"));
-    let mut client = tunnel.0.take().unwrap();
-    let _ = client.kill();
-    let out = client.wait_with_output().unwrap();
-    let err = text(&out.stderr);
+    drop(tunnel);
+    let err = std::fs::read_to_string(&said).unwrap();
     assert!(
         err.contains(
             "open failed: administratively prohibited: spawngrid: this connection holds 2 \

@@ -73,8 +73,8 @@ impl Forwards {
 /// Moves bytes between `socket` (the env's side) and `channel` (the client's), passing each
 /// side's EOF on, until both sides sent theirs (then the channel is closed). Once the client
 /// is gone (its channel closed, or the connection), the socket's write side is shut down and
-/// the env's side gets [`GRACE`] to finish; then the socket is dropped, so a silent env side
-/// holds nothing for long.
+/// the env's side gets a grace period (5 s) to finish; then the socket is dropped, so a
+/// silent env side holds nothing for long.
 pub async fn bridge(socket: impl AsyncRead + AsyncWrite + Unpin, channel: Channel<Msg>) {
     let (mut rx, tx) = channel.split();
     let (mut from_env, mut to_env) = tokio::io::split(socket);

@@ -207,10 +207,30 @@ fn victim(limits: &Limits, live: &[Usage], user: &str, mem: u64) -> Result<usize
 
 /// Sessions running in each env and when each env was last active (in memory: after a daemon
 /// restart, idle time counts from the restart, or from the spawn if later).
+///
+/// An env's name is reused: boomed, it may be spawned again under the same name while a
+/// session of the old env still ends (an `ssh -R` tunnel noticing the boom). So each name's
+/// count is one instance's: [`Activity::forget`] (after a boom) ends the instance, and a
+/// session of an earlier instance ends without touching the count of the next.
 #[derive(Debug)]
 pub struct Activity {
-    inner: Mutex<HashMap<String, (usize, u64)>>,
+    inner: Mutex<Instances>,
     started: u64,
+}
+
+/// Each env's current instance, and the number the next one gets.
+#[derive(Debug, Default)]
+struct Instances {
+    envs: HashMap<String, Instance>,
+    next: u64,
+}
+
+/// One instance of an env: its number, sessions running in it, and when the last one ended.
+#[derive(Debug, Clone, Copy)]
+struct Instance {
+    number: u64,
+    sessions: usize,
+    last: u64,
 }
 
 impl Default for Activity {
@@ -227,31 +247,43 @@ impl Default for Activity {
 pub struct Session {
     activity: Arc<Activity>,
     id: String,
+    /// The env instance it runs in.
+    instance: u64,
 }
 
 impl Activity {
     /// Marks env `id` busy until the returned guard is dropped.
     pub fn session(self: &Arc<Self>, id: &str) -> Session {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(id.to_string()).or_insert((0, 0)).0 += 1;
+        let Instances { envs, next } = &mut *m;
+        let e = envs.entry(id.to_string()).or_insert_with(|| {
+            *next += 1;
+            Instance {
+                number: *next,
+                sessions: 0,
+                last: 0,
+            }
+        });
+        e.sessions += 1;
         Session {
             activity: self.clone(),
             id: id.to_string(),
+            instance: e.number,
         }
     }
 
     /// Whether env `id` has a session now, and its idle seconds (`created`: its spawn time).
     pub fn state(&self, id: &str, created: u64) -> (bool, u64) {
         let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (sessions, last) = m.get(id).copied().unwrap_or((0, 0));
+        let (sessions, last) = m.envs.get(id).map_or((0, 0), |e| (e.sessions, e.last));
         let since = last.max(created).max(self.started);
         (sessions > 0, now().saturating_sub(since))
     }
 
-    /// Forgets env `id` (after a boom).
+    /// Forgets env `id` (after a boom): its sessions still running no longer count.
     pub fn forget(&self, id: &str) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        m.remove(id);
+        m.envs.remove(id);
     }
 }
 
@@ -262,9 +294,13 @@ impl Drop for Session {
             .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = m.get_mut(&self.id) {
-            e.0 = e.0.saturating_sub(1);
-            e.1 = now();
+        if let Some(e) = m
+            .envs
+            .get_mut(&self.id)
+            .filter(|e| e.number == self.instance)
+        {
+            e.sessions = e.sessions.saturating_sub(1);
+            e.last = now();
         }
     }
 }
@@ -414,5 +450,17 @@ mod tests {
         }
         let (busy, idle) = a.state("x", 0);
         assert!(!busy && idle <= 1);
+    }
+
+    #[test]
+    fn a_boomed_envs_sessions_leave_the_next_env_of_its_name_alone() {
+        let a = Arc::new(Activity::default());
+        let old = a.session("x");
+        a.forget("x");
+        let new = a.session("x");
+        drop(old);
+        assert!(a.state("x", 0).0, "the new env's session no longer counted");
+        drop(new);
+        assert!(!a.state("x", 0).0);
     }
 }

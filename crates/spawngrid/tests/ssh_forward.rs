@@ -457,3 +457,185 @@ fn forwarding_is_refused_when_disabled_or_not_the_owner() {
 
     alice.ok("boom", &["work"]);
 }
+
+/// Starts busybox `httpd` (a daemon, so it outlives the exec) on the env's 127.0.0.1:8000,
+/// serving `hello-from-the-env`, then runs `then`.
+fn httpd_then(user: &User, env: &str, then: &str) {
+    let script = format!(
+        "mkdir -p /srv && echo hello-from-the-env > /srv/index.html && \
+         httpd -p 127.0.0.1:8000 -h /srv && {then}"
+    );
+    let (code, _, err) = user.exec(env, &script);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// How many connections to the env's port 8000 the node's forwards hold open (their remote
+/// address is 127.0.0.1:8000 and they are established, or closed by the server only, as
+/// `/proc/net/tcp` inside the env lists them).
+fn forwarded_to_8000(user: &User, env: &str) -> usize {
+    let (_, out, _) = user.exec(
+        env,
+        "awk '$3 == \"0100007F:1F40\" && ($4 == \"01\" || $4 == \"08\")' /proc/net/tcp | wc -l",
+    );
+    out.trim().parse().unwrap()
+}
+
+/// A local forward needs only the env, not its accounts: it works with an `/etc/passwd` no
+/// session could start with. One connection holds at most `[ssh] max_forwards` forwards:
+/// one more is refused with the reason, and a forward that ends makes room.
+#[test]
+fn local_forwards_need_only_the_env_and_are_capped_per_connection() {
+    let site = Site::new("ssh-fwd-cap");
+    let config = site.config("[ssh]\nmax_forwards = 2\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
+    httpd_then(&alice, "base", "rm /etc/passwd && mkdir /etc/passwd");
+    let local = free_port();
+    let forward = format!("{local}:127.0.0.1:8000");
+    // Its refusals go to a file (a pipe left unread would stop the client once full).
+    let said = site.scratch.join("ssh-stderr");
+    let tunnel = Bg(Some(
+        ssh.cmd("ssh", &pw, &["-N", "-L", &forward, &target])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&said).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(http_get(local).ends_with("hello-from-the-env\n"));
+    eventually("that forward to end", || {
+        forwarded_to_8000(&alice, "base") == 0
+    });
+
+    // Two connections that send nothing hold both forwards (httpd waits for their requests).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", local)).unwrap())
+        .collect();
+    eventually("both forwards to connect inside the env", || {
+        forwarded_to_8000(&alice, "base") == 2
+    });
+    let mut third = TcpStream::connect(("127.0.0.1", local)).unwrap();
+    let mut got = Vec::new();
+    third.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    drop(held);
+    assert!(http_get(local).ends_with("hello-from-the-env\n"));
+    drop(tunnel);
+    let err = std::fs::read_to_string(&said).unwrap();
+    assert!(
+        err.contains(
+            "open failed: administratively prohibited: spawngrid: this connection holds 2 \
+             forwards, the node's limit ([ssh] max_forwards): close one first"
+        ),
+        "{err}"
+    );
+    alice.ok("boom", &["base"]);
+}
+
+/// A forward to a server inside the env that never answers nor closes ends soon after the
+/// client goes: the env is no longer in use, so the node's idle timeout ends it.
+#[test]
+fn a_forward_to_a_silent_server_ends_soon_after_the_client() {
+    let site = Site::new("ssh-fwd-silent");
+    let config = site.config("idle_timeout = \"6s\"\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
+    // Stopped, httpd never reads, writes or closes; the kernel still completes connections
+    // to it, which wait in its queue.
+    httpd_then(&alice, "base", "kill -STOP $(pidof httpd)");
+    let local = free_port();
+    let forward = format!("{local}:127.0.0.1:8000");
+    // The session keeps the env in use until the forward does.
+    let client = Bg(Some(
+        ssh.cmd(
+            "ssh",
+            &pw,
+            &["-L", &forward, &target, "--", "exec sleep 600"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    ));
+    let conn = eventually_connect(local);
+    eventually("the forward to connect inside the env", || {
+        forwarded_to_8000(&alice, "base") == 1
+    });
+    drop(client); // killed
+    drop(conn);
+    eventually("the idle env to end", || alice.env_names().is_empty());
+}
+
+/// A connection to 127.0.0.1:`port` on the host, once something listens there.
+fn eventually_connect(port: u16) -> TcpStream {
+    let mut conn = None;
+    eventually("the forwarded port to listen", || {
+        conn = TcpStream::connect(("127.0.0.1", port)).ok();
+        conn.is_some()
+    });
+    conn.unwrap()
+}
+
+/// A remote forward ends with its env: once the env is boomed and spawned again, the same
+/// connection forwards the same port into the new env.
+#[test]
+fn a_remote_forward_ends_with_its_env() {
+    let site = Site::new("ssh-fwd-r-boom");
+    site.start("127.0.0.1:0");
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
+    let control = site.scratch.join("mux");
+    let control = control.to_str().unwrap();
+    let args = [
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-M",
+        "-N",
+        "-S",
+        control,
+        "-R",
+        "9000:127.0.0.1:1",
+        &target,
+    ];
+    let _master = Bg(Some(
+        ssh.cmd("ssh", &pw, &args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let listening = || alice.exec("base", "nc 127.0.0.1 9000 </dev/null").0 == 0;
+    eventually("the port to listen inside the env", listening);
+    alice.ok("boom", &["base"]);
+    alice.ok("spawn", &["base"]);
+    assert!(!listening());
+    let again = [
+        "-S",
+        control,
+        "-O",
+        "forward",
+        "-R",
+        "9000:127.0.0.1:2",
+        &target,
+    ];
+    let out = run(&mut ssh.cmd("ssh", &pw, &again), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(listening());
+    alice.ok("boom", &["base"]);
+}

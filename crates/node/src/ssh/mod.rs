@@ -33,9 +33,6 @@ use tokio::net::TcpListener;
 /// How long a connection may take to log in (from its first byte).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The most remote forwards (listeners) one connection holds.
-const MAX_REMOTE_FORWARDS: usize = 64;
-
 /// The node config's `[ssh]` table: what an env's owner may forward through the gateway, and
 /// the type of host key a new node makes.
 #[derive(Clone, Debug, Deserialize)]
@@ -47,6 +44,9 @@ pub struct SshConfig {
     pub forward_remote: bool,
     /// `ssh -A`: a socket inside the env that the client's agent answers.
     pub forward_agent: bool,
+    /// The most forwards one SSH connection holds at once: `-L`/`-W` channels, `-R`
+    /// listeners, and connections an `-R` listener relays; one more is refused.
+    pub max_forwards: usize,
     /// The type of host key made on the node's first start (a node keeps the key it has).
     pub host_key: keys::HostKeyType,
 }
@@ -57,6 +57,7 @@ impl Default for SshConfig {
             forward_local: true,
             forward_remote: true,
             forward_agent: true,
+            max_forwards: 64,
             host_key: keys::HostKeyType::default(),
         }
     }
@@ -126,6 +127,7 @@ pub async fn serve(
             login: None,
             logged_in: logged_in.clone(),
             remote: HashMap::new(),
+            forwards: Arc::new(forward::Forwards::new(node.config.ssh.max_forwards)),
         };
         let config = config.clone();
         tokio::spawn(async move {
@@ -201,6 +203,8 @@ pub struct Conn {
     /// Its remote forwards by the address the client named and the port bound (the one a
     /// client cancels with, also when it asked for port 0): their accept tasks.
     remote: HashMap<(String, u32), tokio::task::AbortHandle>,
+    /// What its forwards share: their count and their env.
+    forwards: Arc<forward::Forwards>,
 }
 
 impl Drop for Conn {
@@ -319,6 +323,7 @@ impl russh::server::Handler for Conn {
         tokio::spawn(forward::direct(
             node,
             login,
+            self.forwards.clone(),
             channel,
             host,
             port_to_connect,
@@ -337,14 +342,14 @@ impl russh::server::Handler for Conn {
             return Ok(false);
         };
         // Keys are bound ports, so port 0 (a port the node picks, as `-R 0:...` asks) is
-        // never a duplicate.
-        if self.remote.contains_key(&(address.to_string(), *port))
-            || self.remote.len() >= MAX_REMOTE_FORWARDS
-        {
-            tracing::info!(user = %login.user, address, port = *port, "ssh -R refused: a duplicate or too many");
+        // never a duplicate. A listener whose env went is gone.
+        self.remote.retain(|_, task| !task.is_finished());
+        if self.remote.contains_key(&(address.to_string(), *port)) {
+            tracing::info!(user = %login.user, address, port = *port, "ssh -R refused: a duplicate");
             return Ok(false);
         }
-        match forward::remote(&self.node, &login, session.handle(), address, *port).await {
+        let (node, forwards) = (&self.node, self.forwards.clone());
+        match forward::remote(node, &login, forwards, session.handle(), address, *port).await {
             Ok((task, bound)) => {
                 tracing::info!(user = %login.user, address, port = bound, "ssh -R");
                 self.remote.insert((address.to_string(), bound), task);

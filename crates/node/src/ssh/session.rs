@@ -163,7 +163,7 @@ pub async fn run(
 
 /// The env a forward of `login` goes to: its `ENV`, or the user's only env; an error is the
 /// one line for the client.
-pub(super) async fn forward_target(node: &Arc<Node>, login: &Login) -> Result<Target, String> {
+pub(super) async fn forward_env(node: &Arc<Node>, login: &Login) -> Result<EnvState, String> {
     spawned(node, login).await?;
     let (n, user, env) = (node.clone(), login.user.clone(), login.env.clone());
     tokio::task::spawn_blocking(move || {
@@ -175,7 +175,7 @@ pub(super) async fn forward_target(node: &Arc<Node>, login: &Login) -> Result<Ta
                 Pick::Refuse(msg) => return Err(msg),
             },
         };
-        resolve(&n, &user, &env)
+        find(&n, &user, &env)
     })
     .await
     .unwrap_or_else(|e| Err(format!("spawngrid: internal error: {e}")))
@@ -252,6 +252,21 @@ fn clamp(v: u32, default: u16) -> u16 {
 /// Finds `user`'s env `env`, who runs inside and their shell (root's from the env's
 /// `/etc/passwd` for root, else `/bin/sh`); an error is the one line for the client.
 fn resolve(node: &Node, user: &str, env: &str) -> Result<Target, String> {
+    let st = find(node, user, env)?;
+    // Read once: a user the env has no account for runs as its root, with root's shell.
+    let accounts = accounts(&st)?;
+    let who = accounts.user(user);
+    let shell = match &who {
+        Some(id) => id.shell.clone(),
+        None => accounts
+            .user("root")
+            .map_or_else(|| "/bin/sh".to_string(), |root| root.shell),
+    };
+    Ok(Target { st, who, shell })
+}
+
+/// `user`'s running env `env`; an error is the one line for the client.
+fn find(node: &Node, user: &str, env: &str) -> Result<EnvState, String> {
     let st = crate::envs::load_own(node, user, env).map_err(|e| match e.kind {
         // On another node of the grid: the line says where.
         crate::error::Kind::Misdirected => format!("spawngrid: {}", e.message),
@@ -264,24 +279,21 @@ fn resolve(node: &Node, user: &str, env: &str) -> Result<Target, String> {
             "spawngrid: env {env} is not running: boom it (`spawngrid boom {env}`) and spawn again"
         ));
     }
-    // Read once: a user the env has no account for runs as its root, with root's shell.
-    let accounts =
-        runtime::exec::Accounts::read(&st).map_err(|e| format!("spawngrid: env {env}: {e:#}"))?;
-    let who = accounts.user(user);
-    let shell = match &who {
-        Some(id) => id.shell.clone(),
-        None => accounts
-            .user("root")
-            .map_or_else(|| "/bin/sh".to_string(), |root| root.shell),
-    };
-    Ok(Target { st, who, shell })
+    Ok(st)
+}
+
+/// The accounts of env `st` (its `/etc/passwd` and `/etc/group`); an error is the one line
+/// for the client.
+pub(super) fn accounts(st: &EnvState) -> Result<runtime::exec::Accounts, String> {
+    let env = crate::envs::user_env_name(st, &st.owner);
+    runtime::exec::Accounts::read(st).map_err(|e| format!("spawngrid: env {env}: {e:#}"))
 }
 
 /// Where a session runs: the env, who inside (root if `None`), and their login shell.
-pub(super) struct Target {
-    pub(super) st: EnvState,
-    pub(super) who: Option<Identity>,
-    pub(super) shell: String,
+struct Target {
+    st: EnvState,
+    who: Option<Identity>,
+    shell: String,
 }
 
 /// The names of `user`'s envs on this node; an error is the one line for the client.

@@ -1089,7 +1089,6 @@ fn a_live_node_name_is_not_taken_by_another_identity(f: &Fixture) {
     for other in [
         node_info("n1", "10.0.0.2:8443", "SHA256:second"),
         node_info("n1", "10.0.0.1:8443", "SHA256:second"),
-        node_info("n1", "10.0.0.2:8443", "SHA256:first"),
     ] {
         let err = cat.register_node(&other, LIVE).unwrap_err();
         assert!(matches!(err, Error::NodeNameHeld { .. }), "{err}");
@@ -1103,6 +1102,11 @@ fn a_live_node_name_is_not_taken_by_another_identity(f: &Fixture) {
         );
         assert_eq!(cat.nodes().unwrap()[0].info, first);
     }
+    // The same certificate is the same node: restarted on another port, it keeps its name.
+    let restarted = node_info("n1", "10.0.0.1:9443", "SHA256:first");
+    cat.register_node(&restarted, LIVE).unwrap();
+    assert_eq!(cat.nodes().unwrap()[0].info, restarted);
+    cat.register_node(&first, LIVE).unwrap();
     // Silent past the threshold: the node moved to another host, which takes the name.
     raw(&cat, "UPDATE nodes SET heartbeat = heartbeat - 31").unwrap();
     let moved = node_info("n1", "10.0.0.2:8443", "SHA256:second");
@@ -1115,6 +1119,13 @@ fn a_live_node_name_is_not_taken_by_another_identity(f: &Fixture) {
     assert!(!cat.heartbeat("n1", "SHA256:first").unwrap());
     assert!(cat.nodes().unwrap()[0].silent >= 31);
     assert!(cat.heartbeat("n1", "SHA256:second").unwrap());
+    // A node that stops says so (its own row only): a new certificate takes the name at once.
+    assert!(!cat.leave_node("n1", "SHA256:first", LIVE).unwrap());
+    assert!(cat.leave_node("n1", "SHA256:second", LIVE).unwrap());
+    assert!(cat.nodes().unwrap()[0].silent > LIVE.as_secs());
+    let renewed = node_info("n1", "10.0.0.2:8443", "SHA256:third");
+    cat.register_node(&renewed, LIVE).unwrap();
+    assert_eq!(cat.nodes().unwrap()[0].info, renewed);
 }
 
 fn leases_exclude_each_other_and_expire(f: &Fixture) {

@@ -4,7 +4,7 @@
 //! registered, heartbeat)`: each node registers itself when it starts (again on every start:
 //! its address or capacity may have changed; its first registration time stays) and beats
 //! every few seconds; the rest of the grid reads the table to find nodes and their room. A
-//! name whose node is live is not taken by a node with another certificate or address.
+//! name whose node is live is not taken by a node with another certificate.
 //!
 //! Every time here (a heartbeat, a lease's expiry) is stamped and compared by the catalog's
 //! clock, the database's (`unixepoch()`; PostgreSQL's server clock), never a node's own: a
@@ -166,9 +166,10 @@ const CENTURY: i64 = 100 * 366 * 24 * 3600;
 impl Catalog {
     /// Registers node `info.name`, or updates what it said about itself; either way counts
     /// as a heartbeat. Refuses ([`Error::NodeNameHeld`]) a name whose node is live (heard
-    /// from within `live_within`) with another identity (certificate fingerprint or address):
-    /// two hosts given one name would take each other's row, envs and traffic. A name whose
-    /// node is silent (it moved to another host) or that says the same (a restart) is taken.
+    /// from within `live_within`) with another certificate (its fingerprint is the node's
+    /// identity): two hosts given one name would take each other's row, envs and traffic. A
+    /// name whose node is silent (it moved to another host), or registered with the same
+    /// certificate (a restart, on the same address or another port), is taken.
     pub fn register_node(&self, info: &NodeInfo, live_within: Duration) -> Result<()> {
         check_name(&info.name)?;
         let what = "registering a node";
@@ -181,7 +182,7 @@ impl Catalog {
             )?;
             if let Some((address, fingerprint, silent)) = holder.into_iter().next() {
                 let live = silent <= secs(live_within);
-                if live && (address != info.address || fingerprint != info.fingerprint) {
+                if live && fingerprint != info.fingerprint {
                     return Err(Error::NodeNameHeld {
                         name: info.name.clone(),
                         address,
@@ -222,6 +223,23 @@ impl Catalog {
             "recording a heartbeat",
             "UPDATE nodes SET heartbeat = unixepoch() WHERE name = ?1 AND fingerprint = ?2",
             &[name.into(), fingerprint.into()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Marks node `name` (the node with certificate `fingerprint`: only its own row) silent
+    /// for longer than `down_after` at once: a node that stops says so, so the grid sees it
+    /// down without waiting, and its restart with a new certificate is not refused as another
+    /// live node of that name. Whether a row was marked.
+    pub fn leave_node(&self, name: &str, fingerprint: &str, down_after: Duration) -> Result<bool> {
+        let n = self.execute(
+            "marking a node stopped",
+            "UPDATE nodes SET heartbeat = unixepoch() - ?3 WHERE name = ?1 AND fingerprint = ?2",
+            &[
+                name.into(),
+                fingerprint.into(),
+                secs(down_after).saturating_add(1).into(),
+            ],
         )?;
         Ok(n > 0)
     }

@@ -95,7 +95,7 @@ pub struct NatConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// This node's name in the grid; default: the host name. While a node of that name with
-    /// another certificate or address is up, this node does not start.
+    /// another certificate is up, this node does not start.
     pub name: Option<String>,
     /// Address and port of the HTTPS API.
     pub listen: SocketAddr,

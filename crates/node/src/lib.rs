@@ -246,6 +246,7 @@ pub fn run(config: Config) -> Result<()> {
             .context("registering this node in the catalog")?
             .context("registering this node in the catalog")?;
         tokio::spawn(registry::heartbeat(node.clone(), id.fingerprint.clone()));
+        let leaving = id.fingerprint.clone();
         snapshots::start_sweeping(node.clone());
         lifetime::start_sweeping(node.clone());
         egress::start_refreshing(node.clone());
@@ -260,8 +261,9 @@ pub fn run(config: Config) -> Result<()> {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         };
-        server::serve(node, listener, (id.config, id.peers), stopping).await;
+        server::serve(node.clone(), listener, (id.config, id.peers), stopping).await;
         let _ = ssh.await;
+        let _ = tokio::task::spawn_blocking(move || registry::leave(&node, &leaving)).await;
         tracing::info!("shutting down (envs keep running)");
         Ok(())
     });

@@ -10,7 +10,7 @@ use api::NodeEntry;
 use std::sync::Arc;
 
 /// Registers `node`, reached at `address` (`host:port`) with certificate `fingerprint`;
-/// refused while another node of the same name, with another certificate or address, is up.
+/// refused while another node of the same name, with another certificate, is up.
 pub fn register(node: &Node, address: &str, fingerprint: &str) -> catalog::Result<()> {
     let info = catalog::NodeInfo {
         name: node.name.clone(),
@@ -42,6 +42,23 @@ pub async fn heartbeat(node: Arc<Node>, fingerprint: String) {
             Ok(Err(e)) => tracing::warn!("heartbeat: {e}"),
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }
+    }
+}
+
+/// Marks this node (with certificate `fingerprint`) stopped in the catalog, as it stops: the
+/// grid sees it down at once, and a restart with a new certificate keeps its name. A failure
+/// is only logged (the node is then seen down once `down_after` has passed).
+pub fn leave(node: &Node, fingerprint: &str) {
+    match node
+        .cat
+        .leave_node(&node.name, fingerprint, node.config.down_after())
+    {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "stopping: node {} is not registered with this node's certificate",
+            node.name
+        ),
+        Err(e) => tracing::warn!("stopping: marking this node stopped in the catalog: {e}"),
     }
 }
 

@@ -507,7 +507,12 @@ fn spawns_of_one_env_at_once_keep_the_made_ones_record_and_a_failed_one_none() {
         let spawns: Vec<_> = ["base", "other", "base", "other", "base", "other"]
             .into_iter()
             .map(|from| {
-                s.spawn(move || (from, client.sg_at(addr, "spawn", &[from, "--as", "x"], None)))
+                s.spawn(move || {
+                    (
+                        from,
+                        client.sg_at(addr, "spawn", &[from, "--as", "x"], None),
+                    )
+                })
             })
             .collect();
         spawns.into_iter().map(|h| h.join().unwrap()).collect()
@@ -528,7 +533,11 @@ fn spawns_of_one_env_at_once_keep_the_made_ones_record_and_a_failed_one_none() {
     alice.ok("boom", &["x"]);
     let envs = site.data().join("envs");
     let chattr = |flag: &str| {
-        let st = Command::new("chattr").arg(flag).arg(&envs).status().unwrap();
+        let st = Command::new("chattr")
+            .arg(flag)
+            .arg(&envs)
+            .status()
+            .unwrap();
         assert!(st.success(), "chattr {flag} {}", envs.display());
     };
     chattr("+i");

@@ -186,15 +186,18 @@ mod tests {
             load_or_create(&stranger, &["127.0.0.1".into()]).unwrap(),
         );
         b.cat
-            .register_node(&catalog::NodeInfo {
-                name: "a".into(),
-                address: "127.0.0.1:1".into(),
-                ssh_port: 22,
-                fingerprint: a.fingerprint.clone(),
-                capacity_envs: 1,
-                capacity_mem: 1,
-                labels: String::new(),
-            })
+            .register_node(
+                &catalog::NodeInfo {
+                    name: "a".into(),
+                    address: "127.0.0.1:1".into(),
+                    ssh_port: 22,
+                    fingerprint: a.fingerprint.clone(),
+                    capacity_envs: 1,
+                    capacity_mem: 1,
+                    labels: String::new(),
+                },
+                b.config.down_after(),
+            )
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();

@@ -62,6 +62,7 @@
 //! forward_agent = true            # `ssh -A` (SSH_AUTH_SOCK inside the env)
 //! max_forwards = 64               # forwards one SSH connection holds at once (-L/-W
 //!                                 # channels, -R listeners and their connections)
+//! max_forwards_per_user = 256     # forwards one user holds at once, all connections
 //!
 //! [nat]                           # what `--net nat` envs reach besides the internet
 //! allow = ["192.168.10.0/24"]     # destinations (a.b.c.d/len or one address) otherwise
@@ -299,7 +300,7 @@ mod tests {
     fn ssh_forwarding_is_on_unless_turned_off() {
         let c = Config::parse("").unwrap().ssh;
         assert!(c.forward_local && c.forward_remote && c.forward_agent);
-        assert_eq!(c.max_forwards, 64);
+        assert_eq!((c.max_forwards, c.max_forwards_per_user), (64, 256));
         let c = Config::parse("[ssh]\nforward_agent = false\n").unwrap().ssh;
         assert!(c.forward_local && c.forward_remote && !c.forward_agent);
         assert!(Config::parse("[ssh]\nforward_x11 = true\n").is_err());

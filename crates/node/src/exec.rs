@@ -79,19 +79,26 @@ pub struct Slot {
 impl Slots {
     /// A slot for one more exec of `user`, or 429 when they run `max` already.
     pub fn take(self: &Arc<Self>, user: &str, max: usize) -> Result<Slot, Error> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(user.to_string()).or_insert(0);
-        if *n >= max {
-            return Err(Error::new(
+        self.try_take(user, max).ok_or_else(|| {
+            Error::new(
                 Kind::TooMany,
                 format!(
                     "you run {max} execs and SSH sessions at once already (the node's limit): \
                      wait for one to end, or end one"
                 ),
-            ));
+            )
+        })
+    }
+
+    /// A slot for one more of `user`'s, or `None` when they hold `max` already.
+    pub fn try_take(self: &Arc<Self>, user: &str, max: usize) -> Option<Slot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
         }
         *n += 1;
-        Ok(Slot {
+        Some(Slot {
             slots: self.clone(),
             user: user.to_string(),
         })

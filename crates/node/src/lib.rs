@@ -105,6 +105,8 @@ pub struct Node {
     pub metrics: metrics::Metrics,
     /// Execs in progress per user.
     pub execs: Arc<exec::Slots>,
+    /// SSH forwards held per user, across their connections.
+    pub forwards: Arc<exec::Slots>,
     /// Connections open (API and SSH), in total and per source.
     pub gate: Arc<conns::Gate>,
     /// The node's certificate and key, presented to the nodes it forwards requests to (set
@@ -137,6 +139,7 @@ impl Node {
             mount_uses: snapshots::MountUses::default(),
             metrics: metrics::Metrics::default(),
             execs: Arc::default(),
+            forwards: Arc::default(),
             gate: Arc::default(),
             card: None,
         })

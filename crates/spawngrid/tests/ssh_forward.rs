@@ -537,6 +537,65 @@ fn local_forwards_need_only_the_env_and_are_capped_per_connection() {
     alice.ok("boom", &["base"]);
 }
 
+/// One user holds at most `[ssh] max_forwards_per_user` forwards across their connections
+/// (each is a socket of the node's): with 2 per connection and 3 per user, a second tunnel
+/// forwards one connection while the first holds two, and its next one is refused with the
+/// user's limit named; once the first tunnel's are closed, it forwards again.
+#[test]
+fn forwards_are_capped_per_user_across_connections() {
+    let site = Site::new("ssh-fwd-user-cap");
+    let config = site.config("[ssh]\nmax_forwards = 2\nmax_forwards_per_user = 3\n");
+    site.start_with("127.0.0.1:0", &["--config", &config]);
+    let Session {
+        alice,
+        ssh,
+        pw,
+        target,
+    } = session(&site);
+    httpd_then(&alice, "base", "true");
+    let said = site.scratch.join("ssh-stderr-2");
+    let tunnel = |local: u16, stderr: std::fs::File| {
+        let forward = format!("{local}:127.0.0.1:8000");
+        Bg(Some(
+            ssh.cmd("ssh", &pw, &["-N", "-L", &forward, &target])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        ))
+    };
+    let (first, second) = (free_port(), free_port());
+    let _first = tunnel(
+        first,
+        std::fs::File::create(site.scratch.join("ssh-stderr-1")).unwrap(),
+    );
+    let _second = tunnel(second, std::fs::File::create(&said).unwrap());
+    let held: Vec<TcpStream> = [first, first, second]
+        .into_iter()
+        .map(eventually_connect)
+        .collect();
+    eventually("three forwards to connect inside the env", || {
+        forwarded_to_8000(&alice, "base") == 3
+    });
+    let mut fourth = TcpStream::connect(("127.0.0.1", second)).unwrap();
+    let mut got = Vec::new();
+    fourth.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    eventually("the refusal to be printed", || {
+        std::fs::read_to_string(&said).unwrap().contains(
+            "open failed: administratively prohibited: spawngrid: you hold 3 forwards on this \
+             node, the node's limit ([ssh] max_forwards_per_user): close one first",
+        )
+    });
+    drop(held);
+    eventually("the forwards to end", || {
+        forwarded_to_8000(&alice, "base") == 0
+    });
+    assert!(http_get(second).ends_with("hello-from-the-env\n"));
+    alice.ok("boom", &["base"]);
+}
+
 /// A forward to a server inside the env that never answers nor closes ends soon after the
 /// client goes: the env is no longer in use, so the node's idle timeout ends it.
 #[test]

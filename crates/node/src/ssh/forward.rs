@@ -28,6 +28,9 @@ const PRIVILEGED_BELOW: u16 = 1024;
 /// How long the env's side of a forward may take to finish once the client is gone.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// One forward's place: on its connection, and among its user's on the node.
+type Slot = (OwnedSemaphorePermit, crate::exec::Slot);
+
 /// What the forwards of one SSH connection share: how many it may hold at once, and its env.
 pub struct Forwards {
     slots: Arc<Semaphore>,
@@ -46,15 +49,24 @@ impl Forwards {
         }
     }
 
-    /// A slot for one more forward, held until dropped; or the one line saying why not.
-    fn take(&self) -> Result<OwnedSemaphorePermit, String> {
-        self.slots.clone().try_acquire_owned().map_err(|_| {
+    /// A slot for one more forward of `user`'s on this connection, held until dropped; or the
+    /// one line saying why not (this connection's limit, or the user's on the node).
+    fn take(&self, node: &Node, user: &str) -> Result<Slot, String> {
+        let mine = self.slots.clone().try_acquire_owned().map_err(|_| {
             format!(
                 "spawngrid: this connection holds {} forwards, the node's limit ([ssh] \
                  max_forwards): close one first",
                 self.max
             )
-        })
+        })?;
+        let max = node.config.ssh.max_forwards_per_user;
+        let theirs = node.forwards.try_take(user, max).ok_or_else(|| {
+            format!(
+                "spawngrid: you hold {max} forwards on this node, the node's limit ([ssh] \
+                 max_forwards_per_user): close one first"
+            )
+        })?;
+        Ok((mine, theirs))
     }
 
     /// The env the forwards of `login` go to: found once, then reused while its init runs
@@ -179,7 +191,7 @@ pub async fn direct(
                 "spawngrid: local port forwarding is disabled on this node".into(),
             ));
         }
-        let slot = forwards.take().map_err(refusal)?;
+        let slot = forwards.take(&node, &login.user).map_err(refusal)?;
         let st = forwards.env(&node, &login).await.map_err(refusal)?;
         let addr = netns::address(&host, port).map_err(|e| refusal(format!("spawngrid: {e}")))?;
         let tcp = netns::connect(&st, addr)
@@ -218,7 +230,7 @@ pub async fn remote(
     if !node.config.ssh.forward_remote {
         return Err("remote port forwarding is disabled on this node".into());
     }
-    let slot = forwards.take()?;
+    let slot = forwards.take(node, &login.user)?;
     let st = forwards.env(node, login).await?;
     let addr = netns::bind_address(host, port).map_err(|e| e.to_string())?;
     if addr.port() != 0 && addr.port() < PRIVILEGED_BELOW {
@@ -236,11 +248,11 @@ pub async fn remote(
         .map_err(|e| format!("{e:#}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?.port();
     let busy = node.activity.session(&st.name);
-    let host = host.to_string();
+    let (host, node, user) = (host.to_string(), node.clone(), login.user.clone());
     let task = tokio::spawn(async move {
         let _held = (slot, busy);
         tokio::select! {
-            () = relay(listener, &forwards, handle, &host, bound) => {}
+            () = relay(listener, (&forwards, &node, &user), handle, &host, bound) => {}
             () = gone(&st) => tracing::info!(env = %st.name, port = bound, "ssh -R: the env is gone: closed"),
         }
     });
@@ -252,7 +264,7 @@ pub async fn remote(
 /// limit is closed at once.
 async fn relay(
     listener: tokio::net::TcpListener,
-    forwards: &Forwards,
+    (forwards, node, user): (&Forwards, &Node, &str),
     handle: Handle,
     host: &str,
     bound: u16,
@@ -267,7 +279,7 @@ async fn relay(
                 continue;
             }
         };
-        let slot = match forwards.take() {
+        let slot = match forwards.take(node, user) {
             Ok(slot) => slot,
             Err(why) => {
                 tracing::info!(%peer, port = bound, "ssh -R: a connection closed: {why}");

@@ -47,6 +47,9 @@ pub struct SshConfig {
     /// The most forwards one SSH connection holds at once: `-L`/`-W` channels, `-R`
     /// listeners, and connections an `-R` listener relays; one more is refused.
     pub max_forwards: usize,
+    /// The most forwards one user holds at once across their SSH connections (each is a
+    /// socket: one user's many connections must not take the node's descriptors).
+    pub max_forwards_per_user: usize,
     /// The type of host key made on the node's first start (a node keeps the key it has).
     pub host_key: keys::HostKeyType,
 }
@@ -58,6 +61,7 @@ impl Default for SshConfig {
             forward_remote: true,
             forward_agent: true,
             max_forwards: 64,
+            max_forwards_per_user: 256,
             host_key: keys::HostKeyType::default(),
         }
     }
